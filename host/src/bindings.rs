@@ -1,0 +1,59 @@
+//! The one place where WIT becomes Rust on the host side.
+//!
+//! `sdk` generates the host interfaces (log, kv, config) and the shared types; each
+//! world then reuses them through `with`, so a type such as `Message` exists once.
+
+#![allow(missing_debug_implementations, unused_qualifications)]
+
+mod sdk {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/sdk",
+    });
+}
+
+pub use sdk::tenon::plugin::{config, kv, log, types};
+
+/// `tenon:plugin/source`: exports `ingester`.
+pub mod source {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/source",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/config": super::config,
+        },
+    });
+}
+
+/// `tenon:plugin/transform`: exports `transformer`.
+pub mod transform {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/transform",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/kv": super::kv,
+            "tenon:plugin/config": super::config,
+        },
+    });
+}
+
+/// `tenon:plugin/sink`: exports `deliverer`.
+pub mod sink {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/sink",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/kv": super::kv,
+            "tenon:plugin/config": super::config,
+        },
+    });
+}

@@ -1,0 +1,158 @@
+//! The `tenon` command line. The binary only calls [`main`]; everything it runs lives
+//! in the library.
+
+use crate::config::Config;
+use crate::runtime::Runtime;
+use crate::server::Server;
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Tenon: an integration runtime for the quote-to-cash chain.
+///
+/// Connectors and mappings are sandboxed WebAssembly plugins; the host supplies a
+/// durable queue, storage, HTTP and tracing. Start with `tenon demo`.
+#[derive(Debug, Parser)]
+#[command(name = "tenon", version, propagate_version = true)]
+pub struct Cli {
+    /// Where Tenon keeps its database and its cache of compiled plugins.
+    #[arg(
+        long,
+        global = true,
+        env = "TENON_DATA_DIR",
+        default_value = "./tenon-data"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Log filter, e.g. `info` or `tenon=debug,wasmtime=warn` (default: `info` for
+    /// `run`, `warn` otherwise). `RUST_LOG` works too.
+    #[arg(long, global = true, env = "TENON_LOG")]
+    pub log: Option<String>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// What to do.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the flows of a config: HTTP ingress, the workers of every flow, the admin API.
+    ///
+    /// Prints `tenon listening on http://ADDR` once ready; stops cleanly on Ctrl-C or
+    /// SIGTERM, letting each worker commit the message it holds. Messages not yet
+    /// finished are kept and resumed at the next start.
+    Run {
+        /// The flow config.
+        #[arg(long, short, default_value = "tenon.toml")]
+        config: PathBuf,
+        /// Listen address, overriding `server.listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Check a config and load (compile) its plugins, without serving.
+    Check {
+        /// The flow config.
+        #[arg(long, short, default_value = "tenon.toml")]
+        config: PathBuf,
+    },
+    /// Run the quote-to-cash example end to end and print what happened to each quote.
+    ///
+    /// Extracts the embedded plugins and example config into `<data-dir>/demo`, starts
+    /// a mock ERP and the runtime on free local ports, posts the sample quotes (a plain
+    /// one, a bundle, an invalid one) and waits for each to settle. Exits 0 when every
+    /// quote ended as expected.
+    Demo,
+}
+
+/// Parse the command line and run it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Run { .. } => "info",
+        _ => "warn",
+    };
+    let filter = cli
+        .log
+        .clone()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| default_log.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run { config, listen } => {
+            let config = Config::load(&config)?;
+            let server = Server::start(config, &cli.data_dir, listen).await?;
+            println!("tenon listening on http://{}", server.addr);
+            wait_for_signal().await;
+            server.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { config } => {
+            let config = Config::load(&config)?;
+            let data_dir = cli.data_dir.clone();
+            let runtime =
+                tokio::task::spawn_blocking(move || Runtime::open(config, &data_dir)).await??;
+            for flow in runtime.flows() {
+                println!(
+                    "flow {}: {} -> {}",
+                    flow.name,
+                    flow.source,
+                    flow.stages.join(" -> ")
+                );
+            }
+            for name in runtime.config().plugins.keys() {
+                if let Some(p) = runtime.plugin(name) {
+                    println!("plugin {name}: {} {} {}", p.kind(), p.version(), p.digest());
+                }
+            }
+            println!("config ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            let ok = crate::demo::run(&cli.data_dir).await?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}

@@ -1,0 +1,322 @@
+//! The flow config, `tenon.toml`: the server, the plugin instances, the flows.
+//!
+//! ```toml
+//! [server]
+//! listen = "127.0.0.1:8080"      # where ingress and the admin API listen
+//! max_body_bytes = 1048576       # larger request bodies get 413
+//!
+//! [plugins.cpq-source]           # a plugin instance, named for flows to use
+//! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
+//! config = { default_currency = "EUR" }
+//!
+//! [plugins.erp-sink]
+//! path = "plugins/http-sink"
+//! config = { url = "http://127.0.0.1:9000/orders" }
+//! grants = { http = ["http://127.0.0.1:*"] }   # narrows the manifest's grants
+//! timeout_ms = 10000
+//!
+//! [flows.quote-to-order]
+//! source = "cpq-source"          # POST /v1/sources/cpq-source feeds this flow
+//! steps = ["quote-to-order"]     # transforms, in order
+//! sink = "erp-sink"
+//! max_attempts = 5               # per stage, for retryable failures and traps
+//! ```
+//!
+//! Errors name the file, the line and column, and the field.
+
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use tenon_registry::{ConfigValue, Grants, line_col};
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// Default attempts per stage.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Default concurrent messages per stage.
+pub const DEFAULT_CONCURRENCY: u32 = 4;
+
+/// A config error, located in its file.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct ConfigError {
+    /// The config file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+/// The parsed config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ingress and admin settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Plugin instances by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginEntry>,
+    /// Flows by name.
+    #[serde(default)]
+    pub flows: BTreeMap<String, FlowEntry>,
+    /// Where the file is (set after parsing).
+    #[serde(skip)]
+    pub path: PathBuf,
+    #[serde(skip)]
+    text: String,
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Listen address, e.g. `"127.0.0.1:8080"`; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Largest accepted request body in bytes, e.g. `1048576`.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            max_body_bytes: DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+fn default_listen() -> String {
+    DEFAULT_LISTEN.into()
+}
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY
+}
+
+/// `[plugins.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    /// The plugin directory (or its `plugin.toml`), relative to the config file.
+    pub path: PathBuf,
+    /// Configuration overriding the manifest's defaults.
+    #[serde(default)]
+    pub config: BTreeMap<String, ConfigValue>,
+    /// Grants narrowing the manifest's (never widening them).
+    #[serde(default)]
+    pub grants: Option<Grants>,
+    /// Memory limit in MiB (default 64).
+    #[serde(default)]
+    pub memory_mib: Option<u32>,
+    /// Time limit per call in milliseconds (default 5000).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `[flows.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowEntry {
+    /// The source plugin instance; `POST /v1/sources/<source>` feeds the flow.
+    pub source: Spanned<String>,
+    /// Transform plugin instances, in order.
+    #[serde(default)]
+    pub steps: Vec<Spanned<String>>,
+    /// The sink plugin instance.
+    pub sink: Spanned<String>,
+    /// Attempts per stage before a message becomes a dead letter (default 5).
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Messages processed at once per stage (default 4).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+impl FlowEntry {
+    /// The stages after the source: the steps, then the sink.
+    pub fn stages(&self) -> impl Iterator<Item = &Spanned<String>> {
+        self.steps.iter().chain(std::iter::once(&self.sink))
+    }
+}
+
+impl Config {
+    /// Read and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read the config: {e}"),
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Parse and check a config's text; `path` names it in errors and anchors
+    /// relative plugin paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })?;
+        config.path = path.to_owned();
+        config.text = text.to_owned();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if let Err(e) = self.server.listen.parse::<std::net::SocketAddr>() {
+            return Err(self.error_at_key(
+                "listen",
+                format!("field `server.listen`: `{}`: {e}", self.server.listen),
+            ));
+        }
+        for (flow, entry) in &self.flows {
+            let fields = std::iter::once(("source", &entry.source))
+                .chain(entry.steps.iter().map(|s| ("steps", s)))
+                .chain(std::iter::once(("sink", &entry.sink)));
+            for (field, name) in fields {
+                if !self.plugins.contains_key(name.get_ref()) {
+                    let known: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
+                    return Err(self.error(
+                        name,
+                        format!(
+                            "flow `{flow}`: field `{field}`: no plugin named `{}` (defined: {})",
+                            name.get_ref(),
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    ));
+                }
+            }
+            if entry.max_attempts == Some(0) {
+                return Err(self.error(
+                    &entry.source,
+                    format!("flow `{flow}`: field `max_attempts` must be at least 1"),
+                ));
+            }
+            if entry.concurrency == Some(0) {
+                return Err(self.error(
+                    &entry.source,
+                    format!("flow `{flow}`: field `concurrency` must be at least 1"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// An error pointing at a spanned value of this file.
+    pub fn error<T>(&self, at: &Spanned<T>, message: String) -> ConfigError {
+        let (line, column) = line_col(&self.text, at.span().start);
+        ConfigError {
+            path: self.path.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn error_at_key(&self, key: &str, message: String) -> ConfigError {
+        let offset = self.text.find(key).unwrap_or(0);
+        let (line, column) = line_col(&self.text, offset);
+        ConfigError {
+            path: self.path.clone(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    /// A plugin entry's directory, resolved against the config file's directory.
+    pub fn plugin_dir(&self, entry: &PluginEntry) -> PathBuf {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        base.join(&entry.path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("conf/tenon.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+[plugins.src]
+path = "plugins/cpq-source"
+[plugins.map]
+path = "plugins/quote-to-order"
+[plugins.out]
+path = "plugins/http-sink"
+config = { url = "http://127.0.0.1:1/orders" }
+
+[flows.q2o]
+source = "src"
+steps = ["map"]
+sink = "out"
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.server.listen, DEFAULT_LISTEN);
+        assert_eq!(c.server.max_body_bytes, 1 << 20);
+        let stages: Vec<&str> = c.flows["q2o"]
+            .stages()
+            .map(|s| s.get_ref().as_str())
+            .collect();
+        assert_eq!(stages, ["map", "out"]);
+        assert_eq!(
+            c.plugin_dir(&c.plugins["src"]),
+            Path::new("conf/plugins/cpq-source")
+        );
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_its_line() {
+        let err =
+            parse(&GOOD.replace("sink = \"out\"", "sink = \"out\"\nretries = 3")).unwrap_err();
+        assert_eq!(err.line, 14, "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("conf/tenon.toml:14:1: unknown field `retries`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_missing_plugin_is_named_with_its_line_and_field() {
+        let err = parse(&GOOD.replace("steps = [\"map\"]", "steps = [\"mapp\"]")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conf/tenon.toml:12:10: flow `q2o`: field `steps`: no plugin named `mapp` (defined: map, out, src)"
+        );
+    }
+
+    #[test]
+    fn a_bad_listen_address_is_refused() {
+        let err = parse(&format!("[server]\nlisten = \"localhost\"\n{GOOD}")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("field `server.listen`: `localhost`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,167 @@
+//! The one wasmtime [`Engine`] of the process, its epoch ticker, and the on-disk cache
+//! of compiled components.
+//!
+//! Compiling a component takes 100 ms to seconds; loading a compiled one ~0.5 ms. The
+//! cache is keyed by the component's sha256 and the engine's compatibility hash, and
+//! each artifact's own sha256 is recorded in the database and checked before the
+//! artifact is loaded: native code is never loaded from a file that changed behind
+//! our back.
+
+use crate::storage::{Storage, StorageError};
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use wasmtime::component::Component;
+use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+/// How often the epoch advances; per-call deadlines are counted in these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Largest linear memory any plugin may be granted (the pool reserves this much
+/// address space per slot); each plugin's own limit is enforced per store.
+pub const MAX_PLUGIN_MEMORY: usize = 512 << 20;
+
+/// The engine, shared by every plugin.
+#[derive(Clone)]
+pub struct Engine {
+    inner: wasmtime::Engine,
+    cache_dir: PathBuf,
+    storage: Storage,
+    compat: String,
+    /// Stops the epoch thread when the last clone goes.
+    _ticker: Arc<Ticker>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The sha256 digest of some bytes, as `sha256:<hex>`.
+pub fn digest(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+impl Engine {
+    /// An engine with the component model, async calls, epoch interruption and the
+    /// pooling allocator, caching compiled components under `data_dir/cache`.
+    pub fn new(storage: Storage, data_dir: &Path) -> anyhow::Result<Engine> {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(512)
+            .total_core_instances(1024)
+            .total_memories(512)
+            .total_tables(1024)
+            .max_memory_size(MAX_PLUGIN_MEMORY)
+            // Keep the first pages of a slot resident between instances: a fresh
+            // instance's first call otherwise pays page faults on a cold heap.
+            .linear_memory_keep_resident(2 << 20)
+            .table_keep_resident(64 << 10);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let inner = wasmtime::Engine::new(&config)
+            .map_err(anyhow::Error::from)
+            .context("cannot create the wasmtime engine")?;
+
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        inner.precompile_compatibility_hash().hash(&mut hasher);
+        let compat = format!("{:016x}", hasher.finish());
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let weak = inner.weak();
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("tenon-epoch".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("cannot start the epoch ticker")?;
+
+        let cache_dir = data_dir.join("cache");
+        std::fs::create_dir_all(&cache_dir)
+            .with_context(|| format!("cannot create {}", cache_dir.display()))?;
+        Ok(Engine {
+            inner,
+            cache_dir,
+            storage,
+            compat,
+            _ticker: Arc::new(Ticker { stop }),
+        })
+    }
+
+    /// The wasmtime engine.
+    pub fn wasmtime(&self) -> &wasmtime::Engine {
+        &self.inner
+    }
+
+    /// The component for these bytes: from the cache when it holds a verified
+    /// artifact, else compiled (and cached). `digest` is the bytes' [`digest`].
+    pub fn component(&self, wasm: &[u8], digest: &str) -> anyhow::Result<Component> {
+        let hex = digest.trim_start_matches("sha256:");
+        let path = self.cache_dir.join(format!("{hex}-{}.cwasm", self.compat));
+        let key = format!("{digest}@{}", self.compat);
+        if let Some(component) = self.cached(&path, &key)? {
+            tracing::debug!(%digest, "compiled component loaded from cache");
+            return Ok(component);
+        }
+        let started = std::time::Instant::now();
+        let component = Component::new(&self.inner, wasm)
+            .map_err(anyhow::Error::from)
+            .context("component does not compile")?;
+        let artifact = component
+            .serialize()
+            .map_err(anyhow::Error::from)
+            .context("cannot serialise the compiled component")?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &artifact)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        self.storage.set_compiled(&key, &self::digest(&artifact))?;
+        tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "component compiled");
+        Ok(component)
+    }
+
+    fn cached(&self, path: &Path, key: &str) -> Result<Option<Component>, StorageError> {
+        let Some(expected) = self.storage.compiled(key)? else {
+            return Ok(None);
+        };
+        let Ok(artifact) = std::fs::read(path) else {
+            return Ok(None);
+        };
+        if digest(&artifact) != expected {
+            tracing::warn!(path = %path.display(), "cached artifact does not match its recorded digest; recompiling");
+            return Ok(None);
+        }
+        // SAFETY: the artifact was produced by `Component::serialize` of an engine with
+        // the same compatibility hash (part of the key), and its bytes match the
+        // digest recorded when we wrote it, so it is our own, unmodified output.
+        #[allow(unsafe_code)]
+        let component = unsafe { Component::deserialize(&self.inner, &artifact) };
+        Ok(component.ok())
+    }
+}

@@ -1,0 +1,276 @@
+//! HTTP ingress and the admin API (hyper).
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/sources/{source}` | hand the body to the source plugin; `202 {"accepted": [ids]}` once durable |
+//! | `GET /v1/messages/{id}` | what happened to an accepted message: outcomes and what is still queued |
+//! | `GET /healthz` | `200 {"status": "ok"}` |
+//!
+//! Errors are `application/problem+json` (RFC 9457) naming the problem.
+//!
+//! **Architecture invariant:** a 2xx is sent only after the messages are committed;
+//! any failure before that is a 4xx/5xx and nothing was accepted.
+
+use crate::plugin::{CallError, Failure, RawRequest};
+use crate::runtime::{IngestError, Runtime};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+type Reply = Response<Full<Bytes>>;
+
+/// Serve ingress and the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(
+    runtime: Arc<Runtime>,
+    listener: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max_body = runtime.config().server.max_body_bytes;
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let runtime = runtime.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let runtime = runtime.clone();
+                async move { Ok::<_, Infallible>(route(&runtime, req, max_body).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = conn {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Reply {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
+        (&Method::POST, ["v1", "sources", source]) => {
+            let source = (*source).to_owned();
+            ingest(runtime, &source, req, max_body).await
+        }
+        (_, ["v1", "sources", _]) => {
+            let mut reply = problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+                format!("{} is not allowed on {path}; use POST", req.method()),
+            );
+            reply
+                .headers_mut()
+                .insert("allow", HeaderValue::from_static("POST"));
+            reply
+        }
+        (&Method::GET, ["v1", "messages", id]) => match runtime.status(id) {
+            Ok(status) if status.outcomes.is_empty() && status.pending.is_empty() => problem(
+                StatusCode::NOT_FOUND,
+                "unknown-message",
+                "Unknown message",
+                format!("no message with id `{id}`"),
+            ),
+            Ok(status) => json_reply(
+                StatusCode::OK,
+                &json!({
+                    "id": id,
+                    "settled": status.is_settled(),
+                    "outcomes": status.outcomes,
+                    "pending": status.pending.iter().map(|e| json!({
+                        "id": e.message.id,
+                        "flow": e.flow,
+                        "stage": e.stage,
+                        "attempts": e.attempts,
+                    })).collect::<Vec<_>>(),
+                }),
+            ),
+            Err(error) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Storage unavailable",
+                error.to_string(),
+            ),
+        },
+        _ => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no route for {} {path}", req.method()),
+        ),
+    }
+}
+
+async fn ingest(runtime: &Runtime, source: &str, req: Request<Incoming>, max_body: usize) -> Reply {
+    let too_large = || {
+        problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the body is larger than the limit of {max_body} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return too_large();
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
+        Err(error) => {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                format!("cannot read the request body: {error}"),
+            );
+        }
+    };
+    let request = RawRequest {
+        content_type,
+        headers,
+        body,
+    };
+    match runtime.ingest(source, request).await {
+        Ok(ids) => json_reply(StatusCode::ACCEPTED, &json!({ "accepted": ids })),
+        Err(IngestError::UnknownSource(name)) => problem(
+            StatusCode::NOT_FOUND,
+            "unknown-source",
+            "Unknown source",
+            format!("no flow has source `{name}`"),
+        ),
+        Err(IngestError::Plugin { plugin, error }) => plugin_problem(&plugin, error),
+        Err(IngestError::Storage(error)) => {
+            tracing::error!(%error, "ingress commit failed; nothing accepted");
+            let mut reply = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Storage unavailable",
+                format!("the messages could not be committed, nothing was accepted: {error}"),
+            );
+            reply
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            reply
+        }
+    }
+}
+
+fn plugin_problem(plugin: &str, error: CallError) -> Reply {
+    match error {
+        CallError::Failure(Failure::Invalid(detail)) => problem(
+            StatusCode::BAD_REQUEST,
+            "invalid-payload",
+            "Invalid payload",
+            format!("source `{plugin}`: {detail}"),
+        ),
+        CallError::Failure(Failure::Rejected(reasons)) => {
+            let mut body = problem_body(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rejected",
+                "Rejected by business rules",
+                format!("source `{plugin}` rejected the payload"),
+            );
+            body["reasons"] = json!(reasons);
+            json_problem(StatusCode::UNPROCESSABLE_ENTITY, &body)
+        }
+        CallError::Failure(Failure::Retryable(detail)) => {
+            let mut reply = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "source-unavailable",
+                "Source temporarily unavailable",
+                format!("source `{plugin}`: {detail}"),
+            );
+            reply
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            reply
+        }
+        CallError::Timeout(d) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "plugin-timeout",
+            "Source plugin timed out",
+            format!(
+                "source `{plugin}` did not answer within {} ms",
+                d.as_millis()
+            ),
+        ),
+        CallError::Trap(detail) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plugin-trap",
+            "Source plugin failed",
+            format!("source `{plugin}` trapped: {detail}"),
+        ),
+        CallError::Host(detail) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "host-error",
+            "Host error",
+            format!("source `{plugin}`: {detail}"),
+        ),
+    }
+}
+
+fn problem_body(status: StatusCode, slug: &str, title: &str, detail: String) -> serde_json::Value {
+    json!({
+        "type": format!("urn:tenon:problem:{slug}"),
+        "title": title,
+        "status": status.as_u16(),
+        "detail": detail,
+    })
+}
+
+fn problem(status: StatusCode, slug: &str, title: &str, detail: String) -> Reply {
+    json_problem(status, &problem_body(status, slug, title, detail))
+}
+
+fn json_problem(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut reply = json_reply(status, body);
+    reply.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    reply
+}
+
+fn json_reply(status: StatusCode, body: &serde_json::Value) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(body.to_string())));
+    *reply.status_mut() = status;
+    reply
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    reply
+}

@@ -1,0 +1,19 @@
+//! Tenon's host runtime.
+//!
+//! A small host supplies durable queues, storage, HTTP and tracing; every connector
+//! and mapping is a sandboxed WebAssembly component loaded through the WIT worlds in
+//! `wit/`. See `ARCHITECTURE.md` at the repository root for the map.
+
+pub mod artifacts;
+pub mod bindings;
+pub mod caps;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod ingress;
+pub mod plugin;
+pub mod queue;
+pub mod runtime;
+pub mod server;
+pub mod storage;

@@ -1,0 +1,440 @@
+//! A loaded plugin version: manifest, verified component, pre-linked instance, and the
+//! three calls (ingest, transform, deliver), each in a fresh sandboxed instance.
+//!
+//! Loading does everything that can fail ahead of traffic: read the manifest, read
+//! and digest the component, compile it (or load the cached artifact), link it
+//! against exactly what its world and grants allow, and pre-instantiate it. A call
+//! then only instantiates from the [`InstancePre`]-backed `*Pre` (microseconds with
+//! the pooling allocator) and runs under the plugin's memory and time limits.
+//!
+//! **Architecture invariant:** a guest trap, a timeout or an error of any kind comes
+//! back as a [`CallError`]; nothing a plugin does panics the host.
+
+use crate::bindings::{self, types};
+use crate::caps::{self, PluginContext, PluginState};
+use crate::engine::{EPOCH_TICK, Engine, digest};
+use crate::queue::StoredMessage;
+use crate::storage::Storage;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tenon_registry::{Grants, Kind, Manifest};
+use wasmtime::Store;
+use wasmtime::component::Linker;
+
+/// Memory a plugin gets unless its settings say otherwise.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// Time a call gets unless its settings say otherwise.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+
+/// What the operator says about a plugin in the flow config.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    /// Configuration values overriding the manifest's defaults.
+    pub config: BTreeMap<String, String>,
+    /// Grants narrowing the manifest's; `None` keeps the manifest's.
+    pub grants: Option<Grants>,
+    /// Memory limit in MiB.
+    pub memory_mib: Option<u32>,
+    /// Time limit per call in milliseconds.
+    pub timeout_ms: Option<u64>,
+}
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The manifest is missing or wrong.
+    #[error(transparent)]
+    Manifest(#[from] tenon_registry::ManifestError),
+    /// The component file could not be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The component path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The component does not compile, or does not fit its world and grants.
+    #[error("plugin `{name}` ({path}): {message}")]
+    Component {
+        /// The plugin instance name.
+        name: String,
+        /// The component path.
+        path: PathBuf,
+        /// What is wrong, with wasmtime's reasons.
+        message: String,
+    },
+}
+
+/// How a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The plugin returned a failure.
+    Failure(Failure),
+    /// The guest trapped (a panic, an out-of-bounds access, memory exhausted...).
+    Trap(String),
+    /// The call ran past its time limit.
+    Timeout(Duration),
+    /// The host could not set up the call.
+    Host(String),
+}
+
+/// A failure the plugin itself reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Can never succeed.
+    Invalid(String),
+    /// Refused by business rules.
+    Rejected(Vec<String>),
+    /// Transient.
+    Retryable(String),
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Failure(Failure::Invalid(s)) => write!(f, "invalid: {s}"),
+            CallError::Failure(Failure::Rejected(r)) => write!(f, "rejected: {}", r.join("; ")),
+            CallError::Failure(Failure::Retryable(s)) => write!(f, "retryable: {s}"),
+            CallError::Trap(s) => write!(f, "plugin trapped: {s}"),
+            CallError::Timeout(d) => write!(f, "plugin timed out after {} ms", d.as_millis()),
+            CallError::Host(s) => write!(f, "host error: {s}"),
+        }
+    }
+}
+
+impl From<types::Failure> for Failure {
+    fn from(f: types::Failure) -> Self {
+        match f {
+            types::Failure::Invalid(s) => Failure::Invalid(s),
+            types::Failure::Rejected(r) => Failure::Rejected(r),
+            types::Failure::Retryable(s) => Failure::Retryable(s),
+        }
+    }
+}
+
+enum Pre {
+    Source(bindings::source::SourcePre<PluginState>),
+    Transform(bindings::transform::TransformPre<PluginState>),
+    Sink(bindings::sink::SinkPre<PluginState>),
+}
+
+/// One loaded plugin version, ready to be called. Cheap to share behind an `Arc`.
+pub struct Plugin {
+    ctx: Arc<PluginContext>,
+    manifest: Manifest,
+    pre: Pre,
+    engine: Engine,
+    storage: Storage,
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.ctx.name)
+            .field("version", &self.ctx.version)
+            .field("digest", &self.ctx.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The raw request a source receives.
+#[derive(Debug, Clone)]
+pub struct RawRequest {
+    /// Its content type.
+    pub content_type: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// What a sink reports after a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The target system's reference.
+    pub reference: String,
+    /// Anything else it reported.
+    pub detail: Option<String>,
+}
+
+impl Plugin {
+    /// Load the plugin in `dir` (its `plugin.toml` and the component it names) as
+    /// instance `name`, with the operator's settings.
+    pub fn load(
+        engine: &Engine,
+        storage: &Storage,
+        name: &str,
+        dir: &Path,
+        settings: &PluginSettings,
+    ) -> Result<Plugin, LoadError> {
+        let manifest = Manifest::load(dir)?;
+        let base = if dir.is_dir() {
+            dir
+        } else {
+            dir.parent().unwrap_or(Path::new("."))
+        };
+        let path = base.join(&manifest.component);
+        let wasm = std::fs::read(&path).map_err(|source| LoadError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Plugin::from_parts(engine, storage, name, manifest, &path, &wasm, settings)
+    }
+
+    /// Load a plugin from a parsed manifest and its component bytes.
+    pub fn from_parts(
+        engine: &Engine,
+        storage: &Storage,
+        name: &str,
+        manifest: Manifest,
+        path: &Path,
+        wasm: &[u8],
+        settings: &PluginSettings,
+    ) -> Result<Plugin, LoadError> {
+        let fail = |message: String| LoadError::Component {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            message,
+        };
+        let digest = digest(wasm);
+        let grants = match &settings.grants {
+            Some(operator) => manifest
+                .grants
+                .narrow(operator)
+                .map_err(|e| fail(e.to_string()))?,
+            None => manifest.grants.clone(),
+        };
+        let mut config: BTreeMap<String, String> = manifest
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        config.extend(settings.config.clone());
+        let memory_mib = settings.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+        if memory_mib as usize > crate::engine::MAX_PLUGIN_MEMORY >> 20 {
+            return Err(fail(format!(
+                "memory limit {memory_mib} MiB is above the host's maximum of {} MiB",
+                crate::engine::MAX_PLUGIN_MEMORY >> 20
+            )));
+        }
+        let ctx = Arc::new(PluginContext {
+            name: name.to_owned(),
+            version: manifest.version.clone(),
+            digest: digest.clone(),
+            config,
+            grants,
+            memory_bytes: (memory_mib as usize) << 20,
+            timeout: Duration::from_millis(settings.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+        });
+
+        let component = engine
+            .component(wasm, &digest)
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let mut linker = Linker::new(engine.wasmtime());
+        caps::add_to_linker(&mut linker, manifest.kind).map_err(|e| fail(format!("{e:#}")))?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            fail(format!(
+                "the component imports something a {} plugin is not granted: {e:#}",
+                manifest.kind
+            ))
+        })?;
+        let world = |e: wasmtime::Error| {
+            fail(format!(
+                "the component does not implement world `{}`: {e:#}",
+                manifest.world
+            ))
+        };
+        let pre = match manifest.kind {
+            Kind::Source => {
+                Pre::Source(bindings::source::SourcePre::new(instance_pre).map_err(world)?)
+            }
+            Kind::Transform => {
+                Pre::Transform(bindings::transform::TransformPre::new(instance_pre).map_err(world)?)
+            }
+            Kind::Sink => Pre::Sink(bindings::sink::SinkPre::new(instance_pre).map_err(world)?),
+        };
+        tracing::info!(plugin = name, version = %manifest.version, %digest, kind = %manifest.kind, "plugin loaded");
+        Ok(Plugin {
+            ctx,
+            manifest,
+            pre,
+            engine: engine.clone(),
+            storage: storage.clone(),
+        })
+    }
+
+    /// The plugin instance name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+
+    /// The component's digest.
+    pub fn digest(&self) -> &str {
+        &self.ctx.digest
+    }
+
+    /// The manifest's version.
+    pub fn version(&self) -> &str {
+        &self.ctx.version
+    }
+
+    /// What the plugin is.
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+
+    fn store(&self) -> Store<PluginState> {
+        let kv = matches!(self.manifest.kind, Kind::Transform | Kind::Sink)
+            .then(|| self.storage.kv(&self.ctx.name));
+        let mut store = Store::new(
+            self.engine.wasmtime(),
+            PluginState::new(self.ctx.clone(), kv),
+        );
+        store.limiter(|s| s.limiter());
+        let ticks = self
+            .ctx
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        store
+    }
+
+    /// Run a call in a fresh store, under the time limit; classify what went wrong.
+    async fn run<T, F>(&self, f: F) -> Result<T, CallError>
+    where
+        F: AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, types::Failure>>,
+    {
+        let mut store = self.store();
+        let timeout = self.ctx.timeout;
+        // The epoch deadline stops guest code; this stops a call stuck in host I/O.
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(&mut store)).await;
+        match outcome {
+            Err(_) => Err(CallError::Timeout(timeout)),
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(failure))) => Err(CallError::Failure(failure.into())),
+            Ok(Err(error)) => Err(classify_trap(error, store.data().stderr(), timeout)),
+        }
+    }
+
+    /// Source: turn a raw request into messages.
+    pub async fn ingest(&self, request: RawRequest) -> Result<Vec<StoredMessage>, CallError> {
+        let Pre::Source(pre) = &self.pre else {
+            return Err(self.wrong_kind("ingest"));
+        };
+        let request = types::RawRequest {
+            content_type: request.content_type,
+            headers: request.headers,
+            body: request.body,
+        };
+        self.run(async |store| {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance
+                .tenon_plugin_ingester()
+                .call_ingest(&mut *store, &request)
+                .await
+        })
+        .await
+        .map(|out| out.into_iter().map(StoredMessage::from).collect())
+    }
+
+    /// Transform: map one message to zero or more.
+    pub async fn transform(&self, input: &StoredMessage) -> Result<Vec<StoredMessage>, CallError> {
+        let Pre::Transform(pre) = &self.pre else {
+            return Err(self.wrong_kind("transform"));
+        };
+        let input = types::Message::from(input.clone());
+        self.run(async |store| {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance
+                .tenon_plugin_transformer()
+                .call_transform(&mut *store, &input)
+                .await
+        })
+        .await
+        .map(|out| out.into_iter().map(StoredMessage::from).collect())
+    }
+
+    /// Sink: deliver one message with its idempotency key.
+    pub async fn deliver(
+        &self,
+        message: &StoredMessage,
+        idempotency_key: &str,
+    ) -> Result<Receipt, CallError> {
+        let Pre::Sink(pre) = &self.pre else {
+            return Err(self.wrong_kind("deliver"));
+        };
+        let message = types::Message::from(message.clone());
+        self.run(async |store| {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            instance
+                .tenon_plugin_deliverer()
+                .call_deliver(&mut *store, &message, idempotency_key)
+                .await
+        })
+        .await
+        .map(|r| Receipt {
+            reference: r.reference,
+            detail: r.detail,
+        })
+    }
+
+    fn wrong_kind(&self, call: &str) -> CallError {
+        CallError::Host(format!(
+            "{} is a {} plugin; it cannot {call}",
+            self.ctx.name, self.manifest.kind
+        ))
+    }
+}
+
+fn classify_trap(error: wasmtime::Error, stderr: String, timeout: Duration) -> CallError {
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        if *trap == wasmtime::Trap::Interrupt {
+            return CallError::Timeout(timeout);
+        }
+    }
+    let mut message = format!("{error}");
+    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
+        message = trap.to_string();
+    }
+    // The guest's panic message is the most useful line; keep it first.
+    let panic_line = stderr
+        .lines()
+        .find(|l| l.contains("panicked"))
+        .map(str::to_owned);
+    if let Some(line) = panic_line.or_else(|| (!stderr.is_empty()).then(|| stderr.clone())) {
+        message = format!("{message}: {line}");
+    }
+    CallError::Trap(message)
+}
+
+impl From<types::Message> for StoredMessage {
+    fn from(m: types::Message) -> Self {
+        StoredMessage {
+            id: m.id,
+            key: m.key,
+            kind: m.kind,
+            content_type: m.content_type,
+            headers: m.headers,
+            body: m.body,
+        }
+    }
+}
+
+impl From<StoredMessage> for types::Message {
+    fn from(m: StoredMessage) -> Self {
+        types::Message {
+            id: m.id,
+            key: m.key,
+            kind: m.kind,
+            content_type: m.content_type,
+            headers: m.headers,
+            body: m.body,
+        }
+    }
+}

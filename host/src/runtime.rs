@@ -1,0 +1,506 @@
+//! The runtime: loaded plugins, flows, and the workers that move messages through them.
+//!
+//! A flow is a source, then stages: its transform steps, then its sink. In front of
+//! each stage is a queue (`<flow>/<stage>`); each stage has `concurrency` workers that
+//! lease from it, call the stage's plugin in a fresh instance, and commit the result
+//! with the ack of the input ([`crate::queue::Queue::complete`]).
+//!
+//! **Architecture invariant:** the worker decides what a result means (forward,
+//! finish, retry, dead letter) from the failure class alone; it knows nothing of what
+//! the plugins do.
+
+use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
+use crate::engine::Engine;
+use crate::plugin::{CallError, Failure, Plugin, PluginSettings, RawRequest};
+use crate::queue::{
+    Attempt, Completion, Envelope, Hop, Lease, Outcome, OutcomeKind, Queue, StoredMessage, now_ms,
+    queue_name,
+};
+use crate::storage::{Storage, StorageError};
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use tenon_registry::Kind;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+/// Backoff before the first retry; doubles per attempt.
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Longest backoff between two attempts.
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A flow, resolved against the loaded plugins.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Its name.
+    pub name: String,
+    /// The source plugin instance.
+    pub source: String,
+    /// The stage plugin instances: the steps, then the sink.
+    pub stages: Vec<String>,
+    /// Attempts per stage.
+    pub max_attempts: u32,
+    /// Workers per stage.
+    pub concurrency: u32,
+}
+
+/// Why ingress could not accept a request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No flow starts at this source.
+    #[error("no flow has source `{0}`")]
+    UnknownSource(String),
+    /// The source plugin failed on the payload.
+    #[error("source `{plugin}`: {error}")]
+    Plugin {
+        /// The source plugin instance.
+        plugin: String,
+        /// How it failed.
+        error: CallError,
+    },
+    /// The messages could not be committed: nothing was accepted.
+    #[error("cannot commit the messages: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// The running runtime. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Runtime {
+    storage: Storage,
+    queue: Queue,
+    engine: Engine,
+    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    flows: RwLock<BTreeMap<String, Flow>>,
+    config: Config,
+}
+
+impl Runtime {
+    /// Open the data directory and load every plugin of the config; any plugin that
+    /// does not load, or does not fit where a flow uses it, fails the whole start.
+    pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
+        let storage = Storage::open(data_dir)?;
+        let engine = Engine::new(storage.clone(), data_dir)?;
+        let mut plugins = BTreeMap::new();
+        for (name, entry) in &config.plugins {
+            let settings = PluginSettings {
+                config: entry
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_string()))
+                    .collect(),
+                grants: entry.grants.clone(),
+                memory_mib: entry.memory_mib,
+                timeout_ms: entry.timeout_ms,
+            };
+            let plugin = Plugin::load(
+                &engine,
+                &storage,
+                name,
+                &config.plugin_dir(entry),
+                &settings,
+            )
+            .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
+            plugins.insert(name.clone(), Arc::new(plugin));
+        }
+        let mut flows = BTreeMap::new();
+        for (name, entry) in &config.flows {
+            let expect = |at: &serde_spanned::Spanned<String>, field: &str, kind: Kind| {
+                let plugin = &plugins[at.get_ref()];
+                let actual: &Arc<Plugin> = plugin;
+                if actual.kind() == kind {
+                    Ok(())
+                } else {
+                    Err(config.error(
+                        at,
+                        format!(
+                            "flow `{name}`: field `{field}`: `{}` is a {} plugin; {field} must be {kind} plugins",
+                            at.get_ref(),
+                            actual.kind()
+                        ),
+                    ))
+                }
+            };
+            expect(&entry.source, "source", Kind::Source)?;
+            for step in &entry.steps {
+                expect(step, "steps", Kind::Transform)?;
+            }
+            expect(&entry.sink, "sink", Kind::Sink)?;
+            flows.insert(
+                name.clone(),
+                Flow {
+                    name: name.clone(),
+                    source: entry.source.get_ref().clone(),
+                    stages: entry.stages().map(|s| s.get_ref().clone()).collect(),
+                    max_attempts: entry.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                    concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+                },
+            );
+        }
+        Ok(Runtime {
+            queue: Queue::new(storage.clone()),
+            storage,
+            engine,
+            plugins: RwLock::new(plugins),
+            flows: RwLock::new(flows),
+            config,
+        })
+    }
+
+    /// The config the runtime started from.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The durable queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The database.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The live version of a plugin instance.
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    /// The flows.
+    pub fn flows(&self) -> Vec<Flow> {
+        self.flows
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Hand a raw request to a source and commit its messages to every flow that
+    /// starts there. Returns the accepted message ids once they are durable.
+    pub async fn ingest(
+        &self,
+        source: &str,
+        request: RawRequest,
+    ) -> Result<Vec<String>, IngestError> {
+        let flows: Vec<Flow> = self
+            .flows()
+            .into_iter()
+            .filter(|f| f.source == source)
+            .collect();
+        let plugin = match (flows.is_empty(), self.plugin(source)) {
+            (false, Some(plugin)) => plugin,
+            _ => return Err(IngestError::UnknownSource(source.to_owned())),
+        };
+        let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest());
+        async {
+            let started = Instant::now();
+            let messages = plugin
+                .ingest(request)
+                .await
+                .map_err(|error| IngestError::Plugin {
+                    plugin: source.to_owned(),
+                    error,
+                })?;
+            let hop = Hop {
+                plugin: plugin.name().to_owned(),
+                version: plugin.version().to_owned(),
+                digest: plugin.digest().to_owned(),
+                micros: started.elapsed().as_micros() as u64,
+            };
+            let accepted_ms = now_ms();
+            let mut items = Vec::with_capacity(messages.len() * flows.len());
+            for message in messages {
+                for flow in &flows {
+                    let id = uuid::Uuid::now_v7().to_string();
+                    let mut message = message.clone();
+                    message.id = id.clone();
+                    if message.key.is_empty() {
+                        message.key = id.clone();
+                    }
+                    let envelope = Envelope {
+                        message,
+                        flow: flow.name.clone(),
+                        stage: 0,
+                        root: id,
+                        accepted_ms,
+                        trail: vec![hop.clone()],
+                        attempts: Vec::new(),
+                        not_before_ms: 0,
+                    };
+                    items.push((queue_name(&flow.name, 0), envelope));
+                }
+            }
+            let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+            let queue = self.queue.clone();
+            tokio::task::spawn_blocking(move || queue.enqueue(&items))
+                .await
+                .map_err(|e| StorageError::Decode(format!("commit task failed: {e}")))??;
+            tracing::info!(accepted = ids.len(), "messages accepted");
+            Ok(ids)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Start the workers of every stage of every flow; they stop when `shutdown`
+    /// turns true, each after finishing (and committing) its current message.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+        let mut workers = JoinSet::new();
+        for flow in self.flows() {
+            for stage in 0..flow.stages.len() as u32 {
+                for _ in 0..flow.concurrency {
+                    let runtime = self.clone();
+                    let flow = flow.clone();
+                    let shutdown = shutdown.clone();
+                    workers.spawn(async move { runtime.work(flow, stage, shutdown).await });
+                }
+            }
+        }
+        workers
+    }
+
+    async fn work(self: Arc<Self>, flow: Flow, stage: u32, mut shutdown: watch::Receiver<bool>) {
+        let queue_name = queue_name(&flow.name, stage);
+        let notify = self.queue.notifier();
+        while !*shutdown.borrow() {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let queue = self.queue.clone();
+            let name = queue_name.clone();
+            let lease = match tokio::task::spawn_blocking(move || queue.lease(&name)).await {
+                Ok(Ok(lease)) => lease,
+                Ok(Err(error)) => {
+                    tracing::error!(queue = %queue_name, %error, "cannot lease");
+                    None
+                }
+                Err(error) => {
+                    tracing::error!(queue = %queue_name, %error, "lease task failed");
+                    None
+                }
+            };
+            match lease {
+                Some(lease) => self.process(&flow, stage, lease).await,
+                None => {
+                    // Woken by new work; the timer catches retries coming due.
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(&self, flow: &Flow, stage: u32, lease: Lease) {
+        let Some(plugin) = flow
+            .stages
+            .get(stage as usize)
+            .and_then(|name| self.plugin(name))
+        else {
+            tracing::error!(flow = %flow.name, stage, "no plugin for this stage; message left queued");
+            return;
+        };
+        let env = &lease.envelope;
+        let span = tracing::info_span!(
+            "message",
+            flow = %flow.name,
+            step = %plugin.name(),
+            plugin = %plugin.name(),
+            digest = %plugin.digest(),
+            key = %env.message.key,
+            id = %env.message.id,
+        );
+        let completion = self
+            .run_stage(flow, stage, &plugin, env)
+            .instrument(span.clone())
+            .await;
+        let queue = self.queue.clone();
+        let committed =
+            tokio::task::spawn_blocking(move || queue.complete(lease, completion)).await;
+        let _enter = span.enter();
+        match committed {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(%error, "cannot commit; the message will be processed again")
+            }
+            Err(error) => tracing::error!(%error, "commit task failed"),
+        }
+    }
+
+    async fn run_stage(
+        &self,
+        flow: &Flow,
+        stage: u32,
+        plugin: &Plugin,
+        env: &Envelope,
+    ) -> Completion {
+        let is_sink = stage as usize + 1 == flow.stages.len();
+        let started = Instant::now();
+        let result = if is_sink {
+            plugin
+                .deliver(&env.message, &env.message.id)
+                .await
+                .map(Done::Delivered)
+        } else {
+            plugin.transform(&env.message).await.map(Done::Outputs)
+        };
+        let hop = Hop {
+            plugin: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            digest: plugin.digest().to_owned(),
+            micros: started.elapsed().as_micros() as u64,
+        };
+        let mut trail = env.trail.clone();
+        trail.push(hop);
+        let finish = |result: OutcomeKind, trail: Vec<Hop>, attempts: Vec<Attempt>| {
+            Completion::Finish(Box::new(Outcome {
+                id: env.message.id.clone(),
+                root: env.root.clone(),
+                flow: flow.name.clone(),
+                key: env.message.key.clone(),
+                kind: env.message.kind.clone(),
+                plugin: plugin.name().to_owned(),
+                trail,
+                attempts,
+                at_ms: now_ms(),
+                result,
+            }))
+        };
+        match result {
+            Ok(Done::Delivered(receipt)) => {
+                tracing::info!(outcome = "delivered", reference = %receipt.reference, "message delivered");
+                finish(
+                    OutcomeKind::Delivered {
+                        reference: receipt.reference,
+                        detail: receipt.detail,
+                    },
+                    trail,
+                    env.attempts.clone(),
+                )
+            }
+            Ok(Done::Outputs(outputs)) if outputs.is_empty() => {
+                tracing::info!(outcome = "consumed", "step produced no output");
+                finish(OutcomeKind::Consumed, trail, env.attempts.clone())
+            }
+            Ok(Done::Outputs(outputs)) => {
+                tracing::debug!(outputs = outputs.len(), "step done");
+                let next = stage + 1;
+                let outputs = outputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut message)| {
+                        // Derived, not random: a re-run after a crash yields the same ids.
+                        message.id = format!("{}.{i}", env.message.id);
+                        if message.key.is_empty() {
+                            message.key = env.message.key.clone();
+                        }
+                        Envelope {
+                            message,
+                            flow: flow.name.clone(),
+                            stage: next,
+                            root: env.root.clone(),
+                            accepted_ms: env.accepted_ms,
+                            trail: trail.clone(),
+                            attempts: Vec::new(),
+                            not_before_ms: 0,
+                        }
+                    })
+                    .collect();
+                Completion::Forward {
+                    queue: queue_name(&flow.name, next),
+                    outputs,
+                }
+            }
+            Err(CallError::Failure(Failure::Rejected(reasons))) => {
+                tracing::info!(outcome = "rejected", reasons = %reasons.join("; "), "message rejected");
+                finish(
+                    OutcomeKind::Rejected { reasons },
+                    trail,
+                    env.attempts.clone(),
+                )
+            }
+            Err(error) => {
+                let mut attempts = env.attempts.clone();
+                attempts.push(Attempt {
+                    at_ms: now_ms(),
+                    plugin: plugin.name().to_owned(),
+                    digest: plugin.digest().to_owned(),
+                    error: error.to_string(),
+                });
+                let permanent = matches!(error, CallError::Failure(Failure::Invalid(_)));
+                if permanent || attempts.len() as u32 >= flow.max_attempts {
+                    tracing::warn!(outcome = "dead-letter", %error, attempts = attempts.len(), "message dead-lettered");
+                    return finish(
+                        OutcomeKind::DeadLetter {
+                            error: error.to_string(),
+                        },
+                        trail,
+                        attempts,
+                    );
+                }
+                let delay = backoff(attempts.len() as u32);
+                tracing::warn!(outcome = "retry", %error, attempt = attempts.len(), delay_ms = delay.as_millis() as u64, "attempt failed; will retry");
+                let mut retry = env.clone();
+                retry.attempts = attempts;
+                retry.not_before_ms = now_ms() + delay.as_millis() as u64;
+                Completion::Retry(Box::new(retry))
+            }
+        }
+    }
+
+    /// What happened so far to an accepted message: its outcomes and what is still queued.
+    pub fn status(&self, root: &str) -> Result<MessageStatus, StorageError> {
+        let outcomes = self.queue.outcomes(root)?;
+        let pending = self
+            .queue
+            .pending()?
+            .into_iter()
+            .filter(|e| e.root == root)
+            .collect();
+        Ok(MessageStatus { outcomes, pending })
+    }
+}
+
+/// What happened to an accepted message and its descendants.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageStatus {
+    /// Terminal outcomes reached so far.
+    pub outcomes: Vec<Outcome>,
+    /// Descendants still queued (waiting, leased or retrying).
+    pub pending: Vec<Envelope>,
+}
+
+impl MessageStatus {
+    /// True when nothing of the message is still in flight and it reached an end.
+    pub fn is_settled(&self) -> bool {
+        self.pending.is_empty() && !self.outcomes.is_empty()
+    }
+}
+
+enum Done {
+    Delivered(crate::plugin::Receipt),
+    Outputs(Vec<StoredMessage>),
+}
+
+/// Exponential backoff with ±20% jitter.
+fn backoff(attempt: u32) -> Duration {
+    let exp = RETRY_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let capped = exp.min(RETRY_MAX);
+    let jitter = (uuid::Uuid::now_v7().as_u128() as u64 % 41) as f64 / 100.0 - 0.2;
+    capped.mul_f64(1.0 + jitter)
+}

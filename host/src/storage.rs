@@ -1,0 +1,176 @@
+//! The one redb database in the data directory, and the tables in it.
+//!
+//! Every durable fact of the runtime lives here: queued messages, outcomes, dead
+//! letters, plugin key-value data, the compiled-component index. A multi-table write
+//! commits atomically, which is what lets a step's outputs and its input's ack commit
+//! together.
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Queued messages: (queue name, sequence) -> encoded [`crate::queue::Envelope`].
+pub(crate) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
+/// Counters such as the next queue sequence number.
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Terminal outcome of each message: message id -> encoded [`crate::queue::Outcome`].
+pub(crate) const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
+/// Plugin key-value data: (plugin instance name, key) -> value.
+pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Compiled components: component digest -> sha256 of the compiled artifact on disk.
+pub(crate) const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
+
+/// A storage failure; the message says what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The database could not be opened.
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// What redb said.
+        source: Box<redb::DatabaseError>,
+    },
+    /// A read or a commit failed.
+    #[error("storage: {0}")]
+    Redb(#[from] Box<redb::Error>),
+    /// A stored record does not decode: a bug or a damaged file.
+    #[error("storage: damaged record: {0}")]
+    Decode(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StorageError {
+            fn from(e: $t) -> Self {
+                StorageError::Redb(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The runtime's database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    db: Arc<Database>,
+}
+
+impl Storage {
+    /// Open (or create) `data_dir/tenon.redb`, creating the directory and every table.
+    pub fn open(data_dir: &Path) -> Result<Storage, StorageError> {
+        let path = data_dir.join("tenon.redb");
+        let open_err = |source: redb::DatabaseError| StorageError::Open {
+            path: path.clone(),
+            source: Box::new(source),
+        };
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
+        let db = Database::create(&path).map_err(open_err)?;
+        let txn = db.begin_write()?;
+        txn.open_table(QUEUE)?;
+        txn.open_table(META)?;
+        txn.open_table(OUTCOMES)?;
+        txn.open_table(KV)?;
+        txn.open_table(COMPILED)?;
+        txn.commit()?;
+        Ok(Storage { db: Arc::new(db) })
+    }
+
+    /// The database, for the modules that own a table.
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// A plugin's view of the key-value table, confined to its namespace.
+    pub fn kv(&self, namespace: &str) -> KvNamespace {
+        KvNamespace {
+            storage: self.clone(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// Record which compiled artifact belongs to a component digest.
+    pub(crate) fn set_compiled(
+        &self,
+        digest: &str,
+        artifact_sha: &str,
+    ) -> Result<(), StorageError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(COMPILED)?.insert(digest, artifact_sha)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The sha256 of the compiled artifact recorded for a component digest.
+    pub(crate) fn compiled(&self, digest: &str) -> Result<Option<String>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(COMPILED)?;
+        Ok(table.get(digest)?.map(|v| v.value().to_owned()))
+    }
+}
+
+/// One plugin's keys. The namespace is part of every key, so a plugin cannot name
+/// another plugin's keys whatever string it passes.
+#[derive(Clone, Debug)]
+pub struct KvNamespace {
+    storage: Storage,
+    namespace: String,
+}
+
+impl KvNamespace {
+    /// The value under `key`.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let txn = self.storage.db.begin_read()?;
+        let table = txn.open_table(KV)?;
+        Ok(table
+            .get((self.namespace.as_str(), key))?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Store `value` under `key` (durably).
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        let txn = self.storage.db.begin_write()?;
+        txn.open_table(KV)?
+            .insert((self.namespace.as_str(), key), value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Remove `key`.
+    pub fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let txn = self.storage.db.begin_write()?;
+        txn.open_table(KV)?.remove((self.namespace.as_str(), key))?;
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_namespaces_do_not_see_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let a = storage.kv("plugin-a");
+        let b = storage.kv("plugin-b");
+        a.set("customer/001", b"ACME").unwrap();
+        assert_eq!(
+            a.get("customer/001").unwrap().as_deref(),
+            Some(&b"ACME"[..])
+        );
+        assert_eq!(b.get("customer/001").unwrap(), None);
+        b.delete("customer/001").unwrap();
+        assert!(a.get("customer/001").unwrap().is_some());
+        a.delete("customer/001").unwrap();
+        assert_eq!(a.get("customer/001").unwrap(), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! Attribute macros of `tenon-sdk`: `#[source]`, `#[transform]`, `#[sink]`.
+//!
+//! Each generates the WIT bindings of its world in the plugin's crate (so that the
+//! component exports exactly that world), maps the shared host interfaces onto the
+//! SDK's own bindings, and forwards the export to the annotated plain function.
+//! Use them through `tenon_sdk`, not directly.
+
+use proc_macro::TokenStream;
+use proc_macro2::TokenStream as TokenStream2;
+use quote::quote;
+
+/// The WIT package, read in place: the SDK and the host use the same files.
+const WIT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit/plugin@0.1.0");
+
+/// Export a function `fn(tenon_sdk::RawRequest) -> Result<Vec<tenon_sdk::Message>,
+/// tenon_sdk::Failure>` as a source plugin (world `tenon:plugin/source`).
+#[proc_macro_attribute]
+pub fn source(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Role::Source, attr, item)
+}
+
+/// Export a function `fn(tenon_sdk::Message) -> Result<Vec<tenon_sdk::Message>,
+/// tenon_sdk::Failure>` as a transform plugin (world `tenon:plugin/transform`).
+#[proc_macro_attribute]
+pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Role::Transform, attr, item)
+}
+
+/// Export a function `fn(tenon_sdk::Message, &str) -> Result<tenon_sdk::Receipt,
+/// tenon_sdk::Failure>` as a sink plugin (world `tenon:plugin/sink`).
+#[proc_macro_attribute]
+pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Role::Sink, attr, item)
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Source,
+    Transform,
+    Sink,
+}
+
+fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
+    if !attr.is_empty() {
+        let attr = TokenStream2::from(attr);
+        return syn::Error::new_spanned(attr, "this attribute takes no arguments")
+            .to_compile_error()
+            .into();
+    }
+    let func = match syn::parse::<syn::ItemFn>(item) {
+        Ok(func) => func,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    let name = &func.sig.ident;
+    let raw = quote!(::tenon_sdk::wit::types);
+    let (world, guest, export, with) = match role {
+        Role::Source => (
+            "tenon:plugin/source@0.1.0",
+            quote!(exports::tenon::plugin::ingester::Guest),
+            quote! {
+                fn ingest(request: #raw::RawRequest)
+                    -> ::core::result::Result<::std::vec::Vec<#raw::Message>, #raw::Failure> {
+                    ::tenon_sdk::__private::ingest(request, super::#name)
+                }
+            },
+            quote! {
+                "tenon:plugin/types@0.1.0": ::tenon_sdk::wit::types,
+                "tenon:plugin/log@0.1.0": ::tenon_sdk::wit::log,
+                "tenon:plugin/config@0.1.0": ::tenon_sdk::wit::config,
+            },
+        ),
+        Role::Transform => (
+            "tenon:plugin/transform@0.1.0",
+            quote!(exports::tenon::plugin::transformer::Guest),
+            quote! {
+                fn transform(input: #raw::Message)
+                    -> ::core::result::Result<::std::vec::Vec<#raw::Message>, #raw::Failure> {
+                    ::tenon_sdk::__private::transform(input, super::#name)
+                }
+            },
+            full_imports(),
+        ),
+        Role::Sink => (
+            "tenon:plugin/sink@0.1.0",
+            quote!(exports::tenon::plugin::deliverer::Guest),
+            quote! {
+                fn deliver(message: #raw::Message, idempotency_key: ::std::string::String)
+                    -> ::core::result::Result<#raw::Receipt, #raw::Failure> {
+                    ::tenon_sdk::__private::deliver(message, idempotency_key, super::#name)
+                }
+            },
+            full_imports(),
+        ),
+    };
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(missing_docs, unused_qualifications, clippy::all)]
+        mod __tenon_plugin {
+            ::tenon_sdk::__private::wit_bindgen::generate!({
+                path: #WIT_DIR,
+                world: #world,
+                runtime_path: "::tenon_sdk::__private::wit_bindgen::rt",
+                with: { #with },
+            });
+
+            struct Plugin;
+
+            impl #guest for Plugin {
+                #export
+            }
+
+            export!(Plugin);
+        }
+    }
+    .into()
+}
+
+fn full_imports() -> TokenStream2 {
+    quote! {
+        "tenon:plugin/types@0.1.0": ::tenon_sdk::wit::types,
+        "tenon:plugin/log@0.1.0": ::tenon_sdk::wit::log,
+        "tenon:plugin/kv@0.1.0": ::tenon_sdk::wit::kv,
+        "tenon:plugin/config@0.1.0": ::tenon_sdk::wit::config,
+    }
+}

@@ -1,0 +1,489 @@
+//! Tenon's canonical quote-to-cash models, version 1.
+//!
+//! Each model is defined here once and shared by the plugin SDK (plugins build and read
+//! them) and by the host (its validation gateway and tooling). Money is always an exact
+//! decimal with an ISO 4217 currency, never a float.
+//!
+//! Encodings: JSON for payloads that leave or enter Tenon ([`Encoding::Json`]),
+//! MessagePack between steps ([`Encoding::MsgPack`]).
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+mod money;
+
+pub use chrono;
+pub use money::{Currency, CurrencyError, Money};
+pub use rust_decimal;
+
+/// Version of the canonical models in this crate; carried in the `tenon-model` header.
+pub const MODEL_VERSION: &str = "1";
+
+/// Event kinds that the canonical models travel under.
+pub mod kinds {
+    /// A quote approved in CPQ, body [`super::Quote`].
+    pub const QUOTE_APPROVED: &str = "QuoteApproved";
+    /// An order accepted for fulfilment, body [`super::Order`].
+    pub const ORDER_ACCEPTED: &str = "OrderAccepted";
+    /// A contract (subscription) activated, body [`super::Contract`].
+    pub const CONTRACT_ACTIVATED: &str = "ContractActivated";
+    /// An invoice posted, body [`super::Invoice`].
+    pub const INVOICE_POSTED: &str = "InvoicePosted";
+    /// A revenue schedule created or changed, body [`super::RevenueSchedule`].
+    pub const REVENUE_SCHEDULE_UPDATED: &str = "RevenueScheduleUpdated";
+}
+
+/// A customer, supplier or legal entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Party {
+    /// Identifier in the system of record (e.g. the CRM account id).
+    pub id: String,
+    /// Display name, when the source has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// ISO 3166-1 alpha-2 country code, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+}
+
+/// A sellable product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Product {
+    /// Identifier in the product catalogue.
+    pub id: String,
+    /// Product code (SKU), the key most ERPs match on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// How a line is charged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChargeType {
+    /// Charged once: goods, set-up fees.
+    OneTime,
+    /// Charged every billing period: subscriptions.
+    Recurring,
+    /// Charged on measured consumption.
+    Usage,
+}
+
+impl ChargeType {
+    /// True for lines that belong to a subscription rather than a delivery.
+    pub fn is_subscription(self) -> bool {
+        matches!(self, ChargeType::Recurring | ChargeType::Usage)
+    }
+}
+
+/// A date range, both ends inclusive, as billing systems state service periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    /// First day of the period.
+    pub start: NaiveDate,
+    /// Last day of the period (inclusive).
+    pub end: NaiveDate,
+}
+
+/// The subscription side of a line: term and billing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionTerm {
+    /// Term length in months.
+    pub months: u32,
+    /// Start of service, when fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<NaiveDate>,
+    /// End of service, when fixed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<NaiveDate>,
+    /// Billing frequency as the source states it (e.g. "Monthly", "Annual").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub billing_frequency: Option<String>,
+}
+
+/// A discount applied to a line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Discount {
+    /// Percentage off the list price (10 means 10%).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<Decimal>,
+    /// Amount off per unit, in the currency of the document the line is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Decimal>,
+}
+
+/// A quote approved in CPQ (event `QuoteApproved`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quote {
+    /// Identifier in the CPQ system.
+    pub id: String,
+    /// Human quote number (e.g. `Q-00822`), the business key.
+    pub number: String,
+    /// Quote type as the source states it ("Quote", "Renewal", "Amendment").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote_type: Option<String>,
+    /// The sold-to customer; `None` when the source did not say (a validation error).
+    pub customer: Option<Party>,
+    /// Currency of every amount on the quote; `None` when the source did not say.
+    pub currency: Option<Currency>,
+    /// Start of the quoted service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<NaiveDate>,
+    /// Subscription term in months at the header level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_term_months: Option<u32>,
+    /// Payment terms (e.g. "Net30").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_terms: Option<String>,
+    /// The contract an amendment applies to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master_contract: Option<String>,
+    /// Quote lines in the source's order; bundles reference their parent by key.
+    pub lines: Vec<QuoteLine>,
+    /// Net total as the source computed it, in the quote's currency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_total: Option<Decimal>,
+}
+
+/// One line of a [`Quote`]. Its amounts are in the quote's currency: single-currency
+/// CPQ orgs do not state it per line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuoteLine {
+    /// Key of the line within the quote.
+    pub key: u32,
+    /// Key of the bundle parent line; `None` at the top level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_key: Option<u32>,
+    /// The product; `None` when the source did not say (a validation error).
+    pub product: Option<Product>,
+    /// Quantity, exact.
+    pub quantity: Decimal,
+    /// List price per unit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_price: Option<Decimal>,
+    /// Net price per unit after every discount.
+    pub net_price: Decimal,
+    /// Net total of the line.
+    pub net_total: Decimal,
+    /// Discounts on the line.
+    #[serde(default)]
+    pub discount: Discount,
+    /// How the line is charged.
+    pub charge: ChargeType,
+    /// The subscription term, for recurring and usage lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<SubscriptionTerm>,
+}
+
+/// What an order is for: ERPs book goods and subscriptions differently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrderCategory {
+    /// One-time goods and services, delivered.
+    Physical,
+    /// Recurring and usage lines, billed over a term.
+    Subscription,
+}
+
+/// A sales order (event `OrderAccepted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// Order identifier, unique per quote and category (e.g. `Q-00822-P`).
+    pub id: String,
+    /// The quote this order came from.
+    pub quote_id: String,
+    /// The quote number this order came from.
+    pub quote_number: String,
+    /// Goods or subscription.
+    pub category: OrderCategory,
+    /// The sold-to customer.
+    pub customer: Party,
+    /// Currency of every amount on the order.
+    pub currency: Currency,
+    /// Payment terms (e.g. "Net30").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_terms: Option<String>,
+    /// Order lines; bundle components reference their parent line.
+    pub lines: Vec<OrderLine>,
+    /// Sum of the lines' net amounts.
+    pub total: Money,
+}
+
+/// One line of an [`Order`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderLine {
+    /// Line number, from 10 in steps of 10 as ERPs number them. The numbering is
+    /// per quote, so the orders split from one quote never reuse a number.
+    pub line_number: u32,
+    /// Line number of the bundle parent, if any. It may stand on the sibling order
+    /// of the same quote (a subscription option of a hardware bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_line_number: Option<u32>,
+    /// The product.
+    pub product: Product,
+    /// Quantity, exact.
+    pub quantity: Decimal,
+    /// Net price per unit.
+    pub unit_price: Money,
+    /// Net amount of the line.
+    pub net_amount: Money,
+    /// Discounts on the line.
+    #[serde(default)]
+    pub discount: Discount,
+    /// The subscription term, on subscription orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<SubscriptionTerm>,
+}
+
+/// Lifecycle state of a contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ContractStatus {
+    /// In force.
+    Active,
+    /// Paused; no service, no billing.
+    Suspended,
+    /// Ended before or at term.
+    Cancelled,
+}
+
+/// A contract or subscription (event `ContractActivated` and its amendments).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Contract {
+    /// Identifier in the billing system (e.g. the subscription number).
+    pub id: String,
+    /// The customer.
+    pub customer: Party,
+    /// Lifecycle state.
+    pub status: ContractStatus,
+    /// Currency of every amount on the contract.
+    pub currency: Currency,
+    /// When the contract takes legal effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract_effective: Option<NaiveDate>,
+    /// When service starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_activation: Option<NaiveDate>,
+    /// When the customer accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_acceptance: Option<NaiveDate>,
+    /// Term in months, when termed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_months: Option<u32>,
+    /// The charges of the contract.
+    pub lines: Vec<ContractLine>,
+}
+
+/// One charge of a [`Contract`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContractLine {
+    /// Identifier of the charge in the billing system.
+    pub id: String,
+    /// The product.
+    pub product: Product,
+    /// Quantity, exact.
+    pub quantity: Decimal,
+    /// Price of the charge over its period.
+    pub amount: Money,
+    /// How the charge is billed.
+    pub charge: ChargeType,
+    /// When the charge is in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_period: Option<Period>,
+}
+
+/// A posted invoice (event `InvoicePosted`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invoice {
+    /// Identifier in the billing system.
+    pub id: String,
+    /// Invoice number as printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// The billed customer.
+    pub customer: Party,
+    /// Currency of every amount on the invoice.
+    pub currency: Currency,
+    /// Issue date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<NaiveDate>,
+    /// Due date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<NaiveDate>,
+    /// Invoice lines.
+    pub lines: Vec<InvoiceLine>,
+    /// Invoice total.
+    pub total: Money,
+}
+
+/// One line of an [`Invoice`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvoiceLine {
+    /// Identifier of the line in the billing system.
+    pub id: String,
+    /// Line text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Quantity, exact.
+    pub quantity: Decimal,
+    /// Amount of the line.
+    pub amount: Money,
+    /// The service period the line bills for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_period: Option<Period>,
+}
+
+/// Revenue recognised over time for one obligation (event `RevenueScheduleUpdated`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevenueSchedule {
+    /// Identifier of the schedule.
+    pub id: String,
+    /// The contract or invoice line it recognises.
+    pub source_line: String,
+    /// Total to recognise; the periods sum to it exactly.
+    pub total: Money,
+    /// The periods, in date order.
+    pub periods: Vec<RevenuePeriod>,
+}
+
+/// One period of a [`RevenueSchedule`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevenuePeriod {
+    /// The days recognised in this period.
+    pub period: Period,
+    /// Revenue recognised in this period.
+    pub amount: Money,
+}
+
+/// A wire encoding of canonical models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// `application/json`: payloads entering or leaving Tenon.
+    Json,
+    /// `application/msgpack`: messages between steps (smaller and faster).
+    MsgPack,
+}
+
+/// A body that could not be encoded or decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The content type is not one Tenon encodes canonical models in.
+    #[error("unsupported content type `{0}` (expected application/json or application/msgpack)")]
+    UnsupportedContentType(String),
+    /// The body is not valid JSON for the model.
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// The body is not valid MessagePack for the model.
+    #[error("invalid MessagePack: {0}")]
+    MsgPackDecode(#[from] rmp_serde::decode::Error),
+    /// The model could not be written as MessagePack.
+    #[error("cannot encode MessagePack: {0}")]
+    MsgPackEncode(#[from] rmp_serde::encode::Error),
+}
+
+impl Encoding {
+    /// The content type this encoding travels under.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Json => "application/json",
+            Encoding::MsgPack => "application/msgpack",
+        }
+    }
+
+    /// The encoding of a content type (parameters such as `; charset=utf-8` ignored).
+    pub fn from_content_type(content_type: &str) -> Result<Self, CodecError> {
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        match essence.to_ascii_lowercase().as_str() {
+            "application/json" => Ok(Encoding::Json),
+            "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => {
+                Ok(Encoding::MsgPack)
+            }
+            _ => Err(CodecError::UnsupportedContentType(content_type.to_owned())),
+        }
+    }
+
+    /// Encode a model. MessagePack uses named fields so that models can evolve.
+    pub fn encode<T: Serialize>(self, value: &T) -> Result<Vec<u8>, CodecError> {
+        Ok(match self {
+            Encoding::Json => serde_json::to_vec(value)?,
+            Encoding::MsgPack => rmp_serde::to_vec_named(value)?,
+        })
+    }
+
+    /// Decode a model.
+    pub fn decode<T: for<'de> Deserialize<'de>>(self, bytes: &[u8]) -> Result<T, CodecError> {
+        Ok(match self {
+            Encoding::Json => serde_json::from_slice(bytes)?,
+            Encoding::MsgPack => rmp_serde::from_slice(bytes)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    fn money(amount: &str) -> Money {
+        Money::new(
+            Decimal::from_str(amount).unwrap(),
+            Currency::new("EUR").unwrap(),
+        )
+    }
+
+    #[test]
+    fn order_round_trips_through_both_encodings() {
+        let order = Order {
+            id: "Q-1-P".into(),
+            quote_id: "a0q1".into(),
+            quote_number: "Q-1".into(),
+            category: OrderCategory::Physical,
+            customer: Party {
+                id: "001".into(),
+                name: None,
+                country: Some("DE".into()),
+            },
+            currency: Currency::new("EUR").unwrap(),
+            payment_terms: None,
+            lines: vec![OrderLine {
+                line_number: 10,
+                parent_line_number: None,
+                product: Product {
+                    id: "01t".into(),
+                    code: Some("HW-1".into()),
+                    name: None,
+                },
+                quantity: Decimal::from(3),
+                unit_price: money("19.99"),
+                net_amount: money("59.97"),
+                discount: Discount::default(),
+                subscription: None,
+            }],
+            total: money("59.97"),
+        };
+        for enc in [Encoding::Json, Encoding::MsgPack] {
+            let bytes = enc.encode(&order).unwrap();
+            let back: Order = enc.decode(&bytes).unwrap();
+            assert_eq!(back, order, "{enc:?}");
+        }
+        let json = String::from_utf8(Encoding::Json.encode(&order.total).unwrap()).unwrap();
+        assert_eq!(json, r#"{"amount":"59.97","currency":"EUR"}"#);
+    }
+
+    #[test]
+    fn content_types_are_parsed_by_essence() {
+        assert_eq!(
+            Encoding::from_content_type("application/json; charset=utf-8").unwrap(),
+            Encoding::Json
+        );
+        assert_eq!(
+            Encoding::from_content_type("application/msgpack").unwrap(),
+            Encoding::MsgPack
+        );
+        let err = Encoding::from_content_type("text/csv").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unsupported content type `text/csv` (expected application/json or application/msgpack)"
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! Outbound HTTP for sinks, over the standard `wasi:http/outgoing-handler`.
+//!
+//! The host lets a request through only to the hosts that the plugin's manifest
+//! grants; anything else fails with an error naming the refused host.
+
+use crate::Failure;
+use std::io::{Read, Write};
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
+
+/// A response: status, headers and the whole body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// Response headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Response body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// True for 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The failure class a non-2xx status stands for: 408, 429 and 5xx are transient
+    /// (`retryable`), any other 4xx is the target refusing the content (`rejected`).
+    pub fn failure(&self) -> Failure {
+        let body = String::from_utf8_lossy(&self.body);
+        let text = format!("HTTP {}: {}", self.status, body.trim());
+        match self.status {
+            408 | 429 | 500..=599 => Failure::Retryable(text),
+            _ => Failure::Rejected(vec![text]),
+        }
+    }
+}
+
+/// `POST` a JSON body to `url` with extra headers.
+pub fn post_json(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, Failure> {
+    let mut all = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    all.extend_from_slice(headers);
+    send("POST", url, &all, body)
+}
+
+/// Send a request and read the whole response. Network errors are `retryable`; a URL
+/// that cannot be parsed, or a host the manifest does not grant, is `invalid`.
+pub fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, Failure> {
+    let (scheme, authority, path) = split_url(url)?;
+    let fields: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .collect();
+    let fields = Fields::from_list(&fields)
+        .map_err(|e| Failure::Invalid(format!("bad request header: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let method = match method.to_ascii_uppercase().as_str() {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        "PUT" => Method::Put,
+        "PATCH" => Method::Patch,
+        "DELETE" => Method::Delete,
+        other => Method::Other(other.to_owned()),
+    };
+    let bad = |what: &str| Failure::Invalid(format!("cannot set the request {what} from `{url}`"));
+    request.set_method(&method).map_err(|()| bad("method"))?;
+    request
+        .set_scheme(Some(&scheme))
+        .map_err(|()| bad("scheme"))?;
+    request
+        .set_authority(Some(authority))
+        .map_err(|()| bad("authority"))?;
+    request
+        .set_path_with_query(Some(path))
+        .map_err(|()| bad("path"))?;
+
+    let outgoing = request.body().map_err(|()| bad("body"))?;
+    let pending = outgoing_handler::handle(request, None).map_err(|e| http_failure(url, e))?;
+    {
+        let mut stream = outgoing.write().map_err(|()| bad("body stream"))?;
+        stream
+            .write_all(body)
+            .and_then(|()| Write::flush(&mut stream))
+            .map_err(|e| Failure::Retryable(format!("sending the body to {url} failed: {e}")))?;
+    }
+    OutgoingBody::finish(outgoing, None).map_err(|e| http_failure(url, e))?;
+
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(e))) => return Err(http_failure(url, e)),
+        Some(Err(())) | None => {
+            return Err(Failure::Retryable(format!("no response from {url}")));
+        }
+    };
+    let status = response.status();
+    let headers = response.headers().entries();
+    let incoming = response.consume().map_err(|()| bad("response body"))?;
+    let mut body = Vec::new();
+    {
+        let mut stream = incoming.stream().map_err(|()| bad("response stream"))?;
+        stream.read_to_end(&mut body).map_err(|e| {
+            Failure::Retryable(format!("reading the response of {url} failed: {e}"))
+        })?;
+    }
+    let _trailers = IncomingBody::finish(incoming);
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn http_failure(url: &str, e: ErrorCode) -> Failure {
+    match e {
+        ErrorCode::HttpRequestDenied => Failure::Invalid(format!(
+            "the host refused the request to {url}: host not granted"
+        )),
+        ErrorCode::HttpRequestUriInvalid => Failure::Invalid(format!("invalid URL {url}")),
+        other => Failure::Retryable(format!("request to {url} failed: {other:?}")),
+    }
+}
+
+fn split_url(url: &str) -> Result<(Scheme, &str, &str), Failure> {
+    let invalid = || Failure::Invalid(format!("`{url}` is not an absolute http(s) URL"));
+    let (scheme, rest) = url.split_once("://").ok_or_else(invalid)?;
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        _ => return Err(invalid()),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err(invalid());
+    }
+    Ok((scheme, authority, path))
+}

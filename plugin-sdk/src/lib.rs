@@ -1,0 +1,87 @@
+//! Write Tenon plugins as plain Rust functions.
+//!
+//! A plugin is a WebAssembly component with one of three roles. Write one function
+//! and put the matching attribute on it:
+//!
+//! ```ignore
+//! use tenon_sdk::{Failure, Message, model::{Quote, Order}};
+//!
+//! #[tenon_sdk::transform]
+//! fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
+//!     let quote: Quote = input.decode()?;
+//!     let order: Order = todo_map(quote)?;
+//!     Ok(vec![Message::encode("OrderAccepted", &order.id, &order)?])
+//! }
+//! ```
+//!
+//! - [`source`]: `fn(RawRequest) -> Result<Vec<Message>, Failure>`, turns an inbound
+//!   payload (a CPQ webhook, a file) into canonical messages;
+//! - [`transform`]: `fn(Message) -> Result<Vec<Message>, Failure>`, maps, validates or
+//!   routes one message;
+//! - [`sink`]: `fn(Message, &str) -> Result<Receipt, Failure>`, delivers one message to a
+//!   target system; the `&str` is the idempotency key to send along.
+//!
+//! The host calls through [`config`], [`kv`], [`log`] and (sinks) [`http`] are the only
+//! ways out of the sandbox, each allowed only as far as the plugin's manifest grants.
+//! Build with `cargo build --target wasm32-wasip2`.
+#![deny(missing_docs)]
+
+mod message;
+
+pub mod config;
+#[cfg(target_arch = "wasm32")]
+pub mod http;
+pub mod kv;
+pub mod log;
+
+pub use message::{Failure, Message, RawRequest, Receipt};
+pub use tenon_model as model;
+pub use tenon_sdk_macros::{sink, source, transform};
+
+/// Raw bindings generated from the WIT files in `wit/`: not part of the API.
+#[doc(hidden)]
+pub mod wit {
+    wit_bindgen::generate!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/sdk",
+        generate_unused_types: true,
+    });
+    pub use self::tenon::plugin::*;
+}
+
+/// What the attribute macros expand to: not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use crate::wit::types as raw;
+    use crate::{Failure, Message, RawRequest, Receipt};
+
+    pub fn ingest(
+        request: raw::RawRequest,
+        f: fn(RawRequest) -> Result<Vec<Message>, Failure>,
+    ) -> Result<Vec<raw::Message>, raw::Failure> {
+        f(request.into())
+            .map(|out| out.into_iter().map(Into::into).collect())
+            .map_err(Into::into)
+    }
+
+    pub fn transform(
+        input: raw::Message,
+        f: fn(Message) -> Result<Vec<Message>, Failure>,
+    ) -> Result<Vec<raw::Message>, raw::Failure> {
+        f(input.into())
+            .map(|out| out.into_iter().map(Into::into).collect())
+            .map_err(Into::into)
+    }
+
+    pub fn deliver(
+        message: raw::Message,
+        idempotency_key: String,
+        f: fn(Message, &str) -> Result<Receipt, Failure>,
+    ) -> Result<raw::Receipt, raw::Failure> {
+        f(message.into(), &idempotency_key)
+            .map(Into::into)
+            .map_err(Into::into)
+    }
+}

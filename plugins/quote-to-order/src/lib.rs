@@ -1,0 +1,142 @@
+//! Transform plugin: validate an approved quote and turn it into orders.
+//!
+//! Validation reports every failed rule, not only the first: a quote without a
+//! customer, without a currency, with a line without a product (or with a bundle
+//! parent that is not on the quote) is `rejected` with all its reasons.
+//!
+//! A valid quote becomes up to two `OrderAccepted` messages: one for its one-time
+//! (physical) lines, `<quote>-P`, and one for its recurring and usage (subscription)
+//! lines, `<quote>-S`. Line numbers run per quote (10, 20, ...) so that bundle
+//! parents stay addressable across the two orders.
+
+use tenon_sdk::model::rust_decimal::Decimal;
+use tenon_sdk::model::{Encoding, Money, Order, OrderCategory, OrderLine, Quote, kinds};
+use tenon_sdk::{Failure, Message};
+
+#[tenon_sdk::transform]
+fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
+    if input.kind != kinds::QUOTE_APPROVED {
+        return Err(Failure::Invalid(format!(
+            "quote-to-order takes {} messages, not {}",
+            kinds::QUOTE_APPROVED,
+            input.kind
+        )));
+    }
+    let quote: Quote = input.decode()?;
+    let orders = map_quote(&quote).map_err(Failure::Rejected)?;
+    orders
+        .iter()
+        .map(|order| Message::encode(kinds::ORDER_ACCEPTED, &input.key, order))
+        .collect()
+}
+
+/// The whole mapping on encoded bodies, as the plugin runs it: decode the quote, map,
+/// encode the orders. The benchmark runs this natively against the WASM component.
+pub fn map_encoded(encoding: Encoding, quote: &[u8]) -> Result<Vec<Vec<u8>>, Failure> {
+    let quote: Quote = encoding
+        .decode(quote)
+        .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let orders = map_quote(&quote).map_err(Failure::Rejected)?;
+    orders
+        .iter()
+        .map(|o| {
+            Encoding::MsgPack
+                .encode(o)
+                .map_err(|e| Failure::Invalid(e.to_string()))
+        })
+        .collect()
+}
+
+/// Validate a quote and split it into orders; on failure, every reason.
+pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
+    let mut reasons = Vec::new();
+    let q = &quote.number;
+    if quote.customer.is_none() {
+        reasons.push(format!("quote {q} has no customer (sold-to account)"));
+    }
+    if quote.currency.is_none() {
+        reasons.push(format!("quote {q} has no currency"));
+    }
+    if quote.lines.is_empty() {
+        reasons.push(format!("quote {q} has no lines"));
+    }
+    for line in &quote.lines {
+        if line.product.is_none() {
+            reasons.push(format!("quote {q} line {} has no product", line.key));
+        }
+        if line.quantity <= Decimal::ZERO {
+            reasons.push(format!(
+                "quote {q} line {} has quantity {}, which is not positive",
+                line.key, line.quantity
+            ));
+        }
+        if let Some(parent) = line.parent_key {
+            if !quote.lines.iter().any(|l| l.key == parent) {
+                reasons.push(format!(
+                    "quote {q} line {} names bundle parent {parent}, which is not on the quote",
+                    line.key
+                ));
+            }
+        }
+    }
+    let (Some(customer), Some(currency), true) =
+        (&quote.customer, &quote.currency, reasons.is_empty())
+    else {
+        return Err(reasons);
+    };
+
+    let line_number = |key: u32| {
+        quote
+            .lines
+            .iter()
+            .position(|l| l.key == key)
+            .map(|i| (i as u32 + 1) * 10)
+    };
+    let mut orders: Vec<Order> = Vec::with_capacity(2);
+    for (i, line) in quote.lines.iter().enumerate() {
+        let category = if line.charge.is_subscription() {
+            OrderCategory::Subscription
+        } else {
+            OrderCategory::Physical
+        };
+        let Some(product) = line.product.clone() else {
+            continue;
+        };
+        let order_line = OrderLine {
+            line_number: (i as u32 + 1) * 10,
+            parent_line_number: line.parent_key.and_then(line_number),
+            product,
+            quantity: line.quantity,
+            unit_price: Money::new(line.net_price, currency.clone()),
+            net_amount: Money::new(line.net_total, currency.clone()),
+            discount: line.discount.clone(),
+            subscription: line.subscription.clone(),
+        };
+        let order = match orders.iter_mut().find(|o| o.category == category) {
+            Some(order) => order,
+            None => {
+                let suffix = match category {
+                    OrderCategory::Physical => "P",
+                    OrderCategory::Subscription => "S",
+                };
+                orders.push(Order {
+                    id: format!("{q}-{suffix}"),
+                    quote_id: quote.id.clone(),
+                    quote_number: q.clone(),
+                    category,
+                    customer: customer.clone(),
+                    currency: currency.clone(),
+                    payment_terms: quote.payment_terms.clone(),
+                    lines: Vec::new(),
+                    total: Money::zero(currency.clone()),
+                });
+                let last = orders.len() - 1;
+                &mut orders[last]
+            }
+        };
+        order.total.amount += line.net_total;
+        order.lines.push(order_line);
+    }
+    orders.sort_by_key(|o| o.category == OrderCategory::Subscription);
+    Ok(orders)
+}
