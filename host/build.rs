@@ -25,6 +25,8 @@ fn main() -> Result<(), Box<dyn Error>> {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
+    ensure_wasm_target()?;
+
     // A target directory of its own: the outer cargo holds the lock on ours.
     let target_dir = root.join("target").join("plugins");
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -105,6 +107,30 @@ fn main() -> Result<(), Box<dyn Error>> {
     writeln!(code, "];")?;
     fs::write(PathBuf::from(env::var("OUT_DIR")?).join("plugins.rs"), code)?;
     Ok(())
+}
+
+/// Add the `wasm32-wasip2` target to the toolchain if it lacks it: rustup installs the
+/// targets of `rust-toolchain.toml` only with the toolchain itself, so a machine that
+/// already had 1.95.0 would otherwise fail here.
+fn ensure_wasm_target() -> Result<(), Box<dyn Error>> {
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let sysroot = Command::new(&rustc).args(["--print", "sysroot"]).output()?;
+    let sysroot = PathBuf::from(String::from_utf8(sysroot.stdout)?.trim());
+    if sysroot.join("lib/rustlib/wasm32-wasip2").exists() {
+        return Ok(());
+    }
+    println!("cargo:warning=installing the wasm32-wasip2 target with rustup (once)");
+    let status = Command::new("rustup")
+        .args(["target", "add", "wasm32-wasip2"])
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(
+            "the wasm32-wasip2 target is missing and `rustup target add wasm32-wasip2` failed; \
+                  install it by hand and build again"
+                .into(),
+        ),
+    }
 }
 
 /// The built component a plugin directory's manifest names (`component = "x.wasm"`).

@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod bindings;
 pub mod caps;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;

@@ -392,23 +392,24 @@ impl Plugin {
     }
 }
 
+/// Most characters of a guest's stderr quoted in an error.
+const MAX_STDERR_IN_ERROR: usize = 1_000;
+
 fn classify_trap(error: wasmtime::Error, stderr: String, timeout: Duration) -> CallError {
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        if *trap == wasmtime::Trap::Interrupt {
-            return CallError::Timeout(timeout);
+    let trap = error.downcast_ref::<wasmtime::Trap>().copied();
+    if trap == Some(wasmtime::Trap::Interrupt) {
+        return CallError::Timeout(timeout);
+    }
+    let mut message = trap.map_or_else(|| format!("{error}"), |t| t.to_string());
+    // A Rust guest's panic prints `panicked at <location>:` and then its message.
+    let lines: Vec<&str> = stderr.lines().collect();
+    if let Some(at) = lines.iter().position(|l| l.contains("panicked at")) {
+        if let Some(panic) = lines.get(at + 1) {
+            message = format!("{message}: panicked: {}", panic.trim());
         }
-    }
-    let mut message = format!("{error}");
-    if let Some(trap) = error.downcast_ref::<wasmtime::Trap>() {
-        message = trap.to_string();
-    }
-    // The guest's panic message is the most useful line; keep it first.
-    let panic_line = stderr
-        .lines()
-        .find(|l| l.contains("panicked"))
-        .map(str::to_owned);
-    if let Some(line) = panic_line.or_else(|| (!stderr.is_empty()).then(|| stderr.clone())) {
-        message = format!("{message}: {line}");
+    } else if !stderr.is_empty() {
+        let tail: String = stderr.chars().take(MAX_STDERR_IN_ERROR).collect();
+        message = format!("{message}: {tail}");
     }
     CallError::Trap(message)
 }

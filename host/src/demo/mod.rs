@@ -10,8 +10,6 @@ use crate::config::Config;
 use crate::queue::OutcomeKind;
 use crate::server::Server;
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use mock_erp::MockErp;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -88,8 +86,10 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     let mut sent = Vec::new();
     for (file, body, expect) in SAMPLES {
         let url = format!("http://{}/v1/sources/cpq-source", server.addr);
-        let (status, reply) = post(&url, "application/json", body.as_bytes().to_vec()).await?;
-        let ids: Vec<String> = serde_json::from_slice::<serde_json::Value>(&reply)
+        let reply = crate::client::post(&url, "application/json", body.as_bytes().to_vec()).await?;
+        let status = reply.status;
+        let ids: Vec<String> = reply
+            .json()
             .ok()
             .and_then(|v| serde_json::from_value(v.get("accepted")?.clone()).ok())
             .unwrap_or_default();
@@ -195,24 +195,4 @@ fn order_id_of(erp: &MockErp, message_id: &str) -> Option<String> {
         .into_iter()
         .find(|r| r.idempotency_key.as_deref() == Some(message_id))
         .and_then(|r| r.body["id"].as_str().map(str::to_owned))
-}
-
-/// POST a body and return the status and the response body.
-pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<(u16, Vec<u8>)> {
-    let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
-    let authority = uri.authority().context("URL without host")?.clone();
-    let stream = tokio::net::TcpStream::connect(authority.as_str())
-        .await
-        .with_context(|| format!("cannot connect to {authority}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let request = hyper::Request::post(uri.clone())
-        .header("host", authority.as_str())
-        .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))?;
-    let response = sender.send_request(request).await?;
-    let status = response.status().as_u16();
-    let body = response.into_body().collect().await?.to_bytes().to_vec();
-    Ok((status, body))
 }

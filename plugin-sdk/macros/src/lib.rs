@@ -92,9 +92,13 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
             full_imports(),
         ),
     };
+    // The export exists only in the component. Built natively (to test or benchmark
+    // the plugin's code), the crate exports nothing and the function is plain code.
     quote! {
+        #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
         #func
 
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         #[allow(missing_docs, unused_qualifications, clippy::all)]
         mod __tenon_plugin {

@@ -104,6 +104,16 @@ impl Money {
         }
     }
 
+    /// The amount written with at least the currency's minor digits (`4245.9 EUR`
+    /// becomes `4245.90 EUR`); never rounds, so no value changes.
+    pub fn with_currency_scale(mut self) -> Money {
+        let digits = self.currency.minor_digits();
+        if self.amount.scale() < digits {
+            self.amount.rescale(digits);
+        }
+        self
+    }
+
     /// The sum of two amounts, or `None` when their currencies differ.
     pub fn checked_add(&self, other: &Money) -> Option<Money> {
         (self.currency == other.currency).then(|| Money {
@@ -141,6 +151,15 @@ mod tests {
         assert_eq!(jpy.amount.to_string(), "1999");
         assert_eq!(kwd.amount.to_string(), "1.999");
         assert_eq!(usd.amount.to_string(), "19.99");
+    }
+
+    #[test]
+    fn currency_scale_pads_but_never_rounds() {
+        let eur = Currency::new("EUR").unwrap();
+        let padded = Money::new(Decimal::new(42459, 1), eur.clone()).with_currency_scale();
+        assert_eq!(padded.to_string(), "4245.90 EUR");
+        let precise = Money::new(Decimal::new(12345, 4), eur).with_currency_scale();
+        assert_eq!(precise.to_string(), "1.2345 EUR");
     }
 
     #[test]

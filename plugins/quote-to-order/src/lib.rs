@@ -70,13 +70,13 @@ pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
                 line.key, line.quantity
             ));
         }
-        if let Some(parent) = line.parent_key {
-            if !quote.lines.iter().any(|l| l.key == parent) {
-                reasons.push(format!(
-                    "quote {q} line {} names bundle parent {parent}, which is not on the quote",
-                    line.key
-                ));
-            }
+        if let Some(parent) = line.parent_key
+            && !quote.lines.iter().any(|l| l.key == parent)
+        {
+            reasons.push(format!(
+                "quote {q} line {} names bundle parent {parent}, which is not on the quote",
+                line.key
+            ));
         }
     }
     let (Some(customer), Some(currency), true) =
@@ -108,7 +108,7 @@ pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
             product,
             quantity: line.quantity,
             unit_price: Money::new(line.net_price, currency.clone()),
-            net_amount: Money::new(line.net_total, currency.clone()),
+            net_amount: Money::new(line.net_total, currency.clone()).with_currency_scale(),
             discount: line.discount.clone(),
             subscription: line.subscription.clone(),
         };
@@ -136,6 +136,9 @@ pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
         };
         order.total.amount += line.net_total;
         order.lines.push(order_line);
+    }
+    for order in &mut orders {
+        order.total = order.total.clone().with_currency_scale();
     }
     orders.sort_by_key(|o| o.category == OrderCategory::Subscription);
     Ok(orders)

@@ -1,0 +1,11 @@
+//! Tenon's integration tests: one binary, a module per topic.
+
+// Test code: a failed unwrap is a failed test, which is what we want.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod bad_input;
+mod e2e;
+mod mapping;
+mod plugins;
+mod restart;
+mod support;

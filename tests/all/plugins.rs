@@ -1,0 +1,159 @@
+//! Plugin loading and calling, in process: the compile cache, refusals at load time,
+//! and limits.
+
+use crate::support::Workspace;
+use tenon::engine::Engine;
+use tenon::plugin::{CallError, Plugin, PluginSettings};
+use tenon::queue::StoredMessage;
+use tenon::storage::Storage;
+
+fn message() -> StoredMessage {
+    StoredMessage {
+        id: "m1".into(),
+        key: "Q-1".into(),
+        kind: "QuoteApproved".into(),
+        content_type: "application/json".into(),
+        headers: vec![],
+        body: b"{}".to_vec(),
+    }
+}
+
+fn settings(pairs: &[(&str, &str)]) -> PluginSettings {
+    PluginSettings {
+        config: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..PluginSettings::default()
+    }
+}
+
+#[test]
+fn compiled_components_are_cached_and_verified() {
+    let ws = Workspace::new();
+    let data = ws.data_dir();
+    let dir = ws.path().join("plugins/quote-to-order");
+    let digest = {
+        let storage = Storage::open(&data).unwrap();
+        let engine = Engine::new(storage.clone(), &data).unwrap();
+        let plugin =
+            Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
+        plugin.digest().to_owned()
+    };
+    let hex = digest.trim_start_matches("sha256:");
+    let cached: Vec<_> = std::fs::read_dir(data.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(hex))
+        .collect();
+    assert_eq!(cached.len(), 1, "one artifact for the component");
+
+    // A tampered artifact is never loaded: the digest check sends it back to the
+    // compiler, and the plugin still loads and works.
+    std::fs::write(&cached[0], b"not a compiled component").unwrap();
+    let storage = Storage::open(&data).unwrap();
+    let engine = Engine::new(storage.clone(), &data).unwrap();
+    let plugin = Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
+    assert_eq!(plugin.digest(), digest);
+    assert_ne!(
+        std::fs::read(&cached[0]).unwrap(),
+        b"not a compiled component"
+    );
+}
+
+#[test]
+fn a_component_that_imports_more_than_its_kind_allows_is_refused_at_load() {
+    let ws = Workspace::new();
+    // The HTTP sink's component, dressed up as a transform: transforms get no network.
+    let dir = ws.path().join("plugins/http-sink");
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml"))
+        .unwrap()
+        .replace("kind = \"sink\"", "kind = \"transform\"")
+        .replace("tenon:plugin/sink@0.1.0", "tenon:plugin/transform@0.1.0")
+        .replace("[grants]\n", "")
+        .replace("http = [\"http://*\", \"https://*\"]\n", "");
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    let storage = Storage::open(&ws.data_dir()).unwrap();
+    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let err = Plugin::load(
+        &engine,
+        &storage,
+        "sneaky",
+        &dir,
+        &PluginSettings::default(),
+    )
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(text.starts_with("plugin `sneaky` ("), "{text}");
+    assert!(
+        text.contains("the component imports something a transform plugin is not granted"),
+        "{text}"
+    );
+    assert!(text.contains("wasi:http/"), "names the import: {text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_never_returns_is_stopped_at_its_deadline() {
+    let ws = Workspace::new();
+    let storage = Storage::open(&ws.data_dir()).unwrap();
+    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let mut looping = settings(&[("mode", "loop")]);
+    looping.timeout_ms = Some(200);
+    let dir = ws.path().join("plugins/misbehave");
+    let looping = Plugin::load(&engine, &storage, "loop", &dir, &looping).unwrap();
+    let started = std::time::Instant::now();
+    let err = looping.transform(&message()).await.unwrap_err();
+    assert_eq!(
+        err,
+        CallError::Timeout(std::time::Duration::from_millis(200))
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+
+    // The same component with another config passes messages through.
+    let echo = Plugin::load(
+        &engine,
+        &storage,
+        "echo",
+        &dir,
+        &settings(&[("mode", "echo")]),
+    )
+    .unwrap();
+    let out = echo.transform(&message()).await.unwrap();
+    assert_eq!(out, vec![message()]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retryable_failures_and_traps_are_classified() {
+    let ws = Workspace::new();
+    let storage = Storage::open(&ws.data_dir()).unwrap();
+    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let dir = ws.path().join("plugins/misbehave");
+    let retry = Plugin::load(
+        &engine,
+        &storage,
+        "r",
+        &dir,
+        &settings(&[("mode", "retryable")]),
+    )
+    .unwrap();
+    assert_eq!(
+        retry.transform(&message()).await.unwrap_err().to_string(),
+        "retryable: misbehave: try again"
+    );
+    let trap = Plugin::load(&engine, &storage, "t", &dir, &settings(&[("mode", "trap")])).unwrap();
+    let err = trap.transform(&message()).await.unwrap_err();
+    assert!(matches!(err, CallError::Trap(_)), "{err:?}");
+    // A source call on a transform is refused by the host, not attempted.
+    let wrong = trap
+        .ingest(tenon::plugin::RawRequest {
+            content_type: "application/json".into(),
+            headers: vec![],
+            body: vec![],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        wrong,
+        CallError::Host("t is a transform plugin; it cannot ingest".into())
+    );
+}

@@ -1,0 +1,219 @@
+//! Helpers shared by the end-to-end tests: a plugin directory, a `tenon` process, HTTP.
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use tenon::client;
+
+/// How long a test waits for a message to settle.
+pub const SETTLE: Duration = Duration::from_secs(60);
+
+/// A temporary directory holding the first-party plugins, the fixtures and a config.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// A fresh workspace with every plugin under `plugins/<name>/`.
+    pub fn new() -> Workspace {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plugins = dir.path().join("plugins");
+        tenon::artifacts::extract_first_party(&plugins).expect("extract plugins");
+        for (name, manifest, component) in tenon::artifacts::FIXTURES {
+            let target = plugins.join(name);
+            std::fs::create_dir_all(&target).unwrap();
+            std::fs::copy(manifest, target.join("plugin.toml")).unwrap();
+            let file = Path::new(component).file_name().unwrap();
+            std::fs::copy(component, target.join(file)).unwrap();
+        }
+        Workspace { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.path().join("data")
+    }
+
+    /// Write `tenon.toml` and return its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.path().join("tenon.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// The quote-to-cash flow with its sink pointed at `erp_url`, plus `extra` TOML.
+pub fn quote_to_cash_config(erp_url: &str, extra: &str) -> String {
+    format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{erp_url}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "erp-sink"
+max_attempts = 20
+{extra}
+"#
+    )
+}
+
+/// A running `tenon run` process; killed (SIGKILL) when dropped.
+pub struct Tenon {
+    child: Child,
+    pub base: String,
+}
+
+impl Tenon {
+    /// Start `tenon run` on a free port and wait until it listens.
+    pub fn start(ws: &Workspace) -> Tenon {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ws.path().join("tenon.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
+            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .arg(ws.path().join("tenon.toml"))
+            .arg("--data-dir")
+            .arg(ws.data_dir())
+            .env("TENON_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn tenon");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tenon listening on ") {
+                    let _ = tx.send(addr.to_owned());
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(base) => base,
+            Err(_) => {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap_or_default();
+                panic!("tenon did not start listening; its log:\n{log}");
+            }
+        };
+        Tenon { child, base }
+    }
+
+    /// Kill the process at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn post(&self, path: &str, content_type: &str, body: &[u8]) -> client::Response {
+        client::post(&format!("{}{path}", self.base), content_type, body.to_vec())
+            .await
+            .expect("post")
+    }
+
+    pub async fn get(&self, path: &str) -> client::Response {
+        client::get(&format!("{}{path}", self.base))
+            .await
+            .expect("get")
+    }
+
+    /// POST a quote to the CPQ source; return the accepted ids (asserting 202).
+    pub async fn send_quote(&self, body: &str) -> Vec<String> {
+        self.send_quote_to("cpq-source", body).await
+    }
+
+    /// POST a quote to a source; return the accepted ids (asserting 202).
+    pub async fn send_quote_to(&self, source: &str, body: &str) -> Vec<String> {
+        let path = format!("/v1/sources/{source}");
+        let reply = self.post(&path, "application/json", body.as_bytes()).await;
+        assert_eq!(
+            reply.status,
+            202,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+        let json = reply.json().unwrap();
+        serde_json::from_value(json["accepted"].clone()).unwrap()
+    }
+
+    /// Wait until a message has settled; return its status document.
+    pub async fn settled(&self, id: &str) -> Value {
+        self.wait_for(id, |s| s["settled"] == true).await
+    }
+
+    /// Wait until a message's status satisfies `done`.
+    pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let reply = self.get(&format!("/v1/messages/{id}")).await;
+            if reply.status == 200 {
+                let status = reply.json().unwrap();
+                if done(&status) {
+                    return status;
+                }
+                if Instant::now() > deadline {
+                    panic!("message {id} did not get there in time: {status:#}");
+                }
+            } else if Instant::now() > deadline {
+                panic!("message {id}: status {}", reply.status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+impl Drop for Tenon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sample quote of the example.
+pub fn sample(name: &str) -> &'static str {
+    tenon::demo::SAMPLES
+        .iter()
+        .find(|(file, _, _)| *file == name)
+        .map(|(_, body, _)| *body)
+        .unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+/// Compare `actual` with the JSON file at `path` (relative to the repository root);
+/// with `TENON_BLESS=1`, write `actual` there instead.
+pub fn check_json(path: &str, actual: &Value) {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    let pretty = serde_json::to_string_pretty(actual).unwrap() + "\n";
+    if std::env::var_os("TENON_BLESS").is_some() {
+        std::fs::write(&full, &pretty).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&full).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (run with TENON_BLESS=1 to create it)",
+            full.display()
+        )
+    });
+    let expected: Value = serde_json::from_str(&expected).unwrap();
+    assert_eq!(
+        actual, &expected,
+        "{path} differs (TENON_BLESS=1 rewrites it); actual:\n{pretty}"
+    );
+}
