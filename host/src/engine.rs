@@ -25,6 +25,26 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// address space per slot); each plugin's own limit is enforced per store.
 pub const MAX_PLUGIN_MEMORY: usize = 512 << 20;
 
+/// Engine settings; the defaults are what production runs with.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Interrupt guest code at per-call deadlines (the time limit). Off only to
+    /// measure what the limit costs.
+    pub epoch_interruption: bool,
+    /// Bytes of each linear-memory slot kept resident (zeroed by `memset` rather than
+    /// returned to the kernel) between instances.
+    pub keep_resident: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { epoch_interruption: true, keep_resident: KEEP_RESIDENT }
+    }
+}
+
+/// Default bytes of a memory slot kept resident between instances.
+pub const KEEP_RESIDENT: usize = 2 << 20;
+
 /// The engine, shared by every plugin.
 #[derive(Clone)]
 pub struct Engine {
@@ -32,6 +52,7 @@ pub struct Engine {
     cache_dir: PathBuf,
     storage: Storage,
     compat: String,
+    epochs: bool,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -63,6 +84,11 @@ impl Engine {
     /// An engine with the component model, async calls, epoch interruption and the
     /// pooling allocator, caching compiled components under `data_dir/cache`.
     pub fn new(storage: Storage, data_dir: &Path) -> anyhow::Result<Engine> {
+        Engine::with_options(storage, data_dir, &EngineOptions::default())
+    }
+
+    /// An engine with explicit [`EngineOptions`].
+    pub fn with_options(storage: Storage, data_dir: &Path, options: &EngineOptions) -> anyhow::Result<Engine> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(512)
             .total_core_instances(1024)
@@ -71,12 +97,12 @@ impl Engine {
             .max_memory_size(MAX_PLUGIN_MEMORY)
             // Keep the first pages of a slot resident between instances: a fresh
             // instance's first call otherwise pays page faults on a cold heap.
-            .linear_memory_keep_resident(2 << 20)
+            .linear_memory_keep_resident(options.keep_resident)
             .table_keep_resident(64 << 10);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
-            .epoch_interruption(true)
+            .epoch_interruption(options.epoch_interruption)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let inner = wasmtime::Engine::new(&config)
             .map_err(anyhow::Error::from)
@@ -85,6 +111,7 @@ impl Engine {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         inner.precompile_compatibility_hash().hash(&mut hasher);
         let compat = format!("{:016x}", hasher.finish());
+        let epochs = options.epoch_interruption;
 
         let stop = Arc::new(AtomicBool::new(false));
         let weak = inner.weak();
@@ -110,8 +137,14 @@ impl Engine {
             cache_dir,
             storage,
             compat,
+            epochs,
             _ticker: Arc::new(Ticker { stop }),
         })
+    }
+
+    /// Whether guest code is interrupted at deadlines.
+    pub fn epoch_interruption(&self) -> bool {
+        self.epochs
     }
 
     /// The wasmtime engine.

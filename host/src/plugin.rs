@@ -384,11 +384,62 @@ impl Plugin {
         })
     }
 
+    /// A transform instance kept across calls: no instantiation per message, but the
+    /// guest's memory carries over from one message to the next, so it is only for
+    /// trusted, pure mappings (and for measuring what instantiation costs). After a
+    /// trap or timeout the instance is spent: drop it and take a new one.
+    pub async fn reused_transform(&self) -> Result<ReusedTransform, CallError> {
+        let Pre::Transform(pre) = &self.pre else {
+            return Err(self.wrong_kind("transform"));
+        };
+        let mut store = self.store();
+        let instance = pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| CallError::Host(format!("cannot instantiate: {e:#}")))?;
+        let ticks = self.engine.epoch_interruption().then(|| self.deadline_ticks());
+        Ok(ReusedTransform { store, instance, ticks, timeout: self.ctx.timeout })
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        self.ctx.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64
+    }
+
     fn wrong_kind(&self, call: &str) -> CallError {
         CallError::Host(format!(
             "{} is a {} plugin; it cannot {call}",
             self.ctx.name, self.manifest.kind
         ))
+    }
+}
+
+/// A transform instance reused across calls; see [`Plugin::reused_transform`].
+pub struct ReusedTransform {
+    store: Store<PluginState>,
+    instance: bindings::transform::Transform,
+    ticks: Option<u64>,
+    timeout: Duration,
+}
+
+impl fmt::Debug for ReusedTransform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReusedTransform").field("plugin", &self.store.data().ctx.name).finish()
+    }
+}
+
+impl ReusedTransform {
+    /// Map one message on the kept instance, under a fresh deadline.
+    pub async fn transform(&mut self, input: &StoredMessage) -> Result<Vec<StoredMessage>, CallError> {
+        if let Some(ticks) = self.ticks {
+            self.store.set_epoch_deadline(ticks);
+        }
+        let input = types::Message::from(input.clone());
+        let result = self.instance.tenon_plugin_transformer().call_transform(&mut self.store, &input).await;
+        match result {
+            Ok(Ok(out)) => Ok(out.into_iter().map(StoredMessage::from).collect()),
+            Ok(Err(failure)) => Err(CallError::Failure(failure.into())),
+            Err(error) => Err(classify_trap(error, self.store.data().stderr(), self.timeout)),
+        }
     }
 }
 

@@ -1,0 +1,147 @@
+//! The quote-to-order mapping as a WASM component against the same code compiled
+//! natively, on ~2 KB and ~10 KB quotes (MessagePack, as between steps):
+//!
+//! - `native`: `quote_to_order::map_encoded` (decode, validate, split, encode);
+//! - `wasm_reused`: the component, one instance kept across messages;
+//! - `wasm_fresh`: the component, a fresh instance per message (the runtime's default).
+//!
+//! Each figure is the best of several interleaved rounds, so that a noisy neighbour
+//! on a shared machine costs all three alike. Prints `bench: <name> <value> <unit>`.
+
+use std::time::{Duration, Instant};
+use tenon::engine::{Engine, EngineOptions};
+use tenon::plugin::{Plugin, PluginSettings};
+use tenon::queue::StoredMessage;
+use tenon::storage::Storage;
+use tenon_sdk::model::{Encoding, Quote, QuoteLine};
+
+const ROUND: Duration = Duration::from_millis(700);
+const ROUNDS: usize = 4;
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
+    let data = dir.path().join("data");
+    let storage = Storage::open(&data)?;
+    let mut options = EngineOptions::default();
+    if let Ok(v) = std::env::var("TENON_BENCH_KEEP_RESIDENT") {
+        options.keep_resident = v.parse()?;
+    }
+    if std::env::var_os("TENON_BENCH_NO_EPOCH").is_some() {
+        options.epoch_interruption = false;
+    }
+    eprintln!("engine options: {options:?}");
+    let engine = Engine::with_options(storage.clone(), &data, &options)?;
+    let plugin = Plugin::load(
+        &engine,
+        &storage,
+        "quote-to-order",
+        &dir.path().join("plugins/quote-to-order"),
+        &PluginSettings::default(),
+    )?;
+
+    let mut headline = Vec::new();
+    for (label, size) in [("2kb", 2 * 1024), ("10kb", 10 * 1024)] {
+        let body = quote_of_size(size)?;
+        let message = StoredMessage {
+            id: "bench".into(),
+            key: "Q-BENCH".into(),
+            kind: "QuoteApproved".into(),
+            content_type: "application/msgpack".into(),
+            headers: vec![],
+            body: body.clone(),
+        };
+        // Same code, same answer: the component's output equals the native one.
+        let native_out = quote_to_order::map_encoded(Encoding::MsgPack, &body)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let wasm_out: Vec<Vec<u8>> =
+            plugin.transform(&message).await.map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|m| m.body).collect();
+        anyhow::ensure!(native_out == wasm_out, "WASM and native outputs differ");
+
+        if std::env::var_os("TENON_BENCH_FRESH_ONLY").is_some() {
+            let per_sec = rate(async || {
+                let _ = std::hint::black_box(plugin.transform(&message).await);
+            })
+            .await;
+            println!("bench: wasm_fresh_{label} {per_sec:.0} msg/s");
+            continue;
+        }
+        let mut reused = plugin.reused_transform().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let (mut native, mut wasm_reused, mut wasm_fresh) = (0f64, 0f64, 0f64);
+        for _ in 0..ROUNDS {
+            native = native.max(
+                rate(async || {
+                    let _ = std::hint::black_box(quote_to_order::map_encoded(Encoding::MsgPack, &body));
+                })
+                .await,
+            );
+            wasm_reused = wasm_reused.max(
+                rate(async || {
+                    let _ = std::hint::black_box(reused.transform(&message).await);
+                })
+                .await,
+            );
+            wasm_fresh = wasm_fresh.max(
+                rate(async || {
+                    let _ = std::hint::black_box(plugin.transform(&message).await);
+                })
+                .await,
+            );
+        }
+        println!("bench: quote_bytes_{label} {} bytes", body.len());
+        println!("bench: native_{label} {native:.0} msg/s");
+        println!("bench: wasm_reused_{label} {wasm_reused:.0} msg/s");
+        println!("bench: wasm_fresh_{label} {wasm_fresh:.0} msg/s");
+        println!("bench: wasm_vs_native_reused_{label} {:.3} x", wasm_reused / native);
+        println!("bench: wasm_vs_native_fresh_{label} {:.3} x", wasm_fresh / native);
+        headline.push((wasm_reused / native, wasm_fresh / native));
+    }
+    // The headline ratios: the ~2 KB quote, the size the issue names first.
+    println!("bench: wasm_vs_native_reused {:.3} x", headline[0].0);
+    println!("bench: wasm_vs_native_fresh {:.3} x", headline[0].1);
+    Ok(())
+}
+
+/// Messages per second of `f` over one round (after a short warm-up).
+async fn rate(mut f: impl AsyncFnMut()) -> f64 {
+    for _ in 0..50 {
+        f().await;
+    }
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < ROUND {
+        for _ in 0..16 {
+            f().await;
+        }
+        n += 16;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+/// The example's bundle quote, its lines repeated until the MessagePack body reaches
+/// `size` bytes.
+fn quote_of_size(size: usize) -> anyhow::Result<Vec<u8>> {
+    let model: cpq_source::QuoteModel = serde_json::from_str(tenon::demo::SAMPLES[1].1)?;
+    let base = cpq_source::to_quote(model, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let template: Vec<QuoteLine> = base.lines.clone();
+    let mut quote: Quote = base;
+    let mut next_key = 100;
+    loop {
+        let body = Encoding::MsgPack.encode(&quote)?;
+        if body.len() >= size {
+            return Ok(body);
+        }
+        for line in &template {
+            let mut line = line.clone();
+            line.key = next_key;
+            line.parent_key = None;
+            next_key += 1;
+            quote.lines.push(line);
+        }
+    }
+}
