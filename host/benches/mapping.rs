@@ -7,6 +7,10 @@
 //!
 //! Each figure is the best of several interleaved rounds, so that a noisy neighbour
 //! on a shared machine costs all three alike. Prints `bench: <name> <value> <unit>`.
+//!
+//! For profiling one path alone (e.g. under `perf record`): `TENON_BENCH_FRESH_ONLY=1`
+//! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1` and
+//! `TENON_BENCH_KEEP_RESIDENT=<bytes>` change the engine's settings.
 
 use std::time::{Duration, Instant};
 use tenon::engine::{Engine, EngineOptions};
@@ -19,7 +23,9 @@ const ROUND: Duration = Duration::from_millis(700);
 const ROUNDS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run())
 }
 
@@ -59,10 +65,27 @@ async fn run() -> anyhow::Result<()> {
         // Same code, same answer: the component's output equals the native one.
         let native_out = quote_to_order::map_encoded(Encoding::MsgPack, &body)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let wasm_out: Vec<Vec<u8>> =
-            plugin.transform(&message).await.map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|m| m.body).collect();
+        let wasm_out: Vec<Vec<u8>> = plugin
+            .transform(&message)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .into_iter()
+            .map(|m| m.body)
+            .collect();
         anyhow::ensure!(native_out == wasm_out, "WASM and native outputs differ");
 
+        if std::env::var_os("TENON_BENCH_REUSED_ONLY").is_some() {
+            let mut reused = plugin
+                .reused_transform()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let per_sec = rate(async || {
+                let _ = std::hint::black_box(reused.transform(&message).await);
+            })
+            .await;
+            println!("bench: wasm_reused_{label} {per_sec:.0} msg/s");
+            continue;
+        }
         if std::env::var_os("TENON_BENCH_FRESH_ONLY").is_some() {
             let per_sec = rate(async || {
                 let _ = std::hint::black_box(plugin.transform(&message).await);
@@ -71,12 +94,16 @@ async fn run() -> anyhow::Result<()> {
             println!("bench: wasm_fresh_{label} {per_sec:.0} msg/s");
             continue;
         }
-        let mut reused = plugin.reused_transform().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut reused = plugin
+            .reused_transform()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (mut native, mut wasm_reused, mut wasm_fresh) = (0f64, 0f64, 0f64);
         for _ in 0..ROUNDS {
             native = native.max(
                 rate(async || {
-                    let _ = std::hint::black_box(quote_to_order::map_encoded(Encoding::MsgPack, &body));
+                    let _ =
+                        std::hint::black_box(quote_to_order::map_encoded(Encoding::MsgPack, &body));
                 })
                 .await,
             );
@@ -97,13 +124,21 @@ async fn run() -> anyhow::Result<()> {
         println!("bench: native_{label} {native:.0} msg/s");
         println!("bench: wasm_reused_{label} {wasm_reused:.0} msg/s");
         println!("bench: wasm_fresh_{label} {wasm_fresh:.0} msg/s");
-        println!("bench: wasm_vs_native_reused_{label} {:.3} x", wasm_reused / native);
-        println!("bench: wasm_vs_native_fresh_{label} {:.3} x", wasm_fresh / native);
+        println!(
+            "bench: wasm_vs_native_reused_{label} {:.3} x",
+            wasm_reused / native
+        );
+        println!(
+            "bench: wasm_vs_native_fresh_{label} {:.3} x",
+            wasm_fresh / native
+        );
         headline.push((wasm_reused / native, wasm_fresh / native));
     }
-    // The headline ratios: the ~2 KB quote, the size the issue names first.
-    println!("bench: wasm_vs_native_reused {:.3} x", headline[0].0);
-    println!("bench: wasm_vs_native_fresh {:.3} x", headline[0].1);
+    // The headline ratios: the ~2 KB quote.
+    if let Some((reused, fresh)) = headline.first() {
+        println!("bench: wasm_vs_native_reused {reused:.3} x");
+        println!("bench: wasm_vs_native_fresh {fresh:.3} x");
+    }
     Ok(())
 }
 

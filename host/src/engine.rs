@@ -38,7 +38,10 @@ pub struct EngineOptions {
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { epoch_interruption: true, keep_resident: KEEP_RESIDENT }
+        EngineOptions {
+            epoch_interruption: true,
+            keep_resident: KEEP_RESIDENT,
+        }
     }
 }
 
@@ -88,7 +91,11 @@ impl Engine {
     }
 
     /// An engine with explicit [`EngineOptions`].
-    pub fn with_options(storage: Storage, data_dir: &Path, options: &EngineOptions) -> anyhow::Result<Engine> {
+    pub fn with_options(
+        storage: Storage,
+        data_dir: &Path,
+        options: &EngineOptions,
+    ) -> anyhow::Result<Engine> {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(512)
             .total_core_instances(1024)

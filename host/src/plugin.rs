@@ -397,12 +397,24 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| CallError::Host(format!("cannot instantiate: {e:#}")))?;
-        let ticks = self.engine.epoch_interruption().then(|| self.deadline_ticks());
-        Ok(ReusedTransform { store, instance, ticks, timeout: self.ctx.timeout })
+        let ticks = self
+            .engine
+            .epoch_interruption()
+            .then(|| self.deadline_ticks());
+        Ok(ReusedTransform {
+            store,
+            instance,
+            ticks,
+            timeout: self.ctx.timeout,
+        })
     }
 
     fn deadline_ticks(&self) -> u64 {
-        self.ctx.timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()).max(1) as u64
+        self.ctx
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis())
+            .max(1) as u64
     }
 
     fn wrong_kind(&self, call: &str) -> CallError {
@@ -423,22 +435,35 @@ pub struct ReusedTransform {
 
 impl fmt::Debug for ReusedTransform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReusedTransform").field("plugin", &self.store.data().ctx.name).finish()
+        f.debug_struct("ReusedTransform")
+            .field("plugin", &self.store.data().ctx.name)
+            .finish()
     }
 }
 
 impl ReusedTransform {
     /// Map one message on the kept instance, under a fresh deadline.
-    pub async fn transform(&mut self, input: &StoredMessage) -> Result<Vec<StoredMessage>, CallError> {
+    pub async fn transform(
+        &mut self,
+        input: &StoredMessage,
+    ) -> Result<Vec<StoredMessage>, CallError> {
         if let Some(ticks) = self.ticks {
             self.store.set_epoch_deadline(ticks);
         }
         let input = types::Message::from(input.clone());
-        let result = self.instance.tenon_plugin_transformer().call_transform(&mut self.store, &input).await;
+        let result = self
+            .instance
+            .tenon_plugin_transformer()
+            .call_transform(&mut self.store, &input)
+            .await;
         match result {
             Ok(Ok(out)) => Ok(out.into_iter().map(StoredMessage::from).collect()),
             Ok(Err(failure)) => Err(CallError::Failure(failure.into())),
-            Err(error) => Err(classify_trap(error, self.store.data().stderr(), self.timeout)),
+            Err(error) => Err(classify_trap(
+                error,
+                self.store.data().stderr(),
+                self.timeout,
+            )),
         }
     }
 }
