@@ -98,9 +98,12 @@ async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Re
                     "outcomes": status.outcomes,
                     "pending": status.pending.iter().map(|e| json!({
                         "id": e.message.id,
+                        "key": e.message.key,
+                        "kind": e.message.kind,
                         "flow": e.flow,
                         "stage": e.stage,
                         "attempts": e.attempts,
+                        "body": body_as_json(&e.message),
                     })).collect::<Vec<_>>(),
                 }),
             ),
@@ -242,6 +245,16 @@ fn plugin_problem(plugin: &str, error: CallError) -> Reply {
             format!("source `{plugin}`: {detail}"),
         ),
     }
+}
+
+/// A message body as JSON for operators, whichever canonical encoding it travels in.
+fn body_as_json(message: &crate::queue::StoredMessage) -> serde_json::Value {
+    tenon_model::Encoding::from_content_type(&message.content_type)
+        .ok()
+        .and_then(|enc| enc.decode::<serde_json::Value>(&message.body).ok())
+        .unwrap_or_else(
+            || json!({ "undecodable": message.content_type, "bytes": message.body.len() }),
+        )
 }
 
 fn problem_body(status: StatusCode, slug: &str, title: &str, detail: String) -> serde_json::Value {

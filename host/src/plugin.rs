@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tenon_registry::{Grants, Kind, Manifest};
+use tracing::Instrument as _;
 use wasmtime::Store;
 use wasmtime::component::Linker;
 
@@ -306,14 +307,17 @@ impl Plugin {
     }
 
     /// Run a call in a fresh store, under the time limit; classify what went wrong.
-    async fn run<T, F>(&self, f: F) -> Result<T, CallError>
+    async fn run<T, F>(&self, call: &'static str, f: F) -> Result<T, CallError>
     where
         F: AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, types::Failure>>,
     {
+        let span = tracing::debug_span!("plugin_call", call, plugin = %self.ctx.name, digest = %self.ctx.digest);
         let mut store = self.store();
         let timeout = self.ctx.timeout;
         // The epoch deadline stops guest code; this stops a call stuck in host I/O.
-        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(&mut store)).await;
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(&mut store))
+            .instrument(span)
+            .await;
         match outcome {
             Err(_) => Err(CallError::Timeout(timeout)),
             Ok(Ok(Ok(value))) => Ok(value),
@@ -332,7 +336,7 @@ impl Plugin {
             headers: request.headers,
             body: request.body,
         };
-        self.run(async |store| {
+        self.run("ingest", async |store| {
             let instance = pre.instantiate_async(&mut *store).await?;
             instance
                 .tenon_plugin_ingester()
@@ -349,7 +353,7 @@ impl Plugin {
             return Err(self.wrong_kind("transform"));
         };
         let input = types::Message::from(input.clone());
-        self.run(async |store| {
+        self.run("transform", async |store| {
             let instance = pre.instantiate_async(&mut *store).await?;
             instance
                 .tenon_plugin_transformer()
@@ -370,7 +374,7 @@ impl Plugin {
             return Err(self.wrong_kind("deliver"));
         };
         let message = types::Message::from(message.clone());
-        self.run(async |store| {
+        self.run("deliver", async |store| {
             let instance = pre.instantiate_async(&mut *store).await?;
             instance
                 .tenon_plugin_deliverer()

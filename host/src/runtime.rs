@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+use tenon_model::Encoding;
 use tenon_registry::Kind;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -214,6 +215,13 @@ impl Runtime {
                     plugin: source.to_owned(),
                     error,
                 })?;
+            if let Some(bad) = messages.iter().find(|m| Encoding::from_content_type(&m.content_type).is_err()) {
+                let error = CallError::Host(format!(
+                    "the source produced a `{}` body; messages are application/json or application/msgpack",
+                    bad.content_type
+                ));
+                return Err(IngestError::Plugin { plugin: source.to_owned(), error });
+            }
             let hop = Hop {
                 plugin: plugin.name().to_owned(),
                 version: plugin.version().to_owned(),
@@ -381,6 +389,30 @@ impl Runtime {
                 result,
             }))
         };
+        // Messages between steps travel in a canonical encoding; anything else is the
+        // plugin's bug, not something a retry can fix.
+        let bad_output = match &result {
+            Ok(Done::Outputs(outputs)) => outputs
+                .iter()
+                .find(|m| Encoding::from_content_type(&m.content_type).is_err())
+                .map(|m| m.content_type.clone()),
+            _ => None,
+        };
+        if let Some(content_type) = bad_output {
+            let error = format!(
+                "invalid output: {} produced a `{content_type}` body; messages between steps are application/json or application/msgpack",
+                plugin.name()
+            );
+            tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
+            let mut attempts = env.attempts.clone();
+            attempts.push(Attempt {
+                at_ms: now_ms(),
+                plugin: plugin.name().to_owned(),
+                digest: plugin.digest().to_owned(),
+                error: error.clone(),
+            });
+            return finish(OutcomeKind::DeadLetter { error }, trail, attempts);
+        }
         match result {
             Ok(Done::Delivered(receipt)) => {
                 tracing::info!(outcome = "delivered", reference = %receipt.reference, "message delivered");

@@ -21,12 +21,22 @@ config = { mode = "trap" }
 [plugins.invalid]
 path = "plugins/misbehave"
 config = { mode = "invalid" }
+[plugins.cpq-badout]
+path = "plugins/cpq-source"
+[plugins.badout]
+path = "plugins/misbehave"
+config = { mode = "bad-output" }
 
 [flows.trapping]
 source = "cpq-trap"
 steps = ["trap"]
 sink = "erp-sink"
 max_attempts = 1
+
+[flows.bad-output]
+source = "cpq-badout"
+steps = ["badout"]
+sink = "erp-sink"
 
 [flows.invalidating]
 source = "cpq-invalid"
@@ -153,6 +163,16 @@ async fn each_bad_input_gets_its_exact_status_and_problem() {
         json!({"DeadLetter": {"error": "invalid: misbehave: QuoteApproved is invalid"}})
     );
     assert_eq!(outcome["attempts"].as_array().unwrap().len(), 1);
+
+    // A step whose output is in an encoding Tenon does not carry: dead letter.
+    let ids = tenon
+        .send_quote_to("cpq-badout", sample("plain.json"))
+        .await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"]["DeadLetter"]["error"],
+        "invalid output: badout produced a `text/csv` body; messages between steps are application/json or application/msgpack"
+    );
 
     // And the healthy flow still works after all that.
     let ids = tenon.send_quote(sample("plain.json")).await;

@@ -157,3 +157,29 @@ async fn retryable_failures_and_traps_are_classified() {
         CallError::Host("t is a transform plugin; it cannot ingest".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_never_sees_another_plugins_keys() {
+    let ws = Workspace::new();
+    let storage = Storage::open(&ws.data_dir()).unwrap();
+    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let dir = ws.path().join("plugins/misbehave");
+    let load = |name: &str, mode: &str| {
+        Plugin::load(&engine, &storage, name, &dir, &settings(&[("mode", mode)])).unwrap()
+    };
+    let mut secret = message();
+    secret.body = b"customer master of plugin a".to_vec();
+    load("a", "kv-put").transform(&secret).await.unwrap();
+
+    // Another plugin asking for the very same key gets nothing...
+    let out = load("b", "kv-get").transform(&message()).await.unwrap();
+    assert_eq!(out[0].body, b"");
+    // ...while the owner (the same instance name) reads its value back.
+    let out = load("a", "kv-get").transform(&message()).await.unwrap();
+    assert_eq!(out[0].body, b"customer master of plugin a");
+    assert_eq!(
+        storage.kv("a").get("Q-1").unwrap().as_deref(),
+        Some(&b"customer master of plugin a"[..])
+    );
+    assert_eq!(storage.kv("b").get("Q-1").unwrap(), None);
+}
