@@ -40,18 +40,34 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_CONCURRENCY: u32 = 4;
 
 /// A config error, located in its file.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}:{line}:{column}: {message}")]
+#[derive(Debug)]
 pub struct ConfigError {
     /// The config file.
     pub path: PathBuf,
-    /// 1-based line.
+    /// 1-based line; 0 when the error is about the whole file.
     pub line: usize,
-    /// 1-based column.
+    /// 1-based column; 0 when the error is about the whole file.
     pub column: usize,
     /// What is wrong, naming the field.
     pub message: String,
 }
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.path.display(), self.message),
+            line => write!(
+                f,
+                "{}:{line}:{}: {}",
+                self.path.display(),
+                self.column,
+                self.message
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
 
 /// The parsed config file.
 #[derive(Debug, Clone, Deserialize)]

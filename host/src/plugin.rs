@@ -282,6 +282,11 @@ impl Plugin {
         &self.ctx.version
     }
 
+    /// Longest a call may take.
+    pub fn timeout(&self) -> Duration {
+        self.ctx.timeout
+    }
+
     /// What the plugin is.
     pub fn kind(&self) -> Kind {
         self.manifest.kind

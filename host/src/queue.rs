@@ -2,22 +2,37 @@
 //! consumes it commits its result.
 //!
 //! - [`Queue::enqueue`] commits new messages (ingress) before anyone acknowledges them.
-//! - [`Queue::lease`] hands the oldest ready message of a queue to one worker. Leases
-//!   are held in memory: after a crash every unfinished message is simply ready again.
-//!   A message whose business key has an earlier message leased or waiting for a retry
-//!   is held back, so each key is processed in arrival order.
+//! - [`Queue::lease`] hands the oldest ready message of a queue to one worker for a
+//!   visibility timeout. Leases are held in memory: after a crash every unfinished
+//!   message is simply ready again; a lease that times out is given to another worker,
+//!   and the late ack of the first is refused ([`StorageError::StaleLease`]). A message
+//!   whose business key has an earlier message leased or waiting for a retry is held
+//!   back, so each key is processed in arrival order.
 //! - [`Queue::complete`] commits, in one transaction, the removal of the input and
 //!   whatever the step produced: outputs for the next queue, a terminal outcome, or the
 //!   input again with its failed attempt recorded and a time before which it must not
 //!   be retried.
+//!
+//! **Group commit.** Every write goes through one committer thread, which takes all
+//! the writes waiting, applies them in one redb transaction, commits it durably
+//! (fsync), and only then answers each caller. Under load many messages share one
+//! fsync; no caller is answered before its data is durable, and a failed commit
+//! fails every write in it (nothing in it was acknowledged).
 
 use crate::storage::{META, OUTCOMES, QUEUE, Storage, StorageError};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::Notify;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, oneshot};
+
+/// Most writes applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// How long a lease lasts unless the queue is told otherwise.
+pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(60);
 
 /// A message as stored between steps.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,16 +169,72 @@ pub enum Completion {
 pub struct Lease {
     queue: String,
     seq: u64,
+    token: u64,
     /// The message and its state.
     pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    token: u64,
+    expires: Instant,
+    /// Its completion is on its way to the disk: never given to anyone else.
+    completing: bool,
+}
+
+type Slot = (String, u64);
+
+#[derive(Debug, Default)]
+struct Leases {
+    held: HashMap<Slot, Held>,
+}
+
+impl Leases {
+    fn is_held(&self, slot: &Slot, now: Instant) -> bool {
+        self.held
+            .get(slot)
+            .is_some_and(|h| h.completing || h.expires > now)
+    }
+}
+
+/// One write for the committer, and where to send its result.
+struct Job {
+    write: Write,
+    done: oneshot::Sender<Result<(), StorageError>>,
+}
+
+enum Write {
+    Enqueue(Vec<(String, Envelope)>),
+    Complete { slot: Slot, completion: Completion },
+}
+
+/// The committer thread's inbox; dropping the last handle stops and joins it, so the
+/// database is closed when the queue is.
+#[derive(Debug)]
+struct Committer {
+    inbox: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        drop(self.inbox.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The queue; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Queue {
     storage: Storage,
-    leased: Arc<Mutex<HashSet<(String, u64)>>>,
+    leases: Arc<Mutex<Leases>>,
     notify: Arc<Notify>,
+    committer: Arc<Committer>,
+    tokens: Arc<AtomicU64>,
+    visibility: Duration,
+    commits: Arc<AtomicU64>,
 }
 
 /// The name of the queue in front of a flow's stage.
@@ -187,13 +258,51 @@ fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StorageError>
 }
 
 impl Queue {
-    /// The queue over a database.
+    /// The queue over a database, with leases of [`DEFAULT_VISIBILITY`].
     pub fn new(storage: Storage) -> Queue {
+        Queue::with_visibility(storage, DEFAULT_VISIBILITY)
+    }
+
+    /// The queue over a database; a lease not completed within `visibility` is given
+    /// to the next worker that asks.
+    pub fn with_visibility(storage: Storage, visibility: Duration) -> Queue {
+        let leases = Arc::new(Mutex::new(Leases::default()));
+        let notify = Arc::new(Notify::new());
+        let (inbox, jobs) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let (db, held, woken, count) = (
+            storage.clone(),
+            leases.clone(),
+            notify.clone(),
+            commits.clone(),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("tenon-commit".into())
+            .spawn(move || commit_loop(&db, &held, &woken, &count, &jobs));
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(error) => {
+                tracing::error!(%error, "cannot start the committer thread; every write will fail");
+                None
+            }
+        };
         Queue {
             storage,
-            leased: Arc::default(),
-            notify: Arc::new(Notify::new()),
+            leases,
+            notify,
+            committer: Arc::new(Committer {
+                inbox: Some(inbox),
+                thread,
+            }),
+            tokens: Arc::default(),
+            visibility,
+            commits,
         }
+    }
+
+    /// Durable transactions committed so far (each may hold many writes).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Notified whenever something was enqueued or completed; idle workers wait on it.
@@ -201,29 +310,30 @@ impl Queue {
         self.notify.clone()
     }
 
+    async fn write(&self, write: Write) -> Result<(), StorageError> {
+        let (done, result) = oneshot::channel();
+        let inbox = self
+            .committer
+            .inbox
+            .as_ref()
+            .ok_or(StorageError::CommitterGone)?;
+        inbox
+            .send(Job { write, done })
+            .map_err(|_| StorageError::CommitterGone)?;
+        result.await.map_err(|_| StorageError::CommitterGone)?
+    }
+
     /// Commit messages durably; only then may they be acknowledged.
-    pub fn enqueue(&self, items: &[(String, Envelope)]) -> Result<(), StorageError> {
-        let txn = self.storage.db().begin_write()?;
-        {
-            let mut queue = txn.open_table(QUEUE)?;
-            let mut meta = txn.open_table(META)?;
-            let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
-            for (name, envelope) in items {
-                queue.insert((name.as_str(), seq), encode(envelope)?.as_slice())?;
-                seq += 1;
-            }
-            meta.insert("next_seq", seq)?;
-        }
-        txn.commit()?;
-        self.notify.notify_waiters();
-        Ok(())
+    pub async fn enqueue(&self, items: Vec<(String, Envelope)>) -> Result<(), StorageError> {
+        self.write(Write::Enqueue(items)).await
     }
 
     /// Lease the oldest message of `queue` that is ready and whose key is not held by
     /// an earlier message.
     pub fn lease(&self, queue: &str) -> Result<Option<Lease>, StorageError> {
-        let now = now_ms();
-        let mut leased = self.leased.lock().unwrap_or_else(PoisonError::into_inner);
+        let now_wall = now_ms();
+        let now = Instant::now();
+        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
         let txn = self.storage.db().begin_read()?;
         let table = txn.open_table(QUEUE)?;
         let mut held_keys: HashSet<String> = HashSet::new();
@@ -234,63 +344,69 @@ impl Queue {
             if held_keys.contains(&envelope.message.key) {
                 continue;
             }
-            if leased.contains(&(queue.to_owned(), seq)) || envelope.not_before_ms > now {
+            let slot = (queue.to_owned(), seq);
+            if leases.is_held(&slot, now) || envelope.not_before_ms > now_wall {
                 held_keys.insert(envelope.message.key);
                 continue;
             }
-            leased.insert((queue.to_owned(), seq));
+            let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+            if let Some(stale) = leases.held.get(&slot) {
+                tracing::warn!(
+                    queue,
+                    seq,
+                    stale_token = stale.token,
+                    "lease timed out; message given to another worker"
+                );
+            }
+            leases.held.insert(
+                slot,
+                Held {
+                    token,
+                    expires: now + self.visibility,
+                    completing: false,
+                },
+            );
             return Ok(Some(Lease {
                 queue: queue.to_owned(),
                 seq,
+                token,
                 envelope,
             }));
         }
         Ok(None)
     }
 
-    /// Commit the result of a leased message, in one transaction with its ack.
-    pub fn complete(&self, lease: Lease, completion: Completion) -> Result<(), StorageError> {
-        let result = self.commit(&lease, completion);
-        self.leased
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&(lease.queue.clone(), lease.seq));
-        self.notify.notify_waiters();
-        result
-    }
-
-    fn commit(&self, lease: &Lease, completion: Completion) -> Result<(), StorageError> {
-        let txn = self.storage.db().begin_write()?;
+    /// Commit the result of a leased message, in one transaction with its ack. A lease
+    /// that timed out and went to another worker is refused: that worker owns it now.
+    pub async fn complete(&self, lease: Lease, completion: Completion) -> Result<(), StorageError> {
+        let slot = (lease.queue, lease.seq);
         {
-            let mut queue = txn.open_table(QUEUE)?;
-            let slot = (lease.queue.as_str(), lease.seq);
-            match completion {
-                Completion::Retry(envelope) => {
-                    // Same slot: the message keeps its place in its key's order.
-                    queue.insert(slot, encode(&envelope)?.as_slice())?;
+            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+            match leases.held.get_mut(&slot) {
+                Some(held) if held.token == lease.token && !held.completing => {
+                    held.completing = true
                 }
-                Completion::Forward {
-                    queue: next,
-                    outputs,
-                } => {
-                    queue.remove(slot)?;
-                    let mut meta = txn.open_table(META)?;
-                    let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
-                    for envelope in &outputs {
-                        queue.insert((next.as_str(), seq), encode(envelope)?.as_slice())?;
-                        seq += 1;
-                    }
-                    meta.insert("next_seq", seq)?;
-                }
-                Completion::Finish(outcome) => {
-                    queue.remove(slot)?;
-                    txn.open_table(OUTCOMES)?
-                        .insert(outcome.id.as_str(), encode(&outcome)?.as_slice())?;
+                _ => {
+                    return Err(StorageError::StaleLease {
+                        queue: slot.0,
+                        seq: slot.1,
+                    });
                 }
             }
         }
-        txn.commit()?;
-        Ok(())
+        let result = self
+            .write(Write::Complete {
+                slot: slot.clone(),
+                completion,
+            })
+            .await;
+        if result.is_err() {
+            // Not committed: the message stays, and is leased again after a pause.
+            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
+            leases.held.remove(&slot);
+            self.notify.notify_waiters();
+        }
+        result
     }
 
     /// Number of messages waiting in (or leased from) a queue.
@@ -332,6 +448,101 @@ impl Queue {
     }
 }
 
+/// The committer: take every write waiting, apply them in one transaction, commit
+/// durably, then answer each writer. Runs until every `Queue` is dropped.
+fn commit_loop(
+    storage: &Storage,
+    leases: &Mutex<Leases>,
+    notify: &Notify,
+    commits: &AtomicU64,
+    jobs: &mpsc::Receiver<Job>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = apply(storage, &batch);
+        if result.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(error) = &result {
+            tracing::error!(%error, writes = batch.len(), "commit failed; none of its writes is acknowledged");
+        }
+        if result.is_ok() {
+            // Committed: the inputs are gone from the queue, so are their leases. (A
+            // failed completion releases its own lease in `Queue::complete`.)
+            let mut leases = leases.lock().unwrap_or_else(PoisonError::into_inner);
+            for job in &batch {
+                if let Write::Complete { slot, .. } = &job.write {
+                    leases.held.remove(slot);
+                }
+            }
+        }
+        for job in batch {
+            let reply = match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(StorageError::CommitFailed(error.to_string())),
+            };
+            let _ = job.done.send(reply);
+        }
+        notify.notify_waiters();
+    }
+}
+
+fn apply(storage: &Storage, batch: &[Job]) -> Result<(), StorageError> {
+    let txn = storage.db().begin_write()?;
+    for job in batch {
+        apply_one(&txn, &job.write)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<(), StorageError> {
+    let mut queue = txn.open_table(QUEUE)?;
+    let append = |queue: &mut redb::Table<(&str, u64), &[u8]>,
+                  items: &mut dyn Iterator<Item = (&str, &Envelope)>| {
+        let mut meta = txn.open_table(META)?;
+        let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
+        for (name, envelope) in items {
+            queue.insert((name, seq), encode(envelope)?.as_slice())?;
+            seq += 1;
+        }
+        meta.insert("next_seq", seq)?;
+        Ok::<(), StorageError>(())
+    };
+    match write {
+        Write::Enqueue(items) => {
+            append(&mut queue, &mut items.iter().map(|(n, e)| (n.as_str(), e)))?
+        }
+        Write::Complete { slot, completion } => {
+            let slot = (slot.0.as_str(), slot.1);
+            match completion {
+                Completion::Retry(envelope) => {
+                    // Same slot: the message keeps its place in its key's order.
+                    queue.insert(slot, encode(envelope.as_ref())?.as_slice())?;
+                }
+                Completion::Forward {
+                    queue: next,
+                    outputs,
+                } => {
+                    queue.remove(slot)?;
+                    append(&mut queue, &mut outputs.iter().map(|e| (next.as_str(), e)))?;
+                }
+                Completion::Finish(outcome) => {
+                    queue.remove(slot)?;
+                    txn.open_table(OUTCOMES)?
+                        .insert(outcome.id.as_str(), encode(outcome.as_ref())?.as_slice())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,10 +573,12 @@ mod tests {
         (dir, queue)
     }
 
-    #[test]
-    fn a_message_is_leased_once_and_forwarded_with_its_ack() {
+    #[tokio::test]
+    async fn a_message_is_leased_once_and_forwarded_with_its_ack() {
         let (_dir, q) = open();
-        q.enqueue(&[("f/0".into(), envelope("m1", "k1"))]).unwrap();
+        q.enqueue(vec![("f/0".into(), envelope("m1", "k1"))])
+            .await
+            .unwrap();
         let lease = q.lease("f/0").unwrap().unwrap();
         assert!(
             q.lease("f/0").unwrap().is_none(),
@@ -380,19 +593,21 @@ mod tests {
                 outputs: vec![out.clone()],
             },
         )
+        .await
         .unwrap();
         assert_eq!(q.depth("f/0").unwrap(), 0);
         assert_eq!(q.lease("f/1").unwrap().unwrap().envelope, out);
     }
 
-    #[test]
-    fn a_key_is_processed_in_order_and_other_keys_pass() {
+    #[tokio::test]
+    async fn a_key_is_processed_in_order_and_other_keys_pass() {
         let (_dir, q) = open();
-        q.enqueue(&[
+        q.enqueue(vec![
             ("f/0".into(), envelope("a1", "A")),
             ("f/0".into(), envelope("a2", "A")),
             ("f/0".into(), envelope("b1", "B")),
         ])
+        .await
         .unwrap();
         let a1 = q.lease("f/0").unwrap().unwrap();
         assert_eq!(a1.envelope.message.id, "a1");
@@ -405,16 +620,20 @@ mod tests {
         // a1 fails and waits for a retry: a2 still waits behind it.
         let mut retry = a1.envelope.clone();
         retry.not_before_ms = now_ms() + 60_000;
-        q.complete(a1, Completion::Retry(Box::new(retry))).unwrap();
+        q.complete(a1, Completion::Retry(Box::new(retry)))
+            .await
+            .unwrap();
         assert!(q.lease("f/0").unwrap().is_none());
     }
 
-    #[test]
-    fn a_lost_lease_is_ready_again_after_restart() {
+    #[tokio::test]
+    async fn a_lost_lease_is_ready_again_after_restart() {
         let dir = tempfile::tempdir().unwrap();
         {
             let q = Queue::new(Storage::open(dir.path()).unwrap());
-            q.enqueue(&[("f/0".into(), envelope("m1", "k"))]).unwrap();
+            q.enqueue(vec![("f/0".into(), envelope("m1", "k"))])
+                .await
+                .unwrap();
             let _lease = q.lease("f/0").unwrap().unwrap();
             // the worker dies here: no complete
         }
@@ -422,13 +641,14 @@ mod tests {
         assert_eq!(q.lease("f/0").unwrap().unwrap().envelope.message.id, "m1");
     }
 
-    #[test]
-    fn outcomes_are_found_by_lineage() {
+    #[tokio::test]
+    async fn outcomes_are_found_by_lineage() {
         let (_dir, q) = open();
-        q.enqueue(&[
+        q.enqueue(vec![
             ("f/0".into(), envelope("m1", "k")),
             ("f/0".into(), envelope("m10", "k2")),
         ])
+        .await
         .unwrap();
         for id in ["m1", "m10"] {
             let lease = q.lease("f/0").unwrap().unwrap();
@@ -445,10 +665,87 @@ mod tests {
                 result: OutcomeKind::Consumed,
             };
             q.complete(lease, Completion::Finish(Box::new(outcome)))
+                .await
                 .unwrap();
         }
         let found = q.outcomes("m1").unwrap();
         assert_eq!(found.len(), 1, "m10's outcome is not m1's");
         assert_eq!(found[0].id, "m1.0");
+    }
+
+    #[tokio::test]
+    async fn a_late_ack_after_the_lease_expired_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::with_visibility(
+            Storage::open(dir.path()).unwrap(),
+            Duration::from_millis(50),
+        );
+        q.enqueue(vec![("f/0".into(), envelope("m1", "k"))])
+            .await
+            .unwrap();
+        let stalled = q.lease("f/0").unwrap().unwrap();
+        assert!(
+            q.lease("f/0").unwrap().is_none(),
+            "held while the lease runs"
+        );
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let second = q
+            .lease("f/0")
+            .unwrap()
+            .expect("the expired lease goes to another worker");
+        assert_eq!(second.envelope.message.id, "m1");
+
+        let forward = |id: &str| Completion::Forward {
+            queue: "f/1".into(),
+            outputs: vec![envelope(id, "k")],
+        };
+        let err = q
+            .complete(stalled, forward("from-stalled"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "lease on f/0#1 expired and was given to another worker; late ack refused"
+        );
+        q.complete(second, forward("from-second")).await.unwrap();
+        let out: Vec<String> = q
+            .pending()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message.id)
+            .collect();
+        assert_eq!(
+            out,
+            ["from-second"],
+            "the message went forward exactly once"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_writes_share_commits_and_all_are_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let q = Queue::new(Storage::open(dir.path()).unwrap());
+            let writes = (0..200).map(|i| {
+                q.enqueue(vec![(
+                    "f/0".into(),
+                    envelope(&format!("m{i}"), &format!("k{i}")),
+                )])
+            });
+            for result in futures::future::join_all(writes).await {
+                result.unwrap();
+            }
+            assert!(
+                q.commits() < 200,
+                "{} commits for 200 writes: no grouping",
+                q.commits()
+            );
+        }
+        let q = Queue::new(Storage::open(dir.path()).unwrap());
+        assert_eq!(
+            q.depth("f/0").unwrap(),
+            200,
+            "every acknowledged write survives a reopen"
+        );
     }
 }

@@ -13,8 +13,8 @@ use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
 use crate::engine::Engine;
 use crate::plugin::{CallError, Failure, Plugin, PluginSettings, RawRequest};
 use crate::queue::{
-    Attempt, Completion, Envelope, Hop, Lease, Outcome, OutcomeKind, Queue, StoredMessage, now_ms,
-    queue_name,
+    Attempt, Completion, DEFAULT_VISIBILITY, Envelope, Hop, Lease, Outcome, OutcomeKind, Queue,
+    StoredMessage, now_ms, queue_name,
 };
 use crate::storage::{Storage, StorageError};
 use anyhow::Context as _;
@@ -140,8 +140,16 @@ impl Runtime {
                 },
             );
         }
+        // A lease must outlast the longest call a stage can make, or a slow but
+        // healthy call would see its message handed to a second worker.
+        let longest_call = plugins
+            .values()
+            .map(|p| p.timeout())
+            .max()
+            .unwrap_or_default();
+        let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
         Ok(Runtime {
-            queue: Queue::new(storage.clone()),
+            queue: Queue::with_visibility(storage.clone(), visibility),
             storage,
             engine,
             plugins: RwLock::new(plugins),
@@ -252,10 +260,7 @@ impl Runtime {
                 }
             }
             let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
-            let queue = self.queue.clone();
-            tokio::task::spawn_blocking(move || queue.enqueue(&items))
-                .await
-                .map_err(|e| StorageError::Decode(format!("commit task failed: {e}")))??;
+            self.queue.enqueue(items).await?;
             tracing::info!(accepted = ids.len(), "messages accepted");
             Ok(ids)
         }
@@ -337,16 +342,9 @@ impl Runtime {
             .run_stage(flow, stage, &plugin, env)
             .instrument(span.clone())
             .await;
-        let queue = self.queue.clone();
-        let committed =
-            tokio::task::spawn_blocking(move || queue.complete(lease, completion)).await;
-        let _enter = span.enter();
-        match committed {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(%error, "cannot commit; the message will be processed again")
-            }
-            Err(error) => tracing::error!(%error, "commit task failed"),
+        if let Err(error) = self.queue.complete(lease, completion).await {
+            let _enter = span.enter();
+            tracing::error!(%error, "result not committed; the message will be processed again");
         }
     }
 

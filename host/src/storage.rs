@@ -37,6 +37,20 @@ pub enum StorageError {
     /// A stored record does not decode: a bug or a damaged file.
     #[error("storage: damaged record: {0}")]
     Decode(String),
+    /// The transaction holding this write failed to commit: nothing in it is durable.
+    #[error("storage: commit failed, nothing written: {0}")]
+    CommitFailed(String),
+    /// The committer thread is gone (the runtime is shutting down).
+    #[error("storage: the committer has stopped")]
+    CommitterGone,
+    /// The lease timed out and the message went to another worker: this ack is late.
+    #[error("lease on {queue}#{seq} expired and was given to another worker; late ack refused")]
+    StaleLease {
+        /// The queue.
+        queue: String,
+        /// The message's slot in it.
+        seq: u64,
+    },
 }
 
 macro_rules! from_redb {
