@@ -6,18 +6,28 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-/// A response: status and body.
+/// A response: status, headers and body.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// HTTP status.
     pub status: u16,
     /// Content type, if any.
     pub content_type: Option<String>,
+    /// Every header, names in lower case.
+    pub headers: Vec<(String, String)>,
     /// Body.
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// The first header of that name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The body as JSON.
     pub fn json(&self) -> anyhow::Result<serde_json::Value> {
         serde_json::from_slice(&self.body).with_context(|| {
@@ -31,18 +41,19 @@ impl Response {
 
 /// `POST` a body.
 pub async fn post(url: &str, content_type: &str, body: Vec<u8>) -> anyhow::Result<Response> {
-    request("POST", url, Some((content_type, body))).await
+    request("POST", url, &[], Some((content_type, body))).await
 }
 
 /// `GET` a URL.
 pub async fn get(url: &str) -> anyhow::Result<Response> {
-    request("GET", url, None).await
+    request("GET", url, &[], None).await
 }
 
-/// Send one request on a fresh connection.
+/// Send one request on a fresh connection, with extra headers.
 pub async fn request(
     method: &str,
     url: &str,
+    headers: &[(&str, &str)],
     body: Option<(&str, Vec<u8>)>,
 ) -> anyhow::Result<Response> {
     let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url}"))?;
@@ -57,6 +68,9 @@ pub async fn request(
         .method(method)
         .uri(uri.clone())
         .header("host", authority.as_str());
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
     let body = match body {
         Some((content_type, bytes)) => {
             builder = builder.header("content-type", content_type);
@@ -68,15 +82,20 @@ pub async fn request(
         .send_request(builder.body(Full::new(Bytes::from(body)))?)
         .await?;
     let status = response.status().as_u16();
-    let content_type = response
+    let headers: Vec<(String, String)> = response
         .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k == "content-type")
+        .map(|(_, v)| v.clone());
     let body = response.into_body().collect().await?.to_bytes().to_vec();
     Ok(Response {
         status,
         content_type,
+        headers,
         body,
     })
 }

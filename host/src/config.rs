@@ -4,6 +4,7 @@
 //! [server]
 //! listen = "127.0.0.1:8080"      # where ingress and the admin API listen
 //! max_body_bytes = 1048576       # larger request bodies get 413
+//! idempotency_retention_secs = 86400  # how long an Idempotency-Key is remembered
 //!
 //! [plugins.cpq-source]           # a plugin instance, named for flows to use
 //! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
@@ -34,6 +35,8 @@ use tenon_registry::{ConfigValue, Grants, line_col};
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// Default time an idempotency key is remembered: a day.
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECS: u64 = 24 * 3600;
 /// Default attempts per stage.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Default concurrent messages per stage.
@@ -99,6 +102,9 @@ pub struct ServerConfig {
     /// Largest accepted request body in bytes, e.g. `1048576`.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// How long an `Idempotency-Key` is remembered, in seconds, e.g. `86400`.
+    #[serde(default = "default_idempotency_retention")]
+    pub idempotency_retention_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -106,6 +112,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_body_bytes: DEFAULT_MAX_BODY,
+            idempotency_retention_secs: default_idempotency_retention(),
         }
     }
 }
@@ -115,6 +122,9 @@ fn default_listen() -> String {
 }
 fn default_max_body() -> usize {
     DEFAULT_MAX_BODY
+}
+fn default_idempotency_retention() -> u64 {
+    DEFAULT_IDEMPOTENCY_RETENTION_SECS
 }
 
 /// `[plugins.<name>]`

@@ -169,7 +169,21 @@ async fn ingest(runtime: &Runtime, source: &str, req: Request<Incoming>, max_bod
         body,
     };
     match runtime.ingest(source, request).await {
-        Ok(ids) => json_reply(StatusCode::ACCEPTED, &json!({ "accepted": ids })),
+        Ok(ingested) => {
+            let mut reply = json_reply(StatusCode::ACCEPTED, &json!({ "accepted": ingested.ids }));
+            if ingested.replayed {
+                reply
+                    .headers_mut()
+                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            }
+            reply
+        }
+        Err(IngestError::IdempotencyConflict { key }) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "Idempotency key reused",
+            format!("the Idempotency-Key `{key}` was already used for a different payload"),
+        ),
         Err(IngestError::UnknownSource(name)) => problem(
             StatusCode::NOT_FOUND,
             "unknown-source",

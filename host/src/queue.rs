@@ -19,7 +19,7 @@
 //! fsync; no caller is answered before its data is durable, and a failed commit
 //! fails every write in it (nothing in it was acknowledged).
 
-use crate::storage::{META, OUTCOMES, QUEUE, Storage, StorageError};
+use crate::storage::{IDEMPOTENCY, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -148,6 +148,42 @@ pub enum OutcomeKind {
     },
 }
 
+/// An ingress request's claim on an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// The scope of the key: the source it was sent to.
+    pub scope: String,
+    /// The key (the `Idempotency-Key` header).
+    pub key: String,
+    /// sha256 of the payload, to tell a retry from a different request.
+    pub payload: String,
+    /// When the record may be forgotten (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// What an idempotency key was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// sha256 of the payload.
+    pub payload: String,
+    /// The ids accepted the first time.
+    pub ids: Vec<String>,
+    /// When the record may be forgotten (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// What became of an enqueue that carried an idempotency claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Accepted {
+    /// The messages were committed.
+    Committed,
+    /// The key was used before for the same payload: nothing new was committed;
+    /// these are the ids accepted then.
+    Duplicate(Vec<String>),
+    /// The key was used before for another payload: nothing was committed.
+    Conflict,
+}
+
 /// What a step's work on a leased message came to.
 #[derive(Debug)]
 pub enum Completion {
@@ -200,12 +236,22 @@ impl Leases {
 /// One write for the committer, and where to send its result.
 struct Job {
     write: Write,
-    done: oneshot::Sender<Result<(), StorageError>>,
+    done: oneshot::Sender<Result<Accepted, StorageError>>,
 }
 
 enum Write {
-    Enqueue(Vec<(String, Envelope)>),
-    Complete { slot: Slot, completion: Completion },
+    Enqueue {
+        items: Vec<(String, Envelope)>,
+        claim: Option<IdempotencyClaim>,
+    },
+    Complete {
+        slot: Slot,
+        completion: Completion,
+    },
+    /// Forget idempotency records that expired before this time.
+    Sweep {
+        now_ms: u64,
+    },
 }
 
 /// The committer thread's inbox; dropping the last handle stops and joins it, so the
@@ -310,7 +356,7 @@ impl Queue {
         self.notify.clone()
     }
 
-    async fn write(&self, write: Write) -> Result<(), StorageError> {
+    async fn write(&self, write: Write) -> Result<Accepted, StorageError> {
         let (done, result) = oneshot::channel();
         let inbox = self
             .committer
@@ -325,7 +371,53 @@ impl Queue {
 
     /// Commit messages durably; only then may they be acknowledged.
     pub async fn enqueue(&self, items: Vec<(String, Envelope)>) -> Result<(), StorageError> {
-        self.write(Write::Enqueue(items)).await
+        self.write(Write::Enqueue { items, claim: None })
+            .await
+            .map(drop)
+    }
+
+    /// Commit messages durably unless their idempotency key was used before; the
+    /// check and the commit are one transaction, so two racing requests with one key
+    /// cannot both get through.
+    pub async fn enqueue_claimed(
+        &self,
+        items: Vec<(String, Envelope)>,
+        claim: IdempotencyClaim,
+    ) -> Result<Accepted, StorageError> {
+        self.write(Write::Enqueue {
+            items,
+            claim: Some(claim),
+        })
+        .await
+    }
+
+    /// The live idempotency record of a key, if any.
+    pub fn idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        let Some(value) = table.get((scope, key))? else {
+            return Ok(None);
+        };
+        let record: IdempotencyRecord = decode(value.value())?;
+        Ok((record.expires_ms > now_ms()).then_some(record))
+    }
+
+    /// Forget expired idempotency records.
+    pub async fn sweep(&self) -> Result<(), StorageError> {
+        self.write(Write::Sweep { now_ms: now_ms() })
+            .await
+            .map(drop)
+    }
+
+    /// The outcome recorded for a message, if it has one.
+    pub fn outcome(&self, id: &str) -> Result<Option<Outcome>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(OUTCOMES)?;
+        table.get(id)?.map(|v| decode(v.value())).transpose()
     }
 
     /// Lease the oldest message of `queue` that is ready and whose key is not held by
@@ -399,7 +491,8 @@ impl Queue {
                 slot: slot.clone(),
                 completion,
             })
-            .await;
+            .await
+            .map(drop);
         if result.is_err() {
             // Not committed: the message stays, and is leased again after a pause.
             let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -481,27 +574,35 @@ fn commit_loop(
                 }
             }
         }
-        for job in batch {
-            let reply = match &result {
-                Ok(()) => Ok(()),
-                Err(error) => Err(StorageError::CommitFailed(error.to_string())),
-            };
-            let _ = job.done.send(reply);
+        match result {
+            Ok(accepted) => {
+                for (job, accepted) in batch.into_iter().zip(accepted) {
+                    let _ = job.done.send(Ok(accepted));
+                }
+            }
+            Err(error) => {
+                for job in batch {
+                    let _ = job
+                        .done
+                        .send(Err(StorageError::CommitFailed(error.to_string())));
+                }
+            }
         }
         notify.notify_waiters();
     }
 }
 
-fn apply(storage: &Storage, batch: &[Job]) -> Result<(), StorageError> {
+fn apply(storage: &Storage, batch: &[Job]) -> Result<Vec<Accepted>, StorageError> {
     let txn = storage.db().begin_write()?;
+    let mut accepted = Vec::with_capacity(batch.len());
     for job in batch {
-        apply_one(&txn, &job.write)?;
+        accepted.push(apply_one(&txn, &job.write)?);
     }
     txn.commit()?;
-    Ok(())
+    Ok(accepted)
 }
 
-fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<(), StorageError> {
+fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageError> {
     let mut queue = txn.open_table(QUEUE)?;
     let append = |queue: &mut redb::Table<(&str, u64), &[u8]>,
                   items: &mut dyn Iterator<Item = (&str, &Envelope)>| {
@@ -515,8 +616,46 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<(), StorageError> 
         Ok::<(), StorageError>(())
     };
     match write {
-        Write::Enqueue(items) => {
+        Write::Enqueue { items, claim } => {
+            if let Some(claim) = claim {
+                let mut records = txn.open_table(IDEMPOTENCY)?;
+                let earlier = records
+                    .get((claim.scope.as_str(), claim.key.as_str()))?
+                    .map(|v| decode::<IdempotencyRecord>(v.value()))
+                    .transpose()?
+                    .filter(|r| r.expires_ms > now_ms());
+                if let Some(earlier) = earlier {
+                    return Ok(if earlier.payload == claim.payload {
+                        Accepted::Duplicate(earlier.ids)
+                    } else {
+                        Accepted::Conflict
+                    });
+                }
+                let record = IdempotencyRecord {
+                    payload: claim.payload.clone(),
+                    ids: items.iter().map(|(_, e)| e.message.id.clone()).collect(),
+                    expires_ms: claim.expires_ms,
+                };
+                records.insert(
+                    (claim.scope.as_str(), claim.key.as_str()),
+                    encode(&record)?.as_slice(),
+                )?;
+            }
             append(&mut queue, &mut items.iter().map(|(n, e)| (n.as_str(), e)))?
+        }
+        Write::Sweep { now_ms } => {
+            let mut records = txn.open_table(IDEMPOTENCY)?;
+            let mut expired = Vec::new();
+            for entry in records.iter()? {
+                let (k, v) = entry?;
+                if decode::<IdempotencyRecord>(v.value())?.expires_ms <= *now_ms {
+                    let (scope, key) = k.value();
+                    expired.push((scope.to_owned(), key.to_owned()));
+                }
+            }
+            for (scope, key) in &expired {
+                records.remove((scope.as_str(), key.as_str()))?;
+            }
         }
         Write::Complete { slot, completion } => {
             let slot = (slot.0.as_str(), slot.1);
@@ -540,7 +679,7 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<(), StorageError> 
             }
         }
     }
-    Ok(())
+    Ok(Accepted::Committed)
 }
 
 #[cfg(test)]

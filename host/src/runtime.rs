@@ -13,8 +13,8 @@ use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
 use crate::engine::Engine;
 use crate::plugin::{CallError, Failure, Plugin, PluginSettings, RawRequest};
 use crate::queue::{
-    Attempt, Completion, DEFAULT_VISIBILITY, Envelope, Hop, Lease, Outcome, OutcomeKind, Queue,
-    StoredMessage, now_ms, queue_name,
+    Accepted, Attempt, Completion, DEFAULT_VISIBILITY, Envelope, Hop, IdempotencyClaim, Lease,
+    Outcome, OutcomeKind, Queue, StoredMessage, now_ms, queue_name,
 };
 use crate::storage::{Storage, StorageError};
 use anyhow::Context as _;
@@ -30,6 +30,8 @@ use tracing::Instrument as _;
 
 /// Backoff before the first retry; doubles per attempt.
 const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How often expired idempotency records are removed.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Longest backoff between two attempts.
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
@@ -61,6 +63,12 @@ pub enum IngestError {
         plugin: String,
         /// How it failed.
         error: CallError,
+    },
+    /// The `Idempotency-Key` was used before with another payload.
+    #[error("idempotency key `{key}` was already used for a different payload")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
     },
     /// The messages could not be committed: nothing was accepted.
     #[error("cannot commit the messages: {0}")]
@@ -199,11 +207,11 @@ impl Runtime {
 
     /// Hand a raw request to a source and commit its messages to every flow that
     /// starts there. Returns the accepted message ids once they are durable.
-    pub async fn ingest(
-        &self,
-        source: &str,
-        request: RawRequest,
-    ) -> Result<Vec<String>, IngestError> {
+    ///
+    /// With an `Idempotency-Key` header, a repeat of the same payload returns the ids
+    /// accepted the first time (and commits nothing); the same key with another
+    /// payload is refused. Keys are remembered for `server.idempotency_retention_secs`.
+    pub async fn ingest(&self, source: &str, request: RawRequest) -> Result<Ingested, IngestError> {
         let flows: Vec<Flow> = self
             .flows()
             .into_iter()
@@ -213,6 +221,31 @@ impl Runtime {
             (false, Some(plugin)) => plugin,
             _ => return Err(IngestError::UnknownSource(source.to_owned())),
         };
+        let claim = request
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
+            .map(|(_, key)| IdempotencyClaim {
+                scope: source.to_owned(),
+                key: key.clone(),
+                payload: crate::engine::digest(&request.body),
+                expires_ms: now_ms() + self.config.server.idempotency_retention_secs * 1000,
+            });
+        if let Some(claim) = &claim {
+            // The common retry: answer from the record without running the source.
+            if let Some(record) = self.queue.idempotency(&claim.scope, &claim.key)? {
+                return if record.payload == claim.payload {
+                    Ok(Ingested {
+                        ids: record.ids,
+                        replayed: true,
+                    })
+                } else {
+                    Err(IngestError::IdempotencyConflict {
+                        key: claim.key.clone(),
+                    })
+                };
+            }
+        }
         let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest());
         async {
             let started = Instant::now();
@@ -260,9 +293,20 @@ impl Runtime {
                 }
             }
             let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
-            self.queue.enqueue(items).await?;
-            tracing::info!(accepted = ids.len(), "messages accepted");
-            Ok(ids)
+            let accepted = match claim {
+                None => {
+                    self.queue.enqueue(items).await?;
+                    Ingested { ids, replayed: false }
+                }
+                // Racing with a request that claimed the same key: the transaction decides.
+                Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
+                    Accepted::Committed => Ingested { ids, replayed: false },
+                    Accepted::Duplicate(ids) => Ingested { ids, replayed: true },
+                    Accepted::Conflict => return Err(IngestError::IdempotencyConflict { key: claim.key }),
+                },
+            };
+            tracing::info!(accepted = accepted.ids.len(), replayed = accepted.replayed, "messages accepted");
+            Ok(accepted)
         }
         .instrument(span)
         .await
@@ -272,6 +316,19 @@ impl Runtime {
     /// turns true, each after finishing (and committing) its current message.
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut workers = JoinSet::new();
+        let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
+        workers.spawn(async move {
+            // Expired idempotency keys are forgotten, so the table stays bounded.
+            loop {
+                if let Err(error) = queue.sweep().await {
+                    tracing::warn!(%error, "idempotency sweep failed");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         for flow in self.flows() {
             for stage in 0..flow.stages.len() as u32 {
                 for _ in 0..flow.concurrency {
@@ -357,7 +414,23 @@ impl Runtime {
     ) -> Completion {
         let is_sink = stage as usize + 1 == flow.stages.len();
         let started = Instant::now();
-        let result = if is_sink {
+        let recorded = match is_sink {
+            true => self.queue.outcome(&env.message.id).ok().flatten(),
+            false => None,
+        };
+        let result = if let Some(Outcome {
+            result: OutcomeKind::Delivered { reference, detail },
+            ..
+        }) = recorded
+        {
+            // Delivered before (a redrive or a replay of the same message): the
+            // recorded outcome stands and the target system is not called again.
+            tracing::info!(%reference, "already delivered; recorded outcome returned");
+            Ok(Done::Delivered(crate::plugin::Receipt {
+                reference,
+                detail,
+            }))
+        } else if is_sink {
             plugin
                 .deliver(&env.message, &env.message.id)
                 .await
@@ -504,6 +577,15 @@ impl Runtime {
             .collect();
         Ok(MessageStatus { outcomes, pending })
     }
+}
+
+/// What ingress accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The accepted message ids.
+    pub ids: Vec<String>,
+    /// True when these are the ids of an earlier request with the same idempotency key.
+    pub replayed: bool,
 }
 
 /// What happened to an accepted message and its descendants.

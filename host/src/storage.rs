@@ -17,6 +17,10 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
 /// Plugin key-value data: (plugin instance name, key) -> value.
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Idempotency records of ingress: (source, idempotency key) -> encoded
+/// [`crate::queue::IdempotencyRecord`].
+pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("idempotency");
 /// Compiled components: component digest -> sha256 of the compiled artifact on disk.
 pub(crate) const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
 
@@ -93,6 +97,7 @@ impl Storage {
         txn.open_table(OUTCOMES)?;
         txn.open_table(KV)?;
         txn.open_table(COMPILED)?;
+        txn.open_table(IDEMPOTENCY)?;
         txn.commit()?;
         Ok(Storage { db: Arc::new(db) })
     }

@@ -1,0 +1,163 @@
+//! Delivery guarantees: idempotent ingress, and sinks that never deliver a message
+//! twice once its outcome is recorded.
+
+use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
+use tenon::client;
+use tenon::config::Config;
+use tenon::demo::mock_erp::MockErp;
+use tenon::queue::{Envelope, OutcomeKind, StoredMessage, queue_name};
+use tenon::server::Server;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idempotency_key_accepts_a_payload_once() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
+    let tenon = Tenon::start(&ws);
+    let url = format!("{}/v1/sources/cpq-source", tenon.base);
+    let send = |key: Option<&'static str>, body: &'static str| {
+        let url = url.clone();
+        async move {
+            let headers: Vec<(&str, &str)> =
+                key.map(|k| ("idempotency-key", k)).into_iter().collect();
+            client::request(
+                "POST",
+                &url,
+                &headers,
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let first = send(Some("cpq-Q-00101-r1"), sample("plain.json")).await;
+    assert_eq!(first.status, 202);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let again = send(Some("cpq-Q-00101-r1"), sample("plain.json")).await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(
+        again.json().unwrap(),
+        first.json().unwrap(),
+        "the original answer"
+    );
+
+    let reused = send(Some("cpq-Q-00101-r1"), sample("bundle.json")).await;
+    assert_eq!(reused.status, 422);
+    let problem = reused.json().unwrap();
+    assert_eq!(problem["type"], "urn:tenon:problem:idempotency-key-reused");
+    assert_eq!(
+        problem["detail"],
+        "the Idempotency-Key `cpq-Q-00101-r1` was already used for a different payload"
+    );
+
+    // Without a key, each request is its own.
+    let a = send(None, sample("plain.json")).await.json().unwrap();
+    let b = send(None, sample("plain.json")).await.json().unwrap();
+    assert_ne!(a, b);
+
+    let id = first.json().unwrap()["accepted"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tenon.settled(&id).await;
+    for other in [&a, &b] {
+        tenon.settled(other["accepted"][0].as_str().unwrap()).await;
+    }
+    let from_key = erp
+        .received()
+        .iter()
+        .filter(|r| {
+            r.idempotency_key
+                .as_deref()
+                .is_some_and(|k| k.starts_with(&id))
+        })
+        .count();
+    assert_eq!(from_key, 1, "two requests with one key made one order");
+    assert_eq!(erp.received().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_erp() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let path = ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
+    let config = Config::load(&path).unwrap();
+    let server = Server::start(config, &ws.data_dir(), "127.0.0.1:0".parse().ok())
+        .await
+        .unwrap();
+    let runtime = server.runtime.clone();
+
+    let reply = client::post(
+        &format!("http://{}/v1/sources/cpq-source", server.addr),
+        "application/json",
+        sample("plain.json").as_bytes().to_vec(),
+    )
+    .await
+    .unwrap();
+    let root = reply.json().unwrap()["accepted"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let delivered = loop {
+        let status = runtime.status(&root).unwrap();
+        if status.is_settled() {
+            break status.outcomes[0].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let OutcomeKind::Delivered { reference, .. } = delivered.result.clone() else {
+        panic!("{delivered:?}")
+    };
+    assert_eq!(erp.received().len(), 1);
+
+    // The same message (same id, hence same idempotency key) reaches the sink again,
+    // as a redrive or a replay would bring it.
+    let order = &erp.received()[0].body;
+    let envelope = Envelope {
+        message: StoredMessage {
+            id: delivered.id.clone(),
+            key: delivered.key.clone(),
+            kind: delivered.kind.clone(),
+            content_type: "application/json".into(),
+            headers: vec![],
+            body: serde_json::to_vec(order).unwrap(),
+        },
+        flow: delivered.flow.clone(),
+        stage: 1,
+        root: root.clone(),
+        accepted_ms: 0,
+        trail: vec![],
+        attempts: vec![],
+        not_before_ms: 0,
+    };
+    runtime
+        .queue()
+        .enqueue(vec![(queue_name(&delivered.flow, 1), envelope)])
+        .await
+        .unwrap();
+    let again = loop {
+        let status = runtime.status(&root).unwrap();
+        if status.is_settled() && status.outcomes[0].at_ms != delivered.at_ms {
+            break status.outcomes[0].clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        again.result,
+        OutcomeKind::Delivered {
+            reference,
+            detail: delivered_detail(&delivered)
+        }
+    );
+    assert_eq!(erp.received().len(), 1, "the ERP was not called again");
+    server.stop().await;
+}
+
+fn delivered_detail(outcome: &tenon::queue::Outcome) -> Option<String> {
+    match &outcome.result {
+        OutcomeKind::Delivered { detail, .. } => detail.clone(),
+        _ => None,
+    }
+}
