@@ -63,6 +63,48 @@ pub enum Command {
     /// one, a bundle, an invalid one) and waits for each to settle. Exits 0 when every
     /// quote ended as expected.
     Demo,
+    /// Inspect and handle dead letters on a running server (its admin API).
+    ///
+    /// A dead letter is a message that cannot succeed as things stand: its plugin said
+    /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
+    /// plugin digest, and every attempt's error and time.
+    Dlq {
+        /// The server's address.
+        #[arg(
+            long,
+            env = "TENON_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// What to do with dead letters.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// List them, oldest first.
+    List,
+    /// Show one: the message, its stage and plugin, every attempt.
+    Show {
+        /// The message id.
+        id: String,
+    },
+    /// Put them back in front of the stage that failed them, with a fresh count of
+    /// attempts; they run on that stage's current plugin (so a fix can be redriven).
+    Redrive {
+        /// Message ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Forget them (their outcome stays recorded).
+    Discard {
+        /// Message ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// Parse the command line and run it.
@@ -131,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("config ok");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dlq { server, action } => dlq(&server, action).await,
         Command::Demo => {
             let ok = crate::demo::run(&cli.data_dir).await?;
             Ok(if ok {
@@ -140,6 +183,79 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+async fn dlq(server: &str, action: DlqAction) -> anyhow::Result<ExitCode> {
+    use crate::client;
+    let base = server.trim_end_matches('/');
+    let fail = |reply: &client::Response| {
+        let detail = reply
+            .json()
+            .ok()
+            .and_then(|p| p["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+        anyhow::anyhow!("{base}: HTTP {}: {detail}", reply.status)
+    };
+    match action {
+        DlqAction::List => {
+            let reply = client::get(&format!("{base}/v1/dlq")).await?;
+            if reply.status != 200 {
+                return Err(fail(&reply));
+            }
+            let letters = reply.json()?["dead_letters"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in &letters {
+                println!(
+                    "{}  flow={} stage={} plugin={} attempts={}  {}",
+                    l["id"].as_str().unwrap_or("?"),
+                    l["flow"].as_str().unwrap_or("?"),
+                    l["stage"],
+                    l["plugin"].as_str().unwrap_or("?"),
+                    l["attempt_count"],
+                    l["error"].as_str().unwrap_or("?"),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Show { id } => {
+            let reply = client::get(&format!("{base}/v1/dlq/{id}")).await?;
+            if reply.status != 200 {
+                return Err(fail(&reply));
+            }
+            println!("{}", serde_json::to_string_pretty(&reply.json()?)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        DlqAction::Redrive { ids } => handle_each(base, "redrive", &ids).await,
+        DlqAction::Discard { ids } => handle_each(base, "discard", &ids).await,
+    }
+}
+
+async fn handle_each(base: &str, action: &str, ids: &[String]) -> anyhow::Result<ExitCode> {
+    let mut code = ExitCode::SUCCESS;
+    for id in ids {
+        let reply =
+            crate::client::request("POST", &format!("{base}/v1/dlq/{id}/{action}"), &[], None)
+                .await?;
+        if reply.status == 200 {
+            println!("{action} {id}: done");
+        } else {
+            let detail = reply
+                .json()
+                .ok()
+                .and_then(|p| p["detail"].as_str().map(str::to_owned));
+            eprintln!(
+                "{action} {id}: {}",
+                detail.unwrap_or_else(|| format!("HTTP {}", reply.status))
+            );
+            code = ExitCode::FAILURE;
+        }
+    }
+    Ok(code)
 }
 
 async fn wait_for_signal() {

@@ -4,6 +4,10 @@
 //! |---|---|
 //! | `POST /v1/sources/{source}` | hand the body to the source plugin; `202 {"accepted": [ids]}` once durable |
 //! | `GET /v1/messages/{id}` | what happened to an accepted message: outcomes and what is still queued |
+//! | `GET /v1/dlq` | the dead letters, oldest first |
+//! | `GET /v1/dlq/{id}` | one dead letter: the message, its stage, every attempt |
+//! | `POST /v1/dlq/{id}/redrive` | back in front of its stage, on that stage's current plugin |
+//! | `POST /v1/dlq/{id}/discard` | forget it (its outcome stays) |
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem.
@@ -82,6 +86,38 @@ async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Re
                 .headers_mut()
                 .insert("allow", HeaderValue::from_static("POST"));
             reply
+        }
+        (&Method::GET, ["v1", "dlq"]) => match runtime.queue().dead_letters() {
+            Ok(letters) => json_reply(
+                StatusCode::OK,
+                &json!({ "dead_letters": letters.iter().map(dead_letter_summary).collect::<Vec<_>>() }),
+            ),
+            Err(error) => storage_problem(error),
+        },
+        (&Method::GET, ["v1", "dlq", id]) => match runtime.queue().dead_letter(id) {
+            Ok(Some(letter)) => {
+                let mut body = dead_letter_summary(&letter);
+                body["attempts"] = json!(letter.outcome.attempts);
+                body["trail"] = json!(letter.outcome.trail);
+                body["body"] = body_as_json(&letter.envelope.message);
+                json_reply(StatusCode::OK, &body)
+            }
+            Ok(None) => no_dead_letter(id),
+            Err(error) => storage_problem(error),
+        },
+        (&Method::POST, ["v1", "dlq", id, action @ ("redrive" | "discard")]) => {
+            let done = match *action {
+                "redrive" => runtime.queue().redrive(id).await,
+                _ => runtime.queue().discard(id).await,
+            };
+            match done {
+                Ok(true) => {
+                    tracing::info!(id, action, "dead letter handled by operator");
+                    json_reply(StatusCode::OK, &json!({ "id": id, "done": action }))
+                }
+                Ok(false) => no_dead_letter(id),
+                Err(error) => storage_problem(error),
+            }
         }
         (&Method::GET, ["v1", "messages", id]) => match runtime.status(id) {
             Ok(status) if status.outcomes.is_empty() && status.pending.is_empty() => problem(
@@ -259,6 +295,44 @@ fn plugin_problem(plugin: &str, error: CallError) -> Reply {
             format!("source `{plugin}`: {detail}"),
         ),
     }
+}
+
+fn dead_letter_summary(letter: &crate::queue::DeadLetter) -> serde_json::Value {
+    let error = match &letter.outcome.result {
+        crate::queue::OutcomeKind::DeadLetter { error } => error.clone(),
+        other => format!("{other:?}"),
+    };
+    json!({
+        "id": letter.outcome.id,
+        "root": letter.outcome.root,
+        "flow": letter.outcome.flow,
+        "stage": letter.envelope.stage,
+        "plugin": letter.outcome.plugin,
+        "digest": letter.outcome.attempts.last().map(|a| a.digest.clone()),
+        "key": letter.outcome.key,
+        "kind": letter.outcome.kind,
+        "at_ms": letter.outcome.at_ms,
+        "attempt_count": letter.outcome.attempts.len(),
+        "error": error,
+    })
+}
+
+fn no_dead_letter(id: &str) -> Reply {
+    problem(
+        StatusCode::NOT_FOUND,
+        "unknown-dead-letter",
+        "Unknown dead letter",
+        format!("no dead letter with id `{id}`"),
+    )
+}
+
+fn storage_problem(error: crate::storage::StorageError) -> Reply {
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "storage-unavailable",
+        "Storage unavailable",
+        error.to_string(),
+    )
 }
 
 /// A message body as JSON for operators, whichever canonical encoding it travels in.

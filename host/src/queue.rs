@@ -19,7 +19,7 @@
 //! fsync; no caller is answered before its data is durable, and a failed commit
 //! fails every write in it (nothing in it was acknowledged).
 
-use crate::storage::{IDEMPOTENCY, META, OUTCOMES, QUEUE, Storage, StorageError};
+use crate::storage::{DEAD, IDEMPOTENCY, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -148,6 +148,16 @@ pub enum OutcomeKind {
     },
 }
 
+/// A message that can never succeed as things stand, kept whole with every attempt
+/// so that an operator can inspect it, redrive it (after a fix) or discard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The message as it waited for the stage that failed it, with every attempt.
+    pub envelope: Envelope,
+    /// The outcome recorded for it.
+    pub outcome: Outcome,
+}
+
 /// An ingress request's claim on an idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyClaim {
@@ -182,6 +192,8 @@ pub enum Accepted {
     Duplicate(Vec<String>),
     /// The key was used before for another payload: nothing was committed.
     Conflict,
+    /// What the write was about (e.g. a dead letter to redrive) does not exist.
+    Missing,
 }
 
 /// What a step's work on a leased message came to.
@@ -251,6 +263,14 @@ enum Write {
     /// Forget idempotency records that expired before this time.
     Sweep {
         now_ms: u64,
+    },
+    /// Put a dead letter back in front of the stage that failed it.
+    Redrive {
+        id: String,
+    },
+    /// Forget a dead letter (its outcome stays).
+    Discard {
+        id: String,
     },
 }
 
@@ -411,6 +431,39 @@ impl Queue {
         self.write(Write::Sweep { now_ms: now_ms() })
             .await
             .map(drop)
+    }
+
+    /// Every dead letter, oldest first.
+    pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(DEAD)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(decode::<DeadLetter>(entry?.1.value())?);
+        }
+        out.sort_by_key(|d| d.outcome.at_ms);
+        Ok(out)
+    }
+
+    /// One dead letter.
+    pub fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(DEAD)?;
+        table.get(id)?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Put a dead letter back in front of the stage that failed it, with a fresh
+    /// count of attempts; it then runs on that stage's current plugin version.
+    /// `false` when there is no such dead letter.
+    pub async fn redrive(&self, id: &str) -> Result<bool, StorageError> {
+        let applied = self.write(Write::Redrive { id: id.to_owned() }).await?;
+        Ok(applied == Accepted::Committed)
+    }
+
+    /// Forget a dead letter; `false` when there is no such dead letter.
+    pub async fn discard(&self, id: &str) -> Result<bool, StorageError> {
+        let applied = self.write(Write::Discard { id: id.to_owned() }).await?;
+        Ok(applied == Accepted::Committed)
     }
 
     /// The outcome recorded for a message, if it has one.
@@ -643,6 +696,26 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
             }
             append(&mut queue, &mut items.iter().map(|(n, e)| (n.as_str(), e)))?
         }
+        Write::Redrive { id } => {
+            let mut dead = txn.open_table(DEAD)?;
+            let Some(letter) = dead
+                .remove(id.as_str())?
+                .map(|v| decode::<DeadLetter>(v.value()))
+            else {
+                return Ok(Accepted::Missing);
+            };
+            let mut envelope = letter?.envelope;
+            envelope.attempts.clear();
+            envelope.not_before_ms = 0;
+            txn.open_table(OUTCOMES)?.remove(id.as_str())?;
+            let name = queue_name(&envelope.flow, envelope.stage);
+            append(&mut queue, &mut std::iter::once((name.as_str(), &envelope)))?;
+        }
+        Write::Discard { id } => {
+            if txn.open_table(DEAD)?.remove(id.as_str())?.is_none() {
+                return Ok(Accepted::Missing);
+            }
+        }
         Write::Sweep { now_ms } => {
             let mut records = txn.open_table(IDEMPOTENCY)?;
             let mut expired = Vec::new();
@@ -672,7 +745,19 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                     append(&mut queue, &mut outputs.iter().map(|e| (next.as_str(), e)))?;
                 }
                 Completion::Finish(outcome) => {
-                    queue.remove(slot)?;
+                    let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
+                    if let (OutcomeKind::DeadLetter { .. }, Some(waiting)) =
+                        (&outcome.result, waiting)
+                    {
+                        let mut envelope = waiting?;
+                        envelope.attempts = outcome.attempts.clone();
+                        let dead = DeadLetter {
+                            envelope,
+                            outcome: outcome.as_ref().clone(),
+                        };
+                        txn.open_table(DEAD)?
+                            .insert(outcome.id.as_str(), encode(&dead)?.as_slice())?;
+                    }
                     txn.open_table(OUTCOMES)?
                         .insert(outcome.id.as_str(), encode(outcome.as_ref())?.as_slice())?;
                 }

@@ -302,7 +302,9 @@ impl Runtime {
                 Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
                     Accepted::Committed => Ingested { ids, replayed: false },
                     Accepted::Duplicate(ids) => Ingested { ids, replayed: true },
-                    Accepted::Conflict => return Err(IngestError::IdempotencyConflict { key: claim.key }),
+                    Accepted::Conflict | Accepted::Missing => {
+                        return Err(IngestError::IdempotencyConflict { key: claim.key });
+                    }
                 },
             };
             tracing::info!(accepted = accepted.ids.len(), replayed = accepted.replayed, "messages accepted");

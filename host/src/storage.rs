@@ -17,6 +17,8 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
 /// Plugin key-value data: (plugin instance name, key) -> value.
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Dead letters: message id -> encoded [`crate::queue::DeadLetter`].
+pub(crate) const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 /// Idempotency records of ingress: (source, idempotency key) -> encoded
 /// [`crate::queue::IdempotencyRecord`].
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
@@ -98,6 +100,7 @@ impl Storage {
         txn.open_table(KV)?;
         txn.open_table(COMPILED)?;
         txn.open_table(IDEMPOTENCY)?;
+        txn.open_table(DEAD)?;
         txn.commit()?;
         Ok(Storage { db: Arc::new(db) })
     }

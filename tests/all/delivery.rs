@@ -161,3 +161,95 @@ fn delivered_detail(outcome: &tenon::queue::Outcome) -> Option<String> {
         _ => None,
     }
 }
+
+fn tenon_cli(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tenon"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_letters_are_listed_shown_redriven_and_discarded() {
+    let erp = MockErp::start().await.unwrap();
+    erp.set_unavailable(true);
+    let ws = Workspace::new();
+    ws.write_config(
+        &quote_to_cash_config(&erp.orders_url(), "")
+            .replace("max_attempts = 20", "max_attempts = 1"),
+    );
+    let tenon = Tenon::start(&ws);
+    let plain = tenon.send_quote(sample("plain.json")).await.remove(0);
+    let bundle = tenon.send_quote(sample("bundle.json")).await.remove(0);
+    tenon.settled(&plain).await;
+    tenon.settled(&bundle).await;
+
+    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "list"]);
+    assert!(ok);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for line in &lines {
+        assert!(
+            line.contains(
+                "flow=quote-to-order stage=1 plugin=erp-sink attempts=1  retryable: HTTP 503: "
+            ),
+            "{line}"
+        );
+    }
+
+    let plain_order = format!("{plain}.0");
+    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "show", &plain_order]);
+    assert!(ok);
+    let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["key"], "Q-00101");
+    assert_eq!(shown["attempts"].as_array().unwrap().len(), 1);
+    assert!(
+        shown["attempts"][0]["digest"]
+            .as_str()
+            .unwrap()
+            .starts_with("sha256:")
+    );
+    assert_eq!(
+        shown["body"]["id"], "Q-00101-P",
+        "the message itself is kept"
+    );
+
+    // The ERP is back: the redriven order is delivered, once.
+    erp.set_unavailable(false);
+    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "redrive", &plain_order]);
+    assert!(ok);
+    assert_eq!(out.trim(), format!("redrive {plain_order}: done"));
+    let status = tenon.settled(&plain).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    assert_eq!(erp.received().len(), 1);
+
+    let bundle_orders = [format!("{bundle}.0"), format!("{bundle}.1")];
+    let (ok, _, _) = tenon_cli(&[
+        "dlq",
+        "--server",
+        &tenon.base,
+        "discard",
+        &bundle_orders[0],
+        &bundle_orders[1],
+    ]);
+    assert!(ok);
+    let (_, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "list"]);
+    assert_eq!(out.trim(), "no dead letters");
+    let status = tenon.settled(&bundle).await;
+    assert!(
+        status["outcomes"][0]["result"]["DeadLetter"].is_object(),
+        "the outcome stays recorded"
+    );
+
+    let (ok, _, err) = tenon_cli(&["dlq", "--server", &tenon.base, "redrive", "nope"]);
+    assert!(!ok);
+    assert_eq!(err.trim(), "redrive nope: no dead letter with id `nope`");
+}
