@@ -68,6 +68,24 @@ pub enum Command {
     /// A dead letter is a message that cannot succeed as things stand: its plugin said
     /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
     /// plugin digest, and every attempt's error and time.
+    /// Re-run the messages a flow accepted in a range of the event log, through the
+    /// flow's current plugin versions (on a running server). Messages keep their ids,
+    /// so sinks return recorded outcomes instead of delivering twice.
+    Replay {
+        /// The flow.
+        #[arg(long)]
+        flow: String,
+        /// First event: an offset (e.g. `120`) or an RFC 3339 time (e.g.
+        /// `2026-11-27T09:00:00Z`).
+        #[arg(long)]
+        from: String,
+        /// Last event (inclusive): an offset or an RFC 3339 time; default the end.
+        #[arg(long)]
+        to: Option<String>,
+        /// The server's address.
+        #[arg(long, env = "TENON_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     Dlq {
         /// The server's address.
         #[arg(
@@ -174,6 +192,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { server, action } => dlq(&server, action).await,
+        Command::Replay {
+            flow,
+            from,
+            to,
+            server,
+        } => {
+            let base = server.trim_end_matches('/');
+            let mut body = serde_json::json!({ "from": from });
+            if let Some(to) = to {
+                body["to"] = serde_json::json!(to);
+            }
+            let url = format!("{base}/v1/flows/{flow}/replay");
+            let reply =
+                crate::client::post(&url, "application/json", body.to_string().into_bytes())
+                    .await?;
+            let json = reply.json()?;
+            if reply.status != 200 {
+                anyhow::bail!("{}", json["detail"].as_str().unwrap_or("replay failed"));
+            }
+            println!(
+                "replayed {} messages of flow {flow} (offsets {})",
+                json["replayed"], json["offsets"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo => {
             let ok = crate::demo::run(&cli.data_dir).await?;
             Ok(if ok {

@@ -8,6 +8,8 @@
 //! | `GET /v1/dlq/{id}` | one dead letter: the message, its stage, every attempt |
 //! | `POST /v1/dlq/{id}/redrive` | back in front of its stage, on that stage's current plugin |
 //! | `POST /v1/dlq/{id}/discard` | forget it (its outcome stays) |
+//! | `GET /v1/events?from=N&to=M` | the event log between two offsets |
+//! | `POST /v1/flows/{flow}/replay` | `{"from": offset or RFC 3339 time, "to": ...}`: re-run accepted messages on the current plugins |
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem.
@@ -86,6 +88,28 @@ async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Re
                 .headers_mut()
                 .insert("allow", HeaderValue::from_static("POST"));
             reply
+        }
+        (&Method::GET, ["v1", "events"]) => {
+            let query = req.uri().query().unwrap_or_default();
+            let param = |name: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_owned)
+            };
+            let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let to = param("to").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            match runtime.queue().events(from, to) {
+                Ok(events) => json_reply(
+                    StatusCode::OK,
+                    &json!({ "events": events.iter().map(event_json).collect::<Vec<_>>() }),
+                ),
+                Err(error) => storage_problem(error),
+            }
+        }
+        (&Method::POST, ["v1", "flows", flow, "replay"]) => {
+            let flow = (*flow).to_owned();
+            replay(runtime, &flow, req).await
         }
         (&Method::GET, ["v1", "dlq"]) => match runtime.queue().dead_letters() {
             Ok(letters) => json_reply(
@@ -295,6 +319,100 @@ fn plugin_problem(plugin: &str, error: CallError) -> Reply {
             format!("source `{plugin}`: {detail}"),
         ),
     }
+}
+
+async fn replay(runtime: &Runtime, flow: &str, req: Request<Incoming>) -> Reply {
+    let bad = |detail: String| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-replay",
+            "Bad replay request",
+            detail,
+        )
+    };
+    if !runtime.flows().iter().any(|f| f.name == flow) {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown-flow",
+            "Unknown flow",
+            format!("no flow named `{flow}`"),
+        );
+    }
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return bad(format!("cannot read the request: {error}")),
+    };
+    let request: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(error) => return bad(format!("the body is not JSON: {error}")),
+    };
+    let bound = |name: &str, default: u64, end: bool| -> Result<u64, String> {
+        let Some(value) = request.get(name) else {
+            return Ok(default);
+        };
+        let text = value
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| value.to_string());
+        if let Ok(offset) = text.parse::<u64>() {
+            return Ok(offset);
+        }
+        let time = tenon_model::chrono::DateTime::parse_from_rfc3339(&text).map_err(|e| {
+            format!("`{name}`: `{text}` is neither an offset nor an RFC 3339 time: {e}")
+        })?;
+        let ms = time.timestamp_millis().max(0) as u64;
+        // `from` a time: the first event at or after it; `to` a time: the last before it.
+        let at = if end { ms + 1 } else { ms };
+        let first = runtime.queue().offset_at(at).map_err(|e| e.to_string())?;
+        Ok(match (first, end) {
+            (Some(offset), false) => offset,
+            (Some(offset), true) => offset.saturating_sub(1),
+            (None, _) => u64::MAX,
+        })
+    };
+    let (from, to) = match (bound("from", 1, false), bound("to", u64::MAX, true)) {
+        (Ok(from), Ok(to)) => (from, to),
+        (Err(e), _) | (_, Err(e)) => return bad(e),
+    };
+    match runtime.queue().replay(flow, from, to).await {
+        Ok(offsets) => {
+            tracing::info!(flow, from, to, replayed = offsets.len(), "replay");
+            json_reply(
+                StatusCode::OK,
+                &json!({ "flow": flow, "replayed": offsets.len(), "offsets": offsets }),
+            )
+        }
+        Err(error) => storage_problem(error),
+    }
+}
+
+fn event_json(event: &crate::events::Event) -> serde_json::Value {
+    let mut out = json!({
+        "offset": event.offset,
+        "at_ms": event.at_ms,
+        "flow": event.flow,
+        "event": event.body.name(),
+    });
+    match &event.body {
+        crate::events::EventBody::Accepted { envelope } => {
+            out["id"] = json!(envelope.message.id);
+            out["key"] = json!(envelope.message.key);
+            out["body"] = body_as_json(&envelope.message);
+        }
+        crate::events::EventBody::Rejected {
+            id,
+            key,
+            plugin,
+            reasons,
+            ..
+        } => {
+            out["id"] = json!(id);
+            out["key"] = json!(key);
+            out["plugin"] = json!(plugin);
+            out["reasons"] = json!(reasons);
+        }
+    }
+    out
 }
 
 fn dead_letter_summary(letter: &crate::queue::DeadLetter) -> serde_json::Value {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod demo;
 pub mod engine;
+pub mod events;
 pub mod ingress;
 pub mod plugin;
 pub mod queue;

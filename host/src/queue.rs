@@ -19,6 +19,7 @@
 //! fsync; no caller is answered before its data is durable, and a failed commit
 //! fails every write in it (nothing in it was acknowledged).
 
+use crate::events::{self, EVENTS, Event, EventBody};
 use crate::storage::{DEAD, IDEMPOTENCY, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -255,6 +256,8 @@ enum Write {
     Enqueue {
         items: Vec<(String, Envelope)>,
         claim: Option<IdempotencyClaim>,
+        /// Append them to the event log (ingress does; a replay does not).
+        log: bool,
     },
     Complete {
         slot: Slot,
@@ -391,9 +394,13 @@ impl Queue {
 
     /// Commit messages durably; only then may they be acknowledged.
     pub async fn enqueue(&self, items: Vec<(String, Envelope)>) -> Result<(), StorageError> {
-        self.write(Write::Enqueue { items, claim: None })
-            .await
-            .map(drop)
+        self.write(Write::Enqueue {
+            items,
+            claim: None,
+            log: true,
+        })
+        .await
+        .map(drop)
     }
 
     /// Commit messages durably unless their idempotency key was used before; the
@@ -407,6 +414,7 @@ impl Queue {
         self.write(Write::Enqueue {
             items,
             claim: Some(claim),
+            log: true,
         })
         .await
     }
@@ -431,6 +439,53 @@ impl Queue {
         self.write(Write::Sweep { now_ms: now_ms() })
             .await
             .map(drop)
+    }
+
+    /// The events with offsets in `from..=to`.
+    pub fn events(&self, from: u64, to: u64) -> Result<Vec<Event>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        events::read(&txn.open_table(EVENTS)?, from, to)
+    }
+
+    /// The offset of the first event appended at or after `at_ms`, if any.
+    pub fn offset_at(&self, at_ms: u64) -> Result<Option<u64>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let event: Event = decode(v.value())?;
+            if event.at_ms >= at_ms {
+                return Ok(Some(k.value()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-run the messages a flow accepted at offsets `from..=to` from its first
+    /// stage, on the current plugin versions. They keep their ids, so downstream
+    /// effects stay single. Returns the offsets replayed.
+    pub async fn replay(&self, flow: &str, from: u64, to: u64) -> Result<Vec<u64>, StorageError> {
+        let mut offsets = Vec::new();
+        let mut items = Vec::new();
+        for event in self.events(from, to)? {
+            if let (true, EventBody::Accepted { mut envelope }) = (event.flow == flow, event.body) {
+                envelope.stage = 0;
+                envelope.attempts.clear();
+                envelope.not_before_ms = 0;
+                envelope.trail.truncate(1);
+                offsets.push(event.offset);
+                items.push((queue_name(flow, 0), envelope));
+            }
+        }
+        if !items.is_empty() {
+            self.write(Write::Enqueue {
+                items,
+                claim: None,
+                log: false,
+            })
+            .await?;
+        }
+        Ok(offsets)
     }
 
     /// Every dead letter, oldest first.
@@ -669,7 +724,7 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
         Ok::<(), StorageError>(())
     };
     match write {
-        Write::Enqueue { items, claim } => {
+        Write::Enqueue { items, claim, log } => {
             if let Some(claim) = claim {
                 let mut records = txn.open_table(IDEMPOTENCY)?;
                 let earlier = records
@@ -693,6 +748,17 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                     (claim.scope.as_str(), claim.key.as_str()),
                     encode(&record)?.as_slice(),
                 )?;
+            }
+            if *log {
+                let accepted = items.iter().map(|(_, e)| {
+                    (
+                        e.flow.clone(),
+                        EventBody::Accepted {
+                            envelope: e.clone(),
+                        },
+                    )
+                });
+                events::append(txn, now_ms(), accepted)?;
             }
             append(&mut queue, &mut items.iter().map(|(n, e)| (n.as_str(), e)))?
         }
@@ -757,6 +823,16 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                         };
                         txn.open_table(DEAD)?
                             .insert(outcome.id.as_str(), encode(&dead)?.as_slice())?;
+                    }
+                    if let OutcomeKind::Rejected { reasons } = &outcome.result {
+                        let rejected = EventBody::Rejected {
+                            id: outcome.id.clone(),
+                            key: outcome.key.clone(),
+                            kind: outcome.kind.clone(),
+                            plugin: outcome.plugin.clone(),
+                            reasons: reasons.clone(),
+                        };
+                        events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
                     }
                     txn.open_table(OUTCOMES)?
                         .insert(outcome.id.as_str(), encode(outcome.as_ref())?.as_slice())?;

@@ -101,6 +101,7 @@ impl Storage {
         txn.open_table(COMPILED)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(DEAD)?;
+        txn.open_table(crate::events::EVENTS)?;
         txn.commit()?;
         Ok(Storage { db: Arc::new(db) })
     }

@@ -253,3 +253,107 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     assert!(!ok);
     assert_eq!(err.trim(), "redrive nope: no dead letter with id `nope`");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replay_reruns_accepted_messages_without_duplicating_effects() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
+    let tenon = Tenon::start(&ws);
+    let mut roots = Vec::new();
+    for name in ["plain.json", "invalid.json", "bundle.json"] {
+        let id = tenon.send_quote(sample(name)).await.remove(0);
+        tenon.settled(&id).await;
+        roots.push(id);
+    }
+    assert_eq!(erp.received().len(), 3);
+
+    let events = tenon.get("/v1/events").await.json().unwrap();
+    let names: Vec<(u64, &str)> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["offset"].as_u64().unwrap(), e["event"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            (1, "QuoteApproved"),
+            (2, "QuoteApproved"),
+            (3, "Rejected"),
+            (4, "QuoteApproved")
+        ]
+    );
+    assert_eq!(events["events"][2]["reasons"].as_array().unwrap().len(), 3);
+
+    let before: Vec<u64> = outcome_times(&tenon, &roots).await;
+    let (ok, out, err) = tenon_cli(&[
+        "replay",
+        "--flow",
+        "quote-to-order",
+        "--from",
+        "1",
+        "--server",
+        &tenon.base,
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "replayed 3 messages of flow quote-to-order (offsets [1,2,4])"
+    );
+    // Every root settles again (new outcome times), and the ERP got nothing new.
+    for (root, earlier) in roots.iter().zip(before) {
+        tenon
+            .wait_for(root, |s| {
+                s["settled"] == true && s["outcomes"][0]["at_ms"].as_u64().unwrap() > earlier
+            })
+            .await;
+    }
+    assert_eq!(
+        erp.received().len(),
+        3,
+        "replayed deliveries returned their recorded outcomes"
+    );
+    let events = tenon.get("/v1/events?from=5").await.json().unwrap();
+    assert_eq!(
+        events["events"][0]["event"], "Rejected",
+        "the replayed invalid quote is rejected again"
+    );
+
+    // A time bound: nothing was accepted after now.
+    let now = "2100-01-01T00:00:00Z";
+    let (ok, out, _) = tenon_cli(&[
+        "replay",
+        "--flow",
+        "quote-to-order",
+        "--from",
+        now,
+        "--server",
+        &tenon.base,
+    ]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        "replayed 0 messages of flow quote-to-order (offsets [])"
+    );
+    let (ok, _, err) = tenon_cli(&[
+        "replay",
+        "--flow",
+        "nope",
+        "--from",
+        "1",
+        "--server",
+        &tenon.base,
+    ]);
+    assert!(!ok);
+    assert_eq!(err.trim(), "error: no flow named `nope`");
+}
+
+async fn outcome_times(tenon: &Tenon, roots: &[String]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for root in roots {
+        let status = tenon.settled(root).await;
+        out.push(status["outcomes"][0]["at_ms"].as_u64().unwrap());
+    }
+    out
+}

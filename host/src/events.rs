@@ -1,0 +1,103 @@
+//! The durable log of business events, with offsets.
+//!
+//! Ingress appends every accepted message (`Accepted`), and a business rejection
+//! appends a `Rejected` event, each in the same transaction as the queue write it
+//! belongs to, so the log and the queue never disagree. `tenon replay` re-runs a range
+//! of accepted messages through the flow's current plugin versions; the messages keep
+//! their ids, so every id derived downstream is the same again and a sink returns the
+//! recorded outcome of what it already delivered instead of calling the target twice.
+
+use crate::queue::Envelope;
+use crate::storage::{META, StorageError};
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
+
+/// The log: offset -> encoded [`Event`].
+pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// One business event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its position in the log, from 1.
+    pub offset: u64,
+    /// When it was appended (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The flow it belongs to.
+    pub flow: String,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What an event records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventBody {
+    /// A message entered the flow (e.g. `QuoteApproved`); replay re-runs these.
+    Accepted {
+        /// The message as it entered.
+        envelope: Envelope,
+    },
+    /// A business rule refused a message, for these reasons.
+    Rejected {
+        /// The refused message.
+        id: String,
+        /// Its business key.
+        key: String,
+        /// Its kind.
+        kind: String,
+        /// The plugin that refused it.
+        plugin: String,
+        /// Every reason given.
+        reasons: Vec<String>,
+    },
+}
+
+impl EventBody {
+    /// The event's name, as other flows would subscribe to it.
+    pub fn name(&self) -> String {
+        match self {
+            EventBody::Accepted { envelope } => envelope.message.kind.clone(),
+            EventBody::Rejected { .. } => "Rejected".into(),
+        }
+    }
+}
+
+/// Append events in the caller's transaction.
+pub(crate) fn append(
+    txn: &WriteTransaction,
+    at_ms: u64,
+    events: impl IntoIterator<Item = (String, EventBody)>,
+) -> Result<(), StorageError> {
+    let mut log = txn.open_table(EVENTS)?;
+    let mut meta = txn.open_table(META)?;
+    let mut offset = meta.get("next_offset")?.map_or(1, |v| v.value());
+    for (flow, body) in events {
+        let event = Event {
+            offset,
+            at_ms,
+            flow,
+            body,
+        };
+        let bytes =
+            rmp_serde::to_vec_named(&event).map_err(|e| StorageError::Decode(e.to_string()))?;
+        log.insert(offset, bytes.as_slice())?;
+        offset += 1;
+    }
+    meta.insert("next_offset", offset)?;
+    Ok(())
+}
+
+/// The events with offsets in `from..=to`, in order.
+pub(crate) fn read(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    from: u64,
+    to: u64,
+) -> Result<Vec<Event>, StorageError> {
+    let mut out = Vec::new();
+    for entry in table.range(from..=to)? {
+        let (_, v) = entry?;
+        out.push(
+            rmp_serde::from_slice(v.value()).map_err(|e| StorageError::Decode(e.to_string()))?,
+        );
+    }
+    Ok(out)
+}
