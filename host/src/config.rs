@@ -21,6 +21,9 @@
 //! steps = ["quote-to-order"]     # transforms, in order
 //! sink = "erp-sink"
 //! max_attempts = 5               # per stage, for retryable failures and traps
+//! backoff_ms = 200               # first retry after ~200 ms, doubling, ±20% jitter
+//! max_backoff_ms = 30000
+//! retry.erp-sink = { max_attempts = 10, backoff_ms = 1000 }   # one stage differs
 //! ```
 //!
 //! Errors name the file, the line and column, and the field.
@@ -161,9 +164,36 @@ pub struct FlowEntry {
     /// Attempts per stage before a message becomes a dead letter (default 5).
     #[serde(default)]
     pub max_attempts: Option<u32>,
+    /// Backoff before the first retry in milliseconds, doubling per attempt with ±20%
+    /// jitter (default 200).
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
+    /// Longest backoff in milliseconds (default 30000).
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
+    /// Retry settings of single stages, by plugin instance name, overriding the
+    /// flow's: `retry.erp-sink = { max_attempts = 10, backoff_ms = 1000 }`.
+    #[serde(default)]
+    pub retry: BTreeMap<String, RetrySettings>,
     /// Messages processed at once per stage (default 4).
     #[serde(default)]
     pub concurrency: Option<u32>,
+}
+
+/// `[flows.<name>.retry.<stage>]`: how one stage retries `retryable` failures, traps
+/// and timeouts. Unset fields fall back to the flow's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts before a dead letter, e.g. `10`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// First backoff in milliseconds, e.g. `1000`.
+    #[serde(default)]
+    pub backoff_ms: Option<u64>,
+    /// Longest backoff in milliseconds, e.g. `60000`.
+    #[serde(default)]
+    pub max_backoff_ms: Option<u64>,
 }
 
 impl FlowEntry {
@@ -231,7 +261,21 @@ impl Config {
                     ));
                 }
             }
-            if entry.max_attempts == Some(0) {
+            for stage in entry.retry.keys() {
+                if !entry.stages().any(|s| s.get_ref() == stage) {
+                    let stages: Vec<&str> = entry.stages().map(|s| s.get_ref().as_str()).collect();
+                    return Err(self.error_at_key(
+                        stage,
+                        format!(
+                            "flow `{flow}`: field `retry`: `{stage}` is not a stage of this flow (stages: {})",
+                            stages.join(", ")
+                        ),
+                    ));
+                }
+            }
+            let zero_attempts = entry.max_attempts == Some(0)
+                || entry.retry.values().any(|r| r.max_attempts == Some(0));
+            if zero_attempts {
                 return Err(self.error(
                     &entry.source,
                     format!("flow `{flow}`: field `max_attempts` must be at least 1"),
@@ -333,6 +377,27 @@ sink = "out"
         assert_eq!(
             err.to_string(),
             "conf/tenon.toml:12:10: flow `q2o`: field `steps`: no plugin named `mapp` (defined: map, out, src)"
+        );
+    }
+
+    #[test]
+    fn retry_settings_name_stages_of_their_flow() {
+        let ok = parse(&format!(
+            "{GOOD}retry.out = {{ max_attempts = 9, backoff_ms = 50 }}\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.flows["q2o"].retry["out"].max_attempts, Some(9));
+        let err = parse(&format!("{GOOD}retry.src = {{ max_attempts = 9 }}\n")).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "flow `q2o`: field `retry`: `src` is not a stage of this flow (stages: map, out)"
+            ),
+            "{err}"
+        );
+        let err = parse(&format!("{GOOD}retry.out = {{ attempts = 9 }}\n")).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `attempts`"),
+            "{err}"
         );
     }
 

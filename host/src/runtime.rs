@@ -28,12 +28,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
-/// Backoff before the first retry; doubles per attempt.
-const RETRY_BASE: Duration = Duration::from_millis(200);
+/// Backoff before the first retry unless the flow says otherwise (ms).
+const RETRY_BASE_MS: u64 = 200;
 /// How often expired idempotency records are removed.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
-/// Longest backoff between two attempts.
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// Longest backoff unless the flow says otherwise (ms).
+const RETRY_MAX_MS: u64 = 30_000;
 
 /// A flow, resolved against the loaded plugins.
 #[derive(Debug, Clone)]
@@ -44,10 +44,33 @@ pub struct Flow {
     pub source: String,
     /// The stage plugin instances: the steps, then the sink.
     pub stages: Vec<String>,
-    /// Attempts per stage.
-    pub max_attempts: u32,
+    /// How each stage retries, in the order of `stages`.
+    pub retry: Vec<RetryPolicy>,
     /// Workers per stage.
     pub concurrency: u32,
+}
+
+/// How a stage retries `retryable` failures, traps and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before a dead letter.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles per attempt.
+    pub backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (from 1): exponential, capped, ±20% jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_backoff);
+        let jitter = (uuid::Uuid::now_v7().as_u128() as u64 % 41) as f64 / 100.0 - 0.2;
+        capped.mul_f64(1.0 + jitter)
+    }
 }
 
 /// Why ingress could not accept a request.
@@ -143,7 +166,30 @@ impl Runtime {
                     name: name.clone(),
                     source: entry.source.get_ref().clone(),
                     stages: entry.stages().map(|s| s.get_ref().clone()).collect(),
-                    max_attempts: entry.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                    retry: entry
+                        .stages()
+                        .map(|stage| {
+                            let own = entry
+                                .retry
+                                .get(stage.get_ref())
+                                .cloned()
+                                .unwrap_or_default();
+                            RetryPolicy {
+                                max_attempts: own
+                                    .max_attempts
+                                    .or(entry.max_attempts)
+                                    .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                                backoff: Duration::from_millis(
+                                    own.backoff_ms.or(entry.backoff_ms).unwrap_or(RETRY_BASE_MS),
+                                ),
+                                max_backoff: Duration::from_millis(
+                                    own.max_backoff_ms
+                                        .or(entry.max_backoff_ms)
+                                        .unwrap_or(RETRY_MAX_MS),
+                                ),
+                            }
+                        })
+                        .collect(),
                     concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
                 },
             );
@@ -548,7 +594,8 @@ impl Runtime {
                     error: error.to_string(),
                 });
                 let permanent = matches!(error, CallError::Failure(Failure::Invalid(_)));
-                if permanent || attempts.len() as u32 >= flow.max_attempts {
+                let policy = flow.retry[stage as usize];
+                if permanent || attempts.len() as u32 >= policy.max_attempts {
                     tracing::warn!(outcome = "dead-letter", %error, attempts = attempts.len(), "message dead-lettered");
                     return finish(
                         OutcomeKind::DeadLetter {
@@ -558,7 +605,7 @@ impl Runtime {
                         attempts,
                     );
                 }
-                let delay = backoff(attempts.len() as u32);
+                let delay = policy.delay(attempts.len() as u32);
                 tracing::warn!(outcome = "retry", %error, attempt = attempts.len(), delay_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 let mut retry = env.clone();
                 retry.attempts = attempts;
@@ -611,10 +658,30 @@ enum Done {
     Outputs(Vec<StoredMessage>),
 }
 
-/// Exponential backoff with ±20% jitter.
-fn backoff(attempt: u32) -> Duration {
-    let exp = RETRY_BASE.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-    let capped = exp.min(RETRY_MAX);
-    let jitter = (uuid::Uuid::now_v7().as_u128() as u64 % 41) as f64 / 100.0 - 0.2;
-    capped.mul_f64(1.0 + jitter)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        };
+        for (attempt, nominal) in [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 400.0),
+            (4, 800.0),
+            (5, 1000.0),
+            (30, 1000.0),
+        ] {
+            let ms = policy.delay(attempt).as_secs_f64() * 1000.0;
+            assert!(
+                (nominal * 0.79..=nominal * 1.21).contains(&ms),
+                "attempt {attempt}: {ms} ms"
+            );
+        }
+    }
 }

@@ -179,10 +179,11 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     let erp = MockErp::start().await.unwrap();
     erp.set_unavailable(true);
     let ws = Workspace::new();
-    ws.write_config(
-        &quote_to_cash_config(&erp.orders_url(), "")
-            .replace("max_attempts = 20", "max_attempts = 1"),
-    );
+    // The flow retries 20 times, but its sink stage only once: the stage's own setting wins.
+    ws.write_config(&quote_to_cash_config(&erp.orders_url(), "").replace(
+        "max_attempts = 20",
+        "max_attempts = 20\nretry.erp-sink = { max_attempts = 1, backoff_ms = 10 }",
+    ));
     let tenon = Tenon::start(&ws);
     let plain = tenon.send_quote(sample("plain.json")).await.remove(0);
     let bundle = tenon.send_quote(sample("bundle.json")).await.remove(0);
