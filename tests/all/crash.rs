@@ -60,16 +60,15 @@ async fn every_acknowledged_quote_is_delivered_exactly_once_across_kill_9() {
                     let body = template.replace("Q-00101", &number);
                     answered.lock().unwrap().insert(number.clone(), None);
                     let url = format!("{base}/v1/sources/cpq-source");
-                    if let Ok(reply) =
-                        client::post(&url, "application/json", body.into_bytes()).await
+                    let reply = client::post(&url, "application/json", body.into_bytes()).await;
+                    if let Ok(reply) = reply
+                        && reply.status == 202
                     {
-                        if reply.status == 202 {
-                            let id = reply.json().unwrap()["accepted"][0]
-                                .as_str()
-                                .unwrap()
-                                .to_owned();
-                            answered.lock().unwrap().insert(number, Some(id));
-                        }
+                        let id = reply.json().unwrap()["accepted"][0]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        answered.lock().unwrap().insert(number, Some(id));
                     }
                     n += 1;
                 }
