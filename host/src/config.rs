@@ -5,6 +5,8 @@
 //! listen = "127.0.0.1:8080"      # where ingress and the admin API listen
 //! max_body_bytes = 1048576       # larger request bodies get 413
 //! idempotency_retention_secs = 86400  # how long an Idempotency-Key is remembered
+//! retention_secs = 604800        # how long outcomes and events are kept
+//! sweep_interval_secs = 60       # how often expired records are removed
 //!
 //! [plugins.cpq-source]           # a plugin instance, named for flows to use
 //! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
@@ -108,6 +110,12 @@ pub struct ServerConfig {
     /// How long an `Idempotency-Key` is remembered, in seconds, e.g. `86400`.
     #[serde(default = "default_idempotency_retention")]
     pub idempotency_retention_secs: u64,
+    /// How long outcomes and events are kept, in seconds, e.g. `604800` (a week).
+    #[serde(default = "default_retention")]
+    pub retention_secs: u64,
+    /// How often expired records are swept, in seconds, e.g. `60`.
+    #[serde(default = "default_sweep_interval")]
+    pub sweep_interval_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -116,6 +124,8 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: DEFAULT_MAX_BODY,
             idempotency_retention_secs: default_idempotency_retention(),
+            retention_secs: default_retention(),
+            sweep_interval_secs: default_sweep_interval(),
         }
     }
 }
@@ -128,6 +138,12 @@ fn default_max_body() -> usize {
 }
 fn default_idempotency_retention() -> u64 {
     DEFAULT_IDEMPOTENCY_RETENTION_SECS
+}
+fn default_retention() -> u64 {
+    7 * 24 * 3600
+}
+fn default_sweep_interval() -> u64 {
+    60
 }
 
 /// `[plugins.<name>]`

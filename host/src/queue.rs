@@ -29,6 +29,9 @@ use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot};
 
+/// Most outcomes or events one sweep removes (the next sweep takes the rest).
+const MAX_SWEEP: usize = 50_000;
+
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
 
@@ -266,6 +269,8 @@ enum Write {
     /// Forget idempotency records that expired before this time.
     Sweep {
         now_ms: u64,
+        /// Outcomes and events from before this time go.
+        before_ms: u64,
     },
     /// Put a dead letter back in front of the stage that failed it.
     Redrive {
@@ -434,11 +439,17 @@ impl Queue {
         Ok((record.expires_ms > now_ms()).then_some(record))
     }
 
-    /// Forget expired idempotency records.
-    pub async fn sweep(&self) -> Result<(), StorageError> {
-        self.write(Write::Sweep { now_ms: now_ms() })
-            .await
-            .map(drop)
+    /// Forget expired idempotency records, and outcomes and events older than `keep`.
+    /// Dead letters stay until an operator redrives or discards them.
+    pub async fn sweep(&self, keep: Duration) -> Result<(), StorageError> {
+        let now = now_ms();
+        let before_ms = now.saturating_sub(keep.as_millis() as u64);
+        self.write(Write::Sweep {
+            now_ms: now,
+            before_ms,
+        })
+        .await
+        .map(drop)
     }
 
     /// The events with offsets in `from..=to`.
@@ -782,7 +793,34 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 return Ok(Accepted::Missing);
             }
         }
-        Write::Sweep { now_ms } => {
+        Write::Sweep { now_ms, before_ms } => {
+            let mut outcomes = txn.open_table(OUTCOMES)?;
+            let mut old = Vec::new();
+            for entry in outcomes.iter()? {
+                let (k, v) = entry?;
+                if decode::<Outcome>(v.value())?.at_ms < *before_ms {
+                    old.push(k.value().to_owned());
+                }
+                if old.len() >= MAX_SWEEP {
+                    break;
+                }
+            }
+            for id in &old {
+                outcomes.remove(id.as_str())?;
+            }
+            // The log is in time order: drop its head up to the first recent event.
+            let mut log = txn.open_table(EVENTS)?;
+            let mut head = Vec::new();
+            for entry in log.iter()? {
+                let (k, v) = entry?;
+                if decode::<Event>(v.value())?.at_ms >= *before_ms || head.len() >= MAX_SWEEP {
+                    break;
+                }
+                head.push(k.value());
+            }
+            for offset in head {
+                log.remove(offset)?;
+            }
             let mut records = txn.open_table(IDEMPOTENCY)?;
             let mut expired = Vec::new();
             for entry in records.iter()? {
@@ -1046,6 +1084,64 @@ mod tests {
             q.depth("f/0").unwrap(),
             200,
             "every acknowledged write survives a reopen"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_database_stays_bounded_under_a_steady_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::new(Storage::open(dir.path()).unwrap());
+        let file = dir.path().join("tenon.redb");
+        let mut sizes = Vec::new();
+        for round in 0..12 {
+            let batch: Vec<(String, Envelope)> = (0..300)
+                .map(|i| {
+                    let mut e = envelope(&format!("r{round:02}-{i:04}"), &format!("k{i}"));
+                    e.message.body = vec![7; 2048];
+                    ("f/0".to_owned(), e)
+                })
+                .collect();
+            q.enqueue(batch).await.unwrap();
+            while let Some(lease) = q.lease("f/0").unwrap() {
+                let env = lease.envelope.clone();
+                let outcome = Outcome {
+                    id: env.message.id.clone(),
+                    root: env.root.clone(),
+                    flow: "f".into(),
+                    key: env.message.key.clone(),
+                    kind: env.message.kind.clone(),
+                    plugin: "sink".into(),
+                    trail: vec![],
+                    attempts: vec![],
+                    at_ms: now_ms(),
+                    result: OutcomeKind::Delivered {
+                        reference: "ERP-1".into(),
+                        detail: None,
+                    },
+                };
+                q.complete(lease, Completion::Finish(Box::new(outcome)))
+                    .await
+                    .unwrap();
+            }
+            // Retention zero: everything finished is past it.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            q.sweep(Duration::ZERO).await.unwrap();
+            sizes.push(std::fs::metadata(&file).unwrap().len());
+        }
+        assert_eq!(q.depth("f/0").unwrap(), 0);
+        assert!(
+            q.events(1, u64::MAX).unwrap().is_empty(),
+            "old events swept"
+        );
+        assert!(
+            q.outcome("r11-0000").unwrap().is_none(),
+            "old outcomes swept"
+        );
+        let settled = sizes[3];
+        let last = *sizes.last().unwrap();
+        assert!(
+            last <= settled + settled / 4,
+            "the file keeps growing: {sizes:?}"
         );
     }
 }

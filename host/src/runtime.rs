@@ -30,8 +30,7 @@ use tracing::Instrument as _;
 
 /// Backoff before the first retry unless the flow says otherwise (ms).
 const RETRY_BASE_MS: u64 = 200;
-/// How often expired idempotency records are removed.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// Longest backoff unless the flow says otherwise (ms).
 const RETRY_MAX_MS: u64 = 30_000;
 
@@ -365,14 +364,17 @@ impl Runtime {
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
         let mut workers = JoinSet::new();
         let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
+        let keep = Duration::from_secs(self.config.server.retention_secs);
+        let every = Duration::from_secs(self.config.server.sweep_interval_secs.max(1));
         workers.spawn(async move {
-            // Expired idempotency keys are forgotten, so the table stays bounded.
+            // Expired idempotency keys, old outcomes and old events are removed, so the
+            // database stays bounded under a steady load.
             loop {
-                if let Err(error) = queue.sweep().await {
+                if let Err(error) = queue.sweep(keep).await {
                     tracing::warn!(%error, "idempotency sweep failed");
                 }
                 tokio::select! {
-                    _ = tokio::time::sleep(SWEEP_EVERY) => {}
+                                        _ = tokio::time::sleep(every) => {}
                     _ = stop.changed() => break,
                 }
             }
