@@ -31,6 +31,9 @@ use tracing::Instrument as _;
 /// Backoff before the first retry unless the flow says otherwise (ms).
 const RETRY_BASE_MS: u64 = 200;
 
+/// The header carrying an idempotency key, on requests and on a source's messages.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
 /// Longest backoff unless the flow says otherwise (ms).
 const RETRY_MAX_MS: u64 = 30_000;
 
@@ -266,16 +269,19 @@ impl Runtime {
             (false, Some(plugin)) => plugin,
             _ => return Err(IngestError::UnknownSource(source.to_owned())),
         };
+        let payload = crate::engine::digest(&request.body);
+        let expires_ms = now_ms() + self.config.server.idempotency_retention_secs * 1000;
+        let claim_for = |key: String| IdempotencyClaim {
+            scope: source.to_owned(),
+            key,
+            payload: payload.clone(),
+            expires_ms,
+        };
         let claim = request
             .headers
             .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
-            .map(|(_, key)| IdempotencyClaim {
-                scope: source.to_owned(),
-                key: key.clone(),
-                payload: crate::engine::digest(&request.body),
-                expires_ms: now_ms() + self.config.server.idempotency_retention_secs * 1000,
-            });
+            .find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))
+            .map(|(_, key)| claim_for(key.clone()));
         if let Some(claim) = &claim {
             // The common retry: answer from the record without running the source.
             if let Some(record) = self.queue.idempotency(&claim.scope, &claim.key)? {
@@ -337,7 +343,19 @@ impl Runtime {
                     items.push((queue_name(&flow.name, 0), envelope));
                 }
             }
-            let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+                        let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+            // Without a key from the caller, the source may derive one from the payload
+            // (e.g. quote id + last modification) by setting it on its messages.
+            let claim = claim.or_else(|| {
+                let mut keys: Vec<&str> = Vec::new();
+                for (_, e) in &items {
+                    let key = e.message.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))?;
+                    keys.push(key.1.as_str());
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                (!keys.is_empty()).then(|| claim_for(keys.join("|")))
+            });
             let accepted = match claim {
                 None => {
                     self.queue.enqueue(items).await?;

@@ -358,3 +358,48 @@ async fn outcome_times(tenon: &Tenon, roots: &[String]) -> Vec<u64> {
     }
     out
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_derived_key_accepts_a_quote_revision_once() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
+    let tenon = Tenon::start(&ws);
+    // A webhook body carrying LastModifiedDate: cpq-source keys it `<Id>@<LastModifiedDate>`.
+    let revision = |stamp: &str| {
+        sample("plain.json").replace(
+            "\"Name\": \"Q-00101\",",
+            &format!("\"Name\": \"Q-00101\",\n    \"LastModifiedDate\": \"{stamp}\","),
+        )
+    };
+    let post = |body: String| {
+        let url = format!("{}/v1/sources/cpq-source", tenon.base);
+        async move {
+            client::post(&url, "application/json", body.into_bytes())
+                .await
+                .unwrap()
+        }
+    };
+    let first = post(revision("2026-11-20T10:15:00.000+0000")).await;
+    let retry = post(revision("2026-11-20T10:15:00.000+0000")).await;
+    assert_eq!((first.status, retry.status), (202, 202));
+    assert_eq!(retry.header("idempotent-replayed"), Some("true"));
+    assert_eq!(first.json().unwrap(), retry.json().unwrap());
+    let next = post(revision("2026-11-21T08:00:00.000+0000")).await;
+    assert_eq!(next.status, 202);
+    assert_ne!(
+        next.json().unwrap(),
+        first.json().unwrap(),
+        "a new revision is a new quote event"
+    );
+    for reply in [&first, &next] {
+        tenon
+            .settled(reply.json().unwrap()["accepted"][0].as_str().unwrap())
+            .await;
+    }
+    assert_eq!(
+        erp.received().len(),
+        2,
+        "two revisions, two orders; the retry made none"
+    );
+}

@@ -11,6 +11,10 @@
 //!
 //! Config: `default_currency`, the currency of single-currency orgs (which send no
 //! `CurrencyIsoCode`).
+//!
+//! When the record carries `Id` and `LastModifiedDate` (standard fields of every
+//! Salesforce record), the message gets the idempotency key `<Id>@<LastModifiedDate>`,
+//! so a webhook retry of the same quote revision is accepted once.
 
 use serde::{Deserialize, Deserializer};
 use std::str::FromStr;
@@ -23,12 +27,14 @@ use tenon_sdk::{Failure, Message, RawRequest, config};
 #[tenon_sdk::source]
 fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let model: QuoteModel = request.json()?;
+    let revision = model.revision_key();
     let quote = to_quote(model, config::get("default_currency").as_deref())?;
-    Ok(vec![Message::encode(
-        kinds::QUOTE_APPROVED,
-        &quote.number,
-        &quote,
-    )?])
+    let mut message = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote)?;
+    if let Some(key) = revision {
+        // The same revision of a quote, sent twice (a webhook retry), is accepted once.
+        message.headers.push(("idempotency-key".into(), key));
+    }
+    Ok(vec![message])
 }
 
 /// Map a parsed QuoteModel to the canonical quote.
@@ -163,6 +169,18 @@ fn date(text: &str) -> Result<tenon_sdk::model::chrono::NaiveDate, Failure> {
         .map_err(|e| Failure::Invalid(format!("`{text}` is not a YYYY-MM-DD date: {e}")))
 }
 
+impl QuoteModel {
+    /// `<quote Id>@<LastModifiedDate>` when the record carries both: one revision of
+    /// one quote, whatever transport delivered it how many times.
+    pub fn revision_key(&self) -> Option<String> {
+        Some(format!(
+            "{}@{}",
+            self.record.id.as_ref()?,
+            self.record.last_modified.as_ref()?
+        ))
+    }
+}
+
 /// The Salesforce CPQ `QuoteModel`, as far as the quote-to-cash chain reads it.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -200,6 +218,8 @@ struct QuoteRecord {
     net_amount: Option<Decimal>,
     #[serde(rename = "CurrencyIsoCode")]
     currency: Option<String>,
+    #[serde(rename = "LastModifiedDate")]
+    last_modified: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
