@@ -72,7 +72,15 @@ async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Re
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) => json_reply(StatusCode::OK, &json!({"status": "ok"})),
+                (&Method::GET, ["healthz"]) if runtime.queue().healthy() => {
+            json_reply(StatusCode::OK, &json!({"status": "ok"}))
+        }
+        (&Method::GET, ["healthz"]) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-failed",
+            "Storage failed",
+            "a commit failed; the database refuses writes until the process restarts (nothing acknowledged is lost)".into(),
+        ),
         (&Method::POST, ["v1", "sources", source]) => {
             let source = (*source).to_owned();
             ingest(runtime, &source, req, max_body).await

@@ -309,6 +309,7 @@ pub struct Queue {
     tokens: Arc<AtomicU64>,
     visibility: Duration,
     commits: Arc<AtomicU64>,
+    failed_commits: Arc<AtomicU64>,
 }
 
 /// The name of the queue in front of a flow's stage.
@@ -344,6 +345,8 @@ impl Queue {
         let notify = Arc::new(Notify::new());
         let (inbox, jobs) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
+        let failed_commits = Arc::new(AtomicU64::new(0));
+        let failed = failed_commits.clone();
         let (db, held, woken, count) = (
             storage.clone(),
             leases.clone(),
@@ -352,7 +355,7 @@ impl Queue {
         );
         let spawned = std::thread::Builder::new()
             .name("tenon-commit".into())
-            .spawn(move || commit_loop(&db, &held, &woken, &count, &jobs));
+            .spawn(move || commit_loop(&db, &held, &woken, [&count, &failed], &jobs));
         let thread = match spawned {
             Ok(thread) => Some(thread),
             Err(error) => {
@@ -371,7 +374,15 @@ impl Queue {
             tokens: Arc::default(),
             visibility,
             commits,
+            failed_commits,
         }
+    }
+
+    /// False once a commit has failed: the database then refuses writes until it is
+    /// reopened, so the process should be restarted (everything acknowledged is
+    /// durable, so a restart loses nothing).
+    pub fn healthy(&self) -> bool {
+        self.failed_commits.load(Ordering::Relaxed) == 0
     }
 
     /// Durable transactions committed so far (each may hold many writes).
@@ -666,7 +677,7 @@ fn commit_loop(
     storage: &Storage,
     leases: &Mutex<Leases>,
     notify: &Notify,
-    commits: &AtomicU64,
+    [commits, failed]: [&AtomicU64; 2],
     jobs: &mpsc::Receiver<Job>,
 ) {
     while let Ok(first) = jobs.recv() {
@@ -681,6 +692,7 @@ fn commit_loop(
         if result.is_ok() {
             commits.fetch_add(1, Ordering::Relaxed);
         } else if let Err(error) = &result {
+            failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, writes = batch.len(), "commit failed; none of its writes is acknowledged");
         }
         if result.is_ok() {

@@ -93,6 +93,24 @@ impl Storage {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
         let db = Database::create(&path).map_err(open_err)?;
+        Storage::create_tables(&db)?;
+        Ok(Storage { db: Arc::new(db) })
+    }
+
+    /// Open (or create) the database on another storage backend: an in-memory one, or
+    /// a failing one in tests that inject I/O errors.
+    pub fn open_with_backend(backend: impl redb::StorageBackend) -> Result<Storage, StorageError> {
+        let db = Database::builder()
+            .create_with_backend(backend)
+            .map_err(|source| StorageError::Open {
+                path: PathBuf::from("<backend>"),
+                source: Box::new(source),
+            })?;
+        Storage::create_tables(&db)?;
+        Ok(Storage { db: Arc::new(db) })
+    }
+
+    fn create_tables(db: &Database) -> Result<(), StorageError> {
         let txn = db.begin_write()?;
         txn.open_table(QUEUE)?;
         txn.open_table(META)?;
@@ -103,7 +121,7 @@ impl Storage {
         txn.open_table(DEAD)?;
         txn.open_table(crate::events::EVENTS)?;
         txn.commit()?;
-        Ok(Storage { db: Arc::new(db) })
+        Ok(())
     }
 
     /// The database, for the modules that own a table.

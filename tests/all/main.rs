@@ -10,4 +10,5 @@ mod e2e;
 mod mapping;
 mod plugins;
 mod restart;
+mod storage_faults;
 mod support;
