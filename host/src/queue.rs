@@ -304,7 +304,7 @@ impl Drop for Committer {
 pub struct Queue {
     storage: Storage,
     leases: Arc<Mutex<Leases>>,
-    notify: Arc<Notify>,
+    notify: Arc<Notifiers>,
     committer: Arc<Committer>,
     tokens: Arc<AtomicU64>,
     visibility: Duration,
@@ -342,7 +342,7 @@ impl Queue {
     /// to the next worker that asks.
     pub fn with_visibility(storage: Storage, visibility: Duration) -> Queue {
         let leases = Arc::new(Mutex::new(Leases::default()));
-        let notify = Arc::new(Notify::new());
+        let notify = Arc::new(Notifiers::default());
         let (inbox, jobs) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let failed_commits = Arc::new(AtomicU64::new(0));
@@ -390,9 +390,10 @@ impl Queue {
         self.commits.load(Ordering::Relaxed)
     }
 
-    /// Notified whenever something was enqueued or completed; idle workers wait on it.
-    pub fn notifier(&self) -> Arc<Notify> {
-        self.notify.clone()
+    /// Notified when a message may have become ready in `queue`: one waiting worker
+    /// wakes per new message, not every worker of every queue.
+    pub fn notifier(&self, queue: &str) -> Arc<Notify> {
+        self.notify.get(queue)
     }
 
     async fn write(&self, write: Write) -> Result<Accepted, StorageError> {
@@ -627,7 +628,7 @@ impl Queue {
             // Not committed: the message stays, and is leased again after a pause.
             let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
             leases.held.remove(&slot);
-            self.notify.notify_waiters();
+            self.notify.get(&slot.0).notify_one();
         }
         result
     }
@@ -676,7 +677,7 @@ impl Queue {
 fn commit_loop(
     storage: &Storage,
     leases: &Mutex<Leases>,
-    notify: &Notify,
+    notify: &Notifiers,
     [commits, failed]: [&AtomicU64; 2],
     jobs: &mpsc::Receiver<Job>,
 ) {
@@ -705,6 +706,11 @@ fn commit_loop(
                 }
             }
         }
+        if result.is_ok() {
+            for job in &batch {
+                notify.wake_for(&job.write);
+            }
+        }
         match result {
             Ok(accepted) => {
                 for (job, accepted) in batch.into_iter().zip(accepted) {
@@ -719,7 +725,44 @@ fn commit_loop(
                 }
             }
         }
-        notify.notify_waiters();
+    }
+}
+
+/// One [`Notify`] per queue, created on first use.
+#[derive(Debug, Default)]
+struct Notifiers(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Notifiers {
+    fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// Wake the workers that a committed write may have given work: one per new
+    /// message in its queue, and one in a queue whose message finished (the next
+    /// message of that key may be ready now). Rare writes wake everyone.
+    fn wake_for(&self, write: &Write) {
+        match write {
+            Write::Enqueue { items, .. } => {
+                for (queue, _) in items {
+                    self.get(queue).notify_one();
+                }
+            }
+            Write::Complete { slot, completion } => {
+                if let Completion::Forward { queue, outputs } = completion {
+                    for _ in outputs {
+                        self.get(queue).notify_one();
+                    }
+                }
+                self.get(&slot.0).notify_one();
+            }
+            Write::Redrive { .. } | Write::Discard { .. } | Write::Sweep { .. } => {
+                let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                for notify in map.values() {
+                    notify.notify_waiters();
+                }
+            }
+        }
     }
 }
 

@@ -412,21 +412,16 @@ impl Runtime {
 
     async fn work(self: Arc<Self>, flow: Flow, stage: u32, mut shutdown: watch::Receiver<bool>) {
         let queue_name = queue_name(&flow.name, stage);
-        let notify = self.queue.notifier();
+        let notify = self.queue.notifier(&queue_name);
         while !*shutdown.borrow() {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let queue = self.queue.clone();
-            let name = queue_name.clone();
-            let lease = match tokio::task::spawn_blocking(move || queue.lease(&name)).await {
-                Ok(Ok(lease)) => lease,
-                Ok(Err(error)) => {
-                    tracing::error!(queue = %queue_name, %error, "cannot lease");
-                    None
-                }
+            // A lease is one short redb read: done inline, no thread hop.
+            let lease = match self.queue.lease(&queue_name) {
+                Ok(lease) => lease,
                 Err(error) => {
-                    tracing::error!(queue = %queue_name, %error, "lease task failed");
+                    tracing::error!(queue = %queue_name, %error, "cannot lease");
                     None
                 }
             };

@@ -28,12 +28,21 @@ pub struct Received {
     pub body: Value,
     /// True when the key had been seen before (a redelivery).
     pub duplicate: bool,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    received: Mutex<Vec<Received>>,
+    log: Mutex<Log>,
     unavailable: AtomicBool,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    received: Vec<Received>,
+    /// Idempotency key -> order number.
+    orders: std::collections::HashMap<String, String>,
 }
 
 /// A running mock ERP; stops when dropped.
@@ -88,10 +97,21 @@ impl MockErp {
     /// Everything received so far, in order.
     pub fn received(&self) -> Vec<Received> {
         self.state
-            .received
+            .log
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .received
             .clone()
+    }
+
+    /// Orders created so far (redeliveries of a known key not counted).
+    pub fn orders(&self) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .orders
+            .len()
     }
 
     /// While true, answer every order with 503 (and record nothing).
@@ -132,32 +152,22 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             json!({"error": "body is not JSON"}),
         );
     };
-    let mut received = state
-        .received
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let earlier = key
-        .as_ref()
-        .and_then(|k| {
-            received
-                .iter()
-                .find(|r| r.idempotency_key.as_ref() == Some(k))
-        })
-        .map(|r| r.order_number.clone());
+    let mut log = state.log.lock().unwrap_or_else(PoisonError::into_inner);
+    let earlier = key.as_ref().and_then(|k| log.orders.get(k)).cloned();
     let duplicate = earlier.is_some();
-    let order_number = earlier.unwrap_or_else(|| {
-        format!(
-            "ERP-{:06}",
-            received.iter().filter(|r| !r.duplicate).count() + 1
-        )
-    });
-    received.push(Received {
+    let order_number = earlier.unwrap_or_else(|| format!("ERP-{:06}", log.orders.len() + 1));
+    if let (Some(key), false) = (&key, duplicate) {
+        log.orders.insert(key.clone(), order_number.clone());
+    }
+    log.received.push(Received {
         path,
         idempotency_key: key,
         order_number: order_number.clone(),
         body,
         duplicate,
+        at: std::time::Instant::now(),
     });
+    drop(log);
     let status = if duplicate {
         StatusCode::OK
     } else {

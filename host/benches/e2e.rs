@@ -1,0 +1,188 @@
+//! End to end, accepted -> delivered: this process is the load generator (and the
+//! mock ERP); the runtime is the release `tenon` binary in its own process, with the
+//! quote-to-order flow (CPQ source, quote-to-order transform, HTTP sink), ~2 KB quotes.
+//!
+//! 1. Saturation: lanes post as fast as they are answered for a few seconds; the
+//!    figure is orders delivered at the ERP per second (`e2e_quotes_per_s`).
+//! 2. Latency at half that rate, a fixed offered load: p50 / p99 from the moment a
+//!    quote is posted to the moment its order reaches the ERP (`e2e_p50_ms`, `e2e_p99_ms`).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use tenon::demo::mock_erp::MockErp;
+
+const LANES: usize = 64;
+const SATURATION: Duration = Duration::from_secs(6);
+const STEADY: Duration = Duration::from_secs(6);
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let erp = MockErp::start().await?;
+    let dir = tempfile::tempdir()?;
+    tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
+    let config = format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "erp-sink"
+concurrency = 32
+"#,
+        erp.orders_url()
+    );
+    std::fs::write(dir.path().join("tenon.toml"), config)?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--log",
+            "warn",
+            "--config",
+        ])
+        .arg(dir.path().join("tenon.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("tenon listening on http://")
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(!addr.is_empty(), "tenon did not start: {line}");
+
+    let template = tenon::demo::SAMPLES[0].1;
+    let result = async {
+        // 1. Saturation.
+        let before = erp.orders();
+        let started = Instant::now();
+        let sent = load(&addr, template, "S", None, SATURATION).await?;
+        drain(&erp, before + sent.len(), Duration::from_secs(60)).await;
+        let delivered = erp.orders() - before;
+        let rate = delivered as f64 / started.elapsed().as_secs_f64();
+        println!("bench: e2e_offered_saturation {} quotes", sent.len());
+        println!("bench: e2e_quotes_per_s {rate:.0} 1/s");
+
+        // 2. Latency at half that rate.
+        let half = (rate / 2.0).max(10.0);
+        let before = erp.orders();
+        let sent = load(&addr, template, "L", Some(half), STEADY).await?;
+        drain(&erp, before + sent.len(), Duration::from_secs(60)).await;
+        let arrived: HashMap<String, Instant> = erp
+            .received()
+            .into_iter()
+            .filter(|r| !r.duplicate)
+            .filter_map(|r| Some((r.idempotency_key?.split('.').next()?.to_owned(), r.at)))
+            .collect();
+        let mut latencies: Vec<f64> = sent
+            .iter()
+            .filter_map(|(id, at)| {
+                Some(arrived.get(id)?.duration_since(*at).as_secs_f64() * 1000.0)
+            })
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        let pct = |p: f64| {
+            latencies
+                .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        println!("bench: e2e_offered_rate {half:.0} 1/s");
+        println!("bench: e2e_measured {} quotes", latencies.len());
+        println!("bench: e2e_p50_ms {:.1} ms", pct(0.50));
+        println!("bench: e2e_p99_ms {:.1} ms", pct(0.99));
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Post quotes on `LANES` keep-alive connections for `duration`: as fast as answered,
+/// or at `rate` per second in all. Returns (accepted id, time sent) of each 202.
+async fn load(
+    addr: &str,
+    template: &str,
+    tag: &str,
+    rate: Option<f64>,
+    duration: Duration,
+) -> anyhow::Result<Vec<(String, Instant)>> {
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let (addr, template, tag) = (addr.to_owned(), template.to_owned(), tag.to_owned());
+        lanes.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let gap = rate.map(|r| Duration::from_secs_f64(LANES as f64 / r));
+            let started = Instant::now();
+            let mut next =
+                started + gap.map_or(Duration::ZERO, |g| g.mul_f64(lane as f64 / LANES as f64));
+            let mut out = Vec::new();
+            let mut n = 0u64;
+            while started.elapsed() < duration {
+                if let Some(gap) = gap {
+                    tokio::time::sleep_until(next.into()).await;
+                    next += gap;
+                }
+                let body = template.replace("Q-00101", &format!("Q-{tag}{lane:02}-{n:07}"));
+                n += 1;
+                let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
+                    .header("host", addr.as_str())
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))?;
+                let sent = Instant::now();
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                if status == 202 {
+                    let json: serde_json::Value = serde_json::from_slice(&body)?;
+                    if let Some(id) = json["accepted"][0].as_str() {
+                        out.push((id.to_owned(), sent));
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(out)
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = lanes.join_next().await {
+        all.extend(done??);
+    }
+    Ok(all)
+}
+
+/// Wait until the ERP has `target` orders (or the timeout passes).
+async fn drain(erp: &MockErp, target: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while erp.orders() < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
