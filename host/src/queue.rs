@@ -1199,4 +1199,66 @@ mod tests {
             "the file keeps growing: {sizes:?}"
         );
     }
+
+    #[tokio::test]
+    async fn idempotency_keys_expire_and_are_swept() {
+        let (_dir, q) = open();
+        let claim = |payload: &str, expires_ms: u64| IdempotencyClaim {
+            scope: "cpq".into(),
+            key: "K".into(),
+            payload: payload.into(),
+            expires_ms,
+        };
+        let first = q.enqueue_claimed(
+            vec![("f/0".into(), envelope("m1", "k"))],
+            claim("a", now_ms() + 60_000),
+        );
+        assert_eq!(first.await.unwrap(), Accepted::Committed);
+        let again = q.enqueue_claimed(
+            vec![("f/0".into(), envelope("m2", "k"))],
+            claim("a", now_ms() + 60_000),
+        );
+        assert_eq!(again.await.unwrap(), Accepted::Duplicate(vec!["m1".into()]));
+        let other = q.enqueue_claimed(
+            vec![("f/0".into(), envelope("m3", "k"))],
+            claim("b", now_ms() + 60_000),
+        );
+        assert_eq!(other.await.unwrap(), Accepted::Conflict);
+
+        // A key past its retention is forgotten: the same key is free again.
+        let stale = IdempotencyClaim {
+            key: "old".into(),
+            ..claim("a", now_ms() - 1)
+        };
+        assert_eq!(
+            q.enqueue_claimed(vec![("f/0".into(), envelope("m4", "k4"))], stale.clone())
+                .await
+                .unwrap(),
+            Accepted::Committed
+        );
+        assert!(
+            q.idempotency("cpq", "old").unwrap().is_none(),
+            "expired records are not answered from"
+        );
+        q.sweep(Duration::from_secs(3600)).await.unwrap();
+        let txn = q.storage.db().begin_read().unwrap();
+        let table = txn.open_table(IDEMPOTENCY).unwrap();
+        assert!(table.get(("cpq", "old")).unwrap().is_none(), "swept");
+        assert!(
+            table.get(("cpq", "K")).unwrap().is_some(),
+            "live records stay"
+        );
+        drop(table);
+        drop(txn);
+        let reuse = IdempotencyClaim {
+            payload: "other".into(),
+            ..stale
+        };
+        assert_eq!(
+            q.enqueue_claimed(vec![("f/0".into(), envelope("m5", "k5"))], reuse)
+                .await
+                .unwrap(),
+            Accepted::Committed
+        );
+    }
 }
