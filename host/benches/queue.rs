@@ -17,23 +17,15 @@ const PRODUCERS: usize = 256;
 const BODY: usize = 2 * 1024;
 
 fn envelope(i: usize) -> Envelope {
-    Envelope {
-        message: StoredMessage {
-            id: format!("01J{i:020}"),
-            key: format!("Q-{i:06}"),
-            kind: "QuoteApproved".into(),
-            content_type: "application/msgpack".into(),
-            headers: vec![],
-            body: vec![0x5a; BODY],
-        },
-        flow: "quote-to-order".into(),
-        stage: 0,
-        root: format!("01J{i:020}"),
-        accepted_ms: 0,
-        trail: vec![],
-        attempts: vec![],
-        not_before_ms: 0,
-    }
+    let message = StoredMessage {
+        id: format!("01J{i:020}"),
+        key: format!("Q-{i:06}"),
+        kind: "QuoteApproved".into(),
+        content_type: "application/msgpack".into(),
+        headers: vec![],
+        body: vec![0x5a; BODY],
+    };
+    Envelope::entering("quote-to-order", message, 0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -103,6 +103,22 @@ pub struct Envelope {
     pub not_before_ms: u64,
 }
 
+impl Envelope {
+    /// A message entering `flow` at its first stage: its own root, nothing tried yet.
+    pub fn entering(flow: &str, message: StoredMessage, accepted_ms: u64) -> Envelope {
+        Envelope {
+            root: message.id.clone(),
+            message,
+            flow: flow.to_owned(),
+            stage: 0,
+            accepted_ms,
+            trail: Vec::new(),
+            attempts: Vec::new(),
+            not_before_ms: 0,
+        }
+    }
+}
+
 /// What finally happened to a message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Outcome {
@@ -941,23 +957,15 @@ mod tests {
     use super::*;
 
     fn envelope(id: &str, key: &str) -> Envelope {
-        Envelope {
-            message: StoredMessage {
-                id: id.into(),
-                key: key.into(),
-                kind: "QuoteApproved".into(),
-                content_type: "application/json".into(),
-                headers: vec![],
-                body: b"{}".to_vec(),
-            },
-            flow: "f".into(),
-            stage: 0,
-            root: id.into(),
-            accepted_ms: 0,
-            trail: vec![],
-            attempts: vec![],
-            not_before_ms: 0,
-        }
+        let message = StoredMessage {
+            id: id.into(),
+            key: key.into(),
+            kind: "QuoteApproved".into(),
+            content_type: "application/json".into(),
+            headers: vec![],
+            body: b"{}".to_vec(),
+        };
+        Envelope::entering("f", message, 0)
     }
 
     fn open() -> (tempfile::TempDir, Queue) {

@@ -330,16 +330,8 @@ impl Runtime {
                     if message.key.is_empty() {
                         message.key = id.clone();
                     }
-                    let envelope = Envelope {
-                        message,
-                        flow: flow.name.clone(),
-                        stage: 0,
-                        root: id,
-                        accepted_ms,
-                        trail: vec![hop.clone()],
-                        attempts: Vec::new(),
-                        not_before_ms: 0,
-                    };
+                                        let mut envelope = Envelope::entering(&flow.name, message, accepted_ms);
+                    envelope.trail.push(hop.clone());
                     items.push((queue_name(&flow.name, 0), envelope));
                 }
             }

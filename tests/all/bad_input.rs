@@ -1,6 +1,6 @@
 //! Bad input at every edge, each with its exact status and error.
 
-use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
+use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
 use serde_json::json;
 use tenon::demo::mock_erp::MockErp;
 
@@ -188,52 +188,41 @@ async fn each_bad_input_gets_its_exact_status_and_problem() {
     );
 }
 
+/// `tenon check` on the quote-to-cash config edited by `edit`: its error line.
+fn check_error(edit: impl Fn(String) -> String) -> (String, String) {
+    let ws = Workspace::new();
+    let path = ws.write_config(&edit(quote_to_cash_config("http://127.0.0.1:1/", "")));
+    let data = ws.data_dir();
+    let (ok, _, stderr) = tenon_cli(&[
+        "check",
+        "--config",
+        &path.to_string_lossy(),
+        "--data-dir",
+        &data.to_string_lossy(),
+    ]);
+    assert!(!ok, "the config was accepted");
+    (stderr.trim().to_owned(), path.display().to_string())
+}
+
 #[test]
 fn config_errors_name_file_line_and_field() {
-    let ws = Workspace::new();
-    let path = ws.write_config(
-        &quote_to_cash_config("http://127.0.0.1:1/", "")
-            .replace("sink = \"erp-sink\"", "sink = \"erp-snk\""),
-    );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tenon"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(ws.data_dir())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (error, path) = check_error(|c| c.replace("sink = \"erp-sink\"", "sink = \"erp-snk\""));
     assert_eq!(
-        stderr.trim(),
+        error,
         format!(
-            "error: {}:16:8: flow `quote-to-order`: field `sink`: no plugin named `erp-snk` (defined: cpq-source, erp-sink, quote-to-order)",
-            path.display()
+            "error: {path}:16:8: flow `quote-to-order`: field `sink`: no plugin named `erp-snk` (defined: cpq-source, erp-sink, quote-to-order)"
         )
     );
 }
 
 #[test]
 fn a_step_of_the_wrong_kind_is_refused_at_start() {
-    let ws = Workspace::new();
-    let path = ws.write_config(
-        &quote_to_cash_config("http://127.0.0.1:1/", "")
-            .replace("steps = [\"quote-to-order\"]", "steps = [\"erp-sink\"]"),
-    );
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tenon"))
-        .args(["check", "--config"])
-        .arg(&path)
-        .arg("--data-dir")
-        .arg(ws.data_dir())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (error, path) =
+        check_error(|c| c.replace("steps = [\"quote-to-order\"]", "steps = [\"erp-sink\"]"));
     assert_eq!(
-        stderr.trim(),
+        error,
         format!(
-            "error: {}:15:10: flow `quote-to-order`: field `steps`: `erp-sink` is a sink plugin; steps must be transform plugins",
-            path.display()
+            "error: {path}:15:10: flow `quote-to-order`: field `steps`: `erp-sink` is a sink plugin; steps must be transform plugins"
         )
     );
 }

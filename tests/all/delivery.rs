@@ -1,7 +1,7 @@
 //! Delivery guarantees: idempotent ingress, and sinks that never deliver a message
 //! twice once its outcome is recorded.
 
-use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
+use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
 use tenon::client;
 use tenon::config::Config;
 use tenon::demo::mock_erp::MockErp;
@@ -160,18 +160,6 @@ fn delivered_detail(outcome: &tenon::queue::Outcome) -> Option<String> {
         OutcomeKind::Delivered { detail, .. } => detail.clone(),
         _ => None,
     }
-}
-
-fn tenon_cli(args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tenon"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -79,23 +79,15 @@ impl StorageBackend for Faulty {
 }
 
 fn envelope(id: &str) -> (String, Envelope) {
-    let envelope = Envelope {
-        message: StoredMessage {
-            id: id.into(),
-            key: id.into(),
-            kind: "QuoteApproved".into(),
-            content_type: "application/json".into(),
-            headers: vec![],
-            body: vec![b'x'; 4096],
-        },
-        flow: "f".into(),
-        stage: 0,
-        root: id.into(),
-        accepted_ms: 0,
-        trail: vec![],
-        attempts: vec![],
-        not_before_ms: 0,
+    let message = StoredMessage {
+        id: id.into(),
+        key: id.into(),
+        kind: "QuoteApproved".into(),
+        content_type: "application/json".into(),
+        headers: vec![],
+        body: vec![b'x'; 4096],
     };
+    let envelope = Envelope::entering("f", message, 0);
     ("f/0".into(), envelope)
 }
 

@@ -217,3 +217,16 @@ pub fn check_json(path: &str, actual: &Value) {
         "{path} differs (TENON_BLESS=1 rewrites it); actual:\n{pretty}"
     );
 }
+
+/// Run the `tenon` binary to completion: (succeeded, stdout, stderr).
+pub fn tenon_cli(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_tenon"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
