@@ -68,6 +68,13 @@ pub enum Command {
     /// A dead letter is a message that cannot succeed as things stand: its plugin said
     /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
     /// plugin digest, and every attempt's error and time.
+    /// Show the live version of every plugin of a running server: digest, since when,
+    /// swaps, and the last version refused (with why).
+    Status {
+        /// The server's address.
+        #[arg(long, env = "TENON_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
     /// Re-run the messages a flow accepted in a range of the event log, through the
     /// flow's current plugin versions (on a running server). Messages keep their ids,
     /// so sinks return recorded outcomes instead of delivering twice.
@@ -192,6 +199,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { server, action } => dlq(&server, action).await,
+        Command::Status { server } => {
+            let base = server.trim_end_matches('/');
+            let reply = crate::client::get(&format!("{base}/v1/plugins")).await?;
+            anyhow::ensure!(reply.status == 200, "{base}: HTTP {}", reply.status);
+            let json = reply.json()?;
+            for p in json["plugins"].as_array().cloned().unwrap_or_default() {
+                let since = p["live_since_ms"].as_u64().unwrap_or(0);
+                let since = tenon_model::chrono::DateTime::from_timestamp_millis(since as i64)
+                    .map(|t| t.to_rfc3339_opts(tenon_model::chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
+                println!(
+                    "{:<18} {:<9} {:<8} {}  live since {since}  swaps={}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["kind"].as_str().unwrap_or("?"),
+                    p["version"].as_str().unwrap_or("?"),
+                    p["digest"].as_str().unwrap_or("?"),
+                    p["swaps"],
+                );
+                if let Some(reason) = p["refused"]["reason"].as_str() {
+                    println!("{:<18} refused: {reason}", "");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay {
             flow,
             from,

@@ -10,6 +10,8 @@
 //! | `POST /v1/dlq/{id}/discard` | forget it (its outcome stays) |
 //! | `GET /v1/events?from=N&to=M` | the event log between two offsets |
 //! | `POST /v1/flows/{flow}/replay` | `{"from": offset or RFC 3339 time, "to": ...}`: re-run accepted messages on the current plugins |
+//! | `GET /v1/plugins` | the live version of every plugin, since when, the last refused version |
+//! | `POST /v1/plugins/{name}/reload` | load the version now in the plugin's directory (the watcher does this on its own) |
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem.
@@ -68,7 +70,7 @@ pub async fn serve(
     }
 }
 
-async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Reply {
+async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
@@ -118,6 +120,30 @@ async fn route(runtime: &Runtime, req: Request<Incoming>, max_body: usize) -> Re
         (&Method::POST, ["v1", "flows", flow, "replay"]) => {
             let flow = (*flow).to_owned();
             replay(runtime, &flow, req).await
+        }
+                (&Method::GET, ["v1", "plugins"]) => {
+            json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status() }))
+        }
+        (&Method::POST, ["v1", "plugins", name, "reload"]) => {
+            let name = (*name).to_owned();
+                        let (rt, work) = (runtime.clone(), name.clone());
+            let result = tokio::task::spawn_blocking(move || rt.reload_plugin(&work))
+                .await
+                .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
+            match result {
+                Ok(crate::swap::Reload::Swapped { from, to }) => {
+                    json_reply(StatusCode::OK, &json!({ "plugin": name, "swapped": true, "from": from, "to": to }))
+                }
+                Ok(crate::swap::Reload::Unchanged) => {
+                    json_reply(StatusCode::OK, &json!({ "plugin": name, "swapped": false }))
+                }
+                Err(reason) => problem(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "version-refused",
+                    "New version refused",
+                    format!("plugin `{name}`: {reason}; the live version keeps running"),
+                ),
+            }
         }
         (&Method::GET, ["v1", "dlq"]) => match runtime.queue().dead_letters() {
             Ok(letters) => json_reply(

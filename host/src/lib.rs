@@ -19,3 +19,4 @@ pub mod queue;
 pub mod runtime;
 pub mod server;
 pub mod storage;
+pub mod swap;

@@ -17,6 +17,7 @@ use crate::queue::{
     Outcome, OutcomeKind, Queue, StoredMessage, now_ms, queue_name,
 };
 use crate::storage::{Storage, StorageError};
+use crate::swap::{LiveStatus, PluginSlots, Reload};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -106,7 +107,7 @@ pub struct Runtime {
     storage: Storage,
     queue: Queue,
     engine: Engine,
-    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    plugins: PluginSlots,
     flows: RwLock<BTreeMap<String, Flow>>,
     config: Config,
 }
@@ -118,32 +119,15 @@ impl Runtime {
         let storage = Storage::open(data_dir)?;
         let engine = Engine::new(storage.clone(), data_dir)?;
         let mut plugins = BTreeMap::new();
-        for (name, entry) in &config.plugins {
-            let settings = PluginSettings {
-                config: entry
-                    .config
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_string()))
-                    .collect(),
-                grants: entry.grants.clone(),
-                memory_mib: entry.memory_mib,
-                timeout_ms: entry.timeout_ms,
-            };
-            let plugin = Plugin::load(
-                &engine,
-                &storage,
-                name,
-                &config.plugin_dir(entry),
-                &settings,
-            )
-            .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
-            plugins.insert(name.clone(), Arc::new(plugin));
+        for name in config.plugins.keys() {
+            let plugin = load_plugin(&config, &engine, &storage, name)
+                .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
+            plugins.insert(name.clone(), plugin);
         }
         let mut flows = BTreeMap::new();
         for (name, entry) in &config.flows {
             let expect = |at: &serde_spanned::Spanned<String>, field: &str, kind: Kind| {
-                let plugin = &plugins[at.get_ref()];
-                let actual: &Arc<Plugin> = plugin;
+                let actual: &Plugin = &plugins[at.get_ref()];
                 if actual.kind() == kind {
                     Ok(())
                 } else {
@@ -200,7 +184,7 @@ impl Runtime {
         // healthy call would see its message handed to a second worker.
         let longest_call = plugins
             .values()
-            .map(|p| p.timeout())
+            .map(Plugin::timeout)
             .max()
             .unwrap_or_default();
         let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
@@ -208,7 +192,7 @@ impl Runtime {
             queue: Queue::with_visibility(storage.clone(), visibility),
             storage,
             engine,
-            plugins: RwLock::new(plugins),
+            plugins: PluginSlots::new(plugins),
             flows: RwLock::new(flows),
             config,
         })
@@ -236,11 +220,32 @@ impl Runtime {
 
     /// The live version of a plugin instance.
     pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        self.plugins.get(name)
+    }
+
+    /// The live version of every plugin instance, when it went live, what was refused.
+    pub fn plugin_status(&self) -> Vec<LiveStatus> {
+        self.plugins.status()
+    }
+
+    /// Load the version of `name` now in its directory and, if it loads and fits, make
+    /// it live. Blocking (it may compile): call it off the async workers. Messages
+    /// already leased finish on the version they started with.
+    pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
+        let loaded = load_plugin(&self.config, &self.engine, &self.storage, name)
+            .map_err(|e| format!("{e:#}"));
+        let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate));
+        match &result {
+            Ok(Reload::Swapped { from, to }) => {
+                tracing::info!(plugin = name, %from, %to, "new plugin version live")
+            }
+            Ok(Reload::Unchanged) => tracing::debug!(plugin = name, "plugin unchanged"),
+            Err(reason) => {
+                tracing::warn!(plugin = name, %reason, "new plugin version refused; the live one keeps running");
+                self.plugins.refuse(name, reason.clone());
+            }
+        }
+        result
     }
 
     /// The flows.
@@ -633,6 +638,36 @@ impl Runtime {
             .collect();
         Ok(MessageStatus { outcomes, pending })
     }
+}
+
+/// Load the plugin instance `name` of `config` from its directory.
+fn load_plugin(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+) -> anyhow::Result<Plugin> {
+    let entry = config
+        .plugins
+        .get(name)
+        .with_context(|| format!("no plugin named `{name}`"))?;
+    let settings = PluginSettings {
+        config: entry
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        grants: entry.grants.clone(),
+        memory_mib: entry.memory_mib,
+        timeout_ms: entry.timeout_ms,
+    };
+    Ok(Plugin::load(
+        engine,
+        storage,
+        name,
+        &config.plugin_dir(entry),
+        &settings,
+    )?)
 }
 
 /// What ingress accepted.

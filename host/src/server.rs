@@ -45,6 +45,8 @@ impl Server {
         let addr = listener.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
         let mut tasks = runtime.start(signal.clone());
+        // New plugin versions dropped into their directories go live without a restart.
+        tasks.spawn(crate::swap::watch(runtime.clone(), signal.clone())?);
         tasks.spawn(crate::ingress::serve(runtime.clone(), listener, signal));
         tracing::info!(%addr, "tenon started");
         Ok(Server {

@@ -12,3 +12,4 @@ mod plugins;
 mod restart;
 mod storage_faults;
 mod support;
+mod swap;

@@ -1,0 +1,234 @@
+//! Hot swap: plugin versions replaced at a message boundary, without a redeploy.
+//!
+//! Each plugin instance has a slot holding its live version. A worker takes the live
+//! `Arc<Plugin>` when it leases a message and keeps it to the end, so a message is
+//! processed wholly by one version; the next lease gets whatever is live then.
+//!
+//! The watcher (notify, debounced) sees a plugin directory change, and the new version
+//! is loaded off the hot path: read, digest, compile, pre-instantiate, checked against
+//! the slot (same kind, hence same world and exports). Only then is it swapped in. A
+//! version that fails any of that never goes live; the old one keeps running and the
+//! refusal is kept for `tenon status` and the admin API. Editors that write a file in
+//! several steps are covered twice: events are debounced (a burst of writes is one
+//! reload) and a half-written component does not compile, so it is refused and the
+//! final write, a new event, loads the whole file.
+
+use crate::plugin::Plugin;
+use crate::queue::now_ms;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// A version that was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// When (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// Why, with the loader's reasons.
+    pub reason: String,
+}
+
+/// What a slot holds, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveStatus {
+    /// The plugin instance name.
+    pub name: String,
+    /// `source`, `transform` or `sink`.
+    pub kind: String,
+    /// The live version (from its manifest).
+    pub version: String,
+    /// The live component's digest.
+    pub digest: String,
+    /// When this version went live (ms since the Unix epoch).
+    pub live_since_ms: u64,
+    /// Versions swapped in since start.
+    pub swaps: u32,
+    /// The digest live before this one, if any.
+    pub previous: Option<String>,
+    /// The last refused version since this one went live, if any.
+    pub refused: Option<Refusal>,
+}
+
+/// What a reload came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reload {
+    /// The new version is live.
+    Swapped {
+        /// The digest that was live.
+        from: String,
+        /// The digest now live.
+        to: String,
+    },
+    /// The files hold the version already live.
+    Unchanged,
+}
+
+#[derive(Debug)]
+struct Slot {
+    live: Arc<Plugin>,
+    since_ms: u64,
+    swaps: u32,
+    previous: Option<String>,
+    refused: Option<Refusal>,
+}
+
+/// The live version of every plugin instance.
+#[derive(Debug, Default)]
+pub struct PluginSlots {
+    slots: RwLock<BTreeMap<String, Slot>>,
+}
+
+impl PluginSlots {
+    /// Slots for the plugins loaded at start.
+    pub fn new(plugins: BTreeMap<String, Plugin>) -> PluginSlots {
+        let now = now_ms();
+        let slots = plugins
+            .into_iter()
+            .map(|(name, plugin)| {
+                let slot = Slot {
+                    live: Arc::new(plugin),
+                    since_ms: now,
+                    swaps: 0,
+                    previous: None,
+                    refused: None,
+                };
+                (name, slot)
+            })
+            .collect();
+        PluginSlots {
+            slots: RwLock::new(slots),
+        }
+    }
+
+    /// The live version of a plugin instance.
+    pub fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.read().get(name).map(|s| s.live.clone())
+    }
+
+    /// Put a loaded version in place of the live one, if it fits the slot.
+    pub fn swap(&self, name: &str, candidate: Plugin) -> Result<Reload, String> {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = slots.get_mut(name) else {
+            return Err(format!("no plugin named `{name}`"));
+        };
+        if candidate.kind() != slot.live.kind() {
+            let reason = format!(
+                "the new version is a {} plugin; `{name}` is a {} plugin in its flows",
+                candidate.kind(),
+                slot.live.kind()
+            );
+            slot.refused = Some(Refusal {
+                at_ms: now_ms(),
+                reason: reason.clone(),
+            });
+            return Err(reason);
+        }
+        if candidate.digest() == slot.live.digest() {
+            return Ok(Reload::Unchanged);
+        }
+        let from = slot.live.digest().to_owned();
+        let to = candidate.digest().to_owned();
+        slot.previous = Some(from.clone());
+        slot.live = Arc::new(candidate);
+        slot.since_ms = now_ms();
+        slot.swaps += 1;
+        slot.refused = None;
+        Ok(Reload::Swapped { from, to })
+    }
+
+    /// Record that a new version of `name` could not be loaded.
+    pub fn refuse(&self, name: &str, reason: String) {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(slot) = slots.get_mut(name) {
+            slot.refused = Some(Refusal {
+                at_ms: now_ms(),
+                reason,
+            });
+        }
+    }
+
+    /// What every slot holds.
+    pub fn status(&self) -> Vec<LiveStatus> {
+        self.read()
+            .iter()
+            .map(|(name, slot)| LiveStatus {
+                name: name.clone(),
+                kind: slot.live.kind().to_string(),
+                version: slot.live.version().to_owned(),
+                digest: slot.live.digest().to_owned(),
+                live_since_ms: slot.since_ms,
+                swaps: slot.swaps,
+                previous: slot.previous.clone(),
+                refused: slot.refused.clone(),
+            })
+            .collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Slot>> {
+        self.slots.read().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Quiet time after the last file event before a plugin is reloaded.
+pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Watch the directory of every plugin instance of the runtime's config, and reload
+/// an instance when files in its directory change. Returns the task to run; it stops
+/// when `shutdown` turns true.
+pub fn watch(
+    runtime: Arc<crate::runtime::Runtime>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    use notify_debouncer_mini::notify::RecursiveMode;
+    use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+    use std::path::PathBuf;
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
+    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
+        Ok(events) => {
+            let _ = tx.send(events.into_iter().map(|e| e.path).collect());
+        }
+        Err(error) => tracing::warn!(%error, "plugin watcher error"),
+    })?;
+    let config = runtime.config();
+    let mut dirs: Vec<(PathBuf, String)> = Vec::new();
+    for (name, entry) in &config.plugins {
+        let path = config.plugin_dir(entry);
+        let dir = if path.is_dir() {
+            path
+        } else {
+            path.parent().map(PathBuf::from).unwrap_or_default()
+        };
+        let dir = dir.canonicalize().unwrap_or(dir);
+        debouncer
+            .watcher()
+            .watch(&dir, RecursiveMode::NonRecursive)?;
+        tracing::debug!(plugin = %name, dir = %dir.display(), "watching");
+        dirs.push((dir, name.clone()));
+    }
+    Ok(async move {
+        let _debouncer = debouncer;
+        loop {
+            let paths = tokio::select! {
+                Some(paths) = rx.recv() => paths,
+                _ = shutdown.changed() => break,
+                else => break,
+            };
+            let mut names: Vec<String> = dirs
+                .iter()
+                .filter(|(dir, _)| {
+                    paths
+                        .iter()
+                        .any(|p| p.parent() == Some(dir.as_path()) || p == dir)
+                })
+                .map(|(_, name)| name.clone())
+                .collect();
+            names.dedup();
+            for name in names {
+                let runtime = runtime.clone();
+                // Loading compiles: off the async workers, one plugin at a time.
+                let _ = tokio::task::spawn_blocking(move || runtime.reload_plugin(&name)).await;
+            }
+        }
+    })
+}

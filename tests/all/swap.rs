@@ -1,0 +1,242 @@
+//! Hot swap without a redeploy, through the real binary and its file watcher.
+
+use crate::support::{Tenon, Workspace, sample};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tenon::client;
+use tenon::demo::mock_erp::MockErp;
+use tenon::engine::digest;
+
+/// A version of the stamping fixture: its manifest version and component bytes.
+struct Version {
+    number: &'static str,
+    wasm: Vec<u8>,
+}
+
+impl Version {
+    fn of(ws: &Workspace, letter: &'static str) -> Version {
+        let lower = letter.to_ascii_lowercase();
+        let wasm = std::fs::read(
+            ws.path()
+                .join(format!("plugins/stamp-{lower}/stamp_{lower}.wasm")),
+        )
+        .unwrap();
+        let number = if letter == "A" { "1.0.0" } else { "2.0.0" };
+        Version { number, wasm }
+    }
+
+    fn digest(&self) -> String {
+        digest(&self.wasm)
+    }
+
+    /// Install this version as the live files of `dir`: the component, then the manifest.
+    fn install(&self, dir: &Path) {
+        std::fs::write(dir.join("stamp.wasm"), &self.wasm).unwrap();
+        std::fs::write(dir.join("plugin.toml"), manifest(self.number)).unwrap();
+    }
+}
+
+fn manifest(version: &str) -> String {
+    format!(
+        "name = \"stamp\"\nversion = \"{version}\"\nkind = \"transform\"\nworld = \"tenon:plugin/transform@0.1.0\"\ncomponent = \"stamp.wasm\"\n"
+    )
+}
+
+/// A flow `cpq-source -> stamp -> erp-sink`, with the stamp plugin's live directory.
+fn stamping(ws: &Workspace, erp_url: &str) -> PathBuf {
+    let dir = ws.path().join("plugins/stamp");
+    std::fs::create_dir_all(&dir).unwrap();
+    Version::of(ws, "A").install(&dir);
+    ws.write_config(&format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.stamp]
+path = "plugins/stamp"
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{erp_url}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[flows.stamped]
+source = "cpq-source"
+steps = ["stamp"]
+sink = "erp-sink"
+"#
+    ));
+    dir
+}
+
+async fn stamp_status(tenon: &Tenon) -> Value {
+    let plugins = tenon.get("/v1/plugins").await.json().unwrap();
+    plugins["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "stamp")
+        .unwrap()
+        .clone()
+}
+
+async fn wait_status(tenon: &Tenon, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = stamp_status(tenon).await;
+        if done(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_swaps_under_load_lose_and_duplicate_nothing() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
+    let tenon = Tenon::start(&ws);
+
+    // Two lanes post quotes with unique numbers until told to stop.
+    let answered: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for lane in 0..2 {
+        let (base, answered, stop) = (tenon.base.clone(), answered.clone(), stop.clone());
+        load.spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let number = format!("Q-S{lane}-{n:05}");
+                let body = sample("plain.json").replace("Q-00101", &number);
+                let reply = client::post(
+                    &format!("{base}/v1/sources/cpq-source"),
+                    "application/json",
+                    body.into_bytes(),
+                )
+                .await
+                .unwrap();
+                assert_eq!(reply.status, 202);
+                let id = reply.json().unwrap()["accepted"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                answered.lock().unwrap().insert(number, id);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+    }
+
+    for swap in 0..20 {
+        let next = if swap % 2 == 0 { &b } else { &a };
+        next.install(&dir);
+        wait_status(&tenon, "swap", |s| s["digest"] == next.digest().as_str()).await;
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    let status = stamp_status(&tenon).await;
+    assert_eq!(status["swaps"], 20);
+    assert_eq!(status["version"], "1.0.0");
+
+    // A broken version dropped in under load is refused; the live one keeps serving.
+    std::fs::write(dir.join("stamp.wasm"), b"\0asm\x0d\0\x01\0 broken").unwrap();
+    std::fs::write(dir.join("plugin.toml"), manifest("3.0.0")).unwrap();
+    let refused = wait_status(&tenon, "refusal", |s| !s["refused"].is_null()).await;
+    assert_eq!(
+        refused["digest"],
+        a.digest().as_str(),
+        "the old version stays live"
+    );
+    assert!(
+        refused["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("component does not compile"),
+        "{refused:#}"
+    );
+    let before = erp.orders();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        erp.orders() > before,
+        "throughput continues after the refusal"
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    while load.join_next().await.is_some() {}
+    let answered = answered.lock().unwrap().clone();
+    let mut statuses = BTreeMap::new();
+    for (number, id) in &answered {
+        statuses.insert(number.clone(), tenon.settled(id).await);
+    }
+    let erp_orders: BTreeMap<String, Value> = erp
+        .received()
+        .into_iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| (r.idempotency_key.clone().unwrap(), r.body))
+        .collect();
+    let letters = BTreeMap::from([(a.digest(), "A"), (b.digest(), "B")]);
+    let mut seen = BTreeMap::new();
+    for (number, status) in &statuses {
+        let outcome = &status["outcomes"][0];
+        let stamp_digest = outcome["trail"][1]["digest"].as_str().unwrap().to_owned();
+        let order = erp_orders
+            .get(outcome["id"].as_str().unwrap())
+            .unwrap_or_else(|| panic!("{number} not delivered"));
+        assert_eq!(
+            order["number"],
+            number.as_str(),
+            "the order is this quote's"
+        );
+        assert_eq!(
+            order["stamp"], letters[&stamp_digest],
+            "{number}: the output matches the version recorded"
+        );
+        *seen.entry(letters[&stamp_digest]).or_insert(0) += 1;
+    }
+    assert_eq!(
+        erp_orders.len(),
+        answered.len(),
+        "every quote once, none twice"
+    );
+    assert!(seen.len() == 2, "both versions handled traffic: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_half_written_plugin_never_goes_live() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
+    let tenon = Tenon::start(&ws);
+
+    // An editor writing in two quick steps (within the debounce): one reload, whole file.
+    let half = b.wasm.len() / 2;
+    std::fs::write(dir.join("stamp.wasm"), &b.wasm[..half]).unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    b.install(&dir);
+    let live = wait_status(&tenon, "B live", |s| s["digest"] == b.digest().as_str()).await;
+    assert_eq!(live["swaps"], 1);
+    assert!(live["refused"].is_null(), "{live:#}");
+
+    // A slow writer (a pause longer than the debounce): the half file is refused, the
+    // live version stays, and the finished file then goes live.
+    std::fs::write(dir.join("stamp.wasm"), &a.wasm[..a.wasm.len() / 2]).unwrap();
+    let refused = wait_status(&tenon, "half refused", |s| !s["refused"].is_null()).await;
+    assert_eq!(refused["digest"], b.digest().as_str());
+    a.install(&dir);
+    let live = wait_status(&tenon, "A live", |s| s["digest"] == a.digest().as_str()).await;
+    assert!(live["refused"].is_null());
+    assert_eq!(live["previous"], b.digest().as_str());
+
+    // The status command shows it too.
+    let (ok, out, _) = crate::support::tenon_cli(&["status", "--server", &tenon.base]);
+    assert!(ok);
+    let line = out.lines().find(|l| l.starts_with("stamp ")).unwrap();
+    assert!(
+        line.contains(&a.digest()) && line.contains("swaps=2"),
+        "{line}"
+    );
+}
