@@ -68,6 +68,19 @@ pub enum Command {
     /// A dead letter is a message that cannot succeed as things stand: its plugin said
     /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
     /// plugin digest, and every attempt's error and time.
+    /// Try, promote or roll back plugin versions on a running server.
+    Plugin {
+        /// The server's address.
+        #[arg(
+            long,
+            env = "TENON_SERVER",
+            default_value = "http://127.0.0.1:8080",
+            global = true
+        )]
+        server: String,
+        #[command(subcommand)]
+        action: PluginAction,
+    },
     /// Show the live version of every plugin of a running server: digest, since when,
     /// swaps, and the last version refused (with why).
     Status {
@@ -104,6 +117,40 @@ pub enum Command {
         server: String,
         #[command(subcommand)]
         action: DlqAction,
+    },
+}
+
+/// What to do with a plugin's versions.
+#[derive(Debug, Subcommand)]
+pub enum PluginAction {
+    /// Run a candidate version beside the live one on the last messages a flow
+    /// accepted (from the event log) and print where their outputs differ. Nothing
+    /// is delivered: sinks are not called, and both run with a scratch kv namespace.
+    Try {
+        /// The plugin instance (a transform step of the flow).
+        plugin: String,
+        /// The flow whose recorded messages to use.
+        #[arg(long)]
+        against: String,
+        /// The candidate: a plugin directory (plugin.toml and its component).
+        #[arg(long)]
+        candidate: PathBuf,
+        /// How many recent messages.
+        #[arg(long, default_value_t = 20)]
+        limit: u64,
+    },
+    /// Make a candidate version live (it is loaded and checked first).
+    Promote {
+        /// The plugin instance.
+        plugin: String,
+        /// The candidate: a plugin directory.
+        #[arg(long)]
+        candidate: PathBuf,
+    },
+    /// Put the previous version (kept on disk by digest) back in place.
+    Rollback {
+        /// The plugin instance.
+        plugin: String,
     },
 }
 
@@ -199,6 +246,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { server, action } => dlq(&server, action).await,
+        Command::Plugin { server, action } => plugin_command(&server, action).await,
         Command::Status { server } => {
             let base = server.trim_end_matches('/');
             let reply = crate::client::get(&format!("{base}/v1/plugins")).await?;
@@ -307,6 +355,80 @@ async fn dlq(server: &str, action: DlqAction) -> anyhow::Result<ExitCode> {
         DlqAction::Redrive { ids } => handle_each(base, "redrive", &ids).await,
         DlqAction::Discard { ids } => handle_each(base, "discard", &ids).await,
     }
+}
+
+async fn plugin_command(server: &str, action: PluginAction) -> anyhow::Result<ExitCode> {
+    let base = server.trim_end_matches('/');
+    let absolute = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
+    let (plugin, verb, body) = match &action {
+        PluginAction::Try {
+            plugin,
+            against,
+            candidate,
+            limit,
+        } => (
+            plugin,
+            "try",
+            serde_json::json!({ "flow": against, "candidate": absolute(candidate), "limit": limit }),
+        ),
+        PluginAction::Promote { plugin, candidate } => (
+            plugin,
+            "promote",
+            serde_json::json!({ "candidate": absolute(candidate) }),
+        ),
+        PluginAction::Rollback { plugin } => (plugin, "rollback", serde_json::json!({})),
+    };
+    let url = format!("{base}/v1/plugins/{plugin}/{verb}");
+    let reply =
+        crate::client::post(&url, "application/json", body.to_string().into_bytes()).await?;
+    let json = reply.json()?;
+    if reply.status != 200 {
+        anyhow::bail!("{}", json["detail"].as_str().unwrap_or("refused"));
+    }
+    if verb != "try" {
+        match json["swapped"].as_bool() {
+            Some(true) => println!(
+                "{plugin}: {} -> {} live",
+                json["from"].as_str().unwrap_or("?"),
+                json["to"].as_str().unwrap_or("?")
+            ),
+            _ => println!("{plugin}: that version is already live"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let results = json["results"].as_array().cloned().unwrap_or_default();
+    let mut differing = 0;
+    for r in &results {
+        let ops = r["differences"].as_array().cloned().unwrap_or_default();
+        if ops.is_empty() {
+            println!(
+                "#{} {}: same",
+                r["offset"],
+                r["key"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
+        differing += 1;
+        println!(
+            "#{} {}: {} difference(s)",
+            r["offset"],
+            r["key"].as_str().unwrap_or("?"),
+            ops.len()
+        );
+        for op in ops {
+            let value = op
+                .get("value")
+                .map(|v| format!(" = {v}"))
+                .unwrap_or_default();
+            println!(
+                "    {} {}{value}",
+                op["op"].as_str().unwrap_or("?"),
+                op["path"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    println!("{} of {} recorded inputs differ", differing, results.len());
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn handle_each(base: &str, action: &str, ids: &[String]) -> anyhow::Result<ExitCode> {

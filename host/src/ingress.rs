@@ -12,6 +12,9 @@
 //! | `POST /v1/flows/{flow}/replay` | `{"from": offset or RFC 3339 time, "to": ...}`: re-run accepted messages on the current plugins |
 //! | `GET /v1/plugins` | the live version of every plugin, since when, the last refused version |
 //! | `POST /v1/plugins/{name}/reload` | load the version now in the plugin's directory (the watcher does this on its own) |
+//! | `POST /v1/plugins/{name}/try` | `{"candidate": dir, "flow": f, "limit": n}`: a candidate beside the live version on recorded messages, the differences |
+//! | `POST /v1/plugins/{name}/promote` | `{"candidate": dir}`: make it live (and write it into the plugin's directory) |
+//! | `POST /v1/plugins/{name}/rollback` | the previous version, from the archive, live again |
 //! | `GET /healthz` | `200 {"status": "ok"}` |
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem.
@@ -123,6 +126,15 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
         }
                 (&Method::GET, ["v1", "plugins"]) => {
             json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status() }))
+        }
+                (&Method::POST, ["v1", "plugins", name, action @ ("try" | "promote" | "rollback")]) => {
+                        let action = match *action {
+                "try" => "try",
+                "promote" => "promote",
+                _ => "rollback",
+            };
+            let name = (*name).to_owned();
+            plugin_action(runtime.clone(), name, action, req).await
         }
         (&Method::POST, ["v1", "plugins", name, "reload"]) => {
             let name = (*name).to_owned();
@@ -447,6 +459,74 @@ fn event_json(event: &crate::events::Event) -> serde_json::Value {
         }
     }
     out
+}
+
+async fn plugin_action(
+    runtime: Arc<Runtime>,
+    name: String,
+    action: &'static str,
+    req: Request<Incoming>,
+) -> Reply {
+    let bad = |detail: String| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    };
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return bad(format!("cannot read the request: {error}")),
+    };
+    let args: serde_json::Value = if body.is_empty() {
+        json!({})
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(error) => return bad(format!("the body is not JSON: {error}")),
+        }
+    };
+    let candidate = args["candidate"].as_str().map(std::path::PathBuf::from);
+    let flow = args["flow"].as_str().map(str::to_owned);
+    let limit = args["limit"].as_u64().unwrap_or(20) as usize;
+    // Loading compiles: off the async workers.
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || match (action, candidate, flow) {
+        ("try", Some(candidate), Some(flow)) => handle
+            .block_on(runtime.try_candidate(&name, &flow, &candidate, limit))
+            .map(|results| json!({ "plugin": name, "flow": flow, "results": results })),
+        ("try", _, _) => Err("`try` needs `candidate` (a plugin directory) and `flow`".to_owned()),
+        ("promote", Some(candidate), _) => runtime
+            .promote(&name, &candidate)
+            .map(|r| reload_json(&name, r)),
+        ("promote", None, _) => Err("`promote` needs `candidate` (a plugin directory)".to_owned()),
+        (_, _, _) => runtime.rollback(&name).map(|r| reload_json(&name, r)),
+    });
+    match task.await {
+        Ok(Ok(body)) => json_reply(StatusCode::OK, &body),
+        Ok(Err(reason)) => problem(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "plugin-action-refused",
+            "Refused",
+            reason,
+        ),
+        Err(error) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "host-error",
+            "Host error",
+            error.to_string(),
+        ),
+    }
+}
+
+fn reload_json(name: &str, reload: crate::swap::Reload) -> serde_json::Value {
+    match reload {
+        crate::swap::Reload::Swapped { from, to } => {
+            json!({ "plugin": name, "swapped": true, "from": from, "to": to })
+        }
+        crate::swap::Reload::Unchanged => json!({ "plugin": name, "swapped": false }),
+    }
 }
 
 fn dead_letter_summary(letter: &crate::queue::DeadLetter) -> serde_json::Value {

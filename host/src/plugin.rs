@@ -126,9 +126,18 @@ enum Pre {
 pub struct Plugin {
     ctx: Arc<PluginContext>,
     manifest: Manifest,
+    /// The files this version was loaded from, exactly as read: archived for rollback.
+    files: Arc<PluginFiles>,
     pre: Pre,
     engine: Engine,
     storage: Storage,
+}
+
+/// A plugin version's files, as loaded.
+#[derive(Debug)]
+struct PluginFiles {
+    manifest: String,
+    wasm: Vec<u8>,
 }
 
 impl fmt::Debug for Plugin {
@@ -171,30 +180,52 @@ impl Plugin {
         dir: &Path,
         settings: &PluginSettings,
     ) -> Result<Plugin, LoadError> {
-        let manifest = Manifest::load(dir)?;
-        let base = if dir.is_dir() {
-            dir
+        let (base, manifest_path) = if dir.is_dir() {
+            (dir, dir.join(tenon_registry::MANIFEST_FILE))
         } else {
-            dir.parent().unwrap_or(Path::new("."))
+            (dir.parent().unwrap_or(Path::new(".")), dir.to_owned())
         };
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| {
+            tenon_registry::ManifestError::Read {
+                path: manifest_path.clone(),
+                source,
+            }
+        })?;
+        let manifest = Manifest::parse(&manifest_path, &text)?;
         let path = base.join(&manifest.component);
         let wasm = std::fs::read(&path).map_err(|source| LoadError::Read {
             path: path.clone(),
             source,
         })?;
-        Plugin::from_parts(engine, storage, name, manifest, &path, &wasm, settings)
+        let files = PluginFiles {
+            manifest: text,
+            wasm,
+        };
+        Plugin::from_parts(engine, storage, name, manifest, &path, files, settings)
     }
 
-    /// Load a plugin from a parsed manifest and its component bytes.
-    pub fn from_parts(
+    /// Write this version's files (its manifest and component, as loaded) into `dir`,
+    /// component first: a plugin directory holding exactly this version.
+    pub fn write_files(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(&self.manifest.component), &self.files.wasm)?;
+        std::fs::write(
+            dir.join(tenon_registry::MANIFEST_FILE),
+            &self.files.manifest,
+        )
+    }
+
+    /// Load a plugin from its parsed manifest and its files.
+    fn from_parts(
         engine: &Engine,
         storage: &Storage,
         name: &str,
         manifest: Manifest,
         path: &Path,
-        wasm: &[u8],
+        files: PluginFiles,
         settings: &PluginSettings,
     ) -> Result<Plugin, LoadError> {
+        let wasm = files.wasm.as_slice();
         let fail = |message: String| LoadError::Component {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -259,6 +290,7 @@ impl Plugin {
         };
         tracing::info!(plugin = name, version = %manifest.version, %digest, kind = %manifest.kind, "plugin loaded");
         Ok(Plugin {
+            files: Arc::new(files),
             ctx,
             manifest,
             pre,

@@ -108,6 +108,7 @@ pub struct Runtime {
     queue: Queue,
     engine: Engine,
     plugins: PluginSlots,
+    data_dir: std::path::PathBuf,
     flows: RwLock<BTreeMap<String, Flow>>,
     config: Config,
 }
@@ -122,6 +123,7 @@ impl Runtime {
         for name in config.plugins.keys() {
             let plugin = load_plugin(&config, &engine, &storage, name)
                 .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
+            crate::swap::archive(data_dir, &plugin);
             plugins.insert(name.clone(), plugin);
         }
         let mut flows = BTreeMap::new();
@@ -193,6 +195,7 @@ impl Runtime {
             storage,
             engine,
             plugins: PluginSlots::new(plugins),
+            data_dir: data_dir.to_owned(),
             flows: RwLock::new(flows),
             config,
         })
@@ -211,6 +214,11 @@ impl Runtime {
     /// The database.
     pub fn storage(&self) -> &Storage {
         &self.storage
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The wasmtime engine.
@@ -233,7 +241,8 @@ impl Runtime {
     /// already leased finish on the version they started with.
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
         let loaded = load_plugin(&self.config, &self.engine, &self.storage, name)
-            .map_err(|e| format!("{e:#}"));
+            .map_err(|e| format!("{e:#}"))
+            .inspect(|plugin| crate::swap::archive(&self.data_dir, plugin));
         let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate));
         match &result {
             Ok(Reload::Swapped { from, to }) => {
@@ -641,11 +650,35 @@ impl Runtime {
 }
 
 /// Load the plugin instance `name` of `config` from its directory.
-fn load_plugin(
+pub(crate) fn load_plugin(
     config: &Config,
     engine: &Engine,
     storage: &Storage,
     name: &str,
+) -> anyhow::Result<Plugin> {
+    let entry = config
+        .plugins
+        .get(name)
+        .with_context(|| format!("no plugin named `{name}`"))?;
+    load_plugin_from(
+        config,
+        engine,
+        storage,
+        name,
+        name,
+        &config.plugin_dir(entry),
+    )
+}
+
+/// Load the version in `dir` with the settings of plugin instance `name`, as instance
+/// `as_name` (its kv namespace): a canary runs under a scratch name.
+pub(crate) fn load_plugin_from(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+    as_name: &str,
+    dir: &Path,
 ) -> anyhow::Result<Plugin> {
     let entry = config
         .plugins
@@ -661,13 +694,7 @@ fn load_plugin(
         memory_mib: entry.memory_mib,
         timeout_ms: entry.timeout_ms,
     };
-    Ok(Plugin::load(
-        engine,
-        storage,
-        name,
-        &config.plugin_dir(entry),
-        &settings,
-    )?)
+    Ok(Plugin::load(engine, storage, as_name, dir, &settings)?)
 }
 
 /// What ingress accepted.

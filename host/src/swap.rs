@@ -176,7 +176,7 @@ pub const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(200);
 /// an instance when files in its directory change. Returns the task to run; it stops
 /// when `shutdown` turns true.
 pub fn watch(
-    runtime: Arc<crate::runtime::Runtime>,
+    runtime: Arc<Runtime>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     use notify_debouncer_mini::notify::RecursiveMode;
@@ -231,4 +231,200 @@ pub fn watch(
             }
         }
     })
+}
+
+/// Where the files of a version are kept: `<data-dir>/archive/<plugin>/<sha256 hex>/`.
+fn archive_dir(data_dir: &std::path::Path, name: &str, digest: &str) -> std::path::PathBuf {
+    data_dir
+        .join("archive")
+        .join(name)
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Keep the files of a loaded version on disk (once per digest), so that a rollback
+/// and a canary run can load it again whatever its directory holds by then.
+pub fn archive(data_dir: &std::path::Path, plugin: &Plugin) {
+    let dir = archive_dir(data_dir, plugin.name(), plugin.digest());
+    if dir.exists() {
+        return;
+    }
+    let tmp = dir.with_extension("tmp");
+    let written = plugin
+        .write_files(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, &dir));
+    if let Err(error) = written {
+        tracing::warn!(plugin = plugin.name(), %error, "cannot archive the plugin version");
+    }
+}
+
+use crate::runtime::Runtime;
+
+impl Runtime {
+    /// Make the version in `candidate` live: it is loaded and checked first, then
+    /// written into the plugin's directory (so a restart keeps it) and swapped in.
+    pub fn promote(&self, name: &str, candidate: &std::path::Path) -> Result<Reload, String> {
+        let config = self.config();
+        let entry = config
+            .plugins
+            .get(name)
+            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let loaded = crate::runtime::load_plugin_from(
+            config,
+            self.engine(),
+            self.storage(),
+            name,
+            name,
+            candidate,
+        )
+        .map_err(|e| format!("{e:#}"))?;
+        loaded
+            .write_files(&config.plugin_dir(entry))
+            .map_err(|e| format!("cannot write the plugin directory: {e}"))?;
+        self.reload_plugin(name)
+    }
+
+    /// Put the version that was live before the current one back in place, from the
+    /// archive.
+    pub fn rollback(&self, name: &str) -> Result<Reload, String> {
+        let status = self.plugin_status();
+        let slot = status
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let previous = slot
+            .previous
+            .as_deref()
+            .ok_or_else(|| format!("`{name}` has no previous version to roll back to"))?;
+        let dir = archive_dir(self.data_dir(), name, previous);
+        if !dir.exists() {
+            return Err(format!(
+                "version {previous} of `{name}` is not in the archive"
+            ));
+        }
+        self.promote(name, &dir)
+    }
+
+    /// Run a candidate version of the transform `name` beside its live version on the
+    /// last `limit` messages `flow` accepted (the event log), and compare their
+    /// outputs. Nothing leaves the process: sinks are not called, and both versions
+    /// run with a scratch key-value namespace.
+    pub async fn try_candidate(
+        &self,
+        name: &str,
+        flow: &str,
+        candidate: &std::path::Path,
+        limit: usize,
+    ) -> Result<Vec<CanaryResult>, String> {
+        let flows = self.flows();
+        let flow = flows
+            .iter()
+            .find(|f| f.name == flow)
+            .ok_or_else(|| format!("no flow named `{flow}`"))?;
+        let stage = flow
+            .stages
+            .iter()
+            .position(|s| s == name)
+            .filter(|&i| i + 1 < flow.stages.len())
+            .ok_or_else(|| format!("`{name}` is not a transform step of flow `{}`", flow.name))?;
+        let scratch = format!("{name}~canary");
+        let load = |dir: &std::path::Path| {
+            crate::runtime::load_plugin_from(
+                self.config(),
+                self.engine(),
+                self.storage(),
+                name,
+                &scratch,
+                dir,
+            )
+            .map_err(|e| format!("{e:#}"))
+        };
+        let live_digest = self
+            .plugin(name)
+            .map(|p| p.digest().to_owned())
+            .unwrap_or_default();
+        let live = load(&archive_dir(self.data_dir(), name, &live_digest))?;
+        let candidate = load(candidate)?;
+        let before: Vec<Arc<Plugin>> = flow.stages[..stage]
+            .iter()
+            .filter_map(|s| self.plugin(s))
+            .collect();
+
+        let events = self
+            .queue()
+            .events(1, u64::MAX)
+            .map_err(|e| e.to_string())?;
+        let recent = events.into_iter().rev().filter_map(|e| match e.body {
+            crate::events::EventBody::Accepted { envelope } if e.flow == flow.name => {
+                Some((e.offset, envelope.message))
+            }
+            _ => None,
+        });
+        let mut results = Vec::new();
+        for (offset, message) in recent.take(limit) {
+            // The inputs of this step: the message through the live steps before it.
+            let mut inputs = vec![message];
+            for step in &before {
+                let mut next = Vec::new();
+                for input in &inputs {
+                    next.extend(step.transform(input).await.unwrap_or_default());
+                }
+                inputs = next;
+            }
+            for input in inputs {
+                let (live_out, candidate_out) =
+                    (run(&live, &input).await, run(&candidate, &input).await);
+                let as_json = |r: &Result<Vec<serde_json::Value>, String>| match r {
+                    Ok(v) => serde_json::json!({ "outputs": v }),
+                    Err(e) => serde_json::json!({ "error": e }),
+                };
+                let diff = json_patch::diff(&as_json(&live_out), &as_json(&candidate_out));
+                results.push(CanaryResult {
+                    offset,
+                    id: input.id.clone(),
+                    key: input.key.clone(),
+                    live: live.digest().to_owned(),
+                    candidate: candidate.digest().to_owned(),
+                    differences: serde_json::to_value(&diff).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// The comparison of a candidate with the live version on one recorded input.
+#[derive(Debug, Clone, Serialize)]
+pub struct CanaryResult {
+    /// The event's offset.
+    pub offset: u64,
+    /// The input message's id.
+    pub id: String,
+    /// Its business key.
+    pub key: String,
+    /// The live digest.
+    pub live: String,
+    /// The candidate's digest.
+    pub candidate: String,
+    /// What the candidate's result changes, as a JSON Patch (RFC 6902) from the live
+    /// result `{"outputs": [...]}` or `{"error": ...}`; empty when they agree.
+    pub differences: serde_json::Value,
+}
+
+fn body_json(message: &crate::queue::StoredMessage) -> serde_json::Value {
+    tenon_model::Encoding::from_content_type(&message.content_type)
+        .ok()
+        .and_then(|enc| enc.decode(&message.body).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Run a transform and decode its outputs, or say why it failed.
+async fn run(
+    plugin: &Plugin,
+    input: &crate::queue::StoredMessage,
+) -> Result<Vec<serde_json::Value>, String> {
+    plugin
+        .transform(input)
+        .await
+        .map(|outs| outs.iter().map(body_json).collect())
+        .map_err(|e| e.to_string())
 }

@@ -240,3 +240,93 @@ async fn a_half_written_plugin_never_goes_live() {
         "{line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_is_tried_on_recorded_traffic_then_promoted_and_rolled_back() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
+    let tenon = Tenon::start(&ws);
+    for n in 1..=3 {
+        let body = sample("plain.json").replace("Q-00101", &format!("Q-T{n}"));
+        let id = tenon.send_quote(&body).await.remove(0);
+        tenon.settled(&id).await;
+    }
+    assert_eq!(erp.orders(), 3);
+    let server = tenon.base.clone();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["plugin", "--server", server.as_str()];
+        all.extend_from_slice(args);
+        crate::support::tenon_cli(&all)
+    };
+    let candidate_b = ws.path().join("plugins/stamp-b");
+    let candidate_b = candidate_b.to_str().unwrap();
+
+    // B beside A on the three recorded quotes: each output differs in its stamp.
+    let (ok, out, err) = cli(&[
+        "try",
+        "stamp",
+        "--against",
+        "stamped",
+        "--candidate",
+        candidate_b,
+    ]);
+    assert!(ok, "{err}");
+    let expected = "#3 Q-T3: 1 difference(s)\n    replace /outputs/0/stamp = \"B\"\n\
+                    #2 Q-T2: 1 difference(s)\n    replace /outputs/0/stamp = \"B\"\n\
+                    #1 Q-T1: 1 difference(s)\n    replace /outputs/0/stamp = \"B\"\n\
+                    3 of 3 recorded inputs differ";
+    assert_eq!(out.trim(), expected);
+    // The live version against itself: no difference.
+    let candidate_a = ws.path().join("plugins/stamp-a");
+    let (ok, out, _) = cli(&[
+        "try",
+        "stamp",
+        "--against",
+        "stamped",
+        "--candidate",
+        candidate_a.to_str().unwrap(),
+    ]);
+    assert!(ok);
+    assert!(
+        out.trim().ends_with("0 of 3 recorded inputs differ"),
+        "{out}"
+    );
+    assert_eq!(erp.orders(), 3, "trying delivers nothing");
+    assert_eq!(
+        stamp_status(&tenon).await["digest"],
+        a.digest().as_str(),
+        "trying swaps nothing"
+    );
+    let (ok, _, err) = cli(&[
+        "try",
+        "erp-sink",
+        "--against",
+        "stamped",
+        "--candidate",
+        candidate_b,
+    ]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        "error: `erp-sink` is not a transform step of flow `stamped`"
+    );
+
+    // Promote B: live, and written into the plugin's directory for the next start.
+    let (ok, out, err) = cli(&["promote", "stamp", "--candidate", candidate_b]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("stamp: {} -> {} live", a.digest(), b.digest())
+    );
+    assert_eq!(std::fs::read(dir.join("stamp_b.wasm")).unwrap(), b.wasm);
+    let (ok, out, _) = cli(&["rollback", "stamp"]);
+    assert!(ok);
+    assert_eq!(
+        out.trim(),
+        format!("stamp: {} -> {} live", b.digest(), a.digest())
+    );
+    let status = wait_status(&tenon, "A back", |s| s["digest"] == a.digest().as_str()).await;
+    assert_eq!(status["version"], "1.0.0");
+}
