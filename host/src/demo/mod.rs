@@ -134,10 +134,13 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
                             .into_iter()
                             .find(|r| r.idempotency_key.as_deref() == Some(outcome.id.as_str()));
                         let summary = order.map_or(String::new(), |o| {
-                            let lines = o.body["lines"].as_array().map_or(0, Vec::len);
+                            let lines = match o.body["lines"].as_array().map_or(0, Vec::len) {
+                                1 => "1 line".to_owned(),
+                                n => format!("{n} lines"),
+                            };
                             let total = &o.body["total"];
                             format!(
-                                "  ({lines} lines, {} {}, {})",
+                                "  ({lines}, {} {}, {})",
                                 total["amount"].as_str().unwrap_or("?"),
                                 total["currency"].as_str().unwrap_or("?"),
                                 o.body["category"].as_str().unwrap_or("?")
@@ -187,6 +190,15 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     } else {
         println!("Some quotes did not end as expected; see above.");
     }
+    println!();
+    println!(
+        "The config and plugins are in {}; to serve them yourself:",
+        dir.display()
+    );
+    println!(
+        "  tenon run --config {}   (its sink posts to 127.0.0.1:9400)",
+        config_path.display()
+    );
     Ok(all_ok)
 }
 
