@@ -30,6 +30,16 @@ pub struct Cli {
     #[arg(long, global = true, env = "TENON_LOG")]
     pub log: Option<String>,
 
+    /// A running server's address, for the commands that talk to its admin API
+    /// (`status`, `plugin`, `dlq`, `replay`).
+    #[arg(
+        long,
+        global = true,
+        env = "TENON_SERVER",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub server: String,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -70,24 +80,12 @@ pub enum Command {
     /// plugin digest, and every attempt's error and time.
     /// Try, promote or roll back plugin versions on a running server.
     Plugin {
-        /// The server's address.
-        #[arg(
-            long,
-            env = "TENON_SERVER",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        server: String,
         #[command(subcommand)]
         action: PluginAction,
     },
     /// Show the live version of every plugin of a running server: digest, since when,
     /// swaps, and the last version refused (with why).
-    Status {
-        /// The server's address.
-        #[arg(long, env = "TENON_SERVER", default_value = "http://127.0.0.1:8080")]
-        server: String,
-    },
+    Status,
     /// Re-run the messages a flow accepted in a range of the event log, through the
     /// flow's current plugin versions (on a running server). Messages keep their ids,
     /// so sinks return recorded outcomes instead of delivering twice.
@@ -102,19 +100,8 @@ pub enum Command {
         /// Last event (inclusive): an offset or an RFC 3339 time; default the end.
         #[arg(long)]
         to: Option<String>,
-        /// The server's address.
-        #[arg(long, env = "TENON_SERVER", default_value = "http://127.0.0.1:8080")]
-        server: String,
     },
     Dlq {
-        /// The server's address.
-        #[arg(
-            long,
-            env = "TENON_SERVER",
-            default_value = "http://127.0.0.1:8080",
-            global = true
-        )]
-        server: String,
         #[command(subcommand)]
         action: DlqAction,
     },
@@ -245,10 +232,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("config ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dlq { server, action } => dlq(&server, action).await,
-        Command::Plugin { server, action } => plugin_command(&server, action).await,
-        Command::Status { server } => {
-            let base = server.trim_end_matches('/');
+        Command::Dlq { action } => dlq(&cli.server, action).await,
+        Command::Plugin { action } => plugin_command(&cli.server, action).await,
+        Command::Status => {
+            let base = cli.server.trim_end_matches('/');
             let reply = crate::client::get(&format!("{base}/v1/plugins")).await?;
             anyhow::ensure!(reply.status == 200, "{base}: HTTP {}", reply.status);
             let json = reply.json()?;
@@ -271,13 +258,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Replay {
-            flow,
-            from,
-            to,
-            server,
-        } => {
-            let base = server.trim_end_matches('/');
+        Command::Replay { flow, from, to } => {
+            let base = cli.server.trim_end_matches('/');
             let mut body = serde_json::json!({ "from": from });
             if let Some(to) = to {
                 body["to"] = serde_json::json!(to);
