@@ -4,7 +4,7 @@
 //! Loading does everything that can fail ahead of traffic: read the manifest, read
 //! and digest the component, compile it (or load the cached artifact), link it
 //! against exactly what its world and grants allow, and pre-instantiate it. A call
-//! then only instantiates from the [`InstancePre`]-backed `*Pre` (microseconds with
+//! then only instantiates from the `InstancePre`-backed `*Pre` (microseconds with
 //! the pooling allocator) and runs under the plugin's memory and time limits.
 //!
 //! **Architecture invariant:** a guest trap, a timeout or an error of any kind comes

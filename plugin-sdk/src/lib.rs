@@ -21,7 +21,7 @@
 //! - [`sink`]: `fn(Message, &str) -> Result<Receipt, Failure>`, delivers one message to a
 //!   target system; the `&str` is the idempotency key to send along.
 //!
-//! The host calls through [`config`], [`kv`], [`log`] and (sinks) [`http`] are the only
+//! The host calls through [`config`], [`kv`], [`log`] and (sinks, on wasm32) `http` are the only
 //! ways out of the sandbox, each allowed only as far as the plugin's manifest grants.
 //! Build with `cargo build --target wasm32-wasip2`.
 #![deny(missing_docs)]
