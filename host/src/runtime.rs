@@ -371,8 +371,12 @@ impl Runtime {
                 Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
                     Accepted::Committed => Ingested { ids, replayed: false },
                     Accepted::Duplicate(ids) => Ingested { ids, replayed: true },
-                    Accepted::Conflict | Accepted::Missing => {
+                    Accepted::Conflict => {
                         return Err(IngestError::IdempotencyConflict { key: claim.key });
+                    }
+                    // Only redrive and discard report `Missing`; an enqueue never does.
+                    Accepted::Missing => {
+                        return Err(StorageError::Decode("enqueue reported a missing record".into()).into());
                     }
                 },
             };
