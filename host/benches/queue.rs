@@ -25,7 +25,7 @@ fn envelope(i: usize) -> Envelope {
         headers: vec![],
         body: vec![0x5a; BODY],
     };
-    Envelope::entering("quote-to-order", message, 0)
+    Envelope::entering("quote-to-order", &["quote-to-order".to_owned()], message, 0)
 }
 
 fn main() -> anyhow::Result<()> {

@@ -420,7 +420,13 @@ async fn replay(runtime: &Runtime, flow: &str, req: Request<Incoming>) -> Reply 
         (Ok(from), Ok(to)) => (from, to),
         (Err(e), _) | (_, Err(e)) => return bad(e),
     };
-    match runtime.queue().replay(flow, from, to).await {
+    let route = runtime
+        .flows()
+        .into_iter()
+        .find(|f| f.name == flow)
+        .map(|f| f.stages)
+        .unwrap_or_default();
+    match runtime.queue().replay(flow, &route, from, to).await {
         Ok(offsets) => {
             tracing::info!(flow, from, to, replayed = offsets.len(), "replay");
             json_reply(

@@ -89,7 +89,10 @@ pub struct Envelope {
     pub message: StoredMessage,
     /// The flow it travels through.
     pub flow: String,
-    /// Index of the stage it waits for (the flow's steps, then its sink).
+    /// Its route: the flow's stages (steps, then sink) as they were when it entered.
+    /// A message finishes on the route it started on, whatever the config says later.
+    pub route: Vec<String>,
+    /// Index in `route` of the stage it waits for.
     pub stage: u32,
     /// Id of the message that entered at ingress (the root of this one's lineage).
     pub root: String,
@@ -104,12 +107,19 @@ pub struct Envelope {
 }
 
 impl Envelope {
-    /// A message entering `flow` at its first stage: its own root, nothing tried yet.
-    pub fn entering(flow: &str, message: StoredMessage, accepted_ms: u64) -> Envelope {
+    /// A message entering `flow` at the first stage of `route`: its own root, nothing
+    /// tried yet.
+    pub fn entering(
+        flow: &str,
+        route: &[String],
+        message: StoredMessage,
+        accepted_ms: u64,
+    ) -> Envelope {
         Envelope {
             root: message.id.clone(),
             message,
             flow: flow.to_owned(),
+            route: route.to_vec(),
             stage: 0,
             accepted_ms,
             trail: Vec::new(),
@@ -328,8 +338,8 @@ pub struct Queue {
     failed_commits: Arc<AtomicU64>,
 }
 
-/// The name of the queue in front of a flow's stage.
-pub fn queue_name(flow: &str, stage: u32) -> String {
+/// The name of the queue in front of a flow's stage (a plugin instance).
+pub fn queue_name(flow: &str, stage: &str) -> String {
     format!("{flow}/{stage}")
 }
 
@@ -503,17 +513,27 @@ impl Queue {
     /// Re-run the messages a flow accepted at offsets `from..=to` from its first
     /// stage, on the current plugin versions. They keep their ids, so downstream
     /// effects stay single. Returns the offsets replayed.
-    pub async fn replay(&self, flow: &str, from: u64, to: u64) -> Result<Vec<u64>, StorageError> {
+    pub async fn replay(
+        &self,
+        flow: &str,
+        route: &[String],
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<u64>, StorageError> {
+        let Some(first) = route.first() else {
+            return Ok(Vec::new());
+        };
         let mut offsets = Vec::new();
         let mut items = Vec::new();
         for event in self.events(from, to)? {
             if let (true, EventBody::Accepted { mut envelope }) = (event.flow == flow, event.body) {
                 envelope.stage = 0;
+                envelope.route = route.to_vec();
                 envelope.attempts.clear();
                 envelope.not_before_ms = 0;
                 envelope.trail.truncate(1);
                 offsets.push(event.offset);
-                items.push((queue_name(flow, 0), envelope));
+                items.push((queue_name(flow, first), envelope));
             }
         }
         if !items.is_empty() {
@@ -647,6 +667,17 @@ impl Queue {
             self.notify.get(&slot.0).notify_one();
         }
         result
+    }
+
+    /// The queues that hold messages.
+    pub fn queue_names(&self) -> Result<std::collections::BTreeSet<String>, StorageError> {
+        let txn = self.storage.db().begin_read()?;
+        let table = txn.open_table(QUEUE)?;
+        let mut names = std::collections::BTreeSet::new();
+        for entry in table.iter()? {
+            names.insert(entry?.0.value().0.to_owned());
+        }
+        Ok(names)
     }
 
     /// Number of messages waiting in (or leased from) a queue.
@@ -856,7 +887,10 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
             envelope.attempts.clear();
             envelope.not_before_ms = 0;
             txn.open_table(OUTCOMES)?.remove(id.as_str())?;
-            let name = queue_name(&envelope.flow, envelope.stage);
+            let Some(stage) = envelope.route.get(envelope.stage as usize) else {
+                return Ok(Accepted::Missing);
+            };
+            let name = queue_name(&envelope.flow, stage);
             append(&mut queue, &mut std::iter::once((name.as_str(), &envelope)))?;
         }
         Write::Discard { id } => {
@@ -965,7 +999,7 @@ mod tests {
             headers: vec![],
             body: b"{}".to_vec(),
         };
-        Envelope::entering("f", message, 0)
+        Envelope::entering("f", &["s".to_owned()], message, 0)
     }
 
     fn open() -> (tempfile::TempDir, Queue) {

@@ -21,7 +21,7 @@ use crate::swap::{LiveStatus, PluginSlots, Reload};
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tenon_model::Encoding;
 use tenon_registry::Kind;
@@ -109,6 +109,12 @@ pub struct Runtime {
     engine: Engine,
     plugins: PluginSlots,
     data_dir: std::path::PathBuf,
+    /// Every worker, so that shutdown can wait for them and reloads can add some.
+    workers: Mutex<JoinSet<()>>,
+    /// The queues that have workers.
+    started: Mutex<std::collections::HashSet<String>>,
+    /// The shutdown signal, once started.
+    shutdown: Mutex<Option<watch::Receiver<bool>>>,
     flows: RwLock<BTreeMap<String, Flow>>,
     config: Config,
 }
@@ -196,6 +202,9 @@ impl Runtime {
             engine,
             plugins: PluginSlots::new(plugins),
             data_dir: data_dir.to_owned(),
+            workers: Mutex::default(),
+            started: Mutex::default(),
+            shutdown: Mutex::default(),
             flows: RwLock::new(flows),
             config,
         })
@@ -344,9 +353,9 @@ impl Runtime {
                     if message.key.is_empty() {
                         message.key = id.clone();
                     }
-                                        let mut envelope = Envelope::entering(&flow.name, message, accepted_ms);
+                                                            let mut envelope = Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
                     envelope.trail.push(hop.clone());
-                    items.push((queue_name(&flow.name, 0), envelope));
+                    items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
                 }
             }
                         let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
@@ -389,7 +398,7 @@ impl Runtime {
 
     /// Start the workers of every stage of every flow; they stop when `shutdown`
     /// turns true, each after finishing (and committing) its current message.
-    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> JoinSet<()> {
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut workers = JoinSet::new();
         let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
         let keep = Duration::from_secs(self.config.server.retention_secs);
@@ -407,21 +416,63 @@ impl Runtime {
                 }
             }
         });
-        for flow in self.flows() {
-            for stage in 0..flow.stages.len() as u32 {
-                for _ in 0..flow.concurrency {
-                    let runtime = self.clone();
-                    let flow = flow.clone();
-                    let shutdown = shutdown.clone();
-                    workers.spawn(async move { runtime.work(flow, stage, shutdown).await });
-                }
-            }
-        }
-        workers
+        *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = Some(shutdown);
+        *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = workers;
+        self.ensure_workers();
     }
 
-    async fn work(self: Arc<Self>, flow: Flow, stage: u32, mut shutdown: watch::Receiver<bool>) {
-        let queue_name = queue_name(&flow.name, stage);
+    /// Wait until every worker has stopped (after `shutdown` turned true).
+    pub async fn stopped(&self) {
+        let mut workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        while workers.join_next().await.is_some() {}
+    }
+
+    /// Start the workers that are missing: for every stage of every flow, and for
+    /// every queue still holding messages of a route no flow uses any more (they
+    /// drain on their own route). Workers are never stopped before shutdown: an idle
+    /// one costs a wake-up every 100 ms.
+    fn ensure_workers(self: &Arc<Self>) {
+        let Some(shutdown) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        let mut wanted: Vec<(String, String, u32)> = Vec::new();
+        for flow in self.flows() {
+            for stage in &flow.stages {
+                wanted.push((flow.name.clone(), stage.clone(), flow.concurrency));
+            }
+        }
+        for name in self.queue.queue_names().unwrap_or_default() {
+            if let Some((flow, stage)) = name.split_once('/') {
+                wanted.push((flow.to_owned(), stage.to_owned(), DEFAULT_CONCURRENCY));
+            }
+        }
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (flow, stage, concurrency) in wanted {
+            if !started.insert(queue_name(&flow, &stage)) {
+                continue;
+            }
+            for _ in 0..concurrency {
+                let (runtime, flow, stage) = (self.clone(), flow.clone(), stage.clone());
+                let shutdown = shutdown.clone();
+                workers.spawn(async move { runtime.work(flow, stage, shutdown).await });
+            }
+        }
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        flow: String,
+        stage: String,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let queue_name = queue_name(&flow, &stage);
         let notify = self.queue.notifier(&queue_name);
         while !*shutdown.borrow() {
             let notified = notify.notified();
@@ -436,7 +487,7 @@ impl Runtime {
                 }
             };
             match lease {
-                Some(lease) => self.process(&flow, stage, lease).await,
+                Some(lease) => self.process(lease).await,
                 None => {
                     // Woken by new work; the timer catches retries coming due.
                     tokio::select! {
@@ -449,19 +500,20 @@ impl Runtime {
         }
     }
 
-    async fn process(&self, flow: &Flow, stage: u32, lease: Lease) {
-        let Some(plugin) = flow
-            .stages
-            .get(stage as usize)
+    async fn process(&self, lease: Lease) {
+        let env = &lease.envelope;
+        let Some(plugin) = env
+            .route
+            .get(env.stage as usize)
             .and_then(|name| self.plugin(name))
         else {
-            tracing::error!(flow = %flow.name, stage, "no plugin for this stage; message left queued");
+            tracing::error!(flow = %env.flow, stage = env.stage, "no plugin for this stage; message left queued");
             return;
         };
-        let env = &lease.envelope;
+        let policy = self.retry_policy(&env.flow, plugin.name());
         let span = tracing::info_span!(
             "message",
-            flow = %flow.name,
+            flow = %env.flow,
             step = %plugin.name(),
             plugin = %plugin.name(),
             digest = %plugin.digest(),
@@ -469,7 +521,7 @@ impl Runtime {
             id = %env.message.id,
         );
         let completion = self
-            .run_stage(flow, stage, &plugin, env)
+            .run_stage(policy, &plugin, env)
             .instrument(span.clone())
             .await;
         if let Err(error) = self.queue.complete(lease, completion).await {
@@ -478,14 +530,23 @@ impl Runtime {
         }
     }
 
-    async fn run_stage(
-        &self,
-        flow: &Flow,
-        stage: u32,
-        plugin: &Plugin,
-        env: &Envelope,
-    ) -> Completion {
-        let is_sink = stage as usize + 1 == flow.stages.len();
+    /// How a stage retries: the current flow's policy for it, or the defaults when the
+    /// message's route is no longer in the config.
+    fn retry_policy(&self, flow: &str, stage: &str) -> RetryPolicy {
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .get(flow)
+            .and_then(|f| f.stages.iter().position(|s| s == stage).map(|i| f.retry[i]))
+            .unwrap_or(RetryPolicy {
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                backoff: Duration::from_millis(RETRY_BASE_MS),
+                max_backoff: Duration::from_millis(RETRY_MAX_MS),
+            })
+    }
+
+    async fn run_stage(&self, policy: RetryPolicy, plugin: &Plugin, env: &Envelope) -> Completion {
+        let stage = env.stage;
+        let is_sink = stage as usize + 1 == env.route.len();
         let started = Instant::now();
         let recorded = match is_sink {
             true => self.queue.outcome(&env.message.id).ok().flatten(),
@@ -523,7 +584,7 @@ impl Runtime {
             Completion::Finish(Box::new(Outcome {
                 id: env.message.id.clone(),
                 root: env.root.clone(),
-                flow: flow.name.clone(),
+                flow: env.flow.clone(),
                 key: env.message.key.clone(),
                 kind: env.message.kind.clone(),
                 plugin: plugin.name().to_owned(),
@@ -587,7 +648,8 @@ impl Runtime {
                         }
                         Envelope {
                             message,
-                            flow: flow.name.clone(),
+                            flow: env.flow.clone(),
+                            route: env.route.clone(),
                             stage: next,
                             root: env.root.clone(),
                             accepted_ms: env.accepted_ms,
@@ -598,7 +660,7 @@ impl Runtime {
                     })
                     .collect();
                 Completion::Forward {
-                    queue: queue_name(&flow.name, next),
+                    queue: queue_name(&env.flow, &env.route[next as usize]),
                     outputs,
                 }
             }
@@ -619,7 +681,7 @@ impl Runtime {
                     error: error.to_string(),
                 });
                 let permanent = matches!(error, CallError::Failure(Failure::Invalid(_)));
-                let policy = flow.retry[stage as usize];
+
                 if permanent || attempts.len() as u32 >= policy.max_attempts {
                     tracing::warn!(outcome = "dead-letter", %error, attempts = attempts.len(), "message dead-lettered");
                     return finish(

@@ -44,7 +44,8 @@ impl Server {
             .with_context(|| format!("cannot listen on {addr}"))?;
         let addr = listener.local_addr()?;
         let (shutdown, signal) = watch::channel(false);
-        let mut tasks = runtime.start(signal.clone());
+        runtime.start(signal.clone());
+        let mut tasks = JoinSet::new();
         // New plugin versions dropped into their directories go live without a restart.
         tasks.spawn(crate::swap::watch(runtime.clone(), signal.clone())?);
         tasks.spawn(crate::ingress::serve(runtime.clone(), listener, signal));
@@ -61,6 +62,7 @@ impl Server {
     pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        self.runtime.stopped().await;
         tracing::info!("tenon stopped");
     }
 }

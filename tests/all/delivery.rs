@@ -125,6 +125,7 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
             body: serde_json::to_vec(order).unwrap(),
         },
         flow: delivered.flow.clone(),
+        route: vec!["quote-to-order".into(), "erp-sink".into()],
         stage: 1,
         root: root.clone(),
         accepted_ms: 0,
@@ -134,7 +135,7 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
     };
     runtime
         .queue()
-        .enqueue(vec![(queue_name(&delivered.flow, 1), envelope)])
+        .enqueue(vec![(queue_name(&delivered.flow, "erp-sink"), envelope)])
         .await
         .unwrap();
     let again = loop {

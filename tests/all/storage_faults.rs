@@ -87,7 +87,7 @@ fn envelope(id: &str) -> (String, Envelope) {
         headers: vec![],
         body: vec![b'x'; 4096],
     };
-    let envelope = Envelope::entering("f", message, 0);
+    let envelope = Envelope::entering("f", &["s".to_owned()], message, 0);
     ("f/0".into(), envelope)
 }
 
