@@ -256,6 +256,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     println!("{:<18} refused: {reason}", "");
                 }
             }
+            if let Some(reason) = json["config"]["refused"]["reason"].as_str() {
+                println!(
+                    "config {} refused: {reason}",
+                    json["config"]["path"].as_str().unwrap_or("?")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { flow, from, to } => {

@@ -147,7 +147,7 @@ fn default_sweep_interval() -> u64 {
 }
 
 /// `[plugins.<name>]`
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginEntry {
     /// The plugin directory (or its `plugin.toml`), relative to the config file.

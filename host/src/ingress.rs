@@ -125,7 +125,11 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
             replay(runtime, &flow, req).await
         }
                 (&Method::GET, ["v1", "plugins"]) => {
-            json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status() }))
+                        let config = json!({
+                "path": runtime.config().path,
+                "refused": runtime.config_refused(),
+            });
+            json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status(), "config": config }))
         }
                 (&Method::POST, ["v1", "plugins", name, action @ ("try" | "promote" | "rollback")]) => {
                         let action = match *action {

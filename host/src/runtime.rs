@@ -116,7 +116,9 @@ pub struct Runtime {
     /// The shutdown signal, once started.
     shutdown: Mutex<Option<watch::Receiver<bool>>>,
     flows: RwLock<BTreeMap<String, Flow>>,
-    config: Config,
+    config: RwLock<Arc<Config>>,
+    /// The last config file refused by a reload, if any since the live one.
+    config_refused: Mutex<Option<crate::swap::Refusal>>,
 }
 
 impl Runtime {
@@ -132,62 +134,7 @@ impl Runtime {
             crate::swap::archive(data_dir, &plugin);
             plugins.insert(name.clone(), plugin);
         }
-        let mut flows = BTreeMap::new();
-        for (name, entry) in &config.flows {
-            let expect = |at: &serde_spanned::Spanned<String>, field: &str, kind: Kind| {
-                let actual: &Plugin = &plugins[at.get_ref()];
-                if actual.kind() == kind {
-                    Ok(())
-                } else {
-                    Err(config.error(
-                        at,
-                        format!(
-                            "flow `{name}`: field `{field}`: `{}` is a {} plugin; {field} must be {kind} plugins",
-                            at.get_ref(),
-                            actual.kind()
-                        ),
-                    ))
-                }
-            };
-            expect(&entry.source, "source", Kind::Source)?;
-            for step in &entry.steps {
-                expect(step, "steps", Kind::Transform)?;
-            }
-            expect(&entry.sink, "sink", Kind::Sink)?;
-            flows.insert(
-                name.clone(),
-                Flow {
-                    name: name.clone(),
-                    source: entry.source.get_ref().clone(),
-                    stages: entry.stages().map(|s| s.get_ref().clone()).collect(),
-                    retry: entry
-                        .stages()
-                        .map(|stage| {
-                            let own = entry
-                                .retry
-                                .get(stage.get_ref())
-                                .cloned()
-                                .unwrap_or_default();
-                            RetryPolicy {
-                                max_attempts: own
-                                    .max_attempts
-                                    .or(entry.max_attempts)
-                                    .unwrap_or(DEFAULT_MAX_ATTEMPTS),
-                                backoff: Duration::from_millis(
-                                    own.backoff_ms.or(entry.backoff_ms).unwrap_or(RETRY_BASE_MS),
-                                ),
-                                max_backoff: Duration::from_millis(
-                                    own.max_backoff_ms
-                                        .or(entry.max_backoff_ms)
-                                        .unwrap_or(RETRY_MAX_MS),
-                                ),
-                            }
-                        })
-                        .collect(),
-                    concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
-                },
-            );
-        }
+        let flows = resolve_flows(&config, |name| plugins.get(name).map(Plugin::kind))?;
         // A lease must outlast the longest call a stage can make, or a slow but
         // healthy call would see its message handed to a second worker.
         let longest_call = plugins
@@ -197,6 +144,7 @@ impl Runtime {
             .unwrap_or_default();
         let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
         Ok(Runtime {
+            config_refused: Mutex::default(),
             queue: Queue::with_visibility(storage.clone(), visibility),
             storage,
             engine,
@@ -206,13 +154,107 @@ impl Runtime {
             started: Mutex::default(),
             shutdown: Mutex::default(),
             flows: RwLock::new(flows),
-            config,
+            config: RwLock::new(Arc::new(config)),
         })
     }
 
     /// The config the runtime started from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last config refused by a reload since the live one went live, if any.
+    pub fn config_refused(&self) -> Option<crate::swap::Refusal> {
+        self.config_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Read the config file again and apply it without a restart: new and changed
+    /// plugin instances are loaded, flows are added, removed or re-routed. Messages
+    /// already accepted finish on the route they entered with. A config that does not
+    /// parse, names an unknown plugin, or whose plugins do not load or fit is refused
+    /// whole, and the running one stays.
+    pub fn reload_config(self: &Arc<Self>) -> Result<(), String> {
+        let path = self.config().path.clone();
+        let attempt = || -> Result<Candidate, String> {
+            let new = Config::load(&path).map_err(|e| e.to_string())?;
+            let old = self.config();
+            let mut loaded = Vec::new();
+            for (name, entry) in &new.plugins {
+                if old.plugins.get(name) == Some(entry) && self.plugin(name).is_some() {
+                    continue;
+                }
+                let plugin = load_plugin(&new, &self.engine, &self.storage, name)
+                    .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
+                if let Some(live) = self
+                    .plugin(name)
+                    .filter(|live| live.kind() != plugin.kind())
+                {
+                    return Err(format!(
+                        "plugin `{name}` would change from {} to {} while messages may be on their way to it",
+                        live.kind(),
+                        plugin.kind()
+                    ));
+                }
+                loaded.push(plugin);
+            }
+            let kind_of = |name: &str| {
+                loaded
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .map(Plugin::kind)
+                    .or_else(|| {
+                        new.plugins
+                            .contains_key(name)
+                            .then(|| self.plugin(name).map(|p| p.kind()))
+                            .flatten()
+                    })
+            };
+            let flows = resolve_flows(&new, kind_of).map_err(|e| e.to_string())?;
+            Ok(Candidate {
+                config: new,
+                loaded,
+                flows,
+            })
+        };
+        match attempt() {
+            Ok(Candidate {
+                config: new,
+                loaded,
+                flows,
+            }) => {
+                for plugin in loaded {
+                    crate::swap::archive(&self.data_dir, &plugin);
+                    self.plugins.put(plugin);
+                }
+                *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+                *self.flows.write().unwrap_or_else(PoisonError::into_inner) = flows;
+                *self
+                    .config_refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.ensure_workers();
+                tracing::info!(config = %path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(config = %path.display(), %reason, "config refused; the running one stays");
+                let refusal = crate::swap::Refusal {
+                    at_ms: now_ms(),
+                    reason: reason.clone(),
+                };
+                *self
+                    .config_refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(refusal);
+                Err(reason)
+            }
+        }
     }
 
     /// The durable queue.
@@ -249,7 +291,7 @@ impl Runtime {
     /// it live. Blocking (it may compile): call it off the async workers. Messages
     /// already leased finish on the version they started with.
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
-        let loaded = load_plugin(&self.config, &self.engine, &self.storage, name)
+        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
             .map_err(|e| format!("{e:#}"))
             .inspect(|plugin| crate::swap::archive(&self.data_dir, plugin));
         let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate));
@@ -293,7 +335,7 @@ impl Runtime {
             _ => return Err(IngestError::UnknownSource(source.to_owned())),
         };
         let payload = crate::engine::digest(&request.body);
-        let expires_ms = now_ms() + self.config.server.idempotency_retention_secs * 1000;
+        let expires_ms = now_ms() + self.config().server.idempotency_retention_secs * 1000;
         let claim_for = |key: String| IdempotencyClaim {
             scope: source.to_owned(),
             key,
@@ -401,8 +443,8 @@ impl Runtime {
     pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut workers = JoinSet::new();
         let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
-        let keep = Duration::from_secs(self.config.server.retention_secs);
-        let every = Duration::from_secs(self.config.server.sweep_interval_secs.max(1));
+        let keep = Duration::from_secs(self.config().server.retention_secs);
+        let every = Duration::from_secs(self.config().server.sweep_interval_secs.max(1));
         workers.spawn(async move {
             // Expired idempotency keys, old outcomes and old events are removed, so the
             // database stays bounded under a steady load.
@@ -713,6 +755,70 @@ impl Runtime {
             .collect();
         Ok(MessageStatus { outcomes, pending })
     }
+}
+
+/// A config that loaded whole, ready to replace the running one.
+struct Candidate {
+    config: Config,
+    /// Plugin instances new or changed in it, loaded.
+    loaded: Vec<Plugin>,
+    flows: BTreeMap<String, Flow>,
+}
+
+/// The flows of a config, with each stage checked against the kind of its plugin.
+fn resolve_flows(
+    config: &Config,
+    kind_of: impl Fn(&str) -> Option<Kind>,
+) -> Result<BTreeMap<String, Flow>, crate::config::ConfigError> {
+    let mut flows = BTreeMap::new();
+    for (name, entry) in &config.flows {
+        let expect = |at: &serde_spanned::Spanned<String>, field: &str, kind: Kind| {
+            let actual = kind_of(at.get_ref());
+            if actual == Some(kind) {
+                return Ok(());
+            }
+            let what = actual.map_or("an unknown".to_owned(), |k| format!("a {k}"));
+            Err(config.error(
+                at,
+                format!(
+                    "flow `{name}`: field `{field}`: `{}` is {what} plugin; {field} must be {kind} plugins",
+                    at.get_ref()
+                ),
+            ))
+        };
+        expect(&entry.source, "source", Kind::Source)?;
+        for step in &entry.steps {
+            expect(step, "steps", Kind::Transform)?;
+        }
+        expect(&entry.sink, "sink", Kind::Sink)?;
+        let policy = |stage: &str| {
+            let own = entry.retry.get(stage).cloned().unwrap_or_default();
+            RetryPolicy {
+                max_attempts: own
+                    .max_attempts
+                    .or(entry.max_attempts)
+                    .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                backoff: Duration::from_millis(
+                    own.backoff_ms.or(entry.backoff_ms).unwrap_or(RETRY_BASE_MS),
+                ),
+                max_backoff: Duration::from_millis(
+                    own.max_backoff_ms
+                        .or(entry.max_backoff_ms)
+                        .unwrap_or(RETRY_MAX_MS),
+                ),
+            }
+        };
+        let stages: Vec<String> = entry.stages().map(|s| s.get_ref().clone()).collect();
+        let flow = Flow {
+            name: name.clone(),
+            source: entry.source.get_ref().clone(),
+            retry: stages.iter().map(|s| policy(s)).collect(),
+            stages,
+            concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        };
+        flows.insert(name.clone(), flow);
+    }
+    Ok(flows)
 }
 
 /// Load the plugin instance `name` of `config` from its directory.

@@ -136,6 +136,32 @@ impl PluginSlots {
         Ok(Reload::Swapped { from, to })
     }
 
+    /// Put a plugin instance's version in place: a new slot, or a swap (a config
+    /// reload that adds an instance or changes its settings).
+    pub fn put(&self, plugin: Plugin) {
+        let name = plugin.name().to_owned();
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        match slots.get_mut(&name) {
+            Some(slot) => {
+                slot.previous = Some(slot.live.digest().to_owned());
+                slot.live = Arc::new(plugin);
+                slot.since_ms = now_ms();
+                slot.swaps += 1;
+                slot.refused = None;
+            }
+            None => {
+                let slot = Slot {
+                    live: Arc::new(plugin),
+                    since_ms: now_ms(),
+                    swaps: 0,
+                    previous: None,
+                    refused: None,
+                };
+                slots.insert(name, slot);
+            }
+        }
+    }
+
     /// Record that a new version of `name` could not be loaded.
     pub fn refuse(&self, name: &str, reason: String) {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
@@ -206,6 +232,16 @@ pub fn watch(
         tracing::debug!(plugin = %name, dir = %dir.display(), "watching");
         dirs.push((dir, name.clone()));
     }
+    // The flow config too: a change is applied (or refused whole) without a restart.
+    let config_path = config
+        .path
+        .canonicalize()
+        .unwrap_or_else(|_| config.path.clone());
+    if let Some(config_dir) = config_path.parent() {
+        debouncer
+            .watcher()
+            .watch(config_dir, RecursiveMode::NonRecursive)?;
+    }
     Ok(async move {
         let _debouncer = debouncer;
         loop {
@@ -224,6 +260,10 @@ pub fn watch(
                 .map(|(_, name)| name.clone())
                 .collect();
             names.dedup();
+            if paths.iter().any(|p| p == &config_path) {
+                let runtime = runtime.clone();
+                let _ = tokio::task::spawn_blocking(move || runtime.reload_config()).await;
+            }
             for name in names {
                 let runtime = runtime.clone();
                 // Loading compiles: off the async workers, one plugin at a time.
@@ -269,7 +309,7 @@ impl Runtime {
             .get(name)
             .ok_or_else(|| format!("no plugin named `{name}`"))?;
         let loaded = crate::runtime::load_plugin_from(
-            config,
+            &config,
             self.engine(),
             self.storage(),
             name,
@@ -329,7 +369,7 @@ impl Runtime {
         let scratch = format!("{name}~canary");
         let load = |dir: &std::path::Path| {
             crate::runtime::load_plugin_from(
-                self.config(),
+                &self.config(),
                 self.engine(),
                 self.storage(),
                 name,

@@ -330,3 +330,103 @@ async fn a_candidate_is_tried_on_recorded_traffic_then_promoted_and_rolled_back(
     let status = wait_status(&tenon, "A back", |s| s["digest"] == a.digest().as_str()).await;
     assert_eq!(status["version"], "1.0.0");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn flows_are_added_rerouted_and_bad_configs_refused_without_a_restart() {
+    let erp = MockErp::start().await.unwrap();
+    erp.set_unavailable(true);
+    let ws = Workspace::new();
+    stamping(&ws, &erp.orders_url());
+    let tenon = Tenon::start(&ws);
+    let quote = |n: &str| sample("plain.json").replace("Q-00101", n);
+
+    // A quote on the route cpq-source -> stamp -> erp-sink waits at the sink.
+    let waiting = tenon.send_quote(&quote("Q-R1")).await.remove(0);
+    tenon
+        .wait_for(&waiting, |s| {
+            s["pending"][0]["attempts"]
+                .as_array()
+                .is_some_and(|a| !a.is_empty())
+        })
+        .await;
+
+    // Re-route `stamped` (no stamp step any more) and add a flow, in one config edit.
+    let config = std::fs::read_to_string(ws.path().join("tenon.toml")).unwrap();
+    let rerouted = config.replace("steps = [\"stamp\"]\n", "")
+        + "[plugins.cpq-2]\npath = \"plugins/cpq-source\"\n[flows.direct]\nsource = \"cpq-2\"\nsink = \"erp-sink\"\n";
+    ws.write_config(&rerouted);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let added = loop {
+        let reply = tenon
+            .post(
+                "/v1/sources/cpq-2",
+                "application/json",
+                quote("Q-R9").as_bytes(),
+            )
+            .await;
+        if reply.status == 202 {
+            break reply.json().unwrap()["accepted"][0]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert_eq!(reply.status, 404, "before the reload the source is unknown");
+        assert!(Instant::now() < deadline, "the new flow never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rerouted_quote = tenon.send_quote(&quote("Q-R2")).await.remove(0);
+
+    erp.set_unavailable(false);
+    for id in [&waiting, &rerouted_quote, &added] {
+        tenon.settled(id).await;
+    }
+    let orders: BTreeMap<String, Value> = erp
+        .received()
+        .into_iter()
+        .filter(|r| !r.duplicate)
+        .map(|r| {
+            (
+                r.body["number"].as_str().unwrap_or_default().to_owned(),
+                r.body,
+            )
+        })
+        .collect();
+    assert_eq!(
+        orders["Q-R1"]["stamp"], "A",
+        "the waiting quote finished on the route it entered with"
+    );
+    assert!(
+        orders["Q-R2"].get("stamp").is_none(),
+        "a new quote takes the new route"
+    );
+    assert!(orders.contains_key("Q-R9"), "the added flow delivers");
+    assert_eq!(orders.len(), 3);
+
+    // A config naming an unknown plugin is refused whole; the running one stays.
+    ws.write_config(&rerouted.replace(
+        "sink = \"erp-sink\"\n[plugins.cpq-2]",
+        "sink = \"nope\"\n[plugins.cpq-2]",
+    ));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let refused = loop {
+        let status = tenon.get("/v1/plugins").await.json().unwrap();
+        if !status["config"]["refused"].is_null() {
+            break status["config"]["refused"]["reason"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert!(Instant::now() < deadline, "the bad config was not refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        refused.contains("flow `stamped`: field `sink`: no plugin named `nope`"),
+        "{refused}"
+    );
+    let still = tenon.send_quote(&quote("Q-R3")).await.remove(0);
+    let status = tenon.settled(&still).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+}
