@@ -30,24 +30,7 @@ async fn run() -> anyhow::Result<()> {
     let erp = MockErp::start().await?;
     let dir = tempfile::tempdir()?;
     tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
-    let config = format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-[plugins.quote-to-order]
-path = "plugins/quote-to-order"
-[plugins.erp-sink]
-path = "plugins/http-sink"
-config = {{ url = "{}" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-[flows.quote-to-order]
-source = "cpq-source"
-steps = ["quote-to-order"]
-sink = "erp-sink"
-concurrency = 32
-"#,
-        erp.orders_url()
-    );
+    let config = tenon::demo::quote_to_cash_config(&erp.orders_url(), "concurrency = 32");
     std::fs::write(dir.path().join("tenon.toml"), config)?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
         .args([

@@ -48,29 +48,10 @@ impl Workspace {
     }
 }
 
-/// The quote-to-cash flow with its sink pointed at `erp_url`, plus `extra` TOML.
+/// The quote-to-cash flow with its sink pointed at `erp_url`, 20 attempts per stage,
+/// plus `extra` TOML (in the flow's table, or tables after it).
 pub fn quote_to_cash_config(erp_url: &str, extra: &str) -> String {
-    format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-
-[plugins.quote-to-order]
-path = "plugins/quote-to-order"
-
-[plugins.erp-sink]
-path = "plugins/http-sink"
-config = {{ url = "{erp_url}" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
-[flows.quote-to-order]
-source = "cpq-source"
-steps = ["quote-to-order"]
-sink = "erp-sink"
-max_attempts = 20
-{extra}
-"#
-    )
+    tenon::demo::quote_to_cash_config(erp_url, &format!("max_attempts = 20\n{extra}"))
 }
 
 /// A running `tenon run` process; killed (SIGKILL) when dropped.

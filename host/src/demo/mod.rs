@@ -18,6 +18,33 @@ use tenon_registry::ConfigValue;
 /// The example's flow config.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/quote-to-cash/tenon.toml");
 
+/// The quote-to-cash flow over the first-party plugins extracted under `plugins/`
+/// (see [`crate::artifacts::extract_first_party`]), its sink posting to `erp_url`;
+/// `flow_settings` are appended to the flow's table (e.g. `concurrency = 32`).
+/// Tests and benchmarks build their configs with it.
+pub fn quote_to_cash_config(erp_url: &str, flow_settings: &str) -> String {
+    format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{erp_url}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "erp-sink"
+{flow_settings}
+"#
+    )
+}
+
 /// What a sample quote should come to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expect {
