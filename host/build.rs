@@ -12,7 +12,7 @@ use std::process::Command;
 /// First-party plugins, embedded in the binary (directory under `plugins/`).
 const FIRST_PARTY: &[&str] = &["cpq-source", "quote-to-order", "http-sink"];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
-const FIXTURES: &[&str] = &["misbehave", "stamp-a", "stamp-b"];
+const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let host = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

@@ -1,6 +1,6 @@
 //! The one place where WIT becomes Rust on the host side.
 //!
-//! `sdk` generates the host interfaces (log, kv, config) and the shared types; each
+//! `sdk` generates the host interfaces (log, kv, config, secrets) and the shared types; each
 //! world then reuses them through `with`, so a type such as `Message` exists once.
 
 #![allow(missing_debug_implementations, unused_qualifications)]
@@ -12,7 +12,7 @@ mod sdk {
     });
 }
 
-pub use sdk::tenon::plugin::{config, kv, log, types};
+pub use sdk::tenon::plugin::{config, kv, log, secrets, types};
 
 /// `tenon:plugin/source`: exports `ingester`.
 pub mod source {
@@ -24,6 +24,7 @@ pub mod source {
             "tenon:plugin/types": super::types,
             "tenon:plugin/log": super::log,
             "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
         },
     });
 }
@@ -39,6 +40,7 @@ pub mod transform {
             "tenon:plugin/log": super::log,
             "tenon:plugin/kv": super::kv,
             "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
         },
     });
 }
@@ -54,6 +56,7 @@ pub mod sink {
             "tenon:plugin/log": super::log,
             "tenon:plugin/kv": super::kv,
             "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
         },
     });
 }

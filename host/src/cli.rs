@@ -73,12 +73,8 @@ pub enum Command {
     /// one, a bundle, an invalid one) and waits for each to settle. Exits 0 when every
     /// quote ended as expected.
     Demo,
-    /// Inspect and handle dead letters on a running server (its admin API).
-    ///
-    /// A dead letter is a message that cannot succeed as things stand: its plugin said
-    /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
-    /// plugin digest, and every attempt's error and time.
-    /// Try, promote or roll back plugin versions on a running server.
+    /// Audit plugins (offline) or try, promote and roll back their versions on a
+    /// running server.
     Plugin {
         #[command(subcommand)]
         action: PluginAction,
@@ -101,15 +97,49 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Read the sandbox's audit log on a running server: every allow/deny decision
+    /// (time, plugin, digest, capability, target, decision, reason), oldest first.
+    Audit {
+        /// Only this plugin instance's decisions.
+        #[arg(long)]
+        plugin: Option<String>,
+        /// Only `allow` or only `deny`.
+        #[arg(long, value_parser = ["allow", "deny"])]
+        decision: Option<String>,
+        /// At most this many (the most recent).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON records, one per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect and handle dead letters on a running server (its admin API).
+    ///
+    /// A dead letter is a message that cannot succeed as things stand: its plugin said
+    /// `invalid`, or it failed every attempt. Each keeps the message, the stage, the
+    /// plugin digest, and every attempt's error and time.
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
     },
 }
 
-/// What to do with a plugin's versions.
+/// What to do with a plugin or its versions.
 #[derive(Debug, Subcommand)]
 pub enum PluginAction {
+    /// Show what a plugin really imports and exports (read from its component), the
+    /// grants its manifest asks for, and every difference: imports the host would
+    /// refuse, grants nothing uses. Also its digest and signer. Offline: no server.
+    ///
+    /// Exits 0 when the host would load it, 1 when it would be refused.
+    Audit {
+        /// A plugin directory, its `plugin.toml`, or its `.wasm` component (with the
+        /// `plugin.toml` beside it).
+        path: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a candidate version beside the live one on the last messages a flow
     /// accepted (from the event log) and print where their outputs differ. Nothing
     /// is delivered: sinks are not called, and both run with a scratch kv namespace.
@@ -233,6 +263,53 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => dlq(&cli.server, action).await,
+        Command::Audit {
+            plugin,
+            decision,
+            limit,
+            json,
+        } => {
+            let base = cli.server.trim_end_matches('/');
+            let mut url = format!("{base}/v1/audit?limit={limit}");
+            if let Some(plugin) = plugin {
+                url.push_str(&format!("&plugin={plugin}"));
+            }
+            if let Some(decision) = decision {
+                url.push_str(&format!("&decision={decision}"));
+            }
+            let reply = crate::client::get(&url).await?;
+            let body = reply.json()?;
+            anyhow::ensure!(
+                reply.status == 200,
+                "{base}: HTTP {}: {}",
+                reply.status,
+                body["detail"].as_str().unwrap_or("")
+            );
+            for r in body["records"].as_array().cloned().unwrap_or_default() {
+                if json {
+                    println!("{r}");
+                    continue;
+                }
+                let at = r["at_ms"].as_i64().unwrap_or(0);
+                let at = tenon_model::chrono::DateTime::from_timestamp_millis(at)
+                    .map(|t| t.to_rfc3339_opts(tenon_model::chrono::SecondsFormat::Millis, true))
+                    .unwrap_or_default();
+                let digest = r["digest"].as_str().unwrap_or("?");
+                println!(
+                    "{at} {:<5} {:<16} {:<8} {}{}  [{}]",
+                    r["decision"].as_str().unwrap_or("?"),
+                    r["plugin"].as_str().unwrap_or("?"),
+                    r["capability"].as_str().unwrap_or("?"),
+                    r["target"].as_str().unwrap_or("?"),
+                    r["reason"]
+                        .as_str()
+                        .map(|s| format!(": {s}"))
+                        .unwrap_or_default(),
+                    digest.get(..19).unwrap_or(digest),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Plugin { action } => plugin_command(&cli.server, action).await,
         Command::Status => {
             let base = cli.server.trim_end_matches('/');
@@ -365,6 +442,7 @@ async fn plugin_command(server: &str, action: PluginAction) -> anyhow::Result<Ex
             serde_json::json!({ "candidate": absolute(candidate) }),
         ),
         PluginAction::Rollback { plugin } => (plugin, "rollback", serde_json::json!({})),
+        PluginAction::Audit { path, json } => return audit_plugin(path.clone(), *json).await,
     };
     let url = format!("{base}/v1/plugins/{plugin}/{verb}");
     let reply =
@@ -417,6 +495,22 @@ async fn plugin_command(server: &str, action: PluginAction) -> anyhow::Result<Ex
     }
     println!("{} of {} recorded inputs differ", differing, results.len());
     Ok(ExitCode::SUCCESS)
+}
+
+/// `tenon plugin audit`: offline, from the plugin's own files.
+async fn audit_plugin(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
+    let report =
+        tokio::task::spawn_blocking(move || crate::inspect::AuditReport::of_path(&path)).await??;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.render());
+    }
+    Ok(if report.loadable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn handle_each(base: &str, action: &str, ids: &[String]) -> anyhow::Result<ExitCode> {

@@ -15,8 +15,12 @@
 //! [plugins.erp-sink]
 //! path = "plugins/http-sink"
 //! config = { url = "http://127.0.0.1:9000/orders" }
-//! grants = { http = ["http://127.0.0.1:*"] }   # narrows the manifest's grants
-//! timeout_ms = 10000
+//! # Narrows the manifest's grants (never widens them); see tenon_registry::Narrowing.
+//! grants = { http = ["http://127.0.0.1:*"], timeout_ms = 10000 }
+//!
+//! [secrets]                      # secrets plugins may be granted, by name
+//! erp_token = { env = "TENON_ERP_TOKEN" }        # from an environment variable
+//! sap_password = { file = "/run/secrets/sap" }   # from a file (trailing newline dropped)
 //!
 //! [flows.quote-to-order]
 //! source = "cpq-source"          # POST /v1/sources/cpq-source feeds this flow
@@ -34,7 +38,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use tenon_registry::{ConfigValue, Grants, line_col};
+use tenon_registry::{ConfigValue, Narrowing, line_col};
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -90,6 +94,9 @@ pub struct Config {
     /// Flows by name.
     #[serde(default)]
     pub flows: BTreeMap<String, FlowEntry>,
+    /// Where secrets come from, by name.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
     /// Where the file is (set after parsing).
     #[serde(skip)]
     pub path: PathBuf,
@@ -155,15 +162,23 @@ pub struct PluginEntry {
     /// Configuration overriding the manifest's defaults.
     #[serde(default)]
     pub config: BTreeMap<String, ConfigValue>,
-    /// Grants narrowing the manifest's (never widening them).
+    /// Grants narrowing the manifest's (never widening them), limits among them:
+    /// `grants = { http = ["http://127.0.0.1:*"], timeout_ms = 10000 }`.
     #[serde(default)]
-    pub grants: Option<Grants>,
-    /// Memory limit in MiB (default 64).
+    pub grants: Narrowing,
+}
+
+/// `[secrets.<name>]`: where one secret's value comes from; exactly one field.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSource {
+    /// An environment variable of the Tenon process, e.g. `"TENON_ERP_TOKEN"`.
     #[serde(default)]
-    pub memory_mib: Option<u32>,
-    /// Time limit per call in milliseconds (default 5000).
+    pub env: Option<String>,
+    /// A file holding the value (one trailing newline dropped), relative to the
+    /// config file, e.g. `"/run/secrets/sap"`.
     #[serde(default)]
-    pub timeout_ms: Option<u64>,
+    pub file: Option<PathBuf>,
 }
 
 /// `[flows.<name>]`
@@ -210,6 +225,47 @@ pub struct RetrySettings {
     /// Longest backoff in milliseconds, e.g. `60000`.
     #[serde(default)]
     pub max_backoff_ms: Option<u64>,
+}
+
+impl Config {
+    /// Read every secret the config names. A variable that is not set or a file that
+    /// cannot be read is an error naming the secret, never its value.
+    pub fn secret_values(&self) -> Result<BTreeMap<String, crate::caps::Secret>, ConfigError> {
+        let base = self.path.parent().unwrap_or(Path::new("."));
+        let whole = |message: String| ConfigError {
+            path: self.path.clone(),
+            line: 0,
+            column: 0,
+            message,
+        };
+        let mut out = BTreeMap::new();
+        for (name, source) in &self.secrets {
+            let value = match (&source.env, &source.file) {
+                (Some(var), None) => std::env::var(var).map_err(|_| {
+                    whole(format!(
+                        "secrets.{name}: environment variable `{var}` is not set"
+                    ))
+                })?,
+                (None, Some(file)) => {
+                    let path = base.join(file);
+                    let text = std::fs::read_to_string(&path).map_err(|e| {
+                        whole(format!(
+                            "secrets.{name}: cannot read {}: {e}",
+                            path.display()
+                        ))
+                    })?;
+                    text.strip_suffix('\n').unwrap_or(&text).to_owned()
+                }
+                _ => {
+                    return Err(whole(format!(
+                        "secrets.{name}: give exactly one of `env` or `file`"
+                    )));
+                }
+            };
+            out.insert(name.clone(), crate::caps::Secret::new(value));
+        }
+        Ok(out)
+    }
 }
 
 impl FlowEntry {

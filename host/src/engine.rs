@@ -31,6 +31,9 @@ pub struct EngineOptions {
     /// Interrupt guest code at per-call deadlines (the time limit). Off only to
     /// measure what the limit costs.
     pub epoch_interruption: bool,
+    /// Give each store the plugin's resource limiter (its memory limit). Off only
+    /// to measure what the limit costs.
+    pub memory_limiter: bool,
     /// Bytes of each linear-memory slot kept resident (zeroed by `memset` rather than
     /// returned to the kernel) between instances.
     pub keep_resident: usize,
@@ -40,6 +43,7 @@ impl Default for EngineOptions {
     fn default() -> Self {
         EngineOptions {
             epoch_interruption: true,
+            memory_limiter: true,
             keep_resident: KEEP_RESIDENT,
         }
     }
@@ -56,6 +60,7 @@ pub struct Engine {
     storage: Storage,
     compat: String,
     epochs: bool,
+    limiter: bool,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -145,6 +150,7 @@ impl Engine {
             storage,
             compat,
             epochs,
+            limiter: options.memory_limiter,
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -152,6 +158,11 @@ impl Engine {
     /// Whether guest code is interrupted at deadlines.
     pub fn epoch_interruption(&self) -> bool {
         self.epochs
+    }
+
+    /// Whether stores get the plugins' resource limiters.
+    pub fn limits(&self) -> bool {
+        self.limiter
     }
 
     /// The wasmtime engine.

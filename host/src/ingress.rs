@@ -22,6 +22,7 @@
 //! **Architecture invariant:** a 2xx is sent only after the messages are committed;
 //! any failure before that is a 4xx/5xx and nothing was accepted.
 
+use crate::audit::{AuditQuery, Decision};
 use crate::plugin::{CallError, Failure, RawRequest};
 use crate::runtime::{IngestError, Runtime};
 use bytes::Bytes;
@@ -102,14 +103,34 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
                 .insert("allow", HeaderValue::from_static("POST"));
             reply
         }
-        (&Method::GET, ["v1", "events"]) => {
-            let query = req.uri().query().unwrap_or_default();
-            let param = |name: &str| {
-                query
-                    .split('&')
-                    .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                    .map(str::to_owned)
+        (&Method::GET, ["v1", "audit"]) => {
+            let param = |name: &str| query_param(&req, name);
+            let decision = match param("decision").as_deref() {
+                None => None,
+                Some("allow") => Some(Decision::Allow),
+                Some("deny") => Some(Decision::Deny),
+                Some(other) => {
+                    return problem(
+                        StatusCode::BAD_REQUEST,
+                        "bad-query",
+                        "Bad query",
+                        format!("decision must be `allow` or `deny`, not `{other}`"),
+                    );
+                }
             };
+            let query = AuditQuery {
+                plugin: param("plugin"),
+                decision,
+                after: param("after").and_then(|v| v.parse().ok()).unwrap_or(0),
+                limit: param("limit").and_then(|v| v.parse().ok()),
+            };
+            match runtime.storage().audit_records(&query) {
+                Ok(records) => json_reply(StatusCode::OK, &json!({ "records": records })),
+                Err(error) => storage_problem(error),
+            }
+        }
+        (&Method::GET, ["v1", "events"]) => {
+            let param = |name: &str| query_param(&req, name);
             let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(1);
             let to = param("to").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
             match runtime.queue().events(from, to) {
@@ -317,6 +338,15 @@ async fn ingest(runtime: &Runtime, source: &str, req: Request<Incoming>, max_bod
     }
 }
 
+/// The value of a query parameter (no percent-decoding: names and numbers only).
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
 fn plugin_problem(plugin: &str, error: CallError) -> Reply {
     match error {
         CallError::Failure(Failure::Invalid(detail)) => problem(
@@ -355,6 +385,18 @@ fn plugin_problem(plugin: &str, error: CallError) -> Reply {
                 "source `{plugin}` did not answer within {} ms",
                 d.as_millis()
             ),
+        ),
+        CallError::Limit(detail) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plugin-limit",
+            "Source plugin hit a limit",
+            format!("source `{plugin}`: {detail}"),
+        ),
+        CallError::Denied(detail) => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "plugin-denied",
+            "Source plugin was denied a capability",
+            format!("source `{plugin}`: {detail}"),
         ),
         CallError::Trap(detail) => problem(
             StatusCode::INTERNAL_SERVER_ERROR,

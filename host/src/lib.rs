@@ -5,15 +5,18 @@
 //! `wit/`. See `ARCHITECTURE.md` at the repository root for the map.
 
 pub mod artifacts;
+pub mod audit;
 pub mod bindings;
 pub mod caps;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod egress;
 pub mod engine;
 pub mod events;
 pub mod ingress;
+pub mod inspect;
 pub mod plugin;
 pub mod queue;
 pub mod runtime;

@@ -10,37 +10,32 @@
 //! **Architecture invariant:** a guest trap, a timeout or an error of any kind comes
 //! back as a [`CallError`]; nothing a plugin does panics the host.
 
+use crate::audit::Decision;
 use crate::bindings::{self, types};
-use crate::caps::{self, PluginContext, PluginState};
+use crate::caps::{self, PluginContext, PluginState, Secret, Violation};
 use crate::engine::{EPOCH_TICK, Engine, digest};
+use crate::inspect::Inspection;
 use crate::queue::StoredMessage;
 use crate::storage::Storage;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tenon_registry::{Grants, Kind, Manifest};
+use tenon_registry::{Kind, Manifest, Narrowing};
 use tracing::Instrument as _;
 use wasmtime::Store;
 use wasmtime::component::Linker;
-
-/// Memory a plugin gets unless its settings say otherwise.
-pub const DEFAULT_MEMORY_MIB: u32 = 64;
-/// Time a call gets unless its settings say otherwise.
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 
 /// What the operator says about a plugin in the flow config.
 #[derive(Debug, Clone, Default)]
 pub struct PluginSettings {
     /// Configuration values overriding the manifest's defaults.
     pub config: BTreeMap<String, String>,
-    /// Grants narrowing the manifest's; `None` keeps the manifest's.
-    pub grants: Option<Grants>,
-    /// Memory limit in MiB.
-    pub memory_mib: Option<u32>,
-    /// Time limit per call in milliseconds.
-    pub timeout_ms: Option<u64>,
+    /// Grants narrowing the manifest's (limits among them).
+    pub grants: Narrowing,
+    /// The secrets the operator provides, by name; a plugin sees those it is granted.
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 /// Why a plugin could not be loaded.
@@ -78,6 +73,10 @@ pub enum CallError {
     Trap(String),
     /// The call ran past its time limit.
     Timeout(Duration),
+    /// The plugin ran into one of its limits (memory, stack, output size, quota).
+    Limit(String),
+    /// The plugin tried something its grants do not allow.
+    Denied(String),
     /// The host could not set up the call.
     Host(String),
 }
@@ -101,6 +100,8 @@ impl fmt::Display for CallError {
             CallError::Failure(Failure::Retryable(s)) => write!(f, "retryable: {s}"),
             CallError::Trap(s) => write!(f, "plugin trapped: {s}"),
             CallError::Timeout(d) => write!(f, "plugin timed out after {} ms", d.as_millis()),
+            CallError::Limit(s) => write!(f, "plugin limit: {s}"),
+            CallError::Denied(s) => write!(f, "sandbox denied: {s}"),
             CallError::Host(s) => write!(f, "host error: {s}"),
         }
     }
@@ -232,47 +233,92 @@ impl Plugin {
             message,
         };
         let digest = digest(wasm);
-        let grants = match &settings.grants {
-            Some(operator) => manifest
-                .grants
-                .narrow(operator)
-                .map_err(|e| fail(e.to_string()))?,
-            None => manifest.grants.clone(),
-        };
+        let grants = manifest
+            .grants
+            .narrow(&settings.grants)
+            .map_err(|e| fail(e.to_string()))?;
+        if grants.memory_mib as usize > crate::engine::MAX_PLUGIN_MEMORY >> 20 {
+            return Err(fail(format!(
+                "memory limit {} MiB is above the host's maximum of {} MiB",
+                grants.memory_mib,
+                crate::engine::MAX_PLUGIN_MEMORY >> 20
+            )));
+        }
+        let readable_config: BTreeSet<String> = manifest
+            .config
+            .keys()
+            .chain(&manifest.grants.config)
+            .cloned()
+            .collect();
+        if let Some(key) = settings
+            .config
+            .keys()
+            .find(|k| !readable_config.contains(*k))
+        {
+            return Err(fail(format!(
+                "config key `{key}` is not one the plugin reads (it reads: {}); add it to the manifest's grants.config or remove it",
+                if readable_config.is_empty() {
+                    "none".to_owned()
+                } else {
+                    readable_config
+                        .iter()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                }
+            )));
+        }
         let mut config: BTreeMap<String, String> = manifest
             .config
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         config.extend(settings.config.clone());
-        let memory_mib = settings.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
-        if memory_mib as usize > crate::engine::MAX_PLUGIN_MEMORY >> 20 {
-            return Err(fail(format!(
-                "memory limit {memory_mib} MiB is above the host's maximum of {} MiB",
-                crate::engine::MAX_PLUGIN_MEMORY >> 20
-            )));
+        let secrets: BTreeMap<String, Secret> = grants
+            .secrets
+            .iter()
+            .filter_map(|n| settings.secrets.get(n).map(|v| (n.clone(), v.clone())))
+            .collect();
+        for missing in grants.secrets.iter().filter(|n| !secrets.contains_key(*n)) {
+            tracing::warn!(plugin = name, secret = %missing, "the plugin is granted a secret the config's [secrets] does not provide");
         }
+        let egress = (manifest.kind == Kind::Sink && !grants.http.is_empty())
+            .then(|| crate::egress::Egress::new(&grants).map(Arc::new))
+            .transpose()
+            .map_err(|e| fail(format!("cannot set up outbound HTTP: {e}")))?;
         let ctx = Arc::new(PluginContext {
             name: name.to_owned(),
             version: manifest.version.clone(),
             digest: digest.clone(),
             config,
+            readable_config,
             grants,
-            memory_bytes: (memory_mib as usize) << 20,
-            timeout: Duration::from_millis(settings.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS)),
+            secrets,
+            audit: storage.audit().clone(),
+            egress,
         });
 
         let component = engine
             .component(wasm, &digest)
             .map_err(|e| fail(format!("{e:#}")))?;
+        // Deny by default: every import must be one the grants allow.
+        let inspection = Inspection::of(engine.wasmtime(), &component);
+        let refusals = inspection.refusals(manifest.kind, &ctx.grants);
+        for import in &inspection.imports {
+            match refusals.iter().find(|r| &r.import == import) {
+                Some(r) => ctx.decide("link", import, Decision::Deny, Some(r.reason.clone())),
+                None => ctx.decide("link", import, Decision::Allow, None),
+            }
+        }
+        if let Some(refusal) = refusals.first() {
+            return Err(fail(refusal.reason.clone()));
+        }
         let mut linker = Linker::new(engine.wasmtime());
-        caps::add_to_linker(&mut linker, manifest.kind).map_err(|e| fail(format!("{e:#}")))?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
-            fail(format!(
-                "the component imports something a {} plugin is not granted: {e:#}",
-                manifest.kind
-            ))
-        })?;
+        caps::add_to_linker(&mut linker, manifest.kind, &ctx.grants)
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let instance_pre = linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(format!("the component cannot be linked: {e:#}")))?;
         let world = |e: wasmtime::Error| {
             fail(format!(
                 "the component does not implement world `{}`: {e:#}",
@@ -316,7 +362,12 @@ impl Plugin {
 
     /// Longest a call may take.
     pub fn timeout(&self) -> Duration {
-        self.ctx.timeout
+        self.ctx.timeout()
+    }
+
+    /// The effective grants (the manifest's, narrowed by the operator).
+    pub fn grants(&self) -> &tenon_registry::Grants {
+        &self.ctx.grants
     }
 
     /// What the plugin is.
@@ -325,20 +376,18 @@ impl Plugin {
     }
 
     fn store(&self) -> Store<PluginState> {
-        let kv = matches!(self.manifest.kind, Kind::Transform | Kind::Sink)
-            .then(|| self.storage.kv(&self.ctx.name));
+        let kv = self.ctx.grants.kv.then(|| {
+            self.storage
+                .kv_with_quota(&self.ctx.name, self.ctx.grants.kv_quota_bytes)
+        });
         let mut store = Store::new(
             self.engine.wasmtime(),
             PluginState::new(self.ctx.clone(), kv),
         );
-        store.limiter(|s| s.limiter());
-        let ticks = self
-            .ctx
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        if self.engine.limits() {
+            store.limiter(|s| s.limiter());
+        }
+        store.set_epoch_deadline(self.deadline_ticks());
         store.epoch_deadline_trap();
         store
     }
@@ -350,17 +399,82 @@ impl Plugin {
     {
         let span = tracing::debug_span!("plugin_call", call, plugin = %self.ctx.name, digest = %self.ctx.digest);
         let mut store = self.store();
-        let timeout = self.ctx.timeout;
+        let timeout = self.ctx.timeout();
         // The epoch deadline stops guest code; this stops a call stuck in host I/O.
         let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(&mut store))
             .instrument(span)
             .await;
-        match outcome {
+        let result = match outcome {
             Err(_) => Err(CallError::Timeout(timeout)),
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(failure))) => Err(CallError::Failure(failure.into())),
             Ok(Err(error)) => Err(classify_trap(error, store.data().stderr(), timeout)),
+        };
+        self.settle(result, store.data())
+    }
+
+    /// The call's outcome as the host sees it: a failure that follows a sandbox
+    /// refusal is that refusal (the plugin's own message about it is not trusted);
+    /// limits are audited; every error text is redacted of secrets.
+    fn settle<T>(&self, result: Result<T, CallError>, state: &PluginState) -> Result<T, CallError> {
+        let error = match result {
+            Ok(value) => return Ok(value),
+            Err(error) => error,
+        };
+        let error = match (state.violations().first(), error) {
+            (Some(Violation::Denied(what)), _) => CallError::Denied(what),
+            (Some(Violation::Limit(what)), _) => CallError::Limit(what),
+            (None, CallError::Timeout(d)) => {
+                self.ctx.decide(
+                    "time",
+                    &format!("{} ms", d.as_millis()),
+                    Decision::Deny,
+                    Some("the call ran past its time limit and was stopped".into()),
+                );
+                CallError::Timeout(d)
+            }
+            (None, CallError::Trap(t)) if t.starts_with(STACK_OVERFLOW) => {
+                self.ctx
+                    .decide("stack", "call stack", Decision::Deny, Some(t.clone()));
+                CallError::Limit(t)
+            }
+            (None, other) => other,
+        };
+        Err(self.redact(error))
+    }
+
+    fn redact(&self, error: CallError) -> CallError {
+        let r = |s: String| self.ctx.redact(&s);
+        match error {
+            CallError::Failure(Failure::Invalid(s)) => CallError::Failure(Failure::Invalid(r(s))),
+            CallError::Failure(Failure::Rejected(v)) => {
+                CallError::Failure(Failure::Rejected(v.into_iter().map(r).collect()))
+            }
+            CallError::Failure(Failure::Retryable(s)) => {
+                CallError::Failure(Failure::Retryable(r(s)))
+            }
+            CallError::Trap(s) => CallError::Trap(r(s)),
+            CallError::Limit(s) => CallError::Limit(r(s)),
+            CallError::Denied(s) => CallError::Denied(r(s)),
+            CallError::Host(s) => CallError::Host(r(s)),
+            CallError::Timeout(d) => CallError::Timeout(d),
         }
+    }
+
+    /// Refuse an output larger than the plugin's cap.
+    fn check_output(&self, bytes: usize) -> Result<(), CallError> {
+        let cap = self.ctx.grants.max_output_bytes;
+        if bytes as u64 <= cap {
+            return Ok(());
+        }
+        let reason = format!("output of {bytes} bytes is over the {cap}-byte cap");
+        self.ctx.decide(
+            "output",
+            &format!("{cap} bytes"),
+            Decision::Deny,
+            Some(reason.clone()),
+        );
+        Err(CallError::Limit(reason))
     }
 
     /// Source: turn a raw request into messages.
@@ -373,15 +487,17 @@ impl Plugin {
             headers: request.headers,
             body: request.body,
         };
-        self.run("ingest", async |store| {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance
-                .tenon_plugin_ingester()
-                .call_ingest(&mut *store, &request)
-                .await
-        })
-        .await
-        .map(|out| out.into_iter().map(StoredMessage::from).collect())
+        let out = self
+            .run("ingest", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_ingester()
+                    .call_ingest(&mut *store, &request)
+                    .await
+            })
+            .await?;
+        self.check_output(out.iter().map(message_size).sum())?;
+        Ok(out.into_iter().map(StoredMessage::from).collect())
     }
 
     /// Transform: map one message to zero or more.
@@ -390,15 +506,17 @@ impl Plugin {
             return Err(self.wrong_kind("transform"));
         };
         let input = types::Message::from(input.clone());
-        self.run("transform", async |store| {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance
-                .tenon_plugin_transformer()
-                .call_transform(&mut *store, &input)
-                .await
-        })
-        .await
-        .map(|out| out.into_iter().map(StoredMessage::from).collect())
+        let out = self
+            .run("transform", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_transformer()
+                    .call_transform(&mut *store, &input)
+                    .await
+            })
+            .await?;
+        self.check_output(out.iter().map(message_size).sum())?;
+        Ok(out.into_iter().map(StoredMessage::from).collect())
     }
 
     /// Sink: deliver one message with its idempotency key.
@@ -411,17 +529,21 @@ impl Plugin {
             return Err(self.wrong_kind("deliver"));
         };
         let message = types::Message::from(message.clone());
-        self.run("deliver", async |store| {
-            let instance = pre.instantiate_async(&mut *store).await?;
-            instance
-                .tenon_plugin_deliverer()
-                .call_deliver(&mut *store, &message, idempotency_key)
-                .await
-        })
-        .await
-        .map(|r| Receipt {
-            reference: r.reference,
-            detail: r.detail,
+        let receipt = self
+            .run("deliver", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_deliverer()
+                    .call_deliver(&mut *store, &message, idempotency_key)
+                    .await
+            })
+            .await?;
+        self.check_output(
+            receipt.reference.len() + receipt.detail.as_ref().map_or(0, String::len),
+        )?;
+        Ok(Receipt {
+            reference: self.ctx.redact(&receipt.reference),
+            detail: receipt.detail.map(|d| self.ctx.redact(&d)),
         })
     }
 
@@ -446,13 +568,13 @@ impl Plugin {
             store,
             instance,
             ticks,
-            timeout: self.ctx.timeout,
+            timeout: self.ctx.timeout(),
         })
     }
 
     fn deadline_ticks(&self) -> u64 {
         self.ctx
-            .timeout
+            .timeout()
             .as_millis()
             .div_ceil(EPOCH_TICK.as_millis())
             .max(1) as u64
@@ -512,10 +634,31 @@ impl ReusedTransform {
 /// Most characters of a guest's stderr quoted in an error.
 const MAX_STDERR_IN_ERROR: usize = 1_000;
 
+/// How a stack-overflow trap's message starts.
+const STACK_OVERFLOW: &str = "stack overflow";
+
+/// The bytes a message takes: what the output cap counts.
+fn message_size(m: &types::Message) -> usize {
+    m.id.len()
+        + m.key.len()
+        + m.kind.len()
+        + m.content_type.len()
+        + m.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+        + m.body.len()
+}
+
 fn classify_trap(error: wasmtime::Error, stderr: String, timeout: Duration) -> CallError {
     let trap = error.downcast_ref::<wasmtime::Trap>().copied();
     if trap == Some(wasmtime::Trap::Interrupt) {
         return CallError::Timeout(timeout);
+    }
+    if trap == Some(wasmtime::Trap::StackOverflow) {
+        return CallError::Trap(format!(
+            "{STACK_OVERFLOW}: the call recursed deeper than the host's stack limit"
+        ));
     }
     let mut message = trap.map_or_else(|| format!("{error}"), |t| t.to_string());
     // A Rust guest's panic prints `panicked at <location>:` and then its message.

@@ -486,8 +486,8 @@ impl Queue {
             now_ms: now,
             before_ms,
         })
-        .await
-        .map(drop)
+        .await?;
+        crate::audit::sweep(self.storage.db(), before_ms).map(drop)
     }
 
     /// The events with offsets in `from..=to`.
@@ -1234,7 +1234,9 @@ mod tests {
             q.outcome("r11-0000").unwrap().is_none(),
             "old outcomes swept"
         );
-        let settled = sizes[3];
+        // redb reuses freed pages at its own pace: compare with the largest of the
+        // first rounds, not with one that happened to be small.
+        let settled = sizes[..4].iter().copied().max().unwrap();
         let last = *sizes.last().unwrap();
         assert!(
             last <= settled + settled / 4,

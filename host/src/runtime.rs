@@ -722,7 +722,13 @@ impl Runtime {
                     digest: plugin.digest().to_owned(),
                     error: error.to_string(),
                 });
-                let permanent = matches!(error, CallError::Failure(Failure::Invalid(_)));
+                // Retrying cannot change the input, the grants or the limits.
+                let permanent = matches!(
+                    error,
+                    CallError::Failure(Failure::Invalid(_))
+                        | CallError::Denied(_)
+                        | CallError::Limit(_)
+                );
 
                 if permanent || attempts.len() as u32 >= policy.max_attempts {
                     tracing::warn!(outcome = "dead-letter", %error, attempts = attempts.len(), "message dead-lettered");
@@ -863,8 +869,7 @@ pub(crate) fn load_plugin_from(
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
         grants: entry.grants.clone(),
-        memory_mib: entry.memory_mib,
-        timeout_ms: entry.timeout_ms,
+        secrets: config.secret_values()?,
     };
     Ok(Plugin::load(engine, storage, as_name, dir, &settings)?)
 }

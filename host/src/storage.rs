@@ -5,7 +5,8 @@
 //! commits atomically, which is what lets a step's outputs and its input's ack commit
 //! together.
 
-use redb::{Database, ReadableDatabase, TableDefinition};
+use crate::audit::{AuditLog, AuditQuery, AuditRecord};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,6 +18,8 @@ pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(crate) const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
 /// Plugin key-value data: (plugin instance name, key) -> value.
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
+/// Bytes (keys and values) each plugin namespace holds in [`KV`], for its quota.
+pub(crate) const KV_USAGE: TableDefinition<&str, u64> = TableDefinition::new("kv_usage");
 /// Dead letters: message id -> encoded [`crate::queue::DeadLetter`].
 pub(crate) const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 /// Idempotency records of ingress: (source, idempotency key) -> encoded
@@ -43,6 +46,14 @@ pub enum StorageError {
     /// A stored record does not decode: a bug or a damaged file.
     #[error("storage: damaged record: {0}")]
     Decode(String),
+    /// A key-value write would take a namespace over its quota; nothing was written.
+    #[error("key-value quota of {quota} bytes exceeded ({used} bytes after this write)")]
+    QuotaExceeded {
+        /// Bytes the namespace would hold.
+        used: u64,
+        /// Its quota.
+        quota: u64,
+    },
     /// The transaction holding this write failed to commit: nothing in it is durable.
     #[error("storage: commit failed, nothing written: {0}")]
     CommitFailed(String),
@@ -80,6 +91,7 @@ from_redb!(
 #[derive(Clone, Debug)]
 pub struct Storage {
     db: Arc<Database>,
+    audit: AuditLog,
 }
 
 impl Storage {
@@ -93,8 +105,25 @@ impl Storage {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_err(redb::StorageError::Io(e).into()))?;
         let db = Database::create(&path).map_err(open_err)?;
+        Storage::with_db(db)
+    }
+
+    fn with_db(db: Database) -> Result<Storage, StorageError> {
         Storage::create_tables(&db)?;
-        Ok(Storage { db: Arc::new(db) })
+        let db = Arc::new(db);
+        let audit = AuditLog::start(db.clone())?;
+        Ok(Storage { db, audit })
+    }
+
+    /// The sandbox's audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Read audit records (after waiting for those appended so far to be written).
+    pub fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+        self.audit.flush();
+        crate::audit::query(&self.db, query)
     }
 
     /// Open (or create) the database on another storage backend: an in-memory one, or
@@ -106,8 +135,7 @@ impl Storage {
                 path: PathBuf::from("<backend>"),
                 source: Box::new(source),
             })?;
-        Storage::create_tables(&db)?;
-        Ok(Storage { db: Arc::new(db) })
+        Storage::with_db(db)
     }
 
     fn create_tables(db: &Database) -> Result<(), StorageError> {
@@ -116,10 +144,12 @@ impl Storage {
         txn.open_table(META)?;
         txn.open_table(OUTCOMES)?;
         txn.open_table(KV)?;
+        txn.open_table(KV_USAGE)?;
         txn.open_table(COMPILED)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(DEAD)?;
         txn.open_table(crate::events::EVENTS)?;
+        txn.open_table(crate::audit::AUDIT)?;
         txn.commit()?;
         Ok(())
     }
@@ -134,6 +164,15 @@ impl Storage {
         KvNamespace {
             storage: self.clone(),
             namespace: namespace.to_owned(),
+            quota: None,
+        }
+    }
+
+    /// A plugin's view of the key-value table, holding at most `quota` bytes.
+    pub fn kv_with_quota(&self, namespace: &str, quota: u64) -> KvNamespace {
+        KvNamespace {
+            quota: Some(quota),
+            ..self.kv(namespace)
         }
     }
 
@@ -163,6 +202,7 @@ impl Storage {
 pub struct KvNamespace {
     storage: Storage,
     namespace: String,
+    quota: Option<u64>,
 }
 
 impl KvNamespace {
@@ -175,19 +215,39 @@ impl KvNamespace {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Store `value` under `key` (durably).
+    /// Store `value` under `key` (durably), within the namespace's quota.
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        let txn = self.storage.db.begin_write()?;
-        txn.open_table(KV)?
-            .insert((self.namespace.as_str(), key), value)?;
-        txn.commit()?;
-        Ok(())
+        self.write(key, Some(value))
     }
 
     /// Remove `key`.
     pub fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.write(key, None)
+    }
+
+    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StorageError> {
+        let ns = self.namespace.as_str();
         let txn = self.storage.db.begin_write()?;
-        txn.open_table(KV)?.remove((self.namespace.as_str(), key))?;
+        {
+            let mut table = txn.open_table(KV)?;
+            let mut usage = txn.open_table(KV_USAGE)?;
+            let entry = |v: usize| (key.len() + v) as u64;
+            let old = table.get((ns, key))?.map_or(0, |v| entry(v.value().len()));
+            let new = value.map_or(0, |v| entry(v.len()));
+            let used = usage.get(ns)?.map_or(0, |v| v.value());
+            let after = (used.saturating_sub(old)) + new;
+            if let Some(quota) = self.quota
+                && new > old
+                && after > quota
+            {
+                return Err(StorageError::QuotaExceeded { used: after, quota });
+            }
+            match value {
+                Some(value) => table.insert((ns, key), value)?,
+                None => table.remove((ns, key))?,
+            };
+            usage.insert(ns, after)?;
+        }
         txn.commit()?;
         Ok(())
     }
@@ -213,5 +273,22 @@ mod tests {
         assert!(a.get("customer/001").unwrap().is_some());
         a.delete("customer/001").unwrap();
         assert_eq!(a.get("customer/001").unwrap(), None);
+    }
+
+    #[test]
+    fn a_quota_caps_keys_and_values_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let kv = storage.kv_with_quota("p", 20);
+        kv.set("k1", &[0; 8]).unwrap(); // 10 bytes
+        kv.set("k1", &[0; 16]).unwrap(); // replaced: 18 bytes
+        let err = kv.set("k2", &[0; 2]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "key-value quota of 20 bytes exceeded (22 bytes after this write)"
+        );
+        assert_eq!(kv.get("k2").unwrap(), None, "nothing written");
+        kv.delete("k1").unwrap();
+        kv.set("k2", &[0; 2]).unwrap();
     }
 }

@@ -27,6 +27,20 @@ impl Response {
         (200..300).contains(&self.status)
     }
 
+    /// The first value of a header (names are case-insensitive), as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The body parsed as JSON; a body that is not JSON is `invalid`.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Failure> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| Failure::Invalid(format!("the response is not the JSON expected: {e}")))
+    }
+
     /// The failure class a non-2xx status stands for: 408, 429 and 5xx are transient
     /// (`retryable`), any other 4xx is the target refusing the content (`rejected`).
     pub fn failure(&self) -> Failure {
@@ -47,6 +61,13 @@ pub fn post_json(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Res
     ];
     all.extend_from_slice(headers);
     send("POST", url, &all, body)
+}
+
+/// `GET` `url`, asking for JSON, with extra headers.
+pub fn get_json(url: &str, headers: &[(&str, &str)]) -> Result<Response, Failure> {
+    let mut all = vec![("accept", "application/json")];
+    all.extend_from_slice(headers);
+    send("GET", url, &all, &[])
 }
 
 /// Send a request and read the whole response. Network errors are `retryable`; a URL
@@ -126,6 +147,13 @@ fn http_failure(url: &str, e: ErrorCode) -> Failure {
     match e {
         ErrorCode::HttpRequestDenied => Failure::Invalid(format!(
             "the host refused the request to {url}: host not granted"
+        )),
+        ErrorCode::DestinationIpProhibited => Failure::Invalid(format!(
+            "the host refused the request to {url}: its address is loopback, private, link-local or metadata, and no grant names it"
+        )),
+        ErrorCode::HttpResponseBodySize(cap) => Failure::Invalid(format!(
+            "the response of {url} is larger than the plugin's cap ({} bytes)",
+            cap.unwrap_or_default()
         )),
         ErrorCode::HttpRequestUriInvalid => Failure::Invalid(format!("invalid URL {url}")),
         other => Failure::Retryable(format!("request to {url} failed: {other:?}")),

@@ -21,7 +21,7 @@
 //! - [`sink`]: `fn(Message, &str) -> Result<Receipt, Failure>`, delivers one message to a
 //!   target system; the `&str` is the idempotency key to send along.
 //!
-//! The host calls through [`config`], [`kv`], [`log`] and (sinks, on wasm32) `http` are the only
+//! The host calls through [`config`], [`kv`], [`log`], [`secrets`] and (sinks, on wasm32) `http` are the only
 //! ways out of the sandbox, each allowed only as far as the plugin's manifest grants.
 //! Build with `cargo build --target wasm32-wasip2`.
 #![deny(missing_docs)]
@@ -33,6 +33,7 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod secrets;
 
 pub use message::{Failure, Message, RawRequest, Receipt};
 pub use tenon_model as model;

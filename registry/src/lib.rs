@@ -7,7 +7,7 @@
 //! **Architecture invariant:** this crate knows nothing of wasmtime or of the host's
 //! runtime: it describes packages, and the host decides what to link from it.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,29 +60,202 @@ pub struct Manifest {
     pub grants: Grants,
 }
 
-/// Capabilities a plugin asks for (in its manifest) or is given (by the operator).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// Memory a plugin gets when its manifest names no limit, in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 64;
+/// Time a call gets when the manifest names no limit, in milliseconds.
+pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+/// Largest output of a call (messages or receipt) when the manifest names no limit.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 20;
+/// Largest HTTP response body a sink may read when the manifest names no limit.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 << 20;
+/// Key-value quota when the manifest grants `kv` without naming one.
+pub const DEFAULT_KV_QUOTA_BYTES: u64 = 16 << 20;
+
+/// Capabilities and limits a plugin asks for, in its manifest's `[grants]` table.
+/// Anything not asked for is denied: an interface not granted is not even linked.
+///
+/// ```toml
+/// [grants]
+/// http = ["https://*.example.com", "http://127.0.0.1:8000"]  # sinks only
+/// kv = true                      # transforms and sinks only
+/// kv_quota_bytes = 1048576
+/// config = ["url", "company"]    # config keys it reads besides its [config] defaults
+/// secrets = ["erp_token"]        # secrets it may read, by name
+/// memory_mib = 64
+/// timeout_ms = 5000
+/// max_output_bytes = 4194304
+/// max_response_bytes = 4194304
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grants {
     /// Outbound HTTP destinations as `scheme://host[:port]` patterns, where `*` stands
     /// for any run of characters, e.g. `["https://erp.example.com", "http://127.0.0.1:*"]`.
-    /// Only sinks may reach the network.
+    /// Only sinks may reach the network. Loopback, private, link-local and cloud
+    /// metadata addresses are refused, whatever a host name resolves to, unless a
+    /// pattern names the address itself (`http://127.0.0.1:*`, `http://10.0.0.7:8000`)
+    /// or `localhost`.
     #[serde(default)]
     pub http: Vec<String>,
+    /// Key-value storage in the plugin's own namespace, e.g. `true`. Off by default.
+    #[serde(default)]
+    pub kv: bool,
+    /// Most bytes (keys and values) the plugin may keep in key-value storage, e.g.
+    /// `1048576`; default 16 MiB.
+    #[serde(default = "default_kv_quota")]
+    pub kv_quota_bytes: u64,
+    /// Config keys the plugin reads beyond those its `[config]` table gives defaults
+    /// for, e.g. `["url"]`. The operator may set only keys the plugin reads.
+    #[serde(default)]
+    pub config: Vec<String>,
+    /// Secrets the plugin may read, by name, e.g. `["erp_token"]`. The operator
+    /// provides them (from the environment or a file); a manifest never holds one.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    /// Most linear memory, in MiB, e.g. `64` (the default).
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// Longest a call may run, in milliseconds, e.g. `5000` (the default); enforced
+    /// by an epoch deadline inside guest code and a timer around host calls.
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u64,
+    /// Largest output of one call in bytes (all output messages, or a sink's
+    /// receipt), e.g. `4194304` (the default).
+    #[serde(default = "default_max_output")]
+    pub max_output_bytes: u64,
+    /// Largest HTTP response body a sink may read, in bytes, e.g. `4194304` (the
+    /// default).
+    #[serde(default = "default_max_response")]
+    pub max_response_bytes: u64,
+}
+
+fn default_kv_quota() -> u64 {
+    DEFAULT_KV_QUOTA_BYTES
+}
+fn default_memory() -> u32 {
+    DEFAULT_MEMORY_MIB
+}
+fn default_timeout() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+fn default_max_output() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
+fn default_max_response() -> u64 {
+    DEFAULT_MAX_RESPONSE_BYTES
+}
+
+impl Default for Grants {
+    fn default() -> Self {
+        Grants {
+            http: Vec::new(),
+            kv: false,
+            kv_quota_bytes: DEFAULT_KV_QUOTA_BYTES,
+            config: Vec::new(),
+            secrets: Vec::new(),
+            memory_mib: DEFAULT_MEMORY_MIB,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+        }
+    }
+}
+
+/// What an operator's `[plugins.<name>.grants]` may say: each field narrows the
+/// manifest's grant of the same name; a field left out keeps the manifest's.
+///
+/// ```toml
+/// [plugins.erp-sink.grants]
+/// http = ["http://127.0.0.1:*"]
+/// timeout_ms = 10000
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Narrowing {
+    /// Outbound HTTP patterns, each covered by one of the manifest's.
+    pub http: Option<Vec<String>>,
+    /// `false` withdraws key-value storage.
+    pub kv: Option<bool>,
+    /// A smaller key-value quota.
+    pub kv_quota_bytes: Option<u64>,
+    /// A subset of the manifest's secrets.
+    pub secrets: Option<Vec<String>>,
+    /// A smaller memory limit, in MiB.
+    pub memory_mib: Option<u32>,
+    /// A shorter time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// A smaller output cap, in bytes.
+    pub max_output_bytes: Option<u64>,
+    /// A smaller HTTP response cap, in bytes.
+    pub max_response_bytes: Option<u64>,
 }
 
 impl Grants {
-    /// Narrow these grants to what `operator` asks for. Every operator pattern must be
-    /// covered by one of these patterns: an operator can narrow, never widen.
-    pub fn narrow(&self, operator: &Grants) -> Result<Grants, ManifestError> {
-        for pattern in &operator.http {
-            if !self.http.iter().any(|granted| glob_match(granted, pattern)) {
+    /// Narrow these grants as the operator says. Whatever the operator asks for must
+    /// be within these grants: an operator can narrow, never widen.
+    pub fn narrow(&self, operator: &Narrowing) -> Result<Grants, ManifestError> {
+        let mut out = self.clone();
+        if let Some(http) = &operator.http {
+            for pattern in http {
+                if !self.http.iter().any(|granted| glob_match(granted, pattern)) {
+                    return Err(ManifestError::Widened {
+                        grant: "http",
+                        asked: pattern.clone(),
+                    });
+                }
+            }
+            out.http = http.clone();
+        }
+        if let Some(secrets) = &operator.secrets {
+            if let Some(extra) = secrets.iter().find(|s| !self.secrets.contains(s)) {
                 return Err(ManifestError::Widened {
-                    pattern: pattern.clone(),
+                    grant: "secrets",
+                    asked: extra.clone(),
                 });
             }
+            out.secrets = secrets.clone();
         }
-        Ok(operator.clone())
+        if let Some(kv) = operator.kv {
+            if kv && !self.kv {
+                return Err(ManifestError::Widened {
+                    grant: "kv",
+                    asked: "true".into(),
+                });
+            }
+            out.kv = kv;
+        }
+        fn lower<T: PartialOrd + Copy + fmt::Display>(
+            grant: &'static str,
+            manifest: T,
+            operator: Option<T>,
+        ) -> Result<T, ManifestError> {
+            match operator {
+                Some(asked) if asked > manifest => Err(ManifestError::Widened {
+                    grant,
+                    asked: asked.to_string(),
+                }),
+                Some(asked) => Ok(asked),
+                None => Ok(manifest),
+            }
+        }
+        out.kv_quota_bytes = lower(
+            "kv_quota_bytes",
+            self.kv_quota_bytes,
+            operator.kv_quota_bytes,
+        )?;
+        out.memory_mib = lower("memory_mib", self.memory_mib, operator.memory_mib)?;
+        out.timeout_ms = lower("timeout_ms", self.timeout_ms, operator.timeout_ms)?;
+        out.max_output_bytes = lower(
+            "max_output_bytes",
+            self.max_output_bytes,
+            operator.max_output_bytes,
+        )?;
+        out.max_response_bytes = lower(
+            "max_response_bytes",
+            self.max_response_bytes,
+            operator.max_response_bytes,
+        )?;
+        Ok(out)
     }
 
     /// Whether an outbound request to `origin` (`scheme://host:port`, port always
@@ -92,6 +265,22 @@ impl Grants {
         self.http
             .iter()
             .any(|pattern| glob_match(&with_default_port(pattern), origin))
+    }
+
+    /// The IP addresses and host names that the HTTP patterns name literally (no
+    /// wildcard in the host): the only non-public destinations a plugin may reach.
+    pub fn named_hosts(&self) -> Vec<String> {
+        self.http
+            .iter()
+            .filter_map(|pattern| {
+                let rest = pattern.split_once("://").map_or(pattern.as_str(), |p| p.1);
+                let host = match rest.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or_default(),
+                    None => rest.split(':').next().unwrap_or_default(),
+                };
+                (!host.is_empty() && !host.contains('*')).then(|| host.to_ascii_lowercase())
+            })
+            .collect()
     }
 }
 
@@ -215,13 +404,15 @@ pub enum ManifestError {
         /// What is wrong.
         message: String,
     },
-    /// The operator asked for a grant the manifest does not have.
+    /// The operator asked for more than the manifest grants.
     #[error(
-        "grant `{pattern}` is wider than the plugin's manifest allows: an operator can narrow grants, never widen them"
+        "grant `{grant}` = `{asked}` is wider than the plugin's manifest allows: an operator can narrow grants, never widen them"
     )]
     Widened {
-        /// The operator's pattern.
-        pattern: String,
+        /// The grant, e.g. `"http"`.
+        grant: &'static str,
+        /// What the operator asked for.
+        asked: String,
     },
 }
 
@@ -304,6 +495,29 @@ impl Manifest {
                     self.kind
                 ),
             ));
+        }
+        if self.kind == Kind::Source && self.grants.kv {
+            return Err(field(
+                "grants.kv",
+                "a source plugin has no key-value storage; transforms and sinks do".into(),
+            ));
+        }
+        let limits = [
+            ("grants.memory_mib", u64::from(self.grants.memory_mib)),
+            ("grants.timeout_ms", self.grants.timeout_ms),
+            ("grants.max_output_bytes", self.grants.max_output_bytes),
+            ("grants.max_response_bytes", self.grants.max_response_bytes),
+        ];
+        if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
+            return Err(field(name, "must be above 0".into()));
+        }
+        for name in self.grants.config.iter().chain(&self.grants.secrets) {
+            if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
+                return Err(field(
+                    "grants",
+                    format!("`{name}` is not a config key or secret name"),
+                ));
+            }
         }
         for pattern in &self.grants.http {
             let rest = pattern
@@ -397,17 +611,52 @@ http = ["http://*", "https://*.example.com"]
     #[test]
     fn operators_narrow_but_never_widen() {
         let m = parse(SINK).unwrap();
-        let narrow = Grants {
-            http: vec!["http://127.0.0.1:*".into()],
+        let narrow = Narrowing {
+            http: Some(vec!["http://127.0.0.1:*".into()]),
+            timeout_ms: Some(100),
+            ..Narrowing::default()
         };
-        assert_eq!(m.grants.narrow(&narrow).unwrap(), narrow);
-        let wide = Grants {
-            http: vec!["https://*".into()],
+        let narrowed = m.grants.narrow(&narrow).unwrap();
+        assert_eq!(narrowed.http, vec!["http://127.0.0.1:*".to_owned()]);
+        assert_eq!(narrowed.timeout_ms, 100);
+        assert_eq!(narrowed.memory_mib, DEFAULT_MEMORY_MIB);
+        let wide = Narrowing {
+            http: Some(vec!["https://*".into()]),
+            ..Narrowing::default()
         };
-        assert!(matches!(
-            m.grants.narrow(&wide),
-            Err(ManifestError::Widened { .. })
-        ));
+        assert_eq!(
+            m.grants.narrow(&wide).unwrap_err().to_string(),
+            "grant `http` = `https://*` is wider than the plugin's manifest allows: an operator can narrow grants, never widen them"
+        );
+        let longer = Narrowing {
+            timeout_ms: Some(DEFAULT_TIMEOUT_MS + 1),
+            ..Narrowing::default()
+        };
+        assert!(m.grants.narrow(&longer).is_err());
+        let kv = Narrowing {
+            kv: Some(true),
+            ..Narrowing::default()
+        };
+        assert!(m.grants.narrow(&kv).is_err());
+        let secret = Narrowing {
+            secrets: Some(vec!["root".into()]),
+            ..Narrowing::default()
+        };
+        assert!(m.grants.narrow(&secret).is_err());
+    }
+
+    #[test]
+    fn named_hosts_are_the_literal_ones() {
+        let grants = Grants {
+            http: vec![
+                "http://127.0.0.1:*".into(),
+                "https://*.example.com".into(),
+                "http://[::1]:8080".into(),
+                "http://LocalHost".into(),
+            ],
+            ..Grants::default()
+        };
+        assert_eq!(grants.named_hosts(), ["127.0.0.1", "::1", "localhost"]);
     }
 
     #[test]

@@ -67,6 +67,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
                 "tenon:plugin/types@0.1.0": ::tenon_sdk::wit::types,
                 "tenon:plugin/log@0.1.0": ::tenon_sdk::wit::log,
                 "tenon:plugin/config@0.1.0": ::tenon_sdk::wit::config,
+                "tenon:plugin/secrets@0.1.0": ::tenon_sdk::wit::secrets,
             },
         ),
         Role::Transform => (
@@ -127,5 +128,6 @@ fn full_imports() -> TokenStream2 {
         "tenon:plugin/log@0.1.0": ::tenon_sdk::wit::log,
         "tenon:plugin/kv@0.1.0": ::tenon_sdk::wit::kv,
         "tenon:plugin/config@0.1.0": ::tenon_sdk::wit::config,
+        "tenon:plugin/secrets@0.1.0": ::tenon_sdk::wit::secrets,
     }
 }

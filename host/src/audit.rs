@@ -1,0 +1,256 @@
+//! The runtime audit log: every allow/deny decision the sandbox takes about a plugin.
+//!
+//! What is recorded: each capability linked or refused when a version loads, each
+//! outbound HTTP request (allowed or refused, with its origin and the address it
+//! resolved to), each secret read, each config key refused, each limit hit (time,
+//! memory, stack, output size, key-value quota). Reads of what is the plugin's own
+//! (its key-value namespace, the config keys it was granted) were decided when it was
+//! linked and are not recorded one by one.
+//!
+//! Records are appended by a background writer that commits whatever is waiting in
+//! one transaction, so recording never blocks a plugin call; a crash can lose the
+//! records of the last few milliseconds. Records are kept as long as outcomes
+//! (`retention_secs`) and swept with them.
+//!
+//! **Invariant:** a record holds names (plugin, capability, secret name, origin),
+//! never a secret's value.
+
+use crate::storage::StorageError;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+/// Audit records: sequence -> encoded [`AuditRecord`].
+pub(crate) const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// The META counter of the last sequence number given (kept apart from the table so
+/// that a sweep emptying the table does not reuse numbers).
+const SEQ: &str = "audit_seq";
+
+/// Allowed or denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Decision {
+    /// The plugin was allowed.
+    Allow,
+    /// The plugin was refused.
+    Deny,
+}
+
+impl std::fmt::Display for Decision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        })
+    }
+}
+
+/// One decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Its place in the log, from 1.
+    #[serde(default)]
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The plugin instance.
+    pub plugin: String,
+    /// The component's digest.
+    pub digest: String,
+    /// What was asked for: `link`, `http`, `secret`, `config`, `kv`, `memory`,
+    /// `time`, `stack`, `output`.
+    pub capability: String,
+    /// What it was asked for: an interface, an origin and address, a secret name...
+    pub target: String,
+    /// The decision.
+    pub decision: Decision,
+    /// Why, when denied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Which records to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    /// Only this plugin instance's.
+    pub plugin: Option<String>,
+    /// Only this decision.
+    pub decision: Option<Decision>,
+    /// Only records after this sequence number.
+    pub after: u64,
+    /// At most this many, the most recent (default 100).
+    pub limit: Option<usize>,
+}
+
+/// Where decisions are appended. Cheap to clone; the writer stops with the last clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Writer>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditLog")
+    }
+}
+
+struct Writer {
+    tx: Mutex<Option<mpsc::Sender<AuditRecord>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Flush requests: the writer answers once everything sent before is committed.
+    flush: Mutex<Option<mpsc::Sender<mpsc::Sender<()>>>>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channels ends the writer after it commits what is waiting.
+        lock(&self.tx).take();
+        lock(&self.flush).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl AuditLog {
+    /// Start the writer for `db`.
+    pub(crate) fn start(db: Arc<Database>) -> Result<AuditLog, StorageError> {
+        let (tx, rx) = mpsc::channel::<AuditRecord>();
+        let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
+        let thread = std::thread::Builder::new()
+            .name("tenon-audit".into())
+            .spawn(move || write_loop(&db, &rx, &flush_rx))
+            .map_err(|e| {
+                StorageError::CommitFailed(format!("cannot start the audit writer: {e}"))
+            })?;
+        Ok(AuditLog {
+            inner: Arc::new(Writer {
+                tx: Mutex::new(Some(tx)),
+                thread: Mutex::new(Some(thread)),
+                flush: Mutex::new(Some(flush_tx)),
+            }),
+        })
+    }
+
+    /// Append a decision (without waiting for it to be written).
+    pub fn record(&self, record: AuditRecord) {
+        if record.decision == Decision::Deny {
+            tracing::warn!(plugin = %record.plugin, capability = %record.capability, target = %record.target, reason = record.reason.as_deref().unwrap_or(""), "sandbox denied");
+        } else {
+            tracing::debug!(plugin = %record.plugin, capability = %record.capability, target = %record.target, "sandbox allowed");
+        }
+        if let Some(tx) = lock(&self.inner.tx).as_ref() {
+            let _ = tx.send(record);
+        }
+    }
+
+    /// Wait until every record appended before this call is committed.
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = mpsc::channel();
+        let sent = lock(&self.inner.flush)
+            .as_ref()
+            .is_some_and(|tx| tx.send(done_tx).is_ok());
+        if sent {
+            let _ = done_rx.recv_timeout(std::time::Duration::from_secs(10));
+        }
+    }
+}
+
+fn write_loop(
+    db: &Database,
+    rx: &mpsc::Receiver<AuditRecord>,
+    flush: &mpsc::Receiver<mpsc::Sender<()>>,
+) {
+    let tick = std::time::Duration::from_millis(20);
+    loop {
+        let first = match rx.recv_timeout(tick) {
+            Ok(record) => Some(record),
+            Err(mpsc::RecvTimeoutError::Timeout) => None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        };
+        // Flush requests seen now cover every record sent before them.
+        let waiting: Vec<_> = flush.try_iter().collect();
+        let batch: Vec<AuditRecord> = first.into_iter().chain(rx.try_iter()).collect();
+        if !batch.is_empty()
+            && let Err(error) = append(db, batch)
+        {
+            tracing::error!(%error, "cannot write audit records");
+        }
+        for done in waiting {
+            let _ = done.send(());
+        }
+    }
+}
+
+fn append(db: &Database, batch: Vec<AuditRecord>) -> Result<(), StorageError> {
+    let txn = db.begin_write()?;
+    {
+        let mut table = txn.open_table(AUDIT)?;
+        let mut meta = txn.open_table(crate::storage::META)?;
+        let mut seq = meta.get(SEQ)?.map_or(0, |v| v.value());
+        for mut record in batch {
+            seq += 1;
+            record.seq = seq;
+            let bytes = rmp_serde::to_vec_named(&record)
+                .map_err(|e| StorageError::Decode(e.to_string()))?;
+            table.insert(seq, bytes.as_slice())?;
+        }
+        meta.insert(SEQ, seq)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Read records, most recent last.
+pub(crate) fn query(db: &Database, query: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(AUDIT)?;
+    let limit = query.limit.unwrap_or(100);
+    let mut out = Vec::new();
+    for entry in table.range(query.after.saturating_add(1)..)?.rev() {
+        let (_, value) = entry?;
+        let record: AuditRecord = rmp_serde::from_slice(value.value())
+            .map_err(|e| StorageError::Decode(e.to_string()))?;
+        let wanted = query.plugin.as_ref().is_none_or(|p| *p == record.plugin)
+            && query.decision.is_none_or(|d| d == record.decision);
+        if wanted {
+            out.push(record);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Remove records older than `before_ms`.
+pub(crate) fn sweep(db: &Database, before_ms: u64) -> Result<usize, StorageError> {
+    let txn = db.begin_write()?;
+    let mut removed = 0;
+    {
+        let mut table = txn.open_table(AUDIT)?;
+        let mut old = Vec::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let record: AuditRecord = rmp_serde::from_slice(value.value())
+                .map_err(|e| StorageError::Decode(e.to_string()))?;
+            if record.at_ms >= before_ms {
+                break;
+            }
+            old.push(key.value());
+        }
+        for key in old {
+            table.remove(key)?;
+            removed += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(removed)
+}

@@ -1,0 +1,408 @@
+//! What a component really imports and exports, against what its manifest grants.
+//!
+//! One table decides which grant each import needs ([`need`]); the loader refuses a
+//! component with an import it is not granted ([`Inspection::refusals`]), and
+//! `tenon plugin audit` prints the same comparison for a security reviewer.
+//!
+//! | import | needs |
+//! |---|---|
+//! | `tenon:plugin/{types,log,config}` | nothing: every plugin has them |
+//! | `tenon:plugin/kv` | grant `kv` (transforms, sinks) |
+//! | `tenon:plugin/secrets` | grant `secrets` |
+//! | `wasi:http/*` | grant `http` (sinks) |
+//! | `wasi:{cli,io,clocks,random}/*` | nothing: no arguments, no environment, stdout discarded |
+//! | `wasi:filesystem/*` | nothing: no directory is preopened, so no file is reachable |
+//! | `wasi:sockets/*`, anything else | never: the network is reachable only through `wasi:http` |
+
+use anyhow::Context as _;
+use serde::Serialize;
+use std::path::Path;
+use tenon_registry::{Grants, Kind, Manifest};
+use wasmtime::component::Component;
+
+/// What an import needs to be linked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "needs", content = "detail")]
+pub enum Need {
+    /// Every plugin has it.
+    Nothing,
+    /// The named grant, e.g. `"kv"`.
+    Grant(&'static str),
+    /// No plugin can have it; why.
+    Never(&'static str),
+}
+
+/// What `import` (a versioned interface name) needs in a plugin of `kind`.
+pub fn need(import: &str, kind: Kind) -> Need {
+    let interface = import.split('@').next().unwrap_or(import);
+    let (package, _) = interface.split_once('/').unwrap_or((interface, ""));
+    match (package, interface) {
+        (_, "tenon:plugin/types" | "tenon:plugin/log" | "tenon:plugin/config") => Need::Nothing,
+        (_, "tenon:plugin/kv") if kind == Kind::Source => {
+            Need::Never("a source plugin has no key-value storage")
+        }
+        (_, "tenon:plugin/kv") => Need::Grant("kv"),
+        (_, "tenon:plugin/secrets") => Need::Grant("secrets"),
+        ("wasi:http", _) if kind == Kind::Sink => Need::Grant("http"),
+        ("wasi:http", _) => Need::Never("only sink plugins reach the network"),
+        ("wasi:cli" | "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:filesystem", _) => {
+            Need::Nothing
+        }
+        ("wasi:sockets", _) => Need::Never(
+            "raw sockets are never linked: the network is reachable only through wasi:http",
+        ),
+        _ => Need::Never("this host does not provide it"),
+    }
+}
+
+/// Whether `grants` holds the grant named `grant`.
+fn holds(grants: &Grants, grant: &str) -> bool {
+    match grant {
+        "kv" => grants.kv,
+        "secrets" => !grants.secrets.is_empty(),
+        "http" => !grants.http.is_empty(),
+        _ => false,
+    }
+}
+
+/// A component's interface, read from the component itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Inspection {
+    /// Versioned interface names it imports, sorted.
+    pub imports: Vec<String>,
+    /// Names it exports, sorted.
+    pub exports: Vec<String>,
+}
+
+/// An import the plugin may not have, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The import.
+    pub import: String,
+    /// The grant it needs, when a grant would allow it.
+    pub missing_grant: Option<&'static str>,
+    /// The whole reason, for people.
+    pub reason: String,
+}
+
+impl Inspection {
+    /// Read a compiled component's imports and exports.
+    pub fn of(engine: &wasmtime::Engine, component: &Component) -> Inspection {
+        let ty = component.component_type();
+        let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+        let mut exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        imports.sort();
+        exports.sort();
+        Inspection { imports, exports }
+    }
+
+    /// The imports that `grants` do not allow a plugin of `kind`, each with its reason.
+    pub fn refusals(&self, kind: Kind, grants: &Grants) -> Vec<Refusal> {
+        self.imports
+            .iter()
+            .filter_map(|import| match need(import, kind) {
+                Need::Nothing => None,
+                Need::Grant(grant) if holds(grants, grant) => None,
+                Need::Grant(grant) => Some(Refusal {
+                    import: import.clone(),
+                    missing_grant: Some(grant),
+                    reason: format!(
+                        "the component imports `{import}`, which needs grant `{grant}`; its manifest does not grant it"
+                    ),
+                }),
+                Need::Never(why) => Some(Refusal {
+                    import: import.clone(),
+                    missing_grant: None,
+                    reason: format!(
+                        "the component imports `{import}`, which a {kind} plugin cannot have: {why}"
+                    ),
+                }),
+            })
+            .collect()
+    }
+
+    /// Grants the manifest asks for that no import uses (asking for more than needed).
+    pub fn unused_grants(&self, kind: Kind, grants: &Grants) -> Vec<&'static str> {
+        ["kv", "secrets", "http"]
+            .into_iter()
+            .filter(|grant| holds(grants, grant))
+            .filter(|grant| {
+                !self
+                    .imports
+                    .iter()
+                    .any(|i| need(i, kind) == Need::Grant(grant))
+            })
+            .collect()
+    }
+
+    /// The export the manifest's world requires, when the component lacks it.
+    pub fn missing_export(&self, kind: Kind) -> Option<String> {
+        let wanted = format!(
+            "tenon:plugin/{}@{}",
+            match kind {
+                Kind::Source => "ingester",
+                Kind::Transform => "transformer",
+                Kind::Sink => "deliverer",
+            },
+            tenon_registry::WIT_VERSION
+        );
+        (!self.exports.contains(&wanted)).then_some(wanted)
+    }
+}
+
+/// The report of `tenon plugin audit`: what a plugin is, asks for and really uses.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditReport {
+    /// The plugin's name.
+    pub name: String,
+    /// Its version.
+    pub version: String,
+    /// Its kind.
+    pub kind: String,
+    /// Its world.
+    pub world: String,
+    /// The component's digest (`sha256:...`).
+    pub digest: String,
+    /// Who signed it; `None` until signing lands.
+    pub signer: Option<String>,
+    /// Each import and what it needs.
+    pub imports: Vec<ImportLine>,
+    /// Its exports.
+    pub exports: Vec<String>,
+    /// The grants its manifest asks for.
+    pub grants: Grants,
+    /// Imports the host would refuse: the plugin would not load.
+    pub refused: Vec<Refusal>,
+    /// The world's export, when the component lacks it.
+    pub missing_export: Option<String>,
+    /// Grants asked for that no import uses.
+    pub unused_grants: Vec<&'static str>,
+    /// Whether the host would load it with these grants.
+    pub loadable: bool,
+}
+
+/// One import in an [`AuditReport`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ImportLine {
+    /// The versioned interface name.
+    pub name: String,
+    /// What it needs.
+    #[serde(flatten)]
+    pub need: Need,
+}
+
+impl AuditReport {
+    /// Compare a component with its manifest.
+    pub fn new(manifest: &Manifest, digest: String, inspection: Inspection) -> AuditReport {
+        let kind = manifest.kind;
+        let mut report = AuditReport {
+            name: manifest.name.clone(),
+            version: manifest.version.clone(),
+            kind: kind.to_string(),
+            world: manifest.world.clone(),
+            digest,
+            signer: None,
+            imports: inspection
+                .imports
+                .iter()
+                .map(|name| ImportLine {
+                    name: name.clone(),
+                    need: need(name, kind),
+                })
+                .collect(),
+            refused: inspection.refusals(kind, &manifest.grants),
+            missing_export: inspection.missing_export(kind),
+            unused_grants: inspection.unused_grants(kind, &manifest.grants),
+            exports: inspection.exports,
+            grants: manifest.grants.clone(),
+            loadable: false,
+        };
+        report.loadable = report.refused.is_empty() && report.missing_export.is_none();
+        report
+    }
+
+    /// Audit the plugin at `path`: a plugin directory, its `plugin.toml`, or its
+    /// component (with the `plugin.toml` beside it). The component is compiled to
+    /// read its real interface; nothing is instantiated.
+    pub fn of_path(path: &Path) -> anyhow::Result<AuditReport> {
+        let is_wasm = path.extension().is_some_and(|e| e == "wasm");
+        let manifest_path = match (path.is_dir(), is_wasm) {
+            (true, _) => path.join(tenon_registry::MANIFEST_FILE),
+            (false, true) => path
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(tenon_registry::MANIFEST_FILE),
+            (false, false) => path.to_owned(),
+        };
+        let manifest = Manifest::load(&manifest_path)?;
+        let base = manifest_path.parent().unwrap_or(Path::new("."));
+        let component_path = if is_wasm {
+            path.to_owned()
+        } else {
+            base.join(&manifest.component)
+        };
+        if is_wasm && base.join(&manifest.component) != component_path {
+            anyhow::bail!(
+                "{} names component `{}`, not {}",
+                manifest_path.display(),
+                manifest.component.display(),
+                component_path.display()
+            );
+        }
+        let wasm = std::fs::read(&component_path)
+            .with_context(|| format!("cannot read {}", component_path.display()))?;
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).map_err(anyhow::Error::from)?;
+        let component = Component::new(&engine, &wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} is not a valid component", component_path.display()))?;
+        let inspection = Inspection::of(&engine, &component);
+        Ok(AuditReport::new(
+            &manifest,
+            crate::engine::digest(&wasm),
+            inspection,
+        ))
+    }
+
+    /// The report for people.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let g = &self.grants;
+        let _ = writeln!(
+            out,
+            "plugin   {} {} ({})",
+            self.name, self.version, self.kind
+        );
+        let _ = writeln!(out, "world    {}", self.world);
+        let _ = writeln!(out, "digest   {}", self.digest);
+        let _ = writeln!(
+            out,
+            "signer   {}",
+            self.signer
+                .as_deref()
+                .unwrap_or("unsigned (signing is not implemented yet)")
+        );
+        let _ = writeln!(out, "\nimports (read from the component):");
+        for import in &self.imports {
+            let needs = match import.need {
+                Need::Nothing => "always linked".to_owned(),
+                Need::Grant(grant) => format!("needs grant `{grant}`"),
+                Need::Never(why) => format!("never linked: {why}"),
+            };
+            let _ = writeln!(out, "  {:<40} {needs}", import.name);
+        }
+        let _ = writeln!(out, "\nexports:");
+        for export in &self.exports {
+            let _ = writeln!(out, "  {export}");
+        }
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "none".to_owned()
+            } else {
+                v.join(", ")
+            }
+        };
+        let _ = writeln!(out, "\ngrants (asked for in plugin.toml):");
+        let _ = writeln!(out, "  http               {}", list(&g.http));
+        let _ = writeln!(
+            out,
+            "  kv                 {}",
+            if g.kv {
+                format!("yes, quota {} bytes", g.kv_quota_bytes)
+            } else {
+                "no".into()
+            }
+        );
+        let _ = writeln!(out, "  config keys        {}", list(&g.config));
+        let _ = writeln!(out, "  secrets            {}", list(&g.secrets));
+        let _ = writeln!(out, "  memory             {} MiB", g.memory_mib);
+        let _ = writeln!(out, "  time per call      {} ms", g.timeout_ms);
+        let _ = writeln!(out, "  output cap         {} bytes", g.max_output_bytes);
+        let _ = writeln!(out, "  HTTP response cap  {} bytes", g.max_response_bytes);
+        let _ = writeln!(out, "\ndifferences:");
+        if self.refused.is_empty() && self.unused_grants.is_empty() && self.missing_export.is_none()
+        {
+            let _ = writeln!(out, "  none: the component uses exactly what it is granted");
+        }
+        for refusal in &self.refused {
+            let _ = writeln!(out, "  REFUSED  {}", refusal.reason);
+        }
+        if let Some(export) = &self.missing_export {
+            let _ = writeln!(
+                out,
+                "  REFUSED  the component does not export `{export}`, which world `{}` requires",
+                self.world
+            );
+        }
+        for grant in &self.unused_grants {
+            let _ = writeln!(
+                out,
+                "  unused   grant `{grant}` is asked for but no import uses it"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_import_needs_its_grant() {
+        assert_eq!(need("tenon:plugin/log@0.1.0", Kind::Source), Need::Nothing);
+        assert_eq!(need("tenon:plugin/kv@0.1.0", Kind::Sink), Need::Grant("kv"));
+        assert!(matches!(
+            need("tenon:plugin/kv@0.1.0", Kind::Source),
+            Need::Never(_)
+        ));
+        assert_eq!(
+            need("wasi:http/outgoing-handler@0.2.4", Kind::Sink),
+            Need::Grant("http")
+        );
+        assert!(matches!(
+            need("wasi:http/outgoing-handler@0.2.4", Kind::Transform),
+            Need::Never(_)
+        ));
+        assert!(matches!(
+            need("wasi:sockets/tcp@0.2.4", Kind::Sink),
+            Need::Never(_)
+        ));
+        assert_eq!(need("wasi:cli/stderr@0.2.4", Kind::Sink), Need::Nothing);
+        assert!(matches!(need("acme:evil/x", Kind::Sink), Need::Never(_)));
+    }
+
+    #[test]
+    fn refusals_name_the_import_and_the_grant() {
+        let inspection = Inspection {
+            imports: vec![
+                "tenon:plugin/kv@0.1.0".into(),
+                "tenon:plugin/log@0.1.0".into(),
+            ],
+            exports: vec!["tenon:plugin/transformer@0.1.0".into()],
+        };
+        let refusals = inspection.refusals(Kind::Transform, &Grants::default());
+        assert_eq!(
+            refusals,
+            [Refusal {
+                import: "tenon:plugin/kv@0.1.0".into(),
+                missing_grant: Some("kv"),
+                reason: "the component imports `tenon:plugin/kv@0.1.0`, which needs grant `kv`; its manifest does not grant it".into(),
+            }]
+        );
+        let granted = Grants {
+            kv: true,
+            secrets: vec!["x".into()],
+            ..Grants::default()
+        };
+        assert!(inspection.refusals(Kind::Transform, &granted).is_empty());
+        assert_eq!(
+            inspection.unused_grants(Kind::Transform, &granted),
+            ["secrets"]
+        );
+        assert_eq!(inspection.missing_export(Kind::Transform), None);
+        assert!(inspection.missing_export(Kind::Sink).is_some());
+    }
+}
