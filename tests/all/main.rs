@@ -10,6 +10,7 @@ mod e2e;
 mod mapping;
 mod plugins;
 mod restart;
+mod sandbox;
 mod storage_faults;
 mod support;
 mod swap;
