@@ -3,7 +3,10 @@
 //!
 //! - `native`: `quote_to_order::map_encoded` (decode, validate, split, encode);
 //! - `wasm_reused`: the component, one instance kept across messages;
-//! - `wasm_fresh`: the component, a fresh instance per message (the runtime's default).
+//! - `wasm_fresh`: the component, a fresh instance per message (the runtime's default);
+//! - `wasm_*_unlimited`: the same on an engine without the limits (no epoch deadline,
+//!   no memory limiter), for `limits_overhead`: time per message with the limits over
+//!   time without them (1.15 would be 15% overhead).
 //!
 //! Each figure is the best of several interleaved rounds, so that a noisy neighbour
 //! on a shared machine costs all three alike. Prints `bench: <name> <value> <unit>`.
@@ -45,6 +48,24 @@ async fn run() -> anyhow::Result<()> {
     let engine = Engine::with_options(storage.clone(), &data, &options)?;
     let plugin = Plugin::load(
         &engine,
+        &storage,
+        "quote-to-order",
+        &dir.path().join("plugins/quote-to-order"),
+        &PluginSettings::default(),
+    )?;
+
+    let unlimited_data = dir.path().join("data-unlimited");
+    let unlimited_engine = Engine::with_options(
+        storage.clone(),
+        &unlimited_data,
+        &EngineOptions {
+            epoch_interruption: false,
+            memory_limiter: false,
+            ..options.clone()
+        },
+    )?;
+    let unlimited = Plugin::load(
+        &unlimited_engine,
         &storage,
         "quote-to-order",
         &dir.path().join("plugins/quote-to-order"),
@@ -98,7 +119,12 @@ async fn run() -> anyhow::Result<()> {
             .reused_transform()
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut reused_unlimited = unlimited
+            .reused_transform()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (mut native, mut wasm_reused, mut wasm_fresh) = (0f64, 0f64, 0f64);
+        let (mut fresh_unlimited, mut reused_free) = (0f64, 0f64);
         for _ in 0..ROUNDS {
             native = native.max(
                 rate(async || {
@@ -119,7 +145,29 @@ async fn run() -> anyhow::Result<()> {
                 })
                 .await,
             );
+            fresh_unlimited = fresh_unlimited.max(
+                rate(async || {
+                    let _ = std::hint::black_box(unlimited.transform(&message).await);
+                })
+                .await,
+            );
+            reused_free = reused_free.max(
+                rate(async || {
+                    let _ = std::hint::black_box(reused_unlimited.transform(&message).await);
+                })
+                .await,
+            );
         }
+        println!("bench: wasm_fresh_unlimited_{label} {fresh_unlimited:.0} msg/s");
+        println!("bench: wasm_reused_unlimited_{label} {reused_free:.0} msg/s");
+        println!(
+            "bench: limits_overhead_fresh_{label} {:.3} x",
+            fresh_unlimited / wasm_fresh
+        );
+        println!(
+            "bench: limits_overhead_reused_{label} {:.3} x",
+            reused_free / wasm_reused
+        );
         println!("bench: quote_bytes_{label} {} bytes", body.len());
         println!("bench: native_{label} {native:.0} msg/s");
         println!("bench: wasm_reused_{label} {wasm_reused:.0} msg/s");
@@ -132,12 +180,18 @@ async fn run() -> anyhow::Result<()> {
             "bench: wasm_vs_native_fresh_{label} {:.3} x",
             wasm_fresh / native
         );
-        headline.push((wasm_reused / native, wasm_fresh / native));
+        headline.push((
+            wasm_reused / native,
+            wasm_fresh / native,
+            fresh_unlimited / wasm_fresh,
+        ));
     }
     // The headline ratios: the ~2 KB quote.
-    if let Some((reused, fresh)) = headline.first() {
+    if let Some((reused, fresh, limits)) = headline.first() {
         println!("bench: wasm_vs_native_reused {reused:.3} x");
         println!("bench: wasm_vs_native_fresh {fresh:.3} x");
+        // On the runtime's own path (a fresh instance per message).
+        println!("bench: limits_overhead {limits:.3} x");
     }
     Ok(())
 }
