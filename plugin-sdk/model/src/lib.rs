@@ -12,6 +12,7 @@ use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
 mod money;
+pub mod revenue;
 
 pub use chrono;
 pub use money::{Currency, CurrencyError, Money};
