@@ -14,3 +14,4 @@ mod sandbox;
 mod storage_faults;
 mod support;
 mod swap;
+mod tryton;

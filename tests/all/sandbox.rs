@@ -399,6 +399,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("cpq-source", true),
         ("quote-to-order", true),
         ("http-sink", true),
+        ("tryton-sink", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

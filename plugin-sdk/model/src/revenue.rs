@@ -219,8 +219,13 @@ mod tests {
 
     #[test]
     fn whole_months_share_alike_and_the_remainder_goes_last() {
-        let s = ratable_schedule("s", "l", &money("1000.00", "EUR"), period("2025-01-01", "2025-03-31"))
-            .unwrap();
+        let s = ratable_schedule(
+            "s",
+            "l",
+            &money("1000.00", "EUR"),
+            period("2025-01-01", "2025-03-31"),
+        )
+        .unwrap();
         assert_eq!(amounts(&s), ["333.33", "333.33", "333.34"]);
         assert_eq!(sum(&s), s.total.amount);
     }
@@ -228,8 +233,13 @@ mod tests {
     #[test]
     fn a_mid_month_start_prorates_first_and_last_month_by_days() {
         // 2025-01-15 .. 2025-04-14: 17/31 of January, February, March, 14/30 of April.
-        let s = ratable_schedule("s", "l", &money("1200.00", "USD"), period("2025-01-15", "2025-04-14"))
-            .unwrap();
+        let s = ratable_schedule(
+            "s",
+            "l",
+            &money("1200.00", "USD"),
+            period("2025-01-15", "2025-04-14"),
+        )
+        .unwrap();
         let p: Vec<(String, String)> = s
             .periods
             .iter()
@@ -253,35 +263,65 @@ mod tests {
 
     #[test]
     fn leap_february_counts_29_days() {
-        let leap = ratable_schedule("s", "l", &money("290.00", "EUR"), period("2024-02-01", "2024-02-29"))
-            .unwrap();
+        let leap = ratable_schedule(
+            "s",
+            "l",
+            &money("290.00", "EUR"),
+            period("2024-02-01", "2024-02-29"),
+        )
+        .unwrap();
         assert_eq!(amounts(&leap), ["290.00"]);
         // Half of a leap February and half of March: 15/29 vs 16/31 of a month.
-        let s = ratable_schedule("s", "l", &money("100.00", "EUR"), period("2024-02-15", "2024-03-16"))
-            .unwrap();
+        let s = ratable_schedule(
+            "s",
+            "l",
+            &money("100.00", "EUR"),
+            period("2024-02-15", "2024-03-16"),
+        )
+        .unwrap();
         assert_eq!(amounts(&s), ["50.05", "49.95"]);
     }
 
     #[test]
     fn zero_and_three_decimal_currencies_stay_in_their_minor_units() {
-        let jpy = ratable_schedule("s", "l", &money("100000", "JPY"), period("2025-01-01", "2025-03-31"))
-            .unwrap();
+        let jpy = ratable_schedule(
+            "s",
+            "l",
+            &money("100000", "JPY"),
+            period("2025-01-01", "2025-03-31"),
+        )
+        .unwrap();
         assert_eq!(amounts(&jpy), ["33333", "33333", "33334"]);
-        let kwd = ratable_schedule("s", "l", &money("10.000", "KWD"), period("2025-01-01", "2025-03-31"))
-            .unwrap();
+        let kwd = ratable_schedule(
+            "s",
+            "l",
+            &money("10.000", "KWD"),
+            period("2025-01-01", "2025-03-31"),
+        )
+        .unwrap();
         assert_eq!(amounts(&kwd), ["3.333", "3.333", "3.334"]);
         assert_eq!(
-            ratable_schedule("s", "l", &money("1.5", "JPY"), period("2025-01-01", "2025-01-31"))
-                .unwrap_err()
-                .to_string(),
+            ratable_schedule(
+                "s",
+                "l",
+                &money("1.5", "JPY"),
+                period("2025-01-01", "2025-01-31")
+            )
+            .unwrap_err()
+            .to_string(),
             "1.5 JPY has more decimals than its currency's minor unit"
         );
     }
 
     #[test]
     fn a_year_at_a_mid_month_start_sums_exactly() {
-        let s = ratable_schedule("s", "l", &money("9999.99", "EUR"), period("2024-03-10", "2025-03-09"))
-            .unwrap();
+        let s = ratable_schedule(
+            "s",
+            "l",
+            &money("9999.99", "EUR"),
+            period("2024-03-10", "2025-03-09"),
+        )
+        .unwrap();
         assert_eq!(s.periods.len(), 13);
         assert_eq!(sum(&s), "9999.99".parse::<Decimal>().unwrap());
         let whole: Vec<&RevenuePeriod> = s.periods[1..12].iter().collect();
@@ -291,9 +331,14 @@ mod tests {
     #[test]
     fn a_backwards_period_is_refused() {
         assert_eq!(
-            ratable_schedule("s", "l", &money("1", "EUR"), period("2025-02-01", "2025-01-01"))
-                .unwrap_err()
-                .to_string(),
+            ratable_schedule(
+                "s",
+                "l",
+                &money("1", "EUR"),
+                period("2025-02-01", "2025-01-01")
+            )
+            .unwrap_err()
+            .to_string(),
             "service period 2025-02-01 .. 2025-01-01 ends before it starts"
         );
     }

@@ -1,0 +1,335 @@
+//! The Tryton sink against a real Tryton server (trytond 8.2 with the sale module),
+//! installed by `scripts/tryton/setup.sh` and started on 127.0.0.1 for this test:
+//! orders are created as sales and read back over JSON-RPC.
+
+use crate::support::{Tenon, Workspace, sample};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tenon::client;
+
+/// A `trytond` on a copy of the set-up database; killed when dropped.
+struct Tryton {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Tryton {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const DATABASE: &str = "tenon";
+const PASSWORD: &str = "admin";
+
+impl Tryton {
+    async fn start() -> Tryton {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/tryton/setup.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run scripts/tryton/setup.sh");
+        assert!(out.status.success(), "the Tryton set-up failed");
+        let home = PathBuf::from(
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim()
+                .lines()
+                .last()
+                .unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir_all(&db).unwrap();
+        std::fs::copy(home.join("db/tenon.sqlite"), db.join("tenon.sqlite")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let conf = dir.path().join("trytond.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[database]\nuri = sqlite://\npath = {}\n[web]\nlisten = 127.0.0.1:{port}\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("trytond.log")).unwrap();
+        let child = Command::new(home.join("venv/bin/trytond"))
+            .args(["-c"])
+            .arg(&conf)
+            .args(["-d", DATABASE])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start trytond");
+        let tryton = Tryton {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if tryton.login().await.is_ok() {
+                return tryton;
+            }
+            assert!(Instant::now() < deadline, "trytond did not start");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("{}/{DATABASE}/rpc/", self.url)
+    }
+
+    async fn login(&self) -> Result<String, String> {
+        let body = json!({"id": 1, "method": "common.db.login", "params": ["admin", {"password": PASSWORD}, "en"]});
+        let reply = client::post(
+            &self.endpoint(),
+            "application/json",
+            body.to_string().into_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let answer = reply.json().map_err(|e| e.to_string())?;
+        let result = &answer["result"];
+        let token = base64_encode(&format!(
+            "admin:{}:{}",
+            result[0],
+            result[1].as_str().ok_or("no session")?
+        ));
+        Ok(format!("Session {token}"))
+    }
+
+    /// Call a method as admin, in the company's context.
+    async fn call(&self, method: &str, mut params: Vec<Value>) -> Value {
+        let auth = self.login().await.unwrap();
+        params.push(json!({"company": 1, "companies": [1]}));
+        let body = json!({"id": 2, "method": method, "params": params});
+        let reply = client::request(
+            "POST",
+            &self.endpoint(),
+            &[("authorization", &auth)],
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+        let answer = reply.json().unwrap();
+        assert!(answer["error"].is_null(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// The sales with this reference, with their party code and lines.
+    async fn sales(&self, reference: &str) -> Vec<Value> {
+        let sales = self
+            .call(
+                "model.sale.sale.search_read",
+                vec![
+                    json!([["reference", "=", reference]]),
+                    json!(0),
+                    Value::Null,
+                    Value::Null,
+                    json!([
+                        "reference",
+                        "state",
+                        "party.code",
+                        "currency.code",
+                        "lines",
+                        "untaxed_amount"
+                    ]),
+                ],
+            )
+            .await;
+        let mut out = Vec::new();
+        for sale in sales.as_array().unwrap() {
+            let lines = self
+                .call(
+                    "model.sale.line.read",
+                    vec![
+                        sale["lines"].clone(),
+                        json!([
+                            "sequence",
+                            "product.code",
+                            "quantity",
+                            "unit_price",
+                            "description"
+                        ]),
+                    ],
+                )
+                .await;
+            let lines: Vec<Value> = lines
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| {
+                    json!({
+                        "sequence": l["sequence"],
+                        "product": l["product."]["code"],
+                        "quantity": l["quantity"],
+                        "unit_price": l["unit_price"]["decimal"],
+                        "description": l["description"],
+                    })
+                })
+                .collect();
+            out.push(json!({
+                "reference": sale["reference"],
+                "state": sale["state"],
+                "party": sale["party."]["code"],
+                "currency": sale["currency."]["code"],
+                "untaxed_amount": sale["untaxed_amount"]["decimal"],
+                "lines": lines,
+            }));
+        }
+        out
+    }
+}
+
+fn base64_encode(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn config(tryton_url: &str) -> String {
+    format!(
+        r#"
+[secrets]
+tryton_password = {{ file = "tryton-password.txt" }}
+
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.tryton]
+path = "plugins/tryton-sink"
+config = {{ url = "{tryton_url}", database = "{DATABASE}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.quote-to-tryton]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "tryton"
+max_attempts = 3
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_become_tryton_sales_once_and_read_back() {
+    let tryton = Tryton::start().await;
+    let ws = Workspace::new();
+    ws.write_config(&config(&tryton.url));
+    std::fs::write(
+        ws.path().join("tryton-password.txt"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    let tenon = Tenon::start(&ws);
+
+    // The plain quote: one physical order, a sale with its two lines.
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let delivered = &status["outcomes"][0]["result"]["Delivered"];
+    assert!(
+        delivered["reference"]
+            .as_str()
+            .unwrap()
+            .starts_with("sale.sale/"),
+        "{status:#}"
+    );
+    assert_eq!(delivered["detail"], "draft sale created");
+    assert_eq!(
+        tryton.sales("Q-00101-P").await,
+        [json!({
+            "reference": "Q-00101-P",
+            "state": "draft",
+            "party": "0015g00000XyZ12AAB",
+            "currency": "EUR",
+            "untaxed_amount": "4245.90",
+            "lines": [
+                {"sequence": 10, "product": "HW-LAP-14", "quantity": 3.0, "unit_price": "1169.1", "description": "Field Laptop 14"},
+                {"sequence": 20, "product": "HW-DOCK-C", "quantity": 3.0, "unit_price": "246.2", "description": "USB-C Dock"},
+            ],
+        })]
+    );
+
+    // The bundle: a physical and a subscription order, two sales; the bundle
+    // structure stays visible on the lines.
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    tenon.settled(&ids[0]).await;
+    let physical = tryton.sales("Q-00102-P").await;
+    assert_eq!(physical.len(), 1);
+    assert_eq!(
+        physical[0]["lines"][1]["description"],
+        "In-Store Sensor Gateway (in bundle line 10)"
+    );
+    let subscription = tryton.sales("Q-00102-S").await;
+    assert_eq!(subscription.len(), 1);
+    assert_eq!(subscription[0]["lines"][0]["product"], "SW-ANL-LIC");
+
+    // The same quote modified again (a new message): the sale exists, none is added.
+    let again = sample("plain.json").replace(
+        "\"Q-00101\"",
+        "\"Q-00101\", \"LastModifiedDate\": \"2026-11-27T10:00:00Z\"",
+    );
+    let ids = tenon.send_quote(&again).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"]["Delivered"]["detail"],
+        "draft sale already created"
+    );
+    assert_eq!(tryton.sales("Q-00101-P").await.len(), 1);
+
+    // A customer and products Tryton does not know: rejected with every reason.
+    let unknown = sample("plain.json")
+        .replace("0015g00000XyZ12AAB", "0015g00000NOPE00AAA")
+        .replace("HW-DOCK-C", "HW-NOPE")
+        .replace("\"Q-00101\"", "\"Q-00199\"");
+    let ids = tenon.send_quote(&unknown).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"],
+        json!({"Rejected": {"reasons": [
+            "customer `0015g00000NOPE00AAA` (Northwind Traders GmbH) is not a Tryton party",
+            "line 20: product `HW-NOPE` is not a Tryton product",
+        ]}})
+    );
+    assert!(tryton.sales("Q-00199-P").await.is_empty());
+}
+
+#[test]
+fn json_rpc_answers_are_classified() {
+    use tryton_sink::{RpcError, parse_answer};
+    assert_eq!(
+        parse_answer(200, br#"{"id":1,"result":[7]}"#).unwrap(),
+        json!([7])
+    );
+    assert_eq!(
+        parse_answer(
+            200,
+            br#"{"id":1,"error":["UserError",["The sale has no party.",""]]}"#
+        ),
+        Err(RpcError::Refused(
+            "UserError: The sale has no party.".into()
+        ))
+    );
+    assert_eq!(parse_answer(403, b"Forbidden"), Err(RpcError::Unauthorized));
+    assert!(matches!(
+        parse_answer(503, b"busy"),
+        Err(RpcError::Transient(_))
+    ));
+    assert!(matches!(
+        parse_answer(200, br#"{"id":1,"error":["ConcurrencyException",["x"]]}"#),
+        Err(RpcError::Transient(_))
+    ));
+    assert!(matches!(
+        parse_answer(200, b"<html>"),
+        Err(RpcError::Transient(_))
+    ));
+}
