@@ -10,7 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// First-party plugins, embedded in the binary (directory under `plugins/`).
-const FIRST_PARTY: &[&str] = &["cpq-source", "quote-to-order", "http-sink", "tryton-sink"];
+const FIRST_PARTY: &[&str] = &[
+    "cpq-source",
+    "quote-to-order",
+    "http-sink",
+    "tryton-sink",
+    "sap-sink",
+];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];
 

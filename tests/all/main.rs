@@ -11,6 +11,7 @@ mod mapping;
 mod plugins;
 mod restart;
 mod sandbox;
+mod sap;
 mod storage_faults;
 mod support;
 mod swap;

@@ -400,6 +400,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("quote-to-order", true),
         ("http-sink", true),
         ("tryton-sink", true),
+        ("sap-sink", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

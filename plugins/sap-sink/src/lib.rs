@@ -1,0 +1,256 @@
+//! Sink plugin: each `OrderAccepted` becomes a sales order in SAP S/4HANA, through the
+//! OData service `API_SALES_ORDER_SRV`: one deep insert of `A_SalesOrder` with its
+//! `to_Item` lines (and each line's price as a `to_PricingElement` condition).
+//!
+//! Config: `service_url` (the service root), the organisational data
+//! (`sales_order_type`, `sales_organization`, `distribution_channel`,
+//! `organization_division`), `quantity_unit`, `price_condition_type`, and `sold_to`,
+//! a JSON object from CRM account id to SAP customer number. Secrets `sap_user` and
+//! `sap_password` (basic authentication), when granted and provided.
+//!
+//! - The body follows SAP's published metadata (property names, `Edm` types,
+//!   `MaxLength`, decimal precision and scale); what the order cannot fit is
+//!   `rejected` with every reason, before anything is sent.
+//! - SAP's CSRF protection: a `GET` of the service root with `x-csrf-token: Fetch`
+//!   gives the token and the session cookies that the `POST` must carry; a `403` with
+//!   `x-csrf-token: Required` (an expired token) fetches a new one and retries once.
+//! - Exactly once: the order id is the `PurchaseOrderByCustomer`; a sales order with
+//!   it is looked up first, so a redelivery finds the first one.
+//! - SAP's OData error body is mapped: `400` and other `4xx` are `rejected` with every
+//!   message SAP gave, `5xx`, `408` and `429` are `retryable`.
+
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use tenon_sdk::Failure;
+use tenon_sdk::model::{Order, OrderLine, rust_decimal::Decimal};
+
+#[cfg(target_arch = "wasm32")]
+mod client;
+
+/// The organisational data and mappings a body needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// `SalesOrderType`, e.g. `OR`.
+    pub sales_order_type: String,
+    /// `SalesOrganization`, e.g. `1710`.
+    pub sales_organization: String,
+    /// `DistributionChannel`, e.g. `10`.
+    pub distribution_channel: String,
+    /// `OrganizationDivision`, e.g. `00`.
+    pub organization_division: String,
+    /// `RequestedQuantityUnit`, e.g. `PC`.
+    pub quantity_unit: String,
+    /// The price condition, e.g. `PR00`.
+    pub price_condition_type: String,
+    /// CRM account id -> SAP customer number.
+    pub sold_to: BTreeMap<String, String>,
+}
+
+impl Settings {
+    /// Read the settings from the plugin's config (`get` is `config::get`).
+    pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
+        let text = |key: &str, default: &str| get(key).unwrap_or_else(|| default.to_owned());
+        let sold_to = match get("sold_to") {
+            Some(json) => serde_json::from_str(&json).map_err(|e| {
+                Failure::Invalid(format!(
+                    "config `sold_to` is not a JSON object of customer numbers: {e}"
+                ))
+            })?,
+            None => BTreeMap::new(),
+        };
+        Ok(Settings {
+            sales_order_type: text("sales_order_type", "OR"),
+            sales_organization: text("sales_organization", "1710"),
+            distribution_channel: text("distribution_channel", "10"),
+            organization_division: text("organization_division", "00"),
+            quantity_unit: text("quantity_unit", "PC"),
+            price_condition_type: text("price_condition_type", "PR00"),
+            sold_to,
+        })
+    }
+}
+
+/// `text` if it fits `max` characters, else a reason naming `what`.
+fn fits(what: &str, text: &str, max: usize, reasons: &mut Vec<String>) -> String {
+    if text.chars().count() > max {
+        reasons.push(format!(
+            "{what} `{text}` is longer than SAP's {max} characters"
+        ));
+    }
+    text.to_owned()
+}
+
+/// An `Edm.Decimal` with at most `scale` decimals and `precision` digits in all.
+fn decimal(
+    what: &str,
+    value: Decimal,
+    precision: u32,
+    scale: u32,
+    reasons: &mut Vec<String>,
+) -> String {
+    let normal = value.normalize();
+    let integer_digits = normal
+        .trunc()
+        .abs()
+        .to_string()
+        .trim_start_matches('0')
+        .len() as u32;
+    if normal.scale() > scale || integer_digits > precision - scale {
+        reasons.push(format!(
+            "{what} {normal} does not fit SAP's Edm.Decimal({precision}, {scale})"
+        ));
+    }
+    normal.to_string()
+}
+
+/// The product code a line is matched on (its id when the source has no code).
+fn material(line: &OrderLine) -> &str {
+    line.product.code.as_deref().unwrap_or(&line.product.id)
+}
+
+/// The `A_SalesOrder` deep-insert body of an order, or every reason it cannot be one.
+pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec<String>> {
+    let mut reasons = Vec::new();
+    let sold_to = match settings.sold_to.get(&order.customer.id) {
+        Some(number) => number.clone(),
+        None if order.customer.id.len() <= 10 => order.customer.id.to_uppercase(),
+        None => {
+            reasons.push(format!(
+                "customer `{}` has no SAP customer number (config `sold_to`)",
+                order.customer.id
+            ));
+            String::new()
+        }
+    };
+    let lines_here: Vec<u32> = order.lines.iter().map(|l| l.line_number).collect();
+    let mut items = Vec::new();
+    for line in &order.lines {
+        let at = format!("line {}", line.line_number);
+        let mut item = Map::new();
+        item.insert(
+            "SalesOrderItem".into(),
+            json!(fits(
+                &format!("{at} number"),
+                &line.line_number.to_string(),
+                6,
+                &mut reasons
+            )),
+        );
+        if let Some(parent) = line.parent_line_number.filter(|p| lines_here.contains(p)) {
+            item.insert("HigherLevelItem".into(), json!(parent.to_string()));
+        }
+        item.insert(
+            "Material".into(),
+            json!(fits(
+                &format!("{at} material"),
+                &material(line).to_uppercase(),
+                40,
+                &mut reasons
+            )),
+        );
+        if let Some(name) = &line.product.name {
+            // A description is informative: cut to SAP's 40 characters.
+            item.insert(
+                "SalesOrderItemText".into(),
+                json!(name.chars().take(40).collect::<String>()),
+            );
+        }
+        item.insert(
+            "RequestedQuantity".into(),
+            json!(decimal(
+                &format!("{at} quantity"),
+                line.quantity,
+                15,
+                3,
+                &mut reasons
+            )),
+        );
+        item.insert(
+            "RequestedQuantityUnit".into(),
+            json!(fits(
+                "quantity unit",
+                &settings.quantity_unit,
+                3,
+                &mut reasons
+            )),
+        );
+        item.insert(
+            "to_PricingElement".into(),
+            json!({"results": [{
+                "ConditionType": fits("condition type", &settings.price_condition_type, 4, &mut reasons),
+                "ConditionRateValue": decimal(&format!("{at} price"), line.unit_price.amount, 24, 9, &mut reasons),
+                "ConditionCurrency": line.unit_price.currency.code(),
+            }]}),
+        );
+        items.push(Value::Object(item));
+    }
+    let body = json!({
+        "SalesOrderType": fits("sales order type", &settings.sales_order_type, 4, &mut reasons),
+        "SalesOrganization": fits("sales organization", &settings.sales_organization, 4, &mut reasons),
+        "DistributionChannel": fits("distribution channel", &settings.distribution_channel, 2, &mut reasons),
+        "OrganizationDivision": fits("division", &settings.organization_division, 2, &mut reasons),
+        "SoldToParty": fits("sold-to party", &sold_to, 10, &mut reasons),
+        "PurchaseOrderByCustomer": fits("order id", &order.id, 35, &mut reasons),
+        "TransactionCurrency": order.currency.code(),
+        "to_Item": {"results": items},
+    });
+    if reasons.is_empty() {
+        Ok(body)
+    } else {
+        Err(reasons)
+    }
+}
+
+/// The failure an SAP answer stands for, with every message of its OData error body.
+pub fn failure(status: u16, body: &[u8]) -> Failure {
+    let messages = odata_messages(body);
+    let text = if messages.is_empty() {
+        format!(
+            "SAP HTTP {status}: {}",
+            String::from_utf8_lossy(body).trim()
+        )
+    } else {
+        format!("SAP HTTP {status}: {}", messages.join("; "))
+    };
+    match status {
+        408 | 429 | 500..=599 => Failure::Retryable(text),
+        401 => Failure::Invalid(format!("{text} (check the user and password secrets)")),
+        _ if messages.is_empty() => Failure::Rejected(vec![text]),
+        _ => Failure::Rejected(messages.iter().map(|m| format!("SAP: {m}")).collect()),
+    }
+}
+
+/// Every message of an OData V2 error body: the main one, then the details that add
+/// something (`innererror.errordetails`), each with its code.
+pub fn odata_messages(body: &[u8]) -> Vec<String> {
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    let error = &value["error"];
+    let mut out = Vec::new();
+    let line = |code: &Value, message: &Value| {
+        let message = message["value"]
+            .as_str()
+            .or_else(|| message.as_str())
+            .unwrap_or_default();
+        match code.as_str() {
+            Some(code) if !code.is_empty() => format!("{message} ({code})"),
+            _ => message.to_owned(),
+        }
+    };
+    if error.is_object() {
+        out.push(line(&error["code"], &error["message"]));
+    }
+    for detail in error["innererror"]["errordetails"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let text = line(&detail["code"], &detail["message"]);
+        if !out.contains(&text) {
+            out.push(text);
+        }
+    }
+    out.retain(|m| !m.is_empty());
+    out
+}
