@@ -16,6 +16,7 @@ const FIRST_PARTY: &[&str] = &[
     "http-sink",
     "tryton-sink",
     "sap-sink",
+    "stripe-source",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];

@@ -401,6 +401,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("http-sink", true),
         ("tryton-sink", true),
         ("sap-sink", true),
+        ("stripe-source", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

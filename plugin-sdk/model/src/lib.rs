@@ -29,6 +29,15 @@ pub mod kinds {
     pub const ORDER_ACCEPTED: &str = "OrderAccepted";
     /// A contract (subscription) activated, body [`super::Contract`].
     pub const CONTRACT_ACTIVATED: &str = "ContractActivated";
+    /// A contract changed (products added or removed, renewed, suspended, resumed),
+    /// body [`super::Contract`] as it stands after the change.
+    pub const CONTRACT_AMENDED: &str = "ContractAmended";
+    /// A contract cancelled, body [`super::Contract`].
+    pub const CONTRACT_CANCELLED: &str = "ContractCancelled";
+    /// An invoice paid, body [`super::Payment`].
+    pub const PAYMENT_RECEIVED: &str = "PaymentReceived";
+    /// A payment attempt on an invoice failed, body [`super::Payment`].
+    pub const PAYMENT_FAILED: &str = "PaymentFailed";
     /// An invoice posted, body [`super::Invoice`].
     pub const INVOICE_POSTED: &str = "InvoicePosted";
     /// A revenue schedule created or changed, body [`super::RevenueSchedule`].
@@ -284,8 +293,13 @@ pub struct ContractLine {
     pub product: Product,
     /// Quantity, exact.
     pub quantity: Decimal,
-    /// Price of the charge over its period.
-    pub amount: Money,
+    /// Price of the charge over its period, when the source states it (an order
+    /// that subscribes to a catalogue rate plan without overriding it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount: Option<Money>,
+    /// Standalone selling price, for allocating a shared price across obligations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standalone_price: Option<Money>,
     /// How the charge is billed.
     pub charge: ChargeType,
     /// When the charge is in service.
@@ -332,6 +346,27 @@ pub struct InvoiceLine {
     /// The service period the line bills for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_period: Option<Period>,
+}
+
+/// A payment on an invoice, received or failed (events `PaymentReceived`,
+/// `PaymentFailed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payment {
+    /// The invoice paid (or not).
+    pub invoice_id: String,
+    /// Its number as printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_number: Option<String>,
+    /// The paying customer.
+    pub customer: Party,
+    /// The amount paid, or due when the attempt failed.
+    pub amount: Money,
+    /// When, as the billing system dates it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<NaiveDate>,
+    /// Attempts made so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// Revenue recognised over time for one obligation (event `RevenueScheduleUpdated`).

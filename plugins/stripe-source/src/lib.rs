@@ -1,0 +1,317 @@
+//! Source plugin: Stripe invoice webhooks become canonical messages.
+//!
+//! | Stripe event | canonical message |
+//! |---|---|
+//! | `invoice.finalized` | `InvoicePosted` ([`Invoice`]) |
+//! | `invoice.paid` | `PaymentReceived` ([`Payment`], the amount paid) |
+//! | `invoice.payment_failed` | `PaymentFailed` ([`Payment`], the amount due, the attempts) |
+//!
+//! Both invoice shapes are read: the 2020-03-02 API's (lines with `price`, `plan`,
+//! `type`) and the current one (lines with `pricing`, `parent`, `quantity_decimal`).
+//! Amounts are integer minor units in Stripe and exact decimals here, in the
+//! currency's own minor unit (`1999` is 19.99 USD but 1999 JPY). A line's service
+//! period (`period.start` .. `period.end`, Unix seconds, end exclusive) is kept as
+//! dates, end inclusive. A bare invoice object (not an event) is read as its status
+//! says: posted once finalized, refused while a draft.
+//!
+//! The event id is the message's idempotency key: Stripe retries a webhook until it
+//! is acknowledged, and each retry is accepted once.
+
+use serde::Deserialize;
+use serde_json::Value;
+use tenon_sdk::model::chrono::{DateTime, NaiveDate};
+use tenon_sdk::model::rust_decimal::Decimal;
+use tenon_sdk::model::{Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, kinds};
+use tenon_sdk::{Failure, Message, RawRequest};
+
+#[tenon_sdk::source]
+fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
+    to_messages(&request.body)
+}
+
+/// The events this source understands.
+pub const EVENT_TYPES: [&str; 3] = [
+    "invoice.finalized",
+    "invoice.paid",
+    "invoice.payment_failed",
+];
+
+/// A webhook body (an event, or a bare invoice) as canonical messages.
+pub fn to_messages(body: &[u8]) -> Result<Vec<Message>, Failure> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Failure::Invalid(format!("the body is not JSON: {e}")))?;
+    match value["object"].as_str() {
+        Some("event") => {
+            let event: Event = serde_json::from_value(value)
+                .map_err(|e| Failure::Invalid(format!("not a Stripe event: {e}")))?;
+            from_event(event)
+        }
+        Some("invoice") => {
+            let invoice = parse_invoice(value)?;
+            if invoice.status.as_deref() == Some("draft") {
+                return Err(Failure::Invalid(format!(
+                    "invoice {} is a draft: only finalized invoices are posted",
+                    invoice.id
+                )));
+            }
+            let key = format!(
+                "{}@{}",
+                invoice.id,
+                invoice.status.as_deref().unwrap_or("?")
+            );
+            with_key(posted(&invoice)?, &key)
+        }
+        Some(other) => Err(Failure::Invalid(format!(
+            "a Stripe `{other}` object is not an event or an invoice"
+        ))),
+        None => Err(Failure::Invalid(
+            "not a Stripe object: no `object` field".into(),
+        )),
+    }
+}
+
+fn from_event(event: Event) -> Result<Vec<Message>, Failure> {
+    if !EVENT_TYPES.contains(&event.kind.as_str()) {
+        return Err(Failure::Invalid(format!(
+            "unsupported Stripe event type `{}`; this source handles {}",
+            event.kind,
+            EVENT_TYPES.join(", ")
+        )));
+    }
+    let invoice = parse_invoice(event.data.object)?;
+    let message = match event.kind.as_str() {
+        "invoice.finalized" => posted(&invoice)?,
+        "invoice.paid" => {
+            let on = invoice.status_transitions.paid_at.unwrap_or(event.created);
+            payment(kinds::PAYMENT_RECEIVED, &invoice, invoice.amount_paid, on)?
+        }
+        _ => payment(
+            kinds::PAYMENT_FAILED,
+            &invoice,
+            invoice.amount_due,
+            event.created,
+        )?,
+    };
+    with_key(message, &event.id)
+}
+
+fn with_key(mut message: Message, key: &str) -> Result<Vec<Message>, Failure> {
+    message
+        .headers
+        .push(("idempotency-key".into(), key.to_owned()));
+    Ok(vec![message])
+}
+
+#[derive(Deserialize)]
+struct Event {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    created: i64,
+    data: EventData,
+}
+
+#[derive(Deserialize)]
+struct EventData {
+    object: Value,
+}
+
+/// The fields of a Stripe invoice this source reads, in either API shape.
+#[derive(Deserialize)]
+struct StripeInvoice {
+    id: String,
+    #[serde(default)]
+    number: Option<String>,
+    /// An id, or the customer object when expanded.
+    customer: Value,
+    #[serde(default)]
+    customer_name: Option<String>,
+    #[serde(default)]
+    customer_address: Option<Address>,
+    currency: String,
+    #[serde(default)]
+    status: Option<String>,
+    created: i64,
+    #[serde(default)]
+    due_date: Option<i64>,
+    #[serde(default)]
+    status_transitions: Transitions,
+    total: i64,
+    amount_due: i64,
+    amount_paid: i64,
+    #[serde(default)]
+    attempt_count: Option<u32>,
+    lines: Lines,
+}
+
+#[derive(Deserialize, Default)]
+struct Transitions {
+    #[serde(default)]
+    finalized_at: Option<i64>,
+    #[serde(default)]
+    paid_at: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct Address {
+    #[serde(default)]
+    country: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Lines {
+    #[serde(default)]
+    data: Option<Vec<StripeLine>>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct StripeLine {
+    id: String,
+    amount: i64,
+    currency: String,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    /// The current API's exact quantity, as a decimal string.
+    #[serde(default)]
+    quantity_decimal: Option<String>,
+    #[serde(default)]
+    period: Option<StripePeriod>,
+}
+
+#[derive(Deserialize)]
+struct StripePeriod {
+    start: i64,
+    end: i64,
+}
+
+fn parse_invoice(value: Value) -> Result<StripeInvoice, Failure> {
+    serde_json::from_value(value)
+        .map_err(|e| Failure::Invalid(format!("not a Stripe invoice: {e}")))
+}
+
+fn currency(code: &str) -> Result<Currency, Failure> {
+    Currency::new(code).map_err(|e| Failure::Invalid(e.to_string()))
+}
+
+/// The UTC date of a Unix time.
+fn date(secs: i64) -> Result<NaiveDate, Failure> {
+    DateTime::from_timestamp(secs, 0)
+        .map(|t| t.date_naive())
+        .ok_or_else(|| Failure::Invalid(format!("{secs} is not a time")))
+}
+
+fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
+    let id = match &invoice.customer {
+        Value::String(id) => id.clone(),
+        Value::Object(c) => c
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        _ => String::new(),
+    };
+    if id.is_empty() {
+        return Err(Failure::Invalid(format!(
+            "invoice {} has no customer",
+            invoice.id
+        )));
+    }
+    Ok(Party {
+        id,
+        name: invoice.customer_name.clone(),
+        country: invoice
+            .customer_address
+            .as_ref()
+            .and_then(|a| a.country.clone()),
+    })
+}
+
+/// The canonical invoice of a Stripe invoice.
+fn invoice(stripe: &StripeInvoice) -> Result<Invoice, Failure> {
+    if stripe.lines.has_more {
+        return Err(Failure::Retryable(format!(
+            "invoice {} has more lines than the webhook carries; fetch them and resend",
+            stripe.id
+        )));
+    }
+    let currency = currency(&stripe.currency)?;
+    let Some(lines) = &stripe.lines.data else {
+        return Err(Failure::Invalid(format!(
+            "invoice {} carries no `lines.data`: send it with its lines",
+            stripe.id
+        )));
+    };
+    let lines = lines
+        .iter()
+        .map(|line| {
+            if !line.currency.eq_ignore_ascii_case(&stripe.currency) {
+                return Err(Failure::Invalid(format!(
+                    "line {} is in {}, the invoice in {}",
+                    line.id, line.currency, stripe.currency
+                )));
+            }
+            let quantity = match (&line.quantity_decimal, line.quantity) {
+                (Some(text), _) => text.parse::<Decimal>().map_err(|e| {
+                    Failure::Invalid(format!("line {}: quantity `{text}`: {e}", line.id))
+                })?,
+                (None, Some(q)) => Decimal::from(q),
+                (None, None) => Decimal::ONE,
+            };
+            let service_period = line
+                .period
+                .as_ref()
+                .map(|p| -> Result<Period, Failure> {
+                    // Stripe's end is exclusive (the next period's start).
+                    let end = if p.end > p.start { p.end - 1 } else { p.start };
+                    Ok(Period {
+                        start: date(p.start)?,
+                        end: date(end)?,
+                    })
+                })
+                .transpose()?;
+            Ok(InvoiceLine {
+                id: line.id.clone(),
+                description: line.description.clone().filter(|d| !d.is_empty()),
+                quantity,
+                amount: Money::from_minor_units(line.amount, currency.clone()),
+                service_period,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    Ok(Invoice {
+        id: stripe.id.clone(),
+        number: stripe.number.clone(),
+        customer: customer(stripe)?,
+        currency: currency.clone(),
+        issued: Some(date(
+            stripe
+                .status_transitions
+                .finalized_at
+                .unwrap_or(stripe.created),
+        )?),
+        due: stripe.due_date.map(date).transpose()?,
+        lines,
+        total: Money::from_minor_units(stripe.total, currency),
+    })
+}
+
+fn posted(stripe: &StripeInvoice) -> Result<Message, Failure> {
+    let invoice = invoice(stripe)?;
+    Message::encode(kinds::INVOICE_POSTED, &invoice.id, &invoice)
+}
+
+fn payment(kind: &str, stripe: &StripeInvoice, minor: i64, on: i64) -> Result<Message, Failure> {
+    let payment = Payment {
+        invoice_id: stripe.id.clone(),
+        invoice_number: stripe.number.clone(),
+        customer: customer(stripe)?,
+        amount: Money::from_minor_units(minor, currency(&stripe.currency)?),
+        on: Some(date(on)?),
+        attempts: stripe.attempt_count,
+    };
+    Message::encode(kind, &stripe.id, &payment)
+}

@@ -1,0 +1,171 @@
+//! The sources on the public fixtures (`tests/fixtures/public/`, verbatim), compiled
+//! natively (the same code the components run), with our own cases beside them for
+//! what the fixtures lack; each negative case with its exact outcome.
+
+use serde_json::{Value, json};
+use tenon_sdk::model::{Encoding, Invoice, Payment};
+use tenon_sdk::{Failure, Message};
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../tests/fixtures/public/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A Stripe event of `kind` around an invoice object.
+fn event(kind: &str, invoice: Value) -> Value {
+    json!({"id": "evt_test_0001", "object": "event", "api_version": "2024-06-20",
+           "created": 1727300000, "type": kind, "data": {"object": invoice}})
+}
+
+fn stripe(body: &Value) -> Result<Vec<Message>, Failure> {
+    stripe_source::to_messages(body.to_string().as_bytes())
+}
+
+fn only(messages: Vec<Message>) -> Message {
+    assert_eq!(messages.len(), 1);
+    messages.into_iter().next().unwrap()
+}
+
+fn decode<T: for<'de> serde::Deserialize<'de>>(m: &Message) -> T {
+    Encoding::MsgPack.decode(&m.body).unwrap()
+}
+
+#[test]
+fn stripe_invoice_paid_in_the_2020_03_02_shape_is_a_payment() {
+    let m = only(stripe(&fixture("stripe_invoice_event_invoice_paid.json")).unwrap());
+    assert_eq!(m.kind, "PaymentReceived");
+    assert_eq!(m.key, "in_1Q2fh8BrSjgsps2DUqQsGLDj");
+    assert_eq!(
+        m.header("idempotency-key"),
+        Some("evt_1Q2fklBrSjgsps2Dx0mEXsXv")
+    );
+    let payment: Payment = decode(&m);
+    assert_eq!(
+        serde_json::to_value(&payment).unwrap(),
+        json!({
+            "invoice_id": "in_1Q2fh8BrSjgsps2DUqQsGLDj",
+            "invoice_number": "54B03F60-0003",
+            "customer": {"id": "cus_QsYn1aSStYv4tf"},
+            "amount": {"amount": "108.00", "currency": "USD"},
+            "on": "2024-09-24",
+            "attempts": 1,
+        })
+    );
+}
+
+#[test]
+fn stripe_invoices_of_both_shapes_post_with_their_lines_and_periods() {
+    // The 2020-03-02 invoice, finalized.
+    let old = fixture("stripe_invoice_event_invoice_paid.json")["data"]["object"].clone();
+    let m = only(stripe(&event("invoice.finalized", old)).unwrap());
+    assert_eq!(m.kind, "InvoicePosted");
+    let invoice: Invoice = decode(&m);
+    assert_eq!(invoice.total.to_string(), "108.00 USD");
+    assert_eq!(invoice.number.as_deref(), Some("54B03F60-0003"));
+    assert_eq!(invoice.issued.unwrap().to_string(), "2024-09-24");
+    assert_eq!(invoice.lines.len(), 1);
+    assert_eq!(invoice.lines[0].amount.to_string(), "108.00 USD");
+    assert_eq!(invoice.lines[0].quantity.to_string(), "1");
+    let period = invoice.lines[0].service_period.unwrap();
+    assert_eq!(
+        (period.start.to_string(), period.end.to_string()),
+        ("2024-09-24".into(), "2024-09-24".into())
+    );
+
+    // The current invoice object, finalized (the fixture itself is a draft).
+    let mut current = fixture("stripe_invoice_object.json");
+    current["status"] = json!("open");
+    let m = only(stripe(&event("invoice.finalized", current)).unwrap());
+    let invoice: Invoice = decode(&m);
+    assert_eq!(invoice.total.to_string(), "10.00 USD");
+    assert_eq!(invoice.lines[0].id, "il_1Pgc6sB7WZ01zgkWFnxLrLCq");
+    assert_eq!(
+        invoice.lines[0].description.as_deref(),
+        Some("My First Invoice Item (created for API docs)")
+    );
+    assert_eq!(
+        invoice.lines[0].service_period.unwrap().start.to_string(),
+        "2024-07-26"
+    );
+}
+
+#[test]
+fn stripe_amounts_follow_the_currency_minor_unit_and_periods_end_inclusive() {
+    let mut invoice = fixture("stripe_invoice_event_invoice_paid.json")["data"]["object"].clone();
+    invoice["currency"] = json!("jpy");
+    invoice["total"] = json!(1999);
+    let line = &mut invoice["lines"]["data"][0];
+    line["currency"] = json!("jpy");
+    line["amount"] = json!(1999);
+    // A monthly subscription line: 2024-02-01 .. 2024-03-01 (exclusive), a leap February.
+    line["period"] = json!({"start": 1706745600, "end": 1709251200});
+    let invoice: Invoice = decode(&only(stripe(&event("invoice.finalized", invoice)).unwrap()));
+    assert_eq!(invoice.total.to_string(), "1999 JPY");
+    let period = invoice.lines[0].service_period.unwrap();
+    assert_eq!(
+        (period.start.to_string(), period.end.to_string()),
+        ("2024-02-01".into(), "2024-02-29".into())
+    );
+}
+
+#[test]
+fn stripe_payment_failures_carry_the_amount_due_and_attempts() {
+    let mut invoice = fixture("stripe_invoice_event_invoice_paid.json")["data"]["object"].clone();
+    invoice["attempt_count"] = json!(3);
+    invoice["amount_paid"] = json!(0);
+    let m = only(stripe(&event("invoice.payment_failed", invoice)).unwrap());
+    assert_eq!(m.kind, "PaymentFailed");
+    let payment: Payment = decode(&m);
+    assert_eq!(
+        (payment.amount.to_string(), payment.attempts),
+        ("108.00 USD".into(), Some(3))
+    );
+}
+
+#[test]
+fn stripe_bad_input_has_exact_outcomes() {
+    let invalid = |r: Result<Vec<Message>, Failure>| match r {
+        Err(Failure::Invalid(why)) => why,
+        other => panic!("not invalid: {other:?}"),
+    };
+    assert_eq!(
+        invalid(stripe(&fixture("stripe_invoice_object.json"))),
+        "invoice in_1Pgc6tB7WZ01zgkWu9fdqL6I is a draft: only finalized invoices are posted"
+    );
+    assert_eq!(
+        invalid(stripe(&fixture(
+            "stripe_djstripe_invoice_in_fakefakefakefakefake0001.json"
+        ))),
+        "invoice in_fakefakefakefakefake0001 carries no `lines.data`: send it with its lines"
+    );
+    assert_eq!(
+        invalid(stripe(&event("customer.created", json!({})))),
+        "unsupported Stripe event type `customer.created`; this source handles invoice.finalized, invoice.paid, invoice.payment_failed"
+    );
+    let mut wrong = fixture("stripe_invoice_event_invoice_paid.json");
+    wrong["data"]["object"]["total"] = json!("108.00");
+    assert_eq!(
+        invalid(stripe(&wrong)),
+        "not a Stripe invoice: invalid type: string \"108.00\", expected i64"
+    );
+    let mut missing = fixture("stripe_invoice_event_invoice_paid.json");
+    missing["data"]["object"]
+        .as_object_mut()
+        .unwrap()
+        .remove("currency");
+    assert_eq!(
+        invalid(stripe(&missing)),
+        "not a Stripe invoice: missing field `currency`"
+    );
+    assert_eq!(
+        invalid(stripe_source::to_messages(b"<xml/>")),
+        "the body is not JSON: expected value at line 1 column 1"
+    );
+    assert_eq!(
+        invalid(stripe(&fixture("stripe_subscription_object.json"))),
+        "a Stripe `subscription` object is not an event or an invoice"
+    );
+}
