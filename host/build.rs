@@ -17,6 +17,7 @@ const FIRST_PARTY: &[&str] = &[
     "tryton-sink",
     "sap-sink",
     "stripe-source",
+    "zuora-source",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];

@@ -169,3 +169,184 @@ fn stripe_bad_input_has_exact_outcomes() {
         "a Stripe `subscription` object is not an event or an invoice"
     );
 }
+
+fn zuora(body: &Value) -> Result<Vec<Message>, Failure> {
+    zuora_source::to_messages(body.to_string().as_bytes(), "USD")
+}
+
+fn contract_json(m: &Message) -> Value {
+    let contract: tenon_sdk::model::Contract = decode(m);
+    serde_json::to_value(contract).unwrap()
+}
+
+#[test]
+fn zuora_create_subscription_activates_a_contract() {
+    let m = only(zuora(&fixture("zuora_order_create_subscription.json")).unwrap());
+    assert_eq!(
+        (m.kind.as_str(), m.key.as_str()),
+        ("ContractActivated", "SM-00001")
+    );
+    assert_eq!(m.header("idempotency-key"), Some("OM-00001/SM-00001"));
+    assert_eq!(
+        contract_json(&m),
+        json!({
+            "id": "SM-00001",
+            "customer": {"id": "A00000001"},
+            "status": "Active",
+            "currency": "USD",
+            "contract_effective": "2017-01-01",
+            "term_months": 12,
+            "actions": ["CreateSubscription"],
+            "lines": [{
+                "id": "efbff07e6290dfb8016291003bd00dda",
+                "product": {"id": "efbff07e6290dfb8016291003bd00dda"},
+                "quantity": "1",
+                "charge": "Recurring",
+                "service_period": {"start": "2017-01-01", "end": "2017-12-31"},
+            }],
+        })
+    );
+}
+
+#[test]
+fn zuora_remove_and_add_product_is_one_amendment_with_its_three_dates_apart() {
+    let m = only(zuora(&fixture("zuora_order_amendment_remove_add_product.json")).unwrap());
+    assert_eq!(
+        (m.kind.as_str(), m.key.as_str()),
+        ("ContractAmended", "A-S00000272")
+    );
+    let c = contract_json(&m);
+    assert_eq!(c["actions"], json!(["RemoveProduct", "AddProduct"]));
+    // The first action's dates win where stated: service activation 2023-03-01 and
+    // acceptance 2023-04-01 (remove), contract effective 2023-04-01 (add).
+    assert_eq!(
+        (
+            &c["contract_effective"],
+            &c["service_activation"],
+            &c["customer_acceptance"]
+        ),
+        (
+            &json!("2023-04-01"),
+            &json!("2023-03-01"),
+            &json!("2023-04-01")
+        )
+    );
+    let changes: Vec<(&str, &str)> = c["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["id"].as_str().unwrap(), l["change"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("8a90a9b784ae5f180184c6c46a1a46b6", "Removed"),
+            ("8a90a9b784ae5f180184c6c46a1a46b6", "Added"),
+        ]
+    );
+}
+
+#[test]
+fn zuora_suspend_resume_renew_and_cancel() {
+    let kinds_and_status = |name: &str| {
+        let m = only(zuora(&fixture(name)).unwrap());
+        let c = contract_json(&m);
+        (
+            m.kind,
+            c["status"].as_str().unwrap().to_owned(),
+            c["actions"].clone(),
+        )
+    };
+    assert_eq!(
+        kinds_and_status("zuora_order_renew_suspend_resume_0.json"),
+        (
+            "ContractAmended".into(),
+            "Suspended".into(),
+            json!(["Suspend"])
+        )
+    );
+    assert_eq!(
+        kinds_and_status("zuora_order_renew_suspend_resume_1.json"),
+        ("ContractAmended".into(), "Active".into(), json!(["Resume"]))
+    );
+    assert_eq!(
+        kinds_and_status("zuora_order_renew_suspend_resume_2.json"),
+        (
+            "ContractAmended".into(),
+            "Active".into(),
+            json!(["RenewSubscription"])
+        )
+    );
+    let m = only(zuora(&fixture("zuora_order_cancel.json")).unwrap());
+    assert_eq!(
+        (m.kind.as_str(), m.key.as_str()),
+        ("ContractCancelled", "A-S00020635")
+    );
+    let c = contract_json(&m);
+    assert_eq!(
+        (&c["status"], &c["ends"]),
+        (&json!("Cancelled"), &json!("2022-04-30"))
+    );
+    assert_eq!(c["customer"]["id"], "A%00026428");
+}
+
+#[test]
+fn zuora_prices_come_only_from_charge_overrides() {
+    let mut order = fixture("zuora_order_create_subscription.json");
+    order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
+        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1",
+            "pricing": {"recurringPerUnit": {"listPrice": 19.99, "quantity": 3}}}]);
+    let c = contract_json(&only(zuora(&order).unwrap()));
+    assert_eq!(
+        c["lines"][0]["amount"],
+        json!({"amount": "59.97", "currency": "USD"})
+    );
+    assert_eq!(c["lines"][0]["quantity"], "3");
+}
+
+#[test]
+fn zuora_bad_input_has_exact_outcomes() {
+    let invalid = |r: Result<Vec<Message>, Failure>| match r {
+        Err(Failure::Invalid(why)) => why,
+        other => panic!("not invalid: {other:?}"),
+    };
+    let mut unknown = fixture("zuora_order_cancel.json");
+    unknown["subscriptions"][0]["orderActions"][0]["type"] = json!("OwnerTransfer");
+    assert!(
+        invalid(zuora(&unknown))
+            .starts_with("unsupported Zuora order action `OwnerTransfer` on A-S00020635; this source handles CreateSubscription, ")
+    );
+    let mut no_date = fixture("zuora_order_cancel.json");
+    no_date.as_object_mut().unwrap().remove("orderDate");
+    assert_eq!(
+        invalid(zuora(&no_date)),
+        "not a Zuora order: missing field `orderDate` at line 1 column 588"
+    );
+    let mut bad_date = fixture("zuora_order_cancel.json");
+    bad_date["subscriptions"][0]["orderActions"][0]["triggerDates"][0]["triggerDate"] =
+        json!("30/04/2022");
+    assert_eq!(
+        invalid(zuora(&bad_date)),
+        "CustomerAcceptance `30/04/2022` is not a date (YYYY-MM-DD)"
+    );
+    let mut two = fixture("zuora_order_amendment_remove_add_product.json");
+    two["subscriptions"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"subscriptionNumber": "A-S00000999", "orderActions": []}));
+    assert_eq!(
+        invalid(zuora(&two)),
+        "subscription entry 1 has no subscriptionNumber, and the order names 2 subscriptions"
+    );
+    assert_eq!(
+        invalid(zuora_source::to_messages(b"{}", "USD")),
+        "not a Zuora order: missing field `orderDate` at line 1 column 2"
+    );
+    assert_eq!(
+        invalid(zuora_source::to_messages(
+            fixture("zuora_order_cancel.json").to_string().as_bytes(),
+            "dollars"
+        )),
+        "config `currency`: `dollars` is not an ISO 4217 currency code (three letters, e.g. EUR)"
+    );
+}

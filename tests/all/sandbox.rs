@@ -402,6 +402,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("tryton-sink", true),
         ("sap-sink", true),
         ("stripe-source", true),
+        ("zuora-source", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

@@ -280,8 +280,24 @@ pub struct Contract {
     /// Term in months, when termed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term_months: Option<u32>,
-    /// The charges of the contract.
+    /// When the contract ends (a cancellation's effective date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends: Option<NaiveDate>,
+    /// The billing system's actions that produced this state, in order (e.g.
+    /// `["RemoveProduct", "AddProduct"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub actions: Vec<String>,
+    /// The charges of the contract (on an amendment: the charges that changed).
     pub lines: Vec<ContractLine>,
+}
+
+/// How an amendment changed a contract line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LineChange {
+    /// The charge was added.
+    Added,
+    /// The charge was removed.
+    Removed,
 }
 
 /// One charge of a [`Contract`].
@@ -305,6 +321,9 @@ pub struct ContractLine {
     /// When the charge is in service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_period: Option<Period>,
+    /// On an amendment, what happened to this charge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<LineChange>,
 }
 
 /// A posted invoice (event `InvoicePosted`).
