@@ -18,6 +18,7 @@ const FIRST_PARTY: &[&str] = &[
     "sap-sink",
     "stripe-source",
     "zuora-source",
+    "revenue-schedule",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];

@@ -294,14 +294,23 @@ fn zuora_suspend_resume_renew_and_cancel() {
 fn zuora_prices_come_only_from_charge_overrides() {
     let mut order = fixture("zuora_order_create_subscription.json");
     order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
-        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1",
+        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1", "billingPeriod": "Month",
             "pricing": {"recurringPerUnit": {"listPrice": 19.99, "quantity": 3}}}]);
     let c = contract_json(&only(zuora(&order).unwrap()));
+    // 3 x 19.99 a month over the 12-month term.
     assert_eq!(
         c["lines"][0]["amount"],
-        json!({"amount": "59.97", "currency": "USD"})
+        json!({"amount": "719.64", "currency": "USD"})
     );
     assert_eq!(c["lines"][0]["quantity"], "3");
+    // Without its billing period, a recurring price says nothing about the term.
+    order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
+        ["chargeOverrides"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("billingPeriod");
+    let c = contract_json(&only(zuora(&order).unwrap()));
+    assert!(c["lines"][0].get("amount").is_none(), "{c}");
 }
 
 #[test]
@@ -348,5 +357,141 @@ fn zuora_bad_input_has_exact_outcomes() {
             "dollars"
         )),
         "config `currency`: `dollars` is not an ISO 4217 currency code (three letters, e.g. EUR)"
+    );
+}
+
+fn schedules(m: &Message) -> Result<Vec<Value>, Failure> {
+    Ok(revenue_schedule::schedules_of(m)?
+        .into_iter()
+        .map(|s| serde_json::to_value(s).unwrap())
+        .collect())
+}
+
+fn amounts(schedule: &Value) -> Vec<String> {
+    schedule["periods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["amount"]["amount"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_zuora_contract_with_a_price_is_recognised_monthly() {
+    let mut order = fixture("zuora_order_create_subscription.json");
+    order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
+        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1", "billingPeriod": "Month",
+            "pricing": {"recurringFlatFee": {"listPrice": 100}}}]);
+    let contract = only(zuora(&order).unwrap());
+    let s = schedules(&contract).unwrap();
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0]["id"], "SM-00001/efbff07e6290dfb8016291003bd00dda");
+    assert_eq!(
+        s[0]["total"],
+        json!({"amount": "1200.00", "currency": "USD"})
+    );
+    assert_eq!(amounts(&s[0]), vec!["100.00"; 12]);
+    assert_eq!(
+        s[0]["periods"][11]["period"],
+        json!({"start": "2017-12-01", "end": "2017-12-31"})
+    );
+
+    // The fixture itself names no price: nothing can be recognised, and it says why.
+    let unpriced = only(zuora(&fixture("zuora_order_create_subscription.json")).unwrap());
+    assert_eq!(
+        schedules(&unpriced).unwrap_err(),
+        Failure::Rejected(vec![
+            "line efbff07e6290dfb8016291003bd00dda: no price: the order does not override the catalogue price, so nothing can be recognised".into()
+        ])
+    );
+    // A cancellation recognises nothing more.
+    let cancelled = only(zuora(&fixture("zuora_order_cancel.json")).unwrap());
+    assert_eq!(schedules(&cancelled).unwrap(), Vec::<Value>::new());
+}
+
+#[test]
+fn an_invoice_line_with_a_service_period_is_recognised_over_it() {
+    let mut invoice = fixture("stripe_invoice_event_invoice_paid.json")["data"]["object"].clone();
+    invoice["currency"] = json!("kwd");
+    invoice["total"] = json!(10000);
+    let line = &mut invoice["lines"]["data"][0];
+    line["currency"] = json!("kwd");
+    line["amount"] = json!(10000);
+    // 2024-01-15 .. 2024-04-14 inclusive (Stripe's end is exclusive).
+    line["period"] = json!({"start": 1705276800, "end": 1713139200});
+    let posted = only(stripe(&event("invoice.finalized", invoice)).unwrap());
+    let s = schedules(&posted).unwrap();
+    // 17/31 of January, February (29 days, leap), March, 14/30 of April; 10.000 KWD.
+    assert_eq!(amounts(&s[0]), ["1.818", "3.316", "3.316", "1.550"]);
+    let sum: tenon_sdk::model::rust_decimal::Decimal = amounts(&s[0])
+        .iter()
+        .map(|a| {
+            a.parse::<tenon_sdk::model::rust_decimal::Decimal>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(sum.to_string(), "10.000");
+}
+
+#[test]
+fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
+    use tenon_sdk::model::{
+        ChargeType, Contract, ContractLine, ContractStatus, Currency, Money, Party, Period, Product,
+    };
+    let eur = Currency::new("EUR").unwrap();
+    let money = |a: &str| Money::new(a.parse().unwrap(), eur.clone());
+    let period = Period {
+        start: "2025-01-01".parse().unwrap(),
+        end: "2025-12-31".parse().unwrap(),
+    };
+    let line = |id: &str, amount: Option<Money>, ssp: &str| ContractLine {
+        id: id.into(),
+        product: Product {
+            id: id.into(),
+            code: None,
+            name: None,
+        },
+        quantity: 1.into(),
+        amount,
+        standalone_price: Some(money(ssp)),
+        charge: ChargeType::Recurring,
+        service_period: Some(period),
+        change: None,
+    };
+    let contract = Contract {
+        id: "C-1".into(),
+        customer: Party {
+            id: "A1".into(),
+            name: None,
+            country: None,
+        },
+        status: ContractStatus::Active,
+        currency: eur.clone(),
+        contract_effective: None,
+        service_activation: None,
+        customer_acceptance: None,
+        term_months: Some(12),
+        ends: None,
+        actions: vec![],
+        lines: vec![
+            line("licence", Some(money("900.00")), "800.00"),
+            line("support", None, "400.00"),
+        ],
+    };
+    let s = revenue_schedule::contract_schedules(&contract).unwrap();
+    let totals: Vec<String> = s.iter().map(|s| s.total.to_string()).collect();
+    assert_eq!(totals, ["600.00 EUR", "300.00 EUR"]);
+    assert_eq!(
+        amounts(&serde_json::to_value(&s[1]).unwrap()),
+        vec!["25.00"; 12]
+    );
+}
+
+#[test]
+fn revenue_schedules_refuse_messages_they_do_not_take() {
+    let m = Message::encode("OrderAccepted", "Q-1", &json!({})).unwrap();
+    assert_eq!(
+        schedules(&m).unwrap_err(),
+        Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted".into())
     );
 }

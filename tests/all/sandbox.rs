@@ -403,6 +403,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("sap-sink", true),
         ("stripe-source", true),
         ("zuora-source", true),
+        ("revenue-schedule", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

@@ -239,9 +239,14 @@ fn contract(
                     .into_iter()
                     .flatten()
                 {
-                    contract
-                        .lines
-                        .push(line(number, plan, "productRatePlanId", currency, None)?);
+                    contract.lines.push(line(
+                        number,
+                        plan,
+                        "productRatePlanId",
+                        currency,
+                        None,
+                        contract.term_months,
+                    )?);
                 }
             }
             "AddProduct" => {
@@ -252,6 +257,7 @@ fn contract(
                     "productRatePlanId",
                     currency,
                     Some(LineChange::Added),
+                    contract.term_months,
                 )?);
             }
             "RemoveProduct" => {
@@ -262,6 +268,7 @@ fn contract(
                     "ratePlanId",
                     currency,
                     Some(LineChange::Removed),
+                    None,
                 )?);
             }
             "Suspend" => contract.status = ContractStatus::Suspended,
@@ -307,17 +314,21 @@ fn line(
     id_field: &str,
     currency: &Currency,
     change: Option<LineChange>,
+    term_months: Option<u32>,
 ) -> Result<ContractLine, Failure> {
     let id = plan[id_field]
         .as_str()
         .ok_or_else(|| Failure::Invalid(format!("{number}: a rate plan without `{id_field}`")))?;
-    // A price only when the order overrides the catalogue's.
+    // A price only when the order overrides the catalogue's; a recurring price is per
+    // billing period, so it needs the charge's `billingPeriod` and the term to become
+    // the charge's price over its service period.
     let overrides = plan["chargeOverrides"]
         .as_array()
         .cloned()
         .unwrap_or_default();
     let mut quantity = Decimal::ONE;
     let mut amount: Option<Decimal> = None;
+    let mut unknown = false;
     for charge in &overrides {
         let pricing = &charge["pricing"];
         for kind in [
@@ -326,16 +337,38 @@ fn line(
             "oneTimeFlatFee",
             "oneTimePerUnit",
         ] {
-            if let Some(price) = pricing[kind]["listPrice"].as_f64() {
-                let price = decimal(price)?;
-                if let Some(q) = pricing[kind]["quantity"].as_f64() {
-                    quantity = decimal(q)?;
-                }
-                let per_unit = kind.ends_with("PerUnit");
-                let add = if per_unit { price * quantity } else { price };
-                amount = Some(amount.unwrap_or_default() + add);
+            let Some(price) = pricing[kind]["listPrice"].as_f64() else {
+                continue;
+            };
+            let price = decimal(price)?;
+            if let Some(q) = pricing[kind]["quantity"].as_f64() {
+                quantity = decimal(q)?;
             }
+            let mut add = if kind.ends_with("PerUnit") {
+                price * quantity
+            } else {
+                price
+            };
+            if kind.starts_with("recurring") {
+                let per = match charge["billingPeriod"].as_str() {
+                    Some("Month") => Some(1),
+                    Some("Quarter") => Some(3),
+                    Some("Semi_Annual") => Some(6),
+                    Some("Annual") => Some(12),
+                    _ => None,
+                };
+                match (per, term_months) {
+                    (Some(per), Some(term)) if term % per == 0 => {
+                        add *= Decimal::from(term / per);
+                    }
+                    _ => unknown = true,
+                }
+            }
+            amount = Some(amount.unwrap_or_default() + add);
         }
+    }
+    if unknown {
+        amount = None;
     }
     Ok(ContractLine {
         id: id.to_owned(),

@@ -1,0 +1,143 @@
+//! Transform plugin: a ratable monthly revenue schedule for every line with a service
+//! period, from a contract (`ContractActivated`, `ContractAmended`) or an invoice
+//! (`InvoicePosted`); each schedule is a `RevenueScheduleUpdated` message.
+//!
+//! - Whole months recognise alike; a partial first or last month recognises its
+//!   share of a month by days; the periods sum exactly to the line's amount in the
+//!   currency's minor units, the rounding remainder in the last period
+//!   ([`tenon_sdk::model::revenue`]).
+//! - Contract lines that carry a standalone selling price share one price: the sum
+//!   of their amounts is allocated among them by standalone price before each is
+//!   scheduled.
+//! - A contract line without a price (a catalogue rate plan the order did not
+//!   override) cannot be recognised: the message is `rejected`, naming every such
+//!   line. Removed lines and cancelled contracts produce no schedule.
+
+use tenon_sdk::model::revenue::{allocate, ratable_schedule};
+use tenon_sdk::model::{Contract, Invoice, Money, Period, RevenueSchedule, kinds};
+use tenon_sdk::model::{LineChange, rust_decimal::Decimal};
+use tenon_sdk::{Failure, Message};
+
+#[tenon_sdk::transform]
+fn transform(input: Message) -> Result<Vec<Message>, Failure> {
+    schedules_of(&input)?
+        .iter()
+        .map(|s| Message::encode(kinds::REVENUE_SCHEDULE_UPDATED, &input.key, s))
+        .collect()
+}
+
+/// The schedules a message calls for.
+pub fn schedules_of(input: &Message) -> Result<Vec<RevenueSchedule>, Failure> {
+    match input.kind.as_str() {
+        kinds::CONTRACT_ACTIVATED | kinds::CONTRACT_AMENDED => contract_schedules(&input.decode()?),
+        kinds::CONTRACT_CANCELLED => Ok(Vec::new()),
+        kinds::INVOICE_POSTED => invoice_schedules(&input.decode()?),
+        other => Err(Failure::Invalid(format!(
+            "a `{other}` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted"
+        ))),
+    }
+}
+
+fn schedule(
+    id: String,
+    line: &str,
+    amount: &Money,
+    period: Period,
+) -> Result<RevenueSchedule, Failure> {
+    ratable_schedule(&id, line, amount, period)
+        .map_err(|e| Failure::Rejected(vec![format!("line {line}: {e}")]))
+}
+
+/// Schedules for a contract's lines in service.
+pub fn contract_schedules(contract: &Contract) -> Result<Vec<RevenueSchedule>, Failure> {
+    let live: Vec<_> = contract
+        .lines
+        .iter()
+        .filter(|l| l.change != Some(LineChange::Removed))
+        .collect();
+    let mut reasons = Vec::new();
+    for line in &live {
+        // A line that shares a price is priced by the allocation.
+        if line.amount.is_none() && line.standalone_price.is_none() {
+            reasons.push(format!(
+                "line {}: no price: the order does not override the catalogue price, so nothing can be recognised",
+                line.id
+            ));
+        }
+        if line.service_period.is_none() {
+            reasons.push(format!("line {}: no service period", line.id));
+        }
+    }
+    let sharing = live.iter().filter(|l| l.standalone_price.is_some());
+    if sharing.clone().count() > 0 && sharing.clone().all(|l| l.amount.is_none()) {
+        reasons.push("the lines that share a price carry none".into());
+    }
+    if !reasons.is_empty() {
+        return Err(Failure::Rejected(reasons));
+    }
+    // The lines with a standalone price share the sum of their amounts.
+    let shared: Vec<_> = live
+        .iter()
+        .filter(|l| l.standalone_price.is_some())
+        .collect();
+    let mut allocated: Vec<(String, Money)> = Vec::new();
+    if !shared.is_empty() {
+        let mut total = Money::new(Decimal::ZERO, contract.currency.clone());
+        for line in &shared {
+            let amount = line
+                .amount
+                .clone()
+                .unwrap_or_else(|| Money::zero(contract.currency.clone()));
+            total = total.checked_add(&amount).ok_or_else(|| {
+                Failure::Rejected(vec![format!(
+                    "line {}: not in {}",
+                    line.id, contract.currency
+                )])
+            })?;
+        }
+        let prices: Vec<Money> = shared
+            .iter()
+            .filter_map(|l| l.standalone_price.clone())
+            .collect();
+        let shares = allocate(&total, &prices)
+            .map_err(|e| Failure::Rejected(vec![format!("allocation: {e}")]))?;
+        allocated = shared.iter().map(|l| l.id.clone()).zip(shares).collect();
+    }
+    live.iter()
+        .map(|line| {
+            // Every live line has both: checked above.
+            let missing =
+                || Failure::Rejected(vec![format!("line {}: no price or period", line.id)]);
+            let amount = allocated
+                .iter()
+                .find(|(id, _)| *id == line.id)
+                .map(|(_, m)| m.clone())
+                .or_else(|| line.amount.clone())
+                .ok_or_else(missing)?;
+            let period = line.service_period.ok_or_else(missing)?;
+            schedule(
+                format!("{}/{}", contract.id, line.id),
+                &line.id,
+                &amount,
+                period,
+            )
+        })
+        .collect()
+}
+
+/// Schedules for an invoice's lines that bill a service period.
+pub fn invoice_schedules(invoice: &Invoice) -> Result<Vec<RevenueSchedule>, Failure> {
+    invoice
+        .lines
+        .iter()
+        .filter_map(|line| Some((line, line.service_period?)))
+        .map(|(line, period)| {
+            schedule(
+                format!("{}/{}", invoice.id, line.id),
+                &line.id,
+                &line.amount,
+                period,
+            )
+        })
+        .collect()
+}
