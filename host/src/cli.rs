@@ -250,7 +250,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "flow {}: {} -> {}",
                     flow.name,
-                    flow.source,
+                    match &flow.source {
+                        Some(source) => source.clone(),
+                        None => format!("events {}", flow.subscribe.join(", ")),
+                    },
                     flow.stages.join(" -> ")
                 );
             }

@@ -185,13 +185,26 @@ pub struct SecretSource {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FlowEntry {
-    /// The source plugin instance; `POST /v1/sources/<source>` feeds the flow.
-    pub source: Spanned<String>,
+    /// The source plugin instance; `POST /v1/sources/<source>` feeds the flow. A flow
+    /// has a source or subscribes to events, not both.
+    #[serde(default)]
+    pub source: Option<Spanned<String>>,
+    /// Event kinds this flow takes from the other flows, instead of a source: every
+    /// message of one of these kinds that another flow's source or step emits also
+    /// enters this flow, e.g. `subscribe = ["OrderAccepted"]`.
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<String>>,
+    /// Headers a subscribed message must carry, e.g. `when = { tenon-entity = "DE01" }`
+    /// (set by a routing step): the way to send each message to one of several flows.
+    #[serde(default)]
+    pub when: BTreeMap<String, String>,
     /// Transform plugin instances, in order.
     #[serde(default)]
     pub steps: Vec<Spanned<String>>,
-    /// The sink plugin instance.
-    pub sink: Spanned<String>,
+    /// The sink plugin instance. A flow without one ends with its last step, whose
+    /// outputs go to the flows that subscribe to them.
+    #[serde(default)]
+    pub sink: Option<Spanned<String>>,
     /// Attempts per stage before a message becomes a dead letter (default 5).
     #[serde(default)]
     pub max_attempts: Option<u32>,
@@ -271,7 +284,7 @@ impl Config {
 impl FlowEntry {
     /// The stages after the source: the steps, then the sink.
     pub fn stages(&self) -> impl Iterator<Item = &Spanned<String>> {
-        self.steps.iter().chain(std::iter::once(&self.sink))
+        self.steps.iter().chain(self.sink.iter())
     }
 }
 
@@ -313,9 +326,37 @@ impl Config {
             ));
         }
         for (flow, entry) in &self.flows {
-            let fields = std::iter::once(("source", &entry.source))
+            let anchor = match (&entry.source, entry.subscribe.first()) {
+                (Some(source), None) => source,
+                (None, Some(kind)) => kind,
+                (Some(source), Some(_)) => {
+                    return Err(self.error(
+                        source,
+                        format!("flow `{flow}`: give `source` or `subscribe`, not both"),
+                    ));
+                }
+                (None, None) => {
+                    return Err(self.error_at_key(
+                        flow,
+                        format!("flow `{flow}`: needs a `source` or events to `subscribe` to"),
+                    ));
+                }
+            };
+            if entry.steps.is_empty() && entry.sink.is_none() {
+                return Err(self.error(anchor, format!("flow `{flow}`: needs steps or a sink")));
+            }
+            if !entry.when.is_empty() && entry.subscribe.is_empty() {
+                return Err(self.error(
+                    anchor,
+                    format!("flow `{flow}`: `when` filters subscribed events; this flow subscribes to none"),
+                ));
+            }
+            let fields = entry
+                .source
+                .iter()
+                .map(|s| ("source", s))
                 .chain(entry.steps.iter().map(|s| ("steps", s)))
-                .chain(std::iter::once(("sink", &entry.sink)));
+                .chain(entry.sink.iter().map(|s| ("sink", s)));
             for (field, name) in fields {
                 if !self.plugins.contains_key(name.get_ref()) {
                     let known: Vec<&str> = self.plugins.keys().map(String::as_str).collect();
@@ -349,13 +390,13 @@ impl Config {
                 || entry.retry.values().any(|r| r.max_attempts == Some(0));
             if zero_attempts {
                 return Err(self.error(
-                    &entry.source,
+                    anchor,
                     format!("flow `{flow}`: field `max_attempts` must be at least 1"),
                 ));
             }
             if entry.concurrency == Some(0) {
                 return Err(self.error(
-                    &entry.source,
+                    anchor,
                     format!("flow `{flow}`: field `concurrency` must be at least 1"),
                 ));
             }

@@ -231,10 +231,9 @@ pub enum Accepted {
 pub enum Completion {
     /// Outputs for another queue (possibly none).
     Forward {
-        /// The queue the outputs go to.
-        queue: String,
-        /// The outputs.
-        outputs: Vec<Envelope>,
+        /// The outputs, each with the queue it goes to (the next stage, or the first
+        /// stage of a flow that subscribes to it).
+        outputs: Vec<(String, Envelope)>,
     },
     /// The message ended here.
     Finish(Box<Outcome>),
@@ -796,8 +795,8 @@ impl Notifiers {
                 }
             }
             Write::Complete { slot, completion } => {
-                if let Completion::Forward { queue, outputs } = completion {
-                    for _ in outputs {
+                if let Completion::Forward { outputs } = completion {
+                    for (queue, _) in outputs {
                         self.get(queue).notify_one();
                     }
                 }
@@ -946,12 +945,12 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                     // Same slot: the message keeps its place in its key's order.
                     queue.insert(slot, encode(envelope.as_ref())?.as_slice())?;
                 }
-                Completion::Forward {
-                    queue: next,
-                    outputs,
-                } => {
+                Completion::Forward { outputs } => {
                     queue.remove(slot)?;
-                    append(&mut queue, &mut outputs.iter().map(|e| (next.as_str(), e)))?;
+                    append(
+                        &mut queue,
+                        &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),
+                    )?;
                 }
                 Completion::Finish(outcome) => {
                     let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
@@ -1024,8 +1023,7 @@ mod tests {
         q.complete(
             lease,
             Completion::Forward {
-                queue: "f/1".into(),
-                outputs: vec![out.clone()],
+                outputs: vec![("f/1".into(), out.clone())],
             },
         )
         .await
@@ -1131,8 +1129,7 @@ mod tests {
         assert_eq!(second.envelope.message.id, "m1");
 
         let forward = |id: &str| Completion::Forward {
-            queue: "f/1".into(),
-            outputs: vec![envelope(id, "k")],
+            outputs: vec![("f/1".into(), envelope(id, "k"))],
         };
         let err = q
             .complete(stalled, forward("from-stalled"))

@@ -43,8 +43,12 @@ const RETRY_MAX_MS: u64 = 30_000;
 pub struct Flow {
     /// Its name.
     pub name: String,
-    /// The source plugin instance.
-    pub source: String,
+    /// The source plugin instance, for a flow fed through ingress.
+    pub source: Option<String>,
+    /// The event kinds it takes from other flows, for a subscribing flow.
+    pub subscribe: Vec<String>,
+    /// Headers a subscribed message must carry.
+    pub when: BTreeMap<String, String>,
     /// The stage plugin instances: the steps, then the sink.
     pub stages: Vec<String>,
     /// How each stage retries, in the order of `stages`.
@@ -318,6 +322,41 @@ impl Runtime {
             .collect()
     }
 
+    /// The flows `message` (emitted in flow `from`) enters as an event: those that
+    /// subscribe to its kind and whose `when` headers it carries, except the flow it
+    /// comes from and any flow its lineage went through already (no loops). Each gets
+    /// an envelope at its first stage, with an id derived from the message's.
+    fn published(
+        &self,
+        message: &StoredMessage,
+        from: &str,
+        root: &str,
+        accepted_ms: u64,
+        trail: &[Hop],
+    ) -> Vec<(String, Envelope)> {
+        let header = |name: &str| {
+            message
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        self.flows()
+            .into_iter()
+            .filter(|f| f.subscribe.iter().any(|k| *k == message.kind))
+            .filter(|f| f.when.iter().all(|(k, v)| header(k) == Some(v.as_str())))
+            .filter(|f| f.name != from && !message.id.contains(&format!("@{}", f.name)))
+            .map(|f| {
+                let mut copy = message.clone();
+                copy.id = format!("{}@{}", message.id, f.name);
+                let mut envelope = Envelope::entering(&f.name, &f.stages, copy, accepted_ms);
+                envelope.root = root.to_owned();
+                envelope.trail = trail.to_vec();
+                (queue_name(&f.name, &f.stages[0]), envelope)
+            })
+            .collect()
+    }
+
     /// Hand a raw request to a source and commit its messages to every flow that
     /// starts there. Returns the accepted message ids once they are durable.
     ///
@@ -328,7 +367,7 @@ impl Runtime {
         let flows: Vec<Flow> = self
             .flows()
             .into_iter()
-            .filter(|f| f.source == source)
+            .filter(|f| f.source.as_deref() == Some(source))
             .collect();
         let plugin = match (flows.is_empty(), self.plugin(source)) {
             (false, Some(plugin)) => plugin,
@@ -387,7 +426,9 @@ impl Runtime {
             };
             let accepted_ms = now_ms();
             let mut items = Vec::with_capacity(messages.len() * flows.len());
+            let mut events = Vec::new();
             for message in messages {
+                let first = items.len();
                 for flow in &flows {
                     let id = uuid::Uuid::now_v7().to_string();
                     let mut message = message.clone();
@@ -399,8 +440,13 @@ impl Runtime {
                     envelope.trail.push(hop.clone());
                     items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
                 }
+                // The message is an event too: the flows subscribing to its kind get it.
+                if let Some((_, e)) = items.get(first) {
+                    events.extend(self.published(&e.message, &e.flow, &e.root, accepted_ms, &e.trail));
+                }
             }
-                        let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+            let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+            items.extend(events);
             // Without a key from the caller, the source may derive one from the payload
             // (e.g. quote id + last modification) by setting it on its messages.
             let claim = claim.or_else(|| {
@@ -588,7 +634,7 @@ impl Runtime {
 
     async fn run_stage(&self, policy: RetryPolicy, plugin: &Plugin, env: &Envelope) -> Completion {
         let stage = env.stage;
-        let is_sink = stage as usize + 1 == env.route.len();
+        let is_sink = plugin.kind() == Kind::Sink;
         let started = Instant::now();
         let recorded = match is_sink {
             true => self.queue.outcome(&env.message.id).ok().flatten(),
@@ -679,7 +725,7 @@ impl Runtime {
             Ok(Done::Outputs(outputs)) => {
                 tracing::debug!(outputs = outputs.len(), "step done");
                 let next = stage + 1;
-                let outputs = outputs
+                let outputs: Vec<Envelope> = outputs
                     .into_iter()
                     .enumerate()
                     .map(|(i, mut message)| {
@@ -701,10 +747,43 @@ impl Runtime {
                         }
                     })
                     .collect();
-                Completion::Forward {
-                    queue: queue_name(&env.flow, &env.route[next as usize]),
-                    outputs,
+                // After a flow's last step (a flow without a sink), outputs go only
+                // to the flows that subscribe to them; one that no flow takes is an
+                // error, never a silent drop.
+                let queue = env
+                    .route
+                    .get(next as usize)
+                    .map(|stage| queue_name(&env.flow, stage));
+                let mut forward = Vec::with_capacity(outputs.len());
+                let mut unrouted = Vec::new();
+                for output in outputs {
+                    let events = self.published(
+                        &output.message,
+                        &env.flow,
+                        &env.root,
+                        env.accepted_ms,
+                        &output.trail,
+                    );
+                    match &queue {
+                        Some(queue) => forward.push((queue.clone(), output)),
+                        None if events.is_empty() => unrouted.push(describe_event(&output.message)),
+                        None => {}
+                    }
+                    forward.extend(events);
                 }
+                if !unrouted.is_empty() {
+                    let error = format!("no flow subscribes to {}", unrouted.join(", "));
+                    tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
+                    let mut attempts = env.attempts.clone();
+                    attempts.push(Attempt {
+                        at_ms: now_ms(),
+                        plugin: plugin.name().to_owned(),
+                        digest: plugin.digest().to_owned(),
+                        error: error.clone(),
+                    });
+                    return finish(OutcomeKind::DeadLetter { error }, trail, attempts);
+                }
+                Completion::Forward { outputs: forward }
             }
             Err(CallError::Failure(Failure::Rejected(reasons))) => {
                 tracing::info!(outcome = "rejected", reasons = %reasons.join("; "), "message rejected");
@@ -763,6 +842,21 @@ impl Runtime {
     }
 }
 
+/// `OrderAccepted` with its `tenon-*` headers, for an error about routing it.
+fn describe_event(message: &StoredMessage) -> String {
+    let headers: Vec<String> = message
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("tenon-"))
+        .map(|(k, v)| format!("{k} = `{v}`"))
+        .collect();
+    if headers.is_empty() {
+        format!("`{}`", message.kind)
+    } else {
+        format!("`{}` with {}", message.kind, headers.join(", "))
+    }
+}
+
 /// A config that loaded whole, ready to replace the running one.
 struct Candidate {
     config: Config,
@@ -792,11 +886,15 @@ fn resolve_flows(
                 ),
             ))
         };
-        expect(&entry.source, "source", Kind::Source)?;
+        if let Some(source) = &entry.source {
+            expect(source, "source", Kind::Source)?;
+        }
         for step in &entry.steps {
             expect(step, "steps", Kind::Transform)?;
         }
-        expect(&entry.sink, "sink", Kind::Sink)?;
+        if let Some(sink) = &entry.sink {
+            expect(sink, "sink", Kind::Sink)?;
+        }
         let policy = |stage: &str| {
             let own = entry.retry.get(stage).cloned().unwrap_or_default();
             RetryPolicy {
@@ -817,7 +915,13 @@ fn resolve_flows(
         let stages: Vec<String> = entry.stages().map(|s| s.get_ref().clone()).collect();
         let flow = Flow {
             name: name.clone(),
-            source: entry.source.get_ref().clone(),
+            source: entry.source.as_ref().map(|s| s.get_ref().clone()),
+            subscribe: entry
+                .subscribe
+                .iter()
+                .map(|k| k.get_ref().clone())
+                .collect(),
+            when: entry.when.clone(),
             retry: stages.iter().map(|s| policy(s)).collect(),
             stages,
             concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
