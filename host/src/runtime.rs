@@ -343,7 +343,7 @@ impl Runtime {
         };
         self.flows()
             .into_iter()
-            .filter(|f| f.subscribe.iter().any(|k| *k == message.kind))
+            .filter(|f| f.subscribe.contains(&message.kind))
             .filter(|f| f.when.iter().all(|(k, v)| header(k) == Some(v.as_str())))
             .filter(|f| f.name != from && !message.id.contains(&format!("@{}", f.name)))
             .map(|f| {
