@@ -19,6 +19,9 @@ const FIRST_PARTY: &[&str] = &[
     "stripe-source",
     "zuora-source",
     "revenue-schedule",
+    "order-gateway",
+    "entity-router",
+    "canonical-source",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];

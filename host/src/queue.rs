@@ -705,14 +705,14 @@ impl Queue {
         for entry in table.range(root..)? {
             let (k, v) = entry?;
             let id = k.value();
-            if id != root
-                && !id
-                    .strip_prefix(root)
-                    .is_some_and(|rest| rest.starts_with('.'))
-            {
+            // A lineage: the root, `<root>.<n>...` (a step's outputs) and
+            // `<root>@<flow>...` (the same message as an event in another flow).
+            let Some(rest) = id.strip_prefix(root) else {
                 break;
+            };
+            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('@') {
+                out.push(decode(v.value())?);
             }
-            out.push(decode(v.value())?);
         }
         Ok(out)
     }

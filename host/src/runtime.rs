@@ -391,7 +391,11 @@ impl Runtime {
             if let Some(record) = self.queue.idempotency(&claim.scope, &claim.key)? {
                 return if record.payload == claim.payload {
                     Ok(Ingested {
-                        ids: record.ids,
+                        ids: record
+                            .ids
+                            .into_iter()
+                            .filter(|id| !id.contains('@'))
+                            .collect(),
                         replayed: true,
                     })
                 } else {
@@ -467,7 +471,12 @@ impl Runtime {
                 // Racing with a request that claimed the same key: the transaction decides.
                 Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
                     Accepted::Committed => Ingested { ids, replayed: false },
-                    Accepted::Duplicate(ids) => Ingested { ids, replayed: true },
+                    // The answer names the messages the source's flows accepted, not
+                    // their copies as events (`<id>@<flow>`), as the first answer did.
+                    Accepted::Duplicate(ids) => Ingested {
+                        ids: ids.into_iter().filter(|id| !id.contains('@')).collect(),
+                        replayed: true,
+                    },
                     Accepted::Conflict => {
                         return Err(IngestError::IdempotencyConflict { key: claim.key });
                     }

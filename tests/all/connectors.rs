@@ -495,3 +495,71 @@ fn revenue_schedules_refuse_messages_they_do_not_take() {
         Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted".into())
     );
 }
+
+fn plain_order() -> tenon_sdk::model::Order {
+    let model: cpq_source::QuoteModel =
+        serde_json::from_str(crate::support::sample("plain.json")).unwrap();
+    let quote = cpq_source::to_quote(model, None).unwrap();
+    quote_to_order::map_quote(&quote).unwrap().remove(0)
+}
+
+#[test]
+fn the_gateway_reports_every_failed_rule() {
+    use order_gateway::{Rules, violations};
+    use tenon_sdk::model::{Currency, Money, Party};
+    let order = plain_order();
+    let known = Party {
+        id: order.customer.id.clone(),
+        name: None,
+        country: Some("DE".into()),
+    };
+    let rules = Rules {
+        tax_nexus: vec!["DE".into()],
+        product_restrictions: [("HW-DOCK-C".to_owned(), vec!["FR".to_owned()])].into(),
+    };
+    assert_eq!(
+        violations(&order, Some(&known), &rules),
+        Vec::<String>::new()
+    );
+
+    let mut bad = order.clone();
+    bad.lines[1].unit_price = Money::new("246.2".parse().unwrap(), Currency::new("USD").unwrap());
+    let in_france = Party {
+        country: Some("FR".into()),
+        ..known.clone()
+    };
+    assert_eq!(
+        violations(&bad, Some(&in_france), &rules),
+        [
+            "no tax nexus in FR: the company is not registered to collect tax there",
+            "line 20: product `HW-DOCK-C` may not be sold in FR",
+            "line 20: unit price is in USD, the order in EUR",
+        ]
+    );
+    assert_eq!(
+        violations(&order, None, &rules),
+        ["sold-to customer `0015g00000XyZ12AAB` is not in the customer master"]
+    );
+    assert_eq!(
+        Rules::from_config(|k| (k == "tax_nexus").then(|| "DE".to_owned())).unwrap_err(),
+        Failure::Invalid("config `tax_nexus`: expected value at line 1 column 1".into())
+    );
+}
+
+#[test]
+fn legal_entities_come_from_config_rules() {
+    use entity_router::entity_for;
+    let rules: std::collections::BTreeMap<String, String> = [
+        ("DE".to_owned(), "DE01".to_owned()),
+        ("FR".to_owned(), "FR01".to_owned()),
+    ]
+    .into();
+    assert_eq!(entity_for(Some("de"), &rules).unwrap(), "DE01");
+    assert_eq!(
+        entity_for(Some("BR"), &rules).unwrap_err(),
+        "no legal entity for customer country BR: config `entities` has no rule for it and no `*`"
+    );
+    let mut with_default = rules.clone();
+    with_default.insert("*".into(), "US01".into());
+    assert_eq!(entity_for(None, &with_default).unwrap(), "US01");
+}

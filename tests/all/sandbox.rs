@@ -404,6 +404,9 @@ fn the_audit_of_each_first_party_plugin() {
         ("stripe-source", true),
         ("zuora-source", true),
         ("revenue-schedule", true),
+        ("order-gateway", true),
+        ("entity-router", true),
+        ("canonical-source", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

@@ -1,0 +1,141 @@
+//! Transform plugin: the validation gateway in front of the ERPs.
+//!
+//! - `CustomerUpserted` (a [`Party`] from the CRM, through a master-data flow) is
+//!   kept in the plugin's key-value storage as the customer master; nothing goes on.
+//! - `OrderAccepted` passes unchanged only when every rule holds; otherwise it is
+//!   `rejected` with every failed rule, not only the first:
+//!   - the sold-to customer exists in the customer master;
+//!   - the company has tax nexus in the customer's country (config `tax_nexus`);
+//!   - each product may be sold in that country (config `product_restrictions`);
+//!   - every amount is in the order's one currency.
+//!
+//! The same plugin instance serves both flows, so both see one namespace.
+
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use tenon_sdk::Failure;
+use tenon_sdk::model::{Order, Party};
+
+/// The master-data event kind.
+pub const CUSTOMER_UPSERTED: &str = "CustomerUpserted";
+
+/// The rules' settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// ISO country codes with tax nexus.
+    pub tax_nexus: Vec<String>,
+    /// Product code -> countries where it may not be sold.
+    pub product_restrictions: BTreeMap<String, Vec<String>>,
+}
+
+impl Rules {
+    /// Read the rules from the plugin's config (`get` is `config::get`).
+    pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Result<Rules, Failure> {
+        fn parse<T: DeserializeOwned + Default>(
+            get: &impl Fn(&str) -> Option<String>,
+            key: &str,
+        ) -> Result<T, Failure> {
+            match get(key) {
+                None => Ok(T::default()),
+                Some(text) => serde_json::from_str(&text)
+                    .map_err(|e| Failure::Invalid(format!("config `{key}`: {e}"))),
+            }
+        }
+        Ok(Rules {
+            tax_nexus: parse(&get, "tax_nexus")?,
+            product_restrictions: parse(&get, "product_restrictions")?,
+        })
+    }
+}
+
+/// Every rule an order breaks, given the customer master's record of its customer.
+pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec<String> {
+    let mut reasons = Vec::new();
+    let country = customer
+        .and_then(|c| c.country.clone())
+        .or_else(|| order.customer.country.clone());
+    if customer.is_none() {
+        reasons.push(format!(
+            "sold-to customer `{}` is not in the customer master",
+            order.customer.id
+        ));
+    }
+    match &country {
+        None => reasons.push(format!(
+            "customer `{}` has no country: tax cannot be determined",
+            order.customer.id
+        )),
+        Some(c) if !rules.tax_nexus.iter().any(|n| n.eq_ignore_ascii_case(c)) => reasons.push(
+            format!("no tax nexus in {c}: the company is not registered to collect tax there"),
+        ),
+        Some(_) => {}
+    }
+    for line in &order.lines {
+        let code = line.product.code.as_deref().unwrap_or(&line.product.id);
+        if let (Some(c), Some(banned)) = (&country, rules.product_restrictions.get(code))
+            && banned.iter().any(|b| b.eq_ignore_ascii_case(c))
+        {
+            reasons.push(format!(
+                "line {}: product `{code}` may not be sold in {c}",
+                line.line_number
+            ));
+        }
+        for (what, money) in [
+            ("unit price", &line.unit_price),
+            ("net amount", &line.net_amount),
+        ] {
+            if money.currency != order.currency {
+                reasons.push(format!(
+                    "line {}: {what} is in {}, the order in {}",
+                    line.line_number, money.currency, order.currency
+                ));
+            }
+        }
+    }
+    if order.total.currency != order.currency {
+        reasons.push(format!(
+            "the total is in {}, the order in {}",
+            order.total.currency, order.currency
+        ));
+    }
+    reasons
+}
+
+#[cfg(target_arch = "wasm32")]
+mod component {
+    use super::*;
+    use tenon_sdk::model::kinds;
+    use tenon_sdk::{Message, config, kv};
+
+    fn key(customer: &str) -> String {
+        format!("customer/{customer}")
+    }
+
+    #[tenon_sdk::transform]
+    fn gateway(input: Message) -> Result<Vec<Message>, Failure> {
+        match input.kind.as_str() {
+            CUSTOMER_UPSERTED => {
+                let party: Party = input.decode()?;
+                let record = serde_json::to_vec(&party)
+                    .map_err(|e| Failure::Invalid(format!("cannot store the customer: {e}")))?;
+                kv::set(&key(&party.id), &record)?;
+                Ok(Vec::new())
+            }
+            kinds::ORDER_ACCEPTED => {
+                let order: Order = input.decode()?;
+                let customer: Option<Party> = kv::get(&key(&order.customer.id))?
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+                let rules = Rules::from_config(config::get)?;
+                let reasons = violations(&order, customer.as_ref(), &rules);
+                if reasons.is_empty() {
+                    Ok(vec![input])
+                } else {
+                    Err(Failure::Rejected(reasons))
+                }
+            }
+            other => Err(Failure::Invalid(format!(
+                "the gateway takes {CUSTOMER_UPSERTED} and OrderAccepted, not `{other}`"
+            ))),
+        }
+    }
+}

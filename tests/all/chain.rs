@@ -1,0 +1,272 @@
+//! The quote-to-cash chain through the binary, with events between flows: master
+//! data into the validation gateway; CPQ quote -> order -> gateway -> legal-entity
+//! router -> the ERP flow of that entity; Zuora contract -> revenue schedule; Stripe
+//! invoice -> invoice posted (and its revenue schedule).
+
+use crate::support::{Tenon, Workspace, sample};
+use serde_json::{Value, json};
+use tenon::demo::mock_erp::MockErp;
+
+fn config(erp: &str) -> String {
+    format!(
+        r#"
+[plugins.master]
+path = "plugins/canonical-source"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.gateway]
+path = "plugins/order-gateway"
+config = {{ tax_nexus = '["DE", "FR", "US"]', product_restrictions = '{{"SW-ANL-LIC": ["FR"]}}' }}
+[plugins.router]
+path = "plugins/entity-router"
+config = {{ entities = '{{"DE": "DE01", "FR": "FR01"}}' }}
+[plugins.erp-de]
+path = "plugins/http-sink"
+config = {{ url = "{erp}/de/orders" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[plugins.erp-fr]
+path = "plugins/http-sink"
+config = {{ url = "{erp}/fr/orders" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[plugins.zuora]
+path = "plugins/zuora-source"
+[plugins.stripe]
+path = "plugins/stripe-source"
+[plugins.revenue]
+path = "plugins/revenue-schedule"
+[plugins.finance]
+path = "plugins/http-sink"
+config = {{ url = "{erp}/finance/events" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.master-data]
+source = "master"
+steps = ["gateway"]
+
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order", "gateway", "router"]
+max_attempts = 2
+
+[flows.erp-de]
+subscribe = ["OrderAccepted"]
+when = {{ tenon-entity = "DE01" }}
+sink = "erp-de"
+
+[flows.erp-fr]
+subscribe = ["OrderAccepted"]
+when = {{ tenon-entity = "FR01" }}
+sink = "erp-fr"
+
+[flows.contracts]
+source = "zuora"
+steps = ["revenue"]
+
+[flows.invoices]
+source = "stripe"
+sink = "finance"
+
+[flows.invoice-revenue]
+subscribe = ["InvoicePosted"]
+steps = ["revenue"]
+
+[flows.schedules]
+subscribe = ["RevenueScheduleUpdated"]
+sink = "finance"
+"#
+    )
+}
+
+fn fixture(name: &str) -> Value {
+    let path = format!(
+        "{}/../tests/fixtures/public/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Every outcome of a message's lineage: (flow, plugin, result kind).
+fn outcomes(status: &Value) -> Vec<(String, String, String)> {
+    let mut out: Vec<(String, String, String)> = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let result = o["result"]
+                .as_object()
+                .map(|r| r.keys().next().cloned().unwrap_or_default())
+                .or_else(|| o["result"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            (
+                o["flow"].as_str().unwrap().to_owned(),
+                o["plugin"].as_str().unwrap().to_owned(),
+                result,
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Wait until a message's lineage has `n` outcomes and nothing pending.
+async fn settled_with(tenon: &Tenon, id: &str, n: usize) -> Value {
+    tenon
+        .wait_for(id, |s| {
+            s["outcomes"].as_array().is_some_and(|o| o.len() >= n)
+                && s["pending"].as_array().is_some_and(Vec::is_empty)
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_quote_to_cash_chain_runs_across_flows() {
+    let erp = MockErp::start().await.unwrap();
+    let base = erp.orders_url();
+    let base = base.trim_end_matches("/sap/orders");
+    let ws = Workspace::new();
+    ws.write_config(&config(base));
+    let tenon = Tenon::start(&ws);
+
+    // Master data first: the two customers of the samples.
+    let customers = json!([
+        {"kind": "CustomerUpserted", "key": "0015g00000XyZ12AAB",
+         "body": {"id": "0015g00000XyZ12AAB", "name": "Northwind Traders GmbH", "country": "DE"}},
+        {"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
+         "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}},
+    ]);
+    let ids = tenon.send_quote_to("master", &customers.to_string()).await;
+    for id in &ids {
+        let status = tenon.settled(id).await;
+        assert_eq!(status["outcomes"][0]["result"], "Consumed", "{status:#}");
+    }
+
+    // A German quote: validated, routed to DE01, delivered by the DE ERP flow.
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    assert_eq!(
+        outcomes(&status),
+        [("erp-de".into(), "erp-de".into(), "Delivered".into())]
+    );
+    let de: Vec<_> = erp
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/de/orders")
+        .collect();
+    assert_eq!(de.len(), 1);
+    assert_eq!(de[0].body["id"], "Q-00101-P");
+
+    // A French bundle: the physical order goes to FR01; the subscription order sells
+    // a product restricted in France and is rejected with that reason.
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let status = settled_with(&tenon, &ids[0], 2).await;
+    let all = outcomes(&status);
+    assert!(
+        all.contains(&("erp-fr".into(), "erp-fr".into(), "Delivered".into())),
+        "{all:?}"
+    );
+    let rejected: Vec<&Value> = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["result"]["Rejected"].is_object())
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0]["plugin"], "gateway");
+    assert_eq!(
+        rejected[0]["result"]["Rejected"]["reasons"],
+        json!(["line 20: product `SW-ANL-LIC` may not be sold in FR"])
+    );
+
+    // A customer the master does not know: every failed rule.
+    let unknown = sample("plain.json")
+        .replace("0015g00000XyZ12AAB", "0015g00000NEW001AAA")
+        .replace("\"DE\"", "\"BR\"");
+    let ids = tenon.send_quote(&unknown).await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    assert_eq!(
+        status["outcomes"][0]["result"]["Rejected"]["reasons"],
+        json!([
+            "sold-to customer `0015g00000NEW001AAA` is not in the customer master",
+            "no tax nexus in BR: the company is not registered to collect tax there",
+        ])
+    );
+
+    // A Zuora subscription with its price: a revenue schedule reaches finance.
+    let mut order = fixture("zuora_order_create_subscription.json");
+    order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
+        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1", "billingPeriod": "Month",
+            "pricing": {"recurringFlatFee": {"listPrice": 100}}}]);
+    let ids = tenon.send_quote_to("zuora", &order.to_string()).await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    assert_eq!(
+        outcomes(&status),
+        [("schedules".into(), "finance".into(), "Delivered".into())]
+    );
+    let schedule = erp
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/finance/events" && r.body["source_line"].is_string())
+        .unwrap();
+    assert_eq!(
+        schedule.body["total"],
+        json!({"amount": "1200.00", "currency": "USD"})
+    );
+    assert_eq!(schedule.body["periods"].as_array().unwrap().len(), 12);
+
+    // The Zuora fixture as published (no price): the revenue step says why.
+    let ids = tenon
+        .send_quote_to(
+            "zuora",
+            &fixture("zuora_order_amendment_remove_add_product.json").to_string(),
+        )
+        .await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    assert_eq!(status["outcomes"][0]["plugin"], "revenue");
+    assert!(
+        status["outcomes"][0]["result"]["Rejected"].is_object(),
+        "{status:#}"
+    );
+
+    // Stripe: the published invoice.paid event is delivered to finance as a payment.
+    let ids = tenon
+        .send_quote_to(
+            "stripe",
+            &fixture("stripe_invoice_event_invoice_paid.json").to_string(),
+        )
+        .await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    assert_eq!(
+        outcomes(&status),
+        [("invoices".into(), "finance".into(), "Delivered".into())]
+    );
+    // A finalized invoice: posted to finance, and its line's revenue scheduled.
+    let mut finalized = fixture("stripe_invoice_event_invoice_paid.json");
+    finalized["type"] = json!("invoice.finalized");
+    finalized["id"] = json!("evt_test_finalized");
+    let ids = tenon.send_quote_to("stripe", &finalized.to_string()).await;
+    let status = settled_with(&tenon, &ids[0], 2).await;
+    assert_eq!(
+        outcomes(&status),
+        [
+            ("invoices".into(), "finance".into(), "Delivered".into()),
+            ("schedules".into(), "finance".into(), "Delivered".into()),
+        ]
+    );
+    // Stripe's retry of the same event is accepted once.
+    let again = tenon
+        .post(
+            "/v1/sources/stripe",
+            "application/json",
+            finalized.to_string().as_bytes(),
+        )
+        .await;
+    assert_eq!(again.status, 202);
+    assert_eq!(again.json().unwrap()["accepted"], json!(ids));
+    assert!(
+        again
+            .headers
+            .contains(&("idempotent-replayed".into(), "true".into()))
+    );
+}
