@@ -18,6 +18,10 @@
 //! # Narrows the manifest's grants (never widens them); see tenon_registry::Narrowing.
 //! grants = { http = ["http://127.0.0.1:*"], timeout_ms = 10000 }
 //!
+//! [plugins.erp-de]
+//! path = "plugins/http-sink"
+//! secrets = { authorization = "erp_de_token" }   # the plugin's name -> the [secrets] one
+//!
 //! [secrets]                      # secrets plugins may be granted, by name
 //! erp_token = { env = "TENON_ERP_TOKEN" }        # from an environment variable
 //! sap_password = { file = "/run/secrets/sap" }   # from a file (trailing newline dropped)
@@ -166,6 +170,11 @@ pub struct PluginEntry {
     /// `grants = { http = ["http://127.0.0.1:*"], timeout_ms = 10000 }`.
     #[serde(default)]
     pub grants: Narrowing,
+    /// Which of the config's `[secrets]` each secret the plugin asks for by name
+    /// stands for, when the names differ: `secrets = { token = "erp_de_token" }`. A
+    /// name not mapped is looked up as is.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// `[secrets.<name>]`: where one secret's value comes from; exactly one field.

@@ -982,7 +982,16 @@ pub(crate) fn load_plugin_from(
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
         grants: entry.grants.clone(),
-        secrets: config.secret_values()?,
+        secrets: {
+            let mut values = config.secret_values()?;
+            for (asked, provided) in &entry.secrets {
+                let value = values.get(provided).cloned().with_context(|| {
+                    format!("plugin `{name}`: secrets.{asked} = `{provided}`, which [secrets] does not define")
+                })?;
+                values.insert(asked.clone(), value);
+            }
+            values
+        },
     };
     Ok(Plugin::load(engine, storage, as_name, dir, &settings)?)
 }

@@ -270,3 +270,111 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
             .contains(&("idempotent-replayed".into(), "true".into()))
     );
 }
+
+/// A server on 127.0.0.1 that keeps every request's head and body and answers
+/// `{"id": "X-<n>"}`.
+async fn recorder() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 8192];
+                // Read the head, then the body its content-length announces.
+                loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length = text[..end]
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break;
+                        }
+                    }
+                }
+                let n = {
+                    let mut log = log.lock().unwrap();
+                    log.push(String::from_utf8_lossy(&request).to_string());
+                    log.len()
+                };
+                let body = format!("{{\"id\": \"X-{n}\"}}");
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_generic_http_sink_takes_method_url_template_and_secret_headers() {
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    std::fs::write(ws.path().join("token.txt"), "tok-123-secret\n").unwrap();
+    ws.write_config(&format!(
+        r#"
+[secrets]
+erp_de_token = {{ file = "token.txt" }}
+
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.erp]
+path = "plugins/http-sink"
+config = {{ url = "{url}/orders/{{key}}?kind={{kind}}", method = "PUT", headers = '{{"x-tenant": "acme"}}', secret_headers = '{{"authorization": "Bearer {{authorization}}"}}' }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+secrets = {{ authorization = "erp_de_token" }}
+
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "erp"
+"#
+    ));
+    let tenon = Tenon::start(&ws);
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"],
+        json!({"Delivered": {"reference": "X-1", "detail": "HTTP 200"}})
+    );
+    let request = seen.lock().unwrap()[0].clone();
+    let head = request.to_ascii_lowercase();
+    assert!(
+        request.starts_with("PUT /orders/Q-00101?kind=OrderAccepted HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(
+        head.contains("\r\nauthorization: bearer tok-123-secret\r\n"),
+        "{request}"
+    );
+    assert!(head.contains("\r\nx-tenant: acme\r\n"), "{request}");
+    assert!(head.contains("\r\nidempotency-key: "), "{request}");
+    assert!(request.contains("\"id\":\"Q-00101-P\""), "{request}");
+    // The token is nowhere in what the host recorded.
+    let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap();
+    let audit = tenon.get("/v1/audit?limit=1000").await;
+    assert!(!log.contains("tok-123-secret"));
+    assert!(!String::from_utf8_lossy(&audit.body).contains("tok-123-secret"));
+}

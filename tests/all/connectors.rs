@@ -563,3 +563,27 @@ fn legal_entities_come_from_config_rules() {
     with_default.insert("*".into(), "US01".into());
     assert_eq!(entity_for(None, &with_default).unwrap(), "US01");
 }
+
+#[test]
+fn the_generic_sink_fills_url_templates_and_secret_headers() {
+    let mut m = Message::encode("OrderAccepted", "Q 1/2", &json!({})).unwrap();
+    m.id = "id-1".into();
+    assert_eq!(
+        http_sink::url_for("https://erp.example.com/{kind}/{key}?m={id}", &m),
+        "https://erp.example.com/OrderAccepted/Q%201%2F2?m=id-1"
+    );
+    let secret = |name: &str| match name {
+        "token" => Ok("s3cr3t".to_owned()),
+        other => Err(Failure::Invalid(format!("secret `{other}` is not granted"))),
+    };
+    assert_eq!(
+        http_sink::secret_header("Bearer {token}", secret).unwrap(),
+        "Bearer s3cr3t"
+    );
+    assert_eq!(http_sink::secret_header("token", secret).unwrap(), "s3cr3t");
+    assert_eq!(
+        http_sink::secret_header("{nope}", secret).unwrap_err(),
+        Failure::Invalid("secret `nope` is not granted".into())
+    );
+    assert!(http_sink::json_map("headers", Some("[1]".into())).is_err());
+}
