@@ -280,7 +280,9 @@ impl Plugin {
             .filter_map(|n| settings.secrets.get(n).map(|v| (n.clone(), v.clone())))
             .collect();
         for missing in grants.secrets.iter().filter(|n| !secrets.contains_key(*n)) {
-            tracing::warn!(plugin = name, secret = %missing, "the plugin is granted a secret the config's [secrets] does not provide");
+            // Often an optional one (a generic sink's `api_key`): reading it fails, and
+            // that is audited; nothing to shout about at load.
+            tracing::debug!(plugin = name, secret = %missing, "the plugin is granted a secret the config's [secrets] does not provide");
         }
         let egress = (manifest.kind == Kind::Sink && !grants.http.is_empty())
             .then(|| crate::egress::Egress::new(&grants).map(Arc::new))
@@ -310,8 +312,9 @@ impl Plugin {
                 None => ctx.decide("link", import, Decision::Allow, None),
             }
         }
-        if let Some(refusal) = refusals.first() {
-            return Err(fail(refusal.reason.clone()));
+        if !refusals.is_empty() {
+            let reasons: Vec<&str> = refusals.iter().map(|r| r.reason.as_str()).collect();
+            return Err(fail(reasons.join("; ")));
         }
         let mut linker = Linker::new(engine.wasmtime());
         caps::add_to_linker(&mut linker, manifest.kind, &ctx.grants)

@@ -840,13 +840,16 @@ impl Runtime {
 
     /// What happened so far to an accepted message: its outcomes and what is still queued.
     pub fn status(&self, root: &str) -> Result<MessageStatus, StorageError> {
-        let outcomes = self.queue.outcomes(root)?;
+        // Pending first: a message leaves the queue in the transaction that records
+        // its outcome, so outcomes read afterwards include every one that finished.
+        // (The other order could see neither a message finishing in between.)
         let pending = self
             .queue
             .pending()?
             .into_iter()
             .filter(|e| e.root == root)
             .collect();
+        let outcomes = self.queue.outcomes(root)?;
         Ok(MessageStatus { outcomes, pending })
     }
 }

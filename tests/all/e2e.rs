@@ -86,11 +86,11 @@ async fn the_demo_command_succeeds() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("All 3 quotes ended as expected."),
+        stdout.contains("All 7 inputs ended as expected."),
         "{stdout}"
     );
     assert!(
-        stdout.contains("The mock ERP received 3 orders (0 duplicates)."),
+        stdout.contains("The mock systems received 7 documents (0 duplicates)."),
         "{stdout}"
     );
 }
