@@ -26,6 +26,11 @@
 //! erp_token = { env = "TENON_ERP_TOKEN" }        # from an environment variable
 //! sap_password = { file = "/run/secrets/sap" }   # from a file (trailing newline dropped)
 //!
+//! [flows.erp-de]                 # a flow fed by the events other flows emit
+//! subscribe = ["OrderAccepted"]  # the canonical kinds it takes
+//! when = { tenon-entity = "DE01" }  # headers they must carry (set by a routing step)
+//! sink = "erp-sink"              # without a sink, a flow's last step emits events
+//!
 //! [flows.quote-to-order]
 //! source = "cpq-source"          # POST /v1/sources/cpq-source feeds this flow
 //! steps = ["quote-to-order"]     # transforms, in order
