@@ -10,6 +10,9 @@ use tenon::demo::mock_erp::MockErp;
 fn config(erp: &str) -> String {
     format!(
         r#"
+[secrets]
+stripe_webhook_secret = {{ file = "stripe-secret.txt" }}
+
 [plugins.master]
 path = "plugins/canonical-source"
 [plugins.cpq-source]
@@ -127,6 +130,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     let base = base.trim_end_matches("/sap/orders");
     let ws = Workspace::new();
     ws.write_config(&config(base));
+    std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
     let tenon = Tenon::start(&ws);
 
     // Master data first: the two customers of the samples.
@@ -229,13 +233,28 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
         "{status:#}"
     );
 
-    // Stripe: the published invoice.paid event is delivered to finance as a payment.
-    let ids = tenon
-        .send_quote_to(
-            "stripe",
-            &fixture("stripe_invoice_event_invoice_paid.json").to_string(),
-        )
+    // Stripe: a webhook without a valid signature is refused at the door.
+    let paid = fixture("stripe_invoice_event_invoice_paid.json").to_string();
+    let unsigned = tenon
+        .post("/v1/sources/stripe", "application/json", paid.as_bytes())
         .await;
+    assert_eq!(unsigned.status, 400);
+    assert_eq!(
+        unsigned.json().unwrap()["detail"],
+        "source `stripe`: Stripe-Signature refused: the header is missing"
+    );
+    let forged = stripe_post(&tenon, &paid, "whsec_someone_else").await;
+    assert_eq!(forged.status, 400);
+    assert_eq!(
+        forged.json().unwrap()["detail"],
+        "source `stripe`: Stripe-Signature refused: no signature matches the body and the secret"
+    );
+
+    // Signed: the published invoice.paid event is delivered to finance as a payment.
+    let reply = stripe_post(&tenon, &paid, STRIPE_SECRET).await;
+    assert_eq!(reply.status, 202);
+    let ids: Vec<String> =
+        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
     let status = settled_with(&tenon, &ids[0], 1).await;
     assert_eq!(
         outcomes(&status),
@@ -245,7 +264,10 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     let mut finalized = fixture("stripe_invoice_event_invoice_paid.json");
     finalized["type"] = json!("invoice.finalized");
     finalized["id"] = json!("evt_test_finalized");
-    let ids = tenon.send_quote_to("stripe", &finalized.to_string()).await;
+    let finalized = finalized.to_string();
+    let reply = stripe_post(&tenon, &finalized, STRIPE_SECRET).await;
+    let ids: Vec<String> =
+        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
     let status = settled_with(&tenon, &ids[0], 2).await;
     assert_eq!(
         outcomes(&status),
@@ -255,13 +277,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
         ]
     );
     // Stripe's retry of the same event is accepted once.
-    let again = tenon
-        .post(
-            "/v1/sources/stripe",
-            "application/json",
-            finalized.to_string().as_bytes(),
-        )
-        .await;
+    let again = stripe_post(&tenon, &finalized, STRIPE_SECRET).await;
     assert_eq!(again.status, 202);
     assert_eq!(again.json().unwrap()["accepted"], json!(ids));
     assert!(
@@ -269,6 +285,21 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
             .headers
             .contains(&("idempotent-replayed".into(), "true".into()))
     );
+}
+
+const STRIPE_SECRET: &str = "whsec_chain_test";
+
+/// POST a Stripe webhook signed with `secret`.
+async fn stripe_post(tenon: &Tenon, body: &str, secret: &str) -> tenon::client::Response {
+    let signature = tenon::demo::stripe_signature(secret, body.as_bytes());
+    tenon::client::request(
+        "POST",
+        &format!("{}/v1/sources/stripe", tenon.base),
+        &[("stripe-signature", &signature)],
+        Some(("application/json", body.as_bytes().to_vec())),
+    )
+    .await
+    .unwrap()
 }
 
 /// A server on 127.0.0.1 that keeps every request's head and body and answers

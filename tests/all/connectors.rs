@@ -587,3 +587,46 @@ fn the_generic_sink_fills_url_templates_and_secret_headers() {
     );
     assert!(http_sink::json_map("headers", Some("[1]".into())).is_err());
 }
+
+#[test]
+fn stripe_signatures_are_checked_as_stripe_signs() {
+    use stripe_source::verify;
+    let body = br#"{"id":"evt_1","object":"event"}"#;
+    let header = tenon::demo::stripe_signature("whsec_test", body);
+    let t: i64 = header[2..header.find(',').unwrap()].parse().unwrap();
+    assert_eq!(verify(Some(&header), body, "whsec_test", t, 300), Ok(()));
+    // A second, stale signature beside the right one (Stripe rolls secrets so).
+    let rolled = format!("{header},v1=00ff");
+    assert_eq!(
+        verify(Some(&rolled), body, "whsec_test", t + 10, 300),
+        Ok(())
+    );
+    let refused = |r: Result<(), Failure>| match r {
+        Err(Failure::Invalid(why)) => why,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert_eq!(
+        refused(verify(Some(&header), b"{}", "whsec_test", t, 300)),
+        "Stripe-Signature refused: no signature matches the body and the secret"
+    );
+    assert_eq!(
+        refused(verify(Some(&header), body, "whsec_other", t, 300)),
+        "Stripe-Signature refused: no signature matches the body and the secret"
+    );
+    assert_eq!(
+        refused(verify(Some(&header), body, "whsec_test", t + 301, 300)),
+        "Stripe-Signature refused: its timestamp is 301 s away from now (tolerance 300 s)"
+    );
+    assert_eq!(
+        refused(verify(None, body, "whsec_test", t, 300)),
+        "Stripe-Signature refused: the header is missing"
+    );
+    assert_eq!(
+        refused(verify(Some("v1=abcd"), body, "whsec_test", t, 300)),
+        "Stripe-Signature refused: no timestamp"
+    );
+    assert_eq!(
+        refused(verify(Some(&format!("t={t}")), body, "whsec_test", t, 300)),
+        "Stripe-Signature refused: no v1 signature"
+    );
+}

@@ -107,6 +107,26 @@ pub const INPUTS: &[(&str, &str, &str, Expect)] = &[
     ),
 ];
 
+/// The throwaway Stripe signing secret the demo writes and signs with.
+const DEMO_STRIPE_SECRET: &str = "whsec_tenon_demo_not_a_real_secret";
+
+/// A `Stripe-Signature` header for `body`, signed now with `secret`, as Stripe signs
+/// its webhooks (HMAC-SHA256 of `<t>.<body>`).
+pub fn stripe_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac as _;
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let signature = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
+        .map(|mut mac| {
+            mac.update(format!("{t}.").as_bytes());
+            mac.update(body);
+            hex::encode(mac.finalize().into_bytes())
+        })
+        .unwrap_or_default();
+    format!("t={t},v1={signature}")
+}
+
 /// The address the example config's HTTP sinks use; the demo points it at its mock.
 const EXAMPLE_TARGET: &str = "http://127.0.0.1:9400";
 
@@ -123,6 +143,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     crate::artifacts::extract_first_party(&dir.join("plugins"))?;
     let config_path = dir.join("tenon.toml");
     std::fs::write(&config_path, EXAMPLE_CONFIG)?;
+    std::fs::write(dir.join("stripe-webhook-secret.txt"), DEMO_STRIPE_SECRET)?;
 
     let erp = MockErp::start()
         .await
@@ -154,7 +175,18 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     let mut sent = Vec::new();
     for (source, file, body, expect) in INPUTS {
         let url = format!("http://{}/v1/sources/{source}", server.addr);
-        let reply = crate::client::post(&url, "application/json", body.as_bytes().to_vec()).await?;
+        let signature = stripe_signature(DEMO_STRIPE_SECRET, body.as_bytes());
+        let headers: Vec<(&str, &str)> = match *source {
+            "stripe" => vec![("stripe-signature", signature.as_str())],
+            _ => Vec::new(),
+        };
+        let reply = crate::client::request(
+            "POST",
+            &url,
+            &headers,
+            Some(("application/json", body.as_bytes().to_vec())),
+        )
+        .await?;
         let status = reply.status;
         let ids: Vec<String> = reply
             .json()

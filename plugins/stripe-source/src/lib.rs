@@ -16,17 +16,96 @@
 //!
 //! The event id is the message's idempotency key: Stripe retries a webhook until it
 //! is acknowledged, and each retry is accepted once.
+//!
+//! Every webhook must carry a valid `Stripe-Signature` (HMAC-SHA256 of
+//! `<timestamp>.<body>` with the endpoint's secret, `stripe_webhook_secret`, and a
+//! timestamp within `signature_tolerance_secs`, 300 by default); anything else is
+//! `invalid`, and a source without the secret refuses everything.
 
 use serde::Deserialize;
 use serde_json::Value;
 use tenon_sdk::model::chrono::{DateTime, NaiveDate};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, kinds};
-use tenon_sdk::{Failure, Message, RawRequest};
+use tenon_sdk::{Failure, Message};
 
+#[cfg(target_arch = "wasm32")]
 #[tenon_sdk::source]
-fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
+fn ingest(request: tenon_sdk::RawRequest) -> Result<Vec<Message>, Failure> {
+    use tenon_sdk::{config, secrets};
+    let secret = secrets::get("stripe_webhook_secret").map_err(|_| {
+        Failure::Invalid(
+            "no webhook signing secret: the operator must provide `stripe_webhook_secret`".into(),
+        )
+    })?;
+    let tolerance = config::get("signature_tolerance_secs")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(DEFAULT_TOLERANCE_SECS);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let signature = request
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("stripe-signature"))
+        .map(|(_, v)| v.as_str());
+    verify(signature, &request.body, &secret, now, tolerance)?;
     to_messages(&request.body)
+}
+
+/// Seconds a signature stays valid unless configured otherwise.
+pub const DEFAULT_TOLERANCE_SECS: i64 = 300;
+
+/// Check a `Stripe-Signature` header against the body: one of its `v1` signatures must
+/// be the HMAC-SHA256 of `<t>.<body>` under `secret`, and `t` within `tolerance`
+/// seconds of `now`.
+pub fn verify(
+    header: Option<&str>,
+    body: &[u8],
+    secret: &str,
+    now: i64,
+    tolerance: i64,
+) -> Result<(), Failure> {
+    use hmac::Mac as _;
+    let refuse = |why: &str| Failure::Invalid(format!("Stripe-Signature refused: {why}"));
+    let header = header.ok_or_else(|| refuse("the header is missing"))?;
+    let mut timestamp = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", t)) => timestamp = t.parse::<i64>().ok(),
+            Some(("v1", v)) => signatures.push(v),
+            _ => {}
+        }
+    }
+    let timestamp = timestamp.ok_or_else(|| refuse("no timestamp"))?;
+    if signatures.is_empty() {
+        return Err(refuse("no v1 signature"));
+    }
+    if (now - timestamp).abs() > tolerance {
+        return Err(refuse(&format!(
+            "its timestamp is {} s away from now (tolerance {tolerance} s)",
+            (now - timestamp).abs()
+        )));
+    }
+    let valid = signatures.iter().any(|signature| {
+        let Ok(expected) = hex::decode(signature) else {
+            return false;
+        };
+        let Ok(mut mac) = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()) else {
+            return false;
+        };
+        mac.update(timestamp.to_string().as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        // Constant-time comparison.
+        mac.verify_slice(&expected).is_ok()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(refuse("no signature matches the body and the secret"))
+    }
 }
 
 /// The events this source understands.
