@@ -149,6 +149,7 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
                         let config = json!({
                 "path": runtime.config().path,
                 "refused": runtime.config_refused(),
+                "flows": runtime.flows().into_iter().map(|f| f.name).collect::<Vec<_>>(),
             });
             json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status(), "config": config }))
         }

@@ -205,17 +205,35 @@ pub fn watch(
     runtime: Arc<Runtime>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
-    use notify_debouncer_mini::notify::RecursiveMode;
-    use notify_debouncer_mini::{DebounceEventResult, new_debouncer};
+    use notify_debouncer_full::notify::{EventKind, RecursiveMode};
+    use notify_debouncer_full::{DebounceEventResult, new_debouncer};
     use std::path::PathBuf;
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<PathBuf>>();
-    let mut debouncer = new_debouncer(DEBOUNCE, move |result: DebounceEventResult| match result {
-        Ok(events) => {
-            let _ = tx.send(events.into_iter().map(|e| e.path).collect());
-        }
-        Err(error) => tracing::warn!(%error, "plugin watcher error"),
-    })?;
+    let mut debouncer =
+        new_debouncer(
+            DEBOUNCE,
+            None,
+            move |result: DebounceEventResult| match result {
+                Ok(events) => {
+                    // Only changes count: the runtime reading a file (to reload it) is an
+                    // access event, and counting it would reload again and again.
+                    let paths: Vec<PathBuf> = events
+                        .into_iter()
+                        .filter(|e| !matches!(e.kind, EventKind::Access(_)))
+                        .flat_map(|e| e.event.paths)
+                        .collect();
+                    if !paths.is_empty() {
+                        let _ = tx.send(paths);
+                    }
+                }
+                Err(errors) => {
+                    for error in errors {
+                        tracing::warn!(%error, "plugin watcher error");
+                    }
+                }
+            },
+        )?;
     let config = runtime.config();
     let mut dirs: Vec<(PathBuf, String)> = Vec::new();
     for (name, entry) in &config.plugins {
@@ -226,9 +244,7 @@ pub fn watch(
             path.parent().map(PathBuf::from).unwrap_or_default()
         };
         let dir = dir.canonicalize().unwrap_or(dir);
-        debouncer
-            .watcher()
-            .watch(&dir, RecursiveMode::NonRecursive)?;
+        debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
         tracing::debug!(plugin = %name, dir = %dir.display(), "watching");
         dirs.push((dir, name.clone()));
     }
@@ -238,9 +254,7 @@ pub fn watch(
         .canonicalize()
         .unwrap_or_else(|_| config.path.clone());
     if let Some(config_dir) = config_path.parent() {
-        debouncer
-            .watcher()
-            .watch(config_dir, RecursiveMode::NonRecursive)?;
+        debouncer.watch(config_dir, RecursiveMode::NonRecursive)?;
     }
     Ok(async move {
         let _debouncer = debouncer;

@@ -409,3 +409,99 @@ sink = "erp"
     assert!(!log.contains("tok-123-secret"));
     assert!(!String::from_utf8_lossy(&audit.body).contains("tok-123-secret"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entity_added_in_config_takes_the_orders_no_flow_took() {
+    let erp = MockErp::start().await.unwrap();
+    let base = erp.orders_url();
+    let base = base.trim_end_matches("/sap/orders").to_owned();
+    let ws = Workspace::new();
+    // The French ERP flow is not there yet.
+    let full = config(&base);
+    let start = full.replace(
+        "[flows.erp-fr]\nsubscribe = [\"OrderAccepted\"]\nwhen = { tenon-entity = \"FR01\" }\nsink = \"erp-fr\"\n",
+        "",
+    );
+    assert_ne!(start, full);
+    ws.write_config(&start);
+    std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
+    let tenon = Tenon::start(&ws);
+    let customers = json!([{"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
+        "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}}]);
+    let ids = tenon.send_quote_to("master", &customers.to_string()).await;
+    tenon.settled(&ids[0]).await;
+
+    // A French order: routed to FR01, which no flow takes: a dead letter that says
+    // so, not a silent drop.
+    let quote = sample("bundle.json");
+    let ids = tenon.send_quote(quote).await;
+    let status = settled_with(&tenon, &ids[0], 1).await;
+    let dead: Vec<&Value> = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["result"]["DeadLetter"].is_object())
+        .collect();
+    assert!(!dead.is_empty(), "{status:#}");
+    assert_eq!(
+        dead[0]["result"]["DeadLetter"]["error"],
+        "no flow subscribes to `OrderAccepted` with tenon-entity = `FR01`"
+    );
+
+    // The entity's flow is added to the running config; the dead letters are redriven
+    // through the router and reach the French ERP.
+    ws.write_config(&full);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = tenon.get("/v1/plugins").await.json().unwrap();
+        if status["config"]["flows"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("erp-fr"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the config was not reloaded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for d in &dead {
+        let id = d["id"].as_str().unwrap();
+        let reply = tenon
+            .post(&format!("/v1/dlq/{id}/redrive"), "application/json", b"{}")
+            .await;
+        assert_eq!(
+            reply.status,
+            200,
+            "{}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let fr = erp
+            .received()
+            .into_iter()
+            .filter(|r| r.path == "/fr/orders")
+            .count();
+        if fr == dead.len() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let status = tenon.get(&format!("/v1/messages/{}", ids[0])).await;
+            let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap();
+            panic!(
+                "the redriven orders did not arrive: {}\n{}",
+                String::from_utf8_lossy(&status.body),
+                log.lines().rev().take(15).collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // One edit, one reload: the runtime reading its own files is not a change.
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap();
+    assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+}
