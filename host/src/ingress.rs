@@ -78,14 +78,16 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (req.method(), segments.as_slice()) {
-                (&Method::GET, ["healthz"]) if runtime.queue().healthy() => {
+        (&Method::GET, ["healthz"]) if runtime.queue().healthy() => {
             json_reply(StatusCode::OK, &json!({"status": "ok"}))
         }
         (&Method::GET, ["healthz"]) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage-failed",
             "Storage failed",
-            "a commit failed; the database refuses writes until the process restarts (nothing acknowledged is lost)".into(),
+            "a commit failed; the database refuses writes until the process restarts \
+             (nothing acknowledged is lost)"
+                .into(),
         ),
         (&Method::POST, ["v1", "sources", source]) => {
             let source = (*source).to_owned();
@@ -145,16 +147,27 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
             let flow = (*flow).to_owned();
             replay(runtime, &flow, req).await
         }
-                (&Method::GET, ["v1", "plugins"]) => {
-                        let config = json!({
+        (&Method::GET, ["v1", "plugins"]) => {
+            let config = json!({
                 "path": runtime.config().path,
                 "refused": runtime.config_refused(),
                 "flows": runtime.flows().into_iter().map(|f| f.name).collect::<Vec<_>>(),
             });
-            json_reply(StatusCode::OK, &json!({ "plugins": runtime.plugin_status(), "config": config }))
+            json_reply(
+                StatusCode::OK,
+                &json!({ "plugins": runtime.plugin_status(), "config": config }),
+            )
         }
-                (&Method::POST, ["v1", "plugins", name, action @ ("try" | "promote" | "rollback")]) => {
-                        let action = match *action {
+        (
+            &Method::POST,
+            [
+                "v1",
+                "plugins",
+                name,
+                action @ ("try" | "promote" | "rollback"),
+            ],
+        ) => {
+            let action = match *action {
                 "try" => "try",
                 "promote" => "promote",
                 _ => "rollback",
@@ -164,14 +177,15 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
         }
         (&Method::POST, ["v1", "plugins", name, "reload"]) => {
             let name = (*name).to_owned();
-                        let (rt, work) = (runtime.clone(), name.clone());
+            let (rt, work) = (runtime.clone(), name.clone());
             let result = tokio::task::spawn_blocking(move || rt.reload_plugin(&work))
                 .await
                 .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
             match result {
-                Ok(crate::swap::Reload::Swapped { from, to }) => {
-                    json_reply(StatusCode::OK, &json!({ "plugin": name, "swapped": true, "from": from, "to": to }))
-                }
+                Ok(crate::swap::Reload::Swapped { from, to }) => json_reply(
+                    StatusCode::OK,
+                    &json!({ "plugin": name, "swapped": true, "from": from, "to": to }),
+                ),
                 Ok(crate::swap::Reload::Unchanged) => {
                     json_reply(StatusCode::OK, &json!({ "plugin": name, "swapped": false }))
                 }

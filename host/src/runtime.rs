@@ -415,12 +415,19 @@ impl Runtime {
                     plugin: source.to_owned(),
                     error,
                 })?;
-            if let Some(bad) = messages.iter().find(|m| Encoding::from_content_type(&m.content_type).is_err()) {
+            if let Some(bad) = messages
+                .iter()
+                .find(|m| Encoding::from_content_type(&m.content_type).is_err())
+            {
                 let error = CallError::Host(format!(
-                    "the source produced a `{}` body; messages are application/json or application/msgpack",
+                    "the source produced a `{}` body; messages are application/json or \
+                     application/msgpack",
                     bad.content_type
                 ));
-                return Err(IngestError::Plugin { plugin: source.to_owned(), error });
+                return Err(IngestError::Plugin {
+                    plugin: source.to_owned(),
+                    error,
+                });
             }
             let hop = Hop {
                 plugin: plugin.name().to_owned(),
@@ -440,13 +447,20 @@ impl Runtime {
                     if message.key.is_empty() {
                         message.key = id.clone();
                     }
-                                                            let mut envelope = Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
+                    let mut envelope =
+                        Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
                     envelope.trail.push(hop.clone());
                     items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
                 }
                 // The message is an event too: the flows subscribing to its kind get it.
                 if let Some((_, e)) = items.get(first) {
-                    events.extend(self.published(&e.message, &e.flow, &e.root, accepted_ms, &e.trail));
+                    events.extend(self.published(
+                        &e.message,
+                        &e.flow,
+                        &e.root,
+                        accepted_ms,
+                        &e.trail,
+                    ));
                 }
             }
             let ids: Vec<String> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
@@ -456,7 +470,11 @@ impl Runtime {
             let claim = claim.or_else(|| {
                 let mut keys: Vec<&str> = Vec::new();
                 for (_, e) in &items {
-                    let key = e.message.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))?;
+                    let key = e
+                        .message
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))?;
                     keys.push(key.1.as_str());
                 }
                 keys.sort_unstable();
@@ -466,11 +484,17 @@ impl Runtime {
             let accepted = match claim {
                 None => {
                     self.queue.enqueue(items).await?;
-                    Ingested { ids, replayed: false }
+                    Ingested {
+                        ids,
+                        replayed: false,
+                    }
                 }
                 // Racing with a request that claimed the same key: the transaction decides.
                 Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
-                    Accepted::Committed => Ingested { ids, replayed: false },
+                    Accepted::Committed => Ingested {
+                        ids,
+                        replayed: false,
+                    },
                     // The answer names the messages the source's flows accepted, not
                     // their copies as events (`<id>@<flow>`), as the first answer did.
                     Accepted::Duplicate(ids) => Ingested {
@@ -482,11 +506,18 @@ impl Runtime {
                     }
                     // Only redrive and discard report `Missing`; an enqueue never does.
                     Accepted::Missing => {
-                        return Err(StorageError::Decode("enqueue reported a missing record".into()).into());
+                        return Err(StorageError::Decode(
+                            "enqueue reported a missing record".into(),
+                        )
+                        .into());
                     }
                 },
             };
-            tracing::info!(accepted = accepted.ids.len(), replayed = accepted.replayed, "messages accepted");
+            tracing::info!(
+                accepted = accepted.ids.len(),
+                replayed = accepted.replayed,
+                "messages accepted"
+            );
             Ok(accepted)
         }
         .instrument(span)
