@@ -464,6 +464,7 @@ fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
             id: "A1".into(),
             name: None,
             country: None,
+            external_ids: Default::default(),
         },
         status: ContractStatus::Active,
         currency: eur.clone(),
@@ -512,6 +513,7 @@ fn the_gateway_reports_every_failed_rule() {
         id: order.customer.id.clone(),
         name: None,
         country: Some("DE".into()),
+        external_ids: Default::default(),
     };
     let rules = Rules {
         tax_nexus: vec!["DE".into()],
@@ -629,4 +631,25 @@ fn stripe_signatures_are_checked_as_stripe_signs() {
         refused(verify(Some(&format!("t={t}")), body, "whsec_test", t, 300)),
         "Stripe-Signature refused: no v1 signature"
     );
+}
+
+#[test]
+fn the_gateway_completes_the_customer_from_the_master() {
+    let mut order = plain_order();
+    let master = tenon_sdk::model::Party {
+        id: order.customer.id.clone(),
+        name: Some("Northwind Traders GmbH (master)".into()),
+        country: Some("DE".into()),
+        external_ids: [("sap".to_owned(), "USCU_S12".to_owned())].into(),
+    };
+    order_gateway::enrich(&mut order, &master);
+    assert_eq!(
+        order.customer.name.as_deref(),
+        Some("Northwind Traders GmbH (master)")
+    );
+    assert_eq!(order.customer.external_ids["sap"], "USCU_S12");
+    // And the SAP sink addresses the customer by that number, no config mapping.
+    let settings = sap_sink::Settings::from_config(|_| None).unwrap();
+    let body = sap_sink::sales_order_body(&order, &settings).unwrap();
+    assert_eq!(body["SoldToParty"], "USCU_S12");
 }

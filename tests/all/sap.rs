@@ -253,7 +253,7 @@ fn what_sap_cannot_hold_is_rejected_with_every_reason() {
     assert_eq!(
         sap_sink::sales_order_body(&order, &settings()).unwrap_err(),
         [
-            "customer `0015g00000UNMAPPED` has no SAP customer number (config `sold_to`)",
+            "customer `0015g00000UNMAPPED` has no SAP customer number (customer master `external_ids.sap`, or config `sold_to`)",
             "line 10 quantity 1.2345 does not fit SAP's Edm.Decimal(15, 3)",
             format!(
                 "line 20 material `{}` is longer than SAP's 40 characters",

@@ -10,6 +10,7 @@
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 mod money;
 pub mod revenue;
@@ -55,6 +56,10 @@ pub struct Party {
     /// ISO 3166-1 alpha-2 country code, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// Its numbers in other systems, by system, e.g. `{"sap": "USCU_S12"}`: what the
+    /// customer master knows, for sinks that address the party by their own number.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub external_ids: BTreeMap<String, String>,
 }
 
 /// A sellable product.
@@ -497,6 +502,7 @@ mod tests {
                 id: "001".into(),
                 name: None,
                 country: Some("DE".into()),
+                external_ids: Default::default(),
             },
             currency: Currency::new("EUR").unwrap(),
             payment_terms: None,

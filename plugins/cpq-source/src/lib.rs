@@ -53,7 +53,12 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
             Some(a) => (a.name, a.billing_country_code),
             None => (None, None),
         };
-        Party { id, name, country }
+        Party {
+            id,
+            name,
+            country,
+            external_ids: Default::default(),
+        }
     });
     let lines = model
         .line_items

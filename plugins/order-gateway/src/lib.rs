@@ -9,7 +9,10 @@
 //!   - each product may be sold in that country (config `product_restrictions`);
 //!   - every amount is in the order's one currency.
 //!
-//! The same plugin instance serves both flows, so both see one namespace.
+//! A valid order goes on with its customer as the master knows it (name, country,
+//! and the customer's numbers in other systems, `external_ids`, which ERP sinks
+//! address it by). The same plugin instance serves both flows, so both see one
+//! namespace.
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -46,6 +49,24 @@ impl Rules {
             product_restrictions: parse(&get, "product_restrictions")?,
         })
     }
+}
+
+/// The order's customer completed from the customer master: the master's name and
+/// country where it has them, and its numbers in other systems.
+pub fn enrich(order: &mut Order, master: &Party) {
+    let customer = &mut order.customer;
+    if master.name.is_some() {
+        customer.name.clone_from(&master.name);
+    }
+    if master.country.is_some() {
+        customer.country.clone_from(&master.country);
+    }
+    customer.external_ids.extend(
+        master
+            .external_ids
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
 }
 
 /// Every rule an order breaks, given the customer master's record of its customer.
@@ -104,7 +125,7 @@ pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::*;
-    use tenon_sdk::model::kinds;
+    use tenon_sdk::model::{Encoding, kinds};
     use tenon_sdk::{Message, config, kv};
 
     fn key(customer: &str) -> String {
@@ -127,10 +148,18 @@ mod component {
                     .and_then(|bytes| serde_json::from_slice(&bytes).ok());
                 let rules = Rules::from_config(config::get)?;
                 let reasons = violations(&order, customer.as_ref(), &rules);
-                if reasons.is_empty() {
-                    Ok(vec![input])
-                } else {
-                    Err(Failure::Rejected(reasons))
+                match customer {
+                    Some(master) if reasons.is_empty() => {
+                        let mut order = order;
+                        enrich(&mut order, &master);
+                        let encoding = Encoding::from_content_type(&input.content_type)
+                            .map_err(|e| Failure::Invalid(e.to_string()))?;
+                        let mut output =
+                            Message::encode_as(encoding, &input.kind, &input.key, &order)?;
+                        output.headers = input.headers;
+                        Ok(vec![output])
+                    }
+                    _ => Err(Failure::Rejected(reasons)),
                 }
             }
             other => Err(Failure::Invalid(format!(

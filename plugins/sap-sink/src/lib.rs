@@ -5,7 +5,8 @@
 //! Config: `service_url` (the service root), the organisational data
 //! (`sales_order_type`, `sales_organization`, `distribution_channel`,
 //! `organization_division`), `quantity_unit`, `price_condition_type`, and `sold_to`,
-//! a JSON object from CRM account id to SAP customer number. Secrets `sap_user` and
+//! a JSON object from CRM account id to SAP customer number, for customers whose
+//! master record (from the validation gateway) carries no `external_ids.sap`. Secrets `sap_user` and
 //! `sap_password` (basic authentication), when granted and provided.
 //!
 //! - The body follows SAP's published metadata (property names, `Edm` types,
@@ -111,12 +112,17 @@ fn material(line: &OrderLine) -> &str {
 /// The `A_SalesOrder` deep-insert body of an order, or every reason it cannot be one.
 pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec<String>> {
     let mut reasons = Vec::new();
-    let sold_to = match settings.sold_to.get(&order.customer.id) {
+    let known = order
+        .customer
+        .external_ids
+        .get("sap")
+        .or_else(|| settings.sold_to.get(&order.customer.id));
+    let sold_to = match known {
         Some(number) => number.clone(),
         None if order.customer.id.len() <= 10 => order.customer.id.to_uppercase(),
         None => {
             reasons.push(format!(
-                "customer `{}` has no SAP customer number (config `sold_to`)",
+                "customer `{}` has no SAP customer number (customer master `external_ids.sap`, or config `sold_to`)",
                 order.customer.id
             ));
             String::new()

@@ -306,6 +306,7 @@ fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
             .customer_address
             .as_ref()
             .and_then(|a| a.country.clone()),
+        external_ids: Default::default(),
     })
 }
 

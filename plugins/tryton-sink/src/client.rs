@@ -133,7 +133,13 @@ impl Rpc {
             return Ok(receipt(id, "already created"));
         }
         let mut reasons = Vec::new();
-        let party = self.search_one("party.party", json!([["code", "=", order.customer.id]]))?;
+        // The customer master's Tryton code, else the CRM id (the parties' code).
+        let party_code = order
+            .customer
+            .external_ids
+            .get("tryton")
+            .unwrap_or(&order.customer.id);
+        let party = self.search_one("party.party", json!([["code", "=", party_code]]))?;
         if party.is_none() {
             reasons.push(format!(
                 "customer `{}` ({}) is not a Tryton party",

@@ -188,6 +188,7 @@ fn contract(
             id: account.to_owned(),
             name: None,
             country: None,
+            external_ids: Default::default(),
         },
         status: ContractStatus::Active,
         currency: currency.clone(),
