@@ -341,8 +341,10 @@ impl Runtime {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        self.flows()
-            .into_iter()
+        // On every step's every output: read the flows in place, clone none.
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .values()
             .filter(|f| f.subscribe.contains(&message.kind))
             .filter(|f| f.when.iter().all(|(k, v)| header(k) == Some(v.as_str())))
             .filter(|f| f.name != from && !message.id.contains(&format!("@{}", f.name)))
