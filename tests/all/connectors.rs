@@ -653,3 +653,40 @@ fn the_gateway_completes_the_customer_from_the_master() {
     let body = sap_sink::sales_order_body(&order, &settings).unwrap();
     assert_eq!(body["SoldToParty"], "USCU_S12");
 }
+
+#[test]
+fn canonical_messages_in_and_their_bad_input() {
+    let one = canonical_source::to_messages(
+        br#"{"kind": "CustomerUpserted", "key": "C1", "body": {"id": "C1", "country": "DE"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (one[0].kind.as_str(), one[0].key.as_str()),
+        ("CustomerUpserted", "C1")
+    );
+    assert_eq!(one[0].content_type, "application/json");
+    let invalid = |body: &[u8]| match canonical_source::to_messages(body) {
+        Err(Failure::Invalid(why)) => why,
+        other => panic!("not invalid: {other:?}"),
+    };
+    assert_eq!(
+        invalid(br#"[{"kind": "Customer upserted", "key": "C1", "body": {}}]"#),
+        "message 1: kind `Customer upserted` is not an event name like CustomerUpserted"
+    );
+    assert_eq!(
+        invalid(br#"[{"kind": "A", "key": "k", "body": 1}, {"kind": "B", "body": 1}]"#),
+        "message 2: missing field `key`"
+    );
+    assert_eq!(
+        invalid(br#"{"kind": "A", "key": "", "body": 1}"#),
+        "message 1: an empty key"
+    );
+    assert_eq!(
+        invalid(br#"{"kind": "A", "key": "k", "body": 1, "extra": 2}"#),
+        "message 1: unknown field `extra`, expected one of `kind`, `key`, `body`"
+    );
+    assert_eq!(
+        invalid(b"nope"),
+        "the body is not JSON: expected ident at line 1 column 2"
+    );
+}
