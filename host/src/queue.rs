@@ -947,6 +947,25 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 }
                 Completion::Forward { outputs } => {
                     queue.remove(slot)?;
+                    // A copy entering a subscribing flow (id `<id>@<flow>`) is accepted
+                    // by that flow: logged like ingress, so the flow's replay covers it.
+                    let entering: Vec<(String, EventBody)> = outputs
+                        .iter()
+                        .filter(|(_, e)| {
+                            e.stage == 0 && e.message.id.ends_with(&format!("@{}", e.flow))
+                        })
+                        .map(|(_, e)| {
+                            (
+                                e.flow.clone(),
+                                EventBody::Accepted {
+                                    envelope: e.clone(),
+                                },
+                            )
+                        })
+                        .collect();
+                    if !entering.is_empty() {
+                        events::append(txn, now_ms(), entering)?;
+                    }
                     append(
                         &mut queue,
                         &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),

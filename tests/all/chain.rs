@@ -285,6 +285,27 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
             .headers
             .contains(&("idempotent-replayed".into(), "true".into()))
     );
+
+    // The schedules flow's log holds what entered it from other flows' steps: a
+    // replay re-runs both schedules, and the finance sink returns the recorded
+    // outcomes instead of sending again.
+    let before = erp.received().len();
+    let replay = tenon
+        .post(
+            "/v1/flows/schedules/replay",
+            "application/json",
+            br#"{"from": "1"}"#,
+        )
+        .await;
+    assert_eq!(
+        replay.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&replay.body)
+    );
+    assert_eq!(replay.json().unwrap()["replayed"], 2);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(erp.received().len(), before, "nothing delivered twice");
 }
 
 const STRIPE_SECRET: &str = "whsec_chain_test";
