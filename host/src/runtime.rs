@@ -724,6 +724,23 @@ impl Runtime {
                 result,
             }))
         };
+        // The attempts so far, with this one's error.
+        let with_attempt = |error: &str| {
+            let mut attempts = env.attempts.clone();
+            attempts.push(Attempt {
+                at_ms: now_ms(),
+                plugin: plugin.name().to_owned(),
+                digest: plugin.digest().to_owned(),
+                error: error.to_owned(),
+            });
+            attempts
+        };
+        // An error no retry can fix: the message goes to the dead letters with it.
+        let dead_letter = |error: String, trail: Vec<Hop>| {
+            tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
+            let attempts = with_attempt(&error);
+            finish(OutcomeKind::DeadLetter { error }, trail, attempts)
+        };
         // Messages between steps travel in a canonical encoding; anything else is the
         // plugin's bug, not something a retry can fix.
         let bad_output = match &result {
@@ -738,15 +755,7 @@ impl Runtime {
                 "invalid output: {} produced a `{content_type}` body; messages between steps are application/json or application/msgpack",
                 plugin.name()
             );
-            tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
-            let mut attempts = env.attempts.clone();
-            attempts.push(Attempt {
-                at_ms: now_ms(),
-                plugin: plugin.name().to_owned(),
-                digest: plugin.digest().to_owned(),
-                error: error.clone(),
-            });
-            return finish(OutcomeKind::DeadLetter { error }, trail, attempts);
+            return dead_letter(error, trail);
         }
         match result {
             Ok(Done::Delivered(receipt)) => {
@@ -815,15 +824,7 @@ impl Runtime {
                 }
                 if !unrouted.is_empty() {
                     let error = format!("no flow subscribes to {}", unrouted.join(", "));
-                    tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
-                    let mut attempts = env.attempts.clone();
-                    attempts.push(Attempt {
-                        at_ms: now_ms(),
-                        plugin: plugin.name().to_owned(),
-                        digest: plugin.digest().to_owned(),
-                        error: error.clone(),
-                    });
-                    return finish(OutcomeKind::DeadLetter { error }, trail, attempts);
+                    return dead_letter(error, trail);
                 }
                 Completion::Forward { outputs: forward }
             }
@@ -836,13 +837,7 @@ impl Runtime {
                 )
             }
             Err(error) => {
-                let mut attempts = env.attempts.clone();
-                attempts.push(Attempt {
-                    at_ms: now_ms(),
-                    plugin: plugin.name().to_owned(),
-                    digest: plugin.digest().to_owned(),
-                    error: error.to_string(),
-                });
+                let attempts = with_attempt(&error.to_string());
                 // Retrying cannot change the input, the grants or the limits.
                 let permanent = matches!(
                     error,

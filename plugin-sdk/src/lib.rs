@@ -34,6 +34,7 @@ pub mod http;
 pub mod kv;
 pub mod log;
 pub mod secrets;
+pub mod url;
 
 pub use message::{Failure, Message, RawRequest, Receipt};
 pub use tenon_model as model;

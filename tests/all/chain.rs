@@ -3,6 +3,7 @@
 //! router -> the ERP flow of that entity; Zuora contract -> revenue schedule; Stripe
 //! invoice -> invoice posted (and its revenue schedule).
 
+use crate::support::public_fixture as fixture;
 use crate::support::{Tenon, Workspace, sample};
 use serde_json::{Value, json};
 use tenon::demo::mock_erp::MockErp;
@@ -80,14 +81,6 @@ subscribe = ["RevenueScheduleUpdated"]
 sink = "finance"
 "#
     )
-}
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../tests/fixtures/public/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Every outcome of a message's lineage: (flow, plugin, result kind).

@@ -2,17 +2,10 @@
 //! natively (the same code the components run), with our own cases beside them for
 //! what the fixtures lack; each negative case with its exact outcome.
 
+use crate::support::public_fixture as fixture;
 use serde_json::{Value, json};
 use tenon_sdk::model::{Encoding, Invoice, Payment};
 use tenon_sdk::{Failure, Message};
-
-fn fixture(name: &str) -> Value {
-    let path = format!(
-        "{}/../tests/fixtures/public/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 /// A Stripe event of `kind` around an invoice object.
 fn event(kind: &str, invoice: Value) -> Value {

@@ -75,6 +75,14 @@ pub struct Product {
     pub name: Option<String>,
 }
 
+impl Product {
+    /// The code systems match the product on (its SKU), or its catalogue id when
+    /// the source has no code.
+    pub fn code_or_id(&self) -> &str {
+        self.code.as_deref().unwrap_or(&self.id)
+    }
+}
+
 /// How a line is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ChargeType {

@@ -25,21 +25,9 @@ use tenon_sdk::{Failure, Message};
 /// The URL of a message: the template with its placeholders filled in.
 pub fn url_for(template: &str, message: &Message) -> String {
     template
-        .replace("{key}", &escape(&message.key))
-        .replace("{kind}", &escape(&message.kind))
-        .replace("{id}", &escape(&message.id))
-}
-
-/// Percent-encode all but unreserved characters.
-fn escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+        .replace("{key}", &tenon_sdk::url::escape(&message.key))
+        .replace("{kind}", &tenon_sdk::url::escape(&message.kind))
+        .replace("{id}", &tenon_sdk::url::escape(&message.id))
 }
 
 /// The value of a secret header: `template` is a secret name, or text with the name

@@ -92,7 +92,7 @@ pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec
         Some(_) => {}
     }
     for line in &order.lines {
-        let code = line.product.code.as_deref().unwrap_or(&line.product.id);
+        let code = line.product.code_or_id();
         if let (Some(c), Some(banned)) = (&country, rules.product_restrictions.get(code))
             && banned.iter().any(|b| b.eq_ignore_ascii_case(c))
         {

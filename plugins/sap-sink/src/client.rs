@@ -20,7 +20,7 @@ fn deliver(message: Message, _idempotency_key: &str) -> Result<Receipt, Failure>
     // Exactly once: a sales order carrying this order id already exists?
     let lookup = format!(
         "{service}/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27{}%27&$select=SalesOrder&$format=json",
-        url_escape(&order.id.replace('\'', "''"))
+        tenon_sdk::url::escape(&order.id.replace('\'', "''"))
     );
     let found = http::get_json(&lookup, &headers)?;
     if !found.is_success() {
@@ -104,16 +104,4 @@ fn fetch_token(service: &str, headers: &[(&str, &str)]) -> Result<(String, Strin
         })
         .collect();
     Ok((token, cookies.join("; ")))
-}
-
-/// Percent-encode everything but unreserved characters.
-fn url_escape(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -23,7 +23,7 @@
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use tenon_sdk::Failure;
-use tenon_sdk::model::{Order, OrderLine, rust_decimal::Decimal};
+use tenon_sdk::model::{Order, rust_decimal::Decimal};
 
 #[cfg(target_arch = "wasm32")]
 mod client;
@@ -104,11 +104,6 @@ fn decimal(
     normal.to_string()
 }
 
-/// The product code a line is matched on (its id when the source has no code).
-fn material(line: &OrderLine) -> &str {
-    line.product.code.as_deref().unwrap_or(&line.product.id)
-}
-
 /// The `A_SalesOrder` deep-insert body of an order, or every reason it cannot be one.
 pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec<String>> {
     let mut reasons = Vec::new();
@@ -149,7 +144,7 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
             "Material".into(),
             json!(fits(
                 &format!("{at} material"),
-                &material(line).to_uppercase(),
+                &line.product.code_or_id().to_uppercase(),
                 40,
                 &mut reasons
             )),

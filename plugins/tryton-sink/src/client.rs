@@ -154,7 +154,7 @@ impl Rpc {
         if currency.is_none() {
             reasons.push(format!("currency {} is not in Tryton", order.currency));
         }
-        let codes: Vec<&str> = order.lines.iter().map(code).collect();
+        let codes: Vec<&str> = order.lines.iter().map(|l| l.product.code_or_id()).collect();
         let found = self.call(
             "model.product.product.search_read",
             vec![

@@ -100,11 +100,6 @@ pub fn decimal(text: impl ToString) -> Value {
     json!({"__class__": "Decimal", "decimal": text.to_string()})
 }
 
-/// The product code a line is matched on (its id when the source has no code).
-pub fn code(line: &OrderLine) -> &str {
-    line.product.code.as_deref().unwrap_or(&line.product.id)
-}
-
 /// A product as the sale needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProductRef {
@@ -125,12 +120,12 @@ pub fn sale_values(
     let missing: Vec<String> = order
         .lines
         .iter()
-        .filter(|l| !products.contains_key(code(l)))
+        .filter(|l| !products.contains_key(l.product.code_or_id()))
         .map(|l| {
             format!(
                 "line {}: product `{}` is not a Tryton product",
                 l.line_number,
-                code(l)
+                l.product.code_or_id()
             )
         })
         .collect();
@@ -140,7 +135,7 @@ pub fn sale_values(
     let lines: Vec<Value> = order
         .lines
         .iter()
-        .filter_map(|l| Some(line_values(l, products.get(code(l))?)))
+        .filter_map(|l| Some(line_values(l, products.get(l.product.code_or_id())?)))
         .collect();
     Ok(json!({
         "party": party,
@@ -158,7 +153,7 @@ fn line_values(line: &OrderLine, product: &ProductRef) -> Value {
         .product
         .name
         .clone()
-        .unwrap_or_else(|| code(line).to_owned());
+        .unwrap_or_else(|| line.product.code_or_id().to_owned());
     if let Some(parent) = line.parent_line_number {
         description = format!("{description} (in bundle line {parent})");
     }
