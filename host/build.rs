@@ -90,13 +90,19 @@ fn main() -> Result<(), Box<dyn Error>> {
         "/// The first-party plugins, embedded: (manifest text, component bytes)."
     )?;
     writeln!(code, "pub const FIRST_PARTY: &[EmbeddedPlugin] = &[")?;
+    let stamped = PathBuf::from(env::var("OUT_DIR")?).join("manifests");
+    fs::create_dir_all(&stamped)?;
     for name in FIRST_PARTY {
         let dir = plugins.join(name);
         let wasm = component_path(&dir, &artifacts)?;
+        // The shipped manifest names its component's digest: a deploy can never
+        // pair it with another component.
+        let manifest = stamped.join(format!("{name}.toml"));
+        fs::write(&manifest, stamp(&dir.join("plugin.toml"), &wasm)?)?;
         writeln!(
             code,
             "    EmbeddedPlugin {{ dir: {name:?}, manifest: include_str!({:?}), component: include_bytes!({:?}) }},",
-            dir.join("plugin.toml").display().to_string(),
+            manifest.display().to_string(),
             wasm.display().to_string()
         )?;
     }
@@ -143,6 +149,28 @@ fn ensure_wasm_target() -> Result<(), Box<dyn Error>> {
                 .into(),
         ),
     }
+}
+
+/// A manifest's text with `component_digest = "sha256:..."` of `wasm` after its
+/// `component = ...` line.
+fn stamp(manifest: &Path, wasm: &Path) -> Result<String, Box<dyn Error>> {
+    use sha2::Digest as _;
+    let text = fs::read_to_string(manifest)?;
+    let digest = format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(fs::read(wasm)?))
+    );
+    let mut out = String::with_capacity(text.len() + 90);
+    for line in text.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.trim_start().starts_with("component ")
+            || line.trim_start().starts_with("component=")
+        {
+            out.push_str(&format!("component_digest = \"{digest}\"\n"));
+        }
+    }
+    Ok(out)
 }
 
 /// The built component a plugin directory's manifest names (`component = "x.wasm"`).

@@ -37,6 +37,8 @@ async fn run() -> anyhow::Result<()> {
             "run",
             "--listen",
             "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
             "--log",
             "warn",
             "--config",
@@ -50,21 +52,26 @@ async fn run() -> anyhow::Result<()> {
         .stdout
         .take()
         .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .strip_prefix("tenon listening on http://")
-        .unwrap_or_default()
-        .to_owned();
-    anyhow::ensure!(!addr.is_empty(), "tenon did not start: {line}");
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        if let Some(a) = line.strip_prefix("tenon listening on http://") {
+            addr = a.to_owned();
+            break;
+        }
+    }
+    anyhow::ensure!(!addr.is_empty(), "tenon did not start");
+    // The load generator posts as a partner system does: with an API key (the admin
+    // key the first start wrote holds `ingest:*`).
+    let token = std::fs::read_to_string(dir.path().join("data/admin.key"))?;
+    let auth = format!("Bearer {}", token.trim());
 
     let template = tenon::demo::SAMPLES[0].1;
     let result = async {
         // 1. Saturation.
         let before = erp.orders();
         let started = Instant::now();
-        let sent = load(&addr, template, "S", None, SATURATION).await?;
+        let sent = load(&addr, &auth, template, "S", None, SATURATION).await?;
         drain(&erp, before + sent.len(), Duration::from_secs(60)).await;
         let delivered = erp.orders() - before;
         let rate = delivered as f64 / started.elapsed().as_secs_f64();
@@ -74,7 +81,7 @@ async fn run() -> anyhow::Result<()> {
         // 2. Latency at half that rate.
         let half = (rate / 2.0).max(10.0);
         let before = erp.orders();
-        let sent = load(&addr, template, "L", Some(half), STEADY).await?;
+        let sent = load(&addr, &auth, template, "L", Some(half), STEADY).await?;
         drain(&erp, before + sent.len(), Duration::from_secs(60)).await;
         let arrived: HashMap<String, Instant> = erp
             .received()
@@ -111,6 +118,7 @@ async fn run() -> anyhow::Result<()> {
 /// or at `rate` per second in all. Returns (accepted id, time sent) of each 202.
 async fn load(
     addr: &str,
+    auth: &str,
     template: &str,
     tag: &str,
     rate: Option<f64>,
@@ -119,6 +127,7 @@ async fn load(
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..LANES {
         let (addr, template, tag) = (addr.to_owned(), template.to_owned(), tag.to_owned());
+        let auth = auth.to_owned();
         lanes.spawn(async move {
             let stream = tokio::net::TcpStream::connect(&addr).await?;
             let (mut sender, conn) =
@@ -140,6 +149,7 @@ async fn load(
                 let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
                     .header("host", addr.as_str())
                     .header("content-type", "application/json")
+                    .header("authorization", auth.as_str())
                     .body(Full::new(Bytes::from(body)))?;
                 let sent = Instant::now();
                 let response = sender.send_request(request).await?;

@@ -73,8 +73,12 @@ concurrency = 16
         erp.orders_url()
     );
     let config = Config::parse(&dir.path().join("tenon.toml"), &config_text)?;
-    let server =
-        Server::start(config, &dir.path().join("data"), "127.0.0.1:0".parse().ok()).await?;
+    let local = "127.0.0.1:0".parse().ok();
+    let listen = tenon::server::Listen {
+        ingest: local,
+        admin: local,
+    };
+    let server = Server::start(config, &dir.path().join("data"), listen).await?;
     let runtime = server.runtime.clone();
 
     // Producers at full speed, straight into ingress's code path.

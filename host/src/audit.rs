@@ -1,15 +1,20 @@
-//! The runtime audit log: every allow/deny decision the sandbox takes about a plugin.
+//! The audit log: every allow/deny decision the sandbox takes about a plugin, and
+//! every action and refusal of the API's keys.
 //!
-//! What is recorded: each capability linked or refused when a version loads, each
-//! outbound HTTP request (allowed or refused, with its origin and the address it
-//! resolved to), each secret read, each config key refused, each limit hit (time,
-//! memory, stack, output size, key-value quota). Reads of what is the plugin's own
-//! (its key-value namespace, the config keys it was granted) were decided when it was
-//! linked and are not recorded one by one.
+//! What is recorded about plugins: each capability linked or refused when a version
+//! loads, each outbound HTTP request (allowed or refused, with its origin and the
+//! address it resolved to), each secret read, each config key refused, each limit hit
+//! (time, memory, stack, output size, key-value quota, log volume), each version held
+//! for approval or approved. Reads of what is the plugin's own (its key-value
+//! namespace, the config keys it was granted) were decided when it was linked and are
+//! not recorded one by one. About the API: each admin action (with the key's id) and
+//! each refused request (no key, a bad key, a missing scope).
 //!
 //! Records are appended by a background writer that commits whatever is waiting in
 //! one transaction, so recording never blocks a plugin call; a crash can lose the
-//! records of the last few milliseconds. Records are kept as long as outcomes
+//! records of the last few milliseconds. The channel to the writer is bounded: when
+//! it is full a record is dropped and counted, and the writer appends one record
+//! saying how many were dropped (never silent). Records are kept as long as outcomes
 //! (`retention_secs`) and swept with them.
 //!
 //! **Invariant:** a record holds names (plugin, capability, secret name, origin),
@@ -55,12 +60,16 @@ pub struct AuditRecord {
     pub seq: u64,
     /// When, in milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// The plugin instance.
+    /// The plugin instance; empty for a record about the API.
     pub plugin: String,
-    /// The component's digest.
+    /// The plugin version's digest; empty for a record about the API.
     pub digest: String,
+    /// The id of the API key that acted or was refused, for a record about the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// What was asked for: `link`, `http`, `secret`, `config`, `kv`, `memory`,
-    /// `time`, `stack`, `output`.
+    /// `time`, `stack`, `output`, `log`, `denials`, `version` (about plugins); `admin`,
+    /// `auth` (about the API); `audit` (records dropped).
     pub capability: String,
     /// What it was asked for: an interface, an origin and address, a secret name...
     pub target: String,
@@ -76,6 +85,8 @@ pub struct AuditRecord {
 pub struct AuditQuery {
     /// Only this plugin instance's.
     pub plugin: Option<String>,
+    /// Only this API key's.
+    pub key: Option<String>,
     /// Only this decision.
     pub decision: Option<Decision>,
     /// Only records after this sequence number.
@@ -96,8 +107,15 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+/// Records waiting for the writer, at most; more are dropped and counted.
+pub const AUDIT_CHANNEL_CAPACITY: usize = 65_536;
+
 struct Writer {
-    tx: Mutex<Option<mpsc::Sender<AuditRecord>>>,
+    tx: Mutex<Option<mpsc::SyncSender<AuditRecord>>>,
+    /// Records dropped since the writer last reported it.
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Records dropped since start.
+    dropped_total: std::sync::atomic::AtomicU64,
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Flush requests: the writer answers once everything sent before is committed.
     flush: Mutex<Option<mpsc::Sender<mpsc::Sender<()>>>>,
@@ -121,17 +139,21 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl AuditLog {
     /// Start the writer for `db`.
     pub(crate) fn start(db: Arc<Database>) -> Result<AuditLog, StorageError> {
-        let (tx, rx) = mpsc::channel::<AuditRecord>();
+        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(AUDIT_CHANNEL_CAPACITY);
         let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
+        let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = dropped.clone();
         let thread = std::thread::Builder::new()
             .name("tenon-audit".into())
-            .spawn(move || write_loop(&db, &rx, &flush_rx))
+            .spawn(move || write_loop(&db, &rx, &flush_rx, &counter))
             .map_err(|e| {
                 StorageError::CommitFailed(format!("cannot start the audit writer: {e}"))
             })?;
         Ok(AuditLog {
             inner: Arc::new(Writer {
                 tx: Mutex::new(Some(tx)),
+                dropped,
+                dropped_total: std::sync::atomic::AtomicU64::new(0),
                 thread: Mutex::new(Some(thread)),
                 flush: Mutex::new(Some(flush_tx)),
             }),
@@ -145,9 +167,24 @@ impl AuditLog {
         } else {
             tracing::debug!(plugin = %record.plugin, capability = %record.capability, target = %record.target, "sandbox allowed");
         }
-        if let Some(tx) = lock(&self.inner.tx).as_ref() {
-            let _ = tx.send(record);
+        if let Some(tx) = lock(&self.inner.tx).as_ref()
+            && let Err(mpsc::TrySendError::Full(_)) = tx.try_send(record)
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            self.inner.dropped.fetch_add(1, Relaxed);
+            if self.inner.dropped_total.fetch_add(1, Relaxed) == 0 {
+                tracing::warn!(
+                    "the audit log cannot keep up; records are being dropped and counted"
+                );
+            }
         }
+    }
+
+    /// Records dropped since start because the writer could not keep up.
+    pub fn dropped(&self) -> u64 {
+        self.inner
+            .dropped_total
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Wait until every record appended before this call is committed.
@@ -166,6 +203,7 @@ fn write_loop(
     db: &Database,
     rx: &mpsc::Receiver<AuditRecord>,
     flush: &mpsc::Receiver<mpsc::Sender<()>>,
+    dropped: &std::sync::atomic::AtomicU64,
 ) {
     let tick = std::time::Duration::from_millis(20);
     loop {
@@ -176,7 +214,23 @@ fn write_loop(
         };
         // Flush requests seen now cover every record sent before them.
         let waiting: Vec<_> = flush.try_iter().collect();
-        let batch: Vec<AuditRecord> = first.into_iter().chain(rx.try_iter()).collect();
+        let mut batch: Vec<AuditRecord> = first.into_iter().chain(rx.try_iter()).collect();
+        let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if lost > 0 {
+            batch.push(AuditRecord {
+                seq: 0,
+                at_ms: crate::queue::now_ms(),
+                plugin: String::new(),
+                digest: String::new(),
+                key: None,
+                capability: "audit".into(),
+                target: "audit log".into(),
+                decision: Decision::Deny,
+                reason: Some(format!(
+                    "{lost} records dropped: the audit log could not keep up"
+                )),
+            });
+        }
         if !batch.is_empty()
             && let Err(error) = append(db, batch)
         {
@@ -218,6 +272,10 @@ pub(crate) fn query(db: &Database, query: &AuditQuery) -> Result<Vec<AuditRecord
         let record: AuditRecord = rmp_serde::from_slice(value.value())
             .map_err(|e| StorageError::Decode(e.to_string()))?;
         let wanted = query.plugin.as_ref().is_none_or(|p| *p == record.plugin)
+            && query
+                .key
+                .as_ref()
+                .is_none_or(|k| Some(k) == record.key.as_ref())
             && query.decision.is_none_or(|d| d == record.decision);
         if wanted {
             out.push(record);

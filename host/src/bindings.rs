@@ -9,6 +9,8 @@ mod sdk {
     wasmtime::component::bindgen!({
         path: "../wit/plugin@0.1.0",
         world: "tenon:plugin/sdk",
+        // Key-value reads touch the database: off the async workers.
+        imports: { "tenon:plugin/kv": async },
     });
 }
 

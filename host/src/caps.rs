@@ -8,23 +8,27 @@
 //!
 //! | capability | WIT | linked for |
 //! |---|---|---|
-//! | log | `tenon:plugin/log` | every plugin |
+//! | log | `tenon:plugin/log` | every plugin; lines cut at 4 KiB, at most 64 KiB a call and 1 MiB a minute (the excess is dropped, counted and audited) |
 //! | config | `tenon:plugin/config` | every plugin; keys outside its `[config]` and `grants.config` read as unset (and are audited) |
-//! | kv | `tenon:plugin/kv` | transforms and sinks granted `kv`, in their own namespace, under a quota |
-//! | secrets | `tenon:plugin/secrets` | plugins granted `secrets`, the names granted |
+//! | kv | `tenon:plugin/kv` | transforms and sinks granted `kv`, in their own namespace, under a quota; writes commit with the step's result |
+//! | secrets | `tenon:plugin/secrets` | plugins granted `secrets`: the ones the operator maps to the instance |
 //! | outbound HTTP | `wasi:http/outgoing-handler` | sinks granted `http`, to those hosts ([`crate::egress`]) |
 //! | WASI basics | `wasi:cli`, `wasi:io`, `wasi:clocks`, `wasi:random`, `wasi:filesystem` | every plugin, with no files, no environment, no arguments; stderr captured |
 //!
 //! `wasi:sockets` is never linked. Every allow/deny decision goes to the audit log
-//! ([`crate::audit`]); secret values are redacted from what the host records.
+//! ([`crate::audit`]), at most [`MAX_RECORDED_DENIALS`] one by one per call (the rest
+//! are counted in one record); secret values are redacted from what the host records
+//! ([`crate::redact`]).
 
 use crate::audit::{AuditLog, AuditRecord, Decision};
 use crate::bindings::{config, kv, log, secrets, types};
 use crate::egress::{Egress, SendError};
-use crate::storage::KvNamespace;
+use crate::redact::Redactor;
+use crate::storage::{KvNamespace, KvWrites, kv_entry_size};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tenon_registry::{Grants, Kind};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{ResourceLimiter, StoreLimits, StoreLimitsBuilder};
@@ -34,8 +38,16 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 /// Most bytes of a plugin's stderr kept per call (panic messages land there).
 const STDERR_CAPACITY: usize = 16 << 10;
-/// Secrets shorter than this are not redacted from text (they would match everywhere).
-const MIN_REDACTED_LEN: usize = 4;
+/// Longest log line kept; a longer one is cut.
+pub const MAX_LOG_LINE: usize = 4 << 10;
+/// Most bytes of log lines one call may write; the rest is dropped.
+pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
+/// Most bytes of log lines one plugin version may write a minute; the rest is dropped.
+pub const LOG_BYTES_PER_MINUTE: u64 = 1 << 20;
+/// Most denials of one call recorded one by one; the others are counted.
+pub const MAX_RECORDED_DENIALS: u32 = 16;
+/// Longest guest-chosen name (a config key, a secret name) the host records.
+const MAX_TARGET_CHARS: usize = 256;
 
 /// A secret's value: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -66,7 +78,7 @@ pub struct PluginContext {
     pub name: String,
     /// Its version, from the manifest.
     pub version: String,
-    /// The component's digest.
+    /// The version's digest (manifest and component).
     pub digest: String,
     /// Its configuration: manifest defaults overridden by the operator.
     pub config: BTreeMap<String, String>,
@@ -74,16 +86,20 @@ pub struct PluginContext {
     pub readable_config: BTreeSet<String>,
     /// Its effective grants (the manifest's, narrowed by the operator).
     pub grants: Grants,
-    /// The granted secrets the operator provides.
+    /// The secrets the operator maps to this instance, by the plugin's names.
     pub secrets: BTreeMap<String, Secret>,
+    /// Finds those secrets' values in what the host records.
+    pub redactor: Redactor,
     /// Where decisions are recorded.
     pub audit: AuditLog,
     /// Its outbound HTTP client, when it is granted hosts.
     pub egress: Option<Arc<Egress>>,
+    /// Its log allowance per minute, and what it dropped.
+    pub logs: LogBudget,
 }
 
 impl PluginContext {
-    /// Most linear memory the plugin may use, in bytes.
+    /// Most linear memory the plugin may use, in bytes (all its memories together).
     pub fn memory_bytes(&self) -> usize {
         (self.grants.memory_mib as usize) << 20
     }
@@ -93,15 +109,9 @@ impl PluginContext {
         Duration::from_millis(self.grants.timeout_ms)
     }
 
-    /// `text` with every granted secret's value replaced by its name.
+    /// `text` with every granted secret's value, in any form, replaced by its name.
     pub fn redact(&self, text: &str) -> String {
-        let mut out = text.to_owned();
-        for (name, secret) in &self.secrets {
-            if secret.0.len() >= MIN_REDACTED_LEN && out.contains(&secret.0) {
-                out = out.replace(&secret.0, &format!("[redacted secret `{name}`]"));
-            }
-        }
-        out
+        self.redactor.redact(text).into_owned()
     }
 
     /// Record a sandbox decision about this plugin.
@@ -117,11 +127,66 @@ impl PluginContext {
             at_ms: crate::queue::now_ms(),
             plugin: self.name.clone(),
             digest: self.digest.clone(),
+            key: None,
             capability: capability.to_owned(),
-            target: self.redact(target),
+            target: self.redact(&bounded(target)),
             decision,
             reason: reason.map(|r| self.redact(&r)),
         });
+    }
+}
+
+/// `text`, cut to [`MAX_TARGET_CHARS`] characters: guest-chosen names are recorded,
+/// never whole guest-chosen payloads.
+fn bounded(text: &str) -> String {
+    match text.char_indices().nth(MAX_TARGET_CHARS) {
+        Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
+        None => text.to_owned(),
+    }
+}
+
+/// A plugin version's log allowance per minute, and the count of what it dropped.
+#[derive(Debug, Default)]
+pub struct LogBudget {
+    /// The minute (since the Unix epoch) `used` counts.
+    minute: AtomicU64,
+    used: AtomicU64,
+    /// The minute whose drops were last audited (plus one; 0: never).
+    audited: AtomicU64,
+    dropped_lines: AtomicU64,
+    dropped_bytes: AtomicU64,
+}
+
+impl LogBudget {
+    /// Take `bytes` from this minute's allowance; false when it would go over.
+    fn take(&self, bytes: usize) -> bool {
+        let minute = crate::queue::now_ms() / 60_000;
+        if self.minute.swap(minute, Ordering::Relaxed) != minute {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        let before = self.used.fetch_add(bytes as u64, Ordering::Relaxed);
+        if before + bytes as u64 > LOG_BYTES_PER_MINUTE {
+            self.used.fetch_sub(bytes as u64, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Lines and bytes dropped since the version was loaded.
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.dropped_lines.load(Ordering::Relaxed),
+            self.dropped_bytes.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Count a call's drops; true when they are the first of this minute (the ones
+    /// to audit).
+    fn note_dropped(&self, lines: u64, bytes: u64) -> bool {
+        self.dropped_lines.fetch_add(lines, Ordering::Relaxed);
+        self.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
+        let minute = crate::queue::now_ms() / 60_000 + 1;
+        self.audited.swap(minute, Ordering::Relaxed) != minute
     }
 }
 
@@ -134,16 +199,19 @@ pub enum Violation {
     Limit(String),
 }
 
-/// The violations of one call, shared with the hooks that detect them.
+/// The violations of one call, shared with the hooks that detect them: the first is
+/// kept (it decides how the call ends), the others only counted.
 #[derive(Debug, Clone, Default)]
-pub struct Violations(Arc<Mutex<Vec<Violation>>>);
+pub struct Violations(Arc<Mutex<(Option<Violation>, u64)>>);
 
 impl Violations {
     fn push(&self, violation: Violation) {
-        self.0
+        let mut seen = self
+            .0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(violation);
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.0.get_or_insert(violation);
+        seen.1 += 1;
     }
 
     /// The first violation of the call, if any.
@@ -151,9 +219,28 @@ impl Violations {
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .first()
-            .cloned()
+            .0
+            .clone()
     }
+
+    /// How many there were.
+    pub fn count(&self) -> u64 {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+    }
+}
+
+/// A call's key-value view: reads see its own writes, which are buffered until the
+/// step commits.
+struct KvCall {
+    ns: KvNamespace,
+    writes: KvWrites,
+    /// The committed usage, read at the first write.
+    committed: Option<u64>,
+    /// What this call's writes add to it (may be negative).
+    delta: i64,
 }
 
 /// The data of one store: one plugin call.
@@ -163,10 +250,18 @@ pub struct PluginState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     hooks: HttpGrants,
-    kv: Option<KvNamespace>,
+    kv: Option<KvCall>,
     limiter: Limiter,
     stderr: MemoryOutputPipe,
     violations: Violations,
+    /// When the call must stop; guest code yields to the host every epoch tick
+    /// until then.
+    pub(crate) deadline: Instant,
+    /// Log bytes written by this call, and lines and bytes dropped.
+    logged: usize,
+    log_dropped: (u64, u64),
+    /// Denials in this call (the first [`MAX_RECORDED_DENIALS`] are audited one by one).
+    denials: u32,
 }
 
 impl std::fmt::Debug for PluginState {
@@ -190,8 +285,9 @@ impl PluginState {
                 .memory_size(ctx.memory_bytes())
                 .instances(16)
                 .tables(64)
-                .memories(4)
+                .memories(8)
                 .build(),
+            total: 0,
             ctx: ctx.clone(),
             violations: violations.clone(),
         };
@@ -200,14 +296,23 @@ impl PluginState {
                 ctx: ctx.clone(),
                 violations: violations.clone(),
             },
+            deadline: Instant::now() + ctx.timeout(),
             ctx,
             table: ResourceTable::new(),
             wasi,
             http: WasiHttpCtx::new(),
-            kv,
+            kv: kv.map(|ns| KvCall {
+                writes: ns.writes(),
+                ns,
+                committed: None,
+                delta: 0,
+            }),
             limiter,
             stderr,
             violations,
+            logged: 0,
+            log_dropped: (0, 0),
+            denials: 0,
         }
     }
 
@@ -223,22 +328,63 @@ impl PluginState {
         &self.violations
     }
 
+    /// The call's key-value writes, to commit with its result.
+    pub fn take_kv_writes(&mut self) -> Option<KvWrites> {
+        self.kv
+            .as_mut()
+            .map(|kv| std::mem::take(&mut kv.writes))
+            .filter(|w| !w.is_empty())
+    }
+
+    /// Audit what the call did beyond the records kept one by one: denials past the
+    /// first [`MAX_RECORDED_DENIALS`], log lines dropped (once a minute per plugin).
+    pub fn finish(&self) {
+        if self.denials > MAX_RECORDED_DENIALS {
+            let more = self.denials - MAX_RECORDED_DENIALS;
+            self.ctx.decide(
+                "denials",
+                "this call",
+                Decision::Deny,
+                Some(format!(
+                    "{more} more denials in this call, not recorded one by one"
+                )),
+            );
+        }
+        let (lines, bytes) = self.log_dropped;
+        if lines > 0 && self.ctx.logs.note_dropped(lines, bytes) {
+            self.ctx.decide(
+                "log",
+                "log lines",
+                Decision::Deny,
+                Some(format!(
+                    "{lines} lines ({bytes} bytes) dropped: over {LOG_BYTES_PER_CALL} bytes a call or {LOG_BYTES_PER_MINUTE} bytes a minute (later drops this minute are only counted)"
+                )),
+            );
+        }
+    }
+
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {
         &mut self.limiter
     }
 
-    fn deny(&self, capability: &str, target: &str, reason: String) {
-        self.ctx
-            .decide(capability, target, Decision::Deny, Some(reason.clone()));
+    fn deny(&mut self, capability: &str, target: &str, reason: String) {
+        self.denials += 1;
+        if self.denials <= MAX_RECORDED_DENIALS {
+            self.ctx
+                .decide(capability, target, Decision::Deny, Some(reason.clone()));
+        }
         self.violations.push(Violation::Denied(format!(
-            "{capability} `{target}`: {reason}"
+            "{capability} `{}`: {reason}",
+            bounded(target)
         )));
     }
 }
 
-/// Memory limit that records its refusals.
+/// The memory limit, over all of a store's memories together, recording refusals.
 struct Limiter {
     inner: StoreLimits,
+    /// Bytes of every memory of the store together.
+    total: usize,
     ctx: Arc<PluginContext>,
     violations: Violations,
 }
@@ -250,11 +396,15 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if !allowed {
+        let total = self.total.saturating_sub(current).saturating_add(desired);
+        let allowed = total <= self.ctx.memory_bytes()
+            && self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.total = total;
+        } else {
             let limit = self.ctx.grants.memory_mib;
             let reason = format!(
-                "growth from {} to {} KiB refused: the limit is {limit} MiB",
+                "growth from {} to {} KiB refused: the limit is {limit} MiB over all the plugin's memories",
                 current >> 10,
                 desired >> 10
             );
@@ -266,10 +416,14 @@ impl ResourceLimiter for Limiter {
             );
             self.violations.push(Violation::Limit(format!(
                 "memory limit of {limit} MiB reached (growth to {} KiB refused)",
-                desired >> 10
+                total >> 10
             )));
         }
         Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        Ok(())
     }
 
     fn table_growing(
@@ -307,7 +461,7 @@ pub fn add_to_linker(
     if grants.kv && kind != Kind::Source {
         kv::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
     }
-    if !grants.secrets.is_empty() {
+    if grants.all_secrets().next().is_some() {
         secrets::add_to_linker::<_, HasSelf<PluginState>>(linker, |s| s)?;
     }
     if !grants.http.is_empty() && kind == Kind::Sink {
@@ -382,6 +536,23 @@ impl types::Host for PluginState {}
 
 impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) {
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE {
+            let mut cut = MAX_LOG_LINE;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let total = message.len();
+            message.truncate(cut);
+            message.push_str(&format!("... ({total} bytes, cut)"));
+        }
+        let len = message.len();
+        if self.logged + len > LOG_BYTES_PER_CALL || !self.ctx.logs.take(len) {
+            self.log_dropped.0 += 1;
+            self.log_dropped.1 += len as u64;
+            return;
+        }
+        self.logged += len;
         let plugin = self.ctx.name.as_str();
         let message = self.ctx.redact(&message);
         match level {
@@ -410,10 +581,10 @@ impl config::Host for PluginState {
 
 impl secrets::Host for PluginState {
     fn get(&mut self, name: String) -> Result<String, String> {
-        if !self.ctx.grants.secrets.contains(&name) {
+        if !self.ctx.grants.all_secrets().any(|s| *s == name) {
             let reason = "not granted to this plugin".to_owned();
             self.deny("secret", &name, reason.clone());
-            return Err(format!("secret `{name}` is {reason}"));
+            return Err(format!("secret `{}` is {reason}", bounded(&name)));
         }
         match self.ctx.secrets.get(&name) {
             Some(secret) => {
@@ -421,7 +592,7 @@ impl secrets::Host for PluginState {
                 Ok(secret.expose().to_owned())
             }
             None => {
-                let reason = "granted but not provided by the operator's [secrets]".to_owned();
+                let reason = "not mapped to this plugin instance by the operator".to_owned();
                 self.ctx
                     .decide("secret", &name, Decision::Deny, Some(reason.clone()));
                 Err(format!("secret `{name}` is {reason}"))
@@ -430,36 +601,83 @@ impl secrets::Host for PluginState {
     }
 }
 
+/// Run a blocking storage read off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("key-value read failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
 impl kv::Host for PluginState {
-    fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
-        self.kv()?.get(&key).map_err(|e| e.to_string())
-    }
-
-    fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
-        match self.kv()?.set(&key, &value) {
-            Err(crate::storage::StorageError::QuotaExceeded { used, quota }) => {
-                let reason = format!(
-                    "key-value quota of {quota} bytes exceeded ({used} bytes after this write)"
-                );
-                self.ctx
-                    .decide("kv", &key, Decision::Deny, Some(reason.clone()));
-                self.violations.push(Violation::Limit(reason.clone()));
-                Err(reason)
-            }
-            other => other.map_err(|e| e.to_string()),
+    async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
+        let kv = self.kv_call()?;
+        if let Some(written) = kv.writes.get(&key) {
+            return Ok(written.map(<[u8]>::to_vec));
         }
+        let ns = kv.ns.clone();
+        blocking(move || ns.get(&key)).await
     }
 
-    fn delete(&mut self, key: String) -> Result<(), String> {
-        self.kv()?.delete(&key).map_err(|e| e.to_string())
+    async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
+        self.write(key, Some(value)).await
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), String> {
+        self.write(key, None).await
     }
 }
 
 impl PluginState {
-    fn kv(&self) -> Result<&KvNamespace, String> {
+    fn kv_call(&mut self) -> Result<&mut KvCall, String> {
         self.kv
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| "key-value storage is not granted to this plugin".into())
+    }
+
+    /// Buffer a write after checking the quota against what is committed plus what
+    /// this call wrote so far.
+    async fn write(&mut self, key: String, value: Option<Vec<u8>>) -> Result<(), String> {
+        let kv = self.kv_call()?;
+        let old = match kv.writes.get(&key) {
+            Some(written) => kv_entry_size(&key, written),
+            None => {
+                let (ns, k) = (kv.ns.clone(), key.clone());
+                let committed = blocking(move || ns.get(&k)).await?;
+                kv_entry_size(&key, committed.as_deref())
+            }
+        };
+        let kv = self.kv_call()?;
+        let committed = match kv.committed {
+            Some(used) => used,
+            None => {
+                let ns = kv.ns.clone();
+                let used = blocking(move || ns.usage()).await?;
+                let kv = self.kv_call()?;
+                kv.committed = Some(used);
+                used
+            }
+        };
+        let new = kv_entry_size(&key, value.as_deref());
+        let kv = self.kv_call()?;
+        let after = (committed as i64 + kv.delta - old as i64 + new as i64).max(0) as u64;
+        if let Some(quota) = kv.ns.quota()
+            && new > old
+            && after > quota
+        {
+            let reason = format!(
+                "key-value quota of {quota} bytes exceeded ({after} bytes after this write)"
+            );
+            self.ctx
+                .decide("kv", &key, Decision::Deny, Some(reason.clone()));
+            self.violations.push(Violation::Limit(reason.clone()));
+            return Err(reason);
+        }
+        kv.delta += new as i64 - old as i64;
+        kv.writes.put(&key, value);
+        Ok(())
     }
 }
 
@@ -541,6 +759,12 @@ impl WasiHttpHooks for HttpGrants {
                     ctx.decide("http", &origin, Decision::Deny, Some(reason.clone()));
                     violations.push(Violation::Limit(format!("http `{origin}`: {reason}")));
                     Err(E::HttpResponseBodySize(Some(cap)))
+                }
+                Ok(Err(SendError::RequestTooLarge(cap))) => {
+                    let reason = format!("request body over the {cap}-byte cap");
+                    ctx.decide("http", &origin, Decision::Deny, Some(reason.clone()));
+                    violations.push(Violation::Limit(format!("http `{origin}`: {reason}")));
+                    Err(E::HttpRequestBodySize(Some(cap)))
                 }
                 Ok(Err(SendError::Network(e))) => {
                     ctx.decide("http", &origin, Decision::Allow, None);

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::runtime::Runtime;
 use crate::server::Server;
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,15 +31,21 @@ pub struct Cli {
     #[arg(long, global = true, env = "TENON_LOG")]
     pub log: Option<String>,
 
-    /// A running server's address, for the commands that talk to its admin API
-    /// (`status`, `plugin`, `dlq`, `replay`).
+    /// A running server's admin API, for the commands that talk to it (`status`,
+    /// `plugin`, `dlq`, `replay`, `audit`, `keys`).
     #[arg(
         long,
         global = true,
         env = "TENON_SERVER",
-        default_value = "http://127.0.0.1:8080"
+        default_value = "http://127.0.0.1:8081"
     )]
     pub server: String,
+
+    /// A file holding the API key to send to the admin API. The key itself may come
+    /// from the `TENON_TOKEN` environment variable instead; without either, the CLI
+    /// reads `<data-dir>/admin.key`, which a first `tenon run` writes.
+    #[arg(long, global = true, env = "TENON_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -49,16 +56,22 @@ pub struct Cli {
 pub enum Command {
     /// Serve the flows of a config: HTTP ingress, the workers of every flow, the admin API.
     ///
-    /// Prints `tenon listening on http://ADDR` once ready; stops cleanly on Ctrl-C or
-    /// SIGTERM, letting each worker commit the message it holds. Messages not yet
-    /// finished are kept and resumed at the next start.
+    /// Prints `tenon listening on http://ADDR` (ingestion) and `tenon admin API on
+    /// http://ADDR` once ready; stops cleanly on Ctrl-C or SIGTERM, letting each worker
+    /// commit the message it holds. Messages not yet finished are kept and resumed at
+    /// the next start. On a data directory without an API key it first creates an
+    /// admin key and says where its token is.
     Run {
         /// The flow config.
         #[arg(long, short, default_value = "tenon.toml")]
         config: PathBuf,
-        /// Listen address, overriding `server.listen` (port 0 picks a free port).
+        /// Ingestion's listen address, overriding `server.listen` (port 0 picks a free
+        /// port).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// The admin API's listen address, overriding `server.admin_listen`.
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Check a config and load (compile) its plugins, without serving.
     Check {
@@ -122,6 +135,38 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
+    /// Create, list and revoke the API keys of a running server.
+    ///
+    /// Scopes: `ingest:<source>` or `ingest:*` (post to sources), `admin:read`,
+    /// `admin:write` (dead letters, replay, reload, keys), `plugins:promote` (try,
+    /// promote, roll back, approve versions). A key can only create keys with scopes
+    /// it holds.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+/// What to do with API keys.
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Create a key; its token is printed once and never shown again.
+    Create {
+        /// A scope; repeat for several, e.g. `--scope ingest:cpq-source`.
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+        /// What the key is for, e.g. `partner-acme`.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys: id, name, scopes, created, revoked.
+    List,
+    /// Revoke keys: their tokens stop working at once.
+    Revoke {
+        /// Key ids (`k_...`).
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 /// What to do with a plugin or its versions.
@@ -166,6 +211,13 @@ pub enum PluginAction {
     },
     /// Put the previous version (kept on disk by digest) back in place.
     Rollback {
+        /// The plugin instance.
+        plugin: String,
+    },
+    /// Let the version that waits for approval go live: a new version whose grants
+    /// are wider than the live one's (`tenon status` shows it, and how) waits until
+    /// an operator approves it.
+    Approve {
         /// The plugin instance.
         plugin: String,
     },
@@ -231,11 +283,108 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The admin API of a running server, with the operator's key.
+struct Admin {
+    base: String,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// The server and key the command line names: `TENON_TOKEN`, else the token file,
+    /// else `<data-dir>/admin.key` when it exists.
+    fn of(cli: &Cli) -> anyhow::Result<Admin> {
+        let token = match (std::env::var("TENON_TOKEN").ok(), &cli.token_file) {
+            (Some(token), _) if !token.trim().is_empty() => Some(token.trim().to_owned()),
+            (_, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read the token file {}", file.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            _ => std::fs::read_to_string(cli.data_dir.join(crate::auth::ADMIN_KEY_FILE))
+                .ok()
+                .map(|t| t.trim().to_owned()),
+        };
+        Ok(Admin {
+            base: cli.server.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    fn headers(&self) -> Vec<(&str, String)> {
+        self.token
+            .iter()
+            .map(|t| ("authorization", format!("Bearer {t}")))
+            .collect()
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<crate::client::Response> {
+        let headers = self.headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::client::request("GET", &format!("{}{path}", self.base), &headers, None).await
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<crate::client::Response> {
+        let headers = self.headers();
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        crate::client::request(
+            "POST",
+            &format!("{}{path}", self.base),
+            &headers,
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+    }
+
+    /// The JSON of a successful reply, or an error with the server's reason.
+    fn json(&self, reply: &crate::client::Response) -> anyhow::Result<serde_json::Value> {
+        if (200..300).contains(&reply.status) {
+            return reply.json();
+        }
+        Err(self.failure(reply))
+    }
+
+    fn failure(&self, reply: &crate::client::Response) -> anyhow::Error {
+        let detail = reply
+            .json()
+            .ok()
+            .and_then(|p| p["detail"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
+        let hint = match (reply.status, &self.token) {
+            (401, None) => {
+                "\nno API key was given: set TENON_TOKEN or --token-file, or point --data-dir at the server's data directory (its admin.key)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("{detail}{hint}")
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let admin = Admin::of(&cli)?;
     match cli.command {
-        Command::Run { config, listen } => {
+        Command::Run {
+            config,
+            listen,
+            admin_listen,
+        } => {
             let config = Config::load(&config)?;
+            let listen = crate::server::Listen {
+                ingest: listen,
+                admin: admin_listen,
+            };
             let server = Server::start(config, &cli.data_dir, listen).await?;
+            if let Some(file) = &server.admin_key_file {
+                println!(
+                    "tenon created an admin API key (every scope); its token is in {}",
+                    file.display()
+                );
+            }
+            println!("tenon admin API on http://{}", server.admin_addr);
             println!("tenon listening on http://{}", server.addr);
             wait_for_signal().await;
             server.stop().await;
@@ -265,29 +414,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("config ok");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Dlq { action } => dlq(&cli.server, action).await,
+        Command::Dlq { action } => dlq(&admin, action).await,
+        Command::Keys { action } => keys(&admin, action).await,
         Command::Audit {
             plugin,
             decision,
             limit,
             json,
         } => {
-            let base = cli.server.trim_end_matches('/');
-            let mut url = format!("{base}/v1/audit?limit={limit}");
+            let mut path = format!("/v1/audit?limit={limit}");
             if let Some(plugin) = plugin {
-                url.push_str(&format!("&plugin={plugin}"));
+                path.push_str(&format!("&plugin={plugin}"));
             }
             if let Some(decision) = decision {
-                url.push_str(&format!("&decision={decision}"));
+                path.push_str(&format!("&decision={decision}"));
             }
-            let reply = crate::client::get(&url).await?;
-            let body = reply.json()?;
-            anyhow::ensure!(
-                reply.status == 200,
-                "{base}: HTTP {}: {}",
-                reply.status,
-                body["detail"].as_str().unwrap_or("")
-            );
+            let reply = admin.get(&path).await?;
+            let body = admin.json(&reply)?;
             for r in body["records"].as_array().cloned().unwrap_or_default() {
                 if json {
                     println!("{r}");
@@ -297,11 +440,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let at = tenon_model::chrono::DateTime::from_timestamp_millis(at)
                     .map(|t| t.to_rfc3339_opts(tenon_model::chrono::SecondsFormat::Millis, true))
                     .unwrap_or_default();
-                let digest = r["digest"].as_str().unwrap_or("?");
+                let digest = r["digest"].as_str().unwrap_or("");
+                let who = match r["key"].as_str() {
+                    Some(key) => format!("key {key}"),
+                    None => r["plugin"].as_str().unwrap_or("?").to_owned(),
+                };
                 println!(
                     "{at} {:<5} {:<16} {:<8} {}{}  [{}]",
                     r["decision"].as_str().unwrap_or("?"),
-                    r["plugin"].as_str().unwrap_or("?"),
+                    who,
                     r["capability"].as_str().unwrap_or("?"),
                     r["target"].as_str().unwrap_or("?"),
                     r["reason"]
@@ -311,14 +458,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     digest.get(..19).unwrap_or(digest),
                 );
             }
+            if let Some(dropped) = body["dropped"].as_u64().filter(|d| *d > 0) {
+                println!(
+                    "({dropped} records were dropped because the audit log could not keep up)"
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Plugin { action } => plugin_command(&cli.server, action).await,
+        Command::Plugin { action } => plugin_command(&admin, action).await,
         Command::Status => {
-            let base = cli.server.trim_end_matches('/');
-            let reply = crate::client::get(&format!("{base}/v1/plugins")).await?;
-            anyhow::ensure!(reply.status == 200, "{base}: HTTP {}", reply.status);
-            let json = reply.json()?;
+            let reply = admin.get("/v1/plugins").await?;
+            let json = admin.json(&reply)?;
             for p in json["plugins"].as_array().cloned().unwrap_or_default() {
                 let since = p["live_since_ms"].as_u64().unwrap_or(0);
                 let since = tenon_model::chrono::DateTime::from_timestamp_millis(since as i64)
@@ -332,6 +482,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     p["digest"].as_str().unwrap_or("?"),
                     p["swaps"],
                 );
+                if let Some(pending) = p["pending"].as_object() {
+                    let widening: Vec<&str> = pending["widening"]
+                        .as_array()
+                        .map(|w| w.iter().filter_map(|x| x.as_str()).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "{:<18} waiting for approval: {} {} (wider grants: {}); `tenon plugin approve {}`",
+                        "",
+                        pending["version"].as_str().unwrap_or("?"),
+                        pending["digest"].as_str().unwrap_or("?"),
+                        widening.join(", "),
+                        p["name"].as_str().unwrap_or("?"),
+                    );
+                }
                 if let Some(reason) = p["refused"]["reason"].as_str() {
                     println!("{:<18} refused: {reason}", "");
                 }
@@ -345,19 +509,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { flow, from, to } => {
-            let base = cli.server.trim_end_matches('/');
             let mut body = serde_json::json!({ "from": from });
             if let Some(to) = to {
                 body["to"] = serde_json::json!(to);
             }
-            let url = format!("{base}/v1/flows/{flow}/replay");
-            let reply =
-                crate::client::post(&url, "application/json", body.to_string().into_bytes())
-                    .await?;
-            let json = reply.json()?;
-            if reply.status != 200 {
-                anyhow::bail!("{}", json["detail"].as_str().unwrap_or("replay failed"));
-            }
+            let reply = admin
+                .post(&format!("/v1/flows/{flow}/replay"), body)
+                .await?;
+            let json = admin.json(&reply)?;
             println!(
                 "replayed {} messages of flow {flow} (offsets {})",
                 json["replayed"], json["offsets"]
@@ -375,24 +534,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn dlq(server: &str, action: DlqAction) -> anyhow::Result<ExitCode> {
-    use crate::client;
-    let base = server.trim_end_matches('/');
-    let fail = |reply: &client::Response| {
-        let detail = reply
-            .json()
-            .ok()
-            .and_then(|p| p["detail"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&reply.body).into_owned());
-        anyhow::anyhow!("{base}: HTTP {}: {detail}", reply.status)
-    };
+async fn keys(admin: &Admin, action: KeysAction) -> anyhow::Result<ExitCode> {
+    match action {
+        KeysAction::Create { scopes, name } => {
+            for scope in &scopes {
+                scope.parse::<crate::auth::Scope>()?;
+            }
+            let mut body = serde_json::json!({ "scopes": scopes });
+            if let Some(name) = name {
+                body["name"] = serde_json::json!(name);
+            }
+            let reply = admin.post("/v1/keys", body).await?;
+            let json = admin.json(&reply)?;
+            println!("key {} created", json["key"]["id"].as_str().unwrap_or("?"));
+            println!("token (shown once, keep it secret):");
+            println!("{}", json["token"].as_str().unwrap_or("?"));
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::List => {
+            let reply = admin.get("/v1/keys").await?;
+            let json = admin.json(&reply)?;
+            for k in json["keys"].as_array().cloned().unwrap_or_default() {
+                let when = |field: &str| {
+                    k[field].as_i64().and_then(|ms| {
+                        tenon_model::chrono::DateTime::from_timestamp_millis(ms).map(|t| {
+                            t.to_rfc3339_opts(tenon_model::chrono::SecondsFormat::Secs, true)
+                        })
+                    })
+                };
+                let scopes: Vec<&str> = k["scopes"]
+                    .as_array()
+                    .map(|s| s.iter().filter_map(|x| x.as_str()).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{}  {:<16} {:<48} created {}{}",
+                    k["id"].as_str().unwrap_or("?"),
+                    k["name"].as_str().unwrap_or("?"),
+                    scopes.join(" "),
+                    when("created_ms").unwrap_or_default(),
+                    when("revoked_ms")
+                        .map(|t| format!("  REVOKED {t}"))
+                        .unwrap_or_default(),
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysAction::Revoke { ids } => {
+            handle_each(admin, &ids, |id| format!("/v1/keys/{id}/revoke"), "revoke").await
+        }
+    }
+}
+
+async fn dlq(admin: &Admin, action: DlqAction) -> anyhow::Result<ExitCode> {
     match action {
         DlqAction::List => {
-            let reply = client::get(&format!("{base}/v1/dlq")).await?;
-            if reply.status != 200 {
-                return Err(fail(&reply));
-            }
-            let letters = reply.json()?["dead_letters"]
+            let reply = admin.get("/v1/dlq").await?;
+            let letters = admin.json(&reply)?["dead_letters"]
                 .as_array()
                 .cloned()
                 .unwrap_or_default();
@@ -413,20 +610,20 @@ async fn dlq(server: &str, action: DlqAction) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DlqAction::Show { id } => {
-            let reply = client::get(&format!("{base}/v1/dlq/{id}")).await?;
-            if reply.status != 200 {
-                return Err(fail(&reply));
-            }
-            println!("{}", serde_json::to_string_pretty(&reply.json()?)?);
+            let reply = admin.get(&format!("/v1/dlq/{id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&admin.json(&reply)?)?);
             Ok(ExitCode::SUCCESS)
         }
-        DlqAction::Redrive { ids } => handle_each(base, "redrive", &ids).await,
-        DlqAction::Discard { ids } => handle_each(base, "discard", &ids).await,
+        DlqAction::Redrive { ids } => {
+            handle_each(admin, &ids, |id| format!("/v1/dlq/{id}/redrive"), "redrive").await
+        }
+        DlqAction::Discard { ids } => {
+            handle_each(admin, &ids, |id| format!("/v1/dlq/{id}/discard"), "discard").await
+        }
     }
 }
 
-async fn plugin_command(server: &str, action: PluginAction) -> anyhow::Result<ExitCode> {
-    let base = server.trim_end_matches('/');
+async fn plugin_command(admin: &Admin, action: PluginAction) -> anyhow::Result<ExitCode> {
     let absolute = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned());
     let (plugin, verb, body) = match &action {
         PluginAction::Try {
@@ -445,21 +642,24 @@ async fn plugin_command(server: &str, action: PluginAction) -> anyhow::Result<Ex
             serde_json::json!({ "candidate": absolute(candidate) }),
         ),
         PluginAction::Rollback { plugin } => (plugin, "rollback", serde_json::json!({})),
+        PluginAction::Approve { plugin } => (plugin, "approve", serde_json::json!({})),
         PluginAction::Audit { path, json } => return audit_plugin(path.clone(), *json).await,
     };
-    let url = format!("{base}/v1/plugins/{plugin}/{verb}");
-    let reply =
-        crate::client::post(&url, "application/json", body.to_string().into_bytes()).await?;
-    let json = reply.json()?;
-    if reply.status != 200 {
-        anyhow::bail!("{}", json["detail"].as_str().unwrap_or("refused"));
-    }
+    let reply = admin
+        .post(&format!("/v1/plugins/{plugin}/{verb}"), body)
+        .await?;
+    let json = admin.json(&reply)?;
     if verb != "try" {
-        match json["swapped"].as_bool() {
-            Some(true) => println!(
+        match (json["swapped"].as_bool(), json["pending"].as_object()) {
+            (Some(true), _) => println!(
                 "{plugin}: {} -> {} live",
                 json["from"].as_str().unwrap_or("?"),
                 json["to"].as_str().unwrap_or("?")
+            ),
+            (_, Some(pending)) => println!(
+                "{plugin}: {} waits for approval (wider grants: {})",
+                pending["digest"].as_str().unwrap_or("?"),
+                pending["widening"]
             ),
             _ => println!("{plugin}: that version is already live"),
         }
@@ -516,23 +716,20 @@ async fn audit_plugin(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn handle_each(base: &str, action: &str, ids: &[String]) -> anyhow::Result<ExitCode> {
+/// POST to one path per id; report each, fail if any failed.
+async fn handle_each(
+    admin: &Admin,
+    ids: &[String],
+    path: impl Fn(&str) -> String,
+    action: &str,
+) -> anyhow::Result<ExitCode> {
     let mut code = ExitCode::SUCCESS;
     for id in ids {
-        let reply =
-            crate::client::request("POST", &format!("{base}/v1/dlq/{id}/{action}"), &[], None)
-                .await?;
-        if reply.status == 200 {
+        let reply = admin.post(&path(id), serde_json::json!({})).await?;
+        if (200..300).contains(&reply.status) {
             println!("{action} {id}: done");
         } else {
-            let detail = reply
-                .json()
-                .ok()
-                .and_then(|p| p["detail"].as_str().map(str::to_owned));
-            eprintln!(
-                "{action} {id}: {}",
-                detail.unwrap_or_else(|| format!("HTTP {}", reply.status))
-            );
+            eprintln!("{action} {id}: {}", admin.failure(&reply));
             code = ExitCode::FAILURE;
         }
     }

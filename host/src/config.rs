@@ -2,7 +2,9 @@
 //!
 //! ```toml
 //! [server]
-//! listen = "127.0.0.1:8080"      # where ingress and the admin API listen
+//! listen = "127.0.0.1:8080"      # where partner systems post (/v1/sources/*)
+//! admin_listen = "127.0.0.1:8081"  # the admin API: keep it on loopback
+//! plugin_roots = ["candidates"]  # where candidate versions may be promoted from
 //! max_body_bytes = 1048576       # larger request bodies get 413
 //! idempotency_retention_secs = 86400  # how long an Idempotency-Key is remembered
 //! retention_secs = 604800        # how long outcomes and events are kept
@@ -11,6 +13,7 @@
 //! [plugins.cpq-source]           # a plugin instance, named for flows to use
 //! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
 //! config = { default_currency = "EUR" }
+//! digest = "sha256:..."          # optional: run this version only (as `tenon status` shows it)
 //!
 //! [plugins.erp-sink]
 //! path = "plugins/http-sink"
@@ -21,6 +24,11 @@
 //! [plugins.erp-de]
 //! path = "plugins/http-sink"
 //! secrets = { authorization = "erp_de_token" }   # the plugin's name -> the [secrets] one
+//!
+//! [plugins.stripe]
+//! path = "plugins/stripe-source"
+//! secrets = ["stripe_webhook_secret"]            # the same name on both sides
+//! auth = "signature"             # the source checks the sender's signature: no API key
 //!
 //! [secrets]                      # secrets plugins may be granted, by name
 //! erp_token = { env = "TENON_ERP_TOKEN" }        # from an environment variable
@@ -49,8 +57,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tenon_registry::{ConfigValue, Narrowing, line_col};
 
-/// Default listen address.
+/// Default listen address of ingestion.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default listen address of the admin API.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:8081";
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 /// Default time an idempotency key is remembered: a day.
@@ -132,6 +142,15 @@ pub struct ServerConfig {
     /// How often expired records are swept, in seconds, e.g. `60`.
     #[serde(default = "default_sweep_interval")]
     pub sweep_interval_secs: u64,
+    /// Where the admin API listens, e.g. `"127.0.0.1:8081"`; port 0 picks a free port.
+    /// Keep it on loopback or a management network: it is not for partner systems.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Directories from which candidate versions may be tried and promoted, relative
+    /// to this file, e.g. `["candidates"]`; default: this file's directory. A
+    /// candidate outside them (after resolving symlinks) is refused.
+    #[serde(default)]
+    pub plugin_roots: Vec<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -142,8 +161,14 @@ impl Default for ServerConfig {
             idempotency_retention_secs: default_idempotency_retention(),
             retention_secs: default_retention(),
             sweep_interval_secs: default_sweep_interval(),
+            admin_listen: default_admin_listen(),
+            plugin_roots: Vec::new(),
         }
     }
+}
+
+fn default_admin_listen() -> String {
+    DEFAULT_ADMIN_LISTEN.into()
 }
 
 fn default_listen() -> String {
@@ -175,11 +200,60 @@ pub struct PluginEntry {
     /// `grants = { http = ["http://127.0.0.1:*"], timeout_ms = 10000 }`.
     #[serde(default)]
     pub grants: Narrowing,
-    /// Which of the config's `[secrets]` each secret the plugin asks for by name
-    /// stands for, when the names differ: `secrets = { token = "erp_de_token" }`. A
-    /// name not mapped is looked up as is.
+    /// The secrets this instance may read: which of the config's `[secrets]` each
+    /// name the plugin asks for stands for, `secrets = { token = "erp_de_token" }`, or
+    /// a list when the names are the same, `secrets = ["stripe_webhook_secret"]`. The
+    /// instance sees these and no other; a secret its manifest needs must be here.
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: SecretMap,
+    /// Pins the version: only the version with this digest (`tenon status` and
+    /// `tenon plugin audit` print it) is loaded, e.g. `"sha256:3f5a..."`; any other
+    /// is refused, at start and on every reload.
+    #[serde(default)]
+    pub digest: Option<String>,
+    /// How requests to a source instance are authenticated: `"key"` (the default: an
+    /// API key with scope `ingest:<name>` or `ingest:*`) or `"signature"` (the source
+    /// plugin checks the sender's signature itself, as Stripe's webhooks are, and
+    /// needs no key).
+    #[serde(default)]
+    pub auth: IngestAuth,
+}
+
+/// `[plugins.<name>] auth`: how a source's requests are authenticated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IngestAuth {
+    /// An API key with scope `ingest:<source>` or `ingest:*`.
+    #[default]
+    Key,
+    /// The source plugin verifies a signature over the request itself.
+    Signature,
+}
+
+/// `[plugins.<name>] secrets`: the plugin's name for each secret -> the `[secrets]`
+/// entry it stands for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretMap(pub BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for SecretMap {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Map(BTreeMap<String, String>),
+            Same(Vec<String>),
+        }
+        match Form::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a table `{ plugin_name = \"name in [secrets]\" }` or a list of names",
+            )
+        })? {
+            Form::Map(map) => Ok(SecretMap(map)),
+            Form::Same(names) => Ok(SecretMap(
+                names.into_iter().map(|n| (n.clone(), n)).collect(),
+            )),
+        }
+    }
 }
 
 /// `[secrets.<name>]`: where one secret's value comes from; exactly one field.
@@ -255,9 +329,10 @@ pub struct RetrySettings {
 }
 
 impl Config {
-    /// Read every secret the config names. A variable that is not set or a file that
-    /// cannot be read is an error naming the secret, never its value.
-    pub fn secret_values(&self) -> Result<BTreeMap<String, crate::caps::Secret>, ConfigError> {
+    /// Read the secret `[secrets.<name>]`. A secret the config does not define, a
+    /// variable that is not set or a file that cannot be read is an error naming the
+    /// secret, never its value.
+    pub fn secret(&self, name: &str) -> Result<crate::caps::Secret, ConfigError> {
         let base = self.path.parent().unwrap_or(Path::new("."));
         let whole = |message: String| ConfigError {
             path: self.path.clone(),
@@ -265,33 +340,33 @@ impl Config {
             column: 0,
             message,
         };
-        let mut out = BTreeMap::new();
-        for (name, source) in &self.secrets {
-            let value = match (&source.env, &source.file) {
-                (Some(var), None) => std::env::var(var).map_err(|_| {
+        let source = self
+            .secrets
+            .get(name)
+            .ok_or_else(|| whole(format!("no secret named `{name}` in [secrets]")))?;
+        let value = match (&source.env, &source.file) {
+            (Some(var), None) => std::env::var(var).map_err(|_| {
+                whole(format!(
+                    "secrets.{name}: environment variable `{var}` is not set"
+                ))
+            })?,
+            (None, Some(file)) => {
+                let path = base.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
                     whole(format!(
-                        "secrets.{name}: environment variable `{var}` is not set"
+                        "secrets.{name}: cannot read {}: {e}",
+                        path.display()
                     ))
-                })?,
-                (None, Some(file)) => {
-                    let path = base.join(file);
-                    let text = std::fs::read_to_string(&path).map_err(|e| {
-                        whole(format!(
-                            "secrets.{name}: cannot read {}: {e}",
-                            path.display()
-                        ))
-                    })?;
-                    text.strip_suffix('\n').unwrap_or(&text).to_owned()
-                }
-                _ => {
-                    return Err(whole(format!(
-                        "secrets.{name}: give exactly one of `env` or `file`"
-                    )));
-                }
-            };
-            out.insert(name.clone(), crate::caps::Secret::new(value));
-        }
-        Ok(out)
+                })?;
+                text.strip_suffix('\n').unwrap_or(&text).to_owned()
+            }
+            _ => {
+                return Err(whole(format!(
+                    "secrets.{name}: give exactly one of `env` or `file`"
+                )));
+            }
+        };
+        Ok(crate::caps::Secret::new(value))
     }
 }
 
@@ -337,6 +412,15 @@ impl Config {
             return Err(self.error_at_key(
                 "listen",
                 format!("field `server.listen`: `{}`: {e}", self.server.listen),
+            ));
+        }
+        if let Err(e) = self.server.admin_listen.parse::<std::net::SocketAddr>() {
+            return Err(self.error_at_key(
+                "admin_listen",
+                format!(
+                    "field `server.admin_listen`: `{}`: {e}",
+                    self.server.admin_listen
+                ),
             ));
         }
         for (flow, entry) in &self.flows {
@@ -438,6 +522,23 @@ impl Config {
             column,
             message,
         }
+    }
+
+    /// The directories candidate versions may come from, resolved against the config
+    /// file's directory (that directory itself when none is configured).
+    pub fn plugin_roots(&self) -> Vec<PathBuf> {
+        let base = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        if self.server.plugin_roots.is_empty() {
+            return vec![base.to_owned()];
+        }
+        self.server
+            .plugin_roots
+            .iter()
+            .map(|r| base.join(r))
+            .collect()
     }
 
     /// A plugin entry's directory, resolved against the config file's directory.

@@ -5,11 +5,17 @@
 //! 1. its origin (`scheme://host:port`) matches one of the plugin's `http` grants
 //!    (checked in [`crate::caps`] before anything is sent);
 //! 2. every address the host resolves the name to is allowed: loopback, private,
-//!    link-local, shared and cloud-metadata addresses (169.254.169.254, fd00:ec2::254)
-//!    are refused unless a grant names that address literally (or `localhost` for
-//!    loopback). The connection goes to the address that was checked, so a name that
-//!    re-resolves elsewhere (DNS rebinding) cannot slip through;
-//! 3. the response body stays under the plugin's `max_response_bytes`.
+//!    link-local, shared, benchmarking, reserved, cloud-metadata addresses
+//!    (169.254.169.254, fd00:ec2::254, 168.63.129.16) and the IPv6 forms that embed an
+//!    IPv4 address (NAT64, 6to4, Teredo, IPv4-compatible) are refused unless a grant
+//!    names that address literally (or `localhost` for loopback), and then only on
+//!    the scheme and port it names. The connection goes to the address that was
+//!    checked, so a name that re-resolves elsewhere (DNS rebinding) cannot slip
+//!    through;
+//! 3. the address is not one of this Tenon's own listeners, whatever the grants say:
+//!    a plugin never reaches the admin API or ingress of the host that runs it;
+//! 4. the request body stays under `max_request_bytes`, the response body under
+//!    `max_response_bytes`.
 //!
 //! Redirects are not followed by the host: a plugin that follows one makes a new
 //! request, which passes the same checks. The plugin's call deadline bounds the
@@ -39,25 +45,66 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Which addresses a plugin may reach besides public ones.
 #[derive(Debug, Clone, Default)]
 pub struct AddressPolicy {
-    /// Hosts its grants name literally (lower-case): IP addresses, `localhost`.
-    named: Vec<String>,
+    /// Origins its grants name literally (IP addresses, `localhost`): only there, on
+    /// that scheme and port, may a special address be reached.
+    named: Vec<tenon_registry::NamedOrigin>,
+    /// This host's own listeners: never reachable.
+    own: Listeners,
 }
 
 impl AddressPolicy {
-    /// The policy of a plugin with these grants.
-    pub fn new(grants: &tenon_registry::Grants) -> AddressPolicy {
+    /// The policy of a plugin with these grants, on a host with these listeners.
+    pub fn new(grants: &tenon_registry::Grants, own: Listeners) -> AddressPolicy {
         AddressPolicy {
-            named: grants.named_hosts(),
+            named: grants.named_origins(),
+            own,
         }
     }
 
-    /// Why `ip` may not be reached, or `None` when it may.
-    pub fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
+    /// Why `ip:port` may not be reached over `scheme`, or `None` when it may.
+    pub fn refusal(&self, scheme: &str, ip: IpAddr, port: u16) -> Option<&'static str> {
+        if self.own.reaches(SocketAddr::new(ip, port)) {
+            return Some("one of this Tenon's own listeners");
+        }
         let class = special_class(ip)?;
-        let named = self.named.iter().any(|h| {
-            h.parse::<IpAddr>().is_ok_and(|n| n == ip) || (h == "localhost" && ip.is_loopback())
+        let named = self.named.iter().any(|o| {
+            o.matches(scheme, port)
+                && (o.host.parse::<IpAddr>().is_ok_and(|n| n == ip)
+                    || (o.host == "localhost" && ip.is_loopback()))
         });
         (!named).then_some(class)
+    }
+}
+
+/// The addresses this process listens on (ingress, admin API), shared with every
+/// plugin's egress policy; filled in once the listeners are bound.
+#[derive(Debug, Clone, Default)]
+pub struct Listeners(Arc<std::sync::RwLock<Vec<SocketAddr>>>);
+
+impl Listeners {
+    /// Record a bound listener.
+    pub fn add(&self, addr: SocketAddr) {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(addr);
+    }
+
+    /// Whether a connection to `addr` could reach one of the listeners: same port,
+    /// and the address is the listener's, a loopback or unspecified one, or any
+    /// address of this machine (one a socket can be bound to).
+    pub fn reaches(&self, addr: SocketAddr) -> bool {
+        let listeners = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        listeners.iter().any(|l| {
+            l.port() == addr.port()
+                && (l.ip() == addr.ip()
+                    || addr.ip().is_loopback()
+                    || addr.ip().is_unspecified()
+                    || std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).is_ok())
+        })
     }
 }
 
@@ -76,8 +123,18 @@ pub fn special_class(ip: IpAddr) -> Option<&'static str> {
                 Some("a loopback address")
             } else if v6.is_unspecified() {
                 Some("the unspecified address")
+            } else if seg[..6] == [0; 6] {
+                Some("an IPv4-compatible address")
+            } else if seg[..2] == [0x64, 0xff9b] {
+                Some("a NAT64 address")
+            } else if seg[0] == 0x2002 {
+                Some("a 6to4 address")
+            } else if seg[..2] == [0x2001, 0] {
+                Some("a Teredo address")
             } else if seg[0] & 0xffc0 == 0xfe80 {
                 Some("a link-local address")
+            } else if seg[0] & 0xffc0 == 0xfec0 {
+                Some("a site-local address")
             } else if seg[0] & 0xfe00 == 0xfc00 {
                 Some("a private (unique local) address")
             } else if v6.is_multicast() {
@@ -91,7 +148,10 @@ pub fn special_class(ip: IpAddr) -> Option<&'static str> {
 
 fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
     let [a, b, ..] = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) {
+    if ip == Ipv4Addr::new(169, 254, 169, 254)
+        || ip == Ipv4Addr::new(100, 100, 100, 200)
+        || ip == Ipv4Addr::new(168, 63, 129, 16)
+    {
         Some("a cloud metadata address")
     } else if ip.is_loopback() {
         Some("a loopback address")
@@ -101,7 +161,9 @@ fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a link-local address")
     } else if a == 100 && (64..128).contains(&b) {
         Some("a shared (carrier-grade NAT) address")
-    } else if a == 0 || ip.is_broadcast() {
+    } else if a == 198 && (b == 18 || b == 19) {
+        Some("a benchmarking address")
+    } else if a == 0 || ip.is_broadcast() || a >= 240 {
         Some("a non-routable address")
     } else if ip.is_multicast() {
         Some("a multicast address")
@@ -128,6 +190,7 @@ pub struct Egress {
     client: Client<Connector, WasiBody>,
     policy: Arc<AddressPolicy>,
     max_response: u64,
+    max_request: u64,
 }
 
 /// How an outbound request failed, as the guest will see it and as the audit log
@@ -138,14 +201,16 @@ pub enum SendError {
     Prohibited(Prohibited),
     /// The response body is over the cap: a limit.
     TooLarge(u64),
+    /// The request body is over the cap: a limit.
+    RequestTooLarge(u64),
     /// A network or protocol failure.
     Network(HttpError),
 }
 
 impl Egress {
     /// A client for a plugin with these grants.
-    pub fn new(grants: &tenon_registry::Grants) -> Result<Egress, rustls::Error> {
-        let policy = Arc::new(AddressPolicy::new(grants));
+    pub fn new(grants: &tenon_registry::Grants, own: Listeners) -> Result<Egress, rustls::Error> {
+        let policy = Arc::new(AddressPolicy::new(grants, own));
         let connector = Connector {
             policy: policy.clone(),
             tls: tls_connector()?,
@@ -157,6 +222,7 @@ impl Egress {
             client,
             policy,
             max_response: grants.max_response_bytes,
+            max_request: grants.max_request_bytes,
         })
     }
 
@@ -172,7 +238,38 @@ impl Egress {
         request: http::Request<WasiBody>,
         on_too_large: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<http::Response<WasiBody>, SendError> {
-        let response = self.client.request(request).await.map_err(classify)?;
+        let limit = self.max_request;
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return Err(SendError::RequestTooLarge(limit));
+        }
+        // A body streamed past the cap fails the request; the flag tells why.
+        let over = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let request = {
+            let over = over.clone();
+            let (parts, body) = request.into_parts();
+            let body = http_body_util::Limited::new(body, limit as usize).map_err(move |e| {
+                if e.is::<http_body_util::LengthLimitError>() {
+                    over.store(true, std::sync::atomic::Ordering::Relaxed);
+                    HttpError::HttpRequestBodySize(Some(limit))
+                } else {
+                    match e.downcast::<HttpError>() {
+                        Ok(e) => *e,
+                        Err(_) => HttpError::HttpProtocolError,
+                    }
+                }
+            });
+            http::Request::from_parts(parts, body.boxed_unsync())
+        };
+        let sent = self.client.request(request).await;
+        if over.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SendError::RequestTooLarge(limit));
+        }
+        let response = sent.map_err(classify)?;
         let cap = self.max_response;
         let (parts, body) = response.into_parts();
         if parts
@@ -326,10 +423,11 @@ impl Connector {
         };
         // Every address must pass: a name with one public and one private address
         // could otherwise be steered to the private one.
-        if let Some((ip, why)) = addrs
-            .iter()
-            .find_map(|a| self.policy.refusal(a.ip()).map(|why| (a.ip(), why)))
-        {
+        if let Some((ip, why)) = addrs.iter().find_map(|a| {
+            let scheme = if https { "https" } else { "http" };
+            let why = self.policy.refusal(scheme, a.ip(), a.port())?;
+            Some((a.ip(), why))
+        }) {
             return Err(Box::new(Prohibited { host, ip, why }));
         }
         let mut last = ConnectFailure::NoAddress(host.clone());
@@ -435,27 +533,83 @@ mod tests {
     }
 
     #[test]
-    fn only_literally_named_special_addresses_pass() {
-        let grants = |http: &[&str]| tenon_registry::Grants {
+    fn the_forms_that_embed_or_reserve_addresses_are_special() {
+        let class = |s: &str| special_class(s.parse().unwrap());
+        for (ip, expected) in [
+            ("64:ff9b::7f00:1", "a NAT64 address"),
+            ("2002:7f00:1::", "a 6to4 address"),
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "a Teredo address"),
+            ("::127.0.0.1", "an IPv4-compatible address"),
+            ("::a9fe:a9fe", "an IPv4-compatible address"),
+            ("fec0::1", "a site-local address"),
+            ("198.18.0.1", "a benchmarking address"),
+            ("198.19.255.255", "a benchmarking address"),
+            ("240.0.0.1", "a non-routable address"),
+            ("168.63.129.16", "a cloud metadata address"),
+        ] {
+            assert_eq!(class(ip), Some(expected), "{ip}");
+        }
+        assert_eq!(class("198.20.0.1"), None);
+        assert_eq!(class("2001:db9::1"), None, "not Teredo: 2001:0::/32 only");
+    }
+
+    fn grants(http: &[&str]) -> tenon_registry::Grants {
+        tenon_registry::Grants {
             http: http.iter().map(|s| (*s).to_owned()).collect(),
             ..Default::default()
-        };
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        let wild = AddressPolicy::new(&grants(&["http://*", "https://*"]));
-        assert!(wild.refusal(ip("127.0.0.1")).is_some());
-        assert!(wild.refusal(ip("169.254.169.254")).is_some());
-        assert!(wild.refusal(ip("93.184.216.34")).is_none());
-        let local = AddressPolicy::new(&grants(&["http://127.0.0.1:*", "http://localhost:8080"]));
-        assert!(local.refusal(ip("127.0.0.1")).is_none());
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn only_literally_named_special_origins_pass() {
+        let none = Listeners::default;
+        let wild = AddressPolicy::new(&grants(&["http://*", "https://*"]), none());
+        assert!(wild.refusal("http", ip("127.0.0.1"), 80).is_some());
+        assert!(wild.refusal("http", ip("169.254.169.254"), 80).is_some());
+        assert!(wild.refusal("http", ip("93.184.216.34"), 80).is_none());
+        let local = AddressPolicy::new(
+            &grants(&["http://127.0.0.1:*", "http://localhost:8080"]),
+            none(),
+        );
+        assert!(local.refusal("http", ip("127.0.0.1"), 9).is_none());
         assert!(
-            local.refusal(ip("::1")).is_none(),
+            local.refusal("http", ip("::1"), 8080).is_none(),
             "localhost names loopback"
         );
-        assert!(local.refusal(ip("10.0.0.1")).is_some());
-        let named = AddressPolicy::new(&grants(&["http://erp.internal:8000"]));
         assert!(
-            named.refusal(ip("10.0.0.1")).is_some(),
+            local.refusal("http", ip("::1"), 8081).is_some(),
+            "but only on the port it names"
+        );
+        assert!(
+            local.refusal("https", ip("127.0.0.1"), 443).is_some(),
+            "and the scheme"
+        );
+        assert!(local.refusal("http", ip("10.0.0.1"), 80).is_some());
+        let named = AddressPolicy::new(&grants(&["http://erp.internal:8000"]), none());
+        assert!(
+            named.refusal("http", ip("10.0.0.1"), 8000).is_some(),
             "a name is not an address"
         );
+        let port9 = AddressPolicy::new(&grants(&["http://localhost:9"]), none());
+        assert!(port9.refusal("http", ip("127.0.0.1"), 9).is_none());
+        assert!(port9.refusal("http", ip("127.0.0.1"), 8081).is_some());
+    }
+
+    #[test]
+    fn the_hosts_own_listeners_are_never_reached() {
+        let own = Listeners::default();
+        own.add("127.0.0.1:8081".parse().unwrap());
+        own.add("0.0.0.0:8080".parse().unwrap());
+        let policy = AddressPolicy::new(&grants(&["http://127.0.0.1:*", "http://*"]), own);
+        let why = Some("one of this Tenon's own listeners");
+        assert_eq!(policy.refusal("http", ip("127.0.0.1"), 8081), why);
+        assert_eq!(policy.refusal("http", ip("127.0.0.2"), 8081), why);
+        assert_eq!(policy.refusal("http", ip("::1"), 8080), why);
+        assert_eq!(policy.refusal("http", ip("0.0.0.0"), 8080), why);
+        assert_eq!(policy.refusal("http", ip("127.0.0.1"), 9000), None);
     }
 }

@@ -61,6 +61,8 @@ pub struct Engine {
     compat: String,
     epochs: bool,
     limiter: bool,
+    /// This host's own listeners, which no plugin may reach.
+    listeners: crate::egress::Listeners,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -151,6 +153,7 @@ impl Engine {
             compat,
             epochs,
             limiter: options.memory_limiter,
+            listeners: crate::egress::Listeners::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -163,6 +166,12 @@ impl Engine {
     /// Whether stores get the plugins' resource limiters.
     pub fn limits(&self) -> bool {
         self.limiter
+    }
+
+    /// The addresses this host listens on: every plugin's egress refuses them. The
+    /// server adds its listeners once bound.
+    pub fn listeners(&self) -> crate::egress::Listeners {
+        self.listeners.clone()
     }
 
     /// The wasmtime engine.

@@ -1,28 +1,44 @@
-//! HTTP ingress and the admin API (hyper).
+//! HTTP ingress and the admin API (hyper), on two listeners.
 //!
-//! | route | what |
-//! |---|---|
-//! | `POST /v1/sources/{source}` | hand the body to the source plugin; `202 {"accepted": [ids]}` once durable |
-//! | `GET /v1/messages/{id}` | what happened to an accepted message: outcomes and what is still queued |
-//! | `GET /v1/dlq` | the dead letters, oldest first |
-//! | `GET /v1/dlq/{id}` | one dead letter: the message, its stage, every attempt |
-//! | `POST /v1/dlq/{id}/redrive` | back in front of its stage, on that stage's current plugin |
-//! | `POST /v1/dlq/{id}/discard` | forget it (its outcome stays) |
-//! | `GET /v1/events?from=N&to=M` | the event log between two offsets |
-//! | `POST /v1/flows/{flow}/replay` | `{"from": offset or RFC 3339 time, "to": ...}`: re-run accepted messages on the current plugins |
-//! | `GET /v1/plugins` | the live version of every plugin, since when, the last refused version |
-//! | `POST /v1/plugins/{name}/reload` | load the version now in the plugin's directory (the watcher does this on its own) |
-//! | `POST /v1/plugins/{name}/try` | `{"candidate": dir, "flow": f, "limit": n}`: a candidate beside the live version on recorded messages, the differences |
-//! | `POST /v1/plugins/{name}/promote` | `{"candidate": dir}`: make it live (and write it into the plugin's directory) |
-//! | `POST /v1/plugins/{name}/rollback` | the previous version, from the archive, live again |
-//! | `GET /healthz` | `200 {"status": "ok"}` |
+//! The **ingest listener** (`server.listen`, default `127.0.0.1:8080`) serves partner
+//! systems: `POST /v1/sources/{source}` (with an API key holding `ingest:<source>` or
+//! `ingest:*`, unless the source is declared `auth = "signature"`) and `/healthz`.
+//! The **admin listener** (`server.admin_listen`, default `127.0.0.1:8081`) serves
+//! operators: everything else, each route behind a scope ([`crate::auth`]); its POST
+//! bodies are JSON (`415` otherwise), keys travel in headers, never cookies, so a web
+//! page in an operator's browser cannot act on it. Every admin action and every
+//! refused request is in the audit log with the key's id.
 //!
-//! Errors are `application/problem+json` (RFC 9457) naming the problem.
+//! | route | scope | what |
+//! |---|---|---|
+//! | `POST /v1/sources/{source}` | `ingest:{source}` | hand the body to the source plugin; `202 {"accepted": [ids]}` once durable |
+//! | `GET /healthz` | none | `200 {"status": "ok"}` (both listeners) |
+//! | `GET /v1/messages/{id}` | `admin:read` | what happened to an accepted message: outcomes and what is still queued |
+//! | `GET /v1/dlq` | `admin:read` | the dead letters, oldest first |
+//! | `GET /v1/dlq/{id}` | `admin:read` | one dead letter: the message, its stage, every attempt |
+//! | `POST /v1/dlq/{id}/redrive` | `admin:write` | back in front of its stage, on that stage's current plugin |
+//! | `POST /v1/dlq/{id}/discard` | `admin:write` | forget it (its outcome stays) |
+//! | `GET /v1/events?from=N&to=M` | `admin:read` | the event log between two offsets |
+//! | `POST /v1/flows/{flow}/replay` | `admin:write` | `{"from": offset or RFC 3339 time, "to": ...}`: re-run accepted messages on the current plugins |
+//! | `GET /v1/plugins` | `admin:read` | the live version of every plugin, since when, the last refused one, the one waiting for approval |
+//! | `POST /v1/plugins/{name}/reload` | `admin:write` | load the version now in the plugin's directory (the watcher does this on its own) |
+//! | `POST /v1/plugins/{name}/try` | `plugins:promote` | `{"candidate": dir, "flow": f, "limit": n}`: a candidate beside the live version on recorded messages, the differences |
+//! | `POST /v1/plugins/{name}/promote` | `plugins:promote` | `{"candidate": dir}`: make it live (and write it into the plugin's directory) |
+//! | `POST /v1/plugins/{name}/rollback` | `plugins:promote` | the previous version, from the archive, live again |
+//! | `POST /v1/plugins/{name}/approve` | `plugins:promote` | the version waiting for approval (wider grants) goes live |
+//! | `GET /v1/audit?plugin=&key=&decision=&after=&limit=` | `admin:read` | the audit log |
+//! | `GET /v1/keys` | `admin:read` | the API keys (never their tokens) |
+//! | `POST /v1/keys` | `admin:write` | `{"name": n, "scopes": [...]}`: a new key (only scopes the caller holds); its token, once |
+//! | `POST /v1/keys/{id}/revoke` | `admin:write` | the key stops working |
+//!
+//! Errors are `application/problem+json` (RFC 9457) naming the problem: `401` without
+//! a valid key, `403` when the key lacks the route's scope.
 //!
 //! **Architecture invariant:** a 2xx is sent only after the messages are committed;
 //! any failure before that is a 4xx/5xx and nothing was accepted.
 
-use crate::audit::{AuditQuery, Decision};
+use crate::audit::{AuditQuery, AuditRecord, Decision};
+use crate::auth::{ApiKey, Scope};
 use crate::plugin::{CallError, Failure, RawRequest};
 use crate::runtime::{IngestError, Runtime};
 use bytes::Bytes;
@@ -40,10 +56,20 @@ use tokio::sync::watch;
 
 type Reply = Response<Full<Bytes>>;
 
-/// Serve ingress and the admin API on `listener` until `shutdown` turns true.
+/// Which of the two listeners a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// Partner systems: `/v1/sources/*` and `/healthz`.
+    Ingest,
+    /// Operators: the admin API and `/healthz`.
+    Admin,
+}
+
+/// Serve one plane on `listener` until `shutdown` turns true.
 pub async fn serve(
     runtime: Arc<Runtime>,
     listener: TcpListener,
+    plane: Plane,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let max_body = runtime.config().server.max_body_bytes;
@@ -62,7 +88,7 @@ pub async fn serve(
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let runtime = runtime.clone();
-                async move { Ok::<_, Infallible>(route(&runtime, req, max_body).await) }
+                async move { Ok::<_, Infallible>(route(&runtime, req, plane, max_body).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -74,14 +100,19 @@ pub async fn serve(
     }
 }
 
-async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) -> Reply {
+async fn route(
+    runtime: &Arc<Runtime>,
+    req: Request<Incoming>,
+    plane: Plane,
+    max_body: usize,
+) -> Reply {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (req.method(), segments.as_slice()) {
-        (&Method::GET, ["healthz"]) if runtime.queue().healthy() => {
+    match (plane, req.method(), segments.as_slice()) {
+        (_, &Method::GET, ["healthz"]) if runtime.queue().healthy() => {
             json_reply(StatusCode::OK, &json!({"status": "ok"}))
         }
-        (&Method::GET, ["healthz"]) => problem(
+        (_, &Method::GET, ["healthz"]) => problem(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage-failed",
             "Storage failed",
@@ -89,11 +120,17 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
              (nothing acknowledged is lost)"
                 .into(),
         ),
-        (&Method::POST, ["v1", "sources", source]) => {
+        (Plane::Ingest, &Method::POST, ["v1", "sources", source]) => {
             let source = (*source).to_owned();
+            if !runtime.source_signs(&source) {
+                let wanted = Scope::Ingest(source.clone());
+                if let Err(refused) = authorize(runtime, &req, &wanted) {
+                    return refused.reply();
+                }
+            }
             ingest(runtime, &source, req, max_body).await
         }
-        (_, ["v1", "sources", _]) => {
+        (Plane::Ingest, _, ["v1", "sources", _]) => {
             let mut reply = problem(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method-not-allowed",
@@ -105,6 +142,262 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
                 .insert("allow", HeaderValue::from_static("POST"));
             reply
         }
+        (Plane::Ingest, _, _) => problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!(
+                "no route for {} {path} on the ingest listener (it serves /v1/sources/{{source}} and /healthz; the admin API has its own listener)",
+                req.method()
+            ),
+        ),
+        (Plane::Admin, _, _) => admin(runtime, req, max_body).await,
+    }
+}
+
+/// The scope a route of the admin API needs; `None` for no such route.
+fn admin_scope(method: &Method, segments: &[&str]) -> Option<Scope> {
+    let read = matches!(
+        segments,
+        ["v1", "messages", _]
+            | ["v1", "dlq"]
+            | ["v1", "dlq", _]
+            | ["v1", "events"]
+            | ["v1", "plugins"]
+            | ["v1", "audit"]
+            | ["v1", "keys"]
+    );
+    match (method, segments) {
+        (&Method::GET, _) if read => Some(Scope::AdminRead),
+        (
+            &Method::POST,
+            ["v1", "dlq", _, "redrive" | "discard"]
+            | ["v1", "flows", _, "replay"]
+            | ["v1", "plugins", _, "reload"]
+            | ["v1", "keys"]
+            | ["v1", "keys", _, "revoke"],
+        ) => Some(Scope::AdminWrite),
+        (
+            &Method::POST,
+            [
+                "v1",
+                "plugins",
+                _,
+                "try" | "promote" | "rollback" | "approve",
+            ],
+        ) => Some(Scope::PluginsPromote),
+        _ => None,
+    }
+}
+
+/// The admin API: a key with the route's scope, JSON bodies, every action audited.
+async fn admin(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) -> Reply {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(scope) = admin_scope(&method, &segments) else {
+        // Unknown routes answer 404 only to a valid key: no map of the API for others.
+        if let Err(refused) = authenticate(runtime, &req) {
+            return refused.reply();
+        }
+        return problem(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "Not found",
+            format!("no route for {method} {path}"),
+        );
+    };
+    let key = match authorize(runtime, &req, &scope) {
+        Ok(key) => key,
+        Err(refused) => return refused.reply(),
+    };
+    if method == Method::POST && !json_body(&req) {
+        return problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the admin API takes application/json bodies".into(),
+        );
+    }
+    let reply = admin_route(runtime, req, &key, max_body).await;
+    if method == Method::POST {
+        audit_api(
+            runtime,
+            Some(&key.id),
+            &format!("{method} {path}"),
+            Decision::Allow,
+            Some(format!("HTTP {}", reply.status().as_u16())),
+        );
+    }
+    reply
+}
+
+/// Whether a request's body is JSON, or there is none.
+fn json_body(req: &Request<Incoming>) -> bool {
+    let headers = req.headers();
+    let declared_empty = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "0");
+    let no_body = declared_empty
+        || (!headers.contains_key(CONTENT_LENGTH)
+            && !headers.contains_key(hyper::header::TRANSFER_ENCODING));
+    match headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()) {
+        Some(ct) => {
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            essence.eq_ignore_ascii_case("application/json")
+        }
+        None => no_body,
+    }
+}
+
+/// Why a request was refused before it reached its route.
+#[derive(Debug)]
+enum Refused {
+    /// No `Authorization: Bearer` header.
+    NoKey,
+    /// A token that is not a live key's.
+    UnknownKey,
+    /// A live key without the route's scope.
+    Scope {
+        key: String,
+        name: String,
+        wanted: Scope,
+    },
+}
+
+impl Refused {
+    /// The 401 or 403 to answer.
+    fn reply(self) -> Reply {
+        match self {
+            Refused::NoKey => {
+                unauthorized("this endpoint needs an API key: `Authorization: Bearer <token>`")
+            }
+            Refused::UnknownKey => unauthorized("the API key is unknown or revoked"),
+            Refused::Scope { key, name, wanted } => problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                format!("key `{key}` ({name}) does not hold scope `{wanted}`"),
+            ),
+        }
+    }
+}
+
+/// The live key a request's bearer token belongs to; a refusal is audited.
+fn authenticate(runtime: &Runtime, req: &Request<Incoming>) -> Result<ApiKey, Refused> {
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let Some(token) = crate::auth::bearer(req.headers()) else {
+        audit_api(
+            runtime,
+            None,
+            &target,
+            Decision::Deny,
+            Some("no API key".into()),
+        );
+        return Err(Refused::NoKey);
+    };
+    runtime.keys().verify(token).ok_or_else(|| {
+        let reason = "unknown or revoked API key".to_owned();
+        audit_api(runtime, None, &target, Decision::Deny, Some(reason));
+        Refused::UnknownKey
+    })
+}
+
+/// The request's key, if it holds `wanted`; a refusal is audited.
+fn authorize(
+    runtime: &Runtime,
+    req: &Request<Incoming>,
+    wanted: &Scope,
+) -> Result<ApiKey, Refused> {
+    let key = authenticate(runtime, req)?;
+    if key.allows(wanted) {
+        return Ok(key);
+    }
+    let target = format!("{} {}", req.method(), req.uri().path());
+    let reason = format!("the key lacks scope `{wanted}`");
+    audit_api(
+        runtime,
+        Some(&key.id),
+        &target,
+        Decision::Deny,
+        Some(reason),
+    );
+    Err(Refused::Scope {
+        key: key.id,
+        name: key.name,
+        wanted: wanted.clone(),
+    })
+}
+
+fn unauthorized(detail: &str) -> Reply {
+    let mut reply = problem(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Unauthorized",
+        detail.to_owned(),
+    );
+    reply.headers_mut().insert(
+        hyper::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tenon\""),
+    );
+    reply
+}
+
+/// Record an API action or refusal in the audit log.
+fn audit_api(
+    runtime: &Runtime,
+    key: Option<&str>,
+    target: &str,
+    decision: Decision,
+    reason: Option<String>,
+) {
+    let capability = match decision {
+        Decision::Allow => "admin",
+        Decision::Deny => "auth",
+    };
+    runtime.storage().audit().record(AuditRecord {
+        seq: 0,
+        at_ms: crate::queue::now_ms(),
+        plugin: String::new(),
+        digest: String::new(),
+        key: key.map(str::to_owned),
+        capability: capability.into(),
+        target: target.chars().take(512).collect(),
+        decision,
+        reason,
+    });
+}
+
+/// The admin API's routes, for a key that holds the route's scope.
+async fn admin_route(
+    runtime: &Arc<Runtime>,
+    req: Request<Incoming>,
+    key: &ApiKey,
+    _max_body: usize,
+) -> Reply {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["v1", "keys"]) => {
+            json_reply(StatusCode::OK, &json!({ "keys": runtime.keys().list() }))
+        }
+        (&Method::POST, ["v1", "keys"]) => create_key(runtime, req, key).await,
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => match runtime.keys().revoke(id) {
+            Ok(revoked) => json_reply(StatusCode::OK, &json!({ "key": revoked })),
+            Err(crate::auth::KeyError::Unknown(id)) => problem(
+                StatusCode::NOT_FOUND,
+                "unknown-key",
+                "Unknown key",
+                format!("no key with id `{id}`"),
+            ),
+            Err(error) => problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage-unavailable",
+                "Storage unavailable",
+                error.to_string(),
+            ),
+        },
         (&Method::GET, ["v1", "audit"]) => {
             let param = |name: &str| query_param(&req, name);
             let decision = match param("decision").as_deref() {
@@ -122,12 +415,19 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
             };
             let query = AuditQuery {
                 plugin: param("plugin"),
+                key: param("key"),
                 decision,
                 after: param("after").and_then(|v| v.parse().ok()).unwrap_or(0),
                 limit: param("limit").and_then(|v| v.parse().ok()),
             };
             match runtime.storage().audit_records(&query) {
-                Ok(records) => json_reply(StatusCode::OK, &json!({ "records": records })),
+                Ok(records) => json_reply(
+                    StatusCode::OK,
+                    &json!({
+                        "records": records,
+                        "dropped": runtime.storage().audit().dropped(),
+                    }),
+                ),
                 Err(error) => storage_problem(error),
             }
         }
@@ -164,16 +464,17 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
                 "v1",
                 "plugins",
                 name,
-                action @ ("try" | "promote" | "rollback"),
+                action @ ("try" | "promote" | "rollback" | "approve"),
             ],
         ) => {
             let action = match *action {
                 "try" => "try",
                 "promote" => "promote",
+                "approve" => "approve",
                 _ => "rollback",
             };
             let name = (*name).to_owned();
-            plugin_action(runtime.clone(), name, action, req).await
+            plugin_action(runtime.clone(), name, action, req, key.id.clone()).await
         }
         (&Method::POST, ["v1", "plugins", name, "reload"]) => {
             let name = (*name).to_owned();
@@ -182,13 +483,7 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
                 .await
                 .unwrap_or_else(|e| Err(format!("reload task failed: {e}")));
             match result {
-                Ok(crate::swap::Reload::Swapped { from, to }) => json_reply(
-                    StatusCode::OK,
-                    &json!({ "plugin": name, "swapped": true, "from": from, "to": to }),
-                ),
-                Ok(crate::swap::Reload::Unchanged) => {
-                    json_reply(StatusCode::OK, &json!({ "plugin": name, "swapped": false }))
-                }
+                Ok(reload) => json_reply(StatusCode::OK, &reload_json(&name, reload)),
                 Err(reason) => problem(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "version-refused",
@@ -265,6 +560,57 @@ async fn route(runtime: &Arc<Runtime>, req: Request<Incoming>, max_body: usize) 
             "not-found",
             "Not found",
             format!("no route for {} {path}", req.method()),
+        ),
+    }
+}
+
+/// `POST /v1/keys`: a new key with scopes the caller holds; its token, once.
+async fn create_key(runtime: &Runtime, req: Request<Incoming>, by: &ApiKey) -> Reply {
+    let bad = |detail: String| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
+    };
+    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) => return bad(format!("cannot read the request: {error}")),
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct NewKey {
+        #[serde(default)]
+        name: Option<String>,
+        scopes: Vec<Scope>,
+    }
+    let asked: NewKey = match serde_json::from_slice(&body) {
+        Ok(asked) => asked,
+        Err(error) => {
+            return bad(format!(
+                "expected {{\"name\": ..., \"scopes\": [...]}}: {error}"
+            ));
+        }
+    };
+    let name = asked.name.unwrap_or_else(|| "unnamed".into());
+    match runtime.keys().create(&name, asked.scopes, Some(by)) {
+        Ok((key, token)) => {
+            tracing::info!(key = %key.id, by = %by.id, "API key created");
+            json_reply(StatusCode::CREATED, &json!({ "key": key, "token": token }))
+        }
+        Err(error @ crate::auth::KeyError::Escalation { .. }) => problem(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "Forbidden",
+            error.to_string(),
+        ),
+        Err(error @ crate::auth::KeyError::NoScope) => bad(error.to_string()),
+        Err(error) => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage-unavailable",
+            "Storage unavailable",
+            error.to_string(),
         ),
     }
 }
@@ -533,6 +879,7 @@ async fn plugin_action(
     name: String,
     action: &'static str,
     req: Request<Incoming>,
+    key: String,
 ) -> Reply {
     let bad = |detail: String| {
         problem(
@@ -568,6 +915,7 @@ async fn plugin_action(
             .promote(&name, &candidate)
             .map(|r| reload_json(&name, r)),
         ("promote", None, _) => Err("`promote` needs `candidate` (a plugin directory)".to_owned()),
+        ("approve", _, _) => runtime.approve(&name, &key).map(|r| reload_json(&name, r)),
         (_, _, _) => runtime.rollback(&name).map(|r| reload_json(&name, r)),
     });
     match task.await {
@@ -593,6 +941,11 @@ fn reload_json(name: &str, reload: crate::swap::Reload) -> serde_json::Value {
             json!({ "plugin": name, "swapped": true, "from": from, "to": to })
         }
         crate::swap::Reload::Unchanged => json!({ "plugin": name, "swapped": false }),
+        crate::swap::Reload::Held { digest, widening } => json!({
+            "plugin": name,
+            "swapped": false,
+            "pending": { "digest": digest, "widening": widening },
+        }),
     }
 }
 

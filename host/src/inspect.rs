@@ -59,7 +59,7 @@ pub fn need(import: &str, kind: Kind) -> Need {
 fn holds(grants: &Grants, grant: &str) -> bool {
     match grant {
         "kv" => grants.kv,
-        "secrets" => !grants.secrets.is_empty(),
+        "secrets" => grants.all_secrets().next().is_some(),
         "http" => !grants.http.is_empty(),
         _ => false,
     }
@@ -161,8 +161,14 @@ pub struct AuditReport {
     pub kind: String,
     /// Its world.
     pub world: String,
-    /// The component's digest (`sha256:...`).
+    /// The version's digest (`sha256:...`), over the manifest and the component: what
+    /// `tenon status`, the audit log and a config's `digest = ...` pin name.
     pub digest: String,
+    /// The component's own digest: what the manifest's `component_digest` names.
+    pub component_digest: String,
+    /// Whether the manifest names its component's digest (so that a deploy never
+    /// pairs it with another component); `false` when it names none, or another.
+    pub component_bound: bool,
     /// Who signed it; `None` until signing lands.
     pub signer: Option<String>,
     /// Each import and what it needs.
@@ -177,6 +183,8 @@ pub struct AuditReport {
     pub missing_export: Option<String>,
     /// Grants asked for that no import uses.
     pub unused_grants: Vec<&'static str>,
+    /// The manifest names another component than this one.
+    pub mismatch: Option<String>,
     /// Whether the host would load it with these grants.
     pub loadable: bool,
 }
@@ -193,7 +201,12 @@ pub struct ImportLine {
 
 impl AuditReport {
     /// Compare a component with its manifest.
-    pub fn new(manifest: &Manifest, digest: String, inspection: Inspection) -> AuditReport {
+    pub fn new(
+        manifest: &Manifest,
+        digest: String,
+        component_digest: String,
+        inspection: Inspection,
+    ) -> AuditReport {
         let kind = manifest.kind;
         let mut report = AuditReport {
             name: manifest.name.clone(),
@@ -201,6 +214,8 @@ impl AuditReport {
             kind: kind.to_string(),
             world: manifest.world.clone(),
             digest,
+            component_bound: manifest.component_digest.as_ref() == Some(&component_digest),
+            component_digest,
             signer: None,
             imports: inspection
                 .imports
@@ -215,6 +230,7 @@ impl AuditReport {
             unused_grants: inspection.unused_grants(kind, &manifest.grants),
             exports: inspection.exports,
             grants: manifest.grants.clone(),
+            mismatch: None,
             loadable: false,
         };
         report.loadable = report.refused.is_empty() && report.missing_export.is_none();
@@ -234,7 +250,9 @@ impl AuditReport {
                 .join(tenon_registry::MANIFEST_FILE),
             (false, false) => path.to_owned(),
         };
-        let manifest = Manifest::load(&manifest_path)?;
+        let text = std::fs::read_to_string(&manifest_path)
+            .with_context(|| format!("cannot read {}", manifest_path.display()))?;
+        let manifest = Manifest::parse(&manifest_path, &text)?;
         let base = manifest_path.parent().unwrap_or(Path::new("."));
         let component_path = if is_wasm {
             path.to_owned()
@@ -258,11 +276,22 @@ impl AuditReport {
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid component", component_path.display()))?;
         let inspection = Inspection::of(&engine, &component);
-        Ok(AuditReport::new(
+        let mut report = AuditReport::new(
             &manifest,
+            crate::plugin::version_digest(text.as_bytes(), &wasm),
             crate::engine::digest(&wasm),
             inspection,
-        ))
+        );
+        if let Some(named) = &manifest.component_digest
+            && *named != report.component_digest
+        {
+            report.loadable = false;
+            report.mismatch = Some(format!(
+                "the manifest names component {named}, but the component is {}",
+                report.component_digest
+            ));
+        }
+        Ok(report)
     }
 
     /// The report for people.
@@ -277,6 +306,16 @@ impl AuditReport {
         );
         let _ = writeln!(out, "world    {}", self.world);
         let _ = writeln!(out, "digest   {}", self.digest);
+        let _ = writeln!(
+            out,
+            "component {}{}",
+            self.component_digest,
+            if self.component_bound {
+                " (named by the manifest)"
+            } else {
+                " (not named by the manifest: add `component_digest` so a deploy cannot pair it with another manifest)"
+            }
+        );
         let _ = writeln!(
             out,
             "signer   {}",
@@ -317,12 +356,20 @@ impl AuditReport {
         );
         let _ = writeln!(out, "  config keys        {}", list(&g.config));
         let _ = writeln!(out, "  secrets            {}", list(&g.secrets));
+        let _ = writeln!(out, "  optional secrets   {}", list(&g.optional_secrets));
         let _ = writeln!(out, "  memory             {} MiB", g.memory_mib);
         let _ = writeln!(out, "  time per call      {} ms", g.timeout_ms);
         let _ = writeln!(out, "  output cap         {} bytes", g.max_output_bytes);
         let _ = writeln!(out, "  HTTP response cap  {} bytes", g.max_response_bytes);
+        let _ = writeln!(out, "  HTTP request cap   {} bytes", g.max_request_bytes);
         let _ = writeln!(out, "\ndifferences:");
-        if self.refused.is_empty() && self.unused_grants.is_empty() && self.missing_export.is_none()
+        if let Some(mismatch) = &self.mismatch {
+            let _ = writeln!(out, "  REFUSED  {mismatch}");
+        }
+        if self.refused.is_empty()
+            && self.unused_grants.is_empty()
+            && self.missing_export.is_none()
+            && self.mismatch.is_none()
         {
             let _ = writeln!(out, "  none: the component uses exactly what it is granted");
         }

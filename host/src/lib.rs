@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod audit;
+pub mod auth;
 pub mod bindings;
 pub mod caps;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod ingress;
 pub mod inspect;
 pub mod plugin;
 pub mod queue;
+pub mod redact;
 pub mod runtime;
 pub mod server;
 pub mod storage;

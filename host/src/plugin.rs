@@ -1,11 +1,17 @@
 //! A loaded plugin version: manifest, verified component, pre-linked instance, and the
 //! three calls (ingest, transform, deliver), each in a fresh sandboxed instance.
 //!
-//! Loading does everything that can fail ahead of traffic: read the manifest, read
-//! and digest the component, compile it (or load the cached artifact), link it
-//! against exactly what its world and grants allow, and pre-instantiate it. A call
-//! then only instantiates from the `InstancePre`-backed `*Pre` (microseconds with
-//! the pooling allocator) and runs under the plugin's memory and time limits.
+//! Loading does everything that can fail ahead of traffic: read the manifest and the
+//! component through a capability on the plugin's directory (nothing outside it can
+//! be named, not even through a symlink), check that they belong together, digest
+//! them, compile the component (or load the cached artifact), link it against exactly
+//! what its world and grants allow, and pre-instantiate it. A call then only
+//! instantiates from the `InstancePre`-backed `*Pre` (microseconds with the pooling
+//! allocator) and runs under the plugin's memory and time limits.
+//!
+//! A **version** is its manifest and its component together: [`version_digest`] over
+//! both identifies it in trails, status, the audit log and the archive, so a change
+//! to either file is a new version.
 //!
 //! **Architecture invariant:** a guest trap, a timeout or an error of any kind comes
 //! back as a [`CallError`]; nothing a plugin does panics the host.
@@ -16,12 +22,13 @@ use crate::caps::{self, PluginContext, PluginState, Secret, Violation};
 use crate::engine::{EPOCH_TICK, Engine, digest};
 use crate::inspect::Inspection;
 use crate::queue::StoredMessage;
+use crate::storage::KvWrites;
 use crate::storage::Storage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tenon_registry::{Kind, Manifest, Narrowing};
 use tracing::Instrument as _;
 use wasmtime::Store;
@@ -34,7 +41,8 @@ pub struct PluginSettings {
     pub config: BTreeMap<String, String>,
     /// Grants narrowing the manifest's (limits among them).
     pub grants: Narrowing,
-    /// The secrets the operator provides, by name; a plugin sees those it is granted.
+    /// The secrets the operator maps to this instance, by the plugin's names for
+    /// them: all it may ever read.
     pub secrets: BTreeMap<String, Secret>,
 }
 
@@ -44,13 +52,28 @@ pub enum LoadError {
     /// The manifest is missing or wrong.
     #[error(transparent)]
     Manifest(#[from] tenon_registry::ManifestError),
-    /// The component file could not be read.
-    #[error("cannot read component {path}: {source}")]
+    /// A file of the plugin could not be read (or lies outside its directory).
+    #[error("cannot read {path}: {source}")]
     Read {
-        /// The component path.
+        /// The file's path.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
+    },
+    /// The manifest names another component than the one in the directory: a deploy
+    /// is under way, or the files do not belong together.
+    #[error(
+        "{path}: the manifest names component {expected} but {component} is {actual}: a deploy is under way, or the two files do not belong together"
+    )]
+    Mismatch {
+        /// The manifest.
+        path: PathBuf,
+        /// The component file named by the manifest.
+        component: PathBuf,
+        /// The digest the manifest names.
+        expected: String,
+        /// The component's digest.
+        actual: String,
     },
     /// The component does not compile, or does not fit its world and grants.
     #[error("plugin `{name}` ({path}): {message}")]
@@ -126,6 +149,8 @@ enum Pre {
 /// One loaded plugin version, ready to be called. Cheap to share behind an `Arc`.
 pub struct Plugin {
     ctx: Arc<PluginContext>,
+    /// The component's own digest (the key of its compiled artifact).
+    component_digest: String,
     manifest: Manifest,
     /// The files this version was loaded from, exactly as read: archived for rollback.
     files: Arc<PluginFiles>,
@@ -139,6 +164,27 @@ pub struct Plugin {
 struct PluginFiles {
     manifest: String,
     wasm: Vec<u8>,
+}
+
+/// The digest of a plugin version: its manifest and its component together,
+/// `sha256:<hex>` of `tenon-plugin-version\0`, the manifest's sha256 and the
+/// component's sha256. A change to either file is a new version.
+pub fn version_digest(manifest: &[u8], component: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"tenon-plugin-version\0");
+    hasher.update(Sha256::digest(manifest));
+    hasher.update(Sha256::digest(component));
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// What a call produced, with the key-value writes to commit with it.
+#[derive(Debug)]
+pub struct Called<T> {
+    /// The call's result.
+    pub value: T,
+    /// Its key-value writes (none for sources or plugins without `kv`).
+    pub kv: Option<KvWrites>,
 }
 
 impl fmt::Debug for Plugin {
@@ -181,23 +227,38 @@ impl Plugin {
         dir: &Path,
         settings: &PluginSettings,
     ) -> Result<Plugin, LoadError> {
-        let (base, manifest_path) = if dir.is_dir() {
-            (dir, dir.join(tenon_registry::MANIFEST_FILE))
+        let (base, manifest_file) = if dir.is_dir() {
+            (dir, PathBuf::from(tenon_registry::MANIFEST_FILE))
         } else {
-            (dir.parent().unwrap_or(Path::new(".")), dir.to_owned())
+            let file = dir.file_name().map(PathBuf::from).unwrap_or_default();
+            (dir.parent().unwrap_or(Path::new(".")), file)
         };
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| {
-            tenon_registry::ManifestError::Read {
-                path: manifest_path.clone(),
-                source,
-            }
-        })?;
+        let manifest_path = base.join(&manifest_file);
+        let read_error = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LoadError::Read { path, source }
+        };
+        // Every file is opened relative to the directory's handle: a name or a
+        // symlink that leads outside it is refused.
+        let root = cap_std::fs::Dir::open_ambient_dir(base, cap_std::ambient_authority())
+            .map_err(read_error(base))?;
+        let text = root
+            .read_to_string(&manifest_file)
+            .map_err(read_error(&manifest_path))?;
         let manifest = Manifest::parse(&manifest_path, &text)?;
         let path = base.join(&manifest.component);
-        let wasm = std::fs::read(&path).map_err(|source| LoadError::Read {
-            path: path.clone(),
-            source,
-        })?;
+        let wasm = root.read(&manifest.component).map_err(read_error(&path))?;
+        if let Some(expected) = &manifest.component_digest {
+            let actual = digest(&wasm);
+            if *expected != actual {
+                return Err(LoadError::Mismatch {
+                    path: manifest_path,
+                    component: path,
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
         let files = PluginFiles {
             manifest: text,
             wasm,
@@ -206,14 +267,26 @@ impl Plugin {
     }
 
     /// Write this version's files (its manifest and component, as loaded) into `dir`,
-    /// component first: a plugin directory holding exactly this version.
+    /// each through a temporary file renamed into place, component first: a plugin
+    /// directory holding exactly this version.
     pub fn write_files(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join(&self.manifest.component), &self.files.wasm)?;
-        std::fs::write(
-            dir.join(tenon_registry::MANIFEST_FILE),
-            &self.files.manifest,
-        )
+        let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())?;
+        for (name, bytes) in [
+            (
+                self.manifest.component.as_path(),
+                self.files.wasm.as_slice(),
+            ),
+            (
+                Path::new(tenon_registry::MANIFEST_FILE),
+                self.files.manifest.as_bytes(),
+            ),
+        ] {
+            let tmp = PathBuf::from(format!(".{}.tmp", name.display()));
+            root.write(&tmp, bytes)?;
+            root.rename(&tmp, &root, name)?;
+        }
+        Ok(())
     }
 
     /// Load a plugin from its parsed manifest and its files.
@@ -232,7 +305,8 @@ impl Plugin {
             path: path.to_owned(),
             message,
         };
-        let digest = digest(wasm);
+        let component_digest = digest(wasm);
+        let digest = version_digest(files.manifest.as_bytes(), wasm);
         let grants = manifest
             .grants
             .narrow(&settings.grants)
@@ -274,18 +348,33 @@ impl Plugin {
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect();
         config.extend(settings.config.clone());
-        let secrets: BTreeMap<String, Secret> = grants
+        // The instance sees exactly the secrets the operator maps to it: each must be
+        // one the plugin asks for, and each one it needs must be mapped.
+        if let Some(extra) = settings
+            .secrets
+            .keys()
+            .find(|s| !grants.all_secrets().any(|g| g == *s))
+        {
+            return Err(fail(format!(
+                "the config maps secret `{extra}` to it, which its grants do not ask for (they ask for: {})",
+                names(grants.all_secrets())
+            )));
+        }
+        if let Some(missing) = grants
             .secrets
             .iter()
-            .filter_map(|n| settings.secrets.get(n).map(|v| (n.clone(), v.clone())))
-            .collect();
-        for missing in grants.secrets.iter().filter(|n| !secrets.contains_key(*n)) {
-            // Often an optional one (a generic sink's `api_key`): reading it fails, and
-            // that is audited; nothing to shout about at load.
-            tracing::debug!(plugin = name, secret = %missing, "the plugin is granted a secret the config's [secrets] does not provide");
+            .find(|s| !settings.secrets.contains_key(*s))
+        {
+            return Err(fail(format!(
+                "its manifest asks for secret `{missing}`, which the config does not map to it: add `secrets = {{ {missing} = \"<a name in [secrets]>\" }}` to its entry, or withdraw it with `grants = {{ secrets = [] }}`"
+            )));
         }
+        let secrets = settings.secrets.clone();
+        let redactor =
+            crate::redact::Redactor::new(secrets.iter().map(|(n, v)| (n.as_str(), v.expose())))
+                .map_err(|e| fail(e.to_string()))?;
         let egress = (manifest.kind == Kind::Sink && !grants.http.is_empty())
-            .then(|| crate::egress::Egress::new(&grants).map(Arc::new))
+            .then(|| crate::egress::Egress::new(&grants, engine.listeners()).map(Arc::new))
             .transpose()
             .map_err(|e| fail(format!("cannot set up outbound HTTP: {e}")))?;
         let ctx = Arc::new(PluginContext {
@@ -296,12 +385,14 @@ impl Plugin {
             readable_config,
             grants,
             secrets,
+            redactor,
             audit: storage.audit().clone(),
             egress,
+            logs: caps::LogBudget::default(),
         });
 
         let component = engine
-            .component(wasm, &digest)
+            .component(wasm, &component_digest)
             .map_err(|e| fail(format!("{e:#}")))?;
         // Deny by default: every import must be one the grants allow.
         let inspection = Inspection::of(engine.wasmtime(), &component);
@@ -337,9 +428,10 @@ impl Plugin {
             }
             Kind::Sink => Pre::Sink(bindings::sink::SinkPre::new(instance_pre).map_err(world)?),
         };
-        tracing::info!(plugin = name, version = %manifest.version, %digest, kind = %manifest.kind, "plugin loaded");
+        tracing::info!(plugin = name, version = %manifest.version, %digest, component = %component_digest, kind = %manifest.kind, "plugin loaded");
         Ok(Plugin {
             files: Arc::new(files),
+            component_digest,
             ctx,
             manifest,
             pre,
@@ -353,9 +445,24 @@ impl Plugin {
         &self.ctx.name
     }
 
-    /// The component's digest.
+    /// The version's digest: manifest and component ([`version_digest`]).
     pub fn digest(&self) -> &str {
         &self.ctx.digest
+    }
+
+    /// The component's own digest.
+    pub fn component_digest(&self) -> &str {
+        &self.component_digest
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Log lines and bytes this version dropped over its budget.
+    pub fn log_dropped(&self) -> (u64, u64) {
+        self.ctx.logs.dropped()
     }
 
     /// The manifest's version.
@@ -390,13 +497,22 @@ impl Plugin {
         if self.engine.limits() {
             store.limiter(|s| s.limiter());
         }
-        store.set_epoch_deadline(self.deadline_ticks());
-        store.epoch_deadline_trap();
+        // Guest code gives the thread back to the async runtime at every epoch tick
+        // (so a looping plugin never holds a worker thread) and is stopped once the
+        // call's deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|store| {
+            Ok(if Instant::now() >= store.data().deadline {
+                wasmtime::UpdateDeadline::Interrupt
+            } else {
+                wasmtime::UpdateDeadline::Yield(1)
+            })
+        });
         store
     }
 
     /// Run a call in a fresh store, under the time limit; classify what went wrong.
-    async fn run<T, F>(&self, call: &'static str, f: F) -> Result<T, CallError>
+    async fn run<T, F>(&self, call: &'static str, f: F) -> Result<Called<T>, CallError>
     where
         F: AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, types::Failure>>,
     {
@@ -413,7 +529,12 @@ impl Plugin {
             Ok(Ok(Err(failure))) => Err(CallError::Failure(failure.into())),
             Ok(Err(error)) => Err(classify_trap(error, store.data().stderr(), timeout)),
         };
-        self.settle(result, store.data())
+        store.data().finish();
+        let value = self.settle(result, store.data())?;
+        Ok(Called {
+            value,
+            kv: store.data_mut().take_kv_writes(),
+        })
     }
 
     /// The call's outcome as the host sees it: a failure that follows a sandbox
@@ -464,6 +585,34 @@ impl Plugin {
         }
     }
 
+    /// Refuse output messages that carry a secret's value, in any form: the host
+    /// never records one, and editing the message would pass a damaged one on.
+    fn check_secrets(&self, messages: &[types::Message]) -> Result<(), CallError> {
+        if self.ctx.redactor.is_empty() {
+            return Ok(());
+        }
+        let found = messages.iter().find_map(|m| {
+            let fields = [&m.id, &m.key, &m.kind, &m.content_type];
+            fields
+                .iter()
+                .map(|f| f.as_bytes())
+                .chain(
+                    m.headers
+                        .iter()
+                        .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]),
+                )
+                .chain(std::iter::once(m.body.as_slice()))
+                .find_map(|bytes| self.ctx.redactor.find(bytes))
+        });
+        let Some(secret) = found else {
+            return Ok(());
+        };
+        let reason = format!("an output message carries the value of secret `{secret}`");
+        self.ctx
+            .decide("output", secret, Decision::Deny, Some(reason.clone()));
+        Err(CallError::Denied(reason))
+    }
+
     /// Refuse an output larger than the plugin's cap.
     fn check_output(&self, bytes: usize) -> Result<(), CallError> {
         let cap = self.ctx.grants.max_output_bytes;
@@ -498,13 +647,24 @@ impl Plugin {
                     .call_ingest(&mut *store, &request)
                     .await
             })
-            .await?;
+            .await?
+            .value;
         self.check_output(out.iter().map(message_size).sum())?;
+        self.check_secrets(&out)?;
         Ok(out.into_iter().map(StoredMessage::from).collect())
     }
 
-    /// Transform: map one message to zero or more.
+    /// Transform: map one message to zero or more. Its key-value writes are
+    /// discarded: for runs that must leave nothing behind (a canary, a test).
     pub async fn transform(&self, input: &StoredMessage) -> Result<Vec<StoredMessage>, CallError> {
+        self.transform_step(input).await.map(|called| called.value)
+    }
+
+    /// Transform as a step: the outputs, with the key-value writes to commit with them.
+    pub async fn transform_step(
+        &self,
+        input: &StoredMessage,
+    ) -> Result<Called<Vec<StoredMessage>>, CallError> {
         let Pre::Transform(pre) = &self.pre else {
             return Err(self.wrong_kind("transform"));
         };
@@ -518,16 +678,21 @@ impl Plugin {
                     .await
             })
             .await?;
-        self.check_output(out.iter().map(message_size).sum())?;
-        Ok(out.into_iter().map(StoredMessage::from).collect())
+        self.check_output(out.value.iter().map(message_size).sum())?;
+        self.check_secrets(&out.value)?;
+        Ok(Called {
+            value: out.value.into_iter().map(StoredMessage::from).collect(),
+            kv: out.kv,
+        })
     }
 
-    /// Sink: deliver one message with its idempotency key.
+    /// Sink: deliver one message with its idempotency key; the receipt, with the
+    /// key-value writes to commit with it.
     pub async fn deliver(
         &self,
         message: &StoredMessage,
         idempotency_key: &str,
-    ) -> Result<Receipt, CallError> {
+    ) -> Result<Called<Receipt>, CallError> {
         let Pre::Sink(pre) = &self.pre else {
             return Err(self.wrong_kind("deliver"));
         };
@@ -541,12 +706,16 @@ impl Plugin {
                     .await
             })
             .await?;
+        let Called { value: receipt, kv } = receipt;
         self.check_output(
             receipt.reference.len() + receipt.detail.as_ref().map_or(0, String::len),
         )?;
-        Ok(Receipt {
-            reference: self.ctx.redact(&receipt.reference),
-            detail: receipt.detail.map(|d| self.ctx.redact(&d)),
+        Ok(Called {
+            value: Receipt {
+                reference: self.ctx.redact(&receipt.reference),
+                detail: receipt.detail.map(|d| self.ctx.redact(&d)),
+            },
+            kv,
         })
     }
 
@@ -563,24 +732,11 @@ impl Plugin {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| CallError::Host(format!("cannot instantiate: {e:#}")))?;
-        let ticks = self
-            .engine
-            .epoch_interruption()
-            .then(|| self.deadline_ticks());
         Ok(ReusedTransform {
             store,
             instance,
-            ticks,
             timeout: self.ctx.timeout(),
         })
-    }
-
-    fn deadline_ticks(&self) -> u64 {
-        self.ctx
-            .timeout()
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis())
-            .max(1) as u64
     }
 
     fn wrong_kind(&self, call: &str) -> CallError {
@@ -595,7 +751,6 @@ impl Plugin {
 pub struct ReusedTransform {
     store: Store<PluginState>,
     instance: bindings::transform::Transform,
-    ticks: Option<u64>,
     timeout: Duration,
 }
 
@@ -613,9 +768,8 @@ impl ReusedTransform {
         &mut self,
         input: &StoredMessage,
     ) -> Result<Vec<StoredMessage>, CallError> {
-        if let Some(ticks) = self.ticks {
-            self.store.set_epoch_deadline(ticks);
-        }
+        self.store.data_mut().deadline = Instant::now() + self.timeout;
+        self.store.set_epoch_deadline(1);
         let input = types::Message::from(input.clone());
         let result = self
             .instance
@@ -631,6 +785,16 @@ impl ReusedTransform {
                 self.timeout,
             )),
         }
+    }
+}
+
+/// `a, b, c`, or `none`.
+fn names<'a>(items: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = items.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
     }
 }
 

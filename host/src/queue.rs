@@ -20,7 +20,7 @@
 //! fails every write in it (nothing in it was acknowledged).
 
 use crate::events::{self, EVENTS, Event, EventBody};
-use crate::storage::{DEAD, IDEMPOTENCY, META, OUTCOMES, QUEUE, Storage, StorageError};
+use crate::storage::{DEAD, IDEMPOTENCY, KvWrites, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -290,6 +290,8 @@ enum Write {
     Complete {
         slot: Slot,
         completion: Completion,
+        /// The step's key-value writes, committed with its result.
+        kv: Option<KvWrites>,
     },
     /// Forget idempotency records that expired before this time.
     Sweep {
@@ -298,13 +300,9 @@ enum Write {
         before_ms: u64,
     },
     /// Put a dead letter back in front of the stage that failed it.
-    Redrive {
-        id: String,
-    },
+    Redrive { id: String },
     /// Forget a dead letter (its outcome stays).
-    Discard {
-        id: String,
-    },
+    Discard { id: String },
 }
 
 /// The committer thread's inbox; dropping the last handle stops and joins it, so the
@@ -637,6 +635,17 @@ impl Queue {
     /// Commit the result of a leased message, in one transaction with its ack. A lease
     /// that timed out and went to another worker is refused: that worker owns it now.
     pub async fn complete(&self, lease: Lease, completion: Completion) -> Result<(), StorageError> {
+        self.complete_with_kv(lease, completion, None).await
+    }
+
+    /// [`Queue::complete`], with the step's key-value writes in the same transaction:
+    /// they are durable exactly when its result is.
+    pub async fn complete_with_kv(
+        &self,
+        lease: Lease,
+        completion: Completion,
+        kv: Option<KvWrites>,
+    ) -> Result<(), StorageError> {
         let slot = (lease.queue, lease.seq);
         {
             let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -656,6 +665,7 @@ impl Queue {
             .write(Write::Complete {
                 slot: slot.clone(),
                 completion,
+                kv,
             })
             .await
             .map(drop);
@@ -794,7 +804,9 @@ impl Notifiers {
                     self.get(queue).notify_one();
                 }
             }
-            Write::Complete { slot, completion } => {
+            Write::Complete {
+                slot, completion, ..
+            } => {
                 if let Completion::Forward { outputs } = completion {
                     for (queue, _) in outputs {
                         self.get(queue).notify_one();
@@ -938,7 +950,14 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 records.remove((scope.as_str(), key.as_str()))?;
             }
         }
-        Write::Complete { slot, completion } => {
+        Write::Complete {
+            slot,
+            completion,
+            kv,
+        } => {
+            if let Some(kv) = kv {
+                crate::storage::apply_kv(txn, kv)?;
+            }
             let slot = (slot.0.as_str(), slot.1);
             match completion {
                 Completion::Retry(envelope) => {

@@ -109,6 +109,7 @@ pub enum IngestError {
 #[derive(Debug)]
 pub struct Runtime {
     storage: Storage,
+    keys: crate::auth::Keys,
     queue: Queue,
     engine: Engine,
     plugins: PluginSlots,
@@ -131,25 +132,49 @@ impl Runtime {
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
         let storage = Storage::open(data_dir)?;
         let engine = Engine::new(storage.clone(), data_dir)?;
+        let keys = crate::auth::Keys::open(storage.clone())?;
         let mut plugins = BTreeMap::new();
         for name in config.plugins.keys() {
-            let plugin = load_plugin(&config, &engine, &storage, name)
+            let loaded = load_plugin(&config, &engine, &storage, name)
                 .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
-            crate::swap::archive(data_dir, &plugin);
-            plugins.insert(name.clone(), plugin);
+            crate::swap::archive(data_dir, &loaded);
+            // A version that widens the grants of the one approved before does not go
+            // live because the process restarted: the approved one runs, it waits.
+            let (live, waiting) = match storage.approved(name)? {
+                Some(approved)
+                    if approved.digest != loaded.digest()
+                        && !loaded.grants().widening(&approved.grants).is_empty() =>
+                {
+                    let dir = crate::swap::archive_dir(data_dir, name, &approved.digest);
+                    let live = load_plugin_from(&config, &engine, &storage, name, name, &dir)
+                        .with_context(|| {
+                            format!(
+                                "plugin `{name}`: the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",
+                                loaded.grants().widening(&approved.grants).join(", "),
+                                approved.digest
+                            )
+                        })?;
+                    tracing::warn!(plugin = %name, waiting = %loaded.digest(), "a version with wider grants waits for approval; the approved one runs");
+                    (live, Some(loaded))
+                }
+                _ => (loaded, None),
+            };
+            storage.set_approved(name, &approved_of(&live))?;
+            plugins.insert(name.clone(), (live, waiting));
         }
-        let flows = resolve_flows(&config, |name| plugins.get(name).map(Plugin::kind))?;
+        let flows = resolve_flows(&config, |name| plugins.get(name).map(|p| p.0.kind()))?;
         // A lease must outlast the longest call a stage can make, or a slow but
         // healthy call would see its message handed to a second worker.
         let longest_call = plugins
             .values()
-            .map(Plugin::timeout)
+            .map(|p| p.0.timeout())
             .max()
             .unwrap_or_default();
         let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
         Ok(Runtime {
             config_refused: Mutex::default(),
             queue: Queue::with_visibility(storage.clone(), visibility),
+            keys,
             storage,
             engine,
             plugins: PluginSlots::new(plugins),
@@ -234,7 +259,12 @@ impl Runtime {
             }) => {
                 for plugin in loaded {
                     crate::swap::archive(&self.data_dir, &plugin);
-                    self.plugins.put(plugin);
+                    let name = plugin.name().to_owned();
+                    let approved = approved_of(&plugin);
+                    match self.plugins.put(plugin, false) {
+                        Reload::Held { digest, widening } => self.held(&name, &digest, &widening),
+                        _ => self.record_approved(&name, &approved),
+                    }
                 }
                 *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
                 *self.flows.write().unwrap_or_else(PoisonError::into_inner) = flows;
@@ -264,6 +294,67 @@ impl Runtime {
     /// The durable queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The API keys.
+    pub fn keys(&self) -> &crate::auth::Keys {
+        &self.keys
+    }
+
+    /// Whether the source instance `name` authenticates its senders by signature
+    /// (and so takes requests without an API key).
+    pub fn source_signs(&self, name: &str) -> bool {
+        self.config()
+            .plugins
+            .get(name)
+            .is_some_and(|entry| entry.auth == crate::config::IngestAuth::Signature)
+    }
+
+    /// Record that `name`'s version `digest` waits for approval.
+    fn held(&self, name: &str, digest: &str, widening: &[String]) {
+        tracing::warn!(plugin = name, %digest, widening = %widening.join(", "), "new plugin version asks for wider grants; it waits for approval");
+        if let Some(live) = self.plugin(name) {
+            self.storage.audit().record(crate::audit::AuditRecord {
+                seq: 0,
+                at_ms: now_ms(),
+                plugin: name.to_owned(),
+                digest: digest.to_owned(),
+                key: None,
+                capability: "version".into(),
+                target: digest.to_owned(),
+                decision: crate::audit::Decision::Deny,
+                reason: Some(format!(
+                    "held for approval: its grants are wider than those of {} ({})",
+                    live.digest(),
+                    widening.join(", ")
+                )),
+            });
+        }
+    }
+
+    fn record_approved(&self, name: &str, approved: &crate::storage::Approved) {
+        if let Err(error) = self.storage.set_approved(name, approved) {
+            tracing::error!(plugin = name, %error, "cannot record the approved version");
+        }
+    }
+
+    /// Make the version of `name` that waits for approval live, approved by `key`.
+    pub fn approve(&self, name: &str, key: &str) -> Result<Reload, String> {
+        let (reload, plugin) = self.plugins.approve(name)?;
+        self.record_approved(name, &approved_of(&plugin));
+        self.storage.audit().record(crate::audit::AuditRecord {
+            seq: 0,
+            at_ms: now_ms(),
+            plugin: name.to_owned(),
+            digest: plugin.digest().to_owned(),
+            key: Some(key.to_owned()),
+            capability: "version".into(),
+            target: plugin.digest().to_owned(),
+            decision: crate::audit::Decision::Allow,
+            reason: Some("approved: its wider grants are allowed".into()),
+        });
+        tracing::info!(plugin = name, digest = %plugin.digest(), %key, "plugin version approved and live");
+        Ok(reload)
     }
 
     /// The database.
@@ -296,13 +387,29 @@ impl Runtime {
     /// already leased finish on the version they started with.
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
         let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
-            .map_err(|e| format!("{e:#}"))
-            .inspect(|plugin| crate::swap::archive(&self.data_dir, plugin));
-        let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate));
+            .map_err(|e| format!("{e:#}"));
+        self.swap_in(name, loaded, false)
+    }
+
+    /// Swap a loaded version in (or hold it for approval, unless `approved`), and
+    /// record what happened.
+    pub(crate) fn swap_in(
+        &self,
+        name: &str,
+        loaded: Result<Plugin, String>,
+        approved: bool,
+    ) -> Result<Reload, String> {
+        let loaded = loaded.inspect(|plugin| crate::swap::archive(&self.data_dir, plugin));
+        let record = loaded.as_ref().map(approved_of).ok();
+        let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate, approved));
         match &result {
             Ok(Reload::Swapped { from, to }) => {
+                if let Some(record) = &record {
+                    self.record_approved(name, record);
+                }
                 tracing::info!(plugin = name, %from, %to, "new plugin version live")
             }
+            Ok(Reload::Held { digest, widening }) => self.held(name, digest, widening),
             Ok(Reload::Unchanged) => tracing::debug!(plugin = name, "plugin unchanged"),
             Err(reason) => {
                 tracing::warn!(plugin = name, %reason, "new plugin version refused; the live one keeps running");
@@ -650,11 +757,11 @@ impl Runtime {
             key = %env.message.key,
             id = %env.message.id,
         );
-        let completion = self
+        let (completion, kv) = self
             .run_stage(policy, &plugin, env)
             .instrument(span.clone())
             .await;
-        if let Err(error) = self.queue.complete(lease, completion).await {
+        if let Err(error) = self.queue.complete_with_kv(lease, completion, kv).await {
             let _enter = span.enter();
             tracing::error!(%error, "result not committed; the message will be processed again");
         }
@@ -674,15 +781,46 @@ impl Runtime {
             })
     }
 
-    async fn run_stage(&self, policy: RetryPolicy, plugin: &Plugin, env: &Envelope) -> Completion {
-        let stage = env.stage;
-        let is_sink = plugin.kind() == Kind::Sink;
+    /// Run the stage's plugin on a leased message and decide what its result means;
+    /// the key-value writes come back only with a result that commits (outputs
+    /// forwarded, a delivery, a message consumed), never with a failure.
+    async fn run_stage(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        env: &Envelope,
+    ) -> (Completion, Option<crate::storage::KvWrites>) {
         let started = Instant::now();
+        let (result, kv) = match self.call_stage(plugin, env).await {
+            Ok(called) => (Ok(called.value), called.kv),
+            Err(error) => (Err(error), None),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        let completion = self.classify(policy, plugin, env, result, micros);
+        let commits = match &completion {
+            Completion::Forward { .. } => true,
+            Completion::Finish(outcome) => matches!(
+                outcome.result,
+                OutcomeKind::Delivered { .. } | OutcomeKind::Consumed
+            ),
+            Completion::Retry(_) => false,
+        };
+        (completion, kv.filter(|_| commits))
+    }
+
+    /// Call the stage's plugin: a sink delivers (unless the message was delivered
+    /// before), a transform maps.
+    async fn call_stage(
+        &self,
+        plugin: &Plugin,
+        env: &Envelope,
+    ) -> Result<crate::plugin::Called<Done>, CallError> {
+        let is_sink = plugin.kind() == Kind::Sink;
         let recorded = match is_sink {
             true => self.queue.outcome(&env.message.id).ok().flatten(),
             false => None,
         };
-        let result = if let Some(Outcome {
+        if let Some(Outcome {
             result: OutcomeKind::Delivered { reference, detail },
             ..
         }) = recorded
@@ -690,23 +828,42 @@ impl Runtime {
             // Delivered before (a redrive or a replay of the same message): the
             // recorded outcome stands and the target system is not called again.
             tracing::info!(%reference, "already delivered; recorded outcome returned");
-            Ok(Done::Delivered(crate::plugin::Receipt {
-                reference,
-                detail,
-            }))
-        } else if is_sink {
-            plugin
-                .deliver(&env.message, &env.message.id)
-                .await
-                .map(Done::Delivered)
+            return Ok(crate::plugin::Called {
+                value: Done::Delivered(crate::plugin::Receipt { reference, detail }),
+                kv: None,
+            });
+        }
+        if is_sink {
+            let called = plugin.deliver(&env.message, &env.message.id).await?;
+            Ok(crate::plugin::Called {
+                value: Done::Delivered(called.value),
+                kv: called.kv,
+            })
         } else {
-            plugin.transform(&env.message).await.map(Done::Outputs)
-        };
+            let called = plugin.transform_step(&env.message).await?;
+            Ok(crate::plugin::Called {
+                value: Done::Outputs(called.value),
+                kv: called.kv,
+            })
+        }
+    }
+
+    /// What a stage's result means: forward the outputs, finish (delivered,
+    /// consumed, rejected, dead letter), or retry later.
+    fn classify(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        env: &Envelope,
+        result: Result<Done, CallError>,
+        micros: u64,
+    ) -> Completion {
+        let stage = env.stage;
         let hop = Hop {
             plugin: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
             digest: plugin.digest().to_owned(),
-            micros: started.elapsed().as_micros() as u64,
+            micros,
         };
         let mut trail = env.trail.clone();
         trail.push(hop);
@@ -1013,18 +1170,44 @@ pub(crate) fn load_plugin_from(
             .map(|(k, v)| (k.clone(), v.to_string()))
             .collect(),
         grants: entry.grants.clone(),
-        secrets: {
-            let mut values = config.secret_values()?;
-            for (asked, provided) in &entry.secrets {
-                let value = values.get(provided).cloned().with_context(|| {
-                    format!("plugin `{name}`: secrets.{asked} = `{provided}`, which [secrets] does not define")
-                })?;
-                values.insert(asked.clone(), value);
-            }
-            values
-        },
+        // Only the secrets mapped to this instance are read at all.
+        secrets: entry
+            .secrets
+            .0
+            .iter()
+            .map(|(asked, provided)| {
+                let value = config
+                    .secret(provided)
+                    .with_context(|| format!("plugin `{name}`: secrets.{asked} = `{provided}`"))?;
+                Ok((asked.clone(), value))
+            })
+            .collect::<anyhow::Result<_>>()?,
     };
-    Ok(Plugin::load(engine, storage, as_name, dir, &settings)?)
+    let plugin = Plugin::load(engine, storage, as_name, dir, &settings)?;
+    if let Some(pin) = &entry.digest
+        && pin != plugin.digest()
+    {
+        anyhow::bail!(
+            "the config pins version {pin}; {} holds {}",
+            dir.display(),
+            plugin.digest()
+        );
+    }
+    if entry.auth == crate::config::IngestAuth::Signature && plugin.kind() != Kind::Source {
+        anyhow::bail!(
+            "`auth = \"signature\"` is for source plugins; this is a {} plugin",
+            plugin.kind()
+        );
+    }
+    Ok(plugin)
+}
+
+/// The approval record of a version going live.
+fn approved_of(plugin: &Plugin) -> crate::storage::Approved {
+    crate::storage::Approved {
+        digest: plugin.digest().to_owned(),
+        grants: plugin.grants().clone(),
+    }
 }
 
 /// What ingress accepted.

@@ -28,6 +28,18 @@ pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("idempotency");
 /// Compiled components: component digest -> sha256 of the compiled artifact on disk.
 pub(crate) const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
+/// The approved version of each plugin instance: name -> encoded [`Approved`].
+pub(crate) const APPROVED: TableDefinition<&str, &[u8]> = TableDefinition::new("approved");
+
+/// The version of a plugin instance an operator approved (or that went live without
+/// widening the grants), and its effective grants then.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Approved {
+    /// The version's digest.
+    pub digest: String,
+    /// Its effective grants.
+    pub grants: tenon_registry::Grants,
+}
 
 /// A storage failure; the message says what was being done.
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +58,6 @@ pub enum StorageError {
     /// A stored record does not decode: a bug or a damaged file.
     #[error("storage: damaged record: {0}")]
     Decode(String),
-    /// A key-value write would take a namespace over its quota; nothing was written.
-    #[error("key-value quota of {quota} bytes exceeded ({used} bytes after this write)")]
-    QuotaExceeded {
-        /// Bytes the namespace would hold.
-        used: u64,
-        /// Its quota.
-        quota: u64,
-    },
     /// The transaction holding this write failed to commit: nothing in it is durable.
     #[error("storage: commit failed, nothing written: {0}")]
     CommitFailed(String),
@@ -150,6 +154,8 @@ impl Storage {
         txn.open_table(DEAD)?;
         txn.open_table(crate::events::EVENTS)?;
         txn.open_table(crate::audit::AUDIT)?;
+        txn.open_table(crate::auth::KEYS)?;
+        txn.open_table(APPROVED)?;
         txn.commit()?;
         Ok(())
     }
@@ -188,6 +194,28 @@ impl Storage {
         Ok(())
     }
 
+    /// The version of plugin instance `name` last approved, if any.
+    pub fn approved(&self, name: &str) -> Result<Option<Approved>, StorageError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(APPROVED)?;
+        table
+            .get(name)?
+            .map(|v| {
+                rmp_serde::from_slice(v.value()).map_err(|e| StorageError::Decode(e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// Record the approved version of plugin instance `name`.
+    pub fn set_approved(&self, name: &str, approved: &Approved) -> Result<(), StorageError> {
+        let bytes =
+            rmp_serde::to_vec_named(approved).map_err(|e| StorageError::Decode(e.to_string()))?;
+        let txn = self.db.begin_write()?;
+        txn.open_table(APPROVED)?.insert(name, bytes.as_slice())?;
+        txn.commit()?;
+        Ok(())
+    }
+
     /// The sha256 of the compiled artifact recorded for a component digest.
     pub(crate) fn compiled(&self, digest: &str) -> Result<Option<String>, StorageError> {
         let txn = self.db.begin_read()?;
@@ -198,6 +226,10 @@ impl Storage {
 
 /// One plugin's keys. The namespace is part of every key, so a plugin cannot name
 /// another plugin's keys whatever string it passes.
+///
+/// A plugin call reads through this view and buffers its writes in [`KvWrites`],
+/// which commit with the step's result ([`apply_kv`], in the queue's transaction):
+/// a call that traps, times out or fails leaves nothing behind.
 #[derive(Clone, Debug)]
 pub struct KvNamespace {
     storage: Storage,
@@ -206,7 +238,17 @@ pub struct KvNamespace {
 }
 
 impl KvNamespace {
-    /// The value under `key`.
+    /// The namespace (the plugin instance name).
+    pub fn name(&self) -> &str {
+        &self.namespace
+    }
+
+    /// The quota in bytes, if any.
+    pub fn quota(&self) -> Option<u64> {
+        self.quota
+    }
+
+    /// The committed value under `key`.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         let txn = self.storage.db.begin_read()?;
         let table = txn.open_table(KV)?;
@@ -215,42 +257,103 @@ impl KvNamespace {
             .map(|v| v.value().to_vec()))
     }
 
-    /// Store `value` under `key` (durably), within the namespace's quota.
-    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.write(key, Some(value))
+    /// Bytes (keys and values) the namespace holds, as committed.
+    pub fn usage(&self) -> Result<u64, StorageError> {
+        let txn = self.storage.db.begin_read()?;
+        let table = txn.open_table(KV_USAGE)?;
+        Ok(table.get(self.namespace.as_str())?.map_or(0, |v| v.value()))
     }
 
-    /// Remove `key`.
-    pub fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.write(key, None)
-    }
-
-    fn write(&self, key: &str, value: Option<&[u8]>) -> Result<(), StorageError> {
-        let ns = self.namespace.as_str();
-        let txn = self.storage.db.begin_write()?;
-        {
-            let mut table = txn.open_table(KV)?;
-            let mut usage = txn.open_table(KV_USAGE)?;
-            let entry = |v: usize| (key.len() + v) as u64;
-            let old = table.get((ns, key))?.map_or(0, |v| entry(v.value().len()));
-            let new = value.map_or(0, |v| entry(v.len()));
-            let used = usage.get(ns)?.map_or(0, |v| v.value());
-            let after = (used.saturating_sub(old)) + new;
-            if let Some(quota) = self.quota
-                && new > old
-                && after > quota
-            {
-                return Err(StorageError::QuotaExceeded { used: after, quota });
-            }
-            match value {
-                Some(value) => table.insert((ns, key), value)?,
-                None => table.remove((ns, key))?,
-            };
-            usage.insert(ns, after)?;
+    /// A fresh buffer of writes to this namespace.
+    pub fn writes(&self) -> KvWrites {
+        KvWrites {
+            namespace: self.namespace.clone(),
+            quota: self.quota,
+            writes: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Commit `writes` on their own (outside a step: tests, tools).
+    pub fn commit(&self, writes: &KvWrites) -> Result<(), StorageError> {
+        let txn = self.storage.db.begin_write()?;
+        apply_kv(&txn, writes)?;
         txn.commit()?;
         Ok(())
     }
+
+    /// Store `value` under `key` at once, within the quota (outside a step).
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        let mut writes = self.writes();
+        writes.put(key, Some(value.to_vec()));
+        self.commit(&writes)
+    }
+
+    /// Remove `key` at once (outside a step).
+    pub fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let mut writes = self.writes();
+        writes.put(key, None);
+        self.commit(&writes)
+    }
+}
+
+/// Writes of one plugin call to its namespace, not yet committed: `None` deletes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KvWrites {
+    namespace: String,
+    quota: Option<u64>,
+    writes: std::collections::BTreeMap<String, Option<Vec<u8>>>,
+}
+
+impl KvWrites {
+    /// Buffer a write (or, with `None`, a delete).
+    pub fn put(&mut self, key: &str, value: Option<Vec<u8>>) {
+        self.writes.insert(key.to_owned(), value);
+    }
+
+    /// What this call wrote under `key`: `Some(None)` when it deleted it, `None`
+    /// when it did not touch it.
+    pub fn get(&self, key: &str) -> Option<Option<&[u8]>> {
+        self.writes.get(key).map(Option::as_deref)
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// The bytes one entry takes against a quota.
+pub(crate) fn kv_entry_size(key: &str, value: Option<&[u8]>) -> u64 {
+    value.map_or(0, |v| (key.len() + v.len()) as u64)
+}
+
+/// Apply a call's writes in the caller's transaction, keeping the namespace's usage
+/// count. The quota was checked as the plugin wrote (against what was committed then);
+/// it is checked again here, so concurrent calls of one plugin can overshoot it by at
+/// most what they wrote together in one commit.
+pub(crate) fn apply_kv(
+    txn: &redb::WriteTransaction,
+    writes: &KvWrites,
+) -> Result<(), StorageError> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let ns = writes.namespace.as_str();
+    let mut table = txn.open_table(KV)?;
+    let mut usage = txn.open_table(KV_USAGE)?;
+    let mut used = usage.get(ns)?.map_or(0, |v| v.value());
+    for (key, value) in &writes.writes {
+        let old = table
+            .get((ns, key.as_str()))?
+            .map_or(0, |v| kv_entry_size(key, Some(v.value())));
+        match value {
+            Some(value) => table.insert((ns, key.as_str()), value.as_slice())?,
+            None => table.remove((ns, key.as_str()))?,
+        };
+        used = used.saturating_sub(old) + kv_entry_size(key, value.as_deref());
+    }
+    usage.insert(ns, used)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -276,19 +379,18 @@ mod tests {
     }
 
     #[test]
-    fn a_quota_caps_keys_and_values_together() {
+    fn usage_counts_keys_and_values_together() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path()).unwrap();
         let kv = storage.kv_with_quota("p", 20);
         kv.set("k1", &[0; 8]).unwrap(); // 10 bytes
+        assert_eq!(kv.usage().unwrap(), 10);
         kv.set("k1", &[0; 16]).unwrap(); // replaced: 18 bytes
-        let err = kv.set("k2", &[0; 2]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "key-value quota of 20 bytes exceeded (22 bytes after this write)"
-        );
-        assert_eq!(kv.get("k2").unwrap(), None, "nothing written");
-        kv.delete("k1").unwrap();
+        assert_eq!(kv.usage().unwrap(), 18);
         kv.set("k2", &[0; 2]).unwrap();
+        assert_eq!(kv.usage().unwrap(), 22, "committed writes are counted");
+        kv.delete("k1").unwrap();
+        assert_eq!(kv.usage().unwrap(), 4);
+        assert_eq!(kv.quota(), Some(20));
     }
 }

@@ -11,7 +11,16 @@
 //! refusal is kept for `tenon status` and the admin API. Editors that write a file in
 //! several steps are covered twice: events are debounced (a burst of writes is one
 //! reload) and a half-written component does not compile, so it is refused and the
-//! final write, a new event, loads the whole file.
+//! final write, a new event, loads the whole file. A manifest that names its
+//! component's digest is loaded only with that component, so a deploy that writes the
+//! two files one after the other, in either order, never runs one with the other's
+//! partner: until both are in place the load is refused and the live version stays.
+//!
+//! **Grant changes are approved.** A new version whose grants are wider than the live
+//! one's (an origin, a secret, kv, a larger limit) is not swapped in: it waits, shown
+//! by `tenon status`, until an operator approves it (`tenon plugin approve`, scope
+//! `plugins:promote`). An equal or narrower one swaps as before. The approved version
+//! of each instance is recorded, so a restart does not approve what is waiting.
 
 use crate::plugin::Plugin;
 use crate::queue::now_ms;
@@ -28,6 +37,19 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// A version waiting for an operator's approval, for operators.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingStatus {
+    /// Its version (from its manifest).
+    pub version: String,
+    /// Its digest.
+    pub digest: String,
+    /// How its grants go beyond the live version's.
+    pub widening: Vec<String>,
+    /// Since when it waits (ms since the Unix epoch).
+    pub since_ms: u64,
+}
+
 /// What a slot holds, for operators.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LiveStatus {
@@ -37,8 +59,14 @@ pub struct LiveStatus {
     pub kind: String,
     /// The live version (from its manifest).
     pub version: String,
-    /// The live component's digest.
+    /// The live version's digest (manifest and component).
     pub digest: String,
+    /// The live component's own digest.
+    pub component_digest: String,
+    /// Log lines the live version dropped over its budget.
+    pub log_lines_dropped: u64,
+    /// A version waiting for approval, if any.
+    pub pending: Option<PendingStatus>,
     /// When this version went live (ms since the Unix epoch).
     pub live_since_ms: u64,
     /// Versions swapped in since start.
@@ -61,6 +89,20 @@ pub enum Reload {
     },
     /// The files hold the version already live.
     Unchanged,
+    /// The new version asks for wider grants: it waits for an operator's approval.
+    Held {
+        /// Its digest.
+        digest: String,
+        /// How its grants go beyond the live version's.
+        widening: Vec<String>,
+    },
+}
+
+#[derive(Debug)]
+struct Pending {
+    plugin: Arc<Plugin>,
+    widening: Vec<String>,
+    since_ms: u64,
 }
 
 #[derive(Debug)]
@@ -70,6 +112,33 @@ struct Slot {
     swaps: u32,
     previous: Option<String>,
     refused: Option<Refusal>,
+    pending: Option<Pending>,
+}
+
+impl Slot {
+    fn new(plugin: Arc<Plugin>) -> Slot {
+        Slot {
+            live: plugin,
+            since_ms: now_ms(),
+            swaps: 0,
+            previous: None,
+            refused: None,
+            pending: None,
+        }
+    }
+
+    /// Make `plugin` live.
+    fn replace(&mut self, plugin: Arc<Plugin>) -> Reload {
+        let from = self.live.digest().to_owned();
+        let to = plugin.digest().to_owned();
+        self.previous = Some(from.clone());
+        self.live = plugin;
+        self.since_ms = now_ms();
+        self.swaps += 1;
+        self.refused = None;
+        self.pending = None;
+        Reload::Swapped { from, to }
+    }
 }
 
 /// The live version of every plugin instance.
@@ -79,19 +148,18 @@ pub struct PluginSlots {
 }
 
 impl PluginSlots {
-    /// Slots for the plugins loaded at start.
-    pub fn new(plugins: BTreeMap<String, Plugin>) -> PluginSlots {
-        let now = now_ms();
+    /// Slots for the plugins loaded at start, each with the version waiting for
+    /// approval, if any.
+    pub fn new(plugins: BTreeMap<String, (Plugin, Option<Plugin>)>) -> PluginSlots {
         let slots = plugins
             .into_iter()
-            .map(|(name, plugin)| {
-                let slot = Slot {
-                    live: Arc::new(plugin),
-                    since_ms: now,
-                    swaps: 0,
-                    previous: None,
-                    refused: None,
-                };
+            .map(|(name, (plugin, waiting))| {
+                let mut slot = Slot::new(Arc::new(plugin));
+                slot.pending = waiting.map(|w| Pending {
+                    widening: w.grants().widening(slot.live.grants()),
+                    plugin: Arc::new(w),
+                    since_ms: now_ms(),
+                });
                 (name, slot)
             })
             .collect();
@@ -105,8 +173,10 @@ impl PluginSlots {
         self.read().get(name).map(|s| s.live.clone())
     }
 
-    /// Put a loaded version in place of the live one, if it fits the slot.
-    pub fn swap(&self, name: &str, candidate: Plugin) -> Result<Reload, String> {
+    /// Put a loaded version in place of the live one, if it fits the slot. Unless
+    /// `approved` (an operator's own action), a version with wider grants than the live
+    /// one is held for approval instead.
+    pub fn swap(&self, name: &str, candidate: Plugin, approved: bool) -> Result<Reload, String> {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         let Some(slot) = slots.get_mut(name) else {
             return Err(format!("no plugin named `{name}`"));
@@ -124,40 +194,65 @@ impl PluginSlots {
             return Err(reason);
         }
         if candidate.digest() == slot.live.digest() {
+            // The directory holds the live version again: nothing waits any more.
+            slot.pending = None;
             return Ok(Reload::Unchanged);
         }
-        let from = slot.live.digest().to_owned();
-        let to = candidate.digest().to_owned();
-        slot.previous = Some(from.clone());
-        slot.live = Arc::new(candidate);
-        slot.since_ms = now_ms();
-        slot.swaps += 1;
-        slot.refused = None;
-        Ok(Reload::Swapped { from, to })
+        let widening = candidate.grants().widening(slot.live.grants());
+        if !approved && !widening.is_empty() {
+            let digest = candidate.digest().to_owned();
+            slot.pending = Some(Pending {
+                plugin: Arc::new(candidate),
+                widening: widening.clone(),
+                since_ms: now_ms(),
+            });
+            return Ok(Reload::Held { digest, widening });
+        }
+        Ok(slot.replace(Arc::new(candidate)))
+    }
+
+    /// Make the version waiting for approval live; the version it replaced.
+    pub fn approve(&self, name: &str) -> Result<(Reload, Arc<Plugin>), String> {
+        let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
+        let slot = slots
+            .get_mut(name)
+            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let pending = slot
+            .pending
+            .take()
+            .ok_or_else(|| format!("no version of `{name}` waits for approval"))?;
+        let plugin = pending.plugin.clone();
+        Ok((slot.replace(pending.plugin), plugin))
     }
 
     /// Put a plugin instance's version in place: a new slot, or a swap (a config
-    /// reload that adds an instance or changes its settings).
-    pub fn put(&self, plugin: Plugin) {
+    /// reload that adds an instance or changes its settings). Unless `approved`, a
+    /// new version with wider grants is held for approval instead.
+    pub fn put(&self, plugin: Plugin, approved: bool) -> Reload {
         let name = plugin.name().to_owned();
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         match slots.get_mut(&name) {
             Some(slot) => {
-                slot.previous = Some(slot.live.digest().to_owned());
-                slot.live = Arc::new(plugin);
-                slot.since_ms = now_ms();
-                slot.swaps += 1;
-                slot.refused = None;
+                let widening = plugin.grants().widening(slot.live.grants());
+                let new_files = plugin.digest() != slot.live.digest();
+                if !approved && new_files && !widening.is_empty() {
+                    let digest = plugin.digest().to_owned();
+                    slot.pending = Some(Pending {
+                        plugin: Arc::new(plugin),
+                        widening: widening.clone(),
+                        since_ms: now_ms(),
+                    });
+                    return Reload::Held { digest, widening };
+                }
+                slot.replace(Arc::new(plugin))
             }
             None => {
-                let slot = Slot {
-                    live: Arc::new(plugin),
-                    since_ms: now_ms(),
-                    swaps: 0,
-                    previous: None,
-                    refused: None,
-                };
-                slots.insert(name, slot);
+                let digest = plugin.digest().to_owned();
+                slots.insert(name, Slot::new(Arc::new(plugin)));
+                Reload::Swapped {
+                    from: String::new(),
+                    to: digest,
+                }
             }
         }
     }
@@ -182,6 +277,14 @@ impl PluginSlots {
                 kind: slot.live.kind().to_string(),
                 version: slot.live.version().to_owned(),
                 digest: slot.live.digest().to_owned(),
+                component_digest: slot.live.component_digest().to_owned(),
+                log_lines_dropped: slot.live.log_dropped().0,
+                pending: slot.pending.as_ref().map(|p| PendingStatus {
+                    version: p.plugin.version().to_owned(),
+                    digest: p.plugin.digest().to_owned(),
+                    widening: p.widening.clone(),
+                    since_ms: p.since_ms,
+                }),
                 live_since_ms: slot.since_ms,
                 swaps: slot.swaps,
                 previous: slot.previous.clone(),
@@ -288,7 +391,11 @@ pub fn watch(
 }
 
 /// Where the files of a version are kept: `<data-dir>/archive/<plugin>/<sha256 hex>/`.
-fn archive_dir(data_dir: &std::path::Path, name: &str, digest: &str) -> std::path::PathBuf {
+pub(crate) fn archive_dir(
+    data_dir: &std::path::Path,
+    name: &str,
+    digest: &str,
+) -> std::path::PathBuf {
     data_dir
         .join("archive")
         .join(name)
@@ -314,9 +421,17 @@ pub fn archive(data_dir: &std::path::Path, plugin: &Plugin) {
 use crate::runtime::Runtime;
 
 impl Runtime {
-    /// Make the version in `candidate` live: it is loaded and checked first, then
-    /// written into the plugin's directory (so a restart keeps it) and swapped in.
+    /// Make the version in `candidate` (a directory under one of the config's plugin
+    /// roots) live: it is loaded and checked first, then written into the plugin's
+    /// directory (so a restart keeps it) and swapped in. The operator's promotion is
+    /// the approval of its grants.
     pub fn promote(&self, name: &str, candidate: &std::path::Path) -> Result<Reload, String> {
+        let candidate = self.candidate_dir(candidate)?;
+        self.promote_from(name, &candidate)
+    }
+
+    /// Promote from a directory already checked (a candidate, or the archive).
+    fn promote_from(&self, name: &str, dir: &std::path::Path) -> Result<Reload, String> {
         let config = self.config();
         let entry = config
             .plugins
@@ -328,13 +443,34 @@ impl Runtime {
             self.storage(),
             name,
             name,
-            candidate,
+            dir,
         )
         .map_err(|e| format!("{e:#}"))?;
         loaded
             .write_files(&config.plugin_dir(entry))
             .map_err(|e| format!("cannot write the plugin directory: {e}"))?;
-        self.reload_plugin(name)
+        self.swap_in(name, Ok(loaded), true)
+    }
+
+    /// `dir`, resolved, if it lies under one of the config's plugin roots.
+    fn candidate_dir(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+        let resolved = dir
+            .canonicalize()
+            .map_err(|e| format!("candidate {}: {e}", dir.display()))?;
+        let roots = self.config().plugin_roots();
+        let inside = roots
+            .iter()
+            .filter_map(|root| root.canonicalize().ok())
+            .any(|root| resolved.starts_with(root));
+        if inside {
+            return Ok(resolved);
+        }
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(format!(
+            "candidate {} is outside the plugin roots ({}): candidates are taken only from there (server.plugin_roots)",
+            resolved.display(),
+            roots.join(", ")
+        ))
     }
 
     /// Put the version that was live before the current one back in place, from the
@@ -355,7 +491,7 @@ impl Runtime {
                 "version {previous} of `{name}` is not in the archive"
             ));
         }
-        self.promote(name, &dir)
+        self.promote_from(name, &dir)
     }
 
     /// Run a candidate version of the transform `name` beside its live version on the
@@ -380,14 +516,16 @@ impl Runtime {
             .position(|s| s == name)
             .filter(|&i| i + 1 < flow.stages.len())
             .ok_or_else(|| format!("`{name}` is not a transform step of flow `{}`", flow.name))?;
-        let scratch = format!("{name}~canary");
+        let candidate = self.candidate_dir(candidate)?;
+        // Both versions read the instance's own key-value data; neither writes it
+        // (a canary's writes are never committed).
         let load = |dir: &std::path::Path| {
             crate::runtime::load_plugin_from(
                 &self.config(),
                 self.engine(),
                 self.storage(),
                 name,
-                &scratch,
+                name,
                 dir,
             )
             .map_err(|e| format!("{e:#}"))
@@ -397,7 +535,7 @@ impl Runtime {
             .map(|p| p.digest().to_owned())
             .unwrap_or_default();
         let live = load(&archive_dir(self.data_dir(), name, &live_digest))?;
-        let candidate = load(candidate)?;
+        let candidate = load(&candidate)?;
         let before: Vec<Arc<Plugin>> = flow.stages[..stage]
             .iter()
             .filter_map(|s| self.plugin(s))

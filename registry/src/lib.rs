@@ -46,8 +46,16 @@ pub struct Manifest {
     /// The WIT world the component implements, with its version, e.g.
     /// `"tenon:plugin/transform@0.1.0"`; it must match `kind`.
     pub world: String,
-    /// The component file, relative to the manifest, e.g. `"cpq_source.wasm"`.
+    /// The component file: a plain file name in the plugin's directory (no
+    /// directories, no `..`), e.g. `"cpq_source.wasm"`.
     pub component: PathBuf,
+    /// The component's digest, e.g. `"sha256:3f5a..."` (as `tenon plugin audit`
+    /// prints it). When given, the manifest is loaded only with exactly that
+    /// component: a deploy that writes the two files one after the other, in either
+    /// order, never runs one with the other's partner. Recommended for every plugin
+    /// that is hot-swapped.
+    #[serde(default)]
+    pub component_digest: Option<String>,
     /// One line on what the plugin does, e.g. `"Salesforce CPQ quotes in"`.
     #[serde(default)]
     pub description: Option<String>,
@@ -70,6 +78,8 @@ pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 4 << 20;
 pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 4 << 20;
 /// Key-value quota when the manifest grants `kv` without naming one.
 pub const DEFAULT_KV_QUOTA_BYTES: u64 = 16 << 20;
+/// Largest HTTP request body a sink may send when the manifest names no limit.
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 4 << 20;
 
 /// Capabilities and limits a plugin asks for, in its manifest's `[grants]` table.
 /// Anything not asked for is denied: an interface not granted is not even linked.
@@ -80,11 +90,13 @@ pub const DEFAULT_KV_QUOTA_BYTES: u64 = 16 << 20;
 /// kv = true                      # transforms and sinks only
 /// kv_quota_bytes = 1048576
 /// config = ["url", "company"]    # config keys it reads besides its [config] defaults
-/// secrets = ["erp_token"]        # secrets it may read, by name
+/// secrets = ["erp_token"]        # secrets it needs, by name
+/// optional_secrets = ["api_key"] # secrets it can do without
 /// memory_mib = 64
 /// timeout_ms = 5000
 /// max_output_bytes = 4194304
 /// max_response_bytes = 4194304
+/// max_request_bytes = 4194304
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -108,10 +120,17 @@ pub struct Grants {
     /// for, e.g. `["url"]`. The operator may set only keys the plugin reads.
     #[serde(default)]
     pub config: Vec<String>,
-    /// Secrets the plugin may read, by name, e.g. `["erp_token"]`. The operator
-    /// provides them (from the environment or a file); a manifest never holds one.
+    /// Secrets the plugin needs, by name, e.g. `["erp_token"]`. The operator maps
+    /// each to one of the config's `[secrets]` (`[plugins.<name>] secrets = {
+    /// erp_token = "erp_de_token" }`); a plugin whose needed secret is not mapped is
+    /// refused at load. A manifest never holds a secret's value.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Secrets the plugin can do without, by name, e.g. `["api_key"]` for a
+    /// generic sink whose authentication is optional: mapped ones are provided,
+    /// others read as not provided.
+    #[serde(default)]
+    pub optional_secrets: Vec<String>,
     /// Most linear memory, in MiB, e.g. `64` (the default).
     #[serde(default = "default_memory")]
     pub memory_mib: u32,
@@ -127,6 +146,10 @@ pub struct Grants {
     /// default).
     #[serde(default = "default_max_response")]
     pub max_response_bytes: u64,
+    /// Largest HTTP request body a sink may send, in bytes, e.g. `4194304` (the
+    /// default).
+    #[serde(default = "default_max_request")]
+    pub max_request_bytes: u64,
 }
 
 fn default_kv_quota() -> u64 {
@@ -144,6 +167,9 @@ fn default_max_output() -> u64 {
 fn default_max_response() -> u64 {
     DEFAULT_MAX_RESPONSE_BYTES
 }
+fn default_max_request() -> u64 {
+    DEFAULT_MAX_REQUEST_BYTES
+}
 
 impl Default for Grants {
     fn default() -> Self {
@@ -153,10 +179,12 @@ impl Default for Grants {
             kv_quota_bytes: DEFAULT_KV_QUOTA_BYTES,
             config: Vec::new(),
             secrets: Vec::new(),
+            optional_secrets: Vec::new(),
             memory_mib: DEFAULT_MEMORY_MIB,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
     }
 }
@@ -178,7 +206,8 @@ pub struct Narrowing {
     pub kv: Option<bool>,
     /// A smaller key-value quota.
     pub kv_quota_bytes: Option<u64>,
-    /// A subset of the manifest's secrets.
+    /// A subset of the manifest's secrets (needed and optional): the others are
+    /// withdrawn.
     pub secrets: Option<Vec<String>>,
     /// A smaller memory limit, in MiB.
     pub memory_mib: Option<u32>,
@@ -188,6 +217,8 @@ pub struct Narrowing {
     pub max_output_bytes: Option<u64>,
     /// A smaller HTTP response cap, in bytes.
     pub max_response_bytes: Option<u64>,
+    /// A smaller HTTP request cap, in bytes.
+    pub max_request_bytes: Option<u64>,
 }
 
 impl Grants {
@@ -207,13 +238,15 @@ impl Grants {
             out.http = http.clone();
         }
         if let Some(secrets) = &operator.secrets {
-            if let Some(extra) = secrets.iter().find(|s| !self.secrets.contains(s)) {
+            let known = |s: &String| self.secrets.contains(s) || self.optional_secrets.contains(s);
+            if let Some(extra) = secrets.iter().find(|s| !known(s)) {
                 return Err(ManifestError::Widened {
                     grant: "secrets",
                     asked: extra.clone(),
                 });
             }
-            out.secrets = secrets.clone();
+            out.secrets.retain(|s| secrets.contains(s));
+            out.optional_secrets.retain(|s| secrets.contains(s));
         }
         if let Some(kv) = operator.kv {
             if kv && !self.kv {
@@ -255,7 +288,70 @@ impl Grants {
             self.max_response_bytes,
             operator.max_response_bytes,
         )?;
+        out.max_request_bytes = lower(
+            "max_request_bytes",
+            self.max_request_bytes,
+            operator.max_request_bytes,
+        )?;
         Ok(out)
+    }
+
+    /// Every secret the plugin may read: those it needs, then those it can do without.
+    pub fn all_secrets(&self) -> impl Iterator<Item = &String> {
+        self.secrets.iter().chain(&self.optional_secrets)
+    }
+
+    /// How these grants go beyond `live`'s: one line per widening (an origin no live
+    /// pattern covers, a secret, key-value storage, a larger limit); empty when they
+    /// are equal or narrower. A new version with wider grants waits for approval.
+    pub fn widening(&self, live: &Grants) -> Vec<String> {
+        let mut wider = Vec::new();
+        for pattern in &self.http {
+            let covered = live
+                .http
+                .iter()
+                .any(|l| glob_match(&with_default_port(l), &with_default_port(pattern)));
+            if !covered {
+                wider.push(format!("http: `{pattern}`"));
+            }
+        }
+        let live_secrets: Vec<&String> = live.all_secrets().collect();
+        for secret in self.all_secrets().filter(|s| !live_secrets.contains(s)) {
+            wider.push(format!("secret `{secret}`"));
+        }
+        if self.kv && !live.kv {
+            wider.push("kv".into());
+        }
+        let limits = [
+            ("kv_quota_bytes", self.kv_quota_bytes, live.kv_quota_bytes),
+            (
+                "memory_mib",
+                u64::from(self.memory_mib),
+                u64::from(live.memory_mib),
+            ),
+            ("timeout_ms", self.timeout_ms, live.timeout_ms),
+            (
+                "max_output_bytes",
+                self.max_output_bytes,
+                live.max_output_bytes,
+            ),
+            (
+                "max_response_bytes",
+                self.max_response_bytes,
+                live.max_response_bytes,
+            ),
+            (
+                "max_request_bytes",
+                self.max_request_bytes,
+                live.max_request_bytes,
+            ),
+        ];
+        for (name, new, old) in limits {
+            if new > old && (name != "kv_quota_bytes" || self.kv) {
+                wider.push(format!("{name}: {old} -> {new}"));
+            }
+        }
+        wider
     }
 
     /// Whether an outbound request to `origin` (`scheme://host:port`, port always
@@ -267,20 +363,59 @@ impl Grants {
             .any(|pattern| glob_match(&with_default_port(pattern), origin))
     }
 
-    /// The IP addresses and host names that the HTTP patterns name literally (no
-    /// wildcard in the host): the only non-public destinations a plugin may reach.
-    pub fn named_hosts(&self) -> Vec<String> {
+    /// The origins whose host the HTTP patterns name literally (no wildcard in the
+    /// host): the only way to a non-public destination, and only to that scheme and
+    /// port.
+    pub fn named_origins(&self) -> Vec<NamedOrigin> {
         self.http
             .iter()
             .filter_map(|pattern| {
-                let rest = pattern.split_once("://").map_or(pattern.as_str(), |p| p.1);
-                let host = match rest.strip_prefix('[') {
-                    Some(v6) => v6.split(']').next().unwrap_or_default(),
-                    None => rest.split(':').next().unwrap_or_default(),
+                let (scheme, rest) = pattern.split_once("://")?;
+                let (host, port) = match rest.strip_prefix('[') {
+                    Some(v6) => {
+                        let (host, after) = v6.split_once(']')?;
+                        (host, after.strip_prefix(':'))
+                    }
+                    None => match rest.split_once(':') {
+                        Some((host, port)) => (host, Some(port)),
+                        None => (rest, None),
+                    },
                 };
-                (!host.is_empty() && !host.contains('*')).then(|| host.to_ascii_lowercase())
+                if host.is_empty() || host.contains('*') {
+                    return None;
+                }
+                let scheme = scheme.to_ascii_lowercase();
+                let port = match port {
+                    Some("*") => None,
+                    Some(port) => Some(port.parse().ok()?),
+                    None => Some(if scheme == "https" { 443 } else { 80 }),
+                };
+                Some(NamedOrigin {
+                    scheme,
+                    host: host.to_ascii_lowercase(),
+                    port,
+                })
             })
             .collect()
+    }
+}
+
+/// An origin an HTTP grant names literally: `http://127.0.0.1:8000`,
+/// `http://localhost:*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedOrigin {
+    /// `http` or `https`.
+    pub scheme: String,
+    /// The host as written, lower-case: an IP address or a name such as `localhost`.
+    pub host: String,
+    /// The port; `None` when the pattern's port is `*`.
+    pub port: Option<u16>,
+}
+
+impl NamedOrigin {
+    /// Whether a request with this scheme and port is to this origin's scheme and port.
+    pub fn matches(&self, scheme: &str, port: u16) -> bool {
+        self.scheme.eq_ignore_ascii_case(scheme) && self.port.is_none_or(|p| p == port)
     }
 }
 
@@ -477,6 +612,31 @@ impl Manifest {
                 format!("`{}` is not a semver version like 1.2.3", self.version),
             ));
         }
+        let plain = {
+            let mut parts = self.component.components();
+            matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            )
+        };
+        if !plain {
+            return Err(field(
+                "component",
+                format!(
+                    "`{}` must be a file name in the plugin's directory (no directories, no `..`, not absolute)",
+                    self.component.display()
+                ),
+            ));
+        }
+        if let Some(digest) = &self.component_digest {
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(field(
+                    "component_digest",
+                    format!("`{digest}` is not `sha256:` and 64 hex digits"),
+                ));
+            }
+        }
         let expected = self.kind.world();
         if self.world != expected {
             return Err(field(
@@ -507,11 +667,12 @@ impl Manifest {
             ("grants.timeout_ms", self.grants.timeout_ms),
             ("grants.max_output_bytes", self.grants.max_output_bytes),
             ("grants.max_response_bytes", self.grants.max_response_bytes),
+            ("grants.max_request_bytes", self.grants.max_request_bytes),
         ];
         if let Some((name, _)) = limits.iter().find(|(_, v)| *v == 0) {
             return Err(field(name, "must be above 0".into()));
         }
-        for name in self.grants.config.iter().chain(&self.grants.secrets) {
+        for name in self.grants.config.iter().chain(self.grants.all_secrets()) {
             if name.is_empty() || name.chars().any(|c| c.is_whitespace()) {
                 return Err(field(
                     "grants",
@@ -646,17 +807,129 @@ http = ["http://*", "https://*.example.com"]
     }
 
     #[test]
-    fn named_hosts_are_the_literal_ones() {
+    fn named_origins_keep_scheme_and_port() {
         let grants = Grants {
             http: vec![
                 "http://127.0.0.1:*".into(),
                 "https://*.example.com".into(),
                 "http://[::1]:8080".into(),
                 "http://LocalHost".into(),
+                "https://10.0.0.7".into(),
             ],
             ..Grants::default()
         };
-        assert_eq!(grants.named_hosts(), ["127.0.0.1", "::1", "localhost"]);
+        let named: Vec<(String, String, Option<u16>)> = grants
+            .named_origins()
+            .into_iter()
+            .map(|o| (o.scheme, o.host, o.port))
+            .collect();
+        let o = |s: &str, h: &str, p: Option<u16>| (s.to_owned(), h.to_owned(), p);
+        assert_eq!(
+            named,
+            [
+                o("http", "127.0.0.1", None),
+                o("http", "::1", Some(8080)),
+                o("http", "localhost", Some(80)),
+                o("https", "10.0.0.7", Some(443)),
+            ]
+        );
+        let localhost = &grants.named_origins()[2];
+        assert!(localhost.matches("http", 80));
+        assert!(!localhost.matches("http", 8081), "another port");
+        assert!(!localhost.matches("https", 80), "another scheme");
+    }
+
+    #[test]
+    fn a_component_is_a_plain_file_name() {
+        for bad in ["../other/x.wasm", "/etc/x.wasm", "sub/x.wasm", "..", ""] {
+            let err = parse(&SINK.replace("http_sink.wasm", bad)).unwrap_err();
+            assert!(
+                err.to_string().contains("field `component`"),
+                "{bad}: {err}"
+            );
+        }
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let bound = parse(&SINK.replace(
+            "component = \"http_sink.wasm\"",
+            &format!("component = \"http_sink.wasm\"\ncomponent_digest = \"{digest}\""),
+        ))
+        .unwrap();
+        assert_eq!(bound.component_digest, Some(digest));
+        let err = parse(&SINK.replace(
+            "component = \"http_sink.wasm\"",
+            "component = \"http_sink.wasm\"\ncomponent_digest = \"md5:00\"",
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("field `component_digest`"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn widening_names_each_grant_beyond_the_live_one() {
+        let live = Grants {
+            http: vec![
+                "https://erp.example.com".into(),
+                "http://127.0.0.1:*".into(),
+            ],
+            secrets: vec!["token".into()],
+            ..Grants::default()
+        };
+        assert!(live.widening(&live).is_empty(), "equal is not wider");
+        let narrower = Grants {
+            http: vec!["http://127.0.0.1:8080".into()],
+            timeout_ms: 100,
+            ..live.clone()
+        };
+        assert!(
+            narrower.widening(&live).is_empty(),
+            "{:?}",
+            narrower.widening(&live)
+        );
+        let wider = Grants {
+            http: vec![
+                "https://erp.example.com:443".into(),
+                "https://*.example.com".into(),
+            ],
+            optional_secrets: vec!["api_key".into()],
+            kv: true,
+            memory_mib: live.memory_mib * 2,
+            ..live.clone()
+        };
+        assert_eq!(
+            wider.widening(&live),
+            [
+                "http: `https://*.example.com`",
+                "secret `api_key`",
+                "kv",
+                "memory_mib: 64 -> 128",
+            ]
+        );
+    }
+
+    #[test]
+    fn narrowing_secrets_covers_optional_ones() {
+        let grants = Grants {
+            secrets: vec!["token".into()],
+            optional_secrets: vec!["api_key".into()],
+            ..Grants::default()
+        };
+        let none = grants
+            .narrow(&Narrowing {
+                secrets: Some(vec![]),
+                ..Narrowing::default()
+            })
+            .unwrap();
+        assert_eq!(none.all_secrets().count(), 0);
+        let some = grants
+            .narrow(&Narrowing {
+                secrets: Some(vec!["api_key".into()]),
+                ..Narrowing::default()
+            })
+            .unwrap();
+        assert_eq!(some.optional_secrets, ["api_key"]);
+        assert!(some.secrets.is_empty());
     }
 
     #[test]

@@ -42,7 +42,7 @@ fi
 rm -rf "$home/db" "$home/ready"
 mkdir -p "$home/db"
 : >"$home/db/tenon.sqlite"
-printf 'admin\n' >"$home/admin-password"
+printf 'tenon-tryton-admin\n' >"$home/admin-password"
 cat >"$home/trytond.conf" <<CONF
 [database]
 uri = sqlite://

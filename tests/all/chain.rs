@@ -38,6 +38,8 @@ grants = {{ http = ["http://127.0.0.1:*"] }}
 path = "plugins/zuora-source"
 [plugins.stripe]
 path = "plugins/stripe-source"
+secrets = ["stripe_webhook_secret"]
+auth = "signature"
 [plugins.revenue]
 path = "plugins/revenue-schedule"
 [plugins.finance]

@@ -52,6 +52,7 @@ async fn every_acknowledged_quote_is_delivered_exactly_once_across_kill_9() {
         let mut load = tokio::task::JoinSet::new();
         for lane in 0..4 {
             let (base, answered, stop) = (tenon.base.clone(), answered.clone(), stop.clone());
+            let auth = format!("Bearer {}", tenon.token);
             let first = sent + lane * 10_000;
             load.spawn(async move {
                 let mut n = first;
@@ -60,7 +61,13 @@ async fn every_acknowledged_quote_is_delivered_exactly_once_across_kill_9() {
                     let body = template.replace("Q-00101", &number);
                     answered.lock().unwrap().insert(number.clone(), None);
                     let url = format!("{base}/v1/sources/cpq-source");
-                    let reply = client::post(&url, "application/json", body.into_bytes()).await;
+                    let reply = client::request(
+                        "POST",
+                        &url,
+                        &[("authorization", &auth)],
+                        Some(("application/json", body.into_bytes())),
+                    )
+                    .await;
                     if let Ok(reply) = reply
                         && reply.status == 202
                     {

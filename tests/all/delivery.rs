@@ -1,7 +1,7 @@
 //! Delivery guarantees: idempotent ingress, and sinks that never deliver a message
 //! twice once its outcome is recorded.
 
-use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
+use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
 use tenon::client;
 use tenon::config::Config;
 use tenon::demo::mock_erp::MockErp;
@@ -15,11 +15,13 @@ async fn an_idempotency_key_accepts_a_payload_once() {
     ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
     let tenon = Tenon::start(&ws);
     let url = format!("{}/v1/sources/cpq-source", tenon.base);
+    let auth = format!("Bearer {}", tenon.token);
     let send = |key: Option<&'static str>, body: &'static str| {
-        let url = url.clone();
+        let (url, auth) = (url.clone(), auth.clone());
         async move {
-            let headers: Vec<(&str, &str)> =
+            let mut headers: Vec<(&str, &str)> =
                 key.map(|k| ("idempotency-key", k)).into_iter().collect();
+            headers.push(("authorization", &auth));
             client::request(
                 "POST",
                 &url,
@@ -84,15 +86,20 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
     let ws = Workspace::new();
     let path = ws.write_config(&quote_to_cash_config(&erp.orders_url(), ""));
     let config = Config::load(&path).unwrap();
-    let server = Server::start(config, &ws.data_dir(), "127.0.0.1:0".parse().ok())
-        .await
-        .unwrap();
+    let local = "127.0.0.1:0".parse().ok();
+    let listen = tenon::server::Listen {
+        ingest: local,
+        admin: local,
+    };
+    let server = Server::start(config, &ws.data_dir(), listen).await.unwrap();
     let runtime = server.runtime.clone();
+    let token = std::fs::read_to_string(server.admin_key_file.as_ref().unwrap()).unwrap();
 
-    let reply = client::post(
+    let reply = client::request(
+        "POST",
         &format!("http://{}/v1/sources/cpq-source", server.addr),
-        "application/json",
-        sample("plain.json").as_bytes().to_vec(),
+        &[("authorization", &format!("Bearer {}", token.trim()))],
+        Some(("application/json", sample("plain.json").as_bytes().to_vec())),
     )
     .await
     .unwrap();
@@ -179,7 +186,7 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     tenon.settled(&plain).await;
     tenon.settled(&bundle).await;
 
-    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "list"]);
+    let (ok, out, _) = tenon.cli(&["dlq", "list"]);
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
@@ -193,7 +200,7 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     }
 
     let plain_order = format!("{plain}.0");
-    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "show", &plain_order]);
+    let (ok, out, _) = tenon.cli(&["dlq", "show", &plain_order]);
     assert!(ok);
     let shown: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(shown["key"], "Q-00101");
@@ -211,7 +218,7 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
 
     // The ERP is back: the redriven order is delivered, once.
     erp.set_unavailable(false);
-    let (ok, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "redrive", &plain_order]);
+    let (ok, out, _) = tenon.cli(&["dlq", "redrive", &plain_order]);
     assert!(ok);
     assert_eq!(out.trim(), format!("redrive {plain_order}: done"));
     let status = tenon.settled(&plain).await;
@@ -222,16 +229,9 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     assert_eq!(erp.received().len(), 1);
 
     let bundle_orders = [format!("{bundle}.0"), format!("{bundle}.1")];
-    let (ok, _, _) = tenon_cli(&[
-        "dlq",
-        "--server",
-        &tenon.base,
-        "discard",
-        &bundle_orders[0],
-        &bundle_orders[1],
-    ]);
+    let (ok, _, _) = tenon.cli(&["dlq", "discard", &bundle_orders[0], &bundle_orders[1]]);
     assert!(ok);
-    let (_, out, _) = tenon_cli(&["dlq", "--server", &tenon.base, "list"]);
+    let (_, out, _) = tenon.cli(&["dlq", "list"]);
     assert_eq!(out.trim(), "no dead letters");
     let status = tenon.settled(&bundle).await;
     assert!(
@@ -239,7 +239,7 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
         "the outcome stays recorded"
     );
 
-    let (ok, _, err) = tenon_cli(&["dlq", "--server", &tenon.base, "redrive", "nope"]);
+    let (ok, _, err) = tenon.cli(&["dlq", "redrive", "nope"]);
     assert!(!ok);
     assert_eq!(err.trim(), "redrive nope: no dead letter with id `nope`");
 }
@@ -277,15 +277,7 @@ async fn replay_reruns_accepted_messages_without_duplicating_effects() {
     assert_eq!(events["events"][2]["reasons"].as_array().unwrap().len(), 3);
 
     let before: Vec<u64> = outcome_times(&tenon, &roots).await;
-    let (ok, out, err) = tenon_cli(&[
-        "replay",
-        "--flow",
-        "quote-to-order",
-        "--from",
-        "1",
-        "--server",
-        &tenon.base,
-    ]);
+    let (ok, out, err) = tenon.cli(&["replay", "--flow", "quote-to-order", "--from", "1"]);
     assert!(ok, "{err}");
     assert_eq!(
         out.trim(),
@@ -312,29 +304,13 @@ async fn replay_reruns_accepted_messages_without_duplicating_effects() {
 
     // A time bound: nothing was accepted after now.
     let now = "2100-01-01T00:00:00Z";
-    let (ok, out, _) = tenon_cli(&[
-        "replay",
-        "--flow",
-        "quote-to-order",
-        "--from",
-        now,
-        "--server",
-        &tenon.base,
-    ]);
+    let (ok, out, _) = tenon.cli(&["replay", "--flow", "quote-to-order", "--from", now]);
     assert!(ok);
     assert_eq!(
         out.trim(),
         "replayed 0 messages of flow quote-to-order (offsets [])"
     );
-    let (ok, _, err) = tenon_cli(&[
-        "replay",
-        "--flow",
-        "nope",
-        "--from",
-        "1",
-        "--server",
-        &tenon.base,
-    ]);
+    let (ok, _, err) = tenon.cli(&["replay", "--flow", "nope", "--from", "1"]);
     assert!(!ok);
     assert_eq!(err.trim(), "error: no flow named `nope`");
 }
@@ -361,13 +337,15 @@ async fn a_source_derived_key_accepts_a_quote_revision_once() {
             &format!("\"Name\": \"Q-00101\",\n    \"LastModifiedDate\": \"{stamp}\","),
         )
     };
-    let post = |body: String| {
-        let url = format!("{}/v1/sources/cpq-source", tenon.base);
-        async move {
-            client::post(&url, "application/json", body.into_bytes())
-                .await
-                .unwrap()
-        }
+    let tenon = &tenon;
+    let post = |body: String| async move {
+        tenon
+            .post(
+                "/v1/sources/cpq-source",
+                "application/json",
+                body.as_bytes(),
+            )
+            .await
     };
     let first = post(revision("2026-11-20T10:15:00.000+0000")).await;
     let retry = post(revision("2026-11-20T10:15:00.000+0000")).await;

@@ -38,7 +38,7 @@ fn compiled_components_are_cached_and_verified() {
         let engine = Engine::new(storage.clone(), &data).unwrap();
         let plugin =
             Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
-        plugin.digest().to_owned()
+        plugin.component_digest().to_owned()
     };
     let hex = digest.trim_start_matches("sha256:");
     let cached: Vec<_> = std::fs::read_dir(data.join("cache"))
@@ -54,7 +54,7 @@ fn compiled_components_are_cached_and_verified() {
     let storage = Storage::open(&data).unwrap();
     let engine = Engine::new(storage.clone(), &data).unwrap();
     let plugin = Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
-    assert_eq!(plugin.digest(), digest);
+    assert_eq!(plugin.component_digest(), digest);
     assert_ne!(
         std::fs::read(&cached[0]).unwrap(),
         b"not a compiled component"
@@ -171,7 +171,9 @@ async fn a_plugin_never_sees_another_plugins_keys() {
     };
     let mut secret = message();
     secret.body = b"customer master of plugin a".to_vec();
-    load("a", "kv-put").transform(&secret).await.unwrap();
+    // A step's writes are committed with its result.
+    let written = load("a", "kv-put").transform_step(&secret).await.unwrap();
+    storage.kv("a").commit(&written.kv.unwrap()).unwrap();
 
     // Another plugin asking for the very same key gets nothing...
     let out = load("b", "kv-get").transform(&message()).await.unwrap();

@@ -70,9 +70,11 @@ grants = {{ max_output_bytes = 1048576 }}
 path = "plugins/misbehave"
 config = {{ mode = "secret", secret = "root_password" }}
 grants = {{ secrets = ["erp_token"] }}
+secrets = ["erp_token"]
 [plugins.leak]
 path = "plugins/misbehave"
 config = {{ mode = "leak", secret = "erp_token" }}
+secrets = ["erp_token"]
 [plugins.victim]
 path = "plugins/misbehave"
 config = {{ mode = "kv-put" }}
@@ -304,15 +306,8 @@ async fn hostile_plugins_are_contained_with_exact_errors() {
     );
 
     // The CLI reads the same log.
-    let (ok, stdout, stderr) = tenon_cli(&[
-        "audit",
-        "--server",
-        &tenon.base,
-        "--plugin",
-        "to-metadata",
-        "--decision",
-        "deny",
-    ]);
+    let (ok, stdout, stderr) =
+        tenon.cli(&["audit", "--plugin", "to-metadata", "--decision", "deny"]);
     assert!(ok, "{stderr}");
     assert!(
         stdout.contains("deny  to-metadata      http     http://169.254.169.254:80 (169.254.169.254): `169.254.169.254` resolves to 169.254.169.254, a cloud metadata address, which no grant names"),
@@ -415,8 +410,18 @@ fn the_audit_of_each_first_party_plugin() {
         let mut report: Value = serde_json::from_str(&stdout).unwrap();
         // The digest changes with every build; it must be the component's.
         let wasm = std::fs::read(component_of(&dir)).unwrap();
-        assert_eq!(report["digest"], tenon::engine::digest(&wasm));
+        let manifest = std::fs::read(dir.join("plugin.toml")).unwrap();
+        assert_eq!(
+            report["digest"],
+            tenon::plugin::version_digest(&manifest, &wasm)
+        );
+        assert_eq!(report["component_digest"], tenon::engine::digest(&wasm));
+        assert_eq!(
+            report["component_bound"], true,
+            "first-party manifests name their component"
+        );
         report["digest"] = json!("<digest>");
+        report["component_digest"] = json!("<digest>");
         // wasi interface versions follow the toolchain; compare the interface names.
         for import in report["imports"].as_array_mut().unwrap() {
             let name = import["name"].as_str().unwrap();

@@ -57,7 +57,14 @@ pub fn quote_to_cash_config(erp_url: &str, extra: &str) -> String {
 /// A running `tenon run` process; killed (SIGKILL) when dropped.
 pub struct Tenon {
     child: Child,
+    /// Ingestion: `/v1/sources/*`, `/healthz`.
     pub base: String,
+    /// The admin API.
+    pub admin: String,
+    /// The admin key's token (every scope), which the first start wrote.
+    pub token: String,
+    /// Where that token is.
+    pub token_file: PathBuf,
 }
 
 impl Tenon {
@@ -69,7 +76,14 @@ impl Tenon {
             .open(ws.path().join("tenon.log"))
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
-            .args(["run", "--listen", "127.0.0.1:0", "--config"])
+            .args([
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--config",
+            ])
             .arg(ws.path().join("tenon.toml"))
             .arg("--data-dir")
             .arg(ws.data_dir())
@@ -81,21 +95,66 @@ impl Tenon {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            let mut admin = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("tenon admin API on ") {
+                    admin = Some(addr.to_owned());
+                }
                 if let Some(addr) = line.strip_prefix("tenon listening on ") {
-                    let _ = tx.send(addr.to_owned());
+                    let _ = tx.send((addr.to_owned(), admin.clone().unwrap_or_default()));
                 }
             }
         });
-        let base = match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(base) => base,
+        let (base, admin) = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(addrs) => addrs,
             Err(_) => {
                 let _ = child.kill();
                 let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap_or_default();
                 panic!("tenon did not start listening; its log:\n{log}");
             }
         };
-        Tenon { child, base }
+        let token_file = ws.data_dir().join("admin.key");
+        let token = std::fs::read_to_string(&token_file)
+            .expect("the first start writes the admin key")
+            .trim()
+            .to_owned();
+        Tenon {
+            child,
+            base,
+            admin,
+            token,
+            token_file,
+        }
+    }
+
+    /// The listener a path belongs to: ingestion or the admin API.
+    pub fn url(&self, path: &str) -> String {
+        if path.starts_with("/v1/sources/") || path == "/healthz" {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}", self.admin)
+        }
+    }
+
+    /// A request to the right listener with the admin key (which holds every scope).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> client::Response {
+        let auth = format!("Bearer {}", self.token);
+        client::request(method, &self.url(path), &[("authorization", &auth)], body)
+            .await
+            .expect("request")
+    }
+
+    /// Run the `tenon` CLI against this server's admin API, with its admin key.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let token_file = self.token_file.to_string_lossy().into_owned();
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--server", &self.admin, "--token-file", &token_file]);
+        tenon_cli(&all)
     }
 
     /// Kill the process at once (SIGKILL), as a crash would.
@@ -105,15 +164,12 @@ impl Tenon {
     }
 
     pub async fn post(&self, path: &str, content_type: &str, body: &[u8]) -> client::Response {
-        client::post(&format!("{}{path}", self.base), content_type, body.to_vec())
+        self.request("POST", path, Some((content_type, body.to_vec())))
             .await
-            .expect("post")
     }
 
     pub async fn get(&self, path: &str) -> client::Response {
-        client::get(&format!("{}{path}", self.base))
-            .await
-            .expect("get")
+        self.request("GET", path, None).await
     }
 
     /// POST a quote to the CPQ source; return the accepted ids (asserting 202).

@@ -9,7 +9,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tenon::client;
 use tenon::demo::mock_erp::MockErp;
-use tenon::engine::digest;
 
 /// A version of the stamping fixture: its manifest version and component bytes.
 struct Version {
@@ -30,7 +29,7 @@ impl Version {
     }
 
     fn digest(&self) -> String {
-        digest(&self.wasm)
+        tenon::plugin::version_digest(manifest(self.number).as_bytes(), &self.wasm)
     }
 
     /// Install this version as the live files of `dir`: the component, then the manifest.
@@ -107,15 +106,17 @@ async fn twenty_swaps_under_load_lose_and_duplicate_nothing() {
     let mut load = tokio::task::JoinSet::new();
     for lane in 0..2 {
         let (base, answered, stop) = (tenon.base.clone(), answered.clone(), stop.clone());
+        let auth = format!("Bearer {}", tenon.token);
         load.spawn(async move {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
                 let number = format!("Q-S{lane}-{n:05}");
                 let body = sample("plain.json").replace("Q-00101", &number);
-                let reply = client::post(
+                let reply = client::request(
+                    "POST",
                     &format!("{base}/v1/sources/cpq-source"),
-                    "application/json",
-                    body.into_bytes(),
+                    &[("authorization", &auth)],
+                    Some(("application/json", body.into_bytes())),
                 )
                 .await
                 .unwrap();
@@ -232,7 +233,7 @@ async fn a_half_written_plugin_never_goes_live() {
     assert_eq!(live["previous"], b.digest().as_str());
 
     // The status command shows it too.
-    let (ok, out, _) = crate::support::tenon_cli(&["status", "--server", &tenon.base]);
+    let (ok, out, _) = tenon.cli(&["status"]);
     assert!(ok);
     let line = out.lines().find(|l| l.starts_with("stamp ")).unwrap();
     assert!(
@@ -254,11 +255,10 @@ async fn a_candidate_is_tried_on_recorded_traffic_then_promoted_and_rolled_back(
         tenon.settled(&id).await;
     }
     assert_eq!(erp.orders(), 3);
-    let server = tenon.base.clone();
     let cli = |args: &[&str]| {
-        let mut all = vec!["plugin", "--server", server.as_str()];
+        let mut all = vec!["plugin"];
         all.extend_from_slice(args);
-        crate::support::tenon_cli(&all)
+        tenon.cli(&all)
     };
     let candidate_b = ws.path().join("plugins/stamp-b");
     let candidate_b = candidate_b.to_str().unwrap();
@@ -316,16 +316,21 @@ async fn a_candidate_is_tried_on_recorded_traffic_then_promoted_and_rolled_back(
     // Promote B: live, and written into the plugin's directory for the next start.
     let (ok, out, err) = cli(&["promote", "stamp", "--candidate", candidate_b]);
     assert!(ok, "{err}");
+    // The candidate's version is its own manifest with B's component.
+    let b_digest = tenon::plugin::version_digest(
+        &std::fs::read(Path::new(candidate_b).join("plugin.toml")).unwrap(),
+        &b.wasm,
+    );
     assert_eq!(
         out.trim(),
-        format!("stamp: {} -> {} live", a.digest(), b.digest())
+        format!("stamp: {} -> {b_digest} live", a.digest())
     );
     assert_eq!(std::fs::read(dir.join("stamp_b.wasm")).unwrap(), b.wasm);
     let (ok, out, _) = cli(&["rollback", "stamp"]);
     assert!(ok);
     assert_eq!(
         out.trim(),
-        format!("stamp: {} -> {} live", b.digest(), a.digest())
+        format!("stamp: {b_digest} -> {} live", a.digest())
     );
     let status = wait_status(&tenon, "A back", |s| s["digest"] == a.digest().as_str()).await;
     assert_eq!(status["version"], "1.0.0");

@@ -24,7 +24,8 @@ impl Drop for Tryton {
 }
 
 const DATABASE: &str = "tenon";
-const PASSWORD: &str = "admin";
+/// The admin password the set-up gives Tryton (secrets shorter than 8 bytes are refused).
+const PASSWORD: &str = "tenon-tryton-admin";
 
 impl Tryton {
     async fn start() -> Tryton {
@@ -208,6 +209,7 @@ path = "plugins/cpq-source"
 path = "plugins/quote-to-order"
 [plugins.tryton]
 path = "plugins/tryton-sink"
+secrets = ["tryton_password"]
 config = {{ url = "{tryton_url}", database = "{DATABASE}" }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
 

@@ -133,6 +133,38 @@ const EXAMPLE_TARGET: &str = "http://127.0.0.1:9400";
 /// How long the demo waits for every input to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Create an `ingest:*` key through the admin API, with the admin key the server's
+/// first start wrote; its token.
+async fn demo_client_key(server: &Server) -> anyhow::Result<String> {
+    let file = server
+        .admin_key_file
+        .as_ref()
+        .context("the demo's fresh data directory should have got an admin key")?;
+    let admin = std::fs::read_to_string(file)?;
+    let reply = crate::client::request(
+        "POST",
+        &format!("http://{}/v1/keys", server.admin_addr),
+        &[("authorization", &format!("Bearer {}", admin.trim()))],
+        Some((
+            "application/json",
+            serde_json::json!({ "name": "demo-senders", "scopes": ["ingest:*"] })
+                .to_string()
+                .into_bytes(),
+        )),
+    )
+    .await?;
+    anyhow::ensure!(
+        reply.status == 201,
+        "cannot create the demo's ingest key: HTTP {}: {}",
+        reply.status,
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply.json()?["token"]
+        .as_str()
+        .map(str::to_owned)
+        .context("the key's token is missing from the reply")
+}
+
 /// Run the demo; `Ok(true)` when every input ended as expected.
 pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     let dir = data_dir.join("demo");
@@ -161,7 +193,11 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     println!("  work dir   {}", dir.display());
     println!("  mock ERP   {mock} (/de/orders, /fr/orders, /finance/events)");
     let started = Instant::now();
-    let listen = "127.0.0.1:0".parse().ok();
+    let local = "127.0.0.1:0".parse().ok();
+    let listen = crate::server::Listen {
+        ingest: local,
+        admin: local,
+    };
     let server = Server::start(config, &dir.join("data"), listen).await?;
     let plugins = server.runtime.config().plugins.len();
     let flows = server.runtime.flows().len();
@@ -170,15 +206,25 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
         server.addr,
         started.elapsed().as_millis()
     );
+    // As a real deployment would: the operator's admin key (written by the first
+    // start) creates a key for the partner systems, scoped to ingestion only.
+    let ingest_token = demo_client_key(&server).await?;
+    println!(
+        "  admin API  http://{} (an ingest-only key was created for the senders)",
+        server.admin_addr
+    );
     println!();
 
     let mut sent = Vec::new();
     for (source, file, body, expect) in INPUTS {
         let url = format!("http://{}/v1/sources/{source}", server.addr);
         let signature = stripe_signature(DEMO_STRIPE_SECRET, body.as_bytes());
+        let bearer = format!("Bearer {ingest_token}");
+        // Stripe signs its webhooks (the source is declared `auth = "signature"`):
+        // it sends no key; the others send theirs.
         let headers: Vec<(&str, &str)> = match *source {
             "stripe" => vec![("stripe-signature", signature.as_str())],
-            _ => Vec::new(),
+            _ => vec![("authorization", bearer.as_str())],
         };
         let reply = crate::client::request(
             "POST",
