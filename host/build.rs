@@ -24,7 +24,13 @@ const FIRST_PARTY: &[&str] = &[
     "canonical-source",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
-const FIXTURES: &[&str] = &["misbehave", "hostile-sink", "stamp-a", "stamp-b"];
+const FIXTURES: &[&str] = &[
+    "misbehave",
+    "hostile-sink",
+    "leaky-source",
+    "stamp-a",
+    "stamp-b",
+];
 
 fn main() -> Result<(), Box<dyn Error>> {
     let host = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);

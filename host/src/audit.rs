@@ -139,7 +139,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl AuditLog {
     /// Start the writer for `db`.
     pub(crate) fn start(db: Arc<Database>) -> Result<AuditLog, StorageError> {
-        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(AUDIT_CHANNEL_CAPACITY);
+        AuditLog::with_capacity(db, AUDIT_CHANNEL_CAPACITY)
+    }
+
+    fn with_capacity(db: Arc<Database>, capacity: usize) -> Result<AuditLog, StorageError> {
+        let (tx, rx) = mpsc::sync_channel::<AuditRecord>(capacity);
         let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = dropped.clone();
@@ -311,4 +315,69 @@ pub(crate) fn sweep(db: &Database, before_ms: u64) -> Result<usize, StorageError
     }
     txn.commit()?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: u64) -> AuditRecord {
+        AuditRecord {
+            seq: 0,
+            at_ms: n,
+            plugin: "p".into(),
+            digest: String::new(),
+            key: None,
+            capability: "http".into(),
+            target: format!("t{n}"),
+            decision: Decision::Deny,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn a_full_channel_drops_counts_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Database::create(dir.path().join("a.redb")).unwrap());
+        {
+            let txn = db.begin_write().unwrap();
+            txn.open_table(AUDIT).unwrap();
+            txn.open_table(crate::storage::META).unwrap();
+            txn.commit().unwrap();
+        }
+        let log = AuditLog::with_capacity(db.clone(), 4).unwrap();
+        // Hold the database's write lock: the writer takes one record and waits.
+        let blocker = db.begin_write().unwrap();
+        for n in 0..20 {
+            log.record(record(n));
+        }
+        assert!(log.dropped() >= 20 - 4 - 1, "{} dropped", log.dropped());
+        drop(blocker);
+        log.flush();
+        log.flush();
+        let all = query(
+            &db,
+            &AuditQuery {
+                limit: Some(100),
+                ..AuditQuery::default()
+            },
+        )
+        .unwrap();
+        let kept = all.iter().filter(|r| r.plugin == "p").count() as u64;
+        assert_eq!(kept + log.dropped(), 20, "every record is kept or counted");
+        let note = all
+            .iter()
+            .find(|r| r.capability == "audit")
+            .expect("a record says how many were dropped");
+        assert_eq!(
+            note.reason.as_deref(),
+            Some(
+                format!(
+                    "{} records dropped: the audit log could not keep up",
+                    log.dropped()
+                )
+                .as_str()
+            )
+        );
+    }
 }

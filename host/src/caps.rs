@@ -357,7 +357,8 @@ impl PluginState {
                 "log lines",
                 Decision::Deny,
                 Some(format!(
-                    "{lines} lines ({bytes} bytes) dropped: over {LOG_BYTES_PER_CALL} bytes a call or {LOG_BYTES_PER_MINUTE} bytes a minute (later drops this minute are only counted)"
+                    "{lines} line{} ({bytes} bytes) dropped: over {LOG_BYTES_PER_CALL} bytes a call or {LOG_BYTES_PER_MINUTE} bytes a minute (later drops this minute are only counted)",
+                    if lines == 1 { "" } else { "s" }
                 )),
             );
         }
@@ -772,5 +773,59 @@ impl WasiHttpHooks for HttpGrants {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(memory_mib: u32) -> (tempfile::TempDir, Arc<PluginContext>) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = crate::storage::Storage::open(dir.path()).unwrap();
+        let ctx = PluginContext {
+            name: "p".into(),
+            version: "0.1.0".into(),
+            digest: "sha256:0".into(),
+            config: BTreeMap::new(),
+            readable_config: BTreeSet::new(),
+            grants: Grants {
+                memory_mib,
+                ..Grants::default()
+            },
+            secrets: BTreeMap::new(),
+            redactor: Redactor::default(),
+            audit: storage.audit().clone(),
+            egress: None,
+            logs: LogBudget::default(),
+        };
+        (dir, Arc::new(ctx))
+    }
+
+    #[test]
+    fn the_memory_limit_covers_all_of_a_stores_memories() {
+        let (_dir, ctx) = context(16);
+        let mut state = PluginState::new(ctx, None);
+        let limiter = state.limiter();
+        let mib = |n: usize| n << 20;
+        // Two memories of 10 MiB each would be 20 MiB: the second is refused.
+        assert!(limiter.memory_growing(0, mib(10), None).unwrap());
+        assert!(!limiter.memory_growing(0, mib(10), None).unwrap());
+        // Growing the first within the limit is fine, past it is not.
+        assert!(limiter.memory_growing(mib(10), mib(16), None).unwrap());
+        assert!(!limiter.memory_growing(mib(16), mib(17), None).unwrap());
+        assert!(matches!(
+            state.violations().first(),
+            Some(Violation::Limit(reason)) if reason.starts_with("memory limit of 16 MiB reached")
+        ));
+    }
+
+    #[test]
+    fn guest_chosen_names_are_cut_before_they_are_recorded() {
+        let long = "k".repeat(10_000);
+        let cut = bounded(&long);
+        assert!(cut.len() < 300, "{}", cut.len());
+        assert!(cut.ends_with("... (10000 bytes)"));
+        assert_eq!(bounded("short"), "short");
     }
 }

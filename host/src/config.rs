@@ -541,6 +541,11 @@ impl Config {
             .collect()
     }
 
+    /// The sha256 of the config file's text, as `sha256:<hex>`: which config is live.
+    pub fn digest(&self) -> String {
+        crate::engine::digest(self.text.as_bytes())
+    }
+
     /// A plugin entry's directory, resolved against the config file's directory.
     pub fn plugin_dir(&self, entry: &PluginEntry) -> PathBuf {
         let base = self.path.parent().unwrap_or(Path::new("."));

@@ -62,9 +62,11 @@ impl AddressPolicy {
     }
 
     /// Why `ip:port` may not be reached over `scheme`, or `None` when it may.
-    pub fn refusal(&self, scheme: &str, ip: IpAddr, port: u16) -> Option<&'static str> {
+    pub fn refusal(&self, scheme: &str, ip: IpAddr, port: u16) -> Option<String> {
         if self.own.reaches(SocketAddr::new(ip, port)) {
-            return Some("one of this Tenon's own listeners");
+            return Some(format!(
+                "port {port} of this host, where Tenon itself listens: no plugin may reach it"
+            ));
         }
         let class = special_class(ip)?;
         let named = self.named.iter().any(|o| {
@@ -72,7 +74,7 @@ impl AddressPolicy {
                 && (o.host.parse::<IpAddr>().is_ok_and(|n| n == ip)
                     || (o.host == "localhost" && ip.is_loopback()))
         });
-        (!named).then_some(class)
+        (!named).then(|| format!("{class}, which no grant names on {scheme} port {port}"))
     }
 }
 
@@ -174,14 +176,14 @@ fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
 
 /// An address the policy refused; found in a client error's source chain.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("`{host}` resolves to {ip}, {why}, which no grant names")]
+#[error("`{host}` resolves to {ip}, {why}")]
 pub struct Prohibited {
     /// The host name asked for.
     pub host: String,
     /// The first refused address.
     pub ip: IpAddr,
-    /// What kind of address it is.
-    pub why: &'static str,
+    /// Why it may not be reached.
+    pub why: String,
 }
 
 /// One plugin version's outbound HTTP client.
@@ -605,11 +607,15 @@ mod tests {
         own.add("127.0.0.1:8081".parse().unwrap());
         own.add("0.0.0.0:8080".parse().unwrap());
         let policy = AddressPolicy::new(&grants(&["http://127.0.0.1:*", "http://*"]), own);
-        let why = Some("one of this Tenon's own listeners");
-        assert_eq!(policy.refusal("http", ip("127.0.0.1"), 8081), why);
-        assert_eq!(policy.refusal("http", ip("127.0.0.2"), 8081), why);
-        assert_eq!(policy.refusal("http", ip("::1"), 8080), why);
-        assert_eq!(policy.refusal("http", ip("0.0.0.0"), 8080), why);
+        let why = |port: u16| {
+            Some(format!(
+                "port {port} of this host, where Tenon itself listens: no plugin may reach it"
+            ))
+        };
+        assert_eq!(policy.refusal("http", ip("127.0.0.1"), 8081), why(8081));
+        assert_eq!(policy.refusal("http", ip("127.0.0.2"), 8081), why(8081));
+        assert_eq!(policy.refusal("http", ip("::1"), 8080), why(8080));
+        assert_eq!(policy.refusal("http", ip("0.0.0.0"), 8080), why(8080));
         assert_eq!(policy.refusal("http", ip("127.0.0.1"), 9000), None);
     }
 }

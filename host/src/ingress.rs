@@ -450,6 +450,7 @@ async fn admin_route(
         (&Method::GET, ["v1", "plugins"]) => {
             let config = json!({
                 "path": runtime.config().path,
+                "digest": runtime.config().digest(),
                 "refused": runtime.config_refused(),
                 "flows": runtime.flows().into_iter().map(|f| f.name).collect::<Vec<_>>(),
             });

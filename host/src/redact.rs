@@ -53,8 +53,9 @@ pub enum RedactError {
 pub struct Redactor {
     /// Every form of every secret; `None` when the plugin has no secrets.
     automaton: Option<AhoCorasick>,
-    /// The secret's name for each pattern of the automaton.
-    owners: Vec<String>,
+    /// The secret's name for each pattern of the automaton, and whether the pattern
+    /// is a base64 form (whose neighbouring characters carry bits of the secret too).
+    owners: Vec<(String, bool)>,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -101,10 +102,10 @@ impl Redactor {
                     len: value.len(),
                 });
             }
-            for form in forms(value) {
+            for (form, base64) in forms(value) {
                 if !patterns.contains(&form) {
                     patterns.push(form);
-                    owners.push(name.to_owned());
+                    owners.push((name.to_owned(), base64));
                 }
             }
         }
@@ -130,16 +131,34 @@ impl Redactor {
             return Cow::Borrowed(text);
         }
         let mut out = String::with_capacity(text.len());
-        automaton.replace_all_with(text, &mut out, |m, _, dst| {
-            let name = self
+        let mut copied = 0;
+        for m in automaton.find_iter(text) {
+            if m.start() < copied {
+                continue; // inside the tail taken by the previous base64 match
+            }
+            let (name, base64) = self
                 .owners
                 .get(m.pattern().as_usize())
-                .map_or("?", String::as_str);
-            dst.push_str("[redacted secret `");
-            dst.push_str(name);
-            dst.push_str("`]");
-            true
-        });
+                .map_or(("?", false), |(n, b)| (n.as_str(), *b));
+            out.push_str(&text[copied..m.start()]);
+            out.push_str("[redacted secret `");
+            out.push_str(name);
+            out.push_str("`]");
+            copied = m.end();
+            if base64 {
+                // The character after a base64 form still carries bits of the secret,
+                // and padding may follow: take them too.
+                let rest = &text.as_bytes()[copied..];
+                let mut take = usize::from(rest.first().is_some_and(|b| is_base64(*b)));
+                take += rest[take..]
+                    .iter()
+                    .take(2)
+                    .take_while(|b| **b == b'=')
+                    .count();
+                copied += take;
+            }
+        }
+        out.push_str(&text[copied..]);
         Cow::Owned(out)
     }
 
@@ -148,7 +167,7 @@ impl Redactor {
         let found = self.automaton.as_ref()?.find(bytes)?;
         self.owners
             .get(found.pattern().as_usize())
-            .map(String::as_str)
+            .map(|(name, _)| name.as_str())
     }
 
     /// Whether there is anything to redact.
@@ -157,10 +176,15 @@ impl Redactor {
     }
 }
 
-/// The forms of `value` a plugin is likely to produce, each a string to look for.
-fn forms(value: &str) -> Vec<String> {
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+}
+
+/// The forms of `value` a plugin is likely to produce, each a string to look for and
+/// whether it is a base64 form.
+fn forms(value: &str) -> Vec<(String, bool)> {
     let bytes = value.as_bytes();
-    let mut out = vec![value.to_owned()];
+    let mut base64 = Vec::new();
     // Base64 inside a longer encoding: the secret's bytes start at one of three
     // alignments; only the characters whose six bits all come from the secret are
     // the same whatever surrounds it.
@@ -172,33 +196,37 @@ fn forms(value: &str) -> Vec<String> {
             let start = (8 * shift).div_ceil(6);
             let end = (8 * (shift + bytes.len())) / 6;
             if let Some(inner) = encoded.get(start..end) {
-                out.push(inner.to_owned());
+                base64.push((inner.to_owned(), true));
             }
         }
     }
+    let mut text = vec![value.to_owned()];
     let hex = hex::encode(bytes);
-    out.push(hex.to_ascii_uppercase());
-    out.push(hex);
+    text.push(hex.to_ascii_uppercase());
+    text.push(hex);
     for set in [RFC3986, URI_COMPONENT] {
         let encoded = utf8_percent_encode(value, set).to_string();
-        out.push(lower_escapes(&encoded));
-        out.push(encoded);
+        text.push(lower_escapes(&encoded));
+        text.push(encoded);
     }
     let form = utf8_percent_encode(value, FORM)
         .to_string()
         .replace(' ', "+");
-    out.push(lower_escapes(&form));
-    out.push(form);
+    text.push(lower_escapes(&form));
+    text.push(form);
     if let Ok(json) = serde_json::to_string(value) {
         let json = json
             .strip_prefix('"')
             .and_then(|j| j.strip_suffix('"'))
             .unwrap_or(&json)
             .to_owned();
-        out.push(json.replace('/', "\\/"));
-        out.push(json);
+        text.push(json.replace('/', "\\/"));
+        text.push(json);
     }
-    out.retain(|f| !f.is_empty());
+    // The exact forms first: a pattern found in both lists keeps its exact meaning.
+    let mut out: Vec<(String, bool)> = text.into_iter().map(|t| (t, false)).collect();
+    out.extend(base64);
+    out.retain(|(f, _)| !f.is_empty());
     out
 }
 
@@ -290,6 +318,15 @@ mod tests {
                 r.find(text.as_bytes()) == Some(NAME),
                 "{form}: not found in bytes"
             );
+        }
+    }
+
+    #[test]
+    fn a_base64_form_goes_whole_with_its_padding() {
+        let r = redactor();
+        for engine in [&STANDARD, &URL_SAFE] {
+            let encoded = engine.encode(VALUE);
+            assert_eq!(r.redact(&format!("<{encoded}>")), format!("<{REDACTED}>"));
         }
     }
 

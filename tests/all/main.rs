@@ -17,4 +17,5 @@ mod sap;
 mod storage_faults;
 mod support;
 mod swap;
+mod trust;
 mod tryton;

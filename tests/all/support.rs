@@ -157,6 +157,30 @@ impl Tenon {
         tenon_cli(&all)
     }
 
+    /// Write a new config and wait until the running server has applied it (its flows
+    /// include `flow`); panics with the reason if it refused it.
+    pub async fn reconfigure(&self, ws: &Workspace, text: &str, flow: &str) {
+        ws.write_config(text);
+        let digest = tenon::engine::digest(text.as_bytes());
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let plugins = self.get("/v1/plugins").await.json().unwrap();
+            let config = &plugins["config"];
+            if let Some(reason) = config["refused"]["reason"].as_str() {
+                panic!("the new config was refused: {reason}");
+            }
+            let flows = config["flows"].as_array().unwrap();
+            if config["digest"] == digest.as_str() && flows.iter().any(|f| f == flow) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the config was not applied in time"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Kill the process at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -435,3 +435,290 @@ async fn flows_are_added_rerouted_and_bad_configs_refused_without_a_restart() {
         "{status:#}"
     );
 }
+
+/// A manifest that names its component's digest.
+fn bound_manifest(version: &str, wasm: &[u8]) -> String {
+    format!(
+        "{}component_digest = \"{}\"\n",
+        manifest(version),
+        tenon::engine::digest(wasm)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_in_two_steps_never_pairs_a_component_with_another_manifest() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
+    let bound = |v: &Version| bound_manifest(v.number, &v.wasm);
+    std::fs::write(dir.join("plugin.toml"), bound(&a)).unwrap();
+    let digest_of = |v: &Version| tenon::plugin::version_digest(bound(v).as_bytes(), &v.wasm);
+    let tenon = Tenon::start(&ws);
+    assert_eq!(stamp_status(&tenon).await["digest"], digest_of(&a));
+
+    // Quotes keep coming while the files change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent: Arc<Mutex<Vec<String>>> = Arc::default();
+    let lane = {
+        let (base, stop, sent) = (tenon.base.clone(), stop.clone(), sent.clone());
+        let auth = format!("Bearer {}", tenon.token);
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = sample("plain.json").replace("Q-00101", &format!("Q-D{n:05}"));
+                let reply = client::request(
+                    "POST",
+                    &format!("{base}/v1/sources/cpq-source"),
+                    &[("authorization", &auth)],
+                    Some(("application/json", body.into_bytes())),
+                )
+                .await
+                .unwrap();
+                assert_eq!(reply.status, 202);
+                let id = reply.json().unwrap()["accepted"][0]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+                sent.lock().unwrap().push(id);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+
+    // Component first, the manifest 0.4 s later; then the other way round.
+    for (round, next) in [&b, &a, &b, &a].into_iter().enumerate() {
+        let component_first = round % 2 == 0;
+        let live_before = stamp_status(&tenon).await["digest"].clone();
+        if component_first {
+            std::fs::write(dir.join("stamp.wasm"), &next.wasm).unwrap();
+        } else {
+            std::fs::write(dir.join("plugin.toml"), bound(next)).unwrap();
+        }
+        // Half deployed: refused, the live version stays.
+        let half = wait_status(&tenon, "half deployed", |s| !s["refused"].is_null()).await;
+        assert_eq!(
+            half["digest"], live_before,
+            "round {round}: nothing new live"
+        );
+        assert!(
+            half["refused"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("a deploy is under way, or the two files do not belong together"),
+            "{half:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        assert_eq!(stamp_status(&tenon).await["digest"], live_before);
+        if component_first {
+            std::fs::write(dir.join("plugin.toml"), bound(next)).unwrap();
+        } else {
+            std::fs::write(dir.join("stamp.wasm"), &next.wasm).unwrap();
+        }
+        let live = wait_status(&tenon, "deployed", |s| s["digest"] == digest_of(next)).await;
+        assert!(live["refused"].is_null());
+    }
+    stop.store(true, Ordering::Relaxed);
+    lane.await.unwrap();
+
+    // Every quote was stamped by a whole version: A's files or B's, never a mix.
+    let letters = BTreeMap::from([(digest_of(&a), "A"), (digest_of(&b), "B")]);
+    let orders: BTreeMap<String, Value> = erp
+        .received()
+        .into_iter()
+        .map(|r| (r.idempotency_key.clone().unwrap(), r.body))
+        .collect();
+    let ids = sent.lock().unwrap().clone();
+    assert!(ids.len() > 50, "only {} quotes sent", ids.len());
+    for id in &ids {
+        let status = tenon.settled(id).await;
+        let outcome = &status["outcomes"][0];
+        let digest = outcome["trail"][1]["digest"].as_str().unwrap();
+        let letter = letters
+            .get(digest)
+            .unwrap_or_else(|| panic!("{id} ran on a version that is neither A nor B: {digest}"));
+        let order = &orders[outcome["id"].as_str().unwrap()];
+        assert_eq!(order["stamp"], *letter, "{id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let a = Version::of(&ws, "A");
+    let mut tenon = Tenon::start(&ws);
+
+    // Only the manifest changes: a new version, live.
+    std::fs::write(dir.join("plugin.toml"), manifest("1.0.1")).unwrap();
+    let patched = tenon::plugin::version_digest(manifest("1.0.1").as_bytes(), &a.wasm);
+    let live = wait_status(&tenon, "1.0.1 live", |s| s["digest"] == patched.as_str()).await;
+    assert_eq!(live["version"], "1.0.1");
+
+    // Wider grants: held, shown, not live.
+    let wide = format!("{}[grants]\nmemory_mib = 128\n", manifest("1.1.0"));
+    std::fs::write(dir.join("plugin.toml"), &wide).unwrap();
+    let wide_digest = tenon::plugin::version_digest(wide.as_bytes(), &a.wasm);
+    let held = wait_status(&tenon, "held", |s| !s["pending"].is_null()).await;
+    assert_eq!(
+        held["digest"],
+        patched.as_str(),
+        "the approved version stays live"
+    );
+    assert_eq!(held["pending"]["digest"], wide_digest.as_str());
+    assert_eq!(
+        held["pending"]["widening"],
+        serde_json::json!(["memory_mib: 64 -> 128"])
+    );
+    let (ok, out, _) = tenon.cli(&["status"]);
+    assert!(ok);
+    assert!(
+        out.contains("waiting for approval: 1.1.0")
+            && out.contains("(wider grants: memory_mib: 64 -> 128); `tenon plugin approve stamp`"),
+        "{out}"
+    );
+    let id = tenon.send_quote(sample("plain.json")).await.remove(0);
+    let status = tenon.settled(&id).await;
+    assert_eq!(
+        status["outcomes"][0]["trail"][1]["digest"],
+        patched.as_str()
+    );
+
+    // A restart does not approve it.
+    tenon.kill();
+    tenon = Tenon::start(&ws);
+    let after = stamp_status(&tenon).await;
+    assert_eq!(after["digest"], patched.as_str(), "{after:#}");
+    assert_eq!(after["pending"]["digest"], wide_digest.as_str());
+
+    // An operator with plugins:promote approves it; the audit log says who.
+    let (reader_ok, reader_out, _) = tenon.cli(&["keys", "create", "--scope", "admin:read"]);
+    assert!(reader_ok);
+    let reader = reader_out.lines().last().unwrap().trim().to_owned();
+    let refused = client::request(
+        "POST",
+        &format!("{}/v1/plugins/stamp/approve", tenon.admin),
+        &[("authorization", &format!("Bearer {reader}"))],
+        Some(("application/json", b"{}".to_vec())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 403, "approving needs plugins:promote");
+    let (ok, out, err) = tenon.cli(&["plugin", "approve", "stamp"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        format!("stamp: {patched} -> {wide_digest} live")
+    );
+    let approved = stamp_status(&tenon).await;
+    assert!(approved["pending"].is_null());
+    let audit = tenon
+        .get("/v1/audit?plugin=stamp&limit=1000")
+        .await
+        .json()
+        .unwrap();
+    let records = audit["records"].as_array().unwrap();
+    assert!(
+        records.iter().any(|r| r["capability"] == "version"
+            && r["decision"] == "deny"
+            && r["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("held for approval")),
+        "{audit:#}"
+    );
+    assert!(
+        records.iter().any(|r| r["capability"] == "version"
+            && r["decision"] == "allow"
+            && r["key"].as_str().is_some_and(|k| k.starts_with("k_"))),
+        "{audit:#}"
+    );
+    let (ok, out, _) = tenon.cli(&["plugin", "approve", "stamp"]);
+    assert!(!ok, "{out}");
+
+    // Narrower again: swapped without anyone approving.
+    let narrow = format!("{}[grants]\nmemory_mib = 32\n", manifest("1.2.0"));
+    std::fs::write(dir.join("plugin.toml"), &narrow).unwrap();
+    let narrow_digest = tenon::plugin::version_digest(narrow.as_bytes(), &a.wasm);
+    wait_status(&tenon, "narrower live", |s| {
+        s["digest"] == narrow_digest.as_str()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugin_files_stay_in_their_directory_and_versions_can_be_pinned() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = stamping(&ws, &erp.orders_url());
+    let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
+    let tenon = Tenon::start(&ws);
+    let reason = |s: &Value| {
+        s["refused"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    // A component named outside the directory.
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest("1.0.1").replace("\"stamp.wasm\"", "\"../misbehave/misbehave.wasm\""),
+    )
+    .unwrap();
+    let refused = wait_status(&tenon, "outside", |s| !s["refused"].is_null()).await;
+    assert!(
+        reason(&refused).contains("field `component`: `../misbehave/misbehave.wasm` must be a file name in the plugin's directory"),
+        "{refused:#}"
+    );
+    // A symlink that leaves it.
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest("1.0.2").replace("\"stamp.wasm\"", "\"link.wasm\""),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(
+        ws.path().join("plugins/misbehave/misbehave.wasm"),
+        dir.join("link.wasm"),
+    )
+    .unwrap();
+    let refused = wait_status(&tenon, "symlink", |s| reason(s).contains("link.wasm")).await;
+    assert_eq!(refused["digest"], a.digest().as_str(), "{refused:#}");
+    assert!(reason(&refused).starts_with("cannot read "), "{refused:#}");
+    a.install(&dir);
+
+    // A candidate from outside the plugin roots.
+    let elsewhere = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("stamp.wasm"), elsewhere.path().join("stamp.wasm")).unwrap();
+    std::fs::write(elsewhere.path().join("plugin.toml"), manifest("9.0.0")).unwrap();
+    let (ok, _, err) = tenon.cli(&[
+        "plugin",
+        "promote",
+        "stamp",
+        "--candidate",
+        &elsewhere.path().to_string_lossy(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is outside the plugin roots"), "{err}");
+
+    // A pinned version: any other is refused.
+    let config = std::fs::read_to_string(ws.path().join("tenon.toml")).unwrap();
+    let pinned = config.replace(
+        "[plugins.stamp]\npath = \"plugins/stamp\"",
+        &format!(
+            "[plugins.stamp]\npath = \"plugins/stamp\"\ndigest = \"{}\"",
+            a.digest()
+        ),
+    );
+    assert_ne!(pinned, config);
+    tenon.reconfigure(&ws, &pinned, "stamped").await;
+    b.install(&dir);
+    let refused = wait_status(&tenon, "pinned", |s| reason(s).contains("pins")).await;
+    assert_eq!(refused["digest"], a.digest().as_str());
+    assert!(
+        reason(&refused).contains(&format!("the config pins version {}", a.digest())),
+        "{refused:#}"
+    );
+}
