@@ -124,6 +124,59 @@ pub struct Runtime {
     config: RwLock<Arc<Config>>,
     /// The last config file refused by a reload, if any since the live one.
     config_refused: Mutex<Option<crate::swap::Refusal>>,
+    /// The threads guest code runs on, apart from those that serve HTTP: a plugin
+    /// spinning until its deadline never delays an answer.
+    guests: Guests,
+}
+
+/// A multi-threaded async runtime of its own for plugin calls (the stage workers and
+/// the calls of sources), one thread per core.
+struct Guests {
+    handle: tokio::runtime::Handle,
+    /// Kept to be shut down without blocking when the runtime goes.
+    threads: Option<tokio::runtime::Runtime>,
+}
+
+impl Guests {
+    fn new() -> std::io::Result<Guests> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tenon-guest")
+            .enable_all()
+            .build()?;
+        Ok(Guests {
+            handle: rt.handle().clone(),
+            threads: Some(rt),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+}
+
+impl Drop for Guests {
+    fn drop(&mut self) {
+        // Dropped from async code, a runtime must not block: its threads end on their own.
+        if let Some(rt) = self.threads.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Guests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guests")
+    }
 }
 
 impl Runtime {
@@ -172,6 +225,7 @@ impl Runtime {
             .unwrap_or_default();
         let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
         Ok(Runtime {
+            guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),
             queue: Queue::with_visibility(storage.clone(), visibility),
             keys,
@@ -517,9 +571,15 @@ impl Runtime {
         let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest());
         async {
             let started = Instant::now();
-            let messages = plugin
-                .ingest(request)
+            // Guest code runs on the plugin threads, never on the ones serving HTTP.
+            let call = {
+                let plugin = plugin.clone();
+                self.guests
+                    .spawn(async move { plugin.ingest(request).await })
+            };
+            let messages = call
                 .await
+                .unwrap_or_else(|e| Err(CallError::Host(format!("the plugin call failed: {e}"))))
                 .map_err(|error| IngestError::Plugin {
                     plugin: source.to_owned(),
                     error,
@@ -698,7 +758,11 @@ impl Runtime {
             for _ in 0..concurrency {
                 let (runtime, flow, stage) = (self.clone(), flow.clone(), stage.clone());
                 let shutdown = shutdown.clone();
-                workers.spawn(async move { runtime.work(flow, stage, shutdown).await });
+                // The workers call plugins: they run on the plugin threads.
+                workers.spawn_on(
+                    async move { runtime.work(flow, stage, shutdown).await },
+                    self.guests.handle(),
+                );
             }
         }
     }
