@@ -228,7 +228,7 @@ impl Storage {
 /// another plugin's keys whatever string it passes.
 ///
 /// A plugin call reads through this view and buffers its writes in [`KvWrites`],
-/// which commit with the step's result ([`apply_kv`], in the queue's transaction):
+/// which commit with the step's result (in the queue's transaction):
 /// a call that traps, times out or fails leaves nothing behind.
 #[derive(Clone, Debug)]
 pub struct KvNamespace {
