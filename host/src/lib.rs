@@ -4,15 +4,11 @@
 //! and mapping is a sandboxed WebAssembly component loaded through the WIT worlds in
 //! `wit/`. See `ARCHITECTURE.md` at the repository root for the map.
 
-pub mod artifacts;
 pub mod audit;
 pub mod auth;
 pub mod bindings;
 pub mod caps;
-pub mod cli;
-pub mod client;
 pub mod config;
-pub mod demo;
 pub mod egress;
 pub mod engine;
 pub mod events;

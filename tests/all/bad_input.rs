@@ -2,7 +2,7 @@
 
 use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
 use serde_json::json;
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 
 const LIMIT: usize = 16 * 1024;
 

@@ -6,7 +6,7 @@
 use crate::support::public_fixture as fixture;
 use crate::support::{Tenon, Workspace, sample};
 use serde_json::{Value, json};
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 
 fn config(erp: &str) -> String {
     format!(
@@ -306,9 +306,9 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
 const STRIPE_SECRET: &str = "whsec_chain_test";
 
 /// POST a Stripe webhook signed with `secret`.
-async fn stripe_post(tenon: &Tenon, body: &str, secret: &str) -> tenon::client::Response {
-    let signature = tenon::demo::stripe_signature(secret, body.as_bytes());
-    tenon::client::request(
+async fn stripe_post(tenon: &Tenon, body: &str, secret: &str) -> tenon_cli::client::Response {
+    let signature = tenon_testkit::stripe_signature(secret, body.as_bytes());
+    tenon_cli::client::request(
         "POST",
         &format!("{}/v1/sources/stripe", tenon.base),
         &[("stripe-signature", &signature)],

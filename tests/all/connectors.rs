@@ -587,7 +587,7 @@ fn the_generic_sink_fills_url_templates_and_secret_headers() {
 fn stripe_signatures_are_checked_as_stripe_signs() {
     use stripe_source::verify;
     let body = br#"{"id":"evt_1","object":"event"}"#;
-    let header = tenon::demo::stripe_signature("whsec_test", body);
+    let header = tenon_testkit::stripe_signature("whsec_test", body);
     let t: i64 = header[2..header.find(',').unwrap()].parse().unwrap();
     assert_eq!(verify(Some(&header), body, "whsec_test", t, 300), Ok(()));
     // A second, stale signature beside the right one (Stripe rolls secrets so).

@@ -9,8 +9,8 @@ use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tenon::client;
-use tenon::demo::mock_erp::MockErp;
+use tenon_cli::client;
+use tenon_testkit::mock_erp::MockErp;
 
 /// Kills in one run (the issue asks for at least 50).
 const KILLS: usize = 50;

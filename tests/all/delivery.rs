@@ -2,11 +2,11 @@
 //! twice once its outcome is recorded.
 
 use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
-use tenon::client;
 use tenon::config::Config;
-use tenon::demo::mock_erp::MockErp;
 use tenon::queue::{Envelope, OutcomeKind, StoredMessage, queue_name};
 use tenon::server::Server;
+use tenon_cli::client;
+use tenon_testkit::mock_erp::MockErp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idempotency_key_accepts_a_payload_once() {

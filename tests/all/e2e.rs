@@ -4,7 +4,7 @@
 
 use crate::support::{Tenon, Workspace, check_json, quote_to_cash_config, sample};
 use serde_json::{Value, json};
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quotes_become_exactly_the_expected_orders() {

@@ -2,7 +2,7 @@
 //! the runtime before delivery and is delivered exactly once after a restart.
 
 use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_accepted_quote_is_delivered_once_after_a_crash() {

@@ -4,7 +4,7 @@
 
 use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
 use serde_json::{Value, json};
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "s3cr3t-erp-token-4f9a";

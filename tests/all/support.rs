@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use tenon::client;
+use tenon_cli::client;
 
 /// How long a test waits for a message to settle.
 pub const SETTLE: Duration = Duration::from_secs(60);
@@ -21,8 +21,8 @@ impl Workspace {
     pub fn new() -> Workspace {
         let dir = tempfile::tempdir().expect("tempdir");
         let plugins = dir.path().join("plugins");
-        tenon::artifacts::extract_first_party(&plugins).expect("extract plugins");
-        for (name, manifest, component) in tenon::artifacts::FIXTURES {
+        tenon_cli::artifacts::extract_first_party(&plugins).expect("extract plugins");
+        for (name, manifest, component) in tenon_cli::artifacts::FIXTURES {
             let target = plugins.join(name);
             std::fs::create_dir_all(&target).unwrap();
             std::fs::copy(manifest, target.join("plugin.toml")).unwrap();
@@ -51,7 +51,7 @@ impl Workspace {
 /// The quote-to-cash flow with its sink pointed at `erp_url`, 20 attempts per stage,
 /// plus `extra` TOML (in the flow's table, or tables after it).
 pub fn quote_to_cash_config(erp_url: &str, extra: &str) -> String {
-    tenon::demo::quote_to_cash_config(erp_url, &format!("max_attempts = 20\n{extra}"))
+    tenon_testkit::quote_to_cash_config(erp_url, &format!("max_attempts = 20\n{extra}"))
 }
 
 /// A running `tenon run` process; killed (SIGKILL) when dropped.
@@ -250,7 +250,7 @@ impl Drop for Tenon {
 
 /// A sample quote of the example.
 pub fn sample(name: &str) -> &'static str {
-    tenon::demo::SAMPLES
+    tenon_testkit::SAMPLES
         .iter()
         .find(|(file, _, _)| *file == name)
         .map(|(_, body, _)| *body)

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tenon::client;
-use tenon::demo::mock_erp::MockErp;
+use tenon_cli::client;
+use tenon_testkit::mock_erp::MockErp;
 
 /// A version of the stamping fixture: its manifest version and component bytes.
 struct Version {

@@ -7,8 +7,8 @@ use crate::support::{Tenon, Workspace, quote_to_cash_config, sample, tenon_cli};
 use base64::Engine as _;
 use serde_json::Value;
 use std::time::{Duration, Instant};
-use tenon::client;
-use tenon::demo::mock_erp::MockErp;
+use tenon_cli::client;
+use tenon_testkit::mock_erp::MockErp;
 
 /// A request with an explicit `Authorization` (or none).
 async fn call(
@@ -196,7 +196,7 @@ sink = "erp-sink"
     // A source that checks its sender's signature takes no key: Stripe's webhook.
     let event =
         crate::support::public_fixture("stripe_invoice_event_invoice_paid.json").to_string();
-    let signature = tenon::demo::stripe_signature("whsec_trust_test_1", event.as_bytes());
+    let signature = tenon_testkit::stripe_signature("whsec_trust_test_1", event.as_bytes());
     let reply = client::request(
         "POST",
         &format!("{ingest}/v1/sources/stripe"),

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tenon::client;
+use tenon_cli::client;
 
 /// A `trytond` on a copy of the set-up database; killed when dropped.
 struct Tryton {

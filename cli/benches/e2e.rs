@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use tenon::demo::mock_erp::MockErp;
+use tenon_testkit::mock_erp::MockErp;
 
 const LANES: usize = 64;
 const SATURATION: Duration = Duration::from_secs(6);
@@ -29,8 +29,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let erp = MockErp::start().await?;
     let dir = tempfile::tempdir()?;
-    tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
-    let config = tenon::demo::quote_to_cash_config(&erp.orders_url(), "concurrency = 32");
+    tenon_cli::artifacts::extract_first_party(&dir.path().join("plugins"))?;
+    let config = tenon_testkit::quote_to_cash_config(&erp.orders_url(), "concurrency = 32");
     std::fs::write(dir.path().join("tenon.toml"), config)?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
         .args([
@@ -66,7 +66,7 @@ async fn run() -> anyhow::Result<()> {
     let token = std::fs::read_to_string(dir.path().join("data/admin.key"))?;
     let auth = format!("Bearer {}", token.trim());
 
-    let template = tenon::demo::SAMPLES[0].1;
+    let template = tenon_testkit::SAMPLES[0].1;
     let result = async {
         // 1. Saturation.
         let before = erp.orders();

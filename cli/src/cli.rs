@@ -1,14 +1,14 @@
-//! The `tenon` command line. The binary only calls [`main`]; everything it runs lives
-//! in the library.
+//! The `tenon` command line. The binary only calls [`main`]; what it runs lives in the
+//! `tenon` library (serving) or talks to a running server's admin API.
 
-use crate::config::Config;
-use crate::runtime::Runtime;
-use crate::server::Server;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use tenon::config::Config;
+use tenon::runtime::Runtime;
+use tenon::server::Server;
 
 /// Tenon: an integration runtime for the quote-to-cash chain.
 ///
@@ -301,7 +301,7 @@ impl Admin {
                     .trim()
                     .to_owned(),
             ),
-            _ => std::fs::read_to_string(cli.data_dir.join(crate::auth::ADMIN_KEY_FILE))
+            _ => std::fs::read_to_string(cli.data_dir.join(tenon::auth::ADMIN_KEY_FILE))
                 .ok()
                 .map(|t| t.trim().to_owned()),
         };
@@ -373,7 +373,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             admin_listen,
         } => {
             let config = Config::load(&config)?;
-            let listen = crate::server::Listen {
+            let listen = tenon::server::Listen {
                 ingest: listen,
                 admin: admin_listen,
             };
@@ -538,7 +538,7 @@ async fn keys(admin: &Admin, action: KeysAction) -> anyhow::Result<ExitCode> {
     match action {
         KeysAction::Create { scopes, name } => {
             for scope in &scopes {
-                scope.parse::<crate::auth::Scope>()?;
+                scope.parse::<tenon::auth::Scope>()?;
             }
             let mut body = serde_json::json!({ "scopes": scopes });
             if let Some(name) = name {
@@ -703,7 +703,7 @@ async fn plugin_command(admin: &Admin, action: PluginAction) -> anyhow::Result<E
 /// `tenon plugin audit`: offline, from the plugin's own files.
 async fn audit_plugin(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     let report =
-        tokio::task::spawn_blocking(move || crate::inspect::AuditReport::of_path(&path)).await??;
+        tokio::task::spawn_blocking(move || tenon::inspect::AuditReport::of_path(&path)).await??;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

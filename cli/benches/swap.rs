@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tenon::config::Config;
-use tenon::demo::mock_erp::MockErp;
 use tenon::plugin::RawRequest;
 use tenon::server::Server;
+use tenon_testkit::mock_erp::MockErp;
 
 const WINDOW: Duration = Duration::from_secs(5);
 const PRODUCERS: usize = 16;
@@ -42,9 +42,9 @@ fn install(dir: &Path, wasm: &[u8], version: &str) -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let erp = MockErp::start().await?;
     let dir = tempfile::tempdir()?;
-    tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
+    tenon_cli::artifacts::extract_first_party(&dir.path().join("plugins"))?;
     let fixture = |name: &str| -> anyhow::Result<Vec<u8>> {
-        let (_, _, wasm) = tenon::artifacts::FIXTURES
+        let (_, _, wasm) = tenon_cli::artifacts::FIXTURES
             .iter()
             .find(|(n, _, _)| *n == name)
             .ok_or_else(|| anyhow::anyhow!("no fixture {name}"))?;
@@ -95,7 +95,7 @@ concurrency = 16
                 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                let body = tenon::demo::SAMPLES[0]
+                let body = tenon_testkit::SAMPLES[0]
                     .1
                     .replace("Q-00101", &format!("Q-W{p:02}-{n:07}"));
                 let request = RawRequest {

@@ -34,7 +34,7 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    tenon::artifacts::extract_first_party(&dir.path().join("plugins"))?;
+    tenon_cli::artifacts::extract_first_party(&dir.path().join("plugins"))?;
     let data = dir.path().join("data");
     let storage = Storage::open(&data)?;
     let mut options = EngineOptions::default();
@@ -215,7 +215,7 @@ async fn rate(mut f: impl AsyncFnMut()) -> f64 {
 /// The example's bundle quote, its lines repeated until the MessagePack body reaches
 /// `size` bytes.
 fn quote_of_size(size: usize) -> anyhow::Result<Vec<u8>> {
-    let model: cpq_source::QuoteModel = serde_json::from_str(tenon::demo::SAMPLES[1].1)?;
+    let model: cpq_source::QuoteModel = serde_json::from_str(tenon_testkit::SAMPLES[1].1)?;
     let base = cpq_source::to_quote(model, None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let template: Vec<QuoteLine> = base.lines.clone();
     let mut quote: Quote = base;

@@ -5,76 +5,18 @@
 //! (customers, CPQ quotes, a Zuora order, Stripe invoice events), waits until each
 //! has settled, and prints each business key's path through the flows.
 
-pub mod mock_erp;
-
-use crate::config::Config;
-use crate::queue::OutcomeKind;
-use crate::server::Server;
 use anyhow::Context as _;
-use mock_erp::MockErp;
 use std::path::Path;
 use std::time::{Duration, Instant};
+use tenon::config::Config;
+use tenon::queue::OutcomeKind;
+use tenon::server::Server;
 use tenon_registry::ConfigValue;
+use tenon_testkit::mock_erp::MockErp;
+use tenon_testkit::{Expect, SAMPLES, stripe_signature};
 
 /// The example's flow config.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../../examples/quote-to-cash/tenon.toml");
-
-/// The quote-to-cash flow over the first-party plugins extracted under `plugins/`
-/// (see [`crate::artifacts::extract_first_party`]), its sink posting to `erp_url`;
-/// `flow_settings` are appended to the flow's table (e.g. `concurrency = 32`).
-/// Tests and benchmarks build their configs with it.
-pub fn quote_to_cash_config(erp_url: &str, flow_settings: &str) -> String {
-    format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-
-[plugins.quote-to-order]
-path = "plugins/quote-to-order"
-
-[plugins.erp-sink]
-path = "plugins/http-sink"
-config = {{ url = "{erp_url}" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
-[flows.quote-to-order]
-source = "cpq-source"
-steps = ["quote-to-order"]
-sink = "erp-sink"
-{flow_settings}
-"#
-    )
-}
-
-/// What a sample quote should come to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Expect {
-    /// This many orders delivered to the ERP.
-    Delivered(usize),
-    /// Rejected with this many reasons.
-    Rejected(usize),
-    /// Kept by a step (master data) this many times.
-    Consumed(usize),
-}
-
-/// The example's sample quotes: (file name, body, expected end).
-pub const SAMPLES: &[(&str, &str, Expect)] = &[
-    (
-        "plain.json",
-        include_str!("../../../examples/quote-to-cash/samples/plain.json"),
-        Expect::Delivered(1),
-    ),
-    (
-        "bundle.json",
-        include_str!("../../../examples/quote-to-cash/samples/bundle.json"),
-        Expect::Delivered(2),
-    ),
-    (
-        "invalid.json",
-        include_str!("../../../examples/quote-to-cash/samples/invalid.json"),
-        Expect::Rejected(3),
-    ),
-];
 
 /// What the demo sends: (source, sample file, body, expected end).
 pub const INPUTS: &[(&str, &str, &str, Expect)] = &[
@@ -109,23 +51,6 @@ pub const INPUTS: &[(&str, &str, &str, Expect)] = &[
 
 /// The throwaway Stripe signing secret the demo writes and signs with.
 const DEMO_STRIPE_SECRET: &str = "whsec_tenon_demo_not_a_real_secret";
-
-/// A `Stripe-Signature` header for `body`, signed now with `secret`, as Stripe signs
-/// its webhooks (HMAC-SHA256 of `<t>.<body>`).
-pub fn stripe_signature(secret: &str, body: &[u8]) -> String {
-    use hmac::Mac as _;
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let signature = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes())
-        .map(|mut mac| {
-            mac.update(format!("{t}.").as_bytes());
-            mac.update(body);
-            hex::encode(mac.finalize().into_bytes())
-        })
-        .unwrap_or_default();
-    format!("t={t},v1={signature}")
-}
 
 /// The address the example config's HTTP sinks use; the demo points it at its mock.
 const EXAMPLE_TARGET: &str = "http://127.0.0.1:9400";
@@ -194,7 +119,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     println!("  mock ERP   {mock} (/de/orders, /fr/orders, /finance/events)");
     let started = Instant::now();
     let local = "127.0.0.1:0".parse().ok();
-    let listen = crate::server::Listen {
+    let listen = tenon::server::Listen {
         ingest: local,
         admin: local,
     };

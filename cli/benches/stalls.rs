@@ -21,8 +21,8 @@ fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let plugins = dir.path().join("plugins");
-    tenon::artifacts::extract_first_party(&plugins)?;
-    for (name, manifest, component) in tenon::artifacts::FIXTURES {
+    tenon_cli::artifacts::extract_first_party(&plugins)?;
+    for (name, manifest, component) in tenon_cli::artifacts::FIXTURES {
         if *name == "misbehave" {
             let target = plugins.join(name);
             std::fs::create_dir_all(&target)?;
@@ -70,7 +70,7 @@ async fn run() -> anyhow::Result<()> {
         report("idle", &probe(&base).await?);
         for n in 0..loops {
             let body = format!(r#"{{"kind": "CustomerUpserted", "key": "c{n}", "body": {{}}}}"#);
-            let reply = tenon::client::request(
+            let reply = tenon_cli::client::request(
                 "POST",
                 &format!("{base}/v1/sources/src-{n}"),
                 &[("authorization", &auth)],
@@ -95,7 +95,7 @@ async fn probe(base: &str) -> anyhow::Result<Vec<f64>> {
     let mut out = Vec::with_capacity(PROBES);
     for _ in 0..PROBES {
         let asked = Instant::now();
-        let reply = tenon::client::get(&format!("{base}/healthz")).await?;
+        let reply = tenon_cli::client::get(&format!("{base}/healthz")).await?;
         anyhow::ensure!(reply.status == 200, "healthz: HTTP {}", reply.status);
         out.push(asked.elapsed().as_secs_f64() * 1000.0);
         tokio::time::sleep(Duration::from_millis(10)).await;
