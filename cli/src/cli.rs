@@ -220,6 +220,10 @@ pub enum PluginAction {
     Approve {
         /// The plugin instance.
         plugin: String,
+        /// The digest of the version you reviewed, as `tenon status` shows it: a
+        /// version dropped in since is not approved unseen.
+        #[arg(long)]
+        digest: String,
     },
 }
 
@@ -488,12 +492,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         .map(|w| w.iter().filter_map(|x| x.as_str()).collect())
                         .unwrap_or_default();
                     println!(
-                        "{:<18} waiting for approval: {} {} (wider grants: {}); `tenon plugin approve {}`",
+                        "{:<18} waiting for approval: {} {} (wider grants: {}); `tenon plugin approve {} --digest {}`",
                         "",
                         pending["version"].as_str().unwrap_or("?"),
                         pending["digest"].as_str().unwrap_or("?"),
                         widening.join(", "),
                         p["name"].as_str().unwrap_or("?"),
+                        pending["digest"].as_str().unwrap_or("?"),
                     );
                 }
                 if let Some(reason) = p["refused"]["reason"].as_str() {
@@ -642,7 +647,9 @@ async fn plugin_command(admin: &Admin, action: PluginAction) -> anyhow::Result<E
             serde_json::json!({ "candidate": absolute(candidate) }),
         ),
         PluginAction::Rollback { plugin } => (plugin, "rollback", serde_json::json!({})),
-        PluginAction::Approve { plugin } => (plugin, "approve", serde_json::json!({})),
+        PluginAction::Approve { plugin, digest } => {
+            (plugin, "approve", serde_json::json!({ "digest": digest }))
+        }
         PluginAction::Audit { path, json } => return audit_plugin(path.clone(), *json).await,
     };
     let reply = admin

@@ -163,6 +163,18 @@ pub enum KeyError {
         /// The scope it lacks.
         scope: Scope,
     },
+    /// A key may only revoke keys whose scopes it holds.
+    #[error(
+        "key `{key}` cannot revoke key `{target}`, which holds scope `{scope}` that it does not"
+    )]
+    Outranked {
+        /// The revoking key.
+        key: String,
+        /// The key it would revoke.
+        target: String,
+        /// A scope the target holds and the revoking key does not.
+        scope: Scope,
+    },
     /// No scopes asked for.
     #[error("a key needs at least one scope")]
     NoScope,
@@ -264,8 +276,9 @@ impl Keys {
         Ok((key, token))
     }
 
-    /// Revoke a key: its token stops working at once.
-    pub fn revoke(&self, id: &str) -> Result<ApiKey, KeyError> {
+    /// Revoke a key: its token stops working at once. `by` may revoke only a key whose
+    /// scopes it holds all of (so no key can lock out a more powerful one).
+    pub fn revoke(&self, id: &str, by: Option<&ApiKey>) -> Result<ApiKey, KeyError> {
         let mut key = self
             .cache
             .read()
@@ -273,6 +286,15 @@ impl Keys {
             .get(id)
             .cloned()
             .ok_or_else(|| KeyError::Unknown(id.to_owned()))?;
+        if let Some(by) = by
+            && let Some(scope) = key.scopes.iter().find(|s| !by.allows(s))
+        {
+            return Err(KeyError::Outranked {
+                key: by.id.clone(),
+                target: key.id,
+                scope: scope.clone(),
+            });
+        }
         if key.revoked_ms.is_none() {
             key.revoked_ms = Some(crate::queue::now_ms());
             self.store(&key)?;
@@ -426,7 +448,7 @@ mod tests {
             !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
             "the token is in the database"
         );
-        keys.revoke(&key.id).unwrap();
+        keys.revoke(&key.id, None).unwrap();
         assert!(keys.verify(&token).is_none(), "revoked");
         assert!(reopened.verify(&token).is_some(), "another copy's cache");
         assert!(
@@ -461,6 +483,13 @@ mod tests {
             keys.create("none", vec![], Some(&admin)),
             Err(KeyError::NoScope)
         ));
+        // Nor can it revoke a key that holds more than it does.
+        let (root, _) = keys.create("root", Scope::all(), None).unwrap();
+        assert!(matches!(
+            keys.revoke(&root.id, Some(&admin)),
+            Err(KeyError::Outranked { .. })
+        ));
+        keys.revoke(&reader.id, Some(&admin)).unwrap();
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! | WASI basics | `wasi:cli`, `wasi:io`, `wasi:clocks`, `wasi:random`, `wasi:filesystem` | every plugin, with no files, no environment, no arguments; stderr captured |
 //!
 //! `wasi:sockets` is never linked. Every allow/deny decision goes to the audit log
-//! ([`crate::audit`]), at most [`MAX_RECORDED_DENIALS`] one by one per call (the rest
+//! ([`crate::audit`]), at most [`MAX_RECORDED_DECISIONS`] one by one per call (the rest
 //! are counted in one record); secret values are redacted from what the host records
 //! ([`crate::redact`]).
 
@@ -44,10 +44,13 @@ pub const MAX_LOG_LINE: usize = 4 << 10;
 pub const LOG_BYTES_PER_CALL: usize = 64 << 10;
 /// Most bytes of log lines one plugin version may write a minute; the rest is dropped.
 pub const LOG_BYTES_PER_MINUTE: u64 = 1 << 20;
-/// Most denials of one call recorded one by one; the others are counted.
-pub const MAX_RECORDED_DENIALS: u32 = 16;
+/// Most decisions (allowed or denied) of one call recorded one by one in the audit
+/// log; the others are counted in one record at the end of the call.
+pub const MAX_RECORDED_DECISIONS: u32 = 16;
 /// Longest guest-chosen name (a config key, a secret name) the host records.
 const MAX_TARGET_CHARS: usize = 256;
+/// Longest text from a plugin the host records (a failure, a receipt, a reason).
+pub const MAX_TEXT_CHARS: usize = 4096;
 
 /// A secret's value: never printed by `Debug`.
 #[derive(Clone, PartialEq, Eq)]
@@ -129,17 +132,19 @@ impl PluginContext {
             digest: self.digest.clone(),
             key: None,
             capability: capability.to_owned(),
-            target: self.redact(&bounded(target)),
+            // Redacted whole, then cut: a cut must not split a secret out of reach
+            // of the redactor.
+            target: bounded(&self.redact(target), MAX_TARGET_CHARS),
             decision,
-            reason: reason.map(|r| self.redact(&r)),
+            reason: reason.map(|r| bounded(&self.redact(&r), MAX_TEXT_CHARS)),
         });
     }
 }
 
-/// `text`, cut to [`MAX_TARGET_CHARS`] characters: guest-chosen names are recorded,
-/// never whole guest-chosen payloads.
-fn bounded(text: &str) -> String {
-    match text.char_indices().nth(MAX_TARGET_CHARS) {
+/// `text`, cut to `max` characters: guest-chosen text is recorded in part, never
+/// whole. Redact before cutting.
+pub fn bounded(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
         Some((at, _)) => format!("{}... ({} bytes)", &text[..at], text.len()),
         None => text.to_owned(),
     }
@@ -199,36 +204,78 @@ pub enum Violation {
     Limit(String),
 }
 
-/// The violations of one call, shared with the hooks that detect them: the first is
-/// kept (it decides how the call ends), the others only counted.
+/// What the sandbox decided during one call, shared with the hooks that decide: the
+/// first violation is kept (it decides how the call ends); at most
+/// [`MAX_RECORDED_DECISIONS`] decisions are audited one by one, the others counted.
 #[derive(Debug, Clone, Default)]
-pub struct Violations(Arc<Mutex<(Option<Violation>, u64)>>);
+pub struct Violations(Arc<Mutex<CallDecisions>>);
+
+#[derive(Debug, Default)]
+struct CallDecisions {
+    first: Option<Violation>,
+    violations: u64,
+    recorded: u32,
+    unrecorded: u64,
+    unrecorded_denials: u64,
+    /// Secrets whose read was audited in this call (once each).
+    secrets_read: BTreeSet<String>,
+}
 
 impl Violations {
-    fn push(&self, violation: Violation) {
-        let mut seen = self
-            .0
+    fn lock(&self) -> std::sync::MutexGuard<'_, CallDecisions> {
+        self.0
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        seen.0.get_or_insert(violation);
-        seen.1 += 1;
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn push(&self, violation: Violation) {
+        let mut seen = self.lock();
+        seen.first.get_or_insert(violation);
+        seen.violations += 1;
+    }
+
+    /// Audit a decision of this call, unless the call already had its share.
+    fn decide(
+        &self,
+        ctx: &PluginContext,
+        capability: &str,
+        target: &str,
+        decision: Decision,
+        reason: Option<String>,
+    ) {
+        {
+            let mut seen = self.lock();
+            if seen.recorded >= MAX_RECORDED_DECISIONS {
+                seen.unrecorded += 1;
+                seen.unrecorded_denials += u64::from(decision == Decision::Deny);
+                return;
+            }
+            seen.recorded += 1;
+        }
+        ctx.decide(capability, target, decision, reason);
+    }
+
+    /// Audit a refusal and keep it as a violation of the call.
+    fn refuse(
+        &self,
+        ctx: &PluginContext,
+        capability: &str,
+        target: &str,
+        reason: String,
+        violation: Violation,
+    ) {
+        self.decide(ctx, capability, target, Decision::Deny, Some(reason));
+        self.push(violation);
     }
 
     /// The first violation of the call, if any.
     pub fn first(&self) -> Option<Violation> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .0
-            .clone()
+        self.lock().first.clone()
     }
 
     /// How many there were.
     pub fn count(&self) -> u64 {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .1
+        self.lock().violations
     }
 }
 
@@ -260,8 +307,6 @@ pub struct PluginState {
     /// Log bytes written by this call, and lines and bytes dropped.
     logged: usize,
     log_dropped: (u64, u64),
-    /// Denials in this call (the first [`MAX_RECORDED_DENIALS`] are audited one by one).
-    denials: u32,
 }
 
 impl std::fmt::Debug for PluginState {
@@ -312,7 +357,6 @@ impl PluginState {
             violations,
             logged: 0,
             log_dropped: (0, 0),
-            denials: 0,
         }
     }
 
@@ -336,17 +380,25 @@ impl PluginState {
             .filter(|w| !w.is_empty())
     }
 
-    /// Audit what the call did beyond the records kept one by one: denials past the
-    /// first [`MAX_RECORDED_DENIALS`], log lines dropped (once a minute per plugin).
+    /// Audit what the call did beyond the records kept one by one: decisions past
+    /// the first [`MAX_RECORDED_DECISIONS`], log lines dropped (once a minute per
+    /// plugin).
     pub fn finish(&self) {
-        if self.denials > MAX_RECORDED_DENIALS {
-            let more = self.denials - MAX_RECORDED_DENIALS;
+        let (more, denials) = {
+            let seen = self.violations.lock();
+            (seen.unrecorded, seen.unrecorded_denials)
+        };
+        if more > 0 {
             self.ctx.decide(
-                "denials",
+                "decisions",
                 "this call",
-                Decision::Deny,
+                if denials > 0 {
+                    Decision::Deny
+                } else {
+                    Decision::Allow
+                },
                 Some(format!(
-                    "{more} more denials in this call, not recorded one by one"
+                    "{more} more decisions in this call ({denials} denials), not recorded one by one"
                 )),
             );
         }
@@ -369,15 +421,10 @@ impl PluginState {
     }
 
     fn deny(&mut self, capability: &str, target: &str, reason: String) {
-        self.denials += 1;
-        if self.denials <= MAX_RECORDED_DENIALS {
-            self.ctx
-                .decide(capability, target, Decision::Deny, Some(reason.clone()));
-        }
-        self.violations.push(Violation::Denied(format!(
-            "{capability} `{}`: {reason}",
-            bounded(target)
-        )));
+        let shown = bounded(&self.ctx.redact(target), MAX_TARGET_CHARS);
+        let violation = Violation::Denied(format!("{capability} `{shown}`: {reason}"));
+        self.violations
+            .refuse(&self.ctx, capability, target, reason, violation);
     }
 }
 
@@ -409,16 +456,17 @@ impl ResourceLimiter for Limiter {
                 current >> 10,
                 desired >> 10
             );
-            self.ctx.decide(
-                "memory",
-                &format!("{limit} MiB"),
-                Decision::Deny,
-                Some(reason),
-            );
-            self.violations.push(Violation::Limit(format!(
+            let violation = Violation::Limit(format!(
                 "memory limit of {limit} MiB reached (growth to {} KiB refused)",
                 total >> 10
-            )));
+            ));
+            self.violations.refuse(
+                &self.ctx,
+                "memory",
+                &format!("{limit} MiB"),
+                reason,
+                violation,
+            );
         }
         Ok(allowed)
     }
@@ -537,16 +585,11 @@ impl types::Host for PluginState {}
 
 impl log::Host for PluginState {
     fn log(&mut self, level: log::Level, message: String) {
-        let mut message = message;
-        if message.len() > MAX_LOG_LINE {
-            let mut cut = MAX_LOG_LINE;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let total = message.len();
-            message.truncate(cut);
-            message.push_str(&format!("... ({total} bytes, cut)"));
-        }
+        // Redacted whole first: a cut must not leave part of a secret behind. Line
+        // breaks are escaped: a plugin cannot forge lines of the host's log.
+        let message = bounded(&self.ctx.redact(&message), MAX_LOG_LINE)
+            .replace('\n', "\\n")
+            .replace('\r', "\\r");
         let len = message.len();
         if self.logged + len > LOG_BYTES_PER_CALL || !self.ctx.logs.take(len) {
             self.log_dropped.0 += 1;
@@ -555,7 +598,6 @@ impl log::Host for PluginState {
         }
         self.logged += len;
         let plugin = self.ctx.name.as_str();
-        let message = self.ctx.redact(&message);
         match level {
             log::Level::Trace => tracing::trace!(plugin, "{message}"),
             log::Level::Debug => tracing::debug!(plugin, "{message}"),
@@ -585,17 +627,29 @@ impl secrets::Host for PluginState {
         if !self.ctx.grants.all_secrets().any(|s| *s == name) {
             let reason = "not granted to this plugin".to_owned();
             self.deny("secret", &name, reason.clone());
-            return Err(format!("secret `{}` is {reason}", bounded(&name)));
+            return Err(format!(
+                "secret `{}` is {reason}",
+                bounded(&name, MAX_TARGET_CHARS)
+            ));
         }
         match self.ctx.secrets.get(&name) {
             Some(secret) => {
-                self.ctx.decide("secret", &name, Decision::Allow, None);
+                // Each secret's read is audited once a call, however often it is read.
+                if self.violations.lock().secrets_read.insert(name.clone()) {
+                    self.violations
+                        .decide(&self.ctx, "secret", &name, Decision::Allow, None);
+                }
                 Ok(secret.expose().to_owned())
             }
             None => {
                 let reason = "not mapped to this plugin instance by the operator".to_owned();
-                self.ctx
-                    .decide("secret", &name, Decision::Deny, Some(reason.clone()));
+                self.violations.decide(
+                    &self.ctx,
+                    "secret",
+                    &name,
+                    Decision::Deny,
+                    Some(reason.clone()),
+                );
                 Err(format!("secret `{name}` is {reason}"))
             }
         }
@@ -671,9 +725,9 @@ impl PluginState {
             let reason = format!(
                 "key-value quota of {quota} bytes exceeded ({after} bytes after this write)"
             );
-            self.ctx
-                .decide("kv", &key, Decision::Deny, Some(reason.clone()));
-            self.violations.push(Violation::Limit(reason.clone()));
+            let violation = Violation::Limit(reason.clone());
+            self.violations
+                .refuse(&self.ctx, "kv", &key, reason.clone(), violation);
             return Err(reason);
         }
         kv.delta += new as i64 - old as i64;
@@ -712,63 +766,72 @@ impl WasiHttpHooks for HttpGrants {
         _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
     ) -> Box<dyn Future<Output = Result<HttpResponse, wasmtime_wasi_http::Error>> + Send> {
         use wasmtime_wasi_http::Error as E;
-        let ctx = self.ctx.clone();
-        let violations = self.violations.clone();
+        let (ctx, violations) = (self.ctx.clone(), self.violations.clone());
         let origin = origin(request.uri());
-        let deny = move |target: &str, reason: String| {
-            ctx.decide("http", target, Decision::Deny, Some(reason.clone()));
-            violations.push(Violation::Denied(format!("http `{target}`: {reason}")));
-        };
-        if !self.ctx.grants.allows_http(&origin) {
-            deny(&origin, "origin not granted".into());
-            return Box::new(async { Err(E::HttpRequestDenied) });
-        }
-        let Some(egress) = self.ctx.egress.clone() else {
-            deny(&origin, "the plugin has no outbound HTTP".into());
-            return Box::new(async { Err(E::HttpRequestDenied) });
-        };
-        let ctx = self.ctx.clone();
-        let on_too_large = {
-            let (ctx, violations) = (ctx.clone(), self.violations.clone());
-            let origin = origin.clone();
-            move |cap: u64| {
-                let reason = format!("response body over the {cap}-byte cap");
-                ctx.decide("http", &origin, Decision::Deny, Some(reason.clone()));
-                violations.push(Violation::Limit(format!("http `{origin}`: {reason}")));
+        // Every decision about this request, through the call's capped record.
+        let refuse = {
+            let (ctx, violations) = (ctx.clone(), violations.clone());
+            move |target: &str, reason: String, limit: bool| {
+                let text = format!("http `{target}`: {reason}");
+                let violation = if limit {
+                    Violation::Limit(text)
+                } else {
+                    Violation::Denied(text)
+                };
+                violations.refuse(&ctx, "http", target, reason, violation);
             }
         };
-        let violations = self.violations.clone();
+        if !ctx.grants.allows_http(&origin) {
+            refuse(&origin, "origin not granted".into(), false);
+            return Box::new(async { Err(E::HttpRequestDenied) });
+        }
+        let Some(egress) = ctx.egress.clone() else {
+            refuse(&origin, "the plugin has no outbound HTTP".into(), false);
+            return Box::new(async { Err(E::HttpRequestDenied) });
+        };
+        let on_too_large = {
+            let (refuse, origin) = (refuse.clone(), origin.clone());
+            move |cap: u64| {
+                refuse(
+                    &origin,
+                    format!("response body over the {cap}-byte cap"),
+                    true,
+                )
+            }
+        };
         Box::new(async move {
+            let allowed = || violations.decide(&ctx, "http", &origin, Decision::Allow, None);
             let sent =
                 tokio::time::timeout(ctx.timeout(), egress.send(request, on_too_large)).await;
             match sent {
                 Err(_) => Err(E::ConnectionReadTimeout),
                 Ok(Ok(response)) => {
-                    ctx.decide("http", &origin, Decision::Allow, None);
+                    allowed();
                     let io: Box<dyn Future<Output = _> + Send> = Box::new(async { Ok(()) });
                     Ok((response, io))
                 }
                 Ok(Err(SendError::Prohibited(p))) => {
-                    let target = format!("{origin} ({})", p.ip);
-                    let reason = p.to_string();
-                    ctx.decide("http", &target, Decision::Deny, Some(reason.clone()));
-                    violations.push(Violation::Denied(format!("http `{target}`: {reason}")));
+                    refuse(&format!("{origin} ({})", p.ip), p.to_string(), false);
                     Err(E::DestinationIpProhibited)
                 }
                 Ok(Err(SendError::TooLarge(cap))) => {
-                    let reason = format!("response body over the {cap}-byte cap");
-                    ctx.decide("http", &origin, Decision::Deny, Some(reason.clone()));
-                    violations.push(Violation::Limit(format!("http `{origin}`: {reason}")));
+                    refuse(
+                        &origin,
+                        format!("response body over the {cap}-byte cap"),
+                        true,
+                    );
                     Err(E::HttpResponseBodySize(Some(cap)))
                 }
                 Ok(Err(SendError::RequestTooLarge(cap))) => {
-                    let reason = format!("request body over the {cap}-byte cap");
-                    ctx.decide("http", &origin, Decision::Deny, Some(reason.clone()));
-                    violations.push(Violation::Limit(format!("http `{origin}`: {reason}")));
+                    refuse(
+                        &origin,
+                        format!("request body over the {cap}-byte cap"),
+                        true,
+                    );
                     Err(E::HttpRequestBodySize(Some(cap)))
                 }
                 Ok(Err(SendError::Network(e))) => {
-                    ctx.decide("http", &origin, Decision::Allow, None);
+                    allowed();
                     Err(e)
                 }
             }
@@ -823,9 +886,9 @@ mod tests {
     #[test]
     fn guest_chosen_names_are_cut_before_they_are_recorded() {
         let long = "k".repeat(10_000);
-        let cut = bounded(&long);
+        let cut = bounded(&long, MAX_TARGET_CHARS);
         assert!(cut.len() < 300, "{}", cut.len());
         assert!(cut.ends_with("... (10000 bytes)"));
-        assert_eq!(bounded("short"), "short");
+        assert_eq!(bounded("short", MAX_TARGET_CHARS), "short");
     }
 }

@@ -133,6 +133,10 @@ pub fn special_class(ip: IpAddr) -> Option<&'static str> {
                 Some("a 6to4 address")
             } else if seg[..2] == [0x2001, 0] {
                 Some("a Teredo address")
+            } else if seg[..2] == [0x2001, 0xdb8] {
+                Some("a documentation address")
+            } else if seg[..4] == [0x100, 0, 0, 0] {
+                Some("a discard-only address")
             } else if seg[0] & 0xffc0 == 0xfe80 {
                 Some("a link-local address")
             } else if seg[0] & 0xffc0 == 0xfec0 {
@@ -149,7 +153,7 @@ pub fn special_class(ip: IpAddr) -> Option<&'static str> {
 }
 
 fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
-    let [a, b, ..] = ip.octets();
+    let [a, b, c, _] = ip.octets();
     if ip == Ipv4Addr::new(169, 254, 169, 254)
         || ip == Ipv4Addr::new(100, 100, 100, 200)
         || ip == Ipv4Addr::new(168, 63, 129, 16)
@@ -165,6 +169,10 @@ fn v4_class(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a shared (carrier-grade NAT) address")
     } else if a == 198 && (b == 18 || b == 19) {
         Some("a benchmarking address")
+    } else if (a, b, c) == (192, 0, 0) || (a, b, c) == (192, 88, 99) {
+        Some("a reserved protocol address")
+    } else if matches!((a, b, c), (192, 0, 2) | (198, 51, 100) | (203, 0, 113)) {
+        Some("a documentation address")
     } else if a == 0 || ip.is_broadcast() || a >= 240 {
         Some("a non-routable address")
     } else if ip.is_multicast() {
@@ -548,6 +556,11 @@ mod tests {
             ("198.19.255.255", "a benchmarking address"),
             ("240.0.0.1", "a non-routable address"),
             ("168.63.129.16", "a cloud metadata address"),
+            ("192.0.0.8", "a reserved protocol address"),
+            ("192.88.99.1", "a reserved protocol address"),
+            ("203.0.113.7", "a documentation address"),
+            ("2001:db8::1", "a documentation address"),
+            ("100::1", "a discard-only address"),
         ] {
             assert_eq!(class(ip), Some(expected), "{ip}");
         }

@@ -25,7 +25,7 @@
 //! | `POST /v1/plugins/{name}/try` | `plugins:promote` | `{"candidate": dir, "flow": f, "limit": n}`: a candidate beside the live version on recorded messages, the differences |
 //! | `POST /v1/plugins/{name}/promote` | `plugins:promote` | `{"candidate": dir}`: make it live (and write it into the plugin's directory) |
 //! | `POST /v1/plugins/{name}/rollback` | `plugins:promote` | the previous version, from the archive, live again |
-//! | `POST /v1/plugins/{name}/approve` | `plugins:promote` | the version waiting for approval (wider grants) goes live |
+//! | `POST /v1/plugins/{name}/approve` | `plugins:promote` | `{"digest": d}`: the version waiting for approval (wider grants) goes live, if it is `d` |
 //! | `GET /v1/audit?plugin=&key=&decision=&after=&limit=` | `admin:read` | the audit log |
 //! | `GET /v1/keys` | `admin:read` | the API keys (never their tokens) |
 //! | `POST /v1/keys` | `admin:write` | `{"name": n, "scopes": [...]}`: a new key (only scopes the caller holds); its token, once |
@@ -51,6 +51,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -344,6 +346,50 @@ fn unauthorized(detail: &str) -> Reply {
     reply
 }
 
+/// Headers that carry credentials for Tenon itself, never passed to a source plugin.
+const CREDENTIAL_HEADERS: [hyper::header::HeaderName; 3] = [
+    hyper::header::AUTHORIZATION,
+    hyper::header::PROXY_AUTHORIZATION,
+    hyper::header::COOKIE,
+];
+
+/// Requests refused without a valid key, recorded one by one up to
+/// [`ANONYMOUS_PER_MINUTE`] a minute; the rest are counted in one record: anyone who
+/// reaches a port must not be able to fill the audit log.
+static ANONYMOUS: RefusalGate = RefusalGate {
+    minute: AtomicU64::new(0),
+    count: AtomicU64::new(0),
+    dropped: AtomicU64::new(0),
+};
+
+/// Anonymous refusals recorded one by one each minute.
+const ANONYMOUS_PER_MINUTE: u64 = 60;
+
+struct RefusalGate {
+    minute: AtomicU64,
+    count: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl RefusalGate {
+    /// Whether to record this refusal; with, when a minute ended with refusals left
+    /// unrecorded, how many.
+    fn admit(&self) -> (bool, u64) {
+        let minute = crate::queue::now_ms() / 60_000;
+        let mut dropped_before = 0;
+        if self.minute.swap(minute, Relaxed) != minute {
+            self.count.store(0, Relaxed);
+            dropped_before = self.dropped.swap(0, Relaxed);
+        }
+        if self.count.fetch_add(1, Relaxed) < ANONYMOUS_PER_MINUTE {
+            (true, dropped_before)
+        } else {
+            self.dropped.fetch_add(1, Relaxed);
+            (false, dropped_before)
+        }
+    }
+}
+
 /// Record an API action or refusal in the audit log.
 fn audit_api(
     runtime: &Runtime,
@@ -356,6 +402,28 @@ fn audit_api(
         Decision::Allow => "admin",
         Decision::Deny => "auth",
     };
+    if key.is_none() && decision == Decision::Deny {
+        let (admit, dropped) = ANONYMOUS.admit();
+        if dropped > 0 {
+            runtime.storage().audit().record(AuditRecord {
+                seq: 0,
+                at_ms: crate::queue::now_ms(),
+                plugin: String::new(),
+                digest: String::new(),
+                key: None,
+                capability: "auth".into(),
+                target: "requests without a valid key".into(),
+                decision,
+                reason: Some(format!(
+                    "{dropped} more refused in the last minute, not recorded one by one"
+                )),
+            });
+        }
+        if !admit {
+            tracing::debug!(target, "request without a valid key refused");
+            return;
+        }
+    }
     runtime.storage().audit().record(AuditRecord {
         seq: 0,
         at_ms: crate::queue::now_ms(),
@@ -383,13 +451,20 @@ async fn admin_route(
             json_reply(StatusCode::OK, &json!({ "keys": runtime.keys().list() }))
         }
         (&Method::POST, ["v1", "keys"]) => create_key(runtime, req, key).await,
-        (&Method::POST, ["v1", "keys", id, "revoke"]) => match runtime.keys().revoke(id) {
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => match runtime.keys().revoke(id, Some(key))
+        {
             Ok(revoked) => json_reply(StatusCode::OK, &json!({ "key": revoked })),
             Err(crate::auth::KeyError::Unknown(id)) => problem(
                 StatusCode::NOT_FOUND,
                 "unknown-key",
                 "Unknown key",
                 format!("no key with id `{id}`"),
+            ),
+            Err(error @ crate::auth::KeyError::Outranked { .. }) => problem(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                error.to_string(),
             ),
             Err(error) => problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -639,9 +714,11 @@ async fn ingest(runtime: &Runtime, source: &str, req: Request<Incoming>, max_bod
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
+    // Credentials are Tenon's, not the plugin's: an untrusted source never sees them.
     let headers: Vec<(String, String)> = req
         .headers()
         .iter()
+        .filter(|(k, _)| !CREDENTIAL_HEADERS.contains(k))
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let body = match Limited::new(req.into_body(), max_body).collect().await {
@@ -907,7 +984,8 @@ async fn plugin_action(
     let limit = args["limit"].as_u64().unwrap_or(20) as usize;
     // Loading compiles: off the async workers.
     let handle = tokio::runtime::Handle::current();
-    let task = tokio::task::spawn_blocking(move || match (action, candidate, flow) {
+    let task = tokio::task::spawn_blocking(move || {
+        match (action, candidate, flow) {
         ("try", Some(candidate), Some(flow)) => handle
             .block_on(runtime.try_candidate(&name, &flow, &candidate, limit))
             .map(|results| json!({ "plugin": name, "flow": flow, "results": results })),
@@ -916,8 +994,17 @@ async fn plugin_action(
             .promote(&name, &candidate)
             .map(|r| reload_json(&name, r)),
         ("promote", None, _) => Err("`promote` needs `candidate` (a plugin directory)".to_owned()),
-        ("approve", _, _) => runtime.approve(&name, &key).map(|r| reload_json(&name, r)),
+        ("approve", _, _) => match args["digest"].as_str() {
+            Some(digest) => runtime
+                .approve(&name, digest, &key)
+                .map(|r| reload_json(&name, r)),
+            None => Err(
+                "`approve` needs `digest`: the digest of the version waiting, as `tenon status` shows it"
+                    .to_owned(),
+            ),
+        },
         (_, _, _) => runtime.rollback(&name).map(|r| reload_json(&name, r)),
+    }
     });
     match task.await {
         Ok(Ok(body)) => json_reply(StatusCode::OK, &body),

@@ -233,17 +233,34 @@ impl Plugin {
             let file = dir.file_name().map(PathBuf::from).unwrap_or_default();
             (dir.parent().unwrap_or(Path::new(".")), file)
         };
-        let manifest_path = base.join(&manifest_file);
+        let root = cap_std::fs::Dir::open_ambient_dir(base, cap_std::ambient_authority()).map_err(
+            |source| LoadError::Read {
+                path: base.to_owned(),
+                source,
+            },
+        )?;
+        Plugin::load_in(engine, storage, name, &root, base, &manifest_file, settings)
+    }
+
+    /// Load the plugin whose files are in `root` (shown as `base` in messages), its
+    /// manifest being `manifest_file` there. Every file is opened relative to the
+    /// directory's handle: a name or a symlink that leads outside it is refused.
+    pub fn load_in(
+        engine: &Engine,
+        storage: &Storage,
+        name: &str,
+        root: &cap_std::fs::Dir,
+        base: &Path,
+        manifest_file: &Path,
+        settings: &PluginSettings,
+    ) -> Result<Plugin, LoadError> {
+        let manifest_path = base.join(manifest_file);
         let read_error = |path: &Path| {
             let path = path.to_owned();
             move |source| LoadError::Read { path, source }
         };
-        // Every file is opened relative to the directory's handle: a name or a
-        // symlink that leads outside it is refused.
-        let root = cap_std::fs::Dir::open_ambient_dir(base, cap_std::ambient_authority())
-            .map_err(read_error(base))?;
         let text = root
-            .read_to_string(&manifest_file)
+            .read_to_string(manifest_file)
             .map_err(read_error(&manifest_path))?;
         let manifest = Manifest::parse(&manifest_path, &text)?;
         let path = base.join(&manifest.component);
@@ -567,12 +584,19 @@ impl Plugin {
         Err(self.redact(error))
     }
 
+    /// The error as the host records it: redacted, then cut (a plugin's text is kept
+    /// to [`caps::MAX_TEXT_CHARS`]; at most [`MAX_REASONS`] reasons).
     fn redact(&self, error: CallError) -> CallError {
-        let r = |s: String| self.ctx.redact(&s);
+        let r = |s: String| self.text(&s);
         match error {
             CallError::Failure(Failure::Invalid(s)) => CallError::Failure(Failure::Invalid(r(s))),
             CallError::Failure(Failure::Rejected(v)) => {
-                CallError::Failure(Failure::Rejected(v.into_iter().map(r).collect()))
+                let total = v.len();
+                let mut reasons: Vec<String> = v.into_iter().take(MAX_REASONS).map(r).collect();
+                if total > MAX_REASONS {
+                    reasons.push(format!("... and {} more reasons", total - MAX_REASONS));
+                }
+                CallError::Failure(Failure::Rejected(reasons))
             }
             CallError::Failure(Failure::Retryable(s)) => {
                 CallError::Failure(Failure::Retryable(r(s)))
@@ -585,32 +609,15 @@ impl Plugin {
         }
     }
 
+    /// Text from the plugin as the host records it: redacted whole, then cut.
+    fn text(&self, text: &str) -> String {
+        caps::bounded(&self.ctx.redact(text), caps::MAX_TEXT_CHARS)
+    }
+
     /// Refuse output messages that carry a secret's value, in any form: the host
     /// never records one, and editing the message would pass a damaged one on.
     fn check_secrets(&self, messages: &[types::Message]) -> Result<(), CallError> {
-        if self.ctx.redactor.is_empty() {
-            return Ok(());
-        }
-        let found = messages.iter().find_map(|m| {
-            let fields = [&m.id, &m.key, &m.kind, &m.content_type];
-            fields
-                .iter()
-                .map(|f| f.as_bytes())
-                .chain(
-                    m.headers
-                        .iter()
-                        .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]),
-                )
-                .chain(std::iter::once(m.body.as_slice()))
-                .find_map(|bytes| self.ctx.redactor.find(bytes))
-        });
-        let Some(secret) = found else {
-            return Ok(());
-        };
-        let reason = format!("an output message carries the value of secret `{secret}`");
-        self.ctx
-            .decide("output", secret, Decision::Deny, Some(reason.clone()));
-        Err(CallError::Denied(reason))
+        check_secrets(&self.ctx, messages)
     }
 
     /// Refuse an output larger than the plugin's cap.
@@ -712,8 +719,8 @@ impl Plugin {
         )?;
         Ok(Called {
             value: Receipt {
-                reference: self.ctx.redact(&receipt.reference),
-                detail: receipt.detail.map(|d| self.ctx.redact(&d)),
+                reference: self.text(&receipt.reference),
+                detail: receipt.detail.map(|d| self.text(&d)),
             },
             kv,
         })
@@ -777,7 +784,10 @@ impl ReusedTransform {
             .call_transform(&mut self.store, &input)
             .await;
         match result {
-            Ok(Ok(out)) => Ok(out.into_iter().map(StoredMessage::from).collect()),
+            Ok(Ok(out)) => {
+                check_secrets(&self.store.data().ctx, &out)?;
+                Ok(out.into_iter().map(StoredMessage::from).collect())
+            }
             Ok(Err(failure)) => Err(CallError::Failure(failure.into())),
             Err(error) => Err(classify_trap(
                 error,
@@ -797,6 +807,35 @@ fn names<'a>(items: impl Iterator<Item = &'a String>) -> String {
         list.join(", ")
     }
 }
+
+/// Refuse output messages that carry one of the plugin's secrets, in any form.
+fn check_secrets(ctx: &PluginContext, messages: &[types::Message]) -> Result<(), CallError> {
+    if ctx.redactor.is_empty() {
+        return Ok(());
+    }
+    let found = messages.iter().find_map(|m| {
+        let fields = [&m.id, &m.key, &m.kind, &m.content_type];
+        fields
+            .iter()
+            .map(|f| f.as_bytes())
+            .chain(
+                m.headers
+                    .iter()
+                    .flat_map(|(k, v)| [k.as_bytes(), v.as_bytes()]),
+            )
+            .chain(std::iter::once(m.body.as_slice()))
+            .find_map(|bytes| ctx.redactor.find(bytes))
+    });
+    let Some(secret) = found else {
+        return Ok(());
+    };
+    let reason = format!("an output message carries the value of secret `{secret}`");
+    ctx.decide("output", secret, Decision::Deny, Some(reason.clone()));
+    Err(CallError::Denied(reason))
+}
+
+/// Most reasons of one rejection the host records.
+pub const MAX_REASONS: usize = 100;
 
 /// Most characters of a guest's stderr quoted in an error.
 const MAX_STDERR_IN_ERROR: usize = 1_000;

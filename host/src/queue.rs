@@ -224,6 +224,9 @@ pub enum Accepted {
     Conflict,
     /// What the write was about (e.g. a dead letter to redrive) does not exist.
     Missing,
+    /// A step's result was not committed: its key-value writes would take the
+    /// namespace over its quota (nothing of the step was written).
+    OverQuota(String),
 }
 
 /// What a step's work on a leased message came to.
@@ -661,14 +664,17 @@ impl Queue {
                 }
             }
         }
-        let result = self
+        let result = match self
             .write(Write::Complete {
                 slot: slot.clone(),
                 completion,
                 kv,
             })
             .await
-            .map(drop);
+        {
+            Ok(Accepted::OverQuota(reason)) => Err(StorageError::OverQuota(reason)),
+            other => other.map(drop),
+        };
         if result.is_err() {
             // Not committed: the message stays, and is leased again after a pause.
             let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -956,6 +962,11 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
             kv,
         } => {
             if let Some(kv) = kv {
+                // Checked before anything of the step is written: over the quota (by
+                // concurrent calls that each fitted), the whole step waits for a retry.
+                if let Some(reason) = crate::storage::kv_over_quota(txn, kv)? {
+                    return Ok(Accepted::OverQuota(reason));
+                }
                 crate::storage::apply_kv(txn, kv)?;
             }
             let slot = (slot.0.as_str(), slot.1);

@@ -392,9 +392,10 @@ impl Runtime {
         }
     }
 
-    /// Make the version of `name` that waits for approval live, approved by `key`.
-    pub fn approve(&self, name: &str, key: &str) -> Result<Reload, String> {
-        let (reload, plugin) = self.plugins.approve(name)?;
+    /// Make the version of `name` that waits for approval live, approved by `key`, if
+    /// its digest is `digest` (the one the operator reviewed).
+    pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, String> {
+        let (reload, plugin) = self.plugins.approve(name, digest)?;
         self.record_approved(name, &approved_of(&plugin));
         self.storage.audit().record(crate::audit::AuditRecord {
             seq: 0,
@@ -442,6 +443,27 @@ impl Runtime {
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
         let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
             .map_err(|e| format!("{e:#}"));
+        self.swap_in(name, loaded, false)
+    }
+
+    /// What the watcher does when a plugin's files change: [`Runtime::reload_plugin`],
+    /// for a version whose manifest names its component (`component_digest`). Without
+    /// it a deploy under way cannot be told from a finished one, so such a version is
+    /// refused here and only loads by an operator's explicit reload or promotion.
+    pub fn reload_watched(&self, name: &str) -> Result<Reload, String> {
+        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|plugin| match plugin.manifest().component_digest {
+                Some(_) => Ok(plugin),
+                None if self.plugin(name).is_some_and(|live| live.digest() == plugin.digest()) => {
+                    Ok(plugin)
+                }
+                None => Err(format!(
+                    "{}: a version dropped into a watched directory must name its component: add `component_digest = \"{}\"` to plugin.toml (or load it explicitly with `POST /v1/plugins/{name}/reload`)",
+                    tenon_registry::MANIFEST_FILE,
+                    plugin.component_digest()
+                )),
+            });
         self.swap_in(name, loaded, false)
     }
 
@@ -673,10 +695,10 @@ impl Runtime {
                     Accepted::Conflict => {
                         return Err(IngestError::IdempotencyConflict { key: claim.key });
                     }
-                    // Only redrive and discard report `Missing`; an enqueue never does.
-                    Accepted::Missing => {
+                    // Only other writes report these; an enqueue never does.
+                    Accepted::Missing | Accepted::OverQuota(_) => {
                         return Err(StorageError::Decode(
-                            "enqueue reported a missing record".into(),
+                            "enqueue reported the result of another write".into(),
                         )
                         .into());
                     }
@@ -1223,6 +1245,29 @@ pub(crate) fn load_plugin_from(
     as_name: &str,
     dir: &Path,
 ) -> anyhow::Result<Plugin> {
+    load_plugin_at(config, engine, storage, name, as_name, Location::Path(dir))
+}
+
+/// Where a version's files are: a path, or a directory already opened (a candidate,
+/// opened relative to its plugin root so that nothing can redirect it in between).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Location<'a> {
+    /// A plugin directory (or its `plugin.toml`).
+    Path(&'a Path),
+    /// An opened directory, and its path for messages.
+    Dir(&'a cap_std::fs::Dir, &'a Path),
+}
+
+/// Load the version at `location` with the settings of plugin instance `name`, as
+/// instance `as_name`.
+pub(crate) fn load_plugin_at(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+    as_name: &str,
+    location: Location<'_>,
+) -> anyhow::Result<Plugin> {
     let entry = config
         .plugins
         .get(name)
@@ -1247,7 +1292,14 @@ pub(crate) fn load_plugin_from(
             })
             .collect::<anyhow::Result<_>>()?,
     };
-    let plugin = Plugin::load(engine, storage, as_name, dir, &settings)?;
+    let (plugin, dir) = match location {
+        Location::Path(dir) => (Plugin::load(engine, storage, as_name, dir, &settings)?, dir),
+        Location::Dir(root, dir) => {
+            let manifest = Path::new(tenon_registry::MANIFEST_FILE);
+            let plugin = Plugin::load_in(engine, storage, as_name, root, dir, manifest, &settings)?;
+            (plugin, dir)
+        }
+    };
     if let Some(pin) = &entry.digest
         && pin != plugin.digest()
     {

@@ -58,6 +58,10 @@ pub enum StorageError {
     /// A stored record does not decode: a bug or a damaged file.
     #[error("storage: damaged record: {0}")]
     Decode(String),
+    /// A step's key-value writes would take its namespace over the quota: nothing of
+    /// the step was committed.
+    #[error("not committed: {0}")]
+    OverQuota(String),
     /// The transaction holding this write failed to commit: nothing in it is durable.
     #[error("storage: commit failed, nothing written: {0}")]
     CommitFailed(String),
@@ -327,10 +331,35 @@ pub(crate) fn kv_entry_size(key: &str, value: Option<&[u8]>) -> u64 {
     value.map_or(0, |v| (key.len() + v.len()) as u64)
 }
 
+/// Why a call's writes would take their namespace over its quota (concurrent calls
+/// of one plugin each checked against what was committed when they wrote), or `None`.
+pub(crate) fn kv_over_quota(
+    txn: &redb::WriteTransaction,
+    writes: &KvWrites,
+) -> Result<Option<String>, StorageError> {
+    let Some(quota) = writes.quota else {
+        return Ok(None);
+    };
+    let ns = writes.namespace.as_str();
+    let table = txn.open_table(KV)?;
+    let used = txn.open_table(KV_USAGE)?.get(ns)?.map_or(0, |v| v.value());
+    let mut after = used;
+    for (key, value) in &writes.writes {
+        let old = table
+            .get((ns, key.as_str()))?
+            .map_or(0, |v| kv_entry_size(key, Some(v.value())));
+        after = after.saturating_sub(old) + kv_entry_size(key, value.as_deref());
+    }
+    Ok((after > quota && after > used).then(|| {
+        format!(
+            "key-value quota of {quota} bytes exceeded ({after} bytes after this step's writes)"
+        )
+    }))
+}
+
 /// Apply a call's writes in the caller's transaction, keeping the namespace's usage
-/// count. The quota was checked as the plugin wrote (against what was committed then);
-/// it is checked again here, so concurrent calls of one plugin can overshoot it by at
-/// most what they wrote together in one commit.
+/// count. The quota was checked as the plugin wrote and again just before
+/// ([`kv_over_quota`]).
 pub(crate) fn apply_kv(
     txn: &redb::WriteTransaction,
     writes: &KvWrites,
@@ -376,6 +405,31 @@ mod tests {
         assert!(a.get("customer/001").unwrap().is_some());
         a.delete("customer/001").unwrap();
         assert_eq!(a.get("customer/001").unwrap(), None);
+    }
+
+    #[test]
+    fn writes_over_the_quota_are_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path()).unwrap();
+        let kv = storage.kv_with_quota("p", 20);
+        // Two calls that each fitted when they wrote, 10 bytes each, then a third.
+        let mut first = kv.writes();
+        first.put("k1", Some(vec![0; 8]));
+        let mut second = kv.writes();
+        second.put("k2", Some(vec![0; 8]));
+        let mut third = kv.writes();
+        third.put("k3", Some(vec![0; 8]));
+        kv.commit(&first).unwrap();
+        kv.commit(&second).unwrap();
+        let txn = storage.db().begin_write().unwrap();
+        assert_eq!(
+            kv_over_quota(&txn, &third).unwrap().as_deref(),
+            Some("key-value quota of 20 bytes exceeded (30 bytes after this step's writes)")
+        );
+        // Shrinking is always allowed, even over the quota.
+        let mut shrink = kv.writes();
+        shrink.put("k1", None);
+        assert_eq!(kv_over_quota(&txn, &shrink).unwrap(), None);
     }
 
     #[test]

@@ -211,12 +211,23 @@ impl PluginSlots {
         Ok(slot.replace(Arc::new(candidate)))
     }
 
-    /// Make the version waiting for approval live; the version it replaced.
-    pub fn approve(&self, name: &str) -> Result<(Reload, Arc<Plugin>), String> {
+    /// Make the version waiting for approval live, if it is the one the operator
+    /// looked at (`digest`): a version dropped in between is not approved unseen.
+    pub fn approve(&self, name: &str, digest: &str) -> Result<(Reload, Arc<Plugin>), String> {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         let slot = slots
             .get_mut(name)
             .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let waiting = slot
+            .pending
+            .as_ref()
+            .map(|p| p.plugin.digest().to_owned())
+            .ok_or_else(|| format!("no version of `{name}` waits for approval"))?;
+        if waiting != digest {
+            return Err(format!(
+                "the version of `{name}` waiting for approval is {waiting}, not {digest}: review it (`tenon status`) and approve that one"
+            ));
+        }
         let pending = slot
             .pending
             .take()
@@ -384,7 +395,7 @@ pub fn watch(
             for name in names {
                 let runtime = runtime.clone();
                 // Loading compiles: off the async workers, one plugin at a time.
-                let _ = tokio::task::spawn_blocking(move || runtime.reload_plugin(&name)).await;
+                let _ = tokio::task::spawn_blocking(move || runtime.reload_watched(&name)).await;
             }
         }
     })
@@ -418,7 +429,7 @@ pub fn archive(data_dir: &std::path::Path, plugin: &Plugin) {
     }
 }
 
-use crate::runtime::Runtime;
+use crate::runtime::{Location, Runtime};
 
 impl Runtime {
     /// Make the version in `candidate` (a directory under one of the config's plugin
@@ -426,24 +437,24 @@ impl Runtime {
     /// directory (so a restart keeps it) and swapped in. The operator's promotion is
     /// the approval of its grants.
     pub fn promote(&self, name: &str, candidate: &std::path::Path) -> Result<Reload, String> {
-        let candidate = self.candidate_dir(candidate)?;
-        self.promote_from(name, &candidate)
+        let (dir, shown) = self.candidate_dir(candidate)?;
+        self.promote_from(name, Location::Dir(&dir, &shown))
     }
 
     /// Promote from a directory already checked (a candidate, or the archive).
-    fn promote_from(&self, name: &str, dir: &std::path::Path) -> Result<Reload, String> {
+    fn promote_from(&self, name: &str, location: Location<'_>) -> Result<Reload, String> {
         let config = self.config();
         let entry = config
             .plugins
             .get(name)
             .ok_or_else(|| format!("no plugin named `{name}`"))?;
-        let loaded = crate::runtime::load_plugin_from(
+        let loaded = crate::runtime::load_plugin_at(
             &config,
             self.engine(),
             self.storage(),
             name,
             name,
-            dir,
+            location,
         )
         .map_err(|e| format!("{e:#}"))?;
         loaded
@@ -452,18 +463,31 @@ impl Runtime {
         self.swap_in(name, Ok(loaded), true)
     }
 
-    /// `dir`, resolved, if it lies under one of the config's plugin roots.
-    fn candidate_dir(&self, dir: &std::path::Path) -> Result<std::path::PathBuf, String> {
+    /// `dir`, opened, if it lies under one of the config's plugin roots. It is opened
+    /// relative to the root's own handle: a symlink swapped in after the check cannot
+    /// lead it out of the root.
+    fn candidate_dir(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(cap_std::fs::Dir, std::path::PathBuf), String> {
         let resolved = dir
             .canonicalize()
             .map_err(|e| format!("candidate {}: {e}", dir.display()))?;
         let roots = self.config().plugin_roots();
-        let inside = roots
-            .iter()
-            .filter_map(|root| root.canonicalize().ok())
-            .any(|root| resolved.starts_with(root));
-        if inside {
-            return Ok(resolved);
+        for root in roots.iter().filter_map(|root| root.canonicalize().ok()) {
+            let Ok(relative) = resolved.strip_prefix(&root) else {
+                continue;
+            };
+            let opened = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+                .and_then(|root| {
+                    if relative.as_os_str().is_empty() {
+                        root.open_dir(".")
+                    } else {
+                        root.open_dir(relative)
+                    }
+                })
+                .map_err(|e| format!("candidate {}: {e}", resolved.display()))?;
+            return Ok((opened, resolved));
         }
         let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         Err(format!(
@@ -491,7 +515,7 @@ impl Runtime {
                 "version {previous} of `{name}` is not in the archive"
             ));
         }
-        self.promote_from(name, &dir)
+        self.promote_from(name, Location::Path(&dir))
     }
 
     /// Run a candidate version of the transform `name` beside its live version on the
@@ -516,17 +540,17 @@ impl Runtime {
             .position(|s| s == name)
             .filter(|&i| i + 1 < flow.stages.len())
             .ok_or_else(|| format!("`{name}` is not a transform step of flow `{}`", flow.name))?;
-        let candidate = self.candidate_dir(candidate)?;
+        let (candidate_root, shown) = self.candidate_dir(candidate)?;
         // Both versions read the instance's own key-value data; neither writes it
         // (a canary's writes are never committed).
-        let load = |dir: &std::path::Path| {
-            crate::runtime::load_plugin_from(
+        let load = |location: Location<'_>| {
+            crate::runtime::load_plugin_at(
                 &self.config(),
                 self.engine(),
                 self.storage(),
                 name,
                 name,
-                dir,
+                location,
             )
             .map_err(|e| format!("{e:#}"))
         };
@@ -534,8 +558,12 @@ impl Runtime {
             .plugin(name)
             .map(|p| p.digest().to_owned())
             .unwrap_or_default();
-        let live = load(&archive_dir(self.data_dir(), name, &live_digest))?;
-        let candidate = load(&candidate)?;
+        let live = load(Location::Path(&archive_dir(
+            self.data_dir(),
+            name,
+            &live_digest,
+        )))?;
+        let candidate = load(Location::Dir(&candidate_root, &shown))?;
         let before: Vec<Arc<Plugin>> = flow.stages[..stage]
             .iter()
             .filter_map(|s| self.plugin(s))

@@ -306,13 +306,30 @@ impl Grants {
     /// are equal or narrower. A new version with wider grants waits for approval.
     pub fn widening(&self, live: &Grants) -> Vec<String> {
         let mut wider = Vec::new();
+        let live_named = live.named_origins();
         for pattern in &self.http {
             let covered = live
                 .http
                 .iter()
                 .any(|l| glob_match(&with_default_port(l), &with_default_port(pattern)));
+            // A pattern naming a host literally opens that address even when it is
+            // loopback, private or metadata: a live wildcard does not cover that.
+            let named = Grants {
+                http: vec![pattern.clone()],
+                ..Grants::default()
+            }
+            .named_origins();
+            let new_exemption = named.iter().filter(|n| n.is_address()).any(|n| {
+                !live_named.iter().any(|l| {
+                    l.host == n.host
+                        && l.scheme.eq_ignore_ascii_case(&n.scheme)
+                        && (l.port.is_none() || l.port == n.port)
+                })
+            });
             if !covered {
                 wider.push(format!("http: `{pattern}`"));
+            } else if new_exemption {
+                wider.push(format!("http: `{pattern}` (names its host literally)"));
             }
         }
         let live_secrets: Vec<&String> = live.all_secrets().collect();
@@ -413,6 +430,12 @@ pub struct NamedOrigin {
 }
 
 impl NamedOrigin {
+    /// Whether the host is an address (an IP literal, or `localhost`): the only named
+    /// hosts that open a special (loopback, private, metadata) address.
+    pub fn is_address(&self) -> bool {
+        self.host == "localhost" || self.host.parse::<std::net::IpAddr>().is_ok()
+    }
+
     /// Whether a request with this scheme and port is to this origin's scheme and port.
     pub fn matches(&self, scheme: &str, port: u16) -> bool {
         self.scheme.eq_ignore_ascii_case(scheme) && self.port.is_none_or(|p| p == port)
@@ -886,6 +909,47 @@ http = ["http://*", "https://*.example.com"]
             narrower.widening(&live).is_empty(),
             "{:?}",
             narrower.widening(&live)
+        );
+        let wild = Grants {
+            http: vec!["http://*".into()],
+            ..Grants::default()
+        };
+        for exempt in [
+            "http://169.254.169.254",
+            "http://localhost:*",
+            "http://10.0.0.5:5432",
+        ] {
+            let named = Grants {
+                http: vec![exempt.into()],
+                ..Grants::default()
+            };
+            assert_eq!(
+                named.widening(&wild),
+                [format!("http: `{exempt}` (names its host literally)")],
+                "a wildcard does not reach special addresses; naming one does"
+            );
+        }
+        let local = Grants {
+            http: vec!["http://127.0.0.1:*".into()],
+            ..Grants::default()
+        };
+        let one_port = Grants {
+            http: vec!["http://127.0.0.1:8000".into()],
+            ..Grants::default()
+        };
+        assert!(one_port.widening(&local).is_empty(), "narrower");
+        assert!(!local.widening(&one_port).is_empty(), "wider");
+        let by_name = Grants {
+            http: vec!["https://erp.example.com".into()],
+            ..Grants::default()
+        };
+        let https_wild = Grants {
+            http: vec!["https://*".into()],
+            ..Grants::default()
+        };
+        assert!(
+            by_name.widening(&https_wild).is_empty(),
+            "a name opens no special address"
         );
         let wider = Grants {
             http: vec![

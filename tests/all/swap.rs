@@ -28,14 +28,19 @@ impl Version {
         Version { number, wasm }
     }
 
+    /// Its manifest, naming its component (as a hot deploy's must).
+    fn manifest(&self) -> String {
+        bound_manifest(self.number, &self.wasm)
+    }
+
     fn digest(&self) -> String {
-        tenon::plugin::version_digest(manifest(self.number).as_bytes(), &self.wasm)
+        tenon::plugin::version_digest(self.manifest().as_bytes(), &self.wasm)
     }
 
     /// Install this version as the live files of `dir`: the component, then the manifest.
     fn install(&self, dir: &Path) {
         std::fs::write(dir.join("stamp.wasm"), &self.wasm).unwrap();
-        std::fs::write(dir.join("plugin.toml"), manifest(self.number)).unwrap();
+        std::fs::write(dir.join("plugin.toml"), self.manifest()).unwrap();
     }
 }
 
@@ -144,7 +149,11 @@ async fn twenty_swaps_under_load_lose_and_duplicate_nothing() {
 
     // A broken version dropped in under load is refused; the live one keeps serving.
     std::fs::write(dir.join("stamp.wasm"), b"\0asm\x0d\0\x01\0 broken").unwrap();
-    std::fs::write(dir.join("plugin.toml"), manifest("3.0.0")).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        bound_manifest("3.0.0", b"\0asm\x0d\0\x01\0 broken"),
+    )
+    .unwrap();
     let refused = wait_status(&tenon, "refusal", |s| !s["refused"].is_null()).await;
     assert_eq!(
         refused["digest"],
@@ -451,9 +460,9 @@ async fn a_deploy_in_two_steps_never_pairs_a_component_with_another_manifest() {
     let ws = Workspace::new();
     let dir = stamping(&ws, &erp.orders_url());
     let (a, b) = (Version::of(&ws, "A"), Version::of(&ws, "B"));
-    let bound = |v: &Version| bound_manifest(v.number, &v.wasm);
+    let bound = |v: &Version| v.manifest();
     std::fs::write(dir.join("plugin.toml"), bound(&a)).unwrap();
-    let digest_of = |v: &Version| tenon::plugin::version_digest(bound(v).as_bytes(), &v.wasm);
+    let digest_of = |v: &Version| v.digest();
     let tenon = Tenon::start(&ws);
     assert_eq!(stamp_status(&tenon).await["digest"], digest_of(&a));
 
@@ -551,14 +560,42 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
     let a = Version::of(&ws, "A");
     let mut tenon = Tenon::start(&ws);
 
+    // A manifest that does not name its component is not taken from a watched
+    // directory (a deploy under way looks the same); an explicit reload takes it.
+    std::fs::write(dir.join("plugin.toml"), manifest("1.0.9")).unwrap();
+    let refused = wait_status(&tenon, "unbound refused", |s| !s["refused"].is_null()).await;
+    assert!(
+        refused["refused"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("a version dropped into a watched directory must name its component"),
+        "{refused:#}"
+    );
+    assert_eq!(refused["digest"], a.digest().as_str());
+    let reply = tenon
+        .post("/v1/plugins/stamp/reload", "application/json", b"{}")
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let unbound = tenon::plugin::version_digest(manifest("1.0.9").as_bytes(), &a.wasm);
+    assert_eq!(stamp_status(&tenon).await["digest"], unbound.as_str());
+
     // Only the manifest changes: a new version, live.
-    std::fs::write(dir.join("plugin.toml"), manifest("1.0.1")).unwrap();
-    let patched = tenon::plugin::version_digest(manifest("1.0.1").as_bytes(), &a.wasm);
+    let patched_manifest = bound_manifest("1.0.1", &a.wasm);
+    std::fs::write(dir.join("plugin.toml"), &patched_manifest).unwrap();
+    let patched = tenon::plugin::version_digest(patched_manifest.as_bytes(), &a.wasm);
     let live = wait_status(&tenon, "1.0.1 live", |s| s["digest"] == patched.as_str()).await;
     assert_eq!(live["version"], "1.0.1");
 
     // Wider grants: held, shown, not live.
-    let wide = format!("{}[grants]\nmemory_mib = 128\n", manifest("1.1.0"));
+    let wide = format!(
+        "{}[grants]\nmemory_mib = 128\n",
+        bound_manifest("1.1.0", &a.wasm)
+    );
     std::fs::write(dir.join("plugin.toml"), &wide).unwrap();
     let wide_digest = tenon::plugin::version_digest(wide.as_bytes(), &a.wasm);
     let held = wait_status(&tenon, "held", |s| !s["pending"].is_null()).await;
@@ -576,7 +613,9 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
     assert!(ok);
     assert!(
         out.contains("waiting for approval: 1.1.0")
-            && out.contains("(wider grants: memory_mib: 64 -> 128); `tenon plugin approve stamp`"),
+            && out.contains(&format!(
+                "(wider grants: memory_mib: 64 -> 128); `tenon plugin approve stamp --digest {wide_digest}`"
+            )),
         "{out}"
     );
     let id = tenon.send_quote(sample("plain.json")).await.remove(0);
@@ -601,12 +640,24 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
         "POST",
         &format!("{}/v1/plugins/stamp/approve", tenon.admin),
         &[("authorization", &format!("Bearer {reader}"))],
-        Some(("application/json", b"{}".to_vec())),
+        Some((
+            "application/json",
+            format!(r#"{{"digest": "{wide_digest}"}}"#).into_bytes(),
+        )),
     )
     .await
     .unwrap();
     assert_eq!(refused.status, 403, "approving needs plugins:promote");
-    let (ok, out, err) = tenon.cli(&["plugin", "approve", "stamp"]);
+    // Approving names the version reviewed: another one is refused.
+    let (ok, _, err) = tenon.cli(&["plugin", "approve", "stamp", "--digest", &patched]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "waiting for approval is {wide_digest}, not {patched}"
+        )),
+        "{err}"
+    );
+    let (ok, out, err) = tenon.cli(&["plugin", "approve", "stamp", "--digest", &wide_digest]);
     assert!(ok, "{err}");
     assert_eq!(
         out.trim(),
@@ -635,11 +686,14 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
             && r["key"].as_str().is_some_and(|k| k.starts_with("k_"))),
         "{audit:#}"
     );
-    let (ok, out, _) = tenon.cli(&["plugin", "approve", "stamp"]);
+    let (ok, out, _) = tenon.cli(&["plugin", "approve", "stamp", "--digest", &wide_digest]);
     assert!(!ok, "{out}");
 
     // Narrower again: swapped without anyone approving.
-    let narrow = format!("{}[grants]\nmemory_mib = 32\n", manifest("1.2.0"));
+    let narrow = format!(
+        "{}[grants]\nmemory_mib = 32\n",
+        bound_manifest("1.2.0", &a.wasm)
+    );
     std::fs::write(dir.join("plugin.toml"), &narrow).unwrap();
     let narrow_digest = tenon::plugin::version_digest(narrow.as_bytes(), &a.wasm);
     wait_status(&tenon, "narrower live", |s| {

@@ -296,6 +296,24 @@ sink = "erp-sink"
         "{anonymous:#}"
     );
 
+    // Anyone who reaches a port cannot fill the audit log: past 60 a minute, refused
+    // requests without a key are counted, not recorded one by one.
+    for _ in 0..150 {
+        call("GET", &format!("{admin}/v1/dlq"), None, None).await;
+    }
+    let anonymous = tenon
+        .get("/v1/audit?decision=deny&limit=10000")
+        .await
+        .json()
+        .unwrap();
+    let recorded = anonymous["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["capability"] == "auth" && r["key"].is_null())
+        .count();
+    assert!(recorded <= 61, "{recorded} anonymous refusals recorded");
+
     // The CLI without a key says how to give one.
     let (ok, _, err) = tenon_cli(&["status", "--server", admin, "--data-dir", "/nonexistent"]);
     assert!(!ok);
@@ -484,6 +502,7 @@ erp_token = { file = "token.txt" }
         ("leak-b64", "fail-base64"),
         ("leak-url", "fail-url"),
         ("leak-hex", "emit-hex"),
+        ("headers", "fail-headers"),
     ] {
         config.push_str(&format!(
             "[plugins.{name}]\npath = \"plugins/leaky-source\"\nconfig = {{ mode = \"{mode}\" }}\nsecrets = {{ token = \"erp_token\" }}\n[flows.{name}]\nsource = \"{name}\"\nsink = \"erp-sink\"\n"
@@ -492,6 +511,7 @@ erp_token = { file = "token.txt" }
     for (name, mode, mapped) in [
         ("echo-secret", "secret", true),
         ("leak-encoded", "leak-encoded", true),
+        ("leak-long", "leak-long", true),
         ("unmapped", "secret", false),
     ] {
         let mapping = if mapped {
@@ -549,6 +569,24 @@ erp_token = { file = "token.txt" }
         status["outcomes"][0]["result"]["DeadLetter"]["error"],
         "invalid: leaking erp_token: [redacted secret `erp_token`]"
     );
+    // Across the 4 KiB cut of a log line: redacted whole before the cut.
+    let ids = tenon
+        .send_quote_to("src-leak-long", sample("plain.json"))
+        .await;
+    tenon.settled(&ids[0]).await;
+    // A source is never handed the sender's API key.
+    let reply = post("headers").await;
+    let detail = reply.json().unwrap()["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.starts_with("source `headers`: headers: "),
+        "{detail}"
+    );
+    assert!(detail.contains("content-type=application/json"), "{detail}");
+    assert!(
+        !detail.to_ascii_lowercase().contains("authorization"),
+        "{detail}"
+    );
+    assert!(!detail.contains(&tenon.token), "{detail}");
     // An instance the operator mapped nothing to sees nothing.
     let ids = tenon
         .send_quote_to("src-unmapped", sample("plain.json"))
@@ -594,6 +632,10 @@ erp_token = { file = "token.txt" }
     for form in token_forms() {
         assert!(!recorded.contains(&form), "`{form}` was recorded");
     }
+    assert!(
+        !recorded.contains(&TOKEN[..8]),
+        "a cut left part of the token"
+    );
 }
 
 #[test]
@@ -657,6 +699,7 @@ async fn abuse_is_bounded_and_a_failed_attempt_leaves_nothing_behind() {
         ),
         ("asks", r#"{ mode = "config-flood", size = "500" }"#, 1),
         ("kv-trap", r#"{ mode = "kv-then-trap" }"#, 3),
+        ("huge", r#"{ mode = "huge-failure", size = "1048576" }"#, 2),
     ] {
         config.push_str(&format!(
             "[plugins.{name}]\npath = \"plugins/misbehave\"\nconfig = {settings}\n[plugins.src-{name}]\npath = \"plugins/cpq-source\"\n[flows.{name}]\nsource = \"src-{name}\"\nsteps = [\"{name}\"]\nsink = \"erp-sink\"\nmax_attempts = {attempts}\nbackoff_ms = 10\n"
@@ -721,8 +764,23 @@ async fn abuse_is_bounded_and_a_failed_attempt_leaves_nothing_behind() {
     );
     assert_eq!(
         records.last().unwrap()["reason"],
-        "484 more denials in this call, not recorded one by one"
+        "484 more decisions in this call (484 denials), not recorded one by one"
     );
+
+    // A failure of 1 MiB of text, twice: what the host keeps of it is cut to 4 KiB.
+    let before = std::fs::metadata(&log).unwrap().len();
+    let ids = tenon.send_quote_to("src-huge", sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let error = status["outcomes"][0]["result"]["DeadLetter"]["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert!(
+        error.len() < 5000 && error.ends_with("... (1048576 bytes)"),
+        "{} bytes",
+        error.len()
+    );
+    let grown = std::fs::metadata(&log).unwrap().len() - before;
+    assert!(grown < 64 << 10, "the log grew by {grown} bytes");
 
     // A transform writes kv, then traps: the retry does not see the write, so every
     // attempt traps the same way (before, the second attempt found it and passed).
