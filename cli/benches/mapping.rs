@@ -16,10 +16,10 @@
 //! `TENON_BENCH_KEEP_RESIDENT=<bytes>` change the engine's settings.
 
 use std::time::{Duration, Instant};
-use tenon::engine::{Engine, EngineOptions};
-use tenon::plugin::{Plugin, PluginSettings};
-use tenon::queue::StoredMessage;
-use tenon::storage::Storage;
+use tenon::model::StoredMessage;
+use tenon::sandbox::engine::{Engine, EngineOptions};
+use tenon::sandbox::plugin::{Plugin, PluginSettings};
+use tenon::store::Storage;
 use tenon_sdk::model::{Encoding, Quote, QuoteLine};
 
 const ROUND: Duration = Duration::from_millis(700);

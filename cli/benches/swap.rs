@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use tenon::config::Config;
-use tenon::plugin::RawRequest;
+use tenon::sandbox::plugin::RawRequest;
 use tenon::server::Server;
 use tenon_testkit::mock_erp::MockErp;
 
@@ -125,7 +125,7 @@ concurrency = 16
     let steady = rate(&erp, w);
 
     // Swap window: a new version every 250 ms, alternating A and B.
-    let digest = |bytes: &[u8]| tenon::engine::digest(bytes);
+    let digest = |bytes: &[u8]| tenon::sandbox::engine::digest(bytes);
     let mut live_ms = Vec::new();
     let w = window(&erp);
     let end = Instant::now() + WINDOW;
@@ -163,7 +163,7 @@ concurrency = 16
     println!("bench: swap_live_first_compile_ms {first:.0} ms");
     println!(
         "bench: swap_debounce_ms {} ms",
-        tenon::swap::DEBOUNCE.as_millis()
+        tenon::runtime::watch::DEBOUNCE.as_millis()
     );
     Ok(())
 }

@@ -710,7 +710,8 @@ async fn plugin_command(admin: &Admin, action: PluginAction) -> anyhow::Result<E
 /// `tenon plugin audit`: offline, from the plugin's own files.
 async fn audit_plugin(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
     let report =
-        tokio::task::spawn_blocking(move || tenon::inspect::AuditReport::of_path(&path)).await??;
+        tokio::task::spawn_blocking(move || tenon::sandbox::inspect::AuditReport::of_path(&path))
+            .await??;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -9,8 +9,9 @@
 
 use redb::{Database, TableDefinition};
 use std::time::Instant;
-use tenon::queue::{Envelope, Queue, StoredMessage};
-use tenon::storage::Storage;
+use tenon::model::{Envelope, StoredMessage};
+use tenon::store::Storage;
+use tenon::store::queue::Queue;
 
 const MESSAGES: usize = 20_000;
 const PRODUCERS: usize = 256;
@@ -18,7 +19,7 @@ const BODY: usize = 2 * 1024;
 
 fn envelope(i: usize) -> Envelope {
     let message = StoredMessage {
-        id: format!("01J{i:020}"),
+        id: format!("01J{i:020}").into(),
         key: format!("Q-{i:06}"),
         kind: "QuoteApproved".into(),
         content_type: "application/msgpack".into(),

@@ -20,7 +20,7 @@
 //! **Invariant:** a record holds names (plugin, capability, secret name, origin),
 //! never a secret's value.
 
-use crate::storage::StorageError;
+use crate::store::StorageError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, mpsc};
@@ -223,7 +223,7 @@ fn write_loop(
         if lost > 0 {
             batch.push(AuditRecord {
                 seq: 0,
-                at_ms: crate::queue::now_ms(),
+                at_ms: crate::model::now_ms(),
                 plugin: String::new(),
                 digest: String::new(),
                 key: None,
@@ -250,7 +250,7 @@ fn append(db: &Database, batch: Vec<AuditRecord>) -> Result<(), StorageError> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(AUDIT)?;
-        let mut meta = txn.open_table(crate::storage::META)?;
+        let mut meta = txn.open_table(crate::store::META)?;
         let mut seq = meta.get(SEQ)?.map_or(0, |v| v.value());
         for mut record in batch {
             seq += 1;
@@ -342,7 +342,7 @@ mod tests {
         {
             let txn = db.begin_write().unwrap();
             txn.open_table(AUDIT).unwrap();
-            txn.open_table(crate::storage::META).unwrap();
+            txn.open_table(crate::store::META).unwrap();
             txn.commit().unwrap();
         }
         let log = AuditLog::with_capacity(db.clone(), 4).unwrap();

@@ -20,7 +20,7 @@
 //! **Architecture invariant:** a token is never stored, logged or audited; only its
 //! key's id is.
 
-use crate::storage::{Storage, StorageError};
+use crate::store::{Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -267,7 +267,7 @@ impl Keys {
             id: id.clone(),
             name: name.to_owned(),
             scopes,
-            created_ms: crate::queue::now_ms(),
+            created_ms: crate::model::now_ms(),
             created_by: by.map(|k| k.id.clone()),
             revoked_ms: None,
             hash: hash(&token),
@@ -296,7 +296,7 @@ impl Keys {
             });
         }
         if key.revoked_ms.is_none() {
-            key.revoked_ms = Some(crate::queue::now_ms());
+            key.revoked_ms = Some(crate::model::now_ms());
             self.store(&key)?;
         }
         Ok(key)

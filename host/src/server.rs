@@ -2,7 +2,7 @@
 //! admin API), started and stopped as one.
 
 use crate::config::Config;
-use crate::ingress::Plane;
+use crate::http::Plane;
 use crate::runtime::Runtime;
 use anyhow::Context as _;
 use std::net::SocketAddr;
@@ -74,14 +74,17 @@ impl Server {
         runtime.start(signal.clone());
         let mut tasks = JoinSet::new();
         // New plugin versions dropped into their directories go live without a restart.
-        tasks.spawn(crate::swap::watch(runtime.clone(), signal.clone())?);
-        tasks.spawn(crate::ingress::serve(
+        tasks.spawn(crate::runtime::watch::watch(
+            runtime.clone(),
+            signal.clone(),
+        )?);
+        tasks.spawn(crate::http::serve(
             runtime.clone(),
             ingest,
             Plane::Ingest,
             signal.clone(),
         ));
-        tasks.spawn(crate::ingress::serve(
+        tasks.spawn(crate::http::serve(
             runtime.clone(),
             admin,
             Plane::Admin,

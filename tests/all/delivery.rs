@@ -3,7 +3,7 @@
 
 use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
 use tenon::config::Config;
-use tenon::queue::{Envelope, OutcomeKind, StoredMessage, queue_name};
+use tenon::model::{Envelope, OutcomeKind, StoredMessage, queue_name};
 use tenon::server::Server;
 use tenon_cli::client;
 use tenon_testkit::mock_erp::MockErp;
@@ -103,10 +103,10 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
     )
     .await
     .unwrap();
-    let root = reply.json().unwrap()["accepted"][0]
+    let root: tenon::model::MessageId = reply.json().unwrap()["accepted"][0]
         .as_str()
         .unwrap()
-        .to_owned();
+        .into();
     let delivered = loop {
         let status = runtime.status(&root).unwrap();
         if status.is_settled() {
@@ -163,7 +163,7 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
     server.stop().await;
 }
 
-fn delivered_detail(outcome: &tenon::queue::Outcome) -> Option<String> {
+fn delivered_detail(outcome: &tenon::model::Outcome) -> Option<String> {
     match &outcome.result {
         OutcomeKind::Delivered { detail, .. } => detail.clone(),
         _ => None,

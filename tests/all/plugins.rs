@@ -2,10 +2,10 @@
 //! and limits.
 
 use crate::support::Workspace;
-use tenon::engine::Engine;
-use tenon::plugin::{CallError, Plugin, PluginSettings};
-use tenon::queue::StoredMessage;
-use tenon::storage::Storage;
+use tenon::model::StoredMessage;
+use tenon::sandbox::engine::Engine;
+use tenon::sandbox::plugin::{CallError, Plugin, PluginSettings};
+use tenon::store::Storage;
 
 fn message() -> StoredMessage {
     StoredMessage {
@@ -147,7 +147,7 @@ async fn retryable_failures_and_traps_are_classified() {
     assert!(matches!(err, CallError::Trap(_)), "{err:?}");
     // A source call on a transform is refused by the host, not attempted.
     let wrong = trap
-        .ingest(tenon::plugin::RawRequest {
+        .ingest(tenon::sandbox::plugin::RawRequest {
             content_type: "application/json".into(),
             headers: vec![],
             body: vec![],

@@ -413,9 +413,12 @@ fn the_audit_of_each_first_party_plugin() {
         let manifest = std::fs::read(dir.join("plugin.toml")).unwrap();
         assert_eq!(
             report["digest"],
-            tenon::plugin::version_digest(&manifest, &wasm)
+            tenon::sandbox::plugin::version_digest(&manifest, &wasm)
         );
-        assert_eq!(report["component_digest"], tenon::engine::digest(&wasm));
+        assert_eq!(
+            report["component_digest"],
+            tenon::sandbox::engine::digest(&wasm)
+        );
         assert_eq!(
             report["component_bound"], true,
             "first-party manifests name their component"

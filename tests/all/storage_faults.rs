@@ -7,8 +7,9 @@ use redb::backends::FileBackend;
 use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tenon::queue::{Envelope, Queue, StoredMessage};
-use tenon::storage::Storage;
+use tenon::model::{Envelope, StoredMessage};
+use tenon::store::Storage;
+use tenon::store::queue::Queue;
 
 /// The real file backend, failing every write or sync while `fail` is set.
 #[derive(Debug)]
@@ -138,7 +139,7 @@ async fn no_acknowledged_write_is_lost_when_commits_fail() {
         .pending()
         .unwrap()
         .into_iter()
-        .map(|e| e.message.id)
+        .map(|e| e.message.id.to_string())
         .collect();
     found.sort();
     acknowledged.sort();

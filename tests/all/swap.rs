@@ -34,7 +34,7 @@ impl Version {
     }
 
     fn digest(&self) -> String {
-        tenon::plugin::version_digest(self.manifest().as_bytes(), &self.wasm)
+        tenon::sandbox::plugin::version_digest(self.manifest().as_bytes(), &self.wasm)
     }
 
     /// Install this version as the live files of `dir`: the component, then the manifest.
@@ -326,7 +326,7 @@ async fn a_candidate_is_tried_on_recorded_traffic_then_promoted_and_rolled_back(
     let (ok, out, err) = cli(&["promote", "stamp", "--candidate", candidate_b]);
     assert!(ok, "{err}");
     // The candidate's version is its own manifest with B's component.
-    let b_digest = tenon::plugin::version_digest(
+    let b_digest = tenon::sandbox::plugin::version_digest(
         &std::fs::read(Path::new(candidate_b).join("plugin.toml")).unwrap(),
         &b.wasm,
     );
@@ -450,7 +450,7 @@ fn bound_manifest(version: &str, wasm: &[u8]) -> String {
     format!(
         "{}component_digest = \"{}\"\n",
         manifest(version),
-        tenon::engine::digest(wasm)
+        tenon::sandbox::engine::digest(wasm)
     )
 }
 
@@ -581,13 +581,13 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let unbound = tenon::plugin::version_digest(manifest("1.0.9").as_bytes(), &a.wasm);
+    let unbound = tenon::sandbox::plugin::version_digest(manifest("1.0.9").as_bytes(), &a.wasm);
     assert_eq!(stamp_status(&tenon).await["digest"], unbound.as_str());
 
     // Only the manifest changes: a new version, live.
     let patched_manifest = bound_manifest("1.0.1", &a.wasm);
     std::fs::write(dir.join("plugin.toml"), &patched_manifest).unwrap();
-    let patched = tenon::plugin::version_digest(patched_manifest.as_bytes(), &a.wasm);
+    let patched = tenon::sandbox::plugin::version_digest(patched_manifest.as_bytes(), &a.wasm);
     let live = wait_status(&tenon, "1.0.1 live", |s| s["digest"] == patched.as_str()).await;
     assert_eq!(live["version"], "1.0.1");
 
@@ -597,7 +597,7 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
         bound_manifest("1.1.0", &a.wasm)
     );
     std::fs::write(dir.join("plugin.toml"), &wide).unwrap();
-    let wide_digest = tenon::plugin::version_digest(wide.as_bytes(), &a.wasm);
+    let wide_digest = tenon::sandbox::plugin::version_digest(wide.as_bytes(), &a.wasm);
     let held = wait_status(&tenon, "held", |s| !s["pending"].is_null()).await;
     assert_eq!(
         held["digest"],
@@ -695,7 +695,7 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
         bound_manifest("1.2.0", &a.wasm)
     );
     std::fs::write(dir.join("plugin.toml"), &narrow).unwrap();
-    let narrow_digest = tenon::plugin::version_digest(narrow.as_bytes(), &a.wasm);
+    let narrow_digest = tenon::sandbox::plugin::version_digest(narrow.as_bytes(), &a.wasm);
     wait_status(&tenon, "narrower live", |s| {
         s["digest"] == narrow_digest.as_str()
     })

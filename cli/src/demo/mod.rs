@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use tenon::config::Config;
-use tenon::queue::OutcomeKind;
+use tenon::model::OutcomeKind;
 use tenon::server::Server;
 use tenon_registry::ConfigValue;
 use tenon_testkit::mock_erp::MockErp;
@@ -176,7 +176,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
         let mut ok = !ids.is_empty();
         for id in ids {
             let status = loop {
-                let status = server.runtime.status(id)?;
+                let status = server.runtime.status(&id.as_str().into())?;
                 if status.is_settled() || Instant::now() > deadline {
                     break status;
                 }

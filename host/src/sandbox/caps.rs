@@ -3,7 +3,7 @@
 //! Every capability has the same shape: a per-plugin context built from the plugin's
 //! grants that denies by default, held in the store's [`PluginState`], and an
 //! `add_to_linker` that links it only when granted. A component that imports a
-//! capability it is not granted is refused at load ([`crate::inspect`]) with the
+//! capability it is not granted is refused at load ([`crate::sandbox::inspect`]) with the
 //! import and the missing grant named.
 //!
 //! | capability | WIT | linked for |
@@ -12,19 +12,19 @@
 //! | config | `tenon:plugin/config` | every plugin; keys outside its `[config]` and `grants.config` read as unset (and are audited) |
 //! | kv | `tenon:plugin/kv` | transforms and sinks granted `kv`, in their own namespace, under a quota; writes commit with the step's result |
 //! | secrets | `tenon:plugin/secrets` | plugins granted `secrets`: the ones the operator maps to the instance |
-//! | outbound HTTP | `wasi:http/outgoing-handler` | sinks granted `http`, to those hosts ([`crate::egress`]) |
+//! | outbound HTTP | `wasi:http/outgoing-handler` | sinks granted `http`, to those hosts ([`crate::sandbox::egress`]) |
 //! | WASI basics | `wasi:cli`, `wasi:io`, `wasi:clocks`, `wasi:random`, `wasi:filesystem` | every plugin, with no files, no environment, no arguments; stderr captured |
 //!
 //! `wasi:sockets` is never linked. Every allow/deny decision goes to the audit log
 //! ([`crate::audit`]), at most [`MAX_RECORDED_DECISIONS`] one by one per call (the rest
 //! are counted in one record); secret values are redacted from what the host records
-//! ([`crate::redact`]).
+//! ([`crate::sandbox::redact`]).
 
 use crate::audit::{AuditLog, AuditRecord, Decision};
-use crate::bindings::{config, kv, log, secrets, types};
-use crate::egress::{Egress, SendError};
-use crate::redact::Redactor;
-use crate::storage::{KvNamespace, KvWrites, kv_entry_size};
+use crate::sandbox::bindings::{config, kv, log, secrets, types};
+use crate::sandbox::egress::{Egress, SendError};
+use crate::sandbox::redact::Redactor;
+use crate::store::{KvNamespace, KvWrites, kv_entry_size};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -127,7 +127,7 @@ impl PluginContext {
     ) {
         self.audit.record(AuditRecord {
             seq: 0,
-            at_ms: crate::queue::now_ms(),
+            at_ms: crate::model::now_ms(),
             plugin: self.name.clone(),
             digest: self.digest.clone(),
             key: None,
@@ -165,7 +165,7 @@ pub struct LogBudget {
 impl LogBudget {
     /// Take `bytes` from this minute's allowance; false when it would go over.
     fn take(&self, bytes: usize) -> bool {
-        let minute = crate::queue::now_ms() / 60_000;
+        let minute = crate::model::now_ms() / 60_000;
         if self.minute.swap(minute, Ordering::Relaxed) != minute {
             self.used.store(0, Ordering::Relaxed);
         }
@@ -190,7 +190,7 @@ impl LogBudget {
     fn note_dropped(&self, lines: u64, bytes: u64) -> bool {
         self.dropped_lines.fetch_add(lines, Ordering::Relaxed);
         self.dropped_bytes.fetch_add(bytes, Ordering::Relaxed);
-        let minute = crate::queue::now_ms() / 60_000 + 1;
+        let minute = crate::model::now_ms() / 60_000 + 1;
         self.audited.swap(minute, Ordering::Relaxed) != minute
     }
 }
@@ -658,7 +658,7 @@ impl secrets::Host for PluginState {
 
 /// Run a blocking storage read off the async workers.
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::storage::StorageError> + Send + 'static,
+    f: impl FnOnce() -> Result<T, crate::store::StorageError> + Send + 'static,
 ) -> Result<T, String> {
     tokio::task::spawn_blocking(f)
         .await
@@ -845,7 +845,7 @@ mod tests {
 
     fn context(memory_mib: u32) -> (tempfile::TempDir, Arc<PluginContext>) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = crate::storage::Storage::open(dir.path()).unwrap();
+        let storage = crate::store::Storage::open(dir.path()).unwrap();
         let ctx = PluginContext {
             name: "p".into(),
             version: "0.1.0".into(),

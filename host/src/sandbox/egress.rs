@@ -3,7 +3,7 @@
 //! A plugin's request goes out only if three checks pass, all made by the host:
 //!
 //! 1. its origin (`scheme://host:port`) matches one of the plugin's `http` grants
-//!    (checked in [`crate::caps`] before anything is sent);
+//!    (checked in [`crate::sandbox::caps`] before anything is sent);
 //! 2. every address the host resolves the name to is allowed: loopback, private,
 //!    link-local, shared, benchmarking, reserved, cloud-metadata addresses
 //!    (169.254.169.254, fd00:ec2::254, 168.63.129.16) and the IPv6 forms that embed an

@@ -7,7 +7,7 @@
 //! artifact is loaded: native code is never loaded from a file that changed behind
 //! our back.
 
-use crate::storage::{Storage, StorageError};
+use crate::store::{Storage, StorageError};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -62,7 +62,7 @@ pub struct Engine {
     epochs: bool,
     limiter: bool,
     /// This host's own listeners, which no plugin may reach.
-    listeners: crate::egress::Listeners,
+    listeners: crate::sandbox::egress::Listeners,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -153,7 +153,7 @@ impl Engine {
             compat,
             epochs,
             limiter: options.memory_limiter,
-            listeners: crate::egress::Listeners::default(),
+            listeners: crate::sandbox::egress::Listeners::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -170,7 +170,7 @@ impl Engine {
 
     /// The addresses this host listens on: every plugin's egress refuses them. The
     /// server adds its listeners once bound.
-    pub fn listeners(&self) -> crate::egress::Listeners {
+    pub fn listeners(&self) -> crate::sandbox::egress::Listeners {
         self.listeners.clone()
     }
 

@@ -39,8 +39,9 @@
 
 use crate::audit::{AuditQuery, AuditRecord, Decision};
 use crate::auth::{ApiKey, Scope};
-use crate::plugin::{CallError, Failure, RawRequest};
+use crate::model::MessageId;
 use crate::runtime::{IngestError, Runtime};
+use crate::sandbox::plugin::{CallError, Failure, RawRequest};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -375,7 +376,7 @@ impl RefusalGate {
     /// Whether to record this refusal; with, when a minute ended with refusals left
     /// unrecorded, how many.
     fn admit(&self) -> (bool, u64) {
-        let minute = crate::queue::now_ms() / 60_000;
+        let minute = crate::model::now_ms() / 60_000;
         let mut dropped_before = 0;
         if self.minute.swap(minute, Relaxed) != minute {
             self.count.store(0, Relaxed);
@@ -407,7 +408,7 @@ fn audit_api(
         if dropped > 0 {
             runtime.storage().audit().record(AuditRecord {
                 seq: 0,
-                at_ms: crate::queue::now_ms(),
+                at_ms: crate::model::now_ms(),
                 plugin: String::new(),
                 digest: String::new(),
                 key: None,
@@ -426,7 +427,7 @@ fn audit_api(
     }
     runtime.storage().audit().record(AuditRecord {
         seq: 0,
-        at_ms: crate::queue::now_ms(),
+        at_ms: crate::model::now_ms(),
         plugin: String::new(),
         digest: String::new(),
         key: key.map(str::to_owned),
@@ -600,7 +601,7 @@ async fn admin_route(
                 Err(error) => storage_problem(error),
             }
         }
-        (&Method::GET, ["v1", "messages", id]) => match runtime.status(id) {
+        (&Method::GET, ["v1", "messages", id]) => match runtime.status(&MessageId::from(*id)) {
             Ok(status) if status.outcomes.is_empty() && status.pending.is_empty() => problem(
                 StatusCode::NOT_FOUND,
                 "unknown-message",
@@ -923,7 +924,7 @@ async fn replay(runtime: &Runtime, flow: &str, req: Request<Incoming>) -> Reply 
     }
 }
 
-fn event_json(event: &crate::events::Event) -> serde_json::Value {
+fn event_json(event: &crate::model::Event) -> serde_json::Value {
     let mut out = json!({
         "offset": event.offset,
         "at_ms": event.at_ms,
@@ -931,12 +932,12 @@ fn event_json(event: &crate::events::Event) -> serde_json::Value {
         "event": event.body.name(),
     });
     match &event.body {
-        crate::events::EventBody::Accepted { envelope } => {
+        crate::model::EventBody::Accepted { envelope } => {
             out["id"] = json!(envelope.message.id);
             out["key"] = json!(envelope.message.key);
             out["body"] = body_as_json(&envelope.message);
         }
-        crate::events::EventBody::Rejected {
+        crate::model::EventBody::Rejected {
             id,
             key,
             plugin,
@@ -1023,13 +1024,13 @@ async fn plugin_action(
     }
 }
 
-fn reload_json(name: &str, reload: crate::swap::Reload) -> serde_json::Value {
+fn reload_json(name: &str, reload: crate::runtime::slots::Reload) -> serde_json::Value {
     match reload {
-        crate::swap::Reload::Swapped { from, to } => {
+        crate::runtime::slots::Reload::Swapped { from, to } => {
             json!({ "plugin": name, "swapped": true, "from": from, "to": to })
         }
-        crate::swap::Reload::Unchanged => json!({ "plugin": name, "swapped": false }),
-        crate::swap::Reload::Held { digest, widening } => json!({
+        crate::runtime::slots::Reload::Unchanged => json!({ "plugin": name, "swapped": false }),
+        crate::runtime::slots::Reload::Held { digest, widening } => json!({
             "plugin": name,
             "swapped": false,
             "pending": { "digest": digest, "widening": widening },
@@ -1037,9 +1038,9 @@ fn reload_json(name: &str, reload: crate::swap::Reload) -> serde_json::Value {
     }
 }
 
-fn dead_letter_summary(letter: &crate::queue::DeadLetter) -> serde_json::Value {
+fn dead_letter_summary(letter: &crate::model::DeadLetter) -> serde_json::Value {
     let error = match &letter.outcome.result {
-        crate::queue::OutcomeKind::DeadLetter { error } => error.clone(),
+        crate::model::OutcomeKind::DeadLetter { error } => error.clone(),
         other => format!("{other:?}"),
     };
     json!({
@@ -1066,7 +1067,7 @@ fn no_dead_letter(id: &str) -> Reply {
     )
 }
 
-fn storage_problem(error: crate::storage::StorageError) -> Reply {
+fn storage_problem(error: crate::store::StorageError) -> Reply {
     problem(
         StatusCode::SERVICE_UNAVAILABLE,
         "storage-unavailable",
@@ -1076,7 +1077,7 @@ fn storage_problem(error: crate::storage::StorageError) -> Reply {
 }
 
 /// A message body as JSON for operators, whichever canonical encoding it travels in.
-fn body_as_json(message: &crate::queue::StoredMessage) -> serde_json::Value {
+fn body_as_json(message: &crate::model::StoredMessage) -> serde_json::Value {
     tenon_model::Encoding::from_content_type(&message.content_type)
         .ok()
         .and_then(|enc| enc.decode::<serde_json::Value>(&message.body).ok())

@@ -19,14 +19,18 @@
 //! fsync; no caller is answered before its data is durable, and a failed commit
 //! fails every write in it (nothing in it was acknowledged).
 
-use crate::events::{self, EVENTS, Event, EventBody};
-use crate::storage::{DEAD, IDEMPOTENCY, KvWrites, META, OUTCOMES, QUEUE, Storage, StorageError};
+use crate::model::{
+    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, MessageId,
+    Outcome, OutcomeKind, now_ms, queue_name,
+};
+use crate::store::events::{self, EVENTS};
+use crate::store::{DEAD, IDEMPOTENCY, KvWrites, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, oneshot};
 
 /// Most outcomes or events one sweep removes (the next sweep takes the rest).
@@ -38,180 +42,6 @@ const MAX_BATCH: usize = 1024;
 /// How long a lease lasts unless the queue is told otherwise.
 pub const DEFAULT_VISIBILITY: Duration = Duration::from_secs(60);
 
-/// A message as stored between steps.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredMessage {
-    /// Unique id, stable across retries; outputs of a step are `<input id>.<n>`.
-    pub id: String,
-    /// Business key: ordering and idempotency scope.
-    pub key: String,
-    /// Event type.
-    pub kind: String,
-    /// Encoding of `body`.
-    pub content_type: String,
-    /// Headers carried along the flow.
-    pub headers: Vec<(String, String)>,
-    /// The payload.
-    #[serde(with = "serde_bytes")]
-    pub body: Vec<u8>,
-}
-
-/// One plugin that handled a message, for provenance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hop {
-    /// The plugin instance name in the flow config.
-    pub plugin: String,
-    /// The plugin's version, from its manifest.
-    pub version: String,
-    /// The component's content digest (`sha256:...`).
-    pub digest: String,
-    /// How long the call took, in microseconds.
-    pub micros: u64,
-}
-
-/// One failed attempt at a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Attempt {
-    /// When it failed (ms since the Unix epoch).
-    pub at_ms: u64,
-    /// The plugin instance that failed.
-    pub plugin: String,
-    /// The digest of the plugin version that failed.
-    pub digest: String,
-    /// What went wrong.
-    pub error: String,
-}
-
-/// A queued message with what the runtime knows about it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The message.
-    pub message: StoredMessage,
-    /// The flow it travels through.
-    pub flow: String,
-    /// Its route: the flow's stages (steps, then sink) as they were when it entered.
-    /// A message finishes on the route it started on, whatever the config says later.
-    pub route: Vec<String>,
-    /// Index in `route` of the stage it waits for.
-    pub stage: u32,
-    /// Id of the message that entered at ingress (the root of this one's lineage).
-    pub root: String,
-    /// When it entered the runtime (ms since the Unix epoch).
-    pub accepted_ms: u64,
-    /// Plugins that handled it (and its ancestors) so far.
-    pub trail: Vec<Hop>,
-    /// Failed attempts at the current stage.
-    pub attempts: Vec<Attempt>,
-    /// Not to be retried before this time (ms since the Unix epoch).
-    pub not_before_ms: u64,
-}
-
-impl Envelope {
-    /// A message entering `flow` at the first stage of `route`: its own root, nothing
-    /// tried yet.
-    pub fn entering(
-        flow: &str,
-        route: &[String],
-        message: StoredMessage,
-        accepted_ms: u64,
-    ) -> Envelope {
-        Envelope {
-            root: message.id.clone(),
-            message,
-            flow: flow.to_owned(),
-            route: route.to_vec(),
-            stage: 0,
-            accepted_ms,
-            trail: Vec::new(),
-            attempts: Vec::new(),
-            not_before_ms: 0,
-        }
-    }
-}
-
-/// What finally happened to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Outcome {
-    /// The message id.
-    pub id: String,
-    /// The ingress message it descends from.
-    pub root: String,
-    /// Its flow.
-    pub flow: String,
-    /// Its business key.
-    pub key: String,
-    /// Its kind.
-    pub kind: String,
-    /// The plugin instance at which it ended.
-    pub plugin: String,
-    /// Every plugin that handled it, in order.
-    pub trail: Vec<Hop>,
-    /// Failed attempts before the end.
-    pub attempts: Vec<Attempt>,
-    /// When it ended (ms since the Unix epoch).
-    pub at_ms: u64,
-    /// How it ended.
-    pub result: OutcomeKind,
-}
-
-/// How a message ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum OutcomeKind {
-    /// The sink delivered it; the target system's reference.
-    Delivered {
-        /// E.g. the ERP order number.
-        reference: String,
-        /// Anything else the sink reported.
-        detail: Option<String>,
-    },
-    /// A business rule refused it, for these reasons.
-    Rejected {
-        /// Every reason given.
-        reasons: Vec<String>,
-    },
-    /// A step consumed it without producing anything.
-    Consumed,
-    /// It can never succeed (invalid, or retries exhausted): a dead letter.
-    DeadLetter {
-        /// The last error.
-        error: String,
-    },
-}
-
-/// A message that can never succeed as things stand, kept whole with every attempt
-/// so that an operator can inspect it, redrive it (after a fix) or discard it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The message as it waited for the stage that failed it, with every attempt.
-    pub envelope: Envelope,
-    /// The outcome recorded for it.
-    pub outcome: Outcome,
-}
-
-/// An ingress request's claim on an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyClaim {
-    /// The scope of the key: the source it was sent to.
-    pub scope: String,
-    /// The key (the `Idempotency-Key` header).
-    pub key: String,
-    /// sha256 of the payload, to tell a retry from a different request.
-    pub payload: String,
-    /// When the record may be forgotten (ms since the Unix epoch).
-    pub expires_ms: u64,
-}
-
-/// What an idempotency key was first used for.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    /// sha256 of the payload.
-    pub payload: String,
-    /// The ids accepted the first time.
-    pub ids: Vec<String>,
-    /// When the record may be forgotten (ms since the Unix epoch).
-    pub expires_ms: u64,
-}
-
 /// What became of an enqueue that carried an idempotency claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Accepted {
@@ -219,7 +49,7 @@ pub enum Accepted {
     Committed,
     /// The key was used before for the same payload: nothing new was committed;
     /// these are the ids accepted then.
-    Duplicate(Vec<String>),
+    Duplicate(Vec<MessageId>),
     /// The key was used before for another payload: nothing was committed.
     Conflict,
     /// What the write was about (e.g. a dead letter to redrive) does not exist.
@@ -336,18 +166,6 @@ pub struct Queue {
     visibility: Duration,
     commits: Arc<AtomicU64>,
     failed_commits: Arc<AtomicU64>,
-}
-
-/// The name of the queue in front of a flow's stage (a plugin instance).
-pub fn queue_name(flow: &str, stage: &str) -> String {
-    format!("{flow}/{stage}")
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
@@ -714,19 +532,18 @@ impl Queue {
     }
 
     /// The outcomes of a message and every message descended from it.
-    pub fn outcomes(&self, root: &str) -> Result<Vec<Outcome>, StorageError> {
+    pub fn outcomes(&self, root: &MessageId) -> Result<Vec<Outcome>, StorageError> {
         let txn = self.storage.db().begin_read()?;
         let table = txn.open_table(OUTCOMES)?;
         let mut out = Vec::new();
-        for entry in table.range(root..)? {
+        for entry in table.range(root.as_str()..)? {
             let (k, v) = entry?;
-            let id = k.value();
-            // A lineage: the root, `<root>.<n>...` (a step's outputs) and
-            // `<root>@<flow>...` (the same message as an event in another flow).
-            let Some(rest) = id.strip_prefix(root) else {
+            let id = MessageId::from(k.value());
+            // Ids sort by their root's text: past the lineage, stop.
+            if !id.as_str().starts_with(root.as_str()) {
                 break;
-            };
-            if rest.is_empty() || rest.starts_with('.') || rest.starts_with('@') {
+            }
+            if id.descends_from(root) {
                 out.push(decode(v.value())?);
             }
         }
@@ -964,10 +781,10 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
             if let Some(kv) = kv {
                 // Checked before anything of the step is written: over the quota (by
                 // concurrent calls that each fitted), the whole step waits for a retry.
-                if let Some(reason) = crate::storage::kv_over_quota(txn, kv)? {
+                if let Some(reason) = crate::store::kv_over_quota(txn, kv)? {
                     return Ok(Accepted::OverQuota(reason));
                 }
-                crate::storage::apply_kv(txn, kv)?;
+                crate::store::apply_kv(txn, kv)?;
             }
             let slot = (slot.0.as_str(), slot.1);
             match completion {
@@ -982,7 +799,7 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                     let entering: Vec<(String, EventBody)> = outputs
                         .iter()
                         .filter(|(_, e)| {
-                            e.stage == 0 && e.message.id.ends_with(&format!("@{}", e.flow))
+                            e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str())
                         })
                         .map(|(_, e)| {
                             (
@@ -1037,6 +854,7 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::StoredMessage;
 
     fn envelope(id: &str, key: &str) -> Envelope {
         let message = StoredMessage {
@@ -1135,7 +953,7 @@ mod tests {
         for id in ["m1", "m10"] {
             let lease = q.lease("f/0").unwrap().unwrap();
             let outcome = Outcome {
-                id: format!("{id}.0"),
+                id: format!("{id}.0").into(),
                 root: id.into(),
                 flow: "f".into(),
                 key: "k".into(),
@@ -1150,7 +968,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let found = q.outcomes("m1").unwrap();
+        let found = q.outcomes(&"m1".into()).unwrap();
         assert_eq!(found.len(), 1, "m10's outcome is not m1's");
         assert_eq!(found[0].id, "m1.0");
     }
@@ -1193,7 +1011,7 @@ mod tests {
             .pending()
             .unwrap()
             .into_iter()
-            .map(|e| e.message.id)
+            .map(|e| e.message.id.to_string())
             .collect();
         assert_eq!(
             out,

@@ -17,13 +17,13 @@
 //! back as a [`CallError`]; nothing a plugin does panics the host.
 
 use crate::audit::Decision;
-use crate::bindings::{self, types};
-use crate::caps::{self, PluginContext, PluginState, Secret, Violation};
-use crate::engine::{EPOCH_TICK, Engine, digest};
-use crate::inspect::Inspection;
-use crate::queue::StoredMessage;
-use crate::storage::KvWrites;
-use crate::storage::Storage;
+use crate::model::StoredMessage;
+use crate::sandbox::bindings::{self, types};
+use crate::sandbox::caps::{self, PluginContext, PluginState, Secret, Violation};
+use crate::sandbox::engine::{EPOCH_TICK, Engine, digest};
+use crate::sandbox::inspect::Inspection;
+use crate::store::KvWrites;
+use crate::store::Storage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -328,11 +328,11 @@ impl Plugin {
             .grants
             .narrow(&settings.grants)
             .map_err(|e| fail(e.to_string()))?;
-        if grants.memory_mib as usize > crate::engine::MAX_PLUGIN_MEMORY >> 20 {
+        if grants.memory_mib as usize > crate::sandbox::engine::MAX_PLUGIN_MEMORY >> 20 {
             return Err(fail(format!(
                 "memory limit {} MiB is above the host's maximum of {} MiB",
                 grants.memory_mib,
-                crate::engine::MAX_PLUGIN_MEMORY >> 20
+                crate::sandbox::engine::MAX_PLUGIN_MEMORY >> 20
             )));
         }
         let readable_config: BTreeSet<String> = manifest
@@ -387,11 +387,12 @@ impl Plugin {
             )));
         }
         let secrets = settings.secrets.clone();
-        let redactor =
-            crate::redact::Redactor::new(secrets.iter().map(|(n, v)| (n.as_str(), v.expose())))
-                .map_err(|e| fail(e.to_string()))?;
+        let redactor = crate::sandbox::redact::Redactor::new(
+            secrets.iter().map(|(n, v)| (n.as_str(), v.expose())),
+        )
+        .map_err(|e| fail(e.to_string()))?;
         let egress = (manifest.kind == Kind::Sink && !grants.http.is_empty())
-            .then(|| crate::egress::Egress::new(&grants, engine.listeners()).map(Arc::new))
+            .then(|| crate::sandbox::egress::Egress::new(&grants, engine.listeners()).map(Arc::new))
             .transpose()
             .map_err(|e| fail(format!("cannot set up outbound HTTP: {e}")))?;
         let ctx = Arc::new(PluginContext {
@@ -883,7 +884,7 @@ fn classify_trap(error: wasmtime::Error, stderr: String, timeout: Duration) -> C
 impl From<types::Message> for StoredMessage {
     fn from(m: types::Message) -> Self {
         StoredMessage {
-            id: m.id,
+            id: m.id.into(),
             key: m.key,
             kind: m.kind,
             content_type: m.content_type,
@@ -896,7 +897,7 @@ impl From<types::Message> for StoredMessage {
 impl From<StoredMessage> for types::Message {
     fn from(m: StoredMessage) -> Self {
         types::Message {
-            id: m.id,
+            id: m.id.into(),
             key: m.key,
             kind: m.kind,
             content_type: m.content_type,

@@ -7,59 +7,12 @@
 //! their ids, so every id derived downstream is the same again and a sink returns the
 //! recorded outcome of what it already delivered instead of calling the target twice.
 
-use crate::queue::Envelope;
-use crate::storage::{META, StorageError};
+use crate::model::{Event, EventBody};
+use crate::store::{META, StorageError};
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
-use serde::{Deserialize, Serialize};
 
 /// The log: offset -> encoded [`Event`].
 pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
-
-/// One business event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Event {
-    /// Its position in the log, from 1.
-    pub offset: u64,
-    /// When it was appended (ms since the Unix epoch).
-    pub at_ms: u64,
-    /// The flow it belongs to.
-    pub flow: String,
-    /// What happened.
-    pub body: EventBody,
-}
-
-/// What an event records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventBody {
-    /// A message entered the flow (e.g. `QuoteApproved`); replay re-runs these.
-    Accepted {
-        /// The message as it entered.
-        envelope: Envelope,
-    },
-    /// A business rule refused a message, for these reasons.
-    Rejected {
-        /// The refused message.
-        id: String,
-        /// Its business key.
-        key: String,
-        /// Its kind.
-        kind: String,
-        /// The plugin that refused it.
-        plugin: String,
-        /// Every reason given.
-        reasons: Vec<String>,
-    },
-}
-
-impl EventBody {
-    /// The event's name, as other flows would subscribe to it.
-    pub fn name(&self) -> String {
-        match self {
-            EventBody::Accepted { envelope } => envelope.message.kind.clone(),
-            EventBody::Rejected { .. } => "Rejected".into(),
-        }
-    }
-}
 
 /// Append events in the caller's transaction.
 pub(crate) fn append(

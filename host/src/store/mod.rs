@@ -5,25 +5,28 @@
 //! commits atomically, which is what lets a step's outputs and its input's ack commit
 //! together.
 
+pub mod events;
+pub mod queue;
+
 use crate::audit::{AuditLog, AuditQuery, AuditRecord};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Queued messages: (queue name, sequence) -> encoded [`crate::queue::Envelope`].
+/// Queued messages: (queue name, sequence) -> encoded [`crate::model::Envelope`].
 pub(crate) const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue");
 /// Counters such as the next queue sequence number.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Terminal outcome of each message: message id -> encoded [`crate::queue::Outcome`].
+/// Terminal outcome of each message: message id -> encoded [`crate::model::Outcome`].
 pub(crate) const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
 /// Plugin key-value data: (plugin instance name, key) -> value.
 pub(crate) const KV: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("kv");
 /// Bytes (keys and values) each plugin namespace holds in [`KV`], for its quota.
 pub(crate) const KV_USAGE: TableDefinition<&str, u64> = TableDefinition::new("kv_usage");
-/// Dead letters: message id -> encoded [`crate::queue::DeadLetter`].
+/// Dead letters: message id -> encoded [`crate::model::DeadLetter`].
 pub(crate) const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
 /// Idempotency records of ingress: (source, idempotency key) -> encoded
-/// [`crate::queue::IdempotencyRecord`].
+/// [`crate::model::IdempotencyRecord`].
 pub(crate) const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> =
     TableDefinition::new("idempotency");
 /// Compiled components: component digest -> sha256 of the compiled artifact on disk.
@@ -156,7 +159,7 @@ impl Storage {
         txn.open_table(COMPILED)?;
         txn.open_table(IDEMPOTENCY)?;
         txn.open_table(DEAD)?;
-        txn.open_table(crate::events::EVENTS)?;
+        txn.open_table(events::EVENTS)?;
         txn.open_table(crate::audit::AUDIT)?;
         txn.open_table(crate::auth::KEYS)?;
         txn.open_table(APPROVED)?;

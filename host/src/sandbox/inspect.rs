@@ -278,8 +278,8 @@ impl AuditReport {
         let inspection = Inspection::of(&engine, &component);
         let mut report = AuditReport::new(
             &manifest,
-            crate::plugin::version_digest(text.as_bytes(), &wasm),
-            crate::engine::digest(&wasm),
+            crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
+            crate::sandbox::engine::digest(&wasm),
             inspection,
         );
         if let Some(named) = &manifest.component_digest

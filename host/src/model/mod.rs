@@ -1,0 +1,244 @@
+//! The message model: what travels between steps and what is recorded about it. The
+//! store keeps these; the runtime makes them; the admin API shows them.
+//!
+//! **Architecture invariant:** plain data, no I/O: this module knows no store, no
+//! plugin and no HTTP.
+
+mod id;
+
+pub use id::MessageId;
+
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The name of the queue in front of a flow's stage (a plugin instance).
+pub fn queue_name(flow: &str, stage: &str) -> String {
+    format!("{flow}/{stage}")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A message as stored between steps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Unique id, stable across retries; see [`MessageId`].
+    pub id: MessageId,
+    /// Business key: ordering and idempotency scope.
+    pub key: String,
+    /// Event type.
+    pub kind: String,
+    /// Encoding of `body`.
+    pub content_type: String,
+    /// Headers carried along the flow.
+    pub headers: Vec<(String, String)>,
+    /// The payload.
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// One plugin that handled a message, for provenance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    /// The plugin instance name in the flow config.
+    pub plugin: String,
+    /// The plugin's version, from its manifest.
+    pub version: String,
+    /// The component's content digest (`sha256:...`).
+    pub digest: String,
+    /// How long the call took, in microseconds.
+    pub micros: u64,
+}
+
+/// One failed attempt at a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// When it failed (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The plugin instance that failed.
+    pub plugin: String,
+    /// The digest of the plugin version that failed.
+    pub digest: String,
+    /// What went wrong.
+    pub error: String,
+}
+
+/// A queued message with what the runtime knows about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The message.
+    pub message: StoredMessage,
+    /// The flow it travels through.
+    pub flow: String,
+    /// Its route: the flow's stages (steps, then sink) as they were when it entered.
+    /// A message finishes on the route it started on, whatever the config says later.
+    pub route: Vec<String>,
+    /// Index in `route` of the stage it waits for.
+    pub stage: u32,
+    /// Id of the message that entered at ingress (the root of this one's lineage).
+    pub root: MessageId,
+    /// When it entered the runtime (ms since the Unix epoch).
+    pub accepted_ms: u64,
+    /// Plugins that handled it (and its ancestors) so far.
+    pub trail: Vec<Hop>,
+    /// Failed attempts at the current stage.
+    pub attempts: Vec<Attempt>,
+    /// Not to be retried before this time (ms since the Unix epoch).
+    pub not_before_ms: u64,
+}
+
+impl Envelope {
+    /// A message entering `flow` at the first stage of `route`: its own root, nothing
+    /// tried yet.
+    pub fn entering(
+        flow: &str,
+        route: &[String],
+        message: StoredMessage,
+        accepted_ms: u64,
+    ) -> Envelope {
+        Envelope {
+            root: message.id.clone(),
+            message,
+            flow: flow.to_owned(),
+            route: route.to_vec(),
+            stage: 0,
+            accepted_ms,
+            trail: Vec::new(),
+            attempts: Vec::new(),
+            not_before_ms: 0,
+        }
+    }
+}
+
+/// What finally happened to a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The message id.
+    pub id: MessageId,
+    /// The ingress message it descends from.
+    pub root: MessageId,
+    /// Its flow.
+    pub flow: String,
+    /// Its business key.
+    pub key: String,
+    /// Its kind.
+    pub kind: String,
+    /// The plugin instance at which it ended.
+    pub plugin: String,
+    /// Every plugin that handled it, in order.
+    pub trail: Vec<Hop>,
+    /// Failed attempts before the end.
+    pub attempts: Vec<Attempt>,
+    /// When it ended (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// How it ended.
+    pub result: OutcomeKind,
+}
+
+/// How a message ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutcomeKind {
+    /// The sink delivered it; the target system's reference.
+    Delivered {
+        /// E.g. the ERP order number.
+        reference: String,
+        /// Anything else the sink reported.
+        detail: Option<String>,
+    },
+    /// A business rule refused it, for these reasons.
+    Rejected {
+        /// Every reason given.
+        reasons: Vec<String>,
+    },
+    /// A step consumed it without producing anything.
+    Consumed,
+    /// It can never succeed (invalid, or retries exhausted): a dead letter.
+    DeadLetter {
+        /// The last error.
+        error: String,
+    },
+}
+
+/// A message that can never succeed as things stand, kept whole with every attempt
+/// so that an operator can inspect it, redrive it (after a fix) or discard it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The message as it waited for the stage that failed it, with every attempt.
+    pub envelope: Envelope,
+    /// The outcome recorded for it.
+    pub outcome: Outcome,
+}
+
+/// An ingress request's claim on an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// The scope of the key: the source it was sent to.
+    pub scope: String,
+    /// The key (the `Idempotency-Key` header).
+    pub key: String,
+    /// sha256 of the payload, to tell a retry from a different request.
+    pub payload: String,
+    /// When the record may be forgotten (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// What an idempotency key was first used for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    /// sha256 of the payload.
+    pub payload: String,
+    /// The ids accepted the first time.
+    pub ids: Vec<MessageId>,
+    /// When the record may be forgotten (ms since the Unix epoch).
+    pub expires_ms: u64,
+}
+
+/// One business event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its position in the log, from 1.
+    pub offset: u64,
+    /// When it was appended (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The flow it belongs to.
+    pub flow: String,
+    /// What happened.
+    pub body: EventBody,
+}
+
+/// What an event records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventBody {
+    /// A message entered the flow (e.g. `QuoteApproved`); replay re-runs these.
+    Accepted {
+        /// The message as it entered.
+        envelope: Envelope,
+    },
+    /// A business rule refused a message, for these reasons.
+    Rejected {
+        /// The refused message.
+        id: MessageId,
+        /// Its business key.
+        key: String,
+        /// Its kind.
+        kind: String,
+        /// The plugin that refused it.
+        plugin: String,
+        /// Every reason given.
+        reasons: Vec<String>,
+    },
+}
+
+impl EventBody {
+    /// The event's name, as other flows would subscribe to it.
+    pub fn name(&self) -> String {
+        match self {
+            EventBody::Accepted { envelope } => envelope.message.kind.clone(),
+            EventBody::Rejected { .. } => "Rejected".into(),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! Flows resolved against the loaded plugins, their retry policies, and how an
+//! emitted message fans out to the flows that subscribe to its kind.
+
+use super::Runtime;
+use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
+use crate::model::{Envelope, Hop, MessageId, StoredMessage, queue_name};
+use std::collections::BTreeMap;
+use std::sync::PoisonError;
+use std::time::Duration;
+use tenon_registry::Kind;
+
+/// Backoff before the first retry unless the flow says otherwise (ms).
+const RETRY_BASE_MS: u64 = 200;
+
+/// Longest backoff unless the flow says otherwise (ms).
+const RETRY_MAX_MS: u64 = 30_000;
+
+/// A flow, resolved against the loaded plugins.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    /// Its name.
+    pub name: String,
+    /// The source plugin instance, for a flow fed through ingress.
+    pub source: Option<String>,
+    /// The event kinds it takes from other flows, for a subscribing flow.
+    pub subscribe: Vec<String>,
+    /// Headers a subscribed message must carry.
+    pub when: BTreeMap<String, String>,
+    /// The stage plugin instances: the steps, then the sink.
+    pub stages: Vec<String>,
+    /// How each stage retries, in the order of `stages`.
+    pub retry: Vec<RetryPolicy>,
+    /// Workers per stage.
+    pub concurrency: u32,
+}
+
+/// How a stage retries `retryable` failures, traps and timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts before a dead letter.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubles per attempt.
+    pub backoff: Duration,
+    /// Longest backoff.
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (from 1): exponential, capped, ±20% jitter.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exp = self
+            .backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let capped = exp.min(self.max_backoff);
+        let jitter = (uuid::Uuid::now_v7().as_u128() as u64 % 41) as f64 / 100.0 - 0.2;
+        capped.mul_f64(1.0 + jitter)
+    }
+}
+
+/// `OrderAccepted` with its `tenon-*` headers, for an error about routing it.
+pub(crate) fn describe_event(message: &StoredMessage) -> String {
+    let headers: Vec<String> = message
+        .headers
+        .iter()
+        .filter(|(k, _)| k.starts_with("tenon-"))
+        .map(|(k, v)| format!("{k} = `{v}`"))
+        .collect();
+    if headers.is_empty() {
+        format!("`{}`", message.kind)
+    } else {
+        format!("`{}` with {}", message.kind, headers.join(", "))
+    }
+}
+
+/// The flows of a config, with each stage checked against the kind of its plugin.
+pub(crate) fn resolve_flows(
+    config: &Config,
+    kind_of: impl Fn(&str) -> Option<Kind>,
+) -> Result<BTreeMap<String, Flow>, crate::config::ConfigError> {
+    let mut flows = BTreeMap::new();
+    for (name, entry) in &config.flows {
+        let expect = |at: &serde_spanned::Spanned<String>, field: &str, kind: Kind| {
+            let actual = kind_of(at.get_ref());
+            if actual == Some(kind) {
+                return Ok(());
+            }
+            let what = actual.map_or("an unknown".to_owned(), |k| format!("a {k}"));
+            Err(config.error(
+                at,
+                format!(
+                    "flow `{name}`: field `{field}`: `{}` is {what} plugin; {field} must be {kind} plugins",
+                    at.get_ref()
+                ),
+            ))
+        };
+        if let Some(source) = &entry.source {
+            expect(source, "source", Kind::Source)?;
+        }
+        for step in &entry.steps {
+            expect(step, "steps", Kind::Transform)?;
+        }
+        if let Some(sink) = &entry.sink {
+            expect(sink, "sink", Kind::Sink)?;
+        }
+        let policy = |stage: &str| {
+            let own = entry.retry.get(stage).cloned().unwrap_or_default();
+            RetryPolicy {
+                max_attempts: own
+                    .max_attempts
+                    .or(entry.max_attempts)
+                    .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+                backoff: Duration::from_millis(
+                    own.backoff_ms.or(entry.backoff_ms).unwrap_or(RETRY_BASE_MS),
+                ),
+                max_backoff: Duration::from_millis(
+                    own.max_backoff_ms
+                        .or(entry.max_backoff_ms)
+                        .unwrap_or(RETRY_MAX_MS),
+                ),
+            }
+        };
+        let stages: Vec<String> = entry.stages().map(|s| s.get_ref().clone()).collect();
+        let flow = Flow {
+            name: name.clone(),
+            source: entry.source.as_ref().map(|s| s.get_ref().clone()),
+            subscribe: entry
+                .subscribe
+                .iter()
+                .map(|k| k.get_ref().clone())
+                .collect(),
+            when: entry.when.clone(),
+            retry: stages.iter().map(|s| policy(s)).collect(),
+            stages,
+            concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+        };
+        flows.insert(name.clone(), flow);
+    }
+    Ok(flows)
+}
+
+impl Runtime {
+    /// The flows.
+    pub fn flows(&self) -> Vec<Flow> {
+        self.flows
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The flows `message` (emitted in flow `from`) enters as an event: those that
+    /// subscribe to its kind and whose `when` headers it carries, except the flow it
+    /// comes from and any flow its lineage went through already (no loops). Each gets
+    /// an envelope at its first stage, with an id derived from the message's.
+    pub(crate) fn published(
+        &self,
+        message: &StoredMessage,
+        from: &str,
+        root: &MessageId,
+        accepted_ms: u64,
+        trail: &[Hop],
+    ) -> Vec<(String, Envelope)> {
+        let header = |name: &str| {
+            message
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        };
+        // On every step's every output: read the flows in place, clone none.
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .values()
+            .filter(|f| f.subscribe.contains(&message.kind))
+            .filter(|f| f.when.iter().all(|(k, v)| header(k) == Some(v.as_str())))
+            .filter(|f| f.name != from && !message.id.has_entered(&f.name))
+            .map(|f| {
+                let mut copy = message.clone();
+                copy.id = message.id.entering(&f.name);
+                let mut envelope = Envelope::entering(&f.name, &f.stages, copy, accepted_ms);
+                envelope.root = root.clone();
+                envelope.trail = trail.to_vec();
+                (queue_name(&f.name, &f.stages[0]), envelope)
+            })
+            .collect()
+    }
+
+    /// How a stage retries: the current flow's policy for it, or the defaults when the
+    /// message's route is no longer in the config.
+    pub(crate) fn retry_policy(&self, flow: &str, stage: &str) -> RetryPolicy {
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        flows
+            .get(flow)
+            .and_then(|f| f.stages.iter().position(|s| s == stage).map(|i| f.retry[i]))
+            .unwrap_or(RetryPolicy {
+                max_attempts: DEFAULT_MAX_ATTEMPTS,
+                backoff: Duration::from_millis(RETRY_BASE_MS),
+                max_backoff: Duration::from_millis(RETRY_MAX_MS),
+            })
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_is_capped_and_jittered() {
+        let policy = RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        };
+        for (attempt, nominal) in [
+            (1, 100.0),
+            (2, 200.0),
+            (3, 400.0),
+            (4, 800.0),
+            (5, 1000.0),
+            (30, 1000.0),
+        ] {
+            let ms = policy.delay(attempt).as_secs_f64() * 1000.0;
+            assert!(
+                (nominal * 0.79..=nominal * 1.21).contains(&ms),
+                "attempt {attempt}: {ms} ms"
+            );
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Ingestion: a raw request handed to a source plugin, its messages committed to
+//! every flow that starts there (and to the flows subscribing to their kinds) before
+//! anyone is told they are accepted; idempotency keys answered from their records.
+
+use super::Runtime;
+use super::flows::Flow;
+use crate::model::{Envelope, Hop, IdempotencyClaim, MessageId, now_ms, queue_name};
+use crate::sandbox::plugin::{CallError, RawRequest};
+use crate::store::StorageError;
+use crate::store::queue::Accepted;
+use std::time::Instant;
+use tenon_model::Encoding;
+use tracing::Instrument as _;
+
+/// The header carrying an idempotency key, on requests and on a source's messages.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Why ingress could not accept a request.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No flow starts at this source.
+    #[error("no flow has source `{0}`")]
+    UnknownSource(String),
+    /// The source plugin failed on the payload.
+    #[error("source `{plugin}`: {error}")]
+    Plugin {
+        /// The source plugin instance.
+        plugin: String,
+        /// How it failed.
+        error: CallError,
+    },
+    /// The `Idempotency-Key` was used before with another payload.
+    #[error("idempotency key `{key}` was already used for a different payload")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+    },
+    /// The messages could not be committed: nothing was accepted.
+    #[error("cannot commit the messages: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// What ingress accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The accepted message ids.
+    pub ids: Vec<MessageId>,
+    /// True when these are the ids of an earlier request with the same idempotency key.
+    pub replayed: bool,
+}
+
+impl Runtime {
+    /// Hand a raw request to a source and commit its messages to every flow that
+    /// starts there. Returns the accepted message ids once they are durable.
+    ///
+    /// With an `Idempotency-Key` header, a repeat of the same payload returns the ids
+    /// accepted the first time (and commits nothing); the same key with another
+    /// payload is refused. Keys are remembered for `server.idempotency_retention_secs`.
+    pub async fn ingest(&self, source: &str, request: RawRequest) -> Result<Ingested, IngestError> {
+        let flows: Vec<Flow> = self
+            .flows()
+            .into_iter()
+            .filter(|f| f.source.as_deref() == Some(source))
+            .collect();
+        let plugin = match (flows.is_empty(), self.plugin(source)) {
+            (false, Some(plugin)) => plugin,
+            _ => return Err(IngestError::UnknownSource(source.to_owned())),
+        };
+        let payload = crate::sandbox::engine::digest(&request.body);
+        let expires_ms = now_ms() + self.config().server.idempotency_retention_secs * 1000;
+        let claim_for = |key: String| IdempotencyClaim {
+            scope: source.to_owned(),
+            key,
+            payload: payload.clone(),
+            expires_ms,
+        };
+        let claim = request
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))
+            .map(|(_, key)| claim_for(key.clone()));
+        if let Some(claim) = &claim {
+            // The common retry: answer from the record without running the source.
+            if let Some(record) = self.queue.idempotency(&claim.scope, &claim.key)? {
+                return if record.payload == claim.payload {
+                    Ok(Ingested {
+                        ids: record
+                            .ids
+                            .into_iter()
+                            .filter(|id| !id.is_event_copy())
+                            .collect(),
+                        replayed: true,
+                    })
+                } else {
+                    Err(IngestError::IdempotencyConflict {
+                        key: claim.key.clone(),
+                    })
+                };
+            }
+        }
+        let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest());
+        async {
+            let started = Instant::now();
+            // Guest code runs on the plugin threads, never on the ones serving HTTP.
+            let call = {
+                let plugin = plugin.clone();
+                self.guests
+                    .spawn(async move { plugin.ingest(request).await })
+            };
+            let messages = call
+                .await
+                .unwrap_or_else(|e| Err(CallError::Host(format!("the plugin call failed: {e}"))))
+                .map_err(|error| IngestError::Plugin {
+                    plugin: source.to_owned(),
+                    error,
+                })?;
+            if let Some(bad) = messages
+                .iter()
+                .find(|m| Encoding::from_content_type(&m.content_type).is_err())
+            {
+                let error = CallError::Host(format!(
+                    "the source produced a `{}` body; messages are application/json or \
+                     application/msgpack",
+                    bad.content_type
+                ));
+                return Err(IngestError::Plugin {
+                    plugin: source.to_owned(),
+                    error,
+                });
+            }
+            let hop = Hop {
+                plugin: plugin.name().to_owned(),
+                version: plugin.version().to_owned(),
+                digest: plugin.digest().to_owned(),
+                micros: started.elapsed().as_micros() as u64,
+            };
+            let accepted_ms = now_ms();
+            let mut items = Vec::with_capacity(messages.len() * flows.len());
+            let mut events = Vec::new();
+            for message in messages {
+                let first = items.len();
+                for flow in &flows {
+                    let id = MessageId::root();
+                    let mut message = message.clone();
+                    if message.key.is_empty() {
+                        message.key = id.to_string();
+                    }
+                    message.id = id;
+                    let mut envelope =
+                        Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
+                    envelope.trail.push(hop.clone());
+                    items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
+                }
+                // The message is an event too: the flows subscribing to its kind get it.
+                if let Some((_, e)) = items.get(first) {
+                    events.extend(self.published(
+                        &e.message,
+                        &e.flow,
+                        &e.root,
+                        accepted_ms,
+                        &e.trail,
+                    ));
+                }
+            }
+            let ids: Vec<MessageId> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
+            items.extend(events);
+            // Without a key from the caller, the source may derive one from the payload
+            // (e.g. quote id + last modification) by setting it on its messages.
+            let claim = claim.or_else(|| {
+                let mut keys: Vec<&str> = Vec::new();
+                for (_, e) in &items {
+                    let key = e
+                        .message
+                        .headers
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))?;
+                    keys.push(key.1.as_str());
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                (!keys.is_empty()).then(|| claim_for(keys.join("|")))
+            });
+            let accepted = match claim {
+                None => {
+                    self.queue.enqueue(items).await?;
+                    Ingested {
+                        ids,
+                        replayed: false,
+                    }
+                }
+                // Racing with a request that claimed the same key: the transaction decides.
+                Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
+                    Accepted::Committed => Ingested {
+                        ids,
+                        replayed: false,
+                    },
+                    // The answer names the messages the source's flows accepted, not
+                    // their copies as events (`<id>@<flow>`), as the first answer did.
+                    Accepted::Duplicate(ids) => Ingested {
+                        ids: ids.into_iter().filter(|id| !id.is_event_copy()).collect(),
+                        replayed: true,
+                    },
+                    Accepted::Conflict => {
+                        return Err(IngestError::IdempotencyConflict { key: claim.key });
+                    }
+                    // Only other writes report these; an enqueue never does.
+                    Accepted::Missing | Accepted::OverQuota(_) => {
+                        return Err(StorageError::Decode(
+                            "enqueue reported the result of another write".into(),
+                        )
+                        .into());
+                    }
+                },
+            };
+            tracing::info!(
+                accepted = accepted.ids.len(),
+                replayed = accepted.replayed,
+                "messages accepted"
+            );
+            Ok(accepted)
+        }
+        .instrument(span)
+        .await
+    }
+}

@@ -1,0 +1,441 @@
+//! A plugin version's life: loaded from its directory (or a candidate from a plugin
+//! root, or the archive), checked, archived by digest, swapped in or held for
+//! approval, approved, promoted, rolled back; the config file reloaded whole or
+//! refused whole. The approved version of each instance is recorded, so a restart
+//! does not approve what is waiting.
+
+use super::Flow;
+use super::Runtime;
+use super::flows::resolve_flows;
+use super::slots::Reload;
+use crate::config::Config;
+use crate::model::now_ms;
+use crate::sandbox::engine::Engine;
+use crate::sandbox::plugin::{Plugin, PluginSettings};
+use crate::store::Storage;
+use anyhow::Context as _;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, PoisonError};
+use tenon_registry::Kind;
+
+/// A config that loaded whole, ready to replace the running one.
+struct Candidate {
+    config: Config,
+    /// Plugin instances new or changed in it, loaded.
+    loaded: Vec<Plugin>,
+    flows: BTreeMap<String, Flow>,
+}
+
+/// Load the plugin instance `name` of `config` from its directory.
+pub(crate) fn load_plugin(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+) -> anyhow::Result<Plugin> {
+    let entry = config
+        .plugins
+        .get(name)
+        .with_context(|| format!("no plugin named `{name}`"))?;
+    load_plugin_from(
+        config,
+        engine,
+        storage,
+        name,
+        name,
+        &config.plugin_dir(entry),
+    )
+}
+
+/// Load the version in `dir` with the settings of plugin instance `name`, as instance
+/// `as_name` (its kv namespace): a canary runs under a scratch name.
+pub(crate) fn load_plugin_from(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+    as_name: &str,
+    dir: &Path,
+) -> anyhow::Result<Plugin> {
+    load_plugin_at(config, engine, storage, name, as_name, Location::Path(dir))
+}
+
+/// Where a version's files are: a path, or a directory already opened (a candidate,
+/// opened relative to its plugin root so that nothing can redirect it in between).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Location<'a> {
+    /// A plugin directory (or its `plugin.toml`).
+    Path(&'a Path),
+    /// An opened directory, and its path for messages.
+    Dir(&'a cap_std::fs::Dir, &'a Path),
+}
+
+/// Load the version at `location` with the settings of plugin instance `name`, as
+/// instance `as_name`.
+pub(crate) fn load_plugin_at(
+    config: &Config,
+    engine: &Engine,
+    storage: &Storage,
+    name: &str,
+    as_name: &str,
+    location: Location<'_>,
+) -> anyhow::Result<Plugin> {
+    let entry = config
+        .plugins
+        .get(name)
+        .with_context(|| format!("no plugin named `{name}`"))?;
+    let settings = PluginSettings {
+        config: entry
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect(),
+        grants: entry.grants.clone(),
+        // Only the secrets mapped to this instance are read at all.
+        secrets: entry
+            .secrets
+            .0
+            .iter()
+            .map(|(asked, provided)| {
+                let value = config
+                    .secret(provided)
+                    .with_context(|| format!("plugin `{name}`: secrets.{asked} = `{provided}`"))?;
+                Ok((asked.clone(), value))
+            })
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let (plugin, dir) = match location {
+        Location::Path(dir) => (Plugin::load(engine, storage, as_name, dir, &settings)?, dir),
+        Location::Dir(root, dir) => {
+            let manifest = Path::new(tenon_registry::MANIFEST_FILE);
+            let plugin = Plugin::load_in(engine, storage, as_name, root, dir, manifest, &settings)?;
+            (plugin, dir)
+        }
+    };
+    if let Some(pin) = &entry.digest
+        && pin != plugin.digest()
+    {
+        anyhow::bail!(
+            "the config pins version {pin}; {} holds {}",
+            dir.display(),
+            plugin.digest()
+        );
+    }
+    if entry.auth == crate::config::IngestAuth::Signature && plugin.kind() != Kind::Source {
+        anyhow::bail!(
+            "`auth = \"signature\"` is for source plugins; this is a {} plugin",
+            plugin.kind()
+        );
+    }
+    Ok(plugin)
+}
+
+/// The approval record of a version going live.
+pub(crate) fn approved_of(plugin: &Plugin) -> crate::store::Approved {
+    crate::store::Approved {
+        digest: plugin.digest().to_owned(),
+        grants: plugin.grants().clone(),
+    }
+}
+
+impl Runtime {
+    /// Read the config file again and apply it without a restart: new and changed
+    /// plugin instances are loaded, flows are added, removed or re-routed. Messages
+    /// already accepted finish on the route they entered with. A config that does not
+    /// parse, names an unknown plugin, or whose plugins do not load or fit is refused
+    /// whole, and the running one stays.
+    pub fn reload_config(self: &Arc<Self>) -> Result<(), String> {
+        let path = self.config().path.clone();
+        let attempt = || -> Result<Candidate, String> {
+            let new = Config::load(&path).map_err(|e| e.to_string())?;
+            let old = self.config();
+            let mut loaded = Vec::new();
+            for (name, entry) in &new.plugins {
+                if old.plugins.get(name) == Some(entry) && self.plugin(name).is_some() {
+                    continue;
+                }
+                let plugin = load_plugin(&new, &self.engine, &self.storage, name)
+                    .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
+                if let Some(live) = self
+                    .plugin(name)
+                    .filter(|live| live.kind() != plugin.kind())
+                {
+                    return Err(format!(
+                        "plugin `{name}` would change from {} to {} while messages may be on their way to it",
+                        live.kind(),
+                        plugin.kind()
+                    ));
+                }
+                loaded.push(plugin);
+            }
+            let kind_of = |name: &str| {
+                loaded
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .map(Plugin::kind)
+                    .or_else(|| {
+                        new.plugins
+                            .contains_key(name)
+                            .then(|| self.plugin(name).map(|p| p.kind()))
+                            .flatten()
+                    })
+            };
+            let flows = resolve_flows(&new, kind_of).map_err(|e| e.to_string())?;
+            Ok(Candidate {
+                config: new,
+                loaded,
+                flows,
+            })
+        };
+        match attempt() {
+            Ok(Candidate {
+                config: new,
+                loaded,
+                flows,
+            }) => {
+                for plugin in loaded {
+                    archive(&self.data_dir, &plugin);
+                    let name = plugin.name().to_owned();
+                    let approved = approved_of(&plugin);
+                    match self.plugins.put(plugin, false) {
+                        Reload::Held { digest, widening } => self.held(&name, &digest, &widening),
+                        _ => self.record_approved(&name, &approved),
+                    }
+                }
+                *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
+                *self.flows.write().unwrap_or_else(PoisonError::into_inner) = flows;
+                *self
+                    .config_refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.ensure_workers();
+                tracing::info!(config = %path.display(), "config reloaded");
+                Ok(())
+            }
+            Err(reason) => {
+                tracing::warn!(config = %path.display(), %reason, "config refused; the running one stays");
+                let refusal = crate::runtime::Refusal {
+                    at_ms: now_ms(),
+                    reason: reason.clone(),
+                };
+                *self
+                    .config_refused
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(refusal);
+                Err(reason)
+            }
+        }
+    }
+
+    /// Record that `name`'s version `digest` waits for approval.
+    fn held(&self, name: &str, digest: &str, widening: &[String]) {
+        tracing::warn!(plugin = name, %digest, widening = %widening.join(", "), "new plugin version asks for wider grants; it waits for approval");
+        if let Some(live) = self.plugin(name) {
+            self.storage.audit().record(crate::audit::AuditRecord {
+                seq: 0,
+                at_ms: now_ms(),
+                plugin: name.to_owned(),
+                digest: digest.to_owned(),
+                key: None,
+                capability: "version".into(),
+                target: digest.to_owned(),
+                decision: crate::audit::Decision::Deny,
+                reason: Some(format!(
+                    "held for approval: its grants are wider than those of {} ({})",
+                    live.digest(),
+                    widening.join(", ")
+                )),
+            });
+        }
+    }
+
+    fn record_approved(&self, name: &str, approved: &crate::store::Approved) {
+        if let Err(error) = self.storage.set_approved(name, approved) {
+            tracing::error!(plugin = name, %error, "cannot record the approved version");
+        }
+    }
+
+    /// Make the version of `name` that waits for approval live, approved by `key`, if
+    /// its digest is `digest` (the one the operator reviewed).
+    pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, String> {
+        let (reload, plugin) = self.plugins.approve(name, digest)?;
+        self.record_approved(name, &approved_of(&plugin));
+        self.storage.audit().record(crate::audit::AuditRecord {
+            seq: 0,
+            at_ms: now_ms(),
+            plugin: name.to_owned(),
+            digest: plugin.digest().to_owned(),
+            key: Some(key.to_owned()),
+            capability: "version".into(),
+            target: plugin.digest().to_owned(),
+            decision: crate::audit::Decision::Allow,
+            reason: Some("approved: its wider grants are allowed".into()),
+        });
+        tracing::info!(plugin = name, digest = %plugin.digest(), %key, "plugin version approved and live");
+        Ok(reload)
+    }
+
+    /// Load the version of `name` now in its directory and, if it loads and fits, make
+    /// it live. Blocking (it may compile): call it off the async workers. Messages
+    /// already leased finish on the version they started with.
+    pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
+        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
+            .map_err(|e| format!("{e:#}"));
+        self.swap_in(name, loaded, false)
+    }
+
+    /// What the watcher does when a plugin's files change: [`Runtime::reload_plugin`],
+    /// for a version whose manifest names its component (`component_digest`). Without
+    /// it a deploy under way cannot be told from a finished one, so such a version is
+    /// refused here and only loads by an operator's explicit reload or promotion.
+    pub fn reload_watched(&self, name: &str) -> Result<Reload, String> {
+        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|plugin| match plugin.manifest().component_digest {
+                Some(_) => Ok(plugin),
+                None if self.plugin(name).is_some_and(|live| live.digest() == plugin.digest()) => {
+                    Ok(plugin)
+                }
+                None => Err(format!(
+                    "{}: a version dropped into a watched directory must name its component: add `component_digest = \"{}\"` to plugin.toml (or load it explicitly with `POST /v1/plugins/{name}/reload`)",
+                    tenon_registry::MANIFEST_FILE,
+                    plugin.component_digest()
+                )),
+            });
+        self.swap_in(name, loaded, false)
+    }
+
+    /// Swap a loaded version in (or hold it for approval, unless `approved`), and
+    /// record what happened.
+    pub(crate) fn swap_in(
+        &self,
+        name: &str,
+        loaded: Result<Plugin, String>,
+        approved: bool,
+    ) -> Result<Reload, String> {
+        let loaded = loaded.inspect(|plugin| archive(&self.data_dir, plugin));
+        let record = loaded.as_ref().map(approved_of).ok();
+        let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate, approved));
+        match &result {
+            Ok(Reload::Swapped { from, to }) => {
+                if let Some(record) = &record {
+                    self.record_approved(name, record);
+                }
+                tracing::info!(plugin = name, %from, %to, "new plugin version live")
+            }
+            Ok(Reload::Held { digest, widening }) => self.held(name, digest, widening),
+            Ok(Reload::Unchanged) => tracing::debug!(plugin = name, "plugin unchanged"),
+            Err(reason) => {
+                tracing::warn!(plugin = name, %reason, "new plugin version refused; the live one keeps running");
+                self.plugins.refuse(name, reason.clone());
+            }
+        }
+        result
+    }
+}
+
+/// Where the files of a version are kept: `<data-dir>/archive/<plugin>/<sha256 hex>/`.
+pub(crate) fn archive_dir(data_dir: &Path, name: &str, digest: &str) -> std::path::PathBuf {
+    data_dir
+        .join("archive")
+        .join(name)
+        .join(digest.trim_start_matches("sha256:"))
+}
+
+/// Keep the files of a loaded version on disk (once per digest), so that a rollback
+/// and a canary run can load it again whatever its directory holds by then.
+pub fn archive(data_dir: &Path, plugin: &Plugin) {
+    let dir = archive_dir(data_dir, plugin.name(), plugin.digest());
+    if dir.exists() {
+        return;
+    }
+    let tmp = dir.with_extension("tmp");
+    let written = plugin
+        .write_files(&tmp)
+        .and_then(|()| std::fs::rename(&tmp, &dir));
+    if let Err(error) = written {
+        tracing::warn!(plugin = plugin.name(), %error, "cannot archive the plugin version");
+    }
+}
+
+impl Runtime {
+    /// Make the version in `candidate` (a directory under one of the config's plugin
+    /// roots) live: it is loaded and checked first, then written into the plugin's
+    /// directory (so a restart keeps it) and swapped in. The operator's promotion is
+    /// the approval of its grants.
+    pub fn promote(&self, name: &str, candidate: &Path) -> Result<Reload, String> {
+        let (dir, shown) = self.candidate_dir(candidate)?;
+        self.promote_from(name, Location::Dir(&dir, &shown))
+    }
+
+    /// Promote from a directory already checked (a candidate, or the archive).
+    fn promote_from(&self, name: &str, location: Location<'_>) -> Result<Reload, String> {
+        let config = self.config();
+        let entry = config
+            .plugins
+            .get(name)
+            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let loaded = load_plugin_at(&config, self.engine(), self.storage(), name, name, location)
+            .map_err(|e| format!("{e:#}"))?;
+        loaded
+            .write_files(&config.plugin_dir(entry))
+            .map_err(|e| format!("cannot write the plugin directory: {e}"))?;
+        self.swap_in(name, Ok(loaded), true)
+    }
+
+    /// `dir`, opened, if it lies under one of the config's plugin roots. It is opened
+    /// relative to the root's own handle: a symlink swapped in after the check cannot
+    /// lead it out of the root.
+    pub(crate) fn candidate_dir(
+        &self,
+        dir: &Path,
+    ) -> Result<(cap_std::fs::Dir, std::path::PathBuf), String> {
+        let resolved = dir
+            .canonicalize()
+            .map_err(|e| format!("candidate {}: {e}", dir.display()))?;
+        let roots = self.config().plugin_roots();
+        for root in roots.iter().filter_map(|root| root.canonicalize().ok()) {
+            let Ok(relative) = resolved.strip_prefix(&root) else {
+                continue;
+            };
+            let opened = cap_std::fs::Dir::open_ambient_dir(&root, cap_std::ambient_authority())
+                .and_then(|root| {
+                    if relative.as_os_str().is_empty() {
+                        root.open_dir(".")
+                    } else {
+                        root.open_dir(relative)
+                    }
+                })
+                .map_err(|e| format!("candidate {}: {e}", resolved.display()))?;
+            return Ok((opened, resolved));
+        }
+        let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+        Err(format!(
+            "candidate {} is outside the plugin roots ({}): candidates are taken only from there (server.plugin_roots)",
+            resolved.display(),
+            roots.join(", ")
+        ))
+    }
+
+    /// Put the version that was live before the current one back in place, from the
+    /// archive.
+    pub fn rollback(&self, name: &str) -> Result<Reload, String> {
+        let status = self.plugin_status();
+        let slot = status
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+        let previous = slot
+            .previous
+            .as_deref()
+            .ok_or_else(|| format!("`{name}` has no previous version to roll back to"))?;
+        let dir = archive_dir(self.data_dir(), name, previous);
+        if !dir.exists() {
+            return Err(format!(
+                "version {previous} of `{name}` is not in the archive"
+            ));
+        }
+        self.promote_from(name, Location::Path(&dir))
+    }
+}

@@ -1,0 +1,235 @@
+//! The runtime: loaded plugins, flows, and the workers that move messages through them.
+//!
+//! A flow is a source, then stages: its transform steps, then its sink. In front of
+//! each stage is a queue (`<flow>/<stage>`); each stage has `concurrency` workers that
+//! lease from it, call the stage's plugin in a fresh instance, and commit the result
+//! with the ack of the input ([`crate::store::queue::Queue::complete`]).
+//!
+//! **Architecture invariant:** the worker decides what a result means (forward,
+//! finish, retry, dead letter) from the failure class alone; it knows nothing of what
+//! the plugins do.
+
+pub mod canary;
+pub mod flows;
+pub mod ingest;
+pub mod lifecycle;
+pub mod slots;
+pub mod watch;
+pub mod worker;
+
+pub use flows::{Flow, RetryPolicy};
+pub use ingest::{IDEMPOTENCY_HEADER, IngestError, Ingested};
+pub use slots::{LiveStatus, Refusal, Reload};
+pub use worker::MessageStatus;
+
+use crate::config::Config;
+use crate::sandbox::engine::Engine;
+use crate::sandbox::plugin::Plugin;
+use crate::store::Storage;
+use crate::store::queue::{DEFAULT_VISIBILITY, Queue};
+use anyhow::Context as _;
+use flows::resolve_flows;
+use lifecycle::{approved_of, load_plugin, load_plugin_from};
+use slots::PluginSlots;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::task::JoinSet;
+
+/// The running runtime. Share it behind an `Arc`.
+#[derive(Debug)]
+pub struct Runtime {
+    storage: Storage,
+    keys: crate::auth::Keys,
+    queue: Queue,
+    engine: Engine,
+    plugins: PluginSlots,
+    data_dir: std::path::PathBuf,
+    /// Every worker, so that shutdown can wait for them and reloads can add some.
+    workers: Mutex<JoinSet<()>>,
+    /// The queues that have workers.
+    started: Mutex<std::collections::HashSet<String>>,
+    /// The shutdown signal, once started.
+    shutdown: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    flows: RwLock<BTreeMap<String, Flow>>,
+    config: RwLock<Arc<Config>>,
+    /// The last config file refused by a reload, if any since the live one.
+    config_refused: Mutex<Option<Refusal>>,
+    /// The threads guest code runs on, apart from those that serve HTTP: a plugin
+    /// spinning until its deadline never delays an answer.
+    guests: Guests,
+}
+
+/// A multi-threaded async runtime of its own for plugin calls (the stage workers and
+/// the calls of sources), one thread per core.
+struct Guests {
+    handle: tokio::runtime::Handle,
+    /// Kept to be shut down without blocking when the runtime goes.
+    threads: Option<tokio::runtime::Runtime>,
+}
+
+impl Guests {
+    fn new() -> std::io::Result<Guests> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tenon-guest")
+            .enable_all()
+            .build()?;
+        Ok(Guests {
+            handle: rt.handle().clone(),
+            threads: Some(rt),
+        })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
+    fn spawn<F>(&self, future: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.handle.spawn(future)
+    }
+}
+
+impl Drop for Guests {
+    fn drop(&mut self) {
+        // Dropped from async code, a runtime must not block: its threads end on their own.
+        if let Some(rt) = self.threads.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl std::fmt::Debug for Guests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Guests")
+    }
+}
+
+impl Runtime {
+    /// Open the data directory and load every plugin of the config; any plugin that
+    /// does not load, or does not fit where a flow uses it, fails the whole start.
+    pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
+        let storage = Storage::open(data_dir)?;
+        let engine = Engine::new(storage.clone(), data_dir)?;
+        let keys = crate::auth::Keys::open(storage.clone())?;
+        let mut plugins = BTreeMap::new();
+        for name in config.plugins.keys() {
+            let loaded = load_plugin(&config, &engine, &storage, name)
+                .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
+            lifecycle::archive(data_dir, &loaded);
+            // A version that widens the grants of the one approved before does not go
+            // live because the process restarted: the approved one runs, it waits.
+            let (live, waiting) = match storage.approved(name)? {
+                Some(approved)
+                    if approved.digest != loaded.digest()
+                        && !loaded.grants().widening(&approved.grants).is_empty() =>
+                {
+                    let dir = lifecycle::archive_dir(data_dir, name, &approved.digest);
+                    let live = load_plugin_from(&config, &engine, &storage, name, name, &dir)
+                        .with_context(|| {
+                            format!(
+                                "plugin `{name}`: the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",
+                                loaded.grants().widening(&approved.grants).join(", "),
+                                approved.digest
+                            )
+                        })?;
+                    tracing::warn!(plugin = %name, waiting = %loaded.digest(), "a version with wider grants waits for approval; the approved one runs");
+                    (live, Some(loaded))
+                }
+                _ => (loaded, None),
+            };
+            storage.set_approved(name, &approved_of(&live))?;
+            plugins.insert(name.clone(), (live, waiting));
+        }
+        let flows = resolve_flows(&config, |name| plugins.get(name).map(|p| p.0.kind()))?;
+        // A lease must outlast the longest call a stage can make, or a slow but
+        // healthy call would see its message handed to a second worker.
+        let longest_call = plugins
+            .values()
+            .map(|p| p.0.timeout())
+            .max()
+            .unwrap_or_default();
+        let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
+        Ok(Runtime {
+            guests: Guests::new().context("cannot start the plugin threads")?,
+            config_refused: Mutex::default(),
+            queue: Queue::with_visibility(storage.clone(), visibility),
+            keys,
+            storage,
+            engine,
+            plugins: PluginSlots::new(plugins),
+            data_dir: data_dir.to_owned(),
+            workers: Mutex::default(),
+            started: Mutex::default(),
+            shutdown: Mutex::default(),
+            flows: RwLock::new(flows),
+            config: RwLock::new(Arc::new(config)),
+        })
+    }
+
+    /// The config the runtime started from.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The last config refused by a reload since the live one went live, if any.
+    pub fn config_refused(&self) -> Option<Refusal> {
+        self.config_refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The durable queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The API keys.
+    pub fn keys(&self) -> &crate::auth::Keys {
+        &self.keys
+    }
+
+    /// Whether the source instance `name` authenticates its senders by signature
+    /// (and so takes requests without an API key).
+    pub fn source_signs(&self, name: &str) -> bool {
+        self.config()
+            .plugins
+            .get(name)
+            .is_some_and(|entry| entry.auth == crate::config::IngestAuth::Signature)
+    }
+
+    /// The database.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The wasmtime engine.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The live version of a plugin instance.
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins.get(name)
+    }
+
+    /// The live version of every plugin instance, when it went live, what was refused.
+    pub fn plugin_status(&self) -> Vec<LiveStatus> {
+        self.plugins.status()
+    }
+}

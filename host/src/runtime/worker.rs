@@ -1,0 +1,441 @@
+//! The workers: each stage of each flow has `concurrency` of them (on the guest
+//! threads); a worker leases a message, calls the stage's plugin in a fresh instance,
+//! decides what the result means (forward, finish, retry, dead letter) from the failure
+//! class alone, and commits that with the input's ack and the call's kv writes.
+
+use super::Runtime;
+use super::flows::{RetryPolicy, describe_event};
+use crate::config::DEFAULT_CONCURRENCY;
+use crate::model::{
+    Attempt, Envelope, Hop, MessageId, Outcome, OutcomeKind, StoredMessage, now_ms, queue_name,
+};
+use crate::sandbox::plugin::{CallError, Failure, Plugin};
+use crate::store::StorageError;
+use crate::store::queue::{Completion, Lease};
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+use tenon_model::Encoding;
+use tenon_registry::Kind;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument as _;
+
+/// What happened to an accepted message and its descendants.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MessageStatus {
+    /// Terminal outcomes reached so far.
+    pub outcomes: Vec<Outcome>,
+    /// Descendants still queued (waiting, leased or retrying).
+    pub pending: Vec<Envelope>,
+}
+
+impl MessageStatus {
+    /// True when nothing of the message is still in flight and it reached an end.
+    pub fn is_settled(&self) -> bool {
+        self.pending.is_empty() && !self.outcomes.is_empty()
+    }
+}
+
+enum Done {
+    Delivered(crate::sandbox::plugin::Receipt),
+    Outputs(Vec<StoredMessage>),
+}
+
+impl Runtime {
+    /// Start the workers of every stage of every flow; they stop when `shutdown`
+    /// turns true, each after finishing (and committing) its current message.
+    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut workers = JoinSet::new();
+        let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
+        let keep = Duration::from_secs(self.config().server.retention_secs);
+        let every = Duration::from_secs(self.config().server.sweep_interval_secs.max(1));
+        workers.spawn(async move {
+            // Expired idempotency keys, old outcomes and old events are removed, so the
+            // database stays bounded under a steady load.
+            loop {
+                if let Err(error) = queue.sweep(keep).await {
+                    tracing::warn!(%error, "idempotency sweep failed");
+                }
+                tokio::select! {
+                                        _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
+        *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = Some(shutdown);
+        *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = workers;
+        self.ensure_workers();
+    }
+
+    /// Wait until every worker has stopped (after `shutdown` turned true).
+    pub async fn stopped(&self) {
+        let mut workers =
+            std::mem::take(&mut *self.workers.lock().unwrap_or_else(PoisonError::into_inner));
+        while workers.join_next().await.is_some() {}
+    }
+
+    /// Start the workers that are missing: for every stage of every flow, and for
+    /// every queue still holding messages of a route no flow uses any more (they
+    /// drain on their own route). Workers are never stopped before shutdown: an idle
+    /// one costs a wake-up every 100 ms.
+    pub(crate) fn ensure_workers(self: &Arc<Self>) {
+        let Some(shutdown) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        let mut wanted: Vec<(String, String, u32)> = Vec::new();
+        for flow in self.flows() {
+            for stage in &flow.stages {
+                wanted.push((flow.name.clone(), stage.clone(), flow.concurrency));
+            }
+        }
+        for name in self.queue.queue_names().unwrap_or_default() {
+            if let Some((flow, stage)) = name.split_once('/') {
+                wanted.push((flow.to_owned(), stage.to_owned(), DEFAULT_CONCURRENCY));
+            }
+        }
+        let mut started = self.started.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut workers = self.workers.lock().unwrap_or_else(PoisonError::into_inner);
+        for (flow, stage, concurrency) in wanted {
+            if !started.insert(queue_name(&flow, &stage)) {
+                continue;
+            }
+            for _ in 0..concurrency {
+                let (runtime, flow, stage) = (self.clone(), flow.clone(), stage.clone());
+                let shutdown = shutdown.clone();
+                // The workers call plugins: they run on the plugin threads.
+                workers.spawn_on(
+                    async move { runtime.work(flow, stage, shutdown).await },
+                    self.guests.handle(),
+                );
+            }
+        }
+    }
+
+    async fn work(
+        self: Arc<Self>,
+        flow: String,
+        stage: String,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let queue_name = queue_name(&flow, &stage);
+        let notify = self.queue.notifier(&queue_name);
+        while !*shutdown.borrow() {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            // A lease is one short redb read: done inline, no thread hop.
+            let lease = match self.queue.lease(&queue_name) {
+                Ok(lease) => lease,
+                Err(error) => {
+                    tracing::error!(queue = %queue_name, %error, "cannot lease");
+                    None
+                }
+            };
+            match lease {
+                Some(lease) => self.process(lease).await,
+                None => {
+                    // Woken by new work; the timer catches retries coming due.
+                    tokio::select! {
+                        _ = &mut notified => {}
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn process(&self, lease: Lease) {
+        let env = &lease.envelope;
+        let Some(plugin) = env
+            .route
+            .get(env.stage as usize)
+            .and_then(|name| self.plugin(name))
+        else {
+            tracing::error!(flow = %env.flow, stage = env.stage, "no plugin for this stage; message left queued");
+            return;
+        };
+        let policy = self.retry_policy(&env.flow, plugin.name());
+        let span = tracing::info_span!(
+            "message",
+            flow = %env.flow,
+            step = %plugin.name(),
+            plugin = %plugin.name(),
+            digest = %plugin.digest(),
+            key = %env.message.key,
+            id = %env.message.id,
+        );
+        let (completion, kv) = self
+            .run_stage(policy, &plugin, env)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = self.queue.complete_with_kv(lease, completion, kv).await {
+            let _enter = span.enter();
+            tracing::error!(%error, "result not committed; the message will be processed again");
+        }
+    }
+
+    /// Run the stage's plugin on a leased message and decide what its result means;
+    /// the key-value writes come back only with a result that commits (outputs
+    /// forwarded, a delivery, a message consumed), never with a failure.
+    async fn run_stage(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        env: &Envelope,
+    ) -> (Completion, Option<crate::store::KvWrites>) {
+        let started = Instant::now();
+        let (result, kv) = match self.call_stage(plugin, env).await {
+            Ok(called) => (Ok(called.value), called.kv),
+            Err(error) => (Err(error), None),
+        };
+        let micros = started.elapsed().as_micros() as u64;
+        let completion = self.classify(policy, plugin, env, result, micros);
+        let commits = match &completion {
+            Completion::Forward { .. } => true,
+            Completion::Finish(outcome) => matches!(
+                outcome.result,
+                OutcomeKind::Delivered { .. } | OutcomeKind::Consumed
+            ),
+            Completion::Retry(_) => false,
+        };
+        (completion, kv.filter(|_| commits))
+    }
+
+    /// Call the stage's plugin: a sink delivers (unless the message was delivered
+    /// before), a transform maps.
+    async fn call_stage(
+        &self,
+        plugin: &Plugin,
+        env: &Envelope,
+    ) -> Result<crate::sandbox::plugin::Called<Done>, CallError> {
+        let is_sink = plugin.kind() == Kind::Sink;
+        let recorded = match is_sink {
+            true => self.queue.outcome(env.message.id.as_str()).ok().flatten(),
+            false => None,
+        };
+        if let Some(Outcome {
+            result: OutcomeKind::Delivered { reference, detail },
+            ..
+        }) = recorded
+        {
+            // Delivered before (a redrive or a replay of the same message): the
+            // recorded outcome stands and the target system is not called again.
+            tracing::info!(%reference, "already delivered; recorded outcome returned");
+            return Ok(crate::sandbox::plugin::Called {
+                value: Done::Delivered(crate::sandbox::plugin::Receipt { reference, detail }),
+                kv: None,
+            });
+        }
+        if is_sink {
+            let called = plugin
+                .deliver(&env.message, env.message.id.as_str())
+                .await?;
+            Ok(crate::sandbox::plugin::Called {
+                value: Done::Delivered(called.value),
+                kv: called.kv,
+            })
+        } else {
+            let called = plugin.transform_step(&env.message).await?;
+            Ok(crate::sandbox::plugin::Called {
+                value: Done::Outputs(called.value),
+                kv: called.kv,
+            })
+        }
+    }
+
+    /// What a stage's result means: forward the outputs, finish (delivered,
+    /// consumed, rejected, dead letter), or retry later.
+    fn classify(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        env: &Envelope,
+        result: Result<Done, CallError>,
+        micros: u64,
+    ) -> Completion {
+        let stage = env.stage;
+        let hop = Hop {
+            plugin: plugin.name().to_owned(),
+            version: plugin.version().to_owned(),
+            digest: plugin.digest().to_owned(),
+            micros,
+        };
+        let mut trail = env.trail.clone();
+        trail.push(hop);
+        let finish = |result: OutcomeKind, trail: Vec<Hop>, attempts: Vec<Attempt>| {
+            Completion::Finish(Box::new(Outcome {
+                id: env.message.id.clone(),
+                root: env.root.clone(),
+                flow: env.flow.clone(),
+                key: env.message.key.clone(),
+                kind: env.message.kind.clone(),
+                plugin: plugin.name().to_owned(),
+                trail,
+                attempts,
+                at_ms: now_ms(),
+                result,
+            }))
+        };
+        // The attempts so far, with this one's error.
+        let with_attempt = |error: &str| {
+            let mut attempts = env.attempts.clone();
+            attempts.push(Attempt {
+                at_ms: now_ms(),
+                plugin: plugin.name().to_owned(),
+                digest: plugin.digest().to_owned(),
+                error: error.to_owned(),
+            });
+            attempts
+        };
+        // An error no retry can fix: the message goes to the dead letters with it.
+        let dead_letter = |error: String, trail: Vec<Hop>| {
+            tracing::warn!(outcome = "dead-letter", %error, "message dead-lettered");
+            let attempts = with_attempt(&error);
+            finish(OutcomeKind::DeadLetter { error }, trail, attempts)
+        };
+        // Messages between steps travel in a canonical encoding; anything else is the
+        // plugin's bug, not something a retry can fix.
+        let bad_output = match &result {
+            Ok(Done::Outputs(outputs)) => outputs
+                .iter()
+                .find(|m| Encoding::from_content_type(&m.content_type).is_err())
+                .map(|m| m.content_type.clone()),
+            _ => None,
+        };
+        if let Some(content_type) = bad_output {
+            let error = format!(
+                "invalid output: {} produced a `{content_type}` body; messages between steps are application/json or application/msgpack",
+                plugin.name()
+            );
+            return dead_letter(error, trail);
+        }
+        match result {
+            Ok(Done::Delivered(receipt)) => {
+                tracing::info!(outcome = "delivered", reference = %receipt.reference, "message delivered");
+                finish(
+                    OutcomeKind::Delivered {
+                        reference: receipt.reference,
+                        detail: receipt.detail,
+                    },
+                    trail,
+                    env.attempts.clone(),
+                )
+            }
+            Ok(Done::Outputs(outputs)) if outputs.is_empty() => {
+                tracing::info!(outcome = "consumed", "step produced no output");
+                finish(OutcomeKind::Consumed, trail, env.attempts.clone())
+            }
+            Ok(Done::Outputs(outputs)) => {
+                tracing::debug!(outputs = outputs.len(), "step done");
+                let next = stage + 1;
+                let outputs: Vec<Envelope> = outputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, mut message)| {
+                        // Derived, not random: a re-run after a crash yields the same ids.
+                        message.id = env.message.id.child(i);
+                        if message.key.is_empty() {
+                            message.key = env.message.key.clone();
+                        }
+                        Envelope {
+                            message,
+                            flow: env.flow.clone(),
+                            route: env.route.clone(),
+                            stage: next,
+                            root: env.root.clone(),
+                            accepted_ms: env.accepted_ms,
+                            trail: trail.clone(),
+                            attempts: Vec::new(),
+                            not_before_ms: 0,
+                        }
+                    })
+                    .collect();
+                // After a flow's last step (a flow without a sink), outputs go only
+                // to the flows that subscribe to them; one that no flow takes is an
+                // error, never a silent drop.
+                let queue = env
+                    .route
+                    .get(next as usize)
+                    .map(|stage| queue_name(&env.flow, stage));
+                let mut forward = Vec::with_capacity(outputs.len());
+                let mut unrouted = Vec::new();
+                for output in outputs {
+                    let events = self.published(
+                        &output.message,
+                        &env.flow,
+                        &env.root,
+                        env.accepted_ms,
+                        &output.trail,
+                    );
+                    match &queue {
+                        Some(queue) => forward.push((queue.clone(), output)),
+                        None if events.is_empty() => unrouted.push(describe_event(&output.message)),
+                        None => {}
+                    }
+                    forward.extend(events);
+                }
+                if !unrouted.is_empty() {
+                    let error = format!("no flow subscribes to {}", unrouted.join(", "));
+                    return dead_letter(error, trail);
+                }
+                Completion::Forward { outputs: forward }
+            }
+            Err(CallError::Failure(Failure::Rejected(reasons))) => {
+                tracing::info!(outcome = "rejected", reasons = %reasons.join("; "), "message rejected");
+                finish(
+                    OutcomeKind::Rejected { reasons },
+                    trail,
+                    env.attempts.clone(),
+                )
+            }
+            Err(error) => {
+                let attempts = with_attempt(&error.to_string());
+                // Retrying cannot change the input, the grants or the limits.
+                let permanent = matches!(
+                    error,
+                    CallError::Failure(Failure::Invalid(_))
+                        | CallError::Denied(_)
+                        | CallError::Limit(_)
+                );
+
+                if permanent || attempts.len() as u32 >= policy.max_attempts {
+                    tracing::warn!(outcome = "dead-letter", %error, attempts = attempts.len(), "message dead-lettered");
+                    return finish(
+                        OutcomeKind::DeadLetter {
+                            error: error.to_string(),
+                        },
+                        trail,
+                        attempts,
+                    );
+                }
+                let delay = policy.delay(attempts.len() as u32);
+                tracing::warn!(outcome = "retry", %error, attempt = attempts.len(), delay_ms = delay.as_millis() as u64, "attempt failed; will retry");
+                let mut retry = env.clone();
+                retry.attempts = attempts;
+                retry.not_before_ms = now_ms() + delay.as_millis() as u64;
+                Completion::Retry(Box::new(retry))
+            }
+        }
+    }
+
+    /// What happened so far to an accepted message: its outcomes and what is still queued.
+    pub fn status(&self, root: &MessageId) -> Result<MessageStatus, StorageError> {
+        // Pending first: a message leaves the queue in the transaction that records
+        // its outcome, so outcomes read afterwards include every one that finished.
+        // (The other order could see neither a message finishing in between.)
+        let pending = self
+            .queue
+            .pending()?
+            .into_iter()
+            .filter(|e| &e.root == root)
+            .collect();
+        let outcomes = self.queue.outcomes(root)?;
+        Ok(MessageStatus { outcomes, pending })
+    }
+}
