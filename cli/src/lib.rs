@@ -2,6 +2,7 @@
 //! to a running server's admin API, run the demo. The first-party plugins are built
 //! by `build.rs` and embedded here, in the binary that ships them.
 
+pub mod admin;
 pub mod artifacts;
 pub mod cli;
 pub mod client;

@@ -45,7 +45,7 @@ pub enum Decision {
 
 impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
         })

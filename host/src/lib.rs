@@ -13,6 +13,7 @@
 //! | keeping state | [`store`] (queue, events, key-value), [`audit`], [`auth`] |
 //! | foundations | [`model`] (messages and outcomes), [`config`] |
 
+pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;

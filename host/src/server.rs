@@ -58,8 +58,13 @@ impl Server {
         let runtime = tokio::task::spawn_blocking(move || Runtime::open(config, &dir))
             .await
             .context("loading task failed")??;
-        let admin_key_file = runtime.keys().bootstrap(&data_dir)?;
+        let keys = crate::auth::Keys::open(runtime.storage().clone())?;
+        let admin_key_file = keys.bootstrap(&data_dir)?;
         let runtime = Arc::new(runtime);
+        let state = Arc::new(crate::http::State {
+            runtime: runtime.clone(),
+            keys,
+        });
         let ingest = TcpListener::bind(ingest_addr)
             .await
             .with_context(|| format!("cannot listen on {ingest_addr}"))?;
@@ -79,17 +84,12 @@ impl Server {
             signal.clone(),
         )?);
         tasks.spawn(crate::http::serve(
-            runtime.clone(),
+            state.clone(),
             ingest,
             Plane::Ingest,
             signal.clone(),
         ));
-        tasks.spawn(crate::http::serve(
-            runtime.clone(),
-            admin,
-            Plane::Admin,
-            signal,
-        ));
+        tasks.spawn(crate::http::serve(state, admin, Plane::Admin, signal));
         tracing::info!(%addr, %admin_addr, "tenon started");
         Ok(Server {
             addr,

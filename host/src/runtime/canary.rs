@@ -3,9 +3,9 @@
 //! nothing written (a canary's kv writes are never committed).
 
 use super::Runtime;
-use super::lifecycle::{Location, archive_dir};
+use super::lifecycle::{LifecycleError, Location, archive_dir};
 use crate::sandbox::plugin::Plugin;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 impl Runtime {
@@ -19,18 +19,23 @@ impl Runtime {
         flow: &str,
         candidate: &std::path::Path,
         limit: usize,
-    ) -> Result<Vec<CanaryResult>, String> {
+    ) -> Result<Vec<CanaryResult>, LifecycleError> {
         let flows = self.flows();
         let flow = flows
             .iter()
             .find(|f| f.name == flow)
-            .ok_or_else(|| format!("no flow named `{flow}`"))?;
+            .ok_or_else(|| LifecycleError::UnknownFlow(flow.to_owned()))?;
         let stage = flow
             .stages
             .iter()
             .position(|s| s == name)
             .filter(|&i| i + 1 < flow.stages.len())
-            .ok_or_else(|| format!("`{name}` is not a transform step of flow `{}`", flow.name))?;
+            .ok_or_else(|| {
+                LifecycleError::Conflict(format!(
+                    "`{name}` is not a transform step of flow `{}`",
+                    flow.name
+                ))
+            })?;
         let (candidate_root, shown) = self.candidate_dir(candidate)?;
         // Both versions read the instance's own key-value data; neither writes it
         // (a canary's writes are never committed).
@@ -43,7 +48,7 @@ impl Runtime {
                 name,
                 location,
             )
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| LifecycleError::Refused(format!("{e:#}")))
         };
         let live_digest = self
             .plugin(name)
@@ -63,7 +68,7 @@ impl Runtime {
         let events = self
             .queue()
             .events(1, u64::MAX)
-            .map_err(|e| e.to_string())?;
+            .map_err(LifecycleError::Storage)?;
         let recent = events.into_iter().rev().filter_map(|e| match e.body {
             crate::model::EventBody::Accepted { envelope } if e.flow == flow.name => {
                 Some((e.offset, envelope.message))
@@ -104,7 +109,7 @@ impl Runtime {
 }
 
 /// The comparison of a candidate with the live version on one recorded input.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CanaryResult {
     /// The event's offset.
     pub offset: u64,

@@ -13,6 +13,7 @@ use crate::model::now_ms;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::plugin::{Plugin, PluginSettings};
 use crate::store::Storage;
+use crate::store::StorageError;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -139,13 +140,37 @@ pub(crate) fn approved_of(plugin: &Plugin) -> crate::store::Approved {
     }
 }
 
+/// Why an operation on plugin versions or the config could not be done.
+#[derive(Debug, thiserror::Error)]
+pub enum LifecycleError {
+    /// No plugin instance has that name.
+    #[error("no plugin named `{0}`")]
+    UnknownPlugin(String),
+    /// No flow has that name.
+    #[error("no flow named `{0}`")]
+    UnknownFlow(String),
+    /// The version (or config) does not load or does not fit: the live one stays.
+    #[error("{0}")]
+    Refused(String),
+    /// The request does not fit the current state: nothing waits for approval, the
+    /// waiting version is another, there is no previous version, not a step of that flow.
+    #[error("{0}")]
+    Conflict(String),
+    /// A candidate from outside the plugin roots.
+    #[error("{0}")]
+    OutsideRoots(String),
+    /// The database failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
 impl Runtime {
     /// Read the config file again and apply it without a restart: new and changed
     /// plugin instances are loaded, flows are added, removed or re-routed. Messages
     /// already accepted finish on the route they entered with. A config that does not
     /// parse, names an unknown plugin, or whose plugins do not load or fit is refused
     /// whole, and the running one stays.
-    pub fn reload_config(self: &Arc<Self>) -> Result<(), String> {
+    pub fn reload_config(self: &Arc<Self>) -> Result<(), LifecycleError> {
         let path = self.config().path.clone();
         let attempt = || -> Result<Candidate, String> {
             let new = Config::load(&path).map_err(|e| e.to_string())?;
@@ -223,7 +248,7 @@ impl Runtime {
                     .config_refused
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = Some(refusal);
-                Err(reason)
+                Err(LifecycleError::Refused(reason))
             }
         }
     }
@@ -258,7 +283,7 @@ impl Runtime {
 
     /// Make the version of `name` that waits for approval live, approved by `key`, if
     /// its digest is `digest` (the one the operator reviewed).
-    pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, String> {
+    pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, LifecycleError> {
         let (reload, plugin) = self.plugins.approve(name, digest)?;
         self.record_approved(name, &approved_of(&plugin));
         self.storage.audit().record(crate::audit::AuditRecord {
@@ -279,7 +304,7 @@ impl Runtime {
     /// Load the version of `name` now in its directory and, if it loads and fits, make
     /// it live. Blocking (it may compile): call it off the async workers. Messages
     /// already leased finish on the version they started with.
-    pub fn reload_plugin(&self, name: &str) -> Result<Reload, String> {
+    pub fn reload_plugin(&self, name: &str) -> Result<Reload, LifecycleError> {
         let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
             .map_err(|e| format!("{e:#}"));
         self.swap_in(name, loaded, false)
@@ -289,7 +314,7 @@ impl Runtime {
     /// for a version whose manifest names its component (`component_digest`). Without
     /// it a deploy under way cannot be told from a finished one, so such a version is
     /// refused here and only loads by an operator's explicit reload or promotion.
-    pub fn reload_watched(&self, name: &str) -> Result<Reload, String> {
+    pub fn reload_watched(&self, name: &str) -> Result<Reload, LifecycleError> {
         let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| match plugin.manifest().component_digest {
@@ -313,10 +338,12 @@ impl Runtime {
         name: &str,
         loaded: Result<Plugin, String>,
         approved: bool,
-    ) -> Result<Reload, String> {
+    ) -> Result<Reload, LifecycleError> {
         let loaded = loaded.inspect(|plugin| archive(&self.data_dir, plugin));
         let record = loaded.as_ref().map(approved_of).ok();
-        let result = loaded.and_then(|candidate| self.plugins.swap(name, candidate, approved));
+        let result = loaded
+            .map_err(LifecycleError::Refused)
+            .and_then(|candidate| self.plugins.swap(name, candidate, approved));
         match &result {
             Ok(Reload::Swapped { from, to }) => {
                 if let Some(record) = &record {
@@ -326,10 +353,11 @@ impl Runtime {
             }
             Ok(Reload::Held { digest, widening }) => self.held(name, digest, widening),
             Ok(Reload::Unchanged) => tracing::debug!(plugin = name, "plugin unchanged"),
-            Err(reason) => {
+            Err(LifecycleError::Refused(reason)) => {
                 tracing::warn!(plugin = name, %reason, "new plugin version refused; the live one keeps running");
                 self.plugins.refuse(name, reason.clone());
             }
+            Err(_) => {}
         }
         result
     }
@@ -364,23 +392,23 @@ impl Runtime {
     /// roots) live: it is loaded and checked first, then written into the plugin's
     /// directory (so a restart keeps it) and swapped in. The operator's promotion is
     /// the approval of its grants.
-    pub fn promote(&self, name: &str, candidate: &Path) -> Result<Reload, String> {
+    pub fn promote(&self, name: &str, candidate: &Path) -> Result<Reload, LifecycleError> {
         let (dir, shown) = self.candidate_dir(candidate)?;
         self.promote_from(name, Location::Dir(&dir, &shown))
     }
 
     /// Promote from a directory already checked (a candidate, or the archive).
-    fn promote_from(&self, name: &str, location: Location<'_>) -> Result<Reload, String> {
+    fn promote_from(&self, name: &str, location: Location<'_>) -> Result<Reload, LifecycleError> {
         let config = self.config();
         let entry = config
             .plugins
             .get(name)
-            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+            .ok_or_else(|| LifecycleError::UnknownPlugin(name.to_owned()))?;
         let loaded = load_plugin_at(&config, self.engine(), self.storage(), name, name, location)
-            .map_err(|e| format!("{e:#}"))?;
-        loaded
-            .write_files(&config.plugin_dir(entry))
-            .map_err(|e| format!("cannot write the plugin directory: {e}"))?;
+            .map_err(|e| LifecycleError::Refused(format!("{e:#}")))?;
+        loaded.write_files(&config.plugin_dir(entry)).map_err(|e| {
+            LifecycleError::Refused(format!("cannot write the plugin directory: {e}"))
+        })?;
         self.swap_in(name, Ok(loaded), true)
     }
 
@@ -390,10 +418,10 @@ impl Runtime {
     pub(crate) fn candidate_dir(
         &self,
         dir: &Path,
-    ) -> Result<(cap_std::fs::Dir, std::path::PathBuf), String> {
+    ) -> Result<(cap_std::fs::Dir, std::path::PathBuf), LifecycleError> {
         let resolved = dir
             .canonicalize()
-            .map_err(|e| format!("candidate {}: {e}", dir.display()))?;
+            .map_err(|e| LifecycleError::Refused(format!("candidate {}: {e}", dir.display())))?;
         let roots = self.config().plugin_roots();
         for root in roots.iter().filter_map(|root| root.canonicalize().ok()) {
             let Ok(relative) = resolved.strip_prefix(&root) else {
@@ -407,34 +435,35 @@ impl Runtime {
                         root.open_dir(relative)
                     }
                 })
-                .map_err(|e| format!("candidate {}: {e}", resolved.display()))?;
+                .map_err(|e| {
+                    LifecycleError::Refused(format!("candidate {}: {e}", resolved.display()))
+                })?;
             return Ok((opened, resolved));
         }
         let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
-        Err(format!(
+        Err(LifecycleError::OutsideRoots(format!(
             "candidate {} is outside the plugin roots ({}): candidates are taken only from there (server.plugin_roots)",
             resolved.display(),
             roots.join(", ")
-        ))
+        )))
     }
 
     /// Put the version that was live before the current one back in place, from the
     /// archive.
-    pub fn rollback(&self, name: &str) -> Result<Reload, String> {
+    pub fn rollback(&self, name: &str) -> Result<Reload, LifecycleError> {
         let status = self.plugin_status();
         let slot = status
             .iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| format!("no plugin named `{name}`"))?;
-        let previous = slot
-            .previous
-            .as_deref()
-            .ok_or_else(|| format!("`{name}` has no previous version to roll back to"))?;
+            .ok_or_else(|| LifecycleError::UnknownPlugin(name.to_owned()))?;
+        let previous = slot.previous.as_deref().ok_or_else(|| {
+            LifecycleError::Conflict(format!("`{name}` has no previous version to roll back to"))
+        })?;
         let dir = archive_dir(self.data_dir(), name, previous);
         if !dir.exists() {
-            return Err(format!(
+            return Err(LifecycleError::Conflict(format!(
                 "version {previous} of `{name}` is not in the archive"
-            ));
+            )));
         }
         self.promote_from(name, Location::Path(&dir))
     }

@@ -41,7 +41,6 @@ use tokio::task::JoinSet;
 #[derive(Debug)]
 pub struct Runtime {
     storage: Storage,
-    keys: crate::auth::Keys,
     queue: Queue,
     engine: Engine,
     plugins: PluginSlots,
@@ -117,7 +116,6 @@ impl Runtime {
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
         let storage = Storage::open(data_dir)?;
         let engine = Engine::new(storage.clone(), data_dir)?;
-        let keys = crate::auth::Keys::open(storage.clone())?;
         let mut plugins = BTreeMap::new();
         for name in config.plugins.keys() {
             let loaded = load_plugin(&config, &engine, &storage, name)
@@ -160,7 +158,6 @@ impl Runtime {
             guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),
             queue: Queue::with_visibility(storage.clone(), visibility),
-            keys,
             storage,
             engine,
             plugins: PluginSlots::new(plugins),
@@ -192,11 +189,6 @@ impl Runtime {
     /// The durable queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
-    }
-
-    /// The API keys.
-    pub fn keys(&self) -> &crate::auth::Keys {
-        &self.keys
     }
 
     /// Whether the source instance `name` authenticates its senders by signature

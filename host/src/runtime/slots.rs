@@ -8,14 +8,15 @@
 //! in: it waits, shown by `tenon status`, until an operator approves it (`tenon plugin
 //! approve`, scope `plugins:promote`). An equal or narrower one swaps at once.
 
+use super::lifecycle::LifecycleError;
 use crate::model::now_ms;
 use crate::sandbox::plugin::Plugin;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// A version that was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
     /// When (ms since the Unix epoch).
     pub at_ms: u64,
@@ -24,7 +25,7 @@ pub struct Refusal {
 }
 
 /// A version waiting for an operator's approval, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PendingStatus {
     /// Its version (from its manifest).
     pub version: String,
@@ -37,7 +38,7 @@ pub struct PendingStatus {
 }
 
 /// What a slot holds, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveStatus {
     /// The plugin instance name.
     pub name: String,
@@ -162,10 +163,15 @@ impl PluginSlots {
     /// Put a loaded version in place of the live one, if it fits the slot. Unless
     /// `approved` (an operator's own action), a version with wider grants than the live
     /// one is held for approval instead.
-    pub fn swap(&self, name: &str, candidate: Plugin, approved: bool) -> Result<Reload, String> {
+    pub fn swap(
+        &self,
+        name: &str,
+        candidate: Plugin,
+        approved: bool,
+    ) -> Result<Reload, LifecycleError> {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         let Some(slot) = slots.get_mut(name) else {
-            return Err(format!("no plugin named `{name}`"));
+            return Err(LifecycleError::UnknownPlugin(name.to_owned()));
         };
         if candidate.kind() != slot.live.kind() {
             let reason = format!(
@@ -177,7 +183,7 @@ impl PluginSlots {
                 at_ms: now_ms(),
                 reason: reason.clone(),
             });
-            return Err(reason);
+            return Err(LifecycleError::Refused(reason));
         }
         if candidate.digest() == slot.live.digest() {
             // The directory holds the live version again: nothing waits any more.
@@ -199,25 +205,30 @@ impl PluginSlots {
 
     /// Make the version waiting for approval live, if it is the one the operator
     /// looked at (`digest`): a version dropped in between is not approved unseen.
-    pub fn approve(&self, name: &str, digest: &str) -> Result<(Reload, Arc<Plugin>), String> {
+    pub fn approve(
+        &self,
+        name: &str,
+        digest: &str,
+    ) -> Result<(Reload, Arc<Plugin>), LifecycleError> {
         let mut slots = self.slots.write().unwrap_or_else(PoisonError::into_inner);
         let slot = slots
             .get_mut(name)
-            .ok_or_else(|| format!("no plugin named `{name}`"))?;
+            .ok_or_else(|| LifecycleError::UnknownPlugin(name.to_owned()))?;
         let waiting = slot
             .pending
             .as_ref()
             .map(|p| p.plugin.digest().to_owned())
-            .ok_or_else(|| format!("no version of `{name}` waits for approval"))?;
+            .ok_or_else(|| {
+                LifecycleError::Conflict(format!("no version of `{name}` waits for approval"))
+            })?;
         if waiting != digest {
-            return Err(format!(
+            return Err(LifecycleError::Conflict(format!(
                 "the version of `{name}` waiting for approval is {waiting}, not {digest}: review it (`tenon status`) and approve that one"
-            ));
+            )));
         }
-        let pending = slot
-            .pending
-            .take()
-            .ok_or_else(|| format!("no version of `{name}` waits for approval"))?;
+        let pending = slot.pending.take().ok_or_else(|| {
+            LifecycleError::Conflict(format!("no version of `{name}` waits for approval"))
+        })?;
         let plugin = pending.plugin.clone();
         Ok((slot.replace(pending.plugin), plugin))
     }

@@ -1,0 +1,483 @@
+//! The admin API, on its own listener: every route behind a scope, `POST` bodies JSON
+//! only (`415` otherwise), every action audited with the key's id. Requests and
+//! answers are the types of [`crate::api`].
+
+use super::State;
+use super::access::{audit_api, authenticate, authorize, json_body};
+use super::problem::{Answer, Problem, json};
+use crate::api;
+use crate::audit::{AuditQuery, Decision};
+use crate::auth::{ApiKey, Scope};
+use crate::model::{DeadLetter, Event, EventBody, MessageId, OutcomeKind, StoredMessage};
+use crate::runtime::Reload;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, StatusCode};
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 64 << 10;
+
+/// The scope a route of the admin API needs; `None` for no such route.
+fn scope_of(method: &Method, segments: &[&str]) -> Option<Scope> {
+    let read = matches!(
+        segments,
+        ["v1", "messages", _]
+            | ["v1", "dlq"]
+            | ["v1", "dlq", _]
+            | ["v1", "events"]
+            | ["v1", "plugins"]
+            | ["v1", "audit"]
+            | ["v1", "keys"]
+    );
+    match (method, segments) {
+        (&Method::GET, _) if read => Some(Scope::AdminRead),
+        (
+            &Method::POST,
+            ["v1", "dlq", _, "redrive" | "discard"]
+            | ["v1", "flows", _, "replay"]
+            | ["v1", "plugins", _, "reload"]
+            | ["v1", "keys"]
+            | ["v1", "keys", _, "revoke"],
+        ) => Some(Scope::AdminWrite),
+        (
+            &Method::POST,
+            [
+                "v1",
+                "plugins",
+                _,
+                "try" | "promote" | "rollback" | "approve",
+            ],
+        ) => Some(Scope::PluginsPromote),
+        _ => None,
+    }
+}
+
+/// A request to the admin API: a key with the route's scope, a JSON body, an audit
+/// record of every action.
+pub(super) async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let Some(scope) = scope_of(&method, &segments) else {
+        // Unknown routes answer 404 only to a valid key: no map of the API for others.
+        authenticate(state, &req)?;
+        return Err(Problem::not_found(
+            "not-found",
+            "Not found",
+            format!("no route for {method} {path}"),
+        ));
+    };
+    let key = authorize(state, &req, &scope)?;
+    if method == Method::POST && !json_body(&req) {
+        return Err(Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the admin API takes application/json bodies",
+        ));
+    }
+    let answer = route(state, req, &key).await;
+    if method == Method::POST {
+        let status = match &answer {
+            Ok(reply) => reply.status().as_u16(),
+            Err(problem) => problem.status(),
+        };
+        audit_api(
+            state,
+            Some(&key.id),
+            &format!("{method} {path}"),
+            Decision::Allow,
+            Some(format!("HTTP {status}")),
+        );
+    }
+    answer
+}
+
+/// The admin routes, for a key that holds the route's scope.
+async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answer {
+    let runtime = &state.runtime;
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (req.method(), segments.as_slice()) {
+        (&Method::GET, ["v1", "keys"]) => Ok(json(
+            StatusCode::OK,
+            &api::Keys {
+                keys: state.keys.list(),
+            },
+        )),
+        (&Method::POST, ["v1", "keys"]) => {
+            let asked: api::NewKey = body(req).await?;
+            let name = asked.name.unwrap_or_else(|| "unnamed".into());
+            let (key, token) = state.keys.create(&name, asked.scopes, Some(key))?;
+            tracing::info!(key = %key.id, "API key created");
+            Ok(json(StatusCode::CREATED, &api::KeyCreated { key, token }))
+        }
+        (&Method::POST, ["v1", "keys", id, "revoke"]) => {
+            let key = state.keys.revoke(id, Some(key))?;
+            Ok(json(StatusCode::OK, &api::KeyRevoked { key }))
+        }
+        (&Method::GET, ["v1", "audit"]) => {
+            let param = |name: &str| query_param(&req, name);
+            let decision = match param("decision").as_deref() {
+                None => None,
+                Some("allow") => Some(Decision::Allow),
+                Some("deny") => Some(Decision::Deny),
+                Some(other) => {
+                    return Err(Problem::bad_request(format!(
+                        "decision must be `allow` or `deny`, not `{other}`"
+                    )));
+                }
+            };
+            let query = AuditQuery {
+                plugin: param("plugin"),
+                key: param("key"),
+                decision,
+                after: param("after").and_then(|v| v.parse().ok()).unwrap_or(0),
+                limit: param("limit").and_then(|v| v.parse().ok()),
+            };
+            let storage = runtime.storage();
+            let records = storage.audit_records(&query)?;
+            let dropped = storage.audit().dropped();
+            Ok(json(StatusCode::OK, &api::Audit { records, dropped }))
+        }
+        (&Method::GET, ["v1", "events"]) => {
+            let param = |name: &str| query_param(&req, name);
+            let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let to = param("to").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
+            let events = runtime.queue().events(from, to)?;
+            Ok(json(
+                StatusCode::OK,
+                &api::Events {
+                    events: events.iter().map(event_view).collect(),
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "flows", flow, "replay"]) => {
+            let flow = (*flow).to_owned();
+            let asked: api::Replay = body(req).await?;
+            replay(state, &flow, asked).await
+        }
+        (&Method::GET, ["v1", "plugins"]) => {
+            let config = runtime.config();
+            Ok(json(
+                StatusCode::OK,
+                &api::Plugins {
+                    plugins: runtime.plugin_status(),
+                    config: api::ConfigStatus {
+                        path: config.path.clone(),
+                        digest: config.digest(),
+                        refused: runtime.config_refused(),
+                        flows: runtime.flows().into_iter().map(|f| f.name).collect(),
+                    },
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "plugins", name, action]) => {
+            let (name, action) = ((*name).to_owned(), (*action).to_owned());
+            let asked: api::PluginAction = body(req).await?;
+            plugin_action(runtime.clone(), name, action, asked, key.id.clone()).await
+        }
+        (&Method::GET, ["v1", "dlq"]) => {
+            let letters = runtime.queue().dead_letters()?;
+            Ok(json(
+                StatusCode::OK,
+                &api::DeadLetters {
+                    dead_letters: letters.iter().map(dead_letter_summary).collect(),
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "dlq", id]) => {
+            let letter = runtime
+                .queue()
+                .dead_letter(id)?
+                .ok_or_else(|| no_dead_letter(id))?;
+            Ok(json(
+                StatusCode::OK,
+                &api::DeadLetterDetail {
+                    summary: dead_letter_summary(&letter),
+                    attempts: letter.outcome.attempts.clone(),
+                    trail: letter.outcome.trail.clone(),
+                    body: body_as_json(&letter.envelope.message),
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "dlq", id, action @ ("redrive" | "discard")]) => {
+            let done = match *action {
+                "redrive" => runtime.queue().redrive(id).await?,
+                _ => runtime.queue().discard(id).await?,
+            };
+            if !done {
+                return Err(no_dead_letter(id));
+            }
+            tracing::info!(id, action, "dead letter handled by operator");
+            Ok(json(
+                StatusCode::OK,
+                &api::DeadLetterHandled {
+                    id: MessageId::from(*id),
+                    done: (*action).to_owned(),
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "messages", id]) => {
+            let id = MessageId::from(*id);
+            let status = runtime.status(&id)?;
+            if status.outcomes.is_empty() && status.pending.is_empty() {
+                return Err(Problem::not_found(
+                    "unknown-message",
+                    "Unknown message",
+                    format!("no message with id `{id}`"),
+                ));
+            }
+            Ok(json(
+                StatusCode::OK,
+                &api::MessageStatus {
+                    settled: status.is_settled(),
+                    pending: status
+                        .pending
+                        .iter()
+                        .map(|e| api::Pending {
+                            id: e.message.id.clone(),
+                            key: e.message.key.clone(),
+                            kind: e.message.kind.clone(),
+                            flow: e.flow.clone(),
+                            stage: e.stage,
+                            attempts: e.attempts.clone(),
+                            body: body_as_json(&e.message),
+                        })
+                        .collect(),
+                    outcomes: status.outcomes,
+                    id,
+                },
+            ))
+        }
+        _ => Err(Problem::not_found(
+            "not-found",
+            "Not found",
+            format!("no route for {} {path}", req.method()),
+        )),
+    }
+}
+
+/// The request's JSON body as `T` (an empty body reads as `{}`).
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
+    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
+        .collect()
+        .await
+        .map_err(|e| Problem::bad_request(format!("cannot read the request: {e}")))?
+        .to_bytes();
+    let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("the body: {e}")))
+}
+
+/// `POST /v1/flows/{flow}/replay`.
+async fn replay(state: &State, flow: &str, asked: api::Replay) -> Answer {
+    let runtime = &state.runtime;
+    let route = runtime
+        .flows()
+        .into_iter()
+        .find(|f| f.name == flow)
+        .map(|f| f.stages)
+        .ok_or_else(|| {
+            Problem::not_found(
+                "unknown-flow",
+                "Unknown flow",
+                format!("no flow named `{flow}`"),
+            )
+        })?;
+    let bound = |name: &str, value: Option<&api::Bound>, end: bool| -> Result<u64, Problem> {
+        let text = match value {
+            None => return Ok(if end { u64::MAX } else { 1 }),
+            Some(api::Bound::Offset(offset)) => return Ok(*offset),
+            Some(api::Bound::Text(text)) => text,
+        };
+        if let Ok(offset) = text.parse::<u64>() {
+            return Ok(offset);
+        }
+        let time = tenon_model::chrono::DateTime::parse_from_rfc3339(text).map_err(|e| {
+            Problem::bad_request(format!(
+                "`{name}`: `{text}` is neither an offset nor an RFC 3339 time: {e}"
+            ))
+        })?;
+        let ms = time.timestamp_millis().max(0) as u64;
+        // `from` a time: the first event at or after it; `to` a time: the last before it.
+        let at = if end { ms + 1 } else { ms };
+        Ok(match (runtime.queue().offset_at(at)?, end) {
+            (Some(offset), false) => offset,
+            (Some(offset), true) => offset.saturating_sub(1),
+            (None, _) => u64::MAX,
+        })
+    };
+    let from = bound("from", asked.from.as_ref(), false)?;
+    let to = bound("to", asked.to.as_ref(), true)?;
+    let offsets = runtime.queue().replay(flow, &route, from, to).await?;
+    tracing::info!(flow, from, to, replayed = offsets.len(), "replay");
+    Ok(json(
+        StatusCode::OK,
+        &api::Replayed {
+            flow: flow.to_owned(),
+            replayed: offsets.len(),
+            offsets,
+        },
+    ))
+}
+
+/// `POST /v1/plugins/{name}/{action}`: reload, try, promote, roll back, approve.
+async fn plugin_action(
+    runtime: Arc<crate::runtime::Runtime>,
+    name: String,
+    action: String,
+    asked: api::PluginAction,
+    key: String,
+) -> Answer {
+    // Loading compiles: off the async workers.
+    let handle = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || -> Answer {
+        let needs = |what: &str| Problem::bad_request(format!("`{action}` needs `{what}`"));
+        let swapped = |reload: Reload| json(StatusCode::OK, &swap(&name, reload));
+        match action.as_str() {
+            "reload" => Ok(swapped(runtime.reload_plugin(&name)?)),
+            "try" => {
+                let (Some(candidate), Some(flow)) = (asked.candidate, asked.flow) else {
+                    return Err(needs("candidate` (a plugin directory) and `flow"));
+                };
+                let limit = asked.limit.unwrap_or(20);
+                let results =
+                    handle.block_on(runtime.try_candidate(&name, &flow, &candidate, limit))?;
+                let tried = api::Tried {
+                    plugin: name,
+                    flow,
+                    results,
+                };
+                Ok(json(StatusCode::OK, &tried))
+            }
+            "promote" => {
+                let candidate = asked
+                    .candidate
+                    .ok_or_else(|| needs("candidate` (a plugin directory"))?;
+                Ok(swapped(runtime.promote(&name, &candidate)?))
+            }
+            "approve" => {
+                let digest = asked.digest.ok_or_else(|| {
+                    needs("digest`: the digest of the version waiting, as `tenon status` shows it;")
+                })?;
+                Ok(swapped(runtime.approve(&name, &digest, &key)?))
+            }
+            "rollback" => Ok(swapped(runtime.rollback(&name)?)),
+            other => Err(Problem::not_found(
+                "not-found",
+                "Not found",
+                format!("no plugin action `{other}`"),
+            )),
+        }
+    });
+    task.await.unwrap_or_else(|error| {
+        Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "host-error",
+            "Host error",
+            error.to_string(),
+        ))
+    })
+}
+
+/// What a swap came to, as the API answers it.
+fn swap(name: &str, reload: Reload) -> api::Swap {
+    let (swapped, from, to, pending) = match reload {
+        Reload::Swapped { from, to } => (true, Some(from), Some(to), None),
+        Reload::Unchanged => (false, None, None, None),
+        Reload::Held { digest, widening } => {
+            (false, None, None, Some(api::Held { digest, widening }))
+        }
+    };
+    api::Swap {
+        plugin: name.to_owned(),
+        swapped,
+        from,
+        to,
+        pending,
+    }
+}
+
+/// The value of a query parameter (no percent-decoding: names and numbers only).
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.uri()
+        .query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+        .map(str::to_owned)
+}
+
+fn event_view(event: &Event) -> api::EventView {
+    let mut view = api::EventView {
+        offset: event.offset,
+        at_ms: event.at_ms,
+        flow: event.flow.clone(),
+        event: event.body.name(),
+        id: MessageId::default(),
+        key: String::new(),
+        body: None,
+        plugin: None,
+        reasons: None,
+    };
+    match &event.body {
+        EventBody::Accepted { envelope } => {
+            view.id = envelope.message.id.clone();
+            view.key = envelope.message.key.clone();
+            view.body = Some(body_as_json(&envelope.message));
+        }
+        EventBody::Rejected {
+            id,
+            key,
+            plugin,
+            reasons,
+            ..
+        } => {
+            view.id = id.clone();
+            view.key = key.clone();
+            view.plugin = Some(plugin.clone());
+            view.reasons = Some(reasons.clone());
+        }
+    }
+    view
+}
+
+fn dead_letter_summary(letter: &DeadLetter) -> api::DeadLetterSummary {
+    let outcome = &letter.outcome;
+    let error = match &outcome.result {
+        OutcomeKind::DeadLetter { error } => error.clone(),
+        other => format!("{other:?}"),
+    };
+    api::DeadLetterSummary {
+        id: outcome.id.clone(),
+        root: outcome.root.clone(),
+        flow: outcome.flow.clone(),
+        stage: letter.envelope.stage,
+        plugin: outcome.plugin.clone(),
+        digest: outcome.attempts.last().map(|a| a.digest.clone()),
+        key: outcome.key.clone(),
+        kind: outcome.kind.clone(),
+        at_ms: outcome.at_ms,
+        attempt_count: outcome.attempts.len(),
+        error,
+    }
+}
+
+fn no_dead_letter(id: &str) -> Problem {
+    Problem::not_found(
+        "unknown-dead-letter",
+        "Unknown dead letter",
+        format!("no dead letter with id `{id}`"),
+    )
+}
+
+/// A message body as JSON for operators, whichever canonical encoding it travels in.
+fn body_as_json(message: &StoredMessage) -> serde_json::Value {
+    tenon_model::Encoding::from_content_type(&message.content_type)
+        .ok()
+        .and_then(|enc| enc.decode::<serde_json::Value>(&message.body).ok())
+        .unwrap_or_else(|| {
+            serde_json::json!({ "undecodable": message.content_type, "bytes": message.body.len() })
+        })
+}

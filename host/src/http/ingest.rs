@@ -1,0 +1,82 @@
+//! The ingest listener's one route: `POST /v1/sources/{source}`. The body goes to the
+//! source plugin (without Tenon's credentials); `202` once its messages are durable.
+
+use super::State;
+use super::access::{CREDENTIAL_HEADERS, authorize};
+use super::problem::{Answer, Problem, json};
+use crate::api;
+use crate::auth::Scope;
+use crate::sandbox::plugin::RawRequest;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::{Request, StatusCode};
+
+/// `POST /v1/sources/{source}`: with a key holding `ingest:{source}` (or `ingest:*`),
+/// unless the source checks its senders' signatures itself.
+pub(super) async fn ingest(state: &State, source: &str, req: Request<Incoming>) -> Answer {
+    let runtime = &state.runtime;
+    if !runtime.source_signs(source) {
+        authorize(state, &req, &Scope::Ingest(source.to_owned()))?;
+    }
+    let max_body = runtime.config().server.max_body_bytes;
+    let too_large = || {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the body is larger than the limit of {max_body} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return Err(too_large());
+    }
+    let content_type = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    // Credentials are Tenon's, not the plugin's: an untrusted source never sees them.
+    let headers: Vec<(String, String)> = req
+        .headers()
+        .iter()
+        .filter(|(k, _)| !CREDENTIAL_HEADERS.contains(k))
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let body = match Limited::new(req.into_body(), max_body).collect().await {
+        Ok(body) => body.to_bytes().to_vec(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
+        Err(error) => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                "unreadable-body",
+                "Unreadable body",
+                format!("cannot read the request body: {error}"),
+            ));
+        }
+    };
+    let request = RawRequest {
+        content_type,
+        headers,
+        body,
+    };
+    let ingested = runtime.ingest(source, request).await?;
+    let mut reply = json(
+        StatusCode::ACCEPTED,
+        &api::Accepted {
+            accepted: ingested.ids,
+        },
+    );
+    if ingested.replayed {
+        reply
+            .headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(reply)
+}
