@@ -7,6 +7,9 @@
 //! **Architecture invariant:** this crate knows nothing of wasmtime or of the host's
 //! runtime: it describes packages, and the host decides what to link from it.
 
+mod capabilities;
+
+pub use capabilities::{CAPABILITIES, Capability, capability, capability_of, never};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -670,19 +673,22 @@ impl Manifest {
                 ),
             ));
         }
-        if self.kind != Kind::Sink && !self.grants.http.is_empty() {
+        // A grant the plugin's kind may not have (the capability table says which).
+        if let Some(c) = CAPABILITIES
+            .iter()
+            .find(|c| c.gated && c.granted(&self.grants) && !c.allowed_for(self.kind))
+        {
+            let field_name = match c.name {
+                "http" => "grants.http",
+                "kv" => "grants.kv",
+                _ => "grants",
+            };
             return Err(field(
-                "grants.http",
+                field_name,
                 format!(
-                    "a {} plugin cannot reach the network; only sinks can",
-                    self.kind
+                    "a {} plugin cannot have it: {}",
+                    self.kind, c.not_for_others
                 ),
-            ));
-        }
-        if self.kind == Kind::Source && self.grants.kv {
-            return Err(field(
-                "grants.kv",
-                "a source plugin has no key-value storage; transforms and sinks do".into(),
             ));
         }
         let limits = [
@@ -786,8 +792,9 @@ http = ["http://*", "https://*.example.com"]
         )
         .unwrap_err();
         assert!(
-            err.to_string()
-                .contains("a transform plugin cannot reach the network"),
+            err.to_string().ends_with(
+                "field `grants.http`: a transform plugin cannot have it: only sink plugins reach the network"
+            ),
             "{err}"
         );
     }

@@ -4,6 +4,9 @@
 //! component with an import it is not granted ([`Inspection::refusals`]), and
 //! `tenon plugin audit` prints the same comparison for a security reviewer.
 //!
+//! What each import needs comes from the one capability table,
+//! [`tenon_registry::CAPABILITIES`]:
+//!
 //! | import | needs |
 //! |---|---|
 //! | `tenon:plugin/{types,log,config}` | nothing: every plugin has them |
@@ -32,37 +35,22 @@ pub enum Need {
     Never(&'static str),
 }
 
-/// What `import` (a versioned interface name) needs in a plugin of `kind`.
+/// What `import` (a versioned interface name) needs in a plugin of `kind`, as the
+/// capability table ([`tenon_registry::CAPABILITIES`]) says.
 pub fn need(import: &str, kind: Kind) -> Need {
-    let interface = import.split('@').next().unwrap_or(import);
-    let (package, _) = interface.split_once('/').unwrap_or((interface, ""));
-    match (package, interface) {
-        (_, "tenon:plugin/types" | "tenon:plugin/log" | "tenon:plugin/config") => Need::Nothing,
-        (_, "tenon:plugin/kv") if kind == Kind::Source => {
-            Need::Never("a source plugin has no key-value storage")
+    match tenon_registry::capability_of(import) {
+        Some(c) if !c.allowed_for(kind) => Need::Never(c.not_for_others),
+        Some(c) if c.gated => Need::Grant(c.name),
+        Some(_) => Need::Nothing,
+        None => {
+            Need::Never(tenon_registry::never(import).unwrap_or("this host does not provide it"))
         }
-        (_, "tenon:plugin/kv") => Need::Grant("kv"),
-        (_, "tenon:plugin/secrets") => Need::Grant("secrets"),
-        ("wasi:http", _) if kind == Kind::Sink => Need::Grant("http"),
-        ("wasi:http", _) => Need::Never("only sink plugins reach the network"),
-        ("wasi:cli" | "wasi:io" | "wasi:clocks" | "wasi:random" | "wasi:filesystem", _) => {
-            Need::Nothing
-        }
-        ("wasi:sockets", _) => Need::Never(
-            "raw sockets are never linked: the network is reachable only through wasi:http",
-        ),
-        _ => Need::Never("this host does not provide it"),
     }
 }
 
-/// Whether `grants` holds the grant named `grant`.
+/// Whether `grants` hold the grant named `grant`.
 fn holds(grants: &Grants, grant: &str) -> bool {
-    match grant {
-        "kv" => grants.kv,
-        "secrets" => grants.all_secrets().next().is_some(),
-        "http" => !grants.http.is_empty(),
-        _ => false,
-    }
+    tenon_registry::capability(grant).is_some_and(|c| c.granted(grants))
 }
 
 /// A component's interface, read from the component itself.
@@ -123,8 +111,10 @@ impl Inspection {
 
     /// Grants the manifest asks for that no import uses (asking for more than needed).
     pub fn unused_grants(&self, kind: Kind, grants: &Grants) -> Vec<&'static str> {
-        ["kv", "secrets", "http"]
-            .into_iter()
+        tenon_registry::CAPABILITIES
+            .iter()
+            .filter(|c| c.gated)
+            .map(|c| c.name)
             .filter(|grant| holds(grants, grant))
             .filter(|grant| {
                 !self

@@ -406,7 +406,7 @@ impl Plugin {
             redactor,
             audit: storage.audit().clone(),
             egress,
-            logs: caps::LogBudget::default(),
+            logs: caps::log::LogBudget::default(),
         });
 
         let component = engine
@@ -426,8 +426,7 @@ impl Plugin {
             return Err(fail(reasons.join("; ")));
         }
         let mut linker = Linker::new(engine.wasmtime());
-        caps::add_to_linker(&mut linker, manifest.kind, &ctx.grants)
-            .map_err(|e| fail(format!("{e:#}")))?;
+        caps::link(&mut linker, manifest.kind, &ctx.grants).map_err(|e| fail(format!("{e:#}")))?;
         let instance_pre = linker
             .instantiate_pre(&component)
             .map_err(|e| fail(format!("the component cannot be linked: {e:#}")))?;
@@ -765,7 +764,7 @@ pub struct ReusedTransform {
 impl fmt::Debug for ReusedTransform {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReusedTransform")
-            .field("plugin", &self.store.data().ctx.name)
+            .field("plugin", &self.store.data().ctx().name)
             .finish()
     }
 }
@@ -786,7 +785,7 @@ impl ReusedTransform {
             .await;
         match result {
             Ok(Ok(out)) => {
-                check_secrets(&self.store.data().ctx, &out)?;
+                check_secrets(self.store.data().ctx(), &out)?;
                 Ok(out.into_iter().map(StoredMessage::from).collect())
             }
             Ok(Err(failure)) => Err(CallError::Failure(failure.into())),
