@@ -5,7 +5,11 @@
 //! - `raw`: the same bytes, inserted straight into a redb table in transactions of the
 //!   same average batch size the queue reached, each committed durably.
 //!
-//! Prints `bench: queue_vs_raw_redb <ratio> x` (target >= 0.5) and the figures behind it.
+//! - `lease`: the time a lease takes with 100 and with 100,000 messages queued, half of
+//!   them waiting behind one hot business key (a lease must not grow with the queue).
+//!
+//! Prints `bench: queue_vs_raw_redb <ratio> x` (target >= 0.5),
+//! `bench: lease_100k_vs_100 <ratio> x` (target close to 1) and the figures behind them.
 
 use redb::{Database, TableDefinition};
 use std::time::Instant;
@@ -18,9 +22,13 @@ const PRODUCERS: usize = 256;
 const BODY: usize = 2 * 1024;
 
 fn envelope(i: usize) -> Envelope {
+    keyed(i, format!("Q-{i:06}"))
+}
+
+fn keyed(i: usize, key: String) -> Envelope {
     let message = StoredMessage {
         id: format!("01J{i:020}").into(),
-        key: format!("Q-{i:06}"),
+        key,
         kind: "QuoteApproved".into(),
         content_type: "application/msgpack".into(),
         headers: vec![],
@@ -84,5 +92,38 @@ fn main() -> anyhow::Result<()> {
     println!("bench: queue_avg_batch {batch} msg");
     println!("bench: raw_redb_same_batch {raw_rate:.0} msg/s");
     println!("bench: queue_vs_raw_redb {:.3} x", queue_rate / raw_rate);
+
+    let small = rt.block_on(lease_micros(&dir.path().join("lease-100"), 100))?;
+    let large = rt.block_on(lease_micros(&dir.path().join("lease-100k"), 100_000))?;
+    println!("bench: lease_us_at_100_queued {small:.1} us");
+    println!("bench: lease_us_at_100k_queued {large:.1} us");
+    println!("bench: lease_100k_vs_100 {:.2} x", large / small);
     Ok(())
+}
+
+/// Queue `depth` messages (every other one behind the same hot key), then time the
+/// leases of 100 of them; the mean in microseconds.
+async fn lease_micros(path: &std::path::Path, depth: usize) -> anyhow::Result<f64> {
+    const LEASES: usize = 100;
+    let queue = Queue::new(Storage::open(path)?);
+    for chunk in (0..depth).collect::<Vec<_>>().chunks(5_000) {
+        let items = chunk
+            .iter()
+            .map(|&i| {
+                let key = if i % 2 == 0 {
+                    "HOT".to_owned()
+                } else {
+                    format!("Q-{i:06}")
+                };
+                ("quote-to-order/0".to_owned(), keyed(i, key))
+            })
+            .collect();
+        queue.enqueue(items).await?;
+    }
+    let started = Instant::now();
+    for _ in 0..LEASES.min(depth / 2) {
+        let lease = queue.lease("quote-to-order/0")?;
+        anyhow::ensure!(lease.is_some(), "a ready message was not leased");
+    }
+    Ok(started.elapsed().as_secs_f64() * 1e6 / LEASES.min(depth / 2) as f64)
 }

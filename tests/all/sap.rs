@@ -495,7 +495,10 @@ async fn orders_reach_sap_through_its_csrf_flow_once() {
         "0000001001"
     );
     let fetches = state.lock().unwrap().fetches;
-    assert_eq!(fetches, 3, "one fetch, then one more after the expiry");
+    assert_eq!(
+        fetches, 3,
+        "one fetch, then one more after the expiry: {status:#}"
+    );
 
     // The same order again (a new message for the same quote): found, not re-created.
     let modified = sample("plain.json").replace(

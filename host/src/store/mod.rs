@@ -6,6 +6,7 @@
 //! together.
 
 pub mod events;
+mod index;
 pub mod queue;
 
 use crate::audit::{AuditLog, AuditQuery, AuditRecord};

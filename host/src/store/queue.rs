@@ -24,10 +24,11 @@ use crate::model::{
     Outcome, OutcomeKind, now_ms, queue_name,
 };
 use crate::store::events::{self, EVENTS};
+use crate::store::index::Index;
 use crate::store::{DEAD, IDEMPOTENCY, KvWrites, META, OUTCOMES, QUEUE, Storage, StorageError};
 use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
@@ -84,27 +85,26 @@ pub struct Lease {
     pub envelope: Envelope,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Held {
-    token: u64,
-    expires: Instant,
-    /// Its completion is on its way to the disk: never given to anyone else.
-    completing: bool,
-}
-
 type Slot = (String, u64);
 
-#[derive(Debug, Default)]
-struct Leases {
-    held: HashMap<Slot, Held>,
-}
-
-impl Leases {
-    fn is_held(&self, slot: &Slot, now: Instant) -> bool {
-        self.held
-            .get(slot)
-            .is_some_and(|h| h.completing || h.expires > now)
-    }
+/// How the lease index changes once a write is committed.
+#[derive(Debug)]
+enum IndexOp {
+    /// A message committed into a queue.
+    Insert {
+        queue: String,
+        seq: u64,
+        key: String,
+        not_before_ms: u64,
+    },
+    /// A message that left its queue.
+    Remove { queue: String, seq: u64 },
+    /// A message kept for a retry.
+    Retry {
+        queue: String,
+        seq: u64,
+        not_before_ms: u64,
+    },
 }
 
 /// One write for the committer, and where to send its result.
@@ -159,7 +159,7 @@ impl Drop for Committer {
 #[derive(Clone, Debug)]
 pub struct Queue {
     storage: Storage,
-    leases: Arc<Mutex<Leases>>,
+    index: Arc<Mutex<Index>>,
     notify: Arc<Notifiers>,
     committer: Arc<Committer>,
     tokens: Arc<AtomicU64>,
@@ -185,21 +185,29 @@ impl Queue {
     /// The queue over a database; a lease not completed within `visibility` is given
     /// to the next worker that asks.
     pub fn with_visibility(storage: Storage, visibility: Duration) -> Queue {
-        let leases = Arc::new(Mutex::new(Leases::default()));
+        let index = match load_index(&storage) {
+            Ok(index) => index,
+            Err(error) => {
+                // Leasing then finds nothing: the failure shows in every lease's error.
+                tracing::error!(%error, "cannot read the queue to index it");
+                Index::default()
+            }
+        };
+        let index = Arc::new(Mutex::new(index));
         let notify = Arc::new(Notifiers::default());
         let (inbox, jobs) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let failed_commits = Arc::new(AtomicU64::new(0));
         let failed = failed_commits.clone();
-        let (db, held, woken, count) = (
+        let (db, indexed, woken, count) = (
             storage.clone(),
-            leases.clone(),
+            index.clone(),
             notify.clone(),
             commits.clone(),
         );
         let spawned = std::thread::Builder::new()
             .name("tenon-commit".into())
-            .spawn(move || commit_loop(&db, &held, &woken, [&count, &failed], &jobs));
+            .spawn(move || commit_loop(&db, &indexed, &woken, [&count, &failed], &jobs));
         let thread = match spawned {
             Ok(thread) => Some(thread),
             Err(error) => {
@@ -209,7 +217,7 @@ impl Queue {
         };
         Queue {
             storage,
-            leases,
+            index,
             notify,
             committer: Arc::new(Committer {
                 inbox: Some(inbox),
@@ -406,51 +414,41 @@ impl Queue {
     }
 
     /// Lease the oldest message of `queue` that is ready and whose key is not held by
-    /// an earlier message.
+    /// an earlier message ([`Index`]: O(log n) however long the queue is).
     pub fn lease(&self, queue: &str) -> Result<Option<Lease>, StorageError> {
-        let now_wall = now_ms();
-        let now = Instant::now();
-        let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
-        let txn = self.storage.db().begin_read()?;
-        let table = txn.open_table(QUEUE)?;
-        let mut held_keys: HashSet<String> = HashSet::new();
-        for entry in table.range((queue, 0)..=(queue, u64::MAX))? {
-            let (k, v) = entry?;
-            let seq = k.value().1;
-            let envelope: Envelope = decode(v.value())?;
-            if held_keys.contains(&envelope.message.key) {
-                continue;
-            }
-            let slot = (queue.to_owned(), seq);
-            if leases.is_held(&slot, now) || envelope.not_before_ms > now_wall {
-                held_keys.insert(envelope.message.key);
-                continue;
-            }
-            let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
-            if let Some(stale) = leases.held.get(&slot) {
-                tracing::warn!(
-                    queue,
-                    seq,
-                    stale_token = stale.token,
-                    "lease timed out; message given to another worker"
-                );
-            }
-            leases.held.insert(
-                slot,
-                Held {
-                    token,
-                    expires: now + self.visibility,
-                    completing: false,
-                },
-            );
-            return Ok(Some(Lease {
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        let seq = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .lease(queue, token, self.visibility, Instant::now(), now_ms());
+        let Some(seq) = seq else {
+            return Ok(None);
+        };
+        // Leased: no one else removes it before we complete it.
+        let read = || -> Result<Option<Envelope>, StorageError> {
+            let txn = self.storage.db().begin_read()?;
+            let table = txn.open_table(QUEUE)?;
+            table
+                .get((queue, seq))?
+                .map(|v| decode(v.value()))
+                .transpose()
+        };
+        match read() {
+            Ok(Some(envelope)) => Ok(Some(Lease {
                 queue: queue.to_owned(),
                 seq,
                 token,
                 envelope,
-            }));
+            })),
+            other => {
+                self.index
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .release(queue, seq, now_ms());
+                other.and(Ok(None))
+            }
         }
-        Ok(None)
     }
 
     /// Commit the result of a leased message, in one transaction with its ack. A lease
@@ -468,19 +466,16 @@ impl Queue {
         kv: Option<KvWrites>,
     ) -> Result<(), StorageError> {
         let slot = (lease.queue, lease.seq);
-        {
-            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
-            match leases.held.get_mut(&slot) {
-                Some(held) if held.token == lease.token && !held.completing => {
-                    held.completing = true
-                }
-                _ => {
-                    return Err(StorageError::StaleLease {
-                        queue: slot.0,
-                        seq: slot.1,
-                    });
-                }
-            }
+        let begun = self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .begin_complete(&slot.0, slot.1, lease.token);
+        if begun.is_err() {
+            return Err(StorageError::StaleLease {
+                queue: slot.0,
+                seq: slot.1,
+            });
         }
         let result = match self
             .write(Write::Complete {
@@ -494,9 +489,11 @@ impl Queue {
             other => other.map(drop),
         };
         if result.is_err() {
-            // Not committed: the message stays, and is leased again after a pause.
-            let mut leases = self.leases.lock().unwrap_or_else(PoisonError::into_inner);
-            leases.held.remove(&slot);
+            // Not committed: the message stays, and is leased again.
+            self.index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .release(&slot.0, slot.1, now_ms());
             self.notify.get(&slot.0).notify_one();
         }
         result
@@ -504,20 +501,20 @@ impl Queue {
 
     /// The queues that hold messages.
     pub fn queue_names(&self) -> Result<std::collections::BTreeSet<String>, StorageError> {
-        let txn = self.storage.db().begin_read()?;
-        let table = txn.open_table(QUEUE)?;
-        let mut names = std::collections::BTreeSet::new();
-        for entry in table.iter()? {
-            names.insert(entry?.0.value().0.to_owned());
-        }
-        Ok(names)
+        Ok(self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queue_names())
     }
 
     /// Number of messages waiting in (or leased from) a queue.
     pub fn depth(&self, queue: &str) -> Result<usize, StorageError> {
-        let txn = self.storage.db().begin_read()?;
-        let table = txn.open_table(QUEUE)?;
-        Ok(table.range((queue, 0)..=(queue, u64::MAX))?.count())
+        Ok(self
+            .index
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .depth(queue))
     }
 
     /// Every message still in any queue, for status and tests.
@@ -555,7 +552,7 @@ impl Queue {
 /// durably, then answer each writer. Runs until every `Queue` is dropped.
 fn commit_loop(
     storage: &Storage,
-    leases: &Mutex<Leases>,
+    index: &Mutex<Index>,
     notify: &Notifiers,
     [commits, failed]: [&AtomicU64; 2],
     jobs: &mpsc::Receiver<Job>,
@@ -575,24 +572,35 @@ fn commit_loop(
             failed.fetch_add(1, Ordering::Relaxed);
             tracing::error!(%error, writes = batch.len(), "commit failed; none of its writes is acknowledged");
         }
-        if result.is_ok() {
-            // Committed: the inputs are gone from the queue, so are their leases. (A
-            // failed completion releases its own lease in `Queue::complete`.)
-            let mut leases = leases.lock().unwrap_or_else(PoisonError::into_inner);
-            for job in &batch {
-                if let Write::Complete { slot, .. } = &job.write {
-                    leases.held.remove(slot);
+        if let Ok(applied) = &result {
+            // Committed: the lease index follows what the queue table now holds. (A
+            // failed or refused completion releases its own lease in `Queue::complete`.)
+            let now = now_ms();
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            for op in applied.iter().flat_map(|(_, ops)| ops) {
+                match op {
+                    IndexOp::Insert {
+                        queue,
+                        seq,
+                        key,
+                        not_before_ms,
+                    } => index.insert(queue, *seq, key, *not_before_ms, now),
+                    IndexOp::Remove { queue, seq } => index.remove(queue, *seq, now),
+                    IndexOp::Retry {
+                        queue,
+                        seq,
+                        not_before_ms,
+                    } => index.retry(queue, *seq, *not_before_ms, now),
                 }
             }
-        }
-        if result.is_ok() {
+            drop(index);
             for job in &batch {
                 notify.wake_for(&job.write);
             }
         }
         match result {
-            Ok(accepted) => {
-                for (job, accepted) in batch.into_iter().zip(accepted) {
+            Ok(applied) => {
+                for (job, (accepted, _)) in batch.into_iter().zip(applied) {
                     let _ = job.done.send(Ok(accepted));
                 }
             }
@@ -647,24 +655,60 @@ impl Notifiers {
     }
 }
 
-fn apply(storage: &Storage, batch: &[Job]) -> Result<Vec<Accepted>, StorageError> {
+/// Apply a batch in one transaction and commit it: what each write came to, and how
+/// the lease index changes.
+fn apply(storage: &Storage, batch: &[Job]) -> Result<Vec<(Accepted, Vec<IndexOp>)>, StorageError> {
     let txn = storage.db().begin_write()?;
-    let mut accepted = Vec::with_capacity(batch.len());
+    let mut applied = Vec::with_capacity(batch.len());
     for job in batch {
-        accepted.push(apply_one(&txn, &job.write)?);
+        let mut ops = Vec::new();
+        let accepted = apply_one(&txn, &job.write, &mut ops)?;
+        applied.push((accepted, ops));
     }
     txn.commit()?;
-    Ok(accepted)
+    Ok(applied)
 }
 
-fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageError> {
+/// The lease index of the queue table as it is on disk (at open).
+fn load_index(storage: &Storage) -> Result<Index, StorageError> {
+    let txn = storage.db().begin_read()?;
+    let table = txn.open_table(QUEUE)?;
+    let mut index = Index::default();
+    let now = now_ms();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let (queue, seq) = k.value();
+        let envelope: Envelope = decode(v.value())?;
+        index.insert(
+            queue,
+            seq,
+            &envelope.message.key,
+            envelope.not_before_ms,
+            now,
+        );
+    }
+    Ok(index)
+}
+
+fn apply_one(
+    txn: &WriteTransaction,
+    write: &Write,
+    ops: &mut Vec<IndexOp>,
+) -> Result<Accepted, StorageError> {
     let mut queue = txn.open_table(QUEUE)?;
     let append = |queue: &mut redb::Table<(&str, u64), &[u8]>,
-                  items: &mut dyn Iterator<Item = (&str, &Envelope)>| {
+                  items: &mut dyn Iterator<Item = (&str, &Envelope)>,
+                  ops: &mut Vec<IndexOp>| {
         let mut meta = txn.open_table(META)?;
         let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
         for (name, envelope) in items {
             queue.insert((name, seq), encode(envelope)?.as_slice())?;
+            ops.push(IndexOp::Insert {
+                queue: name.to_owned(),
+                seq,
+                key: envelope.message.key.clone(),
+                not_before_ms: envelope.not_before_ms,
+            });
             seq += 1;
         }
         meta.insert("next_seq", seq)?;
@@ -707,7 +751,11 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 });
                 events::append(txn, now_ms(), accepted)?;
             }
-            append(&mut queue, &mut items.iter().map(|(n, e)| (n.as_str(), e)))?
+            append(
+                &mut queue,
+                &mut items.iter().map(|(n, e)| (n.as_str(), e)),
+                ops,
+            )?
         }
         Write::Redrive { id } => {
             let mut dead = txn.open_table(DEAD)?;
@@ -725,7 +773,11 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 return Ok(Accepted::Missing);
             };
             let name = queue_name(&envelope.flow, stage);
-            append(&mut queue, &mut std::iter::once((name.as_str(), &envelope)))?;
+            append(
+                &mut queue,
+                &mut std::iter::once((name.as_str(), &envelope)),
+                ops,
+            )?;
         }
         Write::Discard { id } => {
             if txn.open_table(DEAD)?.remove(id.as_str())?.is_none() {
@@ -791,9 +843,18 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                 Completion::Retry(envelope) => {
                     // Same slot: the message keeps its place in its key's order.
                     queue.insert(slot, encode(envelope.as_ref())?.as_slice())?;
+                    ops.push(IndexOp::Retry {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                        not_before_ms: envelope.not_before_ms,
+                    });
                 }
                 Completion::Forward { outputs } => {
                     queue.remove(slot)?;
+                    ops.push(IndexOp::Remove {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                    });
                     // A copy entering a subscribing flow (id `<id>@<flow>`) is accepted
                     // by that flow: logged like ingress, so the flow's replay covers it.
                     let entering: Vec<(String, EventBody)> = outputs
@@ -816,10 +877,15 @@ fn apply_one(txn: &WriteTransaction, write: &Write) -> Result<Accepted, StorageE
                     append(
                         &mut queue,
                         &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),
+                        ops,
                     )?;
                 }
                 Completion::Finish(outcome) => {
                     let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
+                    ops.push(IndexOp::Remove {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                    });
                     if let (OutcomeKind::DeadLetter { .. }, Some(waiting)) =
                         (&outcome.result, waiting)
                     {
