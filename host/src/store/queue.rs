@@ -414,7 +414,7 @@ impl Queue {
     }
 
     /// Lease the oldest message of `queue` that is ready and whose key is not held by
-    /// an earlier message ([`Index`]: O(log n) however long the queue is).
+    /// an earlier message (the lease index: O(log n) however long the queue is).
     pub fn lease(&self, queue: &str) -> Result<Option<Lease>, StorageError> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
         let seq = self
