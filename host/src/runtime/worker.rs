@@ -36,7 +36,9 @@ impl MessageStatus {
     }
 }
 
-enum Done {
+/// What a stage's plugin call produced, before it is classified into a
+/// [`Completion`] (what to commit) and, at the end of the line, an [`Outcome`].
+enum Produced {
     Delivered(crate::sandbox::plugin::Receipt),
     Outputs(Vec<StoredMessage>),
 }
@@ -213,7 +215,7 @@ impl Runtime {
         &self,
         plugin: &Plugin,
         env: &Envelope,
-    ) -> Result<crate::sandbox::plugin::Called<Done>, CallError> {
+    ) -> Result<crate::sandbox::plugin::Called<Produced>, CallError> {
         let is_sink = plugin.kind() == Kind::Sink;
         let recorded = match is_sink {
             true => self.queue.outcome(env.message.id.as_str()).ok().flatten(),
@@ -228,7 +230,7 @@ impl Runtime {
             // recorded outcome stands and the target system is not called again.
             tracing::info!(%reference, "already delivered; recorded outcome returned");
             return Ok(crate::sandbox::plugin::Called {
-                value: Done::Delivered(crate::sandbox::plugin::Receipt { reference, detail }),
+                value: Produced::Delivered(crate::sandbox::plugin::Receipt { reference, detail }),
                 kv: None,
             });
         }
@@ -237,13 +239,13 @@ impl Runtime {
                 .deliver(&env.message, env.message.id.as_str())
                 .await?;
             Ok(crate::sandbox::plugin::Called {
-                value: Done::Delivered(called.value),
+                value: Produced::Delivered(called.value),
                 kv: called.kv,
             })
         } else {
             let called = plugin.transform_step(&env.message).await?;
             Ok(crate::sandbox::plugin::Called {
-                value: Done::Outputs(called.value),
+                value: Produced::Outputs(called.value),
                 kv: called.kv,
             })
         }
@@ -256,7 +258,7 @@ impl Runtime {
         policy: RetryPolicy,
         plugin: &Plugin,
         env: &Envelope,
-        result: Result<Done, CallError>,
+        result: Result<Produced, CallError>,
         micros: u64,
     ) -> Completion {
         let stage = env.stage;
@@ -302,7 +304,7 @@ impl Runtime {
         // Messages between steps travel in a canonical encoding; anything else is the
         // plugin's bug, not something a retry can fix.
         let bad_output = match &result {
-            Ok(Done::Outputs(outputs)) => outputs
+            Ok(Produced::Outputs(outputs)) => outputs
                 .iter()
                 .find(|m| Encoding::from_content_type(&m.content_type).is_err())
                 .map(|m| m.content_type.clone()),
@@ -316,7 +318,7 @@ impl Runtime {
             return dead_letter(error, trail);
         }
         match result {
-            Ok(Done::Delivered(receipt)) => {
+            Ok(Produced::Delivered(receipt)) => {
                 tracing::info!(outcome = "delivered", reference = %receipt.reference, "message delivered");
                 finish(
                     OutcomeKind::Delivered {
@@ -327,11 +329,11 @@ impl Runtime {
                     env.attempts.clone(),
                 )
             }
-            Ok(Done::Outputs(outputs)) if outputs.is_empty() => {
+            Ok(Produced::Outputs(outputs)) if outputs.is_empty() => {
                 tracing::info!(outcome = "consumed", "step produced no output");
                 finish(OutcomeKind::Consumed, trail, env.attempts.clone())
             }
-            Ok(Done::Outputs(outputs)) => {
+            Ok(Produced::Outputs(outputs)) => {
                 tracing::debug!(outputs = outputs.len(), "step done");
                 let next = stage + 1;
                 let outputs: Vec<Envelope> = outputs

@@ -64,7 +64,7 @@ pub struct Inspection {
 
 /// An import the plugin may not have, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Refusal {
+pub struct ImportRefusal {
     /// The import.
     pub import: String,
     /// The grant it needs, when a grant would allow it.
@@ -85,20 +85,20 @@ impl Inspection {
     }
 
     /// The imports that `grants` do not allow a plugin of `kind`, each with its reason.
-    pub fn refusals(&self, kind: Kind, grants: &Grants) -> Vec<Refusal> {
+    pub fn refusals(&self, kind: Kind, grants: &Grants) -> Vec<ImportRefusal> {
         self.imports
             .iter()
             .filter_map(|import| match need(import, kind) {
                 Need::Nothing => None,
                 Need::Grant(grant) if holds(grants, grant) => None,
-                Need::Grant(grant) => Some(Refusal {
+                Need::Grant(grant) => Some(ImportRefusal {
                     import: import.clone(),
                     missing_grant: Some(grant),
                     reason: format!(
                         "the component imports `{import}`, which needs grant `{grant}`; its manifest does not grant it"
                     ),
                 }),
-                Need::Never(why) => Some(Refusal {
+                Need::Never(why) => Some(ImportRefusal {
                     import: import.clone(),
                     missing_grant: None,
                     reason: format!(
@@ -168,7 +168,7 @@ pub struct AuditReport {
     /// The grants its manifest asks for.
     pub grants: Grants,
     /// Imports the host would refuse: the plugin would not load.
-    pub refused: Vec<Refusal>,
+    pub refused: Vec<ImportRefusal>,
     /// The world's export, when the component lacks it.
     pub missing_export: Option<String>,
     /// Grants asked for that no import uses.
@@ -423,7 +423,7 @@ mod tests {
         let refusals = inspection.refusals(Kind::Transform, &Grants::default());
         assert_eq!(
             refusals,
-            [Refusal {
+            [ImportRefusal {
                 import: "tenon:plugin/kv@0.1.0".into(),
                 missing_grant: Some("kv"),
                 reason: "the component imports `tenon:plugin/kv@0.1.0`, which needs grant `kv`; its manifest does not grant it".into(),

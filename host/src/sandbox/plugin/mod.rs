@@ -1,0 +1,142 @@
+//! A loaded plugin version: manifest, verified component, pre-linked instance, and the
+//! three calls (ingest, transform, deliver), each in a fresh sandboxed instance.
+//!
+//! Loading does everything that can fail ahead of traffic: read the manifest and the
+//! component through a capability on the plugin's directory (nothing outside it can
+//! be named, not even through a symlink), check that they belong together, digest
+//! them, compile the component (or load the cached artifact), link it against exactly
+//! what its world and grants allow, and pre-instantiate it. A call then only
+//! instantiates from the `InstancePre`-backed `*Pre` (microseconds with the pooling
+//! allocator) and runs under the plugin's memory and time limits.
+//!
+//! A **version** is its manifest and its component together: [`version_digest`] over
+//! both identifies it in trails, status, the audit log and the archive, so a change
+//! to either file is a new version.
+//!
+//! **Architecture invariant:** a guest trap, a timeout or an error of any kind comes
+//! back as a [`CallError`]; nothing a plugin does panics the host.
+//!
+//! [`load`](Plugin::load) is in `load.rs`, the calls in `call.rs`.
+
+mod call;
+mod load;
+
+pub use call::{CallError, Called, Failure, MAX_REASONS, RawRequest, Receipt, ReusedTransform};
+pub use load::LoadError;
+
+use crate::sandbox::bindings::{self};
+use crate::sandbox::caps::{PluginContext, PluginState, Secret};
+use crate::sandbox::engine::Engine;
+use crate::store::Storage;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tenon_registry::{Kind, Manifest, Narrowing};
+
+/// What the operator says about a plugin in the flow config.
+#[derive(Debug, Clone, Default)]
+pub struct PluginSettings {
+    /// Configuration values overriding the manifest's defaults.
+    pub config: BTreeMap<String, String>,
+    /// Grants narrowing the manifest's (limits among them).
+    pub grants: Narrowing,
+    /// The secrets the operator maps to this instance, by the plugin's names for
+    /// them: all it may ever read.
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+enum Pre {
+    Source(bindings::source::SourcePre<PluginState>),
+    Transform(bindings::transform::TransformPre<PluginState>),
+    Sink(bindings::sink::SinkPre<PluginState>),
+}
+
+/// One loaded plugin version, ready to be called. Cheap to share behind an `Arc`.
+pub struct Plugin {
+    ctx: Arc<PluginContext>,
+    /// The component's own digest (the key of its compiled artifact).
+    component_digest: String,
+    manifest: Manifest,
+    /// The files this version was loaded from, exactly as read: archived for rollback.
+    files: Arc<PluginFiles>,
+    pre: Pre,
+    engine: Engine,
+    storage: Storage,
+}
+
+/// A plugin version's files, as loaded.
+#[derive(Debug)]
+struct PluginFiles {
+    manifest: String,
+    wasm: Vec<u8>,
+}
+
+/// The digest of a plugin version: its manifest and its component together,
+/// `sha256:<hex>` of `tenon-plugin-version\0`, the manifest's sha256 and the
+/// component's sha256. A change to either file is a new version.
+pub fn version_digest(manifest: &[u8], component: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"tenon-plugin-version\0");
+    hasher.update(Sha256::digest(manifest));
+    hasher.update(Sha256::digest(component));
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.ctx.name)
+            .field("version", &self.ctx.version)
+            .field("digest", &self.ctx.digest)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The plugin instance name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+
+    /// The version's digest: manifest and component ([`version_digest`]).
+    pub fn digest(&self) -> &str {
+        &self.ctx.digest
+    }
+
+    /// The component's own digest.
+    pub fn component_digest(&self) -> &str {
+        &self.component_digest
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Log lines and bytes this version dropped over its budget.
+    pub fn log_dropped(&self) -> (u64, u64) {
+        self.ctx.logs.dropped()
+    }
+
+    /// The manifest's version.
+    pub fn version(&self) -> &str {
+        &self.ctx.version
+    }
+
+    /// Longest a call may take.
+    pub fn timeout(&self) -> Duration {
+        self.ctx.timeout()
+    }
+
+    /// The effective grants (the manifest's, narrowed by the operator).
+    pub fn grants(&self) -> &tenon_registry::Grants {
+        &self.ctx.grants
+    }
+
+    /// What the plugin is.
+    pub fn kind(&self) -> Kind {
+        self.manifest.kind
+    }
+}
