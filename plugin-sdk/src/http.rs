@@ -41,15 +41,15 @@ impl Response {
             .map_err(|e| Failure::Invalid(format!("the response is not the JSON expected: {e}")))
     }
 
-    /// The failure class a non-2xx status stands for: 408, 429 and 5xx are transient
-    /// (`retryable`), any other 4xx is the target refusing the content (`rejected`).
+    /// The failure class a non-2xx status stands for, as [`Failure::from_status`]
+    /// classifies it: 408, 429 and 5xx are transient (`retryable`), any other status is
+    /// the target refusing the content (`rejected`). The reason is the status and body.
     pub fn failure(&self) -> Failure {
         let body = String::from_utf8_lossy(&self.body);
-        let text = format!("HTTP {}: {}", self.status, body.trim());
-        match self.status {
-            408 | 429 | 500..=599 => Failure::Retryable(text),
-            _ => Failure::Rejected(vec![text]),
-        }
+        Failure::from_status(
+            self.status,
+            format!("HTTP {}: {}", self.status, body.trim()),
+        )
     }
 }
 

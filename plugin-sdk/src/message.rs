@@ -2,7 +2,7 @@
 
 use crate::wit::types as raw;
 use serde::{Deserialize, Serialize};
-use tenon_model::Encoding;
+use tenon_model::{Encoding, IDEMPOTENCY_HEADER};
 
 /// One business message: what steps receive and produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +64,37 @@ impl Message {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// The message with its idempotency key set: the
+    /// [`IDEMPOTENCY_HEADER`](tenon_model::IDEMPOTENCY_HEADER) header, under which
+    /// ingress accepts a source's message once however often it is sent (e.g. a
+    /// webhook retry). Any header of that name already there (in any case) is
+    /// replaced.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), tenon_sdk::Failure> {
+    /// use tenon_sdk::{Message, model::kinds};
+    /// // The same revision of a quote, sent twice, is accepted once.
+    /// let message = Message::encode(kinds::QUOTE_APPROVED, "Q-1", &"the quote")?
+    ///     .with_idempotency_key("a0Q5@2024-05-01T10:00:00Z");
+    /// assert_eq!(message.idempotency_key(), Some("a0Q5@2024-05-01T10:00:00Z"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.headers
+            .retain(|(k, _)| !k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER));
+        self.headers
+            .push((IDEMPOTENCY_HEADER.to_owned(), key.into()));
+        self
+    }
+
+    /// The message's idempotency key: its first
+    /// [`IDEMPOTENCY_HEADER`](tenon_model::IDEMPOTENCY_HEADER) header, if any.
+    pub fn idempotency_key(&self) -> Option<&str> {
+        self.header(IDEMPOTENCY_HEADER)
+    }
 }
 
 /// A raw inbound request, as a source plugin receives it.
@@ -106,6 +137,25 @@ pub enum Failure {
     /// Transient: retried with backoff.
     #[error("retryable: {0}")]
     Retryable(String),
+}
+
+impl Failure {
+    /// True when an HTTP status stands for a transient condition that a later attempt
+    /// may get past: 408 (request timeout), 429 (too many requests) and every 5xx.
+    /// Any other status outside 2xx (another 4xx, say) is the target refusing the content.
+    pub fn is_transient_status(status: u16) -> bool {
+        matches!(status, 408 | 429 | 500..=599)
+    }
+
+    /// The failure a non-2xx HTTP status stands for, with `text` as the reason:
+    /// `retryable` when [`Failure::is_transient_status`], otherwise `rejected`.
+    pub fn from_status(status: u16, text: impl Into<String>) -> Failure {
+        if Self::is_transient_status(status) {
+            Failure::Retryable(text.into())
+        } else {
+            Failure::Rejected(vec![text.into()])
+        }
+    }
 }
 
 impl From<raw::Message> for Message {
@@ -160,5 +210,87 @@ impl From<Failure> for raw::Failure {
             Failure::Rejected(v) => raw::Failure::Rejected(v),
             Failure::Retryable(s) => raw::Failure::Retryable(s),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(headers: &[(&str, &str)]) -> Message {
+        Message {
+            id: String::new(),
+            key: "Q-1".into(),
+            kind: "QuoteApproved".into(),
+            content_type: Encoding::Json.content_type().to_owned(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[test]
+    fn idempotency_key_is_set_under_the_shared_header() {
+        let m = message(&[("tenon-model", "1")]).with_idempotency_key("a@1");
+        assert_eq!(m.idempotency_key(), Some("a@1"));
+        assert_eq!(
+            m.headers,
+            vec![
+                ("tenon-model".to_owned(), "1".to_owned()),
+                (IDEMPOTENCY_HEADER.to_owned(), "a@1".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn idempotency_key_replaces_any_earlier_one_whatever_its_case() {
+        let m = message(&[
+            ("Idempotency-Key", "old"),
+            ("x", "y"),
+            ("IDEMPOTENCY-KEY", "older"),
+        ])
+        .with_idempotency_key(String::from("new"));
+        assert_eq!(m.idempotency_key(), Some("new"));
+        assert_eq!(
+            m.headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(IDEMPOTENCY_HEADER))
+                .count(),
+            1
+        );
+        assert_eq!(m.header("x"), Some("y"));
+    }
+
+    #[test]
+    fn idempotency_key_is_read_in_any_case_and_may_be_absent() {
+        assert_eq!(message(&[]).idempotency_key(), None);
+        assert_eq!(
+            message(&[("Idempotency-Key", "k")]).idempotency_key(),
+            Some("k")
+        );
+    }
+
+    #[test]
+    fn timeouts_throttling_and_server_errors_are_transient() {
+        for status in [408, 429, 500, 502, 503, 504, 599] {
+            assert!(Failure::is_transient_status(status), "{status}");
+        }
+        for status in [400, 401, 403, 404, 409, 422, 499, 600] {
+            assert!(!Failure::is_transient_status(status), "{status}");
+        }
+    }
+
+    #[test]
+    fn a_status_becomes_retryable_or_rejected_with_its_text() {
+        assert_eq!(
+            Failure::from_status(503, "HTTP 503: down"),
+            Failure::Retryable("HTTP 503: down".into())
+        );
+        assert_eq!(
+            Failure::from_status(422, String::from("HTTP 422: bad")),
+            Failure::Rejected(vec!["HTTP 422: bad".into()])
+        );
     }
 }

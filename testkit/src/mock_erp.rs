@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use tenon_model::IDEMPOTENCY_HEADER;
 use tokio::net::TcpListener;
 
 /// One order the mock ERP received.
@@ -139,7 +140,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     let path = req.uri().path().to_owned();
     let key = req
         .headers()
-        .get("idempotency-key")
+        .get(IDEMPOTENCY_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let body = match req.into_body().collect().await {

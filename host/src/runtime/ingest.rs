@@ -12,8 +12,7 @@ use std::time::Instant;
 use tenon_model::Encoding;
 use tracing::Instrument as _;
 
-/// The header carrying an idempotency key, on requests and on a source's messages.
-pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+pub use tenon_model::IDEMPOTENCY_HEADER;
 
 /// Why ingress could not accept a request.
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,13 @@ pub use rust_decimal;
 /// Version of the canonical models in this crate; carried in the `tenon-model` header.
 pub const MODEL_VERSION: &str = "1";
 
+/// The header carrying an idempotency key (lower case; compare names ASCII
+/// case-insensitively). On a request to ingress and on a source's messages, it is the
+/// key under which ingress de-duplicates: a repeat with the same key and payload is
+/// answered with the first request's ids. Sinks send the same header, with the key
+/// the host hands them, to target systems, so a redelivery is not applied twice.
+pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
 /// Event kinds that the canonical models travel under.
 pub mod kinds {
     /// A quote approved in CPQ, body [`super::Quote`].

@@ -32,7 +32,7 @@ fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let mut message = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote)?;
     if let Some(key) = revision {
         // The same revision of a quote, sent twice (a webhook retry), is accepted once.
-        message.headers.push(("idempotency-key".into(), key));
+        message = message.with_idempotency_key(key);
     }
     Ok(vec![message])
 }

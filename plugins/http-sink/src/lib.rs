@@ -65,6 +65,7 @@ pub fn json_map(key: &str, text: Option<String>) -> Result<BTreeMap<String, Stri
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::*;
+    use tenon_sdk::model::IDEMPOTENCY_HEADER;
     use tenon_sdk::{Receipt, config, http, secrets};
 
     #[tenon_sdk::sink]
@@ -92,7 +93,7 @@ mod component {
         let mut headers: Vec<(&str, &str)> = vec![
             ("content-type", "application/json"),
             ("accept", "application/json"),
-            ("idempotency-key", idempotency_key),
+            (IDEMPOTENCY_HEADER, idempotency_key),
             ("tenon-kind", message.kind.as_str()),
             ("tenon-key", message.key.as_str()),
         ];

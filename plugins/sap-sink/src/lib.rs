@@ -214,7 +214,7 @@ pub fn failure(status: u16, body: &[u8]) -> Failure {
         format!("SAP HTTP {status}: {}", messages.join("; "))
     };
     match status {
-        408 | 429 | 500..=599 => Failure::Retryable(text),
+        _ if Failure::is_transient_status(status) => Failure::Retryable(text),
         401 => Failure::Invalid(format!("{text} (check the user and password secrets)")),
         _ if messages.is_empty() => Failure::Rejected(vec![text]),
         _ => Failure::Rejected(messages.iter().map(|m| format!("SAP: {m}")).collect()),

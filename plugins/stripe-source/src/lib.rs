@@ -174,11 +174,8 @@ fn from_event(event: Event) -> Result<Vec<Message>, Failure> {
     with_key(message, &event.id)
 }
 
-fn with_key(mut message: Message, key: &str) -> Result<Vec<Message>, Failure> {
-    message
-        .headers
-        .push(("idempotency-key".into(), key.to_owned()));
-    Ok(vec![message])
+fn with_key(message: Message, key: &str) -> Result<Vec<Message>, Failure> {
+    Ok(vec![message.with_idempotency_key(key)])
 }
 
 #[derive(Deserialize)]

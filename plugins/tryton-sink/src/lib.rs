@@ -50,17 +50,13 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<Value, RpcError> {
     match status {
         401 | 403 => return Err(RpcError::Unauthorized),
         200..=299 => {}
-        408 | 429 | 500..=599 => {
-            return Err(RpcError::Transient(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(body).trim()
-            )));
-        }
         _ => {
-            return Err(RpcError::Refused(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(body).trim()
-            )));
+            let text = format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim());
+            return Err(if Failure::is_transient_status(status) {
+                RpcError::Transient(text)
+            } else {
+                RpcError::Refused(text)
+            });
         }
     }
     let answer: Value = serde_json::from_slice(body)

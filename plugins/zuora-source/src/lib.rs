@@ -147,9 +147,7 @@ pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure>
         };
         let mut message = Message::encode(kind, &number, &contract)?;
         if let Some(order_number) = &order.order_number {
-            message
-                .headers
-                .push(("idempotency-key".into(), format!("{order_number}/{number}")));
+            message = message.with_idempotency_key(format!("{order_number}/{number}"));
         }
         messages.push(message);
     }
