@@ -15,11 +15,13 @@
 //! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1` and
 //! `TENON_BENCH_KEEP_RESIDENT=<bytes>` change the engine's settings.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tenon::model::StoredMessage;
 use tenon::sandbox::engine::{Engine, EngineOptions};
 use tenon::sandbox::plugin::{Plugin, PluginSettings};
-use tenon::store::Storage;
+use tenon::store::redb::RedbStore;
+use tenon::store::{NodeDb, Store};
 use tenon_sdk::model::{Encoding, Quote, QuoteLine};
 
 const ROUND: Duration = Duration::from_millis(700);
@@ -36,7 +38,8 @@ async fn run() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     tenon_cli::artifacts::extract_first_party(&dir.path().join("plugins"))?;
     let data = dir.path().join("data");
-    let storage = Storage::open(&data)?;
+    let node = NodeDb::open(&data)?;
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node)?);
     let mut options = EngineOptions::default();
     if let Ok(v) = std::env::var("TENON_BENCH_KEEP_RESIDENT") {
         options.keep_resident = v.parse()?;
@@ -45,10 +48,9 @@ async fn run() -> anyhow::Result<()> {
         options.epoch_interruption = false;
     }
     eprintln!("engine options: {options:?}");
-    let engine = Engine::with_options(storage.clone(), &data, &options)?;
+    let engine = Engine::with_options(node.clone(), store.clone(), &data, &options)?;
     let plugin = Plugin::load(
         &engine,
-        &storage,
         "quote-to-order",
         &dir.path().join("plugins/quote-to-order"),
         &PluginSettings::default(),
@@ -56,7 +58,8 @@ async fn run() -> anyhow::Result<()> {
 
     let unlimited_data = dir.path().join("data-unlimited");
     let unlimited_engine = Engine::with_options(
-        storage.clone(),
+        node.clone(),
+        store.clone(),
         &unlimited_data,
         &EngineOptions {
             epoch_interruption: false,
@@ -66,7 +69,6 @@ async fn run() -> anyhow::Result<()> {
     )?;
     let unlimited = Plugin::load(
         &unlimited_engine,
-        &storage,
         "quote-to-order",
         &dir.path().join("plugins/quote-to-order"),
         &PluginSettings::default(),

@@ -90,9 +90,11 @@ concurrency = 16
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // Keep the backlog bounded: the producers wait for the pipeline.
-                while runtime.queue().depth("stamped/0").unwrap_or(0) > 200
-                    && !stop.load(Ordering::Relaxed)
-                {
+                let depth = async || {
+                    let depths = runtime.store().depths().await.unwrap_or_default();
+                    depths.get("stamped/0").copied().unwrap_or(0)
+                };
+                while depth().await > 200 && !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
                 let body = tenon_testkit::SAMPLES[0]

@@ -12,10 +12,11 @@
 //! `bench: lease_100k_vs_100 <ratio> x` (target close to 1) and the figures behind them.
 
 use redb::{Database, TableDefinition};
+use std::time::Duration;
 use std::time::Instant;
 use tenon::model::{Envelope, StoredMessage};
-use tenon::store::Storage;
-use tenon::store::queue::Queue;
+use tenon::store::redb::RedbStore;
+use tenon::store::{NodeDb, Store};
 
 const MESSAGES: usize = 20_000;
 const PRODUCERS: usize = 256;
@@ -45,7 +46,7 @@ fn main() -> anyhow::Result<()> {
 
     // The queue: concurrent producers, one message each per await.
     let (queue_rate, commits, bytes_per_message) = rt.block_on(async {
-        let queue = Queue::new(Storage::open(&dir.path().join("queue"))?);
+        let queue = RedbStore::open(&NodeDb::open(&dir.path().join("queue"))?)?;
         let started = Instant::now();
         let mut tasks = tokio::task::JoinSet::new();
         for p in 0..PRODUCERS {
@@ -53,7 +54,7 @@ fn main() -> anyhow::Result<()> {
             tasks.spawn(async move {
                 for i in (p..MESSAGES).step_by(PRODUCERS) {
                     queue
-                        .enqueue(vec![("quote-to-order/0".into(), envelope(i))])
+                        .enqueue(vec![("quote-to-order/0".into(), envelope(i))], None)
                         .await?;
                 }
                 Ok::<_, anyhow::Error>(())
@@ -105,7 +106,7 @@ fn main() -> anyhow::Result<()> {
 /// leases of 100 of them; the mean in microseconds.
 async fn lease_micros(path: &std::path::Path, depth: usize) -> anyhow::Result<f64> {
     const LEASES: usize = 100;
-    let queue = Queue::new(Storage::open(path)?);
+    let queue = RedbStore::open(&NodeDb::open(path)?)?;
     for chunk in (0..depth).collect::<Vec<_>>().chunks(5_000) {
         let items = chunk
             .iter()
@@ -118,11 +119,13 @@ async fn lease_micros(path: &std::path::Path, depth: usize) -> anyhow::Result<f6
                 ("quote-to-order/0".to_owned(), keyed(i, key))
             })
             .collect();
-        queue.enqueue(items).await?;
+        queue.enqueue(items, None).await?;
     }
     let started = Instant::now();
     for _ in 0..LEASES.min(depth / 2) {
-        let lease = queue.lease("quote-to-order/0")?;
+        let lease = queue
+            .lease("quote-to-order/0", Duration::ZERO, Duration::from_secs(60))
+            .await?;
         anyhow::ensure!(lease.is_some(), "a ready message was not leased");
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / LEASES.min(depth / 2) as f64)

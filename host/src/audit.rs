@@ -20,7 +20,7 @@
 //! **Invariant:** a record holds names (plugin, capability, secret name, origin),
 //! never a secret's value.
 
-use crate::store::StorageError;
+use crate::store::StoreError;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex, mpsc};
@@ -138,11 +138,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl AuditLog {
     /// Start the writer for `db`.
-    pub(crate) fn start(db: Arc<Database>) -> Result<AuditLog, StorageError> {
+    pub(crate) fn start(db: Arc<Database>) -> Result<AuditLog, StoreError> {
         AuditLog::with_capacity(db, AUDIT_CHANNEL_CAPACITY)
     }
 
-    fn with_capacity(db: Arc<Database>, capacity: usize) -> Result<AuditLog, StorageError> {
+    fn with_capacity(db: Arc<Database>, capacity: usize) -> Result<AuditLog, StoreError> {
         let (tx, rx) = mpsc::sync_channel::<AuditRecord>(capacity);
         let (flush_tx, flush_rx) = mpsc::channel::<mpsc::Sender<()>>();
         let dropped = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -150,9 +150,7 @@ impl AuditLog {
         let thread = std::thread::Builder::new()
             .name("tenon-audit".into())
             .spawn(move || write_loop(&db, &rx, &flush_rx, &counter))
-            .map_err(|e| {
-                StorageError::CommitFailed(format!("cannot start the audit writer: {e}"))
-            })?;
+            .map_err(|e| StoreError::CommitFailed(format!("cannot start the audit writer: {e}")))?;
         Ok(AuditLog {
             inner: Arc::new(Writer {
                 tx: Mutex::new(Some(tx)),
@@ -246,17 +244,16 @@ fn write_loop(
     }
 }
 
-fn append(db: &Database, batch: Vec<AuditRecord>) -> Result<(), StorageError> {
+fn append(db: &Database, batch: Vec<AuditRecord>) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {
         let mut table = txn.open_table(AUDIT)?;
-        let mut meta = txn.open_table(crate::store::META)?;
+        let mut meta = txn.open_table(crate::store::node::META)?;
         let mut seq = meta.get(SEQ)?.map_or(0, |v| v.value());
         for mut record in batch {
             seq += 1;
             record.seq = seq;
-            let bytes = rmp_serde::to_vec_named(&record)
-                .map_err(|e| StorageError::Decode(e.to_string()))?;
+            let bytes = rmp_serde::to_vec_named(&record).map_err(StoreError::damaged)?;
             table.insert(seq, bytes.as_slice())?;
         }
         meta.insert(SEQ, seq)?;
@@ -266,15 +263,15 @@ fn append(db: &Database, batch: Vec<AuditRecord>) -> Result<(), StorageError> {
 }
 
 /// Read records, most recent last.
-pub(crate) fn query(db: &Database, query: &AuditQuery) -> Result<Vec<AuditRecord>, StorageError> {
+pub(crate) fn query(db: &Database, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
     let txn = db.begin_read()?;
     let table = txn.open_table(AUDIT)?;
     let limit = query.limit.unwrap_or(100);
     let mut out = Vec::new();
     for entry in table.range(query.after.saturating_add(1)..)?.rev() {
         let (_, value) = entry?;
-        let record: AuditRecord = rmp_serde::from_slice(value.value())
-            .map_err(|e| StorageError::Decode(e.to_string()))?;
+        let record: AuditRecord =
+            rmp_serde::from_slice(value.value()).map_err(StoreError::damaged)?;
         let wanted = query.plugin.as_ref().is_none_or(|p| *p == record.plugin)
             && query
                 .key
@@ -293,7 +290,7 @@ pub(crate) fn query(db: &Database, query: &AuditQuery) -> Result<Vec<AuditRecord
 }
 
 /// Remove records older than `before_ms`.
-pub(crate) fn sweep(db: &Database, before_ms: u64) -> Result<usize, StorageError> {
+pub(crate) fn sweep(db: &Database, before_ms: u64) -> Result<usize, StoreError> {
     let txn = db.begin_write()?;
     let mut removed = 0;
     {
@@ -301,8 +298,8 @@ pub(crate) fn sweep(db: &Database, before_ms: u64) -> Result<usize, StorageError
         let mut old = Vec::new();
         for entry in table.iter()? {
             let (key, value) = entry?;
-            let record: AuditRecord = rmp_serde::from_slice(value.value())
-                .map_err(|e| StorageError::Decode(e.to_string()))?;
+            let record: AuditRecord =
+                rmp_serde::from_slice(value.value()).map_err(StoreError::damaged)?;
             if record.at_ms >= before_ms {
                 break;
             }
@@ -342,7 +339,7 @@ mod tests {
         {
             let txn = db.begin_write().unwrap();
             txn.open_table(AUDIT).unwrap();
-            txn.open_table(crate::store::META).unwrap();
+            txn.open_table(crate::store::node::META).unwrap();
             txn.commit().unwrap();
         }
         let log = AuditLog::with_capacity(db.clone(), 4).unwrap();

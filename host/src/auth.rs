@@ -20,7 +20,7 @@
 //! **Architecture invariant:** a token is never stored, logged or audited; only its
 //! key's id is.
 
-use crate::store::{Storage, StorageError};
+use crate::store::{NodeDb, StoreError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -186,28 +186,28 @@ pub enum KeyError {
     Random(String),
     /// The database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Store(#[from] StoreError),
 }
 
 /// The keys, as committed, with an in-memory copy for checking requests.
 #[derive(Debug, Clone)]
 pub struct Keys {
-    storage: Storage,
+    storage: NodeDb,
     /// Key id -> key, including revoked ones.
     cache: Arc<RwLock<BTreeMap<String, ApiKey>>>,
 }
 
 impl Keys {
     /// Load the keys of a database.
-    pub fn open(storage: Storage) -> Result<Keys, StorageError> {
+    pub fn open(storage: NodeDb) -> Result<Keys, StoreError> {
         let mut cache = BTreeMap::new();
         {
             let txn = storage.db().begin_read()?;
             let table = txn.open_table(KEYS)?;
             for entry in table.iter()? {
                 let (_, value) = entry?;
-                let key: StoredKey = rmp_serde::from_slice(value.value())
-                    .map_err(|e| StorageError::Decode(e.to_string()))?;
+                let key: StoredKey =
+                    rmp_serde::from_slice(value.value()).map_err(StoreError::damaged)?;
                 cache.insert(key.key.id.clone(), key.into_key());
             }
         }
@@ -302,13 +302,12 @@ impl Keys {
         Ok(key)
     }
 
-    fn store(&self, key: &ApiKey) -> Result<(), StorageError> {
+    fn store(&self, key: &ApiKey) -> Result<(), StoreError> {
         let stored = StoredKey {
             key: key.clone(),
             hash: key.hash.clone(),
         };
-        let bytes =
-            rmp_serde::to_vec_named(&stored).map_err(|e| StorageError::Decode(e.to_string()))?;
+        let bytes = rmp_serde::to_vec_named(&stored).map_err(StoreError::damaged)?;
         let txn = self.storage.db().begin_write()?;
         txn.open_table(KEYS)?
             .insert(key.id.as_str(), bytes.as_slice())?;
@@ -330,7 +329,7 @@ impl Keys {
         let (key, token) = self.create("admin", Scope::all(), None)?;
         let path = data_dir.join(ADMIN_KEY_FILE);
         write_private(&path, &format!("{token}\n")).map_err(|e| {
-            KeyError::Storage(StorageError::CommitFailed(format!(
+            KeyError::Store(StoreError::CommitFailed(format!(
                 "cannot write {}: {e}",
                 path.display()
             )))
@@ -403,7 +402,7 @@ mod tests {
 
     fn keys() -> (tempfile::TempDir, Keys) {
         let dir = tempfile::tempdir().unwrap();
-        let keys = Keys::open(Storage::open(dir.path()).unwrap()).unwrap();
+        let keys = Keys::open(NodeDb::open(dir.path()).unwrap()).unwrap();
         (dir, keys)
     }
 

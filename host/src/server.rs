@@ -58,7 +58,7 @@ impl Server {
         let runtime = tokio::task::spawn_blocking(move || Runtime::open(config, &dir))
             .await
             .context("loading task failed")??;
-        let keys = crate::auth::Keys::open(runtime.storage().clone())?;
+        let keys = crate::auth::Keys::open(runtime.node().clone())?;
         let admin_key_file = keys.bootstrap(&data_dir)?;
         let runtime = Arc::new(runtime);
         let state = Arc::new(crate::http::State {
@@ -76,7 +76,7 @@ impl Server {
         runtime.engine().listeners().add(addr);
         runtime.engine().listeners().add(admin_addr);
         let (shutdown, signal) = watch::channel(false);
-        runtime.start(signal.clone());
+        runtime.start(signal.clone()).await;
         let mut tasks = JoinSet::new();
         // New plugin versions dropped into their directories go live without a restart.
         tasks.spawn(crate::runtime::watch::watch(

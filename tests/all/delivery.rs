@@ -108,7 +108,7 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
         .unwrap()
         .into();
     let delivered = loop {
-        let status = runtime.status(&root).unwrap();
+        let status = runtime.status(&root).await.unwrap();
         if status.is_settled() {
             break status.outcomes[0].clone();
         }
@@ -141,12 +141,15 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
         not_before_ms: 0,
     };
     runtime
-        .queue()
-        .enqueue(vec![(queue_name(&delivered.flow, "erp-sink"), envelope)])
+        .store()
+        .enqueue(
+            vec![(queue_name(&delivered.flow, "erp-sink"), envelope)],
+            None,
+        )
         .await
         .unwrap();
     let again = loop {
-        let status = runtime.status(&root).unwrap();
+        let status = runtime.status(&root).await.unwrap();
         if status.is_settled() && status.outcomes[0].at_ms != delivered.at_ms {
             break status.outcomes[0].clone();
         }

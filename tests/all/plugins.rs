@@ -2,10 +2,13 @@
 //! and limits.
 
 use crate::support::Workspace;
+use std::path::Path;
+use std::sync::Arc;
 use tenon::model::StoredMessage;
 use tenon::sandbox::engine::Engine;
 use tenon::sandbox::plugin::{CallError, Plugin, PluginSettings};
-use tenon::store::Storage;
+use tenon::store::redb::RedbStore;
+use tenon::store::{NodeDb, Store};
 
 fn message() -> StoredMessage {
     StoredMessage {
@@ -28,16 +31,22 @@ fn settings(pairs: &[(&str, &str)]) -> PluginSettings {
     }
 }
 
+/// An engine over the data directory's database, and the store its plugins' key-value
+/// data goes to.
+fn engine_at(data: &Path) -> (Engine, Arc<dyn Store>) {
+    let node = NodeDb::open(data).unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node).unwrap());
+    (Engine::new(node, store.clone(), data).unwrap(), store)
+}
+
 #[test]
 fn compiled_components_are_cached_and_verified() {
     let ws = Workspace::new();
     let data = ws.data_dir();
     let dir = ws.path().join("plugins/quote-to-order");
     let digest = {
-        let storage = Storage::open(&data).unwrap();
-        let engine = Engine::new(storage.clone(), &data).unwrap();
-        let plugin =
-            Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
+        let (engine, _store) = engine_at(&data);
+        let plugin = Plugin::load(&engine, "q2o", &dir, &PluginSettings::default()).unwrap();
         plugin.component_digest().to_owned()
     };
     let hex = digest.trim_start_matches("sha256:");
@@ -51,9 +60,8 @@ fn compiled_components_are_cached_and_verified() {
     // A tampered artifact is never loaded: the digest check sends it back to the
     // compiler, and the plugin still loads and works.
     std::fs::write(&cached[0], b"not a compiled component").unwrap();
-    let storage = Storage::open(&data).unwrap();
-    let engine = Engine::new(storage.clone(), &data).unwrap();
-    let plugin = Plugin::load(&engine, &storage, "q2o", &dir, &PluginSettings::default()).unwrap();
+    let (engine, _store) = engine_at(&data);
+    let plugin = Plugin::load(&engine, "q2o", &dir, &PluginSettings::default()).unwrap();
     assert_eq!(plugin.component_digest(), digest);
     assert_ne!(
         std::fs::read(&cached[0]).unwrap(),
@@ -74,16 +82,8 @@ world = "tenon:plugin/transform@0.1.0"
 component = "http_sink.wasm"
 "#;
     std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
-    let storage = Storage::open(&ws.data_dir()).unwrap();
-    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
-    let err = Plugin::load(
-        &engine,
-        &storage,
-        "sneaky",
-        &dir,
-        &PluginSettings::default(),
-    )
-    .unwrap_err();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let err = Plugin::load(&engine, "sneaky", &dir, &PluginSettings::default()).unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("plugin `sneaky` ("), "{text}");
     assert!(
@@ -97,12 +97,11 @@ component = "http_sink.wasm"
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_that_never_returns_is_stopped_at_its_deadline() {
     let ws = Workspace::new();
-    let storage = Storage::open(&ws.data_dir()).unwrap();
-    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let (engine, _store) = engine_at(&ws.data_dir());
     let mut looping = settings(&[("mode", "loop")]);
     looping.grants.timeout_ms = Some(200);
     let dir = ws.path().join("plugins/misbehave");
-    let looping = Plugin::load(&engine, &storage, "loop", &dir, &looping).unwrap();
+    let looping = Plugin::load(&engine, "loop", &dir, &looping).unwrap();
     let started = std::time::Instant::now();
     let err = looping.transform(&message()).await.unwrap_err();
     assert_eq!(
@@ -112,14 +111,7 @@ async fn a_plugin_that_never_returns_is_stopped_at_its_deadline() {
     assert!(started.elapsed() < std::time::Duration::from_secs(10));
 
     // The same component with another config passes messages through.
-    let echo = Plugin::load(
-        &engine,
-        &storage,
-        "echo",
-        &dir,
-        &settings(&[("mode", "echo")]),
-    )
-    .unwrap();
+    let echo = Plugin::load(&engine, "echo", &dir, &settings(&[("mode", "echo")])).unwrap();
     let out = echo.transform(&message()).await.unwrap();
     assert_eq!(out, vec![message()]);
 }
@@ -127,22 +119,14 @@ async fn a_plugin_that_never_returns_is_stopped_at_its_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn retryable_failures_and_traps_are_classified() {
     let ws = Workspace::new();
-    let storage = Storage::open(&ws.data_dir()).unwrap();
-    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let (engine, _store) = engine_at(&ws.data_dir());
     let dir = ws.path().join("plugins/misbehave");
-    let retry = Plugin::load(
-        &engine,
-        &storage,
-        "r",
-        &dir,
-        &settings(&[("mode", "retryable")]),
-    )
-    .unwrap();
+    let retry = Plugin::load(&engine, "r", &dir, &settings(&[("mode", "retryable")])).unwrap();
     assert_eq!(
         retry.transform(&message()).await.unwrap_err().to_string(),
         "retryable: misbehave: try again"
     );
-    let trap = Plugin::load(&engine, &storage, "t", &dir, &settings(&[("mode", "trap")])).unwrap();
+    let trap = Plugin::load(&engine, "t", &dir, &settings(&[("mode", "trap")])).unwrap();
     let err = trap.transform(&message()).await.unwrap_err();
     assert!(matches!(err, CallError::Trap(_)), "{err:?}");
     // A source call on a transform is refused by the host, not attempted.
@@ -163,17 +147,16 @@ async fn retryable_failures_and_traps_are_classified() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_never_sees_another_plugins_keys() {
     let ws = Workspace::new();
-    let storage = Storage::open(&ws.data_dir()).unwrap();
-    let engine = Engine::new(storage.clone(), &ws.data_dir()).unwrap();
+    let (engine, store) = engine_at(&ws.data_dir());
     let dir = ws.path().join("plugins/misbehave");
     let load = |name: &str, mode: &str| {
-        Plugin::load(&engine, &storage, name, &dir, &settings(&[("mode", mode)])).unwrap()
+        Plugin::load(&engine, name, &dir, &settings(&[("mode", mode)])).unwrap()
     };
     let mut secret = message();
     secret.body = b"customer master of plugin a".to_vec();
     // A step's writes are committed with its result.
     let written = load("a", "kv-put").transform_step(&secret).await.unwrap();
-    storage.kv("a").commit(&written.kv.unwrap()).unwrap();
+    store.kv_commit(&written.kv.unwrap()).await.unwrap();
 
     // Another plugin asking for the very same key gets nothing...
     let out = load("b", "kv-get").transform(&message()).await.unwrap();
@@ -182,8 +165,8 @@ async fn a_plugin_never_sees_another_plugins_keys() {
     let out = load("a", "kv-get").transform(&message()).await.unwrap();
     assert_eq!(out[0].body, b"customer master of plugin a");
     assert_eq!(
-        storage.kv("a").get("Q-1").unwrap().as_deref(),
+        store.kv_get("a", "Q-1").await.unwrap().as_deref(),
         Some(&b"customer master of plugin a"[..])
     );
-    assert_eq!(storage.kv("b").get("Q-1").unwrap(), None);
+    assert_eq!(store.kv_get("b", "Q-1").await.unwrap(), None);
 }

@@ -8,8 +8,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tenon::model::{Envelope, StoredMessage};
-use tenon::store::Storage;
-use tenon::store::queue::Queue;
+use tenon::store::redb::RedbStore;
+use tenon::store::{NodeDb, Store};
 
 /// The real file backend, failing every write or sync while `fail` is set.
 #[derive(Debug)]
@@ -109,15 +109,15 @@ async fn no_acknowledged_write_is_lost_when_commits_fail() {
             inner: FileBackend::new(file).unwrap(),
             fail: fail.clone(),
         };
-        let queue = Queue::new(Storage::open_with_backend(backend).unwrap());
+        let queue = RedbStore::open(&NodeDb::open_with_backend(backend).unwrap()).unwrap();
         for i in 0..20 {
             let id = format!("ok-{i}");
-            queue.enqueue(vec![envelope(&id)]).await.unwrap();
+            queue.enqueue(vec![envelope(&id)], None).await.unwrap();
             acknowledged.push(id);
         }
         fail.store(true, Ordering::SeqCst);
         // Concurrent writes sharing failing commits: every one of them is refused.
-        let writes = (0..10).map(|i| queue.enqueue(vec![envelope(&format!("refused-{i}"))]));
+        let writes = (0..10).map(|i| queue.enqueue(vec![envelope(&format!("refused-{i}"))], None));
         for result in futures::future::join_all(writes).await {
             let error = result.unwrap_err().to_string();
             assert!(
@@ -128,25 +128,25 @@ async fn no_acknowledged_write_is_lost_when_commits_fail() {
         // The disk is back, but this database saw an I/O error: it refuses writes
         // until it is reopened rather than risk a half-written state.
         fail.store(false, Ordering::SeqCst);
-        assert!(queue.enqueue(vec![envelope("after")]).await.is_err());
+        assert!(queue.enqueue(vec![envelope("after")], None).await.is_err());
         assert!(
             !queue.healthy(),
             "a failed commit makes the queue report itself unhealthy"
         );
     }
-    let queue = Queue::new(Storage::open(dir.path()).unwrap());
-    let mut found: Vec<String> = queue
-        .pending()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.message.id.to_string())
-        .collect();
-    found.sort();
-    acknowledged.sort();
+    let queue = RedbStore::open(&NodeDb::open(dir.path()).unwrap()).unwrap();
+    for id in &acknowledged {
+        let pending = queue.pending(&id.as_str().into()).await.unwrap();
+        assert_eq!(pending.len(), 1, "acknowledged {id} is there");
+    }
     assert_eq!(
-        found, acknowledged,
+        queue.depths().await.unwrap()["f/0"],
+        acknowledged.len(),
         "every acknowledged write, and nothing refused"
     );
-    queue.enqueue(vec![envelope("after-reopen")]).await.unwrap();
+    queue
+        .enqueue(vec![envelope("after-reopen")], None)
+        .await
+        .unwrap();
     assert!(queue.healthy());
 }

@@ -176,7 +176,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
         let mut ok = !ids.is_empty();
         for id in ids {
             let status = loop {
-                let status = server.runtime.status(&id.as_str().into())?;
+                let status = server.runtime.status(&id.as_str().into()).await?;
                 if status.is_settled() || Instant::now() > deadline {
                     break status;
                 }

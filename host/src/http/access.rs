@@ -163,7 +163,7 @@ pub(super) fn audit_api(
     if key.is_none() && decision == Decision::Deny {
         let (admit, dropped) = ANONYMOUS.admit();
         if dropped > 0 {
-            state.runtime.storage().audit().record(AuditRecord {
+            state.runtime.node().audit().record(AuditRecord {
                 seq: 0,
                 at_ms: crate::model::now_ms(),
                 plugin: String::new(),
@@ -182,7 +182,7 @@ pub(super) fn audit_api(
             return;
         }
     }
-    state.runtime.storage().audit().record(AuditRecord {
+    state.runtime.node().audit().record(AuditRecord {
         seq: 0,
         at_ms: crate::model::now_ms(),
         plugin: String::new(),

@@ -137,16 +137,16 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                 after: param("after").and_then(|v| v.parse().ok()).unwrap_or(0),
                 limit: param("limit").and_then(|v| v.parse().ok()),
             };
-            let storage = runtime.storage();
-            let records = storage.audit_records(&query)?;
-            let dropped = storage.audit().dropped();
+            let node = runtime.node();
+            let records = node.audit_records(&query)?;
+            let dropped = node.audit().dropped();
             Ok(json(StatusCode::OK, &api::Audit { records, dropped }))
         }
         (&Method::GET, ["v1", "events"]) => {
             let param = |name: &str| query_param(&req, name);
             let from = param("from").and_then(|v| v.parse().ok()).unwrap_or(1);
             let to = param("to").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
-            let events = runtime.queue().events(from, to)?;
+            let events = runtime.store().events(from, to).await?;
             Ok(json(
                 StatusCode::OK,
                 &api::Events {
@@ -180,7 +180,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             plugin_action(runtime.clone(), name, action, asked, key.id.clone()).await
         }
         (&Method::GET, ["v1", "dlq"]) => {
-            let letters = runtime.queue().dead_letters()?;
+            let letters = runtime.store().dead_letters().await?;
             Ok(json(
                 StatusCode::OK,
                 &api::DeadLetters {
@@ -189,10 +189,12 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             ))
         }
         (&Method::GET, ["v1", "dlq", id]) => {
+            let id = MessageId::from(*id);
             let letter = runtime
-                .queue()
-                .dead_letter(id)?
-                .ok_or_else(|| no_dead_letter(id))?;
+                .store()
+                .dead_letter(&id)
+                .await?
+                .ok_or_else(|| no_dead_letter(&id))?;
             Ok(json(
                 StatusCode::OK,
                 &api::DeadLetterDetail {
@@ -204,25 +206,26 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             ))
         }
         (&Method::POST, ["v1", "dlq", id, action @ ("redrive" | "discard")]) => {
+            let id = MessageId::from(*id);
             let done = match *action {
-                "redrive" => runtime.queue().redrive(id).await?,
-                _ => runtime.queue().discard(id).await?,
+                "redrive" => runtime.store().redrive(&id).await?,
+                _ => runtime.store().discard(&id).await?,
             };
             if !done {
-                return Err(no_dead_letter(id));
+                return Err(no_dead_letter(&id));
             }
-            tracing::info!(id, action, "dead letter handled by operator");
+            tracing::info!(%id, action, "dead letter handled by operator");
             Ok(json(
                 StatusCode::OK,
                 &api::DeadLetterHandled {
-                    id: MessageId::from(*id),
+                    id,
                     done: (*action).to_owned(),
                 },
             ))
         }
         (&Method::GET, ["v1", "messages", id]) => {
             let id = MessageId::from(*id);
-            let status = runtime.status(&id)?;
+            let status = runtime.status(&id).await?;
             if status.outcomes.is_empty() && status.pending.is_empty() {
                 return Err(Problem::not_found(
                     "unknown-message",
@@ -286,7 +289,9 @@ async fn replay(state: &State, flow: &str, asked: api::Replay) -> Answer {
                 format!("no flow named `{flow}`"),
             )
         })?;
-    let bound = |name: &str, value: Option<&api::Bound>, end: bool| -> Result<u64, Problem> {
+    // A bound is an offset, or a time: `from` a time is the first event at or after
+    // it, `to` a time the last before it.
+    let bound = async |name: &str, value: Option<&api::Bound>, end: bool| -> Result<u64, Problem> {
         let text = match value {
             None => return Ok(if end { u64::MAX } else { 1 }),
             Some(api::Bound::Offset(offset)) => return Ok(*offset),
@@ -301,17 +306,16 @@ async fn replay(state: &State, flow: &str, asked: api::Replay) -> Answer {
             ))
         })?;
         let ms = time.timestamp_millis().max(0) as u64;
-        // `from` a time: the first event at or after it; `to` a time: the last before it.
         let at = if end { ms + 1 } else { ms };
-        Ok(match (runtime.queue().offset_at(at)?, end) {
+        Ok(match (runtime.store().offset_at(at).await?, end) {
             (Some(offset), false) => offset,
             (Some(offset), true) => offset.saturating_sub(1),
             (None, _) => u64::MAX,
         })
     };
-    let from = bound("from", asked.from.as_ref(), false)?;
-    let to = bound("to", asked.to.as_ref(), true)?;
-    let offsets = runtime.queue().replay(flow, &route, from, to).await?;
+    let from = bound("from", asked.from.as_ref(), false).await?;
+    let to = bound("to", asked.to.as_ref(), true).await?;
+    let offsets = runtime.replay(flow, &route, from, to).await?;
     tracing::info!(flow, from, to, replayed = offsets.len(), "replay");
     Ok(json(
         StatusCode::OK,
@@ -464,7 +468,7 @@ fn dead_letter_summary(letter: &DeadLetter) -> api::DeadLetterSummary {
     }
 }
 
-fn no_dead_letter(id: &str) -> Problem {
+fn no_dead_letter(id: &MessageId) -> Problem {
     Problem::not_found(
         "unknown-dead-letter",
         "Unknown dead letter",

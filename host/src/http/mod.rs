@@ -110,7 +110,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, plane: Plane) -> Resu
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (plane, req.method(), segments.as_slice()) {
-        (_, &Method::GET, ["healthz"]) if state.runtime.queue().healthy() => {
+        (_, &Method::GET, ["healthz"]) if state.runtime.store().healthy() => {
             Ok(json(StatusCode::OK, &serde_json::json!({"status": "ok"})))
         }
         (_, &Method::GET, ["healthz"]) => Err(Problem::new(

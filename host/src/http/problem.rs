@@ -6,7 +6,7 @@ use crate::auth::KeyError;
 use crate::runtime::IngestError;
 use crate::runtime::lifecycle::LifecycleError;
 use crate::sandbox::plugin::{CallError, Failure};
-use crate::store::StorageError;
+use crate::store::StoreError;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
@@ -140,12 +140,9 @@ impl Problem {
     }
 }
 
-impl From<StorageError> for Problem {
-    fn from(error: StorageError) -> Problem {
-        let retry = matches!(
-            error,
-            StorageError::OverQuota(_) | StorageError::CommitFailed(_)
-        );
+impl From<StoreError> for Problem {
+    fn from(error: StoreError) -> Problem {
+        let retry = matches!(error, StoreError::CommitFailed(_));
         let problem = Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "storage-unavailable",
@@ -185,7 +182,7 @@ impl From<LifecycleError> for Problem {
                 "Outside the plugin roots",
                 detail,
             ),
-            LifecycleError::Storage(error) => error.into(),
+            LifecycleError::Store(error) => error.into(),
         }
     }
 }
@@ -205,7 +202,7 @@ impl From<KeyError> for Problem {
                 "Host error",
                 detail,
             ),
-            KeyError::Storage(error) => error.into(),
+            KeyError::Store(error) => error.into(),
         }
     }
 }
@@ -225,7 +222,7 @@ impl From<IngestError> for Problem {
                 format!("no flow has source `{name}`"),
             ),
             IngestError::Plugin { plugin, error } => source_problem(&plugin, error),
-            IngestError::Storage(error) => {
+            IngestError::Store(error) => {
                 tracing::error!(%error, "ingress commit failed; nothing accepted");
                 Problem::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -40,15 +40,8 @@ impl Runtime {
         // Both versions read the instance's own key-value data; neither writes it
         // (a canary's writes are never committed).
         let load = |location: Location<'_>| {
-            super::lifecycle::load_plugin_at(
-                &self.config(),
-                self.engine(),
-                self.storage(),
-                name,
-                name,
-                location,
-            )
-            .map_err(|e| LifecycleError::Refused(format!("{e:#}")))
+            super::lifecycle::load_plugin_at(&self.config(), self.engine(), name, name, location)
+                .map_err(|e| LifecycleError::Refused(format!("{e:#}")))
         };
         let live_digest = self
             .plugin(name)
@@ -66,9 +59,10 @@ impl Runtime {
             .collect();
 
         let events = self
-            .queue()
+            .store()
             .events(1, u64::MAX)
-            .map_err(LifecycleError::Storage)?;
+            .await
+            .map_err(LifecycleError::Store)?;
         let recent = events.into_iter().rev().filter_map(|e| match e.body {
             crate::model::EventBody::Accepted { envelope } if e.flow == flow.name => {
                 Some((e.offset, envelope.message))

@@ -6,8 +6,8 @@ use super::Runtime;
 use super::flows::Flow;
 use crate::model::{Envelope, Hop, IdempotencyClaim, MessageId, now_ms, queue_name};
 use crate::sandbox::plugin::{CallError, RawRequest};
-use crate::store::StorageError;
-use crate::store::queue::Accepted;
+use crate::store::Enqueued;
+use crate::store::StoreError;
 use std::time::Instant;
 use tenon_model::Encoding;
 use tracing::Instrument as _;
@@ -36,7 +36,7 @@ pub enum IngestError {
     },
     /// The messages could not be committed: nothing was accepted.
     #[error("cannot commit the messages: {0}")]
-    Storage(#[from] StorageError),
+    Store(#[from] StoreError),
 }
 
 /// What ingress accepted.
@@ -80,7 +80,7 @@ impl Runtime {
             .map(|(_, key)| claim_for(key.clone()));
         if let Some(claim) = &claim {
             // The common retry: answer from the record without running the source.
-            if let Some(record) = self.queue.idempotency(&claim.scope, &claim.key)? {
+            if let Some(record) = self.store.idempotency(&claim.scope, &claim.key).await? {
                 return if record.payload == claim.payload {
                     Ok(Ingested {
                         ids: record
@@ -179,37 +179,24 @@ impl Runtime {
                 keys.dedup();
                 (!keys.is_empty()).then(|| claim_for(keys.join("|")))
             });
-            let accepted = match claim {
-                None => {
-                    self.queue.enqueue(items).await?;
-                    Ingested {
-                        ids,
-                        replayed: false,
-                    }
-                }
-                // Racing with a request that claimed the same key: the transaction decides.
-                Some(claim) => match self.queue.enqueue_claimed(items, claim.clone()).await? {
-                    Accepted::Committed => Ingested {
-                        ids,
-                        replayed: false,
-                    },
-                    // The answer names the messages the source's flows accepted, not
-                    // their copies as events (`<id>@<flow>`), as the first answer did.
-                    Accepted::Duplicate(ids) => Ingested {
-                        ids: ids.into_iter().filter(|id| !id.is_event_copy()).collect(),
-                        replayed: true,
-                    },
-                    Accepted::Conflict => {
-                        return Err(IngestError::IdempotencyConflict { key: claim.key });
-                    }
-                    // Only other writes report these; an enqueue never does.
-                    Accepted::Missing | Accepted::OverQuota(_) => {
-                        return Err(StorageError::Decode(
-                            "enqueue reported the result of another write".into(),
-                        )
-                        .into());
-                    }
+            // Racing with a request that claimed the same key: the store decides.
+            let key = claim.as_ref().map(|c| c.key.clone());
+            let accepted = match self.store.enqueue(items, claim).await? {
+                Enqueued::Committed => Ingested {
+                    ids,
+                    replayed: false,
                 },
+                // The answer names the messages the source's flows accepted, not
+                // their copies as events (`<id>@<flow>`), as the first answer did.
+                Enqueued::Duplicate(ids) => Ingested {
+                    ids: ids.into_iter().filter(|id| !id.is_event_copy()).collect(),
+                    replayed: true,
+                },
+                Enqueued::Conflict => {
+                    return Err(IngestError::IdempotencyConflict {
+                        key: key.unwrap_or_default(),
+                    });
+                }
             };
             tracing::info!(
                 accepted = accepted.ids.len(),

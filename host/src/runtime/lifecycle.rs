@@ -12,8 +12,7 @@ use crate::config::Config;
 use crate::model::now_ms;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::plugin::{Plugin, PluginSettings};
-use crate::store::Storage;
-use crate::store::StorageError;
+use crate::store::StoreError;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,24 +28,12 @@ struct Candidate {
 }
 
 /// Load the plugin instance `name` of `config` from its directory.
-pub(crate) fn load_plugin(
-    config: &Config,
-    engine: &Engine,
-    storage: &Storage,
-    name: &str,
-) -> anyhow::Result<Plugin> {
+pub(crate) fn load_plugin(config: &Config, engine: &Engine, name: &str) -> anyhow::Result<Plugin> {
     let entry = config
         .plugins
         .get(name)
         .with_context(|| format!("no plugin named `{name}`"))?;
-    load_plugin_from(
-        config,
-        engine,
-        storage,
-        name,
-        name,
-        &config.plugin_dir(entry),
-    )
+    load_plugin_from(config, engine, name, name, &config.plugin_dir(entry))
 }
 
 /// Load the version in `dir` with the settings of plugin instance `name`, as instance
@@ -54,12 +41,11 @@ pub(crate) fn load_plugin(
 pub(crate) fn load_plugin_from(
     config: &Config,
     engine: &Engine,
-    storage: &Storage,
     name: &str,
     as_name: &str,
     dir: &Path,
 ) -> anyhow::Result<Plugin> {
-    load_plugin_at(config, engine, storage, name, as_name, Location::Path(dir))
+    load_plugin_at(config, engine, name, as_name, Location::Path(dir))
 }
 
 /// Where a version's files are: a path, or a directory already opened (a candidate,
@@ -77,7 +63,6 @@ pub(crate) enum Location<'a> {
 pub(crate) fn load_plugin_at(
     config: &Config,
     engine: &Engine,
-    storage: &Storage,
     name: &str,
     as_name: &str,
     location: Location<'_>,
@@ -107,10 +92,10 @@ pub(crate) fn load_plugin_at(
             .collect::<anyhow::Result<_>>()?,
     };
     let (plugin, dir) = match location {
-        Location::Path(dir) => (Plugin::load(engine, storage, as_name, dir, &settings)?, dir),
+        Location::Path(dir) => (Plugin::load(engine, as_name, dir, &settings)?, dir),
         Location::Dir(root, dir) => {
             let manifest = Path::new(tenon_registry::MANIFEST_FILE);
-            let plugin = Plugin::load_in(engine, storage, as_name, root, dir, manifest, &settings)?;
+            let plugin = Plugin::load_in(engine, as_name, root, dir, manifest, &settings)?;
             (plugin, dir)
         }
     };
@@ -161,7 +146,7 @@ pub enum LifecycleError {
     OutsideRoots(String),
     /// The database failed.
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Store(#[from] StoreError),
 }
 
 impl Runtime {
@@ -180,7 +165,7 @@ impl Runtime {
                 if old.plugins.get(name) == Some(entry) && self.plugin(name).is_some() {
                     continue;
                 }
-                let plugin = load_plugin(&new, &self.engine, &self.storage, name)
+                let plugin = load_plugin(&new, &self.engine, name)
                     .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
                 if let Some(live) = self
                     .plugin(name)
@@ -234,7 +219,7 @@ impl Runtime {
                     .config_refused
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = None;
-                self.ensure_workers();
+                self.ensure_workers(&[]);
                 tracing::info!(config = %path.display(), "config reloaded");
                 Ok(())
             }
@@ -257,7 +242,7 @@ impl Runtime {
     fn held(&self, name: &str, digest: &str, widening: &[String]) {
         tracing::warn!(plugin = name, %digest, widening = %widening.join(", "), "new plugin version asks for wider grants; it waits for approval");
         if let Some(live) = self.plugin(name) {
-            self.storage.audit().record(crate::audit::AuditRecord {
+            self.node.audit().record(crate::audit::AuditRecord {
                 seq: 0,
                 at_ms: now_ms(),
                 plugin: name.to_owned(),
@@ -276,7 +261,7 @@ impl Runtime {
     }
 
     fn record_approved(&self, name: &str, approved: &crate::store::Approved) {
-        if let Err(error) = self.storage.set_approved(name, approved) {
+        if let Err(error) = self.node.set_approved(name, approved) {
             tracing::error!(plugin = name, %error, "cannot record the approved version");
         }
     }
@@ -286,7 +271,7 @@ impl Runtime {
     pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, LifecycleError> {
         let (reload, plugin) = self.plugins.approve(name, digest)?;
         self.record_approved(name, &approved_of(&plugin));
-        self.storage.audit().record(crate::audit::AuditRecord {
+        self.node.audit().record(crate::audit::AuditRecord {
             seq: 0,
             at_ms: now_ms(),
             plugin: name.to_owned(),
@@ -305,8 +290,7 @@ impl Runtime {
     /// it live. Blocking (it may compile): call it off the async workers. Messages
     /// already leased finish on the version they started with.
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, LifecycleError> {
-        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
-            .map_err(|e| format!("{e:#}"));
+        let loaded = load_plugin(&self.config(), &self.engine, name).map_err(|e| format!("{e:#}"));
         self.swap_in(name, loaded, false)
     }
 
@@ -315,7 +299,7 @@ impl Runtime {
     /// it a deploy under way cannot be told from a finished one, so such a version is
     /// refused here and only loads by an operator's explicit reload or promotion.
     pub fn reload_watched(&self, name: &str) -> Result<Reload, LifecycleError> {
-        let loaded = load_plugin(&self.config(), &self.engine, &self.storage, name)
+        let loaded = load_plugin(&self.config(), &self.engine, name)
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| match plugin.manifest().component_digest {
                 Some(_) => Ok(plugin),
@@ -404,7 +388,7 @@ impl Runtime {
             .plugins
             .get(name)
             .ok_or_else(|| LifecycleError::UnknownPlugin(name.to_owned()))?;
-        let loaded = load_plugin_at(&config, self.engine(), self.storage(), name, name, location)
+        let loaded = load_plugin_at(&config, self.engine(), name, name, location)
             .map_err(|e| LifecycleError::Refused(format!("{e:#}")))?;
         loaded.write_files(&config.plugin_dir(entry)).map_err(|e| {
             LifecycleError::Refused(format!("cannot write the plugin directory: {e}"))

@@ -3,7 +3,7 @@
 //! A flow is a source, then stages: its transform steps, then its sink. In front of
 //! each stage is a queue (`<flow>/<stage>`); each stage has `concurrency` workers that
 //! lease from it, call the stage's plugin in a fresh instance, and commit the result
-//! with the ack of the input ([`crate::store::queue::Queue::complete`]).
+//! with the ack of the input ([`crate::store::Store::complete`]).
 //!
 //! **Architecture invariant:** the worker decides what a result means (forward,
 //! finish, retry, dead letter) from the failure class alone; it knows nothing of what
@@ -13,6 +13,7 @@ pub mod canary;
 pub mod flows;
 pub mod ingest;
 pub mod lifecycle;
+pub mod replay;
 pub mod slots;
 pub mod watch;
 pub mod worker;
@@ -25,8 +26,8 @@ pub use worker::MessageStatus;
 use crate::config::Config;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::plugin::Plugin;
-use crate::store::Storage;
-use crate::store::queue::{DEFAULT_VISIBILITY, Queue};
+use crate::store::redb::RedbStore;
+use crate::store::{NodeDb, Store};
 use anyhow::Context as _;
 use flows::resolve_flows;
 use lifecycle::{approved_of, load_plugin, load_plugin_from};
@@ -34,14 +35,13 @@ use slots::PluginSlots;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
 use tokio::task::JoinSet;
 
 /// The running runtime. Share it behind an `Arc`.
 #[derive(Debug)]
 pub struct Runtime {
-    storage: Storage,
-    queue: Queue,
+    node: NodeDb,
+    store: Arc<dyn Store>,
     engine: Engine,
     plugins: PluginSlots,
     data_dir: std::path::PathBuf,
@@ -114,22 +114,23 @@ impl Runtime {
     /// Open the data directory and load every plugin of the config; any plugin that
     /// does not load, or does not fit where a flow uses it, fails the whole start.
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
-        let storage = Storage::open(data_dir)?;
-        let engine = Engine::new(storage.clone(), data_dir)?;
+        let node = NodeDb::open(data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node)?);
+        let engine = Engine::new(node.clone(), store.clone(), data_dir)?;
         let mut plugins = BTreeMap::new();
         for name in config.plugins.keys() {
-            let loaded = load_plugin(&config, &engine, &storage, name)
+            let loaded = load_plugin(&config, &engine, name)
                 .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
             lifecycle::archive(data_dir, &loaded);
             // A version that widens the grants of the one approved before does not go
             // live because the process restarted: the approved one runs, it waits.
-            let (live, waiting) = match storage.approved(name)? {
+            let (live, waiting) = match node.approved(name)? {
                 Some(approved)
                     if approved.digest != loaded.digest()
                         && !loaded.grants().widening(&approved.grants).is_empty() =>
                 {
                     let dir = lifecycle::archive_dir(data_dir, name, &approved.digest);
-                    let live = load_plugin_from(&config, &engine, &storage, name, name, &dir)
+                    let live = load_plugin_from(&config, &engine, name, name, &dir)
                         .with_context(|| {
                             format!(
                                 "plugin `{name}`: the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",
@@ -142,23 +143,15 @@ impl Runtime {
                 }
                 _ => (loaded, None),
             };
-            storage.set_approved(name, &approved_of(&live))?;
+            node.set_approved(name, &approved_of(&live))?;
             plugins.insert(name.clone(), (live, waiting));
         }
         let flows = resolve_flows(&config, |name| plugins.get(name).map(|p| p.0.kind()))?;
-        // A lease must outlast the longest call a stage can make, or a slow but
-        // healthy call would see its message handed to a second worker.
-        let longest_call = plugins
-            .values()
-            .map(|p| p.0.timeout())
-            .max()
-            .unwrap_or_default();
-        let visibility = (longest_call * 2 + Duration::from_secs(10)).max(DEFAULT_VISIBILITY);
         Ok(Runtime {
             guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),
-            queue: Queue::with_visibility(storage.clone(), visibility),
-            storage,
+            store,
+            node,
             engine,
             plugins: PluginSlots::new(plugins),
             data_dir: data_dir.to_owned(),
@@ -186,9 +179,9 @@ impl Runtime {
             .clone()
     }
 
-    /// The durable queue.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
+    /// The message store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Whether the source instance `name` authenticates its senders by signature
@@ -200,9 +193,9 @@ impl Runtime {
             .is_some_and(|entry| entry.auth == crate::config::IngestAuth::Signature)
     }
 
-    /// The database.
-    pub fn storage(&self) -> &Storage {
-        &self.storage
+    /// This node's database.
+    pub fn node(&self) -> &NodeDb {
+        &self.node
     }
 
     /// The data directory.

@@ -10,8 +10,7 @@ use crate::model::{
     Attempt, Envelope, Hop, MessageId, Outcome, OutcomeKind, StoredMessage, now_ms, queue_name,
 };
 use crate::sandbox::plugin::{CallError, Failure, Plugin};
-use crate::store::StorageError;
-use crate::store::queue::{Completion, Lease};
+use crate::store::{Completion, Lease, StoreError};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tenon_model::Encoding;
@@ -19,6 +18,12 @@ use tenon_registry::Kind;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument as _;
+
+/// How long an idle worker waits for work before it looks again.
+pub const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// The shortest lease (a stage's is longer when its plugin's calls may be).
+const MIN_HOLD: Duration = Duration::from_secs(60);
 
 /// What happened to an accepted message and its descendants.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -46,17 +51,20 @@ enum Produced {
 impl Runtime {
     /// Start the workers of every stage of every flow; they stop when `shutdown`
     /// turns true, each after finishing (and committing) its current message.
-    pub fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
+    pub async fn start(self: &Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut workers = JoinSet::new();
-        let (queue, mut stop) = (self.queue.clone(), shutdown.clone());
+        let (store, node, mut stop) = (self.store.clone(), self.node.clone(), shutdown.clone());
         let keep = Duration::from_secs(self.config().server.retention_secs);
         let every = Duration::from_secs(self.config().server.sweep_interval_secs.max(1));
         workers.spawn(async move {
-            // Expired idempotency keys, old outcomes and old events are removed, so the
-            // database stays bounded under a steady load.
+            // Expired idempotency keys, old outcomes, old events and old audit records
+            // are removed, so the databases stay bounded under a steady load.
             loop {
-                if let Err(error) = queue.sweep(keep).await {
-                    tracing::warn!(%error, "idempotency sweep failed");
+                if let Err(error) = store.sweep(keep).await {
+                    tracing::warn!(%error, "store sweep failed");
+                }
+                if let Err(error) = node.sweep_audit(keep) {
+                    tracing::warn!(%error, "audit sweep failed");
                 }
                 tokio::select! {
                                         _ = tokio::time::sleep(every) => {}
@@ -66,7 +74,15 @@ impl Runtime {
         });
         *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = Some(shutdown);
         *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = workers;
-        self.ensure_workers();
+        // Queues left by flows no longer in the config drain on their own routes.
+        let left = match self.store.depths().await {
+            Ok(depths) => depths.into_keys().collect(),
+            Err(error) => {
+                tracing::error!(%error, "cannot list the queues; only the config's flows get workers");
+                Vec::new()
+            }
+        };
+        self.ensure_workers(&left);
     }
 
     /// Wait until every worker has stopped (after `shutdown` turned true).
@@ -77,10 +93,10 @@ impl Runtime {
     }
 
     /// Start the workers that are missing: for every stage of every flow, and for
-    /// every queue still holding messages of a route no flow uses any more (they
+    /// each of `queues` (holding messages of a route no flow may use any more: they
     /// drain on their own route). Workers are never stopped before shutdown: an idle
-    /// one costs a wake-up every 100 ms.
-    pub(crate) fn ensure_workers(self: &Arc<Self>) {
+    /// one costs a wake-up every [`IDLE_WAIT`].
+    pub(crate) fn ensure_workers(self: &Arc<Self>, queues: &[String]) {
         let Some(shutdown) = self
             .shutdown
             .lock()
@@ -95,7 +111,7 @@ impl Runtime {
                 wanted.push((flow.name.clone(), stage.clone(), flow.concurrency));
             }
         }
-        for name in self.queue.queue_names().unwrap_or_default() {
+        for name in queues {
             if let Some((flow, stage)) = name.split_once('/') {
                 wanted.push((flow.to_owned(), stage.to_owned(), DEFAULT_CONCURRENCY));
             }
@@ -124,27 +140,25 @@ impl Runtime {
         stage: String,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        let queue_name = queue_name(&flow, &stage);
-        let notify = self.queue.notifier(&queue_name);
+        let queue = queue_name(&flow, &stage);
         while !*shutdown.borrow() {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            // A lease is one short redb read: done inline, no thread hop.
-            let lease = match self.queue.lease(&queue_name) {
-                Ok(lease) => lease,
-                Err(error) => {
-                    tracing::error!(queue = %queue_name, %error, "cannot lease");
-                    None
-                }
+            // A lease must outlast the longest call the stage's plugin can make, or a
+            // slow but healthy call would see its message handed to a second worker.
+            let hold = self
+                .plugin(&stage)
+                .map_or(MIN_HOLD, |p| p.timeout() * 2 + Duration::from_secs(10))
+                .max(MIN_HOLD);
+            let lease = tokio::select! {
+                lease = self.store.lease(&queue, IDLE_WAIT, hold) => lease,
+                _ = shutdown.changed() => break,
             };
             match lease {
-                Some(lease) => self.process(lease).await,
-                None => {
-                    // Woken by new work; the timer catches retries coming due.
+                Ok(Some(lease)) => self.process(lease).await,
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::error!(%queue, %error, "cannot lease");
                     tokio::select! {
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        _ = tokio::time::sleep(IDLE_WAIT) => {}
                         _ = shutdown.changed() => {}
                     }
                 }
@@ -176,7 +190,7 @@ impl Runtime {
             .run_stage(policy, &plugin, env)
             .instrument(span.clone())
             .await;
-        if let Err(error) = self.queue.complete_with_kv(lease, completion, kv).await {
+        if let Err(error) = self.store.complete(lease, completion, kv).await {
             let _enter = span.enter();
             tracing::error!(%error, "result not committed; the message will be processed again");
         }
@@ -218,7 +232,7 @@ impl Runtime {
     ) -> Result<crate::sandbox::plugin::Called<Produced>, CallError> {
         let is_sink = plugin.kind() == Kind::Sink;
         let recorded = match is_sink {
-            true => self.queue.outcome(env.message.id.as_str()).ok().flatten(),
+            true => self.store.outcome(&env.message.id).await.ok().flatten(),
             false => None,
         };
         if let Some(Outcome {
@@ -427,17 +441,12 @@ impl Runtime {
     }
 
     /// What happened so far to an accepted message: its outcomes and what is still queued.
-    pub fn status(&self, root: &MessageId) -> Result<MessageStatus, StorageError> {
+    pub async fn status(&self, root: &MessageId) -> Result<MessageStatus, StoreError> {
         // Pending first: a message leaves the queue in the transaction that records
         // its outcome, so outcomes read afterwards include every one that finished.
         // (The other order could see neither a message finishing in between.)
-        let pending = self
-            .queue
-            .pending()?
-            .into_iter()
-            .filter(|e| &e.root == root)
-            .collect();
-        let outcomes = self.queue.outcomes(root)?;
+        let pending = self.store.pending(root).await?;
+        let outcomes = self.store.outcomes(root).await?;
         Ok(MessageStatus { outcomes, pending })
     }
 }

@@ -7,7 +7,7 @@
 //! artifact is loaded: native code is never loaded from a file that changed behind
 //! our back.
 
-use crate::store::{Storage, StorageError};
+use crate::store::{NodeDb, Store, StoreError};
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -57,7 +57,10 @@ pub const KEEP_RESIDENT: usize = 2 << 20;
 pub struct Engine {
     inner: wasmtime::Engine,
     cache_dir: PathBuf,
-    storage: Storage,
+    /// This node's database: the compiled-artifact index and the audit log.
+    node: NodeDb,
+    /// Where plugins' key-value data lives.
+    store: Arc<dyn Store>,
     compat: String,
     epochs: bool,
     limiter: bool,
@@ -93,13 +96,15 @@ pub fn digest(bytes: &[u8]) -> String {
 impl Engine {
     /// An engine with the component model, async calls, epoch interruption and the
     /// pooling allocator, caching compiled components under `data_dir/cache`.
-    pub fn new(storage: Storage, data_dir: &Path) -> anyhow::Result<Engine> {
-        Engine::with_options(storage, data_dir, &EngineOptions::default())
+    /// Plugins' key-value data goes to `store`, the audit log to `node`.
+    pub fn new(node: NodeDb, store: Arc<dyn Store>, data_dir: &Path) -> anyhow::Result<Engine> {
+        Engine::with_options(node, store, data_dir, &EngineOptions::default())
     }
 
     /// An engine with explicit [`EngineOptions`].
     pub fn with_options(
-        storage: Storage,
+        node: NodeDb,
+        store: Arc<dyn Store>,
         data_dir: &Path,
         options: &EngineOptions,
     ) -> anyhow::Result<Engine> {
@@ -149,7 +154,8 @@ impl Engine {
         Ok(Engine {
             inner,
             cache_dir,
-            storage,
+            node,
+            store,
             compat,
             epochs,
             limiter: options.memory_limiter,
@@ -172,6 +178,16 @@ impl Engine {
     /// server adds its listeners once bound.
     pub fn listeners(&self) -> crate::sandbox::egress::Listeners {
         self.listeners.clone()
+    }
+
+    /// The store that keeps plugins' key-value data.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The sandbox's audit log.
+    pub fn audit(&self) -> &crate::audit::AuditLog {
+        self.node.audit()
     }
 
     /// The wasmtime engine.
@@ -201,13 +217,13 @@ impl Engine {
         std::fs::write(&tmp, &artifact)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        self.storage.set_compiled(&key, &self::digest(&artifact))?;
+        self.node.set_compiled(&key, &self::digest(&artifact))?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "component compiled");
         Ok(component)
     }
 
-    fn cached(&self, path: &Path, key: &str) -> Result<Option<Component>, StorageError> {
-        let Some(expected) = self.storage.compiled(key)? else {
+    fn cached(&self, path: &Path, key: &str) -> Result<Option<Component>, StoreError> {
+        let Some(expected) = self.node.compiled(key)? else {
             return Ok(None);
         };
         let Ok(artifact) = std::fs::read(path) else {

@@ -1,11 +1,10 @@
 //! `tenon:plugin/kv`: key-value storage in the plugin instance's own namespace, under
 //! its quota. Reads see the call's own writes; the writes are buffered and commit
 //! with the step's result (a trap, a timeout or a failure leaves nothing behind).
-//! Reads of the database leave the async workers.
 
 use super::{Call, PluginState, Violation};
 use crate::sandbox::bindings::kv;
-use crate::store::{KvNamespace, KvWrites, StorageError, kv_entry_size};
+use crate::store::{KvNamespace, KvWrites, kv_entry_size};
 use wasmtime::component::{HasData, Linker};
 
 /// A call's key-value state: its namespace, and the writes it buffered.
@@ -58,24 +57,13 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Run a blocking storage read off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, String> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| format!("key-value read failed: {e}"))?
-        .map_err(|e| e.to_string())
-}
-
 impl kv::Host for KvView<'_> {
     async fn get(&mut self, key: String) -> Result<Option<Vec<u8>>, String> {
         let kv = self.kv()?;
         if let Some(written) = kv.writes.get(&key) {
             return Ok(written.map(<[u8]>::to_vec));
         }
-        let ns = kv.ns.clone();
-        blocking(move || ns.get(&key)).await
+        kv.ns.get(&key).await.map_err(|e| e.to_string())
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>) -> Result<(), String> {
@@ -101,8 +89,7 @@ impl KvView<'_> {
         let old = match kv.writes.get(&key) {
             Some(written) => kv_entry_size(&key, written),
             None => {
-                let (ns, k) = (kv.ns.clone(), key.clone());
-                let committed = blocking(move || ns.get(&k)).await?;
+                let committed = kv.ns.get(&key).await.map_err(|e| e.to_string())?;
                 kv_entry_size(&key, committed.as_deref())
             }
         };
@@ -110,8 +97,7 @@ impl KvView<'_> {
         let committed = match kv.committed {
             Some(used) => used,
             None => {
-                let ns = kv.ns.clone();
-                let used = blocking(move || ns.usage()).await?;
+                let used = kv.ns.usage().await.map_err(|e| e.to_string())?;
                 self.kv()?.committed = Some(used);
                 used
             }

@@ -379,7 +379,7 @@ mod tests {
 
     fn context(memory_mib: u32) -> (tempfile::TempDir, Arc<PluginContext>) {
         let dir = tempfile::tempdir().unwrap();
-        let storage = crate::store::Storage::open(dir.path()).unwrap();
+        let storage = crate::store::NodeDb::open(dir.path()).unwrap();
         let ctx = PluginContext {
             name: "p".into(),
             version: "0.1.0".into(),

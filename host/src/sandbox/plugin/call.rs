@@ -7,7 +7,7 @@ use crate::model::StoredMessage;
 use crate::sandbox::bindings::{self, types};
 use crate::sandbox::caps::{self, PluginContext, PluginState, Violation};
 use crate::sandbox::engine::EPOCH_TICK;
-use crate::store::KvWrites;
+use crate::store::{KvNamespace, KvWrites};
 use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
@@ -92,8 +92,11 @@ pub struct Receipt {
 impl Plugin {
     fn store(&self) -> Store<PluginState> {
         let kv = self.ctx.grants.kv.then(|| {
-            self.storage
-                .kv_with_quota(&self.ctx.name, self.ctx.grants.kv_quota_bytes)
+            KvNamespace::new(
+                self.engine.store().clone(),
+                &self.ctx.name,
+                Some(self.ctx.grants.kv_quota_bytes),
+            )
         });
         let mut store = Store::new(
             self.engine.wasmtime(),

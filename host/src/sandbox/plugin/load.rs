@@ -6,7 +6,6 @@ use crate::sandbox::bindings;
 use crate::sandbox::caps::{self, PluginContext};
 use crate::sandbox::engine::{Engine, digest};
 use crate::sandbox::inspect::Inspection;
-use crate::store::Storage;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -59,7 +58,6 @@ impl Plugin {
     /// instance `name`, with the operator's settings.
     pub fn load(
         engine: &Engine,
-        storage: &Storage,
         name: &str,
         dir: &Path,
         settings: &PluginSettings,
@@ -76,7 +74,7 @@ impl Plugin {
                 source,
             },
         )?;
-        Plugin::load_in(engine, storage, name, &root, base, &manifest_file, settings)
+        Plugin::load_in(engine, name, &root, base, &manifest_file, settings)
     }
 
     /// Load the plugin whose files are in `root` (shown as `base` in messages), its
@@ -84,7 +82,6 @@ impl Plugin {
     /// directory's handle: a name or a symlink that leads outside it is refused.
     pub fn load_in(
         engine: &Engine,
-        storage: &Storage,
         name: &str,
         root: &cap_std::fs::Dir,
         base: &Path,
@@ -117,7 +114,7 @@ impl Plugin {
             manifest: text,
             wasm,
         };
-        Plugin::from_parts(engine, storage, name, manifest, &path, files, settings)
+        Plugin::from_parts(engine, name, manifest, &path, files, settings)
     }
 
     /// Write this version's files (its manifest and component, as loaded) into `dir`,
@@ -146,7 +143,6 @@ impl Plugin {
     /// Load a plugin from its parsed manifest and its files.
     fn from_parts(
         engine: &Engine,
-        storage: &Storage,
         name: &str,
         manifest: Manifest,
         path: &Path,
@@ -241,7 +237,7 @@ impl Plugin {
             grants,
             secrets,
             redactor,
-            audit: storage.audit().clone(),
+            audit: engine.audit().clone(),
             egress,
             logs: caps::log::LogBudget::default(),
         });
@@ -290,7 +286,6 @@ impl Plugin {
             manifest,
             pre,
             engine: engine.clone(),
-            storage: storage.clone(),
         })
     }
 }

@@ -27,7 +27,6 @@ pub use load::LoadError;
 use crate::sandbox::bindings::{self};
 use crate::sandbox::caps::{PluginContext, PluginState, Secret};
 use crate::sandbox::engine::Engine;
-use crate::store::Storage;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -62,7 +61,6 @@ pub struct Plugin {
     files: Arc<PluginFiles>,
     pre: Pre,
     engine: Engine,
-    storage: Storage,
 }
 
 /// A plugin version's files, as loaded.

@@ -8,18 +8,19 @@
 //! recorded outcome of what it already delivered instead of calling the target twice.
 
 use crate::model::{Event, EventBody};
-use crate::store::{META, StorageError};
+use crate::store::StoreError;
+use crate::store::node::META;
 use redb::{ReadableTable, TableDefinition, WriteTransaction};
 
 /// The log: offset -> encoded [`Event`].
-pub(crate) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+pub(super) const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 
 /// Append events in the caller's transaction.
-pub(crate) fn append(
+pub(super) fn append(
     txn: &WriteTransaction,
     at_ms: u64,
     events: impl IntoIterator<Item = (String, EventBody)>,
-) -> Result<(), StorageError> {
+) -> Result<(), StoreError> {
     let mut log = txn.open_table(EVENTS)?;
     let mut meta = txn.open_table(META)?;
     let mut offset = meta.get("next_offset")?.map_or(1, |v| v.value());
@@ -30,8 +31,7 @@ pub(crate) fn append(
             flow,
             body,
         };
-        let bytes =
-            rmp_serde::to_vec_named(&event).map_err(|e| StorageError::Decode(e.to_string()))?;
+        let bytes = rmp_serde::to_vec_named(&event).map_err(StoreError::damaged)?;
         log.insert(offset, bytes.as_slice())?;
         offset += 1;
     }
@@ -40,17 +40,15 @@ pub(crate) fn append(
 }
 
 /// The events with offsets in `from..=to`, in order.
-pub(crate) fn read(
+pub(super) fn read(
     table: &impl ReadableTable<u64, &'static [u8]>,
     from: u64,
     to: u64,
-) -> Result<Vec<Event>, StorageError> {
+) -> Result<Vec<Event>, StoreError> {
     let mut out = Vec::new();
     for entry in table.range(from..=to)? {
         let (_, v) = entry?;
-        out.push(
-            rmp_serde::from_slice(v.value()).map_err(|e| StorageError::Decode(e.to_string()))?,
-        );
+        out.push(rmp_serde::from_slice(v.value()).map_err(StoreError::damaged)?);
     }
     Ok(out)
 }

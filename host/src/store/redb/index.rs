@@ -45,7 +45,7 @@ struct QueueIndex {
 /// Why a completion was refused: the lease timed out and the message went to
 /// another worker, or is no longer there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Stale;
+pub(super) struct Stale;
 
 impl QueueIndex {
     /// Make `seq` (the first of its key) takeable: ready, or delayed until due.
@@ -78,13 +78,13 @@ impl QueueIndex {
 
 /// The index of every queue.
 #[derive(Debug, Default)]
-pub(crate) struct Index {
+pub(super) struct Index {
     queues: HashMap<String, QueueIndex>,
 }
 
 impl Index {
     /// A message committed into `queue` at `seq`.
-    pub(crate) fn insert(
+    pub(super) fn insert(
         &mut self,
         queue: &str,
         seq: u64,
@@ -108,7 +108,7 @@ impl Index {
 
     /// A message that left `queue` (its step committed); the next of its key, if any,
     /// becomes takeable.
-    pub(crate) fn remove(&mut self, queue: &str, seq: u64, now_ms: u64) {
+    pub(super) fn remove(&mut self, queue: &str, seq: u64, now_ms: u64) {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
@@ -136,7 +136,7 @@ impl Index {
 
     /// A message that stays in `queue`, to be retried from `not_before_ms`; it keeps
     /// its key's turn.
-    pub(crate) fn retry(&mut self, queue: &str, seq: u64, not_before_ms: u64, now_ms: u64) {
+    pub(super) fn retry(&mut self, queue: &str, seq: u64, not_before_ms: u64, now_ms: u64) {
         let Some(q) = self.queues.get_mut(queue) else {
             return;
         };
@@ -149,7 +149,7 @@ impl Index {
 
     /// Lease the oldest takeable message of `queue` under `token` until
     /// `now + visibility`; a lease that expired is takeable again first.
-    pub(crate) fn lease(
+    pub(super) fn lease(
         &mut self,
         queue: &str,
         token: u64,
@@ -193,7 +193,7 @@ impl Index {
     }
 
     /// A completion is on its way to the disk: the lease must still be this token's.
-    pub(crate) fn begin_complete(
+    pub(super) fn begin_complete(
         &mut self,
         queue: &str,
         seq: u64,
@@ -212,7 +212,7 @@ impl Index {
     }
 
     /// The completion did not commit: the message is takeable again.
-    pub(crate) fn release(&mut self, queue: &str, seq: u64, now_ms: u64) {
+    pub(super) fn release(&mut self, queue: &str, seq: u64, now_ms: u64) {
         if let Some(q) = self.queues.get_mut(queue)
             && q.leased.remove(&seq).is_some()
         {
@@ -220,14 +220,21 @@ impl Index {
         }
     }
 
-    /// Messages in `queue`, leased ones included.
-    pub(crate) fn depth(&self, queue: &str) -> usize {
-        self.queues.get(queue).map_or(0, |q| q.entries.len())
+    /// How many messages each queue holds, leased ones included.
+    pub(super) fn depths(&self) -> BTreeMap<String, usize> {
+        self.queues
+            .iter()
+            .map(|(name, q)| (name.clone(), q.entries.len()))
+            .collect()
     }
 
-    /// The queues that hold messages.
-    pub(crate) fn queue_names(&self) -> BTreeSet<String> {
-        self.queues.keys().cloned().collect()
+    /// When the next message of `queue` waiting for a retry comes due (ms since the
+    /// Unix epoch), if one does.
+    pub(super) fn next_due(&self, queue: &str) -> Option<u64> {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.delayed.first())
+            .map(|(due, _)| *due)
     }
 }
 
@@ -254,7 +261,7 @@ mod tests {
         index.begin_complete("q", 1, 1).unwrap();
         index.remove("q", 1, 1_000);
         assert_eq!(lease(&mut index, 5), Some(2), "A's next is its turn now");
-        assert_eq!(index.depth("q"), 3);
+        assert_eq!(index.depths()["q"], 3);
     }
 
     #[test]
@@ -300,7 +307,7 @@ mod tests {
         let mut index = Index::default();
         index.insert("a", 1, "K", 0, 0);
         index.insert("b", 2, "K", 0, 0);
-        assert_eq!(index.queue_names().len(), 2);
+        assert_eq!(index.depths().len(), 2);
         assert_eq!(index.lease("a", 1, V, Instant::now(), 0), Some(1));
         assert_eq!(
             index.lease("b", 2, V, Instant::now(), 0),
@@ -308,6 +315,6 @@ mod tests {
             "same key, other queue"
         );
         index.remove("a", 1, 0);
-        assert_eq!(index.queue_names().len(), 1);
+        assert_eq!(index.depths().len(), 1);
     }
 }

@@ -1,0 +1,468 @@
+//! The committer: every write of the redb store goes through one thread, which takes
+//! all the writes waiting, applies them in one transaction, commits it durably
+//! (fsync), and only then answers each writer. Under load many messages share one
+//! fsync; no writer is answered before its data is durable, and a failed commit
+//! fails every write in it (nothing in it was acknowledged).
+
+use super::events::{self, EVENTS};
+use super::index::Index;
+use super::kv::{apply_kv, kv_over_quota};
+use super::{DEAD, IDEMPOTENCY, OUTCOMES, QUEUE, decode, encode};
+use crate::model::{
+    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, Outcome,
+    OutcomeKind, now_ms, queue_name,
+};
+use crate::store::node::META;
+use crate::store::{Completion, Enqueued, KvWrites, NodeDb, StoreError};
+use redb::{ReadableTable, WriteTransaction};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use tokio::sync::{Notify, oneshot};
+
+/// Most outcomes or events one sweep removes (the next sweep takes the rest).
+const MAX_SWEEP: usize = 50_000;
+
+/// Most writes applied in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// What a write came to, once its transaction committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Written.
+    Done,
+    /// An enqueue's idempotency claim met an earlier request.
+    Claimed(Enqueued),
+    /// What the write was about (a dead letter) does not exist: nothing written.
+    Missing,
+    /// A step's key-value writes would take the namespace over its quota: nothing of
+    /// the step was written.
+    OverQuota(String),
+}
+
+type Slot = (String, u64);
+
+/// How the lease index changes once a write is committed.
+#[derive(Debug)]
+pub(super) enum IndexOp {
+    /// A message committed into a queue.
+    Insert {
+        queue: String,
+        seq: u64,
+        key: String,
+        not_before_ms: u64,
+    },
+    /// A message that left its queue.
+    Remove { queue: String, seq: u64 },
+    /// A message kept for a retry.
+    Retry {
+        queue: String,
+        seq: u64,
+        not_before_ms: u64,
+    },
+}
+
+/// One write for the committer, and where to send its result.
+pub(super) struct Job {
+    pub(super) write: Write,
+    pub(super) done: oneshot::Sender<Result<Applied, StoreError>>,
+}
+
+pub(super) enum Write {
+    Enqueue {
+        items: Vec<(String, Envelope)>,
+        claim: Option<IdempotencyClaim>,
+        /// Append them to the event log (ingress does; a replay does not).
+        log: bool,
+    },
+    Complete {
+        slot: Slot,
+        completion: Completion,
+        /// The step's key-value writes, committed with its result.
+        kv: Option<KvWrites>,
+    },
+    /// Key-value writes outside a step.
+    Kv(KvWrites),
+    /// Forget idempotency records that expired before this time.
+    Sweep {
+        now_ms: u64,
+        /// Outcomes and events from before this time go.
+        before_ms: u64,
+    },
+    /// Put a dead letter back in front of the stage that failed it.
+    Redrive { id: String },
+    /// Forget a dead letter (its outcome stays).
+    Discard { id: String },
+}
+
+/// The committer thread's inbox; dropping the last handle stops and joins it, so the
+/// database is closed when the store is.
+#[derive(Debug)]
+pub(super) struct Committer {
+    pub(super) inbox: Option<mpsc::Sender<Job>>,
+    pub(super) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        drop(self.inbox.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The committer: take every write waiting, apply them in one transaction, commit
+/// durably, then answer each writer. Runs until the store is dropped.
+pub(super) fn commit_loop(
+    storage: &NodeDb,
+    index: &Mutex<Index>,
+    notify: &Notifiers,
+    [commits, failed]: [&AtomicU64; 2],
+    jobs: &mpsc::Receiver<Job>,
+) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let result = apply(storage, &batch);
+        if result.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(error) = &result {
+            failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, writes = batch.len(), "commit failed; none of its writes is acknowledged");
+        }
+        if let Ok(applied) = &result {
+            // Committed: the lease index follows what the queue table now holds. (A
+            // failed or refused completion releases its own lease in `RedbStore::complete`.)
+            let now = now_ms();
+            let mut index = index.lock().unwrap_or_else(PoisonError::into_inner);
+            for op in applied.iter().flat_map(|(_, ops)| ops) {
+                match op {
+                    IndexOp::Insert {
+                        queue,
+                        seq,
+                        key,
+                        not_before_ms,
+                    } => index.insert(queue, *seq, key, *not_before_ms, now),
+                    IndexOp::Remove { queue, seq } => index.remove(queue, *seq, now),
+                    IndexOp::Retry {
+                        queue,
+                        seq,
+                        not_before_ms,
+                    } => index.retry(queue, *seq, *not_before_ms, now),
+                }
+            }
+            drop(index);
+            for job in &batch {
+                notify.wake_for(&job.write);
+            }
+        }
+        match result {
+            Ok(applied) => {
+                for (job, (accepted, _)) in batch.into_iter().zip(applied) {
+                    let _ = job.done.send(Ok(accepted));
+                }
+            }
+            Err(error) => {
+                for job in batch {
+                    let _ = job
+                        .done
+                        .send(Err(StoreError::CommitFailed(error.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// One [`Notify`] per queue, created on first use.
+#[derive(Debug, Default)]
+pub(super) struct Notifiers(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl Notifiers {
+    pub(super) fn get(&self, queue: &str) -> Arc<Notify> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.entry(queue.to_owned()).or_default().clone()
+    }
+
+    /// Wake the workers that a committed write may have given work: one per new
+    /// message in its queue, and one in a queue whose message finished (the next
+    /// message of that key may be ready now). Rare writes wake everyone.
+    fn wake_for(&self, write: &Write) {
+        match write {
+            Write::Enqueue { items, .. } => {
+                for (queue, _) in items {
+                    self.get(queue).notify_one();
+                }
+            }
+            Write::Complete {
+                slot, completion, ..
+            } => {
+                if let Completion::Forward { outputs } = completion {
+                    for (queue, _) in outputs {
+                        self.get(queue).notify_one();
+                    }
+                }
+                self.get(&slot.0).notify_one();
+            }
+            Write::Kv(_) => {}
+            Write::Redrive { .. } | Write::Discard { .. } | Write::Sweep { .. } => {
+                let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+                for notify in map.values() {
+                    notify.notify_waiters();
+                }
+            }
+        }
+    }
+}
+
+/// Apply a batch in one transaction and commit it: what each write came to, and how
+/// the lease index changes.
+fn apply(storage: &NodeDb, batch: &[Job]) -> Result<Vec<(Applied, Vec<IndexOp>)>, StoreError> {
+    let txn = storage.db().begin_write()?;
+    let mut applied = Vec::with_capacity(batch.len());
+    for job in batch {
+        let mut ops = Vec::new();
+        let accepted = apply_one(&txn, &job.write, &mut ops)?;
+        applied.push((accepted, ops));
+    }
+    txn.commit()?;
+    Ok(applied)
+}
+
+fn apply_one(
+    txn: &WriteTransaction,
+    write: &Write,
+    ops: &mut Vec<IndexOp>,
+) -> Result<Applied, StoreError> {
+    let mut queue = txn.open_table(QUEUE)?;
+    let append = |queue: &mut redb::Table<(&str, u64), &[u8]>,
+                  items: &mut dyn Iterator<Item = (&str, &Envelope)>,
+                  ops: &mut Vec<IndexOp>| {
+        let mut meta = txn.open_table(META)?;
+        let mut seq = meta.get("next_seq")?.map_or(1, |v| v.value());
+        for (name, envelope) in items {
+            queue.insert((name, seq), encode(envelope)?.as_slice())?;
+            ops.push(IndexOp::Insert {
+                queue: name.to_owned(),
+                seq,
+                key: envelope.message.key.clone(),
+                not_before_ms: envelope.not_before_ms,
+            });
+            seq += 1;
+        }
+        meta.insert("next_seq", seq)?;
+        Ok::<(), StoreError>(())
+    };
+    match write {
+        Write::Enqueue { items, claim, log } => {
+            if let Some(claim) = claim {
+                let mut records = txn.open_table(IDEMPOTENCY)?;
+                let earlier = records
+                    .get((claim.scope.as_str(), claim.key.as_str()))?
+                    .map(|v| decode::<IdempotencyRecord>(v.value()))
+                    .transpose()?
+                    .filter(|r| r.expires_ms > now_ms());
+                if let Some(earlier) = earlier {
+                    return Ok(if earlier.payload == claim.payload {
+                        Applied::Claimed(Enqueued::Duplicate(earlier.ids))
+                    } else {
+                        Applied::Claimed(Enqueued::Conflict)
+                    });
+                }
+                let record = IdempotencyRecord {
+                    payload: claim.payload.clone(),
+                    ids: items.iter().map(|(_, e)| e.message.id.clone()).collect(),
+                    expires_ms: claim.expires_ms,
+                };
+                records.insert(
+                    (claim.scope.as_str(), claim.key.as_str()),
+                    encode(&record)?.as_slice(),
+                )?;
+            }
+            if *log {
+                let accepted = items.iter().map(|(_, e)| {
+                    (
+                        e.flow.clone(),
+                        EventBody::Accepted {
+                            envelope: e.clone(),
+                        },
+                    )
+                });
+                events::append(txn, now_ms(), accepted)?;
+            }
+            append(
+                &mut queue,
+                &mut items.iter().map(|(n, e)| (n.as_str(), e)),
+                ops,
+            )?
+        }
+        Write::Redrive { id } => {
+            let mut dead = txn.open_table(DEAD)?;
+            let Some(letter) = dead
+                .remove(id.as_str())?
+                .map(|v| decode::<DeadLetter>(v.value()))
+            else {
+                return Ok(Applied::Missing);
+            };
+            let mut envelope = letter?.envelope;
+            envelope.attempts.clear();
+            envelope.not_before_ms = 0;
+            txn.open_table(OUTCOMES)?.remove(id.as_str())?;
+            let Some(stage) = envelope.route.get(envelope.stage as usize) else {
+                return Ok(Applied::Missing);
+            };
+            let name = queue_name(&envelope.flow, stage);
+            append(
+                &mut queue,
+                &mut std::iter::once((name.as_str(), &envelope)),
+                ops,
+            )?;
+        }
+        Write::Discard { id } => {
+            if txn.open_table(DEAD)?.remove(id.as_str())?.is_none() {
+                return Ok(Applied::Missing);
+            }
+        }
+        Write::Kv(writes) => {
+            if let Some(reason) = kv_over_quota(txn, writes)? {
+                return Ok(Applied::OverQuota(reason));
+            }
+            apply_kv(txn, writes)?;
+        }
+        Write::Sweep { now_ms, before_ms } => {
+            let mut outcomes = txn.open_table(OUTCOMES)?;
+            let mut old = Vec::new();
+            for entry in outcomes.iter()? {
+                let (k, v) = entry?;
+                if decode::<Outcome>(v.value())?.at_ms < *before_ms {
+                    old.push(k.value().to_owned());
+                }
+                if old.len() >= MAX_SWEEP {
+                    break;
+                }
+            }
+            for id in &old {
+                outcomes.remove(id.as_str())?;
+            }
+            // The log is in time order: drop its head up to the first recent event.
+            let mut log = txn.open_table(EVENTS)?;
+            let mut head = Vec::new();
+            for entry in log.iter()? {
+                let (k, v) = entry?;
+                if decode::<Event>(v.value())?.at_ms >= *before_ms || head.len() >= MAX_SWEEP {
+                    break;
+                }
+                head.push(k.value());
+            }
+            for offset in head {
+                log.remove(offset)?;
+            }
+            let mut records = txn.open_table(IDEMPOTENCY)?;
+            let mut expired = Vec::new();
+            for entry in records.iter()? {
+                let (k, v) = entry?;
+                if decode::<IdempotencyRecord>(v.value())?.expires_ms <= *now_ms {
+                    let (scope, key) = k.value();
+                    expired.push((scope.to_owned(), key.to_owned()));
+                }
+            }
+            for (scope, key) in &expired {
+                records.remove((scope.as_str(), key.as_str()))?;
+            }
+        }
+        Write::Complete {
+            slot,
+            completion,
+            kv,
+        } => {
+            if let Some(kv) = kv {
+                // Checked before anything of the step is written: over the quota (by
+                // concurrent calls that each fitted), the whole step waits for a retry.
+                if let Some(reason) = kv_over_quota(txn, kv)? {
+                    return Ok(Applied::OverQuota(reason));
+                }
+                apply_kv(txn, kv)?;
+            }
+            let slot = (slot.0.as_str(), slot.1);
+            match completion {
+                Completion::Retry(envelope) => {
+                    // Same slot: the message keeps its place in its key's order.
+                    queue.insert(slot, encode(envelope.as_ref())?.as_slice())?;
+                    ops.push(IndexOp::Retry {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                        not_before_ms: envelope.not_before_ms,
+                    });
+                }
+                Completion::Forward { outputs } => {
+                    queue.remove(slot)?;
+                    ops.push(IndexOp::Remove {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                    });
+                    // A copy entering a subscribing flow (id `<id>@<flow>`) is accepted
+                    // by that flow: logged like ingress, so the flow's replay covers it.
+                    let entering: Vec<(String, EventBody)> = outputs
+                        .iter()
+                        .filter(|(_, e)| {
+                            e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str())
+                        })
+                        .map(|(_, e)| {
+                            (
+                                e.flow.clone(),
+                                EventBody::Accepted {
+                                    envelope: e.clone(),
+                                },
+                            )
+                        })
+                        .collect();
+                    if !entering.is_empty() {
+                        events::append(txn, now_ms(), entering)?;
+                    }
+                    append(
+                        &mut queue,
+                        &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),
+                        ops,
+                    )?;
+                }
+                Completion::Finish(outcome) => {
+                    let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
+                    ops.push(IndexOp::Remove {
+                        queue: slot.0.to_owned(),
+                        seq: slot.1,
+                    });
+                    if let (OutcomeKind::DeadLetter { .. }, Some(waiting)) =
+                        (&outcome.result, waiting)
+                    {
+                        let mut envelope = waiting?;
+                        envelope.attempts = outcome.attempts.clone();
+                        let dead = DeadLetter {
+                            envelope,
+                            outcome: outcome.as_ref().clone(),
+                        };
+                        txn.open_table(DEAD)?
+                            .insert(outcome.id.as_str(), encode(&dead)?.as_slice())?;
+                    }
+                    if let OutcomeKind::Rejected { reasons } = &outcome.result {
+                        let rejected = EventBody::Rejected {
+                            id: outcome.id.clone(),
+                            key: outcome.key.clone(),
+                            kind: outcome.kind.clone(),
+                            plugin: outcome.plugin.clone(),
+                            reasons: reasons.clone(),
+                        };
+                        events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
+                    }
+                    txn.open_table(OUTCOMES)?
+                        .insert(outcome.id.as_str(), encode(outcome.as_ref())?.as_slice())?;
+                }
+            }
+        }
+    }
+    Ok(Applied::Done)
+}
