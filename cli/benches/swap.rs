@@ -127,7 +127,7 @@ concurrency = 16
     let steady = rate(&erp, w);
 
     // Swap window: a new version every 250 ms, alternating A and B.
-    let digest = |bytes: &[u8]| tenon::sandbox::engine::digest(bytes);
+    let digest = |bytes: &[u8]| tenon::model::digest(bytes);
     let mut live_ms = Vec::new();
     let w = window(&erp);
     let end = Instant::now() + WINDOW;

@@ -4,11 +4,11 @@
 //!
 //! **Architecture invariant:** plain data: no I/O, no HTTP.
 
-use crate::audit::AuditRecord;
 use crate::auth::{ApiKey, Scope};
 use crate::model::{Attempt, Hop, MessageId, Outcome};
 use crate::runtime::canary::CanaryResult;
 use crate::runtime::{LiveStatus, Refusal};
+use crate::store::audit::AuditRecord;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

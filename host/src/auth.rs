@@ -198,8 +198,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    /// Load the keys of a database.
+    /// Load the keys of a database (creating their table if new).
     pub fn open(storage: NodeDb) -> Result<Keys, StoreError> {
+        let txn = storage.db().begin_write()?;
+        txn.open_table(KEYS)?;
+        txn.commit()?;
         let mut cache = BTreeMap::new();
         {
             let txn = storage.db().begin_read()?;

@@ -332,7 +332,7 @@ impl Config {
     /// Read the secret `[secrets.<name>]`. A secret the config does not define, a
     /// variable that is not set or a file that cannot be read is an error naming the
     /// secret, never its value.
-    pub fn secret(&self, name: &str) -> Result<crate::sandbox::caps::Secret, ConfigError> {
+    pub fn secret(&self, name: &str) -> Result<crate::model::Secret, ConfigError> {
         let base = self.path.parent().unwrap_or(Path::new("."));
         let whole = |message: String| ConfigError {
             path: self.path.clone(),
@@ -366,7 +366,7 @@ impl Config {
                 )));
             }
         };
-        Ok(crate::sandbox::caps::Secret::new(value))
+        Ok(crate::model::Secret::new(value))
     }
 }
 
@@ -543,7 +543,7 @@ impl Config {
 
     /// The sha256 of the config file's text, as `sha256:<hex>`: which config is live.
     pub fn digest(&self) -> String {
-        crate::sandbox::engine::digest(self.text.as_bytes())
+        crate::model::digest(self.text.as_bytes())
     }
 
     /// A plugin entry's directory, resolved against the config file's directory.

@@ -415,10 +415,7 @@ fn the_audit_of_each_first_party_plugin() {
             report["digest"],
             tenon::sandbox::plugin::version_digest(&manifest, &wasm)
         );
-        assert_eq!(
-            report["component_digest"],
-            tenon::sandbox::engine::digest(&wasm)
-        );
+        assert_eq!(report["component_digest"], tenon::model::digest(&wasm));
         assert_eq!(
             report["component_bound"], true,
             "first-party manifests name their component"

@@ -161,7 +161,7 @@ impl Tenon {
     /// include `flow`); panics with the reason if it refused it.
     pub async fn reconfigure(&self, ws: &Workspace, text: &str, flow: &str) {
         ws.write_config(text);
-        let digest = tenon::sandbox::engine::digest(text.as_bytes());
+        let digest = tenon::model::digest(text.as_bytes());
         let deadline = Instant::now() + SETTLE;
         loop {
             let plugins = self.get("/v1/plugins").await.json().unwrap();

@@ -450,7 +450,7 @@ fn bound_manifest(version: &str, wasm: &[u8]) -> String {
     format!(
         "{}component_digest = \"{}\"\n",
         manifest(version),
-        tenon::sandbox::engine::digest(wasm)
+        tenon::model::digest(wasm)
     )
 }
 

@@ -5,8 +5,8 @@
 
 use super::State;
 use super::problem::Problem;
-use crate::audit::{AuditRecord, Decision};
 use crate::auth::{ApiKey, Scope};
+use crate::store::audit::{AuditRecord, Decision};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};

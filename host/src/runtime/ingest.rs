@@ -65,7 +65,7 @@ impl Runtime {
             (false, Some(plugin)) => plugin,
             _ => return Err(IngestError::UnknownSource(source.to_owned())),
         };
-        let payload = crate::sandbox::engine::digest(&request.body);
+        let payload = crate::model::digest(&request.body);
         let expires_ms = now_ms() + self.config().server.idempotency_retention_secs * 1000;
         let claim_for = |key: String| IdempotencyClaim {
             scope: source.to_owned(),

@@ -242,7 +242,7 @@ impl Runtime {
     fn held(&self, name: &str, digest: &str, widening: &[String]) {
         tracing::warn!(plugin = name, %digest, widening = %widening.join(", "), "new plugin version asks for wider grants; it waits for approval");
         if let Some(live) = self.plugin(name) {
-            self.node.audit().record(crate::audit::AuditRecord {
+            self.node.audit().record(crate::store::audit::AuditRecord {
                 seq: 0,
                 at_ms: now_ms(),
                 plugin: name.to_owned(),
@@ -250,7 +250,7 @@ impl Runtime {
                 key: None,
                 capability: "version".into(),
                 target: digest.to_owned(),
-                decision: crate::audit::Decision::Deny,
+                decision: crate::store::audit::Decision::Deny,
                 reason: Some(format!(
                     "held for approval: its grants are wider than those of {} ({})",
                     live.digest(),
@@ -271,7 +271,7 @@ impl Runtime {
     pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, LifecycleError> {
         let (reload, plugin) = self.plugins.approve(name, digest)?;
         self.record_approved(name, &approved_of(&plugin));
-        self.node.audit().record(crate::audit::AuditRecord {
+        self.node.audit().record(crate::store::audit::AuditRecord {
             seq: 0,
             at_ms: now_ms(),
             plugin: name.to_owned(),
@@ -279,7 +279,7 @@ impl Runtime {
             key: Some(key.to_owned()),
             capability: "version".into(),
             target: plugin.digest().to_owned(),
-            decision: crate::audit::Decision::Allow,
+            decision: crate::store::audit::Decision::Allow,
             reason: Some("approved: its wider grants are allowed".into()),
         });
         tracing::info!(plugin = name, digest = %plugin.digest(), %key, "plugin version approved and live");

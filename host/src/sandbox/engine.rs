@@ -7,9 +7,9 @@
 //! artifact is loaded: native code is never loaded from a file that changed behind
 //! our back.
 
+use crate::model::digest;
 use crate::store::{NodeDb, Store, StoreError};
 use anyhow::Context as _;
-use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,11 +86,6 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
-}
-
-/// The sha256 digest of some bytes, as `sha256:<hex>`.
-pub fn digest(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 impl Engine {
@@ -186,7 +181,7 @@ impl Engine {
     }
 
     /// The sandbox's audit log.
-    pub fn audit(&self) -> &crate::audit::AuditLog {
+    pub fn audit(&self) -> &crate::store::audit::AuditLog {
         self.node.audit()
     }
 
@@ -196,7 +191,7 @@ impl Engine {
     }
 
     /// The component for these bytes: from the cache when it holds a verified
-    /// artifact, else compiled (and cached). `digest` is the bytes' [`digest`].
+    /// artifact, else compiled (and cached). `digest` is the bytes' [`crate::model::digest`].
     pub fn component(&self, wasm: &[u8], digest: &str) -> anyhow::Result<Component> {
         let hex = digest.trim_start_matches("sha256:");
         let path = self.cache_dir.join(format!("{hex}-{}.cwasm", self.compat));
@@ -217,7 +212,8 @@ impl Engine {
         std::fs::write(&tmp, &artifact)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
-        self.node.set_compiled(&key, &self::digest(&artifact))?;
+        self.node
+            .set_compiled(&key, &crate::model::digest(&artifact))?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "component compiled");
         Ok(component)
     }

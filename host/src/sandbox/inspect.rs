@@ -269,7 +269,7 @@ impl AuditReport {
         let mut report = AuditReport::new(
             &manifest,
             crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
-            crate::sandbox::engine::digest(&wasm),
+            crate::model::digest(&wasm),
             inspection,
         );
         if let Some(named) = &manifest.component_digest

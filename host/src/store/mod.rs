@@ -15,6 +15,7 @@
 //! together or not at all; a message is leased to one worker at a time, and each
 //! business key is processed in arrival order.
 
+pub mod audit;
 pub(crate) mod node;
 pub mod redb;
 

@@ -3,7 +3,7 @@
 //! versions). The redb store keeps its tables in the same file.
 
 use super::StoreError;
-use crate::audit::{AuditLog, AuditQuery, AuditRecord};
+use crate::store::audit::{AuditLog, AuditQuery, AuditRecord};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,13 +61,13 @@ impl NodeDb {
     /// Read audit records (after waiting for those appended so far to be written).
     pub fn audit_records(&self, query: &AuditQuery) -> Result<Vec<AuditRecord>, StoreError> {
         self.audit.flush();
-        crate::audit::query(&self.db, query)
+        crate::store::audit::query(&self.db, query)
     }
 
     /// Forget audit records older than `keep`.
     pub fn sweep_audit(&self, keep: std::time::Duration) -> Result<usize, StoreError> {
         let before_ms = crate::model::now_ms().saturating_sub(keep.as_millis() as u64);
-        crate::audit::sweep(&self.db, before_ms)
+        crate::store::audit::sweep(&self.db, before_ms)
     }
 
     /// Open (or create) the database on another storage backend: an in-memory one, or
@@ -86,8 +86,7 @@ impl NodeDb {
         let txn = db.begin_write()?;
         txn.open_table(META)?;
         txn.open_table(COMPILED)?;
-        txn.open_table(crate::audit::AUDIT)?;
-        txn.open_table(crate::auth::KEYS)?;
+        txn.open_table(crate::store::audit::AUDIT)?;
         txn.open_table(APPROVED)?;
         txn.commit()?;
         Ok(())

@@ -4,8 +4,8 @@
 //! request allowed or refused goes through the call's record.
 
 use super::{PluginContext, PluginState, Violation, Violations};
-use crate::audit::Decision;
 use crate::sandbox::egress::SendError;
+use crate::store::audit::Decision;
 use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};

@@ -5,8 +5,8 @@
 //! dropped, counted, and audited once a minute.
 
 use super::{Call, PluginState, bounded};
-use crate::audit::Decision;
 use crate::sandbox::bindings::{log, types};
+use crate::store::audit::Decision;
 use std::sync::atomic::{AtomicU64, Ordering};
 use wasmtime::component::{HasData, Linker};
 

@@ -18,7 +18,7 @@
 //! | [`wasi`] | `wasi:cli`, `wasi:io`, `wasi:clocks`, `wasi:random`, `wasi:filesystem` | every plugin, with no files, no environment, no arguments; stderr captured |
 //!
 //! `wasi:sockets` is never linked. Every allow/deny decision goes to the audit log
-//! ([`crate::audit`]), at most [`MAX_RECORDED_DECISIONS`] one by one per call (the rest
+//! ([`crate::store::audit`]), at most [`MAX_RECORDED_DECISIONS`] one by one per call (the rest
 //! are counted in one record); secret values are redacted from what the host records
 //! ([`crate::sandbox::redact`]); [`limits`] holds the memory limit over all of a store's
 //! memories.
@@ -31,9 +31,9 @@ pub mod log;
 pub mod secrets;
 pub mod wasi;
 
-use crate::audit::{AuditLog, AuditRecord, Decision};
 use crate::sandbox::egress::Egress;
 use crate::sandbox::redact::Redactor;
+use crate::store::audit::{AuditLog, AuditRecord, Decision};
 use crate::store::{KvNamespace, KvWrites};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -54,27 +54,7 @@ const MAX_TARGET_CHARS: usize = 256;
 /// Longest text from a plugin the host records (a failure, a receipt, a reason).
 pub const MAX_TEXT_CHARS: usize = 4096;
 
-/// A secret's value: never printed by `Debug`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wrap a value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
+pub use crate::model::Secret;
 
 /// What every call of one plugin version shares: identity, config, grants, limits.
 #[derive(Debug)]

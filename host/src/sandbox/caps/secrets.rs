@@ -2,8 +2,8 @@
 //! by the plugin's names for them; nothing else. Each read is audited once a call.
 
 use super::{Call, MAX_TARGET_CHARS, PluginState, bounded};
-use crate::audit::Decision;
 use crate::sandbox::bindings::secrets;
+use crate::store::audit::Decision;
 use wasmtime::component::{HasData, Linker};
 
 /// The secrets capability's view of a call.

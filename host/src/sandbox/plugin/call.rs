@@ -2,11 +2,11 @@
 //! under the plugin's limits, and how whatever goes wrong becomes a [`CallError`].
 
 use super::{Plugin, Pre};
-use crate::audit::Decision;
 use crate::model::StoredMessage;
 use crate::sandbox::bindings::{self, types};
 use crate::sandbox::caps::{self, PluginContext, PluginState, Violation};
 use crate::sandbox::engine::EPOCH_TICK;
+use crate::store::audit::Decision;
 use crate::store::{KvNamespace, KvWrites};
 use std::fmt;
 use std::time::{Duration, Instant};

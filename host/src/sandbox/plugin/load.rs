@@ -1,11 +1,12 @@
 //! Loading a plugin version: everything that can fail ahead of traffic.
 
 use super::{Plugin, PluginFiles, PluginSettings, Pre, version_digest};
-use crate::audit::Decision;
+use crate::model::digest;
 use crate::sandbox::bindings;
 use crate::sandbox::caps::{self, PluginContext};
-use crate::sandbox::engine::{Engine, digest};
+use crate::sandbox::engine::Engine;
 use crate::sandbox::inspect::Inspection;
+use crate::store::audit::Decision;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
