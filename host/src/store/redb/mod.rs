@@ -1,13 +1,13 @@
 //! The default store: redb, in this node's database file.
 //!
 //! - Every queue is one table keyed by (queue name, sequence); an in-memory lease
-//!   index ([`index`]) knows which message of each queue may run next, so a lease
+//!   index (`index.rs`) knows which message of each queue may run next, so a lease
 //!   costs O(log n) however long the queue. Leases are held in memory: after a crash
 //!   every unfinished message is simply ready again; a lease that times out is given
 //!   to another worker, and the late ack of the first is refused. A message whose
 //!   business key has an earlier message leased or waiting for a retry is held back,
 //!   so each key is processed in arrival order.
-//! - Every write goes through one committer thread ([`commit`]): group commit, one
+//! - Every write goes through one committer thread (`commit.rs`): group commit, one
 //!   durable transaction for all the writes waiting, each answered only once durable.
 //!   A step's completion removes its input and writes its outputs, outcome or retry,
 //!   its key-value writes and its events in that one transaction.
