@@ -107,6 +107,9 @@ pub struct Config {
     /// Ingress and admin settings.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Where messages are kept.
+    #[serde(default)]
+    pub store: StoreConfig,
     /// Plugin instances by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginEntry>,
@@ -185,6 +188,49 @@ fn default_retention() -> u64 {
 }
 fn default_sweep_interval() -> u64 {
     60
+}
+
+/// `[store]`: where messages, outcomes, dead letters, events and plugins' key-value
+/// data are kept.
+///
+/// ```toml
+/// [store]
+/// kind = "nats"                                   # default: "redb"
+/// servers = ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]
+/// replicas = 3
+/// prefix = "tenon"
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// redb in the data directory: one machine, no server to run (the default).
+    #[default]
+    Redb,
+    /// A NATS JetStream cluster, shared by every node of the deployment.
+    Nats(NatsStoreConfig),
+}
+
+/// `[store] kind = "nats"`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsStoreConfig {
+    /// Server URLs, e.g. `["nats://127.0.0.1:4222"]`.
+    pub servers: Vec<String>,
+    /// Replicas of every stream and bucket: 1, or 3 on a cluster of three or more.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// The prefix of every stream, bucket and subject (`[A-Za-z0-9_-]+`), so that
+    /// deployments can share a cluster; default `tenon`.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+}
+
+fn default_replicas() -> usize {
+    1
+}
+
+fn default_prefix() -> String {
+    "tenon".into()
 }
 
 /// `[plugins.<name>]`

@@ -6,6 +6,7 @@
 //! the wire.
 
 pub mod mock_erp;
+pub mod nats;
 
 /// The quote-to-cash flow over the first-party plugins extracted under `plugins/`
 /// (as `tenon demo` and the tests extract them), its sink posting to `erp_url`;

@@ -15,6 +15,7 @@ mod restart;
 mod sandbox;
 mod sap;
 mod storage_faults;
+mod store;
 mod support;
 mod swap;
 mod trust;

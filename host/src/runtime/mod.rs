@@ -24,8 +24,10 @@ pub use slots::{LiveStatus, Refusal, Reload};
 pub use worker::MessageStatus;
 
 use crate::config::Config;
+use crate::config::StoreConfig;
 use crate::sandbox::engine::Engine;
 use crate::sandbox::plugin::Plugin;
+use crate::store::nats::{NatsOptions, NatsStore};
 use crate::store::redb::RedbStore;
 use crate::store::{NodeDb, Store};
 use anyhow::Context as _;
@@ -110,12 +112,39 @@ impl std::fmt::Debug for Guests {
     }
 }
 
+/// The store the config names. Blocking: call it off the async workers.
+fn open_store(config: &Config, node: &NodeDb) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.store {
+        StoreConfig::Redb => Arc::new(RedbStore::open(node)?),
+        StoreConfig::Nats(nats) => {
+            anyhow::ensure!(
+                !nats.servers.is_empty(),
+                "{}: [store] kind = \"nats\" needs `servers`, e.g. [\"nats://127.0.0.1:4222\"]",
+                config.path.display()
+            );
+            let options = NatsOptions {
+                servers: nats.servers.clone(),
+                replicas: nats.replicas.max(1),
+                prefix: nats.prefix.clone(),
+                retention: std::time::Duration::from_secs(config.server.retention_secs),
+                idempotency_retention: std::time::Duration::from_secs(
+                    config.server.idempotency_retention_secs,
+                ),
+            };
+            let store = tokio::runtime::Handle::current()
+                .block_on(NatsStore::connect(&options))
+                .with_context(|| format!("{}: [store]", config.path.display()))?;
+            Arc::new(store)
+        }
+    })
+}
+
 impl Runtime {
     /// Open the data directory and load every plugin of the config; any plugin that
     /// does not load, or does not fit where a flow uses it, fails the whole start.
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
         let node = NodeDb::open(data_dir)?;
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node)?);
+        let store = open_store(&config, &node)?;
         let engine = Engine::new(node.clone(), store.clone(), data_dir)?;
         let mut plugins = BTreeMap::new();
         for name in config.plugins.keys() {

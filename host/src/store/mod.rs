@@ -6,6 +6,8 @@
 //!   ingress idempotency records and the plugins' key-value data. The runtime and the
 //!   admin API reach that state through this trait and nothing else.
 //!   [`redb::RedbStore`] is the default backend: one file, group commit, one machine.
+//!   [`nats::NatsStore`] keeps the same state in a NATS JetStream cluster, shared by
+//!   several Tenon nodes.
 //! - [`NodeDb`] is this node's own database: the compiled-component index, the audit
 //!   log, API keys and approved plugin versions. It is one redb file in the data
 //!   directory, which the redb store shares (so a single node has one file).
@@ -16,6 +18,7 @@
 //! business key is processed in arrival order.
 
 pub mod audit;
+pub mod nats;
 pub(crate) mod node;
 pub mod redb;
 
@@ -167,6 +170,8 @@ pub struct Lease {
 pub(crate) enum Ticket {
     /// [`redb::RedbStore`]: the message's slot, and the lease's token.
     Redb { queue: String, seq: u64, token: u64 },
+    /// [`nats::NatsStore`]: the delivered message.
+    Nats(nats::NatsTicket),
 }
 
 /// The store failed: the message says what was being done. Nothing of a write that
@@ -194,6 +199,9 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("storage: the store has stopped")]
     Stopped,
+    /// NATS failed or refused (the message says what was being done).
+    #[error("storage (NATS): {0}")]
+    Nats(String),
 }
 
 impl StoreError {

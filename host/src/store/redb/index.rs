@@ -192,19 +192,21 @@ impl Index {
         Some(seq)
     }
 
-    /// A completion is on its way to the disk: the lease must still be this token's.
+    /// A completion is on its way to the disk: the lease must still be this token's,
+    /// and not past its hold (the message is then the next lease's to take).
     pub(super) fn begin_complete(
         &mut self,
         queue: &str,
         seq: u64,
         token: u64,
+        now: Instant,
     ) -> Result<(), Stale> {
         let held = self
             .queues
             .get_mut(queue)
             .and_then(|q| q.leased.get_mut(&seq))
             .ok_or(Stale)?;
-        if held.token != token || held.completing {
+        if held.token != token || held.completing || held.expires <= now {
             return Err(Stale);
         }
         held.completing = true;
@@ -258,7 +260,7 @@ mod tests {
         assert_eq!(lease(&mut index, 2), Some(3), "2 waits behind 1");
         assert_eq!(lease(&mut index, 3), Some(4));
         assert_eq!(lease(&mut index, 4), None);
-        index.begin_complete("q", 1, 1).unwrap();
+        index.begin_complete("q", 1, 1, Instant::now()).unwrap();
         index.remove("q", 1, 1_000);
         assert_eq!(lease(&mut index, 5), Some(2), "A's next is its turn now");
         assert_eq!(index.depths()["q"], 3);
@@ -270,7 +272,7 @@ mod tests {
         index.insert("q", 1, "A", 0, 1_000);
         index.insert("q", 2, "A", 0, 1_000);
         assert_eq!(lease(&mut index, 1), Some(1));
-        index.begin_complete("q", 1, 1).unwrap();
+        index.begin_complete("q", 1, 1, Instant::now()).unwrap();
         index.retry("q", 1, 5_000, 1_000);
         assert_eq!(lease(&mut index, 2), None, "not due, and 2 waits behind it");
         assert_eq!(
@@ -278,6 +280,15 @@ mod tests {
             Some(1),
             "due"
         );
+    }
+
+    #[test]
+    fn a_lease_past_its_hold_cannot_complete() {
+        let mut index = Index::default();
+        index.insert("q", 1, "A", 0, 1_000);
+        let start = Instant::now();
+        assert_eq!(index.lease("q", 1, V, start, 1_000), Some(1));
+        assert_eq!(index.begin_complete("q", 1, 1, start + V), Err(Stale));
     }
 
     #[test]
@@ -289,9 +300,9 @@ mod tests {
         assert_eq!(index.lease("q", 2, V, start, 1_000), None);
         let later = start + V + Duration::from_secs(1);
         assert_eq!(index.lease("q", 2, V, later, 1_000), Some(1));
-        assert_eq!(index.begin_complete("q", 1, 1), Err(Stale));
-        assert_eq!(index.begin_complete("q", 1, 2), Ok(()));
-        assert_eq!(index.begin_complete("q", 1, 2), Err(Stale), "once");
+        assert_eq!(index.begin_complete("q", 1, 1, later), Err(Stale));
+        assert_eq!(index.begin_complete("q", 1, 2, later), Ok(()));
+        assert_eq!(index.begin_complete("q", 1, 2, later), Err(Stale), "once");
         let much_later = later + V + V;
         assert_eq!(
             index.lease("q", 3, V, much_later, 1_000),

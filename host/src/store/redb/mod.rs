@@ -253,8 +253,14 @@ impl Store for RedbStore {
         completion: Completion,
         kv: Option<KvWrites>,
     ) -> Result<(), CompleteError> {
-        let Ticket::Redb { queue, seq, token } = lease.ticket;
-        if self.index().begin_complete(&queue, seq, token).is_err() {
+        let Ticket::Redb { queue, seq, token } = lease.ticket else {
+            return Err(StoreError::Stopped.into());
+        };
+        if self
+            .index()
+            .begin_complete(&queue, seq, token, Instant::now())
+            .is_err()
+        {
             return Err(CompleteError::Stale { queue });
         }
         let result = match self

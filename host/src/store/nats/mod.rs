@@ -1,0 +1,1102 @@
+//! The distributed store: NATS JetStream, shared by every Tenon node of a deployment.
+//!
+//! | what | where in NATS |
+//! |---|---|
+//! | queues | one work-queue stream (`<P>_WORK`); a message's subject is `<p>.w.<queue>.<key>.<root>`; one durable pull consumer per queue, shared by every node |
+//! | events | a stream (`<P>_EVENTS`), subject per flow; offsets are its sequences |
+//! | outcomes, dead letters, retry state, idempotency records, plugin key-value data | key-value buckets (`<P>_outcomes`, `_dead`, `_retry`, `_idem`, `_kv`, `_kvusage`) |
+//!
+//! **Per-key order.** A message is processed only while it is the first message of
+//! its business key still in its queue: on lease, the stream is asked for the first
+//! message on the key's subjects (one lookup at the stream leader); a message behind
+//! an earlier one (leased elsewhere, or waiting for its retry) is given back with a
+//! short delay. A retry is a negative acknowledgement with the retry policy's delay,
+//! so the message keeps its place, and its attempts are kept under its id.
+//!
+//! **Leases.** The consumer's acknowledgement wait is short ([`ACK_WAIT`]); while a
+//! lease is held, a keeper tells the server the work is in progress, up to the
+//! lease's hold. A node that dies stops its keepers: its messages go to the other
+//! nodes after [`ACK_WAIT`].
+//!
+//! **Completion.** A step's effects are written in order (key-value writes, outputs
+//! published with their id as `Nats-Msg-Id`, outcome, dead letter, events), then the
+//! input is acknowledged (and the server confirms it). A crash in between runs the
+//! step again: its outputs have the same ids, so the stream drops the copies within
+//! its duplicate window, and the recorded outcome of a delivery stops a second one.
+//!
+//! **Ingress.** With an idempotency key, the record is created first (`create`: of
+//! two racing requests one wins), holding the ids; the messages are published with
+//! those ids; the record is then marked committed. A request that finds a record not
+//! yet committed (its first request may have died before publishing) publishes its
+//! messages under the recorded ids, which the stream de-duplicates, so an accepted
+//! message is never lost and never doubled.
+
+mod names;
+
+use crate::model::{
+    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, MessageId,
+    Outcome, OutcomeKind, now_ms, queue_name,
+};
+use crate::store::{
+    CompleteError, Completion, Enqueued, KvWrites, Lease, Store, StoreError, Ticket, kv_entry_size,
+    over_quota,
+};
+use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use bytes::Bytes;
+use futures::StreamExt as _;
+use names::{Names, escape, kv_key, unescape};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// How long the server waits for a sign of life from a worker before it gives a
+/// leased message to another one.
+pub const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a held lease tells the server it is alive.
+const KEEPALIVE: Duration = Duration::from_secs(3);
+
+/// How long a message held back behind an earlier one of its key waits before it is
+/// offered again.
+const HELD_BACK: Duration = Duration::from_millis(100);
+
+/// How long the stream remembers a message id to drop its copies.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+
+/// How long JetStream requests may take before they fail.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long to wait for the cluster to answer at start (it may be electing a leader).
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How to reach the cluster and what to keep there.
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Server URLs, e.g. `nats://127.0.0.1:4222`.
+    pub servers: Vec<String>,
+    /// Replicas of every stream and bucket (1, or 3 on a 3-node cluster).
+    pub replicas: usize,
+    /// The deployment's name prefix (`[A-Za-z0-9_-]+`): several deployments or tests
+    /// may share a cluster.
+    pub prefix: String,
+    /// How long outcomes and events are kept.
+    pub retention: Duration,
+    /// How long idempotency records are kept.
+    pub idempotency_retention: Duration,
+}
+
+/// The JetStream store; cheap to clone.
+#[derive(Clone)]
+pub struct NatsStore {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    work: stream::Stream,
+    events: stream::Stream,
+    buckets: Arc<Buckets>,
+    consumers: Arc<Mutex<HashMap<String, consumer::PullConsumer>>>,
+}
+
+impl std::fmt::Debug for NatsStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsStore")
+            .field("names", &self.names)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Buckets {
+    idem: kv::Store,
+    outcomes: kv::Store,
+    dead: kv::Store,
+    retry: kv::Store,
+    kv: kv::Store,
+    kv_usage: kv::Store,
+}
+
+/// What the store keeps about an ingress idempotency key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct IdemEntry {
+    record: IdempotencyRecord,
+    /// Whether the messages were published (else a retry publishes them again under
+    /// the recorded ids).
+    committed: bool,
+}
+
+/// An event as appended: its offset is the stream sequence.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredEvent {
+    at_ms: u64,
+    flow: String,
+    body: EventBody,
+}
+
+/// A message leased from JetStream.
+pub(crate) struct NatsTicket {
+    message: Arc<jetstream::Message>,
+    queue: String,
+    /// Past this, the lease is the server's to give again: a completion is refused.
+    expires: Instant,
+    /// Whether the message was delivered before (it may have retry state).
+    redelivered: bool,
+    /// Keeps the lease alive; stops when the ticket goes.
+    _keeper: AbortOnDrop,
+}
+
+impl std::fmt::Debug for NatsTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTicket")
+            .field("queue", &self.queue)
+            .finish_non_exhaustive()
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Bytes, StoreError> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(StoreError::damaged)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, StoreError> {
+    rmp_serde::from_slice(bytes).map_err(StoreError::damaged)
+}
+
+/// A NATS failure, with what was being done.
+fn failed(doing: &str) -> impl Fn(&dyn std::fmt::Display) -> StoreError + '_ {
+    move |error| StoreError::Nats(format!("{doing}: {error}"))
+}
+
+fn nats<E: std::fmt::Display>(doing: &str) -> impl FnOnce(E) -> StoreError + '_ {
+    move |error| failed(doing)(&error)
+}
+
+/// The lineage a message id belongs to: its root (the id up to the first `.` or `@`).
+fn root_of(id: &MessageId) -> &str {
+    let text = id.as_str();
+    &text[..text.find(['.', '@']).unwrap_or(text.len())]
+}
+
+impl NatsStore {
+    /// Connect to the cluster, wait until JetStream answers, and create (or find) the
+    /// streams and buckets.
+    pub async fn connect(options: &NatsOptions) -> Result<NatsStore, StoreError> {
+        if options.prefix.is_empty()
+            || !options
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(StoreError::Nats(format!(
+                "store prefix `{}`: use letters, digits, `_` and `-`",
+                options.prefix
+            )));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name("tenon")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(options.servers.clone())
+            .await
+            .map_err(nats("cannot connect to NATS"))?;
+        let js = jetstream::ContextBuilder::new()
+            .timeout(REQUEST_TIMEOUT)
+            .build(client.clone());
+        // A cluster that just started (or restarted) answers once it has elected a
+        // leader; until then requests time out.
+        let started = Instant::now();
+        loop {
+            match js.query_account().await {
+                Ok(_) => break,
+                Err(error) if started.elapsed() < READY_TIMEOUT => {
+                    tracing::info!(%error, "waiting for JetStream");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(error) => {
+                    return Err(StoreError::Nats(format!(
+                        "JetStream did not answer within {} s at {}: {error}",
+                        READY_TIMEOUT.as_secs(),
+                        options.servers.join(", ")
+                    )));
+                }
+            }
+        }
+        let names = Names::new(&options.prefix);
+        let work = js
+            .get_or_create_stream(stream::Config {
+                name: names.work_stream(),
+                subjects: vec![names.work_subjects()],
+                retention: stream::RetentionPolicy::WorkQueue,
+                num_replicas: options.replicas,
+                duplicate_window: DUPLICATE_WINDOW,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("cannot create the work stream"))?;
+        let events = js
+            .get_or_create_stream(stream::Config {
+                name: names.event_stream(),
+                subjects: vec![names.event_subjects()],
+                retention: stream::RetentionPolicy::Limits,
+                num_replicas: options.replicas,
+                duplicate_window: DUPLICATE_WINDOW.min(options.retention),
+                max_age: options.retention,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats("cannot create the event stream"))?;
+        let bucket = async |what: &str, max_age: Duration| {
+            js.create_key_value(kv::Config {
+                bucket: names.bucket(what),
+                history: 1,
+                max_age,
+                num_replicas: options.replicas,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats(&format!("cannot create the {what} bucket")))
+        };
+        let buckets = Buckets {
+            idem: bucket("idem", options.idempotency_retention).await?,
+            outcomes: bucket("outcomes", options.retention).await?,
+            dead: bucket("dead", Duration::ZERO).await?,
+            retry: bucket("retry", options.retention).await?,
+            kv: bucket("kv", Duration::ZERO).await?,
+            kv_usage: bucket("kvusage", Duration::ZERO).await?,
+        };
+        Ok(NatsStore {
+            client,
+            js,
+            names,
+            work,
+            events,
+            buckets: Arc::new(buckets),
+            consumers: Arc::default(),
+        })
+    }
+
+    /// The durable consumer of `queue`, created the first time.
+    async fn consumer(&self, queue: &str) -> Result<consumer::PullConsumer, StoreError> {
+        let mut consumers = self.consumers.lock().await;
+        if let Some(consumer) = consumers.get(queue) {
+            return Ok(consumer.clone());
+        }
+        let name = self.names.consumer(queue);
+        let consumer = self
+            .work
+            .get_or_create_consumer(
+                &name,
+                consumer::pull::Config {
+                    durable_name: Some(name.clone()),
+                    filter_subject: self.names.queue_subjects(queue),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    max_deliver: -1,
+                    max_ack_pending: 10_000,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats(&format!("cannot create the consumer of {queue}")))?;
+        consumers.insert(queue.to_owned(), consumer.clone());
+        Ok(consumer)
+    }
+
+    /// Publish messages into their queues, each under `Nats-Msg-Id` = `dedup(id)`,
+    /// and wait until the stream holds them all.
+    async fn publish(
+        &self,
+        items: &[(String, Envelope)],
+        dedup: impl Fn(&str, &Envelope) -> String,
+    ) -> Result<(), StoreError> {
+        let mut acks = Vec::with_capacity(items.len());
+        for (queue, envelope) in items {
+            // A queue gets its consumer before its first message: listing the
+            // consumers lists every queue that may hold messages.
+            self.consumer(queue).await?;
+            let subject =
+                self.names
+                    .message_subject(queue, &envelope.message.key, envelope.root.as_str());
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(encode(envelope)?)
+                .message_id(dedup(queue, envelope));
+            acks.push(
+                self.js
+                    .send_publish(subject, publish)
+                    .await
+                    .map_err(nats("cannot publish a message"))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(nats("a message was not stored"))?;
+        }
+        Ok(())
+    }
+
+    /// Append events, each under a de-duplication id.
+    async fn append_events(
+        &self,
+        at_ms: u64,
+        events: Vec<(String, EventBody, String)>,
+    ) -> Result<(), StoreError> {
+        let mut acks = Vec::with_capacity(events.len());
+        for (flow, body, dedup) in events {
+            let subject = self.names.event_subject(&flow);
+            let event = StoredEvent { at_ms, flow, body };
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(encode(&event)?)
+                .message_id(dedup);
+            acks.push(
+                self.js
+                    .send_publish(subject, publish)
+                    .await
+                    .map_err(nats("cannot append an event"))?,
+            );
+        }
+        for ack in acks {
+            ack.await.map_err(nats("an event was not stored"))?;
+        }
+        Ok(())
+    }
+
+    /// Publish messages entering their flows and log them as accepted.
+    async fn admit(&self, items: &[(String, Envelope)]) -> Result<(), StoreError> {
+        self.publish(items, |queue, e| format!("{queue}|{}", e.message.id))
+            .await?;
+        let accepted = items
+            .iter()
+            .map(|(_, e)| {
+                (
+                    e.flow.clone(),
+                    EventBody::Accepted {
+                        envelope: e.clone(),
+                    },
+                    format!("accepted|{}", e.message.id),
+                )
+            })
+            .collect();
+        self.append_events(now_ms(), accepted).await
+    }
+
+    /// The first message still queued on `subject` (a wildcard) at or after `from`.
+    async fn first_on(
+        &self,
+        stream: &stream::Stream,
+        subject: &str,
+        from: u64,
+    ) -> Result<Option<jetstream::message::StreamMessage>, StoreError> {
+        match stream.get_first_raw_message_by_subject(subject, from).await {
+            Ok(message) => Ok(Some(message)),
+            Err(error) if matches!(error.kind(), stream::RawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(error) => Err(failed("cannot read the stream")(&error)),
+        }
+    }
+
+    /// Every live entry of a bucket whose key starts with `prefix.` (or every entry).
+    async fn entries(
+        &self,
+        bucket: &kv::Store,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+        let stream = &bucket.stream;
+        let subject = match prefix {
+            Some(prefix) => format!("$KV.{}.{prefix}.>", bucket.name),
+            None => format!("$KV.{}.>", bucket.name),
+        };
+        let mut out = Vec::new();
+        let mut from = 1;
+        while let Some(message) = self.first_on(stream, &subject, from).await? {
+            from = message.sequence + 1;
+            let deleted = message
+                .headers
+                .get("KV-Operation")
+                .is_some_and(|op| op.as_str() != "PUT");
+            if !deleted {
+                out.push((message.sequence, message.payload));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Add `delta` bytes to a namespace's usage (compare-and-set, retried on a race).
+    async fn add_usage(&self, namespace: &str, delta: i64) -> Result<(), StoreError> {
+        let key = kv_key(&[namespace]);
+        let usage = &self.buckets.kv_usage;
+        loop {
+            let entry = usage
+                .entry(key.clone())
+                .await
+                .map_err(nats("cannot read a key-value usage"))?;
+            let (used, revision) = match &entry {
+                Some(e) if e.operation == kv::Operation::Put => {
+                    (decode::<u64>(&e.value)?, e.revision)
+                }
+                Some(e) => (0, e.revision),
+                None => (0, 0),
+            };
+            let after = (used as i64 + delta).max(0) as u64;
+            match usage.update(&key, encode(&after)?, revision).await {
+                Ok(_) => return Ok(()),
+                Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(error) => return Err(failed("cannot write a key-value usage")(&error)),
+            }
+        }
+    }
+
+    /// Apply a step's key-value writes, after checking its namespace's quota.
+    async fn apply_kv(&self, writes: &KvWrites) -> Result<(), CompleteError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let ns = writes.namespace();
+        let used = self.kv_usage(ns).await?;
+        let mut after = used;
+        for (key, value) in writes.iter() {
+            let old = self.kv_get(ns, key).await?;
+            after = after.saturating_sub(kv_entry_size(key, old.as_deref()))
+                + kv_entry_size(key, value);
+        }
+        if let Some(reason) = over_quota(writes.quota(), used, after) {
+            return Err(CompleteError::OverQuota(reason));
+        }
+        let bucket = &self.buckets.kv;
+        for (key, value) in writes.iter() {
+            let k = kv_key(&[ns, key]);
+            match value {
+                Some(value) => bucket
+                    .put(&k, Bytes::copy_from_slice(value))
+                    .await
+                    .map(drop)
+                    .map_err(nats("cannot write a key-value entry"))?,
+                None => bucket
+                    .delete(&k)
+                    .await
+                    .map_err(nats("cannot delete a key-value entry"))?,
+            }
+        }
+        self.add_usage(ns, after as i64 - used as i64).await?;
+        Ok(())
+    }
+
+    /// The idempotency record of a key, live or not, with its revision.
+    async fn idem_entry(&self, key: &str) -> Result<Option<(IdemEntry, u64)>, StoreError> {
+        match self
+            .buckets
+            .idem
+            .entry(key)
+            .await
+            .map_err(nats("cannot read an idempotency record"))?
+        {
+            Some(entry) if entry.operation == kv::Operation::Put => {
+                Ok(Some((decode(&entry.value)?, entry.revision)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Enqueue under an idempotency claim (see the module documentation).
+    async fn enqueue_claimed(
+        &self,
+        mut items: Vec<(String, Envelope)>,
+        claim: IdempotencyClaim,
+    ) -> Result<Enqueued, StoreError> {
+        let key = kv_key(&[&claim.scope, &claim.key]);
+        let ours = IdemEntry {
+            record: IdempotencyRecord {
+                payload: claim.payload.clone(),
+                ids: items.iter().map(|(_, e)| e.message.id.clone()).collect(),
+                expires_ms: claim.expires_ms,
+            },
+            committed: false,
+        };
+        let bucket = &self.buckets.idem;
+        let revision = match bucket.create(&key, encode(&ours)?).await {
+            Ok(revision) => revision,
+            Err(error) if error.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let Some((earlier, revision)) = self.idem_entry(&key).await? else {
+                    // Deleted in between: the key is free again.
+                    return Box::pin(self.enqueue_claimed(items, claim)).await;
+                };
+                if earlier.record.expires_ms <= now_ms() {
+                    // Expired: this request takes the key over.
+                    match bucket.update(&key, encode(&ours)?, revision).await {
+                        Ok(_) => return Box::pin(self.finish_claim(items, ours, &key)).await,
+                        Err(error) if error.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            return Box::pin(self.enqueue_claimed(items, claim)).await;
+                        }
+                        Err(error) => return Err(failed("cannot claim a key")(&error)),
+                    }
+                }
+                if earlier.record.payload != claim.payload {
+                    return Ok(Enqueued::Conflict);
+                }
+                if !earlier.committed {
+                    // Its first request may have died before publishing: publish
+                    // under the recorded ids (copies are dropped by the stream).
+                    if earlier.record.ids.len() != items.len() {
+                        return Ok(Enqueued::Conflict);
+                    }
+                    let renamed: HashMap<MessageId, MessageId> = items
+                        .iter()
+                        .map(|(_, e)| e.message.id.clone())
+                        .zip(earlier.record.ids.iter().cloned())
+                        .collect();
+                    for (_, envelope) in &mut items {
+                        envelope.message.id = renamed[&envelope.message.id].clone();
+                        if let Some(root) = renamed.get(&envelope.root) {
+                            envelope.root = root.clone();
+                        }
+                    }
+                    self.finish_claim(items, earlier.clone(), &key).await?;
+                }
+                return Ok(Enqueued::Duplicate(earlier.record.ids));
+            }
+            Err(error) => return Err(failed("cannot claim an idempotency key")(&error)),
+        };
+        let _ = revision;
+        self.finish_claim(items, ours, &key).await
+    }
+
+    /// Publish the claimed messages and mark the claim committed.
+    async fn finish_claim(
+        &self,
+        items: Vec<(String, Envelope)>,
+        mut entry: IdemEntry,
+        key: &str,
+    ) -> Result<Enqueued, StoreError> {
+        self.admit(&items).await?;
+        entry.committed = true;
+        self.buckets
+            .idem
+            .put(key, encode(&entry)?)
+            .await
+            .map_err(nats("cannot commit an idempotency record"))?;
+        Ok(Enqueued::Committed)
+    }
+
+    /// The key of an outcome: its lineage, then its id.
+    fn outcome_key(id: &MessageId) -> String {
+        kv_key(&[root_of(id), id.as_str()])
+    }
+
+    /// A message leased just now, with its retry state if it has one; `None` when
+    /// it must wait (behind an earlier message of its key, or until its retry is due).
+    async fn take(
+        &self,
+        queue: &str,
+        message: jetstream::Message,
+        hold: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (sequence, delivered) = {
+            let info = message.info().map_err(nats("a message without its info"))?;
+            (info.stream_sequence, info.delivered)
+        };
+        let subject = message.subject.to_string();
+        // Per-key order: only the first message of its key still queued may run.
+        if let Some(same_key) = Names::same_key(&subject)
+            && let Some(first) = self.first_on(&self.work, &same_key, 0).await?
+            && first.sequence != sequence
+        {
+            message
+                .ack_with(AckKind::Nak(Some(HELD_BACK)))
+                .await
+                .map_err(nats("cannot give a message back"))?;
+            return Ok(None);
+        }
+        let mut envelope: Envelope = match decode(&message.payload) {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                // Nothing can run it: say so loudly, and do not loop on it.
+                tracing::error!(%subject, sequence, %error, "a queued message does not decode; removed");
+                let _ = message.ack_with(AckKind::Term).await;
+                return Err(error);
+            }
+        };
+        let redelivered = delivered > 1;
+        if redelivered
+            && let Some(state) = self
+                .buckets
+                .retry
+                .get(escape(envelope.message.id.as_str()))
+                .await
+                .map_err(nats("cannot read a retry state"))?
+        {
+            envelope = decode(&state)?;
+        }
+        let wait = envelope.not_before_ms.saturating_sub(now_ms());
+        if wait > 0 {
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(wait))))
+                .await
+                .map_err(nats("cannot give a message back"))?;
+            return Ok(None);
+        }
+        let message = Arc::new(message);
+        let expires = Instant::now() + hold;
+        let alive = message.clone();
+        let keeper = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(KEEPALIVE).await;
+                if Instant::now() >= expires {
+                    break;
+                }
+                if let Err(error) = alive.ack_with(AckKind::Progress).await {
+                    tracing::warn!(%error, "cannot keep a lease alive");
+                }
+            }
+        });
+        Ok(Some(Lease {
+            envelope,
+            ticket: Ticket::Nats(NatsTicket {
+                message,
+                queue: queue.to_owned(),
+                expires,
+                redelivered,
+                _keeper: AbortOnDrop(keeper),
+            }),
+        }))
+    }
+
+    /// Write what a completion says, before the input's ack.
+    async fn write_completion(
+        &self,
+        envelope: &Envelope,
+        completion: Completion,
+    ) -> Result<(), StoreError> {
+        match completion {
+            Completion::Retry(_) => unreachable!("a retry is not written here"),
+            Completion::Forward { outputs } => {
+                self.publish(&outputs, |queue, e| format!("{queue}|{}", e.message.id))
+                    .await?;
+                // A copy entering a subscribing flow is accepted by that flow: logged
+                // like ingress, so the flow's replay covers it.
+                let entering = outputs
+                    .iter()
+                    .filter(|(_, e)| {
+                        e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str())
+                    })
+                    .map(|(_, e)| {
+                        (
+                            e.flow.clone(),
+                            EventBody::Accepted {
+                                envelope: e.clone(),
+                            },
+                            format!("accepted|{}", e.message.id),
+                        )
+                    })
+                    .collect::<Vec<_>>();
+                if !entering.is_empty() {
+                    self.append_events(now_ms(), entering).await?;
+                }
+            }
+            Completion::Finish(outcome) => {
+                if let OutcomeKind::DeadLetter { .. } = &outcome.result {
+                    let mut waiting = envelope.clone();
+                    waiting.attempts = outcome.attempts.clone();
+                    let letter = DeadLetter {
+                        envelope: waiting,
+                        outcome: outcome.as_ref().clone(),
+                    };
+                    self.buckets
+                        .dead
+                        .put(escape(outcome.id.as_str()), encode(&letter)?)
+                        .await
+                        .map_err(nats("cannot write a dead letter"))?;
+                }
+                if let OutcomeKind::Rejected { reasons } = &outcome.result {
+                    let rejected = EventBody::Rejected {
+                        id: outcome.id.clone(),
+                        key: outcome.key.clone(),
+                        kind: outcome.kind.clone(),
+                        plugin: outcome.plugin.clone(),
+                        reasons: reasons.clone(),
+                    };
+                    self.append_events(
+                        outcome.at_ms,
+                        vec![(
+                            outcome.flow.clone(),
+                            rejected,
+                            format!("rejected|{}", outcome.id),
+                        )],
+                    )
+                    .await?;
+                }
+                self.buckets
+                    .outcomes
+                    .put(Self::outcome_key(&outcome.id), encode(outcome.as_ref())?)
+                    .await
+                    .map_err(nats("cannot write an outcome"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The offset of the last event, or 0 when the log is empty.
+    async fn last_offset(&self) -> Result<u64, StoreError> {
+        let mut events = self.events.clone();
+        let info = events
+            .info()
+            .await
+            .map_err(nats("cannot read the event log"))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// The event at `offset` or the first after it, if any.
+    async fn event_from(&self, offset: u64) -> Result<Option<Event>, StoreError> {
+        let subject = self.names.event_subjects();
+        let Some(message) = self.first_on(&self.events, &subject, offset).await? else {
+            return Ok(None);
+        };
+        let stored: StoredEvent = decode(&message.payload)?;
+        Ok(Some(Event {
+            offset: message.sequence,
+            at_ms: stored.at_ms,
+            flow: stored.flow,
+            body: stored.body,
+        }))
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for NatsStore {
+    async fn enqueue(
+        &self,
+        items: Vec<(String, Envelope)>,
+        claim: Option<IdempotencyClaim>,
+    ) -> Result<Enqueued, StoreError> {
+        match claim {
+            Some(claim) => self.enqueue_claimed(items, claim).await,
+            None => {
+                self.admit(&items).await?;
+                Ok(Enqueued::Committed)
+            }
+        }
+    }
+
+    async fn requeue(&self, items: Vec<(String, Envelope)>) -> Result<(), StoreError> {
+        // A replay may run the same message twice on purpose: no de-duplication.
+        let at = now_ms();
+        self.publish(&items, |queue, e| {
+            format!("replay|{at}|{queue}|{}", e.message.id)
+        })
+        .await
+    }
+
+    async fn idempotency(
+        &self,
+        scope: &str,
+        key: &str,
+    ) -> Result<Option<IdempotencyRecord>, StoreError> {
+        Ok(self
+            .idem_entry(&kv_key(&[scope, key]))
+            .await?
+            .filter(|(entry, _)| entry.committed && entry.record.expires_ms > now_ms())
+            .map(|(entry, _)| entry.record))
+    }
+
+    async fn lease(
+        &self,
+        queue: &str,
+        wait: Duration,
+        hold: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let consumer = self.consumer(queue).await?;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let fetch = consumer.fetch().max_messages(1);
+            let fetch = if left >= Duration::from_millis(10) {
+                fetch.expires(left)
+            } else {
+                fetch
+            };
+            let mut batch = fetch
+                .messages()
+                .await
+                .map_err(nats(&format!("cannot fetch from {queue}")))?;
+            if let Some(message) = batch.next().await {
+                let message = message.map_err(nats(&format!("cannot fetch from {queue}")))?;
+                if let Some(lease) = self.take(queue, message, hold).await? {
+                    return Ok(Some(lease));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        lease: Lease,
+        completion: Completion,
+        kv: Option<KvWrites>,
+    ) -> Result<(), CompleteError> {
+        let Ticket::Nats(ticket) = lease.ticket else {
+            return Err(StoreError::Nats("a lease of another store".into()).into());
+        };
+        if Instant::now() >= ticket.expires {
+            return Err(CompleteError::Stale {
+                queue: ticket.queue,
+            });
+        }
+        let give_back = async |error: CompleteError| {
+            let _ = ticket.message.ack_with(AckKind::Nak(None)).await;
+            Err(error)
+        };
+        if let Completion::Retry(envelope) = completion {
+            let state = self
+                .buckets
+                .retry
+                .put(
+                    escape(envelope.message.id.as_str()),
+                    encode(envelope.as_ref())?,
+                )
+                .await;
+            if let Err(error) = state {
+                return give_back(failed("cannot write a retry state")(&error).into()).await;
+            }
+            let delay = envelope.not_before_ms.saturating_sub(now_ms());
+            ticket
+                .message
+                .ack_with(AckKind::Nak(Some(Duration::from_millis(delay))))
+                .await
+                .map_err(nats("cannot delay a retry"))?;
+            return Ok(());
+        }
+        if let Some(kv) = kv
+            && let Err(error) = self.apply_kv(&kv).await
+        {
+            return give_back(error).await;
+        }
+        if let Err(error) = self.write_completion(&lease.envelope, completion).await {
+            return give_back(error.into()).await;
+        }
+        if ticket.redelivered {
+            let _ = self
+                .buckets
+                .retry
+                .delete(escape(lease.envelope.message.id.as_str()))
+                .await;
+        }
+        ticket
+            .message
+            .double_ack()
+            .await
+            .map_err(nats("the input's acknowledgement was not confirmed"))?;
+        Ok(())
+    }
+
+    async fn outcome(&self, id: &MessageId) -> Result<Option<Outcome>, StoreError> {
+        self.buckets
+            .outcomes
+            .get(Self::outcome_key(id))
+            .await
+            .map_err(nats("cannot read an outcome"))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    async fn outcomes(&self, root: &MessageId) -> Result<Vec<Outcome>, StoreError> {
+        let prefix = escape(root_of(root));
+        let mut out = Vec::new();
+        for (_, bytes) in self.entries(&self.buckets.outcomes, Some(&prefix)).await? {
+            let outcome: Outcome = decode(&bytes)?;
+            if outcome.id.descends_from(root) {
+                out.push(outcome);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn pending(&self, root: &MessageId) -> Result<Vec<Envelope>, StoreError> {
+        let subject = self.names.lineage_subjects(root_of(root));
+        let mut out = Vec::new();
+        let mut from = 1;
+        while let Some(message) = self.first_on(&self.work, &subject, from).await? {
+            from = message.sequence + 1;
+            let envelope: Envelope = decode(&message.payload)?;
+            if envelope.message.id.descends_from(root) {
+                out.push(envelope);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError> {
+        let mut names = self.work.consumer_names();
+        let mut out = BTreeMap::new();
+        while let Some(name) = names.next().await {
+            let name = name.map_err(nats("cannot list the queues"))?;
+            let Some(queue) = name.strip_prefix("q_").and_then(unescape) else {
+                continue;
+            };
+            let mut consumer: consumer::PullConsumer = self
+                .work
+                .get_consumer(&name)
+                .await
+                .map_err(nats("cannot read a queue"))?;
+            let info = consumer.info().await.map_err(nats("cannot read a queue"))?;
+            let depth = info.num_pending as usize + info.num_ack_pending;
+            if depth > 0 {
+                out.insert(queue, depth);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.entries(&self.buckets.dead, None).await? {
+            out.push(decode::<DeadLetter>(&bytes)?);
+        }
+        out.sort_by_key(|d| d.outcome.at_ms);
+        Ok(out)
+    }
+
+    async fn dead_letter(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
+        self.buckets
+            .dead
+            .get(escape(id.as_str()))
+            .await
+            .map_err(nats("cannot read a dead letter"))?
+            .map(|bytes| decode(&bytes))
+            .transpose()
+    }
+
+    async fn redrive(&self, id: &MessageId) -> Result<bool, StoreError> {
+        let key = escape(id.as_str());
+        let entry = self
+            .buckets
+            .dead
+            .entry(key.clone())
+            .await
+            .map_err(nats("cannot read a dead letter"))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        let letter: DeadLetter = decode(&entry.value)?;
+        let mut envelope = letter.envelope;
+        envelope.attempts.clear();
+        envelope.not_before_ms = 0;
+        let Some(stage) = envelope.route.get(envelope.stage as usize) else {
+            return Ok(false);
+        };
+        let queue = queue_name(&envelope.flow, stage);
+        let revision = entry.revision;
+        let _ = self
+            .buckets
+            .retry
+            .delete(escape(envelope.message.id.as_str()))
+            .await;
+        self.publish(&[(queue, envelope)], |queue, e| {
+            format!("redrive|{revision}|{queue}|{}", e.message.id)
+        })
+        .await?;
+        self.buckets
+            .outcomes
+            .delete(Self::outcome_key(id))
+            .await
+            .map_err(nats("cannot forget an outcome"))?;
+        self.buckets
+            .dead
+            .delete(&key)
+            .await
+            .map_err(nats("cannot remove a dead letter"))?;
+        Ok(true)
+    }
+
+    async fn discard(&self, id: &MessageId) -> Result<bool, StoreError> {
+        if self.dead_letter(id).await?.is_none() {
+            return Ok(false);
+        }
+        self.buckets
+            .dead
+            .delete(escape(id.as_str()))
+            .await
+            .map_err(nats("cannot remove a dead letter"))?;
+        Ok(true)
+    }
+
+    async fn events(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
+        let last = self.last_offset().await?;
+        let mut out = Vec::new();
+        let mut offset = from.max(1);
+        while offset <= to.min(last) {
+            let Some(event) = self.event_from(offset).await? else {
+                break;
+            };
+            if event.offset > to {
+                break;
+            }
+            offset = event.offset + 1;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    async fn offset_at(&self, at_ms: u64) -> Result<Option<u64>, StoreError> {
+        // Events are appended in time order: the first at or after `at_ms` by halving.
+        let (mut low, mut high) = (1, self.last_offset().await? + 1);
+        while low < high {
+            let middle = low + (high - low) / 2;
+            match self.event_from(middle).await? {
+                Some(event) if event.at_ms >= at_ms => high = middle,
+                Some(event) => low = event.offset + 1,
+                None => high = middle,
+            }
+        }
+        Ok(self.event_from(low).await?.map(|e| e.offset))
+    }
+
+    async fn kv_get(&self, namespace: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .buckets
+            .kv
+            .get(kv_key(&[namespace, key]))
+            .await
+            .map_err(nats("cannot read a key-value entry"))?
+            .map(|bytes| bytes.to_vec()))
+    }
+
+    async fn kv_usage(&self, namespace: &str) -> Result<u64, StoreError> {
+        match self
+            .buckets
+            .kv_usage
+            .get(kv_key(&[namespace]))
+            .await
+            .map_err(nats("cannot read a key-value usage"))?
+        {
+            Some(bytes) => decode(&bytes),
+            None => Ok(0),
+        }
+    }
+
+    async fn kv_commit(&self, writes: &KvWrites) -> Result<(), CompleteError> {
+        self.apply_kv(writes).await
+    }
+
+    async fn sweep(&self, _keep: Duration) -> Result<(), StoreError> {
+        // Outcomes, events, retry states and idempotency records expire with their
+        // bucket's or stream's maximum age.
+        Ok(())
+    }
+
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+}

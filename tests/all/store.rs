@@ -1,0 +1,426 @@
+//! What every store promises, checked on each: one list of cases, run against the redb
+//! store and against the NATS JetStream store (a real `nats-server`, started once for
+//! the suite; each case under its own prefix).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tenon::model::{
+    DeadLetter, Envelope, EventBody, IdempotencyClaim, MessageId, Outcome, OutcomeKind,
+    StoredMessage, now_ms,
+};
+use tenon::store::nats::{NatsOptions, NatsStore};
+use tenon::store::redb::RedbStore;
+use tenon::store::{CompleteError, Completion, Enqueued, KvNamespace, Lease, NodeDb, Store};
+use tenon_testkit::nats::NatsCluster;
+
+/// A store under test, and what keeps it alive.
+struct Subject {
+    store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+fn redb() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeDb::open(dir.path()).unwrap();
+    Subject {
+        store: Arc::new(RedbStore::open(&node).unwrap()),
+        _dir: dir,
+    }
+}
+
+/// The suite's lone nats-server.
+pub fn shared_nats() -> &'static NatsCluster {
+    static SERVER: OnceLock<NatsCluster> = OnceLock::new();
+    SERVER.get_or_init(|| NatsCluster::start(1).expect("start nats-server"))
+}
+
+/// A prefix no other case of this run uses.
+pub fn fresh_prefix() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "t{}x{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn nats() -> Subject {
+    let options = NatsOptions {
+        servers: shared_nats().urls(),
+        replicas: 1,
+        prefix: fresh_prefix(),
+        retention: Duration::from_secs(3600),
+        idempotency_retention: Duration::from_secs(3600),
+    };
+    Subject {
+        store: Arc::new(NatsStore::connect(&options).await.unwrap()),
+        _dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+/// Each case, once per store.
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod redb_store {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case(super::redb()).await;
+                }
+            )*
+        }
+        mod nats_store {
+            $(
+                #[tokio::test(flavor = "multi_thread")]
+                async fn $case() {
+                    super::$case(super::nats().await).await;
+                }
+            )*
+        }
+    };
+}
+
+on_every_store!(
+    a_message_is_leased_once_and_forwarded_with_its_ack,
+    a_key_is_processed_in_order_and_a_retry_keeps_its_turn,
+    outcomes_are_found_by_lineage,
+    an_idempotency_key_lets_one_request_through,
+    dead_letters_are_kept_redriven_and_discarded,
+    accepted_messages_are_logged_and_replayed_without_a_new_entry,
+    key_value_data_is_per_namespace_and_under_quota,
+    a_waiting_lease_wakes_on_new_work,
+    a_late_completion_is_refused,
+);
+
+const HOLD: Duration = Duration::from_secs(60);
+
+fn envelope(id: &str, key: &str) -> Envelope {
+    let message = StoredMessage {
+        id: id.into(),
+        key: key.into(),
+        kind: "QuoteApproved".into(),
+        content_type: "application/json".into(),
+        headers: vec![],
+        body: b"{}".to_vec(),
+    };
+    Envelope::entering("f", &["s".to_owned(), "t".to_owned()], message, 0)
+}
+
+fn outcome(env: &Envelope, result: OutcomeKind) -> Outcome {
+    Outcome {
+        id: env.message.id.clone(),
+        root: env.root.clone(),
+        flow: env.flow.clone(),
+        key: env.message.key.clone(),
+        kind: env.message.kind.clone(),
+        plugin: "sink".into(),
+        trail: vec![],
+        attempts: vec![],
+        at_ms: now_ms(),
+        result,
+    }
+}
+
+/// Lease, waiting a little (a distributed store answers in milliseconds, not at once).
+async fn take(store: &dyn Store, queue: &str) -> Option<Lease> {
+    store
+        .lease(queue, Duration::from_millis(300), HOLD)
+        .await
+        .unwrap()
+}
+
+async fn put(store: &dyn Store, items: Vec<(&str, Envelope)>) {
+    let items = items.into_iter().map(|(q, e)| (q.to_owned(), e)).collect();
+    assert_eq!(
+        store.enqueue(items, None).await.unwrap(),
+        Enqueued::Committed
+    );
+}
+
+async fn depth(store: &dyn Store, queue: &str) -> usize {
+    store
+        .depths()
+        .await
+        .unwrap()
+        .get(queue)
+        .copied()
+        .unwrap_or(0)
+}
+
+async fn a_message_is_leased_once_and_forwarded_with_its_ack(s: Subject) {
+    let store = s.store.as_ref();
+    put(store, vec![("f/s", envelope("m1", "k1"))]).await;
+    assert_eq!(depth(store, "f/s").await, 1);
+    let lease = take(store, "f/s").await.expect("the message is leased");
+    assert!(
+        take(store, "f/s").await.is_none(),
+        "a leased message is not leased twice"
+    );
+    let mut out = envelope("m1.0", "k1");
+    out.root = "m1".into();
+    out.stage = 1;
+    let outputs = vec![("f/t".to_owned(), out.clone())];
+    store
+        .complete(lease, Completion::Forward { outputs }, None)
+        .await
+        .unwrap();
+    assert_eq!(depth(store, "f/s").await, 0);
+    let next = take(store, "f/t").await.expect("the output is queued");
+    assert_eq!(next.envelope, out);
+    let pending = store.pending(&"m1".into()).await.unwrap();
+    assert_eq!(pending, vec![out], "the lineage's pending message");
+}
+
+async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
+    let store = s.store.as_ref();
+    put(
+        store,
+        vec![
+            ("f/s", envelope("a1", "A")),
+            ("f/s", envelope("a2", "A")),
+            ("f/s", envelope("b1", "B")),
+        ],
+    )
+    .await;
+    let a1 = take(store, "f/s").await.unwrap();
+    assert_eq!(a1.envelope.message.id, "a1");
+    let next = take(store, "f/s").await.unwrap();
+    assert_eq!(next.envelope.message.id, "b1", "a2 waits behind a1");
+    assert!(take(store, "f/s").await.is_none());
+    // a1 fails and waits for its retry: a2 still waits behind it.
+    let mut retry = a1.envelope.clone();
+    retry.attempts.push(tenon::model::Attempt {
+        at_ms: now_ms(),
+        plugin: "s".into(),
+        digest: "sha256:0".into(),
+        error: "retryable: later".into(),
+    });
+    retry.not_before_ms = now_ms() + 800;
+    store
+        .complete(a1, Completion::Retry(Box::new(retry)), None)
+        .await
+        .unwrap();
+    assert!(
+        take(store, "f/s").await.is_none(),
+        "nothing of key A before a1's retry is due"
+    );
+    let again = store
+        .lease("f/s", Duration::from_secs(10), HOLD)
+        .await
+        .unwrap()
+        .expect("a1 again once due");
+    assert_eq!(again.envelope.message.id, "a1", "a1 keeps its turn");
+    assert_eq!(again.envelope.attempts.len(), 1, "with its attempt");
+    let done = outcome(&again.envelope, OutcomeKind::Consumed);
+    store
+        .complete(again, Completion::Finish(Box::new(done)), None)
+        .await
+        .unwrap();
+    let a2 = take(store, "f/s").await.expect("a2 after a1");
+    assert_eq!(a2.envelope.message.id, "a2");
+}
+
+async fn outcomes_are_found_by_lineage(s: Subject) {
+    let store = s.store.as_ref();
+    put(
+        store,
+        vec![("f/s", envelope("m1", "k")), ("f/s", envelope("m10", "k2"))],
+    )
+    .await;
+    for _ in 0..2 {
+        let lease = take(store, "f/s").await.unwrap();
+        let mut finished = outcome(&lease.envelope, OutcomeKind::Consumed);
+        finished.id = lease.envelope.message.id.child(0);
+        store
+            .complete(lease, Completion::Finish(Box::new(finished)), None)
+            .await
+            .unwrap();
+    }
+    let found = store.outcomes(&"m1".into()).await.unwrap();
+    assert_eq!(found.len(), 1, "m10's outcome is not m1's: {found:?}");
+    assert_eq!(found[0].id, "m1.0");
+    let one = store.outcome(&"m10.0".into()).await.unwrap().unwrap();
+    assert_eq!(one.root, "m10");
+    assert!(store.outcome(&"m2.0".into()).await.unwrap().is_none());
+}
+
+async fn an_idempotency_key_lets_one_request_through(s: Subject) {
+    let store = s.store.as_ref();
+    let claim = |payload: &str| IdempotencyClaim {
+        scope: "cpq".into(),
+        key: "K/1 é".into(),
+        payload: payload.into(),
+        expires_ms: now_ms() + 60_000,
+    };
+    let items = |id: &str| vec![("f/s".to_owned(), envelope(id, id))];
+    let first = store.enqueue(items("m1"), Some(claim("a"))).await.unwrap();
+    assert_eq!(first, Enqueued::Committed);
+    let again = store.enqueue(items("m2"), Some(claim("a"))).await.unwrap();
+    assert_eq!(again, Enqueued::Duplicate(vec![MessageId::from("m1")]));
+    let other = store.enqueue(items("m3"), Some(claim("b"))).await.unwrap();
+    assert_eq!(other, Enqueued::Conflict);
+    let record = store.idempotency("cpq", "K/1 é").await.unwrap().unwrap();
+    assert_eq!(record.ids, vec![MessageId::from("m1")]);
+    assert!(store.idempotency("cpq", "other").await.unwrap().is_none());
+    assert_eq!(depth(store, "f/s").await, 1, "one message went in");
+}
+
+async fn dead_letters_are_kept_redriven_and_discarded(s: Subject) {
+    let store = s.store.as_ref();
+    put(
+        store,
+        vec![("f/s", envelope("d1", "k1")), ("f/s", envelope("d2", "k2"))],
+    )
+    .await;
+    for _ in 0..2 {
+        let lease = take(store, "f/s").await.unwrap();
+        let mut dead = outcome(
+            &lease.envelope,
+            OutcomeKind::DeadLetter {
+                error: "invalid: no".into(),
+            },
+        );
+        dead.attempts.push(tenon::model::Attempt {
+            at_ms: now_ms(),
+            plugin: "s".into(),
+            digest: "sha256:0".into(),
+            error: "invalid: no".into(),
+        });
+        store
+            .complete(lease, Completion::Finish(Box::new(dead)), None)
+            .await
+            .unwrap();
+    }
+    let letters: Vec<DeadLetter> = store.dead_letters().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    let d1 = store.dead_letter(&"d1".into()).await.unwrap().unwrap();
+    assert_eq!(d1.envelope.attempts.len(), 1, "with its attempts");
+    assert!(store.redrive(&"d1".into()).await.unwrap());
+    assert!(
+        !store.redrive(&"d1".into()).await.unwrap(),
+        "gone once redriven"
+    );
+    assert!(store.outcome(&"d1".into()).await.unwrap().is_none());
+    let back = take(store, "f/s").await.expect("d1 is back in its queue");
+    assert_eq!(back.envelope.message.id, "d1");
+    assert!(back.envelope.attempts.is_empty(), "with a fresh count");
+    assert!(store.discard(&"d2".into()).await.unwrap());
+    assert!(!store.discard(&"d2".into()).await.unwrap());
+    assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+async fn accepted_messages_are_logged_and_replayed_without_a_new_entry(s: Subject) {
+    let store = s.store.as_ref();
+    let before = now_ms();
+    put(store, vec![("f/s", envelope("e1", "k1"))]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let middle = now_ms();
+    put(store, vec![("f/s", envelope("e2", "k2"))]).await;
+    let events = store.events(1, u64::MAX).await.unwrap();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| match &e.body {
+            EventBody::Accepted { envelope } => envelope.message.id.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(ids, ["e1", "e2"]);
+    assert!(events[0].offset < events[1].offset);
+    assert_eq!(
+        store
+            .events(events[1].offset, u64::MAX)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store.offset_at(before).await.unwrap(),
+        Some(events[0].offset)
+    );
+    assert_eq!(
+        store.offset_at(middle).await.unwrap(),
+        Some(events[1].offset)
+    );
+    assert_eq!(store.offset_at(now_ms() + 60_000).await.unwrap(), None);
+    // A replay puts a message back without logging it again.
+    store
+        .requeue(vec![("f/s".to_owned(), envelope("e1", "k1"))])
+        .await
+        .unwrap();
+    assert_eq!(store.events(1, u64::MAX).await.unwrap().len(), 2);
+    assert_eq!(depth(store, "f/s").await, 3);
+}
+
+async fn key_value_data_is_per_namespace_and_under_quota(s: Subject) {
+    let store = &s.store;
+    let a = KvNamespace::new(store.clone(), "plugin-a", Some(20));
+    let b = KvNamespace::new(store.clone(), "plugin-b", None);
+    a.set("customer/001", b"ACME").await.unwrap();
+    assert_eq!(
+        a.get("customer/001").await.unwrap().as_deref(),
+        Some(&b"ACME"[..])
+    );
+    assert_eq!(b.get("customer/001").await.unwrap(), None);
+    assert_eq!(a.usage().await.unwrap(), 16);
+    let refused = a.set("k2", &[0; 8]).await.unwrap_err();
+    assert!(matches!(refused, CompleteError::OverQuota(_)), "{refused}");
+    assert_eq!(a.get("k2").await.unwrap(), None, "nothing written");
+    a.delete("customer/001").await.unwrap();
+    assert_eq!(a.usage().await.unwrap(), 0);
+
+    // A step's writes commit with its result, and not without it.
+    put(store.as_ref(), vec![("f/s", envelope("k1", "k"))]).await;
+    let lease = take(store.as_ref(), "f/s").await.unwrap();
+    let mut writes = a.writes();
+    writes.put("seen", Some(b"yes".to_vec()));
+    let done = outcome(&lease.envelope, OutcomeKind::Consumed);
+    store
+        .complete(lease, Completion::Finish(Box::new(done)), Some(writes))
+        .await
+        .unwrap();
+    assert_eq!(a.get("seen").await.unwrap().as_deref(), Some(&b"yes"[..]));
+}
+
+async fn a_waiting_lease_wakes_on_new_work(s: Subject) {
+    let store = s.store.clone();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.lease("f/s", Duration::from_secs(20), HOLD).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    put(store.as_ref(), vec![("f/s", envelope("w1", "k"))]).await;
+    let lease = waiting.await.unwrap().unwrap();
+    assert_eq!(lease.expect("woken").envelope.message.id, "w1");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by the new message, not at the end of the wait"
+    );
+}
+
+async fn a_late_completion_is_refused(s: Subject) {
+    let store = s.store.as_ref();
+    put(store, vec![("f/s", envelope("l1", "k"))]).await;
+    let brief = store
+        .lease(
+            "f/s",
+            Duration::from_millis(300),
+            Duration::from_millis(100),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let done = outcome(&brief.envelope, OutcomeKind::Consumed);
+    let refused = store
+        .complete(brief, Completion::Finish(Box::new(done)), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, CompleteError::Stale { .. }), "{refused}");
+    assert!(
+        store.outcome(&"l1".into()).await.unwrap().is_none(),
+        "nothing of the late completion was written"
+    );
+}
