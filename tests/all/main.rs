@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod chain;
+mod cluster;
 mod connectors;
 mod crash;
 mod delivery;

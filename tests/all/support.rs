@@ -14,6 +14,28 @@ pub const SETTLE: Duration = Duration::from_secs(60);
 /// A temporary directory holding the first-party plugins, the fixtures and a config.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    /// The `[store]` section every config of this workspace gets (see [`Store`]).
+    store: Option<String>,
+}
+
+/// The store the behaviour tests run on: redb by default; with `TENON_TEST_STORE=nats`
+/// every workspace's config keeps its state in the suite's nats-server instead (under
+/// a prefix of its own), so the same list of tests checks both stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    Redb,
+    Nats,
+}
+
+impl Store {
+    /// The store this run uses; an unknown value is a mistake, not a default.
+    pub fn current() -> Store {
+        match std::env::var("TENON_TEST_STORE").as_deref() {
+            Err(_) | Ok("") | Ok("redb") => Store::Redb,
+            Ok("nats") => Store::Nats,
+            Ok(other) => panic!("TENON_TEST_STORE={other}: use `redb` or `nats`"),
+        }
+    }
 }
 
 impl Workspace {
@@ -29,7 +51,13 @@ impl Workspace {
             let file = Path::new(component).file_name().unwrap();
             std::fs::copy(component, target.join(file)).unwrap();
         }
-        Workspace { dir }
+        let store = match Store::current() {
+            Store::Redb => None,
+            Store::Nats => {
+                Some(crate::store::shared_nats().store_section(&crate::store::fresh_prefix(), 1))
+            }
+        };
+        Workspace { dir, store }
     }
 
     pub fn path(&self) -> &Path {
@@ -40,11 +68,21 @@ impl Workspace {
         self.path().join("data")
     }
 
-    /// Write `tenon.toml` and return its path.
+    /// Write `tenon.toml` (with this run's `[store]`, unless `text` names one) and
+    /// return its path.
     pub fn write_config(&self, text: &str) -> PathBuf {
         let path = self.path().join("tenon.toml");
-        std::fs::write(&path, text).unwrap();
+        std::fs::write(&path, self.config_text(text)).unwrap();
         path
+    }
+
+    /// The config file `write_config(text)` writes: `text`, then this run's `[store]`
+    /// (so the lines of `text` keep their numbers in error messages).
+    pub fn config_text(&self, text: &str) -> String {
+        match &self.store {
+            Some(store) if !text.contains("[store]") => format!("{text}\n{store}"),
+            _ => text.to_owned(),
+        }
     }
 }
 
@@ -161,7 +199,7 @@ impl Tenon {
     /// include `flow`); panics with the reason if it refused it.
     pub async fn reconfigure(&self, ws: &Workspace, text: &str, flow: &str) {
         ws.write_config(text);
-        let digest = tenon::model::digest(text.as_bytes());
+        let digest = tenon::model::digest(ws.config_text(text).as_bytes());
         let deadline = Instant::now() + SETTLE;
         loop {
             let plugins = self.get("/v1/plugins").await.json().unwrap();

@@ -366,8 +366,11 @@ async fn flows_are_added_rerouted_and_bad_configs_refused_without_a_restart() {
 
     // Re-route `stamped` (no stamp step any more) and add a flow, in one config edit.
     let config = std::fs::read_to_string(ws.path().join("tenon.toml")).unwrap();
-    let rerouted = config.replace("steps = [\"stamp\"]\n", "")
-        + "[plugins.cpq-2]\npath = \"plugins/cpq-source\"\n[flows.direct]\nsource = \"cpq-2\"\nsink = \"erp-sink\"\n";
+    let rerouted = config.replace("steps = [\"stamp\"]\n", "").replacen(
+        "sink = \"erp-sink\"\n",
+        "sink = \"erp-sink\"\n[plugins.cpq-2]\npath = \"plugins/cpq-source\"\n[flows.direct]\nsource = \"cpq-2\"\nsink = \"erp-sink\"\n",
+        1,
+    );
     ws.write_config(&rerouted);
     let deadline = Instant::now() + Duration::from_secs(30);
     let added = loop {

