@@ -158,6 +158,34 @@ pub async fn status(admin: &Admin) -> anyhow::Result<ExitCode> {
             refused.reason
         );
     }
+    println!();
+    for node in &status.nodes {
+        // A node running another version than this one shows it.
+        let differs: Vec<String> = node
+            .plugins
+            .iter()
+            .filter(|(name, digest)| {
+                status
+                    .plugins
+                    .iter()
+                    .any(|p| &p.name == *name && &p.digest != *digest)
+            })
+            .map(|(name, digest)| format!("{name}={digest}"))
+            .collect();
+        println!(
+            "node {:<24} ingest {:<21} admin {:<21} up since {}  seen {}{}",
+            node.name,
+            node.ingest,
+            node.admin,
+            time(node.started_ms, SecondsFormat::Secs),
+            time(node.seen_ms, SecondsFormat::Secs),
+            if differs.is_empty() {
+                String::new()
+            } else {
+                format!("  runs other versions: {}", differs.join(", "))
+            },
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

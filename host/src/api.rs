@@ -43,6 +43,10 @@ pub struct Plugins {
     pub plugins: Vec<LiveStatus>,
     /// The live config.
     pub config: ConfigStatus,
+    /// The nodes of the deployment (this one alone on a store of one node), with what
+    /// each runs.
+    #[serde(default)]
+    pub nodes: Vec<crate::model::NodeStatus>,
 }
 
 /// The live config, in [`Plugins`].

@@ -154,6 +154,10 @@ pub struct ServerConfig {
     /// candidate outside them (after resolving symlinks) is refused.
     #[serde(default)]
     pub plugin_roots: Vec<PathBuf>,
+    /// This node's name among the nodes of a shared store, e.g. `"eu-1"`; default:
+    /// the host's name and the process id.
+    #[serde(default)]
+    pub node: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -166,6 +170,7 @@ impl Default for ServerConfig {
             sweep_interval_secs: default_sweep_interval(),
             admin_listen: default_admin_listen(),
             plugin_roots: Vec::new(),
+            node: None,
         }
     }
 }
@@ -590,6 +595,11 @@ impl Config {
     /// The sha256 of the config file's text, as `sha256:<hex>`: which config is live.
     pub fn digest(&self) -> String {
         crate::model::digest(self.text.as_bytes())
+    }
+
+    /// The file's text, as loaded.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// A plugin entry's directory, resolved against the config file's directory.

@@ -83,6 +83,9 @@ impl Server {
             runtime.clone(),
             signal.clone(),
         )?);
+        // On a shared store: announce this node, keep in step with the deployment.
+        runtime.set_listeners(addr, admin_addr);
+        tasks.spawn(runtime.clone().follow(signal.clone()));
         tasks.spawn(crate::http::serve(
             state.clone(),
             ingest,

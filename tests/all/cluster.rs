@@ -134,3 +134,107 @@ async fn two_nodes_share_the_work_and_lose_nothing_when_a_node_and_a_server_die(
     assert!(doubled.is_empty(), "delivered twice: {doubled:?}");
     drop(a);
 }
+
+/// The status document of a node.
+async fn status(node: &Tenon) -> serde_json::Value {
+    node.get("/v1/plugins").await.json().unwrap()
+}
+
+/// Wait until `done` holds for a node's status.
+async fn until(node: &Tenon, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = status(node).await;
+        if done(&status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn stamp_digest(status: &serde_json::Value) -> String {
+    status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "stamp")
+        .map(|p| p["digest"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_goes_live_on_one_node_goes_live_on_every_node() {
+    use crate::swap::{Version, stamping};
+    let cluster = NatsCluster::start(1).expect("start nats-server");
+    let erp = MockErp::start().await.unwrap();
+    let (ws_a, ws_b) = (Workspace::new(), Workspace::new());
+    let dir_a = stamping(&ws_a, &erp.orders_url());
+    stamping(&ws_b, &erp.orders_url());
+    for ws in [&ws_a, &ws_b] {
+        let path = ws.path().join("tenon.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let text = match text.find("\n[store]") {
+            Some(at) => text[..at].to_owned(),
+            None => text,
+        };
+        std::fs::write(&path, text + &cluster.store_section("deploy", 1)).unwrap();
+    }
+    let a = Tenon::start(&ws_a);
+    let b = Tenon::start(&ws_b);
+
+    // Both nodes announce themselves; each sees the other.
+    for node in [&a, &b] {
+        until(node, "both nodes listed", |s| {
+            s["nodes"].as_array().is_some_and(|n| n.len() == 2)
+        })
+        .await;
+    }
+    let (ok, out, _) = a.cli(&["status"]);
+    assert!(ok);
+    assert_eq!(
+        out.matches("\nnode ").count() + usize::from(out.starts_with("node ")),
+        2,
+        "{out}"
+    );
+
+    // A version deployed on node A goes live on node B...
+    let v2 = Version::of(&ws_a, "B");
+    v2.install(&dir_a);
+    until(&a, "live on A", |s| stamp_digest(s) == v2.digest()).await;
+    until(&b, "live on B", |s| stamp_digest(s) == v2.digest()).await;
+    // ...and a quote that node B takes runs on it.
+    let id = b
+        .send_quote(&sample("plain.json").replace("Q-00101", "Q-D1"))
+        .await
+        .remove(0);
+    b.settled(&id).await;
+    let order = erp
+        .received()
+        .into_iter()
+        .find(|r| r.body["number"] == "Q-D1")
+        .expect("delivered");
+    assert_eq!(order.body["stamp"], "B", "{:#}", order.body);
+
+    // A config edited on node A becomes node B's.
+    let path = ws_a.path().join("tenon.toml");
+    let edited = std::fs::read_to_string(&path).unwrap().replace(
+        "[flows.stamped]",
+        "[plugins.cpq-2]\npath = \"plugins/cpq-source\"\n[flows.direct]\nsource = \"cpq-2\"\nsink = \"erp-sink\"\n[flows.stamped]",
+    );
+    std::fs::write(&path, &edited).unwrap();
+    let digest = tenon::model::digest(edited.as_bytes());
+    until(&a, "config live on A", |s| {
+        s["config"]["digest"] == digest.as_str()
+    })
+    .await;
+    until(&b, "config live on B", |s| {
+        s["config"]["digest"] == digest.as_str()
+            && s["config"]["flows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "direct")
+    })
+    .await;
+}

@@ -11,13 +11,13 @@ use tenon_cli::client;
 use tenon_testkit::mock_erp::MockErp;
 
 /// A version of the stamping fixture: its manifest version and component bytes.
-struct Version {
+pub(crate) struct Version {
     number: &'static str,
     wasm: Vec<u8>,
 }
 
 impl Version {
-    fn of(ws: &Workspace, letter: &'static str) -> Version {
+    pub(crate) fn of(ws: &Workspace, letter: &'static str) -> Version {
         let lower = letter.to_ascii_lowercase();
         let wasm = std::fs::read(
             ws.path()
@@ -33,12 +33,12 @@ impl Version {
         bound_manifest(self.number, &self.wasm)
     }
 
-    fn digest(&self) -> String {
+    pub(crate) fn digest(&self) -> String {
         tenon::sandbox::plugin::version_digest(self.manifest().as_bytes(), &self.wasm)
     }
 
     /// Install this version as the live files of `dir`: the component, then the manifest.
-    fn install(&self, dir: &Path) {
+    pub(crate) fn install(&self, dir: &Path) {
         std::fs::write(dir.join("stamp.wasm"), &self.wasm).unwrap();
         std::fs::write(dir.join("plugin.toml"), self.manifest()).unwrap();
     }
@@ -51,7 +51,7 @@ fn manifest(version: &str) -> String {
 }
 
 /// A flow `cpq-source -> stamp -> erp-sink`, with the stamp plugin's live directory.
-fn stamping(ws: &Workspace, erp_url: &str) -> PathBuf {
+pub(crate) fn stamping(ws: &Workspace, erp_url: &str) -> PathBuf {
     let dir = ws.path().join("plugins/stamp");
     std::fs::create_dir_all(&dir).unwrap();
     Version::of(ws, "A").install(&dir);

@@ -161,6 +161,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
         }
         (&Method::GET, ["v1", "plugins"]) => {
             let config = runtime.config();
+            let nodes = runtime.nodes().await?;
             Ok(json(
                 StatusCode::OK,
                 &api::Plugins {
@@ -171,6 +172,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                         refused: runtime.config_refused(),
                         flows: runtime.flows().into_iter().map(|f| f.name).collect(),
                     },
+                    nodes,
                 },
             ))
         }

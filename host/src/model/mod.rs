@@ -271,3 +271,33 @@ impl EventBody {
         }
     }
 }
+
+/// A Tenon node of a deployment, as it last announced itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Its name (`[server] node`, by default host name and process id).
+    pub name: String,
+    /// Where it takes partner traffic.
+    pub ingest: String,
+    /// Where its admin API listens.
+    pub admin: String,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: u64,
+    /// When it last announced itself.
+    pub seen_ms: u64,
+    /// The digest of the config it runs.
+    pub config: String,
+    /// The live version of each plugin instance it runs, by name.
+    pub plugins: std::collections::BTreeMap<String, String>,
+}
+
+/// What one version of a plugin instance is made of: the files to load it from
+/// anywhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionFiles {
+    /// `plugin.toml`, as loaded.
+    pub manifest: String,
+    /// The component.
+    #[serde(with = "serde_bytes")]
+    pub component: Vec<u8>,
+}

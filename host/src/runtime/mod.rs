@@ -10,6 +10,7 @@
 //! the plugins do.
 
 pub mod canary;
+pub mod cluster;
 pub mod flows;
 pub mod ingest;
 pub mod lifecycle;
@@ -57,6 +58,10 @@ pub struct Runtime {
     config: RwLock<Arc<Config>>,
     /// The last config file refused by a reload, if any since the live one.
     config_refused: Mutex<Option<Refusal>>,
+    /// When this node started (ms since the Unix epoch).
+    started_ms: u64,
+    /// Where this node listens (ingestion, admin API), once the server is up.
+    listeners: std::sync::OnceLock<(std::net::SocketAddr, std::net::SocketAddr)>,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -179,6 +184,8 @@ impl Runtime {
         Ok(Runtime {
             guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),
+            started_ms: crate::model::now_ms(),
+            listeners: std::sync::OnceLock::new(),
             store,
             node,
             engine,

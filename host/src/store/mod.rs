@@ -25,7 +25,8 @@ pub mod redb;
 pub use node::{Approved, NodeDb};
 
 use crate::model::{
-    DeadLetter, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId, Outcome,
+    DeadLetter, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId, NodeStatus,
+    Outcome, VersionFiles,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -127,7 +128,49 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// False once the store has failed in a way only a restart repairs (everything
     /// acknowledged is durable, so a restart loses nothing).
     fn healthy(&self) -> bool;
+
+    /// What the nodes of a deployment share beside messages, when the store is shared
+    /// by several nodes (the NATS store); `None` for a store of one node.
+    fn shared(&self) -> Option<&dyn Shared> {
+        None
+    }
 }
+
+/// What the nodes sharing one store share beside messages: who is up, which version
+/// of each plugin instance is live, which config runs. What goes live on one node
+/// goes live on all, each at its own message boundary.
+#[async_trait::async_trait]
+pub trait Shared: Send + Sync {
+    /// Announce this node; an announcement not renewed within [`NODE_TTL`] lapses.
+    async fn announce(&self, node: &NodeStatus) -> Result<(), StoreError>;
+
+    /// The nodes that announced themselves within [`NODE_TTL`].
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError>;
+
+    /// Make `digest` the deployment's live version of plugin instance `name`, its
+    /// files kept under its digest for the other nodes to load.
+    async fn publish_version(
+        &self,
+        name: &str,
+        digest: &str,
+        files: &VersionFiles,
+    ) -> Result<(), StoreError>;
+
+    /// The deployment's live version of each plugin instance, by name.
+    async fn live_versions(&self) -> Result<BTreeMap<String, String>, StoreError>;
+
+    /// The files of a published version.
+    async fn version_files(&self, digest: &str) -> Result<Option<VersionFiles>, StoreError>;
+
+    /// Make `text` the deployment's config.
+    async fn publish_config(&self, text: &str) -> Result<(), StoreError>;
+
+    /// The deployment's config, if one was published.
+    async fn config(&self) -> Result<Option<String>, StoreError>;
+}
+
+/// How long a node's announcement lasts unless renewed.
+pub const NODE_TTL: Duration = Duration::from_secs(15);
 
 /// What an [`Store::enqueue`] came to.
 #[derive(Debug, Clone, PartialEq, Eq)]

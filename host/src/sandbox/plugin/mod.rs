@@ -108,6 +108,15 @@ impl Plugin {
         &self.component_digest
     }
 
+    /// This version's files (manifest and component), as loaded: what loads it
+    /// anywhere else.
+    pub fn files(&self) -> crate::model::VersionFiles {
+        crate::model::VersionFiles {
+            manifest: self.files.manifest.clone(),
+            component: self.files.wasm.clone(),
+        }
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest

@@ -35,13 +35,13 @@ mod names;
 
 use crate::model::{
     DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, MessageId,
-    Outcome, OutcomeKind, now_ms, queue_name,
+    NodeStatus, Outcome, OutcomeKind, VersionFiles, now_ms, queue_name,
 };
 use crate::store::{
-    CompleteError, Completion, Enqueued, KvWrites, Lease, Store, StoreError, Ticket, kv_entry_size,
-    over_quota,
+    CompleteError, Completion, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store, StoreError,
+    Ticket, kv_entry_size, over_quota,
 };
-use async_nats::jetstream::{self, AckKind, consumer, kv, stream};
+use async_nats::jetstream::{self, AckKind, consumer, kv, object_store, stream};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use names::{Names, escape, kv_key, unescape};
@@ -114,6 +114,13 @@ struct Buckets {
     retry: kv::Store,
     kv: kv::Store,
     kv_usage: kv::Store,
+    /// The nodes' announcements, each lapsing after [`NODE_TTL`].
+    nodes: kv::Store,
+    /// The deployment's live version of each plugin instance (`live.<name>`) and its
+    /// config (`config`).
+    deploy: kv::Store,
+    /// The files of every published version, by digest.
+    versions: object_store::ObjectStore,
 }
 
 /// What the store keeps about an ingress idempotency key.
@@ -277,6 +284,17 @@ impl NatsStore {
             retry: bucket("retry", options.retention).await?,
             kv: bucket("kv", Duration::ZERO).await?,
             kv_usage: bucket("kvusage", Duration::ZERO).await?,
+            nodes: bucket("nodes", NODE_TTL).await?,
+            deploy: bucket("deploy", Duration::ZERO).await?,
+            versions: js
+                .create_object_store(object_store::Config {
+                    bucket: names.bucket("versions"),
+                    num_replicas: options.replicas,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats("cannot create the versions store"))?,
         };
         Ok(NatsStore {
             client,
@@ -408,12 +426,13 @@ impl NatsStore {
         }
     }
 
-    /// Every live entry of a bucket whose key starts with `prefix.` (or every entry).
+    /// Every live entry of a bucket whose key starts with `prefix.` (or every entry),
+    /// with its key.
     async fn entries(
         &self,
         bucket: &kv::Store,
         prefix: Option<&str>,
-    ) -> Result<Vec<(u64, Bytes)>, StoreError> {
+    ) -> Result<Vec<(String, Bytes)>, StoreError> {
         let stream = &bucket.stream;
         let subject = match prefix {
             Some(prefix) => format!("$KV.{}.{prefix}.>", bucket.name),
@@ -428,7 +447,12 @@ impl NatsStore {
                 .get("KV-Operation")
                 .is_some_and(|op| op.as_str() != "PUT");
             if !deleted {
-                out.push((message.sequence, message.payload));
+                let key = message
+                    .subject
+                    .strip_prefix(&format!("$KV.{}.", bucket.name))
+                    .unwrap_or_default()
+                    .to_owned();
+                out.push((key, message.payload));
             }
         }
         Ok(out)
@@ -1117,5 +1141,106 @@ impl Store for NatsStore {
 
     fn healthy(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    fn shared(&self) -> Option<&dyn Shared> {
+        Some(self)
+    }
+}
+
+/// The key of a plugin instance's live version in the deploy bucket.
+fn live_key(name: &str) -> String {
+    format!("live.{}", escape(name))
+}
+
+#[async_trait::async_trait]
+impl Shared for NatsStore {
+    async fn announce(&self, node: &NodeStatus) -> Result<(), StoreError> {
+        self.buckets
+            .nodes
+            .put(escape(&node.name), encode(node)?)
+            .await
+            .map(drop)
+            .map_err(nats("cannot announce this node"))
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeStatus>, StoreError> {
+        let mut nodes = Vec::new();
+        for (_, bytes) in self.entries(&self.buckets.nodes, None).await? {
+            nodes.push(decode::<NodeStatus>(&bytes)?);
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(nodes)
+    }
+
+    async fn publish_version(
+        &self,
+        name: &str,
+        digest: &str,
+        files: &VersionFiles,
+    ) -> Result<(), StoreError> {
+        let object = escape(digest);
+        let stored = match self.buckets.versions.info(&object).await {
+            Ok(info) => !info.deleted,
+            Err(_) => false,
+        };
+        if !stored {
+            let bytes = encode(files)?;
+            self.buckets
+                .versions
+                .put(object.as_str(), &mut bytes.as_ref())
+                .await
+                .map_err(nats("cannot store a plugin version"))?;
+        }
+        self.buckets
+            .deploy
+            .put(live_key(name), Bytes::from(digest.to_owned()))
+            .await
+            .map(drop)
+            .map_err(nats("cannot publish a live version"))
+    }
+
+    async fn live_versions(&self) -> Result<BTreeMap<String, String>, StoreError> {
+        let mut live = BTreeMap::new();
+        for (key, bytes) in self.entries(&self.buckets.deploy, Some("live")).await? {
+            if let Some(name) = key.strip_prefix("live.").and_then(unescape) {
+                live.insert(name, String::from_utf8_lossy(&bytes).into_owned());
+            }
+        }
+        Ok(live)
+    }
+
+    async fn version_files(&self, digest: &str) -> Result<Option<VersionFiles>, StoreError> {
+        use tokio::io::AsyncReadExt as _;
+        let mut object = match self.buckets.versions.get(escape(digest)).await {
+            Ok(object) => object,
+            Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(failed("cannot read a plugin version")(&error)),
+        };
+        let mut bytes = Vec::new();
+        object
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(nats("cannot read a plugin version"))?;
+        decode(&bytes).map(Some)
+    }
+
+    async fn publish_config(&self, text: &str) -> Result<(), StoreError> {
+        self.buckets
+            .deploy
+            .put("config", Bytes::from(text.to_owned()))
+            .await
+            .map(drop)
+            .map_err(nats("cannot publish the config"))
+    }
+
+    async fn config(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .buckets
+            .deploy
+            .get("config")
+            .await
+            .map_err(nats("cannot read the config"))?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 }
