@@ -49,7 +49,13 @@ fn start(dir: &Path, config: &str) -> anyhow::Result<Node> {
     tenon_cli::artifacts::extract_first_party(&dir.join("plugins"))?;
     std::fs::write(dir.join("tenon.toml"), config)?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
-        .args(["run", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--log", "warn", "--config"])
         .arg(dir.join("tenon.toml"))
         .arg("--data-dir")

@@ -165,12 +165,12 @@ fn stamp_digest(status: &serde_json::Value) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn what_goes_live_on_one_node_goes_live_on_every_node() {
-    use crate::swap::{Version, stamping};
+    use crate::swap::{Version, bound_manifest, stamping};
     let cluster = NatsCluster::start(1).expect("start nats-server");
     let erp = MockErp::start().await.unwrap();
     let (ws_a, ws_b) = (Workspace::new(), Workspace::new());
     let dir_a = stamping(&ws_a, &erp.orders_url());
-    stamping(&ws_b, &erp.orders_url());
+    let dir_b = stamping(&ws_b, &erp.orders_url());
     for ws in [&ws_a, &ws_b] {
         let path = ws.path().join("tenon.toml");
         let text = std::fs::read_to_string(&path).unwrap();
@@ -237,4 +237,23 @@ async fn what_goes_live_on_one_node_goes_live_on_every_node() {
                 .any(|f| f == "direct")
     })
     .await;
+
+    // A node that was down while the deployment moved on takes the deployment's
+    // version, not the older one its files hold...
+    b.kill();
+    Version::of(&ws_b, "A").install(&dir_b);
+    let b = Tenon::start(&ws_b);
+    until(&b, "B back on the deployment's version", |s| {
+        stamp_digest(s) == v2.digest()
+    })
+    .await;
+    // ...and a version deployed on a node while it was down (never seen by the
+    // deployment) is the deployment's once the node is back.
+    a.kill();
+    let v3 = bound_manifest("3.0.0", &v2.wasm);
+    std::fs::write(dir_a.join("plugin.toml"), &v3).unwrap();
+    let v3 = tenon::sandbox::plugin::version_digest(v3.as_bytes(), &v2.wasm);
+    let a = Tenon::start(&ws_a);
+    until(&a, "3.0.0 live on A", |s| stamp_digest(s) == v3).await;
+    until(&b, "3.0.0 live on B", |s| stamp_digest(s) == v3).await;
 }

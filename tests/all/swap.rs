@@ -13,7 +13,7 @@ use tenon_testkit::mock_erp::MockErp;
 /// A version of the stamping fixture: its manifest version and component bytes.
 pub(crate) struct Version {
     number: &'static str,
-    wasm: Vec<u8>,
+    pub(crate) wasm: Vec<u8>,
 }
 
 impl Version {
@@ -449,7 +449,7 @@ async fn flows_are_added_rerouted_and_bad_configs_refused_without_a_restart() {
 }
 
 /// A manifest that names its component's digest.
-fn bound_manifest(version: &str, wasm: &[u8]) -> String {
+pub(crate) fn bound_manifest(version: &str, wasm: &[u8]) -> String {
     format!(
         "{}component_digest = \"{}\"\n",
         manifest(version),
@@ -661,7 +661,11 @@ async fn a_manifest_change_is_a_version_and_wider_grants_wait_for_approval() {
         "{err}"
     );
     let (ok, out, err) = tenon.cli(&["plugin", "approve", "stamp", "--digest", &wide_digest]);
-    assert!(ok, "{err}");
+    assert!(
+        ok,
+        "{err} LOG {}",
+        std::fs::read_to_string(ws.path().join("tenon.log")).unwrap()
+    );
     assert_eq!(
         out.trim(),
         format!("stamp: {patched} -> {wide_digest} live")

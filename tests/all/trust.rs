@@ -443,11 +443,8 @@ async fn plugins_never_reach_the_hosts_listeners_and_exemptions_are_exact() {
             "sandbox denied: http `http://[64:ff9b::7f00:1]:{erp_port} (64:ff9b::7f00:1)`: `64:ff9b::7f00:1` resolves to 64:ff9b::7f00:1, a NAT64 address, which no grant names on http port {erp_port}"
         )
     );
-    assert!(
-        dead_letter_of(&tenon, "azure-wire")
-            .await
-            .contains("a cloud metadata address"),
-    );
+    let azure = dead_letter_of(&tenon, "azure-wire").await;
+    assert!(azure.contains("a cloud metadata address"), "{azure}");
     // What a sink sends is capped too.
     let big = dead_letter_of(&tenon, "big-request").await;
     assert!(

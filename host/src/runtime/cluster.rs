@@ -1,14 +1,20 @@
 //! Several nodes on one shared store (the NATS store): each announces itself, and
 //! what goes live on one node goes live on every node.
 //!
-//! Every [`FOLLOW_EVERY`] a node compares three things for its config and for each
-//! plugin instance: what it runs, what it ran at the last look, and what the
-//! deployment says is live ([`crate::store::Shared`]). A change made on this node
-//! since the last look (a hot deploy, a promotion, a rollback, an approval, a config
-//! edit) is published; otherwise a deployment version that differs from the one
-//! running here is loaded (from the files kept under its digest) and swapped in,
-//! at this node's own message boundary, as any swap. A node that joins takes the
-//! deployment's versions; the first node seeds them.
+//! Every [`FOLLOW_EVERY`], and at once when something changes here, a node compares
+//! three things for its config and for each plugin instance: what it runs, what it
+//! ran at the last look, and what the deployment says is live
+//! ([`crate::store::Shared`]). A change made on this node since the last look (a hot
+//! deploy, a promotion, a rollback, an approval, a config edit) is published;
+//! otherwise a deployment version that differs from the one running here is loaded
+//! (from the files kept under its digest) and swapped in, at this node's own message
+//! boundary, as any swap.
+//!
+//! At start, what a node loaded from its own files counts as a change made here if
+//! the deployment never saw that digest (it was deployed while the node was down, or
+//! the node died before it published it); if the deployment saw it and moved on, the
+//! node is out of date and takes the deployment's. So a node that joins takes the
+//! deployment's versions, the first node seeds them, and a restart loses nothing.
 //!
 //! Trust: whoever may write the deployment's buckets deploys to every node. NATS
 //! credentials for a Tenon deployment are admin credentials.
@@ -93,20 +99,47 @@ impl Runtime {
         if self.store.shared().is_none() {
             return;
         }
-        let mut seen = Seen {
-            config: self.config().digest(),
-            plugins: self.live_digests(),
-            refused: BTreeSet::new(),
-        };
+        let mut seen = None;
         loop {
-            if let Err(error) = self.follow_once(&mut seen).await {
+            let looked = match &mut seen {
+                Some(seen) => self.follow_once(seen).await,
+                None => match self.seen_at_start().await {
+                    Ok(first) => self.follow_once(seen.insert(first)).await,
+                    Err(error) => Err(error),
+                },
+            };
+            if let Err(error) = looked {
                 tracing::warn!(%error, "cannot keep in step with the deployment");
             }
             tokio::select! {
                 _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                _ = self.changed_here.notified() => {}
                 _ = shutdown.changed() => break,
             }
         }
+    }
+
+    /// What counts as seen at start: what this node runs, except digests the
+    /// deployment never saw, which are changes to publish (see the module docs).
+    async fn seen_at_start(&self) -> Result<Seen, StoreError> {
+        let Some(shared) = self.store.shared() else {
+            return Ok(Seen::default());
+        };
+        let ours = self.config().digest();
+        let mut seen = Seen {
+            config: if shared.known(&ours).await? {
+                ours
+            } else {
+                String::new()
+            },
+            ..Seen::default()
+        };
+        for (name, digest) in self.live_digests() {
+            if shared.known(&digest).await? {
+                seen.plugins.insert(name, digest);
+            }
+        }
+        Ok(seen)
     }
 
     fn live_digests(&self) -> BTreeMap<String, String> {

@@ -220,6 +220,7 @@ impl Runtime {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner) = None;
                 self.ensure_workers(&[]);
+                self.changed_here.notify_one();
                 tracing::info!(config = %path.display(), "config reloaded");
                 Ok(())
             }
@@ -271,6 +272,7 @@ impl Runtime {
     pub fn approve(&self, name: &str, digest: &str, key: &str) -> Result<Reload, LifecycleError> {
         let (reload, plugin) = self.plugins.approve(name, digest)?;
         self.record_approved(name, &approved_of(&plugin));
+        self.changed_here.notify_one();
         self.node.audit().record(crate::store::audit::AuditRecord {
             seq: 0,
             at_ms: now_ms(),
@@ -333,6 +335,7 @@ impl Runtime {
                 if let Some(record) = &record {
                     self.record_approved(name, record);
                 }
+                self.changed_here.notify_one();
                 tracing::info!(plugin = name, %from, %to, "new plugin version live")
             }
             Ok(Reload::Held { digest, widening }) => self.held(name, digest, widening),

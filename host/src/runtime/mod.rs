@@ -62,6 +62,9 @@ pub struct Runtime {
     started_ms: u64,
     /// Where this node listens (ingestion, admin API), once the server is up.
     listeners: std::sync::OnceLock<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// Woken when a plugin version or the config changes on this node, for the
+    /// deployment to hear of it at once (see [`cluster`]).
+    changed_here: tokio::sync::Notify,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -186,6 +189,7 @@ impl Runtime {
             config_refused: Mutex::default(),
             started_ms: crate::model::now_ms(),
             listeners: std::sync::OnceLock::new(),
+            changed_here: tokio::sync::Notify::new(),
             store,
             node,
             engine,

@@ -167,6 +167,11 @@ pub trait Shared: Send + Sync {
 
     /// The deployment's config, if one was published.
     async fn config(&self) -> Result<Option<String>, StoreError>;
+
+    /// Whether a plugin version or a config with this digest was ever published: a
+    /// node that starts with one the deployment never saw brings a change made while
+    /// it was down; one it saw and moved past is out of date.
+    async fn known(&self, digest: &str) -> Result<bool, StoreError>;
 }
 
 /// How long a node's announcement lasts unless renewed.

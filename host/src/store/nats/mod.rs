@@ -116,8 +116,8 @@ struct Buckets {
     kv_usage: kv::Store,
     /// The nodes' announcements, each lapsing after [`NODE_TTL`].
     nodes: kv::Store,
-    /// The deployment's live version of each plugin instance (`live.<name>`) and its
-    /// config (`config`).
+    /// The deployment's live version of each plugin instance (`live.<name>`), its
+    /// config (`config`), and a mark for every digest ever published (`known.<digest>`).
     deploy: kv::Store,
     /// The files of every published version, by digest.
     versions: object_store::ObjectStore,
@@ -424,6 +424,16 @@ impl NatsStore {
             }
             Err(error) => Err(failed("cannot read the stream")(&error)),
         }
+    }
+
+    /// Mark a version or config digest as published (see [`Shared::known`]).
+    async fn mark_known(&self, digest: &str) -> Result<(), StoreError> {
+        self.buckets
+            .deploy
+            .put(known_key(digest), Bytes::new())
+            .await
+            .map(drop)
+            .map_err(nats("cannot publish to the deployment"))
     }
 
     /// Every live entry of a bucket whose key starts with `prefix.` (or every entry),
@@ -1153,6 +1163,11 @@ fn live_key(name: &str) -> String {
     format!("live.{}", escape(name))
 }
 
+/// The key that marks a version or config digest as published once.
+fn known_key(digest: &str) -> String {
+    format!("known.{}", escape(digest))
+}
+
 #[async_trait::async_trait]
 impl Shared for NatsStore {
     async fn announce(&self, node: &NodeStatus) -> Result<(), StoreError> {
@@ -1192,6 +1207,7 @@ impl Shared for NatsStore {
                 .await
                 .map_err(nats("cannot store a plugin version"))?;
         }
+        self.mark_known(digest).await?;
         self.buckets
             .deploy
             .put(live_key(name), Bytes::from(digest.to_owned()))
@@ -1226,6 +1242,8 @@ impl Shared for NatsStore {
     }
 
     async fn publish_config(&self, text: &str) -> Result<(), StoreError> {
+        self.mark_known(&crate::model::digest(text.as_bytes()))
+            .await?;
         self.buckets
             .deploy
             .put("config", Bytes::from(text.to_owned()))
@@ -1242,5 +1260,15 @@ impl Shared for NatsStore {
             .await
             .map_err(nats("cannot read the config"))?
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    async fn known(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .buckets
+            .deploy
+            .get(known_key(digest))
+            .await
+            .map_err(nats("cannot read the deployment"))?
+            .is_some())
     }
 }
