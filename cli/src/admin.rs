@@ -463,3 +463,117 @@ async fn each<T: DeserializeOwned>(
     }
     Ok(code)
 }
+
+/// `tenon kpis`.
+pub async fn kpis(
+    admin: &Admin,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut query = Vec::new();
+    for (name, value) in [("from", from), ("to", to)] {
+        if let Some(value) = value {
+            query.push(format!("{name}={}", encode(&value)));
+        }
+    }
+    let path = match query.is_empty() {
+        true => "/v1/kpis".to_owned(),
+        false => format!("/v1/kpis?{}", query.join("&")),
+    };
+    let report: api::KpiReport = admin.get(&path).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "KPIs of the messages accepted from {} to {}",
+        time(report.from_ms, SecondsFormat::Secs),
+        time(report.to_ms, SecondsFormat::Secs)
+    );
+    let latency = |l: &api::Latency| match (l.p50_s, l.p95_s, l.p99_s) {
+        (Some(p50), Some(p95), Some(p99)) => {
+            format!(
+                "{} measured; p50 {p50:.3}s  p95 {p95:.3}s  p99 {p99:.3}s",
+                l.count
+            )
+        }
+        _ => "none in the window".to_owned(),
+    };
+    let rate = |r: &api::Rate, what: &str| match r.rate {
+        Some(rate) => format!("{:.1}% ({} {what} of {})", rate * 100.0, r.counted, r.total),
+        None => "none in the window".to_owned(),
+    };
+    println!(
+        "  quote-to-order latency     {}",
+        latency(&report.quote_to_order)
+    );
+    println!(
+        "  order rejection rate       {}",
+        rate(&report.order_rejection, "rejected")
+    );
+    for (rule, n) in &report.order_rejection.by_rule {
+        println!("      {n:>5}  {rule}");
+    }
+    println!(
+        "  invoice posting success    {}",
+        rate(&report.invoice_posting, "posted")
+    );
+    println!(
+        "  amendment propagation      {}",
+        latency(&report.amendment_propagation)
+    );
+    println!(
+        "  billing accuracy           not measured: {}",
+        report.billing_accuracy.why
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `tenon trace`.
+pub async fn trace(admin: &Admin, key: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let trace: api::BusinessTrace = admin.get(&format!("/v1/trace/{}", encode(key))).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{key}");
+    if !trace.linked.is_empty() {
+        println!("  linked: {}", trace.linked.join(", "));
+    }
+    for e in &trace.timeline {
+        println!(
+            "{}  +{:>6} ms  {:<16} {:<24} {:<20} {:<11} {}",
+            time(e.at_ms, SecondsFormat::Millis),
+            e.latency_ms,
+            e.flow,
+            e.kind,
+            e.key,
+            e.result,
+            e.detail
+        );
+        let hops: Vec<String> = e
+            .trail
+            .iter()
+            .map(|h| format!("{}@{} {}µs", h.plugin, h.version, h.micros))
+            .collect();
+        println!(
+            "      {}{}  trace {}",
+            hops.join(" -> "),
+            match e.retries {
+                0 => String::new(),
+                n => format!("  ({n} retries)"),
+            },
+            e.trace_id
+        );
+    }
+    for (id, flow, stage, attempts) in &trace.pending {
+        println!("  still queued: {id} in {flow} at stage {stage} ({attempts} failed attempts)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A query-string or path value, percent-encoded.
+fn encode(value: &str) -> String {
+    percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC).to_string()
+}

@@ -31,6 +31,11 @@ pub struct Cli {
     #[arg(long, global = true, env = "TENON_LOG")]
     pub log: Option<String>,
 
+    /// How logs are written (to stderr): `text` for people, `json` (one object a
+    /// line, with each message's `trace_id` and `span_id`) for a log pipeline.
+    #[arg(long, global = true, env = "TENON_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     /// A running server's admin API, for the commands that talk to it (`status`,
     /// `plugin`, `dlq`, `replay`, `audit`, `keys`).
     #[arg(
@@ -95,6 +100,31 @@ pub enum Command {
     /// Show the live version of every plugin of a running server: digest, since when,
     /// swaps, and the last version refused (with why).
     Status,
+    /// Print the business KPIs of a running server over a window of accepted messages:
+    /// quote-to-order latency, order rejection rate (by rule), invoice posting
+    /// success, amendment propagation delay, billing accuracy (not measured yet).
+    Kpis {
+        /// Start of the window: ms since the Unix epoch, an RFC 3339 time, or a span
+        /// back from now (`15m`, `24h`, `7d`). Default: 24 hours ago.
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the window (same forms). Default: now.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Follow a business key (a quote number, an order id, an ERP order number...)
+    /// through every flow: each message it led to, the plugin versions that handled
+    /// it, latencies, outcomes, ERP references, dead letters and retries.
+    Trace {
+        /// The key.
+        key: String,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-run the messages a flow accepted in a range of the event log, through the
     /// flow's current plugin versions (on a running server). Messages keep their ids,
     /// so sinks return recorded outcomes instead of delivering twice.
@@ -252,6 +282,15 @@ pub enum DlqAction {
     },
 }
 
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
 /// Parse the command line and run it.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -264,10 +303,17 @@ pub fn main() -> ExitCode {
         .clone()
         .or_else(|| std::env::var("RUST_LOG").ok())
         .unwrap_or_else(|| default_log.into());
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match cli.log_format {
+        LogFormat::Text => logs.try_init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -347,6 +393,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => admin::audit(&admin, plugin, decision, limit, json).await,
         Command::Plugin { action } => admin::plugin(&admin, action).await,
         Command::Status => admin::status(&admin).await,
+        Command::Kpis { from, to, json } => admin::kpis(&admin, from, to, json).await,
+        Command::Trace { key, json } => admin::trace(&admin, &key, json).await,
         Command::Replay { flow, from, to } => admin::replay(&admin, &flow, from, to).await,
         Command::Demo => {
             let ok = crate::demo::run(&cli.data_dir).await?;

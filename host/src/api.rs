@@ -7,6 +7,9 @@
 use crate::auth::{ApiKey, Scope};
 use crate::model::{Attempt, Hop, MessageId, Outcome};
 use crate::runtime::canary::CanaryResult;
+pub use crate::runtime::observe::{
+    BusinessTrace, KpiReport, Latency, NotMeasured, Rate, TimelineEntry,
+};
 use crate::runtime::{LiveStatus, Refusal};
 use crate::store::audit::AuditRecord;
 use serde::{Deserialize, Serialize};

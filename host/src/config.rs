@@ -110,6 +110,9 @@ pub struct Config {
     /// Where messages are kept.
     #[serde(default)]
     pub store: StoreConfig,
+    /// Where traces go.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
     /// Plugin instances by name.
     #[serde(default)]
     pub plugins: BTreeMap<String, PluginEntry>,
@@ -124,6 +127,38 @@ pub struct Config {
     pub path: PathBuf,
     #[serde(skip)]
     text: String,
+}
+
+/// `[telemetry]`: traces exported over OTLP/HTTP (protobuf) to a collector. Off
+/// (no `otlp_endpoint`) by default; trace context is carried and logged either way.
+///
+/// ```toml
+/// [telemetry]
+/// otlp_endpoint = "http://127.0.0.1:4318"   # spans are posted to <endpoint>/v1/traces
+/// service_name = "tenon"
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (plain `http://`, e.g. a local agent).
+    #[serde(default)]
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of this node's spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+        }
+    }
+}
+
+fn default_service_name() -> String {
+    "tenon".into()
 }
 
 /// `[server]`
@@ -459,6 +494,20 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let usable = endpoint
+                .parse::<http::Uri>()
+                .ok()
+                .filter(|u| u.scheme_str() == Some("http") && u.host().is_some());
+            if usable.is_none() {
+                return Err(self.error_at_key(
+                    "otlp_endpoint",
+                    format!(
+                        "field `telemetry.otlp_endpoint`: `{endpoint}` is not an http:// URL (the exporter speaks OTLP/HTTP without TLS: point it at a local collector or agent)"
+                    ),
+                ));
+            }
+        }
         if let Err(e) = self.server.listen.parse::<std::net::SocketAddr>() {
             return Err(self.error_at_key(
                 "listen",

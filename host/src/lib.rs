@@ -11,7 +11,8 @@
 //! | running flows | [`runtime`] (flows, ingestion, workers, plugin lifecycle, hot swap) |
 //! | the sandbox | [`sandbox`] (engine, plugins, capabilities, egress, inspection, redaction); [`auth`] (API keys) |
 //! | keeping state | [`store`] (the message store seam and its backends, this node's database, the audit log) |
-//! | foundations | [`model`] (messages, outcomes, events, ids); [`config`] (the flow config) |
+//! | telling | [`telemetry`] (trace context and spans, metrics, the business KPIs) |
+//! | foundations | [`model`] (messages, outcomes, events, ids) below [`config`] (the flow config) |
 //!
 //! `layers_hold` (a test in this file) fails the build of any `crate::` path that
 //! names a module of its own layer or one above.
@@ -25,13 +26,16 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 /// The layers, lowest first: a module may name (by a `crate::` path) only modules of
 /// the layers below its own.
 #[cfg(test)]
 const LAYERS: &[&[&str]] = &[
     &["model"],
-    &["store", "config"],
+    &["config"],
+    &["telemetry"],
+    &["store"],
     &["auth", "sandbox"],
     &["runtime"],
     &["api"],

@@ -34,6 +34,7 @@ pub struct Server {
     pub runtime: Arc<Runtime>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    telemetry: crate::telemetry::Telemetry,
 }
 
 impl Server {
@@ -52,6 +53,7 @@ impl Server {
                 .parse()
                 .context("server.admin_listen")?,
         };
+        let telemetry = crate::telemetry::Telemetry::start(&config.telemetry)?;
         let data_dir = data_dir.to_owned();
         let dir = data_dir.clone();
         // Loading compiles components (or loads them from the cache): not on the reactor.
@@ -101,6 +103,7 @@ impl Server {
             runtime,
             shutdown,
             tasks,
+            telemetry,
         })
     }
 
@@ -109,6 +112,9 @@ impl Server {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         self.runtime.stopped().await;
+        // The exporter's thread blocks while it sends what is buffered.
+        let telemetry = self.telemetry;
+        let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
         tracing::info!("tenon stopped");
     }
 }

@@ -1,12 +1,18 @@
 //! Stand-ins for the systems Tenon talks to, and the example's data: a mock ERP, a
 //! Stripe webhook signer, the sample quotes and the quote-to-cash config. Used by
 //! `tenon demo`, the end-to-end tests and the benchmarks.
+//! [`otlp::OtlpReceiver`] stands in for an OpenTelemetry collector, so tests can check
+//! the spans Tenon exports.
+//! [`prometheus::PrometheusServer`] is a real Prometheus scraping Tenon's `/metrics`.
 //!
 //! **Architecture invariant:** knows nothing of the host: it plays the other side of
 //! the wire.
 
+mod local;
 pub mod mock_erp;
 pub mod nats;
+pub mod otlp;
+pub mod prometheus;
 
 /// The quote-to-cash flow over the first-party plugins extracted under `plugins/`
 /// (as `tenon demo` and the tests extract them), its sink posting to `erp_url`;

@@ -5,16 +5,12 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use tenon_model::IDEMPOTENCY_HEADER;
-use tokio::net::TcpListener;
 
 /// One order the mock ERP received.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,6 +19,8 @@ pub struct Received {
     pub path: String,
     /// The `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
+    /// The W3C `traceparent` header.
+    pub traceparent: Option<String>,
     /// The order number it answered with.
     pub order_number: String,
     /// The JSON body.
@@ -69,24 +67,11 @@ impl MockErp {
 
     /// Start on a given address (port 0 for a free one).
     pub async fn start_on(addr: SocketAddr) -> std::io::Result<MockErp> {
-        let listener = TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
         let state = Arc::new(State::default());
-        let shared = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let state = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, req).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = crate::local::serve(addr, state.clone(), |state, req| async move {
+            handle(&state, req).await
+        })
+        .await?;
         Ok(MockErp { addr, state, task })
     }
 
@@ -143,6 +128,11 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         .get(IDEMPOTENCY_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let traceparent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
@@ -163,6 +153,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     log.received.push(Received {
         path,
         idempotency_key: key,
+        traceparent,
         order_number: order_number.clone(),
         body,
         duplicate,

@@ -6,8 +6,7 @@
 //! ports and directory; its servers are killed when it is dropped, and, should the
 //! test process die first, by a small watchdog that outlives it.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -16,29 +15,8 @@ use std::time::{Duration, Instant};
 pub fn server_binary() -> Result<PathBuf, String> {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BINARY
-        .get_or_init(|| {
-            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/nats/install.sh");
-            let out = Command::new("bash")
-                .arg(&script)
-                .stderr(Stdio::inherit())
-                .output()
-                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-            if !out.status.success() {
-                return Err(format!("{} failed", script.display()));
-            }
-            Ok(PathBuf::from(
-                String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-            ))
-        })
+        .get_or_init(|| crate::local::install("nats/install.sh"))
         .clone()
-}
-
-/// A free TCP port on 127.0.0.1 (the OS's choice; free when this returns).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
 }
 
 /// One server of a cluster.
@@ -67,8 +45,8 @@ impl NatsCluster {
         let nodes = (0..size)
             .map(|i| Node {
                 name: format!("n{i}"),
-                client_port: free_port(),
-                cluster_port: free_port(),
+                client_port: crate::local::free_port(),
+                cluster_port: crate::local::free_port(),
                 child: None,
             })
             .collect();
@@ -161,23 +139,12 @@ impl NatsCluster {
 
     /// Kill the servers once this process is gone, however it ends.
     fn watchdog(&self) {
-        let pids: Vec<String> = self
+        let pids: Vec<u32> = self
             .nodes
             .iter()
-            .filter_map(|n| n.child.as_ref().map(|c| c.id().to_string()))
+            .filter_map(|n| n.child.as_ref().map(Child::id))
             .collect();
-        let script = format!(
-            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; \
-             for p in {pids}; do grep -q nats-server /proc/$p/cmdline 2>/dev/null && kill -9 $p; done",
-            parent = std::process::id(),
-            pids = pids.join(" ")
-        );
-        let _ = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        crate::local::watchdog("nats-server", &pids);
     }
 }
 

@@ -8,7 +8,7 @@ use crate::support::{Tenon, Workspace, sample};
 use serde_json::{Value, json};
 use tenon_testkit::mock_erp::MockErp;
 
-fn config(erp: &str) -> String {
+pub(crate) fn config(erp: &str) -> String {
     format!(
         r#"
 [secrets]
@@ -109,7 +109,7 @@ fn outcomes(status: &Value) -> Vec<(String, String, String)> {
 }
 
 /// Wait until a message's lineage has `n` outcomes and nothing pending.
-async fn settled_with(tenon: &Tenon, id: &str, n: usize) -> Value {
+pub(crate) async fn settled_with(tenon: &Tenon, id: &str, n: usize) -> Value {
     tenon
         .wait_for(id, |s| {
             s["outcomes"].as_array().is_some_and(|o| o.len() >= n)
@@ -303,10 +303,14 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     assert_eq!(erp.received().len(), before, "nothing delivered twice");
 }
 
-const STRIPE_SECRET: &str = "whsec_chain_test";
+pub(crate) const STRIPE_SECRET: &str = "whsec_chain_test";
 
 /// POST a Stripe webhook signed with `secret`.
-async fn stripe_post(tenon: &Tenon, body: &str, secret: &str) -> tenon_cli::client::Response {
+pub(crate) async fn stripe_post(
+    tenon: &Tenon,
+    body: &str,
+    secret: &str,
+) -> tenon_cli::client::Response {
     let signature = tenon_testkit::stripe_signature(secret, body.as_bytes());
     tenon_cli::client::request(
         "POST",

@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod e2e;
 mod mapping;
+mod observability;
 mod plugins;
 mod restart;
 mod sandbox;

@@ -108,6 +108,11 @@ pub struct Tenon {
 impl Tenon {
     /// Start `tenon run` on a free port and wait until it listens.
     pub fn start(ws: &Workspace) -> Tenon {
+        Tenon::start_with_env(ws, &[])
+    }
+
+    /// [`Tenon::start`], with these environment variables.
+    pub fn start_with_env(ws: &Workspace, env: &[(&str, &str)]) -> Tenon {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -126,6 +131,7 @@ impl Tenon {
             .arg("--data-dir")
             .arg(ws.data_dir())
             .env("TENON_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

@@ -30,6 +30,9 @@ fn scope_of(method: &Method, segments: &[&str]) -> Option<Scope> {
             | ["v1", "plugins"]
             | ["v1", "audit"]
             | ["v1", "keys"]
+            | ["v1", "kpis"]
+            | ["v1", "trace", _]
+            | ["metrics"]
     );
     match (method, segments) {
         (&Method::GET, _) if read => Some(Scope::AdminRead),
@@ -224,6 +227,54 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                     done: (*action).to_owned(),
                 },
             ))
+        }
+        (&Method::GET, ["metrics"]) => {
+            let text = runtime.metrics_text().await?;
+            let mut reply =
+                hyper::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+            reply.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            Ok(reply)
+        }
+        (&Method::GET, ["v1", "kpis"]) => {
+            let now = crate::model::now_ms();
+            let bound = |name: &str, default: u64| -> Result<u64, Problem> {
+                match query_param(&req, name) {
+                    None => Ok(default),
+                    Some(text) => time_bound(&text).ok_or_else(|| {
+                        Problem::bad_request(format!(
+                                "`{name}={text}`: give ms since the Unix epoch, an RFC 3339 time, or a span back from now (`15m`, `24h`, `7d`)"
+                            ),
+                        )
+                    }),
+                }
+            };
+            let from = bound("from", now.saturating_sub(24 * 3_600_000))?;
+            let to = bound("to", now.saturating_add(1))?;
+            if from >= to {
+                return Err(Problem::bad_request(format!(
+                    "the window is empty: from {from} is not before to {to}"
+                )));
+            }
+            Ok(json(StatusCode::OK, &runtime.kpis(from, to).await?))
+        }
+        (&Method::GET, ["v1", "trace", key]) => {
+            let key = percent_encoding::percent_decode_str(key)
+                .decode_utf8_lossy()
+                .into_owned();
+            let trace = runtime.business_trace(&key).await?;
+            if trace.timeline.is_empty() && trace.pending.is_empty() {
+                return Err(Problem::not_found(
+                    "unknown-key",
+                    "Unknown business key",
+                    format!("no message kept has key or reference `{key}`"),
+                ));
+            }
+            Ok(json(StatusCode::OK, &trace))
         }
         (&Method::GET, ["v1", "messages", id]) => {
             let id = MessageId::from(*id);
@@ -486,4 +537,40 @@ fn body_as_json(message: &StoredMessage) -> serde_json::Value {
         .unwrap_or_else(|| {
             serde_json::json!({ "undecodable": message.content_type, "bytes": message.body.len() })
         })
+}
+
+/// A window bound: ms since the Unix epoch, an RFC 3339 time, or a span back from now
+/// (`90s`, `15m`, `24h`, `7d`).
+fn time_bound(text: &str) -> Option<u64> {
+    if let Ok(ms) = text.parse::<u64>() {
+        return Some(ms);
+    }
+    if let Ok(at) = tenon_model::chrono::DateTime::parse_from_rfc3339(text) {
+        return u64::try_from(at.timestamp_millis()).ok();
+    }
+    let unit = match text.chars().last()? {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        _ => return None,
+    };
+    let n: u64 = text[..text.len() - 1].parse().ok()?;
+    Some(crate::model::now_ms().saturating_sub(n.saturating_mul(unit)))
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::time_bound;
+
+    #[test]
+    fn bounds_are_epoch_ms_rfc3339_or_spans_back() {
+        assert_eq!(time_bound("1700000000000"), Some(1_700_000_000_000));
+        assert_eq!(time_bound("2026-12-02T00:00:00Z"), Some(1_796_169_600_000));
+        let back = time_bound("15m").unwrap();
+        let now = crate::model::now_ms();
+        assert!(now - back >= 900_000 && now - back < 960_000);
+        assert_eq!(time_bound("soon"), None);
+        assert_eq!(time_bound("m"), None);
+    }
 }

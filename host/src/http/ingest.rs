@@ -73,6 +73,11 @@ pub(super) async fn ingest(state: &State, source: &str, req: Request<Incoming>) 
             accepted: ingested.ids,
         },
     );
+    if !ingested.traceparent.is_empty()
+        && let Ok(traceparent) = HeaderValue::from_str(&ingested.traceparent)
+    {
+        reply.headers_mut().insert("traceparent", traceparent);
+    }
     if ingested.replayed {
         reply
             .headers_mut()

@@ -23,6 +23,13 @@ impl MessageId {
         MessageId(uuid::Uuid::now_v7().to_string())
     }
 
+    /// The smallest root id made at `ms` (ms since the Unix epoch): root ids sort
+    /// by the time they were made.
+    pub fn earliest_at(ms: u64) -> MessageId {
+        let uuid = uuid::Builder::from_unix_timestamp_millis(ms, &[0; 10]).into_uuid();
+        MessageId(uuid.to_string())
+    }
+
     /// The id of the `n`th output of the step that handles this message.
     pub fn child(&self, n: usize) -> MessageId {
         MessageId(format!("{}.{n}", self.0))

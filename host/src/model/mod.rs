@@ -118,6 +118,33 @@ pub struct Envelope {
     pub attempts: Vec<Attempt>,
     /// Not to be retried before this time (ms since the Unix epoch).
     pub not_before_ms: u64,
+    /// The kind of the message that entered at ingress (e.g. `ContractAmended` for a
+    /// schedule derived from an amendment).
+    #[serde(default)]
+    pub root_kind: String,
+    /// The trace it belongs to: the span that produced it.
+    #[serde(default)]
+    pub trace: Trace,
+}
+
+/// W3C trace context (`traceparent`, `tracestate`) carried with a message; empty
+/// when it has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    pub traceparent: String,
+    /// Vendor trace state, passed on as received.
+    pub tracestate: String,
+}
+
+impl Trace {
+    /// The trace id (32 hex digits), if there is one.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.traceparent
+            .split('-')
+            .nth(1)
+            .filter(|id| id.len() == 32)
+    }
 }
 
 impl Envelope {
@@ -131,6 +158,7 @@ impl Envelope {
     ) -> Envelope {
         Envelope {
             root: message.id.clone(),
+            root_kind: message.kind.clone(),
             message,
             flow: flow.to_owned(),
             route: route.to_vec(),
@@ -139,6 +167,7 @@ impl Envelope {
             trail: Vec::new(),
             attempts: Vec::new(),
             not_before_ms: 0,
+            trace: Trace::default(),
         }
     }
 }
@@ -166,6 +195,15 @@ pub struct Outcome {
     pub at_ms: u64,
     /// How it ended.
     pub result: OutcomeKind,
+    /// When the message it descends from entered (ms since the Unix epoch).
+    #[serde(default)]
+    pub accepted_ms: u64,
+    /// The kind of that message (see [`Envelope::root_kind`]).
+    #[serde(default)]
+    pub root_kind: String,
+    /// The trace it belongs to (32 hex digits; empty when it had none).
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 /// How a message ended.
@@ -245,7 +283,7 @@ pub enum EventBody {
     /// A message entered the flow (e.g. `QuoteApproved`); replay re-runs these.
     Accepted {
         /// The message as it entered.
-        envelope: Envelope,
+        envelope: Box<Envelope>,
     },
     /// A business rule refused a message, for these reasons.
     Rejected {

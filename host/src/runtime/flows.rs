@@ -3,7 +3,7 @@
 
 use super::Runtime;
 use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
-use crate::model::{Envelope, Hop, MessageId, StoredMessage, queue_name};
+use crate::model::{Envelope, StoredMessage, queue_name};
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
 use std::time::Duration;
@@ -152,14 +152,13 @@ impl Runtime {
     /// The flows `message` (emitted in flow `from`) enters as an event: those that
     /// subscribe to its kind and whose `when` headers it carries, except the flow it
     /// comes from and any flow its lineage went through already (no loops). Each gets
-    /// an envelope at its first stage, with an id derived from the message's.
+    /// an envelope at its first stage, with an id derived from the message's, and the
+    /// lineage of `produced` (its root, trail and trace: the message as it was made).
     pub(crate) fn published(
         &self,
         message: &StoredMessage,
         from: &str,
-        root: &MessageId,
-        accepted_ms: u64,
-        trail: &[Hop],
+        produced: &Envelope,
     ) -> Vec<(String, Envelope)> {
         let header = |name: &str| {
             message
@@ -178,9 +177,12 @@ impl Runtime {
             .map(|f| {
                 let mut copy = message.clone();
                 copy.id = message.id.entering(&f.name);
-                let mut envelope = Envelope::entering(&f.name, &f.stages, copy, accepted_ms);
-                envelope.root = root.clone();
-                envelope.trail = trail.to_vec();
+                let mut envelope =
+                    Envelope::entering(&f.name, &f.stages, copy, produced.accepted_ms);
+                envelope.root = produced.root.clone();
+                envelope.root_kind = produced.root_kind.clone();
+                envelope.trail = produced.trail.clone();
+                envelope.trace = produced.trace.clone();
                 (queue_name(&f.name, &f.stages[0]), envelope)
             })
             .collect()

@@ -8,6 +8,8 @@ use crate::model::{Envelope, Hop, IdempotencyClaim, MessageId, now_ms, queue_nam
 use crate::sandbox::plugin::{CallError, RawRequest};
 use crate::store::Enqueued;
 use crate::store::StoreError;
+use crate::telemetry;
+use opentelemetry::trace::SpanKind;
 use std::time::Instant;
 use tenon_model::Encoding;
 use tracing::Instrument as _;
@@ -46,6 +48,8 @@ pub struct Ingested {
     pub ids: Vec<MessageId>,
     /// True when these are the ids of an earlier request with the same idempotency key.
     pub replayed: bool,
+    /// The trace the messages travel in (W3C `traceparent` of the ingest span).
+    pub traceparent: String,
 }
 
 impl Runtime {
@@ -89,6 +93,7 @@ impl Runtime {
                             .filter(|id| !id.is_event_copy())
                             .collect(),
                         replayed: true,
+                        traceparent: String::new(),
                     })
                 } else {
                     Err(IngestError::IdempotencyConflict {
@@ -97,8 +102,24 @@ impl Runtime {
                 };
             }
         }
-        let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest());
-        async {
+        let trace = telemetry::start_kind(
+            "ingest",
+            SpanKind::Server,
+            &telemetry::from_headers(
+                request
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            ),
+            vec![
+                telemetry::attr("tenon.source", source.to_owned()),
+                telemetry::attr("tenon.plugin.digest", plugin.digest().to_owned()),
+            ],
+        );
+        let carried = telemetry::carried(&trace);
+        let (trace_id, span_id) = telemetry::ids(&trace);
+        let span = tracing::info_span!("ingest", source, plugin = %plugin.name(), digest = %plugin.digest(), trace_id, span_id);
+        let ingested = async {
             let started = Instant::now();
             // Guest code runs on the plugin threads, never on the ones serving HTTP.
             let call = {
@@ -148,17 +169,12 @@ impl Runtime {
                     let mut envelope =
                         Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
                     envelope.trail.push(hop.clone());
+                    envelope.trace = carried.clone();
                     items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
                 }
                 // The message is an event too: the flows subscribing to its kind get it.
                 if let Some((_, e)) = items.get(first) {
-                    events.extend(self.published(
-                        &e.message,
-                        &e.flow,
-                        &e.root,
-                        accepted_ms,
-                        &e.trail,
-                    ));
+                    events.extend(self.published(&e.message, &e.flow, e));
                 }
             }
             let ids: Vec<MessageId> = items.iter().map(|(_, e)| e.message.id.clone()).collect();
@@ -185,12 +201,14 @@ impl Runtime {
                 Enqueued::Committed => Ingested {
                     ids,
                     replayed: false,
+                    traceparent: carried.traceparent.clone(),
                 },
                 // The answer names the messages the source's flows accepted, not
                 // their copies as events (`<id>@<flow>`), as the first answer did.
                 Enqueued::Duplicate(ids) => Ingested {
                     ids: ids.into_iter().filter(|id| !id.is_event_copy()).collect(),
                     replayed: true,
+                    traceparent: carried.traceparent.clone(),
                 },
                 Enqueued::Conflict => {
                     return Err(IngestError::IdempotencyConflict {
@@ -206,6 +224,18 @@ impl Runtime {
             Ok(accepted)
         }
         .instrument(span)
-        .await
+        .await;
+        match &ingested {
+            Ok(accepted) => telemetry::end(
+                &trace,
+                vec![
+                    telemetry::attr("tenon.accepted", accepted.ids.len() as i64),
+                    telemetry::attr("tenon.replayed", accepted.replayed),
+                ],
+                None,
+            ),
+            Err(error) => telemetry::end(&trace, vec![], Some(error.to_string())),
+        }
+        ingested
     }
 }

@@ -336,11 +336,13 @@ impl Runtime {
                     self.record_approved(name, record);
                 }
                 self.changed_here.notify_one();
+                crate::telemetry::metrics::swapped(name);
                 tracing::info!(plugin = name, %from, %to, "new plugin version live")
             }
             Ok(Reload::Held { digest, widening }) => self.held(name, digest, widening),
             Ok(Reload::Unchanged) => tracing::debug!(plugin = name, "plugin unchanged"),
             Err(LifecycleError::Refused(reason)) => {
+                crate::telemetry::metrics::refused(name);
                 tracing::warn!(plugin = name, %reason, "new plugin version refused; the live one keeps running");
                 self.plugins.refuse(name, reason.clone());
             }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod flows;
 pub mod ingest;
 pub mod lifecycle;
+pub mod observe;
 pub mod replay;
 pub mod slots;
 pub mod watch;

@@ -31,7 +31,7 @@ impl Runtime {
                 envelope.not_before_ms = 0;
                 envelope.trail.truncate(1);
                 offsets.push(event.offset);
-                items.push((queue_name(flow, first), envelope));
+                items.push((queue_name(flow, first), *envelope));
             }
         }
         self.store.requeue(items).await?;

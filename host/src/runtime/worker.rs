@@ -11,6 +11,8 @@ use crate::model::{
 };
 use crate::sandbox::plugin::{CallError, Failure, Plugin};
 use crate::store::{Completion, Lease, StoreError};
+use crate::telemetry::{self, metrics};
+use opentelemetry::context::FutureExt as _;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tenon_model::Encoding;
@@ -177,6 +179,21 @@ impl Runtime {
             return;
         };
         let policy = self.retry_policy(&env.flow, plugin.name());
+        let attempt = env.attempts.len() as i64 + 1;
+        let step = telemetry::start(
+            "step",
+            &telemetry::parent(&env.trace),
+            vec![
+                telemetry::attr("tenon.flow", env.flow.clone()),
+                telemetry::attr("tenon.step", plugin.name().to_owned()),
+                telemetry::attr("tenon.plugin.digest", plugin.digest().to_owned()),
+                telemetry::attr("tenon.message.id", env.message.id.to_string()),
+                telemetry::attr("tenon.message.key", env.message.key.clone()),
+                telemetry::attr("tenon.message.kind", env.message.kind.clone()),
+                telemetry::attr("tenon.attempt", attempt),
+            ],
+        );
+        let (trace_id, span_id) = telemetry::ids(&step);
         let span = tracing::info_span!(
             "message",
             flow = %env.flow,
@@ -185,14 +202,40 @@ impl Runtime {
             digest = %plugin.digest(),
             key = %env.message.key,
             id = %env.message.id,
+            trace_id,
+            span_id,
         );
         let (completion, kv) = self
-            .run_stage(policy, &plugin, env)
+            .run_stage(policy, &plugin, env, &step)
             .instrument(span.clone())
             .await;
-        if let Err(error) = self.store.complete(lease, completion, kv).await {
-            let _enter = span.enter();
-            tracing::error!(%error, "result not committed; the message will be processed again");
+        let finished = match &completion {
+            Completion::Finish(outcome) => Some((**outcome).clone()),
+            _ => None,
+        };
+        let result = match &completion {
+            Completion::Forward { .. } => "forwarded",
+            Completion::Finish(outcome) => metrics::result_name(&outcome.result),
+            Completion::Retry(_) => "retry",
+        };
+        let commit = telemetry::start("store.commit", &step, vec![]);
+        let started = Instant::now();
+        let committed = self.store.complete(lease, completion, kv).await;
+        metrics::commit(started.elapsed(), 1);
+        match committed {
+            Ok(()) => {
+                telemetry::end(&commit, vec![], None);
+                telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
+                if let Some(outcome) = finished {
+                    metrics::finished(&outcome, plugin.kind() == Kind::Sink);
+                }
+            }
+            Err(error) => {
+                telemetry::end(&commit, vec![], Some(error.to_string()));
+                telemetry::end(&step, vec![], Some(error.to_string()));
+                let _enter = span.enter();
+                tracing::error!(%error, "result not committed; the message will be processed again");
+            }
         }
     }
 
@@ -204,14 +247,39 @@ impl Runtime {
         policy: RetryPolicy,
         plugin: &Plugin,
         env: &Envelope,
+        step: &opentelemetry::Context,
     ) -> (Completion, Option<crate::store::KvWrites>) {
+        let call = telemetry::start(
+            "plugin.call",
+            step,
+            vec![
+                telemetry::attr("tenon.plugin", plugin.name().to_owned()),
+                telemetry::attr("tenon.plugin.digest", plugin.digest().to_owned()),
+                telemetry::attr("tenon.plugin.kind", plugin.kind().to_string()),
+            ],
+        );
         let started = Instant::now();
-        let (result, kv) = match self.call_stage(plugin, env).await {
+        let called = self
+            .call_stage(plugin, env)
+            .with_context(call.clone())
+            .await;
+        let elapsed = started.elapsed();
+        let outcome = match &called {
+            Ok(_) => "ok",
+            Err(error) => error.class(),
+        };
+        metrics::plugin_call(plugin.name(), plugin.digest(), outcome, elapsed);
+        telemetry::end(
+            &call,
+            vec![telemetry::attr("tenon.outcome", outcome)],
+            called.as_ref().err().map(ToString::to_string),
+        );
+        let (result, kv) = match called {
             Ok(called) => (Ok(called.value), called.kv),
             Err(error) => (Err(error), None),
         };
-        let micros = started.elapsed().as_micros() as u64;
-        let completion = self.classify(policy, plugin, env, result, micros);
+        let micros = elapsed.as_micros() as u64;
+        let completion = self.classify(policy, plugin, env, result, micros, step);
         let commits = match &completion {
             Completion::Forward { .. } => true,
             Completion::Finish(outcome) => matches!(
@@ -274,6 +342,7 @@ impl Runtime {
         env: &Envelope,
         result: Result<Produced, CallError>,
         micros: u64,
+        step: &opentelemetry::Context,
     ) -> Completion {
         let stage = env.stage;
         let hop = Hop {
@@ -296,6 +365,9 @@ impl Runtime {
                 attempts,
                 at_ms: now_ms(),
                 result,
+                accepted_ms: env.accepted_ms,
+                root_kind: env.root_kind.clone(),
+                trace_id: env.trace.trace_id().unwrap_or_default().to_owned(),
             }))
         };
         // The attempts so far, with this one's error.
@@ -350,6 +422,8 @@ impl Runtime {
             Ok(Produced::Outputs(outputs)) => {
                 tracing::debug!(outputs = outputs.len(), "step done");
                 let next = stage + 1;
+                // What this step made is a child of its span.
+                let carried = telemetry::carried(step);
                 let outputs: Vec<Envelope> = outputs
                     .into_iter()
                     .enumerate()
@@ -369,6 +443,8 @@ impl Runtime {
                             trail: trail.clone(),
                             attempts: Vec::new(),
                             not_before_ms: 0,
+                            root_kind: env.root_kind.clone(),
+                            trace: carried.clone(),
                         }
                     })
                     .collect();
@@ -382,13 +458,7 @@ impl Runtime {
                 let mut forward = Vec::with_capacity(outputs.len());
                 let mut unrouted = Vec::new();
                 for output in outputs {
-                    let events = self.published(
-                        &output.message,
-                        &env.flow,
-                        &env.root,
-                        env.accepted_ms,
-                        &output.trail,
-                    );
+                    let events = self.published(&output.message, &env.flow, &output);
                     match &queue {
                         Some(queue) => forward.push((queue.clone(), output)),
                         None if events.is_empty() => unrouted.push(describe_event(&output.message)),
@@ -430,6 +500,7 @@ impl Runtime {
                         attempts,
                     );
                 }
+                metrics::retry(&env.flow, plugin.name(), error.class());
                 let delay = policy.delay(attempts.len() as u32);
                 tracing::warn!(outcome = "retry", %error, attempt = attempts.len(), delay_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 let mut retry = env.clone();

@@ -165,6 +165,7 @@ impl AuditLog {
     /// Append a decision (without waiting for it to be written).
     pub fn record(&self, record: AuditRecord) {
         if record.decision == Decision::Deny {
+            crate::telemetry::metrics::denied(&record.capability);
             tracing::warn!(plugin = %record.plugin, capability = %record.capability, target = %record.target, reason = record.reason.as_deref().unwrap_or(""), "sandbox denied");
         } else {
             tracing::debug!(plugin = %record.plugin, capability = %record.capability, target = %record.target, "sandbox allowed");

@@ -93,6 +93,15 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// How many messages each queue holds (waiting, leased or due for a retry).
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError>;
 
+    /// When the message at the head of `queue` (the oldest committed there) entered
+    /// Tenon, if the queue holds any.
+    async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError>;
+
+    /// The outcomes of the messages accepted at ingress within `accepted` (ms since
+    /// the Unix epoch), as long as they are kept.
+    async fn outcomes_in(&self, accepted: std::ops::Range<u64>)
+    -> Result<Vec<Outcome>, StoreError>;
+
     /// Every dead letter, oldest first.
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
 

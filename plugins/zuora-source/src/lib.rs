@@ -270,6 +270,12 @@ fn contract(
                     None,
                 )?);
             }
+            // New terms (`termsAndConditions.lastTerm`): the term of what follows.
+            "TermsAndConditions" => {
+                if let Some(months) = term_months(&action["termsAndConditions"]["lastTerm"]) {
+                    contract.term_months = Some(months);
+                }
+            }
             "Suspend" => contract.status = ContractStatus::Suspended,
             "Resume" => contract.status = ContractStatus::Active,
             "CancelSubscription" => {

@@ -6,6 +6,7 @@
 use super::{PluginContext, PluginState, Violation, Violations};
 use crate::sandbox::egress::SendError;
 use crate::store::audit::Decision;
+use crate::telemetry::{self, metrics};
 use std::sync::Arc;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -113,10 +114,48 @@ impl WasiHttpHooks for HttpGrants {
                 )
             }
         };
+        // A span of the plugin call's trace; the target system continues it.
+        let span = telemetry::start_kind(
+            "http.request",
+            opentelemetry::trace::SpanKind::Client,
+            &opentelemetry::Context::current(),
+            vec![
+                telemetry::attr("http.request.method", request.method().to_string()),
+                telemetry::attr("server.origin", origin.clone()),
+                telemetry::attr("tenon.plugin", ctx.name.clone()),
+            ],
+        );
+        let mut request = request;
+        let carried = telemetry::carried(&span);
+        for (name, value) in [
+            ("traceparent", &carried.traceparent),
+            ("tracestate", &carried.tracestate),
+        ] {
+            request.headers_mut().remove(name);
+            if let Ok(value) = http::HeaderValue::from_str(value)
+                && !value.is_empty()
+            {
+                request.headers_mut().insert(name, value);
+            }
+        }
         Box::new(async move {
             let allowed = || violations.decide(&ctx, "http", &origin, Decision::Allow, None);
+            let started = std::time::Instant::now();
             let sent =
                 tokio::time::timeout(ctx.timeout(), egress.send(request, on_too_large)).await;
+            let status = match &sent {
+                Ok(Ok(response)) => response.status().as_u16().to_string(),
+                Ok(Err(SendError::Network(_))) | Err(_) => "error".to_owned(),
+                Ok(Err(_)) => "refused".to_owned(),
+            };
+            metrics::outbound(&ctx.name, &origin, &status, started.elapsed());
+            let failed =
+                (!status.starts_with(|c: char| c.is_ascii_digit())).then(|| status.clone());
+            telemetry::end(
+                &span,
+                vec![telemetry::attr("http.response.status", status)],
+                failed,
+            );
             match sent {
                 Err(_) => Err(E::ConnectionReadTimeout),
                 Ok(Ok(response)) => {

@@ -36,6 +36,22 @@ pub enum CallError {
     Host(String),
 }
 
+impl CallError {
+    /// The class of the error, as metrics label it.
+    pub fn class(&self) -> &'static str {
+        match self {
+            CallError::Failure(Failure::Invalid(_)) => "invalid",
+            CallError::Failure(Failure::Rejected(_)) => "rejected",
+            CallError::Failure(Failure::Retryable(_)) => "retryable",
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::Limit(_) => "limit",
+            CallError::Denied(_) => "denied",
+            CallError::Host(_) => "host",
+        }
+    }
+}
+
 /// A failure the plugin itself reported.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {

@@ -401,7 +401,7 @@ impl NatsStore {
                 (
                     e.flow.clone(),
                     EventBody::Accepted {
-                        envelope: e.clone(),
+                        envelope: Box::new(e.clone()),
                     },
                     format!("accepted|{}", e.message.id),
                 )
@@ -742,7 +742,7 @@ impl NatsStore {
                         (
                             e.flow.clone(),
                             EventBody::Accepted {
-                                envelope: e.clone(),
+                                envelope: Box::new(e.clone()),
                             },
                             format!("accepted|{}|{input}", e.message.id),
                         )
@@ -1007,6 +1007,28 @@ impl Store for NatsStore {
             let depth = info.num_pending as usize + info.num_ack_pending;
             if depth > 0 {
                 out.insert(queue, depth);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError> {
+        let subject = self.names.queue_subjects(queue);
+        match self.first_on(&self.work, &subject, 1).await? {
+            Some(message) => Ok(Some(decode::<Envelope>(&message.payload)?.accepted_ms)),
+            None => Ok(None),
+        }
+    }
+
+    async fn outcomes_in(
+        &self,
+        accepted: std::ops::Range<u64>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.entries(&self.buckets.outcomes, None).await? {
+            let outcome: Outcome = decode(&bytes)?;
+            if accepted.contains(&outcome.accepted_ms) {
+                out.push(outcome);
             }
         }
         Ok(out)

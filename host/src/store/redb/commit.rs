@@ -289,7 +289,7 @@ fn apply_one(
                     (
                         e.flow.clone(),
                         EventBody::Accepted {
-                            envelope: e.clone(),
+                            envelope: Box::new(e.clone()),
                         },
                     )
                 });
@@ -416,7 +416,7 @@ fn apply_one(
                             (
                                 e.flow.clone(),
                                 EventBody::Accepted {
-                                    envelope: e.clone(),
+                                    envelope: Box::new(e.clone()),
                                 },
                             )
                         })

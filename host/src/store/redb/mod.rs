@@ -322,6 +322,36 @@ impl Store for RedbStore {
         Ok(self.index().depths())
     }
 
+    async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.read()?;
+        let table = txn.open_table(QUEUE)?;
+        let first = table.range((queue, 0)..=(queue, u64::MAX))?.next();
+        first
+            .map(|entry| Ok(decode::<Envelope>(entry?.1.value())?.accepted_ms))
+            .transpose()
+    }
+
+    async fn outcomes_in(
+        &self,
+        accepted: std::ops::Range<u64>,
+    ) -> Result<Vec<Outcome>, StoreError> {
+        // Root ids are UUIDv7, in time order as text: the range of ids made in the
+        // window (with a minute's slack: an id is made just before its message is
+        // accepted), then the exact acceptance time.
+        let low = MessageId::earliest_at(accepted.start.saturating_sub(60_000));
+        let high = MessageId::earliest_at(accepted.end);
+        let txn = self.read()?;
+        let table = txn.open_table(OUTCOMES)?;
+        let mut out = Vec::new();
+        for entry in table.range(low.as_str()..high.as_str())? {
+            let outcome: Outcome = decode(entry?.1.value())?;
+            if accepted.contains(&outcome.accepted_ms) {
+                out.push(outcome);
+            }
+        }
+        Ok(out)
+    }
+
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(DEAD)?;
