@@ -1,0 +1,118 @@
+//! What the end-to-end benches share: a `tenon run` node in its own process (the
+//! release binary) and a saturating load of ~2 KB quotes from this process.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tenon_testkit::mock_erp::MockErp;
+
+/// Keep-alive connections posting at once.
+pub const LANES: usize = 64;
+/// How long a saturating load lasts.
+pub const SATURATION: Duration = Duration::from_secs(8);
+
+/// A `tenon run` process, killed when dropped.
+pub struct Node {
+    child: Child,
+    addr: String,
+    auth: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start(dir: &Path, config: &str) -> anyhow::Result<Node> {
+    std::fs::create_dir_all(dir)?;
+    tenon_cli::artifacts::extract_first_party(&dir.join("plugins"))?;
+    std::fs::write(dir.join("tenon.toml"), config)?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log", "warn", "--config"])
+        .arg(dir.join("tenon.toml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut addr = String::new();
+    for line in BufReader::new(stdout).lines() {
+        if let Some(a) = line?.strip_prefix("tenon listening on http://") {
+            addr = a.to_owned();
+            break;
+        }
+    }
+    anyhow::ensure!(!addr.is_empty(), "tenon did not start");
+    let token = std::fs::read_to_string(dir.join("data/admin.key"))?;
+    Ok(Node {
+        child,
+        addr,
+        auth: format!("Bearer {}", token.trim()),
+    })
+}
+
+/// Post as fast as answered for [`SATURATION`], the lanes spread over the nodes;
+/// the figure is orders delivered at the ERP per second, everything drained.
+pub async fn saturate(erp: &MockErp, nodes: &[&Node], tag: &str) -> anyhow::Result<f64> {
+    let before = erp.orders();
+    let started = Instant::now();
+    let mut lanes = tokio::task::JoinSet::new();
+    for lane in 0..LANES {
+        let node = nodes[lane % nodes.len()];
+        let (addr, auth, tag) = (node.addr.clone(), node.auth.clone(), tag.to_owned());
+        let template = tenon_testkit::SAMPLES[0].1.to_owned();
+        lanes.spawn(async move {
+            let stream = tokio::net::TcpStream::connect(&addr).await?;
+            let (mut sender, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            let mut accepted = 0usize;
+            let mut n = 0u64;
+            while started.elapsed() < SATURATION {
+                let body = template.replace("Q-00101", &format!("Q-{tag}{lane:02}-{n:07}"));
+                n += 1;
+                let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
+                    .header("host", addr.as_str())
+                    .header("content-type", "application/json")
+                    .header("authorization", auth.as_str())
+                    .body(Full::new(Bytes::from(body)))?;
+                let response = sender.send_request(request).await?;
+                let status = response.status();
+                response.into_body().collect().await?;
+                if status == 202 {
+                    accepted += 1;
+                }
+            }
+            Ok::<_, anyhow::Error>(accepted)
+        });
+    }
+    let mut accepted = 0;
+    while let Some(done) = lanes.join_next().await {
+        accepted += done??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while erp.orders() < before + accepted && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let delivered = erp.orders() - before;
+    anyhow::ensure!(
+        delivered >= accepted,
+        "{tag}: {accepted} accepted, {delivered} delivered within two minutes"
+    );
+    Ok(delivered as f64 / started.elapsed().as_secs_f64())
+}

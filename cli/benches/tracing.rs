@@ -1,0 +1,61 @@
+//! What exporting every span costs: the quote-to-order flow at saturation (as in
+//! `stores`), one node on the redb store, without `[telemetry]` and with every span
+//! exported over OTLP/HTTP to a collector (the testkit's, decoding the protobuf, in
+//! this process). Runs alternate, off, on, off, on, so that drift on the shared
+//! machine falls on both.
+//!
+//! Prints `bench: tracing_overhead <ratio> x`: throughput without export over
+//! throughput with it (the goal is at most 1.10), and the rates and span count
+//! behind it.
+
+mod common;
+
+use common::{saturate, start};
+use tenon_testkit::mock_erp::MockErp;
+use tenon_testkit::otlp::OtlpReceiver;
+
+fn main() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let erp = MockErp::start().await?;
+    let collector = OtlpReceiver::start().await?;
+    let dir = tempfile::tempdir()?;
+    let plain = tenon_testkit::quote_to_cash_config(&erp.orders_url(), "concurrency = 32");
+    let traced = format!(
+        "{plain}\n[telemetry]\notlp_endpoint = \"{}\"\n",
+        collector.endpoint()
+    );
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..2 {
+        for (exported, config, rates) in [(false, &plain, &mut off), (true, &traced, &mut on)] {
+            let node = start(&dir.path().join(format!("{round}-{exported}")), config)?;
+            let tag = format!("{}{round}", if exported { "T" } else { "P" });
+            let rate = saturate(&erp, &[&node], &tag).await?;
+            println!(
+                "bench: tracing_round_{round}_{} {rate:.0} 1/s",
+                if exported { "exported" } else { "off" }
+            );
+            rates.push(rate);
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let (off, on) = (mean(&off), mean(&on));
+    println!("bench: tracing_off_quotes_per_s {off:.0} 1/s");
+    println!("bench: tracing_exported_quotes_per_s {on:.0} 1/s");
+    println!(
+        "bench: tracing_spans_received {} spans",
+        collector.spans().len()
+    );
+    anyhow::ensure!(
+        collector.errors().is_empty(),
+        "the collector refused: {:?}",
+        collector.errors()
+    );
+    println!("bench: tracing_overhead {:.3} x", off / on);
+    Ok(())
+}
