@@ -22,6 +22,7 @@ const FIRST_PARTY: &[&str] = &[
     "order-gateway",
     "entity-router",
     "canonical-source",
+    "cloudevents-source",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &[

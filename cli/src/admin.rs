@@ -150,6 +150,14 @@ pub async fn status(admin: &Admin) -> anyhow::Result<ExitCode> {
         if let Some(refused) = &p.refused {
             println!("{:<18} refused: {}", "", refused.reason);
         }
+        if let Some(paused) = &p.paused {
+            println!(
+                "{:<18} paused until {}: {} (its messages wait in place)",
+                "",
+                time(paused.until_ms, SecondsFormat::Millis),
+                paused.reason
+            );
+        }
     }
     if let Some(refused) = &status.config.refused {
         println!(

@@ -184,6 +184,9 @@ pub struct ServerConfig {
     /// Keep it on loopback or a management network: it is not for partner systems.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: String,
+    /// Timeouts, connection caps and rate limits of the listeners.
+    #[serde(default)]
+    pub limits: Limits,
     /// Directories from which candidate versions may be tried and promoted, relative
     /// to this file, e.g. `["candidates"]`; default: this file's directory. A
     /// candidate outside them (after resolving symlinks) is refused.
@@ -206,8 +209,102 @@ impl Default for ServerConfig {
             admin_listen: default_admin_listen(),
             plugin_roots: Vec::new(),
             node: None,
+            limits: Limits::default(),
         }
     }
+}
+
+/// `[server.limits]`: what one client, key or source may take of the listeners.
+///
+/// ```toml
+/// [server.limits]
+/// header_timeout_ms = 10000        # request headers, and an idle kept-alive connection
+/// body_timeout_ms = 30000          # a request body, whole (408 past it)
+/// max_connections = 1024           # per listener; more wait to be accepted
+/// max_concurrent_ingest = 256      # source calls at once; more get 503 + Retry-After
+/// per_key = { per_second = 100, burst = 200 }   # every API key, on both listeners
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Longest wait for a request's headers, and on an idle kept-alive connection
+    /// for the next request's (ms).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_ms: u64,
+    /// Longest time to receive a request's body (ms); past it, `408`.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout_ms: u64,
+    /// Connections served at once by each listener; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Source calls at once; more are answered `503` with `Retry-After`.
+    #[serde(default = "default_max_concurrent_ingest")]
+    pub max_concurrent_ingest: usize,
+    /// Requests per API key (each key its own bucket), on both listeners; none: no limit.
+    #[serde(default)]
+    pub per_key: Option<Rate>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            header_timeout_ms: default_header_timeout(),
+            body_timeout_ms: default_body_timeout(),
+            max_connections: default_max_connections(),
+            max_concurrent_ingest: default_max_concurrent_ingest(),
+            per_key: None,
+        }
+    }
+}
+
+fn default_header_timeout() -> u64 {
+    10_000
+}
+fn default_body_timeout() -> u64 {
+    30_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_concurrent_ingest() -> usize {
+    256
+}
+
+/// A token bucket: `per_second` on average, up to `burst` at once (default: one
+/// second's worth), e.g. `{ per_second = 100, burst = 200 }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    /// Sustained requests per second (at least 1).
+    pub per_second: u32,
+    /// Requests allowed at once; default `per_second`.
+    #[serde(default)]
+    pub burst: Option<u32>,
+}
+
+impl Rate {
+    /// The bucket's size.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.per_second).max(1)
+    }
+}
+
+/// `[plugins.<name>] outbound`: what the instance may send to the systems it calls,
+/// e.g. a cloud ERP's API limits: `{ per_second = 10, burst = 20, concurrency = 4 }`.
+/// A `429` or `503` with `Retry-After` pauses the instance until then, whatever
+/// these say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Requests per second on average (with `burst`); none: no rate limit.
+    #[serde(default)]
+    pub per_second: Option<u32>,
+    /// Requests at once within the rate.
+    #[serde(default)]
+    pub burst: Option<u32>,
+    /// Requests in flight at once; none: no limit.
+    #[serde(default)]
+    pub concurrency: Option<usize>,
 }
 
 fn default_admin_listen() -> String {
@@ -303,6 +400,13 @@ pub struct PluginEntry {
     /// needs no key).
     #[serde(default)]
     pub auth: IngestAuth,
+    /// Requests to a source instance (all callers together), a token bucket:
+    /// `rate_limit = { per_second = 50, burst = 100 }`; over it, `429`.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// What the instance may send out (see [`Outbound`]).
+    #[serde(default)]
+    pub outbound: Outbound,
 }
 
 /// `[plugins.<name>] auth`: how a source's requests are authenticated.
@@ -494,6 +598,42 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        let limits = &self.server.limits;
+        let mut zeros: Vec<(String, &str)> = [
+            ("header_timeout_ms", limits.header_timeout_ms as usize),
+            ("body_timeout_ms", limits.body_timeout_ms as usize),
+            ("max_connections", limits.max_connections),
+            ("max_concurrent_ingest", limits.max_concurrent_ingest),
+        ]
+        .into_iter()
+        .filter(|(_, v)| *v == 0)
+        .map(|(k, _)| (format!("server.limits.{k}"), k))
+        .collect();
+        let rates = limits
+            .per_key
+            .iter()
+            .map(|r| ("server.limits.per_key".to_owned(), "per_key", *r))
+            .chain(self.plugins.iter().filter_map(|(name, p)| {
+                p.rate_limit
+                    .map(|r| (format!("plugins.{name}.rate_limit"), "rate_limit", r))
+            }));
+        for (field, key, rate) in rates {
+            if rate.per_second == 0 || rate.burst == Some(0) {
+                zeros.push((format!("{field}: per_second and burst"), key));
+            }
+        }
+        for (name, p) in &self.plugins {
+            let o = p.outbound;
+            if o.per_second == Some(0) || o.burst == Some(0) || o.concurrency == Some(0) {
+                zeros.push((format!("plugins.{name}.outbound"), "outbound"));
+            }
+        }
+        if let Some((field, key)) = zeros.first() {
+            return Err(self.error_at_key(
+                key,
+                format!("field `{field}`: must be at least 1 (leave it out for no limit)"),
+            ));
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             let usable = endpoint
                 .parse::<http::Uri>()

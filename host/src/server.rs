@@ -63,10 +63,7 @@ impl Server {
         let keys = crate::auth::Keys::open(runtime.node().clone())?;
         let admin_key_file = keys.bootstrap(&data_dir)?;
         let runtime = Arc::new(runtime);
-        let state = Arc::new(crate::http::State {
-            runtime: runtime.clone(),
-            keys,
-        });
+        let state = Arc::new(crate::http::State::new(runtime.clone(), keys));
         let ingest = TcpListener::bind(ingest_addr)
             .await
             .with_context(|| format!("cannot listen on {ingest_addr}"))?;

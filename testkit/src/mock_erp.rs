@@ -35,6 +35,19 @@ pub struct Received {
 struct State {
     log: Mutex<Log>,
     unavailable: AtomicBool,
+    limit: Mutex<Option<ApiLimit>>,
+}
+
+/// An API limit as cloud ERPs enforce them: `max` requests per `window`, then `429`
+/// with `Retry-After` until the window ends.
+#[derive(Debug)]
+struct ApiLimit {
+    max: usize,
+    window: std::time::Duration,
+    started: std::time::Instant,
+    used: usize,
+    /// Every request that reached the limit check: when, and whether it was refused.
+    seen: Vec<(std::time::Instant, bool)>,
 }
 
 #[derive(Debug, Default)]
@@ -104,6 +117,34 @@ impl MockErp {
     pub fn set_unavailable(&self, unavailable: bool) {
         self.state.unavailable.store(unavailable, Ordering::SeqCst);
     }
+
+    /// Enforce an API limit: `max` requests per `window` (the first window starts with
+    /// the next request); past it, `429` with `Retry-After` (whole seconds to the
+    /// window's end) and nothing recorded as received.
+    pub fn limit(&self, max: usize, window: std::time::Duration) {
+        *self
+            .state
+            .limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(ApiLimit {
+            max,
+            window,
+            started: std::time::Instant::now(),
+            used: 0,
+            seen: Vec::new(),
+        });
+    }
+
+    /// Under a limit: every request that came, when, and whether it was refused (`429`).
+    pub fn limit_log(&self) -> Vec<(std::time::Instant, bool)> {
+        self.state
+            .limit
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|l| l.seen.clone())
+            .unwrap_or_default()
+    }
 }
 
 async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
@@ -121,6 +162,34 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "ERP maintenance window"}),
         );
+    }
+    if let Some(limit) = state
+        .limit
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+    {
+        let now = std::time::Instant::now();
+        if limit.seen.is_empty() || now >= limit.started + limit.window {
+            limit.started = now;
+            limit.used = 0;
+        }
+        let over = limit.used >= limit.max;
+        limit.seen.push((now, over));
+        if over {
+            let left = (limit.started + limit.window).saturating_duration_since(now);
+            let seconds = left.as_millis().div_ceil(1000).max(1);
+            let mut refused = reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": "API limit exceeded"}),
+            );
+            refused.headers_mut().insert(
+                "retry-after",
+                hyper::header::HeaderValue::from(seconds as u64),
+            );
+            return refused;
+        }
+        limit.used += 1;
     }
     let path = req.uri().path().to_owned();
     let key = req

@@ -324,7 +324,7 @@ pub(crate) async fn stripe_post(
 
 /// A server on 127.0.0.1 that keeps every request's head and body and answers
 /// `{"id": "X-<n>"}`.
-async fn recorder() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+pub(crate) async fn recorder() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

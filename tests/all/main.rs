@@ -5,11 +5,13 @@
 
 mod bad_input;
 mod chain;
+mod cloudevents;
 mod cluster;
 mod connectors;
 mod crash;
 mod delivery;
 mod e2e;
+mod edges;
 mod mapping;
 mod observability;
 mod plugins;

@@ -402,6 +402,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("order-gateway", true),
         ("entity-router", true),
         ("canonical-source", true),
+        ("cloudevents-source", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

@@ -10,7 +10,6 @@ use crate::auth::{ApiKey, Scope};
 use crate::model::{DeadLetter, Event, EventBody, MessageId, OutcomeKind, StoredMessage};
 use crate::runtime::Reload;
 use crate::store::audit::{AuditQuery, Decision};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, StatusCode};
 use serde::de::DeserializeOwned;
@@ -73,6 +72,8 @@ pub(super) async fn admin(state: &Arc<State>, req: Request<Incoming>) -> Answer 
         ));
     };
     let key = authorize(state, &req, &scope)?;
+    let per_key = state.runtime.config().server.limits.per_key;
+    state.limits.key(per_key, &key.id)?;
     if method == Method::POST && !json_body(&req) {
         return Err(Problem::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -111,7 +112,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             },
         )),
         (&Method::POST, ["v1", "keys"]) => {
-            let asked: api::NewKey = body(req).await?;
+            let asked: api::NewKey = body(state, req).await?;
             let name = asked.name.unwrap_or_else(|| "unnamed".into());
             let (key, token) = state.keys.create(&name, asked.scopes, Some(key))?;
             tracing::info!(key = %key.id, "API key created");
@@ -159,7 +160,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
         }
         (&Method::POST, ["v1", "flows", flow, "replay"]) => {
             let flow = (*flow).to_owned();
-            let asked: api::Replay = body(req).await?;
+            let asked: api::Replay = body(state, req).await?;
             replay(state, &flow, asked).await
         }
         (&Method::GET, ["v1", "plugins"]) => {
@@ -181,7 +182,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
         }
         (&Method::POST, ["v1", "plugins", name, action]) => {
             let (name, action) = ((*name).to_owned(), (*action).to_owned());
-            let asked: api::PluginAction = body(req).await?;
+            let asked: api::PluginAction = body(state, req).await?;
             plugin_action(runtime.clone(), name, action, asked, key.id.clone()).await
         }
         (&Method::GET, ["v1", "dlq"]) => {
@@ -317,12 +318,8 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
 }
 
 /// The request's JSON body as `T` (an empty body reads as `{}`).
-async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Problem> {
-    let bytes = Limited::new(req.into_body(), MAX_ADMIN_BODY)
-        .collect()
-        .await
-        .map_err(|e| Problem::bad_request(format!("cannot read the request: {e}")))?
-        .to_bytes();
+async fn body<T: DeserializeOwned>(state: &State, req: Request<Incoming>) -> Result<T, Problem> {
+    let bytes = super::read_body(state, req.into_body(), MAX_ADMIN_BODY).await?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("the body: {e}")))
 }

@@ -7,7 +7,6 @@ use super::problem::{Answer, Problem, json};
 use crate::api;
 use crate::auth::Scope;
 use crate::sandbox::plugin::RawRequest;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, StatusCode};
@@ -16,10 +15,27 @@ use hyper::{Request, StatusCode};
 /// unless the source checks its senders' signatures itself.
 pub(super) async fn ingest(state: &State, source: &str, req: Request<Incoming>) -> Answer {
     let runtime = &state.runtime;
+    let config = runtime.config();
     if !runtime.source_signs(source) {
-        authorize(state, &req, &Scope::Ingest(source.to_owned()))?;
+        let key = authorize(state, &req, &Scope::Ingest(source.to_owned()))?;
+        state.limits.key(config.server.limits.per_key, &key.id)?;
     }
-    let max_body = runtime.config().server.max_body_bytes;
+    let rate = config.plugins.get(source).and_then(|p| p.rate_limit);
+    state.limits.source(rate, source)?;
+    // Source calls at once are bounded: past the bound, come back in a second.
+    let Ok(_slot) = state.ingest_slots.try_acquire() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "Busy",
+            format!(
+                "{} source calls are under way, the most this server takes at once: retry in a second",
+                config.server.limits.max_concurrent_ingest
+            ),
+        )
+        .retry_after(1));
+    };
+    let max_body = config.server.max_body_bytes;
     let too_large = || {
         Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,18 +65,9 @@ pub(super) async fn ingest(state: &State, source: &str, req: Request<Incoming>) 
         .filter(|(k, _)| !CREDENTIAL_HEADERS.contains(k))
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
-    let body = match Limited::new(req.into_body(), max_body).collect().await {
-        Ok(body) => body.to_bytes().to_vec(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => return Err(too_large()),
-        Err(error) => {
-            return Err(Problem::new(
-                StatusCode::BAD_REQUEST,
-                "unreadable-body",
-                "Unreadable body",
-                format!("cannot read the request body: {error}"),
-            ));
-        }
-    };
+    let body = super::read_body(state, req.into_body(), max_body)
+        .await?
+        .to_vec();
     let request = RawRequest {
         content_type,
         headers,

@@ -30,9 +30,13 @@
 //! | `GET /v1/keys` | `admin:read` | the API keys (never their tokens) |
 //! | `POST /v1/keys` | `admin:write` | `{"name": n, "scopes": [...]}`: a new key (only scopes the caller holds); its token, once |
 //! | `POST /v1/keys/{id}/revoke` | `admin:write` | the key stops working |
+//! | `GET /metrics` | `admin:read` | the metrics and KPIs, OpenMetrics text for Prometheus |
+//! | `GET /v1/kpis?from=&to=` | `admin:read` | the business KPIs over the messages accepted in a window |
+//! | `GET /v1/trace/{key}` | `admin:read` | a business key's timeline across flows |
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem: `401` without
-//! a valid key, `403` when the key lacks the route's scope.
+//! a valid key, `403` when the key lacks the route's scope, `429` over a rate limit
+//! ([`limits`]), `408` for a body that does not arrive in time.
 //!
 //! **Architecture invariant:** a 2xx is sent only after the messages are committed;
 //! any failure before that is a 4xx/5xx and nothing was accepted.
@@ -40,27 +44,79 @@
 mod access;
 mod admin;
 mod ingest;
+mod limits;
 pub mod problem;
 
 use crate::auth::Keys;
 use crate::runtime::Runtime;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use hyper_util::rt::TokioTimer;
 use problem::{Problem, Reply, json, respond};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
-/// What both listeners serve from: the runtime, and the API keys that guard it.
+/// What both listeners serve from: the runtime, the API keys that guard it, and the
+/// limits every caller is held to.
 #[derive(Debug)]
 pub struct State {
     /// The runtime.
     pub runtime: Arc<Runtime>,
     /// The API keys.
     pub keys: Keys,
+    /// The rate limits' buckets.
+    limits: limits::RateLimits,
+    /// Source calls under way (`[server.limits] max_concurrent_ingest`).
+    ingest_slots: Semaphore,
+}
+
+impl State {
+    /// The state of a server: its runtime and keys, with the limits of its config
+    /// (the connection and concurrency bounds are the ones at start).
+    pub fn new(runtime: Arc<Runtime>, keys: Keys) -> State {
+        let slots = runtime.config().server.limits.max_concurrent_ingest;
+        State {
+            runtime,
+            keys,
+            limits: limits::RateLimits::default(),
+            ingest_slots: Semaphore::new(slots),
+        }
+    }
+}
+
+/// A request body, whole: `413` over `max` bytes, `408` when it does not arrive
+/// within `[server.limits] body_timeout_ms`.
+async fn read_body(state: &State, body: Incoming, max: usize) -> Result<Bytes, Problem> {
+    let timeout = Duration::from_millis(state.runtime.config().server.limits.body_timeout_ms);
+    let read = tokio::time::timeout(timeout, Limited::new(body, max).collect()).await;
+    match read {
+        Err(_) => Err(Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            "Request body too slow",
+            format!("the body did not arrive within {} ms", timeout.as_millis()),
+        )),
+        Ok(Ok(body)) => Ok(body.to_bytes()),
+        Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => Err(Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+            "Request body too large",
+            format!("the body is larger than the limit of {max} bytes"),
+        )),
+        Ok(Err(error)) => Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable-body",
+            "Unreadable body",
+            format!("cannot read the request body: {error}"),
+        )),
+    }
 }
 
 /// Which of the two listeners a connection came in on.
@@ -72,24 +128,42 @@ pub enum Plane {
     Admin,
 }
 
-/// Serve one plane on `listener` until `shutdown` turns true.
+/// Serve one plane on `listener` until `shutdown` turns true: at most
+/// `max_connections` connections at once (more wait to be accepted), each closed when
+/// its request headers take longer than `header_timeout_ms` to arrive, or when it
+/// stays idle that long between requests.
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
     plane: Plane,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let limits = state.runtime.config().server.limits.clone();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    let mut backoff = ACCEPT_BACKOFF;
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    tracing::warn!(%error, "accept failed");
+                    // Out of file descriptors, say: wait, rather than spin.
+                    tracing::warn!(%error, wait_ms = backoff.as_millis() as u64, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },
             _ = shutdown.changed() => break,
         };
+        backoff = ACCEPT_BACKOFF;
         let state = state.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
@@ -97,14 +171,20 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(respond(route(&state, req, plane).await)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
             if let Err(error) = conn {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
+            drop(permit);
         });
     }
 }
+
+/// The first wait after a failed accept (doubling to a second while they fail).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 async fn route(state: &Arc<State>, req: Request<Incoming>, plane: Plane) -> Result<Reply, Problem> {
     let path = req.uri().path().to_owned();

@@ -36,8 +36,10 @@ pub struct Problem(Box<Inner>);
 #[derive(Debug, Clone)]
 struct Inner {
     body: api::Problem,
-    retry_after: Option<&'static str>,
+    retry_after: Option<u64>,
     allow: Option<&'static str>,
+    /// More headers (e.g. `RateLimit-Policy`).
+    headers: Vec<(&'static str, String)>,
     /// A `401` asks for a bearer token.
     challenge: bool,
 }
@@ -55,6 +57,7 @@ impl Problem {
             },
             retry_after: None,
             allow: None,
+            headers: Vec::new(),
             challenge: false,
         }))
     }
@@ -93,8 +96,14 @@ impl Problem {
     }
 
     /// With a `Retry-After` (seconds).
-    pub fn retry_after(mut self, seconds: &'static str) -> Problem {
+    pub fn retry_after(mut self, seconds: u64) -> Problem {
         self.0.retry_after = Some(seconds);
+        self
+    }
+
+    /// With a header.
+    pub fn header(mut self, name: &'static str, value: String) -> Problem {
+        self.0.headers.push((name, value));
         self
     }
 
@@ -115,6 +124,7 @@ impl Problem {
             body,
             retry_after,
             allow,
+            headers: more,
             challenge,
         } = *self.0;
         let status = StatusCode::from_u16(body.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -125,7 +135,12 @@ impl Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         if let Some(seconds) = retry_after {
-            headers.insert(RETRY_AFTER, HeaderValue::from_static(seconds));
+            headers.insert(RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        for (name, value) in more {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(name, value);
+            }
         }
         if let Some(methods) = allow {
             headers.insert("allow", HeaderValue::from_static(methods));
@@ -150,7 +165,7 @@ impl From<StoreError> for Problem {
             error.to_string(),
         );
         if retry {
-            problem.retry_after("1")
+            problem.retry_after(1)
         } else {
             problem
         }
@@ -230,7 +245,7 @@ impl From<IngestError> for Problem {
                     "Storage unavailable",
                     format!("the messages could not be committed, nothing was accepted: {error}"),
                 )
-                .retry_after("1")
+                .retry_after(1)
             }
         }
     }
@@ -258,7 +273,7 @@ fn source_problem(plugin: &str, error: CallError) -> Problem {
             "Source temporarily unavailable",
             format!("source `{plugin}`: {detail}"),
         )
-        .retry_after("5"),
+        .retry_after(5),
         CallError::Timeout(d) => Problem::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "plugin-timeout",

@@ -90,6 +90,7 @@ pub(crate) fn load_plugin_at(
                 Ok((asked.clone(), value))
             })
             .collect::<anyhow::Result<_>>()?,
+        outbound: entry.outbound,
     };
     let (plugin, dir) = match location {
         Location::Path(dir) => (Plugin::load(engine, as_name, dir, &settings)?, dir),

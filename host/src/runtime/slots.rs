@@ -62,6 +62,9 @@ pub struct LiveStatus {
     pub previous: Option<String>,
     /// The last refused version since this one went live, if any.
     pub refused: Option<Refusal>,
+    /// Why the instance sends nothing until when (a `Retry-After`), if it is paused.
+    #[serde(default)]
+    pub paused: Option<crate::sandbox::throttle::Pause>,
 }
 
 /// What a reload came to.
@@ -297,6 +300,7 @@ impl PluginSlots {
                 swaps: slot.swaps,
                 previous: slot.previous.clone(),
                 refused: slot.refused.clone(),
+                paused: slot.live.throttle().paused(),
             })
             .collect()
     }

@@ -144,6 +144,18 @@ impl Runtime {
     ) {
         let queue = queue_name(&flow, &stage);
         while !*shutdown.borrow() {
+            // A paused instance (a `Retry-After` from the system it calls) takes no
+            // work until the pause ends: its messages keep their places.
+            let paused = self
+                .plugin(&stage)
+                .map_or(Duration::ZERO, |p| p.throttle().remaining());
+            if !paused.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(paused) => {}
+                    _ = shutdown.changed() => break,
+                }
+                continue;
+            }
             // A lease must outlast the longest call the stage's plugin can make, or a
             // slow but healthy call would see its message handed to a second worker.
             let hold = self
@@ -501,7 +513,10 @@ impl Runtime {
                     );
                 }
                 metrics::retry(&env.flow, plugin.name(), error.class());
-                let delay = policy.delay(attempts.len() as u32);
+                // Not before a pause of the instance ends.
+                let delay = policy
+                    .delay(attempts.len() as u32)
+                    .max(plugin.throttle().remaining());
                 tracing::warn!(outcome = "retry", %error, attempt = attempts.len(), delay_ms = delay.as_millis() as u64, "attempt failed; will retry");
                 let mut retry = env.clone();
                 retry.attempts = attempts;

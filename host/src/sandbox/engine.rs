@@ -66,6 +66,8 @@ pub struct Engine {
     limiter: bool,
     /// This host's own listeners, which no plugin may reach.
     listeners: crate::sandbox::egress::Listeners,
+    /// Each plugin instance's outbound gate.
+    throttles: Arc<crate::sandbox::throttle::Throttles>,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -155,6 +157,7 @@ impl Engine {
             epochs,
             limiter: options.memory_limiter,
             listeners: crate::sandbox::egress::Listeners::default(),
+            throttles: Arc::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -173,6 +176,15 @@ impl Engine {
     /// server adds its listeners once bound.
     pub fn listeners(&self) -> crate::sandbox::egress::Listeners {
         self.listeners.clone()
+    }
+
+    /// The outbound gate of plugin instance `name`, with its settings applied.
+    pub fn throttle(
+        &self,
+        name: &str,
+        outbound: crate::config::Outbound,
+    ) -> Arc<crate::sandbox::throttle::Throttle> {
+        self.throttles.of(name, outbound)
     }
 
     /// The store that keeps plugins' key-value data.

@@ -14,3 +14,4 @@ pub mod engine;
 pub mod inspect;
 pub mod plugin;
 pub mod redact;
+pub mod throttle;

@@ -1,4 +1,5 @@
-//! Sink plugin: send each message's body as JSON to an HTTP endpoint.
+//! Sink plugin: send each message's body as JSON to an HTTP endpoint, as is or as a
+//! CloudEvent.
 //!
 //! Config:
 //! - `url` (required): where to send, a template: `{key}`, `{kind}` and `{id}` are
@@ -13,7 +14,33 @@
 //!   `secrets = { authorization = "erp_token" }`);
 //! - `reference_field` (default `id`): the field of the JSON response that holds the
 //!   target system's reference (e.g. the ERP order number), recorded as the receipt;
-//!   without it the idempotency key stands as the reference.
+//!   without it the idempotency key stands as the reference;
+//! - `format` (default `json`): what the request carries:
+//!   - `json`: the message's body, `Content-Type: application/json`;
+//!   - `cloudevents`: a CloudEvent 1.0 in the HTTP binding's structured mode, `Content-Type:
+//!     application/cloudevents+json; charset=utf-8`, the body one event in the JSON
+//!     format (below);
+//!   - `cloudevents-binary`: a CloudEvent 1.0 in binary mode: the message's body as
+//!     the data, `Content-Type: application/json`, the other attributes as `ce-`
+//!     headers, percent-encoded as the binding says (space, `"`, `%` and everything
+//!     outside printable ASCII, as the `%XX` of its UTF-8 bytes);
+//! - `ce_source` (default `urn:tenon`): the CloudEvents `source`, a URI-reference
+//!   (e.g. `https://tenon.example.com/flows/orders`).
+//!
+//! | CloudEvents attribute | from |
+//! |---|---|
+//! | `specversion` | `1.0` |
+//! | `id` | the message's id (stable across redeliveries) |
+//! | `source` | config `ce_source` |
+//! | `type` | the message's kind |
+//! | `subject` | the message's key (left out when empty) |
+//! | `datacontenttype` | `application/json` (structured mode; the `Content-Type` in binary mode) |
+//! | `data` | the message's body as JSON |
+//!
+//! `time` is left out: the SDK offers no clock, and the time of a delivery attempt is
+//! not the time of the occurrence. A message whose id, kind or key holds a character
+//! a CloudEvents string cannot (a control character, a Unicode noncharacter) is
+//! `invalid` in both CloudEvents formats.
 //!
 //! Every request carries `Idempotency-Key` (stable across redeliveries), `Tenon-Kind`
 //! and `Tenon-Key`. MessagePack bodies are transcoded to JSON. Status 408, 429 and 5xx
@@ -62,6 +89,194 @@ pub fn json_map(key: &str, text: Option<String>) -> Result<BTreeMap<String, Stri
     }
 }
 
+/// What a request carries: config `format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The message's body as JSON (`json`, the default).
+    Json,
+    /// A CloudEvent in structured mode (`cloudevents`).
+    CloudEvents,
+    /// A CloudEvent in binary mode (`cloudevents-binary`).
+    CloudEventsBinary,
+}
+
+impl Format {
+    /// The format config `format` names; unset is [`Format::Json`].
+    pub fn from_config(value: Option<&str>) -> Result<Format, Failure> {
+        match value.map(str::trim) {
+            None | Some("json") => Ok(Format::Json),
+            Some("cloudevents") => Ok(Format::CloudEvents),
+            Some("cloudevents-binary") => Ok(Format::CloudEventsBinary),
+            Some(other) => Err(Failure::Invalid(format!(
+                "config `format` is `{other}`; a sink sends `json`, `cloudevents` or `cloudevents-binary`"
+            ))),
+        }
+    }
+}
+
+/// The CloudEvents `source` unless config `ce_source` says otherwise.
+pub const DEFAULT_CE_SOURCE: &str = "urn:tenon";
+/// The `Content-Type` of a structured-mode CloudEvent.
+pub const CLOUDEVENTS_JSON: &str = "application/cloudevents+json; charset=utf-8";
+
+/// What a request carries: its `Content-Type`, the headers its format adds and its
+/// body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    /// The `Content-Type`.
+    pub content_type: String,
+    /// Headers of the format (the `ce-` headers of binary mode).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// The payload of a message in a format; `source` is the CloudEvents `source`.
+pub fn payload(format: Format, message: &Message, source: &str) -> Result<Payload, Failure> {
+    Ok(match format {
+        Format::Json => Payload {
+            content_type: "application/json".into(),
+            headers: Vec::new(),
+            body: json_body(message)?,
+        },
+        Format::CloudEvents => Payload {
+            content_type: CLOUDEVENTS_JSON.into(),
+            headers: Vec::new(),
+            body: serde_json::to_vec(&cloudevent(message, source)?)
+                .map_err(|e| Failure::Invalid(format!("cannot write JSON: {e}")))?,
+        },
+        Format::CloudEventsBinary => Payload {
+            content_type: "application/json".into(),
+            headers: cloudevent_headers(message, source)?,
+            body: json_body(message)?,
+        },
+    })
+}
+
+/// The message's body as JSON bytes: as is when it is JSON, else transcoded.
+pub fn json_body(message: &Message) -> Result<Vec<u8>, Failure> {
+    match message.content_type.split(';').next().map(str::trim) {
+        Some("application/json") => Ok(message.body.clone()),
+        _ => {
+            let value: serde_json::Value = message.decode()?;
+            serde_json::to_vec(&value)
+                .map_err(|e| Failure::Invalid(format!("cannot write JSON: {e}")))
+        }
+    }
+}
+
+/// A message as a CloudEvent in the JSON format (structured mode): see the table
+/// above.
+pub fn cloudevent(message: &Message, source: &str) -> Result<serde_json::Value, Failure> {
+    let data: serde_json::Value = message.decode()?;
+    let mut event = serde_json::Map::new();
+    for (name, value) in context(message, source)? {
+        event.insert(name.into(), value.into());
+    }
+    event.insert("datacontenttype".into(), "application/json".into());
+    event.insert("data".into(), data);
+    Ok(serde_json::Value::Object(event))
+}
+
+/// A message's CloudEvents attributes as binary-mode headers (`ce-<name>`), their
+/// values percent-encoded.
+pub fn cloudevent_headers(
+    message: &Message,
+    source: &str,
+) -> Result<Vec<(String, String)>, Failure> {
+    Ok(context(message, source)?
+        .into_iter()
+        .map(|(name, value)| (format!("ce-{name}"), percent_encode(value)))
+        .collect())
+}
+
+/// The context attributes of a message, checked: `specversion`, `id`, `source`,
+/// `type` and, for a non-empty key, `subject`.
+fn context<'a>(
+    message: &'a Message,
+    source: &'a str,
+) -> Result<Vec<(&'static str, &'a str)>, Failure> {
+    check_source(source)?;
+    let mut attributes = vec![
+        ("specversion", "1.0"),
+        ("id", message.id.as_str()),
+        ("source", source),
+        ("type", message.kind.as_str()),
+    ];
+    if !message.key.is_empty() {
+        attributes.push(("subject", message.key.as_str()));
+    }
+    for (attribute, what, value) in [
+        ("id", "id", &message.id),
+        ("type", "kind", &message.kind),
+        ("subject", "key", &message.key),
+    ] {
+        if value.is_empty() && attribute != "subject" {
+            return Err(Failure::Invalid(format!(
+                "the message has no {what}: a CloudEvent's `{attribute}` is a non-empty string"
+            )));
+        }
+        if let Some(c) = value.chars().find(|&c| !is_string_char(c)) {
+            return Err(Failure::Invalid(format!(
+                "the message's {what} holds U+{:04X}, which a CloudEvents string (`{attribute}`) cannot",
+                u32::from(c)
+            )));
+        }
+    }
+    Ok(attributes)
+}
+
+/// A character of a CloudEvents `String`: not a control character, not a Unicode
+/// noncharacter.
+fn is_string_char(c: char) -> bool {
+    let n = u32::from(c);
+    !c.is_control() && !(0xFDD0..=0xFDEF).contains(&n) && (n & 0xFFFE) != 0xFFFE
+}
+
+/// Config `ce_source`: a non-empty URI-reference, as far as its characters go
+/// (unreserved, reserved, and `%` followed by two hexadecimal digits).
+fn check_source(source: &str) -> Result<(), Failure> {
+    let refuse = |why: &str| {
+        Failure::Invalid(format!(
+            "config `ce_source` is `{source}`: a CloudEvents source is a URI-reference: {why}"
+        ))
+    };
+    if source.is_empty() {
+        return Err(refuse("it is empty"));
+    }
+    if let Some(c) = source
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c)))
+    {
+        return Err(refuse(&format!("`{c}` must be percent-encoded")));
+    }
+    let bytes = source.as_bytes();
+    for (at, _) in source.match_indices('%') {
+        if !bytes
+            .get(at + 1..at + 3)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+        {
+            return Err(refuse("a `%` that does not start a percent-encoding"));
+        }
+    }
+    Ok(())
+}
+
+/// A header value percent-encoded as the CloudEvents HTTP binding says: space, `"`,
+/// `%` and every character outside printable ASCII (U+0021-U+007E) become the `%XX`
+/// (upper-case) of their UTF-8 bytes; the rest is kept.
+pub fn percent_encode(value: &str) -> String {
+    let mut encoded = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (0x21..=0x7E).contains(&b) && b != b'"' && b != b'%' {
+            encoded.push(char::from(b));
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
+}
+
 #[cfg(target_arch = "wasm32")]
 mod component {
     use super::*;
@@ -77,29 +292,30 @@ mod component {
                 "config `method` is `{method}`; a sink sends with POST, PUT or PATCH"
             )));
         }
-        let body = match message.content_type.split(';').next().map(str::trim) {
-            Some("application/json") => message.body.clone(),
-            _ => {
-                let value: serde_json::Value = message.decode()?;
-                serde_json::to_vec(&value)
-                    .map_err(|e| Failure::Invalid(format!("cannot write JSON: {e}")))?
-            }
-        };
+        let format = Format::from_config(config::get("format").as_deref())?;
+        let source = config::get("ce_source").unwrap_or_else(|| DEFAULT_CE_SOURCE.into());
+        let payload = payload(format, &message, &source)?;
         let extra = json_map("headers", config::get("headers"))?;
         let mut from_secrets = Vec::new();
         for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
             from_secrets.push((name, secret_header(&template, secrets::get)?));
         }
         let mut headers: Vec<(&str, &str)> = vec![
-            ("content-type", "application/json"),
+            ("content-type", payload.content_type.as_str()),
             ("accept", "application/json"),
             (IDEMPOTENCY_HEADER, idempotency_key),
             ("tenon-kind", message.kind.as_str()),
             ("tenon-key", message.key.as_str()),
         ];
+        headers.extend(
+            payload
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let response = http::send(&method, &url, &headers, &body)?;
+        let response = http::send(&method, &url, &headers, &payload.body)?;
         if !response.is_success() {
             return Err(response.failure());
         }

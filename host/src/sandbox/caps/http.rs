@@ -5,6 +5,7 @@
 
 use super::{PluginContext, PluginState, Violation, Violations};
 use crate::sandbox::egress::SendError;
+use crate::sandbox::throttle;
 use crate::store::audit::Decision;
 use crate::telemetry::{self, metrics};
 use std::sync::Arc;
@@ -141,8 +142,33 @@ impl WasiHttpHooks for HttpGrants {
         Box::new(async move {
             let allowed = || violations.decide(&ctx, "http", &origin, Decision::Allow, None);
             let started = std::time::Instant::now();
+            // The instance's rate, concurrency and pause, before anything leaves.
+            let admitted = match ctx.throttle.admit().await {
+                Ok(admitted) => admitted,
+                Err(pause) => {
+                    metrics::outbound(&ctx.name, &origin, "paused", started.elapsed());
+                    telemetry::end(&span, vec![], Some(format!("paused: {}", pause.reason)));
+                    tracing::debug!(plugin = %ctx.name, %origin, reason = %pause.reason, "request held: the instance is paused");
+                    return Err(E::ConnectionRefused);
+                }
+            };
             let sent =
                 tokio::time::timeout(ctx.timeout(), egress.send(request, on_too_large)).await;
+            drop(admitted);
+            // A limited API's answer pauses the whole instance, not just this message.
+            if let Ok(Ok(response)) = &sent
+                && matches!(response.status().as_u16(), 429 | 503)
+                && let Some(wait) = response
+                    .headers()
+                    .get(http::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(throttle::retry_after)
+            {
+                ctx.throttle.pause(
+                    wait,
+                    format!("HTTP {} from {origin}", response.status().as_u16()),
+                );
+            }
             let status = match &sent {
                 Ok(Ok(response)) => response.status().as_u16().to_string(),
                 Ok(Err(SendError::Network(_))) | Err(_) => "error".to_owned(),

@@ -79,6 +79,8 @@ pub struct PluginContext {
     pub audit: AuditLog,
     /// Its outbound HTTP client, when it is granted hosts.
     pub egress: Option<Arc<Egress>>,
+    /// What the instance may send out, shared by its versions.
+    pub throttle: Arc<crate::sandbox::throttle::Throttle>,
     /// Its log allowance per minute, and what it dropped.
     pub logs: log::LogBudget,
 }
@@ -374,6 +376,7 @@ mod tests {
             redactor: Redactor::default(),
             audit: storage.audit().clone(),
             egress: None,
+            throttle: Arc::default(),
             logs: log::LogBudget::default(),
         };
         (dir, Arc::new(ctx))

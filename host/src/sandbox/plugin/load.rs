@@ -240,6 +240,7 @@ impl Plugin {
             redactor,
             audit: engine.audit().clone(),
             egress,
+            throttle: engine.throttle(name, settings.outbound),
             logs: caps::log::LogBudget::default(),
         });
 

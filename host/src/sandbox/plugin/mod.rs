@@ -43,6 +43,8 @@ pub struct PluginSettings {
     /// The secrets the operator maps to this instance, by the plugin's names for
     /// them: all it may ever read.
     pub secrets: BTreeMap<String, Secret>,
+    /// What it may send out (`[plugins.<name>] outbound`).
+    pub outbound: crate::config::Outbound,
 }
 
 enum Pre {
@@ -135,6 +137,11 @@ impl Plugin {
     /// Longest a call may take.
     pub fn timeout(&self) -> Duration {
         self.ctx.timeout()
+    }
+
+    /// The instance's outbound gate (its pause, if a `Retry-After` stopped it).
+    pub fn throttle(&self) -> &crate::sandbox::throttle::Throttle {
+        &self.ctx.throttle
     }
 
     /// The effective grants (the manifest's, narrowed by the operator).
