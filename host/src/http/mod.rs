@@ -36,7 +36,7 @@
 //!
 //! Errors are `application/problem+json` (RFC 9457) naming the problem: `401` without
 //! a valid key, `403` when the key lacks the route's scope, `429` over a rate limit
-//! ([`limits`]), `408` for a body that does not arrive in time.
+//! (per key and per source), `408` for a body that does not arrive in time.
 //!
 //! **Architecture invariant:** a 2xx is sent only after the messages are committed;
 //! any failure before that is a 4xx/5xx and nothing was accepted.

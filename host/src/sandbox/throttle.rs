@@ -31,7 +31,7 @@ pub const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 pub struct Pause {
     /// Until when (ms since the Unix epoch).
     pub until_ms: u64,
-    /// What asked for it, e.g. "HTTP 429 from https://erp.example.com:443".
+    /// What asked for it, e.g. `HTTP 429 from https://erp.example.com:443`.
     pub reason: String,
 }
 
