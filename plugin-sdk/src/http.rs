@@ -108,23 +108,38 @@ pub fn send(
 
     let outgoing = request.body().map_err(|()| bad("body"))?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| http_failure(url, e))?;
-    {
+    // Nothing to write for an empty body (a GET): the host may already have sent the
+    // request and closed the stream. A server may also answer before it has read a
+    // body (a 403, a 413): its answer then counts, not the write that failed.
+    let mut unsent = None;
+    if !body.is_empty() {
         let mut stream = outgoing.write().map_err(|()| bad("body stream"))?;
-        stream
+        if let Err(e) = stream
             .write_all(body)
             .and_then(|()| Write::flush(&mut stream))
-            .map_err(|e| Failure::Retryable(format!("sending the body to {url} failed: {e}")))?;
+        {
+            unsent = Some(format!("sending the body to {url} failed: {e}"));
+        }
     }
-    OutgoingBody::finish(outgoing, None).map_err(|e| http_failure(url, e))?;
+    let finished = OutgoingBody::finish(outgoing, None);
 
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(e))) => return Err(http_failure(url, e)),
+        Some(Ok(Err(e))) => {
+            return Err(unsent.map_or_else(|| http_failure(url, e), Failure::Retryable));
+        }
         Some(Err(())) | None => {
-            return Err(Failure::Retryable(format!("no response from {url}")));
+            return Err(Failure::Retryable(
+                unsent.unwrap_or_else(|| format!("no response from {url}")),
+            ));
         }
     };
+    if let (Err(e), None) = (&finished, &unsent)
+        && response.status() < 400
+    {
+        return Err(http_failure(url, e.clone()));
+    }
     let status = response.status();
     let headers = response.headers().entries();
     let incoming = response.consume().map_err(|()| bad("response body"))?;
