@@ -37,12 +37,20 @@ impl Message {
         let body = encoding
             .encode(value)
             .map_err(|e| Failure::Invalid(format!("cannot encode {kind}: {e}")))?;
+        // A canonical model's message says which version of the model it is in.
+        let headers = match tenon_model::CANONICAL.iter().any(|(k, _)| *k == kind) {
+            true => vec![(
+                tenon_model::MODEL_HEADER.to_owned(),
+                tenon_model::MODEL_VERSION.to_owned(),
+            )],
+            false => Vec::new(),
+        };
         Ok(Message {
             id: String::new(),
             key: key.to_owned(),
             kind: kind.to_owned(),
             content_type: encoding.content_type().to_owned(),
-            headers: Vec::new(),
+            headers,
             body,
         })
     }
@@ -229,6 +237,14 @@ mod tests {
                 .collect(),
             body: b"{}".to_vec(),
         }
+    }
+
+    #[test]
+    fn a_canonical_message_names_its_model_version() {
+        let quote = Message::encode("QuoteApproved", "Q-1", &serde_json::json!({})).unwrap();
+        assert_eq!(quote.header("tenon-model"), Some("1"));
+        let own = Message::encode("PartnerPinged", "P-1", &serde_json::json!({})).unwrap();
+        assert!(own.headers.is_empty());
     }
 
     #[test]

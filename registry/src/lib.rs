@@ -69,6 +69,89 @@ pub struct Manifest {
     /// Capabilities the plugin asks for; anything not asked for is denied.
     #[serde(default)]
     pub grants: Grants,
+    /// The canonical models it reads and writes, each `Kind@major`. A flow in which a
+    /// plugin writes a kind at a version the next one reads at another is refused.
+    #[serde(default)]
+    pub models: Models,
+}
+
+/// `[models]` of a manifest:
+///
+/// ```toml
+/// [models]
+/// reads = ["QuoteApproved@1"]
+/// writes = ["OrderAccepted@1"]
+/// ```
+///
+/// Only what is declared is checked: a kind of a plugin's own, or a plugin that
+/// declares nothing, goes unchecked. Versions are majors: additive changes keep a
+/// model's major (a reader of 1 reads every 1.x), a removal takes the next.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    /// What it takes in.
+    #[serde(default)]
+    pub reads: Vec<ModelRef>,
+    /// What it puts out.
+    #[serde(default)]
+    pub writes: Vec<ModelRef>,
+}
+
+/// A canonical model at a major version, written `Kind@major`, e.g. `OrderAccepted@1`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ModelRef {
+    /// The event kind, e.g. `OrderAccepted`.
+    pub kind: String,
+    /// The model's major version.
+    pub major: u32,
+}
+
+impl TryFrom<String> for ModelRef {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<ModelRef, String> {
+        let (kind, major) = text
+            .split_once('@')
+            .ok_or_else(|| format!("`{text}` is not `Kind@major` (e.g. `OrderAccepted@1`)"))?;
+        let kind_ok = !kind.is_empty()
+            && kind
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_');
+        let major = major
+            .parse::<u32>()
+            .ok()
+            .filter(|_| kind_ok)
+            .ok_or_else(|| format!("`{text}` is not `Kind@major` (e.g. `OrderAccepted@1`)"))?;
+        Ok(ModelRef {
+            kind: kind.to_owned(),
+            major,
+        })
+    }
+}
+
+impl fmt::Display for ModelRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.kind, self.major)
+    }
+}
+
+impl Models {
+    /// Why a plugin that writes with these models may not feed one that reads with
+    /// `next` (each named by `writer` and `reader`): the first kind `next` reads at
+    /// other majors only. `None` when they agree, or either side is silent on a kind.
+    pub fn mismatch(&self, next: &Models, writer: &str, reader: &str) -> Option<String> {
+        self.writes.iter().find_map(|w| {
+            let read: Vec<&ModelRef> = next.reads.iter().filter(|r| r.kind == w.kind).collect();
+            (!read.is_empty() && !read.iter().any(|r| r.major == w.major)).then(|| {
+                let read: Vec<String> = read.iter().map(ToString::to_string).collect();
+                format!(
+                    "`{writer}` writes {w}, but `{reader}` reads {}",
+                    read.join(", ")
+                )
+            })
+        })
+    }
 }
 
 /// Memory a plugin gets when its manifest names no limit, in MiB.

@@ -21,6 +21,8 @@ pub struct Received {
     pub idempotency_key: Option<String>,
     /// The W3C `traceparent` header.
     pub traceparent: Option<String>,
+    /// Every header, by lower-case name (the last of repeated ones).
+    pub headers: std::collections::BTreeMap<String, String>,
     /// The order number it answered with.
     pub order_number: String,
     /// The JSON body.
@@ -202,6 +204,11 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let headers = req
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
     let body = match req.into_body().collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
@@ -223,6 +230,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         path,
         idempotency_key: key,
         traceparent,
+        headers,
         order_number: order_number.clone(),
         body,
         duplicate,

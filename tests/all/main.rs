@@ -18,6 +18,7 @@ mod plugins;
 mod restart;
 mod sandbox;
 mod sap;
+mod schemas;
 mod storage_faults;
 mod store;
 mod support;

@@ -30,6 +30,8 @@ fn scope_of(method: &Method, segments: &[&str]) -> Option<Scope> {
             | ["v1", "audit"]
             | ["v1", "keys"]
             | ["v1", "kpis"]
+            | ["v1", "schemas"]
+            | ["v1", "schemas", _, _]
             | ["v1", "trace", _]
             | ["metrics"]
     );
@@ -228,6 +230,45 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                     done: (*action).to_owned(),
                 },
             ))
+        }
+        (&Method::GET, ["v1", "schemas"]) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "schemas": tenon_model::CANONICAL
+                    .iter()
+                    .map(|(kind, model)| serde_json::json!({
+                        "kind": kind,
+                        "model": model,
+                        "version": tenon_model::MODEL_VERSION,
+                        "url": format!("/v1/schemas/{kind}/{}", tenon_model::MODEL_VERSION),
+                    }))
+                    .collect::<Vec<_>>()
+            }),
+        )),
+        (&Method::GET, ["v1", "schemas", kind, version]) => {
+            match tenon_model::schema(kind, version) {
+                Some(mut schema) => {
+                    schema["$id"] = format!("urn:tenon:schema:{kind}:{version}").into();
+                    let mut reply = json(StatusCode::OK, &schema);
+                    reply.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static("application/schema+json"),
+                    );
+                    Ok(reply)
+                }
+                None => Err(Problem::not_found(
+                    "unknown-schema",
+                    "Unknown schema",
+                    format!(
+                        "no canonical model `{kind}` at version `{version}`; there are: {}",
+                        tenon_model::CANONICAL
+                            .iter()
+                            .map(|(k, _)| format!("{k}/{}", tenon_model::MODEL_VERSION))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
         }
         (&Method::GET, ["metrics"]) => {
             let text = runtime.metrics_text().await?;

@@ -62,7 +62,7 @@ pub(crate) fn describe_event(message: &StoredMessage) -> String {
     let headers: Vec<String> = message
         .headers
         .iter()
-        .filter(|(k, _)| k.starts_with("tenon-"))
+        .filter(|(k, _)| k.starts_with("tenon-") && k != tenon_model::MODEL_HEADER)
         .map(|(k, v)| format!("{k} = `{v}`"))
         .collect();
     if headers.is_empty() {
@@ -70,6 +70,55 @@ pub(crate) fn describe_event(message: &StoredMessage) -> String {
     } else {
         format!("`{}` with {}", message.kind, headers.join(", "))
     }
+}
+
+/// Refuse flows in which a plugin writes a canonical model at a version the plugin it
+/// feeds reads at another (each side as its manifest's `[models]` declares): within a
+/// flow, each stage and the next (the source first); across flows, every plugin that
+/// writes a kind and the first stage of each flow subscribing to it. `models` gives
+/// an instance's declarations (`None`: unknown, unchecked).
+pub(crate) fn check_models(
+    flows: &BTreeMap<String, Flow>,
+    models: impl Fn(&str) -> Option<tenon_registry::Models>,
+) -> Result<(), String> {
+    for flow in flows.values() {
+        let chain: Vec<&String> = flow.source.iter().chain(&flow.stages).collect();
+        for pair in chain.windows(2) {
+            if let (Some(writes), Some(reads)) = (models(pair[0]), models(pair[1]))
+                && let Some(why) = writes.mismatch(&reads, pair[0], pair[1])
+            {
+                return Err(format!("flow `{}`: {why}", flow.name));
+            }
+        }
+        let Some(first) = flow.stages.first().filter(|_| !flow.subscribe.is_empty()) else {
+            continue;
+        };
+        let Some(reads) = models(first) else {
+            continue;
+        };
+        for other in flows.values() {
+            for writer in other.source.iter().chain(&other.stages) {
+                let Some(writes) = models(writer) else {
+                    continue;
+                };
+                let subscribed = tenon_registry::Models {
+                    reads: Vec::new(),
+                    writes: writes
+                        .writes
+                        .into_iter()
+                        .filter(|w| flow.subscribe.contains(&w.kind))
+                        .collect(),
+                };
+                if let Some(why) = subscribed.mismatch(&reads, writer, first) {
+                    return Err(format!(
+                        "flow `{}` subscribes to what flow `{}` publishes: {why}",
+                        flow.name, other.name
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The flows of a config, with each stage checked against the kind of its plugin.

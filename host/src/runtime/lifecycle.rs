@@ -193,6 +193,13 @@ impl Runtime {
                     })
             };
             let flows = resolve_flows(&new, kind_of).map_err(|e| e.to_string())?;
+            super::flows::check_models(&flows, |name| {
+                loaded
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .map(|p| p.manifest().models.clone())
+                    .or_else(|| self.plugin(name).map(|p| p.manifest().models.clone()))
+            })?;
             Ok(Candidate {
                 config: new,
                 loaded,
@@ -326,7 +333,17 @@ impl Runtime {
         loaded: Result<Plugin, String>,
         approved: bool,
     ) -> Result<Reload, LifecycleError> {
-        let loaded = loaded.inspect(|plugin| archive(&self.data_dir, plugin));
+        let loaded = loaded
+            .inspect(|plugin| archive(&self.data_dir, plugin))
+            .and_then(|plugin| {
+                // The new version must read and write what its neighbours write and read.
+                let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+                super::flows::check_models(&flows, |other| match other == name {
+                    true => Some(plugin.manifest().models.clone()),
+                    false => self.plugin(other).map(|p| p.manifest().models.clone()),
+                })
+                .map(|()| plugin)
+            });
         let record = loaded.as_ref().map(approved_of).ok();
         let result = loaded
             .map_err(LifecycleError::Refused)

@@ -185,6 +185,10 @@ impl Runtime {
             plugins.insert(name.clone(), (live, waiting));
         }
         let flows = resolve_flows(&config, |name| plugins.get(name).map(|p| p.0.kind()))?;
+        flows::check_models(&flows, |name| {
+            plugins.get(name).map(|p| p.0.manifest().models.clone())
+        })
+        .map_err(|why| anyhow::anyhow!("{}: {why}", config.path.display()))?;
         Ok(Runtime {
             guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),

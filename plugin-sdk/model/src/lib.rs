@@ -19,8 +19,49 @@ pub use chrono;
 pub use money::{Currency, CurrencyError, Money};
 pub use rust_decimal;
 
-/// Version of the canonical models in this crate; carried in the `tenon-model` header.
+/// Version of the canonical models in this crate (the major: additive changes keep
+/// it, a removal or a change of meaning takes the next); carried in the
+/// [`MODEL_HEADER`] of every message the SDK encodes.
 pub const MODEL_VERSION: &str = "1";
+
+/// The message header that names the version of the canonical model its body is in.
+pub const MODEL_HEADER: &str = "tenon-model";
+
+/// Each canonical kind with the model its body is, for [`schema`].
+pub const CANONICAL: &[(&str, &str)] = &[
+    (kinds::QUOTE_APPROVED, "Quote"),
+    (kinds::ORDER_ACCEPTED, "Order"),
+    (kinds::CONTRACT_ACTIVATED, "Contract"),
+    (kinds::CONTRACT_AMENDED, "Contract"),
+    (kinds::CONTRACT_CANCELLED, "Contract"),
+    (kinds::PAYMENT_RECEIVED, "Payment"),
+    (kinds::PAYMENT_FAILED, "Payment"),
+    (kinds::INVOICE_POSTED, "Invoice"),
+    (kinds::REVENUE_SCHEDULE_UPDATED, "RevenueSchedule"),
+    (kinds::CUSTOMER_UPSERTED, "Party"),
+];
+
+/// The JSON Schema (draft 2020-12) of the body of canonical `kind` at `version`, as
+/// generated from these types; `None` for a kind or version this crate does not define.
+#[cfg(feature = "schema")]
+pub fn schema(kind: &str, version: &str) -> Option<serde_json::Value> {
+    if version != MODEL_VERSION {
+        return None;
+    }
+    let (_, model) = CANONICAL.iter().find(|(k, _)| *k == kind)?;
+    let mut schema = match *model {
+        "Quote" => schemars::schema_for!(Quote),
+        "Order" => schemars::schema_for!(Order),
+        "Contract" => schemars::schema_for!(Contract),
+        "Payment" => schemars::schema_for!(Payment),
+        "Invoice" => schemars::schema_for!(Invoice),
+        "RevenueSchedule" => schemars::schema_for!(RevenueSchedule),
+        "Party" => schemars::schema_for!(Party),
+        _ => return None,
+    };
+    schema.insert("title".into(), format!("{kind} v{version}").into());
+    Some(schema.to_value())
+}
 
 /// The header carrying an idempotency key (lower case; compare names ASCII
 /// case-insensitively). On a request to ingress and on a source's messages, it is the
@@ -50,10 +91,13 @@ pub mod kinds {
     pub const INVOICE_POSTED: &str = "InvoicePosted";
     /// A revenue schedule created or changed, body [`super::RevenueSchedule`].
     pub const REVENUE_SCHEDULE_UPDATED: &str = "RevenueScheduleUpdated";
+    /// A customer created or changed in the CRM (master data), body [`super::Party`].
+    pub const CUSTOMER_UPSERTED: &str = "CustomerUpserted";
 }
 
 /// A customer, supplier or legal entity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Party {
     /// Identifier in the system of record (e.g. the CRM account id).
     pub id: String,
@@ -71,6 +115,7 @@ pub struct Party {
 
 /// A sellable product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Product {
     /// Identifier in the product catalogue.
     pub id: String,
@@ -92,6 +137,7 @@ impl Product {
 
 /// How a line is charged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ChargeType {
     /// Charged once: goods, set-up fees.
     OneTime,
@@ -110,6 +156,7 @@ impl ChargeType {
 
 /// A date range, both ends inclusive, as billing systems state service periods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Period {
     /// First day of the period.
     pub start: NaiveDate,
@@ -119,6 +166,7 @@ pub struct Period {
 
 /// The subscription side of a line: term and billing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct SubscriptionTerm {
     /// Term length in months.
     pub months: u32,
@@ -135,6 +183,7 @@ pub struct SubscriptionTerm {
 
 /// A discount applied to a line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Discount {
     /// Percentage off the list price (10 means 10%).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -146,6 +195,7 @@ pub struct Discount {
 
 /// A quote approved in CPQ (event `QuoteApproved`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Quote {
     /// Identifier in the CPQ system.
     pub id: String,
@@ -180,6 +230,7 @@ pub struct Quote {
 /// One line of a [`Quote`]. Its amounts are in the quote's currency: single-currency
 /// CPQ orgs do not state it per line.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct QuoteLine {
     /// Key of the line within the quote.
     pub key: u32,
@@ -209,6 +260,7 @@ pub struct QuoteLine {
 
 /// What an order is for: ERPs book goods and subscriptions differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum OrderCategory {
     /// One-time goods and services, delivered.
     Physical,
@@ -218,6 +270,7 @@ pub enum OrderCategory {
 
 /// A sales order (event `OrderAccepted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Order {
     /// Order identifier, unique per quote and category (e.g. `Q-00822-P`).
     pub id: String,
@@ -242,6 +295,7 @@ pub struct Order {
 
 /// One line of an [`Order`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct OrderLine {
     /// Line number, from 10 in steps of 10 as ERPs number them. The numbering is
     /// per quote, so the orders split from one quote never reuse a number.
@@ -268,6 +322,7 @@ pub struct OrderLine {
 
 /// Lifecycle state of a contract.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum ContractStatus {
     /// In force.
     Active,
@@ -279,6 +334,7 @@ pub enum ContractStatus {
 
 /// A contract or subscription (event `ContractActivated` and its amendments).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Contract {
     /// Identifier in the billing system (e.g. the subscription number).
     pub id: String,
@@ -313,6 +369,7 @@ pub struct Contract {
 
 /// How an amendment changed a contract line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum LineChange {
     /// The charge was added.
     Added,
@@ -322,6 +379,7 @@ pub enum LineChange {
 
 /// One charge of a [`Contract`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ContractLine {
     /// Identifier of the charge in the billing system.
     pub id: String,
@@ -348,6 +406,7 @@ pub struct ContractLine {
 
 /// A posted invoice (event `InvoicePosted`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Invoice {
     /// Identifier in the billing system.
     pub id: String,
@@ -372,6 +431,7 @@ pub struct Invoice {
 
 /// One line of an [`Invoice`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct InvoiceLine {
     /// Identifier of the line in the billing system.
     pub id: String,
@@ -390,6 +450,7 @@ pub struct InvoiceLine {
 /// A payment on an invoice, received or failed (events `PaymentReceived`,
 /// `PaymentFailed`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Payment {
     /// The invoice paid (or not).
     pub invoice_id: String,
@@ -410,6 +471,7 @@ pub struct Payment {
 
 /// Revenue recognised over time for one obligation (event `RevenueScheduleUpdated`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevenueSchedule {
     /// Identifier of the schedule.
     pub id: String,
@@ -423,6 +485,7 @@ pub struct RevenueSchedule {
 
 /// One period of a [`RevenueSchedule`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevenuePeriod {
     /// The days recognised in this period.
     pub period: Period,
@@ -561,5 +624,67 @@ mod tests {
             err.to_string(),
             "unsupported content type `text/csv` (expected application/json or application/msgpack)"
         );
+    }
+}
+
+#[cfg(test)]
+#[cfg(feature = "schema")]
+mod schema_tests {
+    use super::*;
+
+    fn validator(kind: &str) -> jsonschema::Validator {
+        let schema = schema(kind, MODEL_VERSION).unwrap();
+        jsonschema::validator_for(&schema).unwrap()
+    }
+
+    fn expected(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples/quote-to-cash/expected")
+            .join(name);
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_examples_canonical_messages_fit_their_schemas() {
+        for name in ["plain", "bundle", "invalid"] {
+            let quote = expected(&format!("{name}.quote.json"));
+            let errors: Vec<String> = validator(kinds::QUOTE_APPROVED)
+                .iter_errors(&quote)
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errors.is_empty(), "{name}: {errors:?}");
+        }
+        for name in ["plain", "bundle"] {
+            let orders = expected(&format!("{name}.orders.json"));
+            for order in orders.as_array().unwrap() {
+                let errors: Vec<String> = validator(kinds::ORDER_ACCEPTED)
+                    .iter_errors(&order["body"])
+                    .map(|e| e.to_string())
+                    .collect();
+                assert!(errors.is_empty(), "{name}: {errors:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schema_refuses_what_the_model_refuses() {
+        let mut order = expected("plain.orders.json")[0]["body"].clone();
+        let valid = validator(kinds::ORDER_ACCEPTED);
+        assert!(valid.is_valid(&order));
+        order["currency"] = "EURO".into();
+        assert!(!valid.is_valid(&order), "a currency is three letters");
+        let mut order = expected("plain.orders.json")[0]["body"].clone();
+        order.as_object_mut().unwrap().remove("customer");
+        assert!(!valid.is_valid(&order), "the customer is required");
+    }
+
+    #[test]
+    fn every_canonical_kind_has_a_schema_and_nothing_else_does() {
+        for (kind, _) in CANONICAL {
+            let schema = schema(kind, MODEL_VERSION).unwrap();
+            assert_eq!(schema["title"], format!("{kind} v1"));
+        }
+        assert!(schema(kinds::QUOTE_APPROVED, "2").is_none());
+        assert!(schema("QuoteSent", MODEL_VERSION).is_none());
     }
 }

@@ -6,6 +6,8 @@ use std::fmt;
 
 /// An ISO 4217 currency code: three ASCII upper-case letters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "schema", schemars(extend("pattern" = "^[A-Za-z]{3}$")))]
 #[serde(try_from = "String", into = "String")]
 pub struct Currency(String);
 
@@ -65,6 +67,7 @@ impl fmt::Display for Currency {
 /// An exact amount of money. Serialised as `{"amount": "12.50", "currency": "EUR"}`:
 /// the amount is a decimal string so that no JSON reader turns it into a float.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Money {
     /// The amount, exact.
     pub amount: Decimal,

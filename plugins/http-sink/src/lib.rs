@@ -42,7 +42,8 @@
 //! a CloudEvents string cannot (a control character, a Unicode noncharacter) is
 //! `invalid` in both CloudEvents formats.
 //!
-//! Every request carries `Idempotency-Key` (stable across redeliveries), `Tenon-Kind`
+//! Every request carries `Idempotency-Key` (stable across redeliveries), `Tenon-Model`
+//! (the canonical model's version, when the message names one), `Tenon-Kind`
 //! and `Tenon-Key`. MessagePack bodies are transcoded to JSON. Status 408, 429 and 5xx
 //! are `retryable`; any other non-2xx is `rejected` with the response body as reason.
 
@@ -307,6 +308,10 @@ mod component {
             ("tenon-kind", message.kind.as_str()),
             ("tenon-key", message.key.as_str()),
         ];
+        // The canonical model's version travels on, for the receiver to check.
+        if let Some(version) = message.header(tenon_sdk::model::MODEL_HEADER) {
+            headers.push((tenon_sdk::model::MODEL_HEADER, version));
+        }
         headers.extend(
             payload
                 .headers
