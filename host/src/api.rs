@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 /// An error answer, `application/problem+json` (RFC 9457).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Problem {
     /// `urn:tenon:problem:<slug>`.
     #[serde(rename = "type")]
@@ -33,14 +33,14 @@ pub struct Problem {
 }
 
 /// `POST /v1/sources/{source}`: what was accepted (`202`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Accepted {
     /// The ids of the accepted messages, one per flow the source feeds.
     pub accepted: Vec<MessageId>,
 }
 
 /// `GET /v1/plugins`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Plugins {
     /// Every plugin instance: its live version, what was refused, what waits.
     pub plugins: Vec<LiveStatus>,
@@ -53,7 +53,7 @@ pub struct Plugins {
 }
 
 /// The live config, in [`Plugins`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ConfigStatus {
     /// The config file.
     pub path: PathBuf,
@@ -66,7 +66,7 @@ pub struct ConfigStatus {
 }
 
 /// `POST /v1/plugins/{name}/try|promote|rollback|approve`: what to act on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginAction {
     /// A candidate plugin directory (`try`, `promote`), under the plugin roots.
@@ -84,7 +84,7 @@ pub struct PluginAction {
 }
 
 /// What a reload, promotion, rollback or approval came to.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Swap {
     /// The plugin instance.
     pub plugin: String,
@@ -102,7 +102,7 @@ pub struct Swap {
 }
 
 /// A version held for approval, in [`Swap`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Held {
     /// Its digest.
     pub digest: String,
@@ -111,7 +111,7 @@ pub struct Held {
 }
 
 /// `POST /v1/plugins/{name}/try`: the candidate beside the live version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Tried {
     /// The plugin instance.
     pub plugin: String,
@@ -122,14 +122,14 @@ pub struct Tried {
 }
 
 /// `GET /v1/dlq`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetters {
     /// Oldest first.
     pub dead_letters: Vec<DeadLetterSummary>,
 }
 
 /// One dead letter, in [`DeadLetters`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterSummary {
     /// The message id.
     pub id: MessageId,
@@ -156,7 +156,7 @@ pub struct DeadLetterSummary {
 }
 
 /// `GET /v1/dlq/{id}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterDetail {
     /// What the list shows.
     #[serde(flatten)]
@@ -170,7 +170,7 @@ pub struct DeadLetterDetail {
 }
 
 /// `POST /v1/dlq/{id}/redrive|discard`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterHandled {
     /// The message id.
     pub id: MessageId,
@@ -179,7 +179,7 @@ pub struct DeadLetterHandled {
 }
 
 /// `GET /v1/messages/{id}`: what happened to an accepted message.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MessageStatus {
     /// The id asked about.
     pub id: MessageId,
@@ -192,7 +192,7 @@ pub struct MessageStatus {
 }
 
 /// A message still queued, in [`MessageStatus`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pending {
     /// Its id.
     pub id: MessageId,
@@ -211,14 +211,14 @@ pub struct Pending {
 }
 
 /// `GET /v1/events`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Events {
     /// In log order.
     pub events: Vec<EventView>,
 }
 
 /// One event of the log, in [`Events`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EventView {
     /// Its offset.
     pub offset: u64,
@@ -244,7 +244,7 @@ pub struct EventView {
 }
 
 /// `POST /v1/flows/{flow}/replay`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Replay {
     /// The first event: an offset or an RFC 3339 time (default: the start).
@@ -256,7 +256,7 @@ pub struct Replay {
 }
 
 /// A bound of a replay: an offset or an RFC 3339 time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum Bound {
     /// An offset in the event log.
@@ -266,7 +266,7 @@ pub enum Bound {
 }
 
 /// What a replay re-ran.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Replayed {
     /// The flow.
     pub flow: String,
@@ -277,7 +277,7 @@ pub struct Replayed {
 }
 
 /// `GET /v1/audit`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Audit {
     /// The records, oldest first.
     pub records: Vec<AuditRecord>,
@@ -286,14 +286,14 @@ pub struct Audit {
 }
 
 /// `GET /v1/keys`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Keys {
     /// Every key, revoked ones included (never a token).
     pub keys: Vec<ApiKey>,
 }
 
 /// `POST /v1/keys`: the key to create.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewKey {
     /// What it is for.
@@ -304,7 +304,7 @@ pub struct NewKey {
 }
 
 /// `POST /v1/keys`: the key and its token, shown this once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KeyCreated {
     /// The key.
     pub key: ApiKey,
@@ -313,7 +313,7 @@ pub struct KeyCreated {
 }
 
 /// `POST /v1/keys/{id}/revoke`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KeyRevoked {
     /// The key, revoked.
     pub key: ApiKey,

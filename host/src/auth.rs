@@ -110,6 +110,20 @@ impl fmt::Display for Scope {
     }
 }
 
+impl schemars::JsonSchema for Scope {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Scope".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "`admin:read`, `admin:write`, `plugins:promote`, `ingest:*` or `ingest:<source>`",
+            "pattern": "^(admin:read|admin:write|plugins:promote|ingest:\\*|ingest:[A-Za-z0-9_-]+)$"
+        })
+    }
+}
+
 impl Serialize for Scope {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -124,7 +138,7 @@ impl<'de> Deserialize<'de> for Scope {
 }
 
 /// A key as stored: never its token, only the token's hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApiKey {
     /// Its id, e.g. `k_3f9a0c21d4e7`: what the audit log and `tenon keys list` show.
     pub id: String,

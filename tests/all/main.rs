@@ -14,6 +14,7 @@ mod e2e;
 mod edges;
 mod mapping;
 mod observability;
+mod openapi;
 mod plugins;
 mod restart;
 mod sandbox;

@@ -1,6 +1,9 @@
 //! What the end-to-end benches share: a `tenon run` node in its own process (the
 //! release binary) and a saturating load of ~2 KB quotes from this process.
 
+// Each bench uses a part of it.
+#![allow(dead_code)]
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::io::{BufRead, BufReader};
@@ -17,7 +20,7 @@ pub const SATURATION: Duration = Duration::from_secs(8);
 /// A `tenon run` process, killed when dropped.
 pub struct Node {
     child: Child,
-    addr: String,
+    pub addr: String,
     auth: String,
 }
 
@@ -66,10 +69,13 @@ pub fn start(dir: &Path, config: &str) -> anyhow::Result<Node> {
     })
 }
 
-/// Post as fast as answered for [`SATURATION`], the lanes spread over the nodes;
-/// the figure is orders delivered at the ERP per second, everything drained.
-pub async fn saturate(erp: &MockErp, nodes: &[&Node], tag: &str) -> anyhow::Result<f64> {
-    let before = erp.orders();
+/// Post as fast as answered for `duration`, the lanes spread over the nodes; how
+/// many were accepted (`202`), and how many refused for a limit (`429`).
+pub async fn post_for(
+    nodes: &[&Node],
+    tag: &str,
+    duration: Duration,
+) -> anyhow::Result<(usize, usize)> {
     let started = Instant::now();
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..LANES {
@@ -81,9 +87,9 @@ pub async fn saturate(erp: &MockErp, nodes: &[&Node], tag: &str) -> anyhow::Resu
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
-            let mut accepted = 0usize;
+            let (mut accepted, mut limited) = (0usize, 0usize);
             let mut n = 0u64;
-            while started.elapsed() < SATURATION {
+            while started.elapsed() < duration {
                 let body = template.replace("Q-00101", &format!("Q-{tag}{lane:02}-{n:07}"));
                 n += 1;
                 let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
@@ -94,17 +100,30 @@ pub async fn saturate(erp: &MockErp, nodes: &[&Node], tag: &str) -> anyhow::Resu
                 let response = sender.send_request(request).await?;
                 let status = response.status();
                 response.into_body().collect().await?;
-                if status == 202 {
-                    accepted += 1;
+                match status.as_u16() {
+                    202 => accepted += 1,
+                    429 => limited += 1,
+                    _ => {}
                 }
             }
-            Ok::<_, anyhow::Error>(accepted)
+            Ok::<_, anyhow::Error>((accepted, limited))
         });
     }
-    let mut accepted = 0;
+    let (mut accepted, mut limited) = (0, 0);
     while let Some(done) = lanes.join_next().await {
-        accepted += done??;
+        let (a, l) = done??;
+        accepted += a;
+        limited += l;
     }
+    Ok((accepted, limited))
+}
+
+/// Post as fast as answered for [`SATURATION`], the lanes spread over the nodes;
+/// the figure is orders delivered at the ERP per second, everything drained.
+pub async fn saturate(erp: &MockErp, nodes: &[&Node], tag: &str) -> anyhow::Result<f64> {
+    let before = erp.orders();
+    let started = Instant::now();
+    let (accepted, _) = post_for(nodes, tag, SATURATION).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while erp.orders() < before + accepted && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -18,44 +18,11 @@ use std::sync::Arc;
 /// Largest admin request body.
 const MAX_ADMIN_BODY: usize = 64 << 10;
 
-/// The scope a route of the admin API needs; `None` for no such route.
+/// The scope a route of the admin API needs ([`super::routes::ROUTES`]); `None` for
+/// no such route.
 fn scope_of(method: &Method, segments: &[&str]) -> Option<Scope> {
-    let read = matches!(
-        segments,
-        ["v1", "messages", _]
-            | ["v1", "dlq"]
-            | ["v1", "dlq", _]
-            | ["v1", "events"]
-            | ["v1", "plugins"]
-            | ["v1", "audit"]
-            | ["v1", "keys"]
-            | ["v1", "kpis"]
-            | ["v1", "schemas"]
-            | ["v1", "schemas", _, _]
-            | ["v1", "trace", _]
-            | ["metrics"]
-    );
-    match (method, segments) {
-        (&Method::GET, _) if read => Some(Scope::AdminRead),
-        (
-            &Method::POST,
-            ["v1", "dlq", _, "redrive" | "discard"]
-            | ["v1", "flows", _, "replay"]
-            | ["v1", "plugins", _, "reload"]
-            | ["v1", "keys"]
-            | ["v1", "keys", _, "revoke"],
-        ) => Some(Scope::AdminWrite),
-        (
-            &Method::POST,
-            [
-                "v1",
-                "plugins",
-                _,
-                "try" | "promote" | "rollback" | "approve",
-            ],
-        ) => Some(Scope::PluginsPromote),
-        _ => None,
-    }
+    super::routes::route_of(super::Plane::Admin, method, segments)
+        .and_then(|route| route.access.scope())
 }
 
 /// A request to the admin API: a key with the route's scope, a JSON body, an audit
@@ -269,6 +236,9 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                     ),
                 )),
             }
+        }
+        (&Method::GET, ["v1", "openapi.json"]) => {
+            Ok(json(StatusCode::OK, &super::routes::openapi()))
         }
         (&Method::GET, ["metrics"]) => {
             let text = runtime.metrics_text().await?;

@@ -48,6 +48,7 @@ mod admin;
 mod ingest;
 mod limits;
 pub mod problem;
+pub mod routes;
 
 use crate::auth::Keys;
 use crate::runtime::Runtime;

@@ -71,7 +71,7 @@ pub struct StoredMessage {
 }
 
 /// One plugin that handled a message, for provenance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Hop {
     /// The plugin instance name in the flow config.
     pub plugin: String,
@@ -84,7 +84,7 @@ pub struct Hop {
 }
 
 /// One failed attempt at a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Attempt {
     /// When it failed (ms since the Unix epoch).
     pub at_ms: u64,
@@ -173,7 +173,7 @@ impl Envelope {
 }
 
 /// What finally happened to a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Outcome {
     /// The message id.
     pub id: MessageId,
@@ -207,7 +207,7 @@ pub struct Outcome {
 }
 
 /// How a message ended.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum OutcomeKind {
     /// The sink delivered it; the target system's reference.
     Delivered {
@@ -311,7 +311,7 @@ impl EventBody {
 }
 
 /// A Tenon node of a deployment, as it last announced itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NodeStatus {
     /// Its name (`[server] node`, by default host name and process id).
     pub name: String,

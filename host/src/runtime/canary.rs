@@ -103,7 +103,7 @@ impl Runtime {
 }
 
 /// The comparison of a candidate with the live version on one recorded input.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CanaryResult {
     /// The event's offset.
     pub offset: u64,

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use tenon_registry::Kind;
 
 /// A latency KPI over a window, in seconds.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Latency {
     /// How many were measured.
     pub count: u64,
@@ -46,7 +46,7 @@ impl Latency {
 }
 
 /// A rate KPI over a window.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rate {
     /// How many were counted.
     pub total: u64,
@@ -68,7 +68,7 @@ impl Rate {
 }
 
 /// A KPI Tenon cannot measure yet, and why.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct NotMeasured {
     /// Always false.
     pub measured: bool,
@@ -78,7 +78,7 @@ pub struct NotMeasured {
 
 /// `GET /v1/kpis`: the five business KPIs over the messages accepted in a window
 /// (definitions: [`crate::telemetry::metrics`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct KpiReport {
     /// Start of the window (ms since the Unix epoch).
     pub from_ms: u64,
@@ -97,7 +97,7 @@ pub struct KpiReport {
 }
 
 /// One outcome on a business key's timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TimelineEntry {
     /// When it ended (ms since the Unix epoch).
     pub at_ms: u64,
@@ -126,7 +126,7 @@ pub struct TimelineEntry {
 }
 
 /// `GET /v1/trace/{key}`: everything a business key led to, across flows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct BusinessTrace {
     /// The key asked about.
     pub key: String,

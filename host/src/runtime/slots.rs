@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// A version that was refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Refusal {
     /// When (ms since the Unix epoch).
     pub at_ms: u64,
@@ -25,7 +25,7 @@ pub struct Refusal {
 }
 
 /// A version waiting for an operator's approval, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PendingStatus {
     /// Its version (from its manifest).
     pub version: String,
@@ -38,7 +38,7 @@ pub struct PendingStatus {
 }
 
 /// What a slot holds, for operators.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LiveStatus {
     /// The plugin instance name.
     pub name: String,

@@ -27,7 +27,9 @@ type Bucket = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 pub const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// Why an instance sends nothing until when.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 pub struct Pause {
     /// Until when (ms since the Unix epoch).
     pub until_ms: u64,
