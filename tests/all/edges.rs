@@ -317,3 +317,44 @@ async fn an_erp_answering_429_pauses_its_sink_and_nothing_is_lost() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_source_call_bound_a_caller_is_told_to_come_back() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        "[server.limits]\nmax_concurrent_ingest = 1\n{}",
+        quote_to_cash_config(&erp.orders_url(), "")
+    ));
+    let tenon = Tenon::start(&ws);
+    let addr = tenon.base.trim_start_matches("http://").to_owned();
+    // One call under way: its body is still arriving.
+    let mut busy = TcpStream::connect(&addr).await.unwrap();
+    busy.write_all(
+        format!(
+            "POST /v1/sources/cpq-source HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{",
+            tenon.token
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = post_as(&tenon, &tenon.token, "cpq-source", 1).await;
+    assert_eq!(
+        refused.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    let problem: Value = refused.json().unwrap();
+    assert_eq!(problem["type"], "urn:tenon:problem:busy");
+    // Once it is done, the next one is served.
+    drop(busy);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        post_as(&tenon, &tenon.token, "cpq-source", 2).await.status,
+        202
+    );
+}

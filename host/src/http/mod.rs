@@ -30,6 +30,7 @@
 //! | `GET /v1/keys` | `admin:read` | the API keys (never their tokens) |
 //! | `POST /v1/keys` | `admin:write` | `{"name": n, "scopes": [...]}`: a new key (only scopes the caller holds); its token, once |
 //! | `POST /v1/keys/{id}/revoke` | `admin:write` | the key stops working |
+//! | `GET /v1/openapi.json` | `admin:read` | the OpenAPI 3.1 description of both listeners ([`routes`]) |
 //! | `GET /v1/schemas` | `admin:read` | the canonical models and their versions |
 //! | `GET /v1/schemas/{kind}/{version}` | `admin:read` | the JSON Schema of a canonical model (generated from its types) |
 //! | `GET /metrics` | `admin:read` | the metrics and KPIs, OpenMetrics text for Prometheus |
