@@ -165,6 +165,22 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
             .and_then(|v| serde_json::from_value(v.get("accepted")?.clone()).ok())
             .unwrap_or_default();
         println!("POST /v1/sources/{source:<12} {file:<40} -> {status}");
+        // Master data goes first, and is in place before the quotes that need it
+        // (the gateway checks their customers): flows run side by side.
+        if *source == "master-data" {
+            let deadline = Instant::now() + SETTLE_TIMEOUT;
+            for id in &ids {
+                while !server
+                    .runtime
+                    .status(&id.as_str().into())
+                    .await?
+                    .is_settled()
+                    && Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
         sent.push((*file, ids, *expect));
     }
 
