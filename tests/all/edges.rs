@@ -244,13 +244,19 @@ async fn an_erp_answering_429_pauses_its_sink_and_nothing_is_lost() {
     ws.write_config(&config);
     let tenon = Tenon::start(&ws);
 
+    // Eight revisions of one quote: one business key, so one order in which they
+    // must reach the ERP (Tenon keeps each key's order, on every store).
     let mut sent = Vec::new();
     for n in 0..8 {
-        let number = format!("Q-{:05}", 500 + n);
+        let quote_id = format!("a0q5g000001Ab{n:02}AAK");
         let ids = tenon
-            .send_quote(&sample("plain.json").replace("Q-00101", &number))
+            .send_quote(
+                &sample("plain.json")
+                    .replace("Q-00101", "Q-00500")
+                    .replace("a0q5g000001AbCdAAK", &quote_id),
+            )
             .await;
-        sent.push((number, ids[0].clone()));
+        sent.push((quote_id, ids[0].clone()));
     }
     // While the ERP holds it back, the sink shows the pause.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -286,17 +292,12 @@ async fn an_erp_answering_429_pauses_its_sink_and_nothing_is_lost() {
     for (_, id) in &sent {
         tenon.settled(id).await;
     }
-    // Every quote delivered once, in the order sent: the one that met the 429 kept
-    // its place.
+    // Every revision delivered once, in the order sent: the one that met the 429
+    // kept its place.
     let received: Vec<String> = erp
         .received()
         .into_iter()
-        .map(|r| {
-            r.body["quote_number"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
+        .map(|r| r.body["quote_id"].as_str().unwrap_or_default().to_owned())
         .collect();
     let numbers: Vec<String> = sent.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(received, numbers);
