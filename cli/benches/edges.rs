@@ -54,22 +54,26 @@ async fn run() -> anyhow::Result<()> {
                 "{refused} refused: the limits are not generous"
             );
             let rate = accepted as f64 / INGRESS.as_secs_f64();
-            println!(
-                "bench: ingress_round_{round}_{} {rate:.0} 1/s",
-                if limits { "limits" } else { "none" }
+            tenon_testkit::bench::line(
+                &format!(
+                    "ingress_round_{round}_{}",
+                    if limits { "limits" } else { "none" }
+                ),
+                rate,
+                "1/s",
+                0,
             );
             if limits { &mut with } else { &mut without }.push(rate);
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-    println!(
-        "bench: ingress_rps_without_limits {:.0} 1/s",
-        mean(&without)
-    );
-    println!("bench: ingress_rps_with_limits {:.0} 1/s", mean(&with));
-    println!(
-        "bench: ingress_rps_with_limits_vs_without {:.3} x",
-        mean(&with) / mean(&without)
+    tenon_testkit::bench::line("ingress_rps_without_limits", mean(&without), "1/s", 0);
+    tenon_testkit::bench::line("ingress_rps_with_limits", mean(&with), "1/s", 0);
+    tenon_testkit::bench::line(
+        "ingress_rps_with_limits_vs_without",
+        mean(&with) / mean(&without),
+        "x",
+        3,
     );
 
     // Slow clients.
@@ -106,10 +110,7 @@ async fn run() -> anyhow::Result<()> {
     while let Some(closed) = clients.join_next().await {
         last = last.max(closed??);
     }
-    println!("bench: slow_clients {SLOW_CLIENTS} connections");
-    println!(
-        "bench: slow_clients_closed_within_s {:.2} s",
-        last.as_secs_f64()
-    );
+    tenon_testkit::bench::line("slow_clients", SLOW_CLIENTS as f64, "connections", 0);
+    tenon_testkit::bench::line("slow_clients_closed_within_s", last.as_secs_f64(), "s", 2);
     Ok(())
 }

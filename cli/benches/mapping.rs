@@ -106,7 +106,7 @@ async fn run() -> anyhow::Result<()> {
                 let _ = std::hint::black_box(reused.transform(&message).await);
             })
             .await;
-            println!("bench: wasm_reused_{label} {per_sec:.0} msg/s");
+            tenon_testkit::bench::line(&format!("wasm_reused_{label}"), per_sec as f64, "msg/s", 0);
             continue;
         }
         if std::env::var_os("TENON_BENCH_FRESH_ONLY").is_some() {
@@ -114,7 +114,7 @@ async fn run() -> anyhow::Result<()> {
                 let _ = std::hint::black_box(plugin.transform(&message).await);
             })
             .await;
-            println!("bench: wasm_fresh_{label} {per_sec:.0} msg/s");
+            tenon_testkit::bench::line(&format!("wasm_fresh_{label}"), per_sec as f64, "msg/s", 0);
             continue;
         }
         let mut reused = plugin
@@ -160,27 +160,50 @@ async fn run() -> anyhow::Result<()> {
                 .await,
             );
         }
-        println!("bench: wasm_fresh_unlimited_{label} {fresh_unlimited:.0} msg/s");
-        println!("bench: wasm_reused_unlimited_{label} {reused_free:.0} msg/s");
-        println!(
-            "bench: limits_overhead_fresh_{label} {:.3} x",
-            fresh_unlimited / wasm_fresh
+        tenon_testkit::bench::line(
+            &format!("wasm_fresh_unlimited_{label}"),
+            fresh_unlimited,
+            "msg/s",
+            0,
         );
-        println!(
-            "bench: limits_overhead_reused_{label} {:.3} x",
-            reused_free / wasm_reused
+        tenon_testkit::bench::line(
+            &format!("wasm_reused_unlimited_{label}"),
+            reused_free,
+            "msg/s",
+            0,
         );
-        println!("bench: quote_bytes_{label} {} bytes", body.len());
-        println!("bench: native_{label} {native:.0} msg/s");
-        println!("bench: wasm_reused_{label} {wasm_reused:.0} msg/s");
-        println!("bench: wasm_fresh_{label} {wasm_fresh:.0} msg/s");
-        println!(
-            "bench: wasm_vs_native_reused_{label} {:.3} x",
-            wasm_reused / native
+        tenon_testkit::bench::line(
+            &format!("limits_overhead_fresh_{label}"),
+            fresh_unlimited / wasm_fresh,
+            "x",
+            3,
         );
-        println!(
-            "bench: wasm_vs_native_fresh_{label} {:.3} x",
-            wasm_fresh / native
+        tenon_testkit::bench::line(
+            &format!("limits_overhead_reused_{label}"),
+            reused_free / wasm_reused,
+            "x",
+            3,
+        );
+        tenon_testkit::bench::line(
+            &format!("quote_bytes_{label}"),
+            body.len() as f64,
+            "bytes",
+            0,
+        );
+        tenon_testkit::bench::line(&format!("native_{label}"), native, "msg/s", 0);
+        tenon_testkit::bench::line(&format!("wasm_reused_{label}"), wasm_reused, "msg/s", 0);
+        tenon_testkit::bench::line(&format!("wasm_fresh_{label}"), wasm_fresh, "msg/s", 0);
+        tenon_testkit::bench::line(
+            &format!("wasm_vs_native_reused_{label}"),
+            wasm_reused / native,
+            "x",
+            3,
+        );
+        tenon_testkit::bench::line(
+            &format!("wasm_vs_native_fresh_{label}"),
+            wasm_fresh / native,
+            "x",
+            3,
         );
         headline.push((
             wasm_reused / native,
@@ -190,10 +213,10 @@ async fn run() -> anyhow::Result<()> {
     }
     // The headline ratios: the ~2 KB quote.
     if let Some((reused, fresh, limits)) = headline.first() {
-        println!("bench: wasm_vs_native_reused {reused:.3} x");
-        println!("bench: wasm_vs_native_fresh {fresh:.3} x");
+        tenon_testkit::bench::line("wasm_vs_native_reused", *reused, "x", 3);
+        tenon_testkit::bench::line("wasm_vs_native_fresh", *fresh, "x", 3);
         // On the runtime's own path (a fresh instance per message).
-        println!("bench: limits_overhead {limits:.3} x");
+        tenon_testkit::bench::line("limits_overhead", *limits, "x", 3);
     }
     Ok(())
 }

@@ -80,7 +80,7 @@ async fn run() -> anyhow::Result<()> {
             anyhow::ensure!(reply.status == 202, "ingest: HTTP {}", reply.status);
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        println!("bench: stalls_looping_guests {loops} guests");
+        tenon_testkit::bench::line("stalls_looping_guests", loops as f64, "guests", 0);
         report("under_loops", &probe(&base).await?);
         Ok(())
     }
@@ -106,10 +106,12 @@ async fn probe(base: &str) -> anyhow::Result<Vec<f64>> {
 
 fn report(phase: &str, sorted: &[f64]) {
     let pct = |p: f64| sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)];
-    println!("bench: healthz_p50_ms_{phase} {:.2} ms", pct(0.50));
-    println!("bench: healthz_p99_ms_{phase} {:.2} ms", pct(0.99));
-    println!(
-        "bench: healthz_max_ms_{phase} {:.2} ms",
-        sorted.last().copied().unwrap_or(f64::NAN)
+    tenon_testkit::bench::line(&format!("healthz_p50_ms_{phase}"), pct(0.50), "ms", 2);
+    tenon_testkit::bench::line(&format!("healthz_p99_ms_{phase}"), pct(0.99), "ms", 2);
+    tenon_testkit::bench::line(
+        &format!("healthz_max_ms_{phase}"),
+        sorted.last().copied().unwrap_or(f64::NAN),
+        "ms",
+        2,
     );
 }

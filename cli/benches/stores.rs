@@ -33,7 +33,7 @@ async fn run() -> anyhow::Result<()> {
         let node = start(&dir.path().join("redb"), &config)?;
         saturate(&erp, &[&node], "R").await?
     };
-    println!("bench: stores_redb_quotes_per_s {redb:.0} 1/s");
+    tenon_testkit::bench::line("stores_redb_quotes_per_s", redb as f64, "1/s", 0);
 
     let nats = NatsCluster::start(1).map_err(anyhow::Error::msg)?;
     let one = {
@@ -41,8 +41,8 @@ async fn run() -> anyhow::Result<()> {
         let node = start(&dir.path().join("nats-one"), &config)?;
         saturate(&erp, &[&node], "N").await?
     };
-    println!("bench: stores_nats_quotes_per_s {one:.0} 1/s");
-    println!("bench: nats_vs_redb_single_node {:.3} x", one / redb);
+    tenon_testkit::bench::line("stores_nats_quotes_per_s", one as f64, "1/s", 0);
+    tenon_testkit::bench::line("nats_vs_redb_single_node", (one / redb) as f64, "x", 3);
 
     let two = {
         let config = format!("{config}{}", nats.store_section("two", 1));
@@ -50,7 +50,7 @@ async fn run() -> anyhow::Result<()> {
         let b = start(&dir.path().join("nats-b"), &config)?;
         saturate(&erp, &[&a, &b], "T").await?
     };
-    println!("bench: stores_nats_two_nodes_quotes_per_s {two:.0} 1/s");
-    println!("bench: nats_two_nodes_vs_one {:.3} x", two / one);
+    tenon_testkit::bench::line("stores_nats_two_nodes_quotes_per_s", two as f64, "1/s", 0);
+    tenon_testkit::bench::line("nats_two_nodes_vs_one", (two / one) as f64, "x", 3);
     Ok(())
 }

@@ -157,15 +157,17 @@ concurrency = 16
     let mut cached: Vec<f64> = live_ms.iter().skip(2).copied().collect();
     cached.sort_by(f64::total_cmp);
     let median = cached.get(cached.len() / 2).copied().unwrap_or(f64::NAN);
-    println!("bench: steady_orders_per_s {steady:.0} 1/s");
-    println!("bench: swapping_orders_per_s {swapping:.0} 1/s");
-    println!("bench: swaps_in_window {} swaps", live_ms.len());
-    println!("bench: swap_throughput_ratio {:.3} x", swapping / steady);
-    println!("bench: swap_live_ms {median:.0} ms");
-    println!("bench: swap_live_first_compile_ms {first:.0} ms");
-    println!(
-        "bench: swap_debounce_ms {} ms",
-        tenon::runtime::watch::DEBOUNCE.as_millis()
+    tenon_testkit::bench::line("steady_orders_per_s", steady as f64, "1/s", 0);
+    tenon_testkit::bench::line("swapping_orders_per_s", swapping as f64, "1/s", 0);
+    tenon_testkit::bench::line("swaps_in_window", live_ms.len() as f64, "swaps", 0);
+    tenon_testkit::bench::line("swap_throughput_ratio", (swapping / steady) as f64, "x", 3);
+    tenon_testkit::bench::line("swap_live_ms", median, "ms", 0);
+    tenon_testkit::bench::line("swap_live_first_compile_ms", first, "ms", 0);
+    tenon_testkit::bench::line(
+        "swap_debounce_ms",
+        (tenon::runtime::watch::DEBOUNCE.as_millis()) as f64,
+        "ms",
+        0,
     );
     Ok(())
 }

@@ -47,26 +47,33 @@ async fn run() -> anyhow::Result<()> {
             let node = start(&dir.path().join(format!("{round}-{exported}")), config)?;
             let tag = format!("{}{round}", if exported { "T" } else { "P" });
             let rate = saturate(&erp, &[&node], &tag).await?;
-            println!(
-                "bench: tracing_round_{round}_{} {rate:.0} 1/s",
-                if exported { "exported" } else { "off" }
+            tenon_testkit::bench::line(
+                &format!(
+                    "tracing_round_{round}_{}",
+                    if exported { "exported" } else { "off" }
+                ),
+                rate,
+                "1/s",
+                0,
             );
             rates.push(rate);
         }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let (off, on) = (mean(&off), mean(&on));
-    println!("bench: tracing_off_quotes_per_s {off:.0} 1/s");
-    println!("bench: tracing_exported_quotes_per_s {on:.0} 1/s");
-    println!(
-        "bench: tracing_spans_received {} spans",
-        collector.spans().len()
+    tenon_testkit::bench::line("tracing_off_quotes_per_s", off, "1/s", 0);
+    tenon_testkit::bench::line("tracing_exported_quotes_per_s", on, "1/s", 0);
+    tenon_testkit::bench::line(
+        "tracing_spans_received",
+        collector.spans().len() as f64,
+        "spans",
+        0,
     );
     anyhow::ensure!(
         collector.errors().is_empty(),
         "the collector refused: {:?}",
         collector.errors()
     );
-    println!("bench: tracing_overhead {:.3} x", off / on);
+    tenon_testkit::bench::line("tracing_overhead", off / on, "x", 3);
     Ok(())
 }

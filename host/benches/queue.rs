@@ -88,17 +88,17 @@ fn main() -> anyhow::Result<()> {
     }
     let raw_rate = MESSAGES as f64 / started.elapsed().as_secs_f64();
 
-    println!("bench: queue_enqueue_durable {queue_rate:.0} msg/s");
-    println!("bench: queue_commits {commits} commits");
-    println!("bench: queue_avg_batch {batch} msg");
-    println!("bench: raw_redb_same_batch {raw_rate:.0} msg/s");
-    println!("bench: queue_vs_raw_redb {:.3} x", queue_rate / raw_rate);
+    tenon_testkit::bench::line("queue_enqueue_durable", queue_rate, "msg/s", 0);
+    tenon_testkit::bench::line("queue_commits", commits as f64, "commits", 0);
+    tenon_testkit::bench::line("queue_avg_batch", batch as f64, "msg", 0);
+    tenon_testkit::bench::line("raw_redb_same_batch", raw_rate, "msg/s", 0);
+    tenon_testkit::bench::line("queue_vs_raw_redb", queue_rate / raw_rate, "x", 3);
 
     let small = rt.block_on(lease_micros(&dir.path().join("lease-100"), 100))?;
     let large = rt.block_on(lease_micros(&dir.path().join("lease-100k"), 100_000))?;
-    println!("bench: lease_us_at_100_queued {small:.1} us");
-    println!("bench: lease_us_at_100k_queued {large:.1} us");
-    println!("bench: lease_100k_vs_100 {:.2} x", large / small);
+    tenon_testkit::bench::line("lease_us_at_100_queued", small as f64, "us", 1);
+    tenon_testkit::bench::line("lease_us_at_100k_queued", large as f64, "us", 1);
+    tenon_testkit::bench::line("lease_100k_vs_100", (large / small) as f64, "x", 2);
     Ok(())
 }
 

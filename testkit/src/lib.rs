@@ -8,6 +8,7 @@
 //! **Architecture invariant:** knows nothing of the host: it plays the other side of
 //! the wire.
 
+pub mod bench;
 mod local;
 pub mod mock_erp;
 pub mod nats;

@@ -299,7 +299,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
         String::from_utf8_lossy(&replay.body)
     );
     assert_eq!(replay.json().unwrap()["replayed"], 2);
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tenon.drained().await;
     assert_eq!(erp.received().len(), before, "nothing delivered twice");
 }
 

@@ -264,6 +264,24 @@ impl Tenon {
         self.wait_for(id, |s| s["settled"] == true).await
     }
 
+    /// Wait until every queue is empty (as `/metrics` counts them).
+    pub async fn drained(&self) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let text = String::from_utf8_lossy(&self.get("/metrics").await.body).into_owned();
+            let busy: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with("tenon_queue_depth{"))
+                .filter(|l| !l.ends_with(" 0"))
+                .collect();
+            if busy.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "queues never drained: {busy:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Wait until a message's status satisfies `done`.
     pub async fn wait_for(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + SETTLE;
