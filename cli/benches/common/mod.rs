@@ -21,7 +21,7 @@ pub const SATURATION: Duration = Duration::from_secs(8);
 pub struct Node {
     child: Child,
     pub addr: String,
-    auth: String,
+    pub auth: String,
 }
 
 impl Drop for Node {
@@ -31,10 +31,22 @@ impl Drop for Node {
     }
 }
 
+/// Lay out a node's directory (the first-party plugins, `config`) and start it.
 pub fn start(dir: &Path, config: &str) -> anyhow::Result<Node> {
+    prepare(dir, config)?;
+    spawn(dir)
+}
+
+/// Lay out a node's directory: the first-party plugins and `config`.
+pub fn prepare(dir: &Path, config: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     tenon_cli::artifacts::extract_first_party(&dir.join("plugins"))?;
     std::fs::write(dir.join("tenon.toml"), config)?;
+    Ok(())
+}
+
+/// Start `tenon run` on a prepared directory; back once it listens.
+pub fn spawn(dir: &Path) -> anyhow::Result<Node> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
         .args([
             "run",
