@@ -81,14 +81,23 @@ pub fn spawn(dir: &Path) -> anyhow::Result<Node> {
     })
 }
 
-/// Post as fast as answered for `duration`, the lanes spread over the nodes; how
-/// many were accepted (`202`), and how many refused for a limit (`429`).
-pub async fn post_for(
+/// What a load posted: each accepted quote's id with the time it was due (at a fixed
+/// rate, the time its send was scheduled for, however late it went), and how many
+/// were refused for a limit (`429`).
+#[derive(Debug, Default)]
+pub struct Posted {
+    pub accepted: Vec<(String, Instant)>,
+    pub limited: usize,
+}
+
+/// Post ~2 KB quotes on [`LANES`] keep-alive connections spread over the nodes for
+/// `duration`: as fast as answered, or at `rate` per second in all.
+pub async fn post(
     nodes: &[&Node],
     tag: &str,
+    rate: Option<f64>,
     duration: Duration,
-) -> anyhow::Result<(usize, usize)> {
-    let started = Instant::now();
+) -> anyhow::Result<Posted> {
     let mut lanes = tokio::task::JoinSet::new();
     for lane in 0..LANES {
         let node = nodes[lane % nodes.len()];
@@ -99,9 +108,22 @@ pub async fn post_for(
             let (mut sender, conn) =
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
             tokio::spawn(conn);
-            let (mut accepted, mut limited) = (0usize, 0usize);
+            let gap = rate.map(|r| Duration::from_secs_f64(LANES as f64 / r));
+            let started = Instant::now();
+            let mut next =
+                started + gap.map_or(Duration::ZERO, |g| g.mul_f64(lane as f64 / LANES as f64));
+            let mut posted = Posted::default();
             let mut n = 0u64;
             while started.elapsed() < duration {
+                let due = match gap {
+                    Some(gap) => {
+                        let due = next;
+                        tokio::time::sleep_until(due.into()).await;
+                        next += gap;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let body = template.replace("Q-00101", &format!("Q-{tag}{lane:02}-{n:07}"));
                 n += 1;
                 let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
@@ -111,23 +133,39 @@ pub async fn post_for(
                     .body(Full::new(Bytes::from(body)))?;
                 let response = sender.send_request(request).await?;
                 let status = response.status();
-                response.into_body().collect().await?;
+                let body = response.into_body().collect().await?.to_bytes();
                 match status.as_u16() {
-                    202 => accepted += 1,
-                    429 => limited += 1,
+                    202 => {
+                        let json: serde_json::Value = serde_json::from_slice(&body)?;
+                        if let Some(id) = json["accepted"][0].as_str() {
+                            posted.accepted.push((id.to_owned(), due));
+                        }
+                    }
+                    429 => posted.limited += 1,
                     _ => {}
                 }
             }
-            Ok::<_, anyhow::Error>((accepted, limited))
+            Ok::<_, anyhow::Error>(posted)
         });
     }
-    let (mut accepted, mut limited) = (0, 0);
+    let mut all = Posted::default();
     while let Some(done) = lanes.join_next().await {
-        let (a, l) = done??;
-        accepted += a;
-        limited += l;
+        let posted = done??;
+        all.accepted.extend(posted.accepted);
+        all.limited += posted.limited;
     }
-    Ok((accepted, limited))
+    Ok(all)
+}
+
+/// [`post`] as fast as answered: how many were accepted, and how many refused for a
+/// limit.
+pub async fn post_for(
+    nodes: &[&Node],
+    tag: &str,
+    duration: Duration,
+) -> anyhow::Result<(usize, usize)> {
+    let posted = post(nodes, tag, None, duration).await?;
+    Ok((posted.accepted.len(), posted.limited))
 }
 
 /// Post as fast as answered for [`SATURATION`], the lanes spread over the nodes;
