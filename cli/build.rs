@@ -31,6 +31,7 @@ const FIXTURES: &[&str] = &[
     "leaky-source",
     "stamp-a",
     "stamp-b",
+    "api-echo",
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {

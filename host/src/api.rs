@@ -39,6 +39,64 @@ pub struct Accepted {
     pub accepted: Vec<MessageId>,
 }
 
+/// `POST /v1/sources/{source}` of a source with `ack = "validated"`: accepted (durable)
+/// and through its flows' steps (`201`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Validated {
+    /// The ids of the accepted messages, one per flow the source feeds.
+    pub accepted: Vec<MessageId>,
+    /// What the steps made of them: e.g. the orders, each with its id, kind and key.
+    pub outputs: Vec<Output>,
+}
+
+/// `/v1/apis/{name}` of a chain: the last step's outputs (`200`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ApiOutputs {
+    /// Every output of the last step, every branch in order.
+    pub outputs: Vec<Output>,
+    /// The plugin versions that ran, in order.
+    pub trail: Vec<Hop>,
+}
+
+/// One message a chain of steps produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Output {
+    /// Its id (for an answer of `/v1/apis`, valid only within it: nothing was stored).
+    pub id: MessageId,
+    /// Its kind, e.g. `OrderAccepted`.
+    pub kind: String,
+    /// Its business key.
+    pub key: String,
+    /// Its headers (e.g. `tenon-entity`, set by a routing step).
+    pub headers: Vec<(String, String)>,
+    /// Its body, as JSON.
+    pub body: serde_json::Value,
+}
+
+impl Output {
+    /// The message as an answer shows it: its body decoded (JSON or MessagePack;
+    /// `null` for a message that ended before the answer, whose body is not kept).
+    pub fn of(message: &crate::model::StoredMessage) -> Output {
+        let body = if message.body.is_empty() {
+            serde_json::Value::Null
+        } else {
+            tenon_model::Encoding::from_content_type(&message.content_type)
+            .ok()
+            .and_then(|e| e.decode::<serde_json::Value>(&message.body).ok())
+            .unwrap_or_else(|| {
+                serde_json::Value::String(String::from_utf8_lossy(&message.body).into_owned())
+            })
+        };
+        Output {
+            id: message.id.clone(),
+            kind: message.kind.clone(),
+            key: message.key.clone(),
+            headers: message.headers.clone(),
+            body,
+        }
+    }
+}
+
 /// `GET /v1/plugins`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Plugins {

@@ -42,6 +42,10 @@ pub enum Scope {
     Ingest(String),
     /// Ingest into every source.
     IngestAll,
+    /// Call one synchronous API (`/v1/apis/<name>`).
+    Api(String),
+    /// Call every synchronous API.
+    ApiAll,
     /// Read the admin API.
     AdminRead,
     /// Act through the admin API.
@@ -58,19 +62,24 @@ impl Scope {
             Scope::AdminWrite,
             Scope::PluginsPromote,
             Scope::IngestAll,
+            Scope::ApiAll,
         ]
     }
 
     /// Whether holding `self` grants `wanted`.
     pub fn covers(&self, wanted: &Scope) -> bool {
-        self == wanted || matches!((self, wanted), (Scope::IngestAll, Scope::Ingest(_)))
+        self == wanted
+            || matches!(
+                (self, wanted),
+                (Scope::IngestAll, Scope::Ingest(_)) | (Scope::ApiAll, Scope::Api(_))
+            )
     }
 }
 
 /// A scope that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown scope `{0}`: use ingest:<source>, ingest:*, admin:read, admin:write or plugins:promote"
+    "unknown scope `{0}`: use ingest:<source>, ingest:*, api:<name>, api:*, admin:read, admin:write or plugins:promote"
 )]
 pub struct BadScope(pub String);
 
@@ -80,20 +89,23 @@ impl std::str::FromStr for Scope {
     fn from_str(s: &str) -> Result<Scope, BadScope> {
         match s {
             "ingest:*" => Ok(Scope::IngestAll),
+            "api:*" => Ok(Scope::ApiAll),
             "admin:read" => Ok(Scope::AdminRead),
             "admin:write" => Ok(Scope::AdminWrite),
             "plugins:promote" => Ok(Scope::PluginsPromote),
-            _ => match s.strip_prefix("ingest:") {
-                Some(source)
-                    if !source.is_empty()
-                        && source
+            _ => {
+                let named = |name: &str| {
+                    !name.is_empty()
+                        && name
                             .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
-                {
-                    Ok(Scope::Ingest(source.to_owned()))
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                };
+                match (s.strip_prefix("ingest:"), s.strip_prefix("api:")) {
+                    (Some(source), _) if named(source) => Ok(Scope::Ingest(source.to_owned())),
+                    (_, Some(api)) if named(api) => Ok(Scope::Api(api.to_owned())),
+                    _ => Err(BadScope(s.to_owned())),
                 }
-                _ => Err(BadScope(s.to_owned())),
-            },
+            }
         }
     }
 }
@@ -103,6 +115,8 @@ impl fmt::Display for Scope {
         match self {
             Scope::Ingest(source) => write!(f, "ingest:{source}"),
             Scope::IngestAll => f.write_str("ingest:*"),
+            Scope::Api(name) => write!(f, "api:{name}"),
+            Scope::ApiAll => f.write_str("api:*"),
             Scope::AdminRead => f.write_str("admin:read"),
             Scope::AdminWrite => f.write_str("admin:write"),
             Scope::PluginsPromote => f.write_str("plugins:promote"),
@@ -118,8 +132,8 @@ impl schemars::JsonSchema for Scope {
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
             "type": "string",
-            "description": "`admin:read`, `admin:write`, `plugins:promote`, `ingest:*` or `ingest:<source>`",
-            "pattern": "^(admin:read|admin:write|plugins:promote|ingest:\\*|ingest:[A-Za-z0-9_-]+)$"
+            "description": "`admin:read`, `admin:write`, `plugins:promote`, `ingest:*`, `ingest:<source>`, `api:*` or `api:<name>`",
+            "pattern": "^(admin:read|admin:write|plugins:promote|ingest:\\*|ingest:[A-Za-z0-9_-]+|api:\\*|api:[A-Za-z0-9_-]+)$"
         })
     }
 }
@@ -428,6 +442,8 @@ mod tests {
         for text in [
             "ingest:cpq-source",
             "ingest:*",
+            "api:*",
+            "api:validate-quote",
             "admin:read",
             "admin:write",
             "plugins:promote",

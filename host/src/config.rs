@@ -119,6 +119,9 @@ pub struct Config {
     /// Flows by name.
     #[serde(default)]
     pub flows: BTreeMap<String, FlowEntry>,
+    /// Synchronous APIs by name (`/v1/apis/<name>`).
+    #[serde(default)]
+    pub apis: BTreeMap<String, ApiEntry>,
     /// Where secrets come from, by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
@@ -407,6 +410,27 @@ pub struct PluginEntry {
     /// What the instance may send out (see [`Outbound`]).
     #[serde(default)]
     pub outbound: Outbound,
+    /// When a source's sender gets its answer: `"durable"` (the default: `202` once
+    /// the messages are committed) or `"validated"` (committed, then up to
+    /// `ack_deadline_ms` for its flows' steps to run: `201` with what they made, e.g.
+    /// the orders, or `422` with every reason; past the deadline `202` as for
+    /// `"durable"`).
+    #[serde(default)]
+    pub ack: Ack,
+    /// How long an `ack = "validated"` waits for the steps, in milliseconds (default 5000).
+    #[serde(default = "default_deadline")]
+    pub ack_deadline_ms: u64,
+}
+
+/// `[plugins.<name>] ack`: when a source answers its sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// Once the messages are durable (`202`).
+    #[default]
+    Durable,
+    /// Once they are durable and through their flows' steps (`201` or `422`).
+    Validated,
 }
 
 /// `[plugins.<name>] auth`: how a source's requests are authenticated.
@@ -500,6 +524,82 @@ pub struct FlowEntry {
     /// Messages processed at once per stage (default 4).
     #[serde(default)]
     pub concurrency: Option<u32>,
+}
+
+/// `[apis.<name>]`: a synchronous route, `/v1/apis/<name>` on the ingest listener, for
+/// callers that wait for the answer (a price, "would this quote pass?"). It is answered
+/// by an API plugin, or by a source and transform steps run at once, nothing queued
+/// (their outputs, or every reason they refused). Callers need a key with `api:<name>`
+/// (or `api:*`).
+///
+/// ```toml
+/// [apis.prices]
+/// plugin = "tryton-prices"          # an API plugin instance
+/// path = "/products/{code}"         # below /v1/apis/prices; {code} is a parameter
+/// methods = ["GET"]
+/// deadline_ms = 2000                # 504 past it
+/// cache_ttl_secs = 60               # same request, same live plugins: the answer kept
+/// rate_limit = { per_second = 100 }
+///
+/// [apis.validate-quote]
+/// source = "cpq-source"             # reads the body, as for POST /v1/sources/cpq-source
+/// steps = ["quote-to-order", "gateway"]
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiEntry {
+    /// The API plugin instance that answers. Give `plugin`, or `source` and `steps`.
+    #[serde(default)]
+    pub plugin: Option<Spanned<String>>,
+    /// The source plugin instance that turns the request body into messages.
+    #[serde(default)]
+    pub source: Option<Spanned<String>>,
+    /// Transform plugin instances run in order on the source's messages (key-value
+    /// reads see the committed data; writes are dropped: an answer changes nothing).
+    #[serde(default)]
+    pub steps: Vec<Spanned<String>>,
+    /// The methods served (default `["GET", "POST"]` for a plugin, `["POST"]` for steps).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// The path below `/v1/apis/<name>`, with `{parameters}`, e.g. `"/products/{code}"`.
+    /// Without it, any path below the prefix reaches the plugin as is.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Longest the whole answer may take, in milliseconds (default 5000): past it,
+    /// `504` and the calls under way are stopped.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    /// Requests to this route (all callers together), a token bucket; over it, `429`.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// Successful answers kept this long, by request (method, path, query, content type,
+    /// body) and the digests of the live plugins that answered (a hot swap misses).
+    /// `0`, the default: never kept.
+    #[serde(default)]
+    pub cache_ttl_secs: u64,
+}
+
+fn default_deadline() -> u64 {
+    5_000
+}
+
+impl ApiEntry {
+    /// The methods served, upper case.
+    pub fn methods(&self) -> Vec<String> {
+        match (self.methods.is_empty(), self.plugin.is_some()) {
+            (false, _) => self.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            (true, true) => vec!["GET".into(), "POST".into()],
+            (true, false) => vec!["POST".into()],
+        }
+    }
+
+    /// The plugin instances it runs: its plugin, or its source and steps.
+    pub fn plugins(&self) -> impl Iterator<Item = &Spanned<String>> {
+        self.plugin
+            .iter()
+            .chain(self.source.iter())
+            .chain(self.steps.iter())
+    }
 }
 
 /// `[flows.<name>.retry.<stage>]`: how one stage retries `retryable` failures, traps
@@ -616,6 +716,10 @@ impl Config {
             .chain(self.plugins.iter().filter_map(|(name, p)| {
                 p.rate_limit
                     .map(|r| (format!("plugins.{name}.rate_limit"), "rate_limit", r))
+            }))
+            .chain(self.apis.iter().filter_map(|(name, a)| {
+                a.rate_limit
+                    .map(|r| (format!("apis.{name}.rate_limit"), "rate_limit", r))
             }));
         for (field, key, rate) in rates {
             if rate.per_second == 0 || rate.burst == Some(0) {
@@ -623,6 +727,9 @@ impl Config {
             }
         }
         for (name, p) in &self.plugins {
+            if p.ack_deadline_ms == 0 {
+                zeros.push((format!("plugins.{name}.ack_deadline_ms"), "ack_deadline_ms"));
+            }
             let o = p.outbound;
             if o.per_second == Some(0) || o.burst == Some(0) || o.concurrency == Some(0) {
                 zeros.push((format!("plugins.{name}.outbound"), "outbound"));
@@ -663,6 +770,7 @@ impl Config {
                 ),
             ));
         }
+        self.check_apis()?;
         for (flow, entry) in &self.flows {
             let anchor = match (&entry.source, entry.subscribe.first()) {
                 (Some(source), None) => source,
@@ -737,6 +845,84 @@ impl Config {
                     anchor,
                     format!("flow `{flow}`: field `concurrency` must be at least 1"),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[apis.*]`: names, what answers, methods, paths, deadlines.
+    fn check_apis(&self) -> Result<(), ConfigError> {
+        for (name, api) in &self.apis {
+            let at = |message: String| self.error_at_key(&format!("apis.{name}"), message);
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                return Err(at(format!(
+                    "API `{name}`: a name is lower-case letters, digits and dashes (it is a path segment)"
+                )));
+            }
+            match (&api.plugin, &api.source, api.steps.is_empty()) {
+                (Some(_), None, true) | (None, Some(_), false) => {}
+                (Some(plugin), _, _) => {
+                    return Err(self.error(
+                        plugin,
+                        format!("API `{name}`: give `plugin`, or `source` and `steps`, not both"),
+                    ));
+                }
+                (None, None, false) => {
+                    return Err(at(format!(
+                        "API `{name}`: `steps` need a `source` that turns the request body into messages"
+                    )));
+                }
+                (None, Some(source), true) => {
+                    return Err(self.error(
+                        source,
+                        format!("API `{name}`: a `source` needs `steps` to run on its messages"),
+                    ));
+                }
+                (None, None, true) => {
+                    return Err(at(format!(
+                        "API `{name}`: needs a `plugin` (an API plugin) or a `source` and `steps`"
+                    )));
+                }
+            }
+            for plugin in api.plugins() {
+                if !self.plugins.contains_key(plugin.get_ref()) {
+                    return Err(self.error(
+                        plugin,
+                        format!("API `{name}`: no plugin named `{}`", plugin.get_ref()),
+                    ));
+                }
+            }
+            const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+            if let Some(bad) = api
+                .methods()
+                .into_iter()
+                .find(|m| !METHODS.contains(&m.as_str()))
+            {
+                return Err(at(format!(
+                    "API `{name}`: field `methods`: `{bad}` is not one of {}",
+                    METHODS.join(", ")
+                )));
+            }
+            if let Some(path) = &api.path {
+                let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+                let bad_param = segments.iter().any(|s| {
+                    (s.starts_with('{') || s.ends_with('}'))
+                        && !(s.len() > 2 && s.starts_with('{') && s.ends_with('}'))
+                });
+                if !path.starts_with('/') || path.contains("//") || bad_param {
+                    return Err(at(format!(
+                        "API `{name}`: field `path`: `{path}` is not a path like \"/products/{{code}}\""
+                    )));
+                }
+            }
+            if api.deadline_ms == 0 {
+                return Err(at(format!(
+                    "API `{name}`: field `deadline_ms` must be at least 1"
+                )));
             }
         }
         Ok(())

@@ -19,15 +19,19 @@
 //! - [`transform`]: `fn(Message) -> Result<Vec<Message>, Failure>`, maps, validates or
 //!   routes one message;
 //! - [`sink`]: `fn(Message, &str) -> Result<Receipt, Failure>`, delivers one message to a
-//!   target system; the `&str` is the idempotency key to send along.
+//!   target system; the `&str` is the idempotency key to send along;
+//! - [`api`](macro@api): `fn(api::Request) -> Result<api::Response, Failure>`, answers one
+//!   synchronous request (a price, an availability date) on `/v1/apis/<name>`.
 //!
-//! The host calls through [`config`], [`kv`], [`log`], [`secrets`] and (sinks, on wasm32) `http` are the only
+//! The host calls through [`config`], [`kv`], [`log`], [`secrets`] and (sinks and API
+//! plugins, on wasm32) `http` are the only
 //! ways out of the sandbox, each allowed only as far as the plugin's manifest grants.
 //! Build with `cargo build --target wasm32-wasip2`.
 #![deny(missing_docs)]
 
 mod message;
 
+pub mod api;
 pub mod config;
 #[cfg(target_arch = "wasm32")]
 pub mod http;
@@ -38,7 +42,7 @@ pub mod url;
 
 pub use message::{Failure, Message, RawRequest, Receipt};
 pub use tenon_model as model;
-pub use tenon_sdk_macros::{sink, source, transform};
+pub use tenon_sdk_macros::{api, sink, source, transform};
 
 /// Raw bindings generated from the WIT files in `wit/`: not part of the API.
 #[doc(hidden)]
@@ -75,6 +79,31 @@ pub mod __private {
         f(input.into())
             .map(|out| out.into_iter().map(Into::into).collect())
             .map_err(Into::into)
+    }
+
+    /// The `api` export's request, field by field (its record is generated in the
+    /// plugin's crate, with its world).
+    #[allow(clippy::too_many_arguments)]
+    pub fn respond(
+        method: String,
+        path: String,
+        params: Vec<(String, String)>,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        content_type: String,
+        body: Vec<u8>,
+        f: fn(crate::api::Request) -> Result<crate::api::Response, Failure>,
+    ) -> Result<crate::api::Response, raw::Failure> {
+        let request = crate::api::Request {
+            method,
+            path,
+            params,
+            query,
+            headers,
+            content_type,
+            body,
+        };
+        f(request).map_err(Into::into)
     }
 
     pub fn deliver(

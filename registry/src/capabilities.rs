@@ -21,7 +21,7 @@ pub struct Capability {
     pub not_for_others: &'static str,
 }
 
-const ALL: &[Kind] = &[Kind::Source, Kind::Transform, Kind::Sink];
+const ALL: &[Kind] = &[Kind::Source, Kind::Transform, Kind::Sink, Kind::Api];
 
 /// Every capability the host provides.
 pub const CAPABILITIES: &[Capability] = &[
@@ -44,7 +44,7 @@ pub const CAPABILITIES: &[Capability] = &[
         interfaces: &["tenon:plugin/kv"],
         kinds: &[Kind::Transform, Kind::Sink],
         gated: true,
-        not_for_others: "a source plugin has no key-value storage; transforms and sinks do",
+        not_for_others: "only transforms and sinks have key-value storage (it is committed with the message they handle)",
     },
     Capability {
         name: "secrets",
@@ -56,9 +56,9 @@ pub const CAPABILITIES: &[Capability] = &[
     Capability {
         name: "http",
         interfaces: &["wasi:http/"],
-        kinds: &[Kind::Sink],
+        kinds: &[Kind::Sink, Kind::Api],
         gated: true,
-        not_for_others: "only sink plugins reach the network",
+        not_for_others: "only sink and API plugins reach the network",
     },
     Capability {
         name: "wasi",

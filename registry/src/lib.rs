@@ -596,6 +596,8 @@ pub enum Kind {
     Transform,
     /// Delivers messages to a target system (world `sink`).
     Sink,
+    /// Answers synchronous requests on `/v1/apis/<name>` (world `api`).
+    Api,
 }
 
 impl Kind {
@@ -611,6 +613,7 @@ impl fmt::Display for Kind {
             Kind::Source => "source",
             Kind::Transform => "transform",
             Kind::Sink => "sink",
+            Kind::Api => "api",
         })
     }
 }
@@ -876,7 +879,7 @@ http = ["http://*", "https://*.example.com"]
         .unwrap_err();
         assert!(
             err.to_string().ends_with(
-                "field `grants.http`: a transform plugin cannot have it: only sink plugins reach the network"
+                "field `grants.http`: a transform plugin cannot have it: only sink and API plugins reach the network"
             ),
             "{err}"
         );

@@ -3,6 +3,7 @@
 // Test code: a failed unwrap is a failed test, which is what we want.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod apis;
 mod bad_input;
 mod chain;
 mod cloudevents;
@@ -19,6 +20,7 @@ mod plugins;
 mod restart;
 mod sandbox;
 mod sap;
+mod sap_simulation;
 mod schemas;
 mod storage_faults;
 mod store;
@@ -26,3 +28,4 @@ mod support;
 mod swap;
 mod trust;
 mod tryton;
+mod tryton_prices;

@@ -88,7 +88,7 @@ component = "http_sink.wasm"
     assert!(text.starts_with("plugin `sneaky` ("), "{text}");
     assert!(
         text.contains(
-            "the component imports `wasi:http/outgoing-handler@0.2.12`, which a transform plugin cannot have: only sink plugins reach the network"
+            "the component imports `wasi:http/outgoing-handler@0.2.12`, which a transform plugin cannot have: only sink and API plugins reach the network"
         ),
         "{text}"
     );

@@ -173,7 +173,7 @@ impl Tenon {
 
     /// The listener a path belongs to: ingestion or the admin API.
     pub fn url(&self, path: &str) -> String {
-        if path.starts_with("/v1/sources/") || path == "/healthz" {
+        if path.starts_with("/v1/sources/") || path.starts_with("/v1/apis/") || path == "/healthz" {
             format!("{}{path}", self.base)
         } else {
             format!("{}{path}", self.admin)

@@ -1,11 +1,16 @@
-//! The ingest listener's one route: `POST /v1/sources/{source}`. The body goes to the
-//! source plugin (without Tenon's credentials); `202` once its messages are durable.
+//! The ingest listener's source route: `POST /v1/sources/{source}`. The body goes to
+//! the source plugin (without Tenon's credentials); `202` once its messages are
+//! durable, or, for a source with `ack = "validated"`, `201`/`422` once its flows'
+//! steps took them (`202` past the source's `ack_deadline_ms`).
 
 use super::State;
 use super::access::{CREDENTIAL_HEADERS, authorize};
 use super::problem::{Answer, Problem, json};
 use crate::api;
 use crate::auth::Scope;
+use crate::config::Ack;
+use crate::runtime::Validation;
+use std::time::Duration;
 use crate::sandbox::plugin::RawRequest;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
@@ -74,12 +79,44 @@ pub(super) async fn ingest(state: &State, source: &str, req: Request<Incoming>) 
         body,
     };
     let ingested = runtime.ingest(source, request).await?;
-    let mut reply = json(
-        StatusCode::ACCEPTED,
-        &api::Accepted {
-            accepted: ingested.ids,
-        },
-    );
+    let entry = config.plugins.get(source);
+    let validated = match entry {
+        Some(e) if e.ack == Ack::Validated => {
+            let deadline = Duration::from_millis(e.ack_deadline_ms);
+            runtime.validation(&ingested.ids, deadline).await
+        }
+        _ => None,
+    };
+    let mut reply = match validated {
+        None => json(
+            StatusCode::ACCEPTED,
+            &api::Accepted {
+                accepted: ingested.ids,
+            },
+        ),
+        Some(Validation::Passed(outputs)) => json(
+            StatusCode::CREATED,
+            &api::Validated {
+                accepted: ingested.ids,
+                outputs: outputs.iter().map(api::Output::of).collect(),
+            },
+        ),
+        Some(Validation::Refused(reasons)) => {
+            let ids: Vec<&str> = ingested.ids.iter().map(|id| id.as_str()).collect();
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "rejected",
+                "Rejected by business rules",
+                format!(
+                    "accepted as {} and refused by the steps, for every reason listed (see /v1/messages/{{id}})",
+                    ids.join(", ")
+                ),
+            )
+            .with_reasons(reasons)
+            .header("tenon-accepted", ids.join(", "))
+            .reply()
+        }
+    };
     if !ingested.traceparent.is_empty()
         && let Ok(traceparent) = HeaderValue::from_str(&ingested.traceparent)
     {

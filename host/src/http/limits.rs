@@ -65,6 +65,22 @@ impl RateLimits {
 
     /// Take a token of source `source` under `rate` (none: no limit).
     pub(super) fn source(&self, rate: Option<Rate>, source: &str) -> Result<(), Problem> {
+        self.bucket(rate, source, "source", &format!("source `{source}`"))
+    }
+
+    /// Take a token of API route `name` under `rate` (none: no limit).
+    pub(super) fn api(&self, rate: Option<Rate>, name: &str) -> Result<(), Problem> {
+        self.bucket(rate, &format!("api:{name}"), "api", &format!("API `{name}`"))
+    }
+
+    /// Take a token of the bucket `bucket` under `rate`; `who` names it in the 429.
+    fn bucket(
+        &self,
+        rate: Option<Rate>,
+        bucket: &str,
+        policy: &str,
+        who: &str,
+    ) -> Result<(), Problem> {
         let Some(rate) = rate else {
             return Ok(());
         };
@@ -73,11 +89,11 @@ impl RateLimits {
                 .per_source
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            match all.get(source) {
+            match all.get(bucket) {
                 Some((current, limiter)) if *current == rate => limiter.clone(),
                 _ => {
                     let limiter = Arc::new(RateLimiter::direct(quota(rate)).with_middleware());
-                    all.insert(source.to_owned(), (rate, limiter.clone()));
+                    all.insert(bucket.to_owned(), (rate, limiter.clone()));
                     limiter
                 }
             }
@@ -85,7 +101,7 @@ impl RateLimits {
         let clock = DefaultClock::default();
         limiter.check().map(drop).map_err(|not_until| {
             let wait = not_until.wait_time_from(clock.now());
-            over("source", &format!("source `{source}`"), rate, wait)
+            over(policy, who, rate, wait)
         })
     }
 }

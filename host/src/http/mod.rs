@@ -46,6 +46,7 @@
 
 mod access;
 mod admin;
+mod apis;
 mod ingest;
 mod limits;
 pub mod problem;
@@ -77,8 +78,10 @@ pub struct State {
     pub keys: Keys,
     /// The rate limits' buckets.
     limits: limits::RateLimits,
-    /// Source calls under way (`[server.limits] max_concurrent_ingest`).
+    /// Source and API calls under way (`[server.limits] max_concurrent_ingest`).
     ingest_slots: Semaphore,
+    /// The synchronous APIs' kept answers.
+    answers: apis::AnswerCache,
 }
 
 impl State {
@@ -91,6 +94,7 @@ impl State {
             keys,
             limits: limits::RateLimits::default(),
             ingest_slots: Semaphore::new(slots),
+            answers: apis::AnswerCache::default(),
         }
     }
 }
@@ -208,6 +212,12 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, plane: Plane) -> Resu
             let source = (*source).to_owned();
             ingest::ingest(state, &source, req).await
         }
+        (Plane::Ingest, _, ["v1", "apis", name, ..]) => {
+            let name = (*name).to_owned();
+            let prefix = format!("/v1/apis/{name}");
+            let rest = path.strip_prefix(&prefix).unwrap_or_default().to_owned();
+            apis::api(state, &name, &rest, req).await
+        }
         (Plane::Ingest, _, ["v1", "sources", _]) => Err(Problem::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method-not-allowed",
@@ -219,7 +229,7 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, plane: Plane) -> Resu
             "not-found",
             "Not found",
             format!(
-                "no route for {} {path} on the ingest listener (it serves /v1/sources/{{source}} and /healthz; the admin API has its own listener)",
+                "no route for {} {path} on the ingest listener (it serves /v1/sources/{{source}}, /v1/apis/{{name}} and /healthz; the admin API has its own listener)",
                 req.method()
             ),
         )),

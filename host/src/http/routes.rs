@@ -101,7 +101,7 @@ pub const ROUTES: &[Route] = &[
             "POST",
             "/v1/sources/{source}",
             Access::Open,
-            "Hand the body to the source plugin; 202 with the accepted ids once durable (a key with ingest:<source>, or the source's signature check)",
+            "Hand the body to the source plugin; 202 with the accepted ids once durable (a key with ingest:<source>, or the source's signature check); a source with ack = \"validated\" answers 201 with what its steps made, or 422 with every reason",
         )
     }
     .on(Plane::Ingest),
@@ -251,9 +251,9 @@ pub fn route_of(plane: Plane, method: &Method, segments: &[&str]) -> Option<&'st
         .find(|r| r.plane == plane && r.matches(method, segments))
 }
 
-/// The OpenAPI 3.1 description of every route, generated from [`ROUTES`] and the
-/// body types.
-pub fn openapi() -> Value {
+/// The OpenAPI 3.1 description of every route, generated from [`ROUTES`], the
+/// configured synchronous APIs (`[apis.*]`) and the body types.
+pub fn openapi(apis: &std::collections::BTreeMap<String, crate::config::ApiEntry>) -> Value {
     let settings = |contract| {
         let mut s = SchemaSettings::draft2020_12();
         s.definitions_path = "/components/schemas".into();
@@ -325,6 +325,51 @@ pub fn openapi() -> Value {
             continue;
         }
         item[route.method.to_lowercase()] = operation;
+    }
+    for (name, api) in apis {
+        let path = format!("/v1/apis/{name}{}", api.path.as_deref().unwrap_or_default());
+        let parameters: Vec<Value> = path
+            .split('/')
+            .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let (summary, answer, body) = match (&api.plugin, &api.source) {
+            (Some(plugin), _) => (
+                format!("Answered by API plugin `{}`", plugin.get_ref()),
+                json!({"*/*": {"schema": {}}}),
+                "What the plugin reads",
+            ),
+            (None, source) => (
+                format!(
+                    "Run at once, nothing queued: source `{}`, then {}; 200 with the outputs, 422 with every reason",
+                    source.as_ref().map(|s| s.get_ref().as_str()).unwrap_or_default(),
+                    api.steps.iter().map(|s| format!("`{}`", s.get_ref())).collect::<Vec<_>>().join(", ")
+                ),
+                json!({"application/json": {"schema": answers.subschema_for::<api::ApiOutputs>().to_value()}}),
+                "What the source plugin reads (its format)",
+            ),
+        };
+        let item = paths.entry(path.clone()).or_insert_with(|| json!({}));
+        for method in api.methods() {
+            let mut operation = json!({
+                "summary": summary,
+                "description": format!("Needs an API key with scope `api:{name}`. Answers within {} ms or 504.", api.deadline_ms),
+                "tags": ["ingest"],
+                "operationId": format!("{}_apis_{}", method.to_lowercase(), name.replace('-', "_")),
+                "parameters": parameters,
+                "security": [{"bearer": []}],
+                "responses": {
+                    "200": {"description": "The answer", "content": answer},
+                    "default": {"description": "A problem (RFC 9457): 400 invalid, 401, 403, 404, 405, 422 rejected (every reason), 429, 502 the plugin failed, 503, 504 past the deadline",
+                                "content": {"application/problem+json": {"schema": problem.clone()}}},
+                },
+                "servers": [{"url": "{ingest}", "variables": {"ingest": {"default": "http://127.0.0.1:8080"}}}],
+            });
+            if method != "GET" {
+                operation["requestBody"] = json!({"required": false, "description": body, "content": {"*/*": {"schema": {}}}});
+            }
+            item[method.to_lowercase()] = operation;
+        }
     }
     let mut schemas = answers.take_definitions(true);
     schemas.extend(requests.take_definitions(true));

@@ -4,13 +4,18 @@
 
 use super::Runtime;
 use super::flows::Flow;
-use crate::model::{Envelope, Hop, IdempotencyClaim, MessageId, now_ms, queue_name};
+use crate::model::{
+    Envelope, Hop, IdempotencyClaim, MessageId, OutcomeKind, StoredMessage, now_ms, queue_name,
+};
 use crate::sandbox::plugin::{CallError, RawRequest};
 use crate::store::Enqueued;
 use crate::store::StoreError;
 use crate::telemetry;
 use opentelemetry::trace::SpanKind;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often a sender waiting for validation looks again without being woken.
+const RECHECK: Duration = Duration::from_millis(25);
 use tenon_model::Encoding;
 use tracing::Instrument as _;
 
@@ -52,7 +57,105 @@ pub struct Ingested {
     pub traceparent: String,
 }
 
+/// How the steps of a source's flows took its messages (`ack = "validated"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Validation {
+    /// Every step passed: what they made (the messages now at a sink, or published to
+    /// the flows subscribing to them), each once.
+    Passed(Vec<StoredMessage>),
+    /// A step refused (every reason), or a message became a dead letter (its error).
+    Refused(Vec<String>),
+}
+
 impl Runtime {
+    /// Wait, up to `deadline`, until every message of `ids` (as ingress accepted them)
+    /// is through the transform steps of its flow; `None` past the deadline.
+    pub async fn validation(&self, ids: &[MessageId], deadline: Duration) -> Option<Validation> {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            // Registered before reading, so that no commit in between goes unheard.
+            let progressed = self.progressed.notified();
+            match self.validated(ids).await {
+                Ok(Some(validation)) => return Some(validation),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the messages' status");
+                    return None;
+                }
+            }
+            // Another node's workers do not wake this one: look again now and then.
+            let wake = (tokio::time::Instant::now() + RECHECK).min(until);
+            tokio::select! {
+                () = progressed => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if tokio::time::Instant::now() >= until {
+                return None;
+            }
+        }
+    }
+
+    /// Where the messages are: `None` while one is still before or at a transform step.
+    async fn validated(&self, ids: &[MessageId]) -> Result<Option<Validation>, StoreError> {
+        let sink_stage = |e: &Envelope| {
+            e.route
+                .get(e.stage as usize)
+                .and_then(|stage| self.plugin(stage))
+                .is_some_and(|p| p.kind() == tenon_registry::Kind::Sink)
+        };
+        let mut passed: Vec<StoredMessage> = Vec::new();
+        let mut reasons = Vec::new();
+        let mut add = |mut message: StoredMessage| {
+            // A copy into a subscribing flow stands for the message its step made.
+            if let Some((made, _)) = message.id.as_str().split_once('@') {
+                message.id = made.into();
+            }
+            if !passed.iter().any(|m| m.id == message.id) {
+                passed.push(message);
+            }
+        };
+        for id in ids {
+            let status = self.status(id).await?;
+            for envelope in status.pending {
+                let own = !envelope.message.id.is_event_copy();
+                if own && !sink_stage(&envelope) {
+                    return Ok(None);
+                }
+                add(envelope.message);
+            }
+            for outcome in status.outcomes {
+                let own = !outcome.id.is_event_copy();
+                match outcome.result {
+                    OutcomeKind::Rejected { reasons: r } if own => reasons.extend(r),
+                    OutcomeKind::DeadLetter { error } if own => {
+                        reasons.push(format!("{} failed: {error}", outcome.plugin));
+                    }
+                    OutcomeKind::Delivered { .. } if own => add(StoredMessage {
+                        id: outcome.id,
+                        key: outcome.key,
+                        kind: outcome.kind,
+                        content_type: String::new(),
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }),
+                    _ if !own => add(StoredMessage {
+                        id: outcome.id,
+                        key: outcome.key,
+                        kind: outcome.kind,
+                        content_type: String::new(),
+                        headers: Vec::new(),
+                        body: Vec::new(),
+                    }),
+                    _ => {}
+                }
+            }
+        }
+        Ok(Some(match reasons.is_empty() {
+            true => Validation::Passed(passed),
+            false => Validation::Refused(reasons),
+        }))
+    }
+
     /// Hand a raw request to a source and commit its messages to every flow that
     /// starts there. Returns the accepted message ids once they are durable.
     ///

@@ -115,6 +115,12 @@ pub(crate) fn load_plugin_at(
             plugin.kind()
         );
     }
+    if entry.ack == crate::config::Ack::Validated && plugin.kind() != Kind::Source {
+        anyhow::bail!(
+            "`ack = \"validated\"` is for source plugins; this is a {} plugin",
+            plugin.kind()
+        );
+    }
     Ok(plugin)
 }
 
@@ -192,7 +198,8 @@ impl Runtime {
                             .flatten()
                     })
             };
-            let flows = resolve_flows(&new, kind_of).map_err(|e| e.to_string())?;
+            let flows = resolve_flows(&new, &kind_of).map_err(|e| e.to_string())?;
+            super::apis::check_apis(&new, &kind_of).map_err(|e| e.to_string())?;
             super::flows::check_models(&flows, |name| {
                 loaded
                     .iter()

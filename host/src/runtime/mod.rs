@@ -9,6 +9,7 @@
 //! finish, retry, dead letter) from the failure class alone; it knows nothing of what
 //! the plugins do.
 
+pub mod apis;
 pub mod canary;
 pub mod cluster;
 pub mod flows;
@@ -21,7 +22,7 @@ pub mod watch;
 pub mod worker;
 
 pub use flows::{Flow, RetryPolicy};
-pub use ingest::{IDEMPOTENCY_HEADER, IngestError, Ingested};
+pub use ingest::{IDEMPOTENCY_HEADER, IngestError, Ingested, Validation};
 pub use slots::{LiveStatus, Refusal, Reload};
 pub use worker::MessageStatus;
 
@@ -66,6 +67,9 @@ pub struct Runtime {
     /// Woken when a plugin version or the config changes on this node, for the
     /// deployment to hear of it at once (see [`cluster`]).
     changed_here: tokio::sync::Notify,
+    /// Woken after every result a worker of this node commits: what a sender waiting
+    /// for its messages' steps (`ack = "validated"`) listens to.
+    progressed: tokio::sync::Notify,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -184,7 +188,9 @@ impl Runtime {
             node.set_approved(name, &approved_of(&live))?;
             plugins.insert(name.clone(), (live, waiting));
         }
-        let flows = resolve_flows(&config, |name| plugins.get(name).map(|p| p.0.kind()))?;
+        let kind_of = |name: &str| plugins.get(name).map(|p| p.0.kind());
+        let flows = resolve_flows(&config, kind_of)?;
+        apis::check_apis(&config, kind_of)?;
         flows::check_models(&flows, |name| {
             plugins.get(name).map(|p| p.0.manifest().models.clone())
         })
@@ -195,6 +201,7 @@ impl Runtime {
             started_ms: crate::model::now_ms(),
             listeners: std::sync::OnceLock::new(),
             changed_here: tokio::sync::Notify::new(),
+            progressed: tokio::sync::Notify::new(),
             store,
             node,
             engine,

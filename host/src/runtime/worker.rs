@@ -236,6 +236,7 @@ impl Runtime {
         metrics::commit(started.elapsed(), 1);
         match committed {
             Ok(()) => {
+                self.progressed.notify_waiters();
                 telemetry::end(&commit, vec![], None);
                 telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
                 if let Some(outcome) = finished {

@@ -47,6 +47,21 @@ pub mod transform {
     });
 }
 
+/// `tenon:plugin/api`: exports `responder`.
+pub mod api {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/api",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
+        },
+    });
+}
+
 /// `tenon:plugin/sink`: exports `deliverer`.
 pub mod sink {
     wasmtime::component::bindgen!({

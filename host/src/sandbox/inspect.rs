@@ -133,6 +133,7 @@ impl Inspection {
                 Kind::Source => "ingester",
                 Kind::Transform => "transformer",
                 Kind::Sink => "deliverer",
+                Kind::Api => "responder",
             },
             tenon_registry::WIT_VERSION
         );

@@ -66,6 +66,7 @@ struct Metrics {
     messages: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
     plugin_calls: Histograms,
+    api_calls: Histograms,
     outbound: Histograms,
     commit: Histogram,
     commit_batch: Histogram,
@@ -89,6 +90,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         messages: Family::default(),
         retries: Family::default(),
         plugin_calls: Family::new_with_constructor(fast),
+        api_calls: Family::new_with_constructor(fast),
         outbound: Family::new_with_constructor(fast),
         commit: fast(),
         commit_batch: batch(),
@@ -130,6 +132,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "plugin_call_duration_seconds",
         "Plugin calls at a stage, by plugin, version digest and outcome",
         m.plugin_calls.clone(),
+    );
+    registry.register(
+        "api_request_duration_seconds",
+        "Synchronous API answers ([apis.*]), by route and outcome (ok, deadline, or the failure's class)",
+        m.api_calls.clone(),
     );
     registry.register(
         "outbound_request_duration_seconds",
@@ -212,6 +219,14 @@ pub fn plugin_call(plugin: &str, digest: &str, outcome: &str, took: Duration) {
             ("digest", digest),
             ("outcome", outcome),
         ]))
+        .observe(took.as_secs_f64());
+}
+
+/// A synchronous API (`[apis.<name>]`) answered, or failed with `outcome`.
+pub fn api_call(api: &str, outcome: &str, took: Duration) {
+    METRICS
+        .api_calls
+        .get_or_create(&labels([("api", api), ("outcome", outcome)]))
         .observe(took.as_secs_f64());
 }
 

@@ -1,4 +1,4 @@
-//! Attribute macros of `tenon-sdk`: `#[source]`, `#[transform]`, `#[sink]`.
+//! Attribute macros of `tenon-sdk`: `#[source]`, `#[transform]`, `#[sink]`, `#[api]`.
 //!
 //! Each generates the WIT bindings of its world in the plugin's crate (so that the
 //! component exports exactly that world), maps the shared host interfaces onto the
@@ -33,11 +33,20 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Role::Sink, attr, item)
 }
 
+/// Export a function `fn(tenon_sdk::api::Request) -> Result<tenon_sdk::api::Response,
+/// tenon_sdk::Failure>` as an API plugin (world `tenon:plugin/api`): it answers
+/// synchronous requests on `/v1/apis/<name>`.
+#[proc_macro_attribute]
+pub fn api(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand(Role::Api, attr, item)
+}
+
 #[derive(Clone, Copy)]
 enum Role {
     Source,
     Transform,
     Sink,
+    Api,
 }
 
 fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -91,6 +100,33 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
                 }
             },
             full_imports(),
+        ),
+        Role::Api => (
+            "tenon:plugin/api@0.1.0",
+            quote!(exports::tenon::plugin::responder::Guest),
+            quote! {
+                fn respond(request: exports::tenon::plugin::responder::Request)
+                    -> ::core::result::Result<exports::tenon::plugin::responder::Response, #raw::Failure> {
+                    let exports::tenon::plugin::responder::Request {
+                        method, path, params, query, headers, content_type, body,
+                    } = request;
+                    ::tenon_sdk::__private::respond(
+                        method, path, params, query, headers, content_type, body, super::#name,
+                    )
+                    .map(|r| exports::tenon::plugin::responder::Response {
+                        status: r.status,
+                        content_type: r.content_type,
+                        headers: r.headers,
+                        body: r.body,
+                    })
+                }
+            },
+            quote! {
+                "tenon:plugin/types@0.1.0": ::tenon_sdk::wit::types,
+                "tenon:plugin/log@0.1.0": ::tenon_sdk::wit::log,
+                "tenon:plugin/config@0.1.0": ::tenon_sdk::wit::config,
+                "tenon:plugin/secrets@0.1.0": ::tenon_sdk::wit::secrets,
+            },
         ),
     };
     // The export exists only in the component. Built natively (to test or benchmark

@@ -14,7 +14,7 @@
 //! | [`config`] | `tenon:plugin/config` | every plugin; keys outside its `[config]` and `grants.config` read as unset (and are audited) |
 //! | [`kv`] | `tenon:plugin/kv` | transforms and sinks granted `kv`, in their own namespace, under a quota; writes commit with the step's result |
 //! | [`secrets`] | `tenon:plugin/secrets` | plugins granted `secrets`: the ones the operator maps to the instance |
-//! | [`http`] | `wasi:http/outgoing-handler` | sinks granted `http`, to those hosts ([`crate::sandbox::egress`]) |
+//! | [`http`] | `wasi:http/outgoing-handler` | sinks and API plugins granted `http`, to those hosts ([`crate::sandbox::egress`]) |
 //! | [`wasi`] | `wasi:cli`, `wasi:io`, `wasi:clocks`, `wasi:random`, `wasi:filesystem` | every plugin, with no files, no environment, no arguments; stderr captured |
 //!
 //! `wasi:sockets` is never linked. Every allow/deny decision goes to the audit log

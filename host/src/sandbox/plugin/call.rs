@@ -1,4 +1,4 @@
-//! The three calls (ingest, transform, deliver), each in a fresh sandboxed instance
+//! The four calls (ingest, transform, deliver, respond), each in a fresh sandboxed instance
 //! under the plugin's limits, and how whatever goes wrong becomes a [`CallError`].
 
 use super::{Plugin, Pre};
@@ -89,6 +89,38 @@ pub struct Called<T> {
 #[derive(Debug, Clone)]
 pub struct RawRequest {
     /// Its content type.
+    pub content_type: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// A synchronous request to an API plugin.
+#[derive(Debug, Clone, Default)]
+pub struct ApiRequest {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path below the route's prefix.
+    pub path: String,
+    /// The route's path parameters.
+    pub params: Vec<(String, String)>,
+    /// The query parameters, decoded.
+    pub query: Vec<(String, String)>,
+    /// Its headers, without Tenon's credentials.
+    pub headers: Vec<(String, String)>,
+    /// Its content type.
+    pub content_type: String,
+    /// Its body.
+    pub body: Vec<u8>,
+}
+
+/// An API plugin's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiResponse {
+    /// The status it chose.
+    pub status: u16,
+    /// The body's content type.
     pub content_type: String,
     /// Its headers.
     pub headers: Vec<(String, String)>,
@@ -330,6 +362,66 @@ impl Plugin {
                 detail: receipt.detail.map(|d| self.text(&d)),
             },
             kv,
+        })
+    }
+
+    /// API: answer one request, in a fresh instance under the plugin's limits. The
+    /// answer's size counts against `max_output_bytes`; a status outside 200-499 is
+    /// not the plugin's to give (the host answers for failures) and is refused.
+    pub async fn respond(&self, request: ApiRequest) -> Result<ApiResponse, CallError> {
+        use bindings::api::exports::tenon::plugin::responder;
+        let Pre::Api(pre) = &self.pre else {
+            return Err(self.wrong_kind("respond"));
+        };
+        let request = responder::Request {
+            method: request.method,
+            path: request.path,
+            params: request.params,
+            query: request.query,
+            headers: request.headers,
+            content_type: request.content_type,
+            body: request.body,
+        };
+        let answer = self
+            .run("respond", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_responder()
+                    .call_respond(&mut *store, &request)
+                    .await
+            })
+            .await?
+            .value;
+        self.check_output(
+            answer.body.len()
+                + answer.content_type.len()
+                + answer
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>(),
+        )?;
+        if !(200..500).contains(&answer.status) {
+            return Err(CallError::Host(format!(
+                "the plugin answered status {}; an API plugin answers 200-499 and reports failures as failures",
+                answer.status
+            )));
+        }
+        if !self.ctx.redactor.is_empty()
+            && let Some(secret) = std::iter::once(answer.body.as_slice())
+                .chain(answer.headers.iter().map(|(_, v)| v.as_bytes()))
+                .find_map(|bytes| self.ctx.redactor.find(bytes))
+        {
+            let reason = format!("the answer carries the value of secret `{secret}`");
+            self.ctx
+                .decide("output", secret, Decision::Deny, Some(reason.clone()));
+            return Err(CallError::Denied(reason));
+        }
+        Ok(ApiResponse {
+            status: answer.status,
+            content_type: answer.content_type,
+            headers: answer.headers,
+            body: answer.body,
         })
     }
 

@@ -225,7 +225,7 @@ impl Plugin {
             secrets.iter().map(|(n, v)| (n.as_str(), v.expose())),
         )
         .map_err(|e| fail(e.to_string()))?;
-        let egress = (manifest.kind == Kind::Sink && !grants.http.is_empty())
+        let egress = (matches!(manifest.kind, Kind::Sink | Kind::Api) && !grants.http.is_empty())
             .then(|| crate::sandbox::egress::Egress::new(&grants, engine.listeners()).map(Arc::new))
             .transpose()
             .map_err(|e| fail(format!("cannot set up outbound HTTP: {e}")))?;
@@ -279,6 +279,7 @@ impl Plugin {
                 Pre::Transform(bindings::transform::TransformPre::new(instance_pre).map_err(world)?)
             }
             Kind::Sink => Pre::Sink(bindings::sink::SinkPre::new(instance_pre).map_err(world)?),
+            Kind::Api => Pre::Api(bindings::api::ApiPre::new(instance_pre).map_err(world)?),
         };
         tracing::info!(plugin = name, version = %manifest.version, %digest, component = %component_digest, kind = %manifest.kind, "plugin loaded");
         Ok(Plugin {

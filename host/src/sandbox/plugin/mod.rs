@@ -1,5 +1,5 @@
 //! A loaded plugin version: manifest, verified component, pre-linked instance, and the
-//! three calls (ingest, transform, deliver), each in a fresh sandboxed instance.
+//! four calls (ingest, transform, deliver, respond), each in a fresh sandboxed instance.
 //!
 //! Loading does everything that can fail ahead of traffic: read the manifest and the
 //! component through a capability on the plugin's directory (nothing outside it can
@@ -21,7 +21,10 @@
 mod call;
 mod load;
 
-pub use call::{CallError, Called, Failure, MAX_REASONS, RawRequest, Receipt, ReusedTransform};
+pub use call::{
+    ApiRequest, ApiResponse, CallError, Called, Failure, MAX_REASONS, RawRequest, Receipt,
+    ReusedTransform,
+};
 pub use load::LoadError;
 
 use crate::sandbox::bindings::{self};
@@ -51,6 +54,7 @@ enum Pre {
     Source(bindings::source::SourcePre<PluginState>),
     Transform(bindings::transform::TransformPre<PluginState>),
     Sink(bindings::sink::SinkPre<PluginState>),
+    Api(bindings::api::ApiPre<PluginState>),
 }
 
 /// One loaded plugin version, ready to be called. Cheap to share behind an `Arc`.
