@@ -81,11 +81,11 @@ impl Output {
             serde_json::Value::Null
         } else {
             tenon_model::Encoding::from_content_type(&message.content_type)
-            .ok()
-            .and_then(|e| e.decode::<serde_json::Value>(&message.body).ok())
-            .unwrap_or_else(|| {
-                serde_json::Value::String(String::from_utf8_lossy(&message.body).into_owned())
-            })
+                .ok()
+                .and_then(|e| e.decode::<serde_json::Value>(&message.body).ok())
+                .unwrap_or_else(|| {
+                    serde_json::Value::String(String::from_utf8_lossy(&message.body).into_owned())
+                })
         };
         Output {
             id: message.id.clone(),

@@ -587,7 +587,11 @@ impl ApiEntry {
     /// The methods served, upper case.
     pub fn methods(&self) -> Vec<String> {
         match (self.methods.is_empty(), self.plugin.is_some()) {
-            (false, _) => self.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+            (false, _) => self
+                .methods
+                .iter()
+                .map(|m| m.to_ascii_uppercase())
+                .collect(),
             (true, true) => vec!["GET".into(), "POST".into()],
             (true, false) => vec!["POST".into()],
         }

@@ -51,8 +51,9 @@ impl Request {
 
     /// The body parsed as JSON into `T`; a body that does not parse is `invalid` (400).
     pub fn json<T: for<'de> Deserialize<'de>>(&self) -> Result<T, Failure> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| Failure::Invalid(format!("the request body is not the expected JSON: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Failure::Invalid(format!("the request body is not the expected JSON: {e}"))
+        })
     }
 }
 

@@ -237,9 +237,10 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                 )),
             }
         }
-        (&Method::GET, ["v1", "openapi.json"]) => {
-            Ok(json(StatusCode::OK, &super::routes::openapi(&state.runtime.config().apis)))
-        }
+        (&Method::GET, ["v1", "openapi.json"]) => Ok(json(
+            StatusCode::OK,
+            &super::routes::openapi(&state.runtime.config().apis),
+        )),
         (&Method::GET, ["metrics"]) => {
             let text = runtime.metrics_text().await?;
             let mut reply =

@@ -348,10 +348,7 @@ fn api_problem(name: &str, error: ApiError) -> Problem {
             StatusCode::GATEWAY_TIMEOUT,
             "plugin-timeout",
             "Plugin timed out",
-            format!(
-                "`{plugin}` ran past its own limit of {} ms",
-                d.as_millis()
-            ),
+            format!("`{plugin}` ran past its own limit of {} ms", d.as_millis()),
         ),
         CallError::Trap(detail) => Problem::new(
             StatusCode::BAD_GATEWAY,
@@ -393,6 +390,9 @@ mod tests {
         assert_eq!(match_path("/products/{code}", "/products"), None);
         assert_eq!(match_path("/products/{code}", "/product/P-1"), None);
         assert_eq!(match_path("/products/{code}", "/products/"), None);
-        assert_eq!(match_path("/a/{x}/b/{y}", "/a/1/b/2").map(|p| p.len()), Some(2));
+        assert_eq!(
+            match_path("/a/{x}/b/{y}", "/a/1/b/2").map(|p| p.len()),
+            Some(2)
+        );
     }
 }

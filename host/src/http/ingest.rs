@@ -10,11 +10,11 @@ use crate::api;
 use crate::auth::Scope;
 use crate::config::Ack;
 use crate::runtime::Validation;
-use std::time::Duration;
 use crate::sandbox::plugin::RawRequest;
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, StatusCode};
+use std::time::Duration;
 
 /// `POST /v1/sources/{source}`: with a key holding `ingest:{source}` (or `ingest:*`),
 /// unless the source checks its senders' signatures itself.

@@ -70,7 +70,12 @@ impl RateLimits {
 
     /// Take a token of API route `name` under `rate` (none: no limit).
     pub(super) fn api(&self, rate: Option<Rate>, name: &str) -> Result<(), Problem> {
-        self.bucket(rate, &format!("api:{name}"), "api", &format!("API `{name}`"))
+        self.bucket(
+            rate,
+            &format!("api:{name}"),
+            "api",
+            &format!("API `{name}`"),
+        )
     }
 
     /// Take a token of the bucket `bucket` under `rate`; `who` names it in the 429.

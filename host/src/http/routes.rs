@@ -342,8 +342,15 @@ pub fn openapi(apis: &std::collections::BTreeMap<String, crate::config::ApiEntry
             (None, source) => (
                 format!(
                     "Run at once, nothing queued: source `{}`, then {}; 200 with the outputs, 422 with every reason",
-                    source.as_ref().map(|s| s.get_ref().as_str()).unwrap_or_default(),
-                    api.steps.iter().map(|s| format!("`{}`", s.get_ref())).collect::<Vec<_>>().join(", ")
+                    source
+                        .as_ref()
+                        .map(|s| s.get_ref().as_str())
+                        .unwrap_or_default(),
+                    api.steps
+                        .iter()
+                        .map(|s| format!("`{}`", s.get_ref()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
                 json!({"application/json": {"schema": answers.subschema_for::<api::ApiOutputs>().to_value()}}),
                 "What the source plugin reads (its format)",

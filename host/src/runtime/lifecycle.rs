@@ -198,8 +198,8 @@ impl Runtime {
                             .flatten()
                     })
             };
-            let flows = resolve_flows(&new, &kind_of).map_err(|e| e.to_string())?;
-            super::apis::check_apis(&new, &kind_of).map_err(|e| e.to_string())?;
+            let flows = resolve_flows(&new, kind_of).map_err(|e| e.to_string())?;
+            super::apis::check_apis(&new, kind_of).map_err(|e| e.to_string())?;
             super::flows::check_models(&flows, |name| {
                 loaded
                     .iter()
