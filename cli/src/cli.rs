@@ -167,7 +167,8 @@ pub enum Command {
     },
     /// Create, list and revoke the API keys of a running server.
     ///
-    /// Scopes: `ingest:<source>` or `ingest:*` (post to sources), `admin:read`,
+    /// Scopes: `ingest:<source>` or `ingest:*` (post to sources), `api:<name>` or
+    /// `api:*` (call the synchronous APIs), `admin:read`,
     /// `admin:write` (dead letters, replay, reload, keys), `plugins:promote` (try,
     /// promote, roll back, approve versions). A key can only create keys with scopes
     /// it holds.
