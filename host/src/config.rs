@@ -1049,6 +1049,47 @@ sink = "out"
     }
 
     #[test]
+    fn api_routes_are_checked_with_clear_errors() {
+        let ok = parse(&format!(
+            "{GOOD}\n[apis.check]\nsource = \"src\"\nsteps = [\"map\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(ok.apis["check"].methods(), ["POST"]);
+        assert_eq!(ok.apis["check"].deadline_ms, 5_000);
+        for (api, wanted) in [
+            (
+                "[apis.x]\nplugin = \"out\"\nsteps = [\"map\"]",
+                "give `plugin`, or `source` and `steps`, not both",
+            ),
+            ("[apis.x]\nsteps = [\"map\"]", "`steps` need a `source`"),
+            ("[apis.x]\nsource = \"src\"", "a `source` needs `steps`"),
+            ("[apis.x]\ndeadline_ms = 5", "needs a `plugin`"),
+            ("[apis.x]\nplugin = \"nope\"", "no plugin named `nope`"),
+            (
+                "[apis.x]\nplugin = \"out\"\nmethods = [\"TRACE\"]",
+                "`TRACE` is not one of",
+            ),
+            (
+                "[apis.x]\nplugin = \"out\"\npath = \"items/{id}\"",
+                "is not a path like",
+            ),
+            (
+                "[apis.x]\nplugin = \"out\"\npath = \"/items/{id\"",
+                "is not a path like",
+            ),
+            ("[apis.x]\nplugin = \"out\"\ndeadline_ms = 0", "at least 1"),
+            ("[apis.X_1]\nplugin = \"out\"", "lower-case letters"),
+            (
+                "[apis.x]\nplugin = \"out\"\nrate_limit = { per_second = 0 }",
+                "must be at least 1",
+            ),
+        ] {
+            let err = parse(&format!("{GOOD}\n{api}\n")).unwrap_err();
+            assert!(err.to_string().contains(wanted), "{api}: {err}");
+        }
+    }
+
+    #[test]
     fn retry_settings_name_stages_of_their_flow() {
         let ok = parse(&format!(
             "{GOOD}retry.out = {{ max_attempts = 9, backoff_ms = 50 }}\n"

@@ -110,6 +110,12 @@ async fn an_api_plugin_answers_within_its_route_keys_limits_and_deadline() {
             .contains("0af7651916cd43dd8448eb211c80319c")
     );
     assert_eq!(echo["authorization"], Value::Null);
+    // The answer names its span, in the caller's trace.
+    let traceparent = reply.header("traceparent").unwrap();
+    assert!(
+        traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+        "{traceparent}"
+    );
 
     // The route's methods and path; an unknown API.
     let reply = call(&tenon, "DELETE", "/v1/apis/echo/items/1", admin, None).await;

@@ -226,3 +226,33 @@ fn a_step_of_the_wrong_kind_is_refused_at_start() {
         )
     );
 }
+
+#[test]
+fn an_api_route_names_plugins_of_the_wrong_kind() {
+    let (error, _) = check_error(|c| format!("{c}\n[apis.prices]\nplugin = \"erp-sink\"\n"));
+    assert!(
+        error.ends_with(
+            "API `prices`: field `plugin`: `erp-sink` is a sink plugin; plugin must be api plugins"
+        ),
+        "{error}"
+    );
+    let (error, _) = check_error(|c| {
+        format!("{c}\n[apis.check]\nsource = \"cpq-source\"\nsteps = [\"erp-sink\"]\n")
+    });
+    assert!(
+        error.ends_with(
+            "API `check`: field `steps`: `erp-sink` is a sink plugin; steps must be transform plugins"
+        ),
+        "{error}"
+    );
+    let (error, _) = check_error(|c| {
+        c.replace(
+            "path = \"plugins/quote-to-order\"",
+            "path = \"plugins/quote-to-order\"\nack = \"validated\"",
+        )
+    });
+    assert!(
+        error.contains("`ack = \"validated\"` is for source plugins"),
+        "{error}"
+    );
+}

@@ -3,7 +3,9 @@
 //! It extracts the embedded plugins and the example config into `<data-dir>/demo`,
 //! starts a mock ERP and the runtime on free ports of 127.0.0.1, posts the samples
 //! (customers, CPQ quotes, a Zuora order, Stripe invoice events), waits until each
-//! has settled, and prints each business key's path through the flows.
+//! has settled, and prints each business key's path through the flows. Each quote is
+//! first asked of the synchronous validation API, whose answer must be the one the
+//! flows come to.
 
 use anyhow::Context as _;
 use std::path::Path;
@@ -58,7 +60,7 @@ const EXAMPLE_TARGET: &str = "http://127.0.0.1:9400";
 /// How long the demo waits for every input to settle.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Create an `ingest:*` key through the admin API, with the admin key the server's
+/// Create an `ingest:*` and `api:*` key through the admin API, with the admin key the server's
 /// first start wrote; its token.
 async fn demo_client_key(server: &Server) -> anyhow::Result<String> {
     let file = server
@@ -72,7 +74,7 @@ async fn demo_client_key(server: &Server) -> anyhow::Result<String> {
         &[("authorization", &format!("Bearer {}", admin.trim()))],
         Some((
             "application/json",
-            serde_json::json!({ "name": "demo-senders", "scopes": ["ingest:*"] })
+            serde_json::json!({ "name": "demo-senders", "scopes": ["ingest:*", "api:*"] })
                 .to_string()
                 .into_bytes(),
         )),
@@ -135,13 +137,51 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     // start) creates a key for the partner systems, scoped to ingestion only.
     let ingest_token = demo_client_key(&server).await?;
     println!(
-        "  admin API  http://{} (an ingest-only key was created for the senders)",
+        "  admin API  http://{} (a key to post and ask, no admin scope, was created for the senders)",
         server.admin_addr
     );
     println!();
 
     let mut sent = Vec::new();
+    let mut all_ok = true;
     for (source, file, body, expect) in INPUTS {
+        // Asked first, answered at once: the flows must come to the same.
+        if *source == "cpq-source" {
+            let reply = crate::client::request(
+                "POST",
+                &format!("http://{}/v1/apis/validate-quote", server.addr),
+                &[("authorization", &format!("Bearer {ingest_token}"))],
+                Some(("application/json", body.as_bytes().to_vec())),
+            )
+            .await?;
+            let answer = reply.json().unwrap_or_default();
+            let said = match reply.status {
+                200 => format!(
+                    "valid, order(s): {}",
+                    answer["outputs"].as_array().map_or(0, Vec::len)
+                ),
+                422 => format!(
+                    "refused, reason(s): {}",
+                    answer["reasons"].as_array().map_or(0, Vec::len)
+                ),
+                _ => answer["detail"].as_str().unwrap_or_default().to_owned(),
+            };
+            println!(
+                "POST /v1/apis/validate-quote  {file:<40} -> {} ({said})",
+                reply.status
+            );
+            all_ok &= match expect {
+                Expect::Rejected(n) => {
+                    reply.status == 422
+                        && answer["reasons"].as_array().is_some_and(|r| r.len() == *n)
+                }
+                Expect::Delivered(n) => {
+                    reply.status == 200
+                        && answer["outputs"].as_array().is_some_and(|o| o.len() == *n)
+                }
+                Expect::Consumed(_) => true,
+            };
+        }
         let url = format!("http://{}/v1/sources/{source}", server.addr);
         let signature = stripe_signature(DEMO_STRIPE_SECRET, body.as_bytes());
         let bearer = format!("Bearer {ingest_token}");
@@ -186,7 +226,6 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
 
     println!();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
-    let mut all_ok = true;
     for (file, ids, expect) in &sent {
         let (mut delivered, mut rejected, mut consumed) = (0, 0, 0);
         let mut ok = !ids.is_empty();

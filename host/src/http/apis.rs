@@ -158,10 +158,15 @@ pub(super) async fn api(state: &State, name: &str, rest: &str, req: Request<Inco
             .insert("tenon-cache", HeaderValue::from_static("hit"));
         return Ok(reply);
     }
-    let answered = runtime
-        .answer(name, request)
-        .await
-        .map_err(|error| api_problem(name, error))?;
+    let (answered, traceparent) = runtime.answer(name, request).await;
+    let traceparent = HeaderValue::from_str(&traceparent).ok();
+    let answered = answered.map_err(|error| {
+        let problem = api_problem(name, error);
+        match &traceparent {
+            Some(t) => problem.header("traceparent", t.to_str().unwrap_or_default().to_owned()),
+            None => problem,
+        }
+    })?;
     let kept = match answered {
         Answered::Plugin(response) => Kept {
             status: response.status,
@@ -192,7 +197,10 @@ pub(super) async fn api(state: &State, name: &str, rest: &str, req: Request<Inco
             }
         }
     };
-    let reply = kept_reply(&kept);
+    let mut reply = kept_reply(&kept);
+    if let Some(traceparent) = traceparent {
+        reply.headers_mut().insert("traceparent", traceparent);
+    }
     if let Some(key) = cache_key
         && (200..300).contains(&kept.status)
     {

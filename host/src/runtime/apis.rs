@@ -96,12 +96,16 @@ impl Runtime {
         api.plugins().map(|p| self.plugin(p.get_ref())).collect()
     }
 
-    /// Answer one request on `[apis.<name>]` within its deadline. `params` are the
-    /// route's path parameters, `headers` carry the caller's trace context.
-    pub async fn answer(&self, name: &str, request: ApiRequest) -> Result<Answered, ApiError> {
-        let api = self
-            .api(name)
-            .ok_or_else(|| ApiError::Unknown(name.to_owned()))?;
+    /// Answer one request on `[apis.<name>]` within its deadline; its headers carry
+    /// the caller's trace context. With the answer, the W3C `traceparent` of its span.
+    pub async fn answer(
+        &self,
+        name: &str,
+        request: ApiRequest,
+    ) -> (Result<Answered, ApiError>, String) {
+        let Some(api) = self.api(name) else {
+            return (Err(ApiError::Unknown(name.to_owned())), String::new());
+        };
         let deadline = Duration::from_millis(api.deadline_ms);
         let trace = telemetry::start_kind(
             "api",
@@ -136,7 +140,7 @@ impl Runtime {
             vec![telemetry::attr("tenon.outcome", outcome)],
             answered.as_ref().err().map(ToString::to_string),
         );
-        answered
+        (answered, telemetry::carried(&trace).traceparent)
     }
 
     async fn run_api(
