@@ -15,6 +15,7 @@ const FIRST_PARTY: &[&str] = &[
     "quote-to-order",
     "http-sink",
     "tryton-sink",
+    "tryton-prices",
     "sap-sink",
     "stripe-source",
     "zuora-source",
@@ -23,6 +24,7 @@ const FIRST_PARTY: &[&str] = &[
     "entity-router",
     "canonical-source",
     "cloudevents-source",
+    "sap-simulation",
 ];
 /// Test fixtures: built, not embedded (directory under `plugins/fixtures/`).
 const FIXTURES: &[&str] = &[

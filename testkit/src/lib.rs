@@ -4,6 +4,8 @@
 //! [`otlp::OtlpReceiver`] stands in for an OpenTelemetry collector, so tests can check
 //! the spans Tenon exports.
 //! [`prometheus::PrometheusServer`] is a real Prometheus scraping Tenon's `/metrics`.
+//! [`sap_simulation::SapSimulation`] plays SAP S/4HANA's sales order simulation, checking
+//! each request against SAP's published definition of the service.
 //!
 //! **Architecture invariant:** knows nothing of the host: it plays the other side of
 //! the wire.
@@ -14,6 +16,7 @@ pub mod mock_erp;
 pub mod nats;
 pub mod otlp;
 pub mod prometheus;
+pub mod sap_simulation;
 
 /// The quote-to-cash flow over the first-party plugins extracted under `plugins/`
 /// (as `tenon demo` and the tests extract them), its sink posting to `erp_url`;

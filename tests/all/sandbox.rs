@@ -395,6 +395,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("quote-to-order", true),
         ("http-sink", true),
         ("tryton-sink", true),
+        ("tryton-prices", true),
         ("sap-sink", true),
         ("stripe-source", true),
         ("zuora-source", true),
@@ -403,6 +404,7 @@ fn the_audit_of_each_first_party_plugin() {
         ("entity-router", true),
         ("canonical-source", true),
         ("cloudevents-source", true),
+        ("sap-simulation", true),
     ] {
         let dir = ws.path().join("plugins").join(name);
         let (ok, stdout, stderr) =

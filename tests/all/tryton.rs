@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tenon_cli::client;
 
 /// A `trytond` on a copy of the set-up database; killed when dropped.
-struct Tryton {
+pub(crate) struct Tryton {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -23,12 +23,12 @@ impl Drop for Tryton {
     }
 }
 
-const DATABASE: &str = "tenon";
+pub(crate) const DATABASE: &str = "tenon";
 /// The admin password the set-up gives Tryton (secrets shorter than 8 bytes are refused).
-const PASSWORD: &str = "tenon-tryton-admin";
+pub(crate) const PASSWORD: &str = "tenon-tryton-admin";
 
 impl Tryton {
-    async fn start() -> Tryton {
+    pub(crate) async fn start() -> Tryton {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/tryton/setup.sh");
         let out = Command::new("bash")
             .arg(&script)

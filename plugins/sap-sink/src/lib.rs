@@ -20,10 +20,14 @@
 //! - SAP's OData error body is mapped: `400` and other `4xx` are `rejected` with every
 //!   message SAP gave, `5xx`, `408` and `429` are `retryable`.
 
+use sap_odata::{decimal, fits};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use tenon_sdk::Failure;
-use tenon_sdk::model::{Order, rust_decimal::Decimal};
+use tenon_sdk::model::Order;
+
+/// How SAP's answers are classified, shared with the other SAP plugins.
+pub use sap_odata::{failure, odata_messages};
 
 #[cfg(target_arch = "wasm32")]
 mod client;
@@ -69,39 +73,6 @@ impl Settings {
             sold_to,
         })
     }
-}
-
-/// `text` if it fits `max` characters, else a reason naming `what`.
-fn fits(what: &str, text: &str, max: usize, reasons: &mut Vec<String>) -> String {
-    if text.chars().count() > max {
-        reasons.push(format!(
-            "{what} `{text}` is longer than SAP's {max} characters"
-        ));
-    }
-    text.to_owned()
-}
-
-/// An `Edm.Decimal` with at most `scale` decimals and `precision` digits in all.
-fn decimal(
-    what: &str,
-    value: Decimal,
-    precision: u32,
-    scale: u32,
-    reasons: &mut Vec<String>,
-) -> String {
-    let normal = value.normalize();
-    let integer_digits = normal
-        .trunc()
-        .abs()
-        .to_string()
-        .trim_start_matches('0')
-        .len() as u32;
-    if normal.scale() > scale || integer_digits > precision - scale {
-        reasons.push(format!(
-            "{what} {normal} does not fit SAP's Edm.Decimal({precision}, {scale})"
-        ));
-    }
-    normal.to_string()
 }
 
 /// The `A_SalesOrder` deep-insert body of an order, or every reason it cannot be one.
@@ -200,58 +171,4 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
     } else {
         Err(reasons)
     }
-}
-
-/// The failure an SAP answer stands for, with every message of its OData error body.
-pub fn failure(status: u16, body: &[u8]) -> Failure {
-    let messages = odata_messages(body);
-    let text = if messages.is_empty() {
-        format!(
-            "SAP HTTP {status}: {}",
-            String::from_utf8_lossy(body).trim()
-        )
-    } else {
-        format!("SAP HTTP {status}: {}", messages.join("; "))
-    };
-    match status {
-        _ if Failure::is_transient_status(status) => Failure::Retryable(text),
-        401 => Failure::Invalid(format!("{text} (check the user and password secrets)")),
-        _ if messages.is_empty() => Failure::Rejected(vec![text]),
-        _ => Failure::Rejected(messages.iter().map(|m| format!("SAP: {m}")).collect()),
-    }
-}
-
-/// Every message of an OData V2 error body: the main one, then the details that add
-/// something (`innererror.errordetails`), each with its code.
-pub fn odata_messages(body: &[u8]) -> Vec<String> {
-    let Ok(value) = serde_json::from_slice::<Value>(body) else {
-        return Vec::new();
-    };
-    let error = &value["error"];
-    let mut out = Vec::new();
-    let line = |code: &Value, message: &Value| {
-        let message = message["value"]
-            .as_str()
-            .or_else(|| message.as_str())
-            .unwrap_or_default();
-        match code.as_str() {
-            Some(code) if !code.is_empty() => format!("{message} ({code})"),
-            _ => message.to_owned(),
-        }
-    };
-    if error.is_object() {
-        out.push(line(&error["code"], &error["message"]));
-    }
-    for detail in error["innererror"]["errordetails"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        let text = line(&detail["code"], &detail["message"]);
-        if !out.contains(&text) {
-            out.push(text);
-        }
-    }
-    out.retain(|m| !m.is_empty());
-    out
 }

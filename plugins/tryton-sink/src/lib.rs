@@ -16,85 +16,13 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use tenon_sdk::Failure;
 use tenon_sdk::model::{Order, OrderLine};
+/// Tryton's JSON-RPC (answers, decimals, the client), shared with the other Tryton
+/// plugins.
+pub use tryton_rpc::{RpcError, decimal, parse_answer};
 
 #[cfg(target_arch = "wasm32")]
 mod client;
-
-/// What a JSON-RPC call can come to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RpcError {
-    /// The session is not (or no longer) valid.
-    Unauthorized,
-    /// Tryton refused the data (`UserError`, `ValidationError`...): the message says why.
-    Refused(String),
-    /// Anything transient.
-    Transient(String),
-}
-
-impl From<RpcError> for Failure {
-    fn from(e: RpcError) -> Failure {
-        match e {
-            RpcError::Unauthorized => {
-                Failure::Retryable("Tryton refused the session twice; check the user".into())
-            }
-            RpcError::Refused(why) => Failure::Rejected(vec![format!("Tryton: {why}")]),
-            RpcError::Transient(why) => Failure::Retryable(format!("Tryton: {why}")),
-        }
-    }
-}
-
-/// Read a JSON-RPC answer: its `result`, or its `error` classified.
-pub fn parse_answer(status: u16, body: &[u8]) -> Result<Value, RpcError> {
-    match status {
-        401 | 403 => return Err(RpcError::Unauthorized),
-        200..=299 => {}
-        _ => {
-            let text = format!("HTTP {status}: {}", String::from_utf8_lossy(body).trim());
-            return Err(if Failure::is_transient_status(status) {
-                RpcError::Transient(text)
-            } else {
-                RpcError::Refused(text)
-            });
-        }
-    }
-    let answer: Value = serde_json::from_slice(body)
-        .map_err(|e| RpcError::Transient(format!("the answer is not JSON: {e}")))?;
-    if let Some(error) = answer.get("error").filter(|e| !e.is_null()) {
-        // `["UserError", ["message", "description"]]` or a plain string.
-        let kind = error.get(0).and_then(Value::as_str).unwrap_or_default();
-        let detail = match error.get(1) {
-            Some(Value::Array(parts)) => parts
-                .iter()
-                .filter_map(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" "),
-            Some(other) => other.to_string(),
-            None => error.to_string(),
-        };
-        return Err(match kind {
-            "UserError"
-            | "UserWarning"
-            | "ValidationError"
-            | "RequiredValidationError"
-            | "DomainValidationError"
-            | "SelectionValidationError"
-            | "SizeValidationError"
-            | "DigitsValidationError"
-            | "ForbiddenCharValidationError" => RpcError::Refused(format!("{kind}: {detail}")),
-            "AccessError" | "LoginException" | "RateLimitException" => RpcError::Unauthorized,
-            _ => RpcError::Transient(format!("{kind}: {detail}")),
-        });
-    }
-    Ok(answer.get("result").cloned().unwrap_or(Value::Null))
-}
-
-/// A Tryton `Decimal` as JSON-RPC carries it.
-pub fn decimal(text: impl ToString) -> Value {
-    json!({"__class__": "Decimal", "decimal": text.to_string()})
-}
 
 /// A product as the sale needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
