@@ -10,12 +10,19 @@ use tenon::config::Config;
 use tenon::runtime::Runtime;
 use tenon::server::Server;
 
+/// What `tenon --version` says: the release, and the plugin contract it runs (the WIT
+/// package and its worlds), which is what decides whether a plugin loads.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (plugins: WIT tenon:plugin@0.1.0, worlds source, transform, sink, api)"
+);
+
 /// Tenon: an integration runtime for the quote-to-cash chain.
 ///
 /// Connectors and mappings are sandboxed WebAssembly plugins; the host supplies a
 /// durable queue, storage, HTTP and tracing. Start with `tenon demo`.
 #[derive(Debug, Parser)]
-#[command(name = "tenon", version, propagate_version = true)]
+#[command(name = "tenon", version = VERSION, propagate_version = true)]
 pub struct Cli {
     /// Where Tenon keeps its database and its cache of compiled plugins.
     #[arg(
@@ -421,4 +428,13 @@ async fn wait_for_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_version_names_the_wit_package_the_host_implements() {
+        let wit = format!("tenon:plugin@{}", tenon_registry::WIT_VERSION);
+        assert!(super::VERSION.contains(&wit), "{}", super::VERSION);
+    }
 }

@@ -1,10 +1,13 @@
 //! The plugin's configuration: manifest defaults, narrowed or set by the operator.
 
-use crate::{Failure, wit};
+use crate::Failure;
 
 /// The value of a configuration key, if set.
 pub fn get(key: &str) -> Option<String> {
-    wit::config::get(key)
+    #[cfg(target_arch = "wasm32")]
+    return crate::wit::config::get(key);
+    #[cfg(not(target_arch = "wasm32"))]
+    return crate::testing::config(key);
 }
 
 /// The value of a configuration key that the plugin cannot work without. A missing key

@@ -24,20 +24,23 @@
 //!   synchronous request (a price, an availability date) on `/v1/apis/<name>`.
 //!
 //! The host calls through [`config`], [`kv`], [`log`], [`secrets`] and (sinks and API
-//! plugins, on wasm32) `http` are the only
+//! plugins) [`http`] are the only
 //! ways out of the sandbox, each allowed only as far as the plugin's manifest grants.
-//! Build with `cargo build --target wasm32-wasip2`.
+//! Build with `cargo build --target wasm32-wasip2` (or `tenon plugin build`). Built
+//! natively, the same function runs in a plugin's own tests against a fake host:
+//! [`testing::Host`] (config, secrets, key-value data, recorded HTTP exchanges).
 #![deny(missing_docs)]
 
 mod message;
 
 pub mod api;
 pub mod config;
-#[cfg(target_arch = "wasm32")]
 pub mod http;
 pub mod kv;
 pub mod log;
 pub mod secrets;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
 pub mod url;
 
 pub use message::{Failure, Message, RawRequest, Receipt};
@@ -48,7 +51,8 @@ pub use tenon_sdk_macros::{api, sink, source, transform};
 #[doc(hidden)]
 pub mod wit {
     wit_bindgen::generate!({
-        path: "../wit/plugin@0.1.0",
+        // `wit/` links to the repository's `wit/`; `cargo package` copies it in.
+        path: "wit/plugin@0.1.0",
         world: "tenon:plugin/sdk",
         generate_unused_types: true,
     });

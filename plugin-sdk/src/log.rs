@@ -1,6 +1,10 @@
 //! Logging into the host's tracing pipeline, tagged with the flow, step and message.
 
-use crate::wit::log::{self as raw, Level};
+#[cfg(not(target_arch = "wasm32"))]
+use crate::testing as raw;
+#[cfg(target_arch = "wasm32")]
+use crate::wit::log as raw;
+use crate::wit::log::Level;
 
 /// Log at error level.
 pub fn error(message: &str) {

@@ -9,8 +9,10 @@ use proc_macro::TokenStream;
 use proc_macro2::TokenStream as TokenStream2;
 use quote::quote;
 
-/// The WIT package, read in place: the SDK and the host use the same files.
-const WIT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../wit/plugin@0.1.0");
+/// The WIT package, inside this crate (`wit/` links to the repository's `wit/`, and
+/// `cargo package` copies it in): the SDK and the host use the same files, and the
+/// published crate carries them.
+const WIT_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/wit/plugin@0.1.0");
 
 /// Export a function `fn(tenon_sdk::RawRequest) -> Result<Vec<tenon_sdk::Message>,
 /// tenon_sdk::Failure>` as a source plugin (world `tenon:plugin/source`).
@@ -61,6 +63,38 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         Err(e) => return e.to_compile_error().into(),
     };
     let name = &func.sig.ident;
+    // The signature each role takes, checked on every target (natively too, where the
+    // export is not generated): a wrong one fails where the plugin is written.
+    let signature = match role {
+        Role::Source => quote!(
+            fn(
+                ::tenon_sdk::RawRequest,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<::tenon_sdk::Message>,
+                ::tenon_sdk::Failure,
+            >
+        ),
+        Role::Transform => quote!(
+            fn(
+                ::tenon_sdk::Message,
+            ) -> ::core::result::Result<
+                ::std::vec::Vec<::tenon_sdk::Message>,
+                ::tenon_sdk::Failure,
+            >
+        ),
+        Role::Sink => quote!(
+            fn(
+                ::tenon_sdk::Message,
+                &str,
+            ) -> ::core::result::Result<::tenon_sdk::Receipt, ::tenon_sdk::Failure>
+        ),
+        Role::Api => quote!(
+            fn(
+                ::tenon_sdk::api::Request,
+            )
+                -> ::core::result::Result<::tenon_sdk::api::Response, ::tenon_sdk::Failure>
+        ),
+    };
     let raw = quote!(::tenon_sdk::wit::types);
     let (world, guest, export, with) = match role {
         Role::Source => (
@@ -131,9 +165,24 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     // The export exists only in the component. Built natively (to test or benchmark
     // the plugin's code), the crate exports nothing and the function is plain code.
+    let role_name = match role {
+        Role::Source => "source",
+        Role::Transform => "transform",
+        Role::Sink => "sink",
+        Role::Api => "api",
+    };
+    let check = syn::Ident::new(
+        &format!("__TENON_{}_SIGNATURE", name.to_string().to_uppercase()),
+        name.span(),
+    );
+    let wanted = format!("a {role_name} plugin's function is `{signature}`").replace(" :: ", "::");
     quote! {
         #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
         #func
+
+        #[doc = #wanted]
+        #[allow(dead_code, non_upper_case_globals)]
+        const #check: #signature = #name;
 
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
