@@ -15,8 +15,12 @@ struct Posted {
     body: Value,
 }
 
+#[cfg(test)]
+mod tests;
+
+/// The canonical messages posted.
 #[tenon_sdk::source]
-fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
+fn ingest_canonical(request: RawRequest) -> Result<Vec<Message>, Failure> {
     to_messages(&request.body)
 }
 

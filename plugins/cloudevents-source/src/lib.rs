@@ -74,14 +74,16 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
-use tenon_sdk::{Failure, Message, RawRequest};
+use tenon_sdk::{Failure, Message, RawRequest, config};
 
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
-#[cfg(target_arch = "wasm32")]
+/// Each CloudEvent of the request as a message, of the types config `kinds` accepts.
 #[tenon_sdk::source]
-fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
-    let kinds = kinds_from_config(tenon_sdk::config::get("kinds").as_deref())?;
+fn ingest_events(request: RawRequest) -> Result<Vec<Message>, Failure> {
+    let kinds = kinds_from_config(config::get("kinds").as_deref())?;
     accept(&request, kinds.as_deref())
 }
 

@@ -24,8 +24,12 @@ use tenon_sdk::model::{
 };
 use tenon_sdk::{Failure, Message, RawRequest, config};
 
+#[cfg(test)]
+mod tests;
+
+/// A CPQ quote as one `QuoteApproved`, once per revision.
 #[tenon_sdk::source]
-fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
+fn ingest_quote(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let model: QuoteModel = request.json()?;
     let revision = model.revision_key();
     let quote = to_quote(model, config::get("default_currency").as_deref())?;

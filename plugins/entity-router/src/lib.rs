@@ -9,8 +9,27 @@ use std::collections::BTreeMap;
 use tenon_sdk::model::Order;
 use tenon_sdk::{Failure, Message, config};
 
+#[cfg(test)]
+mod tests;
+
 /// The header this router sets.
 pub const ENTITY_HEADER: &str = "tenon-entity";
+
+/// Tag the order with the legal entity that books it.
+#[tenon_sdk::transform]
+fn route_to_entity(mut input: Message) -> Result<Vec<Message>, Failure> {
+    let order: Order = input.decode()?;
+    let rules: BTreeMap<String, String> =
+        serde_json::from_str(&config::get("entities").unwrap_or_else(|| "{}".into()))
+            .map_err(|e| Failure::Invalid(format!("config `entities`: {e}")))?;
+    let entity = entity_for(order.customer.country.as_deref(), &rules)
+        .map_err(|reason| Failure::Rejected(vec![reason]))?;
+    input
+        .headers
+        .retain(|(k, _)| !k.eq_ignore_ascii_case(ENTITY_HEADER));
+    input.headers.push((ENTITY_HEADER.into(), entity));
+    Ok(vec![input])
+}
 
 /// The entity of a customer country under `rules`.
 pub fn entity_for(
@@ -31,19 +50,4 @@ pub fn entity_for(
                 country.unwrap_or("(none)")
             )
         })
-}
-
-#[tenon_sdk::transform]
-fn route(mut input: Message) -> Result<Vec<Message>, Failure> {
-    let order: Order = input.decode()?;
-    let rules: BTreeMap<String, String> =
-        serde_json::from_str(&config::get("entities").unwrap_or_else(|| "{}".into()))
-            .map_err(|e| Failure::Invalid(format!("config `entities`: {e}")))?;
-    let entity = entity_for(order.customer.country.as_deref(), &rules)
-        .map_err(|reason| Failure::Rejected(vec![reason]))?;
-    input
-        .headers
-        .retain(|(k, _)| !k.eq_ignore_ascii_case(ENTITY_HEADER));
-    input.headers.push((ENTITY_HEADER.into(), entity));
-    Ok(vec![input])
 }

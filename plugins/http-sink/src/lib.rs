@@ -48,7 +48,69 @@
 //! are `retryable`; any other non-2xx is `rejected` with the response body as reason.
 
 use std::collections::BTreeMap;
-use tenon_sdk::{Failure, Message};
+use tenon_sdk::model::IDEMPOTENCY_HEADER;
+use tenon_sdk::{Failure, Message, Receipt, config, http, secrets};
+
+#[cfg(test)]
+mod tests;
+
+/// Send the message to the configured URL, in the configured format.
+#[tenon_sdk::sink]
+fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Failure> {
+    let url = url_for(&config::require("url")?, &message);
+    let method = config::get("method").unwrap_or_else(|| "POST".into());
+    if !["POST", "PUT", "PATCH"].contains(&method.to_ascii_uppercase().as_str()) {
+        return Err(Failure::Invalid(format!(
+            "config `method` is `{method}`; a sink sends with POST, PUT or PATCH"
+        )));
+    }
+    let format = Format::from_config(config::get("format").as_deref())?;
+    let source = config::get("ce_source").unwrap_or_else(|| DEFAULT_CE_SOURCE.into());
+    let payload = payload(format, &message, &source)?;
+    let extra = json_map("headers", config::get("headers"))?;
+    let mut from_secrets = Vec::new();
+    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
+        from_secrets.push((name, secret_header(&template, secrets::get)?));
+    }
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("content-type", payload.content_type.as_str()),
+        ("accept", "application/json"),
+        (IDEMPOTENCY_HEADER, idempotency_key),
+        ("tenon-kind", message.kind.as_str()),
+        ("tenon-key", message.key.as_str()),
+    ];
+    // The canonical model's version travels on, for the receiver to check.
+    if let Some(version) = message.header(tenon_sdk::model::MODEL_HEADER) {
+        headers.push((tenon_sdk::model::MODEL_HEADER, version));
+    }
+    headers.extend(
+        payload
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str())),
+    );
+    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let response = http::send(&method, &url, &headers, &payload.body)?;
+    if !response.is_success() {
+        return Err(response.failure());
+    }
+    let field = config::get("reference_field").unwrap_or_else(|| "id".into());
+    // A 2xx without the reference still created the record: keep the idempotency
+    // key as the reference rather than retry a delivery that succeeded.
+    let reference = serde_json::from_slice::<serde_json::Value>(&response.body)
+        .ok()
+        .and_then(|v| match v.get(&field)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        })
+        .unwrap_or_else(|| idempotency_key.to_owned());
+    Ok(Receipt {
+        reference,
+        detail: Some(format!("HTTP {}", response.status)),
+    })
+}
 
 /// The URL of a message: the template with its placeholders filled in.
 pub fn url_for(template: &str, message: &Message) -> String {
@@ -276,68 +338,4 @@ pub fn percent_encode(value: &str) -> String {
         }
     }
     encoded
-}
-
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use tenon_sdk::model::IDEMPOTENCY_HEADER;
-    use tenon_sdk::{Receipt, config, http, secrets};
-
-    #[tenon_sdk::sink]
-    fn deliver(message: Message, idempotency_key: &str) -> Result<Receipt, Failure> {
-        let url = url_for(&config::require("url")?, &message);
-        let method = config::get("method").unwrap_or_else(|| "POST".into());
-        if !["POST", "PUT", "PATCH"].contains(&method.to_ascii_uppercase().as_str()) {
-            return Err(Failure::Invalid(format!(
-                "config `method` is `{method}`; a sink sends with POST, PUT or PATCH"
-            )));
-        }
-        let format = Format::from_config(config::get("format").as_deref())?;
-        let source = config::get("ce_source").unwrap_or_else(|| DEFAULT_CE_SOURCE.into());
-        let payload = payload(format, &message, &source)?;
-        let extra = json_map("headers", config::get("headers"))?;
-        let mut from_secrets = Vec::new();
-        for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
-            from_secrets.push((name, secret_header(&template, secrets::get)?));
-        }
-        let mut headers: Vec<(&str, &str)> = vec![
-            ("content-type", payload.content_type.as_str()),
-            ("accept", "application/json"),
-            (IDEMPOTENCY_HEADER, idempotency_key),
-            ("tenon-kind", message.kind.as_str()),
-            ("tenon-key", message.key.as_str()),
-        ];
-        // The canonical model's version travels on, for the receiver to check.
-        if let Some(version) = message.header(tenon_sdk::model::MODEL_HEADER) {
-            headers.push((tenon_sdk::model::MODEL_HEADER, version));
-        }
-        headers.extend(
-            payload
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
-        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        let response = http::send(&method, &url, &headers, &payload.body)?;
-        if !response.is_success() {
-            return Err(response.failure());
-        }
-        let field = config::get("reference_field").unwrap_or_else(|| "id".into());
-        // A 2xx without the reference still created the record: keep the idempotency
-        // key as the reference rather than retry a delivery that succeeded.
-        let reference = serde_json::from_slice::<serde_json::Value>(&response.body)
-            .ok()
-            .and_then(|v| match v.get(&field)? {
-                serde_json::Value::String(s) => Some(s.clone()),
-                serde_json::Value::Null => None,
-                other => Some(other.to_string()),
-            })
-            .unwrap_or_else(|| idempotency_key.to_owned());
-        Ok(Receipt {
-            reference,
-            detail: Some(format!("HTTP {}", response.status)),
-        })
-    }
 }

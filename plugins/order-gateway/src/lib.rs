@@ -16,8 +16,52 @@
 
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
-use tenon_sdk::Failure;
-use tenon_sdk::model::{Order, Party};
+use tenon_sdk::model::{Encoding, Order, Party, kinds};
+use tenon_sdk::{Failure, Message, config, kv};
+
+#[cfg(test)]
+mod tests;
+
+/// Keep a customer in the master, or pass an order only when every rule holds.
+#[tenon_sdk::transform]
+fn validate_order(input: Message) -> Result<Vec<Message>, Failure> {
+    match input.kind.as_str() {
+        CUSTOMER_UPSERTED => {
+            let party: Party = input.decode()?;
+            let record = serde_json::to_vec(&party)
+                .map_err(|e| Failure::Invalid(format!("cannot store the customer: {e}")))?;
+            kv::set(&key(&party.id), &record)?;
+            Ok(Vec::new())
+        }
+        kinds::ORDER_ACCEPTED => {
+            let order: Order = input.decode()?;
+            let customer: Option<Party> = kv::get(&key(&order.customer.id))?
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            let rules = Rules::from_config(config::get)?;
+            let reasons = violations(&order, customer.as_ref(), &rules);
+            match customer {
+                Some(master) if reasons.is_empty() => {
+                    let mut order = order;
+                    enrich(&mut order, &master);
+                    let encoding = Encoding::from_content_type(&input.content_type)
+                        .map_err(|e| Failure::Invalid(e.to_string()))?;
+                    let mut output = Message::encode_as(encoding, &input.kind, &input.key, &order)?;
+                    output.headers = input.headers;
+                    Ok(vec![output])
+                }
+                _ => Err(Failure::Rejected(reasons)),
+            }
+        }
+        other => Err(Failure::Invalid(format!(
+            "the gateway takes {CUSTOMER_UPSERTED} and OrderAccepted, not `{other}`"
+        ))),
+    }
+}
+
+/// The key-value key of a customer in the master.
+fn key(customer: &str) -> String {
+    format!("customer/{customer}")
+}
 
 /// The master-data event kind.
 pub const CUSTOMER_UPSERTED: &str = "CustomerUpserted";
@@ -120,51 +164,4 @@ pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec
         ));
     }
     reasons
-}
-
-#[cfg(target_arch = "wasm32")]
-mod component {
-    use super::*;
-    use tenon_sdk::model::{Encoding, kinds};
-    use tenon_sdk::{Message, config, kv};
-
-    fn key(customer: &str) -> String {
-        format!("customer/{customer}")
-    }
-
-    #[tenon_sdk::transform]
-    fn gateway(input: Message) -> Result<Vec<Message>, Failure> {
-        match input.kind.as_str() {
-            CUSTOMER_UPSERTED => {
-                let party: Party = input.decode()?;
-                let record = serde_json::to_vec(&party)
-                    .map_err(|e| Failure::Invalid(format!("cannot store the customer: {e}")))?;
-                kv::set(&key(&party.id), &record)?;
-                Ok(Vec::new())
-            }
-            kinds::ORDER_ACCEPTED => {
-                let order: Order = input.decode()?;
-                let customer: Option<Party> = kv::get(&key(&order.customer.id))?
-                    .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-                let rules = Rules::from_config(config::get)?;
-                let reasons = violations(&order, customer.as_ref(), &rules);
-                match customer {
-                    Some(master) if reasons.is_empty() => {
-                        let mut order = order;
-                        enrich(&mut order, &master);
-                        let encoding = Encoding::from_content_type(&input.content_type)
-                            .map_err(|e| Failure::Invalid(e.to_string()))?;
-                        let mut output =
-                            Message::encode_as(encoding, &input.kind, &input.key, &order)?;
-                        output.headers = input.headers;
-                        Ok(vec![output])
-                    }
-                    _ => Err(Failure::Rejected(reasons)),
-                }
-            }
-            other => Err(Failure::Invalid(format!(
-                "the gateway takes {CUSTOMER_UPSERTED} and OrderAccepted, not `{other}`"
-            ))),
-        }
-    }
 }

@@ -13,6 +13,10 @@ use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{Encoding, Money, Order, OrderCategory, OrderLine, Quote, kinds};
 use tenon_sdk::{Failure, Message};
 
+#[cfg(test)]
+mod tests;
+
+/// Validate an approved quote and split it into orders.
 #[tenon_sdk::transform]
 fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
     if input.kind != kinds::QUOTE_APPROVED {

@@ -18,8 +18,12 @@ use tenon_sdk::model::{Contract, Invoice, Money, Period, RevenueSchedule, kinds}
 use tenon_sdk::model::{LineChange, rust_decimal::Decimal};
 use tenon_sdk::{Failure, Message};
 
+#[cfg(test)]
+mod tests;
+
+/// The revenue schedules of a contract's or an invoice's lines.
 #[tenon_sdk::transform]
-fn transform(input: Message) -> Result<Vec<Message>, Failure> {
+fn schedule_revenue(input: Message) -> Result<Vec<Message>, Failure> {
     schedules_of(&input)?
         .iter()
         .map(|s| Message::encode(kinds::REVENUE_SCHEDULE_UPDATED, &input.key, s))

@@ -1,4 +1,5 @@
-//! The client of an SAP OData V2 service (in the component only: it needs `wasi:http`).
+//! The client of an SAP OData V2 service, over the SDK's `http` (`wasi:http` in the
+//! component; a test's recorded exchanges natively).
 //!
 //! SAP's CSRF protection: every modifying request carries a token that a `GET` of the
 //! service root with `x-csrf-token: Fetch` hands out, together with the session

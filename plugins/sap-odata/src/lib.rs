@@ -1,13 +1,12 @@
 //! What the SAP S/4HANA plugins (`sap-sink`, `sap-simulation`) share: OData V2 error
 //! bodies and the failure class each answer stands for, checks of values against
 //! their `Edm` types (`MaxLength`, decimal precision and scale), OData V2 dates, and
-//! (in the component only) the client of an OData service with SAP's CSRF token flow.
+//! the client of an OData service with SAP's CSRF token flow ([`client`]).
 
 use tenon_sdk::Failure;
 use tenon_sdk::model::chrono::{DateTime, NaiveDate};
 use tenon_sdk::model::rust_decimal::Decimal;
 
-#[cfg(target_arch = "wasm32")]
 pub mod client;
 
 /// `text` if it fits `max` characters, else a reason naming `what`.

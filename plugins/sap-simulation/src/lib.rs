@@ -87,16 +87,43 @@
 //! `price_condition_type`. Secrets `sap_user` and `sap_password` (Basic
 //! authentication), when granted and provided.
 
+use sap_odata::client::Service;
 use sap_odata::{decimal, fits, odata_date, parse_odata_date};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use tenon_sdk::Failure;
+use tenon_sdk::api::{Request, Response};
 use tenon_sdk::model::chrono::NaiveDate;
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{Currency, Money};
+use tenon_sdk::{Failure, config, log};
 
-#[cfg(target_arch = "wasm32")]
-mod client;
+#[cfg(test)]
+mod tests;
+
+/// Answer the price and availability SAP's simulation gives the requested items.
+#[tenon_sdk::api]
+fn simulate_sales_order(request: Request) -> Result<Response, Failure> {
+    // The caller's part: a bad request is `invalid` (400) before anything else.
+    let simulation = parse(&request.body)?;
+    // The server's part: whatever fails from here on is not the caller's doing.
+    let settings = Settings::from_config(config::get).map_err(exchange_failure)?;
+    let body = simulation_body(&simulation, &settings).to_string();
+    let service = Service::from_config("service_url").map_err(exchange_failure)?;
+    let sap = service
+        .post_json("A_SalesOrderSimulation", body.as_bytes())
+        .map_err(exchange_failure)?;
+    if !sap.is_success() {
+        let failure = sap_failure(sap.status, &sap.body);
+        log::warn(&format!(
+            "SAP refused the simulation for {}: {failure}",
+            simulation.sold_to
+        ));
+        return Err(failure);
+    }
+    let sap: Value = serde_json::from_slice(&sap.body)
+        .map_err(|e| Failure::Retryable(format!("SAP's simulation answer is not JSON: {e}")))?;
+    Response::json(200, &answer(&simulation, &settings, &sap)?)
+}
 
 /// Most items one simulation takes.
 pub const MAX_ITEMS: usize = 250;
@@ -542,147 +569,4 @@ pub fn answer(simulation: &Simulation, settings: &Settings, sap: &Value) -> Resu
         "available_on": all_confirmed_on.map(|d| d.to_string()),
         "items": items,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings() -> Settings {
-        Settings::from_config(|key| (key == "sales_organization").then(|| "1010".to_owned()))
-            .unwrap()
-    }
-
-    #[test]
-    fn a_request_becomes_the_documented_deep_insert() {
-        let simulation = parse(
-            br#"{"sold_to": "10100001", "currency": "eur", "requested_date": "2026-12-01",
-                 "items": [{"material": "TG11", "quantity": "2.500", "unit": "PC", "plant": "1010"},
-                           {"material": "TG12", "quantity": 5}]}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            simulation_body(&simulation, &settings()),
-            json!({
-                "SalesOrderType": "OR",
-                "SalesOrganization": "1010",
-                "DistributionChannel": "10",
-                "OrganizationDivision": "00",
-                "SoldToParty": "10100001",
-                "TransactionCurrency": "EUR",
-                "RequestedDeliveryDate": "/Date(1796083200000)/",
-                "to_Pricing": {},
-                "to_Item": {"results": [
-                    {"SalesOrderItem": "10", "Material": "TG11", "RequestedQuantity": "2.5",
-                     "RequestedQuantityUnit": "PC", "Plant": "1010",
-                     "to_PricingElement": {"results": []}, "to_ScheduleLine": {"results": []}},
-                    {"SalesOrderItem": "20", "Material": "TG12", "RequestedQuantity": "5",
-                     "to_PricingElement": {"results": []}, "to_ScheduleLine": {"results": []}},
-                ]},
-            })
-        );
-    }
-
-    #[test]
-    fn bad_requests_are_invalid_with_every_reason() {
-        let Err(Failure::Invalid(why)) = parse(
-            br#"{"sold_to": "12345678901", "currency": "EURO", "requested_date": "1.12.2026",
-                 "items": [{"material": "", "quantity": 2.5}, {"material": "TG11", "quantity": "-1"},
-                           {"material": "TG11", "quantity": "1.0001", "plant": "10100"}]}"#,
-        ) else {
-            panic!("not invalid")
-        };
-        assert_eq!(
-            why,
-            "`sold_to` `12345678901` is longer than SAP's 10 characters; \
-             `currency`: `EURO` is not an ISO 4217 currency code (three letters, e.g. EUR); \
-             `requested_date` `1.12.2026` is not a date YYYY-MM-DD; \
-             item 1: `material` is empty; \
-             item 1: quantity 2.5 is not a decimal: give it as a string such as \"2.5\"; \
-             item 2: quantity -1 is not positive; \
-             item 3: quantity 1.0001 does not fit SAP's Edm.Decimal(15, 3); \
-             item 3: plant `10100` is longer than SAP's 4 characters"
-        );
-        for (body, expected) in [
-            (&b""[..], "POST a JSON body"),
-            (br#"{"sold_to": "1", "items": []}"#, "`items` is empty"),
-            (
-                br#"{"sold_to": "1", "items": [], "colour": 1}"#,
-                "unknown field `colour`",
-            ),
-            (br#"{"items": []}"#, "missing field `sold_to`"),
-        ] {
-            let Err(Failure::Invalid(why)) = parse(body) else {
-                panic!("not invalid")
-            };
-            assert!(why.contains(expected), "{why}");
-        }
-    }
-
-    #[test]
-    fn the_answer_is_read_from_sap_s_with_exact_amounts_and_dates() {
-        let simulation = parse(
-            br#"{"sold_to": "10100001", "items": [{"material": "TG12", "quantity": "5"},
-                                                 {"material": "TG14", "quantity": "1"}]}"#,
-        )
-        .unwrap();
-        let sap = json!({"d": {
-            "SalesOrder": "", "SoldToParty": "10100001", "TransactionCurrency": "EUR",
-            "to_Pricing": {"TotalNetAmount": "44.950", "TransactionCurrency": "EUR"},
-            "to_Item": {"results": [
-                {"SalesOrderItem": "000010", "Material": "TG12", "Plant": "1010",
-                 "RequestedQuantityUnit": "PC", "NetAmount": "39.950", "TaxAmount": "7.590",
-                 "to_PricingElement": {"results": [
-                    {"ConditionType": "PPR0", "ConditionRateValue": "7.990000000",
-                     "ConditionQuantity": "1", "ConditionQuantityUnit": "PC"},
-                    {"ConditionType": "TTX1", "ConditionRateValue": "19.000000000"}]},
-                 "to_ScheduleLine": {"results": [
-                    {"ScheduleLine": "2", "ConfirmedDeliveryDate": "/Date(1797292800000)/",
-                     "ConfdOrderQtyByMatlAvailCheck": "2.000"},
-                    {"ScheduleLine": "1", "ConfirmedDeliveryDate": "/Date(1796083200000)/",
-                     "ConfdOrderQtyByMatlAvailCheck": "3.000"}]}},
-                {"SalesOrderItem": "20", "Material": "TG14", "NetAmount": "5", "TaxAmount": "0.95",
-                 "to_ScheduleLine": {"results": [
-                    {"ScheduleLine": "1", "ConfirmedDeliveryDate": "/Date(1796083200000)/",
-                     "ConfdOrderQtyByMatlAvailCheck": "0"}]}},
-            ]},
-        }});
-        let answer = answer(&simulation, &settings(), &sap).unwrap();
-        assert_eq!(answer["net_amount"], "44.95");
-        assert_eq!(answer["tax_amount"], "8.54");
-        assert_eq!(answer["gross_amount"], "53.49");
-        assert_eq!(answer["available_on"], Value::Null);
-        assert_eq!(
-            answer["items"][0],
-            json!({"item": "10", "material": "TG12", "plant": "1010", "quantity": "5",
-                   "unit": "PC", "net_amount": "39.95", "tax_amount": "7.59",
-                   "price": {"condition_type": "PPR0", "amount": "7.99", "per": "1", "unit": "PC"},
-                   "confirmed_quantity": "5", "available_on": "2026-12-15",
-                   "schedule": [{"date": "2026-12-01", "quantity": "3"},
-                                {"date": "2026-12-15", "quantity": "2"}]})
-        );
-        assert_eq!(answer["items"][1]["confirmed_quantity"], "0");
-        assert_eq!(answer["items"][1]["available_on"], Value::Null);
-        assert_eq!(answer["items"][1]["price"], Value::Null);
-        assert_eq!(answer["items"][1]["net_amount"], "5.00");
-    }
-
-    #[test]
-    fn sap_failures_are_classified() {
-        let body = br#"{"error":{"code":"V1/392","message":{"lang":"en","value":"Material TG99 is not defined"}}}"#;
-        assert_eq!(
-            sap_failure(400, body),
-            Failure::Rejected(vec!["SAP: Material TG99 is not defined (V1/392)".into()])
-        );
-        assert!(matches!(sap_failure(503, b"down"), Failure::Retryable(_)));
-        assert!(matches!(sap_failure(429, b""), Failure::Retryable(_)));
-        assert!(matches!(sap_failure(401, b""), Failure::Retryable(_)));
-        assert!(matches!(sap_failure(403, b""), Failure::Retryable(_)));
-        assert_eq!(
-            exchange_failure(sap_odata::failure(401, b"Logon failed")),
-            Failure::Retryable(
-                "SAP HTTP 401: Logon failed (check the user and password secrets)".into()
-            )
-        );
-    }
 }

@@ -27,12 +27,14 @@ use serde_json::Value;
 use tenon_sdk::model::chrono::{DateTime, NaiveDate};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, kinds};
-use tenon_sdk::{Failure, Message};
+use tenon_sdk::{Failure, Message, RawRequest, config, secrets};
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(test)]
+mod tests;
+
+/// Check a webhook's signature, then map its event to canonical messages.
 #[tenon_sdk::source]
-fn ingest(request: tenon_sdk::RawRequest) -> Result<Vec<Message>, Failure> {
-    use tenon_sdk::{config, secrets};
+fn ingest_webhook(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let secret = secrets::get("stripe_webhook_secret").map_err(|_| {
         Failure::Invalid(
             "no webhook signing secret: the operator must provide `stripe_webhook_secret`".into(),

@@ -27,13 +27,141 @@
 //! Config: `url`, `database`, `user` (default `admin`); secret `tryton_password`.
 //! An API plugin keeps no session: each request logs in.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tenon_sdk::Failure;
-use tenon_sdk::api::Request;
-use tryton_rpc::decimal_text;
+use tenon_sdk::api::{Request, Response};
+use tryton_rpc::{Client, decimal_text};
 
-#[cfg(target_arch = "wasm32")]
-mod client;
+#[cfg(test)]
+mod tests;
+
+/// Answer a product's price (for a quantity, for a customer) from Tryton.
+#[tenon_sdk::api]
+fn product_price(request: Request) -> Result<Response, Failure> {
+    let query = Query::from_request(&request)?;
+    let body = Client::from_config()
+        .and_then(|mut rpc| lookup(&mut rpc, &query))
+        .map_err(misconfigured)?;
+    Response::json(200, &body)
+}
+
+/// Past the caller's input, an `invalid` is the connection's (a refused login, a host
+/// not granted, a missing config key): the caller can do nothing about it, so it is
+/// answered as Tryton being unavailable, and logged for the operator.
+fn misconfigured(failure: Failure) -> Failure {
+    match failure {
+        Failure::Invalid(why) => {
+            tenon_sdk::log::error(&format!("Tryton is not usable as configured: {why}"));
+            Failure::Retryable(format!("Tryton is not usable as configured: {why}"))
+        }
+        other => other,
+    }
+}
+
+fn lookup(rpc: &mut Client, query: &Query) -> Result<Value, Failure> {
+    let session = rpc.session()?;
+    let company = session
+        .context
+        .get("company")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| {
+            Failure::Invalid("the Tryton user has no company in its preferences".into())
+        })?;
+    let currency = company_currency(rpc, company)?;
+    let price_lists = has_price_lists(rpc)?;
+
+    let mut reasons = Vec::new();
+    let mut context = Map::new();
+    context.insert("quantity".into(), json!(query.quantity));
+    let mut price_list = PriceList::default();
+    if let Some(customer) = &query.customer {
+        let mut fields = vec!["code", "name"];
+        if price_lists {
+            fields.extend(["sale_price_list", "sale_price_list.name"]);
+        }
+        let parties = rpc.search_read(
+            "party.party",
+            json!([["code", "=", customer]]),
+            Some(1),
+            &fields,
+            &Map::new(),
+        )?;
+        match parties.first() {
+            None => reasons.push(format!("customer `{customer}` is not a Tryton party")),
+            Some(party) => {
+                context.insert(
+                    "customer".into(),
+                    party.get("id").cloned().unwrap_or_default(),
+                );
+                price_list = PriceList::of(party, "sale_price_list");
+            }
+        }
+    }
+    if price_lists && price_list.id.is_none() && reasons.is_empty() {
+        // No price list of the customer's: the sale configuration's default, as a
+        // new sale would get.
+        let config = rpc.call(
+            "model.sale.configuration.read",
+            vec![
+                json!([1]),
+                json!(["sale_price_list", "sale_price_list.name"]),
+            ],
+        )?;
+        if let Some(config) = config.get(0) {
+            price_list = PriceList::of(config, "sale_price_list");
+        }
+    }
+    if let Some(id) = price_list.id {
+        context.insert("price_list".into(), json!(id));
+    }
+    let products = rpc.search_read(
+        "product.product",
+        json!([["code", "=", query.code]]),
+        Some(1),
+        &PRODUCT_FIELDS,
+        &context,
+    )?;
+    match products.first() {
+        None => reasons.insert(
+            0,
+            format!("product `{}` is not a Tryton product", query.code),
+        ),
+        Some(product) if reasons.is_empty() => {
+            return price_answer(query, product, &currency, &price_list);
+        }
+        Some(_) => {}
+    }
+    Err(Failure::Rejected(reasons))
+}
+
+/// The code of the company's currency: prices are in it.
+fn company_currency(rpc: &mut Client, company: i64) -> Result<String, Failure> {
+    let companies = rpc.call(
+        "model.company.company.read",
+        vec![json!([company]), json!(["currency.code"])],
+    )?;
+    companies
+        .get(0)
+        .and_then(|c| c.get("currency."))
+        .and_then(|c| c.get("code"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Failure::Retryable(format!(
+                "unexpected answer for the company's currency: {companies}"
+            ))
+        })
+}
+
+/// Whether Tryton's `sale_price_list` module is activated: then parties and the sale
+/// configuration name a price list.
+fn has_price_lists(rpc: &mut Client) -> Result<bool, Failure> {
+    let fields = rpc.call(
+        "model.party.party.fields_get",
+        vec![json!(["sale_price_list"])],
+    )?;
+    Ok(fields.get("sale_price_list").is_some())
+}
 
 /// The query parameters understood.
 pub const PARAMETERS: [&str; 3] = ["code", "quantity", "customer"];
@@ -209,133 +337,4 @@ pub fn price_answer(
         "customer": query.customer,
         "price_list": price_list.name,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tryton_rpc::decimal;
-
-    fn request(code: &str, query: &[(&str, &str)]) -> Request {
-        Request {
-            method: "GET".into(),
-            path: format!("/products/{code}"),
-            params: vec![("code".into(), code.into())],
-            query: query
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..Request::default()
-        }
-    }
-
-    fn invalid(result: Result<Query, Failure>) -> String {
-        match result {
-            Err(Failure::Invalid(why)) => why,
-            other => panic!("not invalid: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn queries_are_read_strictly() {
-        assert_eq!(
-            Query::from_request(&request(" P-100 ", &[])).unwrap(),
-            Query {
-                code: "P-100".into(),
-                quantity: 1.0,
-                customer: None
-            }
-        );
-        let q = Query::from_request(&request("P", &[("quantity", "2.5"), ("customer", "C1")]));
-        assert_eq!(q.unwrap().quantity, 2.5);
-        for bad in [
-            "0",
-            "-1",
-            "1e3",
-            "abc",
-            "",
-            ".5",
-            "5.",
-            "1.2.3",
-            "NaN",
-            "inf",
-            "+3",
-            "1234567890123456",
-        ] {
-            let why = invalid(Query::from_request(&request("P", &[("quantity", bad)])));
-            assert!(why.contains("`quantity`"), "{bad}: {why}");
-        }
-        assert_eq!(
-            invalid(Query::from_request(&request("  ", &[]))),
-            "`code` is empty"
-        );
-        assert_eq!(
-            invalid(Query::from_request(&request("P", &[("qty", "3")]))),
-            "unknown query parameter `qty`; use `code`, `quantity`, `customer`"
-        );
-        assert!(
-            invalid(Query::from_request(&request(
-                "P",
-                &[("quantity", "1"), ("quantity", "2")]
-            )))
-            .contains("more than once")
-        );
-        assert_eq!(
-            invalid(Query::from_request(&request("P", &[("customer", "")]))),
-            "`customer` is empty"
-        );
-        let no_code = Request::default();
-        assert_eq!(invalid(Query::from_request(&no_code)), "`code` is required");
-    }
-
-    fn product(salable: bool, price: Option<&str>) -> Value {
-        json!({
-            "id": 4, "code": "HW-LAP-14", "name": "Laptop 14", "salable": salable,
-            "list_price_used": decimal("1299"),
-            "sale_price_uom": price.map(decimal),
-            "default_uom": 1, "default_uom.": {"id": 1, "symbol": "u"},
-            "sale_uom": 1, "sale_uom.": {"id": 1, "symbol": "u"},
-        })
-    }
-
-    #[test]
-    fn answers_carry_exact_decimals() {
-        let query = Query {
-            code: "HW-LAP-14".into(),
-            quantity: 3.0,
-            customer: Some("C1".into()),
-        };
-        let list = PriceList::of(
-            &json!({"sale_price_list": 2, "sale_price_list.": {"id": 2, "name": "Retail"}}),
-            "sale_price_list",
-        );
-        assert_eq!(
-            price_answer(&query, &product(true, Some("1234.0500")), "EUR", &list).unwrap(),
-            json!({
-                "code": "HW-LAP-14", "name": "Laptop 14", "currency": "EUR",
-                "list_price": "1299", "list_price_unit": "u",
-                "quantity": "3", "unit": "u", "unit_price": "1234.0500",
-                "customer": "C1", "price_list": "Retail",
-            })
-        );
-        assert_eq!(
-            price_answer(&query, &product(false, Some("1")), "EUR", &list),
-            Err(Failure::Rejected(vec![
-                "product `HW-LAP-14` is not for sale".into()
-            ]))
-        );
-        assert_eq!(
-            price_answer(&query, &product(true, None), "EUR", &list),
-            Err(Failure::Rejected(vec![
-                "Tryton has no sale price for product `HW-LAP-14` for customer `C1` at quantity 3"
-                    .into()
-            ]))
-        );
-        let mut float = product(true, None);
-        float["sale_price_uom"] = json!(12.5);
-        assert!(matches!(
-            price_answer(&query, &float, "EUR", &list),
-            Err(Failure::Retryable(_))
-        ));
-    }
 }

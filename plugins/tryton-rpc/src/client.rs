@@ -1,4 +1,5 @@
-//! The JSON-RPC client (in the component only: it needs `wasi:http`).
+//! The JSON-RPC client, over the SDK's `http` (`wasi:http` in the component; a test's
+//! recorded exchanges natively).
 
 use super::{RpcError, authorization, endpoint, parse_answer, request_body};
 use serde_json::{Map, Value, json};

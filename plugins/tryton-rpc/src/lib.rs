@@ -4,7 +4,7 @@
 //!   ([`RpcError`], which becomes the plugin's [`Failure`]).
 //! - [`decimal`] / [`decimal_text`]: Tryton's `Decimal` as its JSON-RPC carries it
 //!   (`{"__class__": "Decimal", "decimal": "12.50"}`), exact both ways.
-//! - `Client` (in the component only: it needs `wasi:http`): the connection to one
+//! - [`Client`]: the connection to one
 //!   database (config `url`, `database`, `user`, secret `tryton_password`), logged in
 //!   on first use, with the user's context (company...) added to every call, and an
 //!   expired session renewed once.
@@ -13,9 +13,7 @@ use base64::Engine as _;
 use serde_json::{Value, json};
 use tenon_sdk::Failure;
 
-#[cfg(target_arch = "wasm32")]
 mod client;
-#[cfg(target_arch = "wasm32")]
 pub use client::{Client, Session};
 
 /// What a JSON-RPC call can come to.

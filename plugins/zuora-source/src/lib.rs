@@ -31,8 +31,12 @@ use tenon_sdk::model::{
 };
 use tenon_sdk::{Failure, Message, RawRequest, config};
 
+#[cfg(test)]
+mod tests;
+
+/// A Zuora order as one contract message per subscription it touches.
 #[tenon_sdk::source]
-fn ingest(request: RawRequest) -> Result<Vec<Message>, Failure> {
+fn ingest_order(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let currency = config::get("currency").unwrap_or_else(|| "USD".into());
     to_messages(&request.body, &currency)
 }

@@ -1,0 +1,206 @@
+//! The sink through its entry point, in a test host: the order of the example's plain
+//! quote (`examples/quote-to-cash/expected/plain.orders.json`) sent as JSON and as
+//! CloudEvents, every request checked (method, URL, the headers from the message,
+//! config and secrets, the body), and each answer's class.
+
+use super::*;
+use serde_json::{Value, json};
+use tenon_sdk::model::{Order, kinds};
+use tenon_sdk::testing::{Exchange, Host, Sent};
+
+const ORDERS: &str = include_str!("../../../examples/quote-to-cash/expected/plain.orders.json");
+
+const ID: &str = "0190f6a4-5b2c-7d3e-8f00-1234567890ab.1";
+const KEY: &str = "0190f6a4-5b2c-7d3e-8f00-1234567890ab.1@erp";
+
+/// The order as JSON, as the ERP should receive it.
+fn order_json() -> Value {
+    let orders: Value = serde_json::from_str(ORDERS).unwrap();
+    orders[0]["body"].clone()
+}
+
+/// The order as quote-to-order sends it on: MessagePack, with the model's version.
+fn message() -> Message {
+    let order: Order = serde_json::from_value(order_json()).unwrap();
+    let mut message = Message::encode(kinds::ORDER_ACCEPTED, "Q-00101", &order).unwrap();
+    message.id = ID.into();
+    message
+}
+
+fn configured() -> Host {
+    Host::new()
+        .with_manifest(include_str!("../plugin.toml"))
+        .config("url", "https://erp.example.com/orders/{key}?m={id}")
+}
+
+fn send(host: &Host) -> Result<Receipt, Failure> {
+    host.run(|| send_message(message(), KEY))
+}
+
+fn only_request(host: &Host) -> Sent {
+    let mut requests = host.requests();
+    assert_eq!(requests.len(), 1);
+    requests.remove(0)
+}
+
+const URL: &str = "https://erp.example.com/orders/Q-00101?m=0190f6a4-5b2c-7d3e-8f00-1234567890ab.1";
+
+#[test]
+fn a_message_is_posted_as_json_with_its_headers_and_the_reference_kept() {
+    let host = configured()
+        .config("headers", r#"{"x-tenant": "acme"}"#)
+        .config(
+            "secret_headers",
+            r#"{"authorization": "Bearer {authorization}", "x-api-key": "api_key"}"#,
+        )
+        .secret("authorization", "erp-token")
+        .secret("api_key", "k-123")
+        .exchange(
+            Exchange::post(URL)
+                .with_json(order_json())
+                .respond(201, r#"{"id": "SO-4711", "status": "created"}"#),
+        );
+    assert_eq!(
+        send(&host),
+        Ok(Receipt {
+            reference: "SO-4711".into(),
+            detail: Some("HTTP 201".into()),
+        })
+    );
+    host.assert_all_exchanged();
+    let sent = only_request(&host);
+    assert_eq!(sent.method, "POST");
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+        ("idempotency-key", KEY),
+        ("tenon-kind", "OrderAccepted"),
+        ("tenon-key", "Q-00101"),
+        ("tenon-model", "1"),
+        ("x-tenant", "acme"),
+        ("authorization", "Bearer erp-token"),
+        ("x-api-key", "k-123"),
+    ] {
+        assert_eq!(sent.header(name), Some(value), "{name}");
+    }
+    // MessagePack in, JSON out: the order as the example expects it.
+    assert_eq!(sent.json(), order_json());
+}
+
+#[test]
+fn the_method_and_reference_field_come_from_config_and_the_key_stands_in() {
+    let host = configured()
+        .config("method", "put")
+        .config("reference_field", "number")
+        .exchange(Exchange::new("PUT", URL).respond(200, r#"{"number": 4711}"#));
+    assert_eq!(send(&host).unwrap().reference, "4711");
+    assert_eq!(only_request(&host).method, "PUT");
+
+    // A 2xx without the reference still created the record.
+    let host = configured().exchange(Exchange::post(URL).respond(204, ""));
+    assert_eq!(
+        send(&host),
+        Ok(Receipt {
+            reference: KEY.into(),
+            detail: Some("HTTP 204".into()),
+        })
+    );
+}
+
+#[test]
+fn a_refusal_is_rejected_and_a_transient_status_retryable() {
+    let host =
+        configured().exchange(Exchange::post(URL).respond(422, r#"{"error": "unknown customer"}"#));
+    assert_eq!(
+        send(&host),
+        Err(Failure::Rejected(vec![
+            r#"HTTP 422: {"error": "unknown customer"}"#.into()
+        ]))
+    );
+    for status in [408, 429, 500, 503] {
+        let host = configured().exchange(Exchange::post(URL).respond(status, "busy"));
+        assert_eq!(
+            send(&host),
+            Err(Failure::Retryable(format!("HTTP {status}: busy")))
+        );
+    }
+}
+
+#[test]
+fn a_misconfigured_sink_is_invalid_and_sends_nothing() {
+    let invalid = |host: Host| {
+        let result = send(&host);
+        assert!(host.requests().is_empty());
+        match result {
+            Err(Failure::Invalid(why)) => why,
+            other => panic!("not invalid: {other:?}"),
+        }
+    };
+    assert_eq!(
+        invalid(Host::new().with_manifest(include_str!("../plugin.toml"))),
+        "configuration key `url` is not set"
+    );
+    assert_eq!(
+        invalid(configured().config("method", "DELETE")),
+        "config `method` is `DELETE`; a sink sends with POST, PUT or PATCH"
+    );
+    assert!(invalid(configured().config("format", "xml")).starts_with("config `format` is `xml`"));
+    assert!(
+        invalid(configured().config("headers", "x-tenant: acme"))
+            .starts_with("config `headers` is not a JSON object of strings")
+    );
+    // A secret header whose secret the operator did not provide.
+    assert!(
+        invalid(configured().config("secret_headers", r#"{"authorization": "authorization"}"#))
+            .contains("authorization")
+    );
+}
+
+#[test]
+fn a_cloudevent_in_structured_mode() {
+    let host = configured()
+        .config("format", "cloudevents")
+        .config("ce_source", "https://tenon.example.com/flows/orders")
+        .exchange(Exchange::post(URL).respond(202, ""));
+    send(&host).unwrap();
+    let sent = only_request(&host);
+    assert_eq!(sent.header("content-type"), Some(CLOUDEVENTS_JSON));
+    assert_eq!(sent.header("idempotency-key"), Some(KEY));
+    assert_eq!(
+        sent.json(),
+        json!({
+            "specversion": "1.0",
+            "id": ID,
+            "source": "https://tenon.example.com/flows/orders",
+            "type": "OrderAccepted",
+            "subject": "Q-00101",
+            "datacontenttype": "application/json",
+            "data": order_json(),
+        })
+    );
+}
+
+#[test]
+fn a_cloudevent_in_binary_mode() {
+    let host = configured()
+        .config("format", "cloudevents-binary")
+        .exchange(Exchange::post(URL).with_json(order_json()).respond(202, ""));
+    send(&host).unwrap();
+    let sent = only_request(&host);
+    assert_eq!(sent.header("content-type"), Some("application/json"));
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", ID),
+        ("ce-source", DEFAULT_CE_SOURCE),
+        ("ce-type", "OrderAccepted"),
+        ("ce-subject", "Q-00101"),
+    ] {
+        assert_eq!(sent.header(name), Some(value), "{name}");
+    }
+    // A source that is not a URI-reference is the operator's mistake.
+    let host = configured()
+        .config("format", "cloudevents")
+        .config("ce_source", "not a uri");
+    assert!(matches!(send(&host), Err(Failure::Invalid(_))));
+    assert!(host.requests().is_empty());
+}

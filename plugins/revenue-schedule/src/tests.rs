@@ -1,0 +1,109 @@
+//! The step through its entry point, in a test host, on what the sources make of the
+//! public fixtures (`tests/fixtures/public/`): a Zuora subscription and a Stripe
+//! invoice, each line recognised over its service period.
+
+use super::*;
+use serde_json::{Value, json};
+use tenon_sdk::model::Encoding;
+use tenon_sdk::testing::Host;
+
+const ZUORA_CREATE: &str =
+    include_str!("../../../tests/fixtures/public/zuora_order_create_subscription.json");
+const ZUORA_CANCEL: &str = include_str!("../../../tests/fixtures/public/zuora_order_cancel.json");
+const STRIPE_PAID: &str =
+    include_str!("../../../tests/fixtures/public/stripe_invoice_event_invoice_paid.json");
+
+fn only(mut messages: Vec<Message>) -> Message {
+    assert_eq!(messages.len(), 1);
+    messages.remove(0)
+}
+
+/// The Zuora order with a monthly price of 100 on its rate plan.
+fn priced_subscription() -> Message {
+    let mut order: Value = serde_json::from_str(ZUORA_CREATE).unwrap();
+    order["subscriptions"][0]["orderActions"][0]["createSubscription"]["subscribeToRatePlans"][0]
+        ["chargeOverrides"] = json!([{"productRatePlanChargeId": "c1", "billingPeriod": "Month",
+            "pricing": {"recurringFlatFee": {"listPrice": 100}}}]);
+    only(zuora_source::to_messages(order.to_string().as_bytes(), "USD").unwrap())
+}
+
+fn schedules(out: &[Message]) -> Vec<RevenueSchedule> {
+    out.iter()
+        .map(|m| {
+            assert_eq!(m.kind, kinds::REVENUE_SCHEDULE_UPDATED);
+            Encoding::MsgPack.decode(&m.body).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn a_contract_line_is_recognised_monthly_over_its_term() {
+    let contract = priced_subscription();
+    let out = Host::new()
+        .run(|| schedule_revenue(contract.clone()))
+        .unwrap();
+    assert!(out.iter().all(|m| m.key == contract.key));
+    let s = schedules(&out);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].id, "SM-00001/efbff07e6290dfb8016291003bd00dda");
+    assert_eq!(s[0].total.to_string(), "1200.00 USD");
+    assert_eq!(s[0].periods.len(), 12);
+    assert!(
+        s[0].periods
+            .iter()
+            .all(|p| p.amount.to_string() == "100.00 USD")
+    );
+}
+
+#[test]
+fn an_invoice_line_is_recognised_over_its_service_period() {
+    let mut event: Value = serde_json::from_str(STRIPE_PAID).unwrap();
+    event["type"] = "invoice.finalized".into();
+    // 2024-01-15 .. 2024-04-14 inclusive (Stripe's end is exclusive).
+    event["data"]["object"]["lines"]["data"][0]["period"] =
+        json!({"start": 1705276800, "end": 1713139200});
+    let invoice = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
+    let s = schedules(&Host::new().run(|| schedule_revenue(invoice)).unwrap());
+    let amounts: Vec<String> = s[0].periods.iter().map(|p| p.amount.to_string()).collect();
+    // By days: 17/31 of January, February (29 days), March, 14/30 of April; the cents
+    // left over in the last period, 108.00 USD in all.
+    assert_eq!(
+        amounts,
+        ["19.64 USD", "35.82 USD", "35.82 USD", "16.72 USD"]
+    );
+    assert_eq!(s[0].total.to_string(), "108.00 USD");
+}
+
+#[test]
+fn a_cancellation_recognises_nothing_more() {
+    let cancelled = only(zuora_source::to_messages(ZUORA_CANCEL.as_bytes(), "USD").unwrap());
+    assert_eq!(
+        Host::new().run(|| schedule_revenue(cancelled)),
+        Ok(Vec::new())
+    );
+}
+
+#[test]
+fn a_line_without_a_price_is_rejected_by_name() {
+    let unpriced = only(zuora_source::to_messages(ZUORA_CREATE.as_bytes(), "USD").unwrap());
+    assert_eq!(
+        Host::new().run(|| schedule_revenue(unpriced)),
+        Err(Failure::Rejected(vec![
+            "line efbff07e6290dfb8016291003bd00dda: no price: the order does not override the catalogue price, so nothing can be recognised".into()
+        ]))
+    );
+}
+
+#[test]
+fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
+    let order = Message::encode(kinds::ORDER_ACCEPTED, "Q-1", &json!({})).unwrap();
+    assert_eq!(
+        Host::new().run(|| schedule_revenue(order)),
+        Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted".into()))
+    );
+    let broken = Message::encode(kinds::CONTRACT_ACTIVATED, "C-1", &json!({"id": 1})).unwrap();
+    assert!(matches!(
+        Host::new().run(|| schedule_revenue(broken)),
+        Err(Failure::Invalid(_))
+    ));
+}

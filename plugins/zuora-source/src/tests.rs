@@ -1,0 +1,78 @@
+//! The source through its entry point, in a test host: the example's order
+//! (`examples/quote-to-cash/samples/zuora-subscription.json`) and Zuora's own
+//! (`tests/fixtures/public/zuora_order_cancel.json`), the currency from config.
+
+use super::*;
+use tenon_sdk::model::Encoding;
+use tenon_sdk::testing::Host;
+
+const SUBSCRIPTION: &str =
+    include_str!("../../../examples/quote-to-cash/samples/zuora-subscription.json");
+const CANCEL: &str = include_str!("../../../tests/fixtures/public/zuora_order_cancel.json");
+
+fn post(body: &str) -> RawRequest {
+    RawRequest {
+        content_type: "application/json".into(),
+        headers: Vec::new(),
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+fn source() -> Host {
+    Host::new().with_manifest(include_str!("../plugin.toml"))
+}
+
+fn contract(message: &Message) -> Contract {
+    Encoding::MsgPack.decode(&message.body).unwrap()
+}
+
+#[test]
+fn a_new_subscription_activates_a_contract_in_the_configured_currency() {
+    let out = source().run(|| ingest_order(post(SUBSCRIPTION))).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].kind, "ContractActivated");
+    assert_eq!(
+        out[0].idempotency_key(),
+        Some(format!("OM-00001/{}", out[0].key).as_str())
+    );
+    // The manifest's currency, until the operator sets the tenant's.
+    assert_eq!(contract(&out[0]).currency.code(), "USD");
+    let host = source().config("currency", "EUR");
+    let out = host.run(|| ingest_order(post(SUBSCRIPTION))).unwrap();
+    assert_eq!(contract(&out[0]).currency.code(), "EUR");
+}
+
+#[test]
+fn a_cancellation_cancels_the_contract() {
+    let out = source().run(|| ingest_order(post(CANCEL))).unwrap();
+    assert_eq!(
+        (out[0].kind.as_str(), out[0].key.as_str()),
+        ("ContractCancelled", "A-S00020635")
+    );
+    let cancelled = contract(&out[0]);
+    assert_eq!(cancelled.status, ContractStatus::Cancelled);
+    assert_eq!(cancelled.ends.unwrap().to_string(), "2022-04-30");
+}
+
+#[test]
+fn an_order_the_source_cannot_read_or_a_bad_currency_is_invalid() {
+    assert_eq!(
+        source().run(|| ingest_order(post("{}"))),
+        Err(Failure::Invalid(
+            "not a Zuora order: missing field `orderDate` at line 1 column 2".into()
+        ))
+    );
+    let host = source().config("currency", "dollars");
+    assert_eq!(
+        host.run(|| ingest_order(post(CANCEL))),
+        Err(Failure::Invalid(
+            "config `currency`: `dollars` is not an ISO 4217 currency code (three letters, e.g. EUR)"
+                .into()
+        ))
+    );
+    let unknown = CANCEL.replace("\"CancelSubscription\"", "\"OwnerTransfer\"");
+    assert!(matches!(
+        source().run(|| ingest_order(post(&unknown))),
+        Err(Failure::Invalid(why)) if why.starts_with("unsupported Zuora order action `OwnerTransfer`")
+    ));
+}
