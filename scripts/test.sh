@@ -10,6 +10,9 @@ cd "$(dirname "$0")/.."
 echo "== cargo test --workspace (redb store)"
 cargo test --workspace
 
+echo "== the plugins' own tests, natively (plugins/ is a workspace of its own)"
+cargo test --manifest-path plugins/Cargo.toml --target-dir target/plugins-native
+
 echo "== the behaviour tests again, on the NATS JetStream store"
 # Tests that never touch the runtime's store (pure mappings, connectors on fixtures,
 # plugin loading) or that pick their store themselves (store, cluster, storage
@@ -17,3 +20,6 @@ echo "== the behaviour tests again, on the NATS JetStream store"
 TENON_TEST_STORE=nats cargo test -p tenon-cli --test all -- \
     --skip store:: --skip cluster:: --skip storage_faults:: \
     --skip mapping:: --skip connectors:: --skip plugins::
+
+echo "== the partner tutorial of the README, outside the repository (scripts/partner-tutorial.sh)"
+scripts/partner-tutorial.sh

@@ -136,6 +136,9 @@ pub async fn status(admin: &Admin) -> anyhow::Result<ExitCode> {
             time(p.live_since_ms, SecondsFormat::Secs),
             p.swaps,
         );
+        if let Some(signer) = &p.signer {
+            println!("{:<18} signed by {signer}", "");
+        }
         if let Some(pending) = &p.pending {
             println!(
                 "{:<18} waiting for approval: {} {} (wider grants: {}); `tenon plugin approve {} --digest {}`",
@@ -385,7 +388,46 @@ pub async fn plugin(admin: &Admin, action: PluginAction) -> anyhow::Result<ExitC
                 ..api::PluginAction::default()
             },
         ),
-        PluginAction::Audit { path, json } => return audit_plugin(path, json).await,
+        PluginAction::Audit { path, json, config } => {
+            return audit_plugin(path, json, config).await;
+        }
+        PluginAction::Pack(args) => return crate::packages::pack(args),
+        PluginAction::Keygen(args) => return crate::packages::keygen(args),
+        PluginAction::Sign(args) => return crate::packages::sign(args),
+        PluginAction::Verify(args) => return crate::packages::verify(args),
+        PluginAction::Publish(args) => return crate::packages::publish(args).await,
+        PluginAction::Install(args) => return crate::packages::install(args).await,
+        PluginAction::New {
+            name,
+            kind,
+            dir,
+            sdk_path,
+        } => {
+            let kind = match kind.as_str() {
+                "source" => tenon_registry::Kind::Source,
+                "transform" => tenon_registry::Kind::Transform,
+                "sink" => tenon_registry::Kind::Sink,
+                _ => tenon_registry::Kind::Api,
+            };
+            let dir = crate::develop::new_plugin(&name, kind, dir.as_deref(), sdk_path.as_deref())?;
+            println!(
+                "created {} ({kind} plugin `{name}`): cargo test, then tenon plugin build",
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        PluginAction::Build { dir } => {
+            tokio::task::spawn_blocking(move || crate::develop::build_plugin(&dir)).await??;
+            return Ok(ExitCode::SUCCESS);
+        }
+        PluginAction::Test { dir, cases, bless } => {
+            let cases = if cases.is_relative() && !cases.exists() {
+                dir.join(cases)
+            } else {
+                cases
+            };
+            return crate::develop::test_plugin(&dir, &cases, bless).await;
+        }
     };
     let path = format!("/v1/plugins/{plugin}/{verb}");
     if verb != "try" {
@@ -436,10 +478,19 @@ pub async fn plugin(admin: &Admin, action: PluginAction) -> anyhow::Result<ExitC
 }
 
 /// `tenon plugin audit`: offline, from the plugin's own files.
-async fn audit_plugin(path: PathBuf, json: bool) -> anyhow::Result<ExitCode> {
-    let report =
-        tokio::task::spawn_blocking(move || tenon::sandbox::inspect::AuditReport::of_path(&path))
-            .await??;
+async fn audit_plugin(
+    path: PathBuf,
+    json: bool,
+    config: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let trust = match config {
+        Some(config) => Some(tenon::config::Config::load(&config)?.trust),
+        None => None,
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        tenon::sandbox::inspect::AuditReport::of_path_trusting(&path, trust.as_ref())
+    })
+    .await??;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -210,6 +210,48 @@ pub enum KeysAction {
 /// What to do with a plugin or its versions.
 #[derive(Debug, Subcommand)]
 pub enum PluginAction {
+    /// Create a plugin crate (builds outside this repository): `Cargo.toml` with the
+    /// SDK by version, `plugin.toml` with its grants documented, the function with its
+    /// tests (`cargo test` runs it natively, `tenon_sdk::testing`), a README and an
+    /// example case for `tenon plugin test`.
+    New {
+        /// The plugin's name: lower-case letters, digits and dashes.
+        name: String,
+        /// What it does in a flow.
+        #[arg(long, value_parser = ["source", "transform", "sink", "api"])]
+        kind: String,
+        /// Where to create it (default: `./<name>`; it must not exist or be empty).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Take the SDK from this checkout of Tenon's `plugin-sdk/` instead of
+        /// crates.io (a `[patch.crates-io]` in the new Cargo.toml).
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin crate's component for `wasm32-wasip2` (the target is added with
+    /// rustup when missing) and lay out `dist/<name>/`: the manifest, with the
+    /// component's file name and digest, and the component; checked as the host would
+    /// load it.
+    Build {
+        /// The plugin crate (default: the current directory).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Run a built plugin's component in Tenon's sandbox on recorded cases and compare
+    /// its outputs with the expected ones (a diff for each that differs). A case is a
+    /// directory with `input.json` (a source's request, a transform's message, an API
+    /// request; optionally `"config": {...}`) and `expected.json`.
+    Test {
+        /// The plugin crate (its `dist/<name>/` is tested) or a plugin directory.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// The directory of cases.
+        #[arg(long, default_value = "cases")]
+        cases: PathBuf,
+        /// Write what the component makes as each case's `expected.json`.
+        #[arg(long)]
+        bless: bool,
+    },
     /// Show what a plugin really imports and exports (read from its component), the
     /// grants its manifest asks for, and every difference: imports the host would
     /// refuse, grants nothing uses. Also its digest and signer. Offline: no server.
@@ -222,7 +264,35 @@ pub enum PluginAction {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Check its signature against the `[trust]` of this `tenon.toml`, as the
+        /// host would (without it, the signature is checked only for itself).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
+    /// Make one file (a package: an OCI image layout in a tar) of a plugin directory's
+    /// version: its manifest (made to name its component, as hot swap needs), its
+    /// component and its signature. Prints the version digest that names it.
+    Pack(crate::packages::PackArgs),
+    /// Make an ed25519 key pair to sign plugins with: the secret key (PKCS#8 PEM, mode
+    /// 0600) and `<out>.pub`; prints the public key (`ed25519:...`) and its id, for
+    /// operators' `[[trust.publishers]]`. (`tenon keys` is for API keys.)
+    Keygen(crate::packages::KeygenArgs),
+    /// Sign a package or a plugin directory's version (its digest) with your secret
+    /// key: the signature travels in the package and lands in the plugin directory as
+    /// `plugin.sig`.
+    Sign(crate::packages::SignArgs),
+    /// Check a package's or plugin directory's signature: against a config's `[trust]`
+    /// or one `--key`, or (without either) for itself. Exits 1 when it is unsigned,
+    /// changed after signing, badly signed, not trusted for its name, or revoked.
+    Verify(crate::packages::VerifyArgs),
+    /// Push a package (or a plugin directory, packed on the way) to an OCI registry:
+    /// `oci://host[:port]/namespace/name:version` (Wasm OCI artifact layout). Prints
+    /// the digest that pins it.
+    Publish(crate::packages::PublishArgs),
+    /// Pull a package from an OCI registry (`oci://...:tag`, `:1.2` for the highest
+    /// 1.2.x, or `@sha256:...`), check it against the trust policy, and install it
+    /// into a plugin directory, where a running Tenon's watcher swaps it in.
+    Install(crate::packages::InstallArgs),
     /// Run a candidate version beside the live one on the last messages a flow
     /// accepted (from the event log) and print where their outputs differ. Nothing
     /// is delivered: sinks are not called, and both run with a scratch kv namespace.

@@ -7,5 +7,7 @@ pub mod artifacts;
 pub mod cli;
 pub mod client;
 pub mod demo;
+pub mod develop;
+pub mod packages;
 
 pub use cli::main;

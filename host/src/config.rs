@@ -34,6 +34,16 @@
 //! erp_token = { env = "TENON_ERP_TOKEN" }        # from an environment variable
 //! sap_password = { file = "/run/secrets/sap" }   # from a file (trailing newline dropped)
 //!
+//! [trust]                        # signed plugins (see tenon_registry::trust)
+//! require_signatures = true      # every plugin must be signed by a key trusted for its name
+//! revoked_keys = ["5b1e0c7d9a3f2e41"]            # key ids (or keys) whose signatures are refused
+//! revoked_digests = ["sha256:..."]               # versions refused whoever signed them
+//!
+//! [[trust.publishers]]
+//! name = "acme"
+//! key = "ed25519:8R0m..."        # as `tenon plugin keygen` prints it
+//! prefixes = ["acme-"]           # the plugin names (manifest `name`) it may sign; "*": any
+//!
 //! [flows.erp-de]                 # a flow fed by the events other flows emit
 //! subscribe = ["OrderAccepted"]  # the canonical kinds it takes
 //! when = { tenon-entity = "DE01" }  # headers they must carry (set by a routing step)
@@ -125,6 +135,10 @@ pub struct Config {
     /// Where secrets come from, by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Whose signed plugins are trusted for which names; whether every plugin must be
+    /// signed (see [`tenon_registry::trust`]).
+    #[serde(default)]
+    pub trust: tenon_registry::TrustPolicy,
     /// Where the file is (set after parsing).
     #[serde(skip)]
     pub path: PathBuf,
@@ -774,6 +788,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some((key, message)) = self.trust.problem() {
+            return Err(self.error_at_key(key, format!("[trust]: {message}")));
+        }
         self.check_apis()?;
         for (flow, entry) in &self.flows {
             let anchor = match (&entry.source, entry.subscribe.first()) {
@@ -1045,6 +1062,31 @@ sink = "out"
         assert_eq!(
             err.to_string(),
             "conf/tenon.toml:12:10: flow `q2o`: field `steps`: no plugin named `mapp` (defined: map, out, src)"
+        );
+    }
+
+    #[test]
+    fn the_trust_policy_is_read_and_checked_with_its_line() {
+        let key = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=";
+        let trust = format!(
+            "{GOOD}\n[trust]\nrequire_signatures = true\n[[trust.publishers]]\nname = \"acme\"\nkey = \"{key}\"\nprefixes = [\"acme-\"]\n"
+        );
+        let c = parse(&trust).unwrap();
+        assert!(c.trust.require_signatures);
+        assert_eq!(c.trust.publishers[0].key.to_string(), key);
+        assert!(!parse(GOOD).unwrap().trust.require_signatures);
+        let err = parse(&trust.replace(key, "ed25519:AAAA")).unwrap_err();
+        assert!(
+            err.line > 0 && err.to_string().contains("32 bytes"),
+            "{err}"
+        );
+        let err = parse(&trust.replace("[\"acme-\"]", "[]")).unwrap_err();
+        assert!(
+            err.line > 0
+                && err
+                    .to_string()
+                    .contains("[trust]: publisher `acme`: `prefixes`"),
+            "{err}"
         );
     }
 

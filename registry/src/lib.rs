@@ -1,15 +1,50 @@
 //! Plugin packages for Tenon.
 //!
-//! Today this crate holds the plugin manifest (`plugin.toml`): what a plugin is, which
-//! world it implements, its configuration defaults and the capabilities it asks for.
-//! Signing, the trust policy and the registry store will live here too.
+//! - The plugin manifest (`plugin.toml`): what a plugin is, which world it implements,
+//!   its configuration defaults and the capabilities it asks for.
+//! - [`version_digest`]: the one digest over a manifest and its component that names
+//!   a plugin version everywhere.
+//! - [`package`]: one file holding a version (an OCI image layout in a tar, the Wasm
+//!   OCI artifact layout), what `tenon plugin pack` writes and a registry serves.
+//! - [`signing`]: ed25519 publisher keys and the signature of a version (`plugin.sig`).
+//! - [`trust`]: the trust policy (`[trust]` of `tenon.toml`): which publishers' keys
+//!   may sign which plugin names, revocations, whether signatures are required.
+//! - `oci` (feature `oci`): publishing packages to and installing them from OCI
+//!   registries.
 //!
 //! **Architecture invariant:** this crate knows nothing of wasmtime or of the host's
 //! runtime: it describes packages, and the host decides what to link from it.
 
 mod capabilities;
+#[cfg(feature = "oci")]
+pub mod oci;
+pub mod package;
+pub mod signing;
+pub mod trust;
 
 pub use capabilities::{CAPABILITIES, Capability, capability, capability_of, never};
+pub use package::{Package, PackageError};
+pub use signing::{PublicKey, SIGNATURE_FILE, SecretKey, SignatureFile};
+pub use trust::{Signer, TrustError, TrustPolicy};
+
+/// The digest of a plugin version: its manifest and its component together,
+/// `sha256:<hex>` of `tenon-plugin-version\0`, the manifest's sha256 and the
+/// component's sha256. A change to either file is a new version. It names the version
+/// in trails, status, the audit log, the archive, and it is what a signature signs.
+pub fn version_digest(manifest: &[u8], component: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    hasher.update(b"tenon-plugin-version\0");
+    hasher.update(Sha256::digest(manifest));
+    hasher.update(Sha256::digest(component));
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// `sha256:<hex>` of `bytes`.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -4,6 +4,8 @@
 //! [`otlp::OtlpReceiver`] stands in for an OpenTelemetry collector, so tests can check
 //! the spans Tenon exports.
 //! [`prometheus::PrometheusServer`] is a real Prometheus scraping Tenon's `/metrics`.
+//! [`registry::RegistryServer`] is a real OCI registry (the CNCF distribution registry)
+//! for publishing and installing plugin packages.
 //! [`sap_simulation::SapSimulation`] plays SAP S/4HANA's sales order simulation, checking
 //! each request against SAP's published definition of the service.
 //!
@@ -16,6 +18,7 @@ pub mod mock_erp;
 pub mod nats;
 pub mod otlp;
 pub mod prometheus;
+pub mod registry;
 pub mod sap_simulation;
 
 /// The quote-to-cash flow over the first-party plugins extracted under `plugins/`

@@ -16,6 +16,7 @@ mod edges;
 mod mapping;
 mod observability;
 mod openapi;
+mod packages;
 mod plugins;
 mod restart;
 mod sandbox;

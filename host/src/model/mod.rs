@@ -338,4 +338,7 @@ pub struct VersionFiles {
     /// The component.
     #[serde(with = "serde_bytes")]
     pub component: Vec<u8>,
+    /// Its signature (`plugin.sig`), if it is signed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }

@@ -275,6 +275,12 @@ impl Runtime {
                         .map_err(std::io::Error::other)?;
                     std::fs::write(dir.join(&manifest.component), &files.component)
                 })
+                .and_then(|()| match &files.signature {
+                    Some(signature) => {
+                        std::fs::write(dir.join(tenon_registry::SIGNATURE_FILE), signature)
+                    }
+                    None => Ok(()),
+                })
                 .map_err(|e| format!("cannot write the version's files: {e}"))?;
             let loaded = load_plugin_at(
                 &runtime.config(),

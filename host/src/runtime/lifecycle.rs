@@ -91,6 +91,7 @@ pub(crate) fn load_plugin_at(
             })
             .collect::<anyhow::Result<_>>()?,
         outbound: entry.outbound,
+        trust: config.trust.clone(),
     };
     let (plugin, dir) = match location {
         Location::Path(dir) => (Plugin::load(engine, as_name, dir, &settings)?, dir),
@@ -169,7 +170,12 @@ impl Runtime {
             let old = self.config();
             let mut loaded = Vec::new();
             for (name, entry) in &new.plugins {
-                if old.plugins.get(name) == Some(entry) && self.plugin(name).is_some() {
+                // A changed trust policy (a revocation, a publisher added or removed)
+                // checks every plugin again.
+                if old.plugins.get(name) == Some(entry)
+                    && old.trust == new.trust
+                    && self.plugin(name).is_some()
+                {
                     continue;
                 }
                 let plugin = load_plugin(&new, &self.engine, name)
@@ -386,10 +392,18 @@ pub(crate) fn archive_dir(data_dir: &Path, name: &str, digest: &str) -> std::pat
 }
 
 /// Keep the files of a loaded version on disk (once per digest), so that a rollback
-/// and a canary run can load it again whatever its directory holds by then.
+/// and a canary run can load it again whatever its directory holds by then. A
+/// signature that came after the version was archived is added.
 pub fn archive(data_dir: &Path, plugin: &Plugin) {
     let dir = archive_dir(data_dir, plugin.name(), plugin.digest());
     if dir.exists() {
+        let sig = dir.join(tenon_registry::SIGNATURE_FILE);
+        if let Some(signature) = plugin.signature()
+            && !sig.exists()
+            && let Err(error) = std::fs::write(&sig, signature)
+        {
+            tracing::warn!(plugin = plugin.name(), %error, "cannot archive the version's signature");
+        }
         return;
     }
     let tmp = dir.with_extension("tmp");

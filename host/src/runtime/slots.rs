@@ -50,6 +50,9 @@ pub struct LiveStatus {
     pub digest: String,
     /// The live component's own digest.
     pub component_digest: String,
+    /// Who signed the live version (publisher and key id), if it is signed.
+    #[serde(default)]
+    pub signer: Option<String>,
     /// Log lines the live version dropped over its budget.
     pub log_lines_dropped: u64,
     /// A version waiting for approval, if any.
@@ -289,6 +292,7 @@ impl PluginSlots {
                 version: slot.live.version().to_owned(),
                 digest: slot.live.digest().to_owned(),
                 component_digest: slot.live.component_digest().to_owned(),
+                signer: slot.live.signer().map(ToString::to_string),
                 log_lines_dropped: slot.live.log_dropped().0,
                 pending: slot.pending.as_ref().map(|p| PendingStatus {
                     version: p.plugin.version().to_owned(),

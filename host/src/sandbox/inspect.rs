@@ -160,8 +160,13 @@ pub struct AuditReport {
     /// Whether the manifest names its component's digest (so that a deploy never
     /// pairs it with another component); `false` when it names none, or another.
     pub component_bound: bool,
-    /// Who signed it; `None` until signing lands.
+    /// Who signed it (its `plugin.sig`, or the package's signature): the publisher and
+    /// key, and whether a trust policy trusts it; `None`: unsigned.
     pub signer: Option<String>,
+    /// Why the trust policy (or, without one, the signature's own check) refuses it:
+    /// the host would not load it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub untrusted: Option<String>,
     /// Each import and what it needs.
     pub imports: Vec<ImportLine>,
     /// Its exports.
@@ -208,6 +213,7 @@ impl AuditReport {
             component_bound: manifest.component_digest.as_ref() == Some(&component_digest),
             component_digest,
             signer: None,
+            untrusted: None,
             imports: inspection
                 .imports
                 .iter()
@@ -228,11 +234,98 @@ impl AuditReport {
         report
     }
 
-    /// Audit the plugin at `path`: a plugin directory, its `plugin.toml`, or its
-    /// component (with the `plugin.toml` beside it). The component is compiled to
-    /// read its real interface; nothing is instantiated.
+    /// Audit the plugin at `path`: a plugin directory, its `plugin.toml`, its
+    /// component (with the `plugin.toml` beside it), or a package (`tenon plugin
+    /// pack`). The component is compiled to read its real interface; nothing is
+    /// instantiated. Its signature, if any, is checked for itself (that it verifies
+    /// and is for these files).
     pub fn of_path(path: &Path) -> anyhow::Result<AuditReport> {
+        AuditReport::of_path_trusting(path, None)
+    }
+
+    /// [`AuditReport::of_path`], with the signature checked against `trust` when
+    /// given (as the host would check it).
+    pub fn of_path_trusting(
+        path: &Path,
+        trust: Option<&tenon_registry::TrustPolicy>,
+    ) -> anyhow::Result<AuditReport> {
         let is_wasm = path.extension().is_some_and(|e| e == "wasm");
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let (manifest_path, text, component_path, wasm, signature) =
+            if path.is_file() && !is_wasm && !is_toml {
+                let package = tenon_registry::Package::open(path)?;
+                let component = path.join(&package.manifest().component);
+                (
+                    path.to_owned(),
+                    package.manifest_text().to_owned(),
+                    component,
+                    package.component().to_vec(),
+                    package.signature().map(str::to_owned),
+                )
+            } else {
+                Self::files_at(path, is_wasm)?
+            };
+        let manifest = Manifest::parse(&manifest_path, &text)?;
+        let mut config = wasmtime::Config::new();
+        config.wasm_component_model(true);
+        let engine = wasmtime::Engine::new(&config).map_err(anyhow::Error::from)?;
+        let component = Component::new(&engine, &wasm)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("{} is not a valid component", component_path.display()))?;
+        let inspection = Inspection::of(&engine, &component);
+        let mut report = AuditReport::new(
+            &manifest,
+            crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
+            crate::model::digest(&wasm),
+            inspection,
+        );
+        if let Some(named) = &manifest.component_digest
+            && *named != report.component_digest
+        {
+            report.loadable = false;
+            report.mismatch = Some(format!(
+                "the manifest names component {named}, but the component is {}",
+                report.component_digest
+            ));
+        }
+        let policy = trust.cloned().unwrap_or_default();
+        let sig = signature
+            .as_deref()
+            .map(|s| (tenon_registry::SIGNATURE_FILE, s));
+        match policy.check(&manifest.name, &report.digest, sig) {
+            Ok(None) => {}
+            Ok(Some(signer)) if trust.is_none() => {
+                report.signer = Some(format!(
+                    "\"{}\" (key {}; the signature verifies: give --config to check it against a trust policy)",
+                    signer.publisher, signer.key_id
+                ));
+            }
+            Ok(Some(signer)) => report.signer = Some(signer.to_string()),
+            Err(refusal) => {
+                report.signer = signature
+                    .as_deref()
+                    .and_then(|s| tenon_registry::SignatureFile::parse(s).ok())
+                    .map(|s| format!("\"{}\" (key {}; refused)", s.publisher, s.key_id));
+                report.untrusted = Some(refusal.to_string());
+                report.loadable = false;
+            }
+        }
+        Ok(report)
+    }
+
+    /// The files of the plugin at `path` (a directory, its manifest, or its
+    /// component): manifest path and text, component path and bytes, signature.
+    #[allow(clippy::type_complexity)]
+    fn files_at(
+        path: &Path,
+        is_wasm: bool,
+    ) -> anyhow::Result<(
+        std::path::PathBuf,
+        String,
+        std::path::PathBuf,
+        Vec<u8>,
+        Option<String>,
+    )> {
         let manifest_path = match (path.is_dir(), is_wasm) {
             (true, _) => path.join(tenon_registry::MANIFEST_FILE),
             (false, true) => path
@@ -260,29 +353,13 @@ impl AuditReport {
         }
         let wasm = std::fs::read(&component_path)
             .with_context(|| format!("cannot read {}", component_path.display()))?;
-        let mut config = wasmtime::Config::new();
-        config.wasm_component_model(true);
-        let engine = wasmtime::Engine::new(&config).map_err(anyhow::Error::from)?;
-        let component = Component::new(&engine, &wasm)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("{} is not a valid component", component_path.display()))?;
-        let inspection = Inspection::of(&engine, &component);
-        let mut report = AuditReport::new(
-            &manifest,
-            crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
-            crate::model::digest(&wasm),
-            inspection,
-        );
-        if let Some(named) = &manifest.component_digest
-            && *named != report.component_digest
-        {
-            report.loadable = false;
-            report.mismatch = Some(format!(
-                "the manifest names component {named}, but the component is {}",
-                report.component_digest
-            ));
-        }
-        Ok(report)
+        let sig_path = base.join(tenon_registry::SIGNATURE_FILE);
+        let signature = match std::fs::read_to_string(&sig_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", sig_path.display())),
+        };
+        Ok((manifest_path, text, component_path, wasm, signature))
     }
 
     /// The report for people.
@@ -310,9 +387,7 @@ impl AuditReport {
         let _ = writeln!(
             out,
             "signer   {}",
-            self.signer
-                .as_deref()
-                .unwrap_or("unsigned (signing is not implemented yet)")
+            self.signer.as_deref().unwrap_or("unsigned")
         );
         let _ = writeln!(out, "\nimports (read from the component):");
         for import in &self.imports {
@@ -357,10 +432,14 @@ impl AuditReport {
         if let Some(mismatch) = &self.mismatch {
             let _ = writeln!(out, "  REFUSED  {mismatch}");
         }
+        if let Some(untrusted) = &self.untrusted {
+            let _ = writeln!(out, "  REFUSED  {untrusted}");
+        }
         if self.refused.is_empty()
             && self.unused_grants.is_empty()
             && self.missing_export.is_none()
             && self.mismatch.is_none()
+            && self.untrusted.is_none()
         {
             let _ = writeln!(out, "  none: the component uses exactly what it is granted");
         }

@@ -6,7 +6,7 @@ use crate::sandbox::bindings;
 use crate::sandbox::caps::{self, PluginContext};
 use crate::sandbox::engine::Engine;
 use crate::sandbox::inspect::Inspection;
-use crate::store::audit::Decision;
+use crate::store::audit::{AuditRecord, Decision};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -41,6 +41,18 @@ pub enum LoadError {
         expected: String,
         /// The component's digest.
         actual: String,
+    },
+    /// The trust policy (`[trust]`) refuses the version: unsigned when signatures are
+    /// required, changed after signing, badly signed, signed by a key not trusted for
+    /// its name, or revoked. Nothing of it was compiled.
+    #[error("plugin `{name}` ({path}): refused by the trust policy before compiling: {reason}")]
+    Untrusted {
+        /// The plugin instance name.
+        name: String,
+        /// The manifest.
+        path: PathBuf,
+        /// Why, and what to do.
+        reason: Box<tenon_registry::TrustError>,
     },
     /// The component does not compile, or does not fit its world and grants.
     #[error("plugin `{name}` ({path}): {message}")]
@@ -111,34 +123,98 @@ impl Plugin {
                 });
             }
         }
+        // The trust policy decides before anything of the version is compiled.
+        let sig_file = Path::new(tenon_registry::SIGNATURE_FILE);
+        let signature = match root.read_to_string(sig_file) {
+            Ok(signature) => Some(signature),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(LoadError::Read {
+                    path: base.join(sig_file),
+                    source,
+                });
+            }
+        };
+        let version = version_digest(text.as_bytes(), &wasm);
+        let shown = base.join(sig_file).display().to_string();
+        let decided = settings.trust.check(
+            &manifest.name,
+            &version,
+            signature.as_deref().map(|s| (shown.as_str(), s)),
+        );
+        let audit = |target: String, decision: Decision, reason: String| {
+            engine.audit().record(AuditRecord {
+                seq: 0,
+                at_ms: crate::model::now_ms(),
+                plugin: name.to_owned(),
+                digest: version.clone(),
+                key: None,
+                capability: "signature".into(),
+                target,
+                decision,
+                reason: Some(reason),
+            })
+        };
+        let signer = match decided {
+            Ok(signer) => signer,
+            Err(reason) => {
+                let target = signature
+                    .as_deref()
+                    .and_then(|s| tenon_registry::SignatureFile::parse(s).ok())
+                    .map_or_else(
+                        || "unsigned".to_owned(),
+                        |s| format!("\"{}\" (key {})", s.publisher, s.key_id),
+                    );
+                audit(target, Decision::Deny, reason.to_string());
+                return Err(LoadError::Untrusted {
+                    name: name.to_owned(),
+                    path: manifest_path,
+                    reason: Box::new(reason),
+                });
+            }
+        };
+        if let Some(signer) = &signer {
+            let why = match signer.trusted {
+                true => "signed by a key trusted for its name",
+                false => {
+                    "validly signed, by a key not trusted for its name (signatures are not required)"
+                }
+            };
+            audit(signer.to_string(), Decision::Allow, why.to_owned());
+        }
         let files = PluginFiles {
             manifest: text,
             wasm,
+            signature,
         };
-        Plugin::from_parts(engine, name, manifest, &path, files, settings)
+        Plugin::from_parts(engine, name, manifest, &path, files, signer, settings)
     }
 
-    /// Write this version's files (its manifest and component, as loaded) into `dir`,
-    /// each through a temporary file renamed into place, component first: a plugin
-    /// directory holding exactly this version.
+    /// Write this version's files (its manifest, component and signature, as loaded)
+    /// into `dir`, each through a temporary file renamed into place, component first
+    /// and manifest last: a plugin directory holding exactly this version (a
+    /// signature of another version is removed).
     pub fn write_files(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let root = cap_std::fs::Dir::open_ambient_dir(dir, cap_std::ambient_authority())?;
-        for (name, bytes) in [
-            (
-                self.manifest.component.as_path(),
-                self.files.wasm.as_slice(),
-            ),
-            (
-                Path::new(tenon_registry::MANIFEST_FILE),
-                self.files.manifest.as_bytes(),
-            ),
-        ] {
+        let write = |name: &Path, bytes: &[u8]| {
             let tmp = PathBuf::from(format!(".{}.tmp", name.display()));
             root.write(&tmp, bytes)?;
-            root.rename(&tmp, &root, name)?;
+            root.rename(&tmp, &root, name)
+        };
+        write(&self.manifest.component, &self.files.wasm)?;
+        let sig = Path::new(tenon_registry::SIGNATURE_FILE);
+        match &self.files.signature {
+            Some(signature) => write(sig, signature.as_bytes())?,
+            None => match root.remove_file(sig) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            },
         }
-        Ok(())
+        write(
+            Path::new(tenon_registry::MANIFEST_FILE),
+            self.files.manifest.as_bytes(),
+        )
     }
 
     /// Load a plugin from its parsed manifest and its files.
@@ -148,6 +224,7 @@ impl Plugin {
         manifest: Manifest,
         path: &Path,
         files: PluginFiles,
+        signer: Option<tenon_registry::Signer>,
         settings: &PluginSettings,
     ) -> Result<Plugin, LoadError> {
         let wasm = files.wasm.as_slice();
@@ -289,6 +366,7 @@ impl Plugin {
             manifest,
             pre,
             engine: engine.clone(),
+            signer,
         })
     }
 }

@@ -48,6 +48,9 @@ pub struct PluginSettings {
     pub secrets: BTreeMap<String, Secret>,
     /// What it may send out (`[plugins.<name>] outbound`).
     pub outbound: crate::config::Outbound,
+    /// Whose signatures are trusted for which names (`[trust]`): checked before
+    /// anything of a version is compiled.
+    pub trust: tenon_registry::TrustPolicy,
 }
 
 enum Pre {
@@ -67,6 +70,8 @@ pub struct Plugin {
     files: Arc<PluginFiles>,
     pre: Pre,
     engine: Engine,
+    /// Who signed it, as the trust policy sees it; `None`: unsigned.
+    signer: Option<tenon_registry::Signer>,
 }
 
 /// A plugin version's files, as loaded.
@@ -74,19 +79,13 @@ pub struct Plugin {
 struct PluginFiles {
     manifest: String,
     wasm: Vec<u8>,
+    /// Its `plugin.sig`, if it has one.
+    signature: Option<String>,
 }
 
-/// The digest of a plugin version: its manifest and its component together,
-/// `sha256:<hex>` of `tenon-plugin-version\0`, the manifest's sha256 and the
-/// component's sha256. A change to either file is a new version.
-pub fn version_digest(manifest: &[u8], component: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut hasher = Sha256::new();
-    hasher.update(b"tenon-plugin-version\0");
-    hasher.update(Sha256::digest(manifest));
-    hasher.update(Sha256::digest(component));
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
+/// The digest of a plugin version: its manifest and its component together (defined
+/// in `tenon_registry`, where packages and signatures use it too).
+pub use tenon_registry::version_digest;
 
 impl fmt::Debug for Plugin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,7 +119,18 @@ impl Plugin {
         crate::model::VersionFiles {
             manifest: self.files.manifest.clone(),
             component: self.files.wasm.clone(),
+            signature: self.files.signature.clone(),
         }
+    }
+
+    /// Its signature document (`plugin.sig`), as loaded, if it is signed.
+    pub fn signature(&self) -> Option<&str> {
+        self.files.signature.as_deref()
+    }
+
+    /// Who signed this version, as the trust policy sees it; `None`: unsigned.
+    pub fn signer(&self) -> Option<&tenon_registry::Signer> {
+        self.signer.as_ref()
     }
 
     /// The manifest.
