@@ -51,6 +51,10 @@ impl Telemetry {
             return Ok(Telemetry { provider: None });
         };
         use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+        // The exporter's HTTP client (reqwest with rustls, built without a provider of its
+        // own) takes the process's: ring, as every TLS connection of Tenon does. Already
+        // installed (by another server of this process) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
