@@ -290,7 +290,9 @@ pub enum PluginAction {
     /// the digest that pins it.
     Publish(crate::packages::PublishArgs),
     /// Pull a package from an OCI registry (`oci://...:tag`, `:1.2` for the highest
-    /// 1.2.x, or `@sha256:...`), check it against the trust policy, and install it
+    /// 1.2.x, or `@sha256:...`; no tag: `latest`), check it (signed by a key the
+    /// policy trusts for its name; the plugin the repository and `--dir` hold; its
+    /// version against an exact tag and, no lower, against `--dir`'s), and install it
     /// into a plugin directory, where a running Tenon's watcher swaps it in.
     Install(crate::packages::InstallArgs),
     /// Run a candidate version beside the live one on the last messages a flow
@@ -438,6 +440,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Check { config } => {
+            // Its warnings (`Config::warnings`) are logged as it opens.
             let config = Config::load(&config)?;
             let data_dir = cli.data_dir.clone();
             let runtime =

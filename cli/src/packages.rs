@@ -87,7 +87,8 @@ pub struct PublishArgs {
 #[derive(Debug, Args)]
 pub struct InstallArgs {
     /// What: `oci://host[:port]/namespace/name:tag` (`:1.2` takes the highest 1.2.x
-    /// release) or `...@sha256:<hex>` (exactly that image).
+    /// release, `:1.2.3` exactly that one) or `...@sha256:<hex>` (exactly that image).
+    /// Without a tag: the tag `latest`, whatever it points at.
     pub reference: String,
     /// The plugin directory to install into (a running Tenon watching it swaps the
     /// version in).
@@ -95,6 +96,18 @@ pub struct InstallArgs {
     pub dir: PathBuf,
     #[command(flatten)]
     pub trust: TrustArgs,
+    /// The plugin expected (its manifest's `name`), when it is not the repository's
+    /// last path segment (`oci://.../acme/acme-crm` holds `acme-crm`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Install a version lower (semver) than the one in `--dir`.
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Install an unsigned package when the policy allows one (`--config` whose
+    /// `[trust]` does not require signatures); without it, `install` requires a
+    /// signature by a key the policy trusts for the plugin's name.
+    #[arg(long)]
+    pub allow_unsigned: bool,
 }
 
 /// `tenon plugin pack`: one file of a plugin directory's version, its manifest made to
@@ -193,11 +206,11 @@ pub fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
     let mut package = Package::open(&args.path)?;
     package.sign(&key, &publisher);
     if args.path.is_dir() {
-        let file = args.path.join(SIGNATURE_FILE);
-        let tmp = args.path.join(format!(".{SIGNATURE_FILE}.tmp"));
-        std::fs::write(&tmp, package.signature().unwrap_or_default())
-            .and_then(|()| std::fs::rename(&tmp, &file))
-            .with_context(|| format!("cannot write {}", file.display()))?;
+        let file = Path::new(SIGNATURE_FILE);
+        let signature = package.signature().unwrap_or_default().as_bytes();
+        tenon_registry::package::write_file_atomic(&args.path, file, signature)
+            .and_then(|()| tenon_registry::package::sync_dir(&args.path))
+            .with_context(|| format!("cannot write {}", args.path.join(file).display()))?;
         if package.manifest().component_digest.is_none() {
             eprintln!(
                 "note: its plugin.toml does not name its component: a watched plugin directory will not take it (`tenon plugin pack` makes a package whose manifest does; sign that)"
@@ -374,20 +387,50 @@ pub async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `tenon plugin install`: pull, check against the trust policy, write into the
+/// `tenon plugin install`: pull, check (the trust policy, the plugin's name, its
+/// version against the tag and against the version in the directory), write into the
 /// plugin directory (component, signature, then manifest).
 pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let source: OciRef = args.reference.parse()?;
-    let Some(policy) = policy(&args.trust)? else {
+    let Some(mut policy) = policy(&args.trust)? else {
         bail!(
             "give --config <tenon.toml> (its [trust]) or --key <public key>: an installed plugin is checked before it is written"
         );
     };
+    // What comes from a registry is signed, unless the operator says otherwise.
+    policy.require_signatures |= !args.allow_unsigned;
+    // The plugin the directory holds now, if any: checked before anything is pulled.
+    let existing_path = args.dir.join(tenon_registry::MANIFEST_FILE);
+    let existing = match existing_path.try_exists() {
+        Ok(false) => None,
+        Ok(true) => Some(tenon_registry::Manifest::load(&existing_path).with_context(|| {
+            format!(
+                "--dir {}: the version there does not read, so what it is cannot be compared: nothing installed",
+                args.dir.display()
+            )
+        })?),
+        Err(e) => bail!("--dir {}: {e}", args.dir.display()),
+    };
+    let expected = args.name.clone().unwrap_or_else(|| {
+        source
+            .repository
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    });
     let pulled = oci::pull(&source).await?;
     let package = pulled.package;
     let manifest = package.manifest();
     let digest = package.digest();
     let from = source.pinned(&pulled.manifest_digest);
+    let refused = |why: String| {
+        anyhow::anyhow!(
+            "{from}: {} {} {digest} refused, nothing installed: {why}",
+            manifest.name,
+            manifest.version
+        )
+    };
     let signer = policy
         .check(
             &manifest.name,
@@ -395,12 +438,57 @@ pub async fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             package.signature().map(|s| (SIGNATURE_FILE, s)),
         )
         .map_err(|refusal| {
-            anyhow::anyhow!(
-                "{from}: {} {} {digest} refused, nothing installed: {refusal}",
-                manifest.name,
-                manifest.version
-            )
+            let hint = match refusal {
+                tenon_registry::TrustError::Unsigned { .. } if !args.allow_unsigned => {
+                    " (install takes signed packages only: --allow-unsigned when the policy allows unsigned ones)"
+                }
+                _ => "",
+            };
+            refused(format!("{refusal}{hint}"))
         })?;
+    if manifest.name != expected {
+        return Err(refused(match &args.name {
+            Some(_) => format!(
+                "it is plugin `{}`, not `{expected}` (--name)",
+                manifest.name
+            ),
+            None => format!(
+                "it is plugin `{}`, but the repository is `{}`: a repository holds the plugin it is named for (--name {} if this one is meant)",
+                manifest.name, source.repository, manifest.name
+            ),
+        }));
+    }
+    if let Some(existing) = &existing
+        && existing.name != manifest.name
+    {
+        return Err(refused(format!(
+            "{} holds plugin `{}`, and a plugin directory keeps its plugin (a running Tenon refuses another in its instance): install into a directory of its own",
+            args.dir.display(),
+            existing.name
+        )));
+    }
+    let version = semver::Version::parse(&manifest.version)
+        .map_err(|e| refused(format!("its version `{}`: {e}", manifest.version)))?;
+    // A tag that is a version (asked for, or what `:1.2` resolved to) is this version.
+    if let Some(tag) = &pulled.tag
+        && let Ok(tagged) = semver::Version::parse(tag.strip_prefix('v').unwrap_or(tag))
+        && tagged != version
+    {
+        return Err(refused(format!(
+            "it is tagged {tag} but its plugin.toml says version {}: the tag does not name this version",
+            manifest.version
+        )));
+    }
+    if let Some(existing) = &existing
+        && let Ok(installed) = semver::Version::parse(&existing.version)
+        && version < installed
+        && !args.allow_downgrade
+    {
+        return Err(refused(format!(
+            "{} holds version {installed}, a higher one: --allow-downgrade to go back (a revoked version is refused either way: [trust] revoked_digests)",
+            args.dir.display()
+        )));
+    }
     if manifest.component_digest.is_none() {
         bail!(
             "{from}: its plugin.toml does not name its component (component_digest): a watched plugin directory would not take it; publish a package made by `tenon plugin pack`"

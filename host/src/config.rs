@@ -12,6 +12,7 @@
 //!
 //! [plugins.cpq-source]           # a plugin instance, named for flows to use
 //! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
+//! plugin = "cpq-source"          # optional: only this plugin (manifest `name`) runs in it
 //! config = { default_currency = "EUR" }
 //! digest = "sha256:..."          # optional: run this version only (as `tenon status` shows it)
 //!
@@ -36,7 +37,7 @@
 //!
 //! [trust]                        # signed plugins (see tenon_registry::trust)
 //! require_signatures = true      # every plugin must be signed by a key trusted for its name
-//! revoked_keys = ["5b1e0c7d9a3f2e41"]            # key ids (or keys) whose signatures are refused
+//! revoked_keys = ["5b1e0c7d9a3f2e41"]            # key ids (or keys) whose signatures are refused (needs require_signatures)
 //! revoked_digests = ["sha256:..."]               # versions refused whoever signed them
 //!
 //! [[trust.publishers]]
@@ -393,6 +394,15 @@ fn default_prefix() -> String {
 pub struct PluginEntry {
     /// The plugin directory (or its `plugin.toml`), relative to the config file.
     pub path: PathBuf,
+    /// The plugin this instance runs, by its manifest's `name`, e.g. `"acme-crm"`:
+    /// a version whose manifest names another plugin is refused before anything of it
+    /// is compiled, at start and on every load (reload, the watcher, promote,
+    /// rollback, a version from another node). It pins the instance's identity: the
+    /// trust policy says who may sign a name, this says which name runs here (with
+    /// this instance's config, flows and secrets). Without it, a new version must
+    /// have the name of the version live (or approved before a restart) in the instance.
+    #[serde(default)]
+    pub plugin: Option<String>,
     /// Configuration overriding the manifest's defaults.
     #[serde(default)]
     pub config: BTreeMap<String, ConfigValue>,
@@ -791,6 +801,21 @@ impl Config {
         if let Some((key, message)) = self.trust.problem() {
             return Err(self.error_at_key(key, format!("[trust]: {message}")));
         }
+        for (name, p) in &self.plugins {
+            let Some(plugin) = &p.plugin else { continue };
+            let ok = !plugin.is_empty()
+                && plugin
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                return Err(self.error_at_key(
+                    &format!("plugins.{name}"),
+                    format!(
+                        "field `plugins.{name}.plugin`: `{plugin}` is not a plugin name (a manifest's `name`: lower-case letters, digits and dashes)"
+                    ),
+                ));
+            }
+        }
         self.check_apis()?;
         for (flow, entry) in &self.flows {
             let anchor = match (&entry.source, entry.subscribe.first()) {
@@ -998,6 +1023,12 @@ impl Config {
         &self.text
     }
 
+    /// What in the config is allowed but does not do what it seems to, one line each
+    /// (`tenon check` prints them; a start and a reload log them).
+    pub fn warnings(&self) -> Vec<String> {
+        self.trust.warnings()
+    }
+
     /// A plugin entry's directory, resolved against the config file's directory.
     pub fn plugin_dir(&self, entry: &PluginEntry) -> PathBuf {
         let base = self.path.parent().unwrap_or(Path::new("."));
@@ -1088,6 +1119,49 @@ sink = "out"
                     .contains("[trust]: publisher `acme`: `prefixes`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_instance_may_be_bound_to_a_plugin_name() {
+        let bound = GOOD.replace(
+            "path = \"plugins/quote-to-order\"",
+            "path = \"plugins/quote-to-order\"\nplugin = \"quote-to-order\"",
+        );
+        let c = parse(&bound).unwrap();
+        assert_eq!(c.plugins["map"].plugin.as_deref(), Some("quote-to-order"));
+        assert_eq!(c.plugins["src"].plugin, None);
+        let err = parse(&bound.replace("plugin = \"quote-to-order\"", "plugin = \"Quote To\""))
+            .unwrap_err();
+        assert!(
+            err.line > 0
+                && err
+                    .to_string()
+                    .contains("field `plugins.map.plugin`: `Quote To` is not a plugin name"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn revoked_keys_without_required_signatures_warn() {
+        assert!(parse(GOOD).unwrap().warnings().is_empty());
+        let lax = parse(&format!(
+            "{GOOD}\n[trust]\nrevoked_keys = [\"0123456789abcdef\"]\nrevoked_digests = [\"SHA256:{}\"]\n",
+            "AB".repeat(32)
+        ))
+        .unwrap();
+        let warnings = lax.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("plugin.sig deleted"), "{warnings:?}");
+        // Upper case digests are read as the lower case digests versions have.
+        assert_eq!(
+            lax.trust.revoked_digests,
+            [format!("sha256:{}", "ab".repeat(32))]
+        );
+        let strict = parse(&format!(
+            "{GOOD}\n[trust]\nrequire_signatures = true\nrevoked_keys = [\"0123456789abcdef\"]\n"
+        ))
+        .unwrap();
+        assert!(strict.warnings().is_empty());
     }
 
     #[test]

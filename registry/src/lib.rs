@@ -775,6 +775,24 @@ impl Manifest {
                 ),
             ));
         }
+        // The directory's own files: a component by one of these names would be
+        // written over by (or write over) the manifest or the signature.
+        if [MANIFEST_FILE, SIGNATURE_FILE]
+            .iter()
+            .any(|reserved| self.component.as_os_str() == *reserved)
+        {
+            return Err(field(
+                "component",
+                format!(
+                    "`{}` is the name of the plugin directory's own {} file: name the component `<name>.wasm`",
+                    self.component.display(),
+                    match self.component.as_os_str() == MANIFEST_FILE {
+                        true => "manifest",
+                        false => "signature",
+                    }
+                ),
+            ));
+        }
         if let Some(digest) = &self.component_digest {
             let hex = digest.strip_prefix("sha256:").unwrap_or_default();
             if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -992,7 +1010,16 @@ http = ["http://*", "https://*.example.com"]
 
     #[test]
     fn a_component_is_a_plain_file_name() {
-        for bad in ["../other/x.wasm", "/etc/x.wasm", "sub/x.wasm", "..", ""] {
+        for bad in [
+            "../other/x.wasm",
+            "/etc/x.wasm",
+            "sub/x.wasm",
+            "..",
+            "",
+            "plugin.toml",
+            "plugin.sig",
+            "./plugin.sig",
+        ] {
             let err = parse(&SINK.replace("http_sink.wasm", bad)).unwrap_err();
             assert!(
                 err.to_string().contains("field `component`"),

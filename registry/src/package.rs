@@ -461,19 +461,19 @@ impl Package {
         tar.into_inner()?.flush()
     }
 
-    /// Write the package to the file `path`, atomically (a temporary file renamed).
+    /// Write the package to the file `path`, atomically: a new temporary file of a
+    /// random name beside it (see [`write_file_atomic`]), renamed into place.
     pub fn write(&self, path: &Path) -> Result<(), PackageError> {
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let tmp = dir.unwrap_or(Path::new(".")).join(format!(".{name}.tmp"));
-        let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut file = temporary(dir)?;
         self.write_to(&mut file)
-            .and_then(|()| file.sync_all())
-            .map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
+            .and_then(|()| file.as_file().sync_all())
+            .map_err(io(file.path()))?;
+        file.persist(path).map_err(|e| io(path)(e.error))?;
+        sync_dir(dir)
     }
 
     /// Read a package (an OCI image layout in a tar holding one image).
@@ -495,10 +495,22 @@ impl Package {
                 .path()
                 .map_err(|e| format(e.to_string()))?
                 .to_string_lossy()
-                .trim_start_matches("./")
-                .to_owned();
+                .into_owned();
+            // `./index.json`, `index.json` and `blobs//sha256/./x` name one file each.
+            let path = path
+                .split('/')
+                .filter(|part| !part.is_empty() && *part != ".")
+                .collect::<Vec<_>>()
+                .join("/");
             if !kind.is_file() {
                 return Err(format(format!("`{path}` is not a plain file")));
+            }
+            if files.contains_key(&path) {
+                // A tar read by another tool may take the first copy where this one
+                // would take the last: a package holds each file once.
+                return Err(format(format!(
+                    "`{path}` is in the package twice: a package holds each file once"
+                )));
             }
             let mut bytes = Vec::new();
             entry
@@ -541,15 +553,21 @@ impl Package {
     }
 
     /// Install the version into the plugin directory `dir`: the component, then the
-    /// signature (or no signature), then `plugin.toml`, each written to a temporary
-    /// file and renamed into place. The manifest goes last: it names its component,
-    /// so a watcher that reads the directory in between sees the old version or a
-    /// deploy under way, never a mix it would run.
+    /// signature (or no signature), then `plugin.toml`, each written to a new
+    /// temporary file ([`write_file_atomic`]: a random name, created exclusively, so
+    /// nothing planted in the directory is written through), flushed to disk and
+    /// renamed into place; the directory is flushed before the manifest is written
+    /// and after. The manifest goes last: it names its component
+    /// (`component_digest`), so a watcher that reads the directory in between, or a
+    /// start after a crash half way, sees the old version or a deploy under way,
+    /// never a mix it would run.
     pub fn install(&self, dir: &Path) -> Result<(), PackageError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
-        write_atomic(dir, &self.manifest.component, &self.component)?;
+        write_file_atomic(dir, &self.manifest.component, &self.component)?;
         match &self.signature {
-            Some(signature) => write_atomic(dir, Path::new(SIGNATURE_FILE), signature.as_bytes())?,
+            Some(signature) => {
+                write_file_atomic(dir, Path::new(SIGNATURE_FILE), signature.as_bytes())?
+            }
             None => {
                 let path = dir.join(SIGNATURE_FILE);
                 match std::fs::remove_file(&path) {
@@ -558,19 +576,45 @@ impl Package {
                 }
             }
         }
-        write_atomic(dir, Path::new(MANIFEST_FILE), self.manifest_text.as_bytes())
+        sync_dir(dir)?;
+        write_file_atomic(dir, Path::new(MANIFEST_FILE), self.manifest_text.as_bytes())?;
+        sync_dir(dir)
     }
 }
 
-/// Write `bytes` to `dir/name` through a temporary file renamed into place.
-fn write_atomic(dir: &Path, name: &Path, bytes: &[u8]) -> Result<(), PackageError> {
-    let tmp = dir.join(format!(".{}.tmp", name.display()));
+/// A new temporary file in `dir`: a random name, created exclusively (`O_EXCL`), so
+/// it is never a file or a symlink that was there already; removed unless persisted.
+fn temporary(dir: &Path) -> Result<tempfile::NamedTempFile, PackageError> {
+    tempfile::Builder::new()
+        .prefix(".tenon-")
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io(dir))
+}
+
+/// Write `bytes` to `dir/name` atomically: into a new temporary file of a random name
+/// in `dir` (created exclusively: nothing planted there is followed), flushed to disk,
+/// then renamed over `name` (a symlink at `name` is replaced, not followed). Flush
+/// `dir` afterwards for the rename itself to be durable.
+pub fn write_file_atomic(dir: &Path, name: &Path, bytes: &[u8]) -> Result<(), PackageError> {
     let path = dir.join(name);
-    let mut file = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut file = temporary(dir)?;
     file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io(&tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io(&path))
+        .and_then(|()| file.as_file().sync_all())
+        .map_err(io(file.path()))?;
+    file.persist(&path).map_err(|e| io(&path)(e.error))?;
+    Ok(())
+}
+
+/// Flush `dir`'s entries (the renames into it) to disk.
+pub fn sync_dir(dir: &Path) -> Result<(), PackageError> {
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// The hex of a `sha256:<hex>` digest.
@@ -705,6 +749,121 @@ mod tests {
         let installed = Package::from_dir(dir.path()).unwrap();
         assert_eq!(installed.digest(), package.digest());
         assert!(installed.signature().is_some());
+    }
+
+    /// The tar of `files` (path, bytes), in that order.
+    fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, bytes) in files {
+            let mut header = tar::Header::new_ustar();
+            header.set_size(bytes.len() as u64);
+            header.set_mode(0o644);
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_cksum();
+            tar.append_data(&mut header, path, bytes.as_slice())
+                .unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    /// The files of a package's tar, in order.
+    fn files_of(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut archive = tar::Archive::new(bytes);
+        archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let mut entry = entry.unwrap();
+                let path = entry.path().unwrap().to_string_lossy().into_owned();
+                let mut content = Vec::new();
+                entry.read_to_end(&mut content).unwrap();
+                (path, content)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_file_twice_in_a_package_is_refused() {
+        let package = Package::new(manifest(), EMPTY_COMPONENT.to_vec(), None).unwrap();
+        let mut bytes = Vec::new();
+        package.write_to(&mut bytes).unwrap();
+        let files = files_of(&bytes);
+        assert!(Package::read(tar_of(&files).as_slice()).is_ok());
+        // The same path again, spelt `./index.json`, or the exact same entry twice.
+        let index = files.iter().find(|(p, _)| p == "index.json").unwrap();
+        for again in [format!("./{}", index.0), index.0.clone()] {
+            let mut twice = files.clone();
+            twice.push((again.clone(), index.1.clone()));
+            let err = Package::read(tar_of(&twice).as_slice()).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("`index.json` is in the package twice"),
+                "{again}: {err}"
+            );
+        }
+        // A blob of another image under the same name, first or last: refused alike.
+        let other = Package::new(
+            manifest().replace("memory_mib = 32", "memory_mib = 16"),
+            EMPTY_COMPONENT.to_vec(),
+            None,
+        )
+        .unwrap();
+        let mut other_bytes = Vec::new();
+        other.write_to(&mut other_bytes).unwrap();
+        let other_index = files_of(&other_bytes)
+            .into_iter()
+            .find(|(p, _)| p == "index.json")
+            .unwrap();
+        let mut shadowed = files.clone();
+        shadowed.push(("./index.json".into(), other_index.1));
+        assert!(Package::read(tar_of(&shadowed).as_slice()).is_err());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn install_never_writes_through_what_is_planted_in_the_directory() {
+        let package = {
+            let mut p = Package::new(manifest(), EMPTY_COMPONENT.to_vec(), None).unwrap();
+            p.bind_component().unwrap();
+            p
+        };
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // Symlinks where a fixed temporary name would be, and where each file goes.
+        let mut victims = Vec::new();
+        for (i, name) in [
+            ".stamp.wasm.tmp",
+            ".plugin.toml.tmp",
+            ".plugin.sig.tmp",
+            "plugin.sig",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let victim = outside.path().join(format!("victim-{i}"));
+            std::fs::write(&victim, b"untouched").unwrap();
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+            victims.push(victim);
+        }
+        package.install(dir.path()).unwrap();
+        for victim in &victims {
+            assert_eq!(
+                std::fs::read(victim).unwrap(),
+                b"untouched",
+                "{} was written through a symlink",
+                victim.display()
+            );
+        }
+        let installed = Package::from_dir(dir.path()).unwrap();
+        assert_eq!(installed.digest(), package.digest());
+        assert!(!dir.path().join("plugin.sig").exists(), "unsigned");
+        // No temporary file is left behind.
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".tenon-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

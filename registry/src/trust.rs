@@ -17,6 +17,11 @@
 //! its signature, if any) before anything of it is compiled. A signature present is
 //! always checked, required or not: one that does not verify, or is for other files,
 //! or by a revoked key, is refused.
+//!
+//! Without `require_signatures`, an unsigned version is allowed: a version signed by a
+//! revoked key is then taken once its `plugin.sig` is deleted, so `revoked_keys` holds
+//! only with `require_signatures = true` ([`TrustPolicy::warnings`] says so). A revoked
+//! digest is refused either way.
 
 use crate::signing::{PublicKey, SignatureFile};
 use serde::Deserialize;
@@ -36,9 +41,16 @@ pub struct TrustPolicy {
     /// (`ed25519:...`).
     #[serde(default)]
     pub revoked_keys: Vec<RevokedKey>,
-    /// Versions refused whoever signed them, `sha256:...` (the version digest).
-    #[serde(default)]
+    /// Versions refused whoever signed them, `sha256:...` (the version digest),
+    /// read in lower case (as digests are computed), whatever case they are written in.
+    #[serde(default, deserialize_with = "lower_case")]
     pub revoked_digests: Vec<String>,
+}
+
+/// A list of strings, each in lower case.
+fn lower_case<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let list = Vec::<String>::deserialize(d)?;
+    Ok(list.into_iter().map(|s| s.to_ascii_lowercase()).collect())
 }
 
 /// `[[trust.publishers]]`: a publisher, its key, and the plugin names it may sign.
@@ -233,6 +245,18 @@ impl TrustPolicy {
             }
         }
         None
+    }
+
+    /// What in the policy does not do what it seems to: `revoked_keys` without
+    /// `require_signatures` (deleting a version's `plugin.sig` gets it past them).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if !self.revoked_keys.is_empty() && !self.require_signatures {
+            warnings.push(
+                "[trust] revoked_keys without require_signatures = true: a version signed by a revoked key is refused, but the same version with its plugin.sig deleted is taken unsigned; set require_signatures = true (revoked_digests hold either way)".to_owned(),
+            );
+        }
+        warnings
     }
 
     /// Decide on the version `digest` of the plugin named `name` (its manifest's
@@ -438,6 +462,33 @@ mod tests {
     }
 
     #[test]
+    fn revoked_digests_in_upper_case_still_match() {
+        let acme = SecretKey::generate().unwrap();
+        let upper = format!("SHA256:{}", D1["sha256:".len()..].to_ascii_uppercase());
+        let mixed = D1.replace("1111", "AAAA");
+        let text = format!("revoked_digests = [\"{upper}\", \"{mixed}\"]\n");
+        let p: TrustPolicy = toml::from_str(&text).unwrap();
+        assert_eq!(p.problem(), None);
+        assert_eq!(
+            p.revoked_digests,
+            [D1.to_owned(), mixed.to_ascii_lowercase()]
+        );
+        let good = acme.sign("acme", D1).to_json();
+        let p = TrustPolicy {
+            publishers: policy(&acme).publishers,
+            ..p
+        };
+        assert!(matches!(
+            check(&p, "acme-crm", D1, Some(&good)),
+            Err(TrustError::RevokedDigest { .. })
+        ));
+        assert!(matches!(
+            check(&p, "acme-crm", D1, None),
+            Err(TrustError::RevokedDigest { .. })
+        ));
+    }
+
+    #[test]
     fn the_policy_reads_from_toml() {
         let key = SecretKey::generate().unwrap().public();
         let text = format!(
@@ -448,6 +499,14 @@ mod tests {
         assert_eq!(p.problem(), None);
         let bad = text.replace(&key.to_string(), "ed25519:nope");
         assert!(toml::from_str::<TrustPolicy>(&bad).is_err());
+        assert!(p.warnings().is_empty());
+        let lax = text.replace("require_signatures = true", "require_signatures = false");
+        let lax: TrustPolicy = toml::from_str(&lax).unwrap();
+        assert!(
+            lax.warnings()[0].contains("revoked_keys without require_signatures"),
+            "{:?}",
+            lax.warnings()
+        );
         let empty = text.replace("[\"acme-\"]", "[]");
         assert!(
             toml::from_str::<TrustPolicy>(&empty)

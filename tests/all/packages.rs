@@ -487,7 +487,25 @@ sink = "erp-sink"
     assert_eq!(live["signer"], format!("acme (key {acme_id})").as_str());
     assert_eq!(stamped(&tenon, &erp, "Q-P0002").await, "B");
 
-    // A digest pin: exactly A again.
+    // A digest pin: exactly A again, a lower version than B: only on purpose.
+    let out = refused(
+        dir,
+        &[
+            "plugin",
+            "install",
+            &pins[0],
+            "--dir",
+            "plugins/stamp",
+            "--key",
+            "acme.key.pub",
+        ],
+    );
+    assert!(
+        out.contains("nothing installed")
+            && out.contains("holds version 2.0.0, a higher one: --allow-downgrade"),
+        "{out}"
+    );
+    assert_eq!(stamp_status(&tenon).await["digest"], b.as_str());
     let out = ok(
         dir,
         &[
@@ -498,6 +516,7 @@ sink = "erp-sink"
             "plugins/stamp",
             "--key",
             "acme.key.pub",
+            "--allow-downgrade",
         ],
     );
     assert!(out.contains(&format!("installed stamp 1.0.0 {a}")), "{out}");
@@ -780,4 +799,327 @@ sink = "erp-sink"
     }
     assert_eq!(stamp_status(&tenon).await["digest"], b.as_str());
     drop(registry);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn install_checks_which_plugin_and_which_version_it_writes() {
+    let registry = tokio::task::spawn_blocking(RegistryServer::start)
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("a real registry is needed (scripts/registry/install.sh): {e}"));
+    let host = registry.host();
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let (acme, _) = keygen(dir, "acme");
+    let publish = |fixture: &str, file: &str, sign: bool, target: &str| {
+        ok(
+            dir,
+            &["plugin", "pack", &format!("plugins/{fixture}"), "-o", file],
+        );
+        if sign {
+            ok(
+                dir,
+                &[
+                    "plugin",
+                    "sign",
+                    file,
+                    "--key",
+                    "acme.key",
+                    "--publisher",
+                    "acme",
+                ],
+            );
+        }
+        ok(
+            dir,
+            &["plugin", "publish", file, &format!("oci://{host}/{target}")],
+        );
+    };
+    publish("stamp-a", "a.tar", true, "acme/stamp:1.0.0");
+    publish("stamp-b", "b.tar", true, "acme/stamp:2.0.0");
+    publish("stamp-a", "a.tar", true, "acme/stamp:3.0.0");
+    publish("stamp-a", "a.tar", true, "acme/crm:1.0.0");
+    publish("stamp-b", "unsigned.tar", false, "acme/stamp:unsigned");
+    // A policy that does not require signatures.
+    std::fs::write(
+        dir.join("lax.toml"),
+        format!(
+            "[[trust.publishers]]\nname = \"acme\"\nkey = \"{acme}\"\nprefixes = [\"stamp\"]\n"
+        ),
+    )
+    .unwrap();
+    let install = |reference: &str, into: &str, extra: &[&str]| {
+        let reference = format!("oci://{host}/{reference}");
+        let mut args = vec![
+            "plugin",
+            "install",
+            reference.as_str(),
+            "--dir",
+            into,
+            "--config",
+            "lax.toml",
+        ];
+        args.extend_from_slice(extra);
+        tenon_in(dir, &args)
+    };
+    let refused_with = |(ok, out, err): (bool, String, String), why: &str| {
+        assert!(!ok, "installed, but should not have: {out}{err}");
+        assert!(
+            err.contains("nothing installed") && err.contains(why),
+            "{why}: {out}{err}"
+        );
+    };
+    let manifest = |into: &str| {
+        tenon_registry::Manifest::load(&dir.join(into).join("plugin.toml"))
+            .map(|m| (m.name, m.version))
+            .ok()
+    };
+
+    // An exact version tag that is not the version in it.
+    refused_with(
+        install("acme/stamp:3.0.0", "crm", &[]),
+        "it is tagged 3.0.0 but its plugin.toml says version 1.0.0",
+    );
+    assert_eq!(manifest("crm"), None, "nothing written");
+
+    // A repository holds the plugin it is named for, unless --name says which.
+    refused_with(
+        install("acme/crm:1.0.0", "crm", &[]),
+        "it is plugin `stamp`, but the repository is `acme/crm`",
+    );
+    refused_with(
+        install("acme/crm:1.0.0", "crm", &["--name", "crm"]),
+        "it is plugin `stamp`, not `crm` (--name)",
+    );
+    let (installed, out, err) = install("acme/crm:1.0.0", "crm", &["--name", "stamp"]);
+    assert!(installed, "{out}{err}");
+    assert_eq!(manifest("crm"), Some(("stamp".into(), "1.0.0".into())));
+
+    // A plugin directory keeps its plugin.
+    refused_with(
+        install("acme/stamp:2.0.0", "plugins/misbehave", &[]),
+        "plugins/misbehave holds plugin `misbehave`",
+    );
+    assert_eq!(
+        manifest("plugins/misbehave"),
+        Some(("misbehave".into(), "0.1.0".into()))
+    );
+
+    // Up is fine; down only on purpose.
+    let (installed, out, err) = install("acme/stamp:2", "crm", &[]);
+    assert!(installed && out.contains("(tag 2.0.0)"), "{out}{err}");
+    refused_with(
+        install("acme/stamp:1.0.0", "crm", &[]),
+        "holds version 2.0.0, a higher one: --allow-downgrade",
+    );
+    assert_eq!(manifest("crm"), Some(("stamp".into(), "2.0.0".into())));
+    let (installed, out, err) = install("acme/stamp:1.0.0", "crm", &["--allow-downgrade"]);
+    assert!(installed, "{out}{err}");
+    assert_eq!(manifest("crm"), Some(("stamp".into(), "1.0.0".into())));
+
+    // From a registry, a signature is required even where the policy does not require
+    // one, unless the operator says otherwise.
+    refused_with(install("acme/stamp:unsigned", "lax", &[]), "is not signed");
+    assert_eq!(manifest("lax"), None);
+    let (installed, out, err) = install("acme/stamp:unsigned", "lax", &["--allow-unsigned"]);
+    assert!(installed && out.contains("signer   unsigned"), "{out}{err}");
+    assert!(!dir.join("lax/plugin.sig").exists());
+    drop(registry);
+}
+
+/// Sign the plugin directory `dir` in place with `key` as `publisher`.
+fn sign_dir(dir: &Path, key: &tenon_registry::SecretKey, publisher: &str) {
+    let mut package = tenon_registry::Package::from_dir(dir).unwrap();
+    package.sign(key, publisher);
+    std::fs::write(dir.join("plugin.sig"), package.signature().unwrap()).unwrap();
+}
+
+/// `fixture`'s version as `name`, bound to its component and signed: installed into
+/// `into`. Its version digest.
+fn signed_version(
+    ws: &Workspace,
+    fixture: &str,
+    name: &str,
+    key: &tenon_registry::SecretKey,
+    publisher: &str,
+    into: &Path,
+) -> String {
+    let original =
+        tenon_registry::Package::from_dir(&ws.path().join("plugins").join(fixture)).unwrap();
+    let text = original
+        .manifest_text()
+        .replace("name = \"stamp\"", &format!("name = \"{name}\""));
+    let mut package =
+        tenon_registry::Package::new(text, original.component().to_vec(), None).unwrap();
+    package.bind_component().unwrap();
+    package.sign(key, publisher);
+    package.install(into).unwrap();
+    package.digest()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_of_another_plugin_never_takes_an_instance_however_well_signed() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let dir = ws.path();
+    let key = || tenon_registry::SecretKey::generate().unwrap();
+    let (acme, globex, first_party) = (key(), key(), key());
+    for plugin in ["cpq-source", "http-sink"] {
+        sign_dir(&dir.join("plugins").join(plugin), &first_party, "tenon");
+    }
+    let live_dir = dir.join("plugins/stamp");
+    let a = signed_version(&ws, "stamp-a", "stamp", &acme, "acme", &live_dir);
+    // Globex is trusted for `globex-*`, and signs a plugin of that name: B's code.
+    let evil_dir = dir.join("evil");
+    let evil = signed_version(&ws, "stamp-b", "globex-evil", &globex, "globex", &evil_dir);
+    let config = |binding: &str| {
+        format!(
+            r#"
+[trust]
+require_signatures = true
+
+[[trust.publishers]]
+name = "acme"
+key = "{}"
+prefixes = ["stamp"]
+
+[[trust.publishers]]
+name = "globex"
+key = "{}"
+prefixes = ["globex-"]
+
+[[trust.publishers]]
+name = "tenon"
+key = "{}"
+prefixes = ["cpq-", "http-"]
+
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.stamp]
+path = "plugins/stamp"
+{binding}
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[flows.stamped]
+source = "cpq-source"
+steps = ["stamp"]
+sink = "erp-sink"
+"#,
+            acme.public(),
+            globex.public(),
+            first_party.public(),
+            erp.orders_url()
+        )
+    };
+    ws.write_config(&config(""));
+    let tenon = Tenon::start(&ws);
+    assert_eq!(stamp_status(&tenon).await["digest"], a.as_str());
+    assert_eq!(stamped(&tenon, &erp, "Q-I0001").await, "A");
+
+    // Globex's plugin dropped into the stamp instance's directory: validly signed by a
+    // key trusted for its name, and refused, before compiling, for being another plugin.
+    drop_files(&evil_dir, &live_dir, true);
+    let why = "its manifest names plugin `globex-evil`, but instance `stamp` runs plugin `stamp`";
+    let status = wait_status(&tenon, "another plugin refused", |s| {
+        s["refused"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(why))
+    })
+    .await;
+    let reason = status["refused"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("refused before compiling")
+            && reason.contains("an instance keeps the plugin of the version live in it"),
+        "{reason}"
+    );
+    assert_eq!(status["digest"], a.as_str(), "the live version stays");
+    assert_eq!(stamped(&tenon, &erp, "Q-I0002").await, "A");
+    let (ok_audit, out, err) =
+        tenon.cli(&["audit", "--plugin", "stamp", "--limit", "1000", "--json"]);
+    assert!(ok_audit, "{err}");
+    let records: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        records.iter().any(|r| r["capability"] == "identity"
+            && r["decision"] == "deny"
+            && r["digest"] == evil.as_str()
+            && r["target"] == "globex-evil"),
+        "no audited refusal: {out}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["digest"] == evil.as_str() && r["capability"] == "link"),
+        "nothing of it is linked: {out}"
+    );
+    drop(tenon);
+
+    // A restart does not take it either: the instance keeps the plugin approved in it.
+    let check = |binding: &str| {
+        ws.write_config(&config(binding));
+        let data = ws.data_dir();
+        tenon_in(
+            dir,
+            &[
+                "check",
+                "--config",
+                "tenon.toml",
+                "--data-dir",
+                data.to_str().unwrap(),
+            ],
+        )
+    };
+    let (started, out, err) = check("");
+    assert!(!started, "{out}");
+    assert!(
+        err.contains(why) && err.contains("approved in it before this start"),
+        "{err}"
+    );
+    // The config binds an instance to its plugin from the first load on ...
+    let (started, out, err) = check("plugin = \"stamp\"");
+    assert!(!started, "{out}");
+    assert!(
+        err.contains(why) && err.contains("`plugin = \"stamp\"` in [plugins.stamp]"),
+        "{err}"
+    );
+    // ... and is how an operator says that another plugin runs there.
+    let (started, out, err) = check("plugin = \"globex-evil\"");
+    assert!(started, "{out}{err}");
+    assert!(
+        out.contains(&format!("plugin stamp: transform 2.0.0 {evil}")),
+        "{out}"
+    );
+}
+
+#[test]
+fn check_warns_of_revoked_keys_that_a_deleted_signature_gets_past() {
+    let ws = Workspace::new();
+    let dir = ws.path();
+    ws.write_config(
+        "[trust]\nrevoked_keys = [\"0123456789abcdef\"]\n[plugins.stamp]\npath = \"plugins/stamp-a\"\n",
+    );
+    let data = ws.data_dir();
+    let args = [
+        "check",
+        "--config",
+        "tenon.toml",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    let (checked, out, err) = tenon_in(dir, &args);
+    assert!(checked, "{out}{err}");
+    assert!(
+        err.contains("revoked_keys without require_signatures = true"),
+        "{err}"
+    );
+    ws.write_config(
+        "[trust]\nrequire_signatures = false\n[plugins.stamp]\npath = \"plugins/stamp-a\"\n",
+    );
+    let (checked, out, err) = tenon_in(dir, &args);
+    assert!(checked, "{out}{err}");
+    assert!(!err.contains("revoked_keys"), "{err}");
 }

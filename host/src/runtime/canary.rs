@@ -39,9 +39,17 @@ impl Runtime {
         let (candidate_root, shown) = self.candidate_dir(candidate)?;
         // Both versions read the instance's own key-value data; neither writes it
         // (a canary's writes are never committed).
+        // A candidate of this instance is a version of its plugin.
         let load = |location: Location<'_>| {
-            super::lifecycle::load_plugin_at(&self.config(), self.engine(), name, name, location)
-                .map_err(|e| LifecycleError::Refused(format!("{e:#}")))
+            super::lifecycle::load_plugin_at(
+                &self.config(),
+                self.engine(),
+                name,
+                name,
+                location,
+                self.keep(name),
+            )
+            .map_err(|e| LifecycleError::Refused(format!("{e:#}")))
         };
         let live_digest = self
             .plugin(name)

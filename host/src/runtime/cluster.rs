@@ -288,6 +288,7 @@ impl Runtime {
                 &name,
                 &name,
                 Location::Path(&dir),
+                runtime.keep(&name),
             )
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| {

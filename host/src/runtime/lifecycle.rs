@@ -11,7 +11,7 @@ use super::slots::Reload;
 use crate::config::Config;
 use crate::model::now_ms;
 use crate::sandbox::engine::Engine;
-use crate::sandbox::plugin::{Plugin, PluginSettings};
+use crate::sandbox::plugin::{Identity, Plugin, PluginSettings};
 use crate::store::StoreError;
 use anyhow::Context as _;
 use std::collections::BTreeMap;
@@ -27,13 +27,19 @@ struct Candidate {
     flows: BTreeMap<String, Flow>,
 }
 
-/// Load the plugin instance `name` of `config` from its directory.
-pub(crate) fn load_plugin(config: &Config, engine: &Engine, name: &str) -> anyhow::Result<Plugin> {
+/// Load the plugin instance `name` of `config` from its directory; unless the config
+/// binds the instance to a plugin, a version of the plugin `keep` names only.
+pub(crate) fn load_plugin(
+    config: &Config,
+    engine: &Engine,
+    name: &str,
+    keep: Option<Identity>,
+) -> anyhow::Result<Plugin> {
     let entry = config
         .plugins
         .get(name)
         .with_context(|| format!("no plugin named `{name}`"))?;
-    load_plugin_from(config, engine, name, name, &config.plugin_dir(entry))
+    load_plugin_from(config, engine, name, name, &config.plugin_dir(entry), keep)
 }
 
 /// Load the version in `dir` with the settings of plugin instance `name`, as instance
@@ -44,8 +50,35 @@ pub(crate) fn load_plugin_from(
     name: &str,
     as_name: &str,
     dir: &Path,
+    keep: Option<Identity>,
 ) -> anyhow::Result<Plugin> {
-    load_plugin_at(config, engine, name, as_name, Location::Path(dir))
+    load_plugin_at(config, engine, name, as_name, Location::Path(dir), keep)
+}
+
+/// The plugin instance `name` keeps: that of `live`, the version live in it.
+pub(crate) fn keep_live(name: &str, live: &Plugin) -> Identity {
+    Identity {
+        name: live.manifest().name.clone(),
+        because: format!(
+            "an instance keeps the plugin of the version live in it ({}); to run another plugin in it, say so in its config entry (`plugin = \"<name>\"` in [plugins.{name}], or another `path`)",
+            live.digest()
+        ),
+    }
+}
+
+/// The plugin instance `name` keeps across a restart: that of the version approved in
+/// it before (`digest`), as its archived manifest names it; `None` when the archive
+/// does not have it.
+pub(crate) fn keep_approved(data_dir: &Path, name: &str, digest: &str) -> Option<Identity> {
+    let manifest = archive_dir(data_dir, name, digest).join(tenon_registry::MANIFEST_FILE);
+    let text = std::fs::read_to_string(&manifest).ok()?;
+    let parsed = tenon_registry::Manifest::parse(&manifest, &text).ok()?;
+    Some(Identity {
+        name: parsed.name,
+        because: format!(
+            "an instance keeps the plugin of the version approved in it before this start ({digest}); to run another plugin in it, say so in its config entry (`plugin = \"<name>\"` in [plugins.{name}])"
+        ),
+    })
 }
 
 /// Where a version's files are: a path, or a directory already opened (a candidate,
@@ -59,18 +92,31 @@ pub(crate) enum Location<'a> {
 }
 
 /// Load the version at `location` with the settings of plugin instance `name`, as
-/// instance `as_name`.
+/// instance `as_name`. The version must be of the plugin the config binds the
+/// instance to (`[plugins.<name>] plugin`) or, without a binding, of the plugin
+/// `keep` names (the version live in the instance): checked before compiling.
 pub(crate) fn load_plugin_at(
     config: &Config,
     engine: &Engine,
     name: &str,
     as_name: &str,
     location: Location<'_>,
+    keep: Option<Identity>,
 ) -> anyhow::Result<Plugin> {
     let entry = config
         .plugins
         .get(name)
         .with_context(|| format!("no plugin named `{name}`"))?;
+    let identity = match &entry.plugin {
+        Some(bound) => Some(Identity {
+            name: bound.clone(),
+            because: format!(
+                "`plugin = \"{bound}\"` in [plugins.{name}] of {} binds it",
+                config.path.display()
+            ),
+        }),
+        None => keep,
+    };
     let settings = PluginSettings {
         config: entry
             .config
@@ -92,6 +138,7 @@ pub(crate) fn load_plugin_at(
             .collect::<anyhow::Result<_>>()?,
         outbound: entry.outbound,
         trust: config.trust.clone(),
+        identity,
     };
     let (plugin, dir) = match location {
         Location::Path(dir) => (Plugin::load(engine, as_name, dir, &settings)?, dir),
@@ -178,7 +225,17 @@ impl Runtime {
                 {
                     continue;
                 }
-                let plugin = load_plugin(&new, &self.engine, name)
+                // The same directory keeps its plugin; a new `path` (or a `plugin`
+                // binding) is the operator saying which plugin the instance runs.
+                let same_dir = old
+                    .plugins
+                    .get(name)
+                    .is_some_and(|e| old.plugin_dir(e) == new.plugin_dir(entry));
+                let keep = self
+                    .plugin(name)
+                    .filter(|_| same_dir)
+                    .map(|live| keep_live(name, &live));
+                let plugin = load_plugin(&new, &self.engine, name, keep)
                     .map_err(|e| format!("plugin `{name}`: {e:#}"))?;
                 if let Some(live) = self
                     .plugin(name)
@@ -233,6 +290,9 @@ impl Runtime {
                         Reload::Held { digest, widening } => self.held(&name, &digest, &widening),
                         _ => self.record_approved(&name, &approved),
                     }
+                }
+                for warning in new.warnings() {
+                    tracing::warn!(config = %path.display(), "{warning}");
                 }
                 *self.config.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(new);
                 *self.flows.write().unwrap_or_else(PoisonError::into_inner) = flows;
@@ -313,8 +373,14 @@ impl Runtime {
     /// it live. Blocking (it may compile): call it off the async workers. Messages
     /// already leased finish on the version they started with.
     pub fn reload_plugin(&self, name: &str) -> Result<Reload, LifecycleError> {
-        let loaded = load_plugin(&self.config(), &self.engine, name).map_err(|e| format!("{e:#}"));
+        let loaded = load_plugin(&self.config(), &self.engine, name, self.keep(name))
+            .map_err(|e| format!("{e:#}"));
         self.swap_in(name, loaded, false)
+    }
+
+    /// The plugin instance `name` keeps: that of its live version.
+    pub(crate) fn keep(&self, name: &str) -> Option<Identity> {
+        self.plugin(name).map(|live| keep_live(name, &live))
     }
 
     /// What the watcher does when a plugin's files change: [`Runtime::reload_plugin`],
@@ -322,7 +388,7 @@ impl Runtime {
     /// it a deploy under way cannot be told from a finished one, so such a version is
     /// refused here and only loads by an operator's explicit reload or promotion.
     pub fn reload_watched(&self, name: &str) -> Result<Reload, LifecycleError> {
-        let loaded = load_plugin(&self.config(), &self.engine, name)
+        let loaded = load_plugin(&self.config(), &self.engine, name, self.keep(name))
             .map_err(|e| format!("{e:#}"))
             .and_then(|plugin| match plugin.manifest().component_digest {
                 Some(_) => Ok(plugin),
@@ -432,8 +498,15 @@ impl Runtime {
             .plugins
             .get(name)
             .ok_or_else(|| LifecycleError::UnknownPlugin(name.to_owned()))?;
-        let loaded = load_plugin_at(&config, self.engine(), name, name, location)
-            .map_err(|e| LifecycleError::Refused(format!("{e:#}")))?;
+        let loaded = load_plugin_at(
+            &config,
+            self.engine(),
+            name,
+            name,
+            location,
+            self.keep(name),
+        )
+        .map_err(|e| LifecycleError::Refused(format!("{e:#}")))?;
         loaded.write_files(&config.plugin_dir(entry)).map_err(|e| {
             LifecycleError::Refused(format!("cannot write the plugin directory: {e}"))
         })?;

@@ -160,19 +160,35 @@ impl Runtime {
         let store = open_store(&config, &node)?;
         let engine = Engine::new(node.clone(), store.clone(), data_dir)?;
         let mut plugins = BTreeMap::new();
+        for warning in config.warnings() {
+            tracing::warn!(config = %config.path.display(), "{warning}");
+        }
         for name in config.plugins.keys() {
-            let loaded = load_plugin(&config, &engine, name)
+            // A restart does not take a version of another plugin than the one approved
+            // in the instance before (one the watcher refused, say): the instance keeps
+            // its plugin unless the config says otherwise.
+            let approved = node.approved(name)?;
+            let keep = approved
+                .as_ref()
+                .and_then(|a| lifecycle::keep_approved(data_dir, name, &a.digest));
+            let loaded = load_plugin(&config, &engine, name, keep.clone())
                 .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
             lifecycle::archive(data_dir, &loaded);
             // A version that widens the grants of the one approved before does not go
-            // live because the process restarted: the approved one runs, it waits.
-            let (live, waiting) = match node.approved(name)? {
+            // live because the process restarted: the approved one runs, it waits. (A
+            // version of another plugin, which the config's binding let in, is the
+            // operator's choice: the one approved before is not its measure.)
+            let same_plugin = keep
+                .as_ref()
+                .is_none_or(|k| k.name == loaded.manifest().name);
+            let (live, waiting) = match approved {
                 Some(approved)
                     if approved.digest != loaded.digest()
+                        && same_plugin
                         && !loaded.grants().widening(&approved.grants).is_empty() =>
                 {
                     let dir = lifecycle::archive_dir(data_dir, name, &approved.digest);
-                    let live = load_plugin_from(&config, &engine, name, name, &dir)
+                    let live = load_plugin_from(&config, &engine, name, name, &dir, None)
                         .with_context(|| {
                             format!(
                                 "plugin `{name}`: the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",

@@ -3,6 +3,12 @@
 //! message and keeps it to the end, so a message is processed wholly by one version;
 //! the next lease gets whatever is live then.
 //!
+//! **An instance keeps its plugin.** A new version must be of the plugin (manifest
+//! `name`) live in the slot, or of the one the config binds the instance to
+//! (`[plugins.<name>] plugin`): loading checks that before compiling, and a swap
+//! checks it again. Only a config change (another `path`, a `plugin` binding) runs
+//! another plugin in an instance.
+//!
 //! **Grant changes are approved.** A new version whose grants are wider than the live
 //! one's (an origin, a literal address, a secret, kv, a larger limit) is not swapped
 //! in: it waits, shown by `tenon status`, until an operator approves it (`tenon plugin
@@ -184,6 +190,19 @@ impl PluginSlots {
                 "the new version is a {} plugin; `{name}` is a {} plugin in its flows",
                 candidate.kind(),
                 slot.live.kind()
+            );
+            slot.refused = Some(Refusal {
+                at_ms: now_ms(),
+                reason: reason.clone(),
+            });
+            return Err(LifecycleError::Refused(reason));
+        }
+        if candidate.manifest().name != slot.live.manifest().name {
+            // Loading checks it before compiling; this is the slot's own guard.
+            let reason = format!(
+                "the new version is plugin `{}`; `{name}` runs plugin `{}`: an instance keeps its plugin",
+                candidate.manifest().name,
+                slot.live.manifest().name
             );
             slot.refused = Some(Refusal {
                 at_ms: now_ms(),

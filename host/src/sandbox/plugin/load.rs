@@ -54,6 +54,24 @@ pub enum LoadError {
         /// Why, and what to do.
         reason: Box<tenon_registry::TrustError>,
     },
+    /// The version is of another plugin than the one the instance runs (its
+    /// manifest's `name`): the config binds the instance to a plugin, or the version
+    /// live in it is another. Nothing of it was compiled.
+    #[error(
+        "plugin `{name}` ({path}): refused before compiling: its manifest names plugin `{found}`, but instance `{name}` runs plugin `{expected}`: {because}"
+    )]
+    Identity {
+        /// The plugin instance name.
+        name: String,
+        /// The manifest.
+        path: PathBuf,
+        /// The name its manifest gives.
+        found: String,
+        /// The name the instance runs.
+        expected: String,
+        /// What settles that, and what to do.
+        because: String,
+    },
     /// The component does not compile, or does not fit its world and grants.
     #[error("plugin `{name}` ({path}): {message}")]
     Component {
@@ -137,6 +155,29 @@ impl Plugin {
         };
         let version = version_digest(text.as_bytes(), &wasm);
         let shown = base.join(sig_file).display().to_string();
+        if let Some(identity) = &settings.identity
+            && identity.name != manifest.name
+        {
+            let refusal = LoadError::Identity {
+                name: name.to_owned(),
+                path: manifest_path,
+                found: manifest.name.clone(),
+                expected: identity.name.clone(),
+                because: identity.because.clone(),
+            };
+            engine.audit().record(AuditRecord {
+                seq: 0,
+                at_ms: crate::model::now_ms(),
+                plugin: name.to_owned(),
+                digest: version.clone(),
+                key: None,
+                capability: "identity".into(),
+                target: manifest.name.clone(),
+                decision: Decision::Deny,
+                reason: Some(refusal.to_string()),
+            });
+            return Err(refusal);
+        }
         let decided = settings.trust.check(
             &manifest.name,
             &version,

@@ -51,6 +51,21 @@ pub struct PluginSettings {
     /// Whose signatures are trusted for which names (`[trust]`): checked before
     /// anything of a version is compiled.
     pub trust: tenon_registry::TrustPolicy,
+    /// The plugin (manifest `name`) a version must be to load into this instance, when
+    /// that is settled: checked before anything of it is compiled.
+    pub identity: Option<Identity>,
+}
+
+/// The plugin an instance runs, and what settles it: the config's binding
+/// (`[plugins.<name>] plugin`), or the version live in the instance. A version of
+/// another plugin, however well signed, never gets the instance's config, flows and
+/// secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The plugin's name (a manifest's `name`).
+    pub name: String,
+    /// What settles it, and how an operator changes it, for the refusal.
+    pub because: String,
 }
 
 enum Pre {
