@@ -273,6 +273,7 @@ pub async fn replay(
 /// `tenon keys ...`.
 pub async fn keys(admin: &Admin, action: KeysAction) -> anyhow::Result<ExitCode> {
     match action {
+        KeysAction::Generate(args) => crate::packages::keygen(args),
         KeysAction::Create { scopes, name } => {
             let scopes = scopes
                 .iter()

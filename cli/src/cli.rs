@@ -172,7 +172,8 @@ pub enum Command {
         #[command(subcommand)]
         action: DlqAction,
     },
-    /// Create, list and revoke the API keys of a running server.
+    /// Create, list and revoke the API keys of a running server (and, offline,
+    /// `generate` a key pair to sign plugins with).
     ///
     /// Scopes: `ingest:<source>` or `ingest:*` (post to sources), `api:<name>` or
     /// `api:*` (call the synchronous APIs), `admin:read`,
@@ -205,6 +206,9 @@ pub enum KeysAction {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Not an API key: an ed25519 key pair to sign plugins with, offline (the same as
+    /// `tenon plugin keygen`).
+    Generate(crate::packages::KeygenArgs),
 }
 
 /// What to do with a plugin or its versions.
