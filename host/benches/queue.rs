@@ -8,15 +8,28 @@
 //! - `lease`: the time a lease takes with 100 and with 100,000 messages queued, half of
 //!   them waiting behind one hot business key (a lease must not grow with the queue).
 //!
+//! - `sweep` and `dlq_list`: one retention and idempotency sweep pass with nothing to
+//!   remove, and listing the 50 oldest dead letters, with 100 and with 100,000 records
+//!   in each table the sweep and the listing touch (outcomes, idempotency records,
+//!   dead letters): neither may grow with the tables. On redb's in-memory backend:
+//!   the sweep's durable commit costs the same at any size, and its fsync, on a
+//!   shared disk, varies more than the whole of the sweep's own work. Beside them,
+//!   `commit_us`: a write with nothing in it through the same committer, the floor
+//!   of a sweep pass (what the sweep adds is the difference).
+//!
 //! Prints `bench: queue_vs_raw_redb <ratio> x` (target >= 0.5),
-//! `bench: lease_100k_vs_100 <ratio> x` (target close to 1) and the figures behind them.
+//! `bench: lease_100k_vs_100 <ratio> x`, `bench: sweep_100k_vs_100 <ratio> x` and
+//! `bench: dlq_list_100k_vs_100 <ratio> x` (targets close to 1) and the figures behind
+//! them.
 
 use redb::{Database, TableDefinition};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use std::time::Instant;
-use tenon::model::{Envelope, StoredMessage};
+use tenon::model::{Envelope, IdempotencyClaim, Outcome, OutcomeKind, StoredMessage, now_ms};
 use tenon::store::redb::RedbStore;
-use tenon::store::{NodeDb, Store};
+use tenon::store::{Completion, KvNamespace, NodeDb, Store};
 
 const MESSAGES: usize = 20_000;
 const PRODUCERS: usize = 256;
@@ -99,6 +112,16 @@ fn main() -> anyhow::Result<()> {
     tenon_testkit::bench::line("lease_us_at_100_queued", small as f64, "us", 1);
     tenon_testkit::bench::line("lease_us_at_100k_queued", large as f64, "us", 1);
     tenon_testkit::bench::line("lease_100k_vs_100", (large / small) as f64, "x", 2);
+
+    let [small, large] = rt.block_on(tables_micros([100, 100_000]))?;
+    tenon_testkit::bench::line("sweep_us_100", small.sweep, "us", 1);
+    tenon_testkit::bench::line("sweep_us_100k", large.sweep, "us", 1);
+    tenon_testkit::bench::line("sweep_100k_vs_100", large.sweep / small.sweep, "x", 2);
+    tenon_testkit::bench::line("commit_us_100", small.commit, "us", 1);
+    tenon_testkit::bench::line("commit_us_100k", large.commit, "us", 1);
+    tenon_testkit::bench::line("dlq_list_us_100", small.list, "us", 1);
+    tenon_testkit::bench::line("dlq_list_us_100k", large.list, "us", 1);
+    tenon_testkit::bench::line("dlq_list_100k_vs_100", large.list / small.list, "x", 2);
     Ok(())
 }
 
@@ -129,4 +152,157 @@ async fn lease_micros(path: &std::path::Path, depth: usize) -> anyhow::Result<f6
         anyhow::ensure!(lease.is_some(), "a ready message was not leased");
     }
     Ok(started.elapsed().as_secs_f64() * 1e6 / LEASES.min(depth / 2) as f64)
+}
+
+/// The median time of one sweep pass, of an empty write and of one listing, in
+/// microseconds.
+struct Tables {
+    sweep: f64,
+    commit: f64,
+    list: f64,
+}
+
+/// For each size, a store whose tables hold that many idempotency records, outcomes
+/// and dead letters; then, passes of the stores in turn (so that what else the
+/// machine does weighs on both alike): the time of a sweep that removes nothing
+/// (everything is recent and unexpired), of a write with nothing in it, and of listing
+/// the 50 oldest dead letters.
+async fn tables_micros<const N: usize>(sizes: [usize; N]) -> anyhow::Result<[Tables; N]> {
+    const PASSES: usize = 51;
+    const PAGE: usize = 50;
+    let mut stores = Vec::with_capacity(N);
+    for records in sizes {
+        stores.push(filled(records).await?);
+    }
+    let empty: Vec<_> = stores
+        .iter()
+        .map(|store| KvNamespace::new(Arc::new(store.clone()), "bench", None).writes())
+        .collect();
+    let mut times = vec![[const { Vec::new() }; 3]; N];
+    for _ in 0..PASSES {
+        for (((store, records), empty), [sweeps, commits, lists]) in
+            stores.iter().zip(sizes).zip(&empty).zip(&mut times)
+        {
+            let started = Instant::now();
+            store.sweep(Duration::from_secs(3600)).await?;
+            sweeps.push(started.elapsed().as_secs_f64() * 1e6);
+            let started = Instant::now();
+            store.kv_commit(empty).await?;
+            commits.push(started.elapsed().as_secs_f64() * 1e6);
+            let started = Instant::now();
+            let page = first_dead_letters(store, PAGE).await?;
+            lists.push(started.elapsed().as_secs_f64() * 1e6);
+            anyhow::ensure!(page.len() == PAGE.min(records), "a short page");
+            anyhow::ensure!(
+                page.windows(2)
+                    .all(|w| w[0].outcome.at_ms <= w[1].outcome.at_ms),
+                "oldest first"
+            );
+        }
+    }
+    for (store, records) in stores.iter().zip(sizes) {
+        anyhow::ensure!(
+            first_dead_letters(store, records).await?.len() == records,
+            "the sweep removed nothing"
+        );
+    }
+    let median = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    let mut times = times.into_iter();
+    Ok(std::array::from_fn(|_| {
+        let [sweeps, commits, lists] = times.next().unwrap_or_default();
+        Tables {
+            sweep: median(sweeps),
+            commit: median(commits),
+            list: median(lists),
+        }
+    }))
+}
+
+/// A store (on redb's in-memory backend) with `records` idempotency records, outcomes
+/// and dead letters: each message enqueued with its own claim, then dead-lettered, by
+/// concurrent writers as ingress and workers would.
+async fn filled(records: usize) -> anyhow::Result<RedbStore> {
+    const WRITERS: usize = 64;
+    let memory = redb::backends::InMemoryBackend::new();
+    let store = RedbStore::open(&NodeDb::open_with_backend(memory)?)?;
+    let queue = "quote-to-order/0";
+    let letter = |i: usize| {
+        let mut e = keyed(i, format!("Q-{i:06}"));
+        e.message.body.truncate(512);
+        e
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            for i in (w..records).step_by(WRITERS) {
+                let claim = IdempotencyClaim {
+                    scope: "cpq-source".into(),
+                    key: format!("K-{i:06}"),
+                    payload: format!("sha256:{i:064}"),
+                    expires_ms: now_ms() + 3_600_000,
+                };
+                store
+                    .enqueue(vec![(queue.into(), letter(i))], Some(claim))
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let taken = Arc::new(AtomicUsize::new(0));
+    for _ in 0..WRITERS {
+        let (store, taken) = (store.clone(), taken.clone());
+        tasks.spawn(async move {
+            while taken.fetch_add(1, Ordering::Relaxed) < records {
+                let lease = store
+                    .lease(queue, Duration::from_secs(5), Duration::from_secs(60))
+                    .await?
+                    .ok_or_else(|| anyhow::anyhow!("a queued message was not leased"))?;
+                let e = &lease.envelope;
+                let dead = Outcome {
+                    id: e.message.id.clone(),
+                    root: e.root.clone(),
+                    flow: e.flow.clone(),
+                    key: e.message.key.clone(),
+                    kind: e.message.kind.clone(),
+                    plugin: "quote-to-order".into(),
+                    trail: vec![],
+                    attempts: vec![],
+                    at_ms: now_ms(),
+                    result: OutcomeKind::DeadLetter {
+                        error: "invalid: no price list for the customer".into(),
+                    },
+                    accepted_ms: e.accepted_ms,
+                    root_kind: e.root_kind.clone(),
+                    trace_id: String::new(),
+                };
+                store
+                    .complete(lease, Completion::Finish(Box::new(dead)), None)
+                    .await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    anyhow::ensure!(
+        store.depths().await?.get(queue).copied().unwrap_or(0) == 0,
+        "every message was dead-lettered"
+    );
+    Ok(store)
+}
+
+/// The `limit` oldest dead letters (the first page of the listing).
+async fn first_dead_letters(
+    store: &RedbStore,
+    limit: usize,
+) -> anyhow::Result<Vec<tenon::model::DeadLetter>> {
+    Ok(store.dead_letters_page(None, limit).await?)
 }

@@ -105,6 +105,27 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// Every dead letter, oldest first.
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError>;
 
+    /// Up to `limit` dead letters, oldest first (by their outcome's `at_ms`, then
+    /// their id): from the oldest, or after the letter `after` names by that `at_ms`
+    /// and its id (the last one of the previous page). The default reads them all; a
+    /// store with a time index (redb) reads only the page.
+    async fn dead_letters_page(
+        &self,
+        after: Option<(u64, &MessageId)>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut all = self.dead_letters().await?;
+        all.sort_by(|a, b| {
+            (a.outcome.at_ms, a.outcome.id.as_str()).cmp(&(b.outcome.at_ms, b.outcome.id.as_str()))
+        });
+        let start = after.map_or(0, |(at_ms, id)| {
+            all.partition_point(|d| {
+                (d.outcome.at_ms, d.outcome.id.as_str()) <= (at_ms, id.as_str())
+            })
+        });
+        Ok(all.into_iter().skip(start).take(limit).collect())
+    }
+
     /// One dead letter.
     async fn dead_letter(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError>;
 

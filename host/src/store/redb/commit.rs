@@ -4,13 +4,14 @@
 //! fsync; no writer is answered before its data is durable, and a failed commit
 //! fails every write in it (nothing in it was acknowledged).
 
+use super::by_time;
 use super::events::{self, EVENTS};
 use super::index::Index;
 use super::kv::{apply_kv, kv_over_quota};
-use super::{DEAD, IDEMPOTENCY, OUTCOMES, QUEUE, decode, encode};
+use super::{IDEMPOTENCY, QUEUE, decode, encode};
 use crate::model::{
-    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, Outcome,
-    OutcomeKind, now_ms, queue_name,
+    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, OutcomeKind,
+    now_ms, queue_name,
 };
 use crate::store::node::META;
 use crate::store::{Completion, Enqueued, KvWrites, NodeDb, StoreError};
@@ -20,8 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use tokio::sync::{Notify, oneshot};
 
-/// Most outcomes or events one sweep removes (the next sweep takes the rest).
-const MAX_SWEEP: usize = 50_000;
+/// Most outcomes, events or idempotency records one sweep removes (the next sweep
+/// takes the rest).
+pub(super) const MAX_SWEEP: usize = 50_000;
 
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -83,7 +85,7 @@ pub(super) enum Write {
     },
     /// Key-value writes outside a step.
     Kv(KvWrites),
-    /// Forget idempotency records that expired before this time.
+    /// Forget idempotency records that expired at or before this time.
     Sweep {
         now_ms: u64,
         /// Outcomes and events from before this time go.
@@ -261,28 +263,30 @@ fn apply_one(
     match write {
         Write::Enqueue { items, claim, log } => {
             if let Some(claim) = claim {
-                let mut records = txn.open_table(IDEMPOTENCY)?;
-                let earlier = records
-                    .get((claim.scope.as_str(), claim.key.as_str()))?
+                let slot = (claim.scope.as_str(), claim.key.as_str());
+                let earlier = txn
+                    .open_table(IDEMPOTENCY)?
+                    .get(slot)?
                     .map(|v| decode::<IdempotencyRecord>(v.value()))
-                    .transpose()?
-                    .filter(|r| r.expires_ms > now_ms());
-                if let Some(earlier) = earlier {
-                    return Ok(if earlier.payload == claim.payload {
-                        Applied::Claimed(Enqueued::Duplicate(earlier.ids))
-                    } else {
-                        Applied::Claimed(Enqueued::Conflict)
-                    });
+                    .transpose()?;
+                match earlier {
+                    Some(earlier) if earlier.expires_ms > now_ms() => {
+                        return Ok(if earlier.payload == claim.payload {
+                            Applied::Claimed(Enqueued::Duplicate(earlier.ids))
+                        } else {
+                            Applied::Claimed(Enqueued::Conflict)
+                        });
+                    }
+                    // Expired (not swept yet): the key is free, its record replaced.
+                    earlier => {
+                        let record = IdempotencyRecord {
+                            payload: claim.payload.clone(),
+                            ids: items.iter().map(|(_, e)| e.message.id.clone()).collect(),
+                            expires_ms: claim.expires_ms,
+                        };
+                        by_time::put_idempotency(txn, slot, &record, earlier.as_ref())?;
+                    }
                 }
-                let record = IdempotencyRecord {
-                    payload: claim.payload.clone(),
-                    ids: items.iter().map(|(_, e)| e.message.id.clone()).collect(),
-                    expires_ms: claim.expires_ms,
-                };
-                records.insert(
-                    (claim.scope.as_str(), claim.key.as_str()),
-                    encode(&record)?.as_slice(),
-                )?;
             }
             if *log {
                 let accepted = items.iter().map(|(_, e)| {
@@ -302,17 +306,13 @@ fn apply_one(
             )?
         }
         Write::Redrive { id } => {
-            let mut dead = txn.open_table(DEAD)?;
-            let Some(letter) = dead
-                .remove(id.as_str())?
-                .map(|v| decode::<DeadLetter>(v.value()))
-            else {
+            let Some(letter) = by_time::take_dead(txn, id)? else {
                 return Ok(Applied::Missing);
             };
-            let mut envelope = letter?.envelope;
+            let mut envelope = letter.envelope;
             envelope.attempts.clear();
             envelope.not_before_ms = 0;
-            txn.open_table(OUTCOMES)?.remove(id.as_str())?;
+            by_time::remove_outcome(txn, id)?;
             let Some(stage) = envelope.route.get(envelope.stage as usize) else {
                 return Ok(Applied::Missing);
             };
@@ -324,7 +324,7 @@ fn apply_one(
             )?;
         }
         Write::Discard { id } => {
-            if txn.open_table(DEAD)?.remove(id.as_str())?.is_none() {
+            if by_time::take_dead(txn, id)?.is_none() {
                 return Ok(Applied::Missing);
             }
         }
@@ -335,20 +335,8 @@ fn apply_one(
             apply_kv(txn, writes)?;
         }
         Write::Sweep { now_ms, before_ms } => {
-            let mut outcomes = txn.open_table(OUTCOMES)?;
-            let mut old = Vec::new();
-            for entry in outcomes.iter()? {
-                let (k, v) = entry?;
-                if decode::<Outcome>(v.value())?.at_ms < *before_ms {
-                    old.push(k.value().to_owned());
-                }
-                if old.len() >= MAX_SWEEP {
-                    break;
-                }
-            }
-            for id in &old {
-                outcomes.remove(id.as_str())?;
-            }
+            // Outcomes and idempotency records: the head of their time indexes.
+            let swept = by_time::sweep(txn, *now_ms, *before_ms, MAX_SWEEP)?;
             // The log is in time order: drop its head up to the first recent event.
             let mut log = txn.open_table(EVENTS)?;
             let mut head = Vec::new();
@@ -359,21 +347,15 @@ fn apply_one(
                 }
                 head.push(k.value());
             }
-            for offset in head {
-                log.remove(offset)?;
+            for offset in &head {
+                log.remove(*offset)?;
             }
-            let mut records = txn.open_table(IDEMPOTENCY)?;
-            let mut expired = Vec::new();
-            for entry in records.iter()? {
-                let (k, v) = entry?;
-                if decode::<IdempotencyRecord>(v.value())?.expires_ms <= *now_ms {
-                    let (scope, key) = k.value();
-                    expired.push((scope.to_owned(), key.to_owned()));
-                }
-            }
-            for (scope, key) in &expired {
-                records.remove((scope.as_str(), key.as_str()))?;
-            }
+            tracing::debug!(
+                outcomes = swept.outcomes,
+                idempotency = swept.idempotency,
+                events = head.len(),
+                "swept"
+            );
         }
         Write::Complete {
             slot,
@@ -445,8 +427,7 @@ fn apply_one(
                             envelope,
                             outcome: outcome.as_ref().clone(),
                         };
-                        txn.open_table(DEAD)?
-                            .insert(outcome.id.as_str(), encode(&dead)?.as_slice())?;
+                        by_time::put_dead(txn, &dead)?;
                     }
                     if let OutcomeKind::Rejected { reasons } = &outcome.result {
                         let rejected = EventBody::Rejected {
@@ -458,8 +439,7 @@ fn apply_one(
                         };
                         events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
                     }
-                    txn.open_table(OUTCOMES)?
-                        .insert(outcome.id.as_str(), encode(outcome.as_ref())?.as_slice())?;
+                    by_time::put_outcome(txn, outcome)?;
                 }
             }
         }

@@ -11,7 +11,12 @@
 //!   durable transaction for all the writes waiting, each answered only once durable.
 //!   A step's completion removes its input and writes its outputs, outcome or retry,
 //!   its key-value writes and its events in that one transaction.
+//! - Outcomes, dead letters and idempotency records each have a time-ordered index
+//!   (`by_time.rs`), kept in the same transaction as the record: the retention and
+//!   idempotency sweeps read only the head they remove, and the dead-letter listing
+//!   only the page it returns, however large the tables.
 
+mod by_time;
 mod commit;
 mod events;
 mod index;
@@ -67,7 +72,8 @@ pub struct RedbStore {
 }
 
 impl RedbStore {
-    /// The store in this node's database (its tables created if new).
+    /// The store in this node's database (its tables created if new, the time indexes
+    /// of a database from before them built).
     pub fn open(node: &NodeDb) -> Result<RedbStore, StoreError> {
         create_tables(node)?;
         let index = Arc::new(Mutex::new(load_index(node)?));
@@ -353,14 +359,15 @@ impl Store for RedbStore {
     }
 
     async fn dead_letters(&self) -> Result<Vec<DeadLetter>, StoreError> {
-        let txn = self.read()?;
-        let table = txn.open_table(DEAD)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            out.push(decode::<DeadLetter>(entry?.1.value())?);
-        }
-        out.sort_by_key(|d| d.outcome.at_ms);
-        Ok(out)
+        by_time::dead_page(&self.read()?, None, usize::MAX)
+    }
+
+    async fn dead_letters_page(
+        &self,
+        after: Option<(u64, &MessageId)>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        by_time::dead_page(&self.read()?, after, limit)
     }
 
     async fn dead_letter(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
@@ -441,6 +448,13 @@ fn create_tables(node: &NodeDb) -> Result<(), StoreError> {
     txn.open_table(EVENTS)?;
     txn.open_table(kv::KV)?;
     txn.open_table(kv::KV_USAGE)?;
+    for (table, entries) in by_time::build(&txn)? {
+        tracing::info!(
+            table,
+            entries,
+            "built the time index of a table written without one"
+        );
+    }
     txn.commit()?;
     Ok(())
 }

@@ -500,3 +500,385 @@ async fn a_waiting_lease_wakes_on_new_work_and_when_a_retry_comes_due() {
         "waited {waited:?} for a retry due in 200 ms"
     );
 }
+
+/// End message `id` (alone in `f/s`) with an outcome at `at_ms`: a dead letter or
+/// consumed.
+async fn end(store: &RedbStore, id: &str, at_ms: u64, dead: bool) {
+    put(store, vec![("f/s".into(), envelope(id, id))])
+        .await
+        .unwrap();
+    let lease = take(store, "f/s").await.unwrap();
+    assert_eq!(lease.envelope.message.id, id);
+    let result = if dead {
+        OutcomeKind::DeadLetter {
+            error: "invalid: no".into(),
+        }
+    } else {
+        OutcomeKind::Consumed
+    };
+    let outcome = Outcome {
+        id: id.into(),
+        root: id.into(),
+        flow: "f".into(),
+        key: id.into(),
+        kind: "QuoteApproved".into(),
+        plugin: "s".into(),
+        accepted_ms: 0,
+        root_kind: String::new(),
+        trace_id: String::new(),
+        trail: vec![],
+        attempts: vec![],
+        at_ms,
+        result,
+    };
+    finish(store, lease, Completion::Finish(Box::new(outcome)))
+        .await
+        .unwrap();
+}
+
+fn claim(key: &str, expires_ms: u64) -> IdempotencyClaim {
+    IdempotencyClaim {
+        scope: "cpq".into(),
+        key: key.into(),
+        payload: format!("sha256:{key}"),
+        expires_ms,
+    }
+}
+
+/// The ids in a table of `&str` keys, sorted.
+fn ids(store: &RedbStore, table: TableDefinition<&str, &[u8]>) -> Vec<String> {
+    let txn = store.read().unwrap();
+    let table = txn.open_table(table).unwrap();
+    let mut ids: Vec<String> = table
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().0.value().to_owned())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The idempotency keys kept, sorted.
+fn keys(store: &RedbStore) -> Vec<String> {
+    let txn = store.read().unwrap();
+    let table = txn.open_table(IDEMPOTENCY).unwrap();
+    let mut keys: Vec<String> = table
+        .iter()
+        .unwrap()
+        .map(|entry| entry.unwrap().0.value().1.to_owned())
+        .collect();
+    keys.sort();
+    keys
+}
+
+/// Each time index holds exactly one entry per record of its table, with the record's
+/// time.
+fn assert_indexes_match(store: &RedbStore) {
+    let txn = store.read().unwrap();
+    let mut expected = Vec::new();
+    for entry in txn.open_table(OUTCOMES).unwrap().iter().unwrap() {
+        let outcome: Outcome = decode(entry.unwrap().1.value()).unwrap();
+        expected.push((outcome.at_ms, outcome.id.to_string()));
+    }
+    let indexed: Vec<(u64, String)> = txn
+        .open_table(by_time::OUTCOMES_BY_TIME)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (k, _) = entry.unwrap();
+            let (at_ms, id) = k.value();
+            (at_ms, id.to_owned())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(indexed, expected, "outcomes by time");
+
+    let mut expected = Vec::new();
+    for entry in txn.open_table(DEAD).unwrap().iter().unwrap() {
+        let letter: DeadLetter = decode(entry.unwrap().1.value()).unwrap();
+        expected.push((letter.outcome.at_ms, letter.outcome.id.to_string()));
+    }
+    let indexed: Vec<(u64, String)> = txn
+        .open_table(by_time::DEAD_BY_TIME)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (k, _) = entry.unwrap();
+            let (at_ms, id) = k.value();
+            (at_ms, id.to_owned())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(indexed, expected, "dead letters by time");
+
+    let mut expected = Vec::new();
+    for entry in txn.open_table(IDEMPOTENCY).unwrap().iter().unwrap() {
+        let (k, v) = entry.unwrap();
+        let (scope, key) = k.value();
+        let record: IdempotencyRecord = decode(v.value()).unwrap();
+        expected.push((record.expires_ms, scope.to_owned(), key.to_owned()));
+    }
+    let indexed: Vec<(u64, String, String)> = txn
+        .open_table(by_time::IDEMPOTENCY_BY_EXPIRY)
+        .unwrap()
+        .iter()
+        .unwrap()
+        .map(|entry| {
+            let (k, _) = entry.unwrap();
+            let (expires_ms, scope, key) = k.value();
+            (expires_ms, scope.to_owned(), key.to_owned())
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(indexed, expected, "idempotency records by expiry");
+}
+
+fn letter_ids(letters: &[DeadLetter]) -> Vec<&str> {
+    letters.iter().map(|d| d.outcome.id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn a_sweep_removes_exactly_the_old_outcomes_and_the_expired_records() {
+    let (_dir, q) = open();
+    let now = now_ms();
+    let hour = 3_600_000;
+    // Ids out of time order, so the id order is not the time order.
+    for (id, at_ms) in [
+        ("c-old", now - 3 * hour),
+        ("a-recent", now - 1000),
+        ("d-old", now - 2 * hour),
+        ("b-edge", now - hour + 60_000),
+    ] {
+        end(&q, id, at_ms, false).await;
+    }
+    end(&q, "e-dead-old", now - 5 * hour, true).await;
+    for (key, expires_ms) in [
+        ("k-expired", now - 1),
+        ("k-live", now + hour),
+        ("a-expired", now - hour),
+        ("z-live", now + 60_000),
+    ] {
+        claimed(
+            &q,
+            vec![("f/0".into(), envelope(key, key))],
+            claim(key, expires_ms),
+        )
+        .await
+        .unwrap();
+    }
+    assert_indexes_match(&q);
+
+    q.sweep(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        ids(&q, OUTCOMES),
+        ["a-recent", "b-edge"],
+        "the outcomes older than the retention went, the rest stayed"
+    );
+    assert_eq!(
+        keys(&q),
+        ["k-live", "z-live"],
+        "only the expired records went"
+    );
+    assert_eq!(
+        letter_ids(&q.dead_letters().await.unwrap()),
+        ["e-dead-old"],
+        "dead letters stay until redriven or discarded"
+    );
+    assert_indexes_match(&q);
+
+    // Nothing else is old: another pass removes nothing.
+    q.sweep(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(ids(&q, OUTCOMES), ["a-recent", "b-edge"]);
+    assert_eq!(keys(&q), ["k-live", "z-live"]);
+}
+
+#[tokio::test]
+async fn a_sweep_pass_takes_at_most_its_bound_oldest_first() {
+    let (_dir, q) = open();
+    let now = now_ms();
+    for (i, id) in ["e", "d", "c", "b", "a"].into_iter().enumerate() {
+        end(&q, id, now - 10_000 + i as u64, false).await;
+        claimed(
+            &q,
+            vec![("f/0".into(), envelope(&format!("m-{id}"), id))],
+            claim(id, now - 10_000 + i as u64),
+        )
+        .await
+        .unwrap();
+    }
+    let sweep = |most| {
+        let txn = q.node.db().begin_write().unwrap();
+        let swept = by_time::sweep(&txn, now, now, most).unwrap();
+        txn.commit().unwrap();
+        swept
+    };
+    let swept = sweep(2);
+    assert_eq!((swept.outcomes, swept.idempotency), (2, 2));
+    assert_eq!(
+        ids(&q, OUTCOMES),
+        ["a", "b", "c"],
+        "the two oldest went first"
+    );
+    assert_eq!(keys(&q), ["a", "b", "c"]);
+    assert_indexes_match(&q);
+    let swept = sweep(10);
+    assert_eq!((swept.outcomes, swept.idempotency), (3, 3));
+    assert!(ids(&q, OUTCOMES).is_empty() && keys(&q).is_empty());
+    assert_eq!(sweep(10), by_time::Swept::default());
+    assert_indexes_match(&q);
+}
+
+#[tokio::test]
+async fn the_indexes_follow_overwrites_discards_and_redrives() {
+    let (_dir, q) = open();
+    let now = now_ms();
+    // An expired key claimed again: its record (and its index entry) is replaced.
+    claimed(
+        &q,
+        vec![("f/0".into(), envelope("m1", "k"))],
+        claim("K", now - 1),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        claimed(
+            &q,
+            vec![("f/0".into(), envelope("m2", "k"))],
+            claim("K", now + 60_000)
+        )
+        .await
+        .unwrap(),
+        Enqueued::Committed
+    );
+    assert_indexes_match(&q);
+    q.sweep(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(
+        keys(&q),
+        ["K"],
+        "the live record is not swept by its old expiry"
+    );
+
+    // Dead letters in time order, whatever their ids.
+    end(&q, "d3", now - 3000, true).await;
+    end(&q, "d1", now - 1000, true).await;
+    end(&q, "d2", now - 2000, true).await;
+    end(&q, "c1", now - 2500, false).await;
+    assert_indexes_match(&q);
+    let all = q.dead_letters().await.unwrap();
+    assert_eq!(letter_ids(&all), ["d3", "d2", "d1"], "oldest first");
+    let first = q.dead_letters_page(None, 2).await.unwrap();
+    assert_eq!(letter_ids(&first), ["d3", "d2"]);
+    let last = &first[1].outcome;
+    let next = q
+        .dead_letters_page(Some((last.at_ms, &last.id)), 2)
+        .await
+        .unwrap();
+    assert_eq!(letter_ids(&next), ["d1"], "the page after the cursor");
+
+    // A discard forgets the letter (its outcome stays), a redrive the letter and
+    // its outcome.
+    assert!(q.discard(&"d2".into()).await.unwrap());
+    assert!(q.redrive(&"d3".into()).await.unwrap());
+    assert_indexes_match(&q);
+    assert_eq!(letter_ids(&q.dead_letters().await.unwrap()), ["d1"]);
+    assert_eq!(ids(&q, OUTCOMES), ["c1", "d1", "d2"]);
+
+    // The redriven message dies again, later: a new entry, at its new time.
+    let lease = take(&q, "f/s").await.unwrap();
+    assert_eq!(lease.envelope.message.id, "d3");
+    let again = Outcome {
+        at_ms: now,
+        ..q.dead_letter(&"d1".into()).await.unwrap().unwrap().outcome
+    };
+    let again = Outcome {
+        id: "d3".into(),
+        root: "d3".into(),
+        ..again
+    };
+    finish(&q, lease, Completion::Finish(Box::new(again)))
+        .await
+        .unwrap();
+    assert_eq!(letter_ids(&q.dead_letters().await.unwrap()), ["d1", "d3"]);
+    assert_indexes_match(&q);
+
+    // An outcome written again for the same id (the later one wins) keeps one entry.
+    end(&q, "c1", now - 100, false).await;
+    assert_indexes_match(&q);
+    q.sweep(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(
+        ids(&q, OUTCOMES),
+        ["c1", "d3"],
+        "swept by their latest time: c1 is recent now"
+    );
+    assert_indexes_match(&q);
+}
+
+#[tokio::test]
+async fn a_database_written_without_the_indexes_gets_them_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    let hour = 3_600_000;
+    {
+        let q = reopen(dir.path());
+        end(&q, "b-old", now - 2 * hour, false).await;
+        end(&q, "a-new", now - 1000, false).await;
+        end(&q, "z-dead", now - 3 * hour, true).await;
+        end(&q, "y-dead", now - 1000, true).await;
+        end(&q, "x-dead", now - 2 * hour, true).await;
+        for (key, expires_ms) in [("old", now - 1), ("live", now + hour)] {
+            claimed(
+                &q,
+                vec![("f/0".into(), envelope(key, key))],
+                claim(key, expires_ms),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    // As a database from before the indexes: the tables without them.
+    {
+        let node = NodeDb::open(dir.path()).unwrap();
+        let txn = node.db().begin_write().unwrap();
+        assert!(txn.delete_table(by_time::OUTCOMES_BY_TIME).unwrap());
+        assert!(txn.delete_table(by_time::DEAD_BY_TIME).unwrap());
+        assert!(txn.delete_table(by_time::IDEMPOTENCY_BY_EXPIRY).unwrap());
+        txn.commit().unwrap();
+    }
+    let q = reopen(dir.path());
+    assert_indexes_match(&q);
+    assert_eq!(
+        letter_ids(&q.dead_letters_page(None, 2).await.unwrap()),
+        ["z-dead", "x-dead"]
+    );
+    q.sweep(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(ids(&q, OUTCOMES), ["a-new", "y-dead"]);
+    assert_eq!(keys(&q), ["live"]);
+    assert_indexes_match(&q);
+    drop(q);
+
+    // An index missing entries (written since by a binary that did not keep it) is
+    // built again; intact ones are left as they are.
+    {
+        let node = NodeDb::open(dir.path()).unwrap();
+        let txn = node.db().begin_write().unwrap();
+        txn.open_table(by_time::DEAD_BY_TIME)
+            .unwrap()
+            .pop_first()
+            .unwrap()
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let q = reopen(dir.path());
+    assert_indexes_match(&q);
+    assert_eq!(
+        letter_ids(&q.dead_letters().await.unwrap()),
+        ["z-dead", "x-dead", "y-dead"]
+    );
+    let txn = q.node.db().begin_write().unwrap();
+    assert!(
+        by_time::build(&txn).unwrap().is_empty(),
+        "nothing to build once built"
+    );
+}
