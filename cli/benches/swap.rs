@@ -1,9 +1,10 @@
-//! Hot swap under load, in one run: the stamping transform (two versions, A and B)
-//! between the CPQ source and the HTTP sink, fed by concurrent producers at full
-//! speed.
+//! Hot swap under load, in one run: the real quote-to-order mapping between the CPQ
+//! source and the HTTP sink, fed by concurrent producers at full speed, swapped between
+//! two versions: A (the shipped one) and B (the same code as another component: a
+//! custom section appended, so its first swap compiles it; its manifest names it).
 //!
 //! - `swap_throughput_ratio`: orders delivered per second during a window in which
-//!   the transform is swapped every 250 ms, over the same in a steady window (target
+//!   the mapping is swapped every 250 ms, over the same in a steady window (target
 //!   >= 0.9).
 //! - `swap_live_ms`: from writing the new version's files to it being live, both
 //!   for a version compiled before (the cache) and for the first swap of a version
@@ -28,45 +29,101 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(run())
 }
 
-fn install(dir: &Path, wasm: &[u8], version: &str) -> anyhow::Result<()> {
-    std::fs::write(dir.join("stamp.wasm"), wasm)?;
-    std::fs::write(
-        dir.join("plugin.toml"),
-        format!(
-            "name = \"stamp\"\nversion = \"{version}\"\nkind = \"transform\"\nworld = \"tenon:plugin/transform@0.1.0\"\ncomponent = \"stamp.wasm\"\n"
-        ),
-    )?;
-    Ok(())
+/// A version of the mapping: its manifest (naming its component, as a hot deploy
+/// must) and its component.
+struct Version {
+    manifest: String,
+    wasm: Vec<u8>,
+}
+
+impl Version {
+    fn new(shipped_manifest: &str, wasm: Vec<u8>, version: &str) -> Version {
+        let mut manifest: Vec<String> = Vec::new();
+        for line in shipped_manifest.lines() {
+            let key = line.split('=').next().unwrap_or_default().trim();
+            match key {
+                "version" => manifest.push(format!("version = \"{version}\"")),
+                "component_digest" => {}
+                "component" => {
+                    manifest.push(line.to_owned());
+                    manifest.push(format!(
+                        "component_digest = \"{}\"",
+                        tenon::model::digest(&wasm)
+                    ));
+                }
+                _ => manifest.push(line.to_owned()),
+            }
+        }
+        Version {
+            manifest: manifest.join("\n") + "\n",
+            wasm,
+        }
+    }
+
+    fn digest(&self) -> String {
+        tenon::sandbox::plugin::version_digest(self.manifest.as_bytes(), &self.wasm)
+    }
+
+    /// The component first, then the manifest that names it: the watcher sees the
+    /// version whole.
+    fn install(&self, dir: &Path) -> anyhow::Result<()> {
+        std::fs::write(dir.join("quote_to_order.wasm"), &self.wasm)?;
+        std::fs::write(dir.join("plugin.toml"), &self.manifest)?;
+        Ok(())
+    }
+}
+
+/// The same component with a custom section appended: another digest, the same code.
+fn with_custom_section(wasm: &[u8], name: &str) -> Vec<u8> {
+    let leb = |mut n: usize| {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    };
+    let mut payload = leb(name.len());
+    payload.extend_from_slice(name.as_bytes());
+    payload.extend_from_slice(b"swap bench");
+    let mut out = wasm.to_vec();
+    out.push(0);
+    out.extend(leb(payload.len()));
+    out.extend(payload);
+    out
 }
 
 async fn run() -> anyhow::Result<()> {
     let erp = MockErp::start().await?;
     let dir = tempfile::tempdir()?;
     tenon_cli::artifacts::extract_first_party(&dir.path().join("plugins"))?;
-    let fixture = |name: &str| -> anyhow::Result<Vec<u8>> {
-        let (_, _, wasm) = tenon_cli::artifacts::FIXTURES
-            .iter()
-            .find(|(n, _, _)| *n == name)
-            .ok_or_else(|| anyhow::anyhow!("no fixture {name}"))?;
-        Ok(std::fs::read(wasm)?)
-    };
-    let (a, b) = (fixture("stamp-a")?, fixture("stamp-b")?);
-    let stamp_dir = dir.path().join("plugins/stamp");
-    std::fs::create_dir_all(&stamp_dir)?;
-    install(&stamp_dir, &a, "1.0.0")?;
+    let mapping_dir = dir.path().join("plugins/quote-to-order");
+    let shipped = std::fs::read_to_string(mapping_dir.join("plugin.toml"))?;
+    let component = std::fs::read(mapping_dir.join("quote_to_order.wasm"))?;
+    let a = Version::new(&shipped, component.clone(), "0.1.0");
+    let b = Version::new(
+        &shipped,
+        with_custom_section(&component, "tenon-swap-bench"),
+        "0.1.1",
+    );
+    a.install(&mapping_dir)?;
     let config_text = format!(
         r#"
 [plugins.cpq-source]
 path = "plugins/cpq-source"
-[plugins.stamp]
-path = "plugins/stamp"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
 [plugins.erp-sink]
 path = "plugins/http-sink"
 config = {{ url = "{}" }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
-[flows.stamped]
+[flows.quote-to-order]
 source = "cpq-source"
-steps = ["stamp"]
+steps = ["quote-to-order"]
 sink = "erp-sink"
 concurrency = 16
 "#,
@@ -92,7 +149,10 @@ concurrency = 16
                 // Keep the backlog bounded: the producers wait for the pipeline.
                 let depth = async || {
                     let depths = runtime.store().depths().await.unwrap_or_default();
-                    depths.get("stamped/0").copied().unwrap_or(0)
+                    depths
+                        .get("quote-to-order/quote-to-order")
+                        .copied()
+                        .unwrap_or(0)
                 };
                 while depth().await > 200 && !stop.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(2)).await;
@@ -126,22 +186,29 @@ concurrency = 16
     tokio::time::sleep(WINDOW).await;
     let steady = rate(&erp, w);
 
-    // Swap window: a new version every 250 ms, alternating A and B.
-    let digest = |bytes: &[u8]| tenon::model::digest(bytes);
+    // Swap window: a new version every 250 ms, alternating B and A.
     let mut live_ms = Vec::new();
     let w = window(&erp);
     let end = Instant::now() + WINDOW;
     let mut next_is_b = true;
     while Instant::now() < end {
-        let (wasm, version) = if next_is_b {
-            (&b, "2.0.0")
-        } else {
-            (&a, "1.0.0")
-        };
-        let want = digest(wasm);
+        let version = if next_is_b { &b } else { &a };
+        let want = version.digest();
         let written = Instant::now();
-        install(&stamp_dir, wasm, version)?;
-        while runtime.plugin("stamp").map(|p| p.digest().to_owned()) != Some(want.clone()) {
+        version.install(&mapping_dir)?;
+        while runtime
+            .plugin("quote-to-order")
+            .map(|p| p.digest().to_owned())
+            != Some(want.clone())
+        {
+            anyhow::ensure!(
+                written.elapsed() < Duration::from_secs(30),
+                "version {want} not live after 30 s: {:?}",
+                runtime
+                    .plugin_status()
+                    .into_iter()
+                    .find(|s| s.name == "quote-to-order")
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         live_ms.push(written.elapsed().as_secs_f64() * 1000.0);

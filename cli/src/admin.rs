@@ -315,15 +315,30 @@ pub async fn keys(admin: &Admin, action: KeysAction) -> anyhow::Result<ExitCode>
 pub async fn dlq(admin: &Admin, action: DlqAction) -> anyhow::Result<ExitCode> {
     match action {
         DlqAction::List => {
-            let letters: api::DeadLetters = admin.get("/v1/dlq").await?;
-            if letters.dead_letters.is_empty() {
-                println!("no dead letters");
+            let mut path = "/v1/dlq".to_owned();
+            let mut any = false;
+            loop {
+                let page: api::DeadLetters = admin.get(&path).await?;
+                for l in &page.dead_letters {
+                    any = true;
+                    println!(
+                        "{}  flow={} stage={} plugin={} attempts={}  {}",
+                        l.id, l.flow, l.stage, l.plugin, l.attempt_count, l.error,
+                    );
+                }
+                match page.next {
+                    Some(next) => {
+                        let next = percent_encoding::utf8_percent_encode(
+                            &next,
+                            percent_encoding::NON_ALPHANUMERIC,
+                        );
+                        path = format!("/v1/dlq?after={next}");
+                    }
+                    None => break,
+                }
             }
-            for l in &letters.dead_letters {
-                println!(
-                    "{}  flow={} stage={} plugin={} attempts={}  {}",
-                    l.id, l.flow, l.stage, l.plugin, l.attempt_count, l.error,
-                );
+            if !any {
+                println!("no dead letters");
             }
             Ok(ExitCode::SUCCESS)
         }

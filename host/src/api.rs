@@ -184,6 +184,9 @@ pub struct Tried {
 pub struct DeadLetters {
     /// Oldest first.
     pub dead_letters: Vec<DeadLetterSummary>,
+    /// The cursor of the next page (`?after=`), when this one is full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
 }
 
 /// One dead letter, in [`DeadLetters`].

@@ -195,6 +195,26 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     assert!(ok);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
+    // The API lists a page at a time, oldest first; the pages make up the whole list.
+    let mut paged = Vec::new();
+    let mut path = "/v1/dlq?limit=2".to_owned();
+    loop {
+        let page = tenon.get(&path).await.json().unwrap();
+        let ids = page["dead_letters"].as_array().unwrap();
+        assert!(ids.len() <= 2, "{page}");
+        paged.extend(ids.iter().map(|d| d["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => path = format!("/v1/dlq?limit=2&after={next}"),
+            None => break,
+        }
+    }
+    let listed: Vec<String> = lines
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect();
+    assert_eq!(paged, listed);
+    assert_eq!(tenon.get("/v1/dlq?limit=0").await.status, 400);
+    assert_eq!(tenon.get("/v1/dlq?after=nope").await.status, 400);
     for line in &lines {
         assert!(
             line.contains(

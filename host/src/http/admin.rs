@@ -155,11 +155,45 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             plugin_action(runtime.clone(), name, action, asked, key.id.clone()).await
         }
         (&Method::GET, ["v1", "dlq"]) => {
-            let letters = runtime.store().dead_letters().await?;
+            // A page at a time, oldest first: the listing reads what it returns.
+            let limit = match query_param(&req, "limit") {
+                None => DLQ_PAGE,
+                Some(v) => v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=DLQ_PAGE_MAX).contains(n))
+                    .ok_or_else(|| {
+                        Problem::bad_request(format!(
+                            "`limit` is a number from 1 to {DLQ_PAGE_MAX}, not `{v}`"
+                        ))
+                    })?,
+            };
+            let after = match query_param(&req, "after") {
+                None => None,
+                Some(cursor) => Some(
+                    cursor
+                        .split_once(':')
+                        .and_then(|(at, id)| Some((at.parse::<u64>().ok()?, MessageId::from(id))))
+                        .ok_or_else(|| {
+                            Problem::bad_request(format!(
+                                "`after` is the `next` of the previous page (`<at_ms>:<id>`), not `{cursor}`"
+                            ))
+                        })?,
+                ),
+            };
+            let letters = runtime
+                .store()
+                .dead_letters_page(after.as_ref().map(|(at, id)| (*at, id)), limit)
+                .await?;
+            let next = (letters.len() == limit)
+                .then(|| letters.last())
+                .flatten()
+                .map(|d| format!("{}:{}", d.outcome.at_ms, d.outcome.id));
             Ok(json(
                 StatusCode::OK,
                 &api::DeadLetters {
                     dead_letters: letters.iter().map(dead_letter_summary).collect(),
+                    next,
                 },
             ))
         }
@@ -467,12 +501,21 @@ fn swap(name: &str, reload: Reload) -> api::Swap {
 }
 
 /// The value of a query parameter (no percent-decoding: names and numbers only).
+/// Dead letters a page of `GET /v1/dlq` holds, by default and at most.
+const DLQ_PAGE: usize = 100;
+const DLQ_PAGE_MAX: usize = 1000;
+
+/// A query parameter, percent-decoded.
 fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
     req.uri()
         .query()?
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-        .map(str::to_owned)
+        .map(|v| {
+            percent_encoding::percent_decode_str(v)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
 }
 
 fn event_view(event: &Event) -> api::EventView {

@@ -14,7 +14,7 @@
 //! | `POST /v1/sources/{source}` | `ingest:{source}` | hand the body to the source plugin; `202 {"accepted": [ids]}` once durable |
 //! | `GET /healthz` | none | `200 {"status": "ok"}` (both listeners) |
 //! | `GET /v1/messages/{id}` | `admin:read` | what happened to an accepted message: outcomes and what is still queued |
-//! | `GET /v1/dlq` | `admin:read` | the dead letters, oldest first |
+//! | `GET /v1/dlq?limit=&after=` | `admin:read` | the dead letters, oldest first, a page at a time (`next`: the cursor) |
 //! | `GET /v1/dlq/{id}` | `admin:read` | one dead letter: the message, its stage, every attempt |
 //! | `POST /v1/dlq/{id}/redrive` | `admin:write` | back in front of its stage, on that stage's current plugin |
 //! | `POST /v1/dlq/{id}/discard` | `admin:write` | forget it (its outcome stays) |

@@ -115,8 +115,12 @@ pub const ROUTES: &[Route] = &[
         ..admin("GET", "/v1/messages/{id}", READ, "What happened to an accepted message: outcomes and what is still queued")
     },
     Route {
+        query: &[
+            ("limit", "at most this many (default 100, at most 1000)"),
+            ("after", "the `next` cursor of the previous page"),
+        ],
         answer: (200, Some(body::<api::DeadLetters>)),
-        ..admin("GET", "/v1/dlq", READ, "The dead letters, oldest first")
+        ..admin("GET", "/v1/dlq", READ, "The dead letters, oldest first, a page at a time")
     },
     Route {
         answer: (200, Some(body::<api::DeadLetterDetail>)),
