@@ -24,6 +24,13 @@ pub struct Node {
     pub auth: String,
 }
 
+impl Node {
+    /// The node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
