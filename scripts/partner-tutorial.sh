@@ -12,10 +12,17 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 step() { printf '\n== %s\n' "$*"; }
 
 step "the tenon binary (cargo install --path cli, here: built in place)"
-cargo build --quiet -p tenon-cli --manifest-path "$REPO/Cargo.toml"
-TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO/Cargo.toml" |
-    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
-TENON="$TARGET_DIR/debug/tenon"
+# TENON_BIN names a binary already built (scripts/test.sh passes the one its test
+# build made, rather than building the CLI a second time with other features).
+if [ -n "${TENON_BIN:-}" ]; then
+    TENON=$(cd "$(dirname "$TENON_BIN")" && pwd)/$(basename "$TENON_BIN")
+else
+    cargo build --quiet -p tenon-cli --manifest-path "$REPO/Cargo.toml"
+    TARGET_DIR=$(cargo metadata --format-version 1 --no-deps --manifest-path "$REPO/Cargo.toml" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    TENON="$TARGET_DIR/debug/tenon"
+fi
+[ -x "$TENON" ] || { echo "no tenon binary at $TENON" >&2; exit 1; }
 "$TENON" --version
 
 W=$(mktemp -d)

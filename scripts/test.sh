@@ -22,4 +22,7 @@ TENON_TEST_STORE=nats cargo test -p tenon-cli --test all -- \
     --skip mapping:: --skip connectors:: --skip plugins::
 
 echo "== the partner tutorial of the README, outside the repository (scripts/partner-tutorial.sh)"
-scripts/partner-tutorial.sh
+# It runs the binary the behaviour tests ran (built for them, with their features).
+TENON_BIN="$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/tenon" \
+    scripts/partner-tutorial.sh
