@@ -146,12 +146,7 @@ impl Runtime {
             let oldest = self.store.oldest(&queue).await?;
             snapshot.queues.insert(queue, (depth, oldest));
         }
-        for letter in self.store.dead_letters().await? {
-            *snapshot
-                .dead_letters
-                .entry(letter.outcome.flow.clone())
-                .or_default() += 1;
-        }
+        snapshot.dead_letters = self.store.dead_letters_per_flow().await?;
         Ok(metrics::render(&snapshot))
     }
 

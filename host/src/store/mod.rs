@@ -126,6 +126,16 @@ pub trait Store: Send + Sync + fmt::Debug {
         Ok(all.into_iter().skip(start).take(limit).collect())
     }
 
+    /// How many dead letters each flow has (flows with none are absent). The default
+    /// reads them all; a store that keeps the counts (redb) reads only those.
+    async fn dead_letters_per_flow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut counts = BTreeMap::new();
+        for letter in self.dead_letters().await? {
+            *counts.entry(letter.outcome.flow).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
     /// One dead letter.
     async fn dead_letter(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError>;
 

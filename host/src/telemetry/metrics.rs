@@ -399,7 +399,7 @@ pub struct Snapshot {
     /// Each queue: its depth and when its oldest message entered (ms since the epoch).
     pub queues: BTreeMap<String, (usize, Option<u64>)>,
     /// Dead letters by flow.
-    pub dead_letters: BTreeMap<String, usize>,
+    pub dead_letters: BTreeMap<String, u64>,
 }
 
 /// The metrics as Prometheus scrapes them, with the store's figures of `snapshot`.

@@ -370,6 +370,10 @@ impl Store for RedbStore {
         by_time::dead_page(&self.read()?, after, limit)
     }
 
+    async fn dead_letters_per_flow(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        by_time::dead_per_flow(&self.read()?)
+    }
+
     async fn dead_letter(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
         self.table_get(DEAD, id.as_str())
     }

@@ -595,10 +595,17 @@ fn assert_indexes_match(store: &RedbStore) {
     assert_eq!(indexed, expected, "outcomes by time");
 
     let mut expected = Vec::new();
+    let mut per_flow = BTreeMap::<String, u64>::new();
     for entry in txn.open_table(DEAD).unwrap().iter().unwrap() {
         let letter: DeadLetter = decode(entry.unwrap().1.value()).unwrap();
         expected.push((letter.outcome.at_ms, letter.outcome.id.to_string()));
+        *per_flow.entry(letter.outcome.flow).or_default() += 1;
     }
+    assert_eq!(
+        by_time::dead_per_flow(&txn).unwrap(),
+        per_flow,
+        "dead letters per flow"
+    );
     let indexed: Vec<(u64, String)> = txn
         .open_table(by_time::DEAD_BY_TIME)
         .unwrap()
@@ -844,6 +851,7 @@ async fn a_database_written_without_the_indexes_gets_them_at_open() {
         assert!(txn.delete_table(by_time::OUTCOMES_BY_TIME).unwrap());
         assert!(txn.delete_table(by_time::DEAD_BY_TIME).unwrap());
         assert!(txn.delete_table(by_time::IDEMPOTENCY_BY_EXPIRY).unwrap());
+        assert!(txn.delete_table(by_time::DEAD_PER_FLOW).unwrap());
         txn.commit().unwrap();
     }
     let q = reopen(dir.path());
