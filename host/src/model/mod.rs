@@ -70,6 +70,29 @@ pub struct StoredMessage {
     pub body: Vec<u8>,
 }
 
+impl StoredMessage {
+    /// This message as it enters Tenon: a new root id, and that id as its key when
+    /// the source gave it none.
+    pub fn entered(mut self) -> StoredMessage {
+        self.id = MessageId::root();
+        if self.key.is_empty() {
+            self.key = self.id.to_string();
+        }
+        self
+    }
+
+    /// This message as the `n`th output of a step handling `input`: its id derived
+    /// (a re-run after a crash or a replay makes the same one), and `input`'s key
+    /// when the step set none.
+    pub fn made_from(mut self, input: &StoredMessage, n: usize) -> StoredMessage {
+        self.id = input.id.child(n);
+        if self.key.is_empty() {
+            self.key.clone_from(&input.key);
+        }
+        self
+    }
+}
+
 /// One plugin that handled a message, for provenance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Hop {

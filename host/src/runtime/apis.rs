@@ -9,7 +9,7 @@
 
 use super::Runtime;
 use crate::config::{ApiEntry, Config, ConfigError};
-use crate::model::{Hop, MessageId, StoredMessage};
+use crate::model::{Hop, StoredMessage};
 use crate::sandbox::plugin::{ApiRequest, ApiResponse, CallError, Plugin, RawRequest};
 use crate::telemetry::{self, metrics};
 use opentelemetry::trace::FutureExt as _;
@@ -188,24 +188,21 @@ impl Runtime {
         let source = self.live(source)?;
         let mut trail = Vec::new();
         let started = Instant::now();
-        let mut messages = self
+        let entered = self
             .guest_call(&source, trace, |p: Arc<Plugin>| async move {
                 p.ingest(request).await
             })
             .await?;
         trail.push(hop(&source, started));
-        for message in &mut messages {
+        for message in &entered {
             if let Err(error) = Encoding::from_content_type(&message.content_type) {
                 return Err(ApiError::Plugin {
                     plugin: source.name().to_owned(),
                     error: CallError::Host(error.to_string()),
                 });
             }
-            message.id = MessageId::root();
-            if message.key.is_empty() {
-                message.key = message.id.to_string();
-            }
         }
+        let mut messages: Vec<_> = entered.into_iter().map(StoredMessage::entered).collect();
         for step in steps {
             let plugin = self.live(step)?;
             let mut next = Vec::new();
@@ -222,13 +219,12 @@ impl Runtime {
                 trail.push(hop(&plugin, started));
                 match called {
                     Ok(outputs) => {
-                        next.extend(outputs.into_iter().enumerate().map(|(i, mut m)| {
-                            m.id = input.id.child(i);
-                            if m.key.is_empty() {
-                                m.key = input.key.clone();
-                            }
-                            m
-                        }));
+                        next.extend(
+                            outputs
+                                .into_iter()
+                                .enumerate()
+                                .map(|(i, m)| m.made_from(&input, i)),
+                        );
                     }
                     Err(ApiError::Plugin {
                         error: CallError::Failure(crate::sandbox::plugin::Failure::Rejected(r)),

@@ -263,12 +263,7 @@ impl Runtime {
             for message in messages {
                 let first = items.len();
                 for flow in &flows {
-                    let id = MessageId::root();
-                    let mut message = message.clone();
-                    if message.key.is_empty() {
-                        message.key = id.to_string();
-                    }
-                    message.id = id;
+                    let message = message.clone().entered();
                     let mut envelope =
                         Envelope::entering(&flow.name, &flow.stages, message, accepted_ms);
                     envelope.trail.push(hop.clone());

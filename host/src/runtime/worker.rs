@@ -440,14 +440,10 @@ impl Runtime {
                 let outputs: Vec<Envelope> = outputs
                     .into_iter()
                     .enumerate()
-                    .map(|(i, mut message)| {
+                    .map(|(i, message)| {
                         // Derived, not random: a re-run after a crash yields the same ids.
-                        message.id = env.message.id.child(i);
-                        if message.key.is_empty() {
-                            message.key = env.message.key.clone();
-                        }
                         Envelope {
-                            message,
+                            message: message.made_from(&env.message, i),
                             flow: env.flow.clone(),
                             route: env.route.clone(),
                             stage: next,
