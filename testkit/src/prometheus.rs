@@ -10,6 +10,7 @@
 //! The query helpers panic (with the server's answer and log) instead of returning
 //! errors: they are meant for tests.
 
+use crate::local::Daemon;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper::StatusCode;
@@ -17,8 +18,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -38,9 +37,7 @@ pub fn server_binary() -> Result<PathBuf, String> {
 /// A running Prometheus server scraping one target as job `tenon`.
 #[derive(Debug)]
 pub struct PrometheusServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
+    daemon: Daemon,
 }
 
 impl PrometheusServer {
@@ -56,39 +53,19 @@ impl PrometheusServer {
         bearer_token_file: Option<&Path>,
     ) -> std::io::Result<PrometheusServer> {
         let binary = server_binary().map_err(std::io::Error::other)?;
-        let dir = tempfile::tempdir()?;
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            config_yaml(target, metrics_path, bearer_token_file),
+        let yaml = config_yaml(target, metrics_path, bearer_token_file);
+        let daemon = Daemon::start(
+            "prometheus",
+            "/-/ready",
+            READY_TIMEOUT,
+            &|dir, port, log| spawn(&binary, dir, &yaml, port, log),
         )?;
-        let port = crate::local::free_port();
-        let child = spawn(&binary, dir.path(), &config, port)?;
-        let mut server = PrometheusServer { dir, port, child };
-        // The port was free when chosen, but another process may take it before the
-        // server binds it: then try another.
-        let mut attempts = 1;
-        loop {
-            match server.wait_ready() {
-                Ok(()) => break,
-                Err(e) => {
-                    server.stop();
-                    if attempts >= 3 || !server.log_tail().contains("address already in use") {
-                        return Err(e);
-                    }
-                    attempts += 1;
-                    server.port = crate::local::free_port();
-                    server.child = spawn(&binary, server.dir.path(), &config, server.port)?;
-                }
-            }
-        }
-        server.watchdog();
-        Ok(server)
+        Ok(PrometheusServer { daemon })
     }
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.daemon.port())
     }
 
     /// Evaluate `promql` now (`/api/v1/query`) and return `data.result`: for an
@@ -197,59 +174,22 @@ impl PrometheusServer {
         Ok((status, body))
     }
 
-    /// Poll `/-/ready` until it answers 200, failing with the log's tail when the
-    /// server exits or [`READY_TIMEOUT`] passes.
-    fn wait_ready(&mut self) -> std::io::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(std::io::Error::other(format!(
-                    "prometheus exited ({status}) before it was ready; log:\n{}",
-                    self.log_tail()
-                )));
-            }
-            if ready(self.port) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(format!(
-                    "prometheus on port {} not ready after {READY_TIMEOUT:?}; log:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The last 40 lines of the server's log.
     fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("prometheus.log"))
-            .unwrap_or_else(|e| format!("(no log: {e})"));
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Kill the server once this process is gone, however it ends.
-    fn watchdog(&self) {
-        crate::local::watchdog("prometheus", &[self.child.id()]);
+        self.daemon.log_tail()
     }
 }
 
-impl Drop for PrometheusServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// Start `binary` on `port` of 127.0.0.1 with `config`, its data and log in `dir`.
-fn spawn(binary: &Path, dir: &Path, config: &Path, port: u16) -> std::io::Result<Child> {
-    let log = std::fs::File::create(dir.join("prometheus.log"))?;
+/// Start `binary` on `port` of 127.0.0.1 with the config `yaml`, its config and data
+/// in `dir`, writing to `log`.
+fn spawn(
+    binary: &Path,
+    dir: &Path,
+    yaml: &str,
+    port: u16,
+    log: std::fs::File,
+) -> std::io::Result<Child> {
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, yaml)?;
     Command::new(binary)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
@@ -283,29 +223,6 @@ fn config_yaml(target: &str, metrics_path: &str, bearer_token_file: Option<&Path
         ));
     }
     yaml
-}
-
-/// True when `GET /-/ready` answers 200 (a blocking HTTP/1.0 request: `start` is not
-/// async).
-fn ready(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /-/ready HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 16];
-    let mut read = 0;
-    while read < head.len() {
-        match stream.read(&mut head[read..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
-    }
-    // "HTTP/1.0 200 OK" or "HTTP/1.1 200 OK"
-    head[..read].starts_with(b"HTTP/1.") && head[..read].get(8..13) == Some(b" 200 ")
 }
 
 #[cfg(test)]

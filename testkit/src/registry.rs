@@ -7,12 +7,11 @@
 //! directory, no authentication, and is killed when dropped, and, should the test
 //! process die first, by a small watchdog that outlives it.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use crate::local::Daemon;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long [`RegistryServer::start`] waits for `/v2/`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -28,9 +27,7 @@ pub fn server_binary() -> Result<PathBuf, String> {
 /// A running registry.
 #[derive(Debug)]
 pub struct RegistryServer {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Child,
+    daemon: Daemon,
 }
 
 impl RegistryServer {
@@ -38,34 +35,18 @@ impl RegistryServer {
     /// directory, and wait until it answers `GET /v2/`. Blocks the calling thread.
     pub fn start() -> std::io::Result<RegistryServer> {
         let binary = server_binary().map_err(std::io::Error::other)?;
-        let dir = tempfile::tempdir()?;
-        let port = crate::local::free_port();
-        let child = spawn(&binary, dir.path(), port)?;
-        let mut server = RegistryServer { dir, port, child };
-        // The port was free when chosen, but another process may take it before the
-        // server binds it: then try another.
-        let mut attempts = 1;
-        loop {
-            match server.wait_ready() {
-                Ok(()) => break,
-                Err(e) => {
-                    server.stop();
-                    if attempts >= 3 || !server.log_tail().contains("address already in use") {
-                        return Err(e);
-                    }
-                    attempts += 1;
-                    server.port = crate::local::free_port();
-                    server.child = spawn(&binary, server.dir.path(), server.port)?;
-                }
-            }
-        }
-        crate::local::watchdog("docker-registry", &[server.child.id()]);
-        Ok(server)
+        let daemon = Daemon::start(
+            "docker-registry",
+            "/v2/",
+            READY_TIMEOUT,
+            &|dir, port, log| spawn(&binary, dir, port, log),
+        )?;
+        Ok(RegistryServer { daemon })
     }
 
     /// `host:port`, as an `oci://` reference names it, e.g. `127.0.0.1:40123`.
     pub fn host(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.daemon.port())
     }
 
     /// Its base URL, e.g. `http://127.0.0.1:40123`.
@@ -75,49 +56,12 @@ impl RegistryServer {
 
     /// Where it keeps what is pushed.
     pub fn storage(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn wait_ready(&mut self) -> std::io::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(std::io::Error::other(format!(
-                    "docker-registry exited ({status}) before it was ready; log:\n{}",
-                    self.log_tail()
-                )));
-            }
-            if answers_v2(self.port) {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                return Err(std::io::Error::other(format!(
-                    "docker-registry on port {} not ready after {READY_TIMEOUT:?}; log:\n{}",
-                    self.port,
-                    self.log_tail()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.daemon.dir().join("data")
     }
 
     /// The last 40 lines of its log.
     pub fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
-            .unwrap_or_else(|e| format!("(no log: {e})"));
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for RegistryServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.daemon.log_tail()
     }
 }
 
@@ -133,11 +77,10 @@ fn config_yaml(dir: &Path, port: u16) -> String {
     )
 }
 
-/// Start `binary` on `port` with its config, storage and log in `dir`.
-fn spawn(binary: &Path, dir: &Path, port: u16) -> std::io::Result<Child> {
+/// Start `binary` on `port` with its config and storage in `dir`, writing to `log`.
+fn spawn(binary: &Path, dir: &Path, port: u16, log: std::fs::File) -> std::io::Result<Child> {
     let config = dir.join("config.yml");
     std::fs::write(&config, config_yaml(dir, port))?;
-    let log = std::fs::File::create(dir.join("registry.log"))?;
     Command::new(binary)
         .arg("serve")
         .arg(&config)
@@ -148,39 +91,19 @@ fn spawn(binary: &Path, dir: &Path, port: u16) -> std::io::Result<Child> {
         .map_err(|e| std::io::Error::other(format!("cannot start {}: {e}", binary.display())))
 }
 
-/// True when `GET /v2/` answers 200 (a blocking HTTP/1.0 request).
-fn answers_v2(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let request = format!("GET /v2/ HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 16];
-    let mut read = 0;
-    while read < head.len() {
-        match stream.read(&mut head[read..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => read += n,
-        }
-    }
-    head[..read].starts_with(b"HTTP/1.") && head[..read].get(8..13) == Some(b" 200 ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::local::answers_200;
 
     #[test]
     fn a_registry_starts_answers_and_stops() {
         let registry = RegistryServer::start().unwrap();
         assert!(registry.host().starts_with("127.0.0.1:"));
-        assert!(answers_v2(registry.port));
-        let port = registry.port;
+        let port = registry.daemon.port();
+        assert!(answers_200(port, "/v2/"));
         drop(registry);
-        assert!(!answers_v2(port), "stopped when dropped");
+        assert!(!answers_200(port, "/v2/"), "stopped when dropped");
     }
 
     #[test]
