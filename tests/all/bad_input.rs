@@ -31,7 +31,7 @@ config = { mode = "bad-output" }
 source = "cpq-trap"
 steps = ["trap"]
 sink = "erp-sink"
-max_attempts = 1
+max_attempts = 3
 
 [flows.bad-output]
 source = "cpq-badout"
@@ -136,8 +136,9 @@ async fn each_bad_input_gets_its_exact_status_and_problem() {
         "no message with id `does-not-exist`"
     );
 
-    // A step that traps: a classified failure on the message (dead letter after its
-    // single attempt), never a crash; the host keeps serving.
+    // A step that traps: a classified failure on the message, dead-lettered at once
+    // without using its 3 attempts (the same code traps on the same input), never a
+    // crash; the host keeps serving.
     let ids = tenon.send_quote_to("cpq-trap", sample("plain.json")).await;
     let status = tenon.settled(&ids[0]).await;
     let outcome = &status["outcomes"][0];

@@ -491,10 +491,14 @@ impl Runtime {
             }
             Err(error) => {
                 let attempts = with_attempt(&error.to_string());
-                // Retrying cannot change the input, the grants or the limits.
+                // Retrying cannot change the input, the grants or the limits; nor
+                // the code: a trap (a panic, an overflow, an out-of-bounds access)
+                // is the same on the same input with the same version. Its dead
+                // letter is redriven once a fixed version is live.
                 let permanent = matches!(
                     error,
                     CallError::Failure(Failure::Invalid(_))
+                        | CallError::Trap(_)
                         | CallError::Denied(_)
                         | CallError::Limit(_)
                 );
