@@ -16,7 +16,7 @@ mod money;
 pub mod revenue;
 
 pub use chrono;
-pub use money::{Currency, CurrencyError, Money};
+pub use money::{Currency, CurrencyError, Money, MoneyError, Rounding};
 pub use rust_decimal;
 
 /// Version of the canonical models in this crate (the major: additive changes keep

@@ -64,6 +64,60 @@ impl fmt::Display for Currency {
     }
 }
 
+/// Arithmetic on money that has no exact answer here.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    /// The two amounts are in different currencies.
+    #[error("{0} and {1} are in different currencies")]
+    MixedCurrencies(Money, Money),
+    /// The result is beyond what a decimal holds (about 7.9e28).
+    #[error("{0} is too large to compute with")]
+    Overflow(Money),
+}
+
+/// How an amount finer than its currency's minor unit is rounded to it. The rule is
+/// named wherever amounts are rounded (a mapping's config, the docs), so that every
+/// system rounding the same amounts agrees to the cent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Rounding {
+    /// Half to even ("banker's rounding", IEEE 754's default, Python's `decimal` and
+    /// Tryton's default): 0.125 -> 0.12, 0.135 -> 0.14. Unbiased over many amounts.
+    #[default]
+    HalfEven,
+    /// Half away from zero ("commercial rounding", SAP's default): 0.125 -> 0.13,
+    /// -0.125 -> -0.13.
+    HalfUp,
+}
+
+impl Rounding {
+    /// The rule named by `half-even` or `half-up`.
+    pub fn parse(name: &str) -> Option<Rounding> {
+        match name.trim() {
+            "half-even" => Some(Rounding::HalfEven),
+            "half-up" => Some(Rounding::HalfUp),
+            _ => None,
+        }
+    }
+
+    fn strategy(self) -> RoundingStrategy {
+        match self {
+            Rounding::HalfEven => RoundingStrategy::MidpointNearestEven,
+            Rounding::HalfUp => RoundingStrategy::MidpointAwayFromZero,
+        }
+    }
+}
+
+impl fmt::Display for Rounding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rounding::HalfEven => "half-even",
+            Rounding::HalfUp => "half-up",
+        })
+    }
+}
+
 /// An exact amount of money. Serialised as `{"amount": "12.50", "currency": "EUR"}`:
 /// the amount is a decimal string so that no JSON reader turns it into a float.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,10 +151,15 @@ impl Money {
 
     /// The amount rounded half-even to the currency's minor unit.
     pub fn rounded(&self) -> Money {
-        let amount = self.amount.round_dp_with_strategy(
-            self.currency.minor_digits(),
-            RoundingStrategy::MidpointNearestEven,
-        );
+        self.rounded_by(Rounding::HalfEven)
+    }
+
+    /// The amount rounded to the currency's minor unit by `rule`, written with that
+    /// many digits (`12.5 JPY` is `12` half-even; `0.125 EUR` is `0.13` half-up).
+    pub fn rounded_by(&self, rule: Rounding) -> Money {
+        let digits = self.currency.minor_digits();
+        let mut amount = self.amount.round_dp_with_strategy(digits, rule.strategy());
+        amount.rescale(digits);
         Money {
             amount,
             currency: self.currency.clone(),
@@ -117,10 +176,29 @@ impl Money {
         self
     }
 
-    /// The sum of two amounts, or `None` when their currencies differ.
-    pub fn checked_add(&self, other: &Money) -> Option<Money> {
-        (self.currency == other.currency).then(|| Money {
-            amount: self.amount + other.amount,
+    /// The sum of two amounts in the same currency.
+    pub fn checked_add(&self, other: &Money) -> Result<Money, MoneyError> {
+        if self.currency != other.currency {
+            return Err(MoneyError::MixedCurrencies(self.clone(), other.clone()));
+        }
+        let amount = self
+            .amount
+            .checked_add(other.amount)
+            .ok_or_else(|| MoneyError::Overflow(self.clone()))?;
+        Ok(Money {
+            amount,
+            currency: self.currency.clone(),
+        })
+    }
+
+    /// This amount times `factor` (a quantity, a number of periods).
+    pub fn checked_mul(&self, factor: Decimal) -> Result<Money, MoneyError> {
+        let amount = self
+            .amount
+            .checked_mul(factor)
+            .ok_or_else(|| MoneyError::Overflow(self.clone()))?;
+        Ok(Money {
+            amount,
             currency: self.currency.clone(),
         })
     }
@@ -166,10 +244,75 @@ mod tests {
     }
 
     #[test]
-    fn adding_across_currencies_is_refused() {
+    fn adding_across_currencies_or_past_a_decimal_is_refused() {
         let eur = Money::from_minor_units(100, Currency::new("EUR").unwrap());
         let usd = Money::from_minor_units(100, Currency::new("USD").unwrap());
-        assert!(eur.checked_add(&usd).is_none());
+        assert_eq!(
+            eur.checked_add(&usd).unwrap_err().to_string(),
+            "1.00 EUR and 1.00 USD are in different currencies"
+        );
         assert_eq!(eur.checked_add(&eur).unwrap().to_string(), "2.00 EUR");
+        let huge = Money::new(Decimal::MAX, Currency::new("EUR").unwrap());
+        assert!(matches!(
+            huge.checked_add(&eur),
+            Err(MoneyError::Overflow(_))
+        ));
+        assert!(matches!(
+            huge.checked_mul(Decimal::TWO),
+            Err(MoneyError::Overflow(_))
+        ));
+        assert_eq!(
+            eur.checked_mul(Decimal::new(15, 1)).unwrap().to_string(),
+            "1.500 EUR"
+        );
+    }
+
+    #[test]
+    fn each_rounding_rule_rounds_the_midpoint_its_own_way() {
+        let eur = Currency::new("EUR").unwrap();
+        let jpy = Currency::new("JPY").unwrap();
+        let m = |amount: &str, c: &Currency| Money::new(amount.parse().unwrap(), c.clone());
+        // (amount, half-even, half-up), worked by hand: only exact midpoints differ.
+        for (amount, even, up) in [
+            ("0.125", "0.12", "0.13"),
+            ("0.135", "0.14", "0.14"),
+            ("-0.125", "-0.12", "-0.13"),
+            ("2.004", "2.00", "2.00"),
+            ("2.006", "2.01", "2.01"),
+            ("7", "7.00", "7.00"),
+        ] {
+            assert_eq!(
+                m(amount, &eur)
+                    .rounded_by(Rounding::HalfEven)
+                    .amount
+                    .to_string(),
+                even
+            );
+            assert_eq!(
+                m(amount, &eur)
+                    .rounded_by(Rounding::HalfUp)
+                    .amount
+                    .to_string(),
+                up
+            );
+        }
+        assert_eq!(
+            m("12.5", &jpy)
+                .rounded_by(Rounding::HalfEven)
+                .amount
+                .to_string(),
+            "12"
+        );
+        assert_eq!(
+            m("12.5", &jpy)
+                .rounded_by(Rounding::HalfUp)
+                .amount
+                .to_string(),
+            "13"
+        );
+        assert_eq!(Rounding::parse("half-up"), Some(Rounding::HalfUp));
+        assert_eq!(Rounding::parse("half-even"), Some(Rounding::HalfEven));
+        assert_eq!(Rounding::parse("nearest"), None);
+        assert_eq!(Rounding::HalfUp.to_string(), "half-up");
     }
 }

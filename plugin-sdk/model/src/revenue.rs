@@ -51,15 +51,19 @@ pub fn minor_units(money: &Money) -> Result<i128, RevenueError> {
         .map_err(|_| RevenueError::Overflow(money.clone()))
 }
 
-fn from_minor(units: i128, like: &Money) -> Money {
+fn from_minor(units: i128, like: &Money) -> Result<Money, RevenueError> {
     let digits = like.currency.minor_digits();
-    let amount = Decimal::from_i128_with_scale(units, digits);
-    Money::new(amount, like.currency.clone())
+    let amount = Decimal::try_from_i128_with_scale(units, digits)
+        .map_err(|_| RevenueError::Overflow(like.clone()))?;
+    Ok(Money::new(amount, like.currency.clone()))
 }
 
 /// `total * weight / whole`, truncated toward zero, in exact integer arithmetic.
-fn share(total: i128, weight: i128, whole: i128) -> i128 {
-    total * weight / whole
+fn share(total: i128, weight: i128, whole: i128, of: &Money) -> Result<i128, RevenueError> {
+    total
+        .checked_mul(weight)
+        .map(|product| product / whole)
+        .ok_or_else(|| RevenueError::Overflow(of.clone()))
 }
 
 /// The calendar-month pieces of a period: first and last may be partial.
@@ -136,18 +140,18 @@ pub fn ratable_schedule(
         let amount = if i + 1 == pieces.len() {
             units - given
         } else {
-            share(units, *weight, whole)
+            share(units, *weight, whole, total)?
         };
         given += amount;
         periods.push(RevenuePeriod {
             period: *piece,
-            amount: from_minor(amount, total),
+            amount: from_minor(amount, total)?,
         });
     }
     Ok(RevenueSchedule {
         id: id.to_owned(),
         source_line: source_line.to_owned(),
-        total: from_minor(units, total),
+        total: from_minor(units, total)?,
         periods,
     })
 }
@@ -167,7 +171,10 @@ pub fn allocate(total: &Money, standalone: &[Money]) -> Result<Vec<Money>, Reven
         }
         prices.push(p);
     }
-    let whole: i128 = prices.iter().sum();
+    let whole = prices
+        .iter()
+        .try_fold(0i128, |sum, p| sum.checked_add(*p))
+        .ok_or_else(|| RevenueError::Overflow(total.clone()))?;
     if whole == 0 {
         return Err(RevenueError::NoStandalonePrices);
     }
@@ -177,10 +184,10 @@ pub fn allocate(total: &Money, standalone: &[Money]) -> Result<Vec<Money>, Reven
         let amount = if i + 1 == prices.len() {
             units - given
         } else {
-            share(units, *p, whole)
+            share(units, *p, whole, total)?
         };
         given += amount;
-        out.push(from_minor(amount, total));
+        out.push(from_minor(amount, total)?);
     }
     Ok(out)
 }
@@ -369,5 +376,22 @@ mod tests {
             allocate(&money("1", "EUR"), &[]).unwrap_err(),
             RevenueError::NoStandalonePrices
         );
+    }
+
+    #[test]
+    fn amounts_past_the_arithmetic_are_refused_not_wrapped() {
+        // 7e26 EUR is 7e28 cents: it fits a decimal, but allocating it by a price of
+        // as many cents multiplies 7e28 by 7e28 (4.9e57), past i128 (1.7e38).
+        let huge = money("700000000000000000000000000", "EUR");
+        assert!(matches!(
+            allocate(&huge, &[huge.clone(), huge.clone()]),
+            Err(RevenueError::Overflow(_))
+        ));
+        // Past a decimal once scaled to cents (7.9e28 is the largest decimal).
+        let larger = money("7900000000000000000000000000", "EUR");
+        assert!(matches!(
+            ratable_schedule("s", "l", &larger, period("2024-01-01", "2024-12-31")),
+            Err(RevenueError::Overflow(_))
+        ));
     }
 }

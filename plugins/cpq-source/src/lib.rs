@@ -153,7 +153,14 @@ fn to_line(
         quantity,
         list_price: r.list_price,
         net_price,
-        net_total: r.net_total.unwrap_or(net_price * quantity),
+        net_total: match r.net_total {
+            Some(total) => total,
+            None => net_price.checked_mul(quantity).ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "quote line {key}: {net_price} x {quantity} is past what a decimal holds"
+                ))
+            })?,
+        },
         discount: Discount {
             percent: r.discount,
             amount: r.additional_discount_amount,

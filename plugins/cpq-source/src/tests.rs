@@ -103,3 +103,28 @@ fn what_is_not_a_quote_model_is_invalid() {
         "`EURO` is not an ISO 4217 currency code (three letters, e.g. EUR)"
     );
 }
+
+#[test]
+fn a_net_total_past_what_a_decimal_holds_is_invalid_not_a_trap() {
+    // No net total on the line, so the source computes price x quantity:
+    // 5e28 x 3 = 1.5e29, past the largest decimal (about 7.9e28).
+    let mut quote: Value = serde_json::from_str(PLAIN).unwrap();
+    let line = quote
+        .pointer_mut("/lineItems/0/record")
+        .and_then(Value::as_object_mut)
+        .unwrap();
+    line.remove("SBQQ__NetTotal__c");
+    line.insert(
+        "SBQQ__NetPrice__c".into(),
+        "50000000000000000000000000000".into(),
+    );
+    line.insert("SBQQ__Quantity__c".into(), 3.into());
+    let body = quote.to_string();
+    match source().run(|| ingest_quote(post(&body))) {
+        Err(Failure::Invalid(why)) => assert!(
+            why.ends_with("50000000000000000000000000000 x 3 is past what a decimal holds"),
+            "{why}"
+        ),
+        other => panic!("not invalid: {other:?}"),
+    }
+}

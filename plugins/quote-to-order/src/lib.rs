@@ -8,10 +8,17 @@
 //! (physical) lines, `<quote>-P`, and one for its recurring and usage (subscription)
 //! lines, `<quote>-S`. Line numbers run per quote (10, 20, ...) so that bundle
 //! parents stay addressable across the two orders.
+//!
+//! Each line's net amount is rounded to the currency's minor unit (CPQ computes net
+//! totals with more digits than the ERP books) by the rule the `rounding` config names:
+//! `half-even` (the default, as Tryton rounds) or `half-up` (half away from zero, as
+//! SAP rounds); an order's total is the sum of its rounded lines, so it reconciles to
+//! the cent with what the ERP adds up. Amounts past what a decimal holds refuse the
+//! quote with the reason, never a trap.
 
 use tenon_sdk::model::rust_decimal::Decimal;
-use tenon_sdk::model::{Encoding, Money, Order, OrderCategory, OrderLine, Quote, kinds};
-use tenon_sdk::{Failure, Message};
+use tenon_sdk::model::{Encoding, Money, Order, OrderCategory, OrderLine, Quote, Rounding, kinds};
+use tenon_sdk::{Failure, Message, config};
 
 #[cfg(test)]
 mod tests;
@@ -26,8 +33,16 @@ fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
             input.kind
         )));
     }
+    let rounding = match config::get("rounding") {
+        None => Rounding::default(),
+        Some(name) => Rounding::parse(&name).ok_or_else(|| {
+            Failure::Invalid(format!(
+                "config `rounding` is `{name}`: it is `half-even` or `half-up`"
+            ))
+        })?,
+    };
     let quote: Quote = input.decode()?;
-    let orders = map_quote(&quote).map_err(Failure::Rejected)?;
+    let orders = map_quote_by(&quote, rounding).map_err(Failure::Rejected)?;
     orders
         .iter()
         .map(|order| Message::encode(kinds::ORDER_ACCEPTED, &input.key, order))
@@ -51,8 +66,14 @@ pub fn map_encoded(encoding: Encoding, quote: &[u8]) -> Result<Vec<Vec<u8>>, Fai
         .collect()
 }
 
-/// Validate a quote and split it into orders; on failure, every reason.
+/// Validate a quote and split it into orders (amounts rounded half-even); on failure,
+/// every reason.
 pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
+    map_quote_by(quote, Rounding::default())
+}
+
+/// [`map_quote`], with line amounts rounded to the currency's unit by `rounding`.
+pub fn map_quote_by(quote: &Quote, rounding: Rounding) -> Result<Vec<Order>, Vec<String>> {
     let mut reasons = Vec::new();
     let q = &quote.number;
     if quote.customer.is_none() {
@@ -112,7 +133,7 @@ pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
             product,
             quantity: line.quantity,
             unit_price: Money::new(line.net_price, currency.clone()),
-            net_amount: Money::new(line.net_total, currency.clone()).with_currency_scale(),
+            net_amount: Money::new(line.net_total, currency.clone()).rounded_by(rounding),
             discount: line.discount.clone(),
             subscription: line.subscription.clone(),
         };
@@ -138,7 +159,10 @@ pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
                 &mut orders[last]
             }
         };
-        order.total.amount += line.net_total;
+        order.total = order
+            .total
+            .checked_add(&order_line.net_amount)
+            .map_err(|e| vec![format!("quote {q}: the {category:?} order's total: {e}")])?;
         order.lines.push(order_line);
     }
     for order in &mut orders {

@@ -98,3 +98,82 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
         Err(Failure::Invalid(_))
     ));
 }
+
+/// The plain sample with its two lines' net totals set to `totals`.
+fn with_net_totals(totals: &[&str]) -> Quote {
+    let mut quote: Quote = serde_json::from_str(PLAIN_QUOTE).unwrap();
+    let first = quote.lines[0].clone();
+    quote.lines = totals
+        .iter()
+        .enumerate()
+        .map(|(i, total)| {
+            let mut line = first.clone();
+            line.key = i as u32 + 1;
+            line.net_total = total.parse().unwrap();
+            line
+        })
+        .collect();
+    quote
+}
+
+#[test]
+fn line_amounts_are_rounded_by_the_configured_rule_and_totals_add_the_rounded_lines() {
+    // Two lines of 10.125 and 0.015 (CPQ's unrounded net totals). By hand:
+    // half-even: 10.12 + 0.02 = 10.14; half-up: 10.13 + 0.02 = 10.15. Summing first and
+    // rounding after would give 10.14 under both, so the ERP's own sum of the lines
+    // would differ from the order's total by a cent under half-up.
+    let quote = with_net_totals(&["10.125", "0.015"]);
+    let input = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote).unwrap();
+    for (host, lines, total) in [
+        (Host::new(), ["10.12", "0.02"], "10.14"),
+        (
+            Host::new().config("rounding", "half-even"),
+            ["10.12", "0.02"],
+            "10.14",
+        ),
+        (
+            Host::new().config("rounding", "half-up"),
+            ["10.13", "0.02"],
+            "10.15",
+        ),
+    ] {
+        let out = host.run(|| quote_to_order(input.clone())).unwrap();
+        let order: Order = out[0].decode().unwrap();
+        let amounts: Vec<String> = order
+            .lines
+            .iter()
+            .map(|l| l.net_amount.amount.to_string())
+            .collect();
+        assert_eq!(amounts, lines);
+        assert_eq!(order.total.amount.to_string(), total);
+    }
+    assert_eq!(
+        Host::new()
+            .config("rounding", "nearest")
+            .run(|| quote_to_order(input.clone())),
+        Err(Failure::Invalid(
+            "config `rounding` is `nearest`: it is `half-even` or `half-up`".into()
+        ))
+    );
+}
+
+#[test]
+fn a_total_past_what_a_decimal_holds_refuses_the_quote_instead_of_trapping() {
+    // Two lines of 5e28 each: each fits a decimal (max ~7.9e28), their sum does not.
+    let quote = with_net_totals(&[
+        "50000000000000000000000000000",
+        "50000000000000000000000000000",
+    ]);
+    let input = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote).unwrap();
+    match Host::new().run(|| quote_to_order(input)) {
+        Err(Failure::Rejected(reasons)) => {
+            assert_eq!(reasons.len(), 1, "{reasons:?}");
+            assert!(
+                reasons[0].starts_with(&format!("quote {}: the ", quote.number))
+                    && reasons[0].ends_with("is too large to compute with"),
+                "{reasons:?}"
+            );
+        }
+        other => panic!("not refused: {other:?}"),
+    }
+}

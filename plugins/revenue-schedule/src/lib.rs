@@ -14,7 +14,7 @@
 //!   line. Removed lines and cancelled contracts produce no schedule.
 
 use tenon_sdk::model::revenue::{allocate, ratable_schedule};
-use tenon_sdk::model::{Contract, Invoice, Money, Period, RevenueSchedule, kinds};
+use tenon_sdk::model::{Contract, Invoice, Money, MoneyError, Period, RevenueSchedule, kinds};
 use tenon_sdk::model::{LineChange, rust_decimal::Decimal};
 use tenon_sdk::{Failure, Message};
 
@@ -92,11 +92,15 @@ pub fn contract_schedules(contract: &Contract) -> Result<Vec<RevenueSchedule>, F
                 .amount
                 .clone()
                 .unwrap_or_else(|| Money::zero(contract.currency.clone()));
-            total = total.checked_add(&amount).ok_or_else(|| {
-                Failure::Rejected(vec![format!(
+            total = total.checked_add(&amount).map_err(|e| match e {
+                MoneyError::MixedCurrencies(..) => Failure::Rejected(vec![format!(
                     "line {}: not in {}",
                     line.id, contract.currency
-                )])
+                )]),
+                MoneyError::Overflow(_) => Failure::Invalid(format!(
+                    "contract {}: the lines' amounts add up past what can be computed ({e})",
+                    contract.id
+                )),
             })?;
         }
         let prices: Vec<Money> = shared

@@ -398,6 +398,12 @@ fn malformed(what: impl std::fmt::Display) -> Failure {
 }
 
 /// An `Edm.Decimal` of SAP's answer (a string in OData V2 JSON); `None` when absent.
+/// `a + b`, or SAP's answer refused as malformed when the sum is past a decimal.
+fn sum(a: Decimal, b: Decimal, what: &str) -> Result<Decimal, Failure> {
+    a.checked_add(b)
+        .ok_or_else(|| malformed(format!("has {what} that add up past what a decimal holds")))
+}
+
 fn sap_decimal(value: &Value, what: &str) -> Result<Option<Decimal>, Failure> {
     match value {
         Value::Null => Ok(None),
@@ -522,7 +528,7 @@ pub fn answer(simulation: &Simulation, settings: &Settings, sap: &Value) -> Resu
         let mut confirmed = Decimal::ZERO;
         let mut available_on = None;
         for (date, quantity) in &schedule {
-            confirmed += quantity;
+            confirmed = sum(confirmed, *quantity, "confirmed quantities")?;
             if available_on.is_none() && confirmed >= asked.quantity {
                 available_on = Some(*date);
             }
@@ -556,8 +562,10 @@ pub fn answer(simulation: &Simulation, settings: &Settings, sap: &Value) -> Resu
     let mut net_sum = Decimal::ZERO;
     let mut tax_sum = Decimal::ZERO;
     for item in sap_items {
-        net_sum += sap_decimal(&item["NetAmount"], "an item's NetAmount")?.unwrap_or_default();
-        tax_sum += sap_decimal(&item["TaxAmount"], "an item's TaxAmount")?.unwrap_or_default();
+        let net = sap_decimal(&item["NetAmount"], "an item's NetAmount")?;
+        net_sum = sum(net_sum, net.unwrap_or_default(), "NetAmounts")?;
+        let tax = sap_decimal(&item["TaxAmount"], "an item's TaxAmount")?;
+        tax_sum = sum(tax_sum, tax.unwrap_or_default(), "TaxAmounts")?;
     }
     let net = sap_decimal(&pricing["TotalNetAmount"], "TotalNetAmount")?.unwrap_or(net_sum);
     Ok(json!({
@@ -565,7 +573,7 @@ pub fn answer(simulation: &Simulation, settings: &Settings, sap: &Value) -> Resu
         "currency": currency.map(Currency::code),
         "net_amount": amount(net, currency),
         "tax_amount": amount(tax_sum, currency),
-        "gross_amount": amount(net + tax_sum, currency),
+        "gross_amount": amount(sum(net, tax_sum, "net and tax amounts")?, currency),
         "available_on": all_confirmed_on.map(|d| d.to_string()),
         "items": items,
     }))

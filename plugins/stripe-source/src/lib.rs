@@ -8,11 +8,23 @@
 //!
 //! Both invoice shapes are read: the 2020-03-02 API's (lines with `price`, `plan`,
 //! `type`) and the current one (lines with `pricing`, `parent`, `quantity_decimal`).
-//! Amounts are integer minor units in Stripe and exact decimals here, in the
-//! currency's own minor unit (`1999` is 19.99 USD but 1999 JPY). A line's service
-//! period (`period.start` .. `period.end`, Unix seconds, end exclusive) is kept as
-//! dates, end inclusive. A bare invoice object (not an event) is read as its status
-//! says: posted once finalized, refused while a draft.
+//! Amounts are integer minor units in Stripe and exact decimals here, scaled by
+//! **Stripe's** currency table ([`stripe_minor_digits`]), which is not ISO 4217's:
+//! `1999` is 19.99 USD, 1999 JPY, 1.999 KWD, but also 19.99 ISK (ISO: zero decimals;
+//! Stripe kept two) and 1999 MGA (ISO: two decimals; Stripe has none).
+//!
+//! A line's service period (`period.start` .. `period.end`, Unix seconds, end
+//! exclusive: the next period starts there) becomes dates, end inclusive, by one
+//! rule: the first day is the start's date and the last day is the day *before* the
+//! end's date, both in the `time_zone` config (UTC by default, or a fixed offset
+//! such as `+01:00`). A period anchored at 20:50:51 from 5 January to 5 February is
+//! 5 January to 4 February (31 days), like one anchored at midnight; a period with no
+//! length (a one-off item: start = end) is its one day.
+//!
+//! A bare invoice object (not an event) is read as its status says: posted once
+//! finalized, refused while a draft. An invoice whose `lines.has_more` is true is
+//! refused as invalid: a source cannot call Stripe to fetch the rest, and retrying
+//! the same webhook never completes it (send the invoice with its lines expanded).
 //!
 //! The event id is the message's idempotency key: Stripe retries a webhook until it
 //! is acknowledged, and each retry is accepted once.
@@ -24,7 +36,7 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tenon_sdk::model::chrono::{DateTime, NaiveDate};
+use tenon_sdk::model::chrono::{DateTime, FixedOffset, NaiveDate, Offset as _, Utc};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, kinds};
 use tenon_sdk::{Failure, Message, RawRequest, config, secrets};
@@ -52,7 +64,7 @@ fn ingest_webhook(request: RawRequest) -> Result<Vec<Message>, Failure> {
         .find(|(k, _)| k.eq_ignore_ascii_case("stripe-signature"))
         .map(|(_, v)| v.as_str());
     verify(signature, &request.body, &secret, now, tolerance)?;
-    to_messages(&request.body)
+    to_messages_in(&request.body, time_zone()?)
 }
 
 /// Seconds a signature stays valid unless configured otherwise.
@@ -117,15 +129,20 @@ pub const EVENT_TYPES: [&str; 3] = [
     "invoice.payment_failed",
 ];
 
-/// A webhook body (an event, or a bare invoice) as canonical messages.
+/// A webhook body (an event, or a bare invoice) as canonical messages, dates in UTC.
 pub fn to_messages(body: &[u8]) -> Result<Vec<Message>, Failure> {
+    to_messages_in(body, Utc.fix())
+}
+
+/// A webhook body as canonical messages, dates read in `zone`.
+pub fn to_messages_in(body: &[u8], zone: FixedOffset) -> Result<Vec<Message>, Failure> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Failure::Invalid(format!("the body is not JSON: {e}")))?;
     match value["object"].as_str() {
         Some("event") => {
             let event: Event = serde_json::from_value(value)
                 .map_err(|e| Failure::Invalid(format!("not a Stripe event: {e}")))?;
-            from_event(event)
+            from_event(event, zone)
         }
         Some("invoice") => {
             let invoice = parse_invoice(value)?;
@@ -140,7 +157,7 @@ pub fn to_messages(body: &[u8]) -> Result<Vec<Message>, Failure> {
                 invoice.id,
                 invoice.status.as_deref().unwrap_or("?")
             );
-            with_key(posted(&invoice)?, &key)
+            with_key(posted(&invoice, zone)?, &key)
         }
         Some(other) => Err(Failure::Invalid(format!(
             "a Stripe `{other}` object is not an event or an invoice"
@@ -151,7 +168,7 @@ pub fn to_messages(body: &[u8]) -> Result<Vec<Message>, Failure> {
     }
 }
 
-fn from_event(event: Event) -> Result<Vec<Message>, Failure> {
+fn from_event(event: Event, zone: FixedOffset) -> Result<Vec<Message>, Failure> {
     if !EVENT_TYPES.contains(&event.kind.as_str()) {
         return Err(Failure::Invalid(format!(
             "unsupported Stripe event type `{}`; this source handles {}",
@@ -161,16 +178,17 @@ fn from_event(event: Event) -> Result<Vec<Message>, Failure> {
     }
     let invoice = parse_invoice(event.data.object)?;
     let message = match event.kind.as_str() {
-        "invoice.finalized" => posted(&invoice)?,
+        "invoice.finalized" => posted(&invoice, zone)?,
         "invoice.paid" => {
             let on = invoice.status_transitions.paid_at.unwrap_or(event.created);
+            let on = date(on, zone)?;
             payment(kinds::PAYMENT_RECEIVED, &invoice, invoice.amount_paid, on)?
         }
         _ => payment(
             kinds::PAYMENT_FAILED,
             &invoice,
             invoice.amount_due,
-            event.created,
+            date(event.created, zone)?,
         )?,
     };
     with_key(message, &event.id)
@@ -275,11 +293,88 @@ fn currency(code: &str) -> Result<Currency, Failure> {
     Currency::new(code).map_err(|e| Failure::Invalid(e.to_string()))
 }
 
-/// The UTC date of a Unix time.
-fn date(secs: i64) -> Result<NaiveDate, Failure> {
+/// How many decimals Stripe's integer amounts have in `currency`, from Stripe's
+/// "Supported currencies" page (docs.stripe.com/currencies): zero-decimal currencies,
+/// three-decimal currencies, and two for every other, ISK included (a special case:
+/// ISO 4217 gives it none, Stripe kept two for backwards compatibility, with amounts
+/// in multiples of 100). Where Stripe and ISO differ (ISK, MGA, IQD, LYD), Stripe's
+/// integers follow Stripe's table.
+pub fn stripe_minor_digits(currency: &Currency) -> u32 {
+    match currency.code() {
+        "BIF" | "CLP" | "DJF" | "GNF" | "JPY" | "KMF" | "KRW" | "MGA" | "PYG" | "RWF" | "UGX"
+        | "VND" | "VUV" | "XAF" | "XOF" | "XPF" => 0,
+        "BHD" | "JOD" | "KWD" | "OMR" | "TND" => 3,
+        _ => 2,
+    }
+}
+
+/// A Stripe integer amount in `currency`, exact.
+fn money(units: i64, currency: &Currency) -> Money {
+    Money::new(
+        Decimal::new(units, stripe_minor_digits(currency)),
+        currency.clone(),
+    )
+}
+
+/// The time zone service periods and dates are read in: UTC, or the `time_zone`
+/// config as a fixed offset (`+01:00`, `-05:30`, `Z`).
+fn time_zone() -> Result<FixedOffset, Failure> {
+    let Some(text) = config::get("time_zone") else {
+        return Ok(Utc.fix());
+    };
+    parse_offset(&text).ok_or_else(|| {
+        Failure::Invalid(format!(
+            "config `time_zone` is `{text}`: it is an offset from UTC such as `+01:00`, `-05:30` or `Z`"
+        ))
+    })
+}
+
+/// `+hh:mm`, `-hh:mm` or `Z` (or `UTC`) as an offset.
+pub fn parse_offset(text: &str) -> Option<FixedOffset> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("z") || text.eq_ignore_ascii_case("utc") {
+        return Some(Utc.fix());
+    }
+    let (sign, rest) = match text.as_bytes().first()? {
+        b'+' => (1, &text[1..]),
+        b'-' => (-1, &text[1..]),
+        _ => return None,
+    };
+    let (hours, minutes) = rest.split_once(':')?;
+    if hours.len() != 2 || minutes.len() != 2 {
+        return None;
+    }
+    let (hours, minutes): (i32, i32) = (hours.parse().ok()?, minutes.parse().ok()?);
+    if hours > 14 || minutes > 59 {
+        return None;
+    }
+    FixedOffset::east_opt(sign * (hours * 3600 + minutes * 60))
+}
+
+/// The date of a Unix time in `zone`.
+fn date(secs: i64, zone: FixedOffset) -> Result<NaiveDate, Failure> {
     DateTime::from_timestamp(secs, 0)
-        .map(|t| t.date_naive())
+        .map(|t| t.with_timezone(&zone).date_naive())
         .ok_or_else(|| Failure::Invalid(format!("{secs} is not a time")))
+}
+
+/// The days a Stripe period `[start, end)` serves, end inclusive (see the module's
+/// rule): the start's date to the day before the end's date.
+pub fn service_days(start: i64, end: i64, zone: FixedOffset) -> Result<Period, Failure> {
+    if end < start {
+        return Err(Failure::Invalid(format!(
+            "a period that ends ({end}) before it starts ({start})"
+        )));
+    }
+    let first = date(start, zone)?;
+    let last = date(end, zone)?
+        .pred_opt()
+        .filter(|last| *last >= first)
+        .unwrap_or(first);
+    Ok(Period {
+        start: first,
+        end: last,
+    })
 }
 
 fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
@@ -309,11 +404,11 @@ fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
     })
 }
 
-/// The canonical invoice of a Stripe invoice.
-fn invoice(stripe: &StripeInvoice) -> Result<Invoice, Failure> {
+/// The canonical invoice of a Stripe invoice, dates read in `zone`.
+fn invoice(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Invoice, Failure> {
     if stripe.lines.has_more {
-        return Err(Failure::Retryable(format!(
-            "invoice {} has more lines than the webhook carries; fetch them and resend",
+        return Err(Failure::Invalid(format!(
+            "invoice {} has more lines than the webhook carries (`lines.has_more`): send it with every line (expand `lines`, or list them and post the invoice object)",
             stripe.id
         )));
     }
@@ -343,20 +438,13 @@ fn invoice(stripe: &StripeInvoice) -> Result<Invoice, Failure> {
             let service_period = line
                 .period
                 .as_ref()
-                .map(|p| -> Result<Period, Failure> {
-                    // Stripe's end is exclusive (the next period's start).
-                    let end = if p.end > p.start { p.end - 1 } else { p.start };
-                    Ok(Period {
-                        start: date(p.start)?,
-                        end: date(end)?,
-                    })
-                })
+                .map(|p| service_days(p.start, p.end, zone))
                 .transpose()?;
             Ok(InvoiceLine {
                 id: line.id.clone(),
                 description: line.description.clone().filter(|d| !d.is_empty()),
                 quantity,
-                amount: Money::from_minor_units(line.amount, currency.clone()),
+                amount: money(line.amount, &currency),
                 service_period,
             })
         })
@@ -371,25 +459,31 @@ fn invoice(stripe: &StripeInvoice) -> Result<Invoice, Failure> {
                 .status_transitions
                 .finalized_at
                 .unwrap_or(stripe.created),
+            zone,
         )?),
-        due: stripe.due_date.map(date).transpose()?,
+        due: stripe.due_date.map(|d| date(d, zone)).transpose()?,
         lines,
-        total: Money::from_minor_units(stripe.total, currency),
+        total: money(stripe.total, &currency),
     })
 }
 
-fn posted(stripe: &StripeInvoice) -> Result<Message, Failure> {
-    let invoice = invoice(stripe)?;
+fn posted(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Message, Failure> {
+    let invoice = invoice(stripe, zone)?;
     Message::encode(kinds::INVOICE_POSTED, &invoice.id, &invoice)
 }
 
-fn payment(kind: &str, stripe: &StripeInvoice, minor: i64, on: i64) -> Result<Message, Failure> {
+fn payment(
+    kind: &str,
+    stripe: &StripeInvoice,
+    minor: i64,
+    on: NaiveDate,
+) -> Result<Message, Failure> {
     let payment = Payment {
         invoice_id: stripe.id.clone(),
         invoice_number: stripe.number.clone(),
         customer: customer(stripe)?,
-        amount: Money::from_minor_units(minor, currency(&stripe.currency)?),
-        on: Some(date(on)?),
+        amount: money(minor, &currency(&stripe.currency)?),
+        on: Some(on),
         attempts: stripe.attempt_count,
     };
     Message::encode(kind, &stripe.id, &payment)

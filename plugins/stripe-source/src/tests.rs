@@ -127,20 +127,162 @@ fn the_tolerance_of_a_signature_s_age_comes_from_config() {
 }
 
 #[test]
-fn what_the_source_cannot_read_is_invalid_and_an_incomplete_invoice_retryable() {
+fn what_the_source_cannot_read_or_complete_is_invalid() {
     let draft = include_str!("../../../tests/fixtures/public/stripe_invoice_object.json");
     assert_eq!(
         invalid(source().run(|| ingest_webhook(signed(draft.as_bytes())))),
         "invoice in_1Pgc6tB7WZ01zgkWu9fdqL6I is a draft: only finalized invoices are posted"
     );
-    // More lines than the webhook carries: fetched and sent again later.
+    // More lines than the webhook carries: refused at once, since retrying the same
+    // webhook can never complete it.
     let mut event: serde_json::Value = serde_json::from_str(FINALIZED).unwrap();
     event["data"]["object"]["lines"]["has_more"] = true.into();
     let body = event.to_string();
     assert_eq!(
-        source().run(|| ingest_webhook(signed(body.as_bytes()))),
-        Err(Failure::Retryable(
-            "invoice in_1Q2fh8BrSjgsps2DUqQsGLDj has more lines than the webhook carries; fetch them and resend".into()
-        ))
+        invalid(source().run(|| ingest_webhook(signed(body.as_bytes())))),
+        "invoice in_1Q2fh8BrSjgsps2DUqQsGLDj has more lines than the webhook carries (`lines.has_more`): send it with every line (expand `lines`, or list them and post the invoice object)"
+    );
+}
+
+/// The example's finalized invoice in `currency`, its one line and total of `amount`
+/// Stripe units, its line's period `[start, end)`: what the source posts, read in
+/// the host's config.
+fn posted_with(host: Host, currency: &str, amount: i64, period: (i64, i64)) -> Invoice {
+    let mut event: serde_json::Value = serde_json::from_str(FINALIZED).unwrap();
+    let invoice = &mut event["data"]["object"];
+    invoice["currency"] = currency.into();
+    invoice["total"] = amount.into();
+    let line = &mut invoice["lines"]["data"][0];
+    line["currency"] = currency.into();
+    line["amount"] = amount.into();
+    line["period"] = serde_json::json!({"start": period.0, "end": period.1});
+    let body = event.to_string();
+    let out = host
+        .run(|| ingest_webhook(signed(body.as_bytes())))
+        .unwrap();
+    Encoding::MsgPack.decode(&out[0].body).unwrap()
+}
+
+/// Unix seconds of a UTC date and time, built from the calendar (not from the code
+/// under test, which goes the other way).
+fn at(y: i32, m: u32, d: u32, hms: (u32, u32, u32)) -> i64 {
+    NaiveDate::from_ymd_opt(y, m, d)
+        .unwrap()
+        .and_hms_opt(hms.0, hms.1, hms.2)
+        .unwrap()
+        .and_utc()
+        .timestamp()
+}
+
+#[test]
+fn amounts_follow_stripe_s_currency_table_not_iso_s() {
+    let q4 = (at(2024, 10, 1, (0, 0, 0)), at(2025, 1, 1, (0, 0, 0)));
+    // Stripe's integer 1999, by Stripe's table (docs.stripe.com/currencies):
+    for (currency, expected) in [
+        ("usd", "19.99 USD"), // two decimals, as ISO
+        ("jpy", "1999 JPY"),  // zero-decimal, as ISO
+        ("kwd", "1.999 KWD"), // three-decimal, as ISO
+        // ISK: ISO 4217 has no minor unit, Stripe kept two: 1999 is 19.99 kronur (an
+        // ISO reading would make it 1999 kronur, 100 times too much).
+        ("isk", "19.99 ISK"),
+        // MGA: ISO 4217 has two decimals, Stripe none: 1999 is 1999 ariary (an ISO
+        // reading would make it 19.99, 100 times too little).
+        ("mga", "1999 MGA"),
+        // IQD: ISO has three decimals; Stripe lists three only for BHD, JOD, KWD, OMR
+        // and TND: two.
+        ("iqd", "19.99 IQD"),
+    ] {
+        let invoice = posted_with(source(), currency, 1999, q4);
+        assert_eq!(invoice.total.to_string(), expected, "{currency}");
+        assert_eq!(invoice.lines[0].amount.to_string(), expected, "{currency}");
+    }
+}
+
+#[test]
+fn service_periods_run_from_the_start_s_day_to_the_day_before_the_end_s() {
+    let days = |p: &Period| (p.end - p.start).num_days() + 1;
+    let period = |host: Host, start: i64, end: i64| {
+        posted_with(host, "usd", 1000, (start, end)).lines[0]
+            .service_period
+            .unwrap()
+    };
+    // A monthly subscription anchored at 20:50:51: 5 January to 5 February is
+    // 5 January..4 February, 31 days, the length of January (subtracting a second from
+    // the end would give 5 February and 32 days, overlapping the next invoice).
+    let p = period(
+        source(),
+        at(2025, 1, 5, (20, 50, 51)),
+        at(2025, 2, 5, (20, 50, 51)),
+    );
+    assert_eq!(
+        (p.start.to_string(), p.end.to_string()),
+        ("2025-01-05".into(), "2025-02-04".into())
+    );
+    assert_eq!(days(&p), 31);
+    // The next one starts where it ended: 5 February..4 March, 28 days.
+    let next = period(
+        source(),
+        at(2025, 2, 5, (20, 50, 51)),
+        at(2025, 3, 5, (20, 50, 51)),
+    );
+    assert_eq!(next.start, p.end.succ_opt().unwrap());
+    assert_eq!(days(&next), 28);
+    // Anchored at midnight in a leap year: February is 29 days.
+    let p = period(
+        source(),
+        at(2024, 2, 1, (0, 0, 0)),
+        at(2024, 3, 1, (0, 0, 0)),
+    );
+    assert_eq!((p.start.to_string(), days(&p)), ("2024-02-01".into(), 29));
+    // A one-off item (start = end) is its one day.
+    let t = at(2024, 6, 30, (12, 0, 0));
+    let p = period(source(), t, t);
+    assert_eq!(
+        (p.start.to_string(), p.end.to_string()),
+        ("2024-06-30".into(), "2024-06-30".into())
+    );
+    // Read in +01:00: 31 January 23:30 UTC is 1 February there, and the period to
+    // 29 February 23:30 UTC (1 March 00:30 there) is February, 29 days.
+    let p = period(
+        source().config("time_zone", "+01:00"),
+        at(2024, 1, 31, (23, 30, 0)),
+        at(2024, 2, 29, (23, 30, 0)),
+    );
+    assert_eq!((p.start.to_string(), days(&p)), ("2024-02-01".into(), 29));
+}
+
+#[test]
+fn a_time_zone_that_is_not_an_offset_or_a_period_that_ends_first_is_invalid() {
+    let body = FINALIZED.as_bytes();
+    assert_eq!(
+        invalid(
+            source()
+                .config("time_zone", "Europe/Paris")
+                .run(|| ingest_webhook(signed(body)))
+        ),
+        "config `time_zone` is `Europe/Paris`: it is an offset from UTC such as `+01:00`, `-05:30` or `Z`"
+    );
+    for (text, seconds) in [
+        ("Z", 0),
+        ("+00:00", 0),
+        ("+05:30", 19_800),
+        ("-03:00", -10_800),
+    ] {
+        assert_eq!(
+            parse_offset(text).unwrap().local_minus_utc(),
+            seconds,
+            "{text}"
+        );
+    }
+    for text in ["+5", "+15:00", "01:00", "+01:60", ""] {
+        assert!(parse_offset(text).is_none(), "{text}");
+    }
+    let mut event: serde_json::Value = serde_json::from_str(FINALIZED).unwrap();
+    event["data"]["object"]["lines"]["data"][0]["period"] =
+        serde_json::json!({"start": 1_735_689_600, "end": 1_727_740_800});
+    let body = event.to_string();
+    assert_eq!(
+        invalid(source().run(|| ingest_webhook(signed(body.as_bytes())))),
+        "a period that ends (1727740800) before it starts (1735689600)"
     );
 }

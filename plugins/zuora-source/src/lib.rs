@@ -353,8 +353,13 @@ fn line(
             if let Some(q) = pricing[kind]["quantity"].as_f64() {
                 quantity = decimal(q)?;
             }
+            let too_large = || {
+                Failure::Invalid(format!(
+                    "{number}: the {kind} charge of {id} is past what a decimal holds"
+                ))
+            };
             let mut add = if kind.ends_with("PerUnit") {
-                price * quantity
+                price.checked_mul(quantity).ok_or_else(too_large)?
             } else {
                 price
             };
@@ -368,12 +373,19 @@ fn line(
                 };
                 match (per, term_months) {
                     (Some(per), Some(term)) if term % per == 0 => {
-                        add *= Decimal::from(term / per);
+                        add = add
+                            .checked_mul(Decimal::from(term / per))
+                            .ok_or_else(too_large)?;
                     }
                     _ => unknown = true,
                 }
             }
-            amount = Some(amount.unwrap_or_default() + add);
+            amount = Some(
+                amount
+                    .unwrap_or_default()
+                    .checked_add(add)
+                    .ok_or_else(too_large)?,
+            );
         }
     }
     if unknown {

@@ -76,3 +76,17 @@ fn an_order_the_source_cannot_read_or_a_bad_currency_is_invalid() {
         Err(Failure::Invalid(why)) if why.starts_with("unsupported Zuora order action `OwnerTransfer`")
     ));
 }
+
+#[test]
+fn a_price_past_what_a_decimal_holds_is_invalid_not_a_trap() {
+    // A monthly fee of 5e28 over a 12-month term: 6e29, past the largest decimal
+    // (about 7.9e28).
+    let huge = SUBSCRIPTION.replace("\"listPrice\": 100", "\"listPrice\": 5e28");
+    assert_ne!(huge, SUBSCRIPTION, "the sample's price");
+    match source().run(|| ingest_order(post(&huge))) {
+        Err(Failure::Invalid(why)) => {
+            assert!(why.ends_with("is past what a decimal holds"), "{why}")
+        }
+        other => panic!("not invalid: {other:?}"),
+    }
+}
