@@ -425,8 +425,15 @@ pub struct Invoice {
     pub due: Option<NaiveDate>,
     /// Invoice lines.
     pub lines: Vec<InvoiceLine>,
-    /// Invoice total.
+    /// Invoice total: what the customer owes, tax included, discounts taken off. It is
+    /// the lines' amounts plus their taxes.
     pub total: Money,
+    /// The tax on the whole invoice (the lines' taxes), when the billing system gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax: Option<Money>,
+    /// The discounts taken off the whole invoice (the lines' discounts), when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Money>,
 }
 
 /// One line of an [`Invoice`].
@@ -440,11 +447,34 @@ pub struct InvoiceLine {
     pub description: Option<String>,
     /// Quantity, exact.
     pub quantity: Decimal,
-    /// Amount of the line.
+    /// What the line earns: its amount with its discounts taken off and without tax
+    /// (a tax-inclusive price has its tax taken out). Revenue is recognised on this.
     pub amount: Money,
     /// The service period the line bills for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_period: Option<Period>,
+    /// The discounts taken off the line, when any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discount: Option<Money>,
+    /// The taxes on the line, one per rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taxes: Vec<TaxAmount>,
+}
+
+/// A tax on a line, at one rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct TaxAmount {
+    /// The tax.
+    pub amount: Money,
+    /// The rate in percent (`19` for 19 %), when the billing system gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_percent: Option<Decimal>,
+    /// The billing system's id of the rate (Stripe's `txr_...`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<String>,
+    /// Whether the billed price included it (tax-inclusive pricing).
+    pub inclusive: bool,
 }
 
 /// A payment on an invoice, received or failed (events `PaymentReceived`,

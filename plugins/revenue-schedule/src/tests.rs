@@ -107,3 +107,20 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
         Err(Failure::Invalid(_))
     ));
 }
+
+#[test]
+fn an_invoice_line_is_recognised_net_of_its_discount_and_without_its_tax() {
+    let mut event: Value = serde_json::from_str(STRIPE_PAID).unwrap();
+    event["type"] = "invoice.finalized".into();
+    let line = &mut event["data"]["object"]["lines"]["data"][0];
+    // January 2024; 120.00 with 20.00 off and 19.00 tax on top: 100.00 earned.
+    line["period"] = json!({"start": 1704067200, "end": 1706745600});
+    line["amount"] = 12000.into();
+    line["discount_amounts"] = json!([{"amount": 2000, "discount": "di_1"}]);
+    line["tax_amounts"] = json!([{"amount": 1900, "inclusive": false, "tax_rate": "txr_19"}]);
+    event["data"]["object"]["total"] = 11900.into();
+    let invoice = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
+    let s = schedules(&Host::new().run(|| schedule_revenue(invoice)).unwrap());
+    let amounts: Vec<String> = s[0].periods.iter().map(|p| p.amount.to_string()).collect();
+    assert_eq!(amounts, ["100.00 USD"], "the whole of January");
+}

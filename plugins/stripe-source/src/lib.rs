@@ -21,6 +21,12 @@
 //! 5 January to 4 February (31 days), like one anchored at midnight; a period with no
 //! length (a one-off item: start = end) is its one day.
 //!
+//! A line's amount is what it earns: Stripe's `amount` with its `discount_amounts`
+//! taken off and, for a tax-inclusive price, its inclusive tax taken out; its taxes
+//! (`tax_amounts` in the 2020-03-02 shape, `taxes` in the current one) are kept per
+//! rate, and the invoice carries the sum of its lines' taxes and discounts. The lines'
+//! amounts plus their taxes make the invoice's `total`, to the unit.
+//!
 //! A bare invoice object (not an event) is read as its status says: posted once
 //! finalized, refused while a draft. An invoice whose `lines.has_more` is true is
 //! refused as invalid: a source cannot call Stripe to fetch the rest, and retrying
@@ -38,7 +44,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use tenon_sdk::model::chrono::{DateTime, FixedOffset, NaiveDate, Offset as _, Utc};
 use tenon_sdk::model::rust_decimal::Decimal;
-use tenon_sdk::model::{Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, kinds};
+use tenon_sdk::model::{
+    Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, TaxAmount, kinds,
+};
 use tenon_sdk::{Failure, Message, RawRequest, config, secrets};
 
 #[cfg(test)]
@@ -276,6 +284,38 @@ struct StripeLine {
     quantity_decimal: Option<String>,
     #[serde(default)]
     period: Option<StripePeriod>,
+    #[serde(default)]
+    discount_amounts: Option<Vec<StripeDiscount>>,
+    /// The 2020-03-02 shape's taxes.
+    #[serde(default)]
+    tax_amounts: Option<Vec<StripeTaxAmount>>,
+    /// The current shape's taxes.
+    #[serde(default)]
+    taxes: Option<Vec<StripeTax>>,
+}
+
+#[derive(Deserialize)]
+struct StripeDiscount {
+    amount: i64,
+}
+
+#[derive(Deserialize)]
+struct StripeTaxAmount {
+    amount: i64,
+    #[serde(default)]
+    inclusive: bool,
+    /// An id, or the tax rate object when expanded.
+    #[serde(default)]
+    tax_rate: Value,
+}
+
+#[derive(Deserialize)]
+struct StripeTax {
+    amount: i64,
+    #[serde(default)]
+    tax_behavior: Option<String>,
+    #[serde(default)]
+    tax_rate_details: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -440,15 +480,28 @@ fn invoice(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Invoice, Failure
                 .as_ref()
                 .map(|p| service_days(p.start, p.end, zone))
                 .transpose()?;
+            let earned = earned(line, &currency)?;
             Ok(InvoiceLine {
                 id: line.id.clone(),
                 description: line.description.clone().filter(|d| !d.is_empty()),
                 quantity,
-                amount: money(line.amount, &currency),
+                amount: money(earned.amount, &currency),
                 service_period,
+                discount: (earned.discount != 0).then(|| money(earned.discount, &currency)),
+                taxes: earned.taxes,
             })
         })
         .collect::<Result<Vec<_>, Failure>>()?;
+    // The invoice's tax and discount: its lines'.
+    let (mut tax, mut discount) = (None, None);
+    for line in &lines {
+        for t in &line.taxes {
+            add_to(&mut tax, &t.amount, &stripe.id)?;
+        }
+        if let Some(d) = &line.discount {
+            add_to(&mut discount, d, &stripe.id)?;
+        }
+    }
     Ok(Invoice {
         id: stripe.id.clone(),
         number: stripe.number.clone(),
@@ -464,7 +517,95 @@ fn invoice(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Invoice, Failure
         due: stripe.due_date.map(|d| date(d, zone)).transpose()?,
         lines,
         total: money(stripe.total, &currency),
+        tax,
+        discount,
     })
+}
+
+/// Add `amount` to `sum` (none yet: zero).
+fn add_to(sum: &mut Option<Money>, amount: &Money, invoice: &str) -> Result<(), Failure> {
+    let so_far = sum
+        .take()
+        .unwrap_or_else(|| Money::zero(amount.currency.clone()));
+    *sum = Some(so_far.checked_add(amount).map_err(|_| too_large(invoice))?);
+    Ok(())
+}
+
+fn too_large(what: &str) -> Failure {
+    Failure::Invalid(format!(
+        "{what}: amounts that add up past what can be computed"
+    ))
+}
+
+/// What a line earns, in Stripe units, with its discount and taxes.
+struct Earned {
+    amount: i64,
+    discount: i64,
+    taxes: Vec<TaxAmount>,
+}
+
+/// A line's amount less its discounts and its inclusive taxes, with its taxes.
+fn earned(line: &StripeLine, currency: &Currency) -> Result<Earned, Failure> {
+    let overflow = || too_large(&format!("line {}", line.id));
+    let discount = line
+        .discount_amounts
+        .iter()
+        .flatten()
+        .try_fold(0i64, |sum, d| sum.checked_add(d.amount))
+        .ok_or_else(overflow)?;
+    // Each tax: (Stripe units, inclusive, rate id, rate in percent).
+    let mut taxes: Vec<(i64, bool, Option<String>, Option<Decimal>)> = Vec::new();
+    for t in line.tax_amounts.iter().flatten() {
+        let (id, percent) = tax_rate(&t.tax_rate);
+        taxes.push((t.amount, t.inclusive, id, percent));
+    }
+    for t in line.taxes.iter().flatten() {
+        let details = t
+            .tax_rate_details
+            .as_ref()
+            .map_or(&Value::Null, |d| &d["tax_rate"]);
+        let (id, percent) = tax_rate(details);
+        let inclusive = t.tax_behavior.as_deref() == Some("inclusive");
+        taxes.push((t.amount, inclusive, id, percent));
+    }
+    let inclusive = taxes
+        .iter()
+        .filter(|t| t.1)
+        .try_fold(0i64, |sum, t| sum.checked_add(t.0))
+        .ok_or_else(overflow)?;
+    let amount = line
+        .amount
+        .checked_sub(discount)
+        .and_then(|a| a.checked_sub(inclusive))
+        .ok_or_else(overflow)?;
+    Ok(Earned {
+        amount,
+        discount,
+        taxes: taxes
+            .into_iter()
+            .map(|(units, inclusive, rate, rate_percent)| TaxAmount {
+                amount: money(units, currency),
+                rate_percent,
+                rate,
+                inclusive,
+            })
+            .collect(),
+    })
+}
+
+/// A tax rate's id and percentage: an id, or the expanded object (`id`,
+/// `percentage`).
+fn tax_rate(value: &Value) -> (Option<String>, Option<Decimal>) {
+    match value {
+        Value::String(id) => (Some(id.clone()), None),
+        Value::Object(rate) => (
+            rate.get("id").and_then(Value::as_str).map(str::to_owned),
+            rate.get("percentage")
+                .and_then(|p| p.as_f64())
+                .and_then(|p| p.to_string().parse().ok()),
+        ),
+        _ => (None, None),
+    }
 }
 
 fn posted(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Message, Failure> {

@@ -286,3 +286,91 @@ fn a_time_zone_that_is_not_an_offset_or_a_period_that_ends_first_is_invalid() {
         "a period that ends (1727740800) before it starts (1735689600)"
     );
 }
+
+/// The example's finalized invoice with its one line replaced by `line` (amount 12000
+/// or as given) and its total set to `total`.
+fn invoice_with_line(line: serde_json::Value, total: i64) -> Invoice {
+    let mut event: serde_json::Value = serde_json::from_str(FINALIZED).unwrap();
+    let invoice = &mut event["data"]["object"];
+    invoice["total"] = total.into();
+    let first = &mut invoice["lines"]["data"][0];
+    for (k, v) in line.as_object().unwrap() {
+        first[k] = v.clone();
+    }
+    let body = event.to_string();
+    let out = source()
+        .run(|| ingest_webhook(signed(body.as_bytes())))
+        .unwrap();
+    Encoding::MsgPack.decode(&out[0].body).unwrap()
+}
+
+#[test]
+fn a_line_earns_its_amount_less_discounts_and_without_tax_and_the_total_reconciles() {
+    use tenon_sdk::model::TaxAmount;
+    let usd = |s: &str| Money::new(s.parse().unwrap(), Currency::new("USD").unwrap());
+    // The 2020-03-02 shape: a 120.00 line, 20.00 off, 19 % tax on top (exclusive) of
+    // what is left: 100.00 * 0.19 = 19.00; Stripe's total is 120 - 20 + 19 = 119.00.
+    let exclusive = invoice_with_line(
+        serde_json::json!({
+            "amount": 12000,
+            "discount_amounts": [{"amount": 2000, "discount": "di_1"}],
+            "tax_amounts": [{"amount": 1900, "inclusive": false,
+                             "tax_rate": {"id": "txr_19", "object": "tax_rate", "percentage": 19.0}}],
+        }),
+        11900,
+    );
+    let line = &exclusive.lines[0];
+    assert_eq!(line.amount, usd("100.00"));
+    assert_eq!(line.discount, Some(usd("20.00")));
+    assert_eq!(
+        line.taxes,
+        [TaxAmount {
+            amount: usd("19.00"),
+            rate_percent: Some("19".parse().unwrap()),
+            rate: Some("txr_19".into()),
+            inclusive: false,
+        }]
+    );
+    assert_eq!(
+        (exclusive.tax.clone(), exclusive.discount.clone()),
+        (Some(usd("19.00")), Some(usd("20.00")))
+    );
+    assert_eq!(exclusive.total, usd("119.00"));
+
+    // The current shape, a tax-inclusive price of 119.00 (19 % included: 119 / 1.19
+    // = 100.00 earned, 19.00 tax), no discount; total 119.00.
+    let inclusive = invoice_with_line(
+        serde_json::json!({
+            "amount": 11900,
+            "discount_amounts": [],
+            "tax_amounts": null,
+            "taxes": [{"amount": 1900, "tax_behavior": "inclusive", "taxable_amount": 10000,
+                       "type": "tax_rate_details",
+                       "tax_rate_details": {"tax_rate": "txr_19_incl"}}],
+        }),
+        11900,
+    );
+    let line = &inclusive.lines[0];
+    assert_eq!(
+        (line.amount.clone(), line.discount.clone()),
+        (usd("100.00"), None)
+    );
+    assert_eq!(line.taxes[0].amount, usd("19.00"));
+    assert!(line.taxes[0].inclusive);
+    assert_eq!(line.taxes[0].rate.as_deref(), Some("txr_19_incl"));
+    // Whichever the shape, what the lines earn plus their taxes is the total.
+    for invoice in [&exclusive, &inclusive] {
+        let earned: Decimal = invoice.lines.iter().map(|l| l.amount.amount).sum();
+        assert_eq!(
+            earned + invoice.tax.as_ref().unwrap().amount,
+            invoice.total.amount
+        );
+    }
+
+    // No discount and no tax (the example): nothing added.
+    let plain = posted_with(source(), "usd", 10800, (1_727_740_800, 1_735_689_600));
+    assert_eq!(
+        (plain.tax, plain.discount, plain.lines[0].taxes.len()),
+        (None, None, 0)
+    );
+}
