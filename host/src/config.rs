@@ -50,6 +50,11 @@
 //! when = { tenon-entity = "DE01" }  # headers they must carry (set by a routing step)
 //! sink = "erp-sink"              # without a sink, a flow's last step emits events
 //!
+//! [flows.invoices]
+//! source = "stripe"
+//! sink = "finance"
+//! emit = ["InvoicePosted"]       # also published where it is made (here: at ingress)
+//!
 //! [flows.quote-to-order]
 //! source = "cpq-source"          # POST /v1/sources/cpq-source feeds this flow
 //! steps = ["quote-to-order"]     # transforms, in order
@@ -516,8 +521,10 @@ pub struct FlowEntry {
     #[serde(default)]
     pub source: Option<Spanned<String>>,
     /// Event kinds this flow takes from the other flows, instead of a source: every
-    /// message of one of these kinds that another flow's source or step emits also
-    /// enters this flow, e.g. `subscribe = ["OrderAccepted"]`.
+    /// message of one of these kinds that another flow emits also enters this flow,
+    /// e.g. `subscribe = ["OrderAccepted"]`. A flow emits what its last step makes
+    /// when it has no sink, and the kinds its `emit` names; nothing else it makes on
+    /// the way reaches subscribers.
     #[serde(default)]
     pub subscribe: Vec<Spanned<String>>,
     /// Headers a subscribed message must carry, e.g. `when = { tenon-entity = "DE01" }`
@@ -531,6 +538,13 @@ pub struct FlowEntry {
     /// outputs go to the flows that subscribe to them.
     #[serde(default)]
     pub sink: Option<Spanned<String>>,
+    /// Kinds this flow also publishes where they are made, before its end: its
+    /// source's messages or a step's outputs, e.g. `emit = ["InvoicePosted"]` on a flow
+    /// that delivers invoices to finance, so that a revenue flow takes them too. A
+    /// kind a step makes on the way (an order not yet through the gateway) reaches
+    /// no subscriber unless named here.
+    #[serde(default)]
+    pub emit: Vec<Spanned<String>>,
     /// Attempts per stage before a message becomes a dead letter (default 5).
     #[serde(default)]
     pub max_attempts: Option<u32>,
@@ -893,6 +907,31 @@ impl Config {
                 ));
             }
         }
+        self.check_subscriptions()
+    }
+
+    /// Every subscribed kind can reach its subscriber: some other flow either ends
+    /// without a sink (its last step's outputs are published, whatever their kind) or
+    /// names the kind in `emit`. Otherwise the subscriber would silently get nothing.
+    fn check_subscriptions(&self) -> Result<(), ConfigError> {
+        for (flow, entry) in &self.flows {
+            for kind in &entry.subscribe {
+                let reached = self.flows.iter().any(|(other, e)| {
+                    other != flow
+                        && (e.sink.is_none()
+                            || e.emit.iter().any(|k| k.get_ref() == kind.get_ref()))
+                });
+                if !reached {
+                    return Err(self.error(
+                        kind,
+                        format!(
+                            "flow `{flow}`: subscribes to `{kind}`, which no flow emits: name it in the `emit` of the flow that makes it (a flow without a sink emits its last step's outputs)",
+                            kind = kind.get_ref()
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -1085,6 +1124,26 @@ sink = "out"
                 .starts_with("conf/tenon.toml:14:1: unknown field `retries`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_subscription_no_flow_can_emit_is_refused_at_its_line() {
+        // q2o has a sink and no `emit`: nothing it makes reaches subscribers.
+        let watch = "\n[flows.watch]\nsubscribe = [\"OrderAccepted\"]\nsink = \"out\"\n";
+        let err = parse(&format!("{GOOD}{watch}")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "conf/tenon.toml:16:14: flow `watch`: subscribes to `OrderAccepted`, which no flow emits: name it in the `emit` of the flow that makes it (a flow without a sink emits its last step's outputs)"
+        );
+        // Named in q2o's `emit`, or q2o without a sink (its last step's outputs are
+        // published): accepted.
+        let emitting = GOOD.replace(
+            "sink = \"out\"",
+            "sink = \"out\"\nemit = [\"OrderAccepted\"]",
+        );
+        assert!(parse(&format!("{emitting}{watch}")).is_ok());
+        let sinkless = GOOD.replace("sink = \"out\"\n", "");
+        assert!(parse(&format!("{sinkless}{watch}")).is_ok());
     }
 
     #[test]

@@ -73,6 +73,7 @@ steps = ["revenue"]
 [flows.invoices]
 source = "stripe"
 sink = "finance"
+emit = ["InvoicePosted"]
 
 [flows.invoice-revenue]
 subscribe = ["InvoicePosted"]
@@ -524,4 +525,61 @@ async fn an_entity_added_in_config_takes_the_orders_no_flow_took() {
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let log = std::fs::read_to_string(ws.path().join("tenon.log")).unwrap();
     assert_eq!(log.matches("config reloaded").count(), 1, "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscriber_without_a_filter_gets_what_flows_emit_not_what_they_make_on_the_way() {
+    let erp = MockErp::start().await.unwrap();
+    let base = erp.orders_url();
+    let base = base.trim_end_matches("/sap/orders").to_owned();
+    let ws = Workspace::new();
+    // Every accepted order, whatever its entity: a flow with no `when`.
+    let watch = format!(
+        "\n[plugins.watcher]\npath = \"plugins/http-sink\"\nconfig = {{ url = \"{base}/watch/orders\" }}\ngrants = {{ http = [\"http://127.0.0.1:*\"] }}\n\n[flows.watch]\nsubscribe = [\"OrderAccepted\"]\nsink = \"watcher\"\n"
+    );
+    ws.write_config(&format!("{}{watch}", config(&base)));
+    std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
+    let tenon = Tenon::start(&ws);
+    let customers = json!([
+        {"kind": "CustomerUpserted", "key": "0015g00000XyZ12AAB",
+         "body": {"id": "0015g00000XyZ12AAB", "name": "Northwind Traders GmbH", "country": "DE"}},
+        {"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
+         "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}},
+    ]);
+    for id in tenon.send_quote_to("master", &customers.to_string()).await {
+        tenon.settled(&id).await;
+    }
+
+    // A German order (DE ERP and the watcher) and a French bundle whose subscription
+    // order the gateway rejects (FR ERP and the watcher take the physical one only).
+    let plain = tenon.send_quote(sample("plain.json")).await;
+    let bundle = tenon.send_quote(sample("bundle.json")).await;
+    settled_with(&tenon, &plain[0], 2).await;
+    let status = settled_with(&tenon, &bundle[0], 3).await;
+    assert!(
+        status["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["plugin"] == "gateway" && o["result"]["Rejected"].is_object()),
+        "{status:#}"
+    );
+
+    let received = |path: &str| -> Vec<String> {
+        let mut ids: Vec<String> = erp
+            .received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .map(|r| r.body["id"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let mut erps = [received("/de/orders"), received("/fr/orders")].concat();
+    erps.sort();
+    assert_eq!(erps.len(), 2, "{erps:?}");
+    // Exactly the orders the gateway accepted and the router routed, once each: not
+    // the orders the mapping made before the gateway (the rejected one among them),
+    // which a flow publishing every step's outputs would have sent here too.
+    assert_eq!(received("/watch/orders"), erps);
 }

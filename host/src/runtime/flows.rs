@@ -26,6 +26,8 @@ pub struct Flow {
     pub subscribe: Vec<String>,
     /// Headers a subscribed message must carry.
     pub when: BTreeMap<String, String>,
+    /// Kinds it publishes where they are made, not only at its end.
+    pub emit: Vec<String>,
     /// The stage plugin instances: the steps, then the sink.
     pub stages: Vec<String>,
     /// How each stage retries, in the order of `stages`.
@@ -178,6 +180,7 @@ pub(crate) fn resolve_flows(
                 .map(|k| k.get_ref().clone())
                 .collect(),
             when: entry.when.clone(),
+            emit: entry.emit.iter().map(|k| k.get_ref().clone()).collect(),
             retry: stages.iter().map(|s| policy(s)).collect(),
             stages,
             concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
@@ -198,15 +201,19 @@ impl Runtime {
             .collect()
     }
 
-    /// The flows `message` (emitted in flow `from`) enters as an event: those that
-    /// subscribe to its kind and whose `when` headers it carries, except the flow it
-    /// comes from and any flow its lineage went through already (no loops). Each gets
-    /// an envelope at its first stage, with an id derived from the message's, and the
-    /// lineage of `produced` (its root, trail and trace: the message as it was made).
+    /// The flows `message`, made in flow `from`, enters as an event. Flow `from`
+    /// emits it when it is `at_end` (the last step of a flow without a sink made it) or
+    /// when its kind is in `from`'s `emit`; otherwise it reaches no subscriber (an order
+    /// the mapping made is not one the gateway accepted). The flows it enters are those
+    /// that subscribe to its kind and whose `when` headers it carries, except `from`
+    /// and any flow its lineage went through already (no loops). Each gets an envelope
+    /// at its first stage, with an id derived from the message's, and the lineage of
+    /// `produced` (its root, trail and trace: the message as it was made).
     pub(crate) fn published(
         &self,
         message: &StoredMessage,
         from: &str,
+        at_end: bool,
         produced: &Envelope,
     ) -> Vec<(String, Envelope)> {
         let header = |name: &str| {
@@ -218,6 +225,15 @@ impl Runtime {
         };
         // On every step's every output: read the flows in place, clone none.
         let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        // A flow no longer in the config (a message in flight across a reload) emits
+        // at its end only.
+        let emits = at_end
+            || flows
+                .get(from)
+                .is_some_and(|f| f.emit.contains(&message.kind));
+        if !emits {
+            return Vec::new();
+        }
         flows
             .values()
             .filter(|f| f.subscribe.contains(&message.kind))

@@ -270,9 +270,16 @@ impl Runtime {
                     envelope.trace = carried.clone();
                     items.push((queue_name(&flow.name, &flow.stages[0]), envelope));
                 }
-                // The message is an event too: the flows subscribing to its kind get it.
-                if let Some((_, e)) = items.get(first) {
-                    events.extend(self.published(&e.message, &e.flow, e));
+                // The message is an event too where one of its flows emits its kind:
+                // the flows subscribing to it get it, once. (A flow always has a stage
+                // after its source: a source's message is never at a flow's end.)
+                let emitter = items[first..].iter().map(|(_, e)| e).find(|e| {
+                    flows
+                        .iter()
+                        .any(|f| f.name == e.flow && f.emit.contains(&e.message.kind))
+                });
+                if let Some(e) = emitter {
+                    events.extend(self.published(&e.message, &e.flow, false, e));
                 }
             }
             let ids: Vec<MessageId> = items.iter().map(|(_, e)| e.message.id.clone()).collect();

@@ -467,7 +467,8 @@ impl Runtime {
                 let mut forward = Vec::with_capacity(outputs.len());
                 let mut unrouted = Vec::new();
                 for output in outputs {
-                    let events = self.published(&output.message, &env.flow, &output);
+                    let at_end = queue.is_none();
+                    let events = self.published(&output.message, &env.flow, at_end, &output);
                     match &queue {
                         Some(queue) => forward.push((queue.clone(), output)),
                         None if events.is_empty() => unrouted.push(describe_event(&output.message)),
