@@ -414,7 +414,7 @@ sink = "erp"
     let request = seen.lock().unwrap()[0].clone();
     let head = request.to_ascii_lowercase();
     assert!(
-        request.starts_with("PUT /orders/Q-00101?kind=OrderAccepted HTTP/1.1\r\n"),
+        request.starts_with("PUT /orders/Q-00101?kind=OrderDrafted HTTP/1.1\r\n"),
         "{request}"
     );
     assert!(

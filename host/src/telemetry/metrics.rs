@@ -35,8 +35,11 @@ type Histograms = Family<Labels, Histogram, fn() -> Histogram>;
 
 /// Kinds the KPIs follow.
 pub const QUOTE: &str = "QuoteApproved";
-/// See [`QUOTE`].
+/// See [`QUOTE`]: an order a sink delivered, accepted by a gateway or, in a flow
+/// without one, as the mapping drafted it.
 pub const ORDER: &str = "OrderAccepted";
+/// See [`ORDER`].
+pub const ORDER_DRAFTED: &str = "OrderDrafted";
 /// See [`QUOTE`].
 pub const INVOICE: &str = "InvoicePosted";
 /// See [`QUOTE`].
@@ -341,7 +344,9 @@ pub fn kpis(outcome: &Outcome, at_sink: bool) -> Vec<Kpi> {
     let mut out = Vec::new();
     if outcome.root_kind == QUOTE {
         match &outcome.result {
-            OutcomeKind::Delivered { .. } if outcome.kind == ORDER => {
+            OutcomeKind::Delivered { .. }
+                if outcome.kind == ORDER || outcome.kind == ORDER_DRAFTED =>
+            {
                 out.push(Kpi::QuoteToOrder(since()))
             }
             OutcomeKind::Rejected { reasons } => out.push(Kpi::OrderRejected(
@@ -461,6 +466,11 @@ mod tests {
         assert_eq!(
             kpis(&outcome(ORDER, QUOTE, delivered()), true),
             vec![Kpi::QuoteToOrder(2.5)]
+        );
+        assert_eq!(
+            kpis(&outcome(ORDER_DRAFTED, QUOTE, delivered()), true),
+            vec![Kpi::QuoteToOrder(2.5)],
+            "an order delivered by a flow without a gateway"
         );
         assert_eq!(
             kpis(

@@ -30,6 +30,7 @@ pub const MODEL_HEADER: &str = "tenon-model";
 /// Each canonical kind with the model its body is, for [`schema`].
 pub const CANONICAL: &[(&str, &str)] = &[
     (kinds::QUOTE_APPROVED, "Quote"),
+    (kinds::ORDER_DRAFTED, "Order"),
     (kinds::ORDER_ACCEPTED, "Order"),
     (kinds::CONTRACT_ACTIVATED, "Contract"),
     (kinds::CONTRACT_AMENDED, "Contract"),
@@ -74,7 +75,9 @@ pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub mod kinds {
     /// A quote approved in CPQ, body [`super::Quote`].
     pub const QUOTE_APPROVED: &str = "QuoteApproved";
-    /// An order accepted for fulfilment, body [`super::Order`].
+    /// An order a mapping made of a quote, not yet validated, body [`super::Order`].
+    pub const ORDER_DRAFTED: &str = "OrderDrafted";
+    /// An order the validation gateway accepted for fulfilment, body [`super::Order`].
     pub const ORDER_ACCEPTED: &str = "OrderAccepted";
     /// A contract (subscription) activated, body [`super::Contract`].
     pub const CONTRACT_ACTIVATED: &str = "ContractActivated";
@@ -268,7 +271,8 @@ pub enum OrderCategory {
     Subscription,
 }
 
-/// A sales order (event `OrderAccepted`).
+/// A sales order (events `OrderDrafted` as a mapping makes it, `OrderAccepted` once
+/// the validation gateway has passed it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Order {

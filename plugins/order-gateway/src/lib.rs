@@ -2,8 +2,9 @@
 //!
 //! - `CustomerUpserted` (a [`Party`] from the CRM, through a master-data flow) is
 //!   kept in the plugin's key-value storage as the customer master; nothing goes on.
-//! - `OrderAccepted` passes unchanged only when every rule holds; otherwise it is
-//!   `rejected` with every failed rule, not only the first:
+//! - `OrderDrafted` (an order a mapping made) becomes `OrderAccepted` only when every
+//!   rule holds; otherwise it is `rejected` with every failed rule, not only the
+//!   first:
 //!   - the sold-to customer exists in the customer master;
 //!   - the company has tax nexus in the customer's country (config `tax_nexus`);
 //!   - each product may be sold in that country (config `product_restrictions`);
@@ -33,7 +34,7 @@ fn validate_order(input: Message) -> Result<Vec<Message>, Failure> {
             kv::set(&key(&party.id), &record)?;
             Ok(Vec::new())
         }
-        kinds::ORDER_ACCEPTED => {
+        kinds::ORDER_DRAFTED => {
             let order: Order = input.decode()?;
             let customer: Option<Party> = kv::get(&key(&order.customer.id))?
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok());
@@ -45,7 +46,8 @@ fn validate_order(input: Message) -> Result<Vec<Message>, Failure> {
                     enrich(&mut order, &master);
                     let encoding = Encoding::from_content_type(&input.content_type)
                         .map_err(|e| Failure::Invalid(e.to_string()))?;
-                    let mut output = Message::encode_as(encoding, &input.kind, &input.key, &order)?;
+                    let mut output =
+                        Message::encode_as(encoding, kinds::ORDER_ACCEPTED, &input.key, &order)?;
                     output.headers = input.headers;
                     Ok(vec![output])
                 }
@@ -53,7 +55,8 @@ fn validate_order(input: Message) -> Result<Vec<Message>, Failure> {
             }
         }
         other => Err(Failure::Invalid(format!(
-            "the gateway takes {CUSTOMER_UPSERTED} and OrderAccepted, not `{other}`"
+            "the gateway takes {CUSTOMER_UPSERTED} and {}, not `{other}`",
+            kinds::ORDER_DRAFTED
         ))),
     }
 }

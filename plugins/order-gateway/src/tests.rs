@@ -35,7 +35,7 @@ fn order() -> Order {
 
 /// The order as quote-to-order sends it on, with a header that must travel on.
 fn order_message(order: &Order) -> Message {
-    let mut message = Message::encode(kinds::ORDER_ACCEPTED, "Q-00101", order).unwrap();
+    let mut message = Message::encode(kinds::ORDER_DRAFTED, "Q-00101", order).unwrap();
     message.headers.push((
         "traceparent".into(),
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into(),
@@ -78,10 +78,11 @@ fn customers_are_kept_and_complete_the_orders_that_pass() {
             out[0].content_type.as_str()
         ),
         (
-            input.kind.as_str(),
+            kinds::ORDER_ACCEPTED,
             input.key.as_str(),
             input.content_type.as_str()
-        )
+        ),
+        "a drafted order that passes is accepted"
     );
     assert_eq!(out[0].headers, input.headers, "the headers travel on");
     assert_eq!(out[0].decode::<Order>().unwrap(), order());
@@ -134,7 +135,7 @@ fn other_kinds_bad_bodies_and_bad_config_are_invalid() {
     assert_eq!(
         host.run(|| validate_order(other)),
         Err(Failure::Invalid(
-            "the gateway takes CustomerUpserted and OrderAccepted, not `QuoteApproved`".into()
+            "the gateway takes CustomerUpserted and OrderDrafted, not `QuoteApproved`".into()
         ))
     );
     let no_id = Message::encode_as(

@@ -4,7 +4,8 @@
 //! customer, without a currency, with a line without a product (or with a bundle
 //! parent that is not on the quote) is `rejected` with all its reasons.
 //!
-//! A valid quote becomes up to two `OrderAccepted` messages: one for its one-time
+//! A valid quote becomes up to two `OrderDrafted` messages (the validation gateway
+//! makes them `OrderAccepted`): one for its one-time
 //! (physical) lines, `<quote>-P`, and one for its recurring and usage (subscription)
 //! lines, `<quote>-S`. Line numbers run per quote (10, 20, ...) so that bundle
 //! parents stay addressable across the two orders.
@@ -45,7 +46,7 @@ fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
     let orders = map_quote_by(&quote, rounding).map_err(Failure::Rejected)?;
     orders
         .iter()
-        .map(|order| Message::encode(kinds::ORDER_ACCEPTED, &input.key, order))
+        .map(|order| Message::encode(kinds::ORDER_DRAFTED, &input.key, order))
         .collect()
 }
 

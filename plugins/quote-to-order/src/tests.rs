@@ -26,7 +26,7 @@ fn quote_message(json: &str) -> Message {
 fn orders_json(out: &[Message]) -> Vec<serde_json::Value> {
     out.iter()
         .map(|m| {
-            assert_eq!(m.kind, kinds::ORDER_ACCEPTED);
+            assert_eq!(m.kind, kinds::ORDER_DRAFTED);
             let order: Order = m.decode().unwrap();
             serde_json::to_value(order).unwrap()
         })
