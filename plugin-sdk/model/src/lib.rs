@@ -207,6 +207,10 @@ pub struct Quote {
     /// Quote type as the source states it ("Quote", "Renewal", "Amendment").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quote_type: Option<String>,
+    /// Approval status as the source states it (Salesforce CPQ's `SBQQ__Status__c`:
+    /// "Draft", "In Review", "Approved", "Denied", "Presented", "Accepted"...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
     /// The sold-to customer; `None` when the source did not say (a validation error).
     pub customer: Option<Party>,
     /// Currency of every amount on the quote; `None` when the source did not say.

@@ -74,6 +74,7 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
         id: r.id.unwrap_or_else(|| number.clone()),
         number,
         quote_type: r.quote_type,
+        status: r.status,
         customer,
         currency,
         start_date: r.start_date.as_deref().map(date).transpose()?,
@@ -218,6 +219,8 @@ struct QuoteRecord {
     account_r: Option<AccountRef>,
     #[serde(rename = "SBQQ__Type__c")]
     quote_type: Option<String>,
+    #[serde(rename = "SBQQ__Status__c")]
+    status: Option<String>,
     #[serde(rename = "SBQQ__StartDate__c")]
     start_date: Option<String>,
     #[serde(

@@ -1,8 +1,11 @@
 //! Transform plugin: validate an approved quote and turn it into orders.
 //!
-//! Validation reports every failed rule, not only the first: a quote without a
-//! customer, without a currency, with a line without a product (or with a bundle
-//! parent that is not on the quote) is `rejected` with all its reasons.
+//! Validation reports every failed rule, not only the first: a quote that is not
+//! approved (its status is not one of the `approved_statuses` config, "Approved" by
+//! default), an amendment or renewal quote (it changes a contract in billing: it is
+//! not a new order), a quote without a customer, without a currency, with a line
+//! without a product (or with a bundle parent that is not on the quote) is
+//! `rejected` with all its reasons.
 //!
 //! A valid quote becomes up to two `OrderDrafted` messages (the validation gateway
 //! makes them `OrderAccepted`): one for its one-time
@@ -34,16 +37,23 @@ fn quote_to_order(input: Message) -> Result<Vec<Message>, Failure> {
             input.kind
         )));
     }
-    let rounding = match config::get("rounding") {
-        None => Rounding::default(),
-        Some(name) => Rounding::parse(&name).ok_or_else(|| {
+    let mut settings = Settings::default();
+    if let Some(name) = config::get("rounding") {
+        settings.rounding = Rounding::parse(&name).ok_or_else(|| {
             Failure::Invalid(format!(
                 "config `rounding` is `{name}`: it is `half-even` or `half-up`"
             ))
-        })?,
-    };
+        })?;
+    }
+    if let Some(list) = config::get("approved_statuses") {
+        settings.approved_statuses = list
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
     let quote: Quote = input.decode()?;
-    let orders = map_quote_by(&quote, rounding).map_err(Failure::Rejected)?;
+    let orders = map_quote_with(&quote, &settings).map_err(Failure::Rejected)?;
     orders
         .iter()
         .map(|order| Message::encode(kinds::ORDER_DRAFTED, &input.key, order))
@@ -67,16 +77,56 @@ pub fn map_encoded(encoding: Encoding, quote: &[u8]) -> Result<Vec<Vec<u8>>, Fai
         .collect()
 }
 
-/// Validate a quote and split it into orders (amounts rounded half-even); on failure,
-/// every reason.
-pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
-    map_quote_by(quote, Rounding::default())
+/// What the mapping is configured with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// How line amounts are rounded to the currency's unit.
+    pub rounding: Rounding,
+    /// The quote statuses that mean approved.
+    pub approved_statuses: Vec<String>,
 }
 
-/// [`map_quote`], with line amounts rounded to the currency's unit by `rounding`.
-pub fn map_quote_by(quote: &Quote, rounding: Rounding) -> Result<Vec<Order>, Vec<String>> {
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            rounding: Rounding::default(),
+            approved_statuses: vec!["Approved".into()],
+        }
+    }
+}
+
+/// Validate a quote and split it into orders (the default [`Settings`]); on failure,
+/// every reason.
+pub fn map_quote(quote: &Quote) -> Result<Vec<Order>, Vec<String>> {
+    map_quote_with(quote, &Settings::default())
+}
+
+/// [`map_quote`] with `settings`.
+pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, Vec<String>> {
+    let rounding = settings.rounding;
     let mut reasons = Vec::new();
     let q = &quote.number;
+    let approved = settings.approved_statuses.join(", ");
+    match quote.status.as_deref() {
+        None => reasons.push(format!(
+            "quote {q} has no approval status: only approved quotes ({approved}) become orders"
+        )),
+        Some(status) if !settings.approved_statuses.iter().any(|a| a == status) => reasons.push(
+            format!("quote {q} is `{status}`: only approved quotes ({approved}) become orders"),
+        ),
+        Some(_) => {}
+    }
+    if let Some(kind) = quote
+        .quote_type
+        .as_deref()
+        .filter(|t| t.eq_ignore_ascii_case("amendment") || t.eq_ignore_ascii_case("renewal"))
+    {
+        let contract = quote.master_contract.as_deref().unwrap_or("(none named)");
+        reasons.push(format!(
+            "quote {q} is a{} {kind} quote of contract {contract}: it changes the contract in billing, it is not a new order",
+            if kind.eq_ignore_ascii_case("amendment") { "n" } else { "" }
+        ));
+    }
     if quote.customer.is_none() {
         reasons.push(format!("quote {q} has no customer (sold-to account)"));
     }

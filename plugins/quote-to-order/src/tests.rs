@@ -177,3 +177,53 @@ fn a_total_past_what_a_decimal_holds_refuses_the_quote_instead_of_trapping() {
         other => panic!("not refused: {other:?}"),
     }
 }
+
+#[test]
+fn only_approved_new_business_quotes_become_orders() {
+    let quote = |status: Option<&str>, kind: &str| {
+        let mut quote: Quote = serde_json::from_str(PLAIN_QUOTE).unwrap();
+        quote.status = status.map(str::to_owned);
+        quote.quote_type = Some(kind.into());
+        quote.master_contract = (kind != "Quote").then(|| "800xx000001".into());
+        Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote).unwrap()
+    };
+    let reasons = |host: Host, input: Message| match host.run(|| quote_to_order(input)) {
+        Err(Failure::Rejected(reasons)) => reasons,
+        other => panic!("not rejected: {other:?}"),
+    };
+    assert_eq!(
+        reasons(Host::new(), quote(Some("Draft"), "Quote")),
+        ["quote Q-00101 is `Draft`: only approved quotes (Approved) become orders"]
+    );
+    assert_eq!(
+        reasons(Host::new(), quote(None, "Quote")),
+        ["quote Q-00101 has no approval status: only approved quotes (Approved) become orders"]
+    );
+    // An amendment changes a contract in billing: not a second order (with every
+    // reason when it is not approved either).
+    assert_eq!(
+        reasons(Host::new(), quote(Some("In Review"), "Amendment")),
+        [
+            "quote Q-00101 is `In Review`: only approved quotes (Approved) become orders",
+            "quote Q-00101 is an Amendment quote of contract 800xx000001: it changes the contract in billing, it is not a new order",
+        ]
+    );
+    assert_eq!(
+        reasons(Host::new(), quote(Some("Approved"), "Renewal")),
+        [
+            "quote Q-00101 is a Renewal quote of contract 800xx000001: it changes the contract in billing, it is not a new order"
+        ]
+    );
+    // An org whose approval ends in "Accepted" says so in config.
+    let host = Host::new().config("approved_statuses", "Approved, Accepted");
+    assert_eq!(
+        host.run(|| quote_to_order(quote(Some("Accepted"), "Quote")))
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        reasons(Host::new(), quote(Some("Accepted"), "Quote")),
+        ["quote Q-00101 is `Accepted`: only approved quotes (Approved) become orders"]
+    );
+}
