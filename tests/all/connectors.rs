@@ -190,6 +190,7 @@ fn zuora_create_subscription_activates_a_contract() {
             "contract_effective": "2017-01-01",
             "term_months": 12,
             "actions": ["CreateSubscription"],
+            "order": "OM-00001",
             "lines": [{
                 "id": "efbff07e6290dfb8016291003bd00dda",
                 "product": {"id": "efbff07e6290dfb8016291003bd00dda"},
@@ -467,6 +468,8 @@ fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
         term_months: Some(12),
         ends: None,
         actions: vec![],
+        quote: None,
+        order: None,
         lines: vec![
             line("licence", Some(money("900.00")), "800.00"),
             line("support", None, "400.00"),

@@ -372,6 +372,13 @@ pub struct Contract {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
     /// The charges of the contract (on an amendment: the charges that changed).
+    /// The quote it comes from, when the billing system names it (Zuora Quotes'
+    /// `QuoteNumber__QT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
+    /// The billing system's order that made or last changed it (Zuora's `orderNumber`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
     pub lines: Vec<ContractLine>,
 }
 
@@ -436,6 +443,12 @@ pub struct Invoice {
     /// Invoice total: what the customer owes, tax included, discounts taken off. It is
     /// the lines' amounts plus their taxes.
     pub total: Money,
+    /// The quote it bills, when the billing system names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<String>,
+    /// The order it bills, when the billing system names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<String>,
     /// The tax on the whole invoice (the lines' taxes), when the billing system gave it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax: Option<Money>,

@@ -27,6 +27,10 @@
 //! rate, and the invoice carries the sum of its lines' taxes and discounts. The lines'
 //! amounts plus their taxes make the invoice's `total`, to the unit.
 //!
+//! The quote and order an invoice bills come from its `metadata`, under the keys the
+//! `quote_metadata_key` and `order_metadata_key` config name (`quote_id` and
+//! `order_id` by default).
+//!
 //! A bare invoice object (not an event) is read as its status says: posted once
 //! finalized, refused while a draft. An invoice whose `lines.has_more` is true is
 //! refused as invalid: a source cannot call Stripe to fetch the rest, and retrying
@@ -72,7 +76,12 @@ fn ingest_webhook(request: RawRequest) -> Result<Vec<Message>, Failure> {
         .find(|(k, _)| k.eq_ignore_ascii_case("stripe-signature"))
         .map(|(_, v)| v.as_str());
     verify(signature, &request.body, &secret, now, tolerance)?;
-    to_messages_in(&request.body, time_zone()?)
+    let settings = Settings {
+        zone: time_zone()?,
+        quote_key: config::get("quote_metadata_key").unwrap_or_else(|| "quote_id".into()),
+        order_key: config::get("order_metadata_key").unwrap_or_else(|| "order_id".into()),
+    };
+    to_messages_with(&request.body, &settings)
 }
 
 /// Seconds a signature stays valid unless configured otherwise.
@@ -139,18 +148,39 @@ pub const EVENT_TYPES: [&str; 3] = [
 
 /// A webhook body (an event, or a bare invoice) as canonical messages, dates in UTC.
 pub fn to_messages(body: &[u8]) -> Result<Vec<Message>, Failure> {
-    to_messages_in(body, Utc.fix())
+    to_messages_with(body, &Settings::default())
 }
 
-/// A webhook body as canonical messages, dates read in `zone`.
-pub fn to_messages_in(body: &[u8], zone: FixedOffset) -> Result<Vec<Message>, Failure> {
+/// How the source reads what Stripe leaves to the integration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The offset dates and service periods are read in.
+    pub zone: FixedOffset,
+    /// The invoice `metadata` key naming the quote it bills.
+    pub quote_key: String,
+    /// The invoice `metadata` key naming the order it bills.
+    pub order_key: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            zone: Utc.fix(),
+            quote_key: "quote_id".into(),
+            order_key: "order_id".into(),
+        }
+    }
+}
+
+/// A webhook body as canonical messages, read with `settings`.
+pub fn to_messages_with(body: &[u8], settings: &Settings) -> Result<Vec<Message>, Failure> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Failure::Invalid(format!("the body is not JSON: {e}")))?;
     match value["object"].as_str() {
         Some("event") => {
             let event: Event = serde_json::from_value(value)
                 .map_err(|e| Failure::Invalid(format!("not a Stripe event: {e}")))?;
-            from_event(event, zone)
+            from_event(event, settings)
         }
         Some("invoice") => {
             let invoice = parse_invoice(value)?;
@@ -165,7 +195,7 @@ pub fn to_messages_in(body: &[u8], zone: FixedOffset) -> Result<Vec<Message>, Fa
                 invoice.id,
                 invoice.status.as_deref().unwrap_or("?")
             );
-            with_key(posted(&invoice, zone)?, &key)
+            with_key(posted(&invoice, settings)?, &key)
         }
         Some(other) => Err(Failure::Invalid(format!(
             "a Stripe `{other}` object is not an event or an invoice"
@@ -176,7 +206,8 @@ pub fn to_messages_in(body: &[u8], zone: FixedOffset) -> Result<Vec<Message>, Fa
     }
 }
 
-fn from_event(event: Event, zone: FixedOffset) -> Result<Vec<Message>, Failure> {
+fn from_event(event: Event, settings: &Settings) -> Result<Vec<Message>, Failure> {
+    let zone = settings.zone;
     if !EVENT_TYPES.contains(&event.kind.as_str()) {
         return Err(Failure::Invalid(format!(
             "unsupported Stripe event type `{}`; this source handles {}",
@@ -186,7 +217,7 @@ fn from_event(event: Event, zone: FixedOffset) -> Result<Vec<Message>, Failure> 
     }
     let invoice = parse_invoice(event.data.object)?;
     let message = match event.kind.as_str() {
-        "invoice.finalized" => posted(&invoice, zone)?,
+        "invoice.finalized" => posted(&invoice, settings)?,
         "invoice.paid" => {
             let on = invoice.status_transitions.paid_at.unwrap_or(event.created);
             let on = date(on, zone)?;
@@ -245,6 +276,9 @@ struct StripeInvoice {
     amount_paid: i64,
     #[serde(default)]
     attempt_count: Option<u32>,
+    /// The integration's own keys and values (e.g. the order the invoice bills).
+    #[serde(default)]
+    metadata: Value,
     lines: Lines,
 }
 
@@ -444,8 +478,9 @@ fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
     })
 }
 
-/// The canonical invoice of a Stripe invoice, dates read in `zone`.
-fn invoice(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Invoice, Failure> {
+/// The canonical invoice of a Stripe invoice, read with `settings`.
+fn invoice(stripe: &StripeInvoice, settings: &Settings) -> Result<Invoice, Failure> {
+    let zone = settings.zone;
     if stripe.lines.has_more {
         return Err(Failure::Invalid(format!(
             "invoice {} has more lines than the webhook carries (`lines.has_more`): send it with every line (expand `lines`, or list them and post the invoice object)",
@@ -519,7 +554,17 @@ fn invoice(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Invoice, Failure
         total: money(stripe.total, &currency),
         tax,
         discount,
+        quote: metadata(&stripe.metadata, &settings.quote_key),
+        order: metadata(&stripe.metadata, &settings.order_key),
     })
+}
+
+/// A non-empty string value of Stripe `metadata`.
+fn metadata(metadata: &Value, key: &str) -> Option<String> {
+    metadata[key]
+        .as_str()
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
 }
 
 /// Add `amount` to `sum` (none yet: zero).
@@ -608,8 +653,8 @@ fn tax_rate(value: &Value) -> (Option<String>, Option<Decimal>) {
     }
 }
 
-fn posted(stripe: &StripeInvoice, zone: FixedOffset) -> Result<Message, Failure> {
-    let invoice = invoice(stripe, zone)?;
+fn posted(stripe: &StripeInvoice, settings: &Settings) -> Result<Message, Failure> {
+    let invoice = invoice(stripe, settings)?;
     Message::encode(kinds::INVOICE_POSTED, &invoice.id, &invoice)
 }
 

@@ -374,3 +374,21 @@ fn a_line_earns_its_amount_less_discounts_and_without_tax_and_the_total_reconcil
         (None, None, 0)
     );
 }
+
+#[test]
+fn an_invoice_names_the_quote_and_order_its_metadata_names() {
+    // The example's invoice carries Stripe metadata {"task_id": "15", "order_id": "13"}.
+    let invoice = posted_with(source(), "usd", 10800, (1_727_740_800, 1_735_689_600));
+    assert_eq!(
+        (invoice.order.as_deref(), invoice.quote.as_deref()),
+        (Some("13"), None)
+    );
+    let host = source()
+        .config("order_metadata_key", "task_id")
+        .config("quote_metadata_key", "order_id");
+    let invoice = posted_with(host, "usd", 10800, (1_727_740_800, 1_735_689_600));
+    assert_eq!(
+        (invoice.order.as_deref(), invoice.quote.as_deref()),
+        (Some("15"), Some("13"))
+    );
+}

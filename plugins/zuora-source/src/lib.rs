@@ -19,7 +19,9 @@
 //! An order's actions on a subscription entry without a `subscriptionNumber` belong to
 //! the order's only named subscription (as in Zuora's own remove-and-add example);
 //! with several named, such an entry is refused. The `orderNumber`, when given, is the
-//! idempotency key.
+//! idempotency key and the contract's `order`; the quote it comes from is the
+//! `QuoteNumber__QT` custom field Zuora Quotes writes (on the subscription, or on the
+//! order).
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -60,6 +62,8 @@ pub const ACTIONS: [&str; 10] = [
 struct Order {
     #[serde(default)]
     order_number: Option<String>,
+    #[serde(default)]
+    custom_fields: Option<Value>,
     #[serde(default)]
     existing_account_number: Option<String>,
     #[serde(default)]
@@ -141,7 +145,12 @@ pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure>
     }
     let mut messages = Vec::new();
     for (number, actions) in groups {
-        let contract = contract(&number, &account, &currency, &actions)?;
+        let mut contract = contract(&number, &account, &currency, &actions)?;
+        contract.order = order.order_number.clone();
+        contract.quote = actions
+            .iter()
+            .find_map(|a| quote_number(&a["createSubscription"]["customFields"]))
+            .or_else(|| order.custom_fields.as_ref().and_then(quote_number));
         let kind = if contract.actions.iter().any(|a| a == "CancelSubscription") {
             kinds::CONTRACT_CANCELLED
         } else if contract.actions.iter().any(|a| a == "CreateSubscription") {
@@ -156,6 +165,14 @@ pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure>
         messages.push(message);
     }
     Ok(messages)
+}
+
+/// The quote number Zuora Quotes writes in custom fields (`QuoteNumber__QT`).
+fn quote_number(fields: &Value) -> Option<String> {
+    fields["QuoteNumber__QT"]
+        .as_str()
+        .filter(|q| !q.is_empty())
+        .map(str::to_owned)
 }
 
 fn creates(entry: &SubscriptionEntry) -> bool {
@@ -200,6 +217,8 @@ fn contract(
         term_months: None,
         ends: None,
         actions: Vec::new(),
+        quote: None,
+        order: None,
         lines: Vec::new(),
     };
     for action in actions {

@@ -90,3 +90,25 @@ fn a_price_past_what_a_decimal_holds_is_invalid_not_a_trap() {
         other => panic!("not invalid: {other:?}"),
     }
 }
+
+#[test]
+fn a_contract_names_the_order_that_made_it_and_the_quote_zuora_quotes_wrote() {
+    let out = source().run(|| ingest_order(post(SUBSCRIPTION))).unwrap();
+    let plain = contract(&out[0]);
+    let order: serde_json::Value = serde_json::from_str(SUBSCRIPTION).unwrap();
+    assert_eq!(plain.order.as_deref(), order["orderNumber"].as_str());
+    assert_eq!(plain.quote, None);
+    // Zuora Quotes writes the quote number on the subscription it creates.
+    let mut quoted = order.clone();
+    quoted["subscriptions"][0]["orderActions"][0]["createSubscription"]["customFields"] =
+        serde_json::json!({"QuoteNumber__QT": "Q-00822"});
+    let body = quoted.to_string();
+    let out = source().run(|| ingest_order(post(&body))).unwrap();
+    assert_eq!(contract(&out[0]).quote.as_deref(), Some("Q-00822"));
+    // Or on the order.
+    let mut quoted = order;
+    quoted["customFields"] = serde_json::json!({"QuoteNumber__QT": "Q-00823"});
+    let body = quoted.to_string();
+    let out = source().run(|| ingest_order(post(&body))).unwrap();
+    assert_eq!(contract(&out[0]).quote.as_deref(), Some("Q-00823"));
+}
