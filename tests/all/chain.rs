@@ -73,10 +73,10 @@ steps = ["revenue"]
 [flows.invoices]
 source = "stripe"
 sink = "finance"
-emit = ["InvoicePosted"]
+emit = ["InvoicePosted", "InvoiceVoided"]
 
 [flows.invoice-revenue]
-subscribe = ["InvoicePosted"]
+subscribe = ["InvoicePosted", "InvoiceVoided"]
 steps = ["revenue"]
 
 [flows.schedules]
@@ -302,6 +302,55 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     assert_eq!(replay.json().unwrap()["replayed"], 2);
     tenon.drained().await;
     assert_eq!(erp.received().len(), before, "nothing delivered twice");
+
+    // The invoice voided: finance gets the InvoiceVoided, and what its line recognised
+    // is reversed, period by period.
+    let mut voided = fixture("stripe_invoice_event_invoice_paid.json");
+    voided["type"] = json!("invoice.voided");
+    voided["id"] = json!("evt_test_voided");
+    let reply = stripe_post(&tenon, &voided.to_string(), STRIPE_SECRET).await;
+    let ids: Vec<String> =
+        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
+    let status = settled_with(&tenon, &ids[0], 2).await;
+    assert_eq!(
+        outcomes(&status),
+        [
+            ("invoices".into(), "finance".into(), "Delivered".into()),
+            ("schedules".into(), "finance".into(), "Delivered".into()),
+        ]
+    );
+    let finance: Vec<Value> = erp
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/finance/events")
+        .map(|r| r.body)
+        .collect();
+    let schedule = |id: &str| {
+        finance
+            .iter()
+            .find(|b| b["source_line"].is_string() && b["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("no schedule {id}: {finance:#?}"))
+    };
+    let reversal_id = finance
+        .iter()
+        .filter_map(|b| b["id"].as_str())
+        .find(|id| id.ends_with("/reversal"))
+        .unwrap_or_else(|| panic!("no reversal: {finance:#?}"))
+        .to_owned();
+    let reversal = schedule(&reversal_id);
+    let original = schedule(reversal_id.trim_end_matches("/reversal"));
+    let amounts = |s: &Value| -> Vec<String> {
+        s["periods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["amount"]["amount"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let negated: Vec<String> = amounts(&original).iter().map(|a| format!("-{a}")).collect();
+    assert_eq!(amounts(&reversal), negated);
+    assert_eq!(reversal["total"]["amount"], "-108.00", "{reversal:#}");
 }
 
 pub(crate) const STRIPE_SECRET: &str = "whsec_chain_test";

@@ -136,7 +136,7 @@ fn stripe_bad_input_has_exact_outcomes() {
     );
     assert_eq!(
         invalid(stripe(&event("customer.created", json!({})))),
-        "unsupported Stripe event type `customer.created`; this source handles invoice.finalized, invoice.paid, invoice.payment_failed"
+        "unsupported Stripe event type `customer.created`; this source handles invoice.finalized, invoice.paid, invoice.payment_failed, invoice.voided"
     );
     let mut wrong = fixture("stripe_invoice_event_invoice_paid.json");
     wrong["data"]["object"]["total"] = json!("108.00");
@@ -489,7 +489,7 @@ fn revenue_schedules_refuse_messages_they_do_not_take() {
     let m = Message::encode("OrderAccepted", "Q-1", &json!({})).unwrap();
     assert_eq!(
         schedules(&m).unwrap_err(),
-        Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted".into())
+        Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided".into())
     );
 }
 

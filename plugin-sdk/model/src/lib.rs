@@ -38,6 +38,7 @@ pub const CANONICAL: &[(&str, &str)] = &[
     (kinds::PAYMENT_RECEIVED, "Payment"),
     (kinds::PAYMENT_FAILED, "Payment"),
     (kinds::INVOICE_POSTED, "Invoice"),
+    (kinds::INVOICE_VOIDED, "Invoice"),
     (kinds::REVENUE_SCHEDULE_UPDATED, "RevenueSchedule"),
     (kinds::CUSTOMER_UPSERTED, "Party"),
 ];
@@ -92,6 +93,9 @@ pub mod kinds {
     pub const PAYMENT_FAILED: &str = "PaymentFailed";
     /// An invoice posted, body [`super::Invoice`].
     pub const INVOICE_POSTED: &str = "InvoicePosted";
+    /// A posted invoice voided: everything it billed is undone, body
+    /// [`super::Invoice`] (the invoice as it was).
+    pub const INVOICE_VOIDED: &str = "InvoiceVoided";
     /// A revenue schedule created or changed, body [`super::RevenueSchedule`].
     pub const REVENUE_SCHEDULE_UPDATED: &str = "RevenueScheduleUpdated";
     /// A customer created or changed in the CRM (master data), body [`super::Party`].

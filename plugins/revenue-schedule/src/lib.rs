@@ -12,6 +12,9 @@
 //! - A contract line without a price (a catalogue rate plan the order did not
 //!   override) cannot be recognised: the message is `rejected`, naming every such
 //!   line. Removed lines and cancelled contracts produce no schedule.
+//! - A voided invoice (`InvoiceVoided`) undoes what it billed: each of its schedules
+//!   comes again as a reversal (id `<invoice>/<line>/reversal`), every period's
+//!   amount negated, so that per period the schedule and its reversal sum to zero.
 
 use tenon_sdk::model::revenue::{allocate, ratable_schedule};
 use tenon_sdk::model::{Contract, Invoice, Money, MoneyError, Period, RevenueSchedule, kinds};
@@ -36,8 +39,9 @@ pub fn schedules_of(input: &Message) -> Result<Vec<RevenueSchedule>, Failure> {
         kinds::CONTRACT_ACTIVATED | kinds::CONTRACT_AMENDED => contract_schedules(&input.decode()?),
         kinds::CONTRACT_CANCELLED => Ok(Vec::new()),
         kinds::INVOICE_POSTED => invoice_schedules(&input.decode()?),
+        kinds::INVOICE_VOIDED => invoice_reversals(&input.decode()?),
         other => Err(Failure::Invalid(format!(
-            "a `{other}` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted"
+            "a `{other}` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided"
         ))),
     }
 }
@@ -131,6 +135,20 @@ pub fn contract_schedules(contract: &Contract) -> Result<Vec<RevenueSchedule>, F
             )
         })
         .collect()
+}
+
+/// The reversals of a voided invoice's schedules: the same periods, each amount
+/// negated (exactly: the posted schedule's own amounts, not a new proration).
+pub fn invoice_reversals(invoice: &Invoice) -> Result<Vec<RevenueSchedule>, Failure> {
+    let mut schedules = invoice_schedules(invoice)?;
+    for schedule in &mut schedules {
+        schedule.id.push_str("/reversal");
+        schedule.total.amount = -schedule.total.amount;
+        for period in &mut schedule.periods {
+            period.amount.amount = -period.amount.amount;
+        }
+    }
+    Ok(schedules)
 }
 
 /// Schedules for an invoice's lines that bill a service period.

@@ -99,7 +99,7 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
     let order = Message::encode(kinds::ORDER_ACCEPTED, "Q-1", &json!({})).unwrap();
     assert_eq!(
         Host::new().run(|| schedule_revenue(order)),
-        Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled and InvoicePosted".into()))
+        Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided".into()))
     );
     let broken = Message::encode(kinds::CONTRACT_ACTIVATED, "C-1", &json!({"id": 1})).unwrap();
     assert!(matches!(
@@ -123,4 +123,39 @@ fn an_invoice_line_is_recognised_net_of_its_discount_and_without_its_tax() {
     let s = schedules(&Host::new().run(|| schedule_revenue(invoice)).unwrap());
     let amounts: Vec<String> = s[0].periods.iter().map(|p| p.amount.to_string()).collect();
     assert_eq!(amounts, ["100.00 USD"], "the whole of January");
+}
+
+#[test]
+fn a_voided_invoice_reverses_exactly_what_it_recognised() {
+    let mut event: Value = serde_json::from_str(STRIPE_PAID).unwrap();
+    // 2024-01-15 .. 2024-04-14, 108.00 USD (the periods of the test above).
+    event["data"]["object"]["lines"]["data"][0]["period"] =
+        json!({"start": 1705276800, "end": 1713139200});
+    event["type"] = "invoice.finalized".into();
+    let posted = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
+    event["type"] = "invoice.voided".into();
+    event["id"] = "evt_voided".into();
+    let voided = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
+    assert_eq!(voided.kind, kinds::INVOICE_VOIDED);
+
+    let posted = schedules(&Host::new().run(|| schedule_revenue(posted)).unwrap());
+    let reversed = schedules(&Host::new().run(|| schedule_revenue(voided)).unwrap());
+    assert_eq!(reversed.len(), posted.len());
+    assert_eq!(reversed[0].id, format!("{}/reversal", posted[0].id));
+    let amounts: Vec<String> = reversed[0]
+        .periods
+        .iter()
+        .map(|p| p.amount.to_string())
+        .collect();
+    // The posted schedule's amounts (19.64, 35.82, 35.82, 16.72 USD), negated.
+    assert_eq!(
+        amounts,
+        ["-19.64 USD", "-35.82 USD", "-35.82 USD", "-16.72 USD"]
+    );
+    assert_eq!(reversed[0].total.to_string(), "-108.00 USD");
+    // Period by period, what was recognised and its reversal come to nothing.
+    for (p, r) in posted[0].periods.iter().zip(&reversed[0].periods) {
+        assert_eq!(p.period, r.period);
+        assert!((p.amount.amount + r.amount.amount).is_zero());
+    }
 }

@@ -5,6 +5,7 @@
 //! | `invoice.finalized` | `InvoicePosted` ([`Invoice`]) |
 //! | `invoice.paid` | `PaymentReceived` ([`Payment`], the amount paid) |
 //! | `invoice.payment_failed` | `PaymentFailed` ([`Payment`], the amount due, the attempts) |
+//! | `invoice.voided` | `InvoiceVoided` ([`Invoice`], as it was: what it billed is undone) |
 //!
 //! Both invoice shapes are read: the 2020-03-02 API's (lines with `price`, `plan`,
 //! `type`) and the current one (lines with `pricing`, `parent`, `quantity_decimal`).
@@ -140,10 +141,11 @@ pub fn verify(
 }
 
 /// The events this source understands.
-pub const EVENT_TYPES: [&str; 3] = [
+pub const EVENT_TYPES: [&str; 4] = [
     "invoice.finalized",
     "invoice.paid",
     "invoice.payment_failed",
+    "invoice.voided",
 ];
 
 /// A webhook body (an event, or a bare invoice) as canonical messages, dates in UTC.
@@ -195,7 +197,11 @@ pub fn to_messages_with(body: &[u8], settings: &Settings) -> Result<Vec<Message>
                 invoice.id,
                 invoice.status.as_deref().unwrap_or("?")
             );
-            with_key(posted(&invoice, settings)?, &key)
+            let kind = match invoice.status.as_deref() {
+                Some("void") => kinds::INVOICE_VOIDED,
+                _ => kinds::INVOICE_POSTED,
+            };
+            with_key(invoice_message(kind, &invoice, settings)?, &key)
         }
         Some(other) => Err(Failure::Invalid(format!(
             "a Stripe `{other}` object is not an event or an invoice"
@@ -217,7 +223,8 @@ fn from_event(event: Event, settings: &Settings) -> Result<Vec<Message>, Failure
     }
     let invoice = parse_invoice(event.data.object)?;
     let message = match event.kind.as_str() {
-        "invoice.finalized" => posted(&invoice, settings)?,
+        "invoice.finalized" => invoice_message(kinds::INVOICE_POSTED, &invoice, settings)?,
+        "invoice.voided" => invoice_message(kinds::INVOICE_VOIDED, &invoice, settings)?,
         "invoice.paid" => {
             let on = invoice.status_transitions.paid_at.unwrap_or(event.created);
             let on = date(on, zone)?;
@@ -653,9 +660,14 @@ fn tax_rate(value: &Value) -> (Option<String>, Option<Decimal>) {
     }
 }
 
-fn posted(stripe: &StripeInvoice, settings: &Settings) -> Result<Message, Failure> {
+/// The canonical invoice as a message of `kind` (posted or voided).
+fn invoice_message(
+    kind: &str,
+    stripe: &StripeInvoice,
+    settings: &Settings,
+) -> Result<Message, Failure> {
     let invoice = invoice(stripe, settings)?;
-    Message::encode(kinds::INVOICE_POSTED, &invoice.id, &invoice)
+    Message::encode(kind, &invoice.id, &invoice)
 }
 
 fn payment(
