@@ -50,12 +50,24 @@ pub struct Host {
 
 #[derive(Debug, Default)]
 struct State {
+    /// What the manifest allows, once [`Host::with_manifest`] gave one: the sandbox's
+    /// checks, natively.
+    declared: Option<Declared>,
     config: BTreeMap<String, String>,
     secrets: BTreeMap<String, String>,
     kv: BTreeMap<String, Vec<u8>>,
     exchanges: Vec<(Exchange, bool)>,
     sent: Vec<Sent>,
     logs: Vec<(String, String)>,
+}
+
+/// What a manifest lets a plugin use.
+#[derive(Debug, Default)]
+struct Declared {
+    /// The `[config]` keys and `grants.config`.
+    config: std::collections::BTreeSet<String>,
+    /// `grants.kv`.
+    kv: bool,
 }
 
 /// A recorded exchange: the request it answers (method, URL, optionally a body and
@@ -185,6 +197,28 @@ impl Host {
     /// booleans: a test's mistake.
     pub fn with_manifest(self, manifest: &str) -> Host {
         let table: toml::Table = manifest.parse().expect("the manifest is not TOML");
+        let grants = table.get("grants").and_then(|g| g.as_table());
+        let mut declared = Declared {
+            kv: grants
+                .and_then(|g| g.get("kv"))
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false),
+            ..Declared::default()
+        };
+        let granted = grants
+            .and_then(|g| g.get("config"))
+            .and_then(toml::Value::as_array);
+        for key in granted
+            .into_iter()
+            .flatten()
+            .filter_map(toml::Value::as_str)
+        {
+            declared.config.insert(key.to_owned());
+        }
+        if let Some(config) = table.get("config").and_then(|c| c.as_table()) {
+            declared.config.extend(config.keys().cloned());
+        }
+        self.state.borrow_mut().declared = Some(declared);
         if let Some(config) = table.get("config").and_then(|c| c.as_table()) {
             for (key, value) in config {
                 let text = match value {
@@ -292,8 +326,32 @@ fn with<T>(what: &str, f: impl FnOnce(&mut State) -> T) -> T {
     f(&mut state)
 }
 
+/// The sandbox's refusal, natively: the call would fail with it, so the test does.
+#[allow(clippy::panic, reason = "a test host: the denied call fails the test")]
+fn denied(what: &str, why: &str) -> ! {
+    panic!("sandbox denied: {what}: {why} (in the sandbox the call fails with this)")
+}
+
 pub(crate) fn config(key: &str) -> Option<String> {
-    with("config", |s| s.config.get(key).cloned())
+    with("config", |s| {
+        if s.declared.as_ref().is_some_and(|d| !d.config.contains(key)) {
+            denied(
+                &format!("config `{key}`"),
+                "the key is neither in the manifest's [config] nor in grants.config",
+            );
+        }
+        s.config.get(key).cloned()
+    })
+}
+
+/// Key-value storage without `grants.kv`: the sandbox refuses the plugin at load.
+fn kv_granted(s: &State) {
+    if s.declared.as_ref().is_some_and(|d| !d.kv) {
+        denied(
+            "kv",
+            "the manifest does not grant kv (`[grants] kv = true`): the plugin is refused at load",
+        );
+    }
 }
 
 pub(crate) fn secret(name: &str) -> Result<String, String> {
@@ -306,11 +364,15 @@ pub(crate) fn secret(name: &str) -> Result<String, String> {
 }
 
 pub(crate) fn get(key: &str) -> Result<Option<Vec<u8>>, String> {
-    with("kv", |s| Ok(s.kv.get(key).cloned()))
+    with("kv", |s| {
+        kv_granted(s);
+        Ok(s.kv.get(key).cloned())
+    })
 }
 
 pub(crate) fn set(key: &str, value: &[u8]) -> Result<(), String> {
     with("kv", |s| {
+        kv_granted(s);
         s.kv.insert(key.to_owned(), value.to_vec());
         Ok(())
     })
@@ -318,6 +380,7 @@ pub(crate) fn set(key: &str, value: &[u8]) -> Result<(), String> {
 
 pub(crate) fn delete(key: &str) -> Result<(), String> {
     with("kv", |s| {
+        kv_granted(s);
         s.kv.remove(key);
         Ok(())
     })
@@ -414,7 +477,10 @@ mod tests {
     #[test]
     fn config_secrets_kv_and_logs_are_the_hosts() {
         let host = Host::new()
-            .with_manifest("name = \"x\"\n[config]\nurl = \"http://a\"\nretries = 3\n")
+            .with_manifest(
+                "name = \"x\"\n[config]\nurl = \"http://a\"\nretries = 3\n\
+                 [grants]\nkv = true\nconfig = [\"other\"]\n",
+            )
             .config("retries", "5")
             .secret("token", "s3cret")
             .kv("seen", b"1");
@@ -432,6 +498,31 @@ mod tests {
         assert_eq!(host.kv_value("new").as_deref(), Some(&b"2"[..]));
         assert!(host.kv_value("seen").is_none());
         assert_eq!(host.logs(), [("info".to_owned(), "hello".to_owned())]);
+    }
+
+    #[test]
+    #[should_panic(
+        expected = "sandbox denied: config `rounding`: the key is neither in the manifest's [config] nor in grants.config"
+    )]
+    fn a_config_key_the_manifest_does_not_declare_is_denied_as_the_sandbox_denies_it() {
+        let host = Host::new().with_manifest("name = \"x\"\n[config]\nurl = \"http://a\"\n");
+        host.run(|| crate::config::get("rounding"));
+    }
+
+    #[test]
+    #[should_panic(expected = "sandbox denied: kv: the manifest does not grant kv")]
+    fn kv_without_its_grant_is_denied() {
+        let host = Host::new().with_manifest("name = \"x\"\n");
+        let _ = host.run(|| crate::kv::get("k"));
+    }
+
+    #[test]
+    fn without_a_manifest_nothing_is_checked() {
+        let host = Host::new().config("anything", "1");
+        host.run(|| {
+            assert_eq!(crate::config::get("anything").as_deref(), Some("1"));
+            crate::kv::set("k", b"v").unwrap();
+        });
     }
 
     #[test]

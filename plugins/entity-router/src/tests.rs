@@ -7,6 +7,11 @@ use serde_json::{Value, json};
 use tenon_sdk::model::kinds;
 use tenon_sdk::testing::Host;
 
+/// A test host that checks, as the sandbox does, what the manifest allows.
+fn plugin_host() -> Host {
+    Host::new().with_manifest(include_str!("../plugin.toml"))
+}
+
 const ORDERS: &str = include_str!("../../../examples/quote-to-cash/expected/plain.orders.json");
 
 /// The example's rules (`examples/quote-to-cash/tenon.toml`).
@@ -30,13 +35,13 @@ fn routed(host: &Host, input: Message) -> Message {
 #[test]
 fn each_order_is_tagged_with_its_entity_and_passes_unchanged() {
     let input = message(&order());
-    let out = routed(&Host::new().config("entities", RULES), input.clone());
+    let out = routed(&plugin_host().config("entities", RULES), input.clone());
     assert_eq!(out.header(ENTITY_HEADER), Some("DE01"));
     assert_eq!(out.body, input.body);
     assert_eq!((out.kind, out.key), (input.kind, input.key));
 
     // The manifest's default: one entity for every country.
-    let host = Host::new().with_manifest(include_str!("../plugin.toml"));
+    let host = plugin_host().with_manifest(include_str!("../plugin.toml"));
     assert_eq!(
         routed(&host, message(&order())).header(ENTITY_HEADER),
         Some("US01")
@@ -45,7 +50,7 @@ fn each_order_is_tagged_with_its_entity_and_passes_unchanged() {
     // A tag already there (in any case) is replaced, not doubled.
     let mut tagged = message(&order());
     tagged.headers.push(("Tenon-Entity".into(), "XX99".into()));
-    let out = routed(&Host::new().config("entities", RULES), tagged);
+    let out = routed(&plugin_host().config("entities", RULES), tagged);
     let tags: Vec<&str> = out
         .headers
         .iter()
@@ -59,14 +64,14 @@ fn each_order_is_tagged_with_its_entity_and_passes_unchanged() {
 fn a_country_without_a_rule_is_rejected() {
     let mut order = order();
     order.customer.country = Some("BR".into());
-    let host = Host::new().config("entities", r#"{"DE": "DE01"}"#);
+    let host = plugin_host().config("entities", r#"{"DE": "DE01"}"#);
     assert_eq!(
         host.run(|| route_to_entity(message(&order))),
         Err(Failure::Rejected(vec![
             "no legal entity for customer country BR: config `entities` has no rule for it and no `*`".into()
         ]))
     );
-    // No rules at all.
+    // No rules at all (no manifest, so not even its default `*`).
     assert!(matches!(
         Host::new().run(|| route_to_entity(message(&order))),
         Err(Failure::Rejected(_))
@@ -75,14 +80,14 @@ fn a_country_without_a_rule_is_rejected() {
 
 #[test]
 fn bad_rules_or_a_body_that_is_not_an_order_are_invalid() {
-    let host = Host::new().config("entities", "DE=DE01");
+    let host = plugin_host().config("entities", "DE=DE01");
     assert!(matches!(
         host.run(|| route_to_entity(message(&order()))),
         Err(Failure::Invalid(why)) if why.starts_with("config `entities`")
     ));
     let not_an_order = Message::encode(kinds::ORDER_ACCEPTED, "Q", &json!({"id": 1})).unwrap();
     assert!(matches!(
-        Host::new()
+        plugin_host()
             .config("entities", RULES)
             .run(|| route_to_entity(not_an_order)),
         Err(Failure::Invalid(_))

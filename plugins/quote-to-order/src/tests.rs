@@ -6,6 +6,11 @@
 use super::*;
 use tenon_sdk::testing::Host;
 
+/// A test host that checks, as the sandbox does, what the manifest allows.
+fn plugin_host() -> Host {
+    Host::new().with_manifest(include_str!("../plugin.toml"))
+}
+
 const EXPECTED: &str = "../../../examples/quote-to-cash/expected";
 const PLAIN_QUOTE: &str = include_str!("../../../examples/quote-to-cash/expected/plain.quote.json");
 const PLAIN_ORDERS: &str =
@@ -40,7 +45,7 @@ fn the_samples_become_the_expected_orders() {
         ("bundle", BUNDLE_QUOTE, BUNDLE_ORDERS),
     ] {
         let input = quote_message(quote);
-        let out = Host::new().run(|| quote_to_order(input.clone())).unwrap();
+        let out = plugin_host().run(|| quote_to_order(input.clone())).unwrap();
         assert!(out.iter().all(|m| m.key == input.key));
         let expected: Vec<serde_json::Value> =
             serde_json::from_str::<Vec<serde_json::Value>>(orders)
@@ -61,14 +66,14 @@ fn a_quote_is_also_read_as_json() {
         &serde_json::from_str::<serde_json::Value>(PLAIN_QUOTE).unwrap(),
     )
     .unwrap();
-    let out = Host::new().run(|| quote_to_order(json)).unwrap();
+    let out = plugin_host().run(|| quote_to_order(json)).unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].content_type, Encoding::MsgPack.content_type());
 }
 
 #[test]
 fn the_invalid_sample_is_rejected_with_every_reason() {
-    match Host::new().run(|| quote_to_order(quote_message(INVALID_QUOTE))) {
+    match plugin_host().run(|| quote_to_order(quote_message(INVALID_QUOTE))) {
         Err(Failure::Rejected(reasons)) => assert_eq!(
             reasons,
             [
@@ -86,7 +91,7 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
     let mut order = quote_message(PLAIN_QUOTE);
     order.kind = kinds::ORDER_ACCEPTED.into();
     assert_eq!(
-        Host::new().run(|| quote_to_order(order)),
+        plugin_host().run(|| quote_to_order(order)),
         Err(Failure::Invalid(
             "quote-to-order takes QuoteApproved messages, not OrderAccepted".into()
         ))
@@ -94,7 +99,7 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
     let mut broken = quote_message(PLAIN_QUOTE);
     broken.body.truncate(10);
     assert!(matches!(
-        Host::new().run(|| quote_to_order(broken)),
+        plugin_host().run(|| quote_to_order(broken)),
         Err(Failure::Invalid(_))
     ));
 }
@@ -125,14 +130,14 @@ fn line_amounts_are_rounded_by_the_configured_rule_and_totals_add_the_rounded_li
     let quote = with_net_totals(&["10.125", "0.015"]);
     let input = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote).unwrap();
     for (host, lines, total) in [
-        (Host::new(), ["10.12", "0.02"], "10.14"),
+        (plugin_host(), ["10.12", "0.02"], "10.14"),
         (
-            Host::new().config("rounding", "half-even"),
+            plugin_host().config("rounding", "half-even"),
             ["10.12", "0.02"],
             "10.14",
         ),
         (
-            Host::new().config("rounding", "half-up"),
+            plugin_host().config("rounding", "half-up"),
             ["10.13", "0.02"],
             "10.15",
         ),
@@ -148,7 +153,7 @@ fn line_amounts_are_rounded_by_the_configured_rule_and_totals_add_the_rounded_li
         assert_eq!(order.total.amount.to_string(), total);
     }
     assert_eq!(
-        Host::new()
+        plugin_host()
             .config("rounding", "nearest")
             .run(|| quote_to_order(input.clone())),
         Err(Failure::Invalid(
@@ -165,7 +170,7 @@ fn a_total_past_what_a_decimal_holds_refuses_the_quote_instead_of_trapping() {
         "50000000000000000000000000000",
     ]);
     let input = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote).unwrap();
-    match Host::new().run(|| quote_to_order(input)) {
+    match plugin_host().run(|| quote_to_order(input)) {
         Err(Failure::Rejected(reasons)) => {
             assert_eq!(reasons.len(), 1, "{reasons:?}");
             assert!(
@@ -192,30 +197,30 @@ fn only_approved_new_business_quotes_become_orders() {
         other => panic!("not rejected: {other:?}"),
     };
     assert_eq!(
-        reasons(Host::new(), quote(Some("Draft"), "Quote")),
+        reasons(plugin_host(), quote(Some("Draft"), "Quote")),
         ["quote Q-00101 is `Draft`: only approved quotes (Approved) become orders"]
     );
     assert_eq!(
-        reasons(Host::new(), quote(None, "Quote")),
+        reasons(plugin_host(), quote(None, "Quote")),
         ["quote Q-00101 has no approval status: only approved quotes (Approved) become orders"]
     );
     // An amendment changes a contract in billing: not a second order (with every
     // reason when it is not approved either).
     assert_eq!(
-        reasons(Host::new(), quote(Some("In Review"), "Amendment")),
+        reasons(plugin_host(), quote(Some("In Review"), "Amendment")),
         [
             "quote Q-00101 is `In Review`: only approved quotes (Approved) become orders",
             "quote Q-00101 is an Amendment quote of contract 800xx000001: it changes the contract in billing, it is not a new order",
         ]
     );
     assert_eq!(
-        reasons(Host::new(), quote(Some("Approved"), "Renewal")),
+        reasons(plugin_host(), quote(Some("Approved"), "Renewal")),
         [
             "quote Q-00101 is a Renewal quote of contract 800xx000001: it changes the contract in billing, it is not a new order"
         ]
     );
     // An org whose approval ends in "Accepted" says so in config.
-    let host = Host::new().config("approved_statuses", "Approved, Accepted");
+    let host = plugin_host().config("approved_statuses", "Approved, Accepted");
     assert_eq!(
         host.run(|| quote_to_order(quote(Some("Accepted"), "Quote")))
             .unwrap()
@@ -223,7 +228,7 @@ fn only_approved_new_business_quotes_become_orders() {
         1
     );
     assert_eq!(
-        reasons(Host::new(), quote(Some("Accepted"), "Quote")),
+        reasons(plugin_host(), quote(Some("Accepted"), "Quote")),
         ["quote Q-00101 is `Accepted`: only approved quotes (Approved) become orders"]
     );
 }

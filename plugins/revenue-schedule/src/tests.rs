@@ -7,6 +7,11 @@ use serde_json::{Value, json};
 use tenon_sdk::model::Encoding;
 use tenon_sdk::testing::Host;
 
+/// A test host that checks, as the sandbox does, what the manifest allows.
+fn plugin_host() -> Host {
+    Host::new().with_manifest(include_str!("../plugin.toml"))
+}
+
 const ZUORA_CREATE: &str =
     include_str!("../../../tests/fixtures/public/zuora_order_create_subscription.json");
 const ZUORA_CANCEL: &str = include_str!("../../../tests/fixtures/public/zuora_order_cancel.json");
@@ -39,7 +44,7 @@ fn schedules(out: &[Message]) -> Vec<RevenueSchedule> {
 #[test]
 fn a_contract_line_is_recognised_monthly_over_its_term() {
     let contract = priced_subscription();
-    let out = Host::new()
+    let out = plugin_host()
         .run(|| schedule_revenue(contract.clone()))
         .unwrap();
     assert!(out.iter().all(|m| m.key == contract.key));
@@ -63,7 +68,7 @@ fn an_invoice_line_is_recognised_over_its_service_period() {
     event["data"]["object"]["lines"]["data"][0]["period"] =
         json!({"start": 1705276800, "end": 1713139200});
     let invoice = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
-    let s = schedules(&Host::new().run(|| schedule_revenue(invoice)).unwrap());
+    let s = schedules(&plugin_host().run(|| schedule_revenue(invoice)).unwrap());
     let amounts: Vec<String> = s[0].periods.iter().map(|p| p.amount.to_string()).collect();
     // By days: 17/31 of January, February (29 days), March, 14/30 of April; the cents
     // left over in the last period, 108.00 USD in all.
@@ -78,7 +83,7 @@ fn an_invoice_line_is_recognised_over_its_service_period() {
 fn a_cancellation_recognises_nothing_more() {
     let cancelled = only(zuora_source::to_messages(ZUORA_CANCEL.as_bytes(), "USD").unwrap());
     assert_eq!(
-        Host::new().run(|| schedule_revenue(cancelled)),
+        plugin_host().run(|| schedule_revenue(cancelled)),
         Ok(Vec::new())
     );
 }
@@ -87,7 +92,7 @@ fn a_cancellation_recognises_nothing_more() {
 fn a_line_without_a_price_is_rejected_by_name() {
     let unpriced = only(zuora_source::to_messages(ZUORA_CREATE.as_bytes(), "USD").unwrap());
     assert_eq!(
-        Host::new().run(|| schedule_revenue(unpriced)),
+        plugin_host().run(|| schedule_revenue(unpriced)),
         Err(Failure::Rejected(vec![
             "line efbff07e6290dfb8016291003bd00dda: no price: the order does not override the catalogue price, so nothing can be recognised".into()
         ]))
@@ -98,12 +103,12 @@ fn a_line_without_a_price_is_rejected_by_name() {
 fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
     let order = Message::encode(kinds::ORDER_ACCEPTED, "Q-1", &json!({})).unwrap();
     assert_eq!(
-        Host::new().run(|| schedule_revenue(order)),
+        plugin_host().run(|| schedule_revenue(order)),
         Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided".into()))
     );
     let broken = Message::encode(kinds::CONTRACT_ACTIVATED, "C-1", &json!({"id": 1})).unwrap();
     assert!(matches!(
-        Host::new().run(|| schedule_revenue(broken)),
+        plugin_host().run(|| schedule_revenue(broken)),
         Err(Failure::Invalid(_))
     ));
 }
@@ -120,7 +125,7 @@ fn an_invoice_line_is_recognised_net_of_its_discount_and_without_its_tax() {
     line["tax_amounts"] = json!([{"amount": 1900, "inclusive": false, "tax_rate": "txr_19"}]);
     event["data"]["object"]["total"] = 11900.into();
     let invoice = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
-    let s = schedules(&Host::new().run(|| schedule_revenue(invoice)).unwrap());
+    let s = schedules(&plugin_host().run(|| schedule_revenue(invoice)).unwrap());
     let amounts: Vec<String> = s[0].periods.iter().map(|p| p.amount.to_string()).collect();
     assert_eq!(amounts, ["100.00 USD"], "the whole of January");
 }
@@ -138,8 +143,8 @@ fn a_voided_invoice_reverses_exactly_what_it_recognised() {
     let voided = only(stripe_source::to_messages(event.to_string().as_bytes()).unwrap());
     assert_eq!(voided.kind, kinds::INVOICE_VOIDED);
 
-    let posted = schedules(&Host::new().run(|| schedule_revenue(posted)).unwrap());
-    let reversed = schedules(&Host::new().run(|| schedule_revenue(voided)).unwrap());
+    let posted = schedules(&plugin_host().run(|| schedule_revenue(posted)).unwrap());
+    let reversed = schedules(&plugin_host().run(|| schedule_revenue(voided)).unwrap());
     assert_eq!(reversed.len(), posted.len());
     assert_eq!(reversed[0].id, format!("{}/reversal", posted[0].id));
     let amounts: Vec<String> = reversed[0]
