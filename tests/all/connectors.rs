@@ -459,6 +459,9 @@ fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
             name: None,
             country: None,
             external_ids: Default::default(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
         },
         status: ContractStatus::Active,
         currency: eur.clone(),
@@ -510,13 +513,17 @@ fn the_gateway_reports_every_failed_rule() {
         name: None,
         country: Some("DE".into()),
         external_ids: Default::default(),
+        parent: None,
+        blocked: false,
+        credit_hold: false,
     };
     let rules = Rules {
         tax_nexus: vec!["DE".into()],
         product_restrictions: [("HW-DOCK-C".to_owned(), vec!["FR".to_owned()])].into(),
+        revenue_rules: Default::default(),
     };
     assert_eq!(
-        violations(&order, Some(&known), &rules),
+        violations(&order, Some(&known), &rules, &|_| None),
         Vec::<String>::new()
     );
 
@@ -527,7 +534,7 @@ fn the_gateway_reports_every_failed_rule() {
         ..known.clone()
     };
     assert_eq!(
-        violations(&bad, Some(&in_france), &rules),
+        violations(&bad, Some(&in_france), &rules, &|_| None),
         [
             "no tax nexus in FR: the company is not registered to collect tax there",
             "line 20: product `HW-DOCK-C` may not be sold in FR",
@@ -535,7 +542,7 @@ fn the_gateway_reports_every_failed_rule() {
         ]
     );
     assert_eq!(
-        violations(&order, None, &rules),
+        violations(&order, None, &rules, &|_| None),
         ["sold-to customer `0015g00000XyZ12AAB` is not in the customer master"]
     );
     assert_eq!(
@@ -637,6 +644,9 @@ fn the_gateway_completes_the_customer_from_the_master() {
         name: Some("Northwind Traders GmbH (master)".into()),
         country: Some("DE".into()),
         external_ids: [("sap".to_owned(), "USCU_S12".to_owned())].into(),
+        parent: None,
+        blocked: false,
+        credit_hold: false,
     };
     order_gateway::enrich(&mut order, &master);
     assert_eq!(

@@ -118,6 +118,16 @@ pub struct Party {
     /// customer master knows, for sinks that address the party by their own number.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub external_ids: BTreeMap<String, String>,
+    /// The account it belongs to in the customer hierarchy (its parent's id), when
+    /// the customer master has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Blocked for sales in the customer master.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub blocked: bool,
+    /// On credit hold in the customer master: no new orders until released.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub credit_hold: bool,
 }
 
 /// A sellable product.
@@ -636,6 +646,9 @@ mod tests {
                 name: None,
                 country: Some("DE".into()),
                 external_ids: Default::default(),
+                parent: None,
+                blocked: false,
+                credit_hold: false,
             },
             currency: Currency::new("EUR").unwrap(),
             payment_terms: None,

@@ -62,6 +62,9 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
             name,
             country,
             external_ids: Default::default(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
         }
     });
     let lines = model

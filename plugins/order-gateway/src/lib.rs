@@ -5,10 +5,15 @@
 //! - `OrderDrafted` (an order a mapping made) becomes `OrderAccepted` only when every
 //!   rule holds; otherwise it is `rejected` with every failed rule, not only the
 //!   first:
-//!   - the sold-to customer exists in the customer master;
+//!   - the sold-to customer exists in the customer master, is not blocked nor on
+//!     credit hold, and so is every account above it in the customer hierarchy
+//!     (`parent`), each in the master (a loop in the hierarchy is reported);
 //!   - the company has tax nexus in the customer's country (config `tax_nexus`);
 //!   - each product may be sold in that country (config `product_restrictions`);
-//!   - every amount is in the order's one currency.
+//!   - every amount is in the order's one currency;
+//!   - when config `revenue_rules` names any (product code -> `ratable`,
+//!     `point-in-time` or `usage`), every product on the order has a rule the revenue
+//!     step knows.
 //!
 //! A valid order goes on with its customer as the master knows it (name, country,
 //! and the customer's numbers in other systems, `external_ids`, which ERP sinks
@@ -39,7 +44,13 @@ fn validate_order(input: Message) -> Result<Vec<Message>, Failure> {
             let customer: Option<Party> = kv::get(&key(&order.customer.id))?
                 .and_then(|bytes| serde_json::from_slice(&bytes).ok());
             let rules = Rules::from_config(config::get)?;
-            let reasons = violations(&order, customer.as_ref(), &rules);
+            let lookup = |id: &str| -> Option<Party> {
+                kv::get(&key(id))
+                    .ok()
+                    .flatten()
+                    .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            };
+            let reasons = violations(&order, customer.as_ref(), &rules, &lookup);
             match customer {
                 Some(master) if reasons.is_empty() => {
                     let mut order = order;
@@ -76,7 +87,15 @@ pub struct Rules {
     pub tax_nexus: Vec<String>,
     /// Product code -> countries where it may not be sold.
     pub product_restrictions: BTreeMap<String, Vec<String>>,
+    /// Product code -> its revenue recognition rule; empty: not checked.
+    pub revenue_rules: BTreeMap<String, String>,
 }
+
+/// The recognition rules the revenue step knows.
+pub const REVENUE_RULES: [&str; 3] = ["ratable", "point-in-time", "usage"];
+
+/// How far up a customer hierarchy the gateway looks.
+const HIERARCHY_DEPTH: usize = 16;
 
 impl Rules {
     /// Read the rules from the plugin's config (`get` is `config::get`).
@@ -94,6 +113,7 @@ impl Rules {
         Ok(Rules {
             tax_nexus: parse(&get, "tax_nexus")?,
             product_restrictions: parse(&get, "product_restrictions")?,
+            revenue_rules: parse(&get, "revenue_rules")?,
         })
     }
 }
@@ -116,9 +136,18 @@ pub fn enrich(order: &mut Order, master: &Party) {
     );
 }
 
-/// Every rule an order breaks, given the customer master's record of its customer.
-pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec<String> {
+/// Every rule an order breaks, given the customer master's record of its customer
+/// and `master`, which looks any account up in the customer master.
+pub fn violations(
+    order: &Order,
+    customer: Option<&Party>,
+    rules: &Rules,
+    master: &dyn Fn(&str) -> Option<Party>,
+) -> Vec<String> {
     let mut reasons = Vec::new();
+    if let Some(customer) = customer {
+        hierarchy(customer, master, &mut reasons);
+    }
     let country = customer
         .and_then(|c| c.country.clone())
         .or_else(|| order.customer.country.clone());
@@ -160,6 +189,24 @@ pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec
             }
         }
     }
+    if !rules.revenue_rules.is_empty() {
+        for line in &order.lines {
+            let code = line.product.code_or_id();
+            match rules.revenue_rules.get(code).map(String::as_str) {
+                None => reasons.push(format!(
+                    "line {}: product `{code}` has no revenue recognition rule (config `revenue_rules`: {})",
+                    line.line_number,
+                    REVENUE_RULES.join(", ")
+                )),
+                Some(rule) if !REVENUE_RULES.contains(&rule) => reasons.push(format!(
+                    "line {}: product `{code}` has the revenue rule `{rule}`, which the revenue step does not know ({})",
+                    line.line_number,
+                    REVENUE_RULES.join(", ")
+                )),
+                Some(_) => {}
+            }
+        }
+    }
     if order.total.currency != order.currency {
         reasons.push(format!(
             "the total is in {}, the order in {}",
@@ -167,4 +214,48 @@ pub fn violations(order: &Order, customer: Option<&Party>, rules: &Rules) -> Vec
         ));
     }
     reasons
+}
+
+/// The customer's standing and every account above it: blocked, on credit hold, not
+/// in the master, or a loop.
+fn hierarchy(customer: &Party, master: &dyn Fn(&str) -> Option<Party>, reasons: &mut Vec<String>) {
+    let standing = |account: &Party, what: &str, reasons: &mut Vec<String>| {
+        if account.blocked {
+            reasons.push(format!("{what} is blocked in the customer master"));
+        }
+        if account.credit_hold {
+            reasons.push(format!("{what} is on credit hold"));
+        }
+    };
+    let id = &customer.id;
+    standing(customer, &format!("customer `{id}`"), reasons);
+    let mut seen = vec![id.clone()];
+    let mut above = customer.parent.clone();
+    while let Some(parent) = above {
+        if seen.contains(&parent) {
+            reasons.push(format!(
+                "the customer hierarchy of `{id}` loops back to `{parent}`"
+            ));
+            return;
+        }
+        if seen.len() > HIERARCHY_DEPTH {
+            reasons.push(format!(
+                "the customer hierarchy of `{id}` is deeper than {HIERARCHY_DEPTH} accounts"
+            ));
+            return;
+        }
+        let Some(account) = master(&parent) else {
+            reasons.push(format!(
+                "parent account `{parent}` of customer `{id}` is not in the customer master"
+            ));
+            return;
+        };
+        standing(
+            &account,
+            &format!("parent account `{parent}` of customer `{id}`"),
+            reasons,
+        );
+        seen.push(parent);
+        above = account.parent;
+    }
 }

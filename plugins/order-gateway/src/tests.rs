@@ -157,3 +157,117 @@ fn other_kinds_bad_bodies_and_bad_config_are_invalid() {
         ))
     );
 }
+
+/// A CustomerUpserted for `party` (JSON).
+fn upsert(party: Value) -> Message {
+    let id = party["id"].as_str().unwrap().to_owned();
+    Message::encode_as(Encoding::Json, CUSTOMER_UPSERTED, &id, &party).unwrap()
+}
+
+#[test]
+fn the_customer_and_every_account_above_it_must_be_in_good_standing() {
+    let de = |extra: Value| {
+        let mut party = json!({"id": NORTHWIND, "name": "Northwind Traders GmbH", "country": "DE"});
+        party
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        party
+    };
+    let verdict = |accounts: Vec<Value>| {
+        let host = gateway();
+        for account in accounts {
+            host.run(|| validate_order(upsert(account))).unwrap();
+        }
+        host.run(|| validate_order(order_message(&order())))
+    };
+    // A customer under a parent under an ultimate parent, all in good standing.
+    let holding = json!({"id": "HOLD-1", "country": "DE"});
+    let group = json!({"id": "GRP-1", "country": "DE", "parent": "HOLD-1"});
+    assert!(
+        verdict(vec![
+            holding.clone(),
+            group.clone(),
+            de(json!({"parent": "GRP-1"}))
+        ])
+        .is_ok()
+    );
+    // Blocked, on credit hold: the customer itself.
+    assert_eq!(
+        rejected(verdict(vec![de(
+            json!({"blocked": true, "credit_hold": true})
+        )])),
+        [
+            format!("customer `{NORTHWIND}` is blocked in the customer master"),
+            format!("customer `{NORTHWIND}` is on credit hold"),
+        ]
+    );
+    // The ultimate parent on credit hold holds the order too.
+    let held = json!({"id": "HOLD-1", "country": "DE", "credit_hold": true});
+    assert_eq!(
+        rejected(verdict(vec![
+            held,
+            group.clone(),
+            de(json!({"parent": "GRP-1"}))
+        ])),
+        [format!(
+            "parent account `HOLD-1` of customer `{NORTHWIND}` is on credit hold"
+        )]
+    );
+    // A parent the master does not know.
+    assert_eq!(
+        rejected(verdict(vec![group, de(json!({"parent": "GRP-1"}))])),
+        [format!(
+            "parent account `HOLD-1` of customer `{NORTHWIND}` is not in the customer master"
+        )]
+    );
+    // A hierarchy that loops.
+    let a = json!({"id": "GRP-A", "parent": "GRP-B"});
+    let b = json!({"id": "GRP-B", "parent": "GRP-A"});
+    assert_eq!(
+        rejected(verdict(vec![a, b, de(json!({"parent": "GRP-A"}))])),
+        [format!(
+            "the customer hierarchy of `{NORTHWIND}` loops back to `GRP-A`"
+        )]
+    );
+}
+
+#[test]
+fn with_revenue_rules_every_product_needs_one_the_revenue_step_knows() {
+    let order = order();
+    let codes: Vec<String> = order
+        .lines
+        .iter()
+        .map(|l| l.product.code_or_id().to_owned())
+        .collect();
+    let rules = |map: Value| {
+        let host = gateway().config("revenue_rules", &map.to_string());
+        for customer in customers() {
+            host.run(|| validate_order(customer)).unwrap();
+        }
+        host.run(|| validate_order(order_message(&order)))
+    };
+    // Every product ruled: it passes.
+    let all: serde_json::Map<String, Value> = codes
+        .iter()
+        .map(|c| (c.clone(), json!("ratable")))
+        .collect();
+    assert!(rules(Value::Object(all.clone())).is_ok());
+    // One missing, one unknown to the revenue step.
+    let mut some = all;
+    some.remove(&codes[0]);
+    some.insert(codes[1].clone(), json!("straight-line"));
+    assert_eq!(
+        rejected(rules(Value::Object(some))),
+        [
+            format!(
+                "line {}: product `{}` has no revenue recognition rule (config `revenue_rules`: ratable, point-in-time, usage)",
+                order.lines[0].line_number, codes[0]
+            ),
+            format!(
+                "line {}: product `{}` has the revenue rule `straight-line`, which the revenue step does not know (ratable, point-in-time, usage)",
+                order.lines[1].line_number, codes[1]
+            ),
+        ]
+    );
+}

@@ -482,6 +482,9 @@ fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
             .as_ref()
             .and_then(|a| a.country.clone()),
         external_ids: Default::default(),
+        parent: None,
+        blocked: false,
+        credit_hold: false,
     })
 }
 
