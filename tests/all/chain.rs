@@ -36,6 +36,7 @@ config = {{ url = "{erp}/fr/orders" }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
 [plugins.zuora]
 path = "plugins/zuora-source"
+config = {{ currency = "USD" }}
 [plugins.stripe]
 path = "plugins/stripe-source"
 secrets = ["stripe_webhook_secret"]

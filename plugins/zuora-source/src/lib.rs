@@ -14,7 +14,8 @@
 //! marked `Added` or `Removed`; a price is carried only when the order overrides it
 //! (`chargeOverrides`), since a catalogue price is not in the order.
 //!
-//! Config: `currency`, the billing account's currency (orders carry none).
+//! Config: `currency`, the billing account's currency (orders carry none): required,
+//! an order is refused while it is not set, never read in a currency guessed.
 //!
 //! An order's actions on a subscription entry without a `subscriptionNumber` belong to
 //! the order's only named subscription (as in Zuora's own remove-and-add example);
@@ -39,7 +40,11 @@ mod tests;
 /// A Zuora order as one contract message per subscription it touches.
 #[tenon_sdk::source]
 fn ingest_order(request: RawRequest) -> Result<Vec<Message>, Failure> {
-    let currency = config::get("currency").unwrap_or_else(|| "USD".into());
+    let currency = config::get("currency").ok_or_else(|| {
+        Failure::Invalid(
+            "config `currency` is not set: Zuora orders carry no currency, so the operator names the billing account's (e.g. `config = { currency = \"EUR\" }`)".into(),
+        )
+    })?;
     to_messages(&request.body, &currency)
 }
 

@@ -18,8 +18,11 @@ fn post(body: &str) -> RawRequest {
     }
 }
 
+/// The source as the example configures it (its billing account in USD).
 fn source() -> Host {
-    Host::new().with_manifest(include_str!("../plugin.toml"))
+    Host::new()
+        .with_manifest(include_str!("../plugin.toml"))
+        .config("currency", "USD")
 }
 
 fn contract(message: &Message) -> Contract {
@@ -35,7 +38,6 @@ fn a_new_subscription_activates_a_contract_in_the_configured_currency() {
         out[0].idempotency_key(),
         Some(format!("OM-00001/{}", out[0].key).as_str())
     );
-    // The manifest's currency, until the operator sets the tenant's.
     assert_eq!(contract(&out[0]).currency.code(), "USD");
     let host = source().config("currency", "EUR");
     let out = host.run(|| ingest_order(post(SUBSCRIPTION))).unwrap();
@@ -111,4 +113,15 @@ fn a_contract_names_the_order_that_made_it_and_the_quote_zuora_quotes_wrote() {
     let body = quoted.to_string();
     let out = source().run(|| ingest_order(post(&body))).unwrap();
     assert_eq!(contract(&out[0]).quote.as_deref(), Some("Q-00823"));
+}
+
+#[test]
+fn without_a_configured_currency_an_order_is_refused_not_guessed() {
+    let host = Host::new().with_manifest(include_str!("../plugin.toml"));
+    assert_eq!(
+        host.run(|| ingest_order(post(SUBSCRIPTION))),
+        Err(Failure::Invalid(
+            "config `currency` is not set: Zuora orders carry no currency, so the operator names the billing account's (e.g. `config = { currency = \"EUR\" }`)".into()
+        ))
+    );
 }
