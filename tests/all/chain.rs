@@ -131,17 +131,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     let tenon = Tenon::start(&ws);
 
     // Master data first: the two customers of the samples.
-    let customers = json!([
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ12AAB",
-         "body": {"id": "0015g00000XyZ12AAB", "name": "Northwind Traders GmbH", "country": "DE"}},
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
-         "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}},
-    ]);
-    let ids = tenon.send_quote_to("master", &customers.to_string()).await;
-    for id in &ids {
-        let status = tenon.settled(id).await;
-        assert_eq!(status["outcomes"][0]["result"], "Consumed", "{status:#}");
-    }
+    tenon.load_customers().await;
 
     // A German quote: validated, routed to DE01, delivered by the DE ERP flow.
     let ids = tenon.send_quote(sample("plain.json")).await;
@@ -590,15 +580,7 @@ async fn a_subscriber_without_a_filter_gets_what_flows_emit_not_what_they_make_o
     ws.write_config(&format!("{}{watch}", config(&base)));
     std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
     let tenon = Tenon::start(&ws);
-    let customers = json!([
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ12AAB",
-         "body": {"id": "0015g00000XyZ12AAB", "name": "Northwind Traders GmbH", "country": "DE"}},
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
-         "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}},
-    ]);
-    for id in tenon.send_quote_to("master", &customers.to_string()).await {
-        tenon.settled(&id).await;
-    }
+    tenon.load_customers().await;
 
     // A German order (DE ERP and the watcher) and a French bundle whose subscription
     // order the gateway rejects (FR ERP and the watcher take the physical one only).

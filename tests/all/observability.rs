@@ -23,19 +23,6 @@ fn workspace(erp: &MockErp, extra: &str) -> Workspace {
     ws
 }
 
-/// The customers of the samples, in the gateway's master.
-async fn customers(tenon: &Tenon) {
-    let customers = json!([
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ12AAB",
-         "body": {"id": "0015g00000XyZ12AAB", "name": "Northwind Traders GmbH", "country": "DE"}},
-        {"kind": "CustomerUpserted", "key": "0015g00000XyZ34AAB",
-         "body": {"id": "0015g00000XyZ34AAB", "name": "Contoso Retail SAS", "country": "FR"}},
-    ]);
-    for id in tenon.send_quote_to("master", &customers.to_string()).await {
-        tenon.settled(&id).await;
-    }
-}
-
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 
@@ -51,7 +38,7 @@ async fn one_quote_is_one_trace_tree_from_the_caller_to_the_erp() {
         ),
     );
     let tenon = Tenon::start_with_env(&ws, &[("TENON_LOG_FORMAT", "json")]);
-    customers(&tenon).await;
+    tenon.load_customers().await;
 
     // The caller's trace is continued, and the answer names it.
     let traceparent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
@@ -195,7 +182,7 @@ async fn prometheus_scrapes_every_kpi_and_a_quote_is_traced_across_its_orders() 
     let erp = MockErp::start().await.unwrap();
     let ws = workspace(&erp, "");
     let tenon = Tenon::start(&ws);
-    customers(&tenon).await;
+    tenon.load_customers().await;
 
     // The example's traffic: a German quote (one order), a French bundle (split in
     // two orders, one refused by a rule), a quote with an unknown customer (refused),

@@ -106,6 +106,16 @@ pub struct Tenon {
 }
 
 impl Tenon {
+    /// The customers of the samples (`samples/customers.json`) into the gateway's
+    /// master, through the `master` source: each settled, consumed by the gateway.
+    pub async fn load_customers(&self) {
+        let customers = include_str!("../../examples/quote-to-cash/samples/customers.json");
+        for id in self.send_quote_to("master", customers).await {
+            let status = self.settled(&id).await;
+            assert_eq!(status["outcomes"][0]["result"], "Consumed", "{status:#}");
+        }
+    }
+
     /// Start `tenon run` on a free port and wait until it listens.
     pub fn start(ws: &Workspace) -> Tenon {
         Tenon::start_with_env(ws, &[])
