@@ -248,21 +248,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
         [("invoices".into(), "finance".into(), "Delivered".into())]
     );
     // A finalized invoice: posted to finance, and its line's revenue scheduled.
-    let mut finalized = fixture("stripe_invoice_event_invoice_paid.json");
-    finalized["type"] = json!("invoice.finalized");
-    finalized["id"] = json!("evt_test_finalized");
-    let finalized = finalized.to_string();
-    let reply = stripe_post(&tenon, &finalized, STRIPE_SECRET).await;
-    let ids: Vec<String> =
-        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
-    let status = settled_with(&tenon, &ids[0], 2).await;
-    assert_eq!(
-        outcomes(&status),
-        [
-            ("invoices".into(), "finance".into(), "Delivered".into()),
-            ("schedules".into(), "finance".into(), "Delivered".into()),
-        ]
-    );
+    let (finalized, ids) = invoice_event(&tenon, "invoice.finalized", "evt_test_finalized").await;
     // Stripe's retry of the same event is accepted once.
     let again = stripe_post(&tenon, &finalized, STRIPE_SECRET).await;
     assert_eq!(again.status, 202);
@@ -296,20 +282,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
 
     // The invoice voided: finance gets the InvoiceVoided, and what its line recognised
     // is reversed, period by period.
-    let mut voided = fixture("stripe_invoice_event_invoice_paid.json");
-    voided["type"] = json!("invoice.voided");
-    voided["id"] = json!("evt_test_voided");
-    let reply = stripe_post(&tenon, &voided.to_string(), STRIPE_SECRET).await;
-    let ids: Vec<String> =
-        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
-    let status = settled_with(&tenon, &ids[0], 2).await;
-    assert_eq!(
-        outcomes(&status),
-        [
-            ("invoices".into(), "finance".into(), "Delivered".into()),
-            ("schedules".into(), "finance".into(), "Delivered".into()),
-        ]
-    );
+    invoice_event(&tenon, "invoice.voided", "evt_test_voided").await;
     let finance: Vec<Value> = erp
         .received()
         .into_iter()
@@ -347,6 +320,29 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
 pub(crate) const STRIPE_SECRET: &str = "whsec_chain_test";
 
 /// POST a Stripe webhook signed with `secret`.
+/// Stripe's invoice fixture as event `kind` with id `id`, signed and posted; returns
+/// its body and the ids accepted once the invoice reached finance and so did the
+/// schedule the revenue flow made of it.
+async fn invoice_event(tenon: &Tenon, kind: &str, id: &str) -> (String, Vec<String>) {
+    let mut event = fixture("stripe_invoice_event_invoice_paid.json");
+    event["type"] = json!(kind);
+    event["id"] = json!(id);
+    let body = event.to_string();
+    let reply = stripe_post(tenon, &body, STRIPE_SECRET).await;
+    let ids: Vec<String> =
+        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
+    let status = settled_with(tenon, &ids[0], 2).await;
+    assert_eq!(
+        outcomes(&status),
+        [
+            ("invoices".into(), "finance".into(), "Delivered".into()),
+            ("schedules".into(), "finance".into(), "Delivered".into()),
+        ],
+        "{kind}"
+    );
+    (body, ids)
+}
+
 pub(crate) async fn stripe_post(
     tenon: &Tenon,
     body: &str,
