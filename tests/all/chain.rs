@@ -317,6 +317,121 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     assert_eq!(reversal["total"]["amount"], "-108.00", "{reversal:#}");
 }
 
+/// A Zuora order of `actions` on subscription SUB-LIFE.
+fn zuora_order(actions: Value) -> String {
+    json!({"existingAccountNumber": "A00000001", "orderDate": "2025-01-01",
+        "subscriptions": [{"subscriptionNumber": "SUB-LIFE", "orderActions": actions}]})
+    .to_string()
+}
+
+fn dated(day: &str) -> Value {
+    json!([{"name": "ContractEffective", "triggerDate": day},
+           {"name": "ServiceActivation", "triggerDate": day}])
+}
+
+fn monthly(id: &str, price: u32) -> Value {
+    json!({"productRatePlanId": id, "chargeOverrides": [{"billingPeriod": "Month",
+        "pricing": {"recurringFlatFee": {"listPrice": price}}}]})
+}
+
+/// One contract through its whole life, each change a Zuora order posted at once
+/// after the other: created, a plan added mid-month, suspended, resumed with its term
+/// extended, renewed, cancelled. Finance receives every revision of each schedule in
+/// order, and the last of each comes to what was billed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_contract_through_its_whole_life_reaches_finance_in_order() {
+    let erp = MockErp::start().await.unwrap();
+    let base = erp.orders_url();
+    let ws = Workspace::new();
+    ws.write_config(&config(base.trim_end_matches("/sap/orders")));
+    std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
+    let tenon = Tenon::start(&ws);
+
+    let orders = [
+        json!([{"type": "CreateSubscription", "triggerDates": dated("2025-01-01"),
+            "createSubscription": {"subscriptionNumber": "SUB-LIFE",
+                "terms": {"initialTerm": {"period": 12, "periodType": "Month", "termType": "TERMED"},
+                          "renewalTerms": [{"period": 12, "periodType": "Month"}]},
+                "subscribeToRatePlans": [monthly("A", 100)]}}]),
+        json!([{"type": "AddProduct", "triggerDates": dated("2025-03-16"), "addProduct": monthly("B", 31)}]),
+        json!([{"type": "Suspend", "triggerDates": dated("2025-06-01"), "suspend": {"suspendPolicy": "Today"}}]),
+        json!([{"type": "Resume", "triggerDates": dated("2025-08-01"),
+            "resume": {"resumePolicy": "Today", "extendsTerm": true}}]),
+        json!([{"type": "RenewSubscription", "triggerDates": dated("2026-02-01")}]),
+        json!([{"type": "CancelSubscription", "triggerDates": dated("2026-09-01"),
+            "cancelSubscription": {"cancellationPolicy": "SpecificDate",
+                "cancellationEffectiveDate": "2026-09-01"}}]),
+    ];
+    // Posted one after the other without waiting: the contract's messages run in
+    // the order they arrived.
+    let mut last = Vec::new();
+    for actions in orders {
+        last = tenon.send_quote_to("zuora", &zuora_order(actions)).await;
+    }
+    // The cancellation changes both schedules.
+    let status = settled_with(&tenon, &last[0], 2).await;
+    assert!(
+        outcomes(&status)
+            .iter()
+            .all(|o| *o == ("schedules".into(), "finance".into(), "Delivered".into())),
+        "{status:#}"
+    );
+    let received: Vec<Value> = erp
+        .received()
+        .into_iter()
+        .filter(|r| r.path == "/finance/events" && r.body["source_line"].is_string())
+        .map(|r| r.body)
+        .collect();
+    // A: made, suspended, resumed, renewed, cancelled; B: added and the same four.
+    let revisions = |id: &str| -> Vec<u64> {
+        received
+            .iter()
+            .filter(|s| s["id"] == id)
+            .map(|s| s["revision"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(revisions("SUB-LIFE/A"), [1, 2, 3, 4, 5]);
+    assert_eq!(revisions("SUB-LIFE/B"), [1, 2, 3, 4, 5]);
+    let latest = |id: &str| received.iter().rev().find(|s| s["id"] == id).unwrap();
+    // Billed for A: 12 x 100.00, renewed for 12 x 100.00, less the credit of what is
+    // not served after 2026-09-01 (the term, extended by the 61 days suspended, ends
+    // 2027-03-02): 6 months and 2/31 of March at 100.00 = 606.45. 2400.00 - 606.45.
+    // For B: 295.00 from 2025-03-16 (16/31 of March at 31.00 = 16.00, and 9 months),
+    // 372.00 renewed, less 6 x 31.00 + 2.00 = 188.00: 479.00.
+    assert_eq!(latest("SUB-LIFE/A")["total"]["amount"], "1793.55");
+    assert_eq!(latest("SUB-LIFE/B")["total"]["amount"], "479.00");
+    for id in ["SUB-LIFE/A", "SUB-LIFE/B"] {
+        let schedule = latest(id);
+        let sum: tenon_sdk::model::rust_decimal::Decimal = schedule["periods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                p["amount"]["amount"]
+                    .as_str()
+                    .unwrap()
+                    .parse::<tenon_sdk::model::rust_decimal::Decimal>()
+                    .unwrap()
+            })
+            .sum();
+        assert_eq!(
+            sum.to_string(),
+            schedule["total"]["amount"].as_str().unwrap()
+        );
+        assert_eq!(schedule["change"]["reason"], "cancelled");
+        assert_eq!(
+            schedule["periods"].as_array().unwrap().last().unwrap()["period"]["end"],
+            "2026-08-31"
+        );
+    }
+    // The suspension's revision held the rest: 700.00 of A.
+    let suspended = received
+        .iter()
+        .find(|s| s["id"] == "SUB-LIFE/A" && s["revision"] == 2)
+        .unwrap();
+    assert_eq!(suspended["held"]["amount"], "700.00");
+}
+
 pub(crate) const STRIPE_SECRET: &str = "whsec_chain_test";
 
 /// POST a Stripe webhook signed with `secret`.

@@ -189,6 +189,7 @@ fn zuora_create_subscription_activates_a_contract() {
             "currency": "USD",
             "contract_effective": "2017-01-01",
             "term_months": 12,
+            "renewal_term_months": 12,
             "actions": ["CreateSubscription"],
             "order": "OM-00001",
             "lines": [{
@@ -197,6 +198,7 @@ fn zuora_create_subscription_activates_a_contract() {
                 "quantity": "1",
                 "charge": "Recurring",
                 "service_period": {"start": "2017-01-01", "end": "2017-12-31"},
+                "effective": "2017-01-01",
             }],
         })
     );
@@ -225,17 +227,24 @@ fn zuora_remove_and_add_product_is_one_amendment_with_its_three_dates_apart() {
             &json!("2023-04-01")
         )
     );
-    let changes: Vec<(&str, &str)> = c["lines"]
+    // Each charge keeps its own action's service date.
+    let changes: Vec<(&str, &str, &str)> = c["lines"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| (l["id"].as_str().unwrap(), l["change"].as_str().unwrap()))
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap(),
+                l["change"].as_str().unwrap(),
+                l["effective"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         changes,
         [
-            ("8a90a9b784ae5f180184c6c46a1a46b6", "Removed"),
-            ("8a90a9b784ae5f180184c6c46a1a46b6", "Added"),
+            ("8a90a9b784ae5f180184c6c46a1a46b6", "Removed", "2023-03-01"),
+            ("8a90a9b784ae5f180184c6c46a1a46b6", "Added", "2023-05-01"),
         ]
     );
 }
@@ -354,8 +363,13 @@ fn zuora_bad_input_has_exact_outcomes() {
     );
 }
 
+/// The schedules the revenue step makes of `m`, in a test host with its grants (each
+/// call a fresh one: no contract seen before).
 fn schedules(m: &Message) -> Result<Vec<Value>, Failure> {
-    Ok(revenue_schedule::schedules_of(m)?
+    let host = tenon_sdk::testing::Host::new()
+        .with_manifest(include_str!("../../plugins/revenue-schedule/plugin.toml"));
+    Ok(host
+        .run(|| revenue_schedule::schedules_of(m))?
         .into_iter()
         .map(|s| serde_json::to_value(s).unwrap())
         .collect())
@@ -398,9 +412,9 @@ fn a_zuora_contract_with_a_price_is_recognised_monthly() {
             "line efbff07e6290dfb8016291003bd00dda: no price: the order does not override the catalogue price, so nothing can be recognised".into()
         ])
     );
-    // A cancellation recognises nothing more.
+    // A cancellation of a contract never activated has no schedule to stop.
     let cancelled = only(zuora(&fixture("zuora_order_cancel.json")).unwrap());
-    assert_eq!(schedules(&cancelled).unwrap(), Vec::<Value>::new());
+    assert!(matches!(schedules(&cancelled), Err(Failure::Rejected(_))));
 }
 
 #[test]
@@ -451,6 +465,8 @@ fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
         charge: ChargeType::Recurring,
         service_period: Some(period),
         change: None,
+        effective: None,
+        recurring: None,
     };
     let contract = Contract {
         id: "C-1".into(),
@@ -469,8 +485,11 @@ fn obligations_sharing_a_price_are_allocated_by_standalone_price() {
         service_activation: None,
         customer_acceptance: None,
         term_months: Some(12),
+        evergreen: false,
+        renewal_term_months: None,
         ends: None,
         actions: vec![],
+        events: vec![],
         quote: None,
         order: None,
         lines: vec![

@@ -378,6 +378,13 @@ pub struct Contract {
     /// Term in months, when termed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub term_months: Option<u32>,
+    /// Without an end (Zuora's `EVERGREEN` terms): it runs until cancelled, one billing
+    /// period after another.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub evergreen: bool,
+    /// The length of each renewal term in months, when the billing system states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_term_months: Option<u32>,
     /// When the contract ends (a cancellation's effective date).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ends: Option<NaiveDate>,
@@ -385,7 +392,11 @@ pub struct Contract {
     /// `["RemoveProduct", "AddProduct"]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub actions: Vec<String>,
-    /// The charges of the contract (on an amendment: the charges that changed).
+    /// The changes to the whole contract (suspend, resume, renew, cancel), each with
+    /// its own effective date, in the order the billing system applied them. Changes
+    /// to one charge are on its line ([`ContractLine::change`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<ContractEvent>,
     /// The quote it comes from, when the billing system names it (Zuora Quotes'
     /// `QuoteNumber__QT`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -393,7 +404,47 @@ pub struct Contract {
     /// The billing system's order that made or last changed it (Zuora's `orderNumber`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub order: Option<String>,
+    /// The charges of the contract (on an amendment: the charges that changed).
     pub lines: Vec<ContractLine>,
+}
+
+/// A dated change to a whole [`Contract`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ContractEvent {
+    /// What changed.
+    pub change: ContractChange,
+    /// The day it takes effect: the first day suspended, the first day of service
+    /// again, the first day no longer in service; for a renewal, the day the billing
+    /// system renewed (the renewal term itself starts when the current one ends).
+    pub effective: NaiveDate,
+}
+
+/// What a [`ContractEvent`] does to the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(tag = "type")]
+pub enum ContractChange {
+    /// Service paused: nothing is delivered (or recognised) until resumed.
+    Suspended,
+    /// Service again.
+    Resumed {
+        /// The term's end moves by the days suspended (Zuora's `extendsTerm`).
+        extends_term: bool,
+    },
+    /// Another term after the current one.
+    Renewed {
+        /// Its length in months; `None`: the contract's renewal term.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        term_months: Option<u32>,
+    },
+    /// Ended: no service from the effective date.
+    Cancelled {
+        /// It runs to the end of its current term instead (Zuora's
+        /// `EndOfCurrentTerm`): `effective` is the day it was ordered.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        at_term_end: bool,
+    },
 }
 
 /// How an amendment changed a contract line.
@@ -404,6 +455,8 @@ pub enum LineChange {
     Added,
     /// The charge was removed.
     Removed,
+    /// The charge's price or quantity changed from its effective date.
+    Updated,
 }
 
 /// One charge of a [`Contract`].
@@ -431,6 +484,26 @@ pub struct ContractLine {
     /// On an amendment, what happened to this charge.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub change: Option<LineChange>,
+    /// On an amendment, the day the change takes effect for this charge (its own
+    /// action's service date: each charge keeps its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<NaiveDate>,
+    /// The price per billing period of a recurring charge, when the source states
+    /// it: what renewals, price updates and evergreen terms are priced by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recurring: Option<RecurringPrice>,
+}
+
+/// A recurring charge's price for one billing period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct RecurringPrice {
+    /// The price of one billing period (quantity included).
+    pub price: Money,
+    /// The billing period in months (1 monthly, 3 quarterly, 12 annual); `None` on
+    /// an update that restates only the price: the charge's billing period is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_months: Option<u32>,
 }
 
 /// A posted invoice (event `InvoicePosted`).
@@ -535,6 +608,9 @@ pub struct Payment {
 }
 
 /// Revenue recognised over time for one obligation (event `RevenueScheduleUpdated`).
+/// A schedule is sent whole each time it changes, with the change that made it and a
+/// revision: a consumer applies the revisions of a schedule in order and keeps the
+/// latest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RevenueSchedule {
@@ -542,10 +618,41 @@ pub struct RevenueSchedule {
     pub id: String,
     /// The contract or invoice line it recognises.
     pub source_line: String,
-    /// Total to recognise; the periods sum to it exactly.
+    /// Total to recognise; the periods sum to it exactly, less what is `held`.
     pub total: Money,
     /// The periods, in date order.
     pub periods: Vec<RevenuePeriod>,
+    /// 1 for a new schedule, one more at each change.
+    #[serde(default = "first_revision")]
+    pub revision: u32,
+    /// What made this revision, from the second on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<ScheduleChange>,
+    /// Consideration not in any period yet: a suspended contract's remainder, placed
+    /// again from the day it resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Money>,
+}
+
+fn first_revision() -> u32 {
+    1
+}
+
+/// Why a [`RevenueSchedule`] changed, and by how much.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct ScheduleChange {
+    /// What happened, e.g. `removed`, `price updated`, `suspended`, `resumed`,
+    /// `renewed`, `cancelled`.
+    pub reason: String,
+    /// The first day the change affects: periods before it are as they were.
+    pub effective: NaiveDate,
+    /// The total before the change.
+    pub previous_total: Money,
+    /// A cumulative catch-up recognised in the period of `effective`, under the
+    /// catch-up modification policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catch_up: Option<Money>,
 }
 
 /// One period of a [`RevenueSchedule`].

@@ -112,6 +112,98 @@ fn days_in_month(day: NaiveDate) -> i128 {
     i128::from(last_day_of_month(day).day())
 }
 
+/// A month, in the unit pieces of months are weighed in: a piece's weight is its days
+/// times this over its month's days, exact since every month length (28..=31) divides
+/// it.
+const COMMON: i128 = 28 * 29 * 30 * 31;
+
+/// A period's length in months times [`COMMON`]: whole calendar months count one, a
+/// partial month its share by days. The measure schedules are made by.
+fn month_weight(period: Period) -> Result<i128, RevenueError> {
+    Ok(month_pieces(period)?
+        .iter()
+        .map(|p| days(p) * COMMON / days_in_month(p.start))
+        .sum())
+}
+
+/// The consideration for `span` at `price` per `every_months` months: the price times
+/// the span's length in months (measured as schedules measure them: whole calendar
+/// months count one, a partial month its share by days) over `every_months`, rounded
+/// half-even to the currency's minor unit. Twelve months at 100.00 a month is 1200.00;
+/// 2025-01-15 .. 2025-01-31 at 31.00 a month is 17.00.
+pub fn consideration(
+    price: &Money,
+    every_months: u32,
+    span: Period,
+) -> Result<Money, RevenueError> {
+    let units = minor_units(price)?;
+    let num = units
+        .checked_mul(month_weight(span)?)
+        .ok_or_else(|| RevenueError::Overflow(price.clone()))?;
+    let den = i128::from(every_months.max(1)) * COMMON;
+    let (q, r) = (num / den, num % den);
+    // Half-even on the remainder's magnitude.
+    let twice = r.abs() * 2;
+    let away = twice > den || (twice == den && q % 2 != 0);
+    let rounded = if away { q + num.signum() } else { q };
+    from_minor(rounded, price)
+}
+
+/// A schedule's periods cut at `day`: those before it, and those from it on. A
+/// period holding `day` is split by days, the part before it earning its share of
+/// the period's amount truncated toward zero, the part from `day` the rest.
+pub fn split_at(
+    periods: &[RevenuePeriod],
+    day: NaiveDate,
+) -> Result<(Vec<RevenuePeriod>, Vec<RevenuePeriod>), RevenueError> {
+    let mut before = Vec::new();
+    let mut after = Vec::new();
+    for p in periods {
+        if p.period.end < day {
+            before.push(p.clone());
+        } else if p.period.start >= day {
+            after.push(p.clone());
+        } else {
+            let units = minor_units(&p.amount)?;
+            let head = Period {
+                start: p.period.start,
+                end: day.pred_opt().unwrap_or(day),
+            };
+            let tail = Period {
+                start: day,
+                end: p.period.end,
+            };
+            let earned = share(units, days(&head), days(&p.period), &p.amount)?;
+            before.push(RevenuePeriod {
+                period: head,
+                amount: from_minor(earned, &p.amount)?,
+            });
+            after.push(RevenuePeriod {
+                period: tail,
+                amount: from_minor(units - earned, &p.amount)?,
+            });
+        }
+    }
+    Ok((before, after))
+}
+
+/// The sum of `periods`, in `like`'s currency (zero for none).
+pub fn sum(periods: &[RevenuePeriod], like: &Money) -> Result<Money, RevenueError> {
+    let mut units = 0i128;
+    for p in periods {
+        if p.amount.currency != like.currency {
+            return Err(RevenueError::MixedCurrencies(
+                like.clone(),
+                p.amount.clone(),
+            ));
+        }
+        units = units
+            .checked_add(minor_units(&p.amount)?)
+            .ok_or_else(|| RevenueError::Overflow(like.clone()))?;
+    }
+    from_minor(units, like)
+}
+
 /// A ratable monthly schedule of `total` over `period`: every whole calendar month
 /// recognises the same amount; a partial first or last month recognises its share of
 /// a month by days (10 of 31 days is 10/31 of a month). Shares are truncated to the
@@ -125,10 +217,6 @@ pub fn ratable_schedule(
 ) -> Result<RevenueSchedule, RevenueError> {
     let units = minor_units(total)?;
     let pieces = month_pieces(period)?;
-    // Each piece's weight as a fraction of a month, over a common denominator: the
-    // product of the (at most two distinct) partial months' lengths is enough, but the
-    // product of all distinct month lengths (28..=31) is simpler and still small.
-    const COMMON: i128 = 28 * 29 * 30 * 31;
     let weights: Vec<i128> = pieces
         .iter()
         .map(|p| days(p) * COMMON / days_in_month(p.start))
@@ -153,6 +241,9 @@ pub fn ratable_schedule(
         source_line: source_line.to_owned(),
         total: from_minor(units, total)?,
         periods,
+        revision: 1,
+        change: None,
+        held: None,
     })
 }
 
@@ -375,6 +466,93 @@ mod tests {
         assert_eq!(
             allocate(&money("1", "EUR"), &[]).unwrap_err(),
             RevenueError::NoStandalonePrices
+        );
+    }
+
+    #[test]
+    fn consideration_is_the_price_times_the_months_of_service() {
+        let month = money("100.00", "USD");
+        // A year: 1200.00. A quarterly price over six months: two quarters.
+        assert_eq!(
+            consideration(&month, 1, period("2025-01-01", "2025-12-31")).unwrap(),
+            money("1200.00", "USD")
+        );
+        assert_eq!(
+            consideration(
+                &money("300.00", "USD"),
+                3,
+                period("2025-01-01", "2025-06-30")
+            )
+            .unwrap(),
+            money("600.00", "USD")
+        );
+        // 17 of January's 31 days at 31.00 a month: 17.00.
+        assert_eq!(
+            consideration(
+                &money("31.00", "USD"),
+                1,
+                period("2025-01-15", "2025-01-31")
+            )
+            .unwrap(),
+            money("17.00", "USD")
+        );
+        // Half of a leap February (15 of 29 days) at 10.00: 5.1724... -> 5.17; the
+        // same days of a common February are 15/28: 5.357... -> 5.36.
+        assert_eq!(
+            consideration(
+                &money("10.00", "EUR"),
+                1,
+                period("2024-02-01", "2024-02-15")
+            )
+            .unwrap(),
+            money("5.17", "EUR")
+        );
+        assert_eq!(
+            consideration(
+                &money("10.00", "EUR"),
+                1,
+                period("2025-02-01", "2025-02-15")
+            )
+            .unwrap(),
+            money("5.36", "EUR")
+        );
+        // Half a cent rounds to even: 1 day of a 30-day month at 0.15 is 0.005.
+        assert_eq!(
+            consideration(&money("0.15", "EUR"), 1, period("2025-04-01", "2025-04-01")).unwrap(),
+            money("0.00", "EUR")
+        );
+        assert_eq!(
+            consideration(&money("0.45", "EUR"), 1, period("2025-04-01", "2025-04-01")).unwrap(),
+            money("0.02", "EUR")
+        );
+    }
+
+    #[test]
+    fn a_schedule_splits_at_a_day_by_days() {
+        let s = ratable_schedule(
+            "s",
+            "l",
+            &money("310.00", "EUR"),
+            period("2025-01-01", "2025-01-31"),
+        )
+        .unwrap();
+        // The 10th: 9 of 31 days before it, 90.00; the rest 220.00.
+        let (before, after) = split_at(&s.periods, date("2025-01-10")).unwrap();
+        assert_eq!(
+            (before[0].period, before[0].amount.clone()),
+            (period("2025-01-01", "2025-01-09"), money("90.00", "EUR"))
+        );
+        assert_eq!(
+            (after[0].period, after[0].amount.clone()),
+            (period("2025-01-10", "2025-01-31"), money("220.00", "EUR"))
+        );
+        // On a period's first day nothing is split; past the end all is before.
+        let (before, after) = split_at(&s.periods, date("2025-01-01")).unwrap();
+        assert_eq!((before.len(), after.len()), (0, 1));
+        let (before, _) = split_at(&s.periods, date("2025-02-01")).unwrap();
+        assert_eq!(
+            super::sum(&before, &s.total).unwrap(),
+            money("310.00", "EUR")
         );
     }
 

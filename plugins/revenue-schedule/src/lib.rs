@@ -1,6 +1,8 @@
-//! Transform plugin: a ratable monthly revenue schedule for every line with a service
-//! period, from a contract (`ContractActivated`, `ContractAmended`) or an invoice
-//! (`InvoicePosted`); each schedule is a `RevenueScheduleUpdated` message.
+//! Transform plugin: ratable monthly revenue schedules, for every charge of a contract
+//! through its whole life (`ContractActivated`, `ContractAmended`,
+//! `ContractCancelled`) and every invoice line with a service period
+//! (`InvoicePosted`); each schedule made or changed is a `RevenueScheduleUpdated`
+//! message, whole, with its revision and what changed.
 //!
 //! - Whole months recognise alike; a partial first or last month recognises its
 //!   share of a month by days; the periods sum exactly to the line's amount in the
@@ -9,20 +11,27 @@
 //! - Contract lines that carry a standalone selling price share one price: the sum
 //!   of their amounts is allocated among them by standalone price before each is
 //!   scheduled.
+//! - A contract's schedules are kept in its book ([`book`], key-value data): each
+//!   amendment, suspension, resumption, renewal and cancellation changes them from its
+//!   effective date, by the modification policy configured (`modification`:
+//!   `prospective` by default, or `catch-up`).
 //! - A contract line without a price (a catalogue rate plan the order did not
 //!   override) cannot be recognised: the message is `rejected`, naming every such
-//!   line. Removed lines and cancelled contracts produce no schedule.
+//!   line; so is an amendment of a contract whose activation was never seen.
 //! - A voided invoice (`InvoiceVoided`) undoes what it billed: each of its schedules
 //!   comes again as a reversal (id `<invoice>/<line>/reversal`), every period's
 //!   amount negated, so that per period the schedule and its reversal sum to zero.
 
 use tenon_sdk::model::revenue::{allocate, ratable_schedule};
 use tenon_sdk::model::{Contract, Invoice, Money, MoneyError, Period, RevenueSchedule, kinds};
-use tenon_sdk::model::{LineChange, rust_decimal::Decimal};
+use tenon_sdk::model::{ContractChange, ContractEvent, LineChange, rust_decimal::Decimal};
 use tenon_sdk::{Failure, Message};
 
+pub mod book;
 #[cfg(test)]
 mod tests;
+
+use book::{Book, Policy};
 
 /// The revenue schedules of a contract's or an invoice's lines.
 #[tenon_sdk::transform]
@@ -33,11 +42,51 @@ fn schedule_revenue(input: Message) -> Result<Vec<Message>, Failure> {
         .collect()
 }
 
-/// The schedules a message calls for.
+/// The schedules a message makes or changes.
 pub fn schedules_of(input: &Message) -> Result<Vec<RevenueSchedule>, Failure> {
     match input.kind.as_str() {
-        kinds::CONTRACT_ACTIVATED | kinds::CONTRACT_AMENDED => contract_schedules(&input.decode()?),
-        kinds::CONTRACT_CANCELLED => Ok(Vec::new()),
+        kinds::CONTRACT_ACTIVATED => {
+            let contract: Contract = input.decode()?;
+            if book::load(&contract.id)?.is_some() {
+                return Err(Failure::Rejected(vec![format!(
+                    "contract {} is already active: its changes come as ContractAmended",
+                    contract.id
+                )]));
+            }
+            let (book, schedules) = Book::open(&contract)?;
+            book::save(&book)?;
+            Ok(schedules)
+        }
+        kinds::CONTRACT_AMENDED | kinds::CONTRACT_CANCELLED => {
+            let mut contract: Contract = input.decode()?;
+            let Some(mut book) = book::load(&contract.id)? else {
+                return Err(Failure::Rejected(vec![format!(
+                    "contract {}: no activation seen, so there is no schedule to change (send its ContractActivated first)",
+                    contract.id
+                )]));
+            };
+            let cancels = |c: &Contract| {
+                c.events
+                    .iter()
+                    .any(|e| matches!(e.change, ContractChange::Cancelled { .. }))
+            };
+            // A cancellation stated only by its end date.
+            if input.kind == kinds::CONTRACT_CANCELLED && !cancels(&contract) {
+                let effective = contract.ends.ok_or_else(|| {
+                    Failure::Invalid(format!(
+                        "contract {}: a cancellation with neither a Cancelled event nor an end date",
+                        contract.id
+                    ))
+                })?;
+                contract.events.push(ContractEvent {
+                    change: ContractChange::Cancelled { at_term_end: false },
+                    effective,
+                });
+            }
+            let schedules = book.amend(&contract, Policy::configured()?)?;
+            book::save(&book)?;
+            Ok(schedules)
+        }
         kinds::INVOICE_POSTED => invoice_schedules(&input.decode()?),
         kinds::INVOICE_VOIDED => invoice_reversals(&input.decode()?),
         other => Err(Failure::Invalid(format!(

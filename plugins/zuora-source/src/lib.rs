@@ -1,18 +1,29 @@
 //! Source plugin: a Zuora order (the body of `POST /v1/orders`) becomes one canonical
-//! message per subscription it touches, with the subscription as it stands after the
-//! order's actions on it.
+//! message per subscription it touches, with what the order's actions did to it.
 //!
 //! | Zuora order actions on a subscription | canonical message |
 //! |---|---|
 //! | `CreateSubscription` | `ContractActivated` |
-//! | `CancelSubscription` | `ContractCancelled` (with the effective date) |
-//! | `AddProduct`, `RemoveProduct`, `UpdateProduct`, `RenewSubscription`, `Suspend`, `Resume`, `TermsAndConditions` | `ContractAmended` |
+//! | `CancelSubscription` | `ContractCancelled` |
+//! | `AddProduct`, `RemoveProduct`, `UpdateProduct`, `ChangePlan`, `RenewSubscription`, `Suspend`, `Resume`, `TermsAndConditions` | `ContractAmended` |
 //!
-//! Zuora's three trigger dates stay apart (`ContractEffective`,
-//! `ServiceActivation`, `CustomerAcceptance`): each lands in its own field, none
-//! stands in for another. Rate plans added or removed are the contract's lines,
-//! marked `Added` or `Removed`; a price is carried only when the order overrides it
-//! (`chargeOverrides`), since a catalogue price is not in the order.
+//! What each action becomes:
+//! - a rate plan subscribed, added, removed or updated is a line (`Added`, `Removed`,
+//!   `Updated`; `ChangePlan` is the old plan removed and the new one added), its
+//!   `effective` date its **own** action's (`ServiceActivation`, else
+//!   `ContractEffective`, else the order date): two actions of one order keep their own
+//!   dates; the contract's three trigger dates are the first its actions state;
+//! - prices only when the order states them (`chargeOverrides`, `chargeUpdates`: a
+//!   catalogue price is not in the order): one-time fees as the line's amount, a
+//!   recurring fee as its price per billing period (`recurring`); a termed new
+//!   subscription's lines also carry their service period and price over the term;
+//! - `Suspend`, `Resume`, `RenewSubscription` and `CancelSubscription` are dated
+//!   contract events (suspend and resume by their policy: `Today`, `SpecificDate`,
+//!   `FixedPeriodsFromToday`; resume with `extendsTerm`; cancel on its
+//!   `cancellationEffectiveDate` or at the end of the current term); policies that
+//!   depend on the subscription's history (its invoices, its suspend date) are refused
+//!   as invalid, naming the ones taken;
+//! - `EVERGREEN` terms make an evergreen contract; `renewalTerms` its renewal term.
 //!
 //! Config: `currency`, the billing account's currency (orders carry none): required,
 //! an order is refused while it is not set, never read in a currency guessed.
@@ -26,11 +37,11 @@
 
 use serde::Deserialize;
 use serde_json::Value;
-use tenon_sdk::model::chrono::{Months, NaiveDate};
+use tenon_sdk::model::chrono::{Days, Months, NaiveDate};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{
-    ChargeType, Contract, ContractLine, ContractStatus, Currency, LineChange, Money, Party, Period,
-    Product, kinds,
+    ChargeType, Contract, ContractChange, ContractEvent, ContractLine, ContractStatus, Currency,
+    LineChange, Money, Party, Period, Product, RecurringPrice, kinds,
 };
 use tenon_sdk::{Failure, Message, RawRequest, config};
 
@@ -109,7 +120,7 @@ pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure>
         .ok_or_else(|| {
             Failure::Invalid("the order names no account (existingAccountNumber)".into())
         })?;
-    date(&order.order_date, "orderDate")?;
+    let order_date = date(&order.order_date, "orderDate")?;
     if order.subscriptions.is_empty() {
         return Err(Failure::Invalid("the order touches no subscription".into()));
     }
@@ -150,7 +161,7 @@ pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure>
     }
     let mut messages = Vec::new();
     for (number, actions) in groups {
-        let mut contract = contract(&number, &account, &currency, &actions)?;
+        let mut contract = contract(&number, &account, &currency, order_date, &actions)?;
         contract.order = order.order_number.clone();
         contract.quote = actions
             .iter()
@@ -200,10 +211,52 @@ fn date(text: &str, what: &str) -> Result<NaiveDate, Failure> {
         .map_err(|_| Failure::Invalid(format!("{what} `{text}` is not a date (YYYY-MM-DD)")))
 }
 
+/// One order action's own trigger dates.
+#[derive(Default, Clone, Copy)]
+struct Triggers {
+    contract_effective: Option<NaiveDate>,
+    service_activation: Option<NaiveDate>,
+    customer_acceptance: Option<NaiveDate>,
+}
+
+impl Triggers {
+    fn of(number: &str, action: &Value) -> Result<Triggers, Failure> {
+        let listed: Vec<TriggerDate> = serde_json::from_value(
+            action
+                .get("triggerDates")
+                .cloned()
+                .unwrap_or(Value::Array(vec![])),
+        )
+        .map_err(|e| Failure::Invalid(format!("{number}: triggerDates: {e}")))?;
+        let mut dates = Triggers::default();
+        for trigger in listed {
+            let day = date(&trigger.trigger_date, &trigger.name)?;
+            let slot = match trigger.name.as_str() {
+                "ContractEffective" => &mut dates.contract_effective,
+                "ServiceActivation" => &mut dates.service_activation,
+                "CustomerAcceptance" => &mut dates.customer_acceptance,
+                other => {
+                    return Err(Failure::Invalid(format!(
+                        "{number}: unknown trigger date `{other}`"
+                    )));
+                }
+            };
+            *slot = Some(day);
+        }
+        Ok(dates)
+    }
+
+    /// The day service changes: service activation, else the contract's effect.
+    fn service(&self) -> Option<NaiveDate> {
+        self.service_activation.or(self.contract_effective)
+    }
+}
+
 fn contract(
     number: &str,
     account: &str,
     currency: &Currency,
+    order_date: NaiveDate,
     actions: &[&Value],
 ) -> Result<Contract, Failure> {
     let mut contract = Contract {
@@ -223,8 +276,11 @@ fn contract(
         service_activation: None,
         customer_acceptance: None,
         term_months: None,
+        evergreen: false,
+        renewal_term_months: None,
         ends: None,
         actions: Vec::new(),
+        events: Vec::new(),
         quote: None,
         order: None,
         lines: Vec::new(),
@@ -239,100 +295,250 @@ fn contract(
                 ACTIONS.join(", ")
             )));
         }
-        let triggers: Vec<TriggerDate> = serde_json::from_value(
-            action
-                .get("triggerDates")
-                .cloned()
-                .unwrap_or(Value::Array(vec![])),
-        )
-        .map_err(|e| Failure::Invalid(format!("{number}: triggerDates: {e}")))?;
-        for trigger in triggers {
-            let day = date(&trigger.trigger_date, &trigger.name)?;
-            let slot = match trigger.name.as_str() {
-                "ContractEffective" => &mut contract.contract_effective,
-                "ServiceActivation" => &mut contract.service_activation,
-                "CustomerAcceptance" => &mut contract.customer_acceptance,
-                other => {
-                    return Err(Failure::Invalid(format!(
-                        "{number}: unknown trigger date `{other}`"
-                    )));
-                }
-            };
-            slot.get_or_insert(day);
+        let triggers = Triggers::of(number, action)?;
+        // The contract's own dates are the first its actions state; each charge and
+        // each change keeps its own action's.
+        if let Some(day) = triggers.contract_effective {
+            contract.contract_effective.get_or_insert(day);
         }
+        if let Some(day) = triggers.service_activation {
+            contract.service_activation.get_or_insert(day);
+        }
+        if let Some(day) = triggers.customer_acceptance {
+            contract.customer_acceptance.get_or_insert(day);
+        }
+        // When this action changes service: its service date, else the order's.
+        let day = triggers.service().unwrap_or(order_date);
+        let at = |change: ContractChange, effective: NaiveDate| ContractEvent { change, effective };
         match kind {
             "CreateSubscription" => {
                 let create = &action["createSubscription"];
-                contract.term_months = term_months(&create["terms"]["initialTerm"]);
+                let terms = &create["terms"];
+                contract.evergreen = terms["initialTerm"]["termType"] == "EVERGREEN";
+                contract.term_months = term_months(&terms["initialTerm"]);
+                contract.renewal_term_months = terms["renewalTerms"]
+                    .as_array()
+                    .and_then(|t| t.first())
+                    .and_then(term_months);
+                let start = match terms["initialTerm"]["startDate"].as_str() {
+                    Some(text) if triggers.service().is_none() => date(text, "startDate")?,
+                    _ => day,
+                };
                 for plan in create["subscribeToRatePlans"]
                     .as_array()
                     .into_iter()
                     .flatten()
                 {
-                    contract.lines.push(line(
-                        number,
-                        plan,
-                        "productRatePlanId",
-                        currency,
-                        None,
-                        contract.term_months,
-                    )?);
+                    let mut line = line(number, plan, "productRatePlanId", currency, None)?;
+                    line.effective = Some(start);
+                    if !contract.evergreen {
+                        termed(number, &mut line, start, contract.term_months)?;
+                    }
+                    contract.lines.push(line);
                 }
             }
             "AddProduct" => {
-                let plan = &action["addProduct"];
-                contract.lines.push(line(
+                let mut line = line(
                     number,
-                    plan,
+                    &action["addProduct"],
                     "productRatePlanId",
                     currency,
                     Some(LineChange::Added),
-                    contract.term_months,
-                )?);
+                )?;
+                line.effective = Some(day);
+                contract.lines.push(line);
             }
             "RemoveProduct" => {
-                let plan = &action["removeProduct"];
-                contract.lines.push(line(
+                let mut line = line(
                     number,
-                    plan,
+                    &action["removeProduct"],
                     "ratePlanId",
                     currency,
                     Some(LineChange::Removed),
-                    None,
-                )?);
+                )?;
+                line.effective = Some(day);
+                contract.lines.push(line);
+            }
+            "UpdateProduct" => {
+                let mut line = update(number, &action["updateProduct"], currency)?;
+                line.effective = Some(day);
+                contract.lines.push(line);
+            }
+            // The old plan stops and the new one starts, on the same day.
+            "ChangePlan" => {
+                let change = &action["changePlan"];
+                let old = if change["ratePlanId"].is_string() {
+                    "ratePlanId"
+                } else {
+                    "productRatePlanId"
+                };
+                let mut removed = line(number, change, old, currency, Some(LineChange::Removed))?;
+                removed.effective = Some(day);
+                let mut added = line(
+                    number,
+                    &change["newProductRatePlan"],
+                    "productRatePlanId",
+                    currency,
+                    Some(LineChange::Added),
+                )?;
+                added.effective = Some(day);
+                contract.lines.extend([removed, added]);
             }
             // New terms (`termsAndConditions.lastTerm`): the term of what follows.
             "TermsAndConditions" => {
-                if let Some(months) = term_months(&action["termsAndConditions"]["lastTerm"]) {
+                let terms = &action["termsAndConditions"];
+                if let Some(months) = term_months(&terms["lastTerm"]) {
                     contract.term_months = Some(months);
                 }
+                if let Some(months) = terms["renewalTerms"]
+                    .as_array()
+                    .and_then(|t| t.first())
+                    .and_then(term_months)
+                {
+                    contract.renewal_term_months = Some(months);
+                }
             }
-            "Suspend" => contract.status = ContractStatus::Suspended,
-            "Resume" => contract.status = ContractStatus::Active,
+            "RenewSubscription" => contract
+                .events
+                .push(at(ContractChange::Renewed { term_months: None }, day)),
+            "Suspend" => {
+                contract.status = ContractStatus::Suspended;
+                let suspend = &action["suspend"];
+                let on = policy_date(
+                    number,
+                    suspend,
+                    ("suspendPolicy", "suspendSpecificDate"),
+                    ("suspendPeriods", "suspendPeriodsType"),
+                    day,
+                )?;
+                contract.events.push(at(ContractChange::Suspended, on));
+            }
+            "Resume" => {
+                contract.status = ContractStatus::Active;
+                let resume = &action["resume"];
+                let on = policy_date(
+                    number,
+                    resume,
+                    ("resumePolicy", "resumeSpecificDate"),
+                    ("resumePeriods", "resumePeriodsType"),
+                    day,
+                )?;
+                let extends_term = resume["extendsTerm"].as_bool().unwrap_or(false);
+                contract
+                    .events
+                    .push(at(ContractChange::Resumed { extends_term }, on));
+            }
             "CancelSubscription" => {
                 contract.status = ContractStatus::Cancelled;
                 let cancel = &action["cancelSubscription"];
-                if let Some(day) = cancel["cancellationEffectiveDate"].as_str() {
-                    contract.ends = Some(date(day, "cancellationEffectiveDate")?);
-                }
+                let event = match cancel["cancellationPolicy"].as_str() {
+                    Some("EndOfCurrentTerm") => {
+                        at(ContractChange::Cancelled { at_term_end: true }, day)
+                    }
+                    Some("SpecificDate") | None => {
+                        let on = match cancel["cancellationEffectiveDate"].as_str() {
+                            Some(text) => date(text, "cancellationEffectiveDate")?,
+                            None => day,
+                        };
+                        contract.ends = Some(on);
+                        at(ContractChange::Cancelled { at_term_end: false }, on)
+                    }
+                    Some(other) => {
+                        return Err(Failure::Invalid(format!(
+                            "{number}: cancellationPolicy `{other}` needs the subscription's invoice history; this source takes SpecificDate and EndOfCurrentTerm"
+                        )));
+                    }
+                };
+                contract.events.push(event);
             }
             _ => {}
         }
         contract.actions.push(kind.to_owned());
     }
-    // New charges are in service for the term, from service activation.
-    let start = contract.service_activation.or(contract.contract_effective);
-    if let (Some(start), Some(months)) = (start, contract.term_months) {
-        let end = start
-            .checked_add_months(Months::new(months))
-            .and_then(|d| d.pred_opt());
-        for line in &mut contract.lines {
-            if line.change != Some(LineChange::Removed) {
-                line.service_period = end.map(|end| Period { start, end });
-            }
-        }
-    }
     Ok(contract)
+}
+
+/// A termed charge is in service for the term from `start`; its price over that
+/// service is its one-time fees and its price per billing period times the periods in
+/// the term (unknown when the term is not a whole number of billing periods).
+fn termed(
+    number: &str,
+    line: &mut ContractLine,
+    start: NaiveDate,
+    term: Option<u32>,
+) -> Result<(), Failure> {
+    let Some(months) = term else { return Ok(()) };
+    let end = start
+        .checked_add_months(Months::new(months))
+        .and_then(|d| d.pred_opt());
+    line.service_period = end.map(|end| Period { start, end });
+    let Some(RecurringPrice {
+        price,
+        every_months: Some(every),
+    }) = &line.recurring
+    else {
+        return Ok(());
+    };
+    if months % every != 0 {
+        line.amount = None;
+        return Ok(());
+    }
+    let one_time = line.amount.as_ref().map_or(Decimal::ZERO, |m| m.amount);
+    let amount = price
+        .amount
+        .checked_mul(Decimal::from(months / every))
+        .and_then(|over_term| over_term.checked_add(one_time))
+        .ok_or_else(|| {
+            Failure::Invalid(format!(
+                "{number}: the price of {} over its {months}-month term is past what a decimal holds",
+                line.id
+            ))
+        })?;
+    line.amount = Some(Money::new(amount, price.currency.clone()));
+    Ok(())
+}
+
+/// The day a suspend or resume takes effect, by its policy.
+fn policy_date(
+    number: &str,
+    body: &Value,
+    (policy, specific): (&str, &str),
+    (periods, periods_type): (&str, &str),
+    today: NaiveDate,
+) -> Result<NaiveDate, Failure> {
+    match body[policy].as_str() {
+        Some("Today") | None => Ok(today),
+        Some("SpecificDate") => {
+            let text = body[specific].as_str().ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "{number}: {policy} SpecificDate without `{specific}`"
+                ))
+            })?;
+            date(text, specific)
+        }
+        Some("FixedPeriodsFromToday") => {
+            let n = body[periods].as_u64().and_then(|n| u32::try_from(n).ok());
+            let later = match (n, body[periods_type].as_str()) {
+                (Some(n), Some("Day")) => today.checked_add_days(Days::new(n.into())),
+                (Some(n), Some("Week")) => n
+                    .checked_mul(7)
+                    .and_then(|d| today.checked_add_days(Days::new(d.into()))),
+                (Some(n), Some("Month")) => today.checked_add_months(Months::new(n)),
+                (Some(n), Some("Year")) => n
+                    .checked_mul(12)
+                    .and_then(|m| today.checked_add_months(Months::new(m))),
+                _ => None,
+            };
+            later.ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "{number}: {policy} FixedPeriodsFromToday needs `{periods}` and `{periods_type}` (Day, Week, Month or Year)"
+                ))
+            })
+        }
+        Some(other) => Err(Failure::Invalid(format!(
+            "{number}: {policy} `{other}` depends on the subscription's history; this source takes Today, SpecificDate and FixedPeriodsFromToday"
+        ))),
+    }
 }
 
 fn term_months(term: &Value) -> Option<u32> {
@@ -344,28 +550,35 @@ fn term_months(term: &Value) -> Option<u32> {
     }
 }
 
-fn line(
-    number: &str,
-    plan: &Value,
-    id_field: &str,
-    currency: &Currency,
-    change: Option<LineChange>,
-    term_months: Option<u32>,
-) -> Result<ContractLine, Failure> {
-    let id = plan[id_field]
-        .as_str()
-        .ok_or_else(|| Failure::Invalid(format!("{number}: a rate plan without `{id_field}`")))?;
-    // A price only when the order overrides the catalogue's; a recurring price is per
-    // billing period, so it needs the charge's `billingPeriod` and the term to become
-    // the charge's price over its service period.
-    let overrides = plan["chargeOverrides"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    let mut quantity = Decimal::ONE;
-    let mut amount: Option<Decimal> = None;
-    let mut unknown = false;
-    for charge in &overrides {
+fn billing_months(period: &Value) -> Option<u32> {
+    match period.as_str()? {
+        "Month" => Some(1),
+        "Quarter" => Some(3),
+        "Semi_Annual" => Some(6),
+        "Annual" => Some(12),
+        _ => None,
+    }
+}
+
+/// The prices a rate plan's charges state (`chargeOverrides` of a new plan,
+/// `chargeUpdates` of an update): one-time fees summed into `amount`, recurring fees
+/// into a price per billing period. A catalogue price is not in the order: a plan
+/// without them carries neither.
+struct Prices {
+    quantity: Decimal,
+    one_time: Option<Decimal>,
+    recurring: Option<Decimal>,
+    every_months: Option<u32>,
+}
+
+fn prices(number: &str, id: &str, charges: &[Value]) -> Result<Prices, Failure> {
+    let mut out = Prices {
+        quantity: Decimal::ONE,
+        one_time: None,
+        recurring: None,
+        every_months: None,
+    };
+    for charge in charges {
         let pricing = &charge["pricing"];
         for kind in [
             "recurringFlatFee",
@@ -378,46 +591,68 @@ fn line(
             };
             let price = decimal(price)?;
             if let Some(q) = pricing[kind]["quantity"].as_f64() {
-                quantity = decimal(q)?;
+                out.quantity = decimal(q)?;
             }
             let too_large = || {
                 Failure::Invalid(format!(
                     "{number}: the {kind} charge of {id} is past what a decimal holds"
                 ))
             };
-            let mut add = if kind.ends_with("PerUnit") {
-                price.checked_mul(quantity).ok_or_else(too_large)?
+            let add = if kind.ends_with("PerUnit") {
+                price.checked_mul(out.quantity).ok_or_else(too_large)?
             } else {
                 price
             };
-            if kind.starts_with("recurring") {
-                let per = match charge["billingPeriod"].as_str() {
-                    Some("Month") => Some(1),
-                    Some("Quarter") => Some(3),
-                    Some("Semi_Annual") => Some(6),
-                    Some("Annual") => Some(12),
-                    _ => None,
-                };
-                match (per, term_months) {
-                    (Some(per), Some(term)) if term % per == 0 => {
-                        add = add
-                            .checked_mul(Decimal::from(term / per))
-                            .ok_or_else(too_large)?;
+            let slot = if kind.starts_with("recurring") {
+                let every = billing_months(&charge["billingPeriod"])
+                    .or_else(|| billing_months(&charge["billing"]["billingPeriod"]));
+                match (out.every_months, every) {
+                    (Some(a), Some(b)) if a != b => {
+                        return Err(Failure::Invalid(format!(
+                            "{number}: the recurring charges of {id} bill every {a} and every {b} months; this source takes one billing period per rate plan"
+                        )));
                     }
-                    _ => unknown = true,
+                    (None, every) => out.every_months = every,
+                    _ => {}
                 }
-            }
-            amount = Some(
-                amount
-                    .unwrap_or_default()
+                &mut out.recurring
+            } else {
+                &mut out.one_time
+            };
+            *slot = Some(
+                slot.unwrap_or_default()
                     .checked_add(add)
                     .ok_or_else(too_large)?,
             );
         }
     }
-    if unknown {
-        amount = None;
-    }
+    Ok(out)
+}
+
+fn line(
+    number: &str,
+    plan: &Value,
+    id_field: &str,
+    currency: &Currency,
+    change: Option<LineChange>,
+) -> Result<ContractLine, Failure> {
+    let id = plan[id_field]
+        .as_str()
+        .ok_or_else(|| Failure::Invalid(format!("{number}: a rate plan without `{id_field}`")))?;
+    let charges = plan["chargeOverrides"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let prices = prices(number, id, &charges)?;
+    // A recurring fee without its billing period cannot be priced over a term.
+    let recurring = match (prices.recurring, prices.every_months) {
+        (Some(price), Some(every)) => Some(RecurringPrice {
+            price: Money::new(price, currency.clone()),
+            every_months: Some(every),
+        }),
+        _ => None,
+    };
+    let priced_whole = prices.recurring.is_none() || recurring.is_some();
     Ok(ContractLine {
         id: id.to_owned(),
         product: Product {
@@ -425,12 +660,57 @@ fn line(
             code: None,
             name: None,
         },
-        quantity,
-        amount: amount.map(|a| Money::new(a, currency.clone())),
+        quantity: prices.quantity,
+        // One-time fees are the amount; a termed charge adds its recurring fees over
+        // its term (`termed`).
+        amount: prices
+            .one_time
+            .filter(|_| priced_whole)
+            .map(|a| Money::new(a, currency.clone())),
         standalone_price: None,
         charge: ChargeType::Recurring,
         service_period: None,
         change,
+        effective: None,
+        recurring,
+    })
+}
+
+/// An `UpdateProduct`: the rate plan's new price per billing period from the
+/// action's date (`chargeUpdates[].pricing`, the billing period kept unless the update
+/// names one).
+fn update(number: &str, body: &Value, currency: &Currency) -> Result<ContractLine, Failure> {
+    let id = body["ratePlanId"].as_str().ok_or_else(|| {
+        Failure::Invalid(format!("{number}: an updateProduct without `ratePlanId`"))
+    })?;
+    let charges = body["chargeUpdates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let prices = prices(number, id, &charges)?;
+    let price = prices.recurring.ok_or_else(|| {
+        Failure::Invalid(format!(
+            "{number}: the update of {id} states no recurring price (chargeUpdates[].pricing.recurringFlatFee or recurringPerUnit)"
+        ))
+    })?;
+    Ok(ContractLine {
+        id: id.to_owned(),
+        product: Product {
+            id: id.to_owned(),
+            code: None,
+            name: None,
+        },
+        quantity: prices.quantity,
+        amount: None,
+        standalone_price: None,
+        charge: ChargeType::Recurring,
+        service_period: None,
+        change: Some(LineChange::Updated),
+        effective: None,
+        recurring: Some(RecurringPrice {
+            price: Money::new(price, currency.clone()),
+            every_months: prices.every_months,
+        }),
     })
 }
 

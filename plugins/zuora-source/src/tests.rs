@@ -4,6 +4,7 @@
 
 use super::*;
 use tenon_sdk::model::Encoding;
+use tenon_sdk::model::chrono::NaiveDate;
 use tenon_sdk::testing::Host;
 
 const SUBSCRIPTION: &str =
@@ -124,4 +125,184 @@ fn without_a_configured_currency_an_order_is_refused_not_guessed() {
             "config `currency` is not set: Zuora orders carry no currency, so the operator names the billing account's (e.g. `config = { currency = \"EUR\" }`)".into()
         ))
     );
+}
+
+const REMOVE_ADD: &str =
+    include_str!("../../../tests/fixtures/public/zuora_order_amendment_remove_add_product.json");
+const SUSPEND: &str =
+    include_str!("../../../tests/fixtures/public/zuora_order_renew_suspend_resume_0.json");
+const RESUME: &str =
+    include_str!("../../../tests/fixtures/public/zuora_order_renew_suspend_resume_1.json");
+const RENEW: &str =
+    include_str!("../../../tests/fixtures/public/zuora_order_renew_suspend_resume_2.json");
+
+fn day(text: &str) -> NaiveDate {
+    text.parse().unwrap()
+}
+
+#[test]
+fn each_charge_keeps_its_own_actions_dates() {
+    // Zuora's example: the removal's service activation is 2023-03-01, the addition's
+    // 2023-05-01 (its contract effective 2023-04-01).
+    let out = source().run(|| ingest_order(post(REMOVE_ADD))).unwrap();
+    let amended = contract(&only_one(out));
+    let dates: Vec<_> = amended
+        .lines
+        .iter()
+        .map(|l| (l.change, l.effective.unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        dates,
+        [
+            (Some(LineChange::Removed), "2023-03-01".to_owned()),
+            (Some(LineChange::Added), "2023-05-01".to_owned())
+        ]
+    );
+    // The contract's own dates are its first action's.
+    assert_eq!(amended.service_activation, Some(day("2023-03-01")));
+}
+
+fn only_one(mut out: Vec<Message>) -> Message {
+    assert_eq!(out.len(), 1);
+    out.remove(0)
+}
+
+#[test]
+fn suspend_resume_and_renew_are_dated_contract_events() {
+    let suspend = contract(&only_one(
+        source().run(|| ingest_order(post(SUSPEND))).unwrap(),
+    ));
+    // "Today": the order action's own date.
+    assert_eq!(
+        suspend.events,
+        [ContractEvent {
+            change: ContractChange::Suspended,
+            effective: day("2018-01-01")
+        }]
+    );
+    assert_eq!(suspend.status, ContractStatus::Suspended);
+    let resume = contract(&only_one(
+        source().run(|| ingest_order(post(RESUME))).unwrap(),
+    ));
+    assert_eq!(
+        resume.events,
+        [ContractEvent {
+            change: ContractChange::Resumed { extends_term: true },
+            effective: day("2018-10-01")
+        }]
+    );
+    let renew = only_one(source().run(|| ingest_order(post(RENEW))).unwrap());
+    assert_eq!(renew.kind, "ContractAmended");
+    assert_eq!(
+        contract(&renew).events[0].change,
+        ContractChange::Renewed { term_months: None }
+    );
+    // A fixed number of periods from the action's date.
+    let later = SUSPEND.replace(
+        "\"suspendPolicy\": \"Today\"",
+        "\"suspendPolicy\": \"FixedPeriodsFromToday\", \"suspendPeriods\": 2, \"suspendPeriodsType\": \"Week\"",
+    );
+    let suspend = contract(&only_one(
+        source().run(|| ingest_order(post(&later))).unwrap(),
+    ));
+    assert_eq!(suspend.events[0].effective, day("2018-01-15"));
+    // A policy that needs the subscription's history is refused by name.
+    let history = SUSPEND.replace("\"Today\"", "\"EndOfLastInvoicePeriod\"");
+    assert!(matches!(
+        source().run(|| ingest_order(post(&history))),
+        Err(Failure::Invalid(why)) if why.contains("suspendPolicy `EndOfLastInvoicePeriod`")
+    ));
+}
+
+#[test]
+fn a_cancellation_at_term_end_and_evergreen_terms() {
+    let at_end = CANCEL.replace("\"SpecificDate\"", "\"EndOfCurrentTerm\"");
+    let cancelled = contract(&only_one(
+        source().run(|| ingest_order(post(&at_end))).unwrap(),
+    ));
+    assert_eq!(
+        cancelled.events[0].change,
+        ContractChange::Cancelled { at_term_end: true }
+    );
+    assert_eq!(cancelled.ends, None);
+    let evergreen = SUBSCRIPTION.replace("\"TERMED\"", "\"EVERGREEN\"");
+    let c = contract(&only_one(
+        source().run(|| ingest_order(post(&evergreen))).unwrap(),
+    ));
+    assert!(c.evergreen);
+    // No term: no period or price over it, but its price per month.
+    let line = &c.lines[0];
+    assert_eq!((line.service_period, &line.amount), (None, &None));
+    let recurring = line.recurring.as_ref().unwrap();
+    assert_eq!(
+        (recurring.price.to_string(), recurring.every_months),
+        ("100 USD".to_owned(), Some(1))
+    );
+    let termed = contract(&only_one(
+        source().run(|| ingest_order(post(SUBSCRIPTION))).unwrap(),
+    ));
+    assert_eq!(termed.renewal_term_months, Some(12));
+    assert_eq!(
+        termed.lines[0].amount.as_ref().unwrap().to_string(),
+        "1200 USD"
+    );
+}
+
+#[test]
+fn a_price_update_and_a_plan_change() {
+    let order = serde_json::json!({
+        "existingAccountNumber": "A1", "orderDate": "2025-04-01",
+        "subscriptions": [{"subscriptionNumber": "S-1", "orderActions": [
+            {"type": "UpdateProduct",
+             "triggerDates": [{"name": "ServiceActivation", "triggerDate": "2025-04-01"}],
+             "updateProduct": {"ratePlanId": "RP-1", "chargeUpdates": [{"chargeNumber": "C-1",
+                 "pricing": {"recurringFlatFee": {"listPrice": 130}}}]}},
+            {"type": "ChangePlan",
+             "triggerDates": [{"name": "ServiceActivation", "triggerDate": "2025-05-01"}],
+             "changePlan": {"ratePlanId": "RP-2", "newProductRatePlan": {"productRatePlanId": "PRP-3",
+                 "chargeOverrides": [{"billingPeriod": "Quarter",
+                     "pricing": {"recurringFlatFee": {"listPrice": 300}}}]}}}]}]
+    })
+    .to_string();
+    let c = contract(&only_one(
+        source().run(|| ingest_order(post(&order))).unwrap(),
+    ));
+    let lines: Vec<_> = c
+        .lines
+        .iter()
+        .map(|l| {
+            (
+                l.id.as_str(),
+                l.change,
+                l.effective.unwrap().to_string(),
+                l.recurring
+                    .as_ref()
+                    .map(|r| (r.price.to_string(), r.every_months)),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (
+                "RP-1",
+                Some(LineChange::Updated),
+                "2025-04-01".into(),
+                Some(("130 USD".into(), None))
+            ),
+            ("RP-2", Some(LineChange::Removed), "2025-05-01".into(), None),
+            (
+                "PRP-3",
+                Some(LineChange::Added),
+                "2025-05-01".into(),
+                Some(("300 USD".into(), Some(3)))
+            ),
+        ]
+    );
+    let no_price = order.replace(":130}", ":null}");
+    assert_ne!(no_price, order);
+    assert!(matches!(
+        source().run(|| ingest_order(post(&no_price))),
+        Err(Failure::Invalid(why)) if why.contains("the update of RP-1 states no recurring price")
+    ));
 }

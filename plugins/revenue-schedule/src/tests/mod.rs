@@ -1,22 +1,26 @@
 //! The step through its entry point, in a test host, on what the sources make of the
 //! public fixtures (`tests/fixtures/public/`): a Zuora subscription and a Stripe
-//! invoice, each line recognised over its service period.
+//! invoice, each line recognised over its service period; and one contract through its
+//! life (`lifecycle.rs`).
 
 use super::*;
 use serde_json::{Value, json};
 use tenon_sdk::model::Encoding;
 use tenon_sdk::testing::Host;
 
+mod lifecycle;
+
 /// A test host that checks, as the sandbox does, what the manifest allows.
 fn plugin_host() -> Host {
-    Host::new().with_manifest(include_str!("../plugin.toml"))
+    Host::new().with_manifest(include_str!("../../plugin.toml"))
 }
 
 const ZUORA_CREATE: &str =
-    include_str!("../../../tests/fixtures/public/zuora_order_create_subscription.json");
-const ZUORA_CANCEL: &str = include_str!("../../../tests/fixtures/public/zuora_order_cancel.json");
+    include_str!("../../../../tests/fixtures/public/zuora_order_create_subscription.json");
+const ZUORA_CANCEL: &str =
+    include_str!("../../../../tests/fixtures/public/zuora_order_cancel.json");
 const STRIPE_PAID: &str =
-    include_str!("../../../tests/fixtures/public/stripe_invoice_event_invoice_paid.json");
+    include_str!("../../../../tests/fixtures/public/stripe_invoice_event_invoice_paid.json");
 
 fn only(mut messages: Vec<Message>) -> Message {
     assert_eq!(messages.len(), 1);
@@ -80,11 +84,13 @@ fn an_invoice_line_is_recognised_over_its_service_period() {
 }
 
 #[test]
-fn a_cancellation_recognises_nothing_more() {
+fn an_amendment_of_a_contract_never_activated_is_rejected() {
     let cancelled = only(zuora_source::to_messages(ZUORA_CANCEL.as_bytes(), "USD").unwrap());
     assert_eq!(
         plugin_host().run(|| schedule_revenue(cancelled)),
-        Ok(Vec::new())
+        Err(Failure::Rejected(vec![
+            "contract A-S00020635: no activation seen, so there is no schedule to change (send its ContractActivated first)".into()
+        ]))
     );
 }
 
