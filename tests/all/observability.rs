@@ -159,8 +159,23 @@ async fn one_quote_is_one_trace_tree_from_the_caller_to_the_erp() {
     );
 }
 
-/// A Zuora amendment that sets a 12-month term and adds a product at a price: its
-/// schedule reaches finance.
+/// The subscription Zuora's amendment example changes, created on 2023-01-01 for a
+/// year with the plan it removes at 100.00 a month.
+fn subscription_amended_later() -> Value {
+    let mut order = fixture("zuora_order_create_subscription.json");
+    let create = &mut order["subscriptions"][0]["orderActions"][0];
+    create["triggerDates"][0]["triggerDate"] = json!("2023-01-01");
+    create["createSubscription"]["subscriptionNumber"] = json!("A-S00000272");
+    create["createSubscription"]["subscribeToRatePlans"] = json!([{
+        "productRatePlanId": "8a90a9b784ae5f180184c6c46a1a46b6",
+        "chargeOverrides": [{"billingPeriod": "Month", "pricing": {"recurringFlatFee": {"listPrice": 100}}}]
+    }]);
+    order["orderNumber"] = json!("OM-KPI");
+    order
+}
+
+/// Zuora's amendment example with a price on the plan it adds: its schedules reach
+/// finance.
 fn priced_amendment() -> Value {
     let mut order = fixture("zuora_order_amendment_remove_add_product.json");
     let actions = &mut order["subscriptions"][1]["orderActions"];
@@ -196,6 +211,10 @@ async fn prometheus_scrapes_every_kpi_and_a_quote_is_traced_across_its_orders() 
         .replace("\"DE\"", "\"BR\"")
         .replace("Q-00101", "Q-00199");
     let ids = tenon.send_quote(&unknown).await;
+    settled_with(&tenon, &ids[0], 1).await;
+    let ids = tenon
+        .send_quote_to("zuora", &subscription_amended_later().to_string())
+        .await;
     settled_with(&tenon, &ids[0], 1).await;
     let ids = tenon
         .send_quote_to("zuora", &priced_amendment().to_string())
@@ -263,11 +282,12 @@ async fn prometheus_scrapes_every_kpi_and_a_quote_is_traced_across_its_orders() 
         )
         .await;
     assert_eq!(value(&posted), 1.0);
-    // Amendment propagation delay.
+    // Amendment propagation delay: one measure per schedule the amendment changed
+    // (the removed plan's and the added one's).
     let amended = prometheus
         .wait_for("tenon_kpi_amendment_propagation_seconds_count", wait)
         .await;
-    assert_eq!(value(&amended), 1.0);
+    assert_eq!(value(&amended), 2.0);
     // And the system's own figures.
     for query in [
         "tenon_plugin_call_duration_seconds_count{plugin=\"gateway\",outcome=\"ok\"}",
@@ -295,7 +315,7 @@ async fn prometheus_scrapes_every_kpi_and_a_quote_is_traced_across_its_orders() 
         })
     );
     assert_eq!(kpis["invoice_posting"]["rate"], 1.0, "{kpis:#}");
-    assert_eq!(kpis["amendment_propagation"]["count"], 1, "{kpis:#}");
+    assert_eq!(kpis["amendment_propagation"]["count"], 2, "{kpis:#}");
     assert_eq!(kpis["billing_accuracy"]["measured"], false);
     let (ok, out, _) = tenon.cli(&["kpis"]);
     assert!(ok);
