@@ -74,10 +74,10 @@ steps = ["revenue"]
 [flows.invoices]
 source = "stripe"
 sink = "finance"
-emit = ["InvoicePosted", "InvoiceVoided"]
+emit = ["InvoicePosted", "InvoiceVoided", "CreditIssued", "CreditVoided", "PaymentRefunded"]
 
 [flows.invoice-revenue]
-subscribe = ["InvoicePosted", "InvoiceVoided"]
+subscribe = ["InvoicePosted", "InvoiceVoided", "CreditIssued", "CreditVoided", "PaymentRefunded"]
 steps = ["revenue"]
 
 [flows.schedules]
@@ -279,6 +279,39 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     assert_eq!(replay.json().unwrap()["replayed"], 2);
     tenon.drained().await;
     assert_eq!(erp.received().len(), before, "nothing delivered twice");
+
+    // A credit note of 8.00 on the invoice's line: finance gets it, and the revenue
+    // flow takes the 8.00 back from the line's schedule.
+    let note = json!({
+        "id": "evt_test_credit", "object": "event", "type": "credit_note.created",
+        "created": 1727211051,
+        "data": {"object": {
+            "id": "cn_chain", "object": "credit_note", "amount": 800, "currency": "usd",
+            "customer": "cus_QsYn1aSStYv4tf", "invoice": "in_1Q2fh8BrSjgsps2DUqQsGLDj",
+            "created": 1727211051, "refund": null, "status": "issued", "total": 800,
+            "lines": {"has_more": false, "data": [{"id": "cnli_chain", "amount": 800,
+                "quantity": 1, "type": "invoice_line_item",
+                "invoice_line_item": "il_1Q2fh9BrSjgsps2DFNoGRrJn"}]}}}
+    });
+    let reply = stripe_post(&tenon, &note.to_string(), STRIPE_SECRET).await;
+    let ids: Vec<String> =
+        serde_json::from_value(reply.json().unwrap()["accepted"].clone()).unwrap();
+    let status = settled_with(&tenon, &ids[0], 2).await;
+    assert_eq!(
+        outcomes(&status),
+        [
+            ("invoices".into(), "finance".into(), "Delivered".into()),
+            ("schedules".into(), "finance".into(), "Delivered".into()),
+        ]
+    );
+    let credited = erp
+        .received()
+        .into_iter()
+        .find(|r| {
+            r.path == "/finance/events" && r.body["id"] == "cn_chain/il_1Q2fh9BrSjgsps2DFNoGRrJn"
+        })
+        .expect("the credit's schedule reached finance");
+    assert_eq!(credited.body["total"]["amount"], "-8.00");
 
     // The invoice voided: finance gets the InvoiceVoided, and what its line recognised
     // is reversed, period by period.

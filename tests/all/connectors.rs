@@ -136,7 +136,7 @@ fn stripe_bad_input_has_exact_outcomes() {
     );
     assert_eq!(
         invalid(stripe(&event("customer.created", json!({})))),
-        "unsupported Stripe event type `customer.created`; this source handles invoice.finalized, invoice.paid, invoice.payment_failed, invoice.voided"
+        "unsupported Stripe event type `customer.created`; this source handles invoice.finalized, invoice.paid, invoice.payment_failed, invoice.voided, credit_note.created, credit_note.voided, charge.refunded"
     );
     let mut wrong = fixture("stripe_invoice_event_invoice_paid.json");
     wrong["data"]["object"]["total"] = json!("108.00");
@@ -332,7 +332,7 @@ fn zuora_bad_input_has_exact_outcomes() {
     no_date.as_object_mut().unwrap().remove("orderDate");
     assert_eq!(
         invalid(zuora(&no_date)),
-        "not a Zuora order: missing field `orderDate` at line 1 column 588"
+        "not a Zuora order: missing field `orderDate`"
     );
     let mut bad_date = fixture("zuora_order_cancel.json");
     bad_date["subscriptions"][0]["orderActions"][0]["triggerDates"][0]["triggerDate"] =
@@ -352,7 +352,7 @@ fn zuora_bad_input_has_exact_outcomes() {
     );
     assert_eq!(
         invalid(zuora_source::to_messages(b"{}", "USD")),
-        "not a Zuora order: missing field `orderDate` at line 1 column 2"
+        "not a Zuora order: missing field `orderDate`"
     );
     assert_eq!(
         invalid(zuora_source::to_messages(
@@ -511,7 +511,7 @@ fn revenue_schedules_refuse_messages_they_do_not_take() {
     let m = Message::encode("OrderAccepted", "Q-1", &json!({})).unwrap();
     assert_eq!(
         schedules(&m).unwrap_err(),
-        Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided".into())
+        Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted, InvoiceVoided, CreditIssued, CreditVoided and PaymentRefunded".into())
     );
 }
 

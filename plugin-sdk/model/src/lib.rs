@@ -39,6 +39,9 @@ pub const CANONICAL: &[(&str, &str)] = &[
     (kinds::PAYMENT_FAILED, "Payment"),
     (kinds::INVOICE_POSTED, "Invoice"),
     (kinds::INVOICE_VOIDED, "Invoice"),
+    (kinds::CREDIT_ISSUED, "CreditNote"),
+    (kinds::CREDIT_VOIDED, "CreditNote"),
+    (kinds::PAYMENT_REFUNDED, "Payment"),
     (kinds::REVENUE_SCHEDULE_UPDATED, "RevenueSchedule"),
     (kinds::CUSTOMER_UPSERTED, "Party"),
 ];
@@ -58,6 +61,7 @@ pub fn schema(kind: &str, version: &str) -> Option<serde_json::Value> {
         "Payment" => schemars::schema_for!(Payment),
         "Invoice" => schemars::schema_for!(Invoice),
         "RevenueSchedule" => schemars::schema_for!(RevenueSchedule),
+        "CreditNote" => schemars::schema_for!(CreditNote),
         "Party" => schemars::schema_for!(Party),
         _ => return None,
     };
@@ -96,6 +100,16 @@ pub mod kinds {
     /// A posted invoice voided: everything it billed is undone, body
     /// [`super::Invoice`] (the invoice as it was).
     pub const INVOICE_VOIDED: &str = "InvoiceVoided";
+    /// A credit note issued against an invoice (or on account), body
+    /// [`super::CreditNote`].
+    pub const CREDIT_ISSUED: &str = "CreditIssued";
+    /// A credit note voided: its credit is undone, body [`super::CreditNote`] (as it
+    /// was).
+    pub const CREDIT_VOIDED: &str = "CreditVoided";
+    /// Money paid on an invoice given back, body [`super::Payment`]: its `amount` is
+    /// everything refunded on the invoice so far (so a repeat or a late event is
+    /// harmless).
+    pub const PAYMENT_REFUNDED: &str = "PaymentRefunded";
     /// A revenue schedule created or changed, body [`super::RevenueSchedule`].
     pub const REVENUE_SCHEDULE_UPDATED: &str = "RevenueScheduleUpdated";
     /// A customer created or changed in the CRM (master data), body [`super::Party`].
@@ -585,8 +599,67 @@ pub struct TaxAmount {
     pub inclusive: bool,
 }
 
-/// A payment on an invoice, received or failed (events `PaymentReceived`,
-/// `PaymentFailed`).
+/// A credit note: part or all of an invoice given back (events `CreditIssued`,
+/// `CreditVoided`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CreditNote {
+    /// Identifier in the billing system.
+    pub id: String,
+    /// Its number as printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub number: Option<String>,
+    /// The invoice it credits, when it credits one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice: Option<String>,
+    /// The credited customer.
+    pub customer: Party,
+    /// Currency of every amount on it.
+    pub currency: Currency,
+    /// Issue date.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued: Option<NaiveDate>,
+    /// Why, as the billing system states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What it credits, line by line.
+    pub lines: Vec<CreditLine>,
+    /// What it gives back, tax included: its lines' amounts plus their taxes
+    /// (positive).
+    pub total: Money,
+    /// The refund paid out with it, when the billing system names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund: Option<String>,
+}
+
+/// One line of a [`CreditNote`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct CreditLine {
+    /// Identifier of the line in the billing system.
+    pub id: String,
+    /// The invoice line it credits; `None` for a credit of its own (goodwill, a
+    /// custom line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invoice_line: Option<String>,
+    /// Line text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Quantity credited, exact.
+    pub quantity: Decimal,
+    /// What the line takes back of revenue: its amount with its discounts taken off
+    /// and without tax (positive).
+    pub amount: Money,
+    /// The service period it credits, when the billing system states it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_period: Option<Period>,
+    /// The taxes credited, one per rate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taxes: Vec<TaxAmount>,
+}
+
+/// A payment on an invoice, received, failed or refunded (events `PaymentReceived`,
+/// `PaymentFailed`, `PaymentRefunded`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct Payment {

@@ -21,6 +21,9 @@
 //! - A voided invoice (`InvoiceVoided`) undoes what it billed: each of its schedules
 //!   comes again as a reversal (id `<invoice>/<line>/reversal`), every period's
 //!   amount negated, so that per period the schedule and its reversal sum to zero.
+//! - Credit notes (`CreditIssued`, `CreditVoided`) and refunds (`PaymentRefunded`)
+//!   take back what they give back from the schedules of the invoice they credit
+//!   ([`credits`]).
 
 use tenon_sdk::model::revenue::{allocate, ratable_schedule};
 use tenon_sdk::model::{Contract, Invoice, Money, MoneyError, Period, RevenueSchedule, kinds};
@@ -28,6 +31,7 @@ use tenon_sdk::model::{ContractChange, ContractEvent, LineChange, rust_decimal::
 use tenon_sdk::{Failure, Message};
 
 pub mod book;
+pub mod credits;
 #[cfg(test)]
 mod tests;
 
@@ -87,10 +91,18 @@ pub fn schedules_of(input: &Message) -> Result<Vec<RevenueSchedule>, Failure> {
             book::save(&book)?;
             Ok(schedules)
         }
-        kinds::INVOICE_POSTED => invoice_schedules(&input.decode()?),
+        kinds::INVOICE_POSTED => {
+            let invoice: Invoice = input.decode()?;
+            let schedules = invoice_schedules(&invoice)?;
+            credits::posted(&invoice, &schedules)?;
+            Ok(schedules)
+        }
         kinds::INVOICE_VOIDED => invoice_reversals(&input.decode()?),
+        kinds::CREDIT_ISSUED => credits::issued(&input.decode()?),
+        kinds::CREDIT_VOIDED => credits::voided(&input.decode()?),
+        kinds::PAYMENT_REFUNDED => credits::refunded(&input.decode()?),
         other => Err(Failure::Invalid(format!(
-            "a `{other}` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided"
+            "a `{other}` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted, InvoiceVoided, CreditIssued, CreditVoided and PaymentRefunded"
         ))),
     }
 }

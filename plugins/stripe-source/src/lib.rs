@@ -6,6 +6,13 @@
 //! | `invoice.paid` | `PaymentReceived` ([`Payment`], the amount paid) |
 //! | `invoice.payment_failed` | `PaymentFailed` ([`Payment`], the amount due, the attempts) |
 //! | `invoice.voided` | `InvoiceVoided` ([`Invoice`], as it was: what it billed is undone) |
+//! | `credit_note.created` | `CreditIssued` ([`CreditNote`], its lines net of discounts and tax) |
+//! | `credit_note.voided` | `CreditVoided` ([`CreditNote`], as it was) |
+//! | `charge.refunded` | `PaymentRefunded` ([`Payment`], all refunded so far on the invoice it paid) |
+//!
+//! Credit notes and refunds are keyed by the invoice they touch, so each runs after
+//! that invoice and after what came before it. A refunded charge that paid no invoice
+//! touches nothing Tenon tracks: it is logged and accepts nothing.
 //!
 //! Both invoice shapes are read: the 2020-03-02 API's (lines with `price`, `plan`,
 //! `type`) and the current one (lines with `pricing`, `parent`, `quantity_decimal`).
@@ -50,7 +57,8 @@ use serde_json::Value;
 use tenon_sdk::model::chrono::{DateTime, FixedOffset, NaiveDate, Offset as _, Utc};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{
-    Currency, Invoice, InvoiceLine, Money, Party, Payment, Period, TaxAmount, kinds,
+    CreditLine, CreditNote, Currency, Invoice, InvoiceLine, Money, Party, Payment, Period,
+    TaxAmount, kinds,
 };
 use tenon_sdk::{Failure, Message, RawRequest, config, secrets};
 
@@ -141,11 +149,14 @@ pub fn verify(
 }
 
 /// The events this source understands.
-pub const EVENT_TYPES: [&str; 4] = [
+pub const EVENT_TYPES: [&str; 7] = [
     "invoice.finalized",
     "invoice.paid",
     "invoice.payment_failed",
     "invoice.voided",
+    "credit_note.created",
+    "credit_note.voided",
+    "charge.refunded",
 ];
 
 /// A webhook body (an event, or a bare invoice) as canonical messages, dates in UTC.
@@ -220,6 +231,26 @@ fn from_event(event: Event, settings: &Settings) -> Result<Vec<Message>, Failure
             event.kind,
             EVENT_TYPES.join(", ")
         )));
+    }
+    match event.kind.as_str() {
+        "credit_note.created" | "credit_note.voided" => {
+            let kind = if event.kind == "credit_note.created" {
+                kinds::CREDIT_ISSUED
+            } else {
+                kinds::CREDIT_VOIDED
+            };
+            return with_key(
+                credit_message(kind, event.data.object, settings)?,
+                &event.id,
+            );
+        }
+        "charge.refunded" => {
+            return match refund_message(event.data.object, zone)? {
+                Some(message) => with_key(message, &event.id),
+                None => Ok(Vec::new()),
+            };
+        }
+        _ => {}
     }
     let invoice = parse_invoice(event.data.object)?;
     let message = match event.kind.as_str() {
@@ -525,7 +556,7 @@ fn invoice(stripe: &StripeInvoice, settings: &Settings) -> Result<Invoice, Failu
                 .as_ref()
                 .map(|p| service_days(p.start, p.end, zone))
                 .transpose()?;
-            let earned = earned(line, &currency)?;
+            let earned = earned(line.into(), &currency)?;
             Ok(InvoiceLine {
                 id: line.id.clone(),
                 description: line.description.clone().filter(|d| !d.is_empty()),
@@ -599,22 +630,45 @@ struct Earned {
     taxes: Vec<TaxAmount>,
 }
 
+/// The parts of a Stripe line (an invoice's or a credit note's) its earnings are
+/// made of.
+struct LineParts<'a> {
+    id: &'a str,
+    amount: i64,
+    discounts: Option<&'a [StripeDiscount]>,
+    tax_amounts: Option<&'a [StripeTaxAmount]>,
+    taxes: Option<&'a [StripeTax]>,
+}
+
+impl<'a> From<&'a StripeLine> for LineParts<'a> {
+    fn from(line: &'a StripeLine) -> Self {
+        LineParts {
+            id: &line.id,
+            amount: line.amount,
+            discounts: line.discount_amounts.as_deref(),
+            tax_amounts: line.tax_amounts.as_deref(),
+            taxes: line.taxes.as_deref(),
+        }
+    }
+}
+
 /// A line's amount less its discounts and its inclusive taxes, with its taxes.
-fn earned(line: &StripeLine, currency: &Currency) -> Result<Earned, Failure> {
+fn earned(line: LineParts<'_>, currency: &Currency) -> Result<Earned, Failure> {
     let overflow = || too_large(&format!("line {}", line.id));
     let discount = line
-        .discount_amounts
+        .discounts
         .iter()
+        .copied()
         .flatten()
         .try_fold(0i64, |sum, d| sum.checked_add(d.amount))
         .ok_or_else(overflow)?;
     // Each tax: (Stripe units, inclusive, rate id, rate in percent).
     let mut taxes: Vec<(i64, bool, Option<String>, Option<Decimal>)> = Vec::new();
-    for t in line.tax_amounts.iter().flatten() {
+    for t in line.tax_amounts.iter().copied().flatten() {
         let (id, percent) = tax_rate(&t.tax_rate);
         taxes.push((t.amount, t.inclusive, id, percent));
     }
-    for t in line.taxes.iter().flatten() {
+    for t in line.taxes.iter().copied().flatten() {
         let details = t
             .tax_rate_details
             .as_ref()
@@ -688,4 +742,193 @@ fn payment(
         attempts: stripe.attempt_count,
     };
     Message::encode(kind, &stripe.id, &payment)
+}
+
+/// The fields of a Stripe credit note this source reads.
+#[derive(Deserialize)]
+struct StripeCreditNote {
+    id: String,
+    #[serde(default)]
+    number: Option<String>,
+    /// An id, or the invoice object when expanded.
+    #[serde(default)]
+    invoice: Value,
+    customer: Value,
+    currency: String,
+    created: i64,
+    #[serde(default)]
+    reason: Option<String>,
+    total: i64,
+    /// An id, or the refund object when expanded.
+    #[serde(default)]
+    refund: Value,
+    lines: CreditLines,
+}
+
+#[derive(Deserialize)]
+struct CreditLines {
+    #[serde(default)]
+    data: Option<Vec<StripeCreditLine>>,
+    #[serde(default)]
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct StripeCreditLine {
+    id: String,
+    amount: i64,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    quantity: Option<u64>,
+    #[serde(default)]
+    invoice_line_item: Option<String>,
+    #[serde(default)]
+    discount_amounts: Option<Vec<StripeDiscount>>,
+    #[serde(default)]
+    tax_amounts: Option<Vec<StripeTaxAmount>>,
+    #[serde(default)]
+    taxes: Option<Vec<StripeTax>>,
+}
+
+/// An id, or an expanded object's `id`.
+fn id_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(id) if !id.is_empty() => Some(id.clone()),
+        Value::Object(o) => o.get("id").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// A credit note as a message of `kind` (issued or voided), keyed by the invoice it
+/// credits so that it follows that invoice.
+fn credit_message(kind: &str, object: Value, settings: &Settings) -> Result<Message, Failure> {
+    let note: StripeCreditNote = serde_json::from_value(object)
+        .map_err(|e| Failure::Invalid(format!("not a Stripe credit note: {e}")))?;
+    if note.lines.has_more {
+        return Err(Failure::Invalid(format!(
+            "credit note {} has more lines than the webhook carries (`lines.has_more`): send it with every line",
+            note.id
+        )));
+    }
+    let currency = currency(&note.currency)?;
+    let lines = note
+        .lines
+        .data
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|line| {
+            let earned = earned(
+                LineParts {
+                    id: &line.id,
+                    amount: line.amount,
+                    discounts: line.discount_amounts.as_deref(),
+                    tax_amounts: line.tax_amounts.as_deref(),
+                    taxes: line.taxes.as_deref(),
+                },
+                &currency,
+            )?;
+            Ok(CreditLine {
+                id: line.id.clone(),
+                invoice_line: line.invoice_line_item.clone(),
+                description: line.description.clone().filter(|d| !d.is_empty()),
+                quantity: Decimal::from(line.quantity.unwrap_or(1)),
+                amount: money(earned.amount, &currency),
+                service_period: None,
+                taxes: earned.taxes,
+            })
+        })
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let customer = id_of(&note.customer)
+        .ok_or_else(|| Failure::Invalid(format!("credit note {} has no customer", note.id)))?;
+    let credit = CreditNote {
+        id: note.id.clone(),
+        number: note.number.clone(),
+        invoice: id_of(&note.invoice),
+        customer: Party {
+            id: customer,
+            name: None,
+            country: None,
+            external_ids: Default::default(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
+        },
+        currency: currency.clone(),
+        issued: Some(date(note.created, settings.zone)?),
+        reason: note.reason.clone(),
+        lines,
+        total: money(note.total, &currency),
+        refund: id_of(&note.refund),
+    };
+    let key = credit.invoice.clone().unwrap_or_else(|| credit.id.clone());
+    Message::encode(kind, &key, &credit)
+}
+
+/// The fields of a refunded Stripe charge this source reads.
+#[derive(Deserialize)]
+struct StripeCharge {
+    id: String,
+    amount_refunded: i64,
+    currency: String,
+    #[serde(default)]
+    customer: Value,
+    /// The invoice it paid (API versions before 2025-03-31; later ones leave it out).
+    #[serde(default)]
+    invoice: Value,
+    created: i64,
+    #[serde(default)]
+    refunds: Option<Refunds>,
+}
+
+#[derive(Deserialize)]
+struct Refunds {
+    #[serde(default)]
+    data: Vec<StripeRefund>,
+}
+
+#[derive(Deserialize)]
+struct StripeRefund {
+    created: i64,
+}
+
+/// A refunded charge as `PaymentRefunded` of the invoice it paid, its amount all that
+/// is refunded so far; `None` for a charge that paid no invoice (nothing Tenon
+/// tracks is touched: it is logged, not posted).
+fn refund_message(object: Value, zone: FixedOffset) -> Result<Option<Message>, Failure> {
+    let charge: StripeCharge = serde_json::from_value(object)
+        .map_err(|e| Failure::Invalid(format!("not a Stripe charge: {e}")))?;
+    let Some(invoice) = id_of(&charge.invoice) else {
+        tenon_sdk::log::info(&format!(
+            "charge {} was refunded but paid no invoice: no revenue to reverse",
+            charge.id
+        ));
+        return Ok(None);
+    };
+    let customer = id_of(&charge.customer)
+        .ok_or_else(|| Failure::Invalid(format!("charge {} has no customer", charge.id)))?;
+    let latest = charge
+        .refunds
+        .iter()
+        .flat_map(|r| r.data.iter().map(|r| r.created))
+        .max()
+        .unwrap_or(charge.created);
+    let payment = Payment {
+        invoice_id: invoice.clone(),
+        invoice_number: None,
+        customer: Party {
+            id: customer,
+            name: None,
+            country: None,
+            external_ids: Default::default(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
+        },
+        amount: money(charge.amount_refunded, &currency(&charge.currency)?),
+        on: Some(date(latest, zone)?),
+        attempts: None,
+    };
+    Message::encode(kinds::PAYMENT_REFUNDED, &invoice, &payment).map(Some)
 }

@@ -392,3 +392,90 @@ fn an_invoice_names_the_quote_and_order_its_metadata_names() {
         (Some("15"), Some("13"))
     );
 }
+
+/// A credit note event, in the shape of Stripe's API reference: one line of 50.00 on
+/// an invoice line, 10.00 of it a discount, 19 % tax inclusive in the rest (6.39).
+fn credit_note_event(kind: &str) -> serde_json::Value {
+    serde_json::json!({
+        "id": "evt_cn", "object": "event", "type": kind, "created": 1709251200,
+        "data": {"object": {
+            "id": "cn_1MxvRqLkdIwHu7ixY0xbUcxk", "object": "credit_note", "amount": 4000,
+            "currency": "eur", "customer": "cus_NjLgPhUokHubJC",
+            "invoice": "in_1MxvRkLkdIwHu7ixABNtI99m", "created": 1709251200,
+            "number": "C9E0C52C-0036-CN-01", "reason": "order_change",
+            "refund": "re_1", "status": "issued", "total": 4000, "type": "post_payment",
+            "lines": {"object": "list", "has_more": false, "data": [{
+                "id": "cnli_1", "object": "credit_note_line_item", "amount": 5000,
+                "quantity": 1, "type": "invoice_line_item",
+                "invoice_line_item": "il_1MxvRlLkdIwHu7ixnkbntxUV",
+                "discount_amounts": [{"amount": 1000, "discount": "di_1"}],
+                "tax_amounts": [{"amount": 639, "inclusive": true, "tax_rate": "txr_19"}]
+            }]}
+        }}
+    })
+}
+
+#[test]
+fn a_credit_note_credits_its_lines_net_of_discount_and_tax() {
+    let body = credit_note_event("credit_note.created").to_string();
+    let out = source()
+        .run(|| ingest_webhook(signed(body.as_bytes())))
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].kind.as_str(), out[0].key.as_str()),
+        ("CreditIssued", "in_1MxvRkLkdIwHu7ixABNtI99m")
+    );
+    let note: tenon_sdk::model::CreditNote = Encoding::MsgPack.decode(&out[0].body).unwrap();
+    // 50.00 less 10.00 of discount less 6.39 of inclusive tax: 33.61 of revenue.
+    assert_eq!(note.lines[0].amount.to_string(), "33.61 EUR");
+    assert_eq!(
+        note.lines[0].invoice_line.as_deref(),
+        Some("il_1MxvRlLkdIwHu7ixnkbntxUV")
+    );
+    assert_eq!(note.total.to_string(), "40.00 EUR");
+    assert_eq!(note.refund.as_deref(), Some("re_1"));
+    let body = credit_note_event("credit_note.voided").to_string();
+    let out = source()
+        .run(|| ingest_webhook(signed(body.as_bytes())))
+        .unwrap();
+    assert_eq!(out[0].kind, "CreditVoided");
+}
+
+#[test]
+fn a_refund_is_all_refunded_on_the_invoice_and_one_without_an_invoice_is_nothing() {
+    let charge = |invoice: serde_json::Value| {
+        serde_json::json!({
+            "id": "evt_ch", "object": "event", "type": "charge.refunded", "created": 1710460800,
+            "data": {"object": {"id": "ch_1", "object": "charge", "amount": 10000,
+                "amount_refunded": 2500, "currency": "usd", "customer": "cus_1",
+                "invoice": invoice, "created": 1704067200,
+                "refunds": {"data": [{"id": "re_1", "amount": 1000, "created": 1709251200},
+                                     {"id": "re_2", "amount": 1500, "created": 1710460800}]}}}
+        })
+        .to_string()
+    };
+    let body = charge("in_1".into());
+    let out = source()
+        .run(|| ingest_webhook(signed(body.as_bytes())))
+        .unwrap();
+    assert_eq!(
+        (out[0].kind.as_str(), out[0].key.as_str()),
+        ("PaymentRefunded", "in_1")
+    );
+    let payment: Payment = Encoding::MsgPack.decode(&out[0].body).unwrap();
+    // Both refunds, 10.00 and 15.00: 25.00, on the later one's day.
+    assert_eq!(payment.amount.to_string(), "25.00 USD");
+    assert_eq!(payment.on.unwrap().to_string(), "2024-03-15");
+    let body = charge(serde_json::Value::Null);
+    let host = source();
+    assert_eq!(
+        host.run(|| ingest_webhook(signed(body.as_bytes()))),
+        Ok(Vec::new())
+    );
+    assert!(
+        host.logs()
+            .iter()
+            .any(|(_, m)| m.contains("paid no invoice"))
+    );
+}

@@ -25,6 +25,12 @@
 //!   as invalid, naming the ones taken;
 //! - `EVERGREEN` terms make an evergreen contract; `renewalTerms` its renewal term.
 //!
+//! A **credit memo** (Zuora's object, with its `items`) becomes `CreditIssued` when
+//! posted and `CreditVoided` when cancelled: each item credits its invoice item over
+//! its service dates, net of tax. Zuora pays refunds out of credit memos (or of
+//! payments no longer applied to an invoice), so the memo is what takes revenue back;
+//! a refund itself changes no schedule and is not read here.
+//!
 //! Config: `currency`, the billing account's currency (orders carry none): required,
 //! an order is refused while it is not set, never read in a currency guessed.
 //!
@@ -40,8 +46,9 @@ use serde_json::Value;
 use tenon_sdk::model::chrono::{Days, Months, NaiveDate};
 use tenon_sdk::model::rust_decimal::Decimal;
 use tenon_sdk::model::{
-    ChargeType, Contract, ContractChange, ContractEvent, ContractLine, ContractStatus, Currency,
-    LineChange, Money, Party, Period, Product, RecurringPrice, kinds,
+    ChargeType, Contract, ContractChange, ContractEvent, ContractLine, ContractStatus, CreditLine,
+    CreditNote, Currency, LineChange, Money, Party, Period, Product, RecurringPrice, TaxAmount,
+    kinds,
 };
 use tenon_sdk::{Failure, Message, RawRequest, config};
 
@@ -103,9 +110,15 @@ struct TriggerDate {
     trigger_date: String,
 }
 
-/// A Zuora order as canonical messages, `currency` being the account's.
+/// A Zuora order or credit memo as canonical messages, `currency` being the
+/// account's.
 pub fn to_messages(body: &[u8], currency: &str) -> Result<Vec<Message>, Failure> {
-    let order: Order = serde_json::from_slice(body)
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| Failure::Invalid(format!("not a Zuora order: {e}")))?;
+    if value.get("creditMemoDate").is_some() {
+        return credit_memo(&value, currency);
+    }
+    let order: Order = serde_json::from_value(value)
         .map_err(|e| Failure::Invalid(format!("not a Zuora order: {e}")))?;
     let currency =
         Currency::new(currency).map_err(|e| Failure::Invalid(format!("config `currency`: {e}")))?;
@@ -720,4 +733,121 @@ fn decimal(value: f64) -> Result<Decimal, Failure> {
         .to_string()
         .parse()
         .map_err(|_| Failure::Invalid(format!("{value} is not a price")))
+}
+
+/// A credit memo (Zuora's credit memo object, with its `items` as "List credit memo
+/// items" gives them) as `CreditIssued` (posted) or `CreditVoided` (cancelled). Each
+/// item credits the invoice item it names (`sourceItemId` of an `InvoiceDetail`) over
+/// its service dates, net of tax (`amountWithoutTax`), its taxes kept.
+fn credit_memo(memo: &Value, account_currency: &str) -> Result<Vec<Message>, Failure> {
+    let text = |field: &str| memo[field].as_str().filter(|t| !t.is_empty());
+    let id = text("id")
+        .or_else(|| text("number"))
+        .ok_or_else(|| Failure::Invalid("a credit memo without `id` or `number`".into()))?;
+    let kind = match text("status") {
+        Some("Posted") => kinds::CREDIT_ISSUED,
+        Some("Canceled") | Some("Cancelled") => kinds::CREDIT_VOIDED,
+        other => {
+            return Err(Failure::Invalid(format!(
+                "credit memo {id} is {}: only Posted (issued) and Canceled (voided) memos are taken",
+                other.unwrap_or("without a status")
+            )));
+        }
+    };
+    let currency = Currency::new(text("currency").unwrap_or(account_currency))
+        .map_err(|e| Failure::Invalid(format!("credit memo {id}: {e}")))?;
+    let amount = |value: &Value, what: &str| -> Result<Money, Failure> {
+        let number = value.as_f64().ok_or_else(|| {
+            Failure::Invalid(format!("credit memo {id}: `{what}` is not a number"))
+        })?;
+        Ok(Money::new(decimal(number)?, currency.clone()))
+    };
+    let account = text("accountNumber")
+        .or_else(|| text("accountId"))
+        .ok_or_else(|| Failure::Invalid(format!("credit memo {id} names no account")))?;
+    let items = memo["items"].as_array().ok_or_else(|| {
+        Failure::Invalid(format!(
+            "credit memo {id} carries no `items`: send it with its items (List credit memo items)"
+        ))
+    })?;
+    let mut lines = Vec::new();
+    for item in items {
+        let item_id = item["id"]
+            .as_str()
+            .ok_or_else(|| Failure::Invalid(format!("credit memo {id}: an item without `id`")))?;
+        let net = match item.get("amountWithoutTax") {
+            Some(v) => amount(v, "amountWithoutTax")?,
+            None => amount(&item["amount"], "amount")?,
+        };
+        let service_period = match (
+            item["serviceStartDate"].as_str(),
+            item["serviceEndDate"].as_str(),
+        ) {
+            (Some(start), Some(end)) => Some(Period {
+                start: date(start, "serviceStartDate")?,
+                end: date(end, "serviceEndDate")?,
+            }),
+            _ => None,
+        };
+        let mut taxes = Vec::new();
+        for tax in item["taxationItems"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            taxes.push(TaxAmount {
+                amount: amount(&tax["taxAmount"], "taxAmount")?,
+                rate_percent: tax["taxRate"].as_f64().map(decimal).transpose()?,
+                rate: tax["taxCode"].as_str().map(str::to_owned),
+                inclusive: tax["taxMode"] == "TaxInclusive",
+            });
+        }
+        lines.push(CreditLine {
+            id: item_id.to_owned(),
+            invoice_line: (item["sourceItemType"] == "InvoiceDetail")
+                .then(|| item["sourceItemId"].as_str().map(str::to_owned))
+                .flatten(),
+            description: item["skuName"].as_str().map(str::to_owned),
+            quantity: match item["quantity"].as_f64() {
+                Some(q) => decimal(q)?,
+                None => Decimal::ONE,
+            },
+            amount: net,
+            service_period,
+            taxes,
+        });
+    }
+    let note = CreditNote {
+        id: id.to_owned(),
+        number: text("number").map(str::to_owned),
+        invoice: text("referredInvoiceId").map(str::to_owned),
+        customer: Party {
+            id: account.to_owned(),
+            name: None,
+            country: None,
+            external_ids: Default::default(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
+        },
+        currency: currency.clone(),
+        issued: text("creditMemoDate")
+            .map(|d| date(d, "creditMemoDate"))
+            .transpose()?,
+        reason: text("reasonCode").map(str::to_owned),
+        lines,
+        total: amount(&memo["amount"], "amount")?,
+        refund: None,
+    };
+    let key = note.invoice.clone().unwrap_or_else(|| note.id.clone());
+    let message = Message::encode(kind, &key, &note)?.with_idempotency_key(format!(
+        "{}@{}",
+        note.id,
+        if kind == kinds::CREDIT_ISSUED {
+            "posted"
+        } else {
+            "canceled"
+        }
+    ));
+    Ok(vec![message])
 }

@@ -62,7 +62,7 @@ fn an_order_the_source_cannot_read_or_a_bad_currency_is_invalid() {
     assert_eq!(
         source().run(|| ingest_order(post("{}"))),
         Err(Failure::Invalid(
-            "not a Zuora order: missing field `orderDate` at line 1 column 2".into()
+            "not a Zuora order: missing field `orderDate`".into()
         ))
     );
     let host = source().config("currency", "dollars");
@@ -304,5 +304,60 @@ fn a_price_update_and_a_plan_change() {
     assert!(matches!(
         source().run(|| ingest_order(post(&no_price))),
         Err(Failure::Invalid(why)) if why.contains("the update of RP-1 states no recurring price")
+    ));
+}
+
+/// A posted credit memo, in the shape of Zuora's "Retrieve a credit memo" with its
+/// items: 60.00 for two months of service and 11.40 of tax.
+fn memo(status: &str) -> String {
+    serde_json::json!({
+        "id": "402890555b7e8a4e015b7f1cba7a0053", "number": "CM00000003",
+        "accountNumber": "A00000001", "amount": 71.40, "taxAmount": 11.40,
+        "creditMemoDate": "2025-03-05", "currency": "USD", "reasonCode": "Correcting invoice error",
+        "referredInvoiceId": "2c93808457d787030157e031d86c4c57", "status": status,
+        "items": [{"id": "cmi-1", "amountWithoutTax": 60.00, "amount": 71.40,
+            "serviceStartDate": "2025-03-01", "serviceEndDate": "2025-04-30",
+            "sourceItemId": "2c93808457d787030157e031d8a74c5b", "sourceItemType": "InvoiceDetail",
+            "skuName": "SKU-00000001",
+            "taxationItems": {"data": [{"taxAmount": 11.40, "taxRate": 19, "taxCode": "VAT", "taxMode": "TaxExclusive"}]}}]
+    })
+    .to_string()
+}
+
+#[test]
+fn a_credit_memo_is_a_credit_note_of_its_items_net_of_tax() {
+    let out = source()
+        .run(|| ingest_order(post(&memo("Posted"))))
+        .unwrap();
+    let m = only_one(out);
+    assert_eq!(
+        (m.kind.as_str(), m.key.as_str()),
+        ("CreditIssued", "2c93808457d787030157e031d86c4c57")
+    );
+    let note: CreditNote = Encoding::MsgPack.decode(&m.body).unwrap();
+    assert_eq!(note.total.to_string(), "71.4 USD");
+    let line = &note.lines[0];
+    assert_eq!(line.amount.to_string(), "60 USD");
+    assert_eq!(
+        line.invoice_line.as_deref(),
+        Some("2c93808457d787030157e031d8a74c5b")
+    );
+    assert_eq!(
+        line.service_period,
+        Some(Period {
+            start: day("2025-03-01"),
+            end: day("2025-04-30")
+        })
+    );
+    assert_eq!(line.taxes[0].amount.to_string(), "11.4 USD");
+    let voided = only_one(
+        source()
+            .run(|| ingest_order(post(&memo("Canceled"))))
+            .unwrap(),
+    );
+    assert_eq!(voided.kind, "CreditVoided");
+    assert!(matches!(
+        source().run(|| ingest_order(post(&memo("Draft")))),
+        Err(Failure::Invalid(why)) if why.contains("is Draft: only Posted")
     ));
 }

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use tenon_sdk::model::Encoding;
 use tenon_sdk::testing::Host;
 
+mod credits;
 mod lifecycle;
 
 /// A test host that checks, as the sandbox does, what the manifest allows.
@@ -110,7 +111,7 @@ fn other_kinds_and_bodies_that_do_not_decode_are_invalid() {
     let order = Message::encode(kinds::ORDER_ACCEPTED, "Q-1", &json!({})).unwrap();
     assert_eq!(
         plugin_host().run(|| schedule_revenue(order)),
-        Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted and InvoiceVoided".into()))
+        Err(Failure::Invalid("a `OrderAccepted` message has no revenue schedule; this step takes ContractActivated, ContractAmended, ContractCancelled, InvoicePosted, InvoiceVoided, CreditIssued, CreditVoided and PaymentRefunded".into()))
     );
     let broken = Message::encode(kinds::CONTRACT_ACTIVATED, "C-1", &json!({"id": 1})).unwrap();
     assert!(matches!(
