@@ -30,6 +30,7 @@ pub fn quote_to_cash_config(erp_url: &str, flow_settings: &str) -> String {
         r#"
 [plugins.cpq-source]
 path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
 
 [plugins.quote-to-order]
 path = "plugins/quote-to-order"

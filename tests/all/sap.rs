@@ -158,6 +158,12 @@ fn settings() -> sap_sink::Settings {
         organization_division: "00".into(),
         quantity_unit: "PC".into(),
         price_condition_type: "PR00".into(),
+        discount_condition_type: "RB00".into(),
+        payment_terms: [
+            ("Net30".to_owned(), "0001".to_owned()),
+            ("Net45".to_owned(), "0002".to_owned()),
+        ]
+        .into(),
         sold_to: [
             ("0015g00000XyZ12AAB".to_owned(), "USCU_S12".to_owned()),
             ("0015g00000XyZ34AAB".to_owned(), "17100001".to_owned()),
@@ -220,6 +226,7 @@ fn every_body_the_sap_sink_emits_is_valid_against_the_metadata() {
     for line in &mut kwd.lines {
         line.unit_price =
             tenon_sdk::model::Money::new("12.345".parse().unwrap(), kwd.currency.clone());
+        line.list_price = None;
     }
     orders.push(kwd);
     assert!(orders.len() >= 5);
@@ -286,7 +293,7 @@ fn odata_errors_are_classified_with_every_message() {
 }
 
 /// A mock of API_SALES_ORDER_SRV: CSRF tokens bound to a session cookie, bodies
-/// checked against the metadata, lookup by PurchaseOrderByCustomer.
+/// checked against the metadata, lookup by AccountingDocExternalReference.
 #[derive(Default)]
 struct MockSap {
     token: String,
@@ -379,7 +386,7 @@ async fn sap_answer(
         let results: Vec<Value> = s
             .created
             .iter()
-            .filter(|o| o["PurchaseOrderByCustomer"] == wanted.as_str())
+            .filter(|o| o["AccountingDocExternalReference"] == wanted.as_str())
             .map(|o| json!({"SalesOrder": o["SalesOrder"]}))
             .collect();
         return reply(StatusCode::OK, &[], json!({"d": {"results": results}}));
@@ -428,7 +435,7 @@ async fn sap_answer(
         return reply(
             StatusCode::CREATED,
             &[],
-            json!({"d": {"SalesOrder": number, "PurchaseOrderByCustomer": order["PurchaseOrderByCustomer"]}}),
+            json!({"d": {"SalesOrder": number, "AccountingDocExternalReference": order["AccountingDocExternalReference"]}}),
         );
     }
     reply(
@@ -443,11 +450,12 @@ fn config(service_url: &str) -> String {
         r#"
 [plugins.cpq-source]
 path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
 [plugins.quote-to-order]
 path = "plugins/quote-to-order"
 [plugins.sap]
 path = "plugins/sap-sink"
-config = {{ service_url = "{service_url}", sold_to = '{{"0015g00000XyZ12AAB": "USCU_S12", "0015g00000XyZ34AAB": "BLOCKED1"}}' }}
+config = {{ service_url = "{service_url}", sold_to = '{{"0015g00000XyZ12AAB": "USCU_S12", "0015g00000XyZ34AAB": "BLOCKED1"}}', payment_terms = '{{"Net30": "0001", "Net45": "0002"}}' }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
 
 [flows.quote-to-sap]
@@ -480,7 +488,15 @@ async fn orders_reach_sap_through_its_csrf_flow_once() {
         assert_eq!(s.created.len(), 1);
         assert!(s.refused.is_empty(), "{:?}", s.refused);
         assert_eq!(s.created[0]["SoldToParty"], "USCU_S12");
-        assert_eq!(s.created[0]["PurchaseOrderByCustomer"], "Q-00101-P");
+        // The order id as SAP's reference, the customer's PO number as theirs, the
+        // quote's start as the requested date (2026-12-01), Net30 as key 0001.
+        assert_eq!(s.created[0]["AccountingDocExternalReference"], "Q-00101-P");
+        assert_eq!(s.created[0]["PurchaseOrderByCustomer"], "4500012345");
+        assert_eq!(
+            s.created[0]["RequestedDeliveryDate"],
+            "/Date(1796083200000)/"
+        );
+        assert_eq!(s.created[0]["CustomerPaymentTerms"], "0001");
     }
 
     // The token expires: one 403 `Required`, a fresh token, the POST again.

@@ -255,6 +255,9 @@ pub struct Quote {
     /// The contract an amendment applies to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub master_contract: Option<String>,
+    /// The customer's own purchase order number, when the quote carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_po: Option<String>,
     /// Quote lines in the source's order; bundles reference their parent by key.
     pub lines: Vec<QuoteLine>,
     /// Net total as the source computed it, in the quote's currency.
@@ -291,6 +294,12 @@ pub struct QuoteLine {
     /// The subscription term, for recurring and usage lines.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionTerm>,
+    /// Whether the line is taxable, when the source says (CPQ's `SBQQ__Taxable__c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taxable: Option<bool>,
+    /// The line's tax code, when the source gives one (CPQ's `SBQQ__TaxCode__c`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_code: Option<String>,
 }
 
 /// What an order is for: ERPs book goods and subscriptions differently.
@@ -323,6 +332,12 @@ pub struct Order {
     /// Payment terms (e.g. "Net30").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payment_terms: Option<String>,
+    /// The customer's own purchase order number, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub customer_po: Option<String>,
+    /// When delivery or service is to start (the quote's start date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_date: Option<NaiveDate>,
     /// Order lines; bundle components reference their parent line.
     pub lines: Vec<OrderLine>,
     /// Sum of the lines' net amounts.
@@ -346,6 +361,9 @@ pub struct OrderLine {
     pub quantity: Decimal,
     /// Net price per unit.
     pub unit_price: Money,
+    /// List price per unit, before discounts, when the quote gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list_price: Option<Money>,
     /// Net amount of the line.
     pub net_amount: Money,
     /// Discounts on the line.
@@ -354,6 +372,12 @@ pub struct OrderLine {
     /// The subscription term, on subscription orders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription: Option<SubscriptionTerm>,
+    /// Whether the line is taxable, when the quote says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taxable: Option<bool>,
+    /// The line's tax code, when the quote gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tax_code: Option<String>,
 }
 
 /// Lifecycle state of a contract.
@@ -832,6 +856,8 @@ mod tests {
             },
             currency: Currency::new("EUR").unwrap(),
             payment_terms: None,
+            customer_po: None,
+            start_date: None,
             lines: vec![OrderLine {
                 line_number: 10,
                 parent_line_number: None,
@@ -842,9 +868,12 @@ mod tests {
                 },
                 quantity: Decimal::from(3),
                 unit_price: money("19.99"),
+                list_price: None,
                 net_amount: money("59.97"),
                 discount: Discount::default(),
                 subscription: None,
+                taxable: None,
+                tax_code: None,
             }],
             total: money("59.97"),
         };

@@ -10,7 +10,9 @@
 //! decimal text, so `19.99` becomes exactly 19.99, never 19.989999...
 //!
 //! Config: `default_currency`, the currency of single-currency orgs (which send no
-//! `CurrencyIsoCode`).
+//! `CurrencyIsoCode`); `po_number_field`, the API name of the quote's custom field
+//! holding the customer's purchase order number (CPQ has no standard one), e.g.
+//! `Customer_PO__c`. Lines carry `SBQQ__Taxable__c` and `SBQQ__TaxCode__c`.
 //!
 //! When the record carries `Id` and `LastModifiedDate` (standard fields of every
 //! Salesforce record), the message gets the idempotency key `<Id>@<LastModifiedDate>`,
@@ -32,7 +34,10 @@ mod tests;
 fn ingest_quote(request: RawRequest) -> Result<Vec<Message>, Failure> {
     let model: QuoteModel = request.json()?;
     let revision = model.revision_key();
-    let quote = to_quote(model, config::get("default_currency").as_deref())?;
+    // CPQ has no standard field for the customer's PO number: orgs add one.
+    let customer_po = config::get("po_number_field").and_then(|f| model.text_field(&f));
+    let mut quote = to_quote(model, config::get("default_currency").as_deref())?;
+    quote.customer_po = customer_po;
     let mut message = Message::encode(kinds::QUOTE_APPROVED, &quote.number, &quote)?;
     if let Some(key) = revision {
         // The same revision of a quote, sent twice (a webhook retry), is accepted once.
@@ -84,6 +89,7 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
         subscription_term_months: header_term,
         payment_terms: r.payment_terms,
         master_contract: r.master_contract,
+        customer_po: None,
         lines,
         net_total: r.net_amount,
     })
@@ -171,6 +177,8 @@ fn to_line(
         },
         charge,
         subscription,
+        taxable: r.taxable,
+        tax_code: r.tax_code.filter(|c| !c.is_empty()),
     })
 }
 
@@ -198,6 +206,19 @@ impl QuoteModel {
             self.record.id.as_ref()?,
             self.record.last_modified.as_ref()?
         ))
+    }
+}
+
+impl QuoteModel {
+    /// A text field of the quote record by its API name (a custom field, say), when
+    /// set.
+    pub fn text_field(&self, name: &str) -> Option<String> {
+        self.record
+            .other
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| !v.trim().is_empty())
+            .map(|v| v.trim().to_owned())
     }
 }
 
@@ -242,6 +263,9 @@ struct QuoteRecord {
     currency: Option<String>,
     #[serde(rename = "LastModifiedDate")]
     last_modified: Option<String>,
+    /// The record's other fields (custom ones among them).
+    #[serde(flatten)]
+    other: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +332,10 @@ struct LineRecord {
     charge_type: Option<String>,
     #[serde(rename = "SBQQ__BillingFrequency__c")]
     billing_frequency: Option<String>,
+    #[serde(rename = "SBQQ__Taxable__c")]
+    taxable: Option<bool>,
+    #[serde(rename = "SBQQ__TaxCode__c")]
+    tax_code: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

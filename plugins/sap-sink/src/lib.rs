@@ -1,27 +1,43 @@
 //! Sink plugin: each `OrderAccepted` becomes a sales order in SAP S/4HANA, through the
 //! OData service `API_SALES_ORDER_SRV`: one deep insert of `A_SalesOrder` with its
-//! `to_Item` lines (and each line's price as a `to_PricingElement` condition).
+//! `to_Item` lines (and each line's price as `to_PricingElement` conditions).
 //!
 //! Config: `service_url` (the service root), the organisational data
 //! (`sales_order_type`, `sales_organization`, `distribution_channel`,
-//! `organization_division`), `quantity_unit`, `price_condition_type`, and `sold_to`,
-//! a JSON object from CRM account id to SAP customer number, for customers whose
-//! master record (from the validation gateway) carries no `external_ids.sap`. Secrets `sap_user` and
-//! `sap_password` (basic authentication), when granted and provided.
+//! `organization_division`), `quantity_unit`, `price_condition_type` (the list price,
+//! `PR00`), `discount_condition_type` (the discount per unit, `RB00`),
+//! `sender_system` (`SenderBusinessSystemName`, `TENON`), `payment_terms` (a JSON
+//! object from the quote's payment terms to SAP's keys, e.g. `{"Net30": "0001"}`), and
+//! `sold_to`, a JSON object from CRM account id to SAP customer number, for customers
+//! whose master record (from the validation gateway) carries no `external_ids.sap`.
+//! Secrets `sap_user` and `sap_password` (basic authentication), when granted and
+//! provided.
 //!
+//! What the order becomes:
+//! - the customer's own PO number is `PurchaseOrderByCustomer` (SAP's "Customer
+//!   Reference"), the quote's start date the `RequestedDeliveryDate` and
+//!   `PricingDate` (OData `/Date(ms)/`), its payment terms `CustomerPaymentTerms`
+//!   (mapped; a key of four characters or fewer passes as it is, anything else
+//!   unmapped is refused by name);
+//! - each line's list price is its `PR00` condition and the difference to its net
+//!   price its discount condition (negative, per unit), so that SAP's net value is
+//!   the quote's to the cent; a line without a list price is priced at its net price.
 //! - The body follows SAP's published metadata (property names, `Edm` types,
 //!   `MaxLength`, decimal precision and scale); what the order cannot fit is
 //!   `rejected` with every reason, before anything is sent.
 //! - SAP's CSRF protection: a `GET` of the service root with `x-csrf-token: Fetch`
 //!   gives the token and the session cookies that the `POST` must carry; a `403` with
 //!   `x-csrf-token: Required` (an expired token) fetches a new one and retries once.
-//! - Exactly once: the order id is the `PurchaseOrderByCustomer`; a sales order with
-//!   it is looked up first, so a redelivery finds the first one.
+//! - Exactly once: the order id is the `AccountingDocExternalReference` (SAP's
+//!   "Reference", the document's number in another system, searchable; 16
+//!   characters), and a sales order with it is looked up first, so a redelivery finds
+//!   the first one. (`ExternalDocumentID`, made for this, is not creatable through this
+//!   API: its metadata says `sap:creatable="false"`.)
 //! - SAP's OData error body is mapped: `400` and other `4xx` are `rejected` with every
 //!   message SAP gave, `5xx`, `408` and `429` are `retryable`.
 
 use sap_odata::client::Service;
-use sap_odata::{decimal, fits};
+use sap_odata::{decimal, fits, odata_date};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use tenon_sdk::model::Order;
@@ -43,7 +59,7 @@ fn create_sales_order(message: Message, _idempotency_key: &str) -> Result<Receip
 
     // Exactly once: a sales order carrying this order id already exists?
     let lookup = format!(
-        "/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27{}%27&$select=SalesOrder&$format=json",
+        "/A_SalesOrder?$filter=AccountingDocExternalReference%20eq%20%27{}%27&$select=SalesOrder&$format=json",
         tenon_sdk::url::escape(&order.id.replace('\'', "''"))
     );
     let found = service.get_json(&lookup)?;
@@ -91,6 +107,10 @@ pub struct Settings {
     pub quantity_unit: String,
     /// The price condition, e.g. `PR00`.
     pub price_condition_type: String,
+    /// The discount condition (an amount per unit), e.g. `RB00`.
+    pub discount_condition_type: String,
+    /// The quote's payment terms -> SAP's payment terms key.
+    pub payment_terms: BTreeMap<String, String>,
     /// CRM account id -> SAP customer number.
     pub sold_to: BTreeMap<String, String>,
 }
@@ -99,14 +119,16 @@ impl Settings {
     /// Read the settings from the plugin's config (`get` is `config::get`).
     pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Result<Settings, Failure> {
         let text = |key: &str, default: &str| get(key).unwrap_or_else(|| default.to_owned());
-        let sold_to = match get("sold_to") {
-            Some(json) => serde_json::from_str(&json).map_err(|e| {
-                Failure::Invalid(format!(
-                    "config `sold_to` is not a JSON object of customer numbers: {e}"
-                ))
-            })?,
-            None => BTreeMap::new(),
+        let map = |key: &str, of: &str| -> Result<BTreeMap<String, String>, Failure> {
+            match get(key) {
+                Some(json) => serde_json::from_str(&json).map_err(|e| {
+                    Failure::Invalid(format!("config `{key}` is not a JSON object of {of}: {e}"))
+                }),
+                None => Ok(BTreeMap::new()),
+            }
         };
+        let sold_to = map("sold_to", "customer numbers")?;
+        let payment_terms = map("payment_terms", "payment terms keys")?;
         Ok(Settings {
             sales_order_type: text("sales_order_type", "OR"),
             sales_organization: text("sales_organization", "1710"),
@@ -114,6 +136,8 @@ impl Settings {
             organization_division: text("organization_division", "00"),
             quantity_unit: text("quantity_unit", "PC"),
             price_condition_type: text("price_condition_type", "PR00"),
+            discount_condition_type: text("discount_condition_type", "RB00"),
+            payment_terms,
             sold_to,
         })
     }
@@ -190,26 +214,54 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
                 &mut reasons
             )),
         );
-        item.insert(
-            "to_PricingElement".into(),
-            json!({"results": [{
-                "ConditionType": fits("condition type", &settings.price_condition_type, 4, &mut reasons),
-                "ConditionRateValue": decimal(&format!("{at} price"), line.unit_price.amount, 24, 9, &mut reasons),
+        // The list price, and what comes off it per unit to make the net price.
+        let list = line
+            .list_price
+            .as_ref()
+            .filter(|list| list.amount != line.unit_price.amount)
+            .map(|list| list.amount);
+        let mut conditions = vec![json!({
+            "ConditionType": fits("condition type", &settings.price_condition_type, 4, &mut reasons),
+            "ConditionRateValue": decimal(&format!("{at} price"), list.unwrap_or(line.unit_price.amount), 24, 9, &mut reasons),
+            "ConditionCurrency": line.unit_price.currency.code(),
+        })];
+        if let Some(list) = list {
+            let off = line.unit_price.amount - list;
+            conditions.push(json!({
+                "ConditionType": fits("discount condition type", &settings.discount_condition_type, 4, &mut reasons),
+                "ConditionRateValue": decimal(&format!("{at} discount"), off, 24, 9, &mut reasons),
                 "ConditionCurrency": line.unit_price.currency.code(),
-            }]}),
-        );
+            }));
+        }
+        item.insert("to_PricingElement".into(), json!({ "results": conditions }));
         items.push(Value::Object(item));
     }
-    let body = json!({
+    let mut body = json!({
         "SalesOrderType": fits("sales order type", &settings.sales_order_type, 4, &mut reasons),
         "SalesOrganization": fits("sales organization", &settings.sales_organization, 4, &mut reasons),
         "DistributionChannel": fits("distribution channel", &settings.distribution_channel, 2, &mut reasons),
         "OrganizationDivision": fits("division", &settings.organization_division, 2, &mut reasons),
         "SoldToParty": fits("sold-to party", &sold_to, 10, &mut reasons),
-        "PurchaseOrderByCustomer": fits("order id", &order.id, 35, &mut reasons),
+        "AccountingDocExternalReference": fits("order id", &order.id, 16, &mut reasons),
         "TransactionCurrency": order.currency.code(),
         "to_Item": {"results": items},
     });
+    if let Some(po) = &order.customer_po {
+        body["PurchaseOrderByCustomer"] = json!(fits("customer PO number", po, 35, &mut reasons));
+    }
+    if let Some(start) = order.start_date {
+        body["RequestedDeliveryDate"] = json!(odata_date(start));
+        body["PricingDate"] = json!(odata_date(start));
+    }
+    if let Some(terms) = &order.payment_terms {
+        match settings.payment_terms.get(terms) {
+            Some(key) => body["CustomerPaymentTerms"] = json!(fits("payment terms key", key, 4, &mut reasons)),
+            None if terms.len() <= 4 => body["CustomerPaymentTerms"] = json!(terms),
+            None => reasons.push(format!(
+                "payment terms `{terms}` have no SAP key: map them in config `payment_terms` (e.g. {{\"{terms}\": \"0001\"}})"
+            )),
+        }
+    }
     if reasons.is_empty() {
         Ok(body)
     } else {

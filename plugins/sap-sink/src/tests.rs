@@ -31,6 +31,7 @@ fn configured() -> Host {
         .with_manifest(include_str!("../plugin.toml"))
         .config("service_url", ROOT)
         .config("sold_to", r#"{"0015g00000XyZ12AAB": "USCU_S12"}"#)
+        .config("payment_terms", r#"{"Net30": "0001"}"#)
         .secret("sap_user", "TENON")
         .secret("sap_password", "s3cret")
 }
@@ -43,7 +44,7 @@ fn deliver(host: &Host, order: &Order) -> Result<Receipt, Failure> {
 fn lookup(order_id: &str, found: &[&str]) -> Exchange {
     let results: Vec<Value> = found.iter().map(|n| json!({"SalesOrder": n})).collect();
     Exchange::get(&format!(
-        "{ROOT}/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27{order_id}%27&$select=SalesOrder&$format=json"
+        "{ROOT}/A_SalesOrder?$filter=AccountingDocExternalReference%20eq%20%27{order_id}%27&$select=SalesOrder&$format=json"
     ))
     .with_header("authorization", BASIC)
     .respond(200, json!({"d": {"results": results}}).to_string())
@@ -117,7 +118,7 @@ fn an_order_becomes_one_sales_order_through_the_csrf_flow() {
         .exchange(insert(
             1,
             201,
-            json!({"d": {"SalesOrder": "0000001000", "PurchaseOrderByCustomer": "Q-00101-P"}}),
+            json!({"d": {"SalesOrder": "0000001000", "AccountingDocExternalReference": "Q-00101-P"}}),
         ));
     assert_eq!(
         deliver(&host, &order),
@@ -138,19 +139,30 @@ fn an_order_becomes_one_sales_order_through_the_csrf_flow() {
             "DistributionChannel": "10",
             "OrganizationDivision": "00",
             "SoldToParty": "USCU_S12",
-            "PurchaseOrderByCustomer": "Q-00101-P",
+            // The order id where SAP keeps another system's reference; the customer's
+            // own PO number where SAP keeps it.
+            "AccountingDocExternalReference": "Q-00101-P",
+            "PurchaseOrderByCustomer": "4500012345",
+            // The quote's start, 2026-12-01 00:00 UTC: 1796083200 s.
+            "RequestedDeliveryDate": "/Date(1796083200000)/",
+            "PricingDate": "/Date(1796083200000)/",
+            "CustomerPaymentTerms": "0001",
             "TransactionCurrency": "EUR",
+            // List price less the discount per unit is the net price: 1299 - 129.9 =
+            // 1169.1 (10 % off), 259 - 12.8 = 246.2.
             "to_Item": {"results": [
                 {"SalesOrderItem": "10", "Material": "HW-LAP-14",
                  "SalesOrderItemText": "Field Laptop 14",
                  "RequestedQuantity": "3", "RequestedQuantityUnit": "PC",
-                 "to_PricingElement": {"results": [{"ConditionType": "PR00",
-                    "ConditionRateValue": "1169.1", "ConditionCurrency": "EUR"}]}},
+                 "to_PricingElement": {"results": [
+                    {"ConditionType": "PR00", "ConditionRateValue": "1299", "ConditionCurrency": "EUR"},
+                    {"ConditionType": "RB00", "ConditionRateValue": "-129.9", "ConditionCurrency": "EUR"}]}},
                 {"SalesOrderItem": "20", "Material": "HW-DOCK-C",
                  "SalesOrderItemText": "USB-C Dock",
                  "RequestedQuantity": "3", "RequestedQuantityUnit": "PC",
-                 "to_PricingElement": {"results": [{"ConditionType": "PR00",
-                    "ConditionRateValue": "246.2", "ConditionCurrency": "EUR"}]}},
+                 "to_PricingElement": {"results": [
+                    {"ConditionType": "PR00", "ConditionRateValue": "259", "ConditionCurrency": "EUR"},
+                    {"ConditionType": "RB00", "ConditionRateValue": "-12.8", "ConditionCurrency": "EUR"}]}},
             ]},
         })
     );
@@ -158,11 +170,43 @@ fn an_order_becomes_one_sales_order_through_the_csrf_flow() {
     assert_known("A_SalesOrderType", &body);
     for item in body["to_Item"]["results"].as_array().unwrap() {
         assert_known("A_SalesOrderItemType", item);
-        assert_known(
-            "A_SalesOrderItemPrElementType",
-            &item["to_PricingElement"]["results"][0],
-        );
+        for condition in item["to_PricingElement"]["results"].as_array().unwrap() {
+            assert_known("A_SalesOrderItemPrElementType", condition);
+        }
     }
+}
+
+#[test]
+fn payment_terms_sap_does_not_know_are_refused_by_name_and_a_net_price_stands_alone() {
+    let mut order = order();
+    order.payment_terms = Some("Net 45".into());
+    assert_eq!(
+        deliver(&configured(), &order),
+        Err(Failure::Rejected(vec![
+            "payment terms `Net 45` have no SAP key: map them in config `payment_terms` (e.g. {\"Net 45\": \"0001\"})".into()
+        ]))
+    );
+    // A key SAP could know passes as it is; without a list price, the net price is
+    // the only condition.
+    order.payment_terms = Some("NT45".into());
+    order.lines[0].list_price = None;
+    let body = sales_order_body(&order, &Settings::from_config(|_| None).unwrap()).unwrap_err();
+    assert_eq!(
+        body,
+        [
+            "customer `0015g00000XyZ12AAB` has no SAP customer number (customer master `external_ids.sap`, or config `sold_to`)"
+        ]
+    );
+    let mut settings = Settings::from_config(|_| None).unwrap();
+    settings
+        .sold_to
+        .insert("0015g00000XyZ12AAB".into(), "USCU_S12".into());
+    let body = sales_order_body(&order, &settings).unwrap();
+    assert_eq!(body["CustomerPaymentTerms"], "NT45");
+    assert_eq!(
+        body["to_Item"]["results"][0]["to_PricingElement"],
+        json!({"results": [{"ConditionType": "PR00", "ConditionRateValue": "1169.1", "ConditionCurrency": "EUR"}]})
+    );
 }
 
 #[test]
@@ -250,7 +294,7 @@ fn what_sap_cannot_hold_is_rejected_before_anything_is_sent() {
 fn sap_unavailable_is_retryable() {
     let host = configured().exchange(
         Exchange::get(&format!(
-            "{ROOT}/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
+            "{ROOT}/A_SalesOrder?$filter=AccountingDocExternalReference%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
         ))
         .respond(503, "Service Unavailable"),
     );
@@ -286,7 +330,8 @@ fn a_misconfigured_sink_or_a_bad_message_is_invalid() {
     // No service.
     let host = Host::new()
         .with_manifest(include_str!("../plugin.toml"))
-        .config("sold_to", r#"{"0015g00000XyZ12AAB": "USCU_S12"}"#);
+        .config("sold_to", r#"{"0015g00000XyZ12AAB": "USCU_S12"}"#)
+        .config("payment_terms", r#"{"Net30": "0001"}"#);
     assert_eq!(
         deliver(&host, &order()),
         Err(Failure::Invalid(
@@ -302,7 +347,7 @@ fn a_misconfigured_sink_or_a_bad_message_is_invalid() {
     // SAP refusing the user.
     let host = configured().exchange(
         Exchange::get(&format!(
-            "{ROOT}/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
+            "{ROOT}/A_SalesOrder?$filter=AccountingDocExternalReference%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
         ))
         .respond(401, "Logon failed"),
     );
@@ -326,8 +371,9 @@ fn without_the_secrets_no_authorization_is_sent() {
         .with_manifest(include_str!("../plugin.toml"))
         .config("service_url", &format!("{ROOT}/"))
         .config("sold_to", r#"{"0015g00000XyZ12AAB": "USCU_S12"}"#)
+        .config("payment_terms", r#"{"Net30": "0001"}"#)
         .exchange(Exchange::get(&format!(
-            "{ROOT}/A_SalesOrder?$filter=PurchaseOrderByCustomer%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
+            "{ROOT}/A_SalesOrder?$filter=AccountingDocExternalReference%20eq%20%27Q-00101-P%27&$select=SalesOrder&$format=json"
         )).respond(200, r#"{"d": {"results": [{"SalesOrder": "7"}]}}"#));
     assert_eq!(deliver(&host, &order()).unwrap().reference, "7");
     assert_eq!(host.requests()[0].header("authorization"), None);
