@@ -1,17 +1,25 @@
 """Master data for the Tryton used by the tests, made through proteus (Tryton's client).
 
-A company (Tenon Demo GmbH, EUR), the customers of the example quotes as parties
-whose code is their CRM account id, the example's products (goods and services)
-whose code is the CPQ product code, one product that is not for sale, and a sale
-price list for one customer (Contoso: 5% off the list price, 10% from 10 units).
-Usage: setup_data.py <trytond.conf> <database>.
+A company (Tenon Demo GmbH, EUR) with Tryton's minimal chart of accounts, fiscal years
+from last year to two years ahead (with their periods and invoice sequences), a 19 %
+customer tax (VAT 19%) on the products' account category, payment terms Net30 and
+Net45, the customers of the example quotes as parties whose code is their CRM account
+id, the example's products (goods and services) whose code is the CPQ product code, one
+product that is not for sale, and a sale price list for one customer (Contoso: 5% off
+the list price, 10% from 10 units). Enough for a sale to be quoted, confirmed and
+invoiced. Usage: setup_data.py <trytond.conf> <database>.
 """
 
+import datetime
 import sys
 from decimal import Decimal
 
 from proteus import Model, config
-from trytond.modules.company.tests.tools import create_company
+from trytond.modules.account.tests.tools import (
+    create_chart, create_fiscalyear, create_tax, get_accounts)
+from trytond.modules.account_invoice.tests.tools import (
+    set_fiscalyear_invoice_sequences)
+from trytond.modules.company.tests.tools import create_company, get_company
 from trytond.modules.currency.tests.tools import get_currency
 
 conf, database = sys.argv[1], sys.argv[2]
@@ -24,6 +32,31 @@ company_party = Party(name="Tenon Demo GmbH")
 company_party.save()
 create_company(party=company_party, currency="EUR")
 get_currency("USD")
+company = get_company()
+
+# Accounting: the chart, a fiscal year per calendar year around today, the tax.
+create_chart(company)
+accounts = get_accounts(company)
+this_year = datetime.date.today().year
+for year in range(this_year - 1, this_year + 3):
+    fiscalyear = set_fiscalyear_invoice_sequences(create_fiscalyear(
+        company, (datetime.date(year, 1, 1), datetime.date(year, 12, 31))))
+    fiscalyear.click("create_period")
+vat = create_tax(Decimal(".19"))
+vat.name = vat.description = "VAT 19%"
+vat.save()
+Category = Model.get("product.category")
+category = Category(name="Sales", accounting=True)
+category.account_revenue = accounts["revenue"]
+category.account_expense = accounts["expense"]
+category.customer_taxes.append(vat)
+category.save()
+PaymentTerm = Model.get("account.invoice.payment_term")
+for name, days in [("Net30", 30), ("Net45", 45)]:
+    term = PaymentTerm(name=name)
+    line = term.lines.new(type="remainder")
+    line.relativedeltas.new(days=days)
+    term.save()
 
 CUSTOMERS = [
     ("0015g00000XyZ12AAB", "Northwind Traders GmbH"),
@@ -54,6 +87,7 @@ for code, name, kind, price in PRODUCTS:
         salable=True,
         default_uom=unit,
         list_price=Decimal(price),
+        account_category=category,
     )
     template.save()
 # A spare part that is bought, never sold.
@@ -74,6 +108,9 @@ contoso.sale_price_list = price_list
 contoso.save()
 
 print("companies:", [c.rec_name for c in Model.get("company.company").find([])])
+print("fiscal years:", [f.name for f in Model.get("account.fiscalyear").find([])])
+print("taxes:", [t.name for t in Model.get("account.tax").find([])])
+print("addresses:", [(p.code, len(p.addresses)) for p in parties.values()])
 print("parties:", [(p.code, p.name) for p in Party.find([("code", "in", [c for c, _ in CUSTOMERS])])])
 Product = Model.get("product.product")
 print("products:", [p.code for p in Product.find([])])

@@ -143,7 +143,12 @@ impl Tryton {
                         "party.code",
                         "currency.code",
                         "lines",
-                        "untaxed_amount"
+                        "untaxed_amount",
+                        "tax_amount",
+                        "total_amount",
+                        "payment_term.name",
+                        "description",
+                        "invoices"
                     ]),
                 ],
             )
@@ -160,7 +165,8 @@ impl Tryton {
                             "product.code",
                             "quantity",
                             "unit_price",
-                            "description"
+                            "description",
+                            "taxes"
                         ]),
                     ],
                 )
@@ -176,6 +182,7 @@ impl Tryton {
                         "quantity": l["quantity"],
                         "unit_price": l["unit_price"]["decimal"],
                         "description": l["description"],
+                        "taxed": l["taxes"].as_array().is_some_and(|t| !t.is_empty()),
                     })
                 })
                 .collect();
@@ -185,6 +192,11 @@ impl Tryton {
                 "party": sale["party."]["code"],
                 "currency": sale["currency."]["code"],
                 "untaxed_amount": sale["untaxed_amount"]["decimal"],
+                "tax_amount": sale["tax_amount"]["decimal"],
+                "total_amount": sale["total_amount"]["decimal"],
+                "payment_term": sale["payment_term."]["name"],
+                "description": sale["description"],
+                "invoices": sale["invoices"].as_array().map_or(0, Vec::len),
                 "lines": lines,
             }));
         }
@@ -197,7 +209,7 @@ fn base64_encode(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-fn config(tryton_url: &str) -> String {
+fn config(tryton_url: &str, workflow: &str) -> String {
     format!(
         r#"
 [secrets]
@@ -205,12 +217,13 @@ tryton_password = {{ file = "tryton-password.txt" }}
 
 [plugins.cpq-source]
 path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
 [plugins.quote-to-order]
 path = "plugins/quote-to-order"
 [plugins.tryton]
 path = "plugins/tryton-sink"
 secrets = ["tryton_password"]
-config = {{ url = "{tryton_url}", database = "{DATABASE}" }}
+config = {{ url = "{tryton_url}", database = "{DATABASE}", workflow = "{workflow}" }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
 
 [flows.quote-to-tryton]
@@ -226,7 +239,7 @@ max_attempts = 3
 async fn orders_become_tryton_sales_once_and_read_back() {
     let tryton = Tryton::start().await;
     let ws = Workspace::new();
-    ws.write_config(&config(&tryton.url));
+    ws.write_config(&config(&tryton.url, "confirmed"));
     std::fs::write(
         ws.path().join("tryton-password.txt"),
         format!("{PASSWORD}\n"),
@@ -241,24 +254,40 @@ async fn orders_become_tryton_sales_once_and_read_back() {
     assert!(
         delivered["reference"]
             .as_str()
-            .unwrap()
+            .unwrap_or_else(|| panic!("{status:#}"))
             .starts_with("sale.sale/"),
         "{status:#}"
     );
-    assert_eq!(delivered["detail"], "draft sale created");
+    assert_eq!(delivered["detail"], "confirmed sale created");
+    // Confirmed, so Tryton processed it: its invoice is made. Each line taxed by its
+    // product's 19 % VAT: 19 % of 3507.30 is 666.387 and of 738.60 is 140.334, 806.721
+    // in all, 806.72 rounded; 4245.90 + 806.72 = 5052.62.
+    let sales = tryton.sales("Q-00101-P").await;
+    assert_eq!(sales.len(), 1);
+    let mut sale = sales[0].clone();
+    let state = sale["state"].take();
+    assert!(
+        state == "processing" || state == "confirmed",
+        "{state}: {sale:#}"
+    );
     assert_eq!(
-        tryton.sales("Q-00101-P").await,
-        [json!({
+        sale,
+        json!({
             "reference": "Q-00101-P",
-            "state": "draft",
+            "state": null,
             "party": "0015g00000XyZ12AAB",
             "currency": "EUR",
             "untaxed_amount": "4245.90",
+            "tax_amount": "806.72",
+            "total_amount": "5052.62",
+            "payment_term": "Net30",
+            "description": "Quote Q-00101 (Physical), PO 4500012345",
+            "invoices": 1,
             "lines": [
-                {"sequence": 10, "product": "HW-LAP-14", "quantity": 3.0, "unit_price": "1169.1", "description": "Field Laptop 14"},
-                {"sequence": 20, "product": "HW-DOCK-C", "quantity": 3.0, "unit_price": "246.2", "description": "USB-C Dock"},
+                {"sequence": 10, "product": "HW-LAP-14", "quantity": 3.0, "unit_price": "1169.1", "description": "Field Laptop 14", "taxed": true},
+                {"sequence": 20, "product": "HW-DOCK-C", "quantity": 3.0, "unit_price": "246.2", "description": "USB-C Dock", "taxed": true},
             ],
-        })]
+        })
     );
 
     // The bundle: a physical and a subscription order, two sales; the bundle
@@ -282,9 +311,10 @@ async fn orders_become_tryton_sales_once_and_read_back() {
     );
     let ids = tenon.send_quote(&again).await;
     let status = tenon.settled(&ids[0]).await;
-    assert_eq!(
-        status["outcomes"][0]["result"]["Delivered"]["detail"],
-        "draft sale already created"
+    let detail = status["outcomes"][0]["result"]["Delivered"]["detail"].clone();
+    assert!(
+        detail == "processing sale already created" || detail == "confirmed sale already created",
+        "{detail}"
     );
     assert_eq!(tryton.sales("Q-00101-P").await.len(), 1);
 

@@ -1,14 +1,22 @@
-//! Sink plugin: each `OrderAccepted` becomes a draft sale in Tryton (`sale.sale` with
-//! its `sale.line`s), over Tryton's JSON-RPC.
+//! Sink plugin: each `OrderAccepted` becomes a Tryton sale (`sale.sale` with its
+//! `sale.line`s), over Tryton's JSON-RPC, left a draft, quoted or confirmed as the
+//! config says.
 //!
 //! Config: `url` (the server, e.g. `http://127.0.0.1:8000`), `database`, `user`
-//! (default `admin`); secret `tryton_password`.
+//! (default `admin`), `workflow` (`draft`, the default; `quoted`; `confirmed`: Tryton
+//! then processes the sale, its invoice and shipment following its own rules); secret
+//! `tryton_password`.
 //!
 //! - The customer is the party whose `code` is the order's customer id (the CRM
-//!   account id), the products those whose `code` is the line's product code; every
-//!   one that is missing is reported, as `rejected`.
+//!   account id), invoiced and shipped to its first address; the products those whose
+//!   `code` is the line's product code; the payment term the one named as the order's
+//!   (e.g. `Net30`). Every one that is missing is reported, as `rejected`.
+//! - Taxes: each line takes its product's customer taxes (its account category's), unless
+//!   the quote says the line is not taxable.
+//! - The customer's PO number and the quote go in the sale's description.
 //! - Exactly once: the sale's `reference` is the order id; a sale with that reference
-//!   is looked up before one is created, so a redelivery finds the first one.
+//!   is looked up before one is created, so a redelivery finds the first one (and
+//!   takes it as far as the workflow says, if a crash stopped it on the way).
 //! - The session is kept in key-value storage and reused; an expired one (HTTP 401 or
 //!   403) is renewed once.
 //! - Tryton's `UserError` / `ValidationError` (the data is refused) are `rejected`;
@@ -49,9 +57,73 @@ fn connect() -> Result<Client, Failure> {
         }))
 }
 
+/// How far a new sale goes in Tryton's workflow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workflow {
+    /// Left a draft for someone to check.
+    Draft,
+    /// Quoted: prices and taxes fixed, awaiting confirmation.
+    Quoted,
+    /// Confirmed: Tryton processes it (invoice, shipment).
+    Confirmed,
+}
+
+impl Workflow {
+    /// The configured workflow (`workflow`).
+    pub fn configured() -> Result<Workflow, Failure> {
+        match tenon_sdk::config::get("workflow").as_deref() {
+            None | Some("draft") => Ok(Workflow::Draft),
+            Some("quoted") => Ok(Workflow::Quoted),
+            Some("confirmed") => Ok(Workflow::Confirmed),
+            Some(other) => Err(Failure::Invalid(format!(
+                "config `workflow` = `{other}`: it is `draft` (the default), `quoted` or `confirmed`"
+            ))),
+        }
+    }
+
+    /// Where a sale in Tryton `state` stands.
+    fn of_state(state: &str) -> Workflow {
+        match state {
+            "draft" => Workflow::Draft,
+            "quotation" => Workflow::Quoted,
+            _ => Workflow::Confirmed,
+        }
+    }
+}
+
+/// Take sale `id`, now at `state`, as far as `workflow`; the state it ends in.
+fn advance(rpc: &mut Client, id: i64, state: &str, workflow: Workflow) -> Result<String, Failure> {
+    let mut at = Workflow::of_state(state);
+    let mut state = state.to_owned();
+    while at < workflow {
+        let (method, next, name) = match at {
+            Workflow::Draft => ("model.sale.sale.quote", Workflow::Quoted, "quotation"),
+            _ => ("model.sale.sale.confirm", Workflow::Confirmed, "confirmed"),
+        };
+        rpc.call(method, vec![json!([id])])?;
+        at = next;
+        state = name.to_owned();
+    }
+    Ok(state)
+}
+
 fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
-    if let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", order.id]]))? {
-        return Ok(receipt(id, "already created"));
+    let workflow = Workflow::configured()?;
+    let existing = rpc.search_read(
+        "sale.sale",
+        json!([["reference", "=", order.id]]),
+        Some(1),
+        &["state"],
+        &Default::default(),
+    )?;
+    if let Some(sale) = existing.first() {
+        let id = sale
+            .get("id")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| Failure::Retryable(format!("unexpected search answer: {sale}")))?;
+        let state = sale.get("state").and_then(Value::as_str).unwrap_or("draft");
+        let state = advance(rpc, id, state, workflow)?;
+        return Ok(receipt(id, &state, "already created"));
     }
     let mut reasons = Vec::new();
     // The customer master's Tryton code, else the CRM id (the parties' code).
@@ -75,12 +147,48 @@ fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
     if currency.is_none() {
         reasons.push(format!("currency {} is not in Tryton", order.currency));
     }
+    // Invoiced and shipped to the party's first address.
+    let address = match party {
+        Some(party) => {
+            let address = rpc.search_one("party.address", json!([["party", "=", party]]))?;
+            if address.is_none() {
+                reasons.push(format!(
+                    "customer `{}` has no address in Tryton to invoice",
+                    order.customer.id
+                ));
+            }
+            address
+        }
+        None => None,
+    };
+    let payment_term = match &order.payment_terms {
+        Some(terms) => {
+            let term = rpc.search_one(
+                "account.invoice.payment_term",
+                json!([["name", "=", terms]]),
+            )?;
+            if term.is_none() {
+                reasons.push(format!(
+                    "payment terms `{terms}` are not a Tryton payment term"
+                ));
+            }
+            term
+        }
+        None => None,
+    };
     let codes: Vec<&str> = order.lines.iter().map(|l| l.product.code_or_id()).collect();
     let found = rpc.search_read(
         "product.product",
         json!([["code", "in", codes]]),
         None,
-        &["code", "sale_uom", "default_uom"],
+        &[
+            "code",
+            "sale_uom",
+            "default_uom",
+            // The taxes of the product's account category (as Tryton's own sale line
+            // takes them).
+            "template.account_category.customer_taxes_used",
+        ],
         &Default::default(),
     )?;
     let products: BTreeMap<String, ProductRef> = found
@@ -90,20 +198,28 @@ fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
                 .get("sale_uom")
                 .and_then(Value::as_i64)
                 .or_else(|| p.get("default_uom").and_then(Value::as_i64))?;
+            let taxes = p
+                .pointer("/template./account_category./customer_taxes_used")
+                .and_then(Value::as_array)
+                .map(|t| t.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default();
             Some((
                 p.get("code")?.as_str()?.to_owned(),
                 ProductRef {
                     id: p.get("id")?.as_i64()?,
                     unit,
+                    taxes,
                 },
             ))
         })
         .collect();
-    let values = match (party, currency) {
-        (Some(party), Some(currency)) => sale_values(order, party, currency, &products),
-        _ => sale_values(order, 0, 0, &products).map(|_| Value::Null),
+    let header = Header {
+        party: party.unwrap_or_default(),
+        currency: currency.unwrap_or_default(),
+        address: address.unwrap_or_default(),
+        payment_term,
     };
-    match values {
+    match sale_values(order, &header, &products) {
         Err(missing) => reasons.extend(missing),
         Ok(_) if !reasons.is_empty() => {}
         Ok(values) => {
@@ -112,17 +228,35 @@ fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
                 .get(0)
                 .and_then(Value::as_i64)
                 .ok_or_else(|| Failure::Retryable(format!("unexpected create answer: {ids}")))?;
-            return Ok(receipt(id, "created"));
+            let state = advance(rpc, id, "draft", workflow)?;
+            return Ok(receipt(id, &state, "created"));
         }
     }
     Err(Failure::Rejected(reasons))
 }
 
-fn receipt(id: i64, what: &str) -> Receipt {
+fn receipt(id: i64, state: &str, what: &str) -> Receipt {
+    let state = match state {
+        "quotation" => "quoted",
+        other => other,
+    };
     Receipt {
         reference: format!("sale.sale/{id}"),
-        detail: Some(format!("draft sale {what}")),
+        detail: Some(format!("{state} sale {what}")),
     }
+}
+
+/// The sale's header records in Tryton.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// `party.party` id.
+    pub party: i64,
+    /// `currency.currency` id.
+    pub currency: i64,
+    /// `party.address` id, invoice and shipment.
+    pub address: i64,
+    /// `account.invoice.payment_term` id, when the order names one.
+    pub payment_term: Option<i64>,
 }
 
 /// A product as the sale needs it.
@@ -132,14 +266,15 @@ pub struct ProductRef {
     pub id: i64,
     /// Its sale unit (`product.uom` id).
     pub unit: i64,
+    /// Its customer taxes (`account.tax` ids).
+    pub taxes: Vec<i64>,
 }
 
 /// The `sale.sale.create` values of an order, once its party, currency and products
 /// are known. Every missing product is named.
 pub fn sale_values(
     order: &Order,
-    party: i64,
-    currency: i64,
+    header: &Header,
     products: &BTreeMap<String, ProductRef>,
 ) -> Result<Value, Vec<String>> {
     let missing: Vec<String> = order
@@ -162,13 +297,23 @@ pub fn sale_values(
         .iter()
         .filter_map(|l| Some(line_values(l, products.get(l.product.code_or_id())?)))
         .collect();
-    Ok(json!({
-        "party": party,
-        "currency": currency,
+    let mut description = format!("Quote {} ({:?})", order.quote_number, order.category);
+    if let Some(po) = &order.customer_po {
+        description.push_str(&format!(", PO {po}"));
+    }
+    let mut values = json!({
+        "party": header.party,
+        "invoice_address": header.address,
+        "shipment_address": header.address,
+        "currency": header.currency,
         "reference": order.id,
-        "description": format!("Quote {} ({:?})", order.quote_number, order.category),
+        "description": description,
         "lines": [["create", lines]],
-    }))
+    });
+    if let Some(term) = header.payment_term {
+        values["payment_term"] = json!(term);
+    }
+    Ok(values)
 }
 
 fn line_values(line: &OrderLine, product: &ProductRef) -> Value {
@@ -182,7 +327,7 @@ fn line_values(line: &OrderLine, product: &ProductRef) -> Value {
     if let Some(parent) = line.parent_line_number {
         description = format!("{description} (in bundle line {parent})");
     }
-    json!({
+    let mut values = json!({
         "type": "line",
         "sequence": line.line_number,
         "product": product.id,
@@ -190,5 +335,9 @@ fn line_values(line: &OrderLine, product: &ProductRef) -> Value {
         "quantity": quantity,
         "unit_price": decimal(line.unit_price.amount),
         "description": description,
-    })
+    });
+    if line.taxable != Some(false) && !product.taxes.is_empty() {
+        values["taxes"] = json!([["add", product.taxes]]);
+    }
+    values
 }

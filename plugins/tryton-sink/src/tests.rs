@@ -93,6 +93,35 @@ fn search(n: u32, model: &str, domain: Value, found: Value) -> Exchange {
     )
 }
 
+/// The lookup of a sale by the order id, answering `found` (`[{"id", "state"}]`).
+fn sale_lookup(n: u32, found: Value) -> Exchange {
+    call(
+        n,
+        "model.sale.sale.search_read",
+        vec![
+            json!([["reference", "=", "Q-00101-P"]]),
+            json!(0),
+            json!(1),
+            Value::Null,
+            json!(["state"]),
+        ],
+        result(found),
+    )
+}
+
+/// The party's address (70) and the payment term Net30 (3).
+fn address_and_terms(n: u32) -> [Exchange; 2] {
+    [
+        search(n, "party.address", json!([["party", "=", 7]]), json!([70])),
+        search(
+            n,
+            "account.invoice.payment_term",
+            json!([["name", "=", "Net30"]]),
+            json!([3]),
+        ),
+    ]
+}
+
 fn products(n: u32, found: Value) -> Exchange {
     call(
         n,
@@ -102,28 +131,40 @@ fn products(n: u32, found: Value) -> Exchange {
             json!(0),
             Value::Null,
             Value::Null,
-            json!(["code", "sale_uom", "default_uom"]),
+            json!([
+                "code",
+                "sale_uom",
+                "default_uom",
+                "template.account_category.customer_taxes_used"
+            ]),
         ],
         result(found),
     )
 }
 
+/// The two products: the laptop with customer tax 5, the dock with none.
 fn both_products() -> Value {
-    json!([{"id": 11, "code": "HW-LAP-14", "sale_uom": 1, "default_uom": 1},
-           {"id": 12, "code": "HW-DOCK-C", "sale_uom": null, "default_uom": 3}])
+    json!([{"id": 11, "code": "HW-LAP-14", "sale_uom": 1, "default_uom": 1,
+            "template.": {"id": 21, "account_category.": {"id": 31, "customer_taxes_used": [5]}}},
+           {"id": 12, "code": "HW-DOCK-C", "sale_uom": null, "default_uom": 3,
+            "template.": {"id": 22, "account_category.": null}}])
 }
 
-/// The sale Tryton is asked to create for the plain order (party 7, currency 2).
+/// The sale Tryton is asked to create for the plain order (party 7 at address 70,
+/// currency 2, payment term 3; the laptop with its tax).
 fn sale() -> Value {
     json!({
         "party": 7,
+        "invoice_address": 70,
+        "shipment_address": 70,
         "currency": 2,
+        "payment_term": 3,
         "reference": "Q-00101-P",
-        "description": "Quote Q-00101 (Physical)",
+        "description": "Quote Q-00101 (Physical), PO 4500012345",
         "lines": [["create", [
             {"type": "line", "sequence": 10, "product": 11, "unit": 1, "quantity": 3.0,
              "unit_price": {"__class__": "Decimal", "decimal": "1169.1"},
-             "description": "Field Laptop 14"},
+             "description": "Field Laptop 14", "taxes": [["add", [5]]]},
             {"type": "line", "sequence": 20, "product": 12, "unit": 3, "quantity": 3.0,
              "unit_price": {"__class__": "Decimal", "decimal": "246.2"},
              "description": "USB-C Dock"},
@@ -134,12 +175,7 @@ fn sale() -> Value {
 #[test]
 fn an_order_becomes_a_draft_sale_and_the_session_is_kept() {
     let host = login(configured(), 1)
-        .exchange(search(
-            1,
-            "sale.sale",
-            json!([["reference", "=", "Q-00101-P"]]),
-            json!([]),
-        ))
+        .exchange(sale_lookup(1, json!([])))
         .exchange(search(
             1,
             "party.party",
@@ -152,6 +188,8 @@ fn an_order_becomes_a_draft_sale_and_the_session_is_kept() {
             json!([["code", "=", "EUR"]]),
             json!([2]),
         ))
+        .exchange(address_and_terms(1)[0].clone())
+        .exchange(address_and_terms(1)[1].clone())
         .exchange(products(1, both_products()))
         .exchange(call(
             1,
@@ -168,13 +206,13 @@ fn an_order_becomes_a_draft_sale_and_the_session_is_kept() {
     );
     host.assert_all_exchanged();
     let requests = host.requests();
-    assert_eq!(requests.len(), 7);
+    assert_eq!(requests.len(), 9);
     assert_eq!(
         requests[0].header("authorization"),
         None,
         "the login carries none"
     );
-    assert_eq!(requests[6].json()["params"][0][0], sale());
+    assert_eq!(requests[8].json()["params"][0][0], sale());
     // The session is kept for the next delivery.
     let kept: Value = serde_json::from_slice(&host.kv_value("session").unwrap()).unwrap();
     assert_eq!(
@@ -186,12 +224,9 @@ fn an_order_becomes_a_draft_sale_and_the_session_is_kept() {
 #[test]
 fn a_kept_session_is_reused_and_renewed_once_when_refused() {
     // Reused: no login, and a sale already there is the receipt.
-    let host = configured().kv("session", &session(1)).exchange(search(
-        1,
-        "sale.sale",
-        json!([["reference", "=", "Q-00101-P"]]),
-        json!([5]),
-    ));
+    let host = configured()
+        .kv("session", &session(1))
+        .exchange(sale_lookup(1, json!([{"id": 5, "state": "draft"}])));
     assert_eq!(
         deliver(&host, &order()),
         Ok(Receipt {
@@ -205,13 +240,8 @@ fn a_kept_session_is_reused_and_renewed_once_when_refused() {
     let expired = Exchange::post(ENDPOINT)
         .with_header("authorization", &auth(1))
         .respond(401, "");
-    let host =
-        login(configured().kv("session", &session(1)).exchange(expired), 2).exchange(search(
-            2,
-            "sale.sale",
-            json!([["reference", "=", "Q-00101-P"]]),
-            json!([5]),
-        ));
+    let host = login(configured().kv("session", &session(1)).exchange(expired), 2)
+        .exchange(sale_lookup(2, json!([{"id": 5, "state": "draft"}])));
     assert_eq!(deliver(&host, &order()).unwrap().reference, "sale.sale/5");
     host.assert_all_exchanged();
     let kept: Value = serde_json::from_slice(&host.kv_value("session").unwrap()).unwrap();
@@ -228,12 +258,7 @@ fn missing_parties_and_products_are_rejected_by_name() {
         .insert("tryton".into(), "C-0001".into());
     let host = configured()
         .kv("session", &session(1))
-        .exchange(search(
-            1,
-            "sale.sale",
-            json!([["reference", "=", "Q-00101-P"]]),
-            json!([]),
-        ))
+        .exchange(sale_lookup(1, json!([])))
         .exchange(search(
             1,
             "party.party",
@@ -246,6 +271,7 @@ fn missing_parties_and_products_are_rejected_by_name() {
             json!([["code", "=", "EUR"]]),
             json!([2]),
         ))
+        .exchange(address_and_terms(1)[1].clone())
         .exchange(products(1, json!([both_products()[0].clone()])));
     assert_eq!(
         deliver(&host, &order),
@@ -255,19 +281,14 @@ fn missing_parties_and_products_are_rejected_by_name() {
         ]))
     );
     host.assert_all_exchanged();
-    assert_eq!(host.requests().len(), 4, "nothing created");
+    assert_eq!(host.requests().len(), 5, "nothing created");
 }
 
 #[test]
 fn tryton_refusing_the_sale_is_rejected_with_its_message() {
     let host = configured()
         .kv("session", &session(1))
-        .exchange(search(
-            1,
-            "sale.sale",
-            json!([["reference", "=", "Q-00101-P"]]),
-            json!([]),
-        ))
+        .exchange(sale_lookup(1, json!([])))
         .exchange(search(
             1,
             "party.party",
@@ -280,6 +301,8 @@ fn tryton_refusing_the_sale_is_rejected_with_its_message() {
             json!([["code", "=", "EUR"]]),
             json!([2]),
         ))
+        .exchange(address_and_terms(1)[0].clone())
+        .exchange(address_and_terms(1)[1].clone())
         .exchange(products(1, both_products()))
         .exchange(call(
             1,
