@@ -12,6 +12,7 @@ use std::process::Command;
 /// First-party plugins, embedded in the binary (directory under `plugins/`).
 const FIRST_PARTY: &[&str] = &[
     "cpq-source",
+    "cpq-writeback",
     "quote-to-order",
     "http-sink",
     "tryton-sink",

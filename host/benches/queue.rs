@@ -283,7 +283,7 @@ async fn filled(records: usize) -> anyhow::Result<RedbStore> {
                     trace_id: String::new(),
                 };
                 store
-                    .complete(lease, Completion::Finish(Box::new(dead)), None)
+                    .complete(lease, Completion::finish(dead), None)
                     .await?;
             }
             Ok::<_, anyhow::Error>(())

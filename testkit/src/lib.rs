@@ -15,6 +15,7 @@
 pub mod bench;
 mod local;
 pub mod mock_erp;
+pub mod mock_salesforce;
 pub mod nats;
 pub mod otlp;
 pub mod prometheus;

@@ -350,6 +350,109 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     assert_eq!(reversal["total"]["amount"], "-108.00", "{reversal:#}");
 }
 
+/// The chain's config with the DE ERP flow emitting `OrderBooked` and a write-back flow
+/// that takes each booking to the CPQ quote.
+fn booking_config(erp: &str, salesforce: &str) -> String {
+    let config = config(erp)
+        .replace(
+            r#"stripe_webhook_secret = { file = "stripe-secret.txt" }"#,
+            "stripe_webhook_secret = { file = \"stripe-secret.txt\" }\nsalesforce_token = { file = \"salesforce-token.txt\" }",
+        )
+        .replace(
+            "when = { tenon-entity = \"DE01\" }\nsink = \"erp-de\"",
+            "when = { tenon-entity = \"DE01\" }\nsink = \"erp-de\"\nemit = [\"OrderBooked\"]",
+        );
+    assert!(config.contains("emit = [\"OrderBooked\"]"));
+    format!(
+        r#"{config}
+[plugins.writeback]
+path = "plugins/cpq-writeback"
+config = {{ instance_url = "{salesforce}" }}
+secrets = ["salesforce_token"]
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.cpq-writeback]
+subscribe = ["OrderBooked"]
+sink = "writeback"
+"#
+    )
+}
+
+/// A German quote booked by its ERP: the `OrderBooked` the delivery makes carries the
+/// ERP's number, and the write-back flow patches it onto the CPQ quote as Salesforce's
+/// REST API takes it (a mock that checks the token, the object, the record and the
+/// fields).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_order_booked_in_the_erp_is_written_back_to_its_quote() {
+    let erp = MockErp::start().await.unwrap();
+    let salesforce = tenon_testkit::mock_salesforce::MockSalesforce::start(
+        "00Dxx0000001gPL!token",
+        &["a0q5g000001AbCdAAK"],
+        &["ERP_Order_Number__c", "ERP_Subscription_Order_Number__c"],
+    )
+    .await
+    .unwrap();
+    let base = erp.orders_url();
+    let ws = Workspace::new();
+    ws.write_config(&booking_config(
+        base.trim_end_matches("/sap/orders"),
+        &salesforce.instance_url(),
+    ));
+    std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
+    std::fs::write(
+        ws.path().join("salesforce-token.txt"),
+        "00Dxx0000001gPL!token",
+    )
+    .unwrap();
+    let tenon = Tenon::start(&ws);
+    tenon.load_customers().await;
+
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    // Delivered to the DE ERP, then written back.
+    let status = settled_with(&tenon, &ids[0], 2).await;
+    assert_eq!(
+        outcomes(&status),
+        [
+            (
+                "cpq-writeback".into(),
+                "writeback".into(),
+                "Delivered".into()
+            ),
+            ("erp-de".into(), "erp-de".into(), "Delivered".into()),
+        ],
+        "{status:#}"
+    );
+    let number = erp
+        .received()
+        .into_iter()
+        .find(|r| r.path == "/de/orders")
+        .unwrap()
+        .order_number;
+    let quote = salesforce.quote("a0q5g000001AbCdAAK").unwrap();
+    assert_eq!(quote["ERP_Order_Number__c"], number.as_str());
+    let calls = salesforce.calls();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(calls[0].method, "PATCH");
+    assert_eq!(
+        calls[0].path,
+        "/services/data/v60.0/sobjects/SBQQ__Quote__c/a0q5g000001AbCdAAK"
+    );
+    assert_eq!(calls[0].status, 204);
+
+    // The write-back's outcome says what it wrote where.
+    let written = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["flow"] == "cpq-writeback")
+        .unwrap();
+    assert_eq!(written["kind"], "OrderBooked");
+    assert_eq!(
+        written["result"]["Delivered"]["detail"],
+        format!("quote Q-00101 (a0q5g000001AbCdAAK): ERP_Order_Number__c = {number}")
+    );
+}
+
 /// A Zuora order of `actions` on subscription SUB-LIFE.
 fn zuora_order(actions: Value) -> String {
     json!({"existingAccountNumber": "A00000001", "orderDate": "2025-01-01",

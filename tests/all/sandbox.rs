@@ -392,6 +392,7 @@ fn the_audit_of_each_first_party_plugin() {
     let ws = Workspace::new();
     for (name, loads) in [
         ("cpq-source", true),
+        ("cpq-writeback", true),
         ("quote-to-order", true),
         ("http-sink", true),
         ("tryton-sink", true),

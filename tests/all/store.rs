@@ -217,7 +217,7 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
     assert_eq!(again.envelope.attempts.len(), 1, "with its attempt");
     let done = outcome(&again.envelope, OutcomeKind::Consumed);
     store
-        .complete(again, Completion::Finish(Box::new(done)), None)
+        .complete(again, Completion::finish(done), None)
         .await
         .unwrap();
     let a2 = take(store, "f/s").await.expect("a2 after a1");
@@ -236,7 +236,7 @@ async fn outcomes_are_found_by_lineage(s: Subject) {
         let mut finished = outcome(&lease.envelope, OutcomeKind::Consumed);
         finished.id = lease.envelope.message.id.child(0);
         store
-            .complete(lease, Completion::Finish(Box::new(finished)), None)
+            .complete(lease, Completion::finish(finished), None)
             .await
             .unwrap();
     }
@@ -291,7 +291,7 @@ async fn dead_letters_are_kept_redriven_and_discarded(s: Subject) {
             error: "invalid: no".into(),
         });
         store
-            .complete(lease, Completion::Finish(Box::new(dead)), None)
+            .complete(lease, Completion::finish(dead), None)
             .await
             .unwrap();
     }
@@ -380,7 +380,7 @@ async fn key_value_data_is_per_namespace_and_under_quota(s: Subject) {
     writes.put("seen", Some(b"yes".to_vec()));
     let done = outcome(&lease.envelope, OutcomeKind::Consumed);
     store
-        .complete(lease, Completion::Finish(Box::new(done)), Some(writes))
+        .complete(lease, Completion::finish(done), Some(writes))
         .await
         .unwrap();
     assert_eq!(a.get("seen").await.unwrap().as_deref(), Some(&b"yes"[..]));
@@ -418,7 +418,7 @@ async fn a_late_completion_is_refused(s: Subject) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let done = outcome(&brief.envelope, OutcomeKind::Consumed);
     let refused = store
-        .complete(brief, Completion::Finish(Box::new(done)), None)
+        .complete(brief, Completion::finish(done), None)
         .await
         .unwrap_err();
     assert!(matches!(refused, CompleteError::Stale { .. }), "{refused}");

@@ -222,12 +222,12 @@ impl Runtime {
             .instrument(span.clone())
             .await;
         let finished = match &completion {
-            Completion::Finish(outcome) => Some((**outcome).clone()),
+            Completion::Finish { outcome, .. } => Some((**outcome).clone()),
             _ => None,
         };
         let result = match &completion {
             Completion::Forward { .. } => "forwarded",
-            Completion::Finish(outcome) => metrics::result_name(&outcome.result),
+            Completion::Finish { outcome, .. } => metrics::result_name(&outcome.result),
             Completion::Retry(_) => "retry",
         };
         let commit = telemetry::start("store.commit", &step, vec![]);
@@ -295,7 +295,7 @@ impl Runtime {
         let completion = self.classify(policy, plugin, env, result, micros, step);
         let commits = match &completion {
             Completion::Forward { .. } => true,
-            Completion::Finish(outcome) => matches!(
+            Completion::Finish { outcome, .. } => matches!(
                 outcome.result,
                 OutcomeKind::Delivered { .. } | OutcomeKind::Consumed
             ),
@@ -346,6 +346,79 @@ impl Runtime {
         }
     }
 
+    /// What a sink's delivery of an `OrderAccepted` makes: an `OrderBooked` with the
+    /// number the system gave the order, for the flows that subscribe to it, where
+    /// the delivering flow `emit`s it (nothing otherwise). Its id is derived from the
+    /// order's, so a re-run after a crash makes the same one.
+    fn booked(
+        &self,
+        env: &Envelope,
+        system: &str,
+        receipt: &crate::sandbox::plugin::Receipt,
+        trail: &[Hop],
+        step: &opentelemetry::Context,
+    ) -> Vec<(String, Envelope)> {
+        if env.message.kind != tenon_model::kinds::ORDER_ACCEPTED {
+            return Vec::new();
+        }
+        let order: tenon_model::Order = match Encoding::from_content_type(&env.message.content_type)
+            .map_err(|e| e.to_string())
+            .and_then(|e| e.decode(&env.message.body).map_err(|e| e.to_string()))
+        {
+            Ok(order) => order,
+            Err(error) => {
+                tracing::warn!(%error, "a delivered OrderAccepted is not an order: no OrderBooked");
+                return Vec::new();
+            }
+        };
+        let booking = tenon_model::Booking {
+            order: order.id,
+            quote_id: order.quote_id,
+            quote_number: order.quote_number,
+            category: order.category,
+            customer: order.customer.id,
+            system: system.to_owned(),
+            reference: receipt.reference.clone(),
+            detail: receipt.detail.clone(),
+        };
+        let body = match Encoding::MsgPack.encode(&booking) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "cannot encode an OrderBooked");
+                return Vec::new();
+            }
+        };
+        let mut headers = env.message.headers.clone();
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(tenon_model::MODEL_HEADER));
+        headers.push((
+            tenon_model::MODEL_HEADER.to_owned(),
+            tenon_model::MODEL_VERSION.to_owned(),
+        ));
+        let message = StoredMessage {
+            id: env.message.id.clone(),
+            key: env.message.key.clone(),
+            kind: tenon_model::kinds::ORDER_BOOKED.to_owned(),
+            content_type: Encoding::MsgPack.content_type().to_owned(),
+            headers,
+            body,
+        }
+        .made_from(&env.message, 0);
+        let produced = Envelope {
+            message,
+            flow: env.flow.clone(),
+            route: env.route.clone(),
+            stage: env.stage + 1,
+            root: env.root.clone(),
+            accepted_ms: env.accepted_ms,
+            trail: trail.to_vec(),
+            attempts: Vec::new(),
+            not_before_ms: 0,
+            root_kind: env.root_kind.clone(),
+            trace: telemetry::carried(step),
+        };
+        self.published(&produced.message, &env.flow, false, &produced)
+    }
+
     /// What a stage's result means: forward the outputs, finish (delivered,
     /// consumed, rejected, dead letter), or retry later.
     fn classify(
@@ -367,7 +440,7 @@ impl Runtime {
         let mut trail = env.trail.clone();
         trail.push(hop);
         let finish = |result: OutcomeKind, trail: Vec<Hop>, attempts: Vec<Attempt>| {
-            Completion::Finish(Box::new(Outcome {
+            Completion::finish(Outcome {
                 id: env.message.id.clone(),
                 root: env.root.clone(),
                 flow: env.flow.clone(),
@@ -381,7 +454,7 @@ impl Runtime {
                 accepted_ms: env.accepted_ms,
                 root_kind: env.root_kind.clone(),
                 trace_id: env.trace.trace_id().unwrap_or_default().to_owned(),
-            }))
+            })
         };
         // The attempts so far, with this one's error.
         let with_attempt = |error: &str| {
@@ -419,14 +492,20 @@ impl Runtime {
         match result {
             Ok(Produced::Delivered(receipt)) => {
                 tracing::info!(outcome = "delivered", reference = %receipt.reference, "message delivered");
-                finish(
+                // An order booked in a system is news for the flows that want it.
+                let booked = self.booked(env, plugin.name(), &receipt, &trail, step);
+                let mut completion = finish(
                     OutcomeKind::Delivered {
                         reference: receipt.reference,
                         detail: receipt.detail,
                     },
                     trail,
                     env.attempts.clone(),
-                )
+                );
+                if let Completion::Finish { published, .. } = &mut completion {
+                    *published = booked;
+                }
+                completion
             }
             Ok(Produced::Outputs(outputs)) if outputs.is_empty() => {
                 tracing::info!(outcome = "consumed", "step produced no output");

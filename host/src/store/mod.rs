@@ -238,10 +238,26 @@ pub enum Completion {
         /// stage of a flow that subscribes to it).
         outputs: Vec<(String, Envelope)>,
     },
-    /// The message ended here.
-    Finish(Box<Outcome>),
+    /// The message ended here, with what its end publishes (a sink's delivery of an
+    /// order is an `OrderBooked` for the flows that subscribe to it; usually nothing).
+    Finish {
+        /// How it ended.
+        outcome: Box<Outcome>,
+        /// Messages for other flows' queues, written with the outcome.
+        published: Vec<(String, Envelope)>,
+    },
     /// Try again later: the envelope with the attempt recorded and `not_before_ms` set.
     Retry(Box<Envelope>),
+}
+
+impl Completion {
+    /// The message ended here with `outcome`, publishing nothing.
+    pub fn finish(outcome: Outcome) -> Completion {
+        Completion::Finish {
+            outcome: Box::new(outcome),
+            published: Vec::new(),
+        }
+    }
 }
 
 /// A message leased to one worker.

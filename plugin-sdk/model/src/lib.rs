@@ -32,6 +32,7 @@ pub const CANONICAL: &[(&str, &str)] = &[
     (kinds::QUOTE_APPROVED, "Quote"),
     (kinds::ORDER_DRAFTED, "Order"),
     (kinds::ORDER_ACCEPTED, "Order"),
+    (kinds::ORDER_BOOKED, "Booking"),
     (kinds::CONTRACT_ACTIVATED, "Contract"),
     (kinds::CONTRACT_AMENDED, "Contract"),
     (kinds::CONTRACT_CANCELLED, "Contract"),
@@ -62,6 +63,7 @@ pub fn schema(kind: &str, version: &str) -> Option<serde_json::Value> {
         "Invoice" => schemars::schema_for!(Invoice),
         "RevenueSchedule" => schemars::schema_for!(RevenueSchedule),
         "CreditNote" => schemars::schema_for!(CreditNote),
+        "Booking" => schemars::schema_for!(Booking),
         "Party" => schemars::schema_for!(Party),
         _ => return None,
     };
@@ -84,6 +86,10 @@ pub mod kinds {
     pub const ORDER_DRAFTED: &str = "OrderDrafted";
     /// An order the validation gateway accepted for fulfilment, body [`super::Order`].
     pub const ORDER_ACCEPTED: &str = "OrderAccepted";
+    /// An accepted order booked in a system (an ERP) that gave it its number, body
+    /// [`super::Booking`]. The runtime makes it when a sink delivers an
+    /// `OrderAccepted`, for the flows that subscribe to it.
+    pub const ORDER_BOOKED: &str = "OrderBooked";
     /// A contract (subscription) activated, body [`super::Contract`].
     pub const CONTRACT_ACTIVATED: &str = "ContractActivated";
     /// A contract changed (products added or removed, renewed, suspended, resumed),
@@ -378,6 +384,30 @@ pub struct OrderLine {
     /// The line's tax code, when the quote gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax_code: Option<String>,
+}
+
+/// An order booked in another system (event `OrderBooked`): the number that system
+/// gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct Booking {
+    /// The order (e.g. `Q-00822-P`).
+    pub order: String,
+    /// The quote it came from: its id in CPQ (the record a write-back updates).
+    pub quote_id: String,
+    /// The quote number.
+    pub quote_number: String,
+    /// Goods or subscription.
+    pub category: OrderCategory,
+    /// The customer.
+    pub customer: String,
+    /// The plugin instance that booked it (e.g. `erp-de`).
+    pub system: String,
+    /// The number the system gave it (e.g. SAP's sales order number).
+    pub reference: String,
+    /// What the system said, when anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// Lifecycle state of a contract.

@@ -726,33 +726,9 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
-            Completion::Forward { outputs } => {
-                self.publish(&outputs, |queue, e| {
-                    format!("{queue}|{}|{input}", e.message.id)
-                })
-                .await?;
-                // A copy entering a subscribing flow is accepted by that flow: logged
-                // like ingress, so the flow's replay covers it.
-                let entering = outputs
-                    .iter()
-                    .filter(|(_, e)| {
-                        e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str())
-                    })
-                    .map(|(_, e)| {
-                        (
-                            e.flow.clone(),
-                            EventBody::Accepted {
-                                envelope: Box::new(e.clone()),
-                            },
-                            format!("accepted|{}|{input}", e.message.id),
-                        )
-                    })
-                    .collect::<Vec<_>>();
-                if !entering.is_empty() {
-                    self.append_events(now_ms(), entering).await?;
-                }
-            }
-            Completion::Finish(outcome) => {
+            Completion::Forward { outputs } => self.write_outputs(&outputs, input).await?,
+            Completion::Finish { outcome, published } => {
+                self.write_outputs(&published, input).await?;
                 if let OutcomeKind::DeadLetter { .. } = &outcome.result {
                     let mut waiting = envelope.clone();
                     waiting.attempts = outcome.attempts.clone();
@@ -790,6 +766,40 @@ impl NatsStore {
                     .await
                     .map_err(nats("cannot write an outcome"))?;
             }
+        }
+        Ok(())
+    }
+
+    /// A step's outputs, or what a message's end publishes, each written once per
+    /// input. A copy entering a subscribing flow is accepted by that flow: logged like
+    /// ingress, so the flow's replay covers it.
+    async fn write_outputs(
+        &self,
+        outputs: &[(String, Envelope)],
+        input: u64,
+    ) -> Result<(), StoreError> {
+        if outputs.is_empty() {
+            return Ok(());
+        }
+        self.publish(outputs, |queue, e| {
+            format!("{queue}|{}|{input}", e.message.id)
+        })
+        .await?;
+        let entering = outputs
+            .iter()
+            .filter(|(_, e)| e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str()))
+            .map(|(_, e)| {
+                (
+                    e.flow.clone(),
+                    EventBody::Accepted {
+                        envelope: Box::new(e.clone()),
+                    },
+                    format!("accepted|{}|{input}", e.message.id),
+                )
+            })
+            .collect::<Vec<_>>();
+        if !entering.is_empty() {
+            self.append_events(now_ms(), entering).await?;
         }
         Ok(())
     }

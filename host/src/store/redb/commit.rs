@@ -204,7 +204,11 @@ impl Notifiers {
             Write::Complete {
                 slot, completion, ..
             } => {
-                if let Completion::Forward { outputs } = completion {
+                if let Completion::Forward { outputs }
+                | Completion::Finish {
+                    published: outputs, ..
+                } = completion
+                {
                     for (queue, _) in outputs {
                         self.get(queue).notify_one();
                     }
@@ -259,6 +263,33 @@ fn apply_one(
         }
         meta.insert("next_seq", seq)?;
         Ok::<(), StoreError>(())
+    };
+    // A step's outputs, or what a message's end publishes. A copy entering a
+    // subscribing flow (id `<id>@<flow>`) is accepted by that flow: logged like
+    // ingress, so the flow's replay covers it.
+    let write_outputs = |queue: &mut redb::Table<(&str, u64), &[u8]>,
+                         outputs: &[(String, Envelope)],
+                         ops: &mut Vec<IndexOp>| {
+        let entering: Vec<(String, EventBody)> = outputs
+            .iter()
+            .filter(|(_, e)| e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str()))
+            .map(|(_, e)| {
+                (
+                    e.flow.clone(),
+                    EventBody::Accepted {
+                        envelope: Box::new(e.clone()),
+                    },
+                )
+            })
+            .collect();
+        if !entering.is_empty() {
+            events::append(txn, now_ms(), entering)?;
+        }
+        append(
+            queue,
+            &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),
+            ops,
+        )
     };
     match write {
         Write::Enqueue { items, claim, log } => {
@@ -387,37 +418,15 @@ fn apply_one(
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
-                    // A copy entering a subscribing flow (id `<id>@<flow>`) is accepted
-                    // by that flow: logged like ingress, so the flow's replay covers it.
-                    let entering: Vec<(String, EventBody)> = outputs
-                        .iter()
-                        .filter(|(_, e)| {
-                            e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str())
-                        })
-                        .map(|(_, e)| {
-                            (
-                                e.flow.clone(),
-                                EventBody::Accepted {
-                                    envelope: Box::new(e.clone()),
-                                },
-                            )
-                        })
-                        .collect();
-                    if !entering.is_empty() {
-                        events::append(txn, now_ms(), entering)?;
-                    }
-                    append(
-                        &mut queue,
-                        &mut outputs.iter().map(|(q, e)| (q.as_str(), e)),
-                        ops,
-                    )?;
+                    write_outputs(&mut queue, outputs, ops)?;
                 }
-                Completion::Finish(outcome) => {
+                Completion::Finish { outcome, published } => {
                     let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
                     ops.push(IndexOp::Remove {
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
+                    write_outputs(&mut queue, published, ops)?;
                     if let (OutcomeKind::DeadLetter { .. }, Some(waiting)) =
                         (&outcome.result, waiting)
                     {

@@ -173,7 +173,7 @@ async fn outcomes_are_found_by_lineage() {
             at_ms: 0,
             result: OutcomeKind::Consumed,
         };
-        finish(&q, lease, Completion::Finish(Box::new(outcome)))
+        finish(&q, lease, Completion::finish(outcome))
             .await
             .unwrap();
     }
@@ -287,7 +287,7 @@ async fn the_database_stays_bounded_under_a_steady_load() {
                     detail: None,
                 },
             };
-            finish(&q, lease, Completion::Finish(Box::new(outcome)))
+            finish(&q, lease, Completion::finish(outcome))
                 .await
                 .unwrap();
         }
@@ -531,7 +531,7 @@ async fn end(store: &RedbStore, id: &str, at_ms: u64, dead: bool) {
         at_ms,
         result,
     };
-    finish(store, lease, Completion::Finish(Box::new(outcome)))
+    finish(store, lease, Completion::finish(outcome))
         .await
         .unwrap();
 }
@@ -804,9 +804,7 @@ async fn the_indexes_follow_overwrites_discards_and_redrives() {
         root: "d3".into(),
         ..again
     };
-    finish(&q, lease, Completion::Finish(Box::new(again)))
-        .await
-        .unwrap();
+    finish(&q, lease, Completion::finish(again)).await.unwrap();
     assert_eq!(letter_ids(&q.dead_letters().await.unwrap()), ["d1", "d3"]);
     assert_indexes_match(&q);
 
