@@ -61,6 +61,8 @@ for name, days in [("Net30", 30), ("Net45", 45)]:
 CUSTOMERS = [
     ("0015g00000XyZ12AAB", "Northwind Traders GmbH"),
     ("0015g00000XyZ34AAB", "Contoso Retail SAS"),
+    # The customer of Stripe's published invoice fixture (credit notes name it).
+    ("cus_QsYn1aSStYv4tf", "Stripe Fixture Customer"),
 ]
 parties = {}
 for code, name in CUSTOMERS:

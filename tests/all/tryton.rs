@@ -365,3 +365,85 @@ fn json_rpc_answers_are_classified() {
         Err(RpcError::Transient(_))
     ));
 }
+
+/// A credit note reaches Tryton as a customer credit note: 100.00 given back with the
+/// 19 % tax it was charged, 119.00 in all, left a draft; sent again, it is found.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credit_note_becomes_a_tryton_credit_note_once() {
+    let tryton = Tryton::start().await;
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[secrets]
+tryton_password = {{ file = "tryton-password.txt" }}
+
+[plugins.billing]
+path = "plugins/canonical-source"
+[plugins.tryton]
+path = "plugins/tryton-sink"
+secrets = ["tryton_password"]
+config = {{ url = "{}", database = "{DATABASE}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.credits]
+source = "billing"
+sink = "tryton"
+"#,
+        tryton.url
+    ));
+    std::fs::write(
+        ws.path().join("tryton-password.txt"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    let tenon = Tenon::start(&ws);
+    let note = json!({"kind": "CreditIssued", "key": "in_1Q2fh8BrSjgsps2DUqQsGLDj", "body": {
+        "id": "cn_T1", "number": "CN-0001", "invoice": "in_1Q2fh8BrSjgsps2DUqQsGLDj",
+        "customer": {"id": "cus_QsYn1aSStYv4tf"}, "currency": "EUR", "issued": "2026-12-02",
+        "lines": [{"id": "cnli_1", "invoice_line": "il_1", "description": "Dock returned",
+            "quantity": "1", "amount": {"amount": "100.00", "currency": "EUR"},
+            "taxes": [{"amount": {"amount": "19.00", "currency": "EUR"}, "rate_percent": "19", "inclusive": false}]}],
+        "total": {"amount": "119.00", "currency": "EUR"}}});
+    for attempt in ["created", "already created"] {
+        let ids = tenon.send_quote_to("billing", &note.to_string()).await;
+        let status = tenon.settled(&ids[0]).await;
+        assert_eq!(
+            status["outcomes"][0]["result"]["Delivered"]["detail"],
+            format!("credit note {attempt}"),
+            "{status:#}"
+        );
+    }
+    let invoices = tryton
+        .call(
+            "model.account.invoice.search_read",
+            vec![
+                json!([["reference", "=", "cn_T1"]]),
+                json!(0),
+                Value::Null,
+                Value::Null,
+                json!([
+                    "type",
+                    "state",
+                    "party.code",
+                    "untaxed_amount",
+                    "tax_amount",
+                    "total_amount",
+                    "description"
+                ]),
+            ],
+        )
+        .await;
+    let invoices = invoices.as_array().unwrap();
+    assert_eq!(invoices.len(), 1, "{invoices:#?}");
+    let invoice = &invoices[0];
+    assert_eq!(invoice["type"], "out");
+    assert_eq!(invoice["state"], "draft");
+    assert_eq!(invoice["party."]["code"], "cus_QsYn1aSStYv4tf");
+    assert_eq!(invoice["untaxed_amount"]["decimal"], "-100.00");
+    assert_eq!(invoice["tax_amount"]["decimal"], "-19.00");
+    assert_eq!(invoice["total_amount"]["decimal"], "-119.00");
+    assert_eq!(
+        invoice["description"],
+        "Credit note CN-0001 of invoice in_1Q2fh8BrSjgsps2DUqQsGLDj"
+    );
+}

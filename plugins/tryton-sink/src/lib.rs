@@ -17,6 +17,10 @@
 //! - Exactly once: the sale's `reference` is the order id; a sale with that reference
 //!   is looked up before one is created, so a redelivery finds the first one (and
 //!   takes it as far as the workflow says, if a crash stopped it on the way).
+//! - A `CreditIssued` becomes a customer credit note (`account.invoice` of type `out`
+//!   whose lines give the credited amounts back, quantity -1, on the revenue account,
+//!   taxed at the rate the billing system charged), its `reference` the credit note's
+//!   id, left a draft for accounting to post.
 //! - The session is kept in key-value storage and reused; an expired one (HTTP 401 or
 //!   403) is renewed once.
 //! - Tryton's `UserError` / `ValidationError` (the data is refused) are `rejected`;
@@ -24,7 +28,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use tenon_sdk::model::{Order, OrderLine};
+use tenon_sdk::model::{CreditNote, Order, OrderLine, kinds};
 use tenon_sdk::{Failure, Message, Receipt, kv};
 use tryton_rpc::{Client, Session};
 /// Tryton's JSON-RPC (answers, decimals, the client), shared with the other Tryton
@@ -34,12 +38,131 @@ pub use tryton_rpc::{RpcError, decimal, parse_answer};
 #[cfg(test)]
 mod tests;
 
-/// Create the order as a draft Tryton sale, unless one already carries its id.
+/// Create the order as a Tryton sale (or the credit note as a Tryton credit note),
+/// unless one already carries its id.
 #[tenon_sdk::sink]
 fn create_sale(message: Message, _idempotency_key: &str) -> Result<Receipt, Failure> {
-    let order: Order = message.decode()?;
-    let mut rpc = connect()?;
-    deliver_order(&mut rpc, &order)
+    match message.kind.as_str() {
+        kinds::CREDIT_ISSUED => {
+            let note: CreditNote = message.decode()?;
+            let mut rpc = connect()?;
+            deliver_credit(&mut rpc, &note)
+        }
+        _ => {
+            let order: Order = message.decode()?;
+            let mut rpc = connect()?;
+            deliver_order(&mut rpc, &order)
+        }
+    }
+}
+
+/// A credit note as a Tryton customer credit note: an `out` invoice whose lines give
+/// back each credited amount (quantity -1 at the amount, on the revenue account, with
+/// the tax of the rate the billing system charged), its `reference` the credit note's
+/// id (a redelivery finds it), left a draft for accounting to post.
+fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failure> {
+    if let Some(id) = rpc.search_one("account.invoice", json!([["reference", "=", note.id]]))? {
+        return Ok(Receipt {
+            reference: format!("account.invoice/{id}"),
+            detail: Some("credit note already created".into()),
+        });
+    }
+    let mut reasons = Vec::new();
+    let party_code = note
+        .customer
+        .external_ids
+        .get("tryton")
+        .unwrap_or(&note.customer.id);
+    let party = rpc.search_one("party.party", json!([["code", "=", party_code]]))?;
+    let address = match party {
+        Some(party) => rpc.search_one("party.address", json!([["party", "=", party]]))?,
+        None => {
+            reasons.push(format!(
+                "customer `{}` is not a Tryton party",
+                note.customer.id
+            ));
+            None
+        }
+    };
+    let currency = rpc.search_one(
+        "currency.currency",
+        json!([["code", "=", note.currency.code()]]),
+    )?;
+    if currency.is_none() {
+        reasons.push(format!("currency {} is not in Tryton", note.currency));
+    }
+    let journal = rpc.search_one("account.journal", json!([["type", "=", "revenue"]]))?;
+    let receivable = rpc.search_one(
+        "account.account",
+        json!([["type.receivable", "=", true], ["closed", "!=", true]]),
+    )?;
+    let revenue = rpc.search_one(
+        "account.account",
+        json!([["type.revenue", "=", true], ["closed", "!=", true]]),
+    )?;
+    let (Some(journal), Some(receivable), Some(revenue)) = (journal, receivable, revenue) else {
+        return Err(Failure::Rejected(vec![
+            "Tryton has no revenue journal, receivable or revenue account: set up its chart of accounts".into(),
+        ]));
+    };
+    let mut lines = Vec::new();
+    for line in &note.lines {
+        let mut values = json!({
+            "type": "line",
+            "account": revenue,
+            "quantity": -1.0,
+            "unit_price": decimal(line.amount.amount),
+            "description": line.description.clone().unwrap_or_else(|| format!("Credit of {}", line.invoice_line.as_deref().unwrap_or(&line.id))),
+        });
+        let mut taxes = Vec::new();
+        for tax in &line.taxes {
+            let Some(percent) = tax.rate_percent else {
+                continue;
+            };
+            let rate = percent / tenon_sdk::model::rust_decimal::Decimal::ONE_HUNDRED;
+            match rpc.search_one(
+                "account.tax",
+                json!([
+                    ["type", "=", "percentage"],
+                    ["rate", "=", decimal(rate.normalize())]
+                ]),
+            )? {
+                Some(id) => taxes.push(id),
+                None => reasons.push(format!("line {}: no Tryton tax at {percent} %", line.id)),
+            }
+        }
+        if !taxes.is_empty() {
+            values["taxes"] = json!([["add", taxes]]);
+        }
+        lines.push(values);
+    }
+    if !reasons.is_empty() {
+        return Err(Failure::Rejected(reasons));
+    }
+    let mut description = format!("Credit note {}", note.number.as_deref().unwrap_or(&note.id));
+    if let Some(invoice) = &note.invoice {
+        description.push_str(&format!(" of invoice {invoice}"));
+    }
+    let values = json!({
+        "type": "out",
+        "party": party.unwrap_or_default(),
+        "invoice_address": address.unwrap_or_default(),
+        "currency": currency.unwrap_or_default(),
+        "journal": journal,
+        "account": receivable,
+        "reference": note.id,
+        "description": description,
+        "lines": [["create", lines]],
+    });
+    let ids = rpc.call("model.account.invoice.create", vec![json!([values])])?;
+    let id = ids
+        .get(0)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Failure::Retryable(format!("unexpected create answer: {ids}")))?;
+    Ok(Receipt {
+        reference: format!("account.invoice/{id}"),
+        detail: Some("credit note created".into()),
+    })
 }
 
 const SESSION_KEY: &str = "session";
