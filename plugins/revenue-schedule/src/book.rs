@@ -686,8 +686,17 @@ impl Book {
                 .standalone
                 .clone()
                 .unwrap_or_else(|| Money::zero(self.currency.clone()));
-            let weight = ssp.amount * tenon_sdk::model::rust_decimal::Decimal::from(left)
-                / tenon_sdk::model::rust_decimal::Decimal::from(all.max(1));
+            let weight = ssp
+                .amount
+                .checked_mul(tenon_sdk::model::rust_decimal::Decimal::from(left))
+                .and_then(|w| {
+                    w.checked_div(tenon_sdk::model::rust_decimal::Decimal::from(all.max(1)))
+                })
+                .ok_or_else(|| {
+                    Failure::Invalid(format!(
+                        "{what}: standalone prices past what can be computed"
+                    ))
+                })?;
             weights.push(Money::new(
                 weight.round_dp(self.currency.minor_digits()),
                 self.currency.clone(),

@@ -184,12 +184,17 @@ fn line_schedule(
             book.invoice
         )])
     })?;
-    let credited: Decimal = before
+    let too_large = || Failure::Invalid(format!("{what}: amounts past what can be computed"));
+    let credited = before
         .iter()
         .filter(|s| s.source_line == *invoice_line)
-        .map(|s| -s.total.amount)
-        .sum();
-    if credited + line.amount.amount > billed.amount {
+        .try_fold(Decimal::ZERO, |sum, s| sum.checked_sub(s.total.amount))
+        .ok_or_else(too_large)?;
+    if credited
+        .checked_add(line.amount.amount)
+        .ok_or_else(too_large)?
+        > billed.amount
+    {
         return Err(Failure::Rejected(vec![format!(
             "{what}: credits {} of line {invoice_line}, which billed {billed} and has {credited} {} credited already",
             line.amount, billed.currency
@@ -365,8 +370,18 @@ fn on_the_day(
 fn revise_refund(book: &mut InvoiceBook) -> Result<Vec<RevenueSchedule>, Failure> {
     let what = format!("refund of invoice {}", book.invoice);
     let currency = book.total.currency.clone();
-    let credited: Decimal = book.credits.values().map(|c| c.total.amount).sum();
-    let uncovered = (book.refunded.amount - credited).max(Decimal::ZERO);
+    let too_large = || Failure::Invalid(format!("{what}: amounts past what can be computed"));
+    let credited = book
+        .credits
+        .values()
+        .try_fold(Decimal::ZERO, |sum, c| sum.checked_add(c.total.amount))
+        .ok_or_else(too_large)?;
+    let uncovered = book
+        .refunded
+        .amount
+        .checked_sub(credited)
+        .ok_or_else(too_large)?
+        .max(Decimal::ZERO);
     // The revenue share: the scheduled lines' amounts over the total (tax included).
     let lines: Vec<&RevenueSchedule> = book.lines.iter().collect();
     let net = lines

@@ -226,7 +226,12 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
             "ConditionCurrency": line.unit_price.currency.code(),
         })];
         if let Some(list) = list {
-            let off = line.unit_price.amount - list;
+            let Some(off) = line.unit_price.amount.checked_sub(list) else {
+                reasons.push(format!(
+                    "{at}: its list and net prices are past what can be computed"
+                ));
+                continue;
+            };
             conditions.push(json!({
                 "ConditionType": fits("discount condition type", &settings.discount_condition_type, 4, &mut reasons),
                 "ConditionRateValue": decimal(&format!("{at} discount"), off, 24, 9, &mut reasons),
