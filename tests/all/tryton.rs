@@ -304,17 +304,55 @@ async fn orders_become_tryton_sales_once_and_read_back() {
     assert_eq!(subscription.len(), 1);
     assert_eq!(subscription[0]["lines"][0]["product"], "SW-ANL-LIC");
 
-    // The same quote modified again (a new message): the sale exists, none is added.
-    let again = sample("plain.json").replace(
-        "\"Q-00101\"",
-        "\"Q-00101\", \"LastModifiedDate\": \"2026-11-27T10:00:00Z\"",
-    );
-    let ids = tenon.send_quote(&again).await;
+    // The quote revised (4 laptops instead of 3) after its sale was confirmed: a
+    // change order returns what was sold and sells the revision. Returned: 3 x 1169.1
+    // and 3 x 246.2; sold: 4 x 1169.1 and 3 x 246.2; 1169.10 in all. Taxes: 19 % of
+    // -3507.30, -738.60, 4676.40 and 738.60 is 222.129, 222.13 rounded: 1391.23.
+    let revised = sample("plain.json")
+        .replace(
+            "\"Q-00101\"",
+            "\"Q-00101\", \"LastModifiedDate\": \"2026-11-27T10:00:00Z\"",
+        )
+        .replacen("\"SBQQ__Quantity__c\": 3,", "\"SBQQ__Quantity__c\": 4,", 1)
+        .replace(
+            "\"SBQQ__NetTotal__c\": 3507.3",
+            "\"SBQQ__NetTotal__c\": 4676.4",
+        );
+    let ids = tenon.send_quote(&revised).await;
     let status = tenon.settled(&ids[0]).await;
-    let detail = status["outcomes"][0]["result"]["Delivered"]["detail"].clone();
+    let detail = status["outcomes"][0]["result"]["Delivered"]["detail"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status:#}"))
+        .to_owned();
     assert!(
-        detail == "processing sale already created" || detail == "confirmed sale already created",
+        detail.ends_with("sale created as a change order"),
         "{detail}"
+    );
+    let change = tryton.sales("Q-00101-P@2026-11-27T10:00:00Z").await;
+    assert_eq!(change.len(), 1, "one change order");
+    assert_eq!(change[0]["untaxed_amount"], "1169.10");
+    assert_eq!(change[0]["tax_amount"], "222.13");
+    assert_eq!(change[0]["total_amount"], "1391.23");
+    let mut quantities: Vec<(String, i64)> = change[0]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["product"].as_str().unwrap().to_owned(),
+                l["quantity"].as_f64().unwrap() as i64,
+            )
+        })
+        .collect();
+    quantities.sort();
+    assert_eq!(
+        quantities,
+        [
+            ("HW-DOCK-C".to_owned(), -3),
+            ("HW-DOCK-C".to_owned(), 3),
+            ("HW-LAP-14".to_owned(), -3),
+            ("HW-LAP-14".to_owned(), 4),
+        ]
     );
     assert_eq!(tryton.sales("Q-00101-P").await.len(), 1);
 

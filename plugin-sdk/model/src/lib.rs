@@ -264,6 +264,11 @@ pub struct Quote {
     /// The customer's own purchase order number, when the quote carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_po: Option<String>,
+    /// Which revision of the quote this is, as the source stamps it (Salesforce's
+    /// `LastModifiedDate`): a later revision of a quote already ordered changes its
+    /// orders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Quote lines in the source's order; bundles reference their parent by key.
     pub lines: Vec<QuoteLine>,
     /// Net total as the source computed it, in the quote's currency.
@@ -344,6 +349,10 @@ pub struct Order {
     /// When delivery or service is to start (the quote's start date).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_date: Option<NaiveDate>,
+    /// The quote revision it was made from: an order with the same id and another
+    /// revision replaces the one an ERP booked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     /// Order lines; bundle components reference their parent line.
     pub lines: Vec<OrderLine>,
     /// Sum of the lines' net amounts.
@@ -888,6 +897,7 @@ mod tests {
             payment_terms: None,
             customer_po: None,
             start_date: None,
+            revision: None,
             lines: vec![OrderLine {
                 line_number: 10,
                 parent_line_number: None,

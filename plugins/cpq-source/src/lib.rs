@@ -90,6 +90,7 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
         payment_terms: r.payment_terms,
         master_contract: r.master_contract,
         customer_po: None,
+        revision: r.last_modified.clone(),
         lines,
         net_total: r.net_amount,
     })

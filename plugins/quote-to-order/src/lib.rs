@@ -208,6 +208,7 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
                     payment_terms: quote.payment_terms.clone(),
                     customer_po: quote.customer_po.clone(),
                     start_date: quote.start_date,
+                    revision: quote.revision.clone(),
                     lines: Vec::new(),
                     total: Money::zero(currency.clone()),
                 });

@@ -17,6 +17,11 @@
 //! - Exactly once: the sale's `reference` is the order id; a sale with that reference
 //!   is looked up before one is created, so a redelivery finds the first one (and
 //!   takes it as far as the workflow says, if a crash stopped it on the way).
+//! - Revisions: the sale's description names the quote revision it was made from. An
+//!   order of another revision changes a draft or quoted sale in place (its lines
+//!   replaced, then taken through the workflow again); a confirmed sale can no longer
+//!   change, so the revision becomes a change order: a sale of its own (reference
+//!   `<order>@<revision>`) that returns the lines sold and sells the revised ones.
 //! - A `CreditIssued` becomes a customer credit note (`account.invoice` of type `out`
 //!   whose lines give the credited amounts back, quantity -1, on the revenue account,
 //!   taxed at the rate the billing system charged), its `reference` the credit note's
@@ -236,17 +241,17 @@ fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
         "sale.sale",
         json!([["reference", "=", order.id]]),
         Some(1),
-        &["state"],
+        &["state", "description", "lines"],
         &Default::default(),
     )?;
-    if let Some(sale) = existing.first() {
-        let id = sale
-            .get("id")
-            .and_then(Value::as_i64)
-            .ok_or_else(|| Failure::Retryable(format!("unexpected search answer: {sale}")))?;
-        let state = sale.get("state").and_then(Value::as_str).unwrap_or("draft");
-        let state = advance(rpc, id, state, workflow)?;
-        return Ok(receipt(id, &state, "already created"));
+    let existing = existing.first().map(Existing::of).transpose()?;
+    // The same revision again (a redelivery): the sale made of it.
+    if let Some(sale) = existing
+        .as_ref()
+        .filter(|s| s.description == description(order))
+    {
+        let state = advance(rpc, sale.id, &sale.state, workflow)?;
+        return Ok(receipt(sale.id, &state, "already created"));
     }
     let mut reasons = Vec::new();
     // The customer master's Tryton code, else the CRM id (the parties' code).
@@ -342,20 +347,168 @@ fn deliver_order(rpc: &mut Client, order: &Order) -> Result<Receipt, Failure> {
         address: address.unwrap_or_default(),
         payment_term,
     };
-    match sale_values(order, &header, &products) {
-        Err(missing) => reasons.extend(missing),
-        Ok(_) if !reasons.is_empty() => {}
-        Ok(values) => {
-            let ids = rpc.call("model.sale.sale.create", vec![json!([values])])?;
-            let id = ids
-                .get(0)
-                .and_then(Value::as_i64)
-                .ok_or_else(|| Failure::Retryable(format!("unexpected create answer: {ids}")))?;
-            let state = advance(rpc, id, "draft", workflow)?;
-            return Ok(receipt(id, &state, "created"));
+    let values = match sale_values(order, &header, &products) {
+        Err(missing) => {
+            reasons.extend(missing);
+            return Err(Failure::Rejected(reasons));
         }
+        Ok(_) if !reasons.is_empty() => return Err(Failure::Rejected(reasons)),
+        Ok(values) => values,
+    };
+    match existing {
+        None => {
+            let id = create(rpc, &values)?;
+            let state = advance(rpc, id, "draft", workflow)?;
+            Ok(receipt(id, &state, "created"))
+        }
+        // Another revision of an order Tryton still lets us change: changed in place.
+        Some(sale) if sale.state == "draft" || sale.state == "quotation" => {
+            if sale.state == "quotation" {
+                rpc.call("model.sale.sale.draft", vec![json!([sale.id])])?;
+            }
+            let mut changes = values;
+            changes["lines"] = json!([["delete", sale.lines], changes["lines"][0].clone()]);
+            if let Some(object) = changes.as_object_mut() {
+                object.remove("reference");
+            }
+            rpc.call("model.sale.sale.write", vec![json!([sale.id]), changes])?;
+            let state = advance(rpc, sale.id, "draft", workflow)?;
+            Ok(receipt(sale.id, &state, "revised"))
+        }
+        // Confirmed already: a change order, which returns the lines sold and sells
+        // the revised ones (what Tryton's sale itself can no longer change).
+        Some(sale) => change_order(rpc, order, &sale, values, workflow),
     }
-    Err(Failure::Rejected(reasons))
+}
+
+/// The sale already booked for an order.
+struct Existing {
+    id: i64,
+    state: String,
+    description: String,
+    lines: Vec<i64>,
+}
+
+impl Existing {
+    fn of(sale: &Value) -> Result<Existing, Failure> {
+        Ok(Existing {
+            id: sale
+                .get("id")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| Failure::Retryable(format!("unexpected search answer: {sale}")))?,
+            state: sale
+                .get("state")
+                .and_then(Value::as_str)
+                .unwrap_or("draft")
+                .to_owned(),
+            description: sale
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            lines: sale
+                .get("lines")
+                .and_then(Value::as_array)
+                .map(|l| l.iter().filter_map(Value::as_i64).collect())
+                .unwrap_or_default(),
+        })
+    }
+}
+
+fn create(rpc: &mut Client, values: &Value) -> Result<i64, Failure> {
+    let ids = rpc.call("model.sale.sale.create", vec![json!([values])])?;
+    ids.get(0)
+        .and_then(Value::as_i64)
+        .ok_or_else(|| Failure::Retryable(format!("unexpected create answer: {ids}")))
+}
+
+/// A change order for a revision of an order whose sale is confirmed: a sale of its
+/// own (reference `<order>@<revision>`, found again on a redelivery) with the booked
+/// sale's lines returned (negative quantities, at their price and taxes) and the
+/// revised lines sold, so that the two sales together are the revised order.
+fn change_order(
+    rpc: &mut Client,
+    order: &Order,
+    sale: &Existing,
+    mut values: Value,
+    workflow: Workflow,
+) -> Result<Receipt, Failure> {
+    let revision = order.revision.as_deref().unwrap_or("unstamped");
+    let reference = format!("{}@{revision}", order.id);
+    if let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", reference]]))? {
+        let state = rpc
+            .call("model.sale.sale.read", vec![json!([id]), json!(["state"])])?
+            .pointer("/0/state")
+            .and_then(Value::as_str)
+            .unwrap_or("draft")
+            .to_owned();
+        let state = advance(rpc, id, &state, workflow)?;
+        return Ok(receipt(id, &state, "already created as a change order"));
+    }
+    let booked = rpc.call(
+        "model.sale.line.read",
+        vec![
+            json!(sale.lines),
+            json!([
+                "sequence",
+                "product",
+                "unit",
+                "quantity",
+                "unit_price",
+                "description",
+                "taxes",
+                "type"
+            ]),
+        ],
+    )?;
+    let mut returned = Vec::new();
+    for line in booked.as_array().into_iter().flatten() {
+        if line["type"] != "line" {
+            continue;
+        }
+        let quantity = line["quantity"].as_f64().unwrap_or_default();
+        returned.push(json!({
+            "type": "line",
+            "sequence": line["sequence"],
+            "product": line["product"],
+            "unit": line["unit"],
+            "quantity": -quantity,
+            "unit_price": line["unit_price"],
+            "description": format!("Returned: {}", line["description"].as_str().unwrap_or_default()),
+            "taxes": [["add", line["taxes"]]],
+        }));
+    }
+    let mut lines = returned;
+    lines.extend(
+        values["lines"][0][1]
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    values["lines"] = json!([["create", lines]]);
+    values["reference"] = json!(reference);
+    values["description"] = json!(format!(
+        "Change of {} (sale {}) to {}",
+        order.id,
+        sale.id,
+        description(order)
+    ));
+    let id = create(rpc, &values)?;
+    let state = advance(rpc, id, "draft", workflow)?;
+    Ok(receipt(id, &state, "created as a change order"))
+}
+
+/// What the sale's description says of the order: the quote, the customer's PO
+/// number and the quote's revision (how a redelivery is told from a revision).
+pub fn description(order: &Order) -> String {
+    let mut text = format!("Quote {} ({:?})", order.quote_number, order.category);
+    if let Some(po) = &order.customer_po {
+        text.push_str(&format!(", PO {po}"));
+    }
+    if let Some(revision) = &order.revision {
+        text.push_str(&format!(", revision {revision}"));
+    }
+    text
 }
 
 fn receipt(id: i64, state: &str, what: &str) -> Receipt {
@@ -420,17 +573,13 @@ pub fn sale_values(
         .iter()
         .filter_map(|l| Some(line_values(l, products.get(l.product.code_or_id())?)))
         .collect();
-    let mut description = format!("Quote {} ({:?})", order.quote_number, order.category);
-    if let Some(po) = &order.customer_po {
-        description.push_str(&format!(", PO {po}"));
-    }
     let mut values = json!({
         "party": header.party,
         "invoice_address": header.address,
         "shipment_address": header.address,
         "currency": header.currency,
         "reference": order.id,
-        "description": description,
+        "description": description(order),
         "lines": [["create", lines]],
     });
     if let Some(term) = header.payment_term {

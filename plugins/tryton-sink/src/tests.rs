@@ -93,7 +93,8 @@ fn search(n: u32, model: &str, domain: Value, found: Value) -> Exchange {
     )
 }
 
-/// The lookup of a sale by the order id, answering `found` (`[{"id", "state"}]`).
+/// The lookup of a sale by the order id, answering `found` (`[{"id", "state",
+/// "description", "lines"}]`).
 fn sale_lookup(n: u32, found: Value) -> Exchange {
     call(
         n,
@@ -103,7 +104,7 @@ fn sale_lookup(n: u32, found: Value) -> Exchange {
             json!(0),
             json!(1),
             Value::Null,
-            json!(["state"]),
+            json!(["state", "description", "lines"]),
         ],
         result(found),
     )
@@ -226,7 +227,7 @@ fn a_kept_session_is_reused_and_renewed_once_when_refused() {
     // Reused: no login, and a sale already there is the receipt.
     let host = configured()
         .kv("session", &session(1))
-        .exchange(sale_lookup(1, json!([{"id": 5, "state": "draft"}])));
+        .exchange(sale_lookup(1, json!([{"id": 5, "state": "draft", "description": "Quote Q-00101 (Physical), PO 4500012345", "lines": [101, 102]}])));
     assert_eq!(
         deliver(&host, &order()),
         Ok(Receipt {
@@ -241,7 +242,7 @@ fn a_kept_session_is_reused_and_renewed_once_when_refused() {
         .with_header("authorization", &auth(1))
         .respond(401, "");
     let host = login(configured().kv("session", &session(1)).exchange(expired), 2)
-        .exchange(sale_lookup(2, json!([{"id": 5, "state": "draft"}])));
+        .exchange(sale_lookup(2, json!([{"id": 5, "state": "draft", "description": "Quote Q-00101 (Physical), PO 4500012345", "lines": [101, 102]}])));
     assert_eq!(deliver(&host, &order()).unwrap().reference, "sale.sale/5");
     host.assert_all_exchanged();
     let kept: Value = serde_json::from_slice(&host.kv_value("session").unwrap()).unwrap();
@@ -376,4 +377,52 @@ fn a_refused_login_or_a_missing_setting_is_invalid() {
         Err(Failure::Invalid(why)) if why.contains("tryton_password")
     ));
     assert!(host.requests().is_empty());
+}
+
+#[test]
+fn another_revision_of_a_draft_sale_replaces_its_lines() {
+    let mut order = order();
+    order.revision = Some("2026-11-27T10:00:00Z".into());
+    order.lines[0].quantity = 5.into();
+    let mut changes = sale();
+    changes.as_object_mut().unwrap().remove("reference");
+    changes["description"] =
+        json!("Quote Q-00101 (Physical), PO 4500012345, revision 2026-11-27T10:00:00Z");
+    changes["lines"][0][1][0]["quantity"] = json!(5.0);
+    changes["lines"] = json!([["delete", [101, 102]], changes["lines"][0].clone()]);
+    let host = configured()
+        .kv("session", &session(1))
+        .exchange(sale_lookup(
+            1,
+            json!([{"id": 5, "state": "draft", "description": "Quote Q-00101 (Physical), PO 4500012345", "lines": [101, 102]}]),
+        ))
+        .exchange(search(
+            1,
+            "party.party",
+            json!([["code", "=", "0015g00000XyZ12AAB"]]),
+            json!([7]),
+        ))
+        .exchange(search(
+            1,
+            "currency.currency",
+            json!([["code", "=", "EUR"]]),
+            json!([2]),
+        ))
+        .exchange(address_and_terms(1)[0].clone())
+        .exchange(address_and_terms(1)[1].clone())
+        .exchange(products(1, both_products()))
+        .exchange(call(
+            1,
+            "model.sale.sale.write",
+            vec![json!([5]), changes],
+            result(Value::Null),
+        ));
+    assert_eq!(
+        deliver(&host, &order),
+        Ok(Receipt {
+            reference: "sale.sale/5".into(),
+            detail: Some("draft sale revised".into()),
+        })
+    );
+    host.assert_all_exchanged();
 }
