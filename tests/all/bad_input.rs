@@ -211,7 +211,7 @@ fn config_errors_name_file_line_and_field() {
     assert_eq!(
         error,
         format!(
-            "error: {path}:16:8: flow `quote-to-order`: field `sink`: no plugin named `erp-snk` (defined: cpq-source, erp-sink, quote-to-order)"
+            "error: {path}:17:8: flow `quote-to-order`: field `sink`: no plugin named `erp-snk` (defined: cpq-source, erp-sink, quote-to-order)"
         )
     );
 }
@@ -223,7 +223,7 @@ fn a_step_of_the_wrong_kind_is_refused_at_start() {
     assert_eq!(
         error,
         format!(
-            "error: {path}:15:10: flow `quote-to-order`: field `steps`: `erp-sink` is a sink plugin; steps must be transform plugins"
+            "error: {path}:16:10: flow `quote-to-order`: field `steps`: `erp-sink` is a sink plugin; steps must be transform plugins"
         )
     );
 }
