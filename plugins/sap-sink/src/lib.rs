@@ -17,8 +17,8 @@
 //! - the customer's own PO number is `PurchaseOrderByCustomer` (SAP's "Customer
 //!   Reference"), the quote's start date the `RequestedDeliveryDate` and
 //!   `PricingDate` (OData `/Date(ms)/`), its payment terms `CustomerPaymentTerms`
-//!   (mapped; a key of four characters or fewer passes as it is, anything else
-//!   unmapped is refused by name);
+//!   (mapped by config; terms of four characters or fewer pass as they are; others are
+//!   left out, so SAP takes the customer master's, and a warning names the config);
 //! - each line's list price is its `PR00` condition and the difference to its net
 //!   price its discount condition (negative, per unit), so that SAP's net value is
 //!   the quote's to the cent; a line without a list price is priced at its net price.
@@ -55,6 +55,11 @@ fn create_sales_order(message: Message, _idempotency_key: &str) -> Result<Receip
     let order: Order = message.decode()?;
     let settings = Settings::from_config(config::get)?;
     let body = sales_order_body(&order, &settings).map_err(Failure::Rejected)?;
+    if let (Some(terms), None) = (&order.payment_terms, body.get("CustomerPaymentTerms")) {
+        tenon_sdk::log::warn(&format!(
+            "payment terms `{terms}` have no SAP key: SAP takes the customer master's (map them in config `payment_terms`, e.g. {{\"{terms}\": \"0001\"}})"
+        ));
+    }
     let service = Service::from_config("service_url")?;
 
     // Exactly once: a sales order carrying this order id already exists?
@@ -140,6 +145,17 @@ impl Settings {
             payment_terms,
             sold_to,
         })
+    }
+}
+
+/// SAP's payment terms key for the quote's terms: mapped by config, or the terms
+/// themselves when they can be a key (four characters at most). Others are left to SAP,
+/// which then takes the customer master's terms (the sink logs it, naming the config).
+fn payment_terms_key(terms: &str, settings: &Settings) -> Option<String> {
+    match settings.payment_terms.get(terms) {
+        Some(key) => Some(key.clone()),
+        None if terms.len() <= 4 => Some(terms.to_owned()),
+        None => None,
     }
 }
 
@@ -258,14 +274,12 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
         body["RequestedDeliveryDate"] = json!(odata_date(start));
         body["PricingDate"] = json!(odata_date(start));
     }
-    if let Some(terms) = &order.payment_terms {
-        match settings.payment_terms.get(terms) {
-            Some(key) => body["CustomerPaymentTerms"] = json!(fits("payment terms key", key, 4, &mut reasons)),
-            None if terms.len() <= 4 => body["CustomerPaymentTerms"] = json!(terms),
-            None => reasons.push(format!(
-                "payment terms `{terms}` have no SAP key: map them in config `payment_terms` (e.g. {{\"{terms}\": \"0001\"}})"
-            )),
-        }
+    if let Some(key) = order
+        .payment_terms
+        .as_ref()
+        .and_then(|terms| payment_terms_key(terms, settings))
+    {
+        body["CustomerPaymentTerms"] = json!(fits("payment terms key", &key, 4, &mut reasons));
     }
     if reasons.is_empty() {
         Ok(body)

@@ -177,15 +177,21 @@ fn an_order_becomes_one_sales_order_through_the_csrf_flow() {
 }
 
 #[test]
-fn payment_terms_sap_does_not_know_are_refused_by_name_and_a_net_price_stands_alone() {
+fn payment_terms_sap_does_not_know_are_left_to_sap_and_a_net_price_stands_alone() {
     let mut order = order();
     order.payment_terms = Some("Net 45".into());
-    assert_eq!(
-        deliver(&configured(), &order),
-        Err(Failure::Rejected(vec![
-            "payment terms `Net 45` have no SAP key: map them in config `payment_terms` (e.g. {\"Net 45\": \"0001\"})".into()
-        ]))
-    );
+    let host = configured();
+    let body = host
+        .run(|| sales_order_body(&order, &Settings::from_config(config::get).unwrap()))
+        .unwrap();
+    assert_eq!(body.get("CustomerPaymentTerms"), None);
+    // Delivering it says so (here to an order already there).
+    let host = configured().exchange(lookup("Q-00101-P", &["0000001000"]));
+    deliver(&host, &order).unwrap();
+    assert!(host.logs().iter().any(|(level, m)| level == "warn"
+        && m.starts_with(
+            "payment terms `Net 45` have no SAP key: SAP takes the customer master's"
+        )));
     // A key SAP could know passes as it is; without a list price, the net price is
     // the only condition.
     order.payment_terms = Some("NT45".into());
