@@ -290,6 +290,10 @@ pub struct QuoteLine {
     pub product: Option<Product>,
     /// Quantity, exact.
     pub quantity: Decimal,
+    /// On an amendment quote, the change in quantity against the contract (CPQ's
+    /// `SBQQ__EffectiveQuantity__c`: 2 when 10 become 12, -3 when 10 become 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective_quantity: Option<Decimal>,
     /// List price per unit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub list_price: Option<Decimal>,
@@ -353,10 +357,35 @@ pub struct Order {
     /// revision replaces the one an ERP booked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision: Option<String>,
+    /// When the order changes a contract already sold (an amendment or a renewal
+    /// quote): which contract, and how. An amendment's lines are the changes (a
+    /// negative quantity gives back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub change: Option<OrderChange>,
     /// Order lines; bundle components reference their parent line.
     pub lines: Vec<OrderLine>,
     /// Sum of the lines' net amounts.
     pub total: Money,
+}
+
+/// What an order changes: a contract already sold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub struct OrderChange {
+    /// Amendment (the contract's lines changed from now) or renewal (another term).
+    pub kind: ChangeKind,
+    /// The contract changed (CPQ's `SBQQ__MasterContract__c`).
+    pub contract: String,
+}
+
+/// How an order changes its contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum ChangeKind {
+    /// Products added, removed or their quantities changed.
+    Amendment,
+    /// Another term.
+    Renewal,
 }
 
 /// One line of an [`Order`].
@@ -898,6 +927,7 @@ mod tests {
             customer_po: None,
             start_date: None,
             revision: None,
+            change: None,
             lines: vec![OrderLine {
                 line_number: 10,
                 parent_line_number: None,

@@ -162,6 +162,7 @@ fn to_line(
         parent_key: line.parent_item_key,
         product,
         quantity,
+        effective_quantity: r.effective_quantity,
         list_price: r.list_price,
         net_price,
         net_total: match r.net_total {
@@ -297,6 +298,12 @@ struct LineRecord {
     product_name: Option<String>,
     #[serde(rename = "SBQQ__Quantity__c", default, deserialize_with = "decimal")]
     quantity: Option<Decimal>,
+    #[serde(
+        rename = "SBQQ__EffectiveQuantity__c",
+        default,
+        deserialize_with = "decimal"
+    )]
+    effective_quantity: Option<Decimal>,
     #[serde(rename = "SBQQ__ListPrice__c", default, deserialize_with = "decimal")]
     list_price: Option<Decimal>,
     #[serde(rename = "SBQQ__NetPrice__c", default, deserialize_with = "decimal")]

@@ -2,10 +2,16 @@
 //!
 //! Validation reports every failed rule, not only the first: a quote that is not
 //! approved (its status is not one of the `approved_statuses` config, "Approved" by
-//! default), an amendment or renewal quote (it changes a contract in billing: it is
-//! not a new order), a quote without a customer, without a currency, with a line
-//! without a product (or with a bundle parent that is not on the quote) is
-//! `rejected` with all its reasons.
+//! default), an amendment or renewal quote that names no contract, a quote without a
+//! customer, without a currency, with a line without a product (or with a bundle
+//! parent that is not on the quote) is `rejected` with all its reasons.
+//!
+//! An amendment or renewal quote (`SBQQ__Type__c`) makes orders that change the
+//! contract it names (`change`): a renewal's lines as they are (another term), an
+//! amendment's lines as the changes they make (each line's `SBQQ__EffectiveQuantity__c`:
+//! 2 when 10 become 12, -3 when 10 become 7; a line it leaves as it was is left out,
+//! and an amendment that changes nothing is refused). The ERP sinks book them as such
+//! (Tryton: a sale described as the change of that contract, returns for reductions).
 //!
 //! A valid quote becomes up to two `OrderDrafted` messages (the validation gateway
 //! makes them `OrderAccepted`): one for its one-time
@@ -21,7 +27,10 @@
 //! quote with the reason, never a trap.
 
 use tenon_sdk::model::rust_decimal::Decimal;
-use tenon_sdk::model::{Encoding, Money, Order, OrderCategory, OrderLine, Quote, Rounding, kinds};
+use tenon_sdk::model::{
+    ChangeKind, Encoding, Money, Order, OrderCategory, OrderChange, OrderLine, Quote, Rounding,
+    kinds,
+};
 use tenon_sdk::{Failure, Message, config};
 
 #[cfg(test)]
@@ -116,17 +125,36 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
         ),
         Some(_) => {}
     }
-    if let Some(kind) = quote
-        .quote_type
-        .as_deref()
-        .filter(|t| t.eq_ignore_ascii_case("amendment") || t.eq_ignore_ascii_case("renewal"))
-    {
-        let contract = quote.master_contract.as_deref().unwrap_or("(none named)");
-        reasons.push(format!(
-            "quote {q} is a{} {kind} quote of contract {contract}: it changes the contract in billing, it is not a new order",
-            if kind.eq_ignore_ascii_case("amendment") { "n" } else { "" }
-        ));
-    }
+    // An amendment or a renewal changes a contract already sold: it names it.
+    let change_kind = match quote.quote_type.as_deref() {
+        Some(t) if t.eq_ignore_ascii_case("amendment") => Some(ChangeKind::Amendment),
+        Some(t) if t.eq_ignore_ascii_case("renewal") => Some(ChangeKind::Renewal),
+        _ => None,
+    };
+    let change = match (change_kind, quote.master_contract.as_deref()) {
+        (Some(kind), Some(contract)) if !contract.is_empty() => Some(OrderChange {
+            kind,
+            contract: contract.to_owned(),
+        }),
+        (Some(kind), _) => {
+            reasons.push(format!(
+                "quote {q} is {} {kind:?} quote that names no contract (SBQQ__MasterContract__c): there is nothing to change",
+                if kind == ChangeKind::Amendment { "an" } else { "a" }
+            ));
+            None
+        }
+        (None, _) => None,
+    };
+    let amendment = change_kind == Some(ChangeKind::Amendment);
+    // An amendment's order is its changes: each line's change in quantity, the lines
+    // it leaves as they were left out.
+    let quantity = |line: &tenon_sdk::model::QuoteLine| {
+        if amendment {
+            line.effective_quantity.unwrap_or(line.quantity)
+        } else {
+            line.quantity
+        }
+    };
     if quote.customer.is_none() {
         reasons.push(format!("quote {q} has no customer (sold-to account)"));
     }
@@ -140,7 +168,7 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
         if line.product.is_none() {
             reasons.push(format!("quote {q} line {} has no product", line.key));
         }
-        if line.quantity <= Decimal::ZERO {
+        if !amendment && line.quantity <= Decimal::ZERO {
             reasons.push(format!(
                 "quote {q} line {} has quantity {}, which is not positive",
                 line.key, line.quantity
@@ -178,11 +206,15 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
         let Some(product) = line.product.clone() else {
             continue;
         };
+        let quantity = quantity(line);
+        if amendment && quantity.is_zero() {
+            continue;
+        }
         let order_line = OrderLine {
             line_number: (i as u32 + 1) * 10,
             parent_line_number: line.parent_key.and_then(line_number),
             product,
-            quantity: line.quantity,
+            quantity,
             unit_price: Money::new(line.net_price, currency.clone()),
             list_price: line.list_price.map(|p| Money::new(p, currency.clone())),
             net_amount: Money::new(line.net_total, currency.clone()).rounded_by(rounding),
@@ -209,6 +241,7 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
                     customer_po: quote.customer_po.clone(),
                     start_date: quote.start_date,
                     revision: quote.revision.clone(),
+                    change: change.clone(),
                     lines: Vec::new(),
                     total: Money::zero(currency.clone()),
                 });
@@ -221,6 +254,12 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
             .checked_add(&order_line.net_amount)
             .map_err(|e| vec![format!("quote {q}: the {category:?} order's total: {e}")])?;
         order.lines.push(order_line);
+    }
+    if amendment && orders.is_empty() {
+        return Err(vec![format!(
+            "quote {q} amends contract {} but changes no quantity: there is nothing to order",
+            quote.master_contract.as_deref().unwrap_or_default()
+        )]);
     }
     for order in &mut orders {
         order.total = order.total.clone().with_currency_scale();

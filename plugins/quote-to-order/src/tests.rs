@@ -210,19 +210,18 @@ fn only_approved_new_business_quotes_become_orders() {
         reasons(plugin_host(), quote(None, "Quote")),
         ["quote Q-00101 has no approval status: only approved quotes (Approved) become orders"]
     );
-    // An amendment changes a contract in billing: not a second order (with every
-    // reason when it is not approved either).
+    // An amendment must be approved too, and name its contract.
     assert_eq!(
         reasons(plugin_host(), quote(Some("In Review"), "Amendment")),
-        [
-            "quote Q-00101 is `In Review`: only approved quotes (Approved) become orders",
-            "quote Q-00101 is an Amendment quote of contract 800xx000001: it changes the contract in billing, it is not a new order",
-        ]
+        ["quote Q-00101 is `In Review`: only approved quotes (Approved) become orders"]
     );
+    let mut orphan: Quote = serde_json::from_str(PLAIN_QUOTE).unwrap();
+    orphan.quote_type = Some("Renewal".into());
+    let orphan = Message::encode(kinds::QUOTE_APPROVED, "Q-00101", &orphan).unwrap();
     assert_eq!(
-        reasons(plugin_host(), quote(Some("Approved"), "Renewal")),
+        reasons(plugin_host(), orphan),
         [
-            "quote Q-00101 is a Renewal quote of contract 800xx000001: it changes the contract in billing, it is not a new order"
+            "quote Q-00101 is a Renewal quote that names no contract (SBQQ__MasterContract__c): there is nothing to change"
         ]
     );
     // An org whose approval ends in "Accepted" says so in config.
@@ -237,4 +236,58 @@ fn only_approved_new_business_quotes_become_orders() {
         reasons(plugin_host(), quote(Some("Accepted"), "Quote")),
         ["quote Q-00101 is `Accepted`: only approved quotes (Approved) become orders"]
     );
+}
+
+/// An amendment's order is its changes against the contract; a renewal's is the next
+/// term, as quoted.
+#[test]
+fn amendment_and_renewal_quotes_become_changes_of_their_contract() {
+    let mut amendment: Quote = serde_json::from_str(PLAIN_QUOTE).unwrap();
+    amendment.quote_type = Some("Amendment".into());
+    amendment.master_contract = Some("800xx000001".into());
+    // The laptops go from 3 to 5 (+2, net 2 x 1169.1 = 2338.20); the docks stay (0).
+    amendment.lines[0].quantity = 5.into();
+    amendment.lines[0].effective_quantity = Some(2.into());
+    amendment.lines[0].net_total = "2338.2".parse().unwrap();
+    amendment.lines[1].effective_quantity = Some(0.into());
+    let input = Message::encode(kinds::QUOTE_APPROVED, "Q-00101", &amendment).unwrap();
+    let out = plugin_host().run(|| quote_to_order(input)).unwrap();
+    let orders = orders_json(&out);
+    assert_eq!(orders.len(), 1);
+    assert_eq!(
+        orders[0]["change"],
+        serde_json::json!({"kind": "Amendment", "contract": "800xx000001"})
+    );
+    let lines = orders[0]["lines"].as_array().unwrap();
+    assert_eq!(lines.len(), 1, "the unchanged docks are left out");
+    assert_eq!(
+        (
+            lines[0]["quantity"].as_str(),
+            lines[0]["net_amount"]["amount"].as_str()
+        ),
+        (Some("2"), Some("2338.20"))
+    );
+    // A reduction gives back: -1 laptop.
+    amendment.lines[0].effective_quantity = Some((-1).into());
+    amendment.lines[0].net_total = "-1169.1".parse().unwrap();
+    let input = Message::encode(kinds::QUOTE_APPROVED, "Q-00101", &amendment).unwrap();
+    let out = plugin_host().run(|| quote_to_order(input)).unwrap();
+    assert_eq!(orders_json(&out)[0]["total"]["amount"], "-1169.10");
+    // Nothing changed: nothing to order.
+    amendment.lines[0].effective_quantity = Some(0.into());
+    let input = Message::encode(kinds::QUOTE_APPROVED, "Q-00101", &amendment).unwrap();
+    assert_eq!(
+        plugin_host().run(|| quote_to_order(input)),
+        Err(Failure::Rejected(vec![
+            "quote Q-00101 amends contract 800xx000001 but changes no quantity: there is nothing to order".into()
+        ]))
+    );
+    // A renewal: the next term, every line as quoted.
+    let mut renewal: Quote = serde_json::from_str(PLAIN_QUOTE).unwrap();
+    renewal.quote_type = Some("Renewal".into());
+    renewal.master_contract = Some("800xx000001".into());
+    let input = Message::encode(kinds::QUOTE_APPROVED, "Q-00101", &renewal).unwrap();
+    let orders = orders_json(&plugin_host().run(|| quote_to_order(input)).unwrap());
+    assert_eq!(orders[0]["change"]["kind"], "Renewal");
+    assert_eq!(orders[0]["lines"].as_array().unwrap().len(), 2);
 }

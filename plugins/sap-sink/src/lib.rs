@@ -182,6 +182,12 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
     let mut items = Vec::new();
     for line in &order.lines {
         let at = format!("line {}", line.line_number);
+        if line.quantity.is_sign_negative() {
+            reasons.push(format!(
+                "{at}: quantity {}: a sales order takes no negative quantity (an amendment's reduction is a return: book it as a returns order)",
+                line.quantity
+            ));
+        }
         let mut item = Map::new();
         item.insert(
             "SalesOrderItem".into(),

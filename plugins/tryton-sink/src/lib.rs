@@ -13,7 +13,9 @@
 //!   (e.g. `Net30`). Every one that is missing is reported, as `rejected`.
 //! - Taxes: each line takes its product's customer taxes (its account category's), unless
 //!   the quote says the line is not taxable.
-//! - The customer's PO number and the quote go in the sale's description.
+//! - The customer's PO number and the quote go in the sale's description; an order
+//!   that changes a contract (an amendment or renewal quote's) says so there, and an
+//!   amendment's reductions are lines of negative quantity (returns).
 //! - Exactly once: the sale's `reference` is the order id; a sale with that reference
 //!   is looked up before one is created, so a redelivery finds the first one (and
 //!   takes it as far as the workflow says, if a crash stopped it on the way).
@@ -498,10 +500,21 @@ fn change_order(
     Ok(receipt(id, &state, "created as a change order"))
 }
 
-/// What the sale's description says of the order: the quote, the customer's PO
-/// number and the quote's revision (how a redelivery is told from a revision).
+/// What the sale's description says of the order: the contract it changes (an
+/// amendment's or a renewal's), the quote, the customer's PO number and the quote's
+/// revision (how a redelivery is told from a revision).
 pub fn description(order: &Order) -> String {
-    let mut text = format!("Quote {} ({:?})", order.quote_number, order.category);
+    let mut text = String::new();
+    if let Some(change) = &order.change {
+        text.push_str(&format!(
+            "{:?} of contract {}: ",
+            change.kind, change.contract
+        ));
+    }
+    text.push_str(&format!(
+        "Quote {} ({:?})",
+        order.quote_number, order.category
+    ));
     if let Some(po) = &order.customer_po {
         text.push_str(&format!(", PO {po}"));
     }
