@@ -356,6 +356,52 @@ async fn orders_become_tryton_sales_once_and_read_back() {
     );
     assert_eq!(tryton.sales("Q-00101-P").await.len(), 1);
 
+    // An amendment quote of the contract: one more laptop, one dock less. Its order is
+    // the changes: +1 x 1169.1 and -1 x 246.2, 922.90 untaxed; the sale says which
+    // contract it changes.
+    let amendment = sample("plain.json")
+        .replace("\"Q-00101\"", "\"Q-00150\"")
+        .replace("a0q5g000001AbCdAAK", "a0q5g000001AmNdAAK")
+        .replace(
+            "\"SBQQ__Type__c\": \"Quote\"",
+            "\"SBQQ__Type__c\": \"Amendment\", \"SBQQ__MasterContract__c\": \"8005g000001ABCDAA4\"",
+        )
+        .replacen(
+            "\"SBQQ__Quantity__c\": 3,",
+            "\"SBQQ__Quantity__c\": 4, \"SBQQ__EffectiveQuantity__c\": 1,",
+            1,
+        )
+        .replace(
+            "\"SBQQ__NetTotal__c\": 3507.3",
+            "\"SBQQ__NetTotal__c\": 1169.1",
+        )
+        .replacen(
+            "\"SBQQ__Quantity__c\": 3,",
+            "\"SBQQ__Quantity__c\": 2, \"SBQQ__EffectiveQuantity__c\": -1,",
+            1,
+        )
+        .replace(
+            "\"SBQQ__NetTotal__c\": 738.6",
+            "\"SBQQ__NetTotal__c\": -246.2",
+        );
+    let ids = tenon.send_quote(&amendment).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    let changed = tryton.sales("Q-00150-P").await;
+    assert_eq!(changed.len(), 1);
+    assert_eq!(changed[0]["untaxed_amount"], "922.90");
+    assert!(
+        changed[0]["description"]
+            .as_str()
+            .unwrap()
+            .starts_with("Amendment of contract 8005g000001ABCDAA4: Quote Q-00150 (Physical)"),
+        "{:#}",
+        changed[0]
+    );
+
     // A customer and products Tryton does not know: rejected with every reason.
     let unknown = sample("plain.json")
         .replace("0015g00000XyZ12AAB", "0015g00000NOPE00AAA")

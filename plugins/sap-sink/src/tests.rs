@@ -285,12 +285,14 @@ fn what_sap_cannot_hold_is_rejected_before_anything_is_sent() {
     let mut order = order();
     order.customer.id = "0015g00000UNMAPPED".into();
     order.lines[0].quantity = "1.2345".parse().unwrap();
+    order.lines[1].quantity = (-1).into();
     let host = configured();
     assert_eq!(
         deliver(&host, &order),
         Err(Failure::Rejected(vec![
             "customer `0015g00000UNMAPPED` has no SAP customer number (customer master `external_ids.sap`, or config `sold_to`)".into(),
             "line 10 quantity 1.2345 does not fit SAP's Edm.Decimal(15, 3)".into(),
+            "line 20: quantity -1: a sales order takes no negative quantity (an amendment's reduction is a return: book it as a returns order)".into(),
         ]))
     );
     assert!(host.requests().is_empty());
