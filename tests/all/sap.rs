@@ -159,6 +159,7 @@ fn settings() -> sap_sink::Settings {
         quantity_unit: "PC".into(),
         price_condition_type: "PR00".into(),
         discount_condition_type: "RB00".into(),
+        revision_text_id: "0001".into(),
         payment_terms: [
             ("Net30".to_owned(), "0001".to_owned()),
             ("Net45".to_owned(), "0002".to_owned()),
@@ -222,6 +223,8 @@ fn every_body_the_sap_sink_emits_is_valid_against_the_metadata() {
     orders.push(long);
     let mut kwd = orders[0].clone();
     kwd.id = "Q-00901-P".into();
+    // A revision is recorded in a header text, which the metadata must allow too.
+    kwd.revision = Some("2026-11-27T11:00:00Z".into());
     kwd.currency = tenon_sdk::model::Currency::new("KWD").unwrap();
     for line in &mut kwd.lines {
         line.unit_price =
@@ -301,6 +304,8 @@ struct MockSap {
     fetches: usize,
     created: Vec<Value>,
     refused: Vec<String>,
+    /// Every change to an order after its creation: `METHOD path`.
+    changes: Vec<String>,
 }
 
 const SERVICE: &str = "/sap/opu/odata/sap/API_SALES_ORDER_SRV";
@@ -380,6 +385,125 @@ async fn sap_answer(
             ],
             json!({"d": {"EntitySets": ["A_SalesOrder"]}}),
         );
+    }
+    // A sales order's items and texts, and changes to them (SAP's deep paths).
+    let path = path.replace("%27", "'");
+    let order_of =
+        |s: &MockSap, number: &str| s.created.iter().position(|o| o["SalesOrder"] == number);
+    let between = |text: &str, from: &str, to: &str| {
+        text.split_once(from)
+            .and_then(|(_, rest)| rest.split_once(to))
+            .map(|(v, _)| v.to_owned())
+    };
+    if parts.method == hyper::Method::GET
+        && let Some(rest) = path.strip_prefix(&format!("{SERVICE}/A_SalesOrder('"))
+        && let Some((number, nav)) = rest.split_once("')/")
+    {
+        let Some(at) = order_of(&s, number) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &[],
+                odata_error("SO/404", "no such order"),
+            );
+        };
+        let results = s.created[at][nav]["results"].clone();
+        return reply(StatusCode::OK, &[], json!({"d": {"results": results}}));
+    }
+    let writes = [
+        hyper::Method::POST,
+        hyper::Method::PATCH,
+        hyper::Method::DELETE,
+    ];
+    if writes.contains(&parts.method) && path != format!("{SERVICE}/A_SalesOrder") {
+        let session = format!("SAP_SESSIONID_S4H_100={}", s.fetches);
+        if header("x-csrf-token") != s.token || !header("cookie").contains(&session) {
+            return reply(
+                StatusCode::FORBIDDEN,
+                &[("x-csrf-token", "Required")],
+                odata_error("/IWFND/CM_COS/011", "CSRF token validation failed"),
+            );
+        }
+        let change: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        s.changes.push(format!(
+            "{} {}",
+            parts.method,
+            path.trim_start_matches(SERVICE)
+        ));
+        let number = between(&path, "SalesOrder='", "'")
+            .or_else(|| between(&path, "A_SalesOrder('", "'"))
+            .unwrap_or_default();
+        let Some(at) = order_of(&s, &number) else {
+            return reply(
+                StatusCode::NOT_FOUND,
+                &[],
+                odata_error("SO/404", "no such order"),
+            );
+        };
+        let order = &mut s.created[at];
+        if path.contains("/A_SalesOrderItem(") {
+            let item = between(&path, "SalesOrderItem='", "'").unwrap_or_default();
+            let items = order["to_Item"]["results"].as_array_mut().unwrap();
+            let Some(i) = items
+                .iter()
+                .position(|it| it["SalesOrderItem"] == item.as_str())
+            else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &[],
+                    odata_error("SO/404", "no such item"),
+                );
+            };
+            if parts.method == hyper::Method::DELETE {
+                items.remove(i);
+            } else {
+                let errors = meta.check("A_SalesOrderItemType", &change);
+                if !errors.is_empty() {
+                    return reply(
+                        StatusCode::BAD_REQUEST,
+                        &[],
+                        odata_error("/IWBEP/CM_MGW_RT/020", &errors.join("; ")),
+                    );
+                }
+                for (k, v) in change.as_object().unwrap() {
+                    items[i][k] = v.clone();
+                }
+            }
+            return reply(StatusCode::NO_CONTENT, &[], Value::Null);
+        }
+        if path.ends_with("/to_Item") {
+            let errors = meta.check("A_SalesOrderItemType", &change);
+            if !errors.is_empty() {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    &[],
+                    odata_error("/IWBEP/CM_MGW_RT/020", &errors.join("; ")),
+                );
+            }
+            order["to_Item"]["results"]
+                .as_array_mut()
+                .unwrap()
+                .push(change.clone());
+            return reply(StatusCode::CREATED, &[], json!({"d": change}));
+        }
+        if path.contains("/A_SalesOrderText(") {
+            let id = between(&path, "LongTextID='", "'").unwrap_or_default();
+            let texts = order["to_Text"]["results"].as_array_mut();
+            let Some(text) =
+                texts.and_then(|t| t.iter_mut().find(|t| t["LongTextID"] == id.as_str()))
+            else {
+                return reply(
+                    StatusCode::NOT_FOUND,
+                    &[],
+                    odata_error("SO/404", "no such text"),
+                );
+            };
+            text["LongText"] = change["LongText"].clone();
+            return reply(StatusCode::NO_CONTENT, &[], Value::Null);
+        }
+        if path.ends_with("/to_Text") {
+            order["to_Text"] = json!({"results": [change.clone()]});
+            return reply(StatusCode::CREATED, &[], json!({"d": change}));
+        }
     }
     if parts.method == hyper::Method::GET && path == format!("{SERVICE}/A_SalesOrder") {
         let wanted = query.split("%27").nth(1).unwrap_or_default().to_owned();
@@ -516,18 +640,44 @@ async fn orders_reach_sap_through_its_csrf_flow_once() {
         "one fetch, then one more after the expiry: {status:#}"
     );
 
-    // The same order again (a new message for the same quote): found, not re-created.
-    let modified = sample("plain.json").replace(
-        "\"Q-00101\"",
-        "\"Q-00101\", \"LastModifiedDate\": \"2026-11-27T11:00:00Z\"",
-    );
-    let ids = tenon.send_quote(&modified).await;
+    // A revision of the quote (4 laptops instead of 3): the order is changed, not
+    // created again: the laptops' quantity patched, the docks left, the revision text
+    // added; nothing else.
+    let revised = sample("plain.json")
+        .replace(
+            "\"Q-00101\"",
+            "\"Q-00101\", \"LastModifiedDate\": \"2026-11-27T11:00:00Z\"",
+        )
+        .replacen("\"SBQQ__Quantity__c\": 3,", "\"SBQQ__Quantity__c\": 4,", 1)
+        .replace(
+            "\"SBQQ__NetTotal__c\": 3507.3",
+            "\"SBQQ__NetTotal__c\": 4676.4",
+        );
+    let ids = tenon.send_quote(&revised).await;
     let status = tenon.settled(&ids[0]).await;
     assert_eq!(
         status["outcomes"][0]["result"],
-        json!({"Delivered": {"reference": "0000001000", "detail": "SAP sales order already created"}})
+        json!({"Delivered": {"reference": "0000001000", "detail": "SAP sales order changed to the quote's revision"}})
     );
-    assert_eq!(state.lock().unwrap().created.len(), 2);
+    {
+        let s = state.lock().unwrap();
+        assert_eq!(s.created.len(), 2, "nothing created again");
+        assert_eq!(
+            s.changes,
+            [
+                "PATCH /A_SalesOrderItem(SalesOrder='0000001000',SalesOrderItem='10')",
+                "PATCH /A_SalesOrderText(SalesOrder='0000001000',Language='EN',LongTextID='0001')",
+                "POST /A_SalesOrder('0000001000')/to_Text",
+            ]
+        );
+        let items = &s.created[0]["to_Item"]["results"];
+        assert_eq!(items[0]["RequestedQuantity"], "4");
+        assert_eq!(items[1]["RequestedQuantity"], "3");
+        assert_eq!(
+            s.created[0]["to_Text"]["results"][0]["LongText"],
+            "tenon revision 2026-11-27T11:00:00Z"
+        );
+    }
 
     // SAP refuses the customer of the bundle: its OData message, as a rejection.
     let ids = tenon.send_quote(sample("bundle.json")).await;

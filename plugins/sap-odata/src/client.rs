@@ -57,7 +57,14 @@ impl Service {
     /// a new token when SAP says the first has expired. SAP's answer to the `POST`,
     /// whatever its status; a token refused twice is `retryable`.
     pub fn post_json(&self, entity_set: &str, body: &[u8]) -> Result<http::Response, Failure> {
-        let url = format!("{}/{entity_set}", self.root);
+        self.write("POST", entity_set, body)
+    }
+
+    /// A change through the same CSRF flow: `method` (`POST`, `PATCH`, `DELETE`) on
+    /// `path` below the root (e.g. `A_SalesOrderItem(SalesOrder='1',SalesOrderItem='10')`),
+    /// with a JSON body unless it is empty. SAP's answer, whatever its status.
+    pub fn write(&self, method: &str, path: &str, body: &[u8]) -> Result<http::Response, Failure> {
+        let url = format!("{}/{path}", self.root);
         for attempt in 0..2 {
             let (token, cookie) = self.fetch_token()?;
             let mut headers = self.headers();
@@ -65,7 +72,11 @@ impl Service {
             if !cookie.is_empty() {
                 headers.push(("cookie", &cookie));
             }
-            let response = http::post_json(&url, &headers, body)?;
+            headers.push(("accept", "application/json"));
+            if !body.is_empty() {
+                headers.push(("content-type", "application/json"));
+            }
+            let response = http::send(method, &url, &headers, body)?;
             let token_expired = response.status == 403
                 && response
                     .header("x-csrf-token")

@@ -28,6 +28,12 @@
 //! - SAP's CSRF protection: a `GET` of the service root with `x-csrf-token: Fetch`
 //!   gives the token and the session cookies that the `POST` must carry; a `403` with
 //!   `x-csrf-token: Required` (an expired token) fetches a new one and retries once.
+//! - Revisions: an order made of a quote revision records it in a header text
+//!   (`revision_text_id`, `0001`). Another revision of a quote already ordered changes
+//!   the SAP order: items whose quantity alone changed are patched, items of another
+//!   material or price replaced (SAP prices a new item itself), items no longer
+//!   ordered deleted, new ones created, then the text updated; the same revision again
+//!   is a redelivery.
 //! - Exactly once: the order id is the `AccountingDocExternalReference` (SAP's
 //!   "Reference", the document's number in another system, searchable; 16
 //!   characters), and a sales order with it is looked up first, so a redelivery finds
@@ -73,6 +79,14 @@ fn create_sales_order(message: Message, _idempotency_key: &str) -> Result<Receip
     }
     let found: Value = found.json()?;
     if let Some(number) = found["d"]["results"][0]["SalesOrder"].as_str() {
+        // Another revision of the quote changes the order; the same one is a
+        // redelivery.
+        if let Some(revision) = &order.revision
+            && recorded_revision(&service, number, &settings)? != Some(revision_text(revision))
+        {
+            change(&service, number, &body, revision, &settings)?;
+            return Ok(receipt(number, "changed to the quote's revision"));
+        }
         return Ok(receipt(number, "already created"));
     }
 
@@ -88,6 +102,161 @@ fn create_sales_order(message: Message, _idempotency_key: &str) -> Result<Receip
         ))
     })?;
     Ok(receipt(number, "created"))
+}
+
+/// The header text that records which quote revision an order is.
+fn revision_text(revision: &str) -> String {
+    format!("tenon revision {revision}")
+}
+
+fn ok_json(response: tenon_sdk::http::Response) -> Result<Value, Failure> {
+    if !response.is_success() {
+        return Err(failure(response.status, &response.body));
+    }
+    response.json()
+}
+
+/// The order's path in the service, its number quoted as OData wants.
+fn key(number: &str) -> String {
+    format!("SalesOrder='{}'", number.replace('\'', "''"))
+}
+
+/// The revision text sales order `number` carries, if any.
+fn recorded_revision(
+    service: &Service,
+    number: &str,
+    settings: &Settings,
+) -> Result<Option<String>, Failure> {
+    let texts = ok_json(service.get_json(&format!(
+        "/A_SalesOrder('{}')/to_Text?$format=json",
+        tenon_sdk::url::escape(number)
+    ))?)?;
+    Ok(texts["d"]["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["LongTextID"] == settings.revision_text_id.as_str())
+        .and_then(|t| t["LongText"].as_str())
+        .map(str::to_owned))
+}
+
+/// Change sales order `number` into `body` (the revised order's deep insert): items
+/// whose quantity alone changed are patched; items of another material or price are
+/// replaced (deleted, then created again with their conditions: SAP reprices a new
+/// item, never a patched condition); items no longer ordered are deleted, new ones
+/// created; then the revision text says which revision the order now is.
+fn change(
+    service: &Service,
+    number: &str,
+    body: &Value,
+    revision: &str,
+    settings: &Settings,
+) -> Result<(), Failure> {
+    let booked = ok_json(service.get_json(&format!(
+        "/A_SalesOrder('{}')/to_Item?$expand=to_PricingElement&$format=json",
+        tenon_sdk::url::escape(number)
+    ))?)?;
+    let booked: Vec<Value> = booked["d"]["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let wanted: Vec<Value> = body["to_Item"]["results"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let item_path = |item: &str| {
+        format!(
+            "A_SalesOrderItem({},SalesOrderItem='{}')",
+            key(number),
+            item.replace('\'', "''")
+        )
+    };
+    let write = |method: &str, path: &str, body: &Value| -> Result<(), Failure> {
+        let text = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        let response = service.write(method, path, text.as_bytes())?;
+        if response.is_success() {
+            Ok(())
+        } else {
+            Err(failure(response.status, &response.body))
+        }
+    };
+    // The conditions of an item, as (type, rate) pairs, to compare prices.
+    let prices = |item: &Value| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = item["to_PricingElement"]["results"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let rate = c["ConditionRateValue"].as_str().unwrap_or_default();
+                let rate = rate
+                    .parse::<tenon_sdk::model::rust_decimal::Decimal>()
+                    .map(|d| d.normalize().to_string())
+                    .unwrap_or_else(|_| rate.to_owned());
+                (
+                    c["ConditionType"].as_str().unwrap_or_default().to_owned(),
+                    rate,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let same_decimal = |a: &Value, b: &Value| {
+        let parse = |v: &Value| {
+            v.as_str()
+                .and_then(|t| t.parse::<tenon_sdk::model::rust_decimal::Decimal>().ok())
+        };
+        parse(a).is_some() && parse(a) == parse(b)
+    };
+    for item in &wanted {
+        let id = item["SalesOrderItem"].as_str().unwrap_or_default();
+        match booked.iter().find(|b| b["SalesOrderItem"] == id) {
+            Some(old) if old["Material"] == item["Material"] && prices(old) == prices(item) => {
+                if !same_decimal(&old["RequestedQuantity"], &item["RequestedQuantity"]) {
+                    write(
+                        "PATCH",
+                        &item_path(id),
+                        &json!({"RequestedQuantity": item["RequestedQuantity"]}),
+                    )?;
+                }
+            }
+            Some(_) => {
+                write("DELETE", &item_path(id), &Value::Null)?;
+                write("POST", &format!("A_SalesOrder('{number}')/to_Item"), item)?;
+            }
+            None => write("POST", &format!("A_SalesOrder('{number}')/to_Item"), item)?,
+        }
+    }
+    for old in &booked {
+        let id = old["SalesOrderItem"].as_str().unwrap_or_default();
+        if !wanted.iter().any(|w| w["SalesOrderItem"] == id) {
+            write("DELETE", &item_path(id), &Value::Null)?;
+        }
+    }
+    let text = json!({"LongText": revision_text(revision)});
+    let path = format!(
+        "A_SalesOrderText({},Language='EN',LongTextID='{}')",
+        key(number),
+        settings.revision_text_id
+    );
+    let response = service.write("PATCH", &path, text.to_string().as_bytes())?;
+    if response.status == 404 {
+        let mut created = text;
+        created["Language"] = json!("EN");
+        created["LongTextID"] = json!(settings.revision_text_id);
+        write(
+            "POST",
+            &format!("A_SalesOrder('{number}')/to_Text"),
+            &created,
+        )?;
+    } else if !response.is_success() {
+        return Err(failure(response.status, &response.body));
+    }
+    Ok(())
 }
 
 fn receipt(number: &str, what: &str) -> Receipt {
@@ -116,6 +285,8 @@ pub struct Settings {
     pub discount_condition_type: String,
     /// The quote's payment terms -> SAP's payment terms key.
     pub payment_terms: BTreeMap<String, String>,
+    /// The header text ID that records the quote revision an order is (`LongTextID`).
+    pub revision_text_id: String,
     /// CRM account id -> SAP customer number.
     pub sold_to: BTreeMap<String, String>,
 }
@@ -142,6 +313,7 @@ impl Settings {
             quantity_unit: text("quantity_unit", "PC"),
             price_condition_type: text("price_condition_type", "PR00"),
             discount_condition_type: text("discount_condition_type", "RB00"),
+            revision_text_id: text("revision_text_id", "0001"),
             payment_terms,
             sold_to,
         })
@@ -275,6 +447,13 @@ pub fn sales_order_body(order: &Order, settings: &Settings) -> Result<Value, Vec
     });
     if let Some(po) = &order.customer_po {
         body["PurchaseOrderByCustomer"] = json!(fits("customer PO number", po, 35, &mut reasons));
+    }
+    if let Some(revision) = &order.revision {
+        body["to_Text"] = json!({"results": [{
+            "Language": "EN",
+            "LongTextID": fits("revision text ID", &settings.revision_text_id, 4, &mut reasons),
+            "LongText": revision_text(revision),
+        }]});
     }
     if let Some(start) = order.start_date {
         body["RequestedDeliveryDate"] = json!(odata_date(start));

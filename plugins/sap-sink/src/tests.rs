@@ -386,3 +386,44 @@ fn without_the_secrets_no_authorization_is_sent() {
     assert_eq!(deliver(&host, &order()).unwrap().reference, "7");
     assert_eq!(host.requests()[0].header("authorization"), None);
 }
+
+#[test]
+fn the_same_revision_again_is_a_redelivery_and_changes_nothing() {
+    let mut order = order();
+    order.revision = Some("2026-11-27T11:00:00Z".into());
+    let host = configured()
+        .exchange(lookup("Q-00101-P", &["0000001000"]))
+        .exchange(
+            Exchange::get(&format!(
+                "{ROOT}/A_SalesOrder('0000001000')/to_Text?$format=json"
+            ))
+            .respond(
+                200,
+                json!({"d": {"results": [{"SalesOrder": "0000001000", "Language": "EN",
+                    "LongTextID": "0001", "LongText": "tenon revision 2026-11-27T11:00:00Z"}]}})
+                .to_string(),
+            ),
+        );
+    assert_eq!(
+        deliver(&host, &order).unwrap().detail.as_deref(),
+        Some("SAP sales order already created")
+    );
+    host.assert_all_exchanged();
+    assert_eq!(host.requests().len(), 2, "nothing written");
+    // A new order of a revision carries it in its header text.
+    let body = sales_order_body(
+        &order,
+        &Settings::from_config(|_| None)
+            .map(|mut s| {
+                s.sold_to
+                    .insert("0015g00000XyZ12AAB".into(), "USCU_S12".into());
+                s
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        body["to_Text"],
+        json!({"results": [{"Language": "EN", "LongTextID": "0001", "LongText": "tenon revision 2026-11-27T11:00:00Z"}]})
+    );
+}
