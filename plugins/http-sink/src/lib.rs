@@ -25,7 +25,15 @@
 //!     headers, percent-encoded as the binding says (space, `"`, `%` and everything
 //!     outside printable ASCII, as the `%XX` of its UTF-8 bytes);
 //! - `ce_source` (default `urn:tenon`): the CloudEvents `source`, a URI-reference
-//!   (e.g. `https://tenon.example.com/flows/orders`).
+//!   (e.g. `https://tenon.example.com/flows/orders`);
+//! - `update_method` (`PUT`, `PATCH` or `POST`), `update_url` (a template, default
+//!   `url`; `{ref}` is the reference the target gave the first time) and
+//!   `identity_field` (default `id`): how the endpoint takes a change of something
+//!   sent before. With `update_method` set, a message whose body's identity (an
+//!   order's `id`) was sent before (a revised quote's order) goes as an update to
+//!   `update_url`; without it, every message is a request of its own, and a revision
+//!   reaches the endpoint as another request with the same `id` (and its `revision`),
+//!   for an endpoint that upserts by `id`.
 //!
 //! | CloudEvents attribute | from |
 //! |---|---|
@@ -49,7 +57,7 @@
 
 use std::collections::BTreeMap;
 use tenon_sdk::model::IDEMPOTENCY_HEADER;
-use tenon_sdk::{Failure, Message, Receipt, config, http, secrets};
+use tenon_sdk::{Failure, Message, Receipt, config, http, kv, secrets};
 
 #[cfg(test)]
 mod tests;
@@ -57,12 +65,33 @@ mod tests;
 /// Send the message to the configured URL, in the configured format.
 #[tenon_sdk::sink]
 fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Failure> {
-    let url = url_for(&config::require("url")?, &message);
-    let method = config::get("method").unwrap_or_else(|| "POST".into());
-    if !["POST", "PUT", "PATCH"].contains(&method.to_ascii_uppercase().as_str()) {
-        return Err(Failure::Invalid(format!(
-            "config `method` is `{method}`; a sink sends with POST, PUT or PATCH"
-        )));
+    let method_of = |key: &str, default: &str| -> Result<String, Failure> {
+        let method = config::get(key).unwrap_or_else(|| default.into());
+        if ["POST", "PUT", "PATCH"].contains(&method.to_ascii_uppercase().as_str()) {
+            Ok(method)
+        } else {
+            Err(Failure::Invalid(format!(
+                "config `{key}` is `{method}`; a sink sends with POST, PUT or PATCH"
+            )))
+        }
+    };
+    let mut url = url_for(&config::require("url")?, &message);
+    let mut method = method_of("method", "POST")?;
+    // A message about something sent before (another revision of the same order) is
+    // an update, where the operator names how the endpoint takes one.
+    let identity = match config::get("update_method") {
+        Some(_) => identity(&message)?,
+        None => None,
+    };
+    let mut updated = false;
+    if let Some(identity) = &identity
+        && let Some(reference) = kv::get(&sent_key(identity))?
+    {
+        updated = true;
+        let reference = String::from_utf8_lossy(&reference).into_owned();
+        method = method_of("update_method", "PUT")?;
+        let template = config::get("update_url").unwrap_or(config::require("url")?);
+        url = url_for(&template, &message).replace("{ref}", &tenon_sdk::url::escape(&reference));
     }
     let format = Format::from_config(config::get("format").as_deref())?;
     let source = config::get("ce_source").unwrap_or_else(|| DEFAULT_CE_SOURCE.into());
@@ -106,10 +135,33 @@ fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Fail
             other => Some(other.to_string()),
         })
         .unwrap_or_else(|| idempotency_key.to_owned());
+    if let Some(identity) = &identity {
+        kv::set(&sent_key(identity), reference.as_bytes())?;
+    }
     Ok(Receipt {
         reference,
-        detail: Some(format!("HTTP {}", response.status)),
+        detail: Some(if updated {
+            format!("HTTP {} (an update: {method})", response.status)
+        } else {
+            format!("HTTP {}", response.status)
+        }),
     })
+}
+
+/// What the message is about: the `identity_field` of its body (`id`, an order's id),
+/// when it has one.
+fn identity(message: &Message) -> Result<Option<String>, Failure> {
+    let field = config::get("identity_field").unwrap_or_else(|| "id".into());
+    let body: serde_json::Value = message.decode()?;
+    Ok(match body.get(&field) {
+        Some(serde_json::Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    })
+}
+
+fn sent_key(identity: &str) -> String {
+    format!("sent/{identity}")
 }
 
 /// The URL of a message: the template with its placeholders filled in.

@@ -204,3 +204,37 @@ fn a_cloudevent_in_binary_mode() {
     assert!(matches!(send(&host), Err(Failure::Invalid(_))));
     assert!(host.requests().is_empty());
 }
+
+/// With `update_method`, the first order is created and a revision of it (the same
+/// order id) goes as an update to the reference the endpoint gave.
+#[test]
+fn a_revision_of_an_order_sent_before_goes_as_an_update_where_configured() {
+    let host = Host::new()
+        .with_manifest(include_str!("../plugin.toml"))
+        .config("url", "https://erp.example.com/orders")
+        .config("update_method", "PUT")
+        .config("update_url", "https://erp.example.com/orders/{ref}")
+        .exchange(
+            Exchange::post("https://erp.example.com/orders")
+                .respond(201, json!({"id": "ERP-7"}).to_string()),
+        )
+        .exchange(
+            Exchange::new("PUT", "https://erp.example.com/orders/ERP-7")
+                .respond(200, json!({"id": "ERP-7"}).to_string()),
+        );
+    let first = host.run(|| send_message(message(), "k1")).unwrap();
+    assert_eq!(
+        (first.reference.as_str(), first.detail.as_deref()),
+        ("ERP-7", Some("HTTP 201"))
+    );
+    let mut revised: Order = serde_json::from_value(order_json()).unwrap();
+    revised.revision = Some("2026-11-27T10:00:00Z".into());
+    revised.lines[0].quantity = 4.into();
+    let revision = Message::encode(kinds::ORDER_ACCEPTED, "Q-00101", &revised).unwrap();
+    let second = host.run(|| send_message(revision, "k2")).unwrap();
+    assert_eq!(second.detail.as_deref(), Some("HTTP 200 (an update: PUT)"));
+    host.assert_all_exchanged();
+    let put = &host.requests()[1];
+    assert_eq!(put.json()["lines"][0]["quantity"], "4");
+    assert_eq!(put.json()["revision"], "2026-11-27T10:00:00Z");
+}
