@@ -230,6 +230,13 @@ pub struct Discount {
     pub amount: Option<Decimal>,
 }
 
+impl Discount {
+    /// No discount stated.
+    pub fn is_empty(&self) -> bool {
+        self.percent.is_none() && self.amount.is_none()
+    }
+}
+
 /// A quote approved in CPQ (event `QuoteApproved`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -264,6 +271,11 @@ pub struct Quote {
     /// The customer's own purchase order number, when the quote carries it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub customer_po: Option<String>,
+    /// The discount on the whole quote, as the source states it (CPQ's
+    /// `SBQQ__CustomerDiscount__c`, a percentage); the lines' net prices already
+    /// include it.
+    #[serde(default, skip_serializing_if = "Discount::is_empty")]
+    pub discount: Discount,
     /// Which revision of the quote this is, as the source stamps it (Salesforce's
     /// `LastModifiedDate`): a later revision of a quote already ordered changes its
     /// orders.
@@ -353,6 +365,10 @@ pub struct Order {
     /// When delivery or service is to start (the quote's start date).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_date: Option<NaiveDate>,
+    /// The discount on the whole quote it came from (its lines' net prices include
+    /// it).
+    #[serde(default, skip_serializing_if = "Discount::is_empty")]
+    pub discount: Discount,
     /// The quote revision it was made from: an order with the same id and another
     /// revision replaces the one an ERP booked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -928,6 +944,7 @@ mod tests {
             start_date: None,
             revision: None,
             change: None,
+            discount: Discount::default(),
             lines: vec![OrderLine {
                 line_number: 10,
                 parent_line_number: None,

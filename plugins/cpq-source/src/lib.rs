@@ -91,6 +91,10 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
         master_contract: r.master_contract,
         customer_po: None,
         revision: r.last_modified.clone(),
+        discount: Discount {
+            percent: r.customer_discount,
+            amount: None,
+        },
         lines,
         net_total: r.net_amount,
     })
@@ -261,6 +265,12 @@ struct QuoteRecord {
     master_contract: Option<String>,
     #[serde(rename = "SBQQ__NetAmount__c", default, deserialize_with = "decimal")]
     net_amount: Option<Decimal>,
+    #[serde(
+        rename = "SBQQ__CustomerDiscount__c",
+        default,
+        deserialize_with = "decimal"
+    )]
+    customer_discount: Option<Decimal>,
     #[serde(rename = "CurrencyIsoCode")]
     currency: Option<String>,
     #[serde(rename = "LastModifiedDate")]

@@ -128,3 +128,27 @@ fn a_net_total_past_what_a_decimal_holds_is_invalid_not_a_trap() {
         other => panic!("not invalid: {other:?}"),
     }
 }
+
+#[test]
+fn the_header_discount_tax_flags_po_number_and_revision_are_kept() {
+    let quote = PLAIN
+        .replace(
+            "\"SBQQ__PaymentTerms__c\": \"Net30\",",
+            "\"SBQQ__PaymentTerms__c\": \"Net30\", \"SBQQ__CustomerDiscount__c\": 5.0, \"LastModifiedDate\": \"2026-11-27T10:00:00Z\",",
+        )
+        .replacen("\"SBQQ__Taxable__c\": true", "\"SBQQ__Taxable__c\": true, \"SBQQ__TaxCode__c\": \"VAT19\"", 1);
+    let host = source().config("po_number_field", "Customer_PO__c");
+    let q = quote_json(&ingested(&host, &quote));
+    assert_eq!(q["discount"], serde_json::json!({"percent": "5"}));
+    assert_eq!(q["customer_po"], "4500012345");
+    assert_eq!(q["revision"], "2026-11-27T10:00:00Z");
+    assert_eq!(
+        (&q["lines"][0]["taxable"], &q["lines"][0]["tax_code"]),
+        (&serde_json::json!(true), &serde_json::json!("VAT19"))
+    );
+    // Without the config the PO number is not guessed.
+    assert_eq!(
+        quote_json(&ingested(&source(), &quote)).get("customer_po"),
+        None
+    );
+}

@@ -242,6 +242,7 @@ pub fn map_quote_with(quote: &Quote, settings: &Settings) -> Result<Vec<Order>, 
                     start_date: quote.start_date,
                     revision: quote.revision.clone(),
                     change: change.clone(),
+                    discount: quote.discount.clone(),
                     lines: Vec::new(),
                     total: Money::zero(currency.clone()),
                 });
