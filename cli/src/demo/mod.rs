@@ -2,7 +2,8 @@
 //!
 //! It extracts the embedded plugins and the example config into `<data-dir>/demo`,
 //! starts a mock ERP and the runtime on free ports of 127.0.0.1, posts the samples
-//! (customers, CPQ quotes, a Zuora order, Stripe invoice events), waits until each
+//! (customers, CPQ quotes, a Zuora subscription and its amendment, Stripe invoice and
+//! credit note events), waits until each
 //! has settled, and prints each business key's path through the flows. Each quote is
 //! first asked of the synchronous validation API, whose answer must be the one the
 //! flows come to.
@@ -38,9 +39,21 @@ pub const INPUTS: &[(&str, &str, &str, Expect)] = &[
         Expect::Delivered(1),
     ),
     (
+        "zuora",
+        "zuora-amendment.json",
+        include_str!("../../../examples/quote-to-cash/samples/zuora-amendment.json"),
+        Expect::Delivered(1),
+    ),
+    (
         "stripe",
         "stripe-invoice-finalized.json",
         include_str!("../../../examples/quote-to-cash/samples/stripe-invoice-finalized.json"),
+        Expect::Delivered(2),
+    ),
+    (
+        "stripe",
+        "stripe-credit-note.json",
+        include_str!("../../../examples/quote-to-cash/samples/stripe-credit-note.json"),
         Expect::Delivered(2),
     ),
     (
