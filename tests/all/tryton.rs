@@ -530,4 +530,35 @@ sink = "tryton"
         invoice["description"],
         "Credit note CN-0001 of invoice in_1Q2fh8BrSjgsps2DUqQsGLDj"
     );
+
+    // A voided invoice is the credit of all it billed: 50.00 and 9.50 of tax back.
+    let voided = json!({"kind": "InvoiceVoided", "key": "in_V1", "body": {
+        "id": "in_V1", "number": "INV-0042", "customer": {"id": "cus_QsYn1aSStYv4tf"},
+        "currency": "EUR", "issued": "2026-12-01",
+        "lines": [{"id": "il_V1", "quantity": "1", "amount": {"amount": "50.00", "currency": "EUR"},
+            "taxes": [{"amount": {"amount": "9.50", "currency": "EUR"}, "rate_percent": "19", "inclusive": false}]}],
+        "total": {"amount": "59.50", "currency": "EUR"}}});
+    let ids = tenon.send_quote_to("billing", &voided.to_string()).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"]["Delivered"]["detail"], "credit note created",
+        "{status:#}"
+    );
+    let credit = tryton
+        .call(
+            "model.account.invoice.search_read",
+            vec![
+                json!([["reference", "=", "in_V1/void"]]),
+                json!(0),
+                Value::Null,
+                Value::Null,
+                json!(["total_amount", "description"]),
+            ],
+        )
+        .await;
+    assert_eq!(credit[0]["total_amount"]["decimal"], "-59.50");
+    assert_eq!(
+        credit[0]["description"],
+        "Credit note void of INV-0042 of invoice in_V1"
+    );
 }

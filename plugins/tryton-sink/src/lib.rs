@@ -24,7 +24,8 @@
 //!   replaced, then taken through the workflow again); a confirmed sale can no longer
 //!   change, so the revision becomes a change order: a sale of its own (reference
 //!   `<order>@<revision>`) that returns the lines sold and sells the revised ones.
-//! - A `CreditIssued` becomes a customer credit note (`account.invoice` of type `out`
+//! - A `CreditIssued` (and an `InvoiceVoided`, as the credit of all it billed, reference
+//!   `<invoice>/void`) becomes a customer credit note (`account.invoice` of type `out`
 //!   whose lines give the credited amounts back, quantity -1, on the revenue account,
 //!   taxed at the rate the billing system charged), its `reference` the credit note's
 //!   id, left a draft for accounting to post.
@@ -35,7 +36,7 @@
 
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use tenon_sdk::model::{CreditNote, Order, OrderLine, kinds};
+use tenon_sdk::model::{CreditLine, CreditNote, Invoice, Order, OrderLine, kinds};
 use tenon_sdk::{Failure, Message, Receipt, kv};
 use tryton_rpc::{Client, Session};
 /// Tryton's JSON-RPC (answers, decimals, the client), shared with the other Tryton
@@ -55,11 +56,48 @@ fn create_sale(message: Message, _idempotency_key: &str) -> Result<Receipt, Fail
             let mut rpc = connect()?;
             deliver_credit(&mut rpc, &note)
         }
+        kinds::INVOICE_VOIDED => {
+            let invoice: Invoice = message.decode()?;
+            let mut rpc = connect()?;
+            deliver_credit(&mut rpc, &voiding(&invoice))
+        }
         _ => {
             let order: Order = message.decode()?;
             let mut rpc = connect()?;
             deliver_order(&mut rpc, &order)
         }
+    }
+}
+
+/// A voided invoice as the credit note that undoes all of it (`<invoice>/void`): each
+/// line given back with its taxes.
+pub fn voiding(invoice: &Invoice) -> CreditNote {
+    CreditNote {
+        id: format!("{}/void", invoice.id),
+        number: Some(format!(
+            "void of {}",
+            invoice.number.as_deref().unwrap_or(&invoice.id)
+        )),
+        invoice: Some(invoice.id.clone()),
+        customer: invoice.customer.clone(),
+        currency: invoice.currency.clone(),
+        issued: invoice.issued,
+        reason: Some("invoice voided".into()),
+        lines: invoice
+            .lines
+            .iter()
+            .map(|line| CreditLine {
+                id: line.id.clone(),
+                invoice_line: Some(line.id.clone()),
+                description: line.description.clone(),
+                quantity: line.quantity,
+                amount: line.amount.clone(),
+                service_period: line.service_period,
+                taxes: line.taxes.clone(),
+            })
+            .collect(),
+        total: invoice.total.clone(),
+        refund: None,
     }
 }
 
