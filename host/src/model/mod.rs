@@ -171,6 +171,12 @@ impl Trace {
 }
 
 impl Envelope {
+    /// A copy entering a subscribing flow (id `<id>@<flow>`, at the flow's first
+    /// stage): that flow accepts it, and logs it as ingress does.
+    pub fn is_entering(&self) -> bool {
+        self.stage == 0 && self.message.id.entered() == Some(self.flow.as_str())
+    }
+
     /// A message entering `flow` at the first stage of `route`: its own root, nothing
     /// tried yet.
     pub fn entering(

@@ -150,6 +150,22 @@ pub struct Party {
     pub credit_hold: bool,
 }
 
+impl Party {
+    /// A party known only by its id: no name, country, numbers elsewhere or parent,
+    /// neither blocked nor on credit hold.
+    pub fn new(id: impl Into<String>) -> Party {
+        Party {
+            id: id.into(),
+            name: None,
+            country: None,
+            external_ids: BTreeMap::new(),
+            parent: None,
+            blocked: false,
+            credit_hold: false,
+        }
+    }
+}
+
 /// A sellable product.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]

@@ -63,13 +63,9 @@ pub fn to_quote(model: QuoteModel, default_currency: Option<&str>) -> Result<Quo
             None => (None, None),
         };
         Party {
-            id,
             name,
             country,
-            external_ids: Default::default(),
-            parent: None,
-            blocked: false,
-            credit_hold: false,
+            ..Party::new(id)
         }
     });
     let lines = model

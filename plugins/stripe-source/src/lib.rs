@@ -490,32 +490,15 @@ pub fn service_days(start: i64, end: i64, zone: FixedOffset) -> Result<Period, F
 }
 
 fn customer(invoice: &StripeInvoice) -> Result<Party, Failure> {
-    let id = match &invoice.customer {
-        Value::String(id) => id.clone(),
-        Value::Object(c) => c
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        _ => String::new(),
-    };
-    if id.is_empty() {
-        return Err(Failure::Invalid(format!(
-            "invoice {} has no customer",
-            invoice.id
-        )));
-    }
+    let id = id_of(&invoice.customer)
+        .ok_or_else(|| Failure::Invalid(format!("invoice {} has no customer", invoice.id)))?;
     Ok(Party {
-        id,
         name: invoice.customer_name.clone(),
         country: invoice
             .customer_address
             .as_ref()
             .and_then(|a| a.country.clone()),
-        external_ids: Default::default(),
-        parent: None,
-        blocked: false,
-        credit_hold: false,
+        ..Party::new(id)
     })
 }
 
@@ -846,15 +829,7 @@ fn credit_message(kind: &str, object: Value, settings: &Settings) -> Result<Mess
         id: note.id.clone(),
         number: note.number.clone(),
         invoice: id_of(&note.invoice),
-        customer: Party {
-            id: customer,
-            name: None,
-            country: None,
-            external_ids: Default::default(),
-            parent: None,
-            blocked: false,
-            credit_hold: false,
-        },
+        customer: Party::new(customer),
         currency: currency.clone(),
         issued: Some(date(note.created, settings.zone)?),
         reason: note.reason.clone(),
@@ -917,15 +892,7 @@ fn refund_message(object: Value, zone: FixedOffset) -> Result<Option<Message>, F
     let payment = Payment {
         invoice_id: invoice.clone(),
         invoice_number: None,
-        customer: Party {
-            id: customer,
-            name: None,
-            country: None,
-            external_ids: Default::default(),
-            parent: None,
-            blocked: false,
-            credit_hold: false,
-        },
+        customer: Party::new(customer),
         amount: money(charge.amount_refunded, &currency(&charge.currency)?),
         on: Some(date(latest, zone)?),
         attempts: None,

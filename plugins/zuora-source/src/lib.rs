@@ -274,15 +274,7 @@ fn contract(
 ) -> Result<Contract, Failure> {
     let mut contract = Contract {
         id: number.to_owned(),
-        customer: Party {
-            id: account.to_owned(),
-            name: None,
-            country: None,
-            external_ids: Default::default(),
-            parent: None,
-            blocked: false,
-            credit_hold: false,
-        },
+        customer: Party::new(account.to_owned()),
         status: ContractStatus::Active,
         currency: currency.clone(),
         contract_effective: None,
@@ -342,40 +334,33 @@ fn contract(
                     .into_iter()
                     .flatten()
                 {
-                    let mut line = line(number, plan, "productRatePlanId", currency, None)?;
-                    line.effective = Some(start);
+                    let mut line = line(number, plan, "productRatePlanId", currency, None, start)?;
                     if !contract.evergreen {
                         termed(number, &mut line, start, contract.term_months)?;
                     }
                     contract.lines.push(line);
                 }
             }
-            "AddProduct" => {
-                let mut line = line(
-                    number,
-                    &action["addProduct"],
-                    "productRatePlanId",
-                    currency,
-                    Some(LineChange::Added),
-                )?;
-                line.effective = Some(day);
-                contract.lines.push(line);
-            }
-            "RemoveProduct" => {
-                let mut line = line(
-                    number,
-                    &action["removeProduct"],
-                    "ratePlanId",
-                    currency,
-                    Some(LineChange::Removed),
-                )?;
-                line.effective = Some(day);
-                contract.lines.push(line);
-            }
+            "AddProduct" => contract.lines.push(line(
+                number,
+                &action["addProduct"],
+                "productRatePlanId",
+                currency,
+                Some(LineChange::Added),
+                day,
+            )?),
+            "RemoveProduct" => contract.lines.push(line(
+                number,
+                &action["removeProduct"],
+                "ratePlanId",
+                currency,
+                Some(LineChange::Removed),
+                day,
+            )?),
             "UpdateProduct" => {
-                let mut line = update(number, &action["updateProduct"], currency)?;
-                line.effective = Some(day);
-                contract.lines.push(line);
+                contract
+                    .lines
+                    .push(update(number, &action["updateProduct"], currency, day)?)
             }
             // The old plan stops and the new one starts, on the same day.
             "ChangePlan" => {
@@ -385,16 +370,22 @@ fn contract(
                 } else {
                     "productRatePlanId"
                 };
-                let mut removed = line(number, change, old, currency, Some(LineChange::Removed))?;
-                removed.effective = Some(day);
-                let mut added = line(
+                let removed = line(
+                    number,
+                    change,
+                    old,
+                    currency,
+                    Some(LineChange::Removed),
+                    day,
+                )?;
+                let added = line(
                     number,
                     &change["newProductRatePlan"],
                     "productRatePlanId",
                     currency,
                     Some(LineChange::Added),
+                    day,
                 )?;
-                added.effective = Some(day);
                 contract.lines.extend([removed, added]);
             }
             // New terms (`termsAndConditions.lastTerm`): the term of what follows.
@@ -648,6 +639,7 @@ fn line(
     id_field: &str,
     currency: &Currency,
     change: Option<LineChange>,
+    effective: NaiveDate,
 ) -> Result<ContractLine, Failure> {
     let id = plan[id_field]
         .as_str()
@@ -684,7 +676,7 @@ fn line(
         charge: ChargeType::Recurring,
         service_period: None,
         change,
-        effective: None,
+        effective: Some(effective),
         recurring,
     })
 }
@@ -692,7 +684,12 @@ fn line(
 /// An `UpdateProduct`: the rate plan's new price per billing period from the
 /// action's date (`chargeUpdates[].pricing`, the billing period kept unless the update
 /// names one).
-fn update(number: &str, body: &Value, currency: &Currency) -> Result<ContractLine, Failure> {
+fn update(
+    number: &str,
+    body: &Value,
+    currency: &Currency,
+    effective: NaiveDate,
+) -> Result<ContractLine, Failure> {
     let id = body["ratePlanId"].as_str().ok_or_else(|| {
         Failure::Invalid(format!("{number}: an updateProduct without `ratePlanId`"))
     })?;
@@ -719,7 +716,7 @@ fn update(number: &str, body: &Value, currency: &Currency) -> Result<ContractLin
         charge: ChargeType::Recurring,
         service_period: None,
         change: Some(LineChange::Updated),
-        effective: None,
+        effective: Some(effective),
         recurring: Some(RecurringPrice {
             price: Money::new(price, currency.clone()),
             every_months: prices.every_months,
@@ -821,15 +818,7 @@ fn credit_memo(memo: &Value, account_currency: &str) -> Result<Vec<Message>, Fai
         id: id.to_owned(),
         number: text("number").map(str::to_owned),
         invoice: text("referredInvoiceId").map(str::to_owned),
-        customer: Party {
-            id: account.to_owned(),
-            name: None,
-            country: None,
-            external_ids: Default::default(),
-            parent: None,
-            blocked: false,
-            credit_hold: false,
-        },
+        customer: Party::new(account.to_owned()),
         currency: currency.clone(),
         issued: text("creditMemoDate")
             .map(|d| date(d, "creditMemoDate"))

@@ -787,7 +787,7 @@ impl NatsStore {
         .await?;
         let entering = outputs
             .iter()
-            .filter(|(_, e)| e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str()))
+            .filter(|(_, e)| e.is_entering())
             .map(|(_, e)| {
                 (
                     e.flow.clone(),

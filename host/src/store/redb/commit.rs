@@ -272,7 +272,7 @@ fn apply_one(
                          ops: &mut Vec<IndexOp>| {
         let entering: Vec<(String, EventBody)> = outputs
             .iter()
-            .filter(|(_, e)| e.stage == 0 && e.message.id.entered() == Some(e.flow.as_str()))
+            .filter(|(_, e)| e.is_entering())
             .map(|(_, e)| {
                 (
                     e.flow.clone(),
