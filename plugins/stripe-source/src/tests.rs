@@ -479,3 +479,23 @@ fn a_refund_is_all_refunded_on_the_invoice_and_one_without_an_invoice_is_nothing
             .any(|(_, m)| m.contains("paid no invoice"))
     );
 }
+
+#[test]
+fn a_credit_note_with_lines_left_out_or_no_customer_is_invalid() {
+    let mut event = credit_note_event("credit_note.created");
+    event["data"]["object"]["lines"]["has_more"] = true.into();
+    let body = event.to_string();
+    assert!(matches!(
+        source().run(|| ingest_webhook(signed(body.as_bytes()))),
+        Err(Failure::Invalid(why)) if why.starts_with("credit note cn_1MxvRqLkdIwHu7ixY0xbUcxk has more lines than the webhook carries")
+    ));
+    let mut event = credit_note_event("credit_note.created");
+    event["data"]["object"]["customer"] = serde_json::Value::Null;
+    let body = event.to_string();
+    assert_eq!(
+        source().run(|| ingest_webhook(signed(body.as_bytes()))),
+        Err(Failure::Invalid(
+            "credit note cn_1MxvRqLkdIwHu7ixY0xbUcxk has no customer".into()
+        ))
+    );
+}

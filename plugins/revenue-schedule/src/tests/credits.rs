@@ -187,3 +187,52 @@ fn a_zuora_credit_memo_is_taken_back_over_its_service_dates() {
     assert_eq!(out[0].id, "CM-1/cmi-1");
     assert_eq!(amounts(&out[0]), ["-30.00", "-30.00"]);
 }
+
+/// What a credit or a refund cannot apply to is refused by name, and nothing is kept.
+#[test]
+fn credits_that_do_not_fit_the_invoice_are_refused() {
+    let host = plugin_host();
+    run(&host, invoice_posted(0));
+    // A line the invoice does not have.
+    let mut note: Value = serde_json::to_value(
+        Encoding::MsgPack
+            .decode::<tenon_sdk::model::CreditNote>(
+                &credit_note("credit_note.created", "cn_5", 500, true).body,
+            )
+            .unwrap(),
+    )
+    .unwrap();
+    note["lines"][0]["invoice_line"] = "il_nope".into();
+    let stray = Message::encode(kinds::CREDIT_ISSUED, INVOICE, &note).unwrap();
+    assert_eq!(
+        host.run(|| schedule_revenue(stray)),
+        Err(Failure::Rejected(vec![format!(
+            "credit note cn_5 line cnli_cn_5: invoice {INVOICE} has no line il_nope"
+        )]))
+    );
+    // A void of a note never issued here.
+    assert!(matches!(
+        host.run(|| schedule_revenue(credit_note("credit_note.voided", "cn_6", 500, true))),
+        Err(Failure::Rejected(why)) if why[0] == format!("credit note cn_6 of invoice {INVOICE} was never issued here, or is voided already")
+    ));
+    // A refund in another currency than the invoice's.
+    let mut payment: tenon_sdk::model::Payment =
+        Encoding::MsgPack.decode(&refund(1000).body).unwrap();
+    payment.amount = tenon_sdk::model::Money::new(
+        "10.00".parse().unwrap(),
+        tenon_sdk::model::Currency::new("EUR").unwrap(),
+    );
+    let foreign = Message::encode(kinds::PAYMENT_REFUNDED, INVOICE, &payment).unwrap();
+    assert_eq!(
+        host.run(|| schedule_revenue(foreign)),
+        Err(Failure::Rejected(vec![format!(
+            "refund of invoice {INVOICE} in EUR, the invoice in USD"
+        )]))
+    );
+    // None of it left a trace: the first real note still credits from nothing.
+    let out = run(
+        &host,
+        credit_note("credit_note.created", "cn_7", 3000, true),
+    );
+    assert_eq!(amounts(&out[0]), ["-10.00", "-10.00", "-10.00"]);
+}

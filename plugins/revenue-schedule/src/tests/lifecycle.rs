@@ -488,3 +488,13 @@ fn changes_that_do_not_fit_the_contract_are_refused() {
         ]))
     );
 }
+
+/// A book the step cannot read is invalid input, named, not a trap or a guess.
+#[test]
+fn an_unreadable_book_is_invalid() {
+    let host = plugin_host().kv("contract/SUB-9", b"not a book");
+    assert!(matches!(
+        host.run(|| schedule_revenue(cancel("SUB-9", "2025-03-01"))),
+        Err(Failure::Invalid(why)) if why.starts_with("the stored book of contract SUB-9 is unreadable")
+    ));
+}
