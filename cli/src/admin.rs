@@ -2,7 +2,7 @@
 //! operator's key. Requests and answers are `tenon::api` types: the same ones the
 //! server serialises.
 
-use crate::cli::{DlqAction, KeysAction, PluginAction};
+use crate::cli::{DlqAction, ExceptionAction, KeysAction, PluginAction};
 use crate::client;
 use anyhow::Context as _;
 use serde::Serialize;
@@ -366,6 +366,53 @@ pub async fn dlq(admin: &Admin, action: DlqAction) -> anyhow::Result<ExitCode> {
             .await
         }
     }
+}
+
+/// `tenon exceptions ...`.
+pub async fn exceptions(admin: &Admin, action: ExceptionAction) -> anyhow::Result<ExitCode> {
+    let (ids, note, decision) = match action {
+        ExceptionAction::List => {
+            let held: api::Exceptions = admin.get("/v1/exceptions").await?;
+            for e in &held.exceptions {
+                println!(
+                    "{}  key={} flow={} before={} {}  {}",
+                    e.id,
+                    e.key,
+                    e.flow,
+                    e.stage,
+                    e.rule,
+                    e.reasons.join("; "),
+                );
+                println!("    {}", e.proposed);
+            }
+            if held.exceptions.is_empty() {
+                println!("no exceptions");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExceptionAction::Show { id } => {
+            let held: api::ExceptionDetail = admin.get(&format!("/v1/exceptions/{id}")).await?;
+            println!("{}", serde_json::to_string_pretty(&held)?);
+            return Ok(ExitCode::SUCCESS);
+        }
+        ExceptionAction::Approve { ids, note } => (ids, note, "approve"),
+        ExceptionAction::Reject { ids, note } => (ids, note, "reject"),
+    };
+    let mut code = ExitCode::SUCCESS;
+    for id in &ids {
+        let path = format!("/v1/exceptions/{id}/{decision}");
+        match admin
+            .post::<_, api::Decided>(&path, &api::Decide { note: note.clone() })
+            .await
+        {
+            Ok(done) => println!("{}: {}", done.id, done.decision),
+            Err(error) => {
+                eprintln!("{id}: {error:#}");
+                code = ExitCode::FAILURE;
+            }
+        }
+    }
+    Ok(code)
 }
 
 /// `tenon plugin ...` (but `audit`, which is offline).

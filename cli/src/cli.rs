@@ -44,7 +44,7 @@ pub struct Cli {
     pub log_format: LogFormat,
 
     /// A running server's admin API, for the commands that talk to it (`status`,
-    /// `plugin`, `dlq`, `replay`, `audit`, `keys`).
+    /// `plugin`, `dlq`, `exceptions`, `replay`, `audit`, `keys`).
     #[arg(
         long,
         global = true,
@@ -171,6 +171,17 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Inspect and decide exceptions on a running server (its admin API).
+    ///
+    /// An exception is a message held for a person: a rule of its flow holds it (an
+    /// approval threshold), or part of its transaction was delivered and this part
+    /// failed where the flow's saga asks a person. Approve: it goes on (a failed
+    /// part is tried again). Reject: it ends rejected, and what its transaction
+    /// delivered is undone where its flows have a saga.
+    Exceptions {
+        #[command(subcommand)]
+        action: ExceptionAction,
     },
     /// Create, list and revoke the API keys of a running server (and, offline,
     /// `generate` a key pair to sign plugins with).
@@ -366,6 +377,36 @@ pub enum DlqAction {
     },
 }
 
+/// What to do with exceptions.
+#[derive(Debug, Subcommand)]
+pub enum ExceptionAction {
+    /// List them, oldest first: what, why, the business key.
+    List,
+    /// Show one: the message, its reasons, what a decision does.
+    Show {
+        /// The message id.
+        id: String,
+    },
+    /// Approve them: each goes back before its stage, which takes it.
+    Approve {
+        /// Message ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why, recorded with the decision.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Reject them: each ends rejected; what its transaction delivered is undone.
+    Reject {
+        /// Message ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Why, recorded with the decision and in the rejection's reason.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -469,6 +510,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { action } => admin::dlq(&admin, action).await,
+        Command::Exceptions { action } => admin::exceptions(&admin, action).await,
         Command::Keys { action } => admin::keys(&admin, action).await,
         Command::Audit {
             plugin,

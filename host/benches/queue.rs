@@ -281,6 +281,7 @@ async fn filled(records: usize) -> anyhow::Result<RedbStore> {
                     accepted_ms: e.accepted_ms,
                     root_kind: e.root_kind.clone(),
                     trace_id: String::new(),
+                    undo: None,
                 };
                 store
                     .complete(lease, Completion::finish(dead), None)

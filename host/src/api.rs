@@ -230,6 +230,73 @@ pub struct DeadLetterDetail {
     pub body: serde_json::Value,
 }
 
+/// `GET /v1/exceptions`: messages held for a person, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Exceptions {
+    /// Every exception.
+    pub exceptions: Vec<ExceptionSummary>,
+}
+
+/// One exception: what is held, why, its business key and what a decision does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExceptionSummary {
+    /// The message id.
+    pub id: MessageId,
+    /// The ingress message it descends from (its transaction).
+    pub root: MessageId,
+    /// Its flow.
+    pub flow: String,
+    /// The stage it waits before (a plugin instance).
+    pub stage: String,
+    /// Its business key (e.g. the quote number).
+    pub key: String,
+    /// Its kind.
+    pub kind: String,
+    /// When it was held (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// What held it: `rule <n>` of its flow, or `saga` (part of its transaction was
+    /// delivered and this part failed).
+    pub rule: String,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// What approval does, and what rejection does.
+    pub proposed: String,
+}
+
+/// `GET /v1/exceptions/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ExceptionDetail {
+    /// What the list shows.
+    #[serde(flatten)]
+    pub summary: ExceptionSummary,
+    /// Failed attempts before it was held (for a failure held by a saga).
+    pub attempts: Vec<Attempt>,
+    /// Every plugin that handled it.
+    pub trail: Vec<Hop>,
+    /// The message itself, as JSON.
+    pub body: serde_json::Value,
+}
+
+/// `POST /v1/exceptions/{id}/approve|reject`: the decision's note.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decide {
+    /// Why, in words; recorded with the decision (and in a rejection's reason).
+    #[serde(default)]
+    pub note: String,
+}
+
+/// The answer to a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Decided {
+    /// The message id.
+    pub id: MessageId,
+    /// `approve` or `reject`.
+    pub decision: String,
+    /// The id of the API key that decided.
+    pub by: String,
+}
+
 /// `POST /v1/dlq/{id}/redrive|discard`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeadLetterHandled {

@@ -562,6 +562,67 @@ pub struct FlowEntry {
     /// Messages processed at once per stage (default 4).
     #[serde(default)]
     pub concurrency: Option<u32>,
+    /// For a subscribing flow: a CEL expression a message must satisfy to enter it,
+    /// beside `when`, e.g. `filter = 'double(order.total.amount) >= 1000.0'` (see
+    /// [`crate::policy`] for what an expression sees).
+    #[serde(default)]
+    pub filter: Option<Spanned<String>>,
+    /// Rules checked on each message before a stage takes it: a CEL expression and
+    /// what happens when it holds (`hold` for a person's approval, or `reject`).
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+    /// This flow's deliveries are part of their input's business transaction (every
+    /// message derived from one input): when another part of it fails for good (a
+    /// rejection or a dead letter, in any flow), what this flow's sink delivered is
+    /// undone through its `compensate` export. `"compensate"` does that at once;
+    /// `"exception"` makes the failure an exception a person decides first (approve:
+    /// try the failed part again; reject: compensate).
+    #[serde(default)]
+    pub saga: Option<Spanned<SagaPolicy>>,
+}
+
+/// What a flow taking part in sagas does when part of a transaction fails for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SagaPolicy {
+    /// Undo the deliveries already made, at once.
+    Compensate,
+    /// Hold the failure as an exception: a person approves (the failed part is tried
+    /// again) or rejects (the deliveries are undone).
+    Exception,
+}
+
+/// `[[flows.<name>.rules]]`: a policy without code.
+///
+/// ```toml
+/// [[flows.quote-to-order.rules]]
+/// at = "router"                  # the stage whose input it judges (default: the first)
+/// when = 'double(order.total.amount) > 50000.0'
+/// then = "hold"                  # an exception, until a person approves or rejects
+/// reason = "orders over 50,000 need finance's approval"
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// The stage (plugin instance of the flow) before which the rule is checked.
+    #[serde(default)]
+    pub at: Option<Spanned<String>>,
+    /// A CEL expression over the message: the rule applies when it is true.
+    pub when: Spanned<String>,
+    /// What happens when it applies.
+    pub then: RuleAction,
+    /// Why, in words: the exception's or the rejection's reason.
+    pub reason: String,
+}
+
+/// What a rule does to a message it applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleAction {
+    /// Hold it as an exception until a person approves (it goes on) or rejects it.
+    Hold,
+    /// Reject it with the rule's reason.
+    Reject,
 }
 
 /// `[apis.<name>]`: a synchronous route, `/v1/apis/<name>` on the ingest listener, for
@@ -907,7 +968,62 @@ impl Config {
                 ));
             }
         }
+        self.check_policies()?;
         self.check_subscriptions()
+    }
+
+    /// Every CEL expression compiles (the error names the expression and the place
+    /// in it), every rule's stage is one of its flow's, filters are on subscribers.
+    fn check_policies(&self) -> Result<(), ConfigError> {
+        for (flow, entry) in &self.flows {
+            if let Some(filter) = &entry.filter {
+                if entry.subscribe.is_empty() {
+                    return Err(self.error(
+                        filter,
+                        format!("flow `{flow}`: `filter` is for a flow that subscribes to events; a source's flow takes what its source sends"),
+                    ));
+                }
+                crate::policy::Expression::compile(filter.get_ref()).map_err(|e| {
+                    self.error(
+                        filter,
+                        format!("flow `{flow}`: `filter = '{}'`: {e}", filter.get_ref()),
+                    )
+                })?;
+            }
+            for (n, rule) in entry.rules.iter().enumerate() {
+                let n = n + 1;
+                crate::policy::Expression::compile(rule.when.get_ref()).map_err(|e| {
+                    self.error(
+                        &rule.when,
+                        format!(
+                            "flow `{flow}`: rule {n}: `when = '{}'`: {e}",
+                            rule.when.get_ref()
+                        ),
+                    )
+                })?;
+                if let Some(at) = &rule.at
+                    && !entry.stages().any(|s| s.get_ref() == at.get_ref())
+                {
+                    return Err(self.error(
+                        at,
+                        format!(
+                            "flow `{flow}`: rule {n}: `at = \"{}\"` is not a stage of the flow (its stages: {})",
+                            at.get_ref(),
+                            entry.stages().map(|s| s.get_ref().as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+            }
+            if let Some(saga) = &entry.saga
+                && entry.sink.is_none()
+            {
+                return Err(self.error(
+                    saga,
+                    format!("flow `{flow}`: `saga` is for a flow with a sink (what it undoes is what its sink delivered)"),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every subscribed kind can reach its subscriber: some other flow either ends

@@ -12,7 +12,7 @@
 //! | the sandbox | [`sandbox`] (engine, plugins, capabilities, egress, inspection, redaction); [`auth`] (API keys) |
 //! | keeping state | [`store`] (the message store seam and its backends, this node's database, the audit log) |
 //! | telling | [`telemetry`] (trace context and spans, metrics, the business KPIs) |
-//! | foundations | [`model`] (messages, outcomes, events, ids) below [`config`] (the flow config) |
+//! | foundations | [`model`] (messages, outcomes, events, ids) below [`policy`] (the config's CEL expressions) below [`config`] (the flow config) |
 //!
 //! `layers_hold` (a test in this file) fails the build of any `crate::` path that
 //! names a module of its own layer or one above.
@@ -22,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
@@ -33,6 +34,7 @@ pub mod telemetry;
 #[cfg(test)]
 const LAYERS: &[&[&str]] = &[
     &["model"],
+    &["policy"],
     &["config"],
     &["telemetry"],
     &["store"],

@@ -119,4 +119,19 @@ pub mod __private {
             .map(Into::into)
             .map_err(Into::into)
     }
+
+    pub fn compensate(
+        message: raw::Message,
+        delivered: raw::Receipt,
+        idempotency_key: String,
+        f: fn(Message, Receipt, &str) -> Result<Receipt, Failure>,
+    ) -> Result<raw::Receipt, raw::Failure> {
+        let delivered = Receipt {
+            reference: delivered.reference,
+            detail: delivered.detail,
+        };
+        f(message.into(), delivered, &idempotency_key)
+            .map(Into::into)
+            .map_err(Into::into)
+    }
 }

@@ -15,6 +15,8 @@ use tenon_model::IDEMPOTENCY_HEADER;
 /// One order the mock ERP received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Received {
+    /// The request method.
+    pub method: String,
     /// The request path.
     pub path: String,
     /// The `Idempotency-Key` header.
@@ -37,6 +39,8 @@ pub struct Received {
 struct State {
     log: Mutex<Log>,
     unavailable: AtomicBool,
+    /// Path prefixes answered `422` with a reason (a system refusing what it is sent).
+    refusing: Mutex<Vec<(String, String)>>,
     limit: Mutex<Option<ApiLimit>>,
 }
 
@@ -75,6 +79,34 @@ impl Drop for MockErp {
 }
 
 impl MockErp {
+    /// Answer `422 {"error": reason}` to every request whose path starts with
+    /// `prefix` (recorded, as every request is).
+    pub fn refuse(&self, prefix: &str, reason: &str) {
+        self.state
+            .refusing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((prefix.to_owned(), reason.to_owned()));
+    }
+
+    /// Stop refusing: every prefix given to [`MockErp::refuse`] is accepted again.
+    pub fn accept_all(&self) {
+        self.state
+            .refusing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    /// The order numbers cancelled: `DELETE <anything>/<number>` of a number it gave.
+    pub fn cancelled(&self) -> Vec<String> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.method == "DELETE" && r.order_number.starts_with("ERP-"))
+            .map(|r| r.order_number)
+            .collect()
+    }
+
     /// Start on a free port of 127.0.0.1.
     pub async fn start() -> std::io::Result<MockErp> {
         MockErp::start_on("127.0.0.1:0".parse().map_err(std::io::Error::other)?).await
@@ -194,6 +226,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         limit.used += 1;
     }
     let path = req.uri().path().to_owned();
+    let method = req.method().as_str().to_owned();
     let key = req
         .headers()
         .get(IDEMPOTENCY_HEADER)
@@ -213,13 +246,54 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         Ok(b) => b.to_bytes(),
         Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()})),
     };
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return reply(
-            StatusCode::BAD_REQUEST,
-            json!({"error": "body is not JSON"}),
-        );
+    let body = match (method.as_str(), body.is_empty()) {
+        ("DELETE", true) => Value::Null,
+        _ => match serde_json::from_slice::<Value>(&body) {
+            Ok(body) => body,
+            Err(_) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "body is not JSON"}),
+                );
+            }
+        },
     };
     let mut log = state.log.lock().unwrap_or_else(PoisonError::into_inner);
+    let refused = state
+        .refusing
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, reason)| reason.clone());
+    // A cancellation names the number it gave: `DELETE .../<number>`.
+    if method == "DELETE" || refused.is_some() {
+        let number = match &refused {
+            Some(_) => String::new(),
+            None => path.rsplit('/').next().unwrap_or_default().to_owned(),
+        };
+        let known = log.orders.values().any(|n| *n == number);
+        log.received.push(Received {
+            method,
+            path,
+            idempotency_key: key,
+            traceparent,
+            headers,
+            order_number: number.clone(),
+            body,
+            duplicate: false,
+            at: std::time::Instant::now(),
+        });
+        drop(log);
+        return match (refused, known) {
+            (Some(reason), _) => reply(StatusCode::UNPROCESSABLE_ENTITY, json!({"error": reason})),
+            (None, true) => reply(StatusCode::OK, json!({"id": number, "status": "cancelled"})),
+            (None, false) => reply(
+                StatusCode::NOT_FOUND,
+                json!({"error": format!("no order {number}")}),
+            ),
+        };
+    }
     let earlier = key.as_ref().and_then(|k| log.orders.get(k)).cloned();
     let duplicate = earlier.is_some();
     let order_number = earlier.unwrap_or_else(|| format!("ERP-{:06}", log.orders.len() + 1));
@@ -227,6 +301,7 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         log.orders.insert(key.clone(), order_number.clone());
     }
     log.received.push(Received {
+        method,
         path,
         idempotency_key: key,
         traceparent,

@@ -141,6 +141,7 @@ async fn a_redelivered_message_returns_its_recorded_outcome_without_calling_the_
         not_before_ms: 0,
         root_kind: delivered.root_kind.clone(),
         trace: Default::default(),
+        directive: None,
     };
     runtime
         .store()

@@ -18,6 +18,7 @@ mod observability;
 mod openapi;
 mod packages;
 mod plugins;
+mod process;
 mod restart;
 mod sandbox;
 mod sap;

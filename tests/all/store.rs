@@ -122,6 +122,7 @@ fn outcome(env: &Envelope, result: OutcomeKind) -> Outcome {
         attempts: vec![],
         at_ms: now_ms(),
         result,
+        undo: None,
     }
 }
 

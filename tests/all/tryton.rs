@@ -562,3 +562,94 @@ sink = "tryton"
         "Credit note void of INV-0042 of invoice in_V1"
     );
 }
+
+/// A saga through the real Tryton: a bundle quote's physical order becomes a quoted
+/// sale, its subscription is refused by billing, and the sale is cancelled in Tryton.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_subscription_cancels_its_physical_sale_in_tryton() {
+    let tryton = Tryton::start().await;
+    let billing = tenon_testkit::mock_erp::MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[secrets]
+tryton_password = {{ file = "tryton-password.txt" }}
+
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.tryton]
+path = "plugins/tryton-sink"
+secrets = ["tryton_password"]
+config = {{ url = "{url}", database = "{DATABASE}", workflow = "quoted" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[plugins.billing]
+path = "plugins/http-sink"
+config = {{ url = "http://{billing}/billing/subscriptions" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.quotes]
+source = "cpq-source"
+steps = ["quote-to-order"]
+
+[flows.erp]
+subscribe = ["OrderDrafted"]
+filter = 'order.category == "Physical"'
+sink = "tryton"
+saga = "compensate"
+
+[flows.billing]
+subscribe = ["OrderDrafted"]
+filter = 'order.category == "Subscription"'
+sink = "billing"
+saga = "compensate"
+backoff_ms = 50
+max_backoff_ms = 200
+max_attempts = 200
+"#,
+        url = tryton.url,
+        billing = billing.addr,
+    ));
+    std::fs::write(
+        ws.path().join("tryton-password.txt"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    let tenon = Tenon::start(&ws);
+
+    // Billing is down until the sale exists, then refuses the subscription.
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sales = tryton.sales("Q-00102-P").await;
+        if sales.first().is_some_and(|s| s["state"] == "quotation") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no quoted sale: {sales:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    billing.refuse("/billing", "no billing account for Contoso Retail SAS");
+    billing.set_unavailable(false);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && s.to_string().contains("Compensated")
+        })
+        .await;
+    let undone = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"].as_str().unwrap().ends_with("@erp.undo"))
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert_eq!(
+        undone["result"]["Compensated"]["detail"],
+        "cancelled sale cancelled"
+    );
+    let sales = tryton.sales("Q-00102-P").await;
+    assert_eq!(sales.len(), 1, "{sales:#?}");
+    assert_eq!(sales[0]["state"], "cancelled", "{sales:#?}");
+    assert!(tryton.sales("Q-00102-P/undo").await.is_empty());
+}

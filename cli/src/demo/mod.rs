@@ -283,6 +283,22 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
                     OutcomeKind::DeadLetter { error } => {
                         println!("  {:<16} => dead letter at {}: {error}", "", outcome.plugin)
                     }
+                    OutcomeKind::Held {
+                        rule,
+                        reasons,
+                        proposed,
+                    } => {
+                        println!(
+                            "  {:<16} => held for a person before {} ({rule}): {}",
+                            "",
+                            outcome.plugin,
+                            reasons.join("; ")
+                        );
+                        println!("  {:<16}    {proposed}", "");
+                    }
+                    OutcomeKind::Compensated { reference, .. } => {
+                        println!("  {:<16} => undone by {}: {reference}", "", outcome.plugin);
+                    }
                 }
             }
             if !status.pending.is_empty() {

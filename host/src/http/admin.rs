@@ -7,7 +7,9 @@ use super::access::{audit_api, authenticate, authorize, json_body};
 use super::problem::{Answer, Problem, json};
 use crate::api;
 use crate::auth::{ApiKey, Scope};
-use crate::model::{DeadLetter, Event, EventBody, MessageId, OutcomeKind, StoredMessage};
+use crate::model::{
+    DeadLetter, Directive, Event, EventBody, MessageId, OutcomeKind, StoredMessage,
+};
 use crate::runtime::Reload;
 use crate::store::audit::{AuditQuery, Decision};
 use hyper::body::Incoming;
@@ -231,6 +233,52 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                     done: (*action).to_owned(),
                 },
             ))
+        }
+        (&Method::GET, ["v1", "exceptions"]) => {
+            let held = runtime.exceptions().await?;
+            Ok(json(
+                StatusCode::OK,
+                &api::Exceptions {
+                    exceptions: held.iter().map(exception_summary).collect(),
+                },
+            ))
+        }
+        (&Method::GET, ["v1", "exceptions", id]) => {
+            let id = MessageId::from(*id);
+            let held = runtime
+                .exception(&id)
+                .await?
+                .ok_or_else(|| no_exception(&id))?;
+            Ok(json(
+                StatusCode::OK,
+                &api::ExceptionDetail {
+                    summary: exception_summary(&held),
+                    attempts: held.outcome.attempts.clone(),
+                    trail: held.outcome.trail.clone(),
+                    body: body_as_json(&held.envelope.message),
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "exceptions", id, decision @ ("approve" | "reject")]) => {
+            let id = MessageId::from(*id);
+            let decision = (*decision).to_owned();
+            let asked: api::Decide = body(state, req).await?;
+            let (by, note) = (key.id.clone(), asked.note);
+            let directive = match decision.as_str() {
+                "approve" => Directive::Approve {
+                    by: by.clone(),
+                    note,
+                },
+                _ => Directive::Reject {
+                    by: by.clone(),
+                    note,
+                },
+            };
+            if !runtime.decide(&id, directive).await? {
+                return Err(no_exception(&id));
+            }
+            tracing::info!(%id, %decision, %by, "exception decided");
+            Ok(json(StatusCode::OK, &api::Decided { id, decision, by }))
         }
         (&Method::GET, ["v1", "schemas"]) => Ok(json(
             StatusCode::OK,
@@ -571,6 +619,43 @@ fn dead_letter_summary(letter: &DeadLetter) -> api::DeadLetterSummary {
         attempt_count: outcome.attempts.len(),
         error,
     }
+}
+
+fn exception_summary(held: &DeadLetter) -> api::ExceptionSummary {
+    let outcome = &held.outcome;
+    let (rule, reasons, proposed) = match &outcome.result {
+        OutcomeKind::Held {
+            rule,
+            reasons,
+            proposed,
+        } => (rule.clone(), reasons.clone(), proposed.clone()),
+        other => (String::new(), vec![format!("{other:?}")], String::new()),
+    };
+    let envelope = &held.envelope;
+    api::ExceptionSummary {
+        id: outcome.id.clone(),
+        root: outcome.root.clone(),
+        flow: outcome.flow.clone(),
+        stage: envelope
+            .route
+            .get(envelope.stage as usize)
+            .cloned()
+            .unwrap_or_default(),
+        key: outcome.key.clone(),
+        kind: outcome.kind.clone(),
+        at_ms: outcome.at_ms,
+        rule,
+        reasons,
+        proposed,
+    }
+}
+
+fn no_exception(id: &MessageId) -> Problem {
+    Problem::not_found(
+        "unknown-exception",
+        "Unknown exception",
+        format!("no exception with id `{id}` (decided already, or never held)"),
+    )
 }
 
 fn no_dead_letter(id: &MessageId) -> Problem {

@@ -135,6 +135,24 @@ pub const ROUTES: &[Route] = &[
         ..admin("POST", "/v1/dlq/{id}/discard", WRITE, "Forget it (its outcome stays)")
     },
     Route {
+        answer: (200, Some(body::<api::Exceptions>)),
+        ..admin("GET", "/v1/exceptions", READ, "Messages held for a person (a rule of their flow, or a saga), oldest first: what, why, the business key, what a decision does")
+    },
+    Route {
+        answer: (200, Some(body::<api::ExceptionDetail>)),
+        ..admin("GET", "/v1/exceptions/{id}", READ, "One exception: the message, its reasons, its attempts")
+    },
+    Route {
+        request: Some(body::<api::Decide>),
+        answer: (200, Some(body::<api::Decided>)),
+        ..admin("POST", "/v1/exceptions/{id}/approve", WRITE, "Approve: back before its stage, which takes it (a failed part is tried again)")
+    },
+    Route {
+        request: Some(body::<api::Decide>),
+        answer: (200, Some(body::<api::Decided>)),
+        ..admin("POST", "/v1/exceptions/{id}/reject", WRITE, "Reject: it ends rejected, and what its transaction delivered is undone where its flows have a saga")
+    },
+    Route {
         query: &[("from", "first offset (default 1)"), ("to", "last offset")],
         answer: (200, Some(body::<api::Events>)),
         ..admin("GET", "/v1/events", READ, "The event log between two offsets")

@@ -5,6 +5,7 @@
 //! | `0193a…` (a UUIDv7) | a message as ingress accepted it: the root of its lineage |
 //! | `<id>.<n>` | the `n`th output of the step that handled `<id>` |
 //! | `<id>@<flow>` | `<id>` entering flow `<flow>` as an event it subscribes to |
+//! | `<id>.undo` | the undoing of the delivery of `<id>` (a saga's compensation) |
 //!
 //! Ids are derived, never random past ingress, so a re-run after a crash or a replay
 //! produces the same ids, and a sink's idempotency key (the id) stays the same.
@@ -45,6 +46,11 @@ impl MessageId {
     /// The id of the `n`th output of the step that handles this message.
     pub fn child(&self, n: usize) -> MessageId {
         MessageId(format!("{}.{n}", self.0))
+    }
+
+    /// The id of the compensation that undoes this message's delivery.
+    pub fn undoing(&self) -> MessageId {
+        MessageId(format!("{}.undo", self.0))
     }
 
     /// The id of this message entering `flow`, which subscribes to its kind.

@@ -148,6 +148,45 @@ pub struct Envelope {
     /// The trace it belongs to: the span that produced it.
     #[serde(default)]
     pub trace: Trace,
+    /// What the process layer asks of it at this stage (a person's decision, or the
+    /// undoing of a delivery); `None` for ordinary work.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub directive: Option<Directive>,
+}
+
+/// What the process layer asks of a message at its stage, instead of the ordinary
+/// call: set when a person decides an exception, or when a transaction is undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case", tag = "directive")]
+pub enum Directive {
+    /// A person approved the held message: the stage's rules pass it, and the stage
+    /// runs it (a failed one is tried again).
+    Approve {
+        /// The id of the API key that decided.
+        by: String,
+        /// Their note.
+        note: String,
+    },
+    /// A person rejected the held message: it ends rejected without running, and its
+    /// transaction is compensated where its flows say so.
+    Reject {
+        /// The id of the API key that decided.
+        by: String,
+        /// Their note.
+        note: String,
+    },
+    /// Undo the delivery this message made (the sink's `compensate`), because another
+    /// part of its transaction failed for good.
+    Compensate {
+        /// The id of the delivered message.
+        delivered: MessageId,
+        /// What the delivery returned: the target's reference.
+        reference: String,
+        /// What it reported besides.
+        detail: Option<String>,
+        /// Which sibling failed, and why.
+        because: String,
+    },
 }
 
 /// W3C trace context (`traceparent`, `tracestate`) carried with a message; empty
@@ -197,6 +236,7 @@ impl Envelope {
             attempts: Vec::new(),
             not_before_ms: 0,
             trace: Trace::default(),
+            directive: None,
         }
     }
 }
@@ -233,6 +273,26 @@ pub struct Outcome {
     /// The trace it belongs to (32 hex digits; empty when it had none).
     #[serde(default)]
     pub trace_id: String,
+    /// What a delivery in a flow with a saga did, kept so that it can be undone if
+    /// another part of its transaction fails for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undo: Option<Undo>,
+}
+
+/// A delivered message, kept with its outcome where its flow takes part in sagas:
+/// what a compensation hands back to the sink.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Undo {
+    /// The delivered message's kind.
+    pub kind: String,
+    /// Its encoding.
+    pub content_type: String,
+    /// Its headers.
+    pub headers: Vec<(String, String)>,
+    /// Its body.
+    #[serde(with = "serde_bytes")]
+    #[schemars(with = "Vec<u8>")]
+    pub body: Vec<u8>,
 }
 
 /// How a message ended.
@@ -257,10 +317,41 @@ pub enum OutcomeKind {
         /// The last error.
         error: String,
     },
+    /// Held for a person (an exception): a rule of its flow stopped it, or its
+    /// transaction failed where its flow wants a person to decide. Approval runs it
+    /// at its stage; rejection ends it rejected and compensates its transaction.
+    Held {
+        /// What held it: `rule <n>` of the flow, or `saga`.
+        rule: String,
+        /// Why.
+        reasons: Vec<String>,
+        /// What approval does, and what rejection does, in words.
+        proposed: String,
+    },
+    /// A delivery undone (the sink's `compensate`) because its transaction failed.
+    Compensated {
+        /// The target system's reference of the undoing (e.g. the cancelled order).
+        reference: String,
+        /// Anything else the sink reported.
+        detail: Option<String>,
+    },
+}
+
+impl OutcomeKind {
+    /// Whether the message's business transaction failed for good here: a rejection
+    /// or a dead letter (what sagas compensate).
+    pub fn fails_transaction(&self) -> bool {
+        matches!(
+            self,
+            OutcomeKind::Rejected { .. } | OutcomeKind::DeadLetter { .. }
+        )
+    }
 }
 
 /// A message that can never succeed as things stand, kept whole with every attempt
-/// so that an operator can inspect it, redrive it (after a fix) or discard it.
+/// so that an operator can inspect it, redrive it (after a fix) or discard it. An
+/// exception (a message [`OutcomeKind::Held`] for a person) is kept in the same shape,
+/// in its own place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The message as it waited for the stage that failed it, with every attempt.

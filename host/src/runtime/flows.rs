@@ -2,8 +2,9 @@
 //! emitted message fans out to the flows that subscribe to its kind.
 
 use super::Runtime;
-use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS};
+use crate::config::{Config, DEFAULT_CONCURRENCY, DEFAULT_MAX_ATTEMPTS, RuleAction, SagaPolicy};
 use crate::model::{Envelope, StoredMessage, queue_name};
+use crate::policy::{Expression, Facts};
 use std::collections::BTreeMap;
 use std::sync::PoisonError;
 use std::time::Duration;
@@ -34,6 +35,27 @@ pub struct Flow {
     pub retry: Vec<RetryPolicy>,
     /// Workers per stage.
     pub concurrency: u32,
+    /// For a subscribing flow: what a message must satisfy to enter (CEL).
+    pub filter: Option<Expression>,
+    /// The rules checked before stages take messages, in the config's order.
+    pub rules: Vec<Rule>,
+    /// Whether (and how) its deliveries are undone when their transaction fails.
+    pub saga: Option<SagaPolicy>,
+}
+
+/// A rule of a flow, compiled: before `stage` takes a message, `when` is checked.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Its number in the flow (from 1), as exceptions name it.
+    pub number: usize,
+    /// The stage (plugin instance) it is checked before.
+    pub stage: String,
+    /// When it applies.
+    pub when: Expression,
+    /// What it does then.
+    pub then: RuleAction,
+    /// Why.
+    pub reason: String,
 }
 
 /// How a stage retries `retryable` failures, traps and timeouts.
@@ -71,6 +93,26 @@ pub(crate) fn describe_event(message: &StoredMessage) -> String {
         format!("`{}`", message.kind)
     } else {
         format!("`{}` with {}", message.kind, headers.join(", "))
+    }
+}
+
+/// Whether `filter`, flow `flow`'s, lets `message` in. One that cannot be evaluated
+/// on it lets it in (with a warning): a rule of the flow can hold it, a filter never
+/// drops a message silently.
+fn admits(filter: &Expression, flow: &Flow, message: &StoredMessage) -> bool {
+    let facts = Facts::of(
+        &message.kind,
+        &message.key,
+        &message.headers,
+        &message.content_type,
+        &message.body,
+    );
+    match facts.and_then(|facts| filter.holds(&facts)) {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            tracing::warn!(flow = %flow.name, id = %message.id, %error, "the flow's filter cannot be evaluated on this message; it enters the flow");
+            true
+        }
     }
 }
 
@@ -171,6 +213,24 @@ pub(crate) fn resolve_flows(
             }
         };
         let stages: Vec<String> = entry.stages().map(|s| s.get_ref().clone()).collect();
+        // The expressions were checked with the config: a failure here is a bug.
+        let compile = |at: &serde_spanned::Spanned<String>| {
+            Expression::compile(at.get_ref()).map_err(|e| config.error(at, e))
+        };
+        let filter = entry.filter.as_ref().map(compile).transpose()?;
+        let mut rules = Vec::with_capacity(entry.rules.len());
+        for (n, rule) in entry.rules.iter().enumerate() {
+            rules.push(Rule {
+                number: n + 1,
+                stage: rule
+                    .at
+                    .as_ref()
+                    .map_or_else(|| stages[0].clone(), |at| at.get_ref().clone()),
+                when: compile(&rule.when)?,
+                then: rule.then,
+                reason: rule.reason.clone(),
+            });
+        }
         let flow = Flow {
             name: name.clone(),
             source: entry.source.as_ref().map(|s| s.get_ref().clone()),
@@ -184,6 +244,9 @@ pub(crate) fn resolve_flows(
             retry: stages.iter().map(|s| policy(s)).collect(),
             stages,
             concurrency: entry.concurrency.unwrap_or(DEFAULT_CONCURRENCY),
+            filter,
+            rules,
+            saga: entry.saga.as_ref().map(|s| *s.get_ref()),
         };
         flows.insert(name.clone(), flow);
     }
@@ -239,6 +302,11 @@ impl Runtime {
             .filter(|f| f.subscribe.contains(&message.kind))
             .filter(|f| f.when.iter().all(|(k, v)| header(k) == Some(v.as_str())))
             .filter(|f| f.name != from && !message.id.has_entered(&f.name))
+            .filter(|f| {
+                f.filter
+                    .as_ref()
+                    .is_none_or(|filter| admits(filter, f, message))
+            })
             .map(|f| {
                 let mut copy = message.clone();
                 copy.id = message.id.entering(&f.name);

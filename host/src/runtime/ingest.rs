@@ -130,14 +130,17 @@ impl Runtime {
                     OutcomeKind::DeadLetter { error } if own => {
                         reasons.push(format!("{} failed: {error}", outcome.plugin));
                     }
-                    OutcomeKind::Delivered { .. } if own => add(StoredMessage {
-                        id: outcome.id,
-                        key: outcome.key,
-                        kind: outcome.kind,
-                        content_type: String::new(),
-                        headers: Vec::new(),
-                        body: Vec::new(),
-                    }),
+                    // Held for a person: accepted, waiting for a decision.
+                    OutcomeKind::Delivered { .. } | OutcomeKind::Held { .. } if own => {
+                        add(StoredMessage {
+                            id: outcome.id,
+                            key: outcome.key,
+                            kind: outcome.kind,
+                            content_type: String::new(),
+                            headers: Vec::new(),
+                            body: Vec::new(),
+                        })
+                    }
                     _ if !own => add(StoredMessage {
                         id: outcome.id,
                         key: outcome.key,

@@ -16,6 +16,7 @@ pub mod flows;
 pub mod ingest;
 pub mod lifecycle;
 pub mod observe;
+pub mod process;
 pub mod replay;
 pub mod slots;
 pub mod watch;

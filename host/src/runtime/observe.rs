@@ -233,6 +233,10 @@ impl Runtime {
                     OutcomeKind::Rejected { reasons } => reasons.join("; "),
                     OutcomeKind::Consumed => String::new(),
                     OutcomeKind::DeadLetter { error } => error.clone(),
+                    OutcomeKind::Held { reasons, .. } => format!("held: {}", reasons.join("; ")),
+                    OutcomeKind::Compensated { reference, .. } => {
+                        format!("compensated: {reference}")
+                    }
                 };
                 TimelineEntry {
                     at_ms: o.at_ms,

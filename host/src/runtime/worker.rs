@@ -47,6 +47,7 @@ impl MessageStatus {
 /// [`Completion`] (what to commit) and, at the end of the line, an [`Outcome`].
 enum Produced {
     Delivered(crate::sandbox::plugin::Receipt),
+    Compensated(crate::sandbox::plugin::Receipt),
     Outputs(Vec<StoredMessage>),
 }
 
@@ -217,8 +218,18 @@ impl Runtime {
             trace_id,
             span_id,
         );
-        let (completion, kv) = self
-            .run_stage(policy, &plugin, env, &step)
+        // The process layer first: a person's rejection or a rule decides without
+        // the plugin; then the saga of the message's transaction has its say.
+        let (completion, kv) = match self.before_stage(&plugin, env) {
+            Some(completion) => (completion, None),
+            None => {
+                self.run_stage(policy, &plugin, env, &step)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        let (completion, settle) = self
+            .saga(&plugin, env, completion, &step)
             .instrument(span.clone())
             .await;
         let finished = match &completion {
@@ -230,6 +241,7 @@ impl Runtime {
             Completion::Finish { outcome, .. } => metrics::result_name(&outcome.result),
             Completion::Retry(_) => "retry",
         };
+        let root = settle.then(|| env.root.clone());
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
@@ -241,6 +253,11 @@ impl Runtime {
                 telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
                 if let Some(outcome) = finished {
                     metrics::finished(&outcome, plugin.kind() == Kind::Sink);
+                }
+                if let Some(root) = root {
+                    self.settle_saga(&root, &step)
+                        .instrument(span.clone())
+                        .await;
                 }
             }
             Err(error) => {
@@ -297,7 +314,9 @@ impl Runtime {
             Completion::Forward { .. } => true,
             Completion::Finish { outcome, .. } => matches!(
                 outcome.result,
-                OutcomeKind::Delivered { .. } | OutcomeKind::Consumed
+                OutcomeKind::Delivered { .. }
+                    | OutcomeKind::Consumed
+                    | OutcomeKind::Compensated { .. }
             ),
             Completion::Retry(_) => false,
         };
@@ -311,6 +330,38 @@ impl Runtime {
         plugin: &Plugin,
         env: &Envelope,
     ) -> Result<crate::sandbox::plugin::Called<Produced>, CallError> {
+        if let Some(crate::model::Directive::Compensate {
+            reference, detail, ..
+        }) = &env.directive
+        {
+            // Undone before (a redrive, or a compensation asked for twice): the
+            // recorded outcome stands and the target system is not called again.
+            if let Ok(Some(Outcome {
+                result: OutcomeKind::Compensated { reference, detail },
+                ..
+            })) = self.store.outcome(&env.message.id).await
+            {
+                tracing::info!(%reference, "already compensated; recorded outcome returned");
+                return Ok(crate::sandbox::plugin::Called {
+                    value: Produced::Compensated(crate::sandbox::plugin::Receipt {
+                        reference,
+                        detail,
+                    }),
+                    kv: None,
+                });
+            }
+            let delivered = crate::sandbox::plugin::Receipt {
+                reference: reference.clone(),
+                detail: detail.clone(),
+            };
+            let called = plugin
+                .compensate(&env.message, &delivered, env.message.id.as_str())
+                .await?;
+            return Ok(crate::sandbox::plugin::Called {
+                value: Produced::Compensated(called.value),
+                kv: called.kv,
+            });
+        }
         let is_sink = plugin.kind() == Kind::Sink;
         let recorded = match is_sink {
             true => self.store.outcome(&env.message.id).await.ok().flatten(),
@@ -415,6 +466,7 @@ impl Runtime {
             not_before_ms: 0,
             root_kind: env.root_kind.clone(),
             trace: telemetry::carried(step),
+            directive: None,
         };
         self.published(&produced.message, &env.flow, false, &produced)
     }
@@ -440,21 +492,7 @@ impl Runtime {
         let mut trail = env.trail.clone();
         trail.push(hop);
         let finish = |result: OutcomeKind, trail: Vec<Hop>, attempts: Vec<Attempt>| {
-            Completion::finish(Outcome {
-                id: env.message.id.clone(),
-                root: env.root.clone(),
-                flow: env.flow.clone(),
-                key: env.message.key.clone(),
-                kind: env.message.kind.clone(),
-                plugin: plugin.name().to_owned(),
-                trail,
-                attempts,
-                at_ms: now_ms(),
-                result,
-                accepted_ms: env.accepted_ms,
-                root_kind: env.root_kind.clone(),
-                trace_id: env.trace.trace_id().unwrap_or_default().to_owned(),
-            })
+            Completion::finish(ended(env, plugin, result, trail, attempts))
         };
         // The attempts so far, with this one's error.
         let with_attempt = |error: &str| {
@@ -507,6 +545,17 @@ impl Runtime {
                 }
                 completion
             }
+            Ok(Produced::Compensated(receipt)) => {
+                tracing::info!(outcome = "compensated", reference = %receipt.reference, "delivery undone");
+                finish(
+                    OutcomeKind::Compensated {
+                        reference: receipt.reference,
+                        detail: receipt.detail,
+                    },
+                    trail,
+                    env.attempts.clone(),
+                )
+            }
             Ok(Produced::Outputs(outputs)) if outputs.is_empty() => {
                 tracing::info!(outcome = "consumed", "step produced no output");
                 finish(OutcomeKind::Consumed, trail, env.attempts.clone())
@@ -533,6 +582,7 @@ impl Runtime {
                             not_before_ms: 0,
                             root_kind: env.root_kind.clone(),
                             trace: carried.clone(),
+                            directive: None,
                         }
                     })
                     .collect();
@@ -615,5 +665,31 @@ impl Runtime {
         let pending = self.store.pending(root).await?;
         let outcomes = self.store.outcomes(root).await?;
         Ok(MessageStatus { outcomes, pending })
+    }
+}
+
+/// The outcome of `env` ending at `plugin` as `result`.
+pub(super) fn ended(
+    env: &Envelope,
+    plugin: &Plugin,
+    result: OutcomeKind,
+    trail: Vec<Hop>,
+    attempts: Vec<Attempt>,
+) -> Outcome {
+    Outcome {
+        id: env.message.id.clone(),
+        root: env.root.clone(),
+        flow: env.flow.clone(),
+        key: env.message.key.clone(),
+        kind: env.message.kind.clone(),
+        plugin: plugin.name().to_owned(),
+        trail,
+        attempts,
+        at_ms: now_ms(),
+        result,
+        accepted_ms: env.accepted_ms,
+        root_kind: env.root_kind.clone(),
+        trace_id: env.trace.trace_id().unwrap_or_default().to_owned(),
+        undo: None,
     }
 }

@@ -77,3 +77,19 @@ pub mod sink {
         },
     });
 }
+
+/// `tenon:plugin/compensating-sink`: a sink that also exports `compensator`.
+pub mod compensating_sink {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/compensating-sink",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/kv": super::kv,
+            "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
+        },
+    });
+}

@@ -25,8 +25,8 @@ pub mod redb;
 pub use node::{Approved, NodeDb};
 
 use crate::model::{
-    DeadLetter, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId, NodeStatus,
-    Outcome, VersionFiles,
+    DeadLetter, Directive, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId,
+    NodeStatus, Outcome, VersionFiles,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -145,6 +145,19 @@ pub trait Store: Send + Sync + fmt::Debug {
 
     /// Forget a dead letter (its outcome stays); `false` when there is none.
     async fn discard(&self, id: &MessageId) -> Result<bool, StoreError>;
+
+    /// Every exception (a message held for a person: its outcome is
+    /// [`OutcomeKind::Held`](crate::model::OutcomeKind::Held)), oldest first. A
+    /// completion whose outcome is `Held` keeps its message here.
+    async fn exceptions(&self) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// One exception.
+    async fn exception(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Put a held message back in front of its stage with a person's `directive`
+    /// (approve or reject), with a fresh count of attempts and no outcome, in one
+    /// write; `false` when no exception has that id (decided already, or never held).
+    async fn decide(&self, id: &MessageId, directive: Directive) -> Result<bool, StoreError>;
 
     /// The events with offsets in `from..=to`, in order.
     async fn events(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError>;

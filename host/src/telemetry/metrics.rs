@@ -210,6 +210,8 @@ pub fn result_name(result: &OutcomeKind) -> &'static str {
         OutcomeKind::Rejected { .. } => "rejected",
         OutcomeKind::Consumed => "consumed",
         OutcomeKind::DeadLetter { .. } => "dead_letter",
+        OutcomeKind::Held { .. } => "held",
+        OutcomeKind::Compensated { .. } => "compensated",
     }
 }
 
@@ -454,6 +456,7 @@ mod tests {
             accepted_ms: 1_000,
             root_kind: root_kind.into(),
             trace_id: String::new(),
+            undo: None,
         }
     }
 

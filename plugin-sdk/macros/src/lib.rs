@@ -30,9 +30,32 @@ pub fn transform(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Export a function `fn(tenon_sdk::Message, &str) -> Result<tenon_sdk::Receipt,
 /// tenon_sdk::Failure>` as a sink plugin (world `tenon:plugin/sink`).
+///
+/// `#[sink(compensate = undo)]` also exports `undo`, a function
+/// `fn(tenon_sdk::Message, tenon_sdk::Receipt, &str) -> Result<tenon_sdk::Receipt,
+/// tenon_sdk::Failure>` that undoes a delivery (the message, what its delivery
+/// returned, an idempotency key): world `tenon:plugin/compensating-sink`, for flows
+/// with a saga.
 #[proc_macro_attribute]
 pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
-    expand(Role::Sink, attr, item)
+    if attr.is_empty() {
+        return expand(Role::Sink, attr, item);
+    }
+    let mut undo: Option<syn::Path> = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("compensate") {
+            undo = Some(meta.value()?.parse()?);
+            return Ok(());
+        }
+        Err(meta.error("the only argument is `compensate = <function>`"))
+    });
+    if let Err(e) = syn::parse::Parser::parse(parser, attr) {
+        return e.to_compile_error().into();
+    }
+    match undo {
+        Some(undo) => expand(Role::CompensatingSink(undo), TokenStream::new(), item),
+        None => expand(Role::Sink, TokenStream::new(), item),
+    }
 }
 
 /// Export a function `fn(tenon_sdk::api::Request) -> Result<tenon_sdk::api::Response,
@@ -43,11 +66,13 @@ pub fn api(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand(Role::Api, attr, item)
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Role {
     Source,
     Transform,
     Sink,
+    /// A sink that also undoes deliveries with this function.
+    CompensatingSink(syn::Path),
     Api,
 }
 
@@ -65,7 +90,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
     let name = &func.sig.ident;
     // The signature each role takes, checked on every target (natively too, where the
     // export is not generated): a wrong one fails where the plugin is written.
-    let signature = match role {
+    let signature = match &role {
         Role::Source => quote!(
             fn(
                 ::tenon_sdk::RawRequest,
@@ -82,7 +107,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
                 ::tenon_sdk::Failure,
             >
         ),
-        Role::Sink => quote!(
+        Role::Sink | Role::CompensatingSink(_) => quote!(
             fn(
                 ::tenon_sdk::Message,
                 &str,
@@ -96,7 +121,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         ),
     };
     let raw = quote!(::tenon_sdk::wit::types);
-    let (world, guest, export, with) = match role {
+    let (world, guest, export, with) = match &role {
         Role::Source => (
             "tenon:plugin/source@0.1.0",
             quote!(exports::tenon::plugin::ingester::Guest),
@@ -135,6 +160,17 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
             },
             full_imports(),
         ),
+        Role::CompensatingSink(_) => (
+            "tenon:plugin/compensating-sink@0.1.0",
+            quote!(exports::tenon::plugin::deliverer::Guest),
+            quote! {
+                fn deliver(message: #raw::Message, idempotency_key: ::std::string::String)
+                    -> ::core::result::Result<#raw::Receipt, #raw::Failure> {
+                    ::tenon_sdk::__private::deliver(message, idempotency_key, super::#name)
+                }
+            },
+            full_imports(),
+        ),
         Role::Api => (
             "tenon:plugin/api@0.1.0",
             quote!(exports::tenon::plugin::responder::Guest),
@@ -163,12 +199,39 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
             },
         ),
     };
+    // A compensating sink's second export, with its own signature check.
+    let extra = match &role {
+        Role::CompensatingSink(undo) => quote! {
+            impl exports::tenon::plugin::compensator::Guest for Plugin {
+                fn compensate(
+                    message: #raw::Message,
+                    delivered: #raw::Receipt,
+                    idempotency_key: ::std::string::String,
+                ) -> ::core::result::Result<#raw::Receipt, #raw::Failure> {
+                    ::tenon_sdk::__private::compensate(message, delivered, idempotency_key, super::#undo)
+                }
+            }
+        },
+        _ => quote!(),
+    };
+    let extra_check = match &role {
+        Role::CompensatingSink(undo) => quote! {
+            #[doc = "a compensating sink's `compensate` function is `fn(tenon_sdk::Message, tenon_sdk::Receipt, &str) -> Result<tenon_sdk::Receipt, tenon_sdk::Failure>`"]
+            #[allow(dead_code, non_upper_case_globals)]
+            const _: fn(
+                ::tenon_sdk::Message,
+                ::tenon_sdk::Receipt,
+                &str,
+            ) -> ::core::result::Result<::tenon_sdk::Receipt, ::tenon_sdk::Failure> = #undo;
+        },
+        _ => quote!(),
+    };
     // The export exists only in the component. Built natively (to test or benchmark
     // the plugin's code), the crate exports nothing and the function is plain code.
-    let role_name = match role {
+    let role_name = match &role {
         Role::Source => "source",
         Role::Transform => "transform",
-        Role::Sink => "sink",
+        Role::Sink | Role::CompensatingSink(_) => "sink",
         Role::Api => "api",
     };
     let check = syn::Ident::new(
@@ -183,6 +246,8 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         #[doc = #wanted]
         #[allow(dead_code, non_upper_case_globals)]
         const #check: #signature = #name;
+
+        #extra_check
 
         #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
@@ -200,6 +265,8 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
             impl #guest for Plugin {
                 #export
             }
+
+            #extra
 
             export!(Plugin);
         }

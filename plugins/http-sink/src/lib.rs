@@ -35,6 +35,12 @@
 //!   reaches the endpoint as another request with the same `id` (and its `revision`),
 //!   for an endpoint that upserts by `id`.
 //!
+//! - `compensate_url` (a template like `url`, `{ref}` the reference the delivery
+//!   returned) and `compensate_method` (default `DELETE`; or `POST`, `PUT`, `PATCH`,
+//!   which carry the delivered body): how the endpoint undoes a delivery, for flows
+//!   with a saga. A `404` means nothing is left to undo. Without `compensate_url` a
+//!   compensation is `invalid` (a dead letter naming the missing setting).
+//!
 //! | CloudEvents attribute | from |
 //! |---|---|
 //! | `specversion` | `1.0` |
@@ -63,7 +69,7 @@ use tenon_sdk::{Failure, Message, Receipt, config, http, kv, secrets};
 mod tests;
 
 /// Send the message to the configured URL, in the configured format.
-#[tenon_sdk::sink]
+#[tenon_sdk::sink(compensate = undo_message)]
 fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Failure> {
     let method_of = |key: &str, default: &str| -> Result<String, Failure> {
         let method = config::get(key).unwrap_or_else(|| default.into());
@@ -145,6 +151,68 @@ fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Fail
         } else {
             format!("HTTP {}", response.status)
         }),
+    })
+}
+
+/// Undo a delivery: `compensate_method` to `compensate_url`, with the reference the
+/// delivery returned as `{ref}`.
+fn undo_message(
+    message: Message,
+    delivered: Receipt,
+    idempotency_key: &str,
+) -> Result<Receipt, Failure> {
+    let Some(template) = config::get("compensate_url") else {
+        return Err(Failure::Invalid(
+            "config `compensate_url` is not set: this sink does not know how its endpoint undoes a delivery".into(),
+        ));
+    };
+    let method = config::get("compensate_method").unwrap_or_else(|| "DELETE".into());
+    if !["DELETE", "POST", "PUT", "PATCH"].contains(&method.to_ascii_uppercase().as_str()) {
+        return Err(Failure::Invalid(format!(
+            "config `compensate_method` is `{method}`; an undoing is DELETE, POST, PUT or PATCH"
+        )));
+    }
+    let url = url_for(&template, &message)
+        .replace("{ref}", &tenon_sdk::url::escape(&delivered.reference));
+    let body = match method.eq_ignore_ascii_case("DELETE") {
+        true => Vec::new(),
+        false => json_body(&message)?,
+    };
+    let extra = json_map("headers", config::get("headers"))?;
+    let mut from_secrets = Vec::new();
+    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
+        from_secrets.push((name, secret_header(&template, secrets::get)?));
+    }
+    let mut headers: Vec<(&str, &str)> = vec![
+        ("accept", "application/json"),
+        (IDEMPOTENCY_HEADER, idempotency_key),
+        ("tenon-kind", message.kind.as_str()),
+        ("tenon-key", message.key.as_str()),
+    ];
+    if !body.is_empty() {
+        headers.push(("content-type", "application/json"));
+    }
+    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let response = http::send(&method, &url, &headers, &body)?;
+    if response.status == 404 {
+        return Ok(Receipt {
+            reference: delivered.reference,
+            detail: Some("HTTP 404: nothing left to undo".into()),
+        });
+    }
+    if !response.is_success() {
+        return Err(response.failure());
+    }
+    // What it sent is no longer there: a later revision is a new request.
+    if config::get("update_method").is_some()
+        && let Some(identity) = identity(&message)?
+    {
+        kv::delete(&sent_key(&identity))?;
+    }
+    Ok(Receipt {
+        reference: delivered.reference,
+        detail: Some(format!("HTTP {} ({method} undone)", response.status)),
     })
 }
 

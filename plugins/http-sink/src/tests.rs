@@ -238,3 +238,75 @@ fn a_revision_of_an_order_sent_before_goes_as_an_update_where_configured() {
     assert_eq!(put.json()["lines"][0]["quantity"], "4");
     assert_eq!(put.json()["revision"], "2026-11-27T10:00:00Z");
 }
+
+fn undo(host: &Host, reference: &str) -> Result<Receipt, Failure> {
+    let delivered = Receipt {
+        reference: reference.into(),
+        detail: Some("HTTP 201".into()),
+    };
+    host.run(|| undo_message(message(), delivered, "the-undo-key"))
+}
+
+#[test]
+fn a_delivery_is_undone_at_the_compensate_url_with_its_reference() {
+    let host = configured()
+        .config("compensate_url", "https://erp.example.com/orders/{ref}")
+        .config("headers", r#"{"x-tenant": "acme"}"#)
+        .exchange(
+            Exchange::new("DELETE", "https://erp.example.com/orders/SO%204711").respond(204, ""),
+        );
+    assert_eq!(
+        undo(&host, "SO 4711"),
+        Ok(Receipt {
+            reference: "SO 4711".into(),
+            detail: Some("HTTP 204 (DELETE undone)".into()),
+        })
+    );
+    host.assert_all_exchanged();
+    let sent = only_request(&host);
+    assert_eq!(sent.header("idempotency-key"), Some("the-undo-key"));
+    assert_eq!(sent.header("x-tenant"), Some("acme"));
+    assert!(sent.body.is_empty());
+
+    // POST carries the delivered order; a 404 is nothing left to undo.
+    let host = configured()
+        .config(
+            "compensate_url",
+            "https://erp.example.com/orders/{ref}/cancel",
+        )
+        .config("compensate_method", "POST")
+        .exchange(
+            Exchange::post("https://erp.example.com/orders/SO-1/cancel")
+                .with_json(order_json())
+                .respond(404, "gone"),
+        );
+    assert_eq!(
+        undo(&host, "SO-1").unwrap().detail.as_deref(),
+        Some("HTTP 404: nothing left to undo")
+    );
+}
+
+#[test]
+fn an_undo_without_its_settings_or_refused_is_classified() {
+    let host = configured();
+    let Err(Failure::Invalid(why)) = undo(&host, "SO-1") else {
+        panic!("an undo without compensate_url is invalid");
+    };
+    assert!(why.contains("compensate_url"), "{why}");
+    let host = configured()
+        .config("compensate_url", "https://erp.example.com/orders/{ref}")
+        .config("compensate_method", "GET");
+    assert!(matches!(undo(&host, "SO-1"), Err(Failure::Invalid(_))));
+    let host = configured()
+        .config("compensate_url", "https://erp.example.com/orders/{ref}")
+        .exchange(
+            Exchange::new("DELETE", "https://erp.example.com/orders/SO-1").respond(409, "shipped"),
+        );
+    assert!(matches!(undo(&host, "SO-1"), Err(Failure::Rejected(_))));
+    let host = configured()
+        .config("compensate_url", "https://erp.example.com/orders/{ref}")
+        .exchange(
+            Exchange::new("DELETE", "https://erp.example.com/orders/SO-1").respond(503, "busy"),
+        );
+    assert!(matches!(undo(&host, "SO-1"), Err(Failure::Retryable(_))));
+}

@@ -29,6 +29,10 @@
 //!   whose lines give the credited amounts back, quantity -1, on the revenue account,
 //!   taxed at the rate the billing system charged), its `reference` the credit note's
 //!   id, left a draft for accounting to post.
+//! - Undoing (sagas: the `compensate` export): a sale still a draft or quoted is
+//!   cancelled in Tryton; a confirmed one can no longer be, so a return sale (reference
+//!   `<order>/undo`, every line of the sale returned at its price and taxes) is made
+//!   and taken through the configured workflow. Both are found again on a redelivery.
 //! - The session is kept in key-value storage and reused; an expired one (HTTP 401 or
 //!   403) is renewed once.
 //! - Tryton's `UserError` / `ValidationError` (the data is refused) are `rejected`;
@@ -48,7 +52,7 @@ mod tests;
 
 /// Create the order as a Tryton sale (or the credit note as a Tryton credit note),
 /// unless one already carries its id.
-#[tenon_sdk::sink]
+#[tenon_sdk::sink(compensate = undo_sale)]
 fn create_sale(message: Message, _idempotency_key: &str) -> Result<Receipt, Failure> {
     match message.kind.as_str() {
         kinds::CREDIT_ISSUED => {
@@ -67,6 +71,143 @@ fn create_sale(message: Message, _idempotency_key: &str) -> Result<Receipt, Fail
             deliver_order(&mut rpc, &order)
         }
     }
+}
+
+/// Undo an order's sale (its transaction failed elsewhere): cancel it while Tryton
+/// still can, else book its return.
+fn undo_sale(
+    message: Message,
+    delivered: Receipt,
+    _idempotency_key: &str,
+) -> Result<Receipt, Failure> {
+    if message.kind == kinds::CREDIT_ISSUED || message.kind == kinds::INVOICE_VOIDED {
+        return Err(Failure::Invalid(format!(
+            "a `{}` delivered as {} is accounting's to reverse: this sink undoes sales only",
+            message.kind, delivered.reference
+        )));
+    }
+    let order: Order = message.decode()?;
+    let mut rpc = connect()?;
+    let id = match delivered
+        .reference
+        .strip_prefix("sale.sale/")
+        .map(str::parse::<i64>)
+    {
+        Some(Ok(id)) => id,
+        _ => {
+            return Err(Failure::Invalid(format!(
+                "`{}` is not a reference this sink gave (sale.sale/<id>)",
+                delivered.reference
+            )));
+        }
+    };
+    let sale = rpc.call(
+        "model.sale.sale.read",
+        vec![json!([id]), json!(["state", "description", "lines"])],
+    )?;
+    let Some(sale) = sale.get(0) else {
+        return Ok(Receipt {
+            reference: delivered.reference,
+            detail: Some("no such sale: nothing left to undo".into()),
+        });
+    };
+    let sale = Existing::of(sale)?;
+    match sale.state.as_str() {
+        "cancelled" => Ok(receipt(id, "cancelled", "already cancelled")),
+        "draft" | "quotation" => {
+            rpc.call("model.sale.sale.cancel", vec![json!([id])])?;
+            Ok(receipt(id, "cancelled", "cancelled"))
+        }
+        _ => return_sale(&mut rpc, &order, &sale),
+    }
+}
+
+/// The return of everything confirmed sale `sale` sold: a sale of its own (reference
+/// `<order>/undo`), taken through the configured workflow.
+fn return_sale(rpc: &mut Client, order: &Order, sale: &Existing) -> Result<Receipt, Failure> {
+    let workflow = Workflow::configured()?;
+    let reference = format!("{}/undo", order.id);
+    if let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", reference]]))? {
+        let state = rpc
+            .call("model.sale.sale.read", vec![json!([id]), json!(["state"])])?
+            .pointer("/0/state")
+            .and_then(Value::as_str)
+            .unwrap_or("draft")
+            .to_owned();
+        let state = advance(rpc, id, &state, workflow)?;
+        return Ok(receipt(
+            id,
+            &state,
+            "already created as the return of the sale",
+        ));
+    }
+    let header = rpc.call(
+        "model.sale.sale.read",
+        vec![
+            json!([sale.id]),
+            json!([
+                "party",
+                "currency",
+                "invoice_address",
+                "shipment_address",
+                "payment_term"
+            ]),
+        ],
+    )?;
+    let header = header.get(0).cloned().unwrap_or_default();
+    let mut values = json!({
+        "party": header["party"],
+        "currency": header["currency"],
+        "invoice_address": header["invoice_address"],
+        "shipment_address": header["shipment_address"],
+        "reference": reference,
+        "description": format!("Return of {} (sale {}): its transaction failed", order.id, sale.id),
+        "lines": [["create", returned_lines(rpc, &sale.lines)?]],
+    });
+    if !header["payment_term"].is_null() {
+        values["payment_term"] = header["payment_term"].clone();
+    }
+    let id = create(rpc, &values)?;
+    let state = advance(rpc, id, "draft", workflow)?;
+    Ok(receipt(id, &state, "created as the return of the sale"))
+}
+
+/// Sale lines `lines` given back: negative quantities at their price and taxes.
+fn returned_lines(rpc: &mut Client, lines: &[i64]) -> Result<Vec<Value>, Failure> {
+    let booked = rpc.call(
+        "model.sale.line.read",
+        vec![
+            json!(lines),
+            json!([
+                "sequence",
+                "product",
+                "unit",
+                "quantity",
+                "unit_price",
+                "description",
+                "taxes",
+                "type"
+            ]),
+        ],
+    )?;
+    let mut returned = Vec::new();
+    for line in booked.as_array().into_iter().flatten() {
+        if line["type"] != "line" {
+            continue;
+        }
+        let quantity = line["quantity"].as_f64().unwrap_or_default();
+        returned.push(json!({
+            "type": "line",
+            "sequence": line["sequence"],
+            "product": line["product"],
+            "unit": line["unit"],
+            "quantity": -quantity,
+            "unit_price": line["unit_price"],
+            "description": format!("Returned: {}", line["description"].as_str().unwrap_or_default()),
+            "taxes": [["add", line["taxes"]]],
+        }));
+    }
+    Ok(returned)
 }
 
 /// A voided invoice as the credit note that undoes all of it (`<invoice>/void`): each
@@ -485,39 +626,7 @@ fn change_order(
         let state = advance(rpc, id, &state, workflow)?;
         return Ok(receipt(id, &state, "already created as a change order"));
     }
-    let booked = rpc.call(
-        "model.sale.line.read",
-        vec![
-            json!(sale.lines),
-            json!([
-                "sequence",
-                "product",
-                "unit",
-                "quantity",
-                "unit_price",
-                "description",
-                "taxes",
-                "type"
-            ]),
-        ],
-    )?;
-    let mut returned = Vec::new();
-    for line in booked.as_array().into_iter().flatten() {
-        if line["type"] != "line" {
-            continue;
-        }
-        let quantity = line["quantity"].as_f64().unwrap_or_default();
-        returned.push(json!({
-            "type": "line",
-            "sequence": line["sequence"],
-            "product": line["product"],
-            "unit": line["unit"],
-            "quantity": -quantity,
-            "unit_price": line["unit_price"],
-            "description": format!("Returned: {}", line["description"].as_str().unwrap_or_default()),
-            "taxes": [["add", line["taxes"]]],
-        }));
-    }
+    let returned = returned_lines(rpc, &sale.lines)?;
     let mut lines = returned;
     lines.extend(
         values["lines"][0][1]

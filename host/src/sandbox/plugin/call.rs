@@ -339,7 +339,7 @@ impl Plugin {
         message: &StoredMessage,
         idempotency_key: &str,
     ) -> Result<Called<Receipt>, CallError> {
-        let Pre::Sink(pre) = &self.pre else {
+        let Pre::Sink(pre, _) = &self.pre else {
             return Err(self.wrong_kind("deliver"));
         };
         let message = types::Message::from(message.clone());
@@ -349,6 +349,52 @@ impl Plugin {
                 instance
                     .tenon_plugin_deliverer()
                     .call_deliver(&mut *store, &message, idempotency_key)
+                    .await
+            })
+            .await?;
+        let Called { value: receipt, kv } = receipt;
+        self.check_output(
+            receipt.reference.len() + receipt.detail.as_ref().map_or(0, String::len),
+        )?;
+        Ok(Called {
+            value: Receipt {
+                reference: self.text(&receipt.reference),
+                detail: receipt.detail.map(|d| self.text(&d)),
+            },
+            kv,
+        })
+    }
+
+    /// Whether this is a sink that can undo its deliveries (it exports `compensator`).
+    pub fn compensates(&self) -> bool {
+        matches!(&self.pre, Pre::Sink(_, Some(_)))
+    }
+
+    /// Compensating sink: undo the delivery of `message`, which returned `delivered`;
+    /// the receipt of the undoing, with the key-value writes to commit with it.
+    pub async fn compensate(
+        &self,
+        message: &StoredMessage,
+        delivered: &Receipt,
+        idempotency_key: &str,
+    ) -> Result<Called<Receipt>, CallError> {
+        let Pre::Sink(_, Some(pre)) = &self.pre else {
+            return Err(CallError::Failure(Failure::Invalid(format!(
+                "`{}` cannot undo a delivery: its component does not export `tenon:plugin/compensator`",
+                self.name()
+            ))));
+        };
+        let message = types::Message::from(message.clone());
+        let delivered = types::Receipt {
+            reference: delivered.reference.clone(),
+            detail: delivered.detail.clone(),
+        };
+        let receipt = self
+            .run("compensate", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_compensator()
+                    .call_compensate(&mut *store, &message, &delivered, idempotency_key)
                     .await
             })
             .await?;

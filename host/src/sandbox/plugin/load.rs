@@ -396,7 +396,15 @@ impl Plugin {
             Kind::Transform => {
                 Pre::Transform(bindings::transform::TransformPre::new(instance_pre).map_err(world)?)
             }
-            Kind::Sink => Pre::Sink(bindings::sink::SinkPre::new(instance_pre).map_err(world)?),
+            Kind::Sink => {
+                let compensates =
+                    bindings::compensating_sink::CompensatingSinkPre::new(instance_pre.clone())
+                        .ok();
+                Pre::Sink(
+                    bindings::sink::SinkPre::new(instance_pre).map_err(world)?,
+                    compensates,
+                )
+            }
             Kind::Api => Pre::Api(bindings::api::ApiPre::new(instance_pre).map_err(world)?),
         };
         tracing::info!(plugin = name, version = %manifest.version, %digest, component = %component_digest, kind = %manifest.kind, "plugin loaded");

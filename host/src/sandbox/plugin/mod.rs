@@ -71,7 +71,12 @@ pub struct Identity {
 enum Pre {
     Source(bindings::source::SourcePre<PluginState>),
     Transform(bindings::transform::TransformPre<PluginState>),
-    Sink(bindings::sink::SinkPre<PluginState>),
+    /// A sink, and the same instance pre-linked as a compensating sink when the
+    /// component also exports `compensator`.
+    Sink(
+        bindings::sink::SinkPre<PluginState>,
+        Option<bindings::compensating_sink::CompensatingSinkPre<PluginState>>,
+    ),
     Api(bindings::api::ApiPre<PluginState>),
 }
 

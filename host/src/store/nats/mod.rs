@@ -34,8 +34,8 @@
 mod names;
 
 use crate::model::{
-    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, MessageId,
-    NodeStatus, Outcome, OutcomeKind, VersionFiles, now_ms, queue_name,
+    DeadLetter, Directive, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord,
+    MessageId, NodeStatus, Outcome, OutcomeKind, VersionFiles, now_ms, queue_name,
 };
 use crate::store::{
     CompleteError, Completion, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store, StoreError,
@@ -111,6 +111,8 @@ struct Buckets {
     idem: kv::Store,
     outcomes: kv::Store,
     dead: kv::Store,
+    /// Exceptions: messages held for a person.
+    held: kv::Store,
     retry: kv::Store,
     kv: kv::Store,
     kv_usage: kv::Store,
@@ -196,6 +198,59 @@ fn root_of(id: &MessageId) -> &str {
 }
 
 impl NatsStore {
+    /// Put a parked message (a dead letter, or an exception with a person's
+    /// `directive`) back in front of its stage, with a fresh count of attempts and no
+    /// outcome; `false` when `bucket` has none of that id.
+    async fn requeue_parked(
+        &self,
+        bucket: &kv::Store,
+        id: &MessageId,
+        directive: Option<Directive>,
+    ) -> Result<bool, StoreError> {
+        let key = escape(id.as_str());
+        let entry = bucket
+            .entry(key.clone())
+            .await
+            .map_err(nats("cannot read a parked message"))?;
+        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
+            return Ok(false);
+        };
+        let letter: DeadLetter = decode(&entry.value)?;
+        let mut envelope = letter.envelope;
+        let what = if directive.is_some() {
+            "decide"
+        } else {
+            "redrive"
+        };
+        envelope.directive = directive;
+        envelope.attempts.clear();
+        envelope.not_before_ms = 0;
+        let Some(stage) = envelope.route.get(envelope.stage as usize) else {
+            return Ok(false);
+        };
+        let queue = queue_name(&envelope.flow, stage);
+        let revision = entry.revision;
+        let _ = self
+            .buckets
+            .retry
+            .delete(escape(envelope.message.id.as_str()))
+            .await;
+        self.publish(&[(queue, envelope)], |queue, e| {
+            format!("{what}|{revision}|{queue}|{}", e.message.id)
+        })
+        .await?;
+        self.buckets
+            .outcomes
+            .delete(Self::outcome_key(id))
+            .await
+            .map_err(nats("cannot forget an outcome"))?;
+        bucket
+            .delete(&key)
+            .await
+            .map_err(nats("cannot remove a parked message"))?;
+        Ok(true)
+    }
+
     /// Connect to the cluster, wait until JetStream answers, and create (or find) the
     /// streams and buckets.
     pub async fn connect(options: &NatsOptions) -> Result<NatsStore, StoreError> {
@@ -281,6 +336,7 @@ impl NatsStore {
             idem: bucket("idem", options.idempotency_retention).await?,
             outcomes: bucket("outcomes", options.retention).await?,
             dead: bucket("dead", Duration::ZERO).await?,
+            held: bucket("held", Duration::ZERO).await?,
             retry: bucket("retry", options.retention).await?,
             kv: bucket("kv", Duration::ZERO).await?,
             kv_usage: bucket("kvusage", Duration::ZERO).await?,
@@ -742,6 +798,19 @@ impl NatsStore {
                         .await
                         .map_err(nats("cannot write a dead letter"))?;
                 }
+                if let OutcomeKind::Held { .. } = &outcome.result {
+                    let mut waiting = envelope.clone();
+                    waiting.attempts = outcome.attempts.clone();
+                    let held = DeadLetter {
+                        envelope: waiting,
+                        outcome: outcome.as_ref().clone(),
+                    };
+                    self.buckets
+                        .held
+                        .put(escape(outcome.id.as_str()), encode(&held)?)
+                        .await
+                        .map_err(nats("cannot write an exception"))?;
+                }
                 if let OutcomeKind::Rejected { reasons } = &outcome.result {
                     let rejected = EventBody::Rejected {
                         id: outcome.id.clone(),
@@ -1064,45 +1133,36 @@ impl Store for NatsStore {
     }
 
     async fn redrive(&self, id: &MessageId) -> Result<bool, StoreError> {
-        let key = escape(id.as_str());
+        self.requeue_parked(&self.buckets.dead, id, None).await
+    }
+
+    async fn exceptions(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let mut out = Vec::new();
+        for (_, bytes) in self.entries(&self.buckets.held, None).await? {
+            out.push(decode::<DeadLetter>(&bytes)?);
+        }
+        out.sort_by(|a, b| {
+            (a.outcome.at_ms, a.outcome.id.as_str()).cmp(&(b.outcome.at_ms, b.outcome.id.as_str()))
+        });
+        Ok(out)
+    }
+
+    async fn exception(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
         let entry = self
             .buckets
-            .dead
-            .entry(key.clone())
+            .held
+            .entry(escape(id.as_str()))
             .await
-            .map_err(nats("cannot read a dead letter"))?;
-        let Some(entry) = entry.filter(|e| e.operation == kv::Operation::Put) else {
-            return Ok(false);
-        };
-        let letter: DeadLetter = decode(&entry.value)?;
-        let mut envelope = letter.envelope;
-        envelope.attempts.clear();
-        envelope.not_before_ms = 0;
-        let Some(stage) = envelope.route.get(envelope.stage as usize) else {
-            return Ok(false);
-        };
-        let queue = queue_name(&envelope.flow, stage);
-        let revision = entry.revision;
-        let _ = self
-            .buckets
-            .retry
-            .delete(escape(envelope.message.id.as_str()))
-            .await;
-        self.publish(&[(queue, envelope)], |queue, e| {
-            format!("redrive|{revision}|{queue}|{}", e.message.id)
-        })
-        .await?;
-        self.buckets
-            .outcomes
-            .delete(Self::outcome_key(id))
+            .map_err(nats("cannot read an exception"))?;
+        entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| decode(&e.value))
+            .transpose()
+    }
+
+    async fn decide(&self, id: &MessageId, directive: Directive) -> Result<bool, StoreError> {
+        self.requeue_parked(&self.buckets.held, id, Some(directive))
             .await
-            .map_err(nats("cannot forget an outcome"))?;
-        self.buckets
-            .dead
-            .delete(&key)
-            .await
-            .map_err(nats("cannot remove a dead letter"))?;
-        Ok(true)
     }
 
     async fn discard(&self, id: &MessageId) -> Result<bool, StoreError> {

@@ -8,10 +8,10 @@ use super::by_time;
 use super::events::{self, EVENTS};
 use super::index::Index;
 use super::kv::{apply_kv, kv_over_quota};
-use super::{IDEMPOTENCY, QUEUE, decode, encode};
+use super::{EXCEPTIONS, IDEMPOTENCY, QUEUE, decode, encode};
 use crate::model::{
-    DeadLetter, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord, OutcomeKind,
-    now_ms, queue_name,
+    DeadLetter, Directive, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord,
+    OutcomeKind, now_ms, queue_name,
 };
 use crate::store::node::META;
 use crate::store::{Completion, Enqueued, KvWrites, NodeDb, StoreError};
@@ -95,6 +95,8 @@ pub(super) enum Write {
     Redrive { id: String },
     /// Forget a dead letter (its outcome stays).
     Discard { id: String },
+    /// Put an exception back in front of its stage with a person's decision.
+    Decide { id: String, directive: Directive },
 }
 
 /// The committer thread's inbox; dropping the last handle stops and joins it, so the
@@ -216,7 +218,10 @@ impl Notifiers {
                 self.get(&slot.0).notify_one();
             }
             Write::Kv(_) => {}
-            Write::Redrive { .. } | Write::Discard { .. } | Write::Sweep { .. } => {
+            Write::Redrive { .. }
+            | Write::Discard { .. }
+            | Write::Decide { .. }
+            | Write::Sweep { .. } => {
                 let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
                 for notify in map.values() {
                     notify.notify_waiters();
@@ -336,11 +341,22 @@ fn apply_one(
                 ops,
             )?
         }
-        Write::Redrive { id } => {
-            let Some(letter) = by_time::take_dead(txn, id)? else {
+        Write::Redrive { id } | Write::Decide { id, .. } => {
+            let letter = match write {
+                Write::Redrive { .. } => by_time::take_dead(txn, id)?,
+                _ => {
+                    let mut held = txn.open_table(EXCEPTIONS)?;
+                    let taken = held.remove(id.as_str())?;
+                    taken.map(|v| decode::<DeadLetter>(v.value())).transpose()?
+                }
+            };
+            let Some(letter) = letter else {
                 return Ok(Applied::Missing);
             };
             let mut envelope = letter.envelope;
+            if let Write::Decide { directive, .. } = write {
+                envelope.directive = Some(directive.clone());
+            }
             envelope.attempts.clear();
             envelope.not_before_ms = 0;
             by_time::remove_outcome(txn, id)?;
@@ -427,16 +443,26 @@ fn apply_one(
                         seq: slot.1,
                     });
                     write_outputs(&mut queue, published, ops)?;
-                    if let (OutcomeKind::DeadLetter { .. }, Some(waiting)) =
-                        (&outcome.result, waiting)
-                    {
+                    // A dead letter or an exception keeps the message as it waited.
+                    let parked = match &outcome.result {
+                        OutcomeKind::DeadLetter { .. } => Some(false),
+                        OutcomeKind::Held { .. } => Some(true),
+                        _ => None,
+                    };
+                    if let (Some(held), Some(waiting)) = (parked, waiting) {
                         let mut envelope = waiting?;
                         envelope.attempts = outcome.attempts.clone();
-                        let dead = DeadLetter {
+                        let letter = DeadLetter {
                             envelope,
                             outcome: outcome.as_ref().clone(),
                         };
-                        by_time::put_dead(txn, &dead)?;
+                        match held {
+                            true => {
+                                txn.open_table(EXCEPTIONS)?
+                                    .insert(outcome.id.as_str(), encode(&letter)?.as_slice())?;
+                            }
+                            false => by_time::put_dead(txn, &letter)?,
+                        }
                     }
                     if let OutcomeKind::Rejected { reasons } = &outcome.result {
                         let rejected = EventBody::Rejected {

@@ -25,7 +25,8 @@ mod kv;
 mod tests;
 
 use crate::model::{
-    DeadLetter, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId, Outcome, now_ms,
+    DeadLetter, Directive, Envelope, Event, IdempotencyClaim, IdempotencyRecord, MessageId,
+    Outcome, now_ms,
 };
 use crate::store::{
     CompleteError, Completion, Enqueued, KvWrites, Lease, NodeDb, Store, StoreError, Ticket,
@@ -47,6 +48,8 @@ const QUEUE: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("queue")
 const OUTCOMES: TableDefinition<&str, &[u8]> = TableDefinition::new("outcomes");
 /// Dead letters: message id -> encoded [`DeadLetter`].
 const DEAD: TableDefinition<&str, &[u8]> = TableDefinition::new("dead");
+/// Exceptions: messages held for a person, by id (as few as people decide on).
+const EXCEPTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("exceptions");
 /// Idempotency records of ingress: (source, idempotency key) -> encoded
 /// [`IdempotencyRecord`].
 const IDEMPOTENCY: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("idempotency");
@@ -388,6 +391,28 @@ impl Store for RedbStore {
         Ok(applied == Applied::Done)
     }
 
+    async fn exceptions(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        let txn = self.read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(EXCEPTIONS)?.iter()? {
+            out.push(decode::<DeadLetter>(entry?.1.value())?);
+        }
+        out.sort_by(|a, b| {
+            (a.outcome.at_ms, a.outcome.id.as_str()).cmp(&(b.outcome.at_ms, b.outcome.id.as_str()))
+        });
+        Ok(out)
+    }
+
+    async fn exception(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
+        self.table_get(EXCEPTIONS, id.as_str())
+    }
+
+    async fn decide(&self, id: &MessageId, directive: Directive) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        let applied = self.write(Write::Decide { id, directive }).await?;
+        Ok(applied == Applied::Done)
+    }
+
     async fn events(&self, from: u64, to: u64) -> Result<Vec<Event>, StoreError> {
         let txn = self.read()?;
         events::read(&txn.open_table(EVENTS)?, from, to)
@@ -448,6 +473,7 @@ fn create_tables(node: &NodeDb) -> Result<(), StoreError> {
     txn.open_table(QUEUE)?;
     txn.open_table(OUTCOMES)?;
     txn.open_table(DEAD)?;
+    txn.open_table(EXCEPTIONS)?;
     txn.open_table(IDEMPOTENCY)?;
     txn.open_table(EVENTS)?;
     txn.open_table(kv::KV)?;

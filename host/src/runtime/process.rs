@@ -1,0 +1,337 @@
+//! The process layer: what decides a message's fate beside its plugins.
+//!
+//! - **Rules** (`[[flows.*.rules]]`, CEL): checked before a stage takes a message; one
+//!   that applies holds it for a person (an exception) or rejects it.
+//! - **Exceptions**: a held message waits, whole, in the store's exceptions until a
+//!   person decides ([`Runtime::decide`]). Approval puts it back before its stage,
+//!   where its rules pass it (a failed part is tried again); rejection ends it
+//!   rejected, which fails its transaction.
+//! - **Sagas**: a business transaction is every message derived from one input (one
+//!   root). In a flow with `saga`, each delivery keeps what it delivered with its
+//!   outcome (`Outcome::undo`). When a part of the transaction fails for good (a
+//!   rejection or a dead letter, in any flow), every delivery of it made in such a
+//!   flow is undone: a compensation message (`<id>.undo`, carrying
+//!   [`Directive::Compensate`]) goes to the sink's queue in the same commit as the
+//!   failure, and the sink's `compensate` export runs on it like any delivery
+//!   (retries, dead letter, its outcome recorded once). Where a delivered part's flow
+//!   says `saga = "exception"`, the failure is held for a person first.
+//!
+//! Saga state is the store's: outcomes (with what each delivery did) and queued
+//! compensations, written in the transaction that records the failure, so a crash
+//! resumes where the commit left off and each undoing runs once. A delivery and a
+//! failure committed at the same instant both look again after their commit
+//! ([`Runtime::settle_saga`]), so the later of the two sees the other.
+
+use super::Runtime;
+use super::worker::ended;
+use crate::config::{RuleAction, SagaPolicy};
+use crate::model::{
+    DeadLetter, Directive, Envelope, MessageId, Outcome, OutcomeKind, StoredMessage, Undo,
+    queue_name,
+};
+use crate::policy::Facts;
+use crate::sandbox::plugin::Plugin;
+use crate::store::{Completion, StoreError};
+use crate::telemetry;
+use std::collections::BTreeSet;
+use std::sync::PoisonError;
+
+impl Runtime {
+    /// What the process layer decides before a stage runs `env`, if anything: a
+    /// person's rejection, or the first of the stage's rules that applies (unless a
+    /// person approved the message here). `None`: the stage runs it.
+    pub(super) fn before_stage(&self, plugin: &Plugin, env: &Envelope) -> Option<Completion> {
+        let end =
+            |result| Completion::finish(ended(env, plugin, result, env.trail.clone(), vec![]));
+        match &env.directive {
+            Some(Directive::Reject { by, note }) => {
+                tracing::info!(outcome = "rejected", %by, "held message rejected by a person");
+                let reasons = vec![format!("rejected by {by}: {note}")];
+                return Some(end(OutcomeKind::Rejected { reasons }));
+            }
+            Some(_) => return None,
+            None => {}
+        }
+        let stage = env.route.get(env.stage as usize)?;
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        let flow = flows.get(&env.flow)?;
+        let mut rules = flow.rules.iter().filter(|r| &r.stage == stage).peekable();
+        rules.peek()?;
+        let m = &env.message;
+        let facts = Facts::of(&m.kind, &m.key, &m.headers, &m.content_type, &m.body);
+        for rule in rules {
+            let held = |reason: String| OutcomeKind::Held {
+                rule: format!("rule {}", rule.number),
+                reasons: vec![reason],
+                proposed: format!(
+                    "approve: `{stage}` takes it; reject: it ends rejected (and its transaction is undone where its flows have a saga)"
+                ),
+            };
+            let result = match facts
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|f| rule.when.holds(f))
+            {
+                Ok(false) => continue,
+                Ok(true) => match rule.then {
+                    RuleAction::Hold => held(rule.reason.clone()),
+                    RuleAction::Reject => OutcomeKind::Rejected {
+                        reasons: vec![format!("rule {}: {}", rule.number, rule.reason)],
+                    },
+                },
+                // A rule that cannot say is a person's to decide, never a pass.
+                Err(error) => held(format!("rule {} cannot be evaluated: {error}", rule.number)),
+            };
+            tracing::info!(
+                rule = rule.number,
+                outcome = telemetry::metrics::result_name(&result),
+                "a rule of the flow applies"
+            );
+            return Some(end(result));
+        }
+        None
+    }
+
+    /// The saga's say on how `env` ended (before it is committed), and whether to
+    /// look at its transaction again after the commit: a delivery in a flow with a
+    /// saga keeps what it delivered (and is undone at once if its transaction failed
+    /// already); a failure undoes the transaction's deliveries, or is held for a
+    /// person where their flows say so.
+    pub(super) async fn saga(
+        &self,
+        plugin: &Plugin,
+        env: &Envelope,
+        completion: Completion,
+        step: &opentelemetry::Context,
+    ) -> (Completion, bool) {
+        let Completion::Finish {
+            mut outcome,
+            mut published,
+        } = completion
+        else {
+            return (completion, false);
+        };
+        // An undoing does not start another; a failed one is a dead letter for a person.
+        if matches!(env.directive, Some(Directive::Compensate { .. })) {
+            return (Completion::Finish { outcome, published }, false);
+        }
+        let (own, any) = {
+            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+            (
+                flows.get(&env.flow).and_then(|f| f.saga),
+                flows.values().any(|f| f.saga.is_some()),
+            )
+        };
+        if !any {
+            return (Completion::Finish { outcome, published }, false);
+        }
+        let settle = match &outcome.result {
+            OutcomeKind::Delivered { .. } if own.is_some() => {
+                let m = &env.message;
+                outcome.undo = Some(Undo {
+                    kind: m.kind.clone(),
+                    content_type: m.content_type.clone(),
+                    headers: m.headers.clone(),
+                    body: m.body.clone(),
+                });
+                let siblings = self.store.outcomes(&env.root).await.unwrap_or_default();
+                if let Some(failed) = siblings.iter().find(|o| o.result.fails_transaction()) {
+                    tracing::warn!(failed = %failed.id, "delivered after its transaction failed: undone at once");
+                    published.extend(compensation(&outcome, &because(failed), step));
+                }
+                true
+            }
+            result if result.fails_transaction() => {
+                let siblings = match self.store.outcomes(&env.root).await {
+                    Ok(siblings) => siblings,
+                    Err(error) => {
+                        tracing::error!(%error, "cannot read the transaction's outcomes; it is looked at again after the commit");
+                        Vec::new()
+                    }
+                };
+                let done = undone(&siblings);
+                let delivered: Vec<&Outcome> = siblings
+                    .iter()
+                    .filter(|o| o.undo.is_some() && !done.contains(&o.id))
+                    .collect();
+                let hold = !matches!(env.directive, Some(Directive::Reject { .. }))
+                    && !delivered.is_empty()
+                    && {
+                        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+                        delivered.iter().any(|d| {
+                            flows.get(&d.flow).and_then(|f| f.saga) == Some(SagaPolicy::Exception)
+                        })
+                    };
+                if hold {
+                    let stage = plugin.name();
+                    let parts: Vec<String> = delivered
+                        .iter()
+                        .map(|d| format!("{} ({})", d.id, reference(d)))
+                        .collect();
+                    outcome.result = OutcomeKind::Held {
+                        rule: "saga".to_owned(),
+                        reasons: vec![because(&outcome)],
+                        proposed: format!(
+                            "approve: `{stage}` tries it again; reject: undo what its transaction delivered: {}",
+                            parts.join(", ")
+                        ),
+                    };
+                    tracing::warn!("part of a transaction failed: held for a person");
+                    false
+                } else {
+                    let why = because(&outcome);
+                    for d in &delivered {
+                        published.extend(compensation(d, &why, step));
+                    }
+                    if !delivered.is_empty() {
+                        tracing::warn!(
+                            undone = delivered.len(),
+                            "part of a transaction failed: its deliveries are undone"
+                        );
+                    }
+                    true
+                }
+            }
+            _ => false,
+        };
+        (Completion::Finish { outcome, published }, settle)
+    }
+
+    /// After a delivery or a failure in a transaction with sagas is committed: if the
+    /// transaction failed, queue the undoing of each of its deliveries not undone nor
+    /// queued yet (one committed at the same instant as the failure).
+    pub(super) async fn settle_saga(&self, root: &MessageId, step: &opentelemetry::Context) {
+        let looked = async {
+            let pending = self.store.pending(root).await?;
+            let outcomes = self.store.outcomes(root).await?;
+            Ok::<_, StoreError>((pending, outcomes))
+        };
+        let (pending, outcomes) = match looked.await {
+            Ok(found) => found,
+            Err(error) => {
+                tracing::error!(%error, "cannot look at the transaction again");
+                return;
+            }
+        };
+        let Some(failed) = outcomes.iter().find(|o| o.result.fails_transaction()) else {
+            return;
+        };
+        let mut done = undone(&outcomes);
+        done.extend(pending.iter().map(|e| e.message.id.clone()));
+        let why = because(failed);
+        let missing: Vec<(String, Envelope)> = outcomes
+            .iter()
+            .filter(|o| {
+                o.undo.is_some() && !done.contains(&o.id.undoing()) && !done.contains(&o.id)
+            })
+            .filter_map(|o| compensation(o, &why, step))
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            undone = missing.len(),
+            "a delivery and a failure of one transaction crossed: undone now"
+        );
+        if let Err(error) = self.store.requeue(missing).await {
+            tracing::error!(%error, "cannot queue the undoing of a delivery");
+        }
+    }
+
+    /// Every exception (a message held for a person), oldest first.
+    pub async fn exceptions(&self) -> Result<Vec<DeadLetter>, StoreError> {
+        self.store.exceptions().await
+    }
+
+    /// One exception.
+    pub async fn exception(&self, id: &MessageId) -> Result<Option<DeadLetter>, StoreError> {
+        self.store.exception(id).await
+    }
+
+    /// A person's decision on an exception: approve (it goes back before its stage,
+    /// which takes it) or reject (it ends rejected; its transaction is undone where
+    /// its flows have a saga). `false` when there is no such exception.
+    pub async fn decide(&self, id: &MessageId, directive: Directive) -> Result<bool, StoreError> {
+        let decided = self.store.decide(id, directive).await?;
+        if decided {
+            self.progressed.notify_waiters();
+        }
+        Ok(decided)
+    }
+}
+
+/// The ids of deliveries undone (or being undone) among `outcomes`: each
+/// compensation's outcome names the delivery it undid by its id.
+fn undone(outcomes: &[Outcome]) -> BTreeSet<MessageId> {
+    let mut done = BTreeSet::new();
+    for o in outcomes {
+        if let Some(delivered) = o.id.as_str().strip_suffix(".undo") {
+            done.insert(MessageId::from(delivered));
+            done.insert(o.id.clone());
+        }
+    }
+    done
+}
+
+/// A failure in words, for what it makes undone.
+fn because(failed: &Outcome) -> String {
+    let what = match &failed.result {
+        OutcomeKind::Rejected { reasons } => format!("rejected: {}", reasons.join("; ")),
+        OutcomeKind::DeadLetter { error } => format!("failed: {error}"),
+        other => telemetry::metrics::result_name(other).to_owned(),
+    };
+    format!(
+        "{} ({}) at `{}` {what}",
+        failed.id, failed.kind, failed.plugin
+    )
+}
+
+/// What a delivery returned, in words.
+fn reference(delivered: &Outcome) -> String {
+    match &delivered.result {
+        OutcomeKind::Delivered { reference, .. } => format!("{} `{reference}`", delivered.plugin),
+        _ => delivered.plugin.clone(),
+    }
+}
+
+/// The undoing of `delivered` (an outcome with what it delivered), for its sink's
+/// queue in its flow.
+fn compensation(
+    delivered: &Outcome,
+    because: &str,
+    step: &opentelemetry::Context,
+) -> Option<(String, Envelope)> {
+    let (undo, OutcomeKind::Delivered { reference, detail }) =
+        (delivered.undo.as_ref()?, &delivered.result)
+    else {
+        return None;
+    };
+    let message = StoredMessage {
+        id: delivered.id.undoing(),
+        key: delivered.key.clone(),
+        kind: undo.kind.clone(),
+        content_type: undo.content_type.clone(),
+        headers: undo.headers.clone(),
+        body: undo.body.clone(),
+    };
+    let envelope = Envelope {
+        message,
+        flow: delivered.flow.clone(),
+        route: vec![delivered.plugin.clone()],
+        stage: 0,
+        root: delivered.root.clone(),
+        accepted_ms: delivered.accepted_ms,
+        trail: delivered.trail.clone(),
+        attempts: Vec::new(),
+        not_before_ms: 0,
+        root_kind: delivered.root_kind.clone(),
+        trace: telemetry::carried(step),
+        directive: Some(Directive::Compensate {
+            delivered: delivered.id.clone(),
+            reference: reference.clone(),
+            detail: detail.clone(),
+            because: because.to_owned(),
+        }),
+    };
+    Some((queue_name(&delivered.flow, &delivered.plugin), envelope))
+}

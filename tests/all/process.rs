@@ -1,0 +1,430 @@
+//! The process layer through the binary: rules in CEL (hold, reject, a filter),
+//! exceptions decided through the API and the CLI, and sagas that undo what a
+//! transaction delivered when another part of it fails for good, at once or after a
+//! person's decision.
+
+use crate::support::{SETTLE, Tenon, Workspace, sample, tenon_cli};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tenon_testkit::mock_erp::MockErp;
+
+/// A quote's orders published, each category to its own system: the ERP takes the
+/// physical ones, billing the subscriptions (filters in CEL). `erp_flow` and
+/// `billing_flow` are extra lines of those flows' tables.
+fn config(
+    erp: &MockErp,
+    billing: &MockErp,
+    erp_flow: &str,
+    billing_flow: &str,
+    quotes: &str,
+) -> String {
+    format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.erp]
+path = "plugins/http-sink"
+config = {{ url = "http://{erp}/erp/orders", compensate_url = "http://{erp}/erp/orders/{{ref}}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[plugins.billing]
+path = "plugins/http-sink"
+config = {{ url = "http://{billing}/billing/subscriptions" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.quotes]
+source = "cpq-source"
+steps = ["quote-to-order"]
+{quotes}
+
+[flows.erp]
+subscribe = ["OrderDrafted"]
+filter = 'order.category == "Physical"'
+sink = "erp"
+backoff_ms = 20
+max_backoff_ms = 100
+max_attempts = 200
+{erp_flow}
+
+[flows.billing]
+subscribe = ["OrderDrafted"]
+filter = 'order.category == "Subscription"'
+sink = "billing"
+backoff_ms = 20
+max_backoff_ms = 100
+max_attempts = 200
+{billing_flow}
+"#,
+        erp = erp.addr,
+        billing = billing.addr,
+    )
+}
+
+/// The outcome of the message with this id among a status's.
+fn outcome<'a>(status: &'a Value, id_suffix: &str) -> &'a Value {
+    status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["id"].as_str().is_some_and(|id| id.ends_with(id_suffix)))
+        .unwrap_or_else(|| panic!("no outcome `*{id_suffix}`: {status:#}"))
+}
+
+/// The exceptions the server lists now.
+async fn exceptions(tenon: &Tenon) -> Vec<Value> {
+    let reply = tenon.get("/v1/exceptions").await;
+    assert_eq!(reply.status, 200);
+    reply.json().unwrap()["exceptions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Wait until there are `n` exceptions; return them.
+async fn await_exceptions(tenon: &Tenon, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let held = exceptions(tenon).await;
+        if held.len() == n {
+            return held;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} exceptions, not {n}: {held:#?}",
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Wait until `erp` received `n` POSTs to paths starting with `prefix`.
+async fn await_requests(erp: &MockErp, prefix: &str, n: usize) {
+    let deadline = Instant::now() + SETTLE;
+    let posts = || {
+        erp.received()
+            .iter()
+            .filter(|r| r.method == "POST" && r.path.starts_with(prefix))
+            .count()
+    };
+    while posts() < n {
+        assert!(Instant::now() < deadline, "{:#?}", erp.received());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_hold_reject_and_route_without_code_and_people_decide() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let hold = |limit: &str| {
+        format!(
+            r#"
+[[flows.erp.rules]]
+when = 'double(order.total.amount) > {limit}'
+then = "hold"
+reason = "orders over {limit} need finance's approval"
+"#
+        )
+    };
+    let legal = r#"
+[[flows.quotes.rules]]
+when = 'quote.number == "Q-00101" && quote.currency == "EUR"'
+then = "reject"
+reason = "Q-00101 is stopped by legal"
+"#;
+    ws.write_config(&config(&erp, &billing, &hold("5000.0"), "", legal));
+    let tenon = Tenon::start(&ws);
+
+    // A reject rule before the mapping: the plain quote ends there, with its reason.
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert_eq!(
+        status["outcomes"][0]["result"]["Rejected"]["reasons"],
+        json!(["rule 1: Q-00101 is stopped by legal"]),
+        "{status:#}"
+    );
+
+    // The bundle: the filters send the subscription to billing only, and the hold rule
+    // stops the physical order (6600.00) before the ERP: an exception for a person.
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let held = &outcome(&status, "@erp")["result"]["Held"];
+    assert_eq!(held["rule"], "rule 1", "{status:#}");
+    assert_eq!(
+        held["reasons"],
+        json!(["orders over 5000.0 need finance's approval"])
+    );
+    assert!(outcome(&status, "@billing")["result"]["Delivered"].is_object());
+    assert_eq!(billing.received().len(), 1);
+    assert_eq!(billing.received()[0].body["category"], "Subscription");
+    assert!(erp.received().is_empty());
+    let listed = await_exceptions(&tenon, 1).await;
+    let exception = &listed[0];
+    assert_eq!(exception["key"], "Q-00102");
+    assert_eq!(exception["flow"], "erp");
+    assert_eq!(exception["stage"], "erp");
+    assert_eq!(exception["kind"], "OrderDrafted");
+    assert!(
+        exception["proposed"]
+            .as_str()
+            .unwrap()
+            .starts_with("approve: `erp` takes it")
+    );
+    let id = exception["id"].as_str().unwrap().to_owned();
+    let detail = tenon
+        .get(&format!("/v1/exceptions/{id}"))
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(detail["body"]["total"]["amount"], "6600.00", "{detail:#}");
+
+    // The CLI lists it, and approves it: the ERP takes the order, once.
+    let (ok, out, err) = tenon.cli(&["exceptions", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&id) && out.contains("key=Q-00102") && out.contains("rule 1"),
+        "{out}"
+    );
+    let (ok, out, err) = tenon.cli(&["exceptions", "approve", &id, "--note", "CFO agreed"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("approve"), "{out}");
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true
+                && s.to_string().contains("\"Delivered\"")
+                && !s.to_string().contains("\"Held\"")
+        })
+        .await;
+    assert!(
+        outcome(&status, "@erp")["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    await_requests(&erp, "/erp/orders", 1).await;
+    assert_eq!(erp.received()[0].body["id"], "Q-00102-P");
+    assert!(exceptions(&tenon).await.is_empty());
+    // Decided already: nothing to decide.
+    let again = tenon
+        .post(
+            &format!("/v1/exceptions/{id}/reject"),
+            "application/json",
+            b"{}",
+        )
+        .await;
+    assert_eq!(again.status, 404);
+
+    // Held again, and rejected through the API: it ends rejected with the note.
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let id = await_exceptions(&tenon, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let reply = tenon
+        .post(
+            &format!("/v1/exceptions/{id}/reject"),
+            "application/json",
+            br#"{"note": "customer over its credit limit"}"#,
+        )
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let decided = reply.json().unwrap();
+    assert_eq!(decided["decision"], "reject");
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s.to_string().contains("customer over its credit limit")
+        })
+        .await;
+    let reasons = &outcome(&status, "@erp")["result"]["Rejected"]["reasons"];
+    let by = decided["by"].as_str().unwrap();
+    assert_eq!(
+        reasons,
+        &json!([format!("rejected by {by}: customer over its credit limit")])
+    );
+    assert_eq!(
+        erp.received().len(),
+        1,
+        "the rejected order never reached the ERP"
+    );
+
+    // The rules reload with the config: a higher threshold lets the order through.
+    let text = config(&erp, &billing, &hold("7000.0"), "", legal);
+    ws.write_config(&text);
+    let digest = tenon::model::digest(ws.config_text(&text).as_bytes());
+    let deadline = Instant::now() + SETTLE;
+    while tenon.get("/v1/plugins").await.json().unwrap()["config"]["digest"] != digest.as_str() {
+        assert!(Instant::now() < deadline, "the new rules were not applied");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        outcome(&status, "@erp")["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+
+    // An expression that does not compile is refused at load, its place named.
+    let bad = config(
+        &erp,
+        &billing,
+        "",
+        "",
+        &hold("").replace("flows.erp", "flows.quotes"),
+    );
+    let path = ws.write_config(&bad);
+    let (ok, _, err) = tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("flow `quotes`: rule 1: `when = 'double(order.total.amount) > '`: at 1:"),
+        "{err}"
+    );
+    let unknown = config(&erp, &billing, "", "", "filter = 'x'");
+    let path = ws.write_config(&unknown);
+    let (ok, _, err) = tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("`filter` is for a flow that subscribes to events"),
+        "{err}"
+    );
+    let typo = config(&erp, &billing, "", "", "").replace(
+        r#"filter = 'order.category == "Physical"'"#,
+        r#"filter = 'ordr.category == "Physical"'"#,
+    );
+    let path = ws.write_config(&typo);
+    let (ok, _, err) = tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("unknown name `ordr`"), "{err}");
+}
+
+/// Billing answers 503 until the ERP has the physical order, then refuses the
+/// subscription (422): the failure comes after the delivery, every time.
+async fn billing_fails_after_the_erp_delivered(erp: &MockErp, billing: &MockErp) {
+    await_requests(erp, "/erp/orders", 1).await;
+    billing.refuse("/billing", "no billing account for this customer");
+    billing.set_unavailable(false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_part_undoes_what_its_transaction_delivered() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let saga = r#"saga = "compensate""#;
+    ws.write_config(&config(&erp, &billing, saga, saga, ""));
+    let tenon = Tenon::start(&ws);
+
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    billing_fails_after_the_erp_delivered(&erp, &billing).await;
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && s.to_string().contains("Compensated")
+        })
+        .await;
+    let number = erp.received()[0].order_number.clone();
+    let undone = &outcome(&status, "@erp.undo")["result"]["Compensated"];
+    assert_eq!(undone["reference"], number.as_str(), "{status:#}");
+    assert!(outcome(&status, "@billing")["result"]["Rejected"].is_object());
+    // The ERP order is cancelled, once, by the number it gave.
+    tenon.drained().await;
+    assert_eq!(erp.cancelled(), vec![number.clone()]);
+    let delete = erp
+        .received()
+        .into_iter()
+        .find(|r| r.method == "DELETE")
+        .unwrap();
+    assert_eq!(delete.path, format!("/erp/orders/{number}"));
+    assert!(delete.idempotency_key.unwrap().ends_with("@erp.undo"));
+    assert!(exceptions(&tenon).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_exception_waits_for_a_person_to_undo_or_resume() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let config = config(&erp, &billing, r#"saga = "exception""#, "", "");
+    ws.write_config(&config);
+    let tenon = Tenon::start(&ws);
+
+    // The subscription fails after the physical order was booked: held, not undone.
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    billing_fails_after_the_erp_delivered(&erp, &billing).await;
+    let held = await_exceptions(&tenon, 1).await;
+    let number = erp.received()[0].order_number.clone();
+    assert_eq!(held[0]["rule"], "saga");
+    assert_eq!(held[0]["stage"], "billing");
+    assert!(
+        held[0]["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("no billing account"),
+        "{held:#?}"
+    );
+    let proposed = held[0]["proposed"].as_str().unwrap();
+    assert!(proposed.contains(&format!("erp `{number}`")), "{proposed}");
+    assert!(
+        erp.cancelled().is_empty(),
+        "nothing is undone before a person decides"
+    );
+
+    // Rejected through the CLI: the ERP order is cancelled.
+    let id = held[0]["id"].as_str().unwrap().to_owned();
+    let (ok, _, err) = tenon.cli(&["exceptions", "reject", &id, "--note", "lost deal"]);
+    assert!(ok, "{err}");
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && s.to_string().contains("Compensated")
+        })
+        .await;
+    assert!(
+        outcome(&status, "@billing")["result"]["Rejected"].is_object(),
+        "{status:#}"
+    );
+    tenon.drained().await;
+    assert_eq!(erp.cancelled(), vec![number]);
+
+    // Again, and approved once billing knows the customer: the subscription is tried
+    // again and delivered; nothing is undone.
+    billing.accept_all();
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    await_requests(&erp, "/erp/orders", 2).await;
+    billing.refuse("/billing", "no billing account for this customer");
+    billing.set_unavailable(false);
+    let id = await_exceptions(&tenon, 1).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    billing.accept_all();
+    let (ok, _, err) = tenon.cli(&["exceptions", "approve", &id]);
+    assert!(ok, "{err}");
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && outcome_is(s, "@billing", "Delivered")
+        })
+        .await;
+    assert!(!status.to_string().contains("Compensated"), "{status:#}");
+    assert_eq!(erp.cancelled().len(), 1);
+}
+
+fn outcome_is(status: &Value, id_suffix: &str, result: &str) -> bool {
+    status["outcomes"].as_array().is_some_and(|outcomes| {
+        outcomes.iter().any(|o| {
+            o["id"].as_str().is_some_and(|id| id.ends_with(id_suffix))
+                && o["result"].get(result).is_some()
+        })
+    })
+}
