@@ -57,6 +57,8 @@ pub enum Expect {
     Delivered(usize),
     /// Rejected with this many reasons.
     Rejected(usize),
+    /// Held for a person, rejected, and this many deliveries of its transaction undone.
+    Undone(usize),
     /// Kept by a step (master data) this many times.
     Consumed(usize),
 }

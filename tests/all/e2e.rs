@@ -86,11 +86,11 @@ async fn the_demo_command_succeeds() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        stdout.contains("All 9 inputs ended as expected."),
+        stdout.contains("All 10 inputs ended as expected."),
         "{stdout}"
     );
     assert!(
-        stdout.contains("The mock systems received 10 documents (0 duplicates)."),
+        stdout.contains("The mock systems received 12 documents (0 duplicates)."),
         "{stdout}"
     );
 }

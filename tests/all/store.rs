@@ -87,6 +87,7 @@ on_every_store!(
     outcomes_are_found_by_lineage,
     an_idempotency_key_lets_one_request_through,
     dead_letters_are_kept_redriven_and_discarded,
+    exceptions_are_kept_apart_and_decided_once,
     accepted_messages_are_logged_and_replayed_without_a_new_entry,
     key_value_data_is_per_namespace_and_under_quota,
     a_waiting_lease_wakes_on_new_work,
@@ -312,6 +313,56 @@ async fn dead_letters_are_kept_redriven_and_discarded(s: Subject) {
     assert!(store.discard(&"d2".into()).await.unwrap());
     assert!(!store.discard(&"d2".into()).await.unwrap());
     assert!(store.dead_letters().await.unwrap().is_empty());
+}
+
+async fn exceptions_are_kept_apart_and_decided_once(s: Subject) {
+    let store = s.store.as_ref();
+    put(store, vec![("f/s", envelope("h1", "k1"))]).await;
+    let lease = take(store, "f/s").await.unwrap();
+    let held = outcome(
+        &lease.envelope,
+        OutcomeKind::Held {
+            rule: "rule 1".into(),
+            reasons: vec!["over the limit".into()],
+            proposed: "approve or reject".into(),
+        },
+    );
+    store
+        .complete(lease, Completion::finish(held), None)
+        .await
+        .unwrap();
+    // An exception, not a dead letter; its outcome says it is held.
+    assert!(store.dead_letters().await.unwrap().is_empty());
+    let listed = store.exceptions().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].envelope.message.id, "h1");
+    assert!(store.exception(&"h1".into()).await.unwrap().is_some());
+    let recorded = store.outcome(&"h1".into()).await.unwrap().unwrap();
+    assert!(matches!(recorded.result, OutcomeKind::Held { .. }));
+    assert_eq!(depth(store, "f/s").await, 0);
+    // Decided: back before its stage with the decision, its outcome gone; once only.
+    let approve = tenon::model::Directive::Approve {
+        by: "key-1".into(),
+        note: "ok".into(),
+    };
+    assert!(store.decide(&"h1".into(), approve.clone()).await.unwrap());
+    assert!(!store.decide(&"h1".into(), approve.clone()).await.unwrap());
+    assert!(store.exceptions().await.unwrap().is_empty());
+    assert!(store.outcome(&"h1".into()).await.unwrap().is_none());
+    let back = take(store, "f/s").await.expect("h1 is back in its queue");
+    assert_eq!(back.envelope.directive, Some(approve));
+    assert!(
+        !store
+            .decide(
+                &"nothing".into(),
+                tenon::model::Directive::Reject {
+                    by: "key-1".into(),
+                    note: String::new(),
+                }
+            )
+            .await
+            .unwrap()
+    );
 }
 
 async fn accepted_messages_are_logged_and_replayed_without_a_new_entry(s: Subject) {

@@ -32,6 +32,14 @@ pub const INPUTS: &[(&str, &str, &str, Expect)] = &[
     ("cpq-source", SAMPLES[0].0, SAMPLES[0].1, SAMPLES[0].2),
     ("cpq-source", SAMPLES[1].0, SAMPLES[1].1, SAMPLES[1].2),
     ("cpq-source", SAMPLES[2].0, SAMPLES[2].1, SAMPLES[2].2),
+    // Over 50,000: the rule holds its physical order for finance, who reject it; the
+    // subscription order the ERP booked meanwhile is cancelled (the quote's saga).
+    (
+        "cpq-source",
+        "bundle-large.json",
+        include_str!("../../../examples/quote-to-cash/samples/bundle-large.json"),
+        Expect::Undone(1),
+    ),
     (
         "zuora",
         "zuora-subscription.json",
@@ -105,6 +113,52 @@ async fn demo_client_key(server: &Server) -> anyhow::Result<String> {
         .context("the key's token is missing from the reply")
 }
 
+/// Wait until a message of `ids` is held for a person, show the exception, and
+/// reject it as finance would (`tenon exceptions reject <id>`).
+async fn decide_as_finance(server: &Server, ids: &[String]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + SETTLE_TIMEOUT;
+    let held = loop {
+        let held = server.runtime.exceptions().await?;
+        if let Some(held) = held
+            .into_iter()
+            .find(|h| ids.iter().any(|id| h.outcome.root.as_str() == id))
+        {
+            break held;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "no exception came of {ids:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // What else the quote made goes on meanwhile: the ERP books the other order.
+    while !server
+        .runtime
+        .status(&held.outcome.root)
+        .await?
+        .pending
+        .is_empty()
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let OutcomeKind::Held { rule, reasons, .. } = &held.outcome.result {
+        println!(
+            "  exception {} ({}, {rule}): {}",
+            held.outcome.id,
+            held.outcome.key,
+            reasons.join("; ")
+        );
+    }
+    println!(
+        "  finance rejects it: tenon exceptions reject {} --note \"over the credit limit\"",
+        held.outcome.id
+    );
+    let rejected = tenon::model::Directive::Reject {
+        by: "finance (the demo)".to_owned(),
+        note: "over the credit limit".to_owned(),
+    };
+    server.runtime.decide(&held.outcome.id, rejected).await?;
+    Ok(())
+}
+
 /// Run the demo; `Ok(true)` when every input ended as expected.
 pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     let dir = data_dir.join("demo");
@@ -124,8 +178,10 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
     let mock = mock.trim_end_matches("/sap/orders").to_owned();
     let mut config = Config::parse(&config_path, EXAMPLE_CONFIG)?;
     for plugin in config.plugins.values_mut() {
-        if let Some(ConfigValue::Text(url)) = plugin.config.get_mut("url") {
-            *url = url.replace(EXAMPLE_TARGET, &mock);
+        for (key, value) in plugin.config.iter_mut() {
+            if let (true, ConfigValue::Text(url)) = (key.ends_with("url"), value) {
+                *url = url.replace(EXAMPLE_TARGET, &mock);
+            }
         }
     }
 
@@ -192,6 +248,8 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
                     reply.status == 200
                         && answer["outputs"].as_array().is_some_and(|o| o.len() == *n)
                 }
+                // Valid: the hold is a rule of the flow, for a person, not a refusal.
+                Expect::Undone(_) => reply.status == 200,
                 Expect::Consumed(_) => true,
             };
         }
@@ -234,13 +292,17 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
                 }
             }
         }
+        // A held order waits for a person: the demo plays finance and rejects it.
+        if let Expect::Undone(_) = expect {
+            decide_as_finance(&server, &ids).await?;
+        }
         sent.push((*file, ids, *expect));
     }
 
     println!();
     let deadline = Instant::now() + SETTLE_TIMEOUT;
     for (file, ids, expect) in &sent {
-        let (mut delivered, mut rejected, mut consumed) = (0, 0, 0);
+        let (mut delivered, mut rejected, mut consumed, mut compensated) = (0, 0, 0, 0);
         let mut ok = !ids.is_empty();
         for id in ids {
             let status = loop {
@@ -297,6 +359,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
                         println!("  {:<16}    {proposed}", "");
                     }
                     OutcomeKind::Compensated { reference, .. } => {
+                        compensated += 1;
                         println!("  {:<16} => undone by {}: {reference}", "", outcome.plugin);
                     }
                 }
@@ -310,6 +373,7 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
             Expect::Delivered(n) => delivered == *n,
             Expect::Rejected(n) => rejected == *n && delivered == 0,
             Expect::Consumed(n) => consumed == *n,
+            Expect::Undone(n) => compensated == *n && delivered == *n && rejected > 0,
         };
         let verdict = if ok { "as expected" } else { "NOT as expected" };
         println!("  => {verdict} ({expect:?})");
