@@ -20,7 +20,7 @@
 //! compensations, written in the transaction that records the failure, so a crash
 //! resumes where the commit left off and each undoing runs once. A delivery and a
 //! failure committed at the same instant both look again after their commit
-//! ([`Runtime::settle_saga`]), so the later of the two sees the other.
+//! (`Runtime::settle_saga`), so the later of the two sees the other.
 
 use super::Runtime;
 use super::worker::ended;

@@ -447,10 +447,10 @@ impl NatsStore {
         Ok(())
     }
 
-    /// Publish messages entering their flows and log them as accepted.
+    /// Log messages entering their flows as accepted, then publish them.
     async fn admit(&self, items: &[(String, Envelope)]) -> Result<(), StoreError> {
-        self.publish(items, |queue, e| format!("{queue}|{}", e.message.id))
-            .await?;
+        // Logged before the work is published: a worker cannot log what became of a
+        // message (a rejection) ahead of its acceptance.
         let accepted = items
             .iter()
             .map(|(_, e)| {
@@ -463,7 +463,9 @@ impl NatsStore {
                 )
             })
             .collect();
-        self.append_events(now_ms(), accepted).await
+        self.append_events(now_ms(), accepted).await?;
+        self.publish(items, |queue, e| format!("{queue}|{}", e.message.id))
+            .await
     }
 
     /// The first message still queued on `subject` (a wildcard) at or after `from`.
