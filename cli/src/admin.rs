@@ -368,6 +368,66 @@ pub async fn dlq(admin: &Admin, action: DlqAction) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `tenon reconcile`.
+pub async fn reconcile(
+    admin: &Admin,
+    name: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let name = match name {
+        Some(name) => name,
+        None => {
+            let configured: api::Reconciliations = admin.get("/v1/reconciliations").await?;
+            let names: Vec<String> = configured
+                .reconciliations
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            match names.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!("the server's config has no [reconciliations.*]"),
+                _ => anyhow::bail!("name the reconciliation: one of {}", names.join(", ")),
+            }
+        }
+    };
+    let asked = api::Reconcile {
+        since: from,
+        until: to,
+    };
+    let report: api::Reconciled = admin
+        .post(&format!("/v1/reconciliations/{name}/run"), &asked)
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "reconciliation {name}, documents dated {} to {}: {} billing documents, {} ERP records",
+        report.since, report.until, report.billing_documents, report.erp_records
+    );
+    match report.accuracy {
+        Some(rate) => println!(
+            "billing accuracy {:.1}% ({} matched of {})",
+            rate * 100.0,
+            report.matched,
+            report.billing_documents
+        ),
+        None => println!("billing accuracy not measured: no billing document in the window"),
+    }
+    for m in &report.mismatches {
+        let kind = serde_json::to_value(m.kind)?;
+        println!("  {:<20} {}", kind.as_str().unwrap_or_default(), m.detail);
+    }
+    println!(
+        "{} mismatches; {} new exceptions (tenon exceptions list)",
+        report.mismatches.len(),
+        report.raised
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenon exceptions ...`.
 pub async fn exceptions(admin: &Admin, action: ExceptionAction) -> anyhow::Result<ExitCode> {
     let (ids, note, decision) = match action {
@@ -645,10 +705,20 @@ pub async fn kpis(
         "  amendment propagation      {}",
         latency(&report.amendment_propagation)
     );
-    println!(
-        "  billing accuracy           not measured: {}",
-        report.billing_accuracy.why
-    );
+    let billing = &report.billing_accuracy;
+    match (billing.rate, &billing.why) {
+        (Some(rate), _) => println!(
+            "  billing accuracy           {:.1}% ({} matched of {}; {})",
+            rate * 100.0,
+            billing.matched,
+            billing.documents,
+            billing.runs.join(", ")
+        ),
+        (None, why) => println!(
+            "  billing accuracy           not measured: {}",
+            why.as_deref().unwrap_or_default()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -109,7 +109,7 @@ pub enum Command {
     Status,
     /// Print the business KPIs of a running server over a window of accepted messages:
     /// quote-to-order latency, order rejection rate (by rule), invoice posting
-    /// success, amendment propagation delay, billing accuracy (not measured yet).
+    /// success, amendment propagation delay, billing accuracy (from reconciliations).
     Kpis {
         /// Start of the window: ms since the Unix epoch, an RFC 3339 time, or a span
         /// back from now (`15m`, `24h`, `7d`). Default: 24 hours ago.
@@ -171,6 +171,28 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         action: DlqAction,
+    },
+    /// Reconcile billing with the ERP now, on a running server (its admin API).
+    ///
+    /// Billing documents (invoices, credit notes, voided invoices from the event log)
+    /// dated in the window are matched with the ERP's records (read through the
+    /// configured sink) by reference, amount and currency. Each mismatch (missing on one
+    /// side, amount, currency, duplicate) becomes an exception for a person; the match
+    /// rate is the billing-accuracy KPI.
+    Reconcile {
+        /// The reconciliation (`[reconciliations.<name>]`); may be left out when the
+        /// config has one.
+        name: Option<String>,
+        /// The first day of the window (documents' dates), e.g. `2026-11-01`; default:
+        /// the configured `window_days` before `--to`.
+        #[arg(long)]
+        from: Option<String>,
+        /// The last day, included; default today.
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
     },
     /// Inspect and decide exceptions on a running server (its admin API).
     ///
@@ -511,6 +533,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => admin::dlq(&admin, action).await,
         Command::Exceptions { action } => admin::exceptions(&admin, action).await,
+        Command::Reconcile {
+            name,
+            from,
+            to,
+            json,
+        } => admin::reconcile(&admin, name, from, to, json).await,
         Command::Keys { action } => admin::keys(&admin, action).await,
         Command::Audit {
             plugin,

@@ -8,7 +8,7 @@ use crate::auth::{ApiKey, Scope};
 use crate::model::{Attempt, Hop, MessageId, Outcome};
 use crate::runtime::canary::CanaryResult;
 pub use crate::runtime::observe::{
-    BusinessTrace, KpiReport, Latency, NotMeasured, Rate, TimelineEntry,
+    BillingAccuracy, BusinessTrace, KpiReport, Latency, Rate, TimelineEntry,
 };
 use crate::runtime::{LiveStatus, Refusal};
 use crate::store::audit::AuditRecord;
@@ -228,6 +228,45 @@ pub struct DeadLetterDetail {
     pub trail: Vec<Hop>,
     /// The message itself, as JSON.
     pub body: serde_json::Value,
+}
+
+pub use crate::runtime::reconcile::{Document, Mismatch, MismatchKind, Reconciled};
+
+/// `GET /v1/reconciliations`: each configured reconciliation and its last run here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Reconciliations {
+    /// By name.
+    pub reconciliations: Vec<ReconciliationStatus>,
+}
+
+/// One reconciliation as configured, and its last run on this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ReconciliationStatus {
+    /// Its name.
+    pub name: String,
+    /// The sink instance that reads the ERP's records.
+    pub erp: String,
+    /// The billing kinds compared.
+    pub billing: Vec<String>,
+    /// Its period, when scheduled.
+    pub every_secs: Option<u64>,
+    /// How many days back a scheduled run looks.
+    pub window_days: u32,
+    /// Its last run on this node.
+    pub last: Option<Reconciled>,
+}
+
+/// `POST /v1/reconciliations/{name}/run`: the window, by the documents' dates
+/// (ISO 8601 days, both included); by default the configured `window_days` to today.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reconcile {
+    /// The first day, e.g. `2026-11-01`.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// The last day.
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 /// `GET /v1/exceptions`: messages held for a person, oldest first.

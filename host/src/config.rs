@@ -138,6 +138,9 @@ pub struct Config {
     /// Synchronous APIs by name (`/v1/apis/<name>`).
     #[serde(default)]
     pub apis: BTreeMap<String, ApiEntry>,
+    /// Reconciliations of billing with the ERP, by name.
+    #[serde(default)]
+    pub reconciliations: BTreeMap<String, ReconciliationEntry>,
     /// Where secrets come from, by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
@@ -581,6 +584,54 @@ pub struct FlowEntry {
     pub saga: Option<Spanned<SagaPolicy>>,
 }
 
+/// The kind of the messages a reconciliation publishes, one per mismatch.
+pub const RECONCILIATION_EXCEPTION: &str = "ReconciliationException";
+
+/// `[reconciliations.<name>]`: billing documents compared with the ERP's records, by
+/// reference, amount and currency; each mismatch is a `ReconciliationException` that
+/// enters the flows subscribing to it held for a person (approve: the flow takes it,
+/// e.g. to finance; reject: dismissed).
+///
+/// ```toml
+/// [reconciliations.billing-vs-erp]
+/// erp = "tryton"                  # a sink instance that reads back records (`records`)
+/// billing = ["InvoicePosted", "CreditIssued", "InvoiceVoided"]   # the default
+/// every_secs = 86400              # and on demand: `tenon reconcile`
+/// window_days = 31                # the documents dated in the last 31 days
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconciliationEntry {
+    /// The sink plugin instance whose `records` export reads the ERP's documents.
+    pub erp: Spanned<String>,
+    /// The billing kinds compared, from the event log: `InvoicePosted` (reference: the
+    /// invoice's id), `CreditIssued` (the credit note's id, its total negative),
+    /// `InvoiceVoided` (`<invoice id>/void`, negative).
+    #[serde(default = "default_billing_kinds")]
+    pub billing: Vec<Spanned<String>>,
+    /// Run on its own every this many seconds over the last `window_days`; unset: on
+    /// demand only.
+    #[serde(default)]
+    pub every_secs: Option<u64>,
+    /// How many days back a scheduled run looks (by the documents' dates).
+    #[serde(default = "default_window_days")]
+    pub window_days: u32,
+}
+
+/// The billing kinds a reconciliation knows.
+pub const BILLING_KINDS: [&str; 3] = ["InvoicePosted", "CreditIssued", "InvoiceVoided"];
+
+fn default_billing_kinds() -> Vec<Spanned<String>> {
+    BILLING_KINDS
+        .iter()
+        .map(|k| Spanned::new(0..0, (*k).to_owned()))
+        .collect()
+}
+
+fn default_window_days() -> u32 {
+    31
+}
+
 /// What a flow taking part in sagas does when part of a transaction fails for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -969,7 +1020,58 @@ impl Config {
             }
         }
         self.check_policies()?;
+        self.check_reconciliations()?;
         self.check_subscriptions()
+    }
+
+    /// Each reconciliation reads a sink instance, compares kinds it knows, and has a
+    /// flow to take its exceptions.
+    fn check_reconciliations(&self) -> Result<(), ConfigError> {
+        for (name, entry) in &self.reconciliations {
+            if !self.plugins.contains_key(entry.erp.get_ref()) {
+                return Err(self.error(
+                    &entry.erp,
+                    format!(
+                        "reconciliation `{name}`: `erp = \"{}\"` is not a plugin instance of this config",
+                        entry.erp.get_ref()
+                    ),
+                ));
+            }
+            for kind in &entry.billing {
+                if !BILLING_KINDS.contains(&kind.get_ref().as_str()) {
+                    return Err(self.error(
+                        kind,
+                        format!(
+                            "reconciliation `{name}`: billing kind `{}` is not one it compares ({})",
+                            kind.get_ref(),
+                            BILLING_KINDS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if entry.every_secs == Some(0) || entry.window_days == 0 {
+                return Err(self.error(
+                    &entry.erp,
+                    format!(
+                        "reconciliation `{name}`: `every_secs` and `window_days` are at least 1"
+                    ),
+                ));
+            }
+            let taken = self.flows.values().any(|f| {
+                f.subscribe
+                    .iter()
+                    .any(|k| k.get_ref() == RECONCILIATION_EXCEPTION)
+            });
+            if !taken {
+                return Err(self.error(
+                    &entry.erp,
+                    format!(
+                        "reconciliation `{name}`: no flow subscribes to `{RECONCILIATION_EXCEPTION}`: its mismatches would reach no person (e.g. a flow with `subscribe = [\"{RECONCILIATION_EXCEPTION}\"]` and a sink to finance)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every CEL expression compiles (the error names the expression and the place
@@ -1036,7 +1138,8 @@ impl Config {
                     other != flow
                         && (e.sink.is_none()
                             || e.emit.iter().any(|k| k.get_ref() == kind.get_ref()))
-                });
+                }) || (kind.get_ref() == RECONCILIATION_EXCEPTION
+                    && !self.reconciliations.is_empty());
                 if !reached {
                     return Err(self.error(
                         kind,

@@ -38,6 +38,7 @@ pub mod config;
 pub mod http;
 pub mod kv;
 pub mod log;
+pub mod records;
 pub mod secrets;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;

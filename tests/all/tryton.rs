@@ -653,3 +653,271 @@ max_attempts = 200
     assert_eq!(sales[0]["state"], "cancelled", "{sales:#?}");
     assert!(tryton.sales("Q-00102-P/undo").await.is_empty());
 }
+
+/// Reconciliation against the real Tryton: billing documents (canonical invoices and
+/// a credit note) booked as Tryton customer invoices, seeded with a mismatch of each
+/// kind, found by `tenon reconcile`, each an exception a person decides once.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_finds_each_kind_of_mismatch_in_tryton() {
+    use tenon_model::chrono::{DateTime, Days};
+    let tryton = Tryton::start().await;
+    let finance = tenon_testkit::mock_erp::MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[secrets]
+tryton_password = {{ file = "tryton-password.txt" }}
+
+[plugins.billing]
+path = "plugins/canonical-source"
+[plugins.tryton]
+path = "plugins/tryton-sink"
+secrets = ["tryton_password"]
+config = {{ url = "{url}", database = "{DATABASE}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[plugins.finance]
+path = "plugins/http-sink"
+config = {{ url = "http://{finance}/finance/reconciliation" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.billing]
+source = "billing"
+sink = "tryton"
+
+# Seeded gaps: these invoices are billed but never reach the ERP.
+[[flows.billing.rules]]
+when = 'kind == "InvoicePosted" && invoice.id.startsWith("in_skip")'
+then = "reject"
+reason = "kept from the ERP by the test"
+
+[reconciliations.billing-vs-tryton]
+erp = "tryton"
+
+[flows.mismatches]
+subscribe = ["ReconciliationException"]
+sink = "finance"
+"#,
+        url = tryton.url,
+        finance = finance.addr,
+    ));
+    std::fs::write(
+        ws.path().join("tryton-password.txt"),
+        format!("{PASSWORD}\n"),
+    )
+    .unwrap();
+    let tenon = Tenon::start(&ws);
+
+    let today = DateTime::from_timestamp_millis(tenon::model::now_ms() as i64)
+        .unwrap()
+        .date_naive();
+    let day = (today - Days::new(2)).to_string();
+    let customer = json!({"id": "cus_QsYn1aSStYv4tf", "name": "Stripe test customer"});
+    let invoice_in = |id: &str, currency: &str| {
+        json!({"kind": "InvoicePosted", "key": id, "body": {
+            "id": id, "number": id.to_uppercase(), "customer": customer, "currency": currency,
+            "issued": day,
+            "lines": [{"id": format!("{id}-l1"), "description": "Analytics licence", "quantity": "1",
+                       "amount": {"amount": "100.00", "currency": currency},
+                       "taxes": [{"amount": {"amount": "19.00", "currency": currency}, "rate_percent": "19", "inclusive": false}]}],
+            "total": {"amount": "119.00", "currency": currency},
+        }})
+    };
+    let invoice = |id: &str| invoice_in(id, "EUR");
+    let credit = json!({"kind": "CreditIssued", "key": "cn_ok", "body": {
+        "id": "cn_ok", "number": "CN-OK", "invoice": "in_ok", "customer": customer, "currency": "EUR",
+        "issued": day,
+        "lines": [{"id": "cn_ok-l1", "description": "Goodwill", "quantity": "1",
+                   "amount": {"amount": "50.00", "currency": "EUR"},
+                   "taxes": [{"amount": {"amount": "9.50", "currency": "EUR"}, "rate_percent": "19", "inclusive": false}]}],
+        "total": {"amount": "59.50", "currency": "EUR"},
+    }});
+    let documents = json!([
+        invoice("in_ok"),
+        credit,
+        invoice("in_amount"),
+        invoice("in_dup"),
+        invoice("in_skip_missing"),
+        invoice_in("in_skip_currency", "USD"),
+    ]);
+    let ids = tenon.send_quote_to("billing", &documents.to_string()).await;
+    assert_eq!(ids.len(), 6);
+    for id in &ids {
+        let status = tenon.settled(id).await;
+        let result = &status["outcomes"][0]["result"];
+        let key = status["outcomes"][0]["key"].as_str().unwrap_or_default();
+        match key.starts_with("in_skip") {
+            true => assert_eq!(
+                result["Rejected"]["reasons"],
+                json!(["rule 1: kept from the ERP by the test"]),
+                "{status:#}"
+            ),
+            false => assert!(result["Delivered"].is_object(), "{status:#}"),
+        }
+    }
+
+    // Seeding the ERP: an amount changed (the line's price only: Tryton keeps the tax
+    // it computed, 90.00 + 19.00), a document booked twice, one billed in USD
+    // booked in EUR, one no billing document explains.
+    let booked = |reference: &str| {
+        let reference = reference.to_owned();
+        let tryton = &tryton;
+        async move {
+            let found = tryton
+                .call(
+                    "model.account.invoice.search",
+                    vec![json!([["reference", "=", reference]])],
+                )
+                .await;
+            found[0]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{reference} is not booked: {found}"))
+        }
+    };
+    let date = |d: &str| {
+        let (y, rest) = d.split_once('-').unwrap();
+        let (m, d) = rest.split_once('-').unwrap();
+        json!({"__class__": "date", "year": y.parse::<i64>().unwrap(), "month": m.parse::<i64>().unwrap(), "day": d.parse::<i64>().unwrap()})
+    };
+    let amount = booked("in_amount").await;
+    let lines = tryton
+        .call(
+            "model.account.invoice.read",
+            vec![json!([amount]), json!(["lines"])],
+        )
+        .await;
+    tryton
+        .call(
+            "model.account.invoice.line.write",
+            vec![
+                lines[0]["lines"].clone(),
+                json!({"unit_price": {"__class__": "Decimal", "decimal": "90.00"}}),
+            ],
+        )
+        .await;
+    let ok = booked("in_ok").await;
+    for defaults in [
+        json!({"reference": "in_dup", "invoice_date": date(&day)}),
+        json!({"reference": "in_skip_currency", "invoice_date": date(&day)}),
+        json!({"reference": "in_erp_only", "invoice_date": date(&day)}),
+    ] {
+        let source = if defaults["reference"] == "in_dup" {
+            booked("in_dup").await
+        } else {
+            ok
+        };
+        tryton
+            .call(
+                "model.account.invoice.copy",
+                vec![json!([source]), defaults],
+            )
+            .await;
+    }
+
+    // Reconciled through the CLI: two of six documents match.
+    let from = (today - Days::new(7)).to_string();
+    let to = today.to_string();
+    let (ok, out, err) = tenon.cli(&["reconcile", "--from", &from, "--to", &to]);
+    assert!(ok, "{err}");
+    assert!(out.contains("6 billing documents, 7 ERP records"), "{out}");
+    assert!(
+        out.contains("billing accuracy 33.3% (2 matched of 6)"),
+        "{out}"
+    );
+    for expected in [
+        "amount               in_amount was billed for 119.00 EUR and booked for 109.00 EUR",
+        "currency             in_skip_currency was billed in USD and booked in EUR",
+        "duplicate            the ERP books in_dup 2 times",
+        "missing_in_erp       in_skip_missing (119.00 EUR) was billed; the ERP holds no record of it",
+        "missing_in_billing   the ERP's account.invoice/",
+        "5 mismatches; 5 new exceptions",
+    ] {
+        assert!(out.contains(expected), "`{expected}` in:\n{out}");
+    }
+
+    // Each mismatch is an exception, once; the event log has them; the KPI is measured.
+    let held = tenon.get("/v1/exceptions").await.json().unwrap();
+    let held = held["exceptions"].as_array().unwrap().clone();
+    assert_eq!(held.len(), 5, "{held:#?}");
+    let mut keys: Vec<&str> = held.iter().map(|h| h["key"].as_str().unwrap()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "in_amount",
+            "in_dup",
+            "in_erp_only",
+            "in_skip_currency",
+            "in_skip_missing"
+        ]
+    );
+    assert!(
+        held.iter()
+            .all(|h| h["rule"] == "reconciliation billing-vs-tryton" && h["flow"] == "mismatches")
+    );
+    let again = tenon
+        .post(
+            "/v1/reconciliations/billing-vs-tryton/run",
+            "application/json",
+            format!(r#"{{"since": "{from}", "until": "{to}"}}"#).as_bytes(),
+        )
+        .await
+        .json()
+        .unwrap();
+    assert_eq!(again["raised"], 0, "{again:#}");
+    assert_eq!(again["mismatches"].as_array().unwrap().len(), 5);
+    let events = tenon.get("/v1/events").await.json().unwrap();
+    let logged = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event"] == "ReconciliationException")
+        .count();
+    assert_eq!(logged, 5, "{events:#}");
+    let kpis = tenon.get("/v1/kpis").await.json().unwrap();
+    let accuracy = &kpis["billing_accuracy"];
+    assert_eq!(accuracy["measured"], true, "{kpis:#}");
+    assert_eq!(accuracy["matched"], 2);
+    assert_eq!(accuracy["documents"], 6);
+    let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
+    assert!(
+        metrics.contains(
+            "tenon_kpi_billing_accuracy_ratio{reconciliation=\"billing-vs-tryton\"} 0.333"
+        ),
+        "{metrics}"
+    );
+
+    // Approved, a mismatch goes to finance; rejected, it is dismissed.
+    let id_of = |key: &str| {
+        held.iter().find(|h| h["key"] == key).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (ok, _, err) = tenon.cli(&[
+        "exceptions",
+        "approve",
+        &id_of("in_skip_missing"),
+        "--note",
+        "book it",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = tenon.cli(&[
+        "exceptions",
+        "reject",
+        &id_of("in_erp_only"),
+        "--note",
+        "test data",
+    ]);
+    assert!(ok, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finance.received().is_empty() {
+        assert!(Instant::now() < deadline, "finance got nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = &finance.received()[0];
+    assert_eq!(sent.body["kind"], "missing_in_erp");
+    assert_eq!(sent.body["reference"], "in_skip_missing");
+    assert_eq!(sent.body["billing"][0]["amount"], "119.00");
+    let left = tenon.get("/v1/exceptions").await.json().unwrap();
+    assert_eq!(left["exceptions"].as_array().unwrap().len(), 3, "{left:#}");
+}

@@ -234,6 +234,32 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
                 },
             ))
         }
+        (&Method::GET, ["v1", "reconciliations"]) => {
+            let last = runtime.reconciliations();
+            let config = runtime.config();
+            Ok(json(
+                StatusCode::OK,
+                &api::Reconciliations {
+                    reconciliations: config
+                        .reconciliations
+                        .iter()
+                        .map(|(name, entry)| api::ReconciliationStatus {
+                            name: name.clone(),
+                            erp: entry.erp.get_ref().clone(),
+                            billing: entry.billing.iter().map(|k| k.get_ref().clone()).collect(),
+                            every_secs: entry.every_secs,
+                            window_days: entry.window_days,
+                            last: last.get(name).cloned(),
+                        })
+                        .collect(),
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "reconciliations", name, "run"]) => {
+            let name = (*name).to_owned();
+            let asked: api::Reconcile = body(state, req).await?;
+            reconcile(state, &name, asked).await
+        }
         (&Method::GET, ["v1", "exceptions"]) => {
             let held = runtime.exceptions().await?;
             Ok(json(
@@ -416,6 +442,59 @@ async fn body<T: DeserializeOwned>(state: &State, req: Request<Incoming>) -> Res
     let bytes = super::read_body(state, req.into_body(), MAX_ADMIN_BODY).await?;
     let bytes: &[u8] = if bytes.is_empty() { b"{}" } else { &bytes };
     serde_json::from_slice(bytes).map_err(|e| Problem::bad_request(format!("the body: {e}")))
+}
+
+/// `POST /v1/reconciliations/{name}/run`.
+async fn reconcile(state: &State, name: &str, asked: api::Reconcile) -> Answer {
+    use crate::runtime::reconcile::ReconcileError;
+    use tenon_model::chrono::NaiveDate;
+    let runtime = &state.runtime;
+    let window = runtime
+        .config()
+        .reconciliations
+        .get(name)
+        .map(|r| r.window_days)
+        .ok_or_else(|| {
+            Problem::not_found(
+                "unknown-reconciliation",
+                "Unknown reconciliation",
+                format!("no reconciliation named `{name}` in the config"),
+            )
+        })?;
+    let day = |field: &str, text: &str| {
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+            Problem::bad_request(format!(
+                "`{field}` is a day, e.g. `2026-11-01`, not `{text}`"
+            ))
+        })
+    };
+    let today = tenon_model::chrono::DateTime::from_timestamp_millis(crate::model::now_ms() as i64)
+        .map(|t| t.date_naive())
+        .unwrap_or_default();
+    let until = match &asked.until {
+        Some(text) => day("until", text)?,
+        None => today,
+    };
+    let since = match &asked.since {
+        Some(text) => day("since", text)?,
+        None => until - tenon_model::chrono::Days::new(u64::from(window.saturating_sub(1))),
+    };
+    match runtime.reconcile(name, since, until).await {
+        Ok(report) => Ok(json(StatusCode::OK, &report)),
+        Err(ReconcileError::Window(why)) => Err(Problem::bad_request(why)),
+        Err(ReconcileError::Unknown(name)) => Err(Problem::not_found(
+            "unknown-reconciliation",
+            "Unknown reconciliation",
+            format!("no reconciliation named `{name}` in the config"),
+        )),
+        Err(error @ ReconcileError::Erp { .. }) => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "erp-unreadable",
+            "The ERP could not be read",
+            error.to_string(),
+        )),
+        Err(ReconcileError::Store(error)) => Err(error.into()),
+    }
 }
 
 /// `POST /v1/flows/{flow}/replay`.

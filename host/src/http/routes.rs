@@ -135,6 +135,15 @@ pub const ROUTES: &[Route] = &[
         ..admin("POST", "/v1/dlq/{id}/discard", WRITE, "Forget it (its outcome stays)")
     },
     Route {
+        answer: (200, Some(body::<api::Reconciliations>)),
+        ..admin("GET", "/v1/reconciliations", READ, "Each reconciliation of billing with the ERP, and its last run on this node")
+    },
+    Route {
+        request: Some(body::<api::Reconcile>),
+        answer: (200, Some(body::<api::Reconciled>)),
+        ..admin("POST", "/v1/reconciliations/{name}/run", WRITE, "Reconcile now over a window of document dates: matches, every mismatch, the exceptions raised, the billing accuracy")
+    },
+    Route {
         answer: (200, Some(body::<api::Exceptions>)),
         ..admin("GET", "/v1/exceptions", READ, "Messages held for a person (a rule of their flow, or a saga), oldest first: what, why, the business key, what a decision does")
     },

@@ -175,6 +175,16 @@ pub enum Directive {
         /// Their note.
         note: String,
     },
+    /// Hold it for a person before its stage runs (what the process layer found,
+    /// e.g. a reconciliation's mismatch): it becomes an exception at once.
+    Hold {
+        /// What held it.
+        rule: String,
+        /// Why.
+        reasons: Vec<String>,
+        /// What approval does, and what rejection does.
+        proposed: String,
+    },
     /// Undo the delivery this message made (the sink's `compensate`), because another
     /// part of its transaction failed for good.
     Compensate {

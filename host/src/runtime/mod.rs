@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod observe;
 pub mod process;
+pub mod reconcile;
 pub mod replay;
 pub mod slots;
 pub mod watch;
@@ -71,6 +72,8 @@ pub struct Runtime {
     /// Woken after every result a worker of this node commits: what a sender waiting
     /// for its messages' steps (`ack = "validated"`) listens to.
     progressed: tokio::sync::Notify,
+    /// The last run of each reconciliation on this node.
+    reconciled: Mutex<BTreeMap<String, reconcile::Reconciled>>,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -219,6 +222,7 @@ impl Runtime {
             listeners: std::sync::OnceLock::new(),
             changed_here: tokio::sync::Notify::new(),
             progressed: tokio::sync::Notify::new(),
+            reconciled: Mutex::new(BTreeMap::new()),
             store,
             node,
             engine,

@@ -67,13 +67,23 @@ impl Rate {
     }
 }
 
-/// A KPI Tenon cannot measure yet, and why.
+/// The billing-accuracy KPI: billing documents matched with the ERP, as of the last
+/// run of each reconciliation on this node (their windows are by the documents' dates,
+/// not by the report's).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct NotMeasured {
-    /// Always false.
+pub struct BillingAccuracy {
+    /// Whether a reconciliation compared any document.
     pub measured: bool,
-    /// Why.
-    pub why: String,
+    /// `matched / documents`.
+    pub rate: Option<f64>,
+    /// Documents matched by reference, amount and currency.
+    pub matched: usize,
+    /// Billing documents compared.
+    pub documents: usize,
+    /// The runs it comes from: `<name> <since>..<until>`.
+    pub runs: Vec<String>,
+    /// Why it is not measured, when it is not.
+    pub why: Option<String>,
 }
 
 /// `GET /v1/kpis`: the five business KPIs over the messages accepted in a window
@@ -92,8 +102,8 @@ pub struct KpiReport {
     pub invoice_posting: Rate,
     /// Amendment accepted to its updated schedule delivered.
     pub amendment_propagation: Latency,
-    /// Not measured yet.
-    pub billing_accuracy: NotMeasured,
+    /// Billing documents matched with the ERP (reconciliation).
+    pub billing_accuracy: BillingAccuracy,
 }
 
 /// One outcome on a business key's timeline.
@@ -184,13 +194,32 @@ impl Runtime {
             order_rejection: orders,
             invoice_posting: invoices,
             amendment_propagation: Latency::of(amendments),
-            billing_accuracy: NotMeasured {
-                measured: false,
-                why: "billing accuracy compares what was billed with what was ordered; \
-                      Tenon does not reconcile the two yet"
-                    .into(),
-            },
+            billing_accuracy: self.billing_accuracy(),
         })
+    }
+
+    /// The billing-accuracy KPI from the last run of each reconciliation.
+    fn billing_accuracy(&self) -> BillingAccuracy {
+        let runs = self.reconciliations();
+        let matched: usize = runs.values().map(|r| r.matched).sum();
+        let documents: usize = runs.values().map(|r| r.billing_documents).sum();
+        BillingAccuracy {
+            measured: documents > 0,
+            rate: (documents > 0).then(|| matched as f64 / documents as f64),
+            matched,
+            documents,
+            runs: runs
+                .values()
+                .map(|r| format!("{} {}..{}", r.reconciliation, r.since, r.until))
+                .collect(),
+            why: match (runs.is_empty(), documents) {
+                (true, _) => Some(
+                    "no reconciliation has run on this node: configure [reconciliations.*] or run `tenon reconcile`".into(),
+                ),
+                (false, 0) => Some("the reconciliations found no billing document in their windows".into()),
+                _ => None,
+            },
+        }
     }
 
     /// Everything `key` led to: the messages with that key or a target-system

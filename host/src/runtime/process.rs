@@ -49,6 +49,17 @@ impl Runtime {
                 let reasons = vec![format!("rejected by {by}: {note}")];
                 return Some(end(OutcomeKind::Rejected { reasons }));
             }
+            Some(Directive::Hold {
+                rule,
+                reasons,
+                proposed,
+            }) => {
+                return Some(end(OutcomeKind::Held {
+                    rule: rule.clone(),
+                    reasons: reasons.clone(),
+                    proposed: proposed.clone(),
+                }));
+            }
             Some(_) => return None,
             None => {}
         }

@@ -75,6 +75,17 @@ impl Runtime {
                 }
             }
         });
+        let (runtime, mut stop) = (self.clone(), shutdown.clone());
+        workers.spawn(async move {
+            // Scheduled reconciliations, each when its period has passed.
+            loop {
+                runtime.reconcile_due().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = Some(shutdown);
         *self.workers.lock().unwrap_or_else(PoisonError::into_inner) = workers;
         // Queues left by flows no longer in the config drain on their own routes.

@@ -93,3 +93,19 @@ pub mod compensating_sink {
         },
     });
 }
+
+/// `tenon:plugin/reconciling-sink`: a compensating sink that also exports `records`.
+pub mod reconciling_sink {
+    wasmtime::component::bindgen!({
+        path: "../wit/plugin@0.1.0",
+        world: "tenon:plugin/reconciling-sink",
+        exports: { default: async },
+        with: {
+            "tenon:plugin/types": super::types,
+            "tenon:plugin/log": super::log,
+            "tenon:plugin/kv": super::kv,
+            "tenon:plugin/config": super::config,
+            "tenon:plugin/secrets": super::secrets,
+        },
+    });
+}

@@ -16,8 +16,9 @@
 //! - **amendment propagation delay** (`tenon_kpi_amendment_propagation_seconds`): from
 //!   an amendment's acceptance (`ContractAmended`) to the delivery of the revenue
 //!   schedule it updated (`RevenueScheduleUpdated`);
-//! - **billing accuracy** needs the reconciliation of what was billed against what
-//!   was ordered, which Tenon does not do yet: it is not measured, and says so.
+//! - **billing accuracy** (`tenon_kpi_billing_accuracy_ratio{reconciliation}`): of
+//!   the billing documents a reconciliation compared with the ERP's records, those
+//!   matched by reference, amount and currency, at its last run.
 
 use crate::model::{Outcome, OutcomeKind};
 use prometheus_client::encoding::text::encode;
@@ -81,6 +82,8 @@ struct Metrics {
     rejections: Family<Labels, Counter>,
     invoices: Family<Labels, Counter>,
     amendments: Histogram,
+    billing_accuracy: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    mismatches: Family<Labels, Counter>,
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -105,6 +108,8 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         rejections: Family::default(),
         invoices: Family::default(),
         amendments: slow(),
+        billing_accuracy: Family::default(),
+        mismatches: Family::default(),
     };
     registry.register(
         "queue_depth",
@@ -196,8 +201,36 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "KPI: from an amendment's acceptance to the delivery of the schedule it updated",
         m.amendments.clone(),
     );
+    registry.register(
+        "kpi_billing_accuracy_ratio",
+        "KPI: billing documents matched with the ERP (reference, amount, currency), of those reconciled, at the last run of each reconciliation",
+        m.billing_accuracy.clone(),
+    );
+    registry.register(
+        "reconciliation_mismatches",
+        "Mismatches reconciliations found, by reconciliation and kind",
+        m.mismatches.clone(),
+    );
     Metrics { registry, ..m }
 });
+
+/// A reconciliation's run: its match rate (when it had documents) and mismatches.
+pub fn reconciled(name: &str, accuracy: Option<f64>, mismatches: &[&str]) {
+    let m = &*METRICS;
+    if let Some(rate) = accuracy {
+        m.billing_accuracy
+            .get_or_create(&vec![("reconciliation", name.to_owned())])
+            .set(rate);
+    }
+    for kind in mismatches {
+        m.mismatches
+            .get_or_create(&vec![
+                ("reconciliation", name.to_owned()),
+                ("kind", (*kind).to_owned()),
+            ])
+            .inc();
+    }
+}
 
 fn labels<const N: usize>(pairs: [(&'static str, &str); N]) -> Labels {
     pairs.into_iter().map(|(k, v)| (k, v.to_owned())).collect()

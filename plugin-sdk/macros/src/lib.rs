@@ -41,20 +41,35 @@ pub fn sink(attr: TokenStream, item: TokenStream) -> TokenStream {
     if attr.is_empty() {
         return expand(Role::Sink, attr, item);
     }
-    let mut undo: Option<syn::Path> = None;
+    let (mut undo, mut records): (Option<syn::Path>, Option<syn::Path>) = (None, None);
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("compensate") {
             undo = Some(meta.value()?.parse()?);
             return Ok(());
         }
-        Err(meta.error("the only argument is `compensate = <function>`"))
+        if meta.path.is_ident("records") {
+            records = Some(meta.value()?.parse()?);
+            return Ok(());
+        }
+        Err(meta.error("the arguments are `compensate = <function>` and `records = <function>`"))
     });
     if let Err(e) = syn::parse::Parser::parse(parser, attr) {
         return e.to_compile_error().into();
     }
-    match undo {
-        Some(undo) => expand(Role::CompensatingSink(undo), TokenStream::new(), item),
-        None => expand(Role::Sink, TokenStream::new(), item),
+    match (undo, records) {
+        (Some(undo), None) => expand(Role::CompensatingSink(undo, None), TokenStream::new(), item),
+        (Some(undo), Some(read)) => expand(
+            Role::CompensatingSink(undo, Some(read)),
+            TokenStream::new(),
+            item,
+        ),
+        (None, Some(read)) => syn::Error::new_spanned(
+            read,
+            "a sink that reads back records (`records = ...`) also undoes deliveries: add `compensate = <function>` (world `reconciling-sink` includes `compensating-sink`)",
+        )
+        .to_compile_error()
+        .into(),
+        (None, None) => expand(Role::Sink, TokenStream::new(), item),
     }
 }
 
@@ -71,8 +86,9 @@ enum Role {
     Source,
     Transform,
     Sink,
-    /// A sink that also undoes deliveries with this function.
-    CompensatingSink(syn::Path),
+    /// A sink that also undoes deliveries with this function (and, with the second,
+    /// reads back records).
+    CompensatingSink(syn::Path, Option<syn::Path>),
     Api,
 }
 
@@ -107,7 +123,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
                 ::tenon_sdk::Failure,
             >
         ),
-        Role::Sink | Role::CompensatingSink(_) => quote!(
+        Role::Sink | Role::CompensatingSink(..) => quote!(
             fn(
                 ::tenon_sdk::Message,
                 &str,
@@ -160,8 +176,11 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
             },
             full_imports(),
         ),
-        Role::CompensatingSink(_) => (
-            "tenon:plugin/compensating-sink@0.1.0",
+        Role::CompensatingSink(_, read) => (
+            match read {
+                Some(_) => "tenon:plugin/reconciling-sink@0.1.0",
+                None => "tenon:plugin/compensating-sink@0.1.0",
+            },
             quote!(exports::tenon::plugin::deliverer::Guest),
             quote! {
                 fn deliver(message: #raw::Message, idempotency_key: ::std::string::String)
@@ -200,8 +219,34 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         ),
     };
     // A compensating sink's second export, with its own signature check.
+    let reads = match &role {
+        Role::CompensatingSink(_, Some(read)) => quote! {
+            impl exports::tenon::plugin::records::Guest for Plugin {
+                fn read(query: exports::tenon::plugin::records::Query)
+                    -> ::core::result::Result<::std::vec::Vec<exports::tenon::plugin::records::Entry>, #raw::Failure> {
+                    let query = ::tenon_sdk::records::Query {
+                        kind: query.kind,
+                        since: query.since,
+                        until: query.until,
+                    };
+                    let read: fn(::tenon_sdk::records::Query)
+                        -> ::core::result::Result<::std::vec::Vec<::tenon_sdk::records::Entry>, ::tenon_sdk::Failure> = super::#read;
+                    read(query)
+                        .map(|entries| entries.into_iter().map(|e| exports::tenon::plugin::records::Entry {
+                            id: e.id,
+                            reference: e.reference,
+                            amount: e.amount,
+                            currency: e.currency,
+                            date: e.date,
+                        }).collect())
+                        .map_err(::core::convert::Into::into)
+                }
+            }
+        },
+        _ => quote!(),
+    };
     let extra = match &role {
-        Role::CompensatingSink(undo) => quote! {
+        Role::CompensatingSink(undo, _) => quote! {
             impl exports::tenon::plugin::compensator::Guest for Plugin {
                 fn compensate(
                     message: #raw::Message,
@@ -214,8 +259,9 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         },
         _ => quote!(),
     };
+    let extra = quote!(#extra #reads);
     let extra_check = match &role {
-        Role::CompensatingSink(undo) => quote! {
+        Role::CompensatingSink(undo, _) => quote! {
             #[doc = "a compensating sink's `compensate` function is `fn(tenon_sdk::Message, tenon_sdk::Receipt, &str) -> Result<tenon_sdk::Receipt, tenon_sdk::Failure>`"]
             #[allow(dead_code, non_upper_case_globals)]
             const _: fn(
@@ -226,12 +272,24 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
         },
         _ => quote!(),
     };
+    let extra_check = match &role {
+        Role::CompensatingSink(_, Some(read)) => quote! {
+            #extra_check
+
+            #[doc = "a reconciling sink's `records` function is `fn(tenon_sdk::records::Query) -> Result<Vec<tenon_sdk::records::Entry>, tenon_sdk::Failure>`"]
+            #[allow(dead_code, non_upper_case_globals)]
+            const _: fn(
+                ::tenon_sdk::records::Query,
+            ) -> ::core::result::Result<::std::vec::Vec<::tenon_sdk::records::Entry>, ::tenon_sdk::Failure> = #read;
+        },
+        _ => extra_check,
+    };
     // The export exists only in the component. Built natively (to test or benchmark
     // the plugin's code), the crate exports nothing and the function is plain code.
     let role_name = match &role {
         Role::Source => "source",
         Role::Transform => "transform",
-        Role::Sink | Role::CompensatingSink(_) => "sink",
+        Role::Sink | Role::CompensatingSink(..) => "sink",
         Role::Api => "api",
     };
     let check = syn::Ident::new(

@@ -85,6 +85,28 @@ pub fn parse_answer(status: u16, body: &[u8]) -> Result<Value, RpcError> {
     Ok(answer.get("result").cloned().unwrap_or(Value::Null))
 }
 
+/// A Tryton `date` as JSON-RPC carries it, from an ISO 8601 date (`2026-11-01`);
+/// `None` unless it is one.
+pub fn date(iso: &str) -> Option<Value> {
+    let day = tenon_sdk::model::chrono::NaiveDate::parse_from_str(iso, "%Y-%m-%d").ok()?;
+    use tenon_sdk::model::chrono::Datelike as _;
+    Some(json!({"__class__": "date", "year": day.year(), "month": day.month(), "day": day.day()}))
+}
+
+/// The ISO 8601 text of a Tryton `date` as JSON-RPC carries it; `None` for anything else.
+pub fn date_text(value: &Value) -> Option<String> {
+    if value.get("__class__").and_then(Value::as_str) != Some("date") {
+        return None;
+    }
+    let part = |name: &str| value.get(name).and_then(Value::as_i64);
+    Some(format!(
+        "{:04}-{:02}-{:02}",
+        part("year")?,
+        part("month")?,
+        part("day")?
+    ))
+}
+
 /// A Tryton `Decimal` as JSON-RPC carries it.
 pub fn decimal(text: impl ToString) -> Value {
     json!({"__class__": "Decimal", "decimal": text.to_string()})

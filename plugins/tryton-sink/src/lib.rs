@@ -29,6 +29,12 @@
 //!   whose lines give the credited amounts back, quantity -1, on the revenue account,
 //!   taxed at the rate the billing system charged), its `reference` the credit note's
 //!   id, left a draft for accounting to post.
+//! - An `InvoicePosted` (a billing system's invoice: Stripe's, Zuora's) becomes a
+//!   customer invoice the same way (reference: the invoice's id; each line its amount,
+//!   quantity 1, taxed at the billing system's rate; dated as issued), left a draft.
+//! - Records (the `records` export, for reconciliation): kind `invoice` reads the
+//!   customer invoices and credit notes dated in the window, with their reference,
+//!   total (credit notes negative) and currency.
 //! - Undoing (sagas: the `compensate` export): a sale still a draft or quoted is
 //!   cancelled in Tryton; a confirmed one can no longer be, so a return sale (reference
 //!   `<order>/undo`, every line of the sale returned at its price and taxes) is made
@@ -52,18 +58,27 @@ mod tests;
 
 /// Create the order as a Tryton sale (or the credit note as a Tryton credit note),
 /// unless one already carries its id.
-#[tenon_sdk::sink(compensate = undo_sale)]
+#[tenon_sdk::sink(compensate = undo_sale, records = read_records)]
 fn create_sale(message: Message, _idempotency_key: &str) -> Result<Receipt, Failure> {
     match message.kind.as_str() {
         kinds::CREDIT_ISSUED => {
             let note: CreditNote = message.decode()?;
             let mut rpc = connect()?;
-            deliver_credit(&mut rpc, &note)
+            deliver_document(&mut rpc, &note, Document::CreditNote)
         }
         kinds::INVOICE_VOIDED => {
             let invoice: Invoice = message.decode()?;
             let mut rpc = connect()?;
-            deliver_credit(&mut rpc, &voiding(&invoice))
+            deliver_document(&mut rpc, &voiding(&invoice), Document::CreditNote)
+        }
+        kinds::INVOICE_POSTED => {
+            let invoice: Invoice = message.decode()?;
+            let mut rpc = connect()?;
+            let mut booked = voiding(&invoice);
+            booked.id.clone_from(&invoice.id);
+            booked.number.clone_from(&invoice.number);
+            booked.reason = None;
+            deliver_document(&mut rpc, &booked, Document::Invoice)
         }
         _ => {
             let order: Order = message.decode()?;
@@ -246,11 +261,36 @@ pub fn voiding(invoice: &Invoice) -> CreditNote {
 /// back each credited amount (quantity -1 at the amount, on the revenue account, with
 /// the tax of the rate the billing system charged), its `reference` the credit note's
 /// id (a redelivery finds it), left a draft for accounting to post.
-fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failure> {
+/// What a customer `account.invoice` books.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    /// A billing system's invoice: its lines sold.
+    Invoice,
+    /// A credit note: its lines given back.
+    CreditNote,
+}
+
+impl Document {
+    fn noun(self) -> &'static str {
+        match self {
+            Document::Invoice => "invoice",
+            Document::CreditNote => "credit note",
+        }
+    }
+}
+
+/// Book `note` (a credit note, or an invoice in the same shape) as a Tryton customer
+/// invoice, unless one already carries its id.
+fn deliver_document(
+    rpc: &mut Client,
+    note: &CreditNote,
+    document: Document,
+) -> Result<Receipt, Failure> {
+    let noun = document.noun();
     if let Some(id) = rpc.search_one("account.invoice", json!([["reference", "=", note.id]]))? {
         return Ok(Receipt {
             reference: format!("account.invoice/{id}"),
-            detail: Some("credit note already created".into()),
+            detail: Some(format!("{noun} already created")),
         });
     }
     let mut reasons = Vec::new();
@@ -296,9 +336,12 @@ fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failur
         let mut values = json!({
             "type": "line",
             "account": revenue,
-            "quantity": -1.0,
+            "quantity": match document { Document::Invoice => 1.0, Document::CreditNote => -1.0 },
             "unit_price": decimal(line.amount.amount),
-            "description": line.description.clone().unwrap_or_else(|| format!("Credit of {}", line.invoice_line.as_deref().unwrap_or(&line.id))),
+            "description": line.description.clone().unwrap_or_else(|| match document {
+                Document::Invoice => format!("Line {}", line.id),
+                Document::CreditNote => format!("Credit of {}", line.invoice_line.as_deref().unwrap_or(&line.id)),
+            }),
         });
         let mut taxes = Vec::new();
         for tax in &line.taxes {
@@ -325,11 +368,16 @@ fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failur
     if !reasons.is_empty() {
         return Err(Failure::Rejected(reasons));
     }
-    let mut description = format!("Credit note {}", note.number.as_deref().unwrap_or(&note.id));
-    if let Some(invoice) = &note.invoice {
+    let mut description = match document {
+        Document::Invoice => format!("Invoice {}", note.number.as_deref().unwrap_or(&note.id)),
+        Document::CreditNote => {
+            format!("Credit note {}", note.number.as_deref().unwrap_or(&note.id))
+        }
+    };
+    if let (Document::CreditNote, Some(invoice)) = (document, &note.invoice) {
         description.push_str(&format!(" of invoice {invoice}"));
     }
-    let values = json!({
+    let mut values = json!({
         "type": "out",
         "party": party.unwrap_or_default(),
         "invoice_address": address.unwrap_or_default(),
@@ -340,6 +388,9 @@ fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failur
         "description": description,
         "lines": [["create", lines]],
     });
+    if let Some(issued) = note.issued.and_then(|d| tryton_rpc::date(&d.to_string())) {
+        values["invoice_date"] = issued;
+    }
     let ids = rpc.call("model.account.invoice.create", vec![json!([values])])?;
     let id = ids
         .get(0)
@@ -347,8 +398,69 @@ fn deliver_credit(rpc: &mut Client, note: &CreditNote) -> Result<Receipt, Failur
         .ok_or_else(|| Failure::Retryable(format!("unexpected create answer: {ids}")))?;
     Ok(Receipt {
         reference: format!("account.invoice/{id}"),
-        detail: Some("credit note created".into()),
+        detail: Some(format!("{noun} created")),
     })
+}
+
+/// The customer invoices and credit notes dated in the window, as reconciliation
+/// compares them with billing: reference, total with taxes, currency.
+fn read_records(
+    query: tenon_sdk::records::Query,
+) -> Result<Vec<tenon_sdk::records::Entry>, Failure> {
+    if query.kind != "invoice" {
+        return Err(Failure::Invalid(format!(
+            "records of kind `{}`: this sink reads `invoice` (customer invoices and credit notes)",
+            query.kind
+        )));
+    }
+    let day = |text: &str| {
+        tryton_rpc::date(text)
+            .ok_or_else(|| Failure::Invalid(format!("`{text}` is not an ISO 8601 date")))
+    };
+    let (since, until) = (day(&query.since)?, day(&query.until)?);
+    let mut rpc = connect()?;
+    let found = rpc.search_read(
+        "account.invoice",
+        json!([
+            ["type", "=", "out"],
+            ["invoice_date", ">=", since],
+            ["invoice_date", "<=", until],
+            ["state", "!=", "cancelled"]
+        ]),
+        None,
+        &["reference", "total_amount", "currency.code", "invoice_date"],
+        &Default::default(),
+    )?;
+    found
+        .iter()
+        .map(|invoice| {
+            let id = invoice
+                .get("id")
+                .and_then(Value::as_i64)
+                .unwrap_or_default();
+            let amount = invoice
+                .get("total_amount")
+                .and_then(tryton_rpc::decimal_text)
+                .ok_or_else(|| {
+                    Failure::Retryable(format!("invoice {id} has no total: {invoice}"))
+                })?;
+            Ok(tenon_sdk::records::Entry {
+                id: format!("account.invoice/{id}"),
+                reference: invoice
+                    .get("reference")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                amount,
+                currency: invoice
+                    .pointer("/currency./code")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                date: invoice.get("invoice_date").and_then(tryton_rpc::date_text),
+            })
+        })
+        .collect()
 }
 
 const SESSION_KEY: &str = "session";

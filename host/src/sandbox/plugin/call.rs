@@ -128,6 +128,21 @@ pub struct ApiResponse {
     pub body: Vec<u8>,
 }
 
+/// A record a reconciling sink read back from its system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The system's own id.
+    pub id: String,
+    /// The reference of the document it books (empty when none).
+    pub reference: String,
+    /// Its amount with taxes, an exact decimal as text.
+    pub amount: String,
+    /// ISO 4217 code.
+    pub currency: String,
+    /// Its date (ISO 8601), when it has one.
+    pub date: Option<String>,
+}
+
 /// What a sink reports after a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
@@ -339,7 +354,7 @@ impl Plugin {
         message: &StoredMessage,
         idempotency_key: &str,
     ) -> Result<Called<Receipt>, CallError> {
-        let Pre::Sink(pre, _) = &self.pre else {
+        let Pre::Sink(pre, ..) = &self.pre else {
             return Err(self.wrong_kind("deliver"));
         };
         let message = types::Message::from(message.clone());
@@ -367,7 +382,7 @@ impl Plugin {
 
     /// Whether this is a sink that can undo its deliveries (it exports `compensator`).
     pub fn compensates(&self) -> bool {
-        matches!(&self.pre, Pre::Sink(_, Some(_)))
+        matches!(&self.pre, Pre::Sink(_, Some(_), _))
     }
 
     /// Compensating sink: undo the delivery of `message`, which returned `delivered`;
@@ -378,7 +393,7 @@ impl Plugin {
         delivered: &Receipt,
         idempotency_key: &str,
     ) -> Result<Called<Receipt>, CallError> {
-        let Pre::Sink(_, Some(pre)) = &self.pre else {
+        let Pre::Sink(_, Some(pre), _) = &self.pre else {
             return Err(CallError::Failure(Failure::Invalid(format!(
                 "`{}` cannot undo a delivery: its component does not export `tenon:plugin/compensator`",
                 self.name()
@@ -409,6 +424,49 @@ impl Plugin {
             },
             kv,
         })
+    }
+
+    /// Reconciling sink: the records of `kind` dated `from` to `to` (ISO dates) that
+    /// its system holds, read in a fresh instance under the plugin's limits.
+    pub async fn records(&self, kind: &str, from: &str, to: &str) -> Result<Vec<Entry>, CallError> {
+        use bindings::reconciling_sink::exports::tenon::plugin::records;
+        let Pre::Sink(_, _, Some(pre)) = &self.pre else {
+            return Err(CallError::Failure(Failure::Invalid(format!(
+                "`{}` cannot read back records: its component does not export `tenon:plugin/records`",
+                self.name()
+            ))));
+        };
+        let query = records::Query {
+            kind: kind.to_owned(),
+            since: from.to_owned(),
+            until: to.to_owned(),
+        };
+        let entries = self
+            .run("records", async |store| {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                instance
+                    .tenon_plugin_records()
+                    .call_read(&mut *store, &query)
+                    .await
+            })
+            .await?
+            .value;
+        self.check_output(
+            entries
+                .iter()
+                .map(|e| e.id.len() + e.reference.len() + e.amount.len() + e.currency.len() + 16)
+                .sum(),
+        )?;
+        Ok(entries
+            .into_iter()
+            .map(|e| Entry {
+                id: self.text(&e.id),
+                reference: self.text(&e.reference),
+                amount: e.amount,
+                currency: e.currency,
+                date: e.date,
+            })
+            .collect())
     }
 
     /// API: answer one request, in a fresh instance under the plugin's limits. The

@@ -400,9 +400,12 @@ impl Plugin {
                 let compensates =
                     bindings::compensating_sink::CompensatingSinkPre::new(instance_pre.clone())
                         .ok();
+                let reads =
+                    bindings::reconciling_sink::ReconcilingSinkPre::new(instance_pre.clone()).ok();
                 Pre::Sink(
                     bindings::sink::SinkPre::new(instance_pre).map_err(world)?,
                     compensates,
+                    reads,
                 )
             }
             Kind::Api => Pre::Api(bindings::api::ApiPre::new(instance_pre).map_err(world)?),

@@ -22,7 +22,7 @@ mod call;
 mod load;
 
 pub use call::{
-    ApiRequest, ApiResponse, CallError, Called, Failure, MAX_REASONS, RawRequest, Receipt,
+    ApiRequest, ApiResponse, CallError, Called, Entry, Failure, MAX_REASONS, RawRequest, Receipt,
     ReusedTransform,
 };
 pub use load::LoadError;
@@ -72,10 +72,12 @@ enum Pre {
     Source(bindings::source::SourcePre<PluginState>),
     Transform(bindings::transform::TransformPre<PluginState>),
     /// A sink, and the same instance pre-linked as a compensating sink when the
-    /// component also exports `compensator`.
+    /// component also exports `compensator`, and as a reconciling sink when it also
+    /// exports `records`.
     Sink(
         bindings::sink::SinkPre<PluginState>,
         Option<bindings::compensating_sink::CompensatingSinkPre<PluginState>>,
+        Option<bindings::reconciling_sink::ReconcilingSinkPre<PluginState>>,
     ),
     Api(bindings::api::ApiPre<PluginState>),
 }
