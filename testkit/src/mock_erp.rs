@@ -227,6 +227,15 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
     }
     let path = req.uri().path().to_owned();
     let method = req.method().as_str().to_owned();
+    // A finance system's list of the documents it booked (reconciliation reads it).
+    if method == "GET" && path.ends_with("/invoices") {
+        let query = req.uri().query().unwrap_or_default().to_owned();
+        let log = state.log.lock().unwrap_or_else(PoisonError::into_inner);
+        return reply(
+            StatusCode::OK,
+            Value::Array(booked_documents(&log.received, &path, &query)),
+        );
+    }
     let key = req
         .headers()
         .get(IDEMPOTENCY_HEADER)
@@ -321,4 +330,53 @@ async fn handle(state: &State, req: Request<hyper::body::Incoming>) -> Response<
         status,
         json!({"id": order_number, "status": if duplicate { "existing" } else { "created" }}),
     )
+}
+
+/// The billing documents POSTed under the directory of `path` (`/finance/invoices`
+/// lists what reached `/finance/...`): each invoice, credit note or voided invoice as
+/// `{"id", "reference", "amount", "currency", "date"}`, credits negative, dated as
+/// issued and kept to `since`..`until` of `query` when given.
+fn booked_documents(received: &[Received], path: &str, query: &str) -> Vec<Value> {
+    let directory = path.rsplit_once('/').map_or("", |(d, _)| d).to_owned() + "/";
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let (since, until) = (param("since"), param("until"));
+    received
+        .iter()
+        .filter(|r| r.method == "POST" && r.path.starts_with(&directory) && !r.duplicate)
+        .filter_map(|r| {
+            let kind = r.headers.get("tenon-kind")?;
+            let body = &r.body;
+            let id = body.get("id")?.as_str()?;
+            let amount = body.pointer("/total/amount")?.as_str()?;
+            let (reference, amount) = match kind.as_str() {
+                "InvoicePosted" => (id.to_owned(), amount.to_owned()),
+                "CreditIssued" => (id.to_owned(), format!("-{amount}")),
+                "InvoiceVoided" => (format!("{id}/void"), format!("-{amount}")),
+                _ => return None,
+            };
+            let date = body
+                .get("issued")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let inside = |d: &str| {
+                since.as_deref().is_none_or(|s| d >= s) && until.as_deref().is_none_or(|u| d <= u)
+            };
+            if !date.as_deref().is_none_or(inside) {
+                return None;
+            }
+            Some(json!({
+                "id": r.order_number,
+                "reference": reference,
+                "amount": amount,
+                "currency": body.pointer("/total/currency"),
+                "date": date,
+            }))
+        })
+        .collect()
 }

@@ -834,9 +834,17 @@ sink = "finance"
         assert!(out.contains(expected), "`{expected}` in:\n{out}");
     }
 
-    // Each mismatch is an exception, once; the event log has them; the KPI is measured.
-    let held = tenon.get("/v1/exceptions").await.json().unwrap();
-    let held = held["exceptions"].as_array().unwrap().clone();
+    // Each mismatch is an exception (as soon as the flow's worker has held it), once;
+    // the event log has them; the KPI is measured.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let held = tenon.get("/v1/exceptions").await.json().unwrap();
+        let held = held["exceptions"].as_array().unwrap().clone();
+        if held.len() >= 5 || Instant::now() > deadline {
+            break held;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
     assert_eq!(held.len(), 5, "{held:#?}");
     let mut keys: Vec<&str> = held.iter().map(|h| h["key"].as_str().unwrap()).collect();
     keys.sort_unstable();

@@ -380,6 +380,28 @@ pub async fn run(data_dir: &Path) -> anyhow::Result<bool> {
         println!();
         all_ok &= ok;
     }
+    // What Stripe billed against what finance booked: every document matched.
+    let today = tenon_model::chrono::DateTime::from_timestamp_millis(tenon::model::now_ms() as i64)
+        .map(|t| t.date_naive())
+        .unwrap_or_default();
+    let since = tenon_model::chrono::NaiveDate::from_ymd_opt(2020, 1, 1).unwrap_or_default();
+    let report = server
+        .runtime
+        .reconcile("billing-vs-finance", since, today)
+        .await?;
+    println!(
+        "Reconciliation billing-vs-finance (documents dated {since} to {today}): {} billed, {} booked by finance, {} matched",
+        report.billing_documents, report.erp_records, report.matched
+    );
+    for mismatch in &report.mismatches {
+        println!("  mismatch: {}", mismatch.detail);
+    }
+    match report.accuracy {
+        Some(rate) => println!("  billing accuracy {:.1}%", rate * 100.0),
+        None => println!("  billing accuracy not measured: nothing billed"),
+    }
+    all_ok &= report.mismatches.is_empty() && report.billing_documents > 0;
+    println!();
     server.stop().await;
 
     let received = erp.received();

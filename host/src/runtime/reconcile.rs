@@ -343,12 +343,14 @@ impl Runtime {
         let erp_records = records.len();
         let mut erp: BTreeMap<String, Vec<Document>> = BTreeMap::new();
         for record in records {
-            erp.entry(record.reference).or_default().push(Document {
-                id: record.id,
-                amount: record.amount,
-                currency: record.currency,
-                date: record.date,
-            });
+            let field = |name: &str| record.field(name).unwrap_or_default().to_owned();
+            let document = Document {
+                id: record.id.clone(),
+                amount: field("amount"),
+                currency: field("currency"),
+                date: record.field("date").map(str::to_owned),
+            };
+            erp.entry(record.reference).or_default().push(document);
         }
         let (matched, mismatches) = compare(&billing, &erp);
         let raised = self.raise(name, &mismatches).await?;

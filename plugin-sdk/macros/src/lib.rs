@@ -235,9 +235,7 @@ fn expand(role: Role, attr: TokenStream, item: TokenStream) -> TokenStream {
                         .map(|entries| entries.into_iter().map(|e| exports::tenon::plugin::records::Entry {
                             id: e.id,
                             reference: e.reference,
-                            amount: e.amount,
-                            currency: e.currency,
-                            date: e.date,
+                            fields: e.fields,
                         }).collect())
                         .map_err(::core::convert::Into::into)
                 }

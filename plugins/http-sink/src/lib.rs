@@ -41,6 +41,12 @@
 //!   with a saga. A `404` means nothing is left to undo. Without `compensate_url` a
 //!   compensation is `invalid` (a dead letter naming the missing setting).
 //!
+//! - `records_url` (a template: `{kind}`, `{since}`, `{until}`): where the endpoint
+//!   lists what it holds, for reconciliation and drift checks (`GET`, the same
+//!   headers): a JSON array of objects, each with an `id`, a `reference` and its fields
+//!   (an invoice's `amount`, an exact decimal as a string or a number, `currency`,
+//!   `date`). Without it, reading records is `invalid`.
+//!
 //! | CloudEvents attribute | from |
 //! |---|---|
 //! | `specversion` | `1.0` |
@@ -69,7 +75,7 @@ use tenon_sdk::{Failure, Message, Receipt, config, http, kv, secrets};
 mod tests;
 
 /// Send the message to the configured URL, in the configured format.
-#[tenon_sdk::sink(compensate = undo_message)]
+#[tenon_sdk::sink(compensate = undo_message, records = read_records)]
 fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Failure> {
     let method_of = |key: &str, default: &str| -> Result<String, Failure> {
         let method = config::get(key).unwrap_or_else(|| default.into());
@@ -214,6 +220,59 @@ fn undo_message(
         reference: delivered.reference,
         detail: Some(format!("HTTP {} ({method} undone)", response.status)),
     })
+}
+
+/// The records the endpoint lists at `records_url`, for reconciliation.
+fn read_records(
+    query: tenon_sdk::records::Query,
+) -> Result<Vec<tenon_sdk::records::Entry>, Failure> {
+    let Some(template) = config::get("records_url") else {
+        return Err(Failure::Invalid(
+            "config `records_url` is not set: this sink does not know where its endpoint lists what it holds".into(),
+        ));
+    };
+    let url = template
+        .replace("{kind}", &tenon_sdk::url::escape(&query.kind))
+        .replace("{since}", &tenon_sdk::url::escape(&query.since))
+        .replace("{until}", &tenon_sdk::url::escape(&query.until));
+    let extra = json_map("headers", config::get("headers"))?;
+    let mut from_secrets = Vec::new();
+    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
+        from_secrets.push((name, secret_header(&template, secrets::get)?));
+    }
+    let mut headers: Vec<(&str, &str)> = vec![("accept", "application/json")];
+    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let response = http::send("GET", &url, &headers, &[])?;
+    if !response.is_success() {
+        return Err(response.failure());
+    }
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&response.body).map_err(|e| {
+        Failure::Invalid(format!(
+            "the records at `{url}` are not a JSON array of objects: {e}"
+        ))
+    })?;
+    let text = |record: &serde_json::Value, field: &str| match record.get(field) {
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    listed
+        .iter()
+        .map(|record| {
+            let (Some(id), Some(object)) = (text(record, "id"), record.as_object()) else {
+                return Err(Failure::Invalid(format!(
+                    "a record at `{url}` is not an object with an `id`: {record}"
+                )));
+            };
+            let mut entry =
+                tenon_sdk::records::Entry::new(id, text(record, "reference").unwrap_or_default());
+            for name in object.keys().filter(|k| *k != "id" && *k != "reference") {
+                entry = entry.with(name, text(record, name));
+            }
+            Ok(entry)
+        })
+        .collect()
 }
 
 /// What the message is about: the `identity_field` of its body (`id`, an order's id),

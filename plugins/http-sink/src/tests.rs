@@ -310,3 +310,50 @@ fn an_undo_without_its_settings_or_refused_is_classified() {
         );
     assert!(matches!(undo(&host, "SO-1"), Err(Failure::Retryable(_))));
 }
+
+#[test]
+fn records_are_read_from_the_records_url() {
+    let host = configured()
+        .config(
+            "records_url",
+            "https://erp.example.com/invoices?kind={kind}&since={since}&until={until}",
+        )
+        .exchange(
+            Exchange::get("https://erp.example.com/invoices?kind=invoice&since=2026-11-01&until=2026-11-30")
+                .respond(200, r#"[{"id": "INV-1", "reference": "in_1", "amount": "119.00", "currency": "EUR", "date": "2026-11-03"},
+                                  {"id": 7, "amount": -59.5, "currency": "EUR"}]"#),
+        );
+    let query = tenon_sdk::records::Query {
+        kind: "invoice".into(),
+        since: "2026-11-01".into(),
+        until: "2026-11-30".into(),
+    };
+    let entries = host.run(|| read_records(query.clone())).unwrap();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0].reference, "in_1");
+    assert_eq!(entries[0].field("amount"), Some("119.00"));
+    assert_eq!(entries[0].field("date"), Some("2026-11-03"));
+    assert_eq!(
+        (
+            entries[1].id.as_str(),
+            entries[1].field("amount"),
+            entries[1].reference.as_str()
+        ),
+        ("7", Some("-59.5"), "")
+    );
+
+    let host = configured()
+        .config("records_url", "https://erp.example.com/invoices")
+        .exchange(
+            Exchange::get("https://erp.example.com/invoices").respond(200, r#"[{"amount": "1"}]"#),
+        );
+    assert!(matches!(
+        host.run(|| read_records(query.clone())),
+        Err(Failure::Invalid(_))
+    ));
+    let host = configured();
+    assert!(matches!(
+        host.run(|| read_records(query.clone())),
+        Err(Failure::Invalid(_))
+    ));
+}

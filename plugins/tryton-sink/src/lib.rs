@@ -444,21 +444,22 @@ fn read_records(
                 .ok_or_else(|| {
                     Failure::Retryable(format!("invoice {id} has no total: {invoice}"))
                 })?;
-            Ok(tenon_sdk::records::Entry {
-                id: format!("account.invoice/{id}"),
-                reference: invoice
-                    .get("reference")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                amount,
-                currency: invoice
-                    .pointer("/currency./code")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                date: invoice.get("invoice_date").and_then(tryton_rpc::date_text),
-            })
+            let reference = invoice
+                .get("reference")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            Ok(
+                tenon_sdk::records::Entry::new(format!("account.invoice/{id}"), reference)
+                    .with("amount", Some(amount))
+                    .with(
+                        "currency",
+                        invoice.pointer("/currency./code").and_then(Value::as_str),
+                    )
+                    .with(
+                        "date",
+                        invoice.get("invoice_date").and_then(tryton_rpc::date_text),
+                    ),
+            )
         })
         .collect()
 }

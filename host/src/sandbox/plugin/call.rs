@@ -133,14 +133,20 @@ pub struct ApiResponse {
 pub struct Entry {
     /// The system's own id.
     pub id: String,
-    /// The reference of the document it books (empty when none).
+    /// The reference of what it stands for elsewhere (empty when none).
     pub reference: String,
-    /// Its amount with taxes, an exact decimal as text.
-    pub amount: String,
-    /// ISO 4217 code.
-    pub currency: String,
-    /// Its date (ISO 8601), when it has one.
-    pub date: Option<String>,
+    /// Its fields by name, as text (see the WIT `records` interface).
+    pub fields: Vec<(String, String)>,
+}
+
+impl Entry {
+    /// Field `name`, if it has it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// What a sink reports after a delivery.
@@ -454,7 +460,14 @@ impl Plugin {
         self.check_output(
             entries
                 .iter()
-                .map(|e| e.id.len() + e.reference.len() + e.amount.len() + e.currency.len() + 16)
+                .map(|e| {
+                    e.id.len()
+                        + e.reference.len()
+                        + e.fields
+                            .iter()
+                            .map(|(k, v)| k.len() + v.len())
+                            .sum::<usize>()
+                })
                 .sum(),
         )?;
         Ok(entries
@@ -462,9 +475,11 @@ impl Plugin {
             .map(|e| Entry {
                 id: self.text(&e.id),
                 reference: self.text(&e.reference),
-                amount: e.amount,
-                currency: e.currency,
-                date: e.date,
+                fields: e
+                    .fields
+                    .into_iter()
+                    .map(|(k, v)| (k, self.text(&v)))
+                    .collect(),
             })
             .collect())
     }
