@@ -13,6 +13,7 @@ use std::process::Command;
 const FIRST_PARTY: &[&str] = &[
     "cpq-source",
     "cpq-writeback",
+    "crm-source",
     "quote-to-order",
     "http-sink",
     "tryton-sink",

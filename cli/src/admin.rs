@@ -368,6 +368,59 @@ pub async fn dlq(admin: &Admin, action: DlqAction) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `tenon drift`.
+pub async fn drift(admin: &Admin, name: Option<String>, json: bool) -> anyhow::Result<ExitCode> {
+    let name = match name {
+        Some(name) => name,
+        None => {
+            let configured: api::DriftChecks = admin.get("/v1/drift").await?;
+            let names: Vec<String> = configured.checks.into_iter().map(|c| c.name).collect();
+            match names.as_slice() {
+                [one] => one.clone(),
+                [] => anyhow::bail!("the server's config has no [drift.*]"),
+                _ => anyhow::bail!("name the drift check: one of {}", names.join(", ")),
+            }
+        }
+    };
+    let report: api::DriftReport = admin
+        .post(&format!("/v1/drift/{name}/run"), &serde_json::json!({}))
+        .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "drift check {name} against {}: {} customers in the master, {} records there, {} in step",
+        report.target, report.customers, report.records, report.in_step
+    );
+    for d in &report.drifts {
+        if d.missing {
+            println!("  {}  missing in {}", d.customer, report.target);
+            continue;
+        }
+        let fields: Vec<String> = d
+            .fields
+            .iter()
+            .map(|f| {
+                format!(
+                    "{}: master {:?}, {} {:?}",
+                    f.field,
+                    f.master.as_deref().unwrap_or(""),
+                    report.target,
+                    f.target.as_deref().unwrap_or("")
+                )
+            })
+            .collect();
+        println!("  {}  {}", d.customer, fields.join("; "));
+    }
+    println!(
+        "{} drifted; {} published as MasterDataDrift",
+        report.drifts.len(),
+        report.published
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `tenon reconcile`.
 pub async fn reconcile(
     admin: &Admin,

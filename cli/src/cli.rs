@@ -194,6 +194,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the customer master against a target's copy now, on a running server.
+    ///
+    /// The master (each customer's latest CustomerUpserted) is compared field by field
+    /// (name, country, parent) with what the target's sink reads back; each customer
+    /// whose copy differs or is missing is published as a MasterDataDrift.
+    Drift {
+        /// The drift check (`[drift.<name>]`); may be left out when the config has one.
+        name: Option<String>,
+        /// Print the JSON the admin API answers.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect and decide exceptions on a running server (its admin API).
     ///
     /// An exception is a message held for a person: a rule of its flow holds it (an
@@ -533,6 +545,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Dlq { action } => admin::dlq(&admin, action).await,
         Command::Exceptions { action } => admin::exceptions(&admin, action).await,
+        Command::Drift { name, json } => admin::drift(&admin, name, json).await,
         Command::Reconcile {
             name,
             from,

@@ -230,7 +230,28 @@ pub struct DeadLetterDetail {
     pub body: serde_json::Value,
 }
 
+pub use crate::runtime::drift::{Drift, DriftReport, FieldDrift};
 pub use crate::runtime::reconcile::{Document, Mismatch, MismatchKind, Reconciled};
+
+/// `GET /v1/drift`: each configured drift check and its last run here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DriftChecks {
+    /// By name.
+    pub checks: Vec<DriftCheckStatus>,
+}
+
+/// One drift check as configured, and its last run on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DriftCheckStatus {
+    /// Its name.
+    pub name: String,
+    /// The sink instance that reads the target's accounts.
+    pub target: String,
+    /// Its period, when scheduled.
+    pub every_secs: Option<u64>,
+    /// Its last run on this node.
+    pub last: Option<DriftReport>,
+}
 
 /// `GET /v1/reconciliations`: each configured reconciliation and its last run here.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

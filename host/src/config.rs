@@ -141,6 +141,9 @@ pub struct Config {
     /// Reconciliations of billing with the ERP, by name.
     #[serde(default)]
     pub reconciliations: BTreeMap<String, ReconciliationEntry>,
+    /// Drift checks of the customer master against its copies, by name.
+    #[serde(default)]
+    pub drift: BTreeMap<String, DriftEntry>,
     /// Where secrets come from, by name.
     #[serde(default)]
     pub secrets: BTreeMap<String, SecretSource>,
@@ -618,6 +621,29 @@ pub struct ReconciliationEntry {
     pub window_days: u32,
 }
 
+/// The kind of the messages a drift check publishes, one per customer that drifted.
+pub const MASTER_DATA_DRIFT: &str = "MasterDataDrift";
+
+/// `[drift.<name>]`: the customer master (the latest `CustomerUpserted` of each
+/// customer, from the event log) compared with a target's copy (its sink's `records` of
+/// kind `account`), field by field (`name`, `country`, `parent`); each customer whose
+/// copy differs or is missing is a `MasterDataDrift` for the flows subscribing to it.
+///
+/// ```toml
+/// [drift.cpq-accounts]
+/// target = "cpq"          # a sink that reads back accounts (`records`)
+/// every_secs = 3600       # and on demand: `tenon drift`
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftEntry {
+    /// The sink plugin instance whose `records` export reads the target's accounts.
+    pub target: Spanned<String>,
+    /// Run on its own every this many seconds; unset: on demand only.
+    #[serde(default)]
+    pub every_secs: Option<u64>,
+}
+
 /// The billing kinds a reconciliation knows.
 pub const BILLING_KINDS: [&str; 3] = ["InvoicePosted", "CreditIssued", "InvoiceVoided"];
 
@@ -1021,7 +1047,43 @@ impl Config {
         }
         self.check_policies()?;
         self.check_reconciliations()?;
+        self.check_drift()?;
         self.check_subscriptions()
+    }
+
+    /// Each drift check reads a plugin instance of this config and has a flow to take
+    /// what it finds.
+    fn check_drift(&self) -> Result<(), ConfigError> {
+        for (name, entry) in &self.drift {
+            if !self.plugins.contains_key(entry.target.get_ref()) {
+                return Err(self.error(
+                    &entry.target,
+                    format!(
+                        "drift check `{name}`: `target = \"{}\"` is not a plugin instance of this config",
+                        entry.target.get_ref()
+                    ),
+                ));
+            }
+            if entry.every_secs == Some(0) {
+                return Err(self.error(
+                    &entry.target,
+                    format!("drift check `{name}`: `every_secs` is at least 1"),
+                ));
+            }
+            let taken = self
+                .flows
+                .values()
+                .any(|f| f.subscribe.iter().any(|k| k.get_ref() == MASTER_DATA_DRIFT));
+            if !taken {
+                return Err(self.error(
+                    &entry.target,
+                    format!(
+                        "drift check `{name}`: no flow subscribes to `{MASTER_DATA_DRIFT}`: what it finds would reach nobody"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Each reconciliation reads a sink instance, compares kinds it knows, and has a
@@ -1139,7 +1201,8 @@ impl Config {
                         && (e.sink.is_none()
                             || e.emit.iter().any(|k| k.get_ref() == kind.get_ref()))
                 }) || (kind.get_ref() == RECONCILIATION_EXCEPTION
-                    && !self.reconciliations.is_empty());
+                    && !self.reconciliations.is_empty())
+                    || (kind.get_ref() == MASTER_DATA_DRIFT && !self.drift.is_empty());
                 if !reached {
                     return Err(self.error(
                         kind,

@@ -14,6 +14,7 @@ mod delivery;
 mod e2e;
 mod edges;
 mod mapping;
+mod master_data;
 mod observability;
 mod openapi;
 mod packages;

@@ -393,6 +393,7 @@ fn the_audit_of_each_first_party_plugin() {
     for (name, loads) in [
         ("cpq-source", true),
         ("cpq-writeback", true),
+        ("crm-source", true),
         ("quote-to-order", true),
         ("http-sink", true),
         ("tryton-sink", true),

@@ -260,6 +260,43 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             let asked: api::Reconcile = body(state, req).await?;
             reconcile(state, &name, asked).await
         }
+        (&Method::GET, ["v1", "drift"]) => {
+            let last = runtime.drift_reports();
+            let config = runtime.config();
+            Ok(json(
+                StatusCode::OK,
+                &api::DriftChecks {
+                    checks: config
+                        .drift
+                        .iter()
+                        .map(|(name, entry)| api::DriftCheckStatus {
+                            name: name.clone(),
+                            target: entry.target.get_ref().clone(),
+                            every_secs: entry.every_secs,
+                            last: last.get(name).cloned(),
+                        })
+                        .collect(),
+                },
+            ))
+        }
+        (&Method::POST, ["v1", "drift", name, "run"]) => {
+            use crate::runtime::drift::DriftError;
+            match runtime.check_drift(name).await {
+                Ok(report) => Ok(json(StatusCode::OK, &report)),
+                Err(DriftError::Unknown(name)) => Err(Problem::not_found(
+                    "unknown-drift-check",
+                    "Unknown drift check",
+                    format!("no drift check named `{name}` in the config"),
+                )),
+                Err(error @ DriftError::Target { .. }) => Err(Problem::new(
+                    StatusCode::BAD_GATEWAY,
+                    "target-unreadable",
+                    "The target could not be read",
+                    error.to_string(),
+                )),
+                Err(DriftError::Store(error)) => Err(error.into()),
+            }
+        }
         (&Method::GET, ["v1", "exceptions"]) => {
             let held = runtime.exceptions().await?;
             Ok(json(

@@ -144,6 +144,14 @@ pub const ROUTES: &[Route] = &[
         ..admin("POST", "/v1/reconciliations/{name}/run", WRITE, "Reconcile now over a window of document dates: matches, every mismatch, the exceptions raised, the billing accuracy")
     },
     Route {
+        answer: (200, Some(body::<api::DriftChecks>)),
+        ..admin("GET", "/v1/drift", READ, "Each master-data drift check, and its last run on this node")
+    },
+    Route {
+        answer: (200, Some(body::<api::DriftReport>)),
+        ..admin("POST", "/v1/drift/{name}/run", WRITE, "Check now: the customer master against the target's copy, field by field; each new drift published as MasterDataDrift")
+    },
+    Route {
         answer: (200, Some(body::<api::Exceptions>)),
         ..admin("GET", "/v1/exceptions", READ, "Messages held for a person (a rule of their flow, or a saga), oldest first: what, why, the business key, what a decision does")
     },

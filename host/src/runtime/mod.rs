@@ -12,6 +12,7 @@
 pub mod apis;
 pub mod canary;
 pub mod cluster;
+pub mod drift;
 pub mod flows;
 pub mod ingest;
 pub mod lifecycle;
@@ -74,6 +75,8 @@ pub struct Runtime {
     progressed: tokio::sync::Notify,
     /// The last run of each reconciliation on this node.
     reconciled: Mutex<BTreeMap<String, reconcile::Reconciled>>,
+    /// The last run of each drift check on this node.
+    drifted: Mutex<BTreeMap<String, drift::DriftReport>>,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -223,6 +226,7 @@ impl Runtime {
             changed_here: tokio::sync::Notify::new(),
             progressed: tokio::sync::Notify::new(),
             reconciled: Mutex::new(BTreeMap::new()),
+            drifted: Mutex::new(BTreeMap::new()),
             store,
             node,
             engine,

@@ -77,9 +77,10 @@ impl Runtime {
         });
         let (runtime, mut stop) = (self.clone(), shutdown.clone());
         workers.spawn(async move {
-            // Scheduled reconciliations, each when its period has passed.
+            // Scheduled reconciliations and drift checks, each when its period has passed.
             loop {
                 runtime.reconcile_due().await;
+                runtime.check_drift_due().await;
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                     _ = stop.changed() => break,
