@@ -428,3 +428,60 @@ fn outcome_is(status: &Value, id_suffix: &str, result: &str) -> bool {
         })
     })
 }
+
+/// A saga's undoing is durable: queued with the failure, it survives a kill -9 while
+/// the ERP is down, and runs once when it is back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undoing_survives_a_crash_and_runs_once() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let saga = r#"saga = "compensate""#;
+    ws.write_config(&config(&erp, &billing, saga, saga, ""));
+    let tenon = Tenon::start(&ws);
+
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    await_requests(&erp, "/erp/orders", 1).await;
+    let number = erp.received()[0].order_number.clone();
+    // The ERP goes down, then billing refuses: the undoing is queued and retried.
+    erp.set_unavailable(true);
+    billing.refuse("/billing", "no billing account for this customer");
+    billing.set_unavailable(false);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["pending"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|e| e["id"].as_str().is_some_and(|id| id.ends_with("@erp.undo")))
+            }) && outcome_is(s, "@billing", "Rejected")
+        })
+        .await;
+    assert!(!status.to_string().contains("Compensated"), "{status:#}");
+    tenon.kill();
+
+    // Back up, the ERP too: the sale is cancelled, once.
+    let tenon = Tenon::start(&ws);
+    erp.set_unavailable(false);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && outcome_is(s, "@erp.undo", "Compensated")
+        })
+        .await;
+    assert_eq!(
+        outcome(&status, "@erp.undo")["result"]["Compensated"]["reference"],
+        number.as_str()
+    );
+    tenon.drained().await;
+    assert_eq!(erp.cancelled(), vec![number]);
+    assert_eq!(
+        erp.received()
+            .iter()
+            .filter(|r| r.method == "DELETE")
+            .count(),
+        1,
+        "{:#?}",
+        erp.received()
+    );
+}
