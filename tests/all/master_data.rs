@@ -182,3 +182,85 @@ async fn crm_accounts_reach_cpq_and_drift_is_found_once() {
         .await;
     assert_eq!(unknown.status, 404);
 }
+
+/// Drift checks and reconciliations run on their own, each after its period.
+#[tokio::test(flavor = "multi_thread")]
+async fn drift_checks_and_reconciliations_run_on_schedule() {
+    let salesforce = MockSalesforce::start(TOKEN, &[], &[]).await.unwrap();
+    let stewards = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let finance = format!(
+        r#"
+[plugins.finance]
+path = "plugins/http-sink"
+config = {{ url = "http://{erp}/finance/events", records_url = "http://{erp}/finance/invoices?since={{since}}&until={{until}}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+[reconciliations.billing]
+erp = "finance"
+every_secs = 1
+[flows.mismatches]
+subscribe = ["ReconciliationException"]
+sink = "stewards"
+"#,
+        erp = stewards.addr
+    );
+    let text = config(&salesforce, &stewards).replace(
+        "[drift.cpq-accounts]\ntarget = \"cpq\"",
+        "[drift.cpq-accounts]\ntarget = \"cpq\"\nevery_secs = 1",
+    ) + &finance;
+    ws.write_config(&text);
+    std::fs::write(ws.path().join("salesforce-token.txt"), TOKEN).unwrap();
+    let tenon = Tenon::start(&ws);
+
+    // A customer CPQ never got (its push is refused by Salesforce: no Name) drifts as
+    // missing, found by the scheduled check on its own.
+    let nameless = json!([{"kind": "CustomerUpserted", "key": "0015g00000XyZ78AAB",
+        "body": {"id": "0015g00000XyZ78AAB", "country": "DE"}}]);
+    let ids = tenon.send_quote_to("master", &nameless.to_string()).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status.to_string().contains("REQUIRED_FIELD_MISSING"),
+        "{status:#}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let drift =
+        loop {
+            if let Some(drift) = stewards.received().into_iter().find(|r| {
+                r.headers.get("tenon-kind").map(String::as_str) == Some("MasterDataDrift")
+            }) {
+                break drift;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no scheduled drift check found it"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+    assert_eq!(drift.body["customer"], "0015g00000XyZ78AAB");
+    assert_eq!(drift.body["missing"], true);
+    let checks = tenon.get("/v1/drift").await.json().unwrap();
+    assert_eq!(checks["checks"][0]["every_secs"], 1);
+    assert!(checks["checks"][0]["last"]["at_ms"].is_u64(), "{checks:#}");
+    // Found again on the next run, unchanged: published once.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let published = stewards
+        .received()
+        .iter()
+        .filter(|r| r.headers.get("tenon-kind").map(String::as_str) == Some("MasterDataDrift"))
+        .count();
+    assert_eq!(published, 1);
+    // The reconciliation ran on its own too (nothing billed: not measured).
+    let runs = tenon.get("/v1/reconciliations").await.json().unwrap();
+    let last = &runs["reconciliations"][0]["last"];
+    assert_eq!(last["reconciliation"], "billing", "{runs:#}");
+    assert_eq!(last["billing_documents"], 0);
+    let kpis = tenon.get("/v1/kpis").await.json().unwrap();
+    assert_eq!(kpis["billing_accuracy"]["measured"], false);
+    assert!(
+        kpis["billing_accuracy"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("no billing document"),
+        "{kpis:#}"
+    );
+}
