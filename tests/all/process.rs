@@ -293,6 +293,34 @@ reason = "Q-00101 is stopped by legal"
         err.contains("`filter` is for a flow that subscribes to events"),
         "{err}"
     );
+    // A saga needs a sink that can undo; a reconciliation, one that reads back.
+    let sap = r#"
+[plugins.sap]
+path = "plugins/sap-sink"
+config = { service_url = "http://127.0.0.1:9/sap" }
+[flows.sap]
+subscribe = ["OrderDrafted"]
+filter = 'order.category == "Physical"'
+sink = "sap"
+saga = "compensate"
+"#;
+    let path = ws.write_config(&(config(&erp, &billing, "", "", "") + sap));
+    let (ok, _, err) = tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("flow `sap`: `saga` needs a sink that can undo a delivery; `sap` does not export `tenon:plugin/compensator`"),
+        "{err}"
+    );
+    let recon = "\n[reconciliations.r]\nerp = \"sap\"\n[flows.mismatches]\nsubscribe = [\"ReconciliationException\"]\nsink = \"erp\"\n";
+    let path = ws.write_config(
+        &(config(&erp, &billing, "", "", "") + &sap.replace("saga = \"compensate\"", "") + recon),
+    );
+    let (ok, _, err) = tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("reconciliation `r`: `erp = \"sap\"` cannot read back what its system holds"),
+        "{err}"
+    );
     let typo = config(&erp, &billing, "", "", "").replace(
         r#"filter = 'order.category == "Physical"'"#,
         r#"filter = 'ordr.category == "Physical"'"#,

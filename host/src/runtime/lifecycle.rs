@@ -270,6 +270,18 @@ impl Runtime {
                     .map(|p| p.manifest().models.clone())
                     .or_else(|| self.plugin(name).map(|p| p.manifest().models.clone()))
             })?;
+            super::process::check_abilities(&new, &flows, |name| {
+                loaded
+                    .iter()
+                    .find(|p| p.name() == name)
+                    .map(super::process::Abilities::of)
+                    .or_else(|| {
+                        new.plugins
+                            .contains_key(name)
+                            .then(|| self.plugin(name).map(|p| super::process::Abilities::of(&p)))
+                            .flatten()
+                    })
+            })?;
             Ok(Candidate {
                 config: new,
                 loaded,

@@ -218,6 +218,10 @@ impl Runtime {
             plugins.get(name).map(|p| p.0.manifest().models.clone())
         })
         .map_err(|why| anyhow::anyhow!("{}: {why}", config.path.display()))?;
+        process::check_abilities(&config, &flows, |name| {
+            plugins.get(name).map(|p| process::Abilities::of(&p.0))
+        })
+        .map_err(|why| anyhow::anyhow!("{}: {why}", config.path.display()))?;
         Ok(Runtime {
             guests: Guests::new().context("cannot start the plugin threads")?,
             config_refused: Mutex::default(),

@@ -271,6 +271,66 @@ impl Runtime {
     }
 }
 
+/// What the process layer needs of a plugin instance: that a saga's sink can undo a
+/// delivery, that a reconciliation's ERP or a drift check's target can read back.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Abilities {
+    /// It exports `compensator`.
+    pub compensates: bool,
+    /// It exports `records`.
+    pub reads: bool,
+}
+
+impl Abilities {
+    /// What `plugin` can do.
+    pub(crate) fn of(plugin: &Plugin) -> Abilities {
+        Abilities {
+            compensates: plugin.compensates(),
+            reads: plugin.reads_records(),
+        }
+    }
+}
+
+/// Refuse a config whose process layer needs what its plugins cannot do, each named:
+/// a flow with a saga whose sink cannot undo, a reconciliation or a drift check whose
+/// plugin cannot read back. `abilities` gives an instance's (`None`: not loaded).
+pub(crate) fn check_abilities(
+    config: &crate::config::Config,
+    flows: &std::collections::BTreeMap<String, super::Flow>,
+    abilities: impl Fn(&str) -> Option<Abilities>,
+) -> Result<(), String> {
+    for flow in flows.values().filter(|f| f.saga.is_some()) {
+        let Some(sink) = flow.stages.last() else {
+            continue;
+        };
+        if abilities(sink).is_some_and(|a| !a.compensates) {
+            return Err(format!(
+                "flow `{}`: `saga` needs a sink that can undo a delivery; `{sink}` does not export `tenon:plugin/compensator`",
+                flow.name
+            ));
+        }
+    }
+    let readers = config
+        .reconciliations
+        .iter()
+        .map(|(name, r)| (format!("reconciliation `{name}`"), "erp", r.erp.get_ref()))
+        .chain(config.drift.iter().map(|(name, d)| {
+            (
+                format!("drift check `{name}`"),
+                "target",
+                d.target.get_ref(),
+            )
+        }));
+    for (what, field, plugin) in readers {
+        if abilities(plugin).is_some_and(|a| !a.reads) {
+            return Err(format!(
+                "{what}: `{field} = \"{plugin}\"` cannot read back what its system holds: it does not export `tenon:plugin/records` (a reconciling sink such as tryton-sink, cpq-writeback or http-sink)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The ids of deliveries undone (or being undone) among `outcomes`: each
 /// compensation's outcome names the delivery it undid by its id.
 fn undone(outcomes: &[Outcome]) -> BTreeSet<MessageId> {

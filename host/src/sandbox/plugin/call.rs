@@ -391,6 +391,11 @@ impl Plugin {
         matches!(&self.pre, Pre::Sink(_, Some(_), _))
     }
 
+    /// Whether this is a sink that can read back what its system holds (`records`).
+    pub fn reads_records(&self) -> bool {
+        matches!(&self.pre, Pre::Sink(_, _, Some(_)))
+    }
+
     /// Compensating sink: undo the delivery of `message`, which returned `delivered`;
     /// the receipt of the undoing, with the key-value writes to commit with it.
     pub async fn compensate(
