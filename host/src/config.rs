@@ -600,7 +600,8 @@ pub const RECONCILIATION_EXCEPTION: &str = "ReconciliationException";
 /// erp = "tryton"                  # a sink instance that reads back records (`records`)
 /// billing = ["InvoicePosted", "CreditIssued", "InvoiceVoided"]   # the default
 /// every_secs = 86400              # and on demand: `tenon reconcile`
-/// window_days = 31                # the documents dated in the last 31 days
+/// window_days = 7                 # the documents dated in the last 7 days (at most
+///                                 # what the event log keeps: server.retention_secs)
 /// ```
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -616,7 +617,10 @@ pub struct ReconciliationEntry {
     /// demand only.
     #[serde(default)]
     pub every_secs: Option<u64>,
-    /// How many days back a scheduled run looks (by the documents' dates).
+    /// How many days back a scheduled run looks (by the documents' dates; default 7).
+    /// At most what the event log keeps (`server.retention_secs`): billing documents
+    /// older than that are gone from it, and the ERP's records of them would all look
+    /// unexplained.
     #[serde(default = "default_window_days")]
     pub window_days: u32,
 }
@@ -655,7 +659,7 @@ fn default_billing_kinds() -> Vec<Spanned<String>> {
 }
 
 fn default_window_days() -> u32 {
-    31
+    7
 }
 
 /// What a flow taking part in sagas does when part of a transaction fails for good.
@@ -1110,6 +1114,16 @@ impl Config {
                         ),
                     ));
                 }
+            }
+            let kept_days = self.server.retention_secs / 86_400;
+            if u64::from(entry.window_days) > kept_days {
+                return Err(self.error(
+                    &entry.erp,
+                    format!(
+                        "reconciliation `{name}`: `window_days = {}` looks further back than the event log keeps billing documents (`server.retention_secs` = {}: {kept_days} days); raise the retention or shorten the window",
+                        entry.window_days, self.server.retention_secs
+                    ),
+                ));
             }
             if entry.every_secs == Some(0) || entry.window_days == 0 {
                 return Err(self.error(

@@ -513,3 +513,103 @@ async fn an_undoing_survives_a_crash_and_runs_once() {
         erp.received()
     );
 }
+
+/// An approval waives what held the message, not the stage's other rules.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_waives_only_what_held_it() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let rules = r#"
+[[flows.erp.rules]]
+when = 'double(order.total.amount) > 5000.0'
+then = "hold"
+reason = "orders over 5000 need finance's approval"
+[[flows.erp.rules]]
+when = 'order.customer.country == "FR"'
+then = "reject"
+reason = "no deliveries to France this week"
+"#;
+    ws.write_config(&config(&erp, &billing, rules, "", ""));
+    let tenon = Tenon::start(&ws);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let held = await_exceptions(&tenon, 1).await;
+    assert_eq!(held[0]["rule"], "rule 1");
+    let id = held[0]["id"].as_str().unwrap().to_owned();
+    let reply = tenon
+        .post(
+            &format!("/v1/exceptions/{id}/approve"),
+            "application/json",
+            b"{}",
+        )
+        .await;
+    assert_eq!(reply.status, 200);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && outcome_is(s, "@erp", "Rejected")
+        })
+        .await;
+    assert_eq!(
+        outcome(&status, "@erp")["result"]["Rejected"]["reasons"],
+        json!(["rule 2: no deliveries to France this week"])
+    );
+    assert!(erp.received().is_empty());
+}
+
+/// Nothing more is delivered into a transaction that failed; an undoing the target
+/// refuses is a dead letter for a person.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_transaction_takes_no_more_and_a_refused_undoing_is_a_dead_letter() {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    let saga = r#"saga = "compensate""#;
+    ws.write_config(&config(&erp, &billing, saga, saga, ""));
+    let tenon = Tenon::start(&ws);
+
+    // Billing refuses while the ERP is down: the physical order is not delivered later.
+    erp.set_unavailable(true);
+    billing.refuse("/billing", "no billing account for this customer");
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    tenon
+        .wait_for(&ids[0], |s| outcome_is(s, "@billing", "Rejected"))
+        .await;
+    erp.set_unavailable(false);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && outcome_is(s, "@erp", "Rejected")
+        })
+        .await;
+    let reasons = outcome(&status, "@erp")["result"]["Rejected"]["reasons"].to_string();
+    assert!(
+        reasons.contains("not delivered: part of its transaction failed"),
+        "{reasons}"
+    );
+    assert!(erp.received().is_empty(), "{:#?}", erp.received());
+
+    // Delivered first, then the ERP refuses to cancel it: a dead letter names why.
+    billing.accept_all();
+    billing.set_unavailable(true);
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    await_requests(&erp, "/erp/orders", 1).await;
+    erp.refuse("/erp/orders/", "the order has shipped");
+    billing.refuse("/billing", "no billing account for this customer");
+    billing.set_unavailable(false);
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["settled"] == true && outcome_is(s, "@erp.undo", "DeadLetter")
+        })
+        .await;
+    let error = outcome(&status, "@erp.undo")["result"]["DeadLetter"]["error"].to_string();
+    assert!(
+        error.contains("the undoing was refused") && error.contains("the order has shipped"),
+        "{error}"
+    );
+    let (ok, out, _) = tenon.cli(&["dlq", "list"]);
+    assert!(ok);
+    assert!(out.contains("@erp.undo"), "{out}");
+}

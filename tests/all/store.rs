@@ -344,6 +344,7 @@ async fn exceptions_are_kept_apart_and_decided_once(s: Subject) {
     let approve = tenon::model::Directive::Approve {
         by: "key-1".into(),
         note: "ok".into(),
+        waives: "rule 1".into(),
     };
     assert!(store.decide(&"h1".into(), approve.clone()).await.unwrap());
     assert!(!store.decide(&"h1".into(), approve.clone()).await.unwrap());

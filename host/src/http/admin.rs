@@ -327,10 +327,19 @@ async fn route(state: &Arc<State>, req: Request<Incoming>, key: &ApiKey) -> Answ
             let decision = (*decision).to_owned();
             let asked: api::Decide = body(state, req).await?;
             let (by, note) = (key.id.clone(), asked.note);
+            let held = runtime
+                .exception(&id)
+                .await?
+                .ok_or_else(|| no_exception(&id))?;
+            let waives = match held.outcome.result {
+                OutcomeKind::Held { rule, .. } => rule,
+                _ => String::new(),
+            };
             let directive = match decision.as_str() {
                 "approve" => Directive::Approve {
                     by: by.clone(),
                     note,
+                    waives,
                 },
                 _ => Directive::Reject {
                     by: by.clone(),
@@ -514,7 +523,13 @@ async fn reconcile(state: &State, name: &str, asked: api::Reconcile) -> Answer {
     };
     let since = match &asked.since {
         Some(text) => day("since", text)?,
-        None => until - tenon_model::chrono::Days::new(u64::from(window.saturating_sub(1))),
+        None => until
+            .checked_sub_days(tenon_model::chrono::Days::new(u64::from(
+                window.saturating_sub(1),
+            )))
+            .ok_or_else(|| {
+                Problem::bad_request(format!("no window of {window} days ends on {until}"))
+            })?,
     };
     match runtime.reconcile(name, since, until).await {
         Ok(report) => Ok(json(StatusCode::OK, &report)),

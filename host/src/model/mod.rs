@@ -159,13 +159,17 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case", tag = "directive")]
 pub enum Directive {
-    /// A person approved the held message: the stage's rules pass it, and the stage
+    /// A person approved the held message: what held it is waived, and the stage
     /// runs it (a failed one is tried again).
     Approve {
         /// The id of the API key that decided.
         by: String,
         /// Their note.
         note: String,
+        /// What held it, which this approval waives (`rule 2`, `saga`): the stage's
+        /// other rules still apply.
+        #[serde(default)]
+        waives: String,
     },
     /// A person rejected the held message: it ends rejected without running, and its
     /// transaction is compensated where its flows say so.

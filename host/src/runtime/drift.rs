@@ -6,8 +6,9 @@
 //! Salesforce org CPQ runs in). Field by field (`name`, `country`, `parent`), each
 //! customer whose copy differs, or that the target lacks, is a `MasterDataDrift`
 //! message with the differing fields, for the flows subscribing to it (to push the
-//! master again, or to a data steward). A drift found by the previous run and
-//! unchanged is not published again.
+//! master again, or to a data steward). A drift is published once while it stays the
+//! same (remembered in the store's key-value data, shared by the nodes); one that
+//! changes, or comes back after the copy was in step, is published again.
 //!
 //! Last-writer rules: the CRM owns these fields. A change in the target is drift, not
 //! an update: the master is not changed by it, and the next push of the customer (its
@@ -198,16 +199,28 @@ impl Runtime {
             })
             .collect();
         let (in_step, drifts) = compare(&master, &copies);
-        let before: Vec<Drift> = self
-            .drifted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .map(|r| r.drifts.clone())
-            .unwrap_or_default();
+        let memory = super::process::memory(&self.store);
         let mut published = 0;
         let from = format!("drift:{name}");
-        for drift in drifts.iter().filter(|d| !before.contains(d)) {
+        // Customers in step again: a later drift of theirs is news.
+        for customer in master
+            .keys()
+            .filter(|c| !drifts.iter().any(|d| &d.customer == *c))
+        {
+            let key = format!("drift/{name}/{customer}");
+            if memory.get(&key).await?.is_some() {
+                memory
+                    .delete(&key)
+                    .await
+                    .map_err(super::process::kv_failed)?;
+            }
+        }
+        for drift in &drifts {
+            let key = format!("drift/{name}/{}", drift.customer);
+            let seen = serde_json::to_vec(drift).unwrap_or_default();
+            if memory.get(&key).await?.as_deref() == Some(seen.as_slice()) {
+                continue;
+            }
             let body = serde_json::json!({
                 "check": name,
                 "target": target,
@@ -230,6 +243,10 @@ impl Runtime {
                 continue;
             }
             self.store.enqueue(items, None).await?;
+            memory
+                .set(&key, &seen)
+                .await
+                .map_err(super::process::kv_failed)?;
             published += 1;
         }
         let report = DriftReport {
@@ -264,42 +281,19 @@ impl Runtime {
             .clone()
     }
 
-    /// Run the drift checks that are due (each `every_secs` since its last run on this
-    /// node, or since the node started).
+    /// Run the drift checks that are due (each `every_secs` since its last start on
+    /// this node, or since the node started).
     pub(crate) async fn check_drift_due(&self) {
         let config = self.config();
         for (name, entry) in &config.drift {
             let Some(every) = entry.every_secs else {
                 continue;
             };
-            let last = self
-                .drifted
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(name)
-                .map_or(self.started_ms, |r| r.at_ms);
-            if now_ms().saturating_sub(last) < every.saturating_mul(1000) {
+            if !self.due(&format!("drift:{name}"), every) {
                 continue;
             }
             if let Err(error) = self.check_drift(name).await {
-                tracing::error!(check = %name, %error, "scheduled drift check failed");
-                // Not again at once: the next attempt after another period.
-                let report = DriftReport {
-                    check: name.clone(),
-                    target: entry.target.get_ref().clone(),
-                    at_ms: now_ms(),
-                    customers: 0,
-                    records: 0,
-                    in_step: 0,
-                    drifts: Vec::new(),
-                    published: 0,
-                };
-                self.drifted
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(name.clone())
-                    .or_insert(report)
-                    .at_ms = now_ms();
+                tracing::error!(check = %name, %error, "scheduled drift check failed; its last report stands, the next attempt after another period");
             }
         }
     }

@@ -77,6 +77,9 @@ pub struct Runtime {
     reconciled: Mutex<BTreeMap<String, reconcile::Reconciled>>,
     /// The last run of each drift check on this node.
     drifted: Mutex<BTreeMap<String, drift::DriftReport>>,
+    /// When each scheduled check last started here (`reconciliation:<name>`,
+    /// `drift:<name>`), whether it succeeded or not.
+    scheduled: Mutex<BTreeMap<String, u64>>,
     /// The threads guest code runs on, apart from those that serve HTTP: a plugin
     /// spinning until its deadline never delays an answer.
     guests: Guests,
@@ -231,6 +234,7 @@ impl Runtime {
             progressed: tokio::sync::Notify::new(),
             reconciled: Mutex::new(BTreeMap::new()),
             drifted: Mutex::new(BTreeMap::new()),
+            scheduled: Mutex::new(BTreeMap::new()),
             store,
             node,
             engine,

@@ -38,12 +38,15 @@ use std::sync::PoisonError;
 
 impl Runtime {
     /// What the process layer decides before a stage runs `env`, if anything: a
-    /// person's rejection, or the first of the stage's rules that applies (unless a
-    /// person approved the message here). `None`: the stage runs it.
-    pub(super) fn before_stage(&self, plugin: &Plugin, env: &Envelope) -> Option<Completion> {
+    /// person's rejection, a hold asked for, the first of the stage's rules that applies
+    /// (but the one a person's approval waives), or, before a sink of a flow with a
+    /// saga, a transaction that failed already (then nothing more is delivered into it:
+    /// rejected, or held for a person under `saga = "exception"`). `None`: the stage
+    /// runs it.
+    pub(super) async fn before_stage(&self, plugin: &Plugin, env: &Envelope) -> Option<Completion> {
         let end =
             |result| Completion::finish(ended(env, plugin, result, env.trail.clone(), vec![]));
-        match &env.directive {
+        let waived = match &env.directive {
             Some(Directive::Reject { by, note }) => {
                 tracing::info!(outcome = "rejected", %by, "held message rejected by a person");
                 let reasons = vec![format!("rejected by {by}: {note}")];
@@ -60,59 +63,58 @@ impl Runtime {
                     proposed: proposed.clone(),
                 }));
             }
-            Some(_) => return None,
-            None => {}
-        }
+            Some(Directive::Compensate { .. }) => return None,
+            Some(Directive::Approve { waives, .. }) => waives.as_str(),
+            None => "",
+        };
         let stage = env.route.get(env.stage as usize)?;
-        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-        let flow = flows.get(&env.flow)?;
-        let mut rules = flow.rules.iter().filter(|r| &r.stage == stage).peekable();
-        rules.peek()?;
-        let m = &env.message;
-        let facts = Facts::of(&m.kind, &m.key, &m.headers, &m.content_type, &m.body);
-        for rule in rules {
-            let held = |reason: String| OutcomeKind::Held {
-                rule: format!("rule {}", rule.number),
-                reasons: vec![reason],
-                proposed: format!(
-                    "approve: `{stage}` takes it; reject: it ends rejected (and its transaction is undone where its flows have a saga)"
-                ),
-            };
-            let result = match facts
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|f| rule.when.holds(f))
-            {
-                Ok(false) => continue,
-                Ok(true) => match rule.then {
-                    RuleAction::Hold => held(rule.reason.clone()),
-                    RuleAction::Reject => OutcomeKind::Rejected {
-                        reasons: vec![format!("rule {}: {}", rule.number, rule.reason)],
-                    },
-                },
-                // A rule that cannot say is a person's to decide, never a pass.
-                Err(error) => held(format!("rule {} cannot be evaluated: {error}", rule.number)),
-            };
-            tracing::info!(
-                rule = rule.number,
-                outcome = telemetry::metrics::result_name(&result),
-                "a rule of the flow applies"
-            );
+        let (rules, saga) = {
+            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+            let flow = flows.get(&env.flow)?;
+            let rules: Vec<super::flows::Rule> = flow
+                .rules
+                .iter()
+                .filter(|r| &r.stage == stage && format!("rule {}", r.number) != waived)
+                .cloned()
+                .collect();
+            let at_sink = env.stage as usize + 1 == env.route.len()
+                && plugin.kind() == tenon_registry::Kind::Sink;
+            (rules, flow.saga.filter(|_| at_sink && waived != "saga"))
+        };
+        if let Some(result) = rules_say(&rules, stage, env) {
             return Some(end(result));
         }
-        None
+        let policy = saga?;
+        let siblings = self.store.outcomes(&env.root).await.ok()?;
+        let failed = siblings.iter().find(|o| o.result.fails_transaction())?;
+        let why = format!("part of its transaction failed: {}", because(failed));
+        tracing::warn!(%why, "not delivered into a failed transaction");
+        Some(end(match policy {
+            SagaPolicy::Compensate => OutcomeKind::Rejected {
+                reasons: vec![format!("not delivered: {why}")],
+            },
+            SagaPolicy::Exception => OutcomeKind::Held {
+                rule: "saga".to_owned(),
+                reasons: vec![why],
+                proposed: format!(
+                    "approve: `{stage}` delivers it all the same; reject: it ends rejected"
+                ),
+            },
+        }))
     }
 
     /// The saga's say on how `env` ended (before it is committed), and whether to
     /// look at its transaction again after the commit: a delivery in a flow with a
     /// saga keeps what it delivered (and is undone at once if its transaction failed
-    /// already); a failure undoes the transaction's deliveries, or is held for a
-    /// person where their flows say so.
+    /// meanwhile); a failure undoes the transaction's deliveries, or, when the stage
+    /// itself failed (`by_rule` false: not a rule's or a person's rejection), is held
+    /// for a person where their flows say so.
     pub(super) async fn saga(
         &self,
         plugin: &Plugin,
         env: &Envelope,
         completion: Completion,
+        by_rule: bool,
         step: &opentelemetry::Context,
     ) -> (Completion, bool) {
         let Completion::Finish {
@@ -122,8 +124,14 @@ impl Runtime {
         else {
             return (completion, false);
         };
-        // An undoing does not start another; a failed one is a dead letter for a person.
+        // An undoing does not start another; one the target refuses is a dead letter
+        // for a person (the delivery it should undo stands).
         if matches!(env.directive, Some(Directive::Compensate { .. })) {
+            if let OutcomeKind::Rejected { reasons } = &outcome.result {
+                outcome.result = OutcomeKind::DeadLetter {
+                    error: format!("the undoing was refused: {}", reasons.join("; ")),
+                };
+            }
             return (Completion::Finish { outcome, published }, false);
         }
         let (own, any) = {
@@ -165,14 +173,14 @@ impl Runtime {
                     .iter()
                     .filter(|o| o.undo.is_some() && !done.contains(&o.id))
                     .collect();
-                let hold = !matches!(env.directive, Some(Directive::Reject { .. }))
-                    && !delivered.is_empty()
-                    && {
-                        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-                        delivered.iter().any(|d| {
-                            flows.get(&d.flow).and_then(|f| f.saga) == Some(SagaPolicy::Exception)
-                        })
-                    };
+                // A person's rejection and a rule's are decided: only a failure of the
+                // stage itself is held for a person.
+                let hold = !by_rule && !delivered.is_empty() && {
+                    let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+                    delivered.iter().any(|d| {
+                        flows.get(&d.flow).and_then(|f| f.saga) == Some(SagaPolicy::Exception)
+                    })
+                };
                 if hold {
                     let stage = plugin.name();
                     let parts: Vec<String> = delivered
@@ -249,6 +257,35 @@ impl Runtime {
         }
     }
 
+    /// At start: every transaction of the last `keep` that failed with a delivery not
+    /// undone nor queued is settled (a crash between a commit and its look after the
+    /// commit left it so).
+    pub(crate) async fn settle_sagas(&self, keep: std::time::Duration) {
+        let now = crate::model::now_ms();
+        let since = now.saturating_sub(keep.as_millis() as u64);
+        let outcomes = match self.store.outcomes_in(since..now + 1).await {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the outcomes to settle sagas");
+                return;
+            }
+        };
+        let mut failed = BTreeSet::new();
+        let mut delivered = BTreeSet::new();
+        for outcome in &outcomes {
+            if outcome.result.fails_transaction() {
+                failed.insert(outcome.root.clone());
+            }
+            if outcome.undo.is_some() {
+                delivered.insert(outcome.root.clone());
+            }
+        }
+        let context = opentelemetry::Context::new();
+        for root in failed.intersection(&delivered) {
+            self.settle_saga(root, &context).await;
+        }
+    }
+
     /// Every exception (a message held for a person), oldest first.
     pub async fn exceptions(&self) -> Result<Vec<DeadLetter>, StoreError> {
         self.store.exceptions().await
@@ -268,6 +305,24 @@ impl Runtime {
             self.progressed.notify_waiters();
         }
         Ok(decided)
+    }
+}
+
+/// The key-value namespace where the process layer remembers what it raised
+/// (reconciliation mismatches, drift), shared by the nodes of a deployment. No plugin
+/// instance can have this name (instance names are plain words).
+pub(crate) const PROCESS_NAMESPACE: &str = "@tenon/process";
+
+/// The process layer's memory: what it raised, by key, durable and shared.
+pub(crate) fn memory(store: &std::sync::Arc<dyn crate::store::Store>) -> crate::store::KvNamespace {
+    crate::store::KvNamespace::new(store.clone(), PROCESS_NAMESPACE, None)
+}
+
+/// A store error of a key-value write outside a step.
+pub(crate) fn kv_failed(error: crate::store::CompleteError) -> StoreError {
+    match error {
+        crate::store::CompleteError::Store(error) => error,
+        other => StoreError::CommitFailed(other.to_string()),
     }
 }
 
@@ -329,6 +384,46 @@ pub(crate) fn check_abilities(
         }
     }
     Ok(())
+}
+
+/// What the first of `rules` that applies to `env` does, before `stage`.
+fn rules_say(rules: &[super::flows::Rule], stage: &str, env: &Envelope) -> Option<OutcomeKind> {
+    if rules.is_empty() {
+        return None;
+    }
+    let m = &env.message;
+    let facts = Facts::of(&m.kind, &m.key, &m.headers, &m.content_type, &m.body);
+    for rule in rules {
+        let held = |reason: String| OutcomeKind::Held {
+            rule: format!("rule {}", rule.number),
+            reasons: vec![reason],
+            proposed: format!(
+                "approve: `{stage}` takes it; reject: it ends rejected (and its transaction is undone where its flows have a saga)"
+            ),
+        };
+        let result = match facts
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|f| rule.when.holds(f))
+        {
+            Ok(false) => continue,
+            Ok(true) => match rule.then {
+                RuleAction::Hold => held(rule.reason.clone()),
+                RuleAction::Reject => OutcomeKind::Rejected {
+                    reasons: vec![format!("rule {}: {}", rule.number, rule.reason)],
+                },
+            },
+            // A rule that cannot say is a person's to decide, never a pass.
+            Err(error) => held(format!("rule {} cannot be evaluated: {error}", rule.number)),
+        };
+        tracing::info!(
+            rule = rule.number,
+            outcome = telemetry::metrics::result_name(&result),
+            "a rule of the flow applies"
+        );
+        return Some(result);
+    }
+    None
 }
 
 /// The ids of deliveries undone (or being undone) among `outcomes`: each

@@ -392,31 +392,21 @@ impl Runtime {
             .clone()
     }
 
-    /// Each mismatch not already waiting for a person enters the flows subscribing
-    /// to `ReconciliationException`, held; how many were raised.
+    /// Each mismatch not raised before (by any node; decided or not: while it stays
+    /// the same it is the same exception) enters the flows subscribing to
+    /// `ReconciliationException`, held; how many were raised.
     async fn raise(&self, name: &str, mismatches: &[Mismatch]) -> Result<usize, StoreError> {
-        let waiting: Vec<(String, String)> = self
-            .store
-            .exceptions()
-            .await?
-            .into_iter()
-            .filter(|h| h.envelope.message.kind == RECONCILIATION_EXCEPTION)
-            .filter_map(|h| {
-                let body: serde_json::Value =
-                    serde_json::from_slice(&h.envelope.message.body).ok()?;
-                Some((
-                    h.envelope.message.key.clone(),
-                    body.get("detail")?.as_str()?.to_owned(),
-                ))
-            })
-            .collect();
+        let memory = super::process::memory(&self.store);
         let mut raised = 0;
         let from = format!("reconciliation:{name}");
         for mismatch in mismatches {
-            if waiting
-                .iter()
-                .any(|(key, detail)| *key == mismatch.reference && *detail == mismatch.detail)
-            {
+            let seen = format!(
+                "reconciliation/{name}/{}",
+                crate::model::digest(
+                    format!("{}\0{}", mismatch.reference, mismatch.detail).as_bytes()
+                )
+            );
+            if memory.get(&seen).await?.is_some() {
                 continue;
             }
             let body = serde_json::json!({
@@ -453,12 +443,16 @@ impl Runtime {
                 continue;
             }
             self.store.enqueue(items, None).await?;
+            memory
+                .set(&seen, &now_ms().to_be_bytes())
+                .await
+                .map_err(super::process::kv_failed)?;
             raised += 1;
         }
         Ok(raised)
     }
 
-    /// Run the reconciliations that are due (each `every_secs` since its last run on
+    /// Run the reconciliations that are due (each `every_secs` since its last start on
     /// this node, or since the node started), over their last `window_days`.
     pub(crate) async fn reconcile_due(&self) {
         let config = self.config();
@@ -466,13 +460,7 @@ impl Runtime {
             let Some(every) = entry.every_secs else {
                 continue;
             };
-            let last = self
-                .reconciled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(name)
-                .map_or(self.started_ms, |r| r.at_ms);
-            if now_ms().saturating_sub(last) < every.saturating_mul(1000) {
+            if !self.due(&format!("reconciliation:{name}"), every) {
                 continue;
             }
             let Some(today) =
@@ -480,30 +468,31 @@ impl Runtime {
             else {
                 continue;
             };
-            let since = today - chrono::Days::new(u64::from(entry.window_days.saturating_sub(1)));
+            let Some(since) = today.checked_sub_days(chrono::Days::new(u64::from(
+                entry.window_days.saturating_sub(1),
+            ))) else {
+                continue;
+            };
             if let Err(error) = self.reconcile(name, since, today).await {
-                tracing::error!(reconciliation = %name, %error, "scheduled reconciliation failed");
-                // Not again at once: the next attempt after another period.
-                let failed = Reconciled {
-                    reconciliation: name.clone(),
-                    since: since.to_string(),
-                    until: today.to_string(),
-                    at_ms: now_ms(),
-                    billing_documents: 0,
-                    erp_records: 0,
-                    matched: 0,
-                    accuracy: None,
-                    mismatches: Vec::new(),
-                    raised: 0,
-                };
-                self.reconciled
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(name.clone())
-                    .or_insert(failed)
-                    .at_ms = now_ms();
+                tracing::error!(reconciliation = %name, %error, "scheduled reconciliation failed; its last report stands, the next attempt after another period");
             }
         }
+    }
+
+    /// Whether the scheduled check `what` is due (`every` seconds since it last started
+    /// here, or since the node started); if so, it starts now.
+    pub(crate) fn due(&self, what: &str, every: u64) -> bool {
+        let mut scheduled = self
+            .scheduled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let last = scheduled.get(what).copied().unwrap_or(self.started_ms);
+        let now = now_ms();
+        if now.saturating_sub(last) < every.saturating_mul(1000) {
+            return false;
+        }
+        scheduled.insert(what.to_owned(), now);
+        true
     }
 }
 

@@ -75,6 +75,11 @@ impl Runtime {
                 }
             }
         });
+        let runtime = self.clone();
+        workers.spawn(async move {
+            // What a crash left of a saga between a commit and its look after it.
+            runtime.settle_sagas(keep).await;
+        });
         let (runtime, mut stop) = (self.clone(), shutdown.clone());
         workers.spawn(async move {
             // Scheduled reconciliations and drift checks, each when its period has passed.
@@ -232,16 +237,18 @@ impl Runtime {
         );
         // The process layer first: a person's rejection or a rule decides without
         // the plugin; then the saga of the message's transaction has its say.
-        let (completion, kv) = match self.before_stage(&plugin, env) {
-            Some(completion) => (completion, None),
+        let (completion, kv, by_rule) = match self.before_stage(&plugin, env).await {
+            Some(completion) => (completion, None, true),
             None => {
-                self.run_stage(policy, &plugin, env, &step)
+                let (completion, kv) = self
+                    .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
-                    .await
+                    .await;
+                (completion, kv, false)
             }
         };
         let (completion, settle) = self
-            .saga(&plugin, env, completion, &step)
+            .saga(&plugin, env, completion, by_rule, &step)
             .instrument(span.clone())
             .await;
         let finished = match &completion {

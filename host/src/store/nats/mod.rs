@@ -222,28 +222,43 @@ impl NatsStore {
         } else {
             "redrive"
         };
-        envelope.directive = directive;
+        // A redrive keeps what the message was asked to do (an undoing stays one).
+        if directive.is_some() {
+            envelope.directive = directive;
+        }
         envelope.attempts.clear();
         envelope.not_before_ms = 0;
         let Some(stage) = envelope.route.get(envelope.stage as usize) else {
             return Ok(false);
         };
         let queue = queue_name(&envelope.flow, stage);
-        let revision = entry.revision;
+        // Claimed first, by its revision: of two decisions at once, one wins and the
+        // other finds nothing to decide.
+        let revision = match bucket
+            .update(&key, entry.value.clone(), entry.revision)
+            .await
+        {
+            Ok(revision) => revision,
+            Err(error) if matches!(error.kind(), kv::UpdateErrorKind::WrongLastRevision) => {
+                return Ok(false);
+            }
+            Err(error) => return Err(failed("cannot claim a parked message")(&error)),
+        };
         let _ = self
             .buckets
             .retry
             .delete(escape(envelope.message.id.as_str()))
             .await;
-        self.publish(&[(queue, envelope)], |queue, e| {
-            format!("{what}|{revision}|{queue}|{}", e.message.id)
-        })
-        .await?;
+        // Its outcome goes before it runs again: the new one is never the one removed.
         self.buckets
             .outcomes
             .delete(Self::outcome_key(id))
             .await
             .map_err(nats("cannot forget an outcome"))?;
+        self.publish(&[(queue, envelope)], |queue, e| {
+            format!("{what}|{revision}|{queue}|{}", e.message.id)
+        })
+        .await?;
         bucket
             .delete(&key)
             .await

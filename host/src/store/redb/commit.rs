@@ -8,7 +8,7 @@ use super::by_time;
 use super::events::{self, EVENTS};
 use super::index::Index;
 use super::kv::{apply_kv, kv_over_quota};
-use super::{EXCEPTIONS, IDEMPOTENCY, QUEUE, decode, encode};
+use super::{DEAD, EXCEPTIONS, IDEMPOTENCY, QUEUE, decode, encode};
 use crate::model::{
     DeadLetter, Directive, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord,
     OutcomeKind, now_ms, queue_name,
@@ -342,27 +342,39 @@ fn apply_one(
             )?
         }
         Write::Redrive { id } | Write::Decide { id, .. } => {
-            let letter = match write {
-                Write::Redrive { .. } => by_time::take_dead(txn, id)?,
-                _ => {
-                    let mut held = txn.open_table(EXCEPTIONS)?;
-                    let taken = held.remove(id.as_str())?;
-                    taken.map(|v| decode::<DeadLetter>(v.value())).transpose()?
-                }
+            // Read first: nothing is removed unless the message can go back.
+            let parked = match write {
+                Write::Redrive { .. } => txn
+                    .open_table(DEAD)?
+                    .get(id.as_str())?
+                    .map(|v| v.value().to_vec()),
+                _ => txn
+                    .open_table(EXCEPTIONS)?
+                    .get(id.as_str())?
+                    .map(|v| v.value().to_vec()),
             };
-            let Some(letter) = letter else {
+            let Some(letter) = parked.map(|v| decode::<DeadLetter>(&v)).transpose()? else {
                 return Ok(Applied::Missing);
             };
             let mut envelope = letter.envelope;
+            let Some(stage) = envelope.route.get(envelope.stage as usize).cloned() else {
+                return Ok(Applied::Missing);
+            };
+            match write {
+                Write::Redrive { .. } => {
+                    by_time::take_dead(txn, id)?;
+                }
+                _ => {
+                    txn.open_table(EXCEPTIONS)?.remove(id.as_str())?;
+                }
+            }
             if let Write::Decide { directive, .. } = write {
                 envelope.directive = Some(directive.clone());
             }
             envelope.attempts.clear();
             envelope.not_before_ms = 0;
             by_time::remove_outcome(txn, id)?;
-            let Some(stage) = envelope.route.get(envelope.stage as usize) else {
-                return Ok(Applied::Missing);
-            };
+            let stage = &stage;
             let name = queue_name(&envelope.flow, stage);
             append(
                 &mut queue,
