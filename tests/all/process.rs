@@ -61,6 +61,22 @@ max_attempts = 200
     )
 }
 
+/// The two systems (an ERP, billing), a workspace with [`config`] and Tenon on it.
+async fn started(
+    erp_flow: &str,
+    billing_flow: &str,
+    quotes: &str,
+) -> (MockErp, MockErp, Workspace, Tenon) {
+    let (erp, billing) = (
+        MockErp::start().await.unwrap(),
+        MockErp::start().await.unwrap(),
+    );
+    let ws = Workspace::new();
+    ws.write_config(&config(&erp, &billing, erp_flow, billing_flow, quotes));
+    let tenon = Tenon::start(&ws);
+    (erp, billing, ws, tenon)
+}
+
 /// The outcome of the message with this id among a status's.
 fn outcome<'a>(status: &'a Value, id_suffix: &str) -> &'a Value {
     status["outcomes"]
@@ -341,14 +357,8 @@ async fn billing_fails_after_the_erp_delivered(erp: &MockErp, billing: &MockErp)
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_part_undoes_what_its_transaction_delivered() {
-    let (erp, billing) = (
-        MockErp::start().await.unwrap(),
-        MockErp::start().await.unwrap(),
-    );
-    let ws = Workspace::new();
     let saga = r#"saga = "compensate""#;
-    ws.write_config(&config(&erp, &billing, saga, saga, ""));
-    let tenon = Tenon::start(&ws);
+    let (erp, billing, _ws, tenon) = started(saga, saga, "").await;
 
     billing.set_unavailable(true);
     let ids = tenon.send_quote(sample("bundle.json")).await;
@@ -461,14 +471,8 @@ fn outcome_is(status: &Value, id_suffix: &str, result: &str) -> bool {
 /// the ERP is down, and runs once when it is back.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_undoing_survives_a_crash_and_runs_once() {
-    let (erp, billing) = (
-        MockErp::start().await.unwrap(),
-        MockErp::start().await.unwrap(),
-    );
-    let ws = Workspace::new();
     let saga = r#"saga = "compensate""#;
-    ws.write_config(&config(&erp, &billing, saga, saga, ""));
-    let tenon = Tenon::start(&ws);
+    let (erp, billing, ws, tenon) = started(saga, saga, "").await;
 
     billing.set_unavailable(true);
     let ids = tenon.send_quote(sample("bundle.json")).await;
@@ -562,14 +566,8 @@ reason = "no deliveries to France this week"
 /// refuses is a dead letter for a person.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_failed_transaction_takes_no_more_and_a_refused_undoing_is_a_dead_letter() {
-    let (erp, billing) = (
-        MockErp::start().await.unwrap(),
-        MockErp::start().await.unwrap(),
-    );
-    let ws = Workspace::new();
     let saga = r#"saga = "compensate""#;
-    ws.write_config(&config(&erp, &billing, saga, saga, ""));
-    let tenon = Tenon::start(&ws);
+    let (erp, billing, _ws, tenon) = started(saga, saga, "").await;
 
     // Billing refuses while the ERP is down: the physical order is not delivered later.
     erp.set_unavailable(true);
