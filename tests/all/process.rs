@@ -349,8 +349,12 @@ saga = "compensate"
 
 /// Billing answers 503 until the ERP has the physical order, then refuses the
 /// subscription (422): the failure comes after the delivery, every time.
-async fn billing_fails_after_the_erp_delivered(erp: &MockErp, billing: &MockErp) {
-    await_requests(erp, "/erp/orders", 1).await;
+async fn billing_fails_after_the_erp_delivered(tenon: &Tenon, root: &str, billing: &MockErp) {
+    // Its delivery committed (the outcome recorded), not only received by the ERP:
+    // a failure committed at the same instant would not see it.
+    tenon
+        .wait_for(root, |s| outcome_is(s, "@erp", "Delivered"))
+        .await;
     billing.refuse("/billing", "no billing account for this customer");
     billing.set_unavailable(false);
 }
@@ -362,7 +366,7 @@ async fn a_failed_part_undoes_what_its_transaction_delivered() {
 
     billing.set_unavailable(true);
     let ids = tenon.send_quote(sample("bundle.json")).await;
-    billing_fails_after_the_erp_delivered(&erp, &billing).await;
+    billing_fails_after_the_erp_delivered(&tenon, &ids[0], &billing).await;
     let status = tenon
         .wait_for(&ids[0], |s| {
             s["settled"] == true && s.to_string().contains("Compensated")
@@ -399,7 +403,7 @@ async fn a_saga_exception_waits_for_a_person_to_undo_or_resume() {
     // The subscription fails after the physical order was booked: held, not undone.
     billing.set_unavailable(true);
     let ids = tenon.send_quote(sample("bundle.json")).await;
-    billing_fails_after_the_erp_delivered(&erp, &billing).await;
+    billing_fails_after_the_erp_delivered(&tenon, &ids[0], &billing).await;
     let held = await_exceptions(&tenon, 1).await;
     let number = erp.received()[0].order_number.clone();
     assert_eq!(held[0]["rule"], "saga");
@@ -439,9 +443,7 @@ async fn a_saga_exception_waits_for_a_person_to_undo_or_resume() {
     billing.accept_all();
     billing.set_unavailable(true);
     let ids = tenon.send_quote(sample("bundle.json")).await;
-    await_requests(&erp, "/erp/orders", 2).await;
-    billing.refuse("/billing", "no billing account for this customer");
-    billing.set_unavailable(false);
+    billing_fails_after_the_erp_delivered(&tenon, &ids[0], &billing).await;
     let id = await_exceptions(&tenon, 1).await[0]["id"]
         .as_str()
         .unwrap()
