@@ -254,6 +254,41 @@ sink = "stewards"
     let last = &runs["reconciliations"][0]["last"];
     assert_eq!(last["reconciliation"], "billing", "{runs:#}");
     assert_eq!(last["billing_documents"], 0);
+    // On demand: a window that is not one, a reconciliation that does not exist.
+    for (body, status) in [
+        (r#"{"since": "2026-13-01"}"#, 400),
+        (r#"{"since": "2026-11-30", "until": "2026-11-01"}"#, 400),
+        (r#"{"until": "-262144-01-01"}"#, 400),
+    ] {
+        let reply = tenon
+            .post(
+                "/v1/reconciliations/billing/run",
+                "application/json",
+                body.as_bytes(),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            status,
+            "{body}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
+    }
+    let reply = tenon
+        .post("/v1/reconciliations/nope/run", "application/json", b"{}")
+        .await;
+    assert_eq!(reply.status, 404);
+    // A window longer than the event log keeps is refused at load, named.
+    let path = ws.write_config(&text.replace(
+        "every_secs = 1\n[flows.mismatches]",
+        "every_secs = 1\nwindow_days = 30\n[flows.mismatches]",
+    ));
+    let (ok, _, err) = crate::support::tenon_cli(&["check", "--config", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains("`window_days = 30` looks further back than the event log keeps"),
+        "{err}"
+    );
     let kpis = tenon.get("/v1/kpis").await.json().unwrap();
     assert_eq!(kpis["billing_accuracy"]["measured"], false);
     assert!(

@@ -88,6 +88,7 @@ on_every_store!(
     an_idempotency_key_lets_one_request_through,
     dead_letters_are_kept_redriven_and_discarded,
     exceptions_are_kept_apart_and_decided_once,
+    a_redriven_undoing_stays_an_undoing,
     accepted_messages_are_logged_and_replayed_without_a_new_entry,
     key_value_data_is_per_namespace_and_under_quota,
     a_waiting_lease_wakes_on_new_work,
@@ -363,6 +364,37 @@ async fn exceptions_are_kept_apart_and_decided_once(s: Subject) {
             )
             .await
             .unwrap()
+    );
+}
+
+async fn a_redriven_undoing_stays_an_undoing(s: Subject) {
+    let store = s.store.as_ref();
+    let mut undo = envelope("u1.undo", "k1");
+    let compensate = tenon::model::Directive::Compensate {
+        delivered: "u1".into(),
+        reference: "ERP-1".into(),
+        detail: None,
+        because: "billing refused".into(),
+    };
+    undo.directive = Some(compensate.clone());
+    put(store, vec![("f/s", undo)]).await;
+    let lease = take(store, "f/s").await.unwrap();
+    let dead = outcome(
+        &lease.envelope,
+        OutcomeKind::DeadLetter {
+            error: "the undoing was refused".into(),
+        },
+    );
+    store
+        .complete(lease, Completion::finish(dead), None)
+        .await
+        .unwrap();
+    assert!(store.redrive(&"u1.undo".into()).await.unwrap());
+    let back = take(store, "f/s").await.expect("back in its queue");
+    assert_eq!(
+        back.envelope.directive,
+        Some(compensate),
+        "still an undoing"
     );
 }
 

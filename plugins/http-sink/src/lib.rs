@@ -108,11 +108,7 @@ fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Fail
     let format = Format::from_config(config::get("format").as_deref())?;
     let source = config::get("ce_source").unwrap_or_else(|| DEFAULT_CE_SOURCE.into());
     let payload = payload(format, &message, &source)?;
-    let extra = json_map("headers", config::get("headers"))?;
-    let mut from_secrets = Vec::new();
-    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
-        from_secrets.push((name, secret_header(&template, secrets::get)?));
-    }
+    let configured = configured_headers()?;
     let mut headers: Vec<(&str, &str)> = vec![
         ("content-type", payload.content_type.as_str()),
         ("accept", "application/json"),
@@ -130,8 +126,7 @@ fn send_message(message: Message, idempotency_key: &str) -> Result<Receipt, Fail
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str())),
     );
-    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(configured.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let response = http::send(&method, &url, &headers, &payload.body)?;
     if !response.is_success() {
         return Err(response.failure());
@@ -184,11 +179,7 @@ fn undo_message(
         true => Vec::new(),
         false => json_body(&message)?,
     };
-    let extra = json_map("headers", config::get("headers"))?;
-    let mut from_secrets = Vec::new();
-    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
-        from_secrets.push((name, secret_header(&template, secrets::get)?));
-    }
+    let configured = configured_headers()?;
     let mut headers: Vec<(&str, &str)> = vec![
         ("accept", "application/json"),
         (IDEMPOTENCY_HEADER, idempotency_key),
@@ -198,8 +189,7 @@ fn undo_message(
     if !body.is_empty() {
         headers.push(("content-type", "application/json"));
     }
-    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(configured.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let response = http::send(&method, &url, &headers, &body)?;
     if response.status == 404 {
         return Ok(Receipt {
@@ -235,14 +225,9 @@ fn read_records(
         .replace("{kind}", &tenon_sdk::url::escape(&query.kind))
         .replace("{since}", &tenon_sdk::url::escape(&query.since))
         .replace("{until}", &tenon_sdk::url::escape(&query.until));
-    let extra = json_map("headers", config::get("headers"))?;
-    let mut from_secrets = Vec::new();
-    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
-        from_secrets.push((name, secret_header(&template, secrets::get)?));
-    }
+    let configured = configured_headers()?;
     let mut headers: Vec<(&str, &str)> = vec![("accept", "application/json")];
-    headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    headers.extend(from_secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    headers.extend(configured.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let response = http::send("GET", &url, &headers, &[])?;
     if !response.is_success() {
         return Err(response.failure());
@@ -273,6 +258,18 @@ fn read_records(
             Ok(entry)
         })
         .collect()
+}
+
+/// The headers every request carries from config: `headers`, then `secret_headers`
+/// with their secrets' values.
+fn configured_headers() -> Result<Vec<(String, String)>, Failure> {
+    let mut headers: Vec<(String, String)> = json_map("headers", config::get("headers"))?
+        .into_iter()
+        .collect();
+    for (name, template) in json_map("secret_headers", config::get("secret_headers"))? {
+        headers.push((name, secret_header(&template, secrets::get)?));
+    }
+    Ok(headers)
 }
 
 /// What the message is about: the `identity_field` of its body (`id`, an order's id),

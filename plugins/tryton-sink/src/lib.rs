@@ -142,14 +142,7 @@ fn undo_sale(
 fn return_sale(rpc: &mut Client, order: &Order, sale: &Existing) -> Result<Receipt, Failure> {
     let workflow = Workflow::configured()?;
     let reference = format!("{}/undo", order.id);
-    if let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", reference]]))? {
-        let state = rpc
-            .call("model.sale.sale.read", vec![json!([id]), json!(["state"])])?
-            .pointer("/0/state")
-            .and_then(Value::as_str)
-            .unwrap_or("draft")
-            .to_owned();
-        let state = advance(rpc, id, &state, workflow)?;
+    if let Some((id, state)) = made_before(rpc, &reference, workflow)? {
         return Ok(receipt(
             id,
             &state,
@@ -185,6 +178,25 @@ fn return_sale(rpc: &mut Client, order: &Order, sale: &Existing) -> Result<Recei
     let id = create(rpc, &values)?;
     let state = advance(rpc, id, "draft", workflow)?;
     Ok(receipt(id, &state, "created as the return of the sale"))
+}
+
+/// The sale made before under `reference` (a change order, a return), taken as far as
+/// `workflow` (a crash may have stopped it on the way): its id and state.
+fn made_before(
+    rpc: &mut Client,
+    reference: &str,
+    workflow: Workflow,
+) -> Result<Option<(i64, String)>, Failure> {
+    let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", reference]]))? else {
+        return Ok(None);
+    };
+    let state = rpc
+        .call("model.sale.sale.read", vec![json!([id]), json!(["state"])])?
+        .pointer("/0/state")
+        .and_then(Value::as_str)
+        .unwrap_or("draft")
+        .to_owned();
+    Ok(Some((id, advance(rpc, id, &state, workflow)?)))
 }
 
 /// Sale lines `lines` given back: negative quantities at their price and taxes.
@@ -729,14 +741,7 @@ fn change_order(
 ) -> Result<Receipt, Failure> {
     let revision = order.revision.as_deref().unwrap_or("unstamped");
     let reference = format!("{}@{revision}", order.id);
-    if let Some(id) = rpc.search_one("sale.sale", json!([["reference", "=", reference]]))? {
-        let state = rpc
-            .call("model.sale.sale.read", vec![json!([id]), json!(["state"])])?
-            .pointer("/0/state")
-            .and_then(Value::as_str)
-            .unwrap_or("draft")
-            .to_owned();
-        let state = advance(rpc, id, &state, workflow)?;
+    if let Some((id, state)) = made_before(rpc, &reference, workflow)? {
         return Ok(receipt(id, &state, "already created as a change order"));
     }
     let returned = returned_lines(rpc, &sale.lines)?;

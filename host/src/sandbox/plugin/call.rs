@@ -373,7 +373,13 @@ impl Plugin {
                     .await
             })
             .await?;
-        let Called { value: receipt, kv } = receipt;
+        self.receipt(receipt)
+    }
+
+    /// A sink's receipt as the host keeps it: within the output limit, its text
+    /// redacted of secrets.
+    fn receipt(&self, called: Called<types::Receipt>) -> Result<Called<Receipt>, CallError> {
+        let Called { value: receipt, kv } = called;
         self.check_output(
             receipt.reference.len() + receipt.detail.as_ref().map_or(0, String::len),
         )?;
@@ -424,17 +430,7 @@ impl Plugin {
                     .await
             })
             .await?;
-        let Called { value: receipt, kv } = receipt;
-        self.check_output(
-            receipt.reference.len() + receipt.detail.as_ref().map_or(0, String::len),
-        )?;
-        Ok(Called {
-            value: Receipt {
-                reference: self.text(&receipt.reference),
-                detail: receipt.detail.map(|d| self.text(&d)),
-            },
-            kv,
-        })
+        self.receipt(receipt)
     }
 
     /// Reconciling sink: the records of `kind` dated `from` to `to` (ISO dates) that
