@@ -2,8 +2,12 @@
 //! natively, on ~2 KB and ~10 KB quotes (MessagePack, as between steps):
 //!
 //! - `native`: `quote_to_order::map_encoded` (decode, validate, split, encode);
-//! - `wasm_reused`: the component, one instance kept across messages;
+//! - `wasm_reused`: the component, its instance kept across messages (what
+//!   `reuse_instances = true` gives a transform);
 //! - `wasm_fresh`: the component, a fresh instance per message (the runtime's default);
+//! - `fresh_<variant>_2kb`: the fresh path on engines with other pooling settings
+//!   (how much of a slot stays resident, `PAGEMAP_SCAN`), and each over the default
+//!   (`fresh_<variant>_vs_default`, above 1 is faster);
 //! - `wasm_*_unlimited`: the same on an engine without the limits (no epoch deadline,
 //!   no memory limiter), for `limits_overhead`: time per message with the limits over
 //!   time without them (1.15 would be 15% overhead).
@@ -12,8 +16,9 @@
 //! on a shared machine costs all three alike. Prints `bench: <name> <value> <unit>`.
 //!
 //! For profiling one path alone (e.g. under `perf record`): `TENON_BENCH_FRESH_ONLY=1`
-//! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1` and
-//! `TENON_BENCH_KEEP_RESIDENT=<bytes>` change the engine's settings.
+//! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1`,
+//! `TENON_BENCH_KEEP_RESIDENT=<bytes>` and `TENON_BENCH_PAGEMAP_SCAN=1` change the
+//! engine's settings.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,14 +52,23 @@ async fn run() -> anyhow::Result<()> {
     if std::env::var_os("TENON_BENCH_NO_EPOCH").is_some() {
         options.epoch_interruption = false;
     }
+    if std::env::var_os("TENON_BENCH_PAGEMAP_SCAN").is_some() {
+        options.pagemap_scan = true;
+    }
     eprintln!("engine options: {options:?}");
     let engine = Engine::with_options(node.clone(), store.clone(), &data, &options)?;
+    let mapping = dir.path().join("plugins/quote-to-order");
     let plugin = Plugin::load(
         &engine,
         "quote-to-order",
-        &dir.path().join("plugins/quote-to-order"),
+        &mapping,
         &PluginSettings::default(),
     )?;
+    let reuse = PluginSettings {
+        reuse_instances: true,
+        ..PluginSettings::default()
+    };
+    let kept = Plugin::load(&engine, "quote-to-order", &mapping, &reuse)?;
 
     let unlimited_data = dir.path().join("data-unlimited");
     let unlimited_engine = Engine::with_options(
@@ -70,9 +84,10 @@ async fn run() -> anyhow::Result<()> {
     let unlimited = Plugin::load(
         &unlimited_engine,
         "quote-to-order",
-        &dir.path().join("plugins/quote-to-order"),
+        &mapping,
         &PluginSettings::default(),
     )?;
+    let kept_unlimited = Plugin::load(&unlimited_engine, "quote-to-order", &mapping, &reuse)?;
 
     let mut headline = Vec::new();
     for (label, size) in [("2kb", 2 * 1024), ("10kb", 10 * 1024)] {
@@ -98,12 +113,8 @@ async fn run() -> anyhow::Result<()> {
         anyhow::ensure!(native_out == wasm_out, "WASM and native outputs differ");
 
         if std::env::var_os("TENON_BENCH_REUSED_ONLY").is_some() {
-            let mut reused = plugin
-                .reused_transform()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let per_sec = rate(async || {
-                let _ = std::hint::black_box(reused.transform(&message).await);
+                let _ = std::hint::black_box(kept.transform(&message).await);
             })
             .await;
             tenon_testkit::bench::line(&format!("wasm_reused_{label}"), per_sec as f64, "msg/s", 0);
@@ -117,14 +128,6 @@ async fn run() -> anyhow::Result<()> {
             tenon_testkit::bench::line(&format!("wasm_fresh_{label}"), per_sec as f64, "msg/s", 0);
             continue;
         }
-        let mut reused = plugin
-            .reused_transform()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let mut reused_unlimited = unlimited
-            .reused_transform()
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (mut native, mut wasm_reused, mut wasm_fresh) = (0f64, 0f64, 0f64);
         let (mut fresh_unlimited, mut reused_free) = (0f64, 0f64);
         for _ in 0..ROUNDS {
@@ -137,7 +140,7 @@ async fn run() -> anyhow::Result<()> {
             );
             wasm_reused = wasm_reused.max(
                 rate(async || {
-                    let _ = std::hint::black_box(reused.transform(&message).await);
+                    let _ = std::hint::black_box(kept.transform(&message).await);
                 })
                 .await,
             );
@@ -155,7 +158,7 @@ async fn run() -> anyhow::Result<()> {
             );
             reused_free = reused_free.max(
                 rate(async || {
-                    let _ = std::hint::black_box(reused_unlimited.transform(&message).await);
+                    let _ = std::hint::black_box(kept_unlimited.transform(&message).await);
                 })
                 .await,
             );
@@ -211,12 +214,87 @@ async fn run() -> anyhow::Result<()> {
             fresh_unlimited / wasm_fresh,
         ));
     }
+    fresh_variants(dir.path(), &node, &store, &mapping).await?;
     // The headline ratios: the ~2 KB quote.
     if let Some((reused, fresh, limits)) = headline.first() {
         tenon_testkit::bench::line("wasm_vs_native_reused", *reused, "x", 3);
         tenon_testkit::bench::line("wasm_vs_native_fresh", *fresh, "x", 3);
         // On the runtime's own path (a fresh instance per message).
         tenon_testkit::bench::line("limits_overhead", *limits, "x", 3);
+    }
+    Ok(())
+}
+
+/// The fresh path (2 KB) on engines with other pooling settings, rounds interleaved.
+async fn fresh_variants(
+    dir: &std::path::Path,
+    node: &NodeDb,
+    store: &Arc<dyn Store>,
+    mapping: &std::path::Path,
+) -> anyhow::Result<()> {
+    let base = EngineOptions::default();
+    let variants = [
+        ("default", base.clone()),
+        (
+            "keep_resident_0",
+            EngineOptions {
+                keep_resident: 0,
+                ..base.clone()
+            },
+        ),
+        (
+            "keep_resident_16mb",
+            EngineOptions {
+                keep_resident: 16 << 20,
+                ..base.clone()
+            },
+        ),
+        (
+            "pagemap_scan_2mb",
+            EngineOptions {
+                pagemap_scan: true,
+                ..base.clone()
+            },
+        ),
+        (
+            "pagemap_scan_16mb",
+            EngineOptions {
+                pagemap_scan: true,
+                keep_resident: 16 << 20,
+                ..base.clone()
+            },
+        ),
+    ];
+    let message = StoredMessage {
+        id: "bench".into(),
+        key: "Q-BENCH".into(),
+        kind: "QuoteApproved".into(),
+        content_type: "application/msgpack".into(),
+        headers: vec![],
+        body: quote_of_size(2 * 1024)?,
+    };
+    let mut plugins = Vec::new();
+    for (name, options) in &variants {
+        // One cache for all: the component compiles once.
+        let engine = Engine::with_options(node.clone(), store.clone(), &dir.join("data"), options)?;
+        let plugin = Plugin::load(&engine, "quote-to-order", mapping, &PluginSettings::default())?;
+        plugins.push((*name, plugin, 0f64));
+    }
+    for _ in 0..ROUNDS {
+        for (_, plugin, best) in &mut plugins {
+            let per_sec = rate(async || {
+                let _ = std::hint::black_box(plugin.transform(&message).await);
+            })
+            .await;
+            *best = best.max(per_sec);
+        }
+    }
+    let default = plugins[0].2;
+    for (name, _, best) in &plugins {
+        tenon_testkit::bench::line(&format!("fresh_{name}_2kb"), *best, "msg/s", 0);
+        if *name != "default" {
+            tenon_testkit::bench::line(&format!("fresh_{name}_vs_default"), best / default, "x", 3);
+        }
     }
     Ok(())
 }

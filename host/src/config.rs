@@ -455,6 +455,14 @@ pub struct PluginEntry {
     /// How long an `ack = "validated"` waits for the steps, in milliseconds (default 5000).
     #[serde(default = "default_deadline")]
     pub ack_deadline_ms: u64,
+    /// Keep a transform's instances from one message to the next instead of a fresh
+    /// instance per message (default `false`). It saves the instantiation and the
+    /// guest's start-up per message, but whatever the guest keeps in its memory (a
+    /// cache, a global, a leak) carries over to the next message, of any customer:
+    /// for a pure mapping the operator trusts. An instance that trapped, timed out or
+    /// hit a limit is never reused. Transforms only; a source, sink or API refuses it.
+    #[serde(default)]
+    pub reuse_instances: bool,
 }
 
 /// `[plugins.<name>] ack`: when a source answers its sender.
@@ -585,6 +593,15 @@ pub struct FlowEntry {
     /// try the failed part again; reject: compensate).
     #[serde(default)]
     pub saga: Option<Spanned<SagaPolicy>>,
+    /// Run consecutive transform steps in one lease and one commit (default
+    /// `true`): a message a step forwards to the next step of this flow, when that
+    /// step is a transform with no rule before it, is mapped at once by the same
+    /// worker, and only what the last of them makes is queued. Ids are derived and
+    /// mappings deterministic, so a crash re-runs them to the same result. A step
+    /// that fails, finishes the message or writes key-value data leaves its input
+    /// queued for its own workers, as without fusion. `false`: every step is a hop.
+    #[serde(default = "default_true")]
+    pub fuse: bool,
 }
 
 /// The kind of the messages a reconciliation publishes, one per mismatch.
@@ -757,6 +774,10 @@ pub struct ApiEntry {
     /// `0`, the default: never kept.
     #[serde(default)]
     pub cache_ttl_secs: u64,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_deadline() -> u64 {

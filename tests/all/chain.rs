@@ -862,3 +862,94 @@ async fn a_subscriber_without_a_filter_gets_what_flows_emit_not_what_they_make_o
     // which a flow publishing every step's outputs would have sent here too.
     assert_eq!(received("/watch/orders"), erps);
 }
+
+/// Each outcome of a message's lineage as (flow, the plugins of its trail, result).
+fn trails(status: &Value) -> Vec<(String, Vec<String>, String)> {
+    let mut out: Vec<(String, Vec<String>, String)> = status["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            let trail = o["trail"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|hop| hop["plugin"].as_str().unwrap().to_owned())
+                .collect();
+            let result = o["result"]
+                .as_object()
+                .and_then(|r| r.keys().next().cloned())
+                .unwrap_or_else(|| o["result"].to_string());
+            (o["flow"].as_str().unwrap().to_owned(), trail, result)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_otherwise() {
+    // The same quotes through the same chain, fused (the default) and hop by hop:
+    // the same outcomes, trails and orders; only the fused run counts fused steps.
+    let mut seen = Vec::new();
+    for fuse in [true, false] {
+        let erp = MockErp::start().await.unwrap();
+        let base = erp.orders_url();
+        let base = base.trim_end_matches("/sap/orders").to_owned();
+        let ws = Workspace::new();
+        let mut text = config(&base);
+        if !fuse {
+            text = text.replace("max_attempts = 2\n", "max_attempts = 2\nfuse = false\n");
+        }
+        ws.write_config(&text);
+        std::fs::write(ws.path().join("stripe-secret.txt"), STRIPE_SECRET).unwrap();
+        let tenon = Tenon::start(&ws);
+        tenon.load_customers().await;
+
+        let plain = tenon.send_quote(sample("plain.json")).await;
+        let plain = trails(&settled_with(&tenon, &plain[0], 1).await);
+        let bundle = tenon.send_quote(sample("bundle.json")).await;
+        let bundle = trails(&settled_with(&tenon, &bundle[0], 2).await);
+        let mut orders: Vec<(String, Value)> = erp
+            .received()
+            .into_iter()
+            .map(|r| (r.path.clone(), r.body.clone()))
+            .collect();
+        orders.sort_by(|a, b| a.0.cmp(&b.0));
+
+        let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
+        let fused = |stage: &str| -> u64 {
+            let line = format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}} "#);
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .map_or(0, |n| n.trim().parse().unwrap())
+        };
+        if fuse {
+            // The plain quote's order and the bundle's good order went through the
+            // gateway and the router in the mapping's lease; the bundle's order the
+            // gateway rejects was left queued for the gateway's own workers.
+            assert_eq!((fused("gateway"), fused("router")), (2, 2), "{metrics}");
+        } else {
+            assert_eq!((fused("gateway"), fused("router")), (0, 0), "{metrics}");
+        }
+        seen.push((plain, bundle, orders));
+    }
+    assert_eq!(seen[0], seen[1], "fused and unfused runs differ");
+    let (plain, bundle, orders) = &seen[0];
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(plain[0].0, "erp-de");
+    assert_eq!(plain[0].2, "Delivered");
+    let hops: Vec<&str> = plain[0].1.iter().map(String::as_str).collect();
+    assert!(
+        hops.ends_with(&["quote-to-order", "gateway", "router", "erp-de"]),
+        "{hops:?}"
+    );
+    assert!(
+        bundle
+            .iter()
+            .any(|(_, trail, result)| result == "Rejected" && trail.last().unwrap() == "gateway"),
+        "{bundle:?}"
+    );
+    assert_eq!(orders.len(), 2, "{orders:?}");
+}

@@ -170,3 +170,62 @@ async fn a_plugin_never_sees_another_plugins_keys() {
     );
     assert_eq!(store.kv_get("b", "Q-1").await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() {
+    let ws = Workspace::new();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let dir = ws.path().join("plugins/misbehave");
+    let calls = |out: Vec<StoredMessage>| -> u64 {
+        let body: serde_json::Value = serde_json::from_slice(&out[0].body).unwrap();
+        body["calls"].as_u64().unwrap()
+    };
+
+    // The default: every message meets a new instance, whatever it kept before.
+    let fresh = Plugin::load(&engine, "fresh", &dir, &settings(&[("mode", "count")])).unwrap();
+    assert!(!fresh.reuses_instances());
+    for _ in 0..3 {
+        assert_eq!(calls(fresh.transform(&message()).await.unwrap()), 1);
+    }
+
+    // Opted in: one instance carries on from message to message, until it traps;
+    // the next message then meets a new one (counting from 1 again).
+    let mut kept = settings(&[("mode", "count"), ("trap_after", "3")]);
+    kept.reuse_instances = true;
+    let kept = Plugin::load(&engine, "kept", &dir, &kept).unwrap();
+    assert!(kept.reuses_instances());
+    for n in 1..=3 {
+        assert_eq!(calls(kept.transform(&message()).await.unwrap()), n);
+    }
+    let err = kept.transform(&message()).await.unwrap_err();
+    assert!(
+        matches!(&err, CallError::Trap(text) if text.contains("trapping after 3 calls")),
+        "{err}"
+    );
+    assert_eq!(calls(kept.transform(&message()).await.unwrap()), 1);
+    assert_eq!(calls(kept.transform(&message()).await.unwrap()), 2);
+
+    // Its per-call state starts anew with each message: the deadline among it (the
+    // third call starts after the first call's deadline has passed).
+    let mut slow = settings(&[("mode", "count")]);
+    slow.reuse_instances = true;
+    slow.grants.timeout_ms = Some(300);
+    let slow = Plugin::load(&engine, "slow", &dir, &slow).unwrap();
+    for n in 1..=3 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        assert_eq!(calls(slow.transform(&message()).await.unwrap()), n);
+    }
+
+    // Only a transform may keep its instances: a sink's delivery meets a fresh one.
+    let sink = PluginSettings {
+        reuse_instances: true,
+        ..PluginSettings::default()
+    };
+    let err = Plugin::load(&engine, "erp", &ws.path().join("plugins/http-sink"), &sink)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`reuse_instances = true` applies to transforms only; this is a sink plugin"),
+        "{err}"
+    );
+}

@@ -41,6 +41,8 @@ pub struct Flow {
     pub rules: Vec<Rule>,
     /// Whether (and how) its deliveries are undone when their transaction fails.
     pub saga: Option<SagaPolicy>,
+    /// Whether consecutive transform steps run in one lease and one commit.
+    pub fuse: bool,
 }
 
 /// A rule of a flow, compiled: before `stage` takes a message, `when` is checked.
@@ -247,6 +249,7 @@ pub(crate) fn resolve_flows(
             filter,
             rules,
             saga: entry.saga.as_ref().map(|s| *s.get_ref()),
+            fuse: entry.fuse,
         };
         flows.insert(name.clone(), flow);
     }

@@ -139,6 +139,7 @@ pub(crate) fn load_plugin_at(
         outbound: entry.outbound,
         trust: config.trust.clone(),
         identity,
+        reuse_instances: entry.reuse_instances,
     };
     let (plugin, dir) = match location {
         Location::Path(dir) => (Plugin::load(engine, as_name, dir, &settings)?, dir),

@@ -1,7 +1,9 @@
 //! The workers: each stage of each flow has `concurrency` of them (on the guest
 //! threads); a worker leases a message, calls the stage's plugin in a fresh instance,
 //! decides what the result means (forward, finish, retry, dead letter) from the failure
-//! class alone, and commits that with the input's ack and the call's kv writes.
+//! class alone, and commits that with the input's ack and the call's kv writes. What
+//! it forwards to the flow's next transform steps runs through them in the same lease
+//! and commit ([`Runtime::fuse`]).
 
 use super::Runtime;
 use super::flows::{RetryPolicy, describe_event};
@@ -209,32 +211,8 @@ impl Runtime {
             return;
         };
         let policy = self.retry_policy(&env.flow, plugin.name());
-        let attempt = env.attempts.len() as i64 + 1;
-        let step = telemetry::start(
-            "step",
-            &telemetry::parent(&env.trace),
-            vec![
-                telemetry::attr("tenon.flow", env.flow.clone()),
-                telemetry::attr("tenon.step", plugin.name().to_owned()),
-                telemetry::attr("tenon.plugin.digest", plugin.digest().to_owned()),
-                telemetry::attr("tenon.message.id", env.message.id.to_string()),
-                telemetry::attr("tenon.message.key", env.message.key.clone()),
-                telemetry::attr("tenon.message.kind", env.message.kind.clone()),
-                telemetry::attr("tenon.attempt", attempt),
-            ],
-        );
-        let (trace_id, span_id) = telemetry::ids(&step);
-        let span = tracing::info_span!(
-            "message",
-            flow = %env.flow,
-            step = %plugin.name(),
-            plugin = %plugin.name(),
-            digest = %plugin.digest(),
-            key = %env.message.key,
-            id = %env.message.id,
-            trace_id,
-            span_id,
-        );
+        let leased = Instant::now();
+        let (step, span) = step_span(env, &plugin);
         // The process layer first: a person's rejection or a rule decides without
         // the plugin; then the saga of the message's transaction has its say.
         let (completion, kv, by_rule) = match self.before_stage(&plugin, env).await {
@@ -244,6 +222,7 @@ impl Runtime {
                     .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
                     .await;
+                let completion = self.fuse(&env.flow, completion, leased).await;
                 (completion, kv, false)
             }
         };
@@ -298,6 +277,36 @@ impl Runtime {
         env: &Envelope,
         step: &opentelemetry::Context,
     ) -> (Completion, Option<crate::store::KvWrites>) {
+        let (called, micros) = self.call_measured(plugin, env, step).await;
+        let (result, kv) = match called {
+            Ok(called) => (Ok(called.value), called.kv),
+            Err(error) => (Err(error), None),
+        };
+        let completion = self.classify(policy, plugin, env, result, micros, step);
+        let commits = match &completion {
+            Completion::Forward { .. } => true,
+            Completion::Finish { outcome, .. } => matches!(
+                outcome.result,
+                OutcomeKind::Delivered { .. }
+                    | OutcomeKind::Consumed
+                    | OutcomeKind::Compensated { .. }
+            ),
+            Completion::Retry(_) => false,
+        };
+        (completion, kv.filter(|_| commits))
+    }
+
+    /// Call the stage's plugin under a `plugin.call` span, timed and counted; the
+    /// result and how long the call took, in microseconds.
+    async fn call_measured(
+        &self,
+        plugin: &Plugin,
+        env: &Envelope,
+        step: &opentelemetry::Context,
+    ) -> (
+        Result<crate::sandbox::plugin::Called<Produced>, CallError>,
+        u64,
+    ) {
         let call = telemetry::start(
             "plugin.call",
             step,
@@ -323,23 +332,109 @@ impl Runtime {
             vec![telemetry::attr("tenon.outcome", outcome)],
             called.as_ref().err().map(ToString::to_string),
         );
-        let (result, kv) = match called {
-            Ok(called) => (Ok(called.value), called.kv),
-            Err(error) => (Err(error), None),
+        (called, elapsed.as_micros() as u64)
+    }
+
+    /// Fewer hops: the outputs a step forwards to the next step of its own `flow`
+    /// run through that step at once, in this lease, when the flow fuses and the
+    /// step is a transform with nothing before it (no rule, no pause), and so on down
+    /// the flow; only what the last of them makes is queued, all in one commit. A
+    /// crash before the commit re-runs them all: their ids are derived and their
+    /// mappings deterministic, so the re-run makes the same messages. An output whose
+    /// step fails, finishes it, or writes key-value data stays queued as it was, for
+    /// the step's own workers to run, retry or dead-letter as without fusion.
+    async fn fuse(&self, flow: &str, completion: Completion, leased: Instant) -> Completion {
+        let Completion::Forward { outputs } = completion else {
+            return completion;
         };
-        let micros = elapsed.as_micros() as u64;
-        let completion = self.classify(policy, plugin, env, result, micros, step);
-        let commits = match &completion {
-            Completion::Forward { .. } => true,
-            Completion::Finish { outcome, .. } => matches!(
-                outcome.result,
-                OutcomeKind::Delivered { .. }
-                    | OutcomeKind::Consumed
-                    | OutcomeKind::Compensated { .. }
-            ),
-            Completion::Retry(_) => false,
+        let mut queued = Vec::with_capacity(outputs.len());
+        let mut next = outputs;
+        while !next.is_empty() {
+            let mut made = Vec::new();
+            for (queue, output) in next {
+                match self.fused_step(flow, &queue, &output, leased).await {
+                    Some(outputs) => made.extend(outputs),
+                    None => queued.push((queue, output)),
+                }
+            }
+            next = made;
+        }
+        Completion::Forward { outputs: queued }
+    }
+
+    /// Run `output` (bound for `queue`) through its next step in this lease, if it
+    /// may be fused (see [`Runtime::fuse`]): what that step forwards, or `None` to
+    /// leave it queued.
+    async fn fused_step(
+        &self,
+        flow: &str,
+        queue: &str,
+        output: &Envelope,
+        leased: Instant,
+    ) -> Option<Vec<(String, Envelope)>> {
+        let stage = output.route.get(output.stage as usize)?;
+        if output.flow != flow
+            || output.directive.is_some()
+            || !output.attempts.is_empty()
+            || queue != queue_name(flow, stage)
+        {
+            return None;
+        }
+        {
+            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+            let f = flows.get(flow)?;
+            if !f.fuse || f.rules.iter().any(|r| &r.stage == stage) {
+                return None;
+            }
+        }
+        let plugin = self.plugin(stage)?;
+        // Within the lease with room to spare: the lease outlasts twice the first
+        // step's longest call, and at least MIN_HOLD.
+        if plugin.kind() != Kind::Transform
+            || !plugin.throttle().remaining().is_zero()
+            || leased.elapsed() + plugin.timeout() > MIN_HOLD / 2
+        {
+            return None;
+        }
+        let (step, span) = step_span(output, &plugin);
+        let (called, micros) = self
+            .call_measured(&plugin, output, &step)
+            .instrument(span.clone())
+            .await;
+        let forwarded = match called {
+            Ok(crate::sandbox::plugin::Called {
+                value: Produced::Outputs(outputs),
+                kv: None,
+            }) if !outputs.is_empty() => {
+                let policy = self.retry_policy(flow, plugin.name());
+                let _enter = span.enter();
+                match self.classify(
+                    policy,
+                    &plugin,
+                    output,
+                    Ok(Produced::Outputs(outputs)),
+                    micros,
+                    &step,
+                ) {
+                    Completion::Forward { outputs } => Some(outputs),
+                    _ => None,
+                }
+            }
+            _ => None,
         };
-        (completion, kv.filter(|_| commits))
+        let result = match forwarded {
+            Some(_) => {
+                metrics::fused(flow, stage);
+                "fused"
+            }
+            None => {
+                let _enter = span.enter();
+                tracing::debug!("step left to its own workers");
+                "left queued"
+            }
+        };
+        telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
+        forwarded
     }
 
     /// Call the stage's plugin: a sink delivers (unless the message was delivered
@@ -685,6 +780,37 @@ impl Runtime {
         let outcomes = self.store.outcomes(root).await?;
         Ok(MessageStatus { outcomes, pending })
     }
+}
+
+/// The `step` span of `plugin` taking `env` (a child of the span that made it), and
+/// the `message` span its logs go under.
+fn step_span(env: &Envelope, plugin: &Plugin) -> (opentelemetry::Context, tracing::Span) {
+    let step = telemetry::start(
+        "step",
+        &telemetry::parent(&env.trace),
+        vec![
+            telemetry::attr("tenon.flow", env.flow.clone()),
+            telemetry::attr("tenon.step", plugin.name().to_owned()),
+            telemetry::attr("tenon.plugin.digest", plugin.digest().to_owned()),
+            telemetry::attr("tenon.message.id", env.message.id.to_string()),
+            telemetry::attr("tenon.message.key", env.message.key.clone()),
+            telemetry::attr("tenon.message.kind", env.message.kind.clone()),
+            telemetry::attr("tenon.attempt", env.attempts.len() as i64 + 1),
+        ],
+    );
+    let (trace_id, span_id) = telemetry::ids(&step);
+    let span = tracing::info_span!(
+        "message",
+        flow = %env.flow,
+        step = %plugin.name(),
+        plugin = %plugin.name(),
+        digest = %plugin.digest(),
+        key = %env.message.key,
+        id = %env.message.id,
+        trace_id,
+        span_id,
+    );
+    (step, span)
 }
 
 /// The outcome of `env` ending at `plugin` as `result`.

@@ -69,6 +69,7 @@ struct Metrics {
     dead_letters: Family<Labels, Gauge>,
     messages: Family<Labels, Counter>,
     retries: Family<Labels, Counter>,
+    fused: Family<Labels, Counter>,
     plugin_calls: Histograms,
     api_calls: Histograms,
     outbound: Histograms,
@@ -95,6 +96,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         dead_letters: Family::default(),
         messages: Family::default(),
         retries: Family::default(),
+        fused: Family::default(),
         plugin_calls: Family::new_with_constructor(fast),
         api_calls: Family::new_with_constructor(fast),
         outbound: Family::new_with_constructor(fast),
@@ -135,6 +137,11 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "retries",
         "Failed attempts that will be retried, by flow, stage and error class",
         m.retries.clone(),
+    );
+    registry.register(
+        "steps_fused",
+        "Steps run in the lease and commit of the step before them (no hop through a queue), by flow and stage",
+        m.fused.clone(),
     );
     registry.register(
         "plugin_call_duration_seconds",
@@ -277,6 +284,14 @@ pub fn retry(flow: &str, stage: &str, class: &str) {
             ("stage", stage),
             ("class", class),
         ]))
+        .inc();
+}
+
+/// A message went through `stage` of `flow` in the lease of the step before it.
+pub fn fused(flow: &str, stage: &str) {
+    METRICS
+        .fused
+        .get_or_create(&labels([("flow", flow), ("stage", stage)]))
         .inc();
 }
 

@@ -29,6 +29,14 @@ impl KvCall {
         }
     }
 
+    /// Start the next call on the same namespace: the previous call's writes were
+    /// taken (or discarded), and its view of the committed usage may be stale.
+    pub fn renew(&mut self) {
+        self.writes = self.ns.writes();
+        self.committed = None;
+        self.delta = 0;
+    }
+
     /// The call's writes, to commit with its result (none when it wrote nothing).
     pub fn take_writes(&mut self) -> Option<KvWrites> {
         Some(std::mem::take(&mut self.writes)).filter(|w| !w.is_empty())

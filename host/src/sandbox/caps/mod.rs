@@ -45,7 +45,7 @@ use wasmtime_wasi::WasiCtx;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 /// Most bytes of a plugin's stderr kept per call (panic messages land there).
-const STDERR_CAPACITY: usize = 16 << 10;
+pub(crate) const STDERR_CAPACITY: usize = 16 << 10;
 /// Most decisions (allowed or denied) of one call recorded one by one in the audit
 /// log; the others are counted in one record at the end of the call.
 pub const MAX_RECORDED_DECISIONS: u32 = 16;
@@ -216,6 +216,11 @@ impl Violations {
     pub fn count(&self) -> u64 {
         self.lock().violations
     }
+
+    /// Forget the decisions of the previous call (an instance kept for the next).
+    fn clear(&self) {
+        *self.lock() = CallDecisions::default();
+    }
 }
 
 /// What every capability's view borrows of the call: the plugin version's context and
@@ -326,6 +331,24 @@ impl PluginState {
             );
         }
         self.log.finish(&self.call);
+    }
+
+    /// Start the next call on a kept instance: nothing decided, logged or written
+    /// yet, a new deadline. What the guest itself keeps in its memory is not reset:
+    /// that is why reuse is the operator's choice (`reuse_instances`).
+    pub fn renew(&mut self) {
+        self.call.violations.clear();
+        self.log = log::LogCall::default();
+        if let Some(kv) = &mut self.kv {
+            kv.renew();
+        }
+        self.deadline = Instant::now() + self.call.ctx.timeout();
+    }
+
+    /// Bytes the guest wrote to stderr since the instance started (the pipe keeps
+    /// at most 16 KiB).
+    pub fn stderr_len(&self) -> usize {
+        self.stderr.contents().len()
     }
 
     pub(crate) fn limiter(&mut self) -> &mut dyn ResourceLimiter {

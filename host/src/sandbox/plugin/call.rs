@@ -193,11 +193,24 @@ impl Plugin {
     where
         F: AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, types::Failure>>,
     {
-        let span = tracing::debug_span!("plugin_call", call, plugin = %self.ctx.name, digest = %self.ctx.digest);
         let mut store = self.store();
+        self.run_in(&mut store, call, f).await
+    }
+
+    /// Run a call in `store`, under the time limit; classify what went wrong.
+    async fn run_in<T, F>(
+        &self,
+        store: &mut Store<PluginState>,
+        call: &'static str,
+        f: F,
+    ) -> Result<Called<T>, CallError>
+    where
+        F: AsyncFnOnce(&mut Store<PluginState>) -> wasmtime::Result<Result<T, types::Failure>>,
+    {
+        let span = tracing::debug_span!("plugin_call", call, plugin = %self.ctx.name, digest = %self.ctx.digest);
         let timeout = self.ctx.timeout();
         // The epoch deadline stops guest code; this stops a call stuck in host I/O.
-        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(&mut store))
+        let outcome = tokio::time::timeout(timeout + EPOCH_TICK * 10, f(store))
             .instrument(span)
             .await;
         let result = match outcome {
@@ -328,6 +341,7 @@ impl Plugin {
     }
 
     /// Transform as a step: the outputs, with the key-value writes to commit with them.
+    /// A fresh instance per call, unless the operator opted in to reuse.
     pub async fn transform_step(
         &self,
         input: &StoredMessage,
@@ -336,21 +350,69 @@ impl Plugin {
             return Err(self.wrong_kind("transform"));
         };
         let input = types::Message::from(input.clone());
-        let out = self
-            .run("transform", async |store| {
-                let instance = pre.instantiate_async(&mut *store).await?;
-                instance
-                    .tenon_plugin_transformer()
-                    .call_transform(&mut *store, &input)
-                    .await
-            })
-            .await?;
+        let out = match &self.kept {
+            None => {
+                self.run("transform", async |store| {
+                    let instance = pre.instantiate_async(&mut *store).await?;
+                    instance
+                        .tenon_plugin_transformer()
+                        .call_transform(&mut *store, &input)
+                        .await
+                })
+                .await?
+            }
+            Some(kept) => self.transform_kept(kept, pre, &input).await?,
+        };
         self.check_output(out.value.iter().map(message_size).sum())?;
         self.check_secrets(&out.value)?;
         Ok(Called {
             value: out.value.into_iter().map(StoredMessage::from).collect(),
             kv: out.kv,
         })
+    }
+
+    /// A transform on a kept instance (a new one when none waits). The instance goes
+    /// back for the next message only after a call that returned normally (outputs
+    /// or a failure of its own) with room left in its stderr pipe: after a trap, a
+    /// timeout or a limit, its memory is in an unknown state and it is dropped.
+    async fn transform_kept(
+        &self,
+        kept: &Kept,
+        pre: &bindings::transform::TransformPre<PluginState>,
+        input: &types::Message,
+    ) -> Result<Called<Vec<types::Message>>, CallError> {
+        let (mut store, mut instance) = match kept.take() {
+            Some(KeptTransform {
+                mut store,
+                instance,
+            }) => {
+                store.data_mut().renew();
+                store.set_epoch_deadline(1);
+                (store, Some(instance))
+            }
+            None => (self.store(), None),
+        };
+        let result = self
+            .run_in(&mut store, "transform", async |store| {
+                let kept = match instance.take() {
+                    Some(kept) => kept,
+                    None => pre.instantiate_async(&mut *store).await?,
+                };
+                let out = kept
+                    .tenon_plugin_transformer()
+                    .call_transform(&mut *store, input)
+                    .await;
+                instance = Some(kept);
+                out
+            })
+            .await;
+        let clean = matches!(&result, Ok(_) | Err(CallError::Failure(_)))
+            && store.data().violations().count() == 0
+            && store.data().stderr_len() < caps::STDERR_CAPACITY / 2;
+        if let (true, Some(instance)) = (clean, instance) {
+            kept.put(KeptTransform { store, instance });
+        }
+        result
     }
 
     /// Sink: deliver one message with its idempotency key; the receipt, with the
@@ -545,26 +607,6 @@ impl Plugin {
         })
     }
 
-    /// A transform instance kept across calls: no instantiation per message, but the
-    /// guest's memory carries over from one message to the next, so it is only for
-    /// trusted, pure mappings (and for measuring what instantiation costs). After a
-    /// trap or timeout the instance is spent: drop it and take a new one.
-    pub async fn reused_transform(&self) -> Result<ReusedTransform, CallError> {
-        let Pre::Transform(pre) = &self.pre else {
-            return Err(self.wrong_kind("transform"));
-        };
-        let mut store = self.store();
-        let instance = pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| CallError::Host(format!("cannot instantiate: {e:#}")))?;
-        Ok(ReusedTransform {
-            store,
-            instance,
-            timeout: self.ctx.timeout(),
-        })
-    }
-
     fn wrong_kind(&self, call: &str) -> CallError {
         CallError::Host(format!(
             "{} is a {} plugin; it cannot {call}",
@@ -573,46 +615,36 @@ impl Plugin {
     }
 }
 
-/// A transform instance reused across calls; see [`Plugin::reused_transform`].
-pub struct ReusedTransform {
+/// The transform instances an operator lets a plugin keep between messages
+/// (`reuse_instances = true`): each call takes one (or instantiates one), runs on it
+/// with its per-call state renewed, and gives it back unless the call left it in
+/// doubt. At most [`MAX_KEPT`] wait; one per concurrent call is in use.
+#[derive(Default)]
+pub(super) struct Kept(std::sync::Mutex<Vec<KeptTransform>>);
+
+/// Most idle instances one plugin keeps.
+const MAX_KEPT: usize = 32;
+
+struct KeptTransform {
     store: Store<PluginState>,
     instance: bindings::transform::Transform,
-    timeout: Duration,
 }
 
-impl fmt::Debug for ReusedTransform {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReusedTransform")
-            .field("plugin", &self.store.data().ctx().name)
-            .finish()
+impl Kept {
+    fn take(&self) -> Option<KeptTransform> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
     }
-}
 
-impl ReusedTransform {
-    /// Map one message on the kept instance, under a fresh deadline.
-    pub async fn transform(
-        &mut self,
-        input: &StoredMessage,
-    ) -> Result<Vec<StoredMessage>, CallError> {
-        self.store.data_mut().deadline = Instant::now() + self.timeout;
-        self.store.set_epoch_deadline(1);
-        let input = types::Message::from(input.clone());
-        let result = self
-            .instance
-            .tenon_plugin_transformer()
-            .call_transform(&mut self.store, &input)
-            .await;
-        match result {
-            Ok(Ok(out)) => {
-                check_secrets(self.store.data().ctx(), &out)?;
-                Ok(out.into_iter().map(StoredMessage::from).collect())
-            }
-            Ok(Err(failure)) => Err(CallError::Failure(failure.into())),
-            Err(error) => Err(classify_trap(
-                error,
-                self.store.data().stderr(),
-                self.timeout,
-            )),
+    fn put(&self, kept: KeptTransform) {
+        let mut idle = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if idle.len() < MAX_KEPT {
+            idle.push(kept);
         }
     }
 }

@@ -129,6 +129,16 @@ impl Plugin {
             .map_err(read_error(&manifest_path))?;
         let manifest = Manifest::parse(&manifest_path, &text)?;
         let path = base.join(&manifest.component);
+        if settings.reuse_instances && manifest.kind != Kind::Transform {
+            return Err(LoadError::Component {
+                name: name.to_owned(),
+                path: manifest_path,
+                message: format!(
+                    "`reuse_instances = true` applies to transforms only; this is a {} plugin (each of its calls runs in a fresh instance)",
+                    manifest.kind
+                ),
+            });
+        }
         let wasm = root.read(&manifest.component).map_err(read_error(&path))?;
         if let Some(expected) = &manifest.component_digest {
             let actual = digest(&wasm);
@@ -419,6 +429,7 @@ impl Plugin {
             pre,
             engine: engine.clone(),
             signer,
+            kept: settings.reuse_instances.then(call::Kept::default),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! A loaded plugin version: manifest, verified component, pre-linked instance, and the
-//! four calls (ingest, transform, deliver, respond), each in a fresh sandboxed instance.
+//! four calls (ingest, transform, deliver, respond), each in a fresh sandboxed instance
+//! (a transform's kept for the next message only where the operator says so).
 //!
 //! Loading does everything that can fail ahead of traffic: read the manifest and the
 //! component through a capability on the plugin's directory (nothing outside it can
@@ -23,7 +24,6 @@ mod load;
 
 pub use call::{
     ApiRequest, ApiResponse, CallError, Called, Entry, Failure, MAX_REASONS, RawRequest, Receipt,
-    ReusedTransform,
 };
 pub use load::LoadError;
 
@@ -54,6 +54,10 @@ pub struct PluginSettings {
     /// The plugin (manifest `name`) a version must be to load into this instance, when
     /// that is settled: checked before anything of it is compiled.
     pub identity: Option<Identity>,
+    /// Keep a transform's instances from one message to the next
+    /// (`[plugins.<name>] reuse_instances = true`): no instantiation per message,
+    /// but whatever the guest keeps in its memory carries over. Off by default.
+    pub reuse_instances: bool,
 }
 
 /// The plugin an instance runs, and what settles it: the config's binding
@@ -94,6 +98,9 @@ pub struct Plugin {
     engine: Engine,
     /// Who signed it, as the trust policy sees it; `None`: unsigned.
     signer: Option<tenon_registry::Signer>,
+    /// Its idle instances, when the operator lets it keep them
+    /// ([`PluginSettings::reuse_instances`]).
+    kept: Option<call::Kept>,
 }
 
 /// A plugin version's files, as loaded.
@@ -183,6 +190,11 @@ impl Plugin {
     /// The effective grants (the manifest's, narrowed by the operator).
     pub fn grants(&self) -> &tenon_registry::Grants {
         &self.ctx.grants
+    }
+
+    /// Whether its instances are kept from one message to the next.
+    pub fn reuses_instances(&self) -> bool {
+        self.kept.is_some()
     }
 
     /// What the plugin is.
