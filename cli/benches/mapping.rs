@@ -277,7 +277,12 @@ async fn fresh_variants(
     for (name, options) in &variants {
         // One cache for all: the component compiles once.
         let engine = Engine::with_options(node.clone(), store.clone(), &dir.join("data"), options)?;
-        let plugin = Plugin::load(&engine, "quote-to-order", mapping, &PluginSettings::default())?;
+        let plugin = Plugin::load(
+            &engine,
+            "quote-to-order",
+            mapping,
+            &PluginSettings::default(),
+        )?;
         plugins.push((*name, plugin, 0f64));
     }
     for _ in 0..ROUNDS {

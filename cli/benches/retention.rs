@@ -54,7 +54,8 @@ async fn run() -> anyhow::Result<()> {
     let mut sizes = Vec::new();
     let mut accepted = 0;
     for period in 0..PERIODS {
-        let posted = common::post(&[&node], &format!("R{period:02}"), Some(RATE), RETENTION).await?;
+        let posted =
+            common::post(&[&node], &format!("R{period:02}"), Some(RATE), RETENTION).await?;
         accepted += posted.accepted.len();
         sizes.push(db_mb(&data)?);
         eprintln!(
@@ -73,7 +74,12 @@ async fn run() -> anyhow::Result<()> {
     let half = PERIODS as usize / 2;
     tenon_testkit::bench::line("retention_quotes", accepted as f64, "quotes", 0);
     tenon_testkit::bench::line("db_mb_after_2_periods", sizes[1], "MiB", 1);
-    tenon_testkit::bench::line("db_mb_after_1h_equivalent", sizes[sizes.len() - 1], "MiB", 1);
+    tenon_testkit::bench::line(
+        "db_mb_after_1h_equivalent",
+        sizes[sizes.len() - 1],
+        "MiB",
+        1,
+    );
     tenon_testkit::bench::line(
         "db_growth_second_half",
         sizes[sizes.len() - 1] / sizes[half - 1],

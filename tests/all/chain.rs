@@ -919,7 +919,8 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
 
         let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
         let fused = |stage: &str| -> u64 {
-            let line = format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}} "#);
+            let line =
+                format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}} "#);
             metrics
                 .lines()
                 .find_map(|l| l.strip_prefix(line.as_str()))

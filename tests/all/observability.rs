@@ -124,9 +124,18 @@ async fn one_quote_is_one_trace_tree_from_the_caller_to_the_erp() {
         .map(|(f, s)| (f.to_owned(), s.to_owned()))
         .collect()
     );
-    for name in ["plugin.call", "store.commit"] {
-        assert_eq!(trace.iter().filter(|s| s.name == name).count(), 4, "{name}");
-    }
+    let count = |name: &str| trace.iter().filter(|s| s.name == name).count();
+    assert_eq!(count("plugin.call"), 4);
+    // The mapping, the gateway and the router run in one lease (fused steps): one
+    // commit for the three, one for the delivery.
+    assert_eq!(count("store.commit"), 2);
+    let fused: BTreeSet<&str> = trace
+        .iter()
+        .filter(|s| s.name == "step")
+        .filter(|s| s.attributes.get("tenon.result").map(String::as_str) == Some("fused"))
+        .map(|s| s.attributes["tenon.step"].as_str())
+        .collect();
+    assert_eq!(fused, BTreeSet::from(["gateway", "router"]));
     let request = trace
         .iter()
         .find(|s| s.name == "http.request")

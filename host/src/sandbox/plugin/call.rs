@@ -8,7 +8,6 @@ use crate::sandbox::caps::{self, PluginContext, PluginState, Violation};
 use crate::sandbox::engine::EPOCH_TICK;
 use crate::store::audit::Decision;
 use crate::store::{KvNamespace, KvWrites};
-use std::fmt;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 use wasmtime::Store;

@@ -429,7 +429,7 @@ impl Plugin {
             pre,
             engine: engine.clone(),
             signer,
-            kept: settings.reuse_instances.then(call::Kept::default),
+            kept: settings.reuse_instances.then(super::call::Kept::default),
         })
     }
 }
