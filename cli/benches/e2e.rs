@@ -9,6 +9,11 @@
 //!    sends behind it and is counted, not hidden) to the moment its order reaches the
 //!    ERP (`e2e_p50_ms`, `e2e_p99_ms`, `e2e_p999_ms`, and `_80` for 80%). Quotes accepted
 //!    but not delivered within a minute are counted and printed (`e2e_undelivered`).
+//! 3. The example's chain (the mapping, the gateway, the router, then the ERP's own
+//!    flow) at saturation with its three transform steps fused (the default) and hop
+//!    by hop (`fuse = false`), runs in the order fused, unfused, unfused, fused:
+//!    `e2e_chain_quotes_per_s`, `e2e_chain_unfused_quotes_per_s` and their ratio
+//!    `e2e_chain_fused_vs_unfused`.
 
 mod common;
 
@@ -100,7 +105,108 @@ async fn run() -> anyhow::Result<()> {
     }
     .await;
     drop(node);
-    result
+    result?;
+
+    // 3. The chain, fused and hop by hop.
+    let (mut fused, mut unfused) = (0f64, 0f64);
+    for (round, fuse) in [true, false, false, true].into_iter().enumerate() {
+        let erp = MockErp::start().await?;
+        let dir = tempfile::tempdir()?;
+        let node = start(dir.path(), &chain_config(&erp.orders_url(), fuse))?;
+        let master = post_customers(&node).await;
+        let rate = async {
+            master?;
+            // The customers are in the gateway's master once a quote of one passes.
+            let probe = post(
+                &[&node],
+                &format!("P{round}"),
+                Some(10.0),
+                Duration::from_millis(100),
+            )
+            .await?;
+            drain(&erp, probe.accepted.len(), Duration::from_secs(30)).await;
+            anyhow::ensure!(
+                erp.orders() == probe.accepted.len(),
+                "the probe quotes were not delivered"
+            );
+            common::saturate(&erp, &[&node], &format!("C{round}")).await
+        }
+        .await?;
+        eprintln!("chain, fuse = {fuse}: {rate:.0} quotes/s");
+        if fuse {
+            fused += rate / 2.0;
+        } else {
+            unfused += rate / 2.0;
+        }
+    }
+    tenon_testkit::bench::line("e2e_chain_quotes_per_s", fused, "1/s", 0);
+    tenon_testkit::bench::line("e2e_chain_unfused_quotes_per_s", unfused, "1/s", 0);
+    tenon_testkit::bench::line("e2e_chain_fused_vs_unfused", fused / unfused, "x", 3);
+    Ok(())
+}
+
+/// The example's quote chain: mapping, gateway (with its customer master) and router
+/// in the quote flow, every order to one ERP flow.
+fn chain_config(erp: &str, fuse: bool) -> String {
+    format!(
+        r#"
+[plugins.master]
+path = "plugins/canonical-source"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.gateway]
+path = "plugins/order-gateway"
+config = {{ tax_nexus = '["DE", "FR", "US"]' }}
+[plugins.router]
+path = "plugins/entity-router"
+config = {{ entities = '{{"*": "DE01"}}' }}
+[plugins.erp-sink]
+path = "plugins/http-sink"
+config = {{ url = "{erp}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.master-data]
+source = "master"
+steps = ["gateway"]
+
+[flows.quote-to-order]
+source = "cpq-source"
+steps = ["quote-to-order", "gateway", "router"]
+concurrency = 32
+fuse = {fuse}
+
+[flows.erp]
+subscribe = ["OrderAccepted"]
+sink = "erp-sink"
+concurrency = 32
+"#
+    )
+}
+
+/// Post the samples' customers to the master source.
+async fn post_customers(node: &common::Node) -> anyhow::Result<()> {
+    let customers = include_str!("../../examples/quote-to-cash/samples/customers.json");
+    let stream = tokio::net::TcpStream::connect(&node.addr).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let request = hyper::Request::post(format!("http://{}/v1/sources/master", node.addr))
+        .header("host", node.addr.as_str())
+        .header("authorization", node.auth.as_str())
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            customers.as_bytes(),
+        )))?;
+    let reply = sender.send_request(request).await?;
+    anyhow::ensure!(
+        reply.status() == 202,
+        "customers refused: {}",
+        reply.status()
+    );
+    Ok(())
 }
 
 /// Wait until the ERP has `target` orders (or the timeout passes).
