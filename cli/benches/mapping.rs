@@ -6,7 +6,7 @@
 //!   `reuse_instances = true` gives a transform);
 //! - `wasm_fresh`: the component, a fresh instance per message (the runtime's default);
 //! - `fresh_<variant>_2kb`: the fresh path on engines with other pooling settings
-//!   (how much of a slot stays resident, `PAGEMAP_SCAN`), and each over the default
+//!   (how much of a slot stays resident, `memset` instead of `PAGEMAP_SCAN`), and each over the default
 //!   (`fresh_<variant>_vs_default`, above 1 is faster);
 //! - `wasm_*_unlimited`: the same on an engine without the limits (no epoch deadline,
 //!   no memory limiter), for `limits_overhead`: time per message with the limits over
@@ -17,7 +17,7 @@
 //!
 //! For profiling one path alone (e.g. under `perf record`): `TENON_BENCH_FRESH_ONLY=1`
 //! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1`,
-//! `TENON_BENCH_KEEP_RESIDENT=<bytes>` and `TENON_BENCH_PAGEMAP_SCAN=1` change the
+//! `TENON_BENCH_KEEP_RESIDENT=<bytes>` and `TENON_BENCH_NO_PAGEMAP_SCAN=1` change the
 //! engine's settings.
 
 use std::sync::Arc;
@@ -52,8 +52,8 @@ async fn run() -> anyhow::Result<()> {
     if std::env::var_os("TENON_BENCH_NO_EPOCH").is_some() {
         options.epoch_interruption = false;
     }
-    if std::env::var_os("TENON_BENCH_PAGEMAP_SCAN").is_some() {
-        options.pagemap_scan = true;
+    if std::env::var_os("TENON_BENCH_NO_PAGEMAP_SCAN").is_some() {
+        options.pagemap_scan = false;
     }
     eprintln!("engine options: {options:?}");
     let engine = Engine::with_options(node.clone(), store.clone(), &data, &options)?;
@@ -236,6 +236,14 @@ async fn fresh_variants(
     let variants = [
         ("default", base.clone()),
         (
+            // What a slot's reset was before PAGEMAP_SCAN: memset the resident part.
+            "memset_2mb",
+            EngineOptions {
+                pagemap_scan: false,
+                ..base.clone()
+            },
+        ),
+        (
             "keep_resident_0",
             EngineOptions {
                 keep_resident: 0,
@@ -245,21 +253,6 @@ async fn fresh_variants(
         (
             "keep_resident_16mb",
             EngineOptions {
-                keep_resident: 16 << 20,
-                ..base.clone()
-            },
-        ),
-        (
-            "pagemap_scan_2mb",
-            EngineOptions {
-                pagemap_scan: true,
-                ..base.clone()
-            },
-        ),
-        (
-            "pagemap_scan_16mb",
-            EngineOptions {
-                pagemap_scan: true,
                 keep_resident: 16 << 20,
                 ..base.clone()
             },

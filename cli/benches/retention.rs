@@ -9,7 +9,9 @@
 //! Prints the size of the data directory's databases after one and two periods (the
 //! first sweeps have run: the working set is in), at the end (`db_mb_after_1h_equivalent`),
 //! and how much the second half of the run added over the first period's size
-//! (`db_growth_second_half`, 1.0 is flat).
+//! (`db_growth_second_half`, 1.0 is flat). Then, for contrast, the same load on a
+//! node that keeps everything a day, for [`CONTRAST`] periods:
+//! `db_mb_kept_a_day_after_4_periods`, beside `db_mb_after_4_periods` of the first run.
 
 mod common;
 
@@ -20,6 +22,7 @@ use tenon_testkit::mock_erp::MockErp;
 const RETENTION: Duration = Duration::from_secs(5);
 const PERIODS: u32 = 12;
 const RATE: f64 = 400.0;
+const CONTRAST: u32 = 4;
 
 fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -42,8 +45,34 @@ fn db_mb(data: &Path) -> anyhow::Result<f64> {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let swept = load(RETENTION, PERIODS).await?;
+    let kept = load(Duration::from_secs(86_400), CONTRAST).await?;
+    let half = PERIODS as usize / 2;
+    let last = swept.len() - 1;
+    tenon_testkit::bench::line("db_mb_after_1_period", swept[0], "MiB", 1);
+    tenon_testkit::bench::line("db_mb_after_2_periods", swept[1], "MiB", 1);
+    tenon_testkit::bench::line("db_mb_after_4_periods", swept[3], "MiB", 1);
+    tenon_testkit::bench::line("db_mb_after_1h_equivalent", swept[last], "MiB", 1);
+    tenon_testkit::bench::line(
+        "db_growth_second_half",
+        swept[last] / swept[half - 1],
+        "x",
+        3,
+    );
+    tenon_testkit::bench::line(
+        "db_mb_kept_a_day_after_4_periods",
+        kept[kept.len() - 1],
+        "MiB",
+        1,
+    );
+    Ok(())
+}
+
+/// Post [`RATE`] quotes a second for `periods` periods of [`RETENTION`] to a node that
+/// keeps what it did for `retention`; the databases' size after each period.
+async fn load(retention: Duration, periods: u32) -> anyhow::Result<Vec<f64>> {
     let erp = MockErp::start().await?;
-    let secs = RETENTION.as_secs();
+    let secs = retention.as_secs();
     let config = format!(
         "[server]\nretention_secs = {secs}\nidempotency_retention_secs = {secs}\nsweep_interval_secs = 1\n{}",
         tenon_testkit::quote_to_cash_config(&erp.orders_url(), "concurrency = 8")
@@ -53,13 +82,13 @@ async fn run() -> anyhow::Result<()> {
     let data = dir.path().join("data");
     let mut sizes = Vec::new();
     let mut accepted = 0;
-    for period in 0..PERIODS {
-        let posted =
-            common::post(&[&node], &format!("R{period:02}"), Some(RATE), RETENTION).await?;
+    for period in 0..periods {
+        let tag = format!("R{secs}-{period:02}");
+        let posted = common::post(&[&node], &tag, Some(RATE), RETENTION).await?;
         accepted += posted.accepted.len();
         sizes.push(db_mb(&data)?);
         eprintln!(
-            "period {}/{PERIODS}: {accepted} quotes accepted, {} delivered, databases {:.1} MiB",
+            "retention {secs} s, period {}/{periods}: {accepted} quotes accepted, {} delivered, databases {:.1} MiB",
             period + 1,
             erp.orders(),
             sizes[sizes.len() - 1]
@@ -75,21 +104,5 @@ async fn run() -> anyhow::Result<()> {
         delivered >= accepted,
         "{accepted} quotes accepted but {delivered} delivered"
     );
-    let half = PERIODS as usize / 2;
-    tenon_testkit::bench::line("retention_quotes", accepted as f64, "quotes", 0);
-    tenon_testkit::bench::line("db_mb_after_1_period", sizes[0], "MiB", 1);
-    tenon_testkit::bench::line("db_mb_after_2_periods", sizes[1], "MiB", 1);
-    tenon_testkit::bench::line(
-        "db_mb_after_1h_equivalent",
-        sizes[sizes.len() - 1],
-        "MiB",
-        1,
-    );
-    tenon_testkit::bench::line(
-        "db_growth_second_half",
-        sizes[sizes.len() - 1] / sizes[half - 1],
-        "x",
-        3,
-    );
-    Ok(())
+    Ok(sizes)
 }

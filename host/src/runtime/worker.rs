@@ -3,7 +3,7 @@
 //! decides what the result means (forward, finish, retry, dead letter) from the failure
 //! class alone, and commits that with the input's ack and the call's kv writes. What
 //! it forwards to the flow's next transform steps runs through them in the same lease
-//! and commit ([`Runtime::fuse`]).
+//! and commit (`Runtime::fuse`).
 
 use super::Runtime;
 use super::flows::{RetryPolicy, describe_event};
