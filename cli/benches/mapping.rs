@@ -214,6 +214,12 @@ async fn run() -> anyhow::Result<()> {
             fresh_unlimited / wasm_fresh,
         ));
     }
+    let one_path = ["TENON_BENCH_FRESH_ONLY", "TENON_BENCH_REUSED_ONLY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    if one_path {
+        return Ok(());
+    }
     fresh_variants(dir.path(), &node, &store, &mapping).await?;
     // The headline ratios: the ~2 KB quote.
     if let Some((reused, fresh, limits)) = headline.first() {

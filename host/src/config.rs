@@ -597,9 +597,11 @@ pub struct FlowEntry {
     /// `true`): a message a step forwards to the next step of this flow, when that
     /// step is a transform with no rule before it, is mapped at once by the same
     /// worker, and only what the last of them makes is queued. Ids are derived and
-    /// mappings deterministic, so a crash re-runs them to the same result. A step
-    /// that fails, finishes the message or writes key-value data leaves its input
-    /// queued for its own workers, as without fusion. `false`: every step is a hop.
+    /// mappings deterministic, so a crash re-runs them to the same result. An output
+    /// never overtakes a message of its key waiting at the step it would skip. A step
+    /// that finishes the message or writes key-value data leaves its input queued for
+    /// its own workers (which call it again), a transient failure leaves it waiting
+    /// for its retry there. `false`: every step is a hop.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

@@ -205,9 +205,10 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
     assert_eq!(calls(kept.transform(&message()).await.unwrap()), 1);
     assert_eq!(calls(kept.transform(&message()).await.unwrap()), 2);
 
-    // Its per-call state starts anew with each message: the deadline among it (the
-    // third call starts after the first call's deadline has passed).
-    let mut slow = settings(&[("mode", "count")]);
+    // Its per-call state starts anew with each message: the deadline among it. Each
+    // call spins 40 ms (past several epoch ticks, where deadlines are checked) and
+    // the third starts after the first call's deadline has passed.
+    let mut slow = settings(&[("mode", "count"), ("spin_ms", "40")]);
     slow.reuse_instances = true;
     slow.grants.timeout_ms = Some(300);
     let slow = Plugin::load(&engine, "slow", &dir, &slow).unwrap();
@@ -215,6 +216,31 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
         tokio::time::sleep(std::time::Duration::from_millis(150)).await;
         assert_eq!(calls(slow.transform(&message()).await.unwrap()), n);
     }
+
+    // What an earlier message wrote to stderr is never reported with a later one: a
+    // trap without a panic message shows the stderr of its own call only.
+    let mut noisy = settings(&[
+        ("mode", "count"),
+        ("stderr", "yes"),
+        ("trap_after", "2"),
+        ("trap", "unreachable"),
+    ]);
+    noisy.reuse_instances = true;
+    let noisy = Plugin::load(&engine, "noisy", &dir, &noisy).unwrap();
+    for (n, key) in [(1, "Q-FIRST"), (2, "Q-SECOND")] {
+        let out = noisy.transform(&StoredMessage { key: key.into(), ..message() });
+        assert_eq!(calls(out.await.unwrap()), n);
+    }
+    let err = noisy
+        .transform(&StoredMessage {
+            key: "Q-THIRD".into(),
+            ..message()
+        })
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("stderr of call 3 (Q-THIRD)"), "{err}");
+    assert!(!err.contains("Q-FIRST") && !err.contains("Q-SECOND"), "{err}");
 
     // Only a transform may keep its instances: a sink's delivery meets a fresh one.
     let sink = PluginSettings {

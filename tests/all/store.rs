@@ -189,6 +189,10 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         ],
     )
     .await;
+    // What a step run ahead of the queue (fused) asks: is anything of this key there?
+    assert!(store.holds_key("f/s", "A").await.unwrap());
+    assert!(!store.holds_key("f/s", "C").await.unwrap());
+    assert!(!store.holds_key("f/other", "A").await.unwrap());
     let a1 = take(store, "f/s").await.unwrap();
     assert_eq!(a1.envelope.message.id, "a1");
     let next = take(store, "f/s").await.unwrap();
@@ -225,6 +229,13 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         .unwrap();
     let a2 = take(store, "f/s").await.expect("a2 after a1");
     assert_eq!(a2.envelope.message.id, "a2");
+    assert!(store.holds_key("f/s", "A").await.unwrap(), "a2, leased");
+    let done = outcome(&a2.envelope, OutcomeKind::Consumed);
+    store
+        .complete(a2, Completion::finish(done), None)
+        .await
+        .unwrap();
+    assert!(!store.holds_key("f/s", "A").await.unwrap(), "nothing of A left");
 }
 
 async fn outcomes_are_found_by_lineage(s: Subject) {

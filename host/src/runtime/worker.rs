@@ -15,6 +15,7 @@ use crate::sandbox::plugin::{CallError, Failure, Plugin};
 use crate::store::{Completion, Lease, StoreError};
 use crate::telemetry::{self, metrics};
 use opentelemetry::context::FutureExt as _;
+use std::collections::HashSet;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 use tenon_model::Encoding;
@@ -43,6 +44,17 @@ impl MessageStatus {
     pub fn is_settled(&self) -> bool {
         self.pending.is_empty() && !self.outcomes.is_empty()
     }
+}
+
+/// What became of an output a step forwarded to the next step of its flow.
+enum Fused {
+    /// The next step ran on it in the same lease (`stage`): its outputs.
+    Ran {
+        stage: String,
+        outputs: Vec<(String, Envelope)>,
+    },
+    /// It stays queued for that step's workers (with a retry's attempt, if any).
+    Left(Envelope),
 }
 
 /// What a stage's plugin call produced, before it is classified into a
@@ -215,6 +227,7 @@ impl Runtime {
         let (step, span) = step_span(env, &plugin);
         // The process layer first: a person's rejection or a rule decides without
         // the plugin; then the saga of the message's transaction has its say.
+        let mut fused_stages = Vec::new();
         let (completion, kv, by_rule) = match self.before_stage(&plugin, env).await {
             Some(completion) => (completion, None, true),
             None => {
@@ -222,7 +235,8 @@ impl Runtime {
                     .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
                     .await;
-                let completion = self.fuse(&env.flow, completion, leased).await;
+                let (completion, fused) = self.fuse(&env.flow, completion, leased).await;
+                fused_stages = fused;
                 (completion, kv, false)
             }
         };
@@ -251,6 +265,9 @@ impl Runtime {
                 telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
                 if let Some(outcome) = finished {
                     metrics::finished(&outcome, plugin.kind() == Kind::Sink);
+                }
+                for stage in &fused_stages {
+                    metrics::fused(&env.flow, stage);
                 }
                 if let Some(root) = root {
                     self.settle_saga(&root, &step)
@@ -340,101 +357,131 @@ impl Runtime {
     /// step is a transform with nothing before it (no rule, no pause), and so on down
     /// the flow; only what the last of them makes is queued, all in one commit. A
     /// crash before the commit re-runs them all: their ids are derived and their
-    /// mappings deterministic, so the re-run makes the same messages. An output whose
-    /// step fails, finishes it, or writes key-value data stays queued as it was, for
-    /// the step's own workers to run, retry or dead-letter as without fusion.
-    async fn fuse(&self, flow: &str, completion: Completion, leased: Instant) -> Completion {
+    /// mappings deterministic, so the re-run makes the same messages. Per-key order
+    /// holds as if every step were a hop: an output is not run ahead of a message of
+    /// its key in the queue it skips, in the store or left there by this completion.
+    /// An output whose step finishes it or writes key-value data stays queued as it
+    /// was, for the step's own workers to run again and commit; after a transient
+    /// failure it waits there for its retry, the attempt counted. The steps count in
+    /// `tenon_steps_fused_total` once the commit is done.
+    async fn fuse(
+        &self,
+        flow: &str,
+        completion: Completion,
+        leased: Instant,
+    ) -> (Completion, Vec<String>) {
         let Completion::Forward { outputs } = completion else {
-            return completion;
+            return (completion, Vec::new());
         };
         let mut queued = Vec::with_capacity(outputs.len());
+        let mut fused = Vec::new();
+        // The keys left in each queue: what comes after them may not overtake them
+        // (per-key order, as if every step were a hop).
+        let mut behind: HashSet<(String, String)> = HashSet::new();
         let mut next = outputs;
         while !next.is_empty() {
             let mut made = Vec::new();
             for (queue, output) in next {
-                match self.fused_step(flow, &queue, &output, leased).await {
-                    Some(outputs) => made.extend(outputs),
-                    None => queued.push((queue, output)),
+                let turn = (queue, output.message.key.clone());
+                let step = match behind.contains(&turn) {
+                    true => Fused::Left(output),
+                    false => self.fused_step(flow, &turn.0, output, leased).await,
+                };
+                match step {
+                    Fused::Ran { stage, outputs } => {
+                        fused.push(stage);
+                        made.extend(outputs);
+                    }
+                    Fused::Left(output) => {
+                        queued.push((turn.0.clone(), output));
+                        behind.insert(turn);
+                    }
                 }
             }
             next = made;
         }
-        Completion::Forward { outputs: queued }
+        (Completion::Forward { outputs: queued }, fused)
     }
 
     /// Run `output` (bound for `queue`) through its next step in this lease, if it
-    /// may be fused (see [`Runtime::fuse`]): what that step forwards, or `None` to
-    /// leave it queued.
+    /// may be fused (see [`Runtime::fuse`]) and nothing of its key waits in that
+    /// queue: what that step forwards, or the output to leave queued (with the
+    /// attempt counted, after a transient failure).
     async fn fused_step(
         &self,
         flow: &str,
         queue: &str,
-        output: &Envelope,
+        output: Envelope,
         leased: Instant,
-    ) -> Option<Vec<(String, Envelope)>> {
-        let stage = output.route.get(output.stage as usize)?;
+    ) -> Fused {
+        let Some(stage) = output.route.get(output.stage as usize).cloned() else {
+            return Fused::Left(output);
+        };
         if output.flow != flow
             || output.directive.is_some()
             || !output.attempts.is_empty()
-            || queue != queue_name(flow, stage)
+            || queue != queue_name(flow, &stage)
         {
-            return None;
+            return Fused::Left(output);
         }
-        {
+        let fuses = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-            let f = flows.get(flow)?;
-            if !f.fuse || f.rules.iter().any(|r| &r.stage == stage) {
-                return None;
-            }
-        }
-        let plugin = self.plugin(stage)?;
+            flows
+                .get(flow)
+                .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
+        };
+        let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
+            return Fused::Left(output);
+        };
         // Within the lease with room to spare: the lease outlasts twice the first
         // step's longest call, and at least MIN_HOLD.
         if plugin.kind() != Kind::Transform
             || !plugin.throttle().remaining().is_zero()
             || leased.elapsed() + plugin.timeout() > MIN_HOLD / 2
+            || !matches!(self.store.holds_key(queue, &output.message.key).await, Ok(false))
         {
-            return None;
+            return Fused::Left(output);
         }
-        let (step, span) = step_span(output, &plugin);
+        let (step, span) = step_span(&output, &plugin);
         let (called, micros) = self
-            .call_measured(&plugin, output, &step)
+            .call_measured(&plugin, &output, &step)
             .instrument(span.clone())
             .await;
-        let forwarded = match called {
+        let policy = self.retry_policy(flow, plugin.name());
+        let entered = span.enter();
+        let fused = match called {
             Ok(crate::sandbox::plugin::Called {
                 value: Produced::Outputs(outputs),
                 kv: None,
             }) if !outputs.is_empty() => {
-                let policy = self.retry_policy(flow, plugin.name());
-                let _enter = span.enter();
-                match self.classify(
-                    policy,
-                    &plugin,
-                    output,
-                    Ok(Produced::Outputs(outputs)),
-                    micros,
-                    &step,
-                ) {
-                    Completion::Forward { outputs } => Some(outputs),
-                    _ => None,
+                let result = Ok(Produced::Outputs(outputs));
+                match self.classify(policy, &plugin, &output, result, micros, &step) {
+                    Completion::Forward { outputs } => Fused::Ran { stage, outputs },
+                    _ => Fused::Left(output),
                 }
             }
-            _ => None,
-        };
-        let result = match forwarded {
-            Some(_) => {
-                metrics::fused(flow, stage);
-                "fused"
+            // A transient failure: the output waits for its retry at its stage, as
+            // it would have there, this attempt counted.
+            Err(error @ (CallError::Failure(Failure::Retryable(_)) | CallError::Timeout(_))) => {
+                match self.classify(policy, &plugin, &output, Err(error), micros, &step) {
+                    Completion::Retry(retry) => Fused::Left(*retry),
+                    _ => Fused::Left(output),
+                }
             }
-            None => {
-                let _enter = span.enter();
+            // It finishes the message, or writes key-value data: its own workers run
+            // it again and commit that (mappings are deterministic).
+            _ => Fused::Left(output),
+        };
+        let result = match &fused {
+            Fused::Ran { .. } => "fused",
+            Fused::Left(_) => {
                 tracing::debug!("step left to its own workers");
                 "left queued"
             }
         };
+        drop(entered);
         telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
-        forwarded
+        fused
     }
 
     /// Call the stage's plugin: a sink delivers (unless the message was delivered

@@ -93,6 +93,10 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// How many messages each queue holds (waiting, leased or due for a retry).
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError>;
 
+    /// Whether `queue` holds a message of business key `key` (waiting, leased or due
+    /// for a retry): a step run ahead of its queue (a fused step) would overtake it.
+    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError>;
+
     /// When the message at the head of `queue` (the oldest committed there) entered
     /// Tenon, if the queue holds any.
     async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError>;

@@ -254,6 +254,9 @@ pub struct PluginState {
     kv: Option<kv::KvCall>,
     limiter: limits::Limiter,
     stderr: MemoryOutputPipe,
+    /// Where this call's stderr starts in the pipe (after what earlier calls on a
+    /// kept instance wrote: never shown with this call).
+    stderr_from: usize,
     /// When the call must stop; guest code yields to the host every epoch tick
     /// until then.
     pub(crate) deadline: Instant,
@@ -281,6 +284,7 @@ impl PluginState {
             deadline: Instant::now() + ctx.timeout(),
             table: ResourceTable::new(),
             stderr,
+            stderr_from: 0,
             call: Call { ctx, violations },
         }
     }
@@ -293,9 +297,11 @@ impl PluginState {
     /// What the plugin wrote to stderr during this call (e.g. its panic message),
     /// secrets redacted.
     pub fn stderr(&self) -> String {
+        let written = self.stderr.contents();
+        let this_call = written.get(self.stderr_from..).unwrap_or_default();
         self.call
             .ctx
-            .redact(String::from_utf8_lossy(&self.stderr.contents()).trim())
+            .redact(String::from_utf8_lossy(this_call).trim())
     }
 
     /// What the sandbox refused during this call.
@@ -343,6 +349,7 @@ impl PluginState {
             kv.renew();
         }
         self.deadline = Instant::now() + self.call.ctx.timeout();
+        self.stderr_from = self.stderr_len();
     }
 
     /// Bytes the guest wrote to stderr since the instance started (the pipe keeps

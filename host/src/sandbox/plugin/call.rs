@@ -351,29 +351,40 @@ impl Plugin {
         let input = types::Message::from(input.clone());
         let out = match &self.kept {
             None => {
-                self.run("transform", async |store| {
-                    let instance = pre.instantiate_async(&mut *store).await?;
-                    instance
-                        .tenon_plugin_transformer()
-                        .call_transform(&mut *store, &input)
-                        .await
-                })
-                .await?
+                let out = self
+                    .run("transform", async |store| {
+                        let instance = pre.instantiate_async(&mut *store).await?;
+                        instance
+                            .tenon_plugin_transformer()
+                            .call_transform(&mut *store, &input)
+                            .await
+                    })
+                    .await?;
+                self.check_transformed(out)?
             }
             Some(kept) => self.transform_kept(kept, pre, &input).await?,
         };
-        self.check_output(out.value.iter().map(message_size).sum())?;
-        self.check_secrets(&out.value)?;
         Ok(Called {
             value: out.value.into_iter().map(StoredMessage::from).collect(),
             kv: out.kv,
         })
     }
 
+    /// A transform's outputs within the output cap and free of secrets.
+    fn check_transformed(
+        &self,
+        out: Called<Vec<types::Message>>,
+    ) -> Result<Called<Vec<types::Message>>, CallError> {
+        self.check_output(out.value.iter().map(message_size).sum())?;
+        self.check_secrets(&out.value)?;
+        Ok(out)
+    }
+
     /// A transform on a kept instance (a new one when none waits). The instance goes
     /// back for the next message only after a call that returned normally (outputs
-    /// or a failure of its own) with room left in its stderr pipe: after a trap, a
-    /// timeout or a limit, its memory is in an unknown state and it is dropped.
+    /// within its limits, or a failure of its own) with nothing refused and room left
+    /// in its stderr pipe: after a trap, a timeout, a limit or a refusal it is dropped.
+    /// (Transforms reach no network: no request of theirs outlives a call.)
     async fn transform_kept(
         &self,
         kept: &Kept,
@@ -404,7 +415,8 @@ impl Plugin {
                 instance = Some(kept);
                 out
             })
-            .await;
+            .await
+            .and_then(|out| self.check_transformed(out));
         let clean = matches!(&result, Ok(_) | Err(CallError::Failure(_)))
             && store.data().violations().count() == 0
             && store.data().stderr_len() < caps::STDERR_CAPACITY / 2;
@@ -621,8 +633,9 @@ impl Plugin {
 #[derive(Default)]
 pub(super) struct Kept(std::sync::Mutex<Vec<KeptTransform>>);
 
-/// Most idle instances one plugin keeps.
-const MAX_KEPT: usize = 32;
+/// Most idle instances one plugin keeps: each holds a slot of the engine's pool (512
+/// memories for every plugin's calls) until the plugin version is dropped.
+const MAX_KEPT: usize = 8;
 
 struct KeptTransform {
     store: Store<PluginState>,

@@ -1086,6 +1086,15 @@ impl Store for NatsStore {
         Ok(out)
     }
 
+    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError> {
+        // Any root: the subjects of the key in the queue, as a lease looks them up.
+        let subject = self.names.message_subject(queue, key, "_");
+        let Some(same_key) = Names::same_key(&subject) else {
+            return Ok(true);
+        };
+        Ok(self.first_on(&self.work, &same_key, 0).await?.is_some())
+    }
+
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError> {
         let mut names = self.work.consumer_names();
         let mut out = BTreeMap::new();

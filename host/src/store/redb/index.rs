@@ -230,6 +230,14 @@ impl Index {
             .collect()
     }
 
+    /// Whether `queue` holds a message of business key `key`.
+    pub(super) fn holds_key(&self, queue: &str, key: &str) -> bool {
+        self.queues
+            .get(queue)
+            .and_then(|q| q.keys.get(key))
+            .is_some_and(|seqs| !seqs.is_empty())
+    }
+
     /// When the next message of `queue` waiting for a retry comes due (ms since the
     /// Unix epoch), if one does.
     pub(super) fn next_due(&self, queue: &str) -> Option<u64> {

@@ -331,6 +331,10 @@ impl Store for RedbStore {
         Ok(self.index().depths())
     }
 
+    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError> {
+        Ok(self.index().holds_key(queue, key))
+    }
+
     async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError> {
         let txn = self.read()?;
         let table = txn.open_table(QUEUE)?;
