@@ -228,8 +228,11 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
     noisy.reuse_instances = true;
     let noisy = Plugin::load(&engine, "noisy", &dir, &noisy).unwrap();
     for (n, key) in [(1, "Q-FIRST"), (2, "Q-SECOND")] {
-        let out = noisy.transform(&StoredMessage { key: key.into(), ..message() });
-        assert_eq!(calls(out.await.unwrap()), n);
+        let input = StoredMessage {
+            key: key.into(),
+            ..message()
+        };
+        assert_eq!(calls(noisy.transform(&input).await.unwrap()), n);
     }
     let err = noisy
         .transform(&StoredMessage {
@@ -240,7 +243,10 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
         .unwrap_err()
         .to_string();
     assert!(err.contains("stderr of call 3 (Q-THIRD)"), "{err}");
-    assert!(!err.contains("Q-FIRST") && !err.contains("Q-SECOND"), "{err}");
+    assert!(
+        !err.contains("Q-FIRST") && !err.contains("Q-SECOND"),
+        "{err}"
+    );
 
     // Only a transform may keep its instances: a sink's delivery meets a fresh one.
     let sink = PluginSettings {

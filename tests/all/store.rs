@@ -235,7 +235,10 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         .complete(a2, Completion::finish(done), None)
         .await
         .unwrap();
-    assert!(!store.holds_key("f/s", "A").await.unwrap(), "nothing of A left");
+    assert!(
+        !store.holds_key("f/s", "A").await.unwrap(),
+        "nothing of A left"
+    );
 }
 
 async fn outcomes_are_found_by_lineage(s: Subject) {

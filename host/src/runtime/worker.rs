@@ -54,7 +54,7 @@ enum Fused {
         outputs: Vec<(String, Envelope)>,
     },
     /// It stays queued for that step's workers (with a retry's attempt, if any).
-    Left(Envelope),
+    Left(Box<Envelope>),
 }
 
 /// What a stage's plugin call produced, before it is classified into a
@@ -254,6 +254,7 @@ impl Runtime {
             Completion::Retry(_) => "retry",
         };
         let root = settle.then(|| env.root.clone());
+        let fused = (!fused_stages.is_empty()).then(|| (env.flow.clone(), fused_stages));
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
@@ -266,8 +267,11 @@ impl Runtime {
                 if let Some(outcome) = finished {
                     metrics::finished(&outcome, plugin.kind() == Kind::Sink);
                 }
-                for stage in &fused_stages {
-                    metrics::fused(&env.flow, stage);
+                for (flow, stage) in fused
+                    .iter()
+                    .flat_map(|(f, s)| s.iter().map(move |s| (f, s)))
+                {
+                    metrics::fused(flow, stage);
                 }
                 if let Some(root) = root {
                     self.settle_saga(&root, &step)
@@ -384,7 +388,7 @@ impl Runtime {
             for (queue, output) in next {
                 let turn = (queue, output.message.key.clone());
                 let step = match behind.contains(&turn) {
-                    true => Fused::Left(output),
+                    true => Fused::Left(Box::new(output)),
                     false => self.fused_step(flow, &turn.0, output, leased).await,
                 };
                 match step {
@@ -393,7 +397,7 @@ impl Runtime {
                         made.extend(outputs);
                     }
                     Fused::Left(output) => {
-                        queued.push((turn.0.clone(), output));
+                        queued.push((turn.0.clone(), *output));
                         behind.insert(turn);
                     }
                 }
@@ -415,14 +419,14 @@ impl Runtime {
         leased: Instant,
     ) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
-            return Fused::Left(output);
+            return Fused::Left(Box::new(output));
         };
         if output.flow != flow
             || output.directive.is_some()
             || !output.attempts.is_empty()
             || queue != queue_name(flow, &stage)
         {
-            return Fused::Left(output);
+            return Fused::Left(Box::new(output));
         }
         let fuses = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
@@ -431,16 +435,19 @@ impl Runtime {
                 .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
         };
         let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
-            return Fused::Left(output);
+            return Fused::Left(Box::new(output));
         };
         // Within the lease with room to spare: the lease outlasts twice the first
         // step's longest call, and at least MIN_HOLD.
         if plugin.kind() != Kind::Transform
             || !plugin.throttle().remaining().is_zero()
             || leased.elapsed() + plugin.timeout() > MIN_HOLD / 2
-            || !matches!(self.store.holds_key(queue, &output.message.key).await, Ok(false))
+            || !matches!(
+                self.store.holds_key(queue, &output.message.key).await,
+                Ok(false)
+            )
         {
-            return Fused::Left(output);
+            return Fused::Left(Box::new(output));
         }
         let (step, span) = step_span(&output, &plugin);
         let (called, micros) = self
@@ -457,20 +464,20 @@ impl Runtime {
                 let result = Ok(Produced::Outputs(outputs));
                 match self.classify(policy, &plugin, &output, result, micros, &step) {
                     Completion::Forward { outputs } => Fused::Ran { stage, outputs },
-                    _ => Fused::Left(output),
+                    _ => Fused::Left(Box::new(output)),
                 }
             }
             // A transient failure: the output waits for its retry at its stage, as
             // it would have there, this attempt counted.
             Err(error @ (CallError::Failure(Failure::Retryable(_)) | CallError::Timeout(_))) => {
                 match self.classify(policy, &plugin, &output, Err(error), micros, &step) {
-                    Completion::Retry(retry) => Fused::Left(*retry),
-                    _ => Fused::Left(output),
+                    Completion::Retry(retry) => Fused::Left(retry),
+                    _ => Fused::Left(Box::new(output)),
                 }
             }
             // It finishes the message, or writes key-value data: its own workers run
             // it again and commit that (mappings are deterministic).
-            _ => Fused::Left(output),
+            _ => Fused::Left(Box::new(output)),
         };
         let result = match &fused {
             Fused::Ran { .. } => "fused",
