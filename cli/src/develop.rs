@@ -395,7 +395,8 @@ dropped there is hot-swapped in.
     )
 }
 
-/// The crate's package name and the directory its build artifacts go to.
+/// The crate's package name and the directory its build artifacts go to (as the
+/// build below runs: without the caller's `CARGO_TARGET_DIR`).
 fn metadata(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
     let out = Command::new(cargo())
         .args([
@@ -406,6 +407,7 @@ fn metadata(dir: &Path) -> anyhow::Result<(String, PathBuf)> {
             "--manifest-path",
         ])
         .arg(dir.join("Cargo.toml"))
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .context("cannot run cargo")?;
     ensure!(
