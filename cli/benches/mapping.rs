@@ -92,14 +92,7 @@ async fn run() -> anyhow::Result<()> {
     let mut headline = Vec::new();
     for (label, size) in [("2kb", 2 * 1024), ("10kb", 10 * 1024)] {
         let body = quote_of_size(size)?;
-        let message = StoredMessage {
-            id: "bench".into(),
-            key: "Q-BENCH".into(),
-            kind: "QuoteApproved".into(),
-            content_type: "application/msgpack".into(),
-            headers: vec![],
-            body: body.clone(),
-        };
+        let message = quote_message(body.clone());
         // Same code, same answer: the component's output equals the native one.
         let native_out = quote_to_order::map_encoded(Encoding::MsgPack, &body)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -264,14 +257,7 @@ async fn fresh_variants(
             },
         ),
     ];
-    let message = StoredMessage {
-        id: "bench".into(),
-        key: "Q-BENCH".into(),
-        kind: "QuoteApproved".into(),
-        content_type: "application/msgpack".into(),
-        headers: vec![],
-        body: quote_of_size(2 * 1024)?,
-    };
+    let message = quote_message(quote_of_size(2 * 1024)?);
     let mut plugins = Vec::new();
     for (name, options) in &variants {
         // One cache for all: the component compiles once.
@@ -301,6 +287,18 @@ async fn fresh_variants(
         }
     }
     Ok(())
+}
+
+/// The quote `body` as the mapping receives it between steps.
+fn quote_message(body: Vec<u8>) -> StoredMessage {
+    StoredMessage {
+        id: "bench".into(),
+        key: "Q-BENCH".into(),
+        kind: "QuoteApproved".into(),
+        content_type: "application/msgpack".into(),
+        headers: vec![],
+        body,
+    }
 }
 
 /// Messages per second of `f` over one round (after a short warm-up).
