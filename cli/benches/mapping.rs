@@ -15,10 +15,17 @@
 //! Each figure is the best of several interleaved rounds, so that a noisy neighbour
 //! on a shared machine costs all three alike. Prints `bench: <name> <value> <unit>`.
 //!
+//! For trying a change to the guest (another allocator, other compiler flags):
+//! `TENON_BENCH_CANDIDATE=<quote_to_order.wasm>` measures that build against the
+//! shipped one instead, as `candidate_vs_shipped_{reused,fresh}_<size>` (above 1,
+//! the candidate is faster).
+//!
 //! For profiling one path alone (e.g. under `perf record`): `TENON_BENCH_FRESH_ONLY=1`
 //! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1`,
 //! `TENON_BENCH_KEEP_RESIDENT=<bytes>` and `TENON_BENCH_NO_PAGEMAP_SCAN=1` change the
-//! engine's settings.
+//! engine's settings; `TENON_PERFMAP=1` lets `perf report` name the guest's functions
+//! (build the plugin with `--config profile.release.strip=false` and pass it as a
+//! candidate to see Rust names).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -105,6 +112,31 @@ async fn run() -> anyhow::Result<()> {
             .collect();
         anyhow::ensure!(native_out == wasm_out, "WASM and native outputs differ");
 
+        if let Some(wasm) = std::env::var_os("TENON_BENCH_CANDIDATE") {
+            let candidate = candidate_plugin(&mapping, std::path::Path::new(&wasm))?;
+            let fresh = Plugin::load(
+                &engine,
+                "quote-to-order",
+                &candidate,
+                &PluginSettings::default(),
+            )?;
+            let kept_candidate = Plugin::load(&engine, "quote-to-order", &candidate, &reuse)?;
+            let reused = paired(&kept, &kept_candidate, &message).await;
+            let fresh = paired(&plugin, &fresh, &message).await;
+            tenon_testkit::bench::line(
+                &format!("candidate_vs_shipped_reused_{label}"),
+                reused,
+                "x",
+                3,
+            );
+            tenon_testkit::bench::line(
+                &format!("candidate_vs_shipped_fresh_{label}"),
+                fresh,
+                "x",
+                3,
+            );
+            continue;
+        }
         if std::env::var_os("TENON_BENCH_REUSED_ONLY").is_some() {
             let per_sec = rate(async || {
                 let _ = std::hint::black_box(kept.transform(&message).await);
@@ -302,13 +334,56 @@ fn quote_message(body: Vec<u8>) -> StoredMessage {
 }
 
 /// Messages per second of `f` over one round (after a short warm-up).
-async fn rate(mut f: impl AsyncFnMut()) -> f64 {
+/// The median, over 20 rounds of 250 ms each taken in pairs, of `candidate`'s rate
+/// over `shipped`'s on `message`: pairs of short rounds, so that a noisy neighbour
+/// costs both sides of a pair alike (above 1, the candidate is faster).
+async fn paired(shipped: &Plugin, candidate: &Plugin, message: &StoredMessage) -> f64 {
+    let mut ratios = Vec::new();
+    for _ in 0..20 {
+        let a = rate_for(Duration::from_millis(250), async || {
+            let _ = std::hint::black_box(shipped.transform(message).await);
+        })
+        .await;
+        let b = rate_for(Duration::from_millis(250), async || {
+            let _ = std::hint::black_box(candidate.transform(message).await);
+        })
+        .await;
+        ratios.push(b / a);
+    }
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
+/// A copy of the shipped mapping's plugin directory with `wasm` as its component
+/// (and the manifest's digest to match), beside it.
+fn candidate_plugin(
+    shipped: &std::path::Path,
+    wasm: &std::path::Path,
+) -> anyhow::Result<std::path::PathBuf> {
+    let dir = shipped.with_file_name("quote-to-order-candidate");
+    std::fs::create_dir_all(&dir)?;
+    let bytes = std::fs::read(wasm).map_err(|e| anyhow::anyhow!("{}: {e}", wasm.display()))?;
+    let old = tenon::model::digest(&std::fs::read(shipped.join("quote_to_order.wasm"))?);
+    let manifest = std::fs::read_to_string(shipped.join("plugin.toml"))?;
+    std::fs::write(
+        dir.join("plugin.toml"),
+        manifest.replace(&old, &tenon::model::digest(&bytes)),
+    )?;
+    std::fs::write(dir.join("quote_to_order.wasm"), bytes)?;
+    Ok(dir)
+}
+
+async fn rate(f: impl AsyncFnMut()) -> f64 {
+    rate_for(ROUND, f).await
+}
+
+async fn rate_for(round: Duration, mut f: impl AsyncFnMut()) -> f64 {
     for _ in 0..50 {
         f().await;
     }
     let started = Instant::now();
     let mut n = 0u64;
-    while started.elapsed() < ROUND {
+    while started.elapsed() < round {
         for _ in 0..16 {
             f().await;
         }

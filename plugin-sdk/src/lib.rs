@@ -45,6 +45,19 @@ pub mod testing;
 pub mod url;
 
 pub use message::{Failure, Message, RawRequest, Receipt};
+
+/// Every allocation a plugin makes goes through this allocator on wasm (a component
+/// is single-threaded). Talc, over wasi-libc's dlmalloc: the `mapping` bench maps a
+/// quote 2-6% faster with it, fresh or kept (medians of paired rounds).
+/// The feature `allocator` (on by default) installs it; a plugin with its own
+/// `#[global_allocator]` turns default features off.
+#[cfg(all(
+    feature = "allocator",
+    target_family = "wasm",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
 pub use tenon_model as model;
 pub use tenon_sdk_macros::{api, sink, source, transform};
 

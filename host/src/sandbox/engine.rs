@@ -131,6 +131,12 @@ impl Engine {
             .wasm_component_model(true)
             .epoch_interruption(options.epoch_interruption)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if std::env::var_os("TENON_PERFMAP").is_some() {
+            // `perf report` then names guest functions (from /tmp/perf-<pid>.map)
+            // instead of lumping them as JIT code: how the profiles in the README
+            // were read.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let inner = wasmtime::Engine::new(&config)
             .map_err(anyhow::Error::from)
             .context("cannot create the wasmtime engine")?;
