@@ -954,3 +954,68 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
     );
     assert_eq!(orders.len(), 2, "{orders:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fused_step_never_overtakes_a_message_of_its_key_waiting_at_the_step_it_skips() {
+    // Two revisions of one quote (one key). The first fails at `flaky` and waits there
+    // for its retry; the second, through `pass` a moment later, would reach `flaky`
+    // in `pass`'s lease, ahead of it, if the fused step did not see it waiting. It
+    // must wait behind it instead: delivered only after the first is dead-lettered.
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.pass]
+path = "plugins/misbehave"
+[plugins.flaky]
+path = "plugins/misbehave"
+config = {{ mode = "retryable-when", marker = "PO-RETRY" }}
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.ordered]
+source = "cpq-source"
+steps = ["pass", "flaky"]
+sink = "recorder"
+max_attempts = 2
+backoff_ms = 1500
+"#
+    ));
+    let tenon = Tenon::start(&ws);
+    let first = sample("plain.json").replace("4500012345", "PO-RETRY");
+    let first = tenon.send_quote(&first).await;
+    // The first has failed at `flaky` once and waits there for its retry.
+    tenon
+        .wait_for(&first[0], |s| {
+            s["pending"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p["attempts"].as_array().is_some_and(|a| !a.is_empty()))
+            })
+        })
+        .await;
+    let second = tenon.send_quote(sample("plain.json")).await;
+
+    let second = tenon.settled(&second[0]).await;
+    let first = tenon.settled(&first[0]).await;
+    let at = |s: &Value, kind: &str| -> u64 {
+        let outcome = &s["outcomes"][0];
+        assert!(outcome["result"][kind].is_object(), "{s:#}");
+        outcome["at_ms"].as_u64().unwrap()
+    };
+    let (dead, delivered) = (at(&first, "DeadLetter"), at(&second, "Delivered"));
+    assert!(
+        delivered >= dead,
+        "the second revision was delivered at {delivered}, before the first was dead-lettered at {dead}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
+    assert!(
+        !metrics.contains(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"}"#),
+        "{metrics}"
+    );
+}
