@@ -9,8 +9,6 @@
 
 mod common;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use std::time::{Duration, Instant};
 
 const LANES: usize = 32;
@@ -51,10 +49,7 @@ async fn load(node: &common::Node, rate: Option<f64>) -> anyhow::Result<Vec<Dura
         let (addr, auth) = (node.addr.clone(), node.auth.clone());
         let quote = tenon_testkit::SAMPLES[0].1.to_owned();
         lanes.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&addr).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut conn = common::Conn::open(&addr, &auth).await?;
             let gap = rate.map(|r| Duration::from_secs_f64(LANES as f64 / r));
             let started = Instant::now();
             let mut next =
@@ -70,14 +65,9 @@ async fn load(node: &common::Node, rate: Option<f64>) -> anyhow::Result<Vec<Dura
                     }
                     None => Instant::now(),
                 };
-                let request = hyper::Request::post(format!("http://{addr}/v1/apis/validate-quote"))
-                    .header("host", addr.as_str())
-                    .header("content-type", "application/json")
-                    .header("authorization", auth.as_str())
-                    .body(Full::new(Bytes::from(quote.clone())))?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
+                let (status, body) = conn
+                    .post_json("/v1/apis/validate-quote", quote.clone())
+                    .await?;
                 anyhow::ensure!(
                     status == 200,
                     "{status}: {}",

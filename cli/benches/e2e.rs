@@ -189,22 +189,14 @@ concurrency = 32
 /// Post the samples' customers to the master source.
 async fn post_customers(node: &common::Node) -> anyhow::Result<()> {
     let customers = include_str!("../../examples/quote-to-cash/samples/customers.json");
-    let stream = tokio::net::TcpStream::connect(&node.addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let request = hyper::Request::post(format!("http://{}/v1/sources/master", node.addr))
-        .header("host", node.addr.as_str())
-        .header("authorization", node.auth.as_str())
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from_static(
-            customers.as_bytes(),
-        )))?;
-    let reply = sender.send_request(request).await?;
+    let (status, body) = common::Conn::open(&node.addr, &node.auth)
+        .await?
+        .post_json("/v1/sources/master", customers)
+        .await?;
     anyhow::ensure!(
-        reply.status() == 202,
-        "customers refused: {}",
-        reply.status()
+        status == 202,
+        "customers refused: {status} {}",
+        String::from_utf8_lossy(&body)
     );
     Ok(())
 }

@@ -40,6 +40,29 @@ fn engine_at(data: &Path) -> (Engine, Arc<dyn Store>) {
 }
 
 #[test]
+fn instances_of_one_component_share_its_compiled_code_while_held() {
+    let ws = Workspace::new();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let wasm = std::fs::read(ws.path().join("plugins/quote-to-order/quote_to_order.wasm")).unwrap();
+    let digest = tenon::model::digest(&wasm);
+    let first = engine.component(&wasm, &digest).unwrap();
+    let second = engine.component(&wasm, &digest).unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &second),
+        "two copies of one component's code"
+    );
+    // The engine keeps nothing alive itself: once no plugin holds it, it goes.
+    let weak = Arc::downgrade(&first);
+    drop((first, second));
+    assert!(
+        weak.upgrade().is_none(),
+        "the engine kept a component no one holds"
+    );
+    // And the next load finds it again (from the on-disk cache).
+    engine.component(&wasm, &digest).unwrap();
+}
+
+#[test]
 fn compiled_components_are_cached_and_verified() {
     let ws = Workspace::new();
     let data = ws.data_dir();

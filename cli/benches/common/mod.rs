@@ -97,6 +97,44 @@ pub struct Posted {
     pub limited: usize,
 }
 
+/// A keep-alive HTTP/1 connection to a node, posting with the node's key.
+pub struct Conn {
+    addr: String,
+    auth: String,
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    /// Connect to the node at `addr`; requests carry `auth` as their authorization.
+    pub async fn open(addr: &str, auth: &str) -> anyhow::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(conn);
+        Ok(Conn {
+            addr: addr.to_owned(),
+            auth: auth.to_owned(),
+            sender,
+        })
+    }
+
+    /// POST `body` as JSON to `path`: the answer's status and body.
+    pub async fn post_json(
+        &mut self,
+        path: &str,
+        body: impl Into<Bytes>,
+    ) -> anyhow::Result<(u16, Bytes)> {
+        let request = hyper::Request::post(format!("http://{}{path}", self.addr))
+            .header("host", self.addr.as_str())
+            .header("content-type", "application/json")
+            .header("authorization", self.auth.as_str())
+            .body(Full::new(body.into()))?;
+        let response = self.sender.send_request(request).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.into_body().collect().await?.to_bytes()))
+    }
+}
+
 /// Post ~2 KB quotes on [`LANES`] keep-alive connections spread over the nodes for
 /// `duration`: as fast as answered, or at `rate` per second in all.
 pub async fn post(
@@ -111,10 +149,7 @@ pub async fn post(
         let (addr, auth, tag) = (node.addr.clone(), node.auth.clone(), tag.to_owned());
         let template = tenon_testkit::SAMPLES[0].1.to_owned();
         lanes.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(&addr).await?;
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-            tokio::spawn(conn);
+            let mut conn = Conn::open(&addr, &auth).await?;
             let gap = rate.map(|r| Duration::from_secs_f64(LANES as f64 / r));
             let started = Instant::now();
             let mut next =
@@ -133,15 +168,8 @@ pub async fn post(
                 };
                 let body = template.replace("Q-00101", &format!("Q-{tag}{lane:02}-{n:07}"));
                 n += 1;
-                let request = hyper::Request::post(format!("http://{addr}/v1/sources/cpq-source"))
-                    .header("host", addr.as_str())
-                    .header("content-type", "application/json")
-                    .header("authorization", auth.as_str())
-                    .body(Full::new(Bytes::from(body)))?;
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                match status.as_u16() {
+                let (status, body) = conn.post_json("/v1/sources/cpq-source", body).await?;
+                match status {
                     202 => {
                         let json: serde_json::Value = serde_json::from_slice(&body)?;
                         if let Some(id) = json["accepted"][0].as_str() {

@@ -10,10 +10,12 @@
 use crate::model::digest;
 use crate::store::{NodeDb, Store, StoreError};
 use anyhow::Context as _;
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError, Weak};
 use std::time::Duration;
 use wasmtime::component::Component;
 use wasmtime::{Config, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -74,6 +76,10 @@ pub struct Engine {
     listeners: crate::sandbox::egress::Listeners,
     /// Each plugin instance's outbound gate.
     throttles: Arc<crate::sandbox::throttle::Throttles>,
+    /// The compiled components in memory, by cache key: the instances of one
+    /// component share one copy of its machine code, however many load it. An entry
+    /// lives as long as a plugin holds its component.
+    loaded: Arc<Mutex<HashMap<String, Weak<Component>>>>,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -94,6 +100,10 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Engine {
@@ -175,6 +185,7 @@ impl Engine {
             limiter: options.memory_limiter,
             listeners: crate::sandbox::egress::Listeners::default(),
             throttles: Arc::default(),
+            loaded: Arc::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -219,13 +230,29 @@ impl Engine {
         &self.inner
     }
 
-    /// The component for these bytes: from the cache when it holds a verified
-    /// artifact, else compiled (and cached). `digest` is the bytes' [`crate::model::digest`].
-    pub fn component(&self, wasm: &[u8], digest: &str) -> anyhow::Result<Component> {
+    /// The component for these bytes: the one already in memory when a plugin holds
+    /// it, else from the cache when it holds a verified artifact, else compiled (and
+    /// cached). `digest` is the bytes' [`crate::model::digest`]; whoever keeps the
+    /// component keeps it shared.
+    pub fn component(&self, wasm: &[u8], digest: &str) -> anyhow::Result<Arc<Component>> {
+        let key = format!("{digest}@{}", self.compat);
+        let held = lock(&self.loaded).get(&key).and_then(Weak::upgrade);
+        if let Some(component) = held {
+            return Ok(component);
+        }
+        let component = Arc::new(self.load(wasm, digest, &key)?);
+        let mut loaded = lock(&self.loaded);
+        // The versions no plugin holds any more go (a swapped-out mapping's code).
+        loaded.retain(|_, held| held.strong_count() > 0);
+        loaded.insert(key, Arc::downgrade(&component));
+        Ok(component)
+    }
+
+    /// The component from the on-disk cache, or compiled and cached.
+    fn load(&self, wasm: &[u8], digest: &str, key: &str) -> anyhow::Result<Component> {
         let hex = digest.trim_start_matches("sha256:");
         let path = self.cache_dir.join(format!("{hex}-{}.cwasm", self.compat));
-        let key = format!("{digest}@{}", self.compat);
-        if let Some(component) = self.cached(&path, &key)? {
+        if let Some(component) = self.cached(&path, key)? {
             tracing::debug!(%digest, "compiled component loaded from cache");
             return Ok(component);
         }
@@ -242,7 +269,7 @@ impl Engine {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
         self.node
-            .set_compiled(&key, &crate::model::digest(&artifact))?;
+            .set_compiled(key, &crate::model::digest(&artifact))?;
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "component compiled");
         Ok(component)
     }

@@ -427,6 +427,7 @@ impl Plugin {
             ctx,
             manifest,
             pre,
+            _component: component,
             engine: engine.clone(),
             signer,
             kept: settings.reuse_instances.then(super::call::Kept::default),

@@ -95,6 +95,9 @@ pub struct Plugin {
     /// The files this version was loaded from, exactly as read: archived for rollback.
     files: Arc<PluginFiles>,
     pre: Pre,
+    /// Its compiled component, shared with every instance of it (see
+    /// [`Engine::component`]).
+    _component: Arc<wasmtime::component::Component>,
     engine: Engine,
     /// Who signed it, as the trust policy sees it; `None`: unsigned.
     signer: Option<tenon_registry::Signer>,
