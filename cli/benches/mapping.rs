@@ -271,6 +271,7 @@ async fn fresh_variants(
             "memset_2mb",
             EngineOptions {
                 pagemap_scan: false,
+                keep_resident: 2 << 20,
                 ..base.clone()
             },
         ),
@@ -282,9 +283,10 @@ async fn fresh_variants(
             },
         ),
         (
-            "keep_resident_16mb",
+            // The default before `[server] resident_mib` was 16.
+            "keep_resident_2mb",
             EngineOptions {
-                keep_resident: 16 << 20,
+                keep_resident: 2 << 20,
                 ..base.clone()
             },
         ),

@@ -168,7 +168,11 @@ impl Runtime {
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
         let node = NodeDb::open(data_dir)?;
         let store = open_store(&config, &node)?;
-        let engine = Engine::new(node.clone(), store.clone(), data_dir)?;
+        let options = crate::sandbox::engine::EngineOptions {
+            keep_resident: config.server.resident_mib << 20,
+            ..Default::default()
+        };
+        let engine = Engine::with_options(node.clone(), store.clone(), data_dir, &options)?;
         let mut plugins = BTreeMap::new();
         for warning in config.warnings() {
             tracing::warn!(config = %config.path.display(), "{warning}");
