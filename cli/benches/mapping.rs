@@ -62,6 +62,7 @@ async fn run() -> anyhow::Result<()> {
     if std::env::var_os("TENON_BENCH_NO_PAGEMAP_SCAN").is_some() {
         options.pagemap_scan = false;
     }
+    options.perfmap = std::env::var_os("TENON_PERFMAP").is_some();
     eprintln!("engine options: {options:?}");
     let engine = Engine::with_options(node.clone(), store.clone(), &data, &options)?;
     let mapping = dir.path().join("plugins/quote-to-order");
@@ -267,7 +268,7 @@ async fn fresh_variants(
     let variants = [
         ("default", base.clone()),
         (
-            // What a slot's reset was before PAGEMAP_SCAN: memset the resident part.
+            // What a kernel without PAGEMAP_SCAN gets: memset the resident part.
             "memset_2mb",
             EngineOptions {
                 pagemap_scan: false,
@@ -283,7 +284,7 @@ async fn fresh_variants(
             },
         ),
         (
-            // The default before `[server] resident_mib` was 16.
+            // The default before it was 16 MiB with PAGEMAP_SCAN.
             "keep_resident_2mb",
             EngineOptions {
                 keep_resident: 2 << 20,
@@ -335,7 +336,6 @@ fn quote_message(body: Vec<u8>) -> StoredMessage {
     }
 }
 
-/// Messages per second of `f` over one round (after a short warm-up).
 /// The median, over 20 rounds of 250 ms each taken in pairs, of `candidate`'s rate
 /// over `shipped`'s on `message`: pairs of short rounds, so that a noisy neighbour
 /// costs both sides of a pair alike (above 1, the candidate is faster).
@@ -375,10 +375,12 @@ fn candidate_plugin(
     Ok(dir)
 }
 
+/// Messages per second of `f` over one round (after a short warm-up).
 async fn rate(f: impl AsyncFnMut()) -> f64 {
     rate_for(ROUND, f).await
 }
 
+/// Messages per second of `f` over `round` (after a short warm-up).
 async fn rate_for(round: Duration, mut f: impl AsyncFnMut()) -> f64 {
     for _ in 0..50 {
         f().await;

@@ -9,7 +9,7 @@
 //! idempotency_retention_secs = 86400  # how long an Idempotency-Key is remembered
 //! retention_secs = 604800        # how long outcomes and events are kept
 //! sweep_interval_secs = 60       # how often expired records are removed
-//! resident_mib = 16              # memory a plugin slot keeps between instances (speed vs RSS)
+//! resident_mib = 16              # MiB a plugin slot keeps resident between instances (speed vs RSS)
 //!
 //! [plugins.cpq-source]           # a plugin instance, named for flows to use
 //! path = "plugins/cpq-source"    # its directory (plugin.toml + component), relative to this file
@@ -227,18 +227,16 @@ pub struct ServerConfig {
     #[serde(default)]
     pub node: Option<String>,
     /// How much of a plugin instance's linear memory, in MiB, its pooled slot keeps
-    /// resident for the next instance, e.g. `16` (the default): the pages an
-    /// instance dirtied there are zeroed and kept, not returned to the kernel and
-    /// faulted in again. A fresh instance per message runs faster (the `mapping`
-    /// bench's `fresh_keep_resident_*` lines), at the price of up to this much
-    /// resident memory per slot a plugin has used; `0` returns everything. At most
-    /// 512 (the largest memory a plugin may be granted).
-    #[serde(default = "default_resident_mib")]
-    pub resident_mib: usize,
-}
-
-fn default_resident_mib() -> usize {
-    crate::sandbox::engine::KEEP_RESIDENT >> 20
+    /// resident for the next instance, e.g. `16`: the pages an instance dirtied there
+    /// are zeroed and kept, not returned to the kernel and faulted in again. A fresh
+    /// instance per message runs faster (the `mapping` bench's `fresh_keep_resident_*`
+    /// lines), at the price of up to this much resident memory per slot a plugin has
+    /// used (the pool has 512). Default: 16 where Linux has `PAGEMAP_SCAN` (6.7 and
+    /// later: only dirtied pages are reset), else 2 (the whole range is cleared at every
+    /// reset, touched or not). `0` returns everything; at most 512 (the largest memory
+    /// a plugin may be granted). Read at start.
+    #[serde(default)]
+    pub resident_mib: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -253,10 +251,14 @@ impl Default for ServerConfig {
             plugin_roots: Vec::new(),
             node: None,
             limits: Limits::default(),
-            resident_mib: default_resident_mib(),
+            resident_mib: None,
         }
     }
 }
+
+/// The largest linear memory, in MiB, any plugin may be granted (the pool reserves
+/// this much address space per slot).
+pub const MAX_PLUGIN_MEMORY_MIB: usize = 512;
 
 /// `[server.limits]`: what one client, key or source may take of the listeners.
 ///
@@ -963,13 +965,12 @@ impl Config {
                 format!("field `{field}`: must be at least 1 (leave it out for no limit)"),
             ));
         }
-        let most = crate::sandbox::engine::MAX_PLUGIN_MEMORY >> 20;
-        if self.server.resident_mib > most {
+        let most = MAX_PLUGIN_MEMORY_MIB;
+        if let Some(mib) = self.server.resident_mib.filter(|mib| *mib > most) {
             return Err(self.error_at_key(
                 "resident_mib",
                 format!(
-                    "field `server.resident_mib`: {} is more than a plugin's memory can be ({most} MiB)",
-                    self.server.resident_mib
+                    "field `server.resident_mib`: {mib} is more than a plugin's memory can be ({most} MiB)"
                 ),
             ));
         }
@@ -1459,10 +1460,10 @@ sink = "out"
     }
 
     #[test]
-    fn resident_memory_is_16_mib_by_default_and_no_more_than_a_plugin_may_have() {
-        assert_eq!(parse(GOOD).unwrap().server.resident_mib, 16);
+    fn resident_memory_is_the_engines_default_unless_set_and_no_more_than_a_plugin_may_have() {
+        assert_eq!(parse(GOOD).unwrap().server.resident_mib, None);
         let zero = format!("[server]\nresident_mib = 0\n{GOOD}");
-        assert_eq!(parse(&zero).unwrap().server.resident_mib, 0);
+        assert_eq!(parse(&zero).unwrap().server.resident_mib, Some(0));
         let err = parse(&format!("[server]\nresident_mib = 600\n{GOOD}")).unwrap_err();
         assert_eq!(err.line, 2, "{err}");
         assert!(

@@ -53,7 +53,7 @@ pub use message::{Failure, Message, RawRequest, Receipt};
 /// `#[global_allocator]` turns default features off.
 #[cfg(all(
     feature = "allocator",
-    target_family = "wasm",
+    target_arch = "wasm32",
     not(target_feature = "atomics")
 ))]
 #[global_allocator]

@@ -958,9 +958,11 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fused_step_never_overtakes_a_message_of_its_key_waiting_at_the_step_it_skips() {
     // Two revisions of one quote (one key). The first fails at `flaky` and waits there
-    // for its retry; the second, through `pass` a moment later, would reach `flaky`
-    // in `pass`'s lease, ahead of it, if the fused step did not see it waiting. It
-    // must wait behind it instead: delivered only after the first is dead-lettered.
+    // for its retry (5 s: room for a slow machine); the second, through `pass` a
+    // moment later, would reach `flaky` in `pass`'s lease, ahead of it, if the fused
+    // step did not see it waiting. It must wait behind it instead: delivered only
+    // after the first is dead-lettered. A third, with nothing of its key waiting,
+    // is fused: what held the second back was the first, nothing else.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     ws.write_config(&format!(
@@ -983,7 +985,7 @@ source = "cpq-source"
 steps = ["pass", "flaky"]
 sink = "recorder"
 max_attempts = 2
-backoff_ms = 1500
+backoff_ms = 5000
 "#
     ));
     let tenon = Tenon::start(&ws);
@@ -1013,9 +1015,25 @@ backoff_ms = 1500
         "the second revision was delivered at {delivered}, before the first was dead-lettered at {dead}"
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
-    let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
-    assert!(
-        !metrics.contains(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"}"#),
-        "{metrics}"
+    let fused = async || {
+        let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"} "#)
+            })
+            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+    };
+    assert_eq!(fused().await, 0);
+
+    let third = tenon
+        .send_quote(&sample("plain.json").replace("4500012345", "4500012346"))
+        .await;
+    let third = tenon.settled(&third[0]).await;
+    at(&third, "Delivered");
+    assert_eq!(
+        fused().await,
+        1,
+        "nothing of its key waited: the third is fused"
     );
 }

@@ -168,10 +168,10 @@ impl Runtime {
     pub fn open(config: Config, data_dir: &Path) -> anyhow::Result<Runtime> {
         let node = NodeDb::open(data_dir)?;
         let store = open_store(&config, &node)?;
-        let options = crate::sandbox::engine::EngineOptions {
-            keep_resident: config.server.resident_mib << 20,
-            ..Default::default()
-        };
+        let mut options = crate::sandbox::engine::EngineOptions::default();
+        if let Some(mib) = config.server.resident_mib {
+            options.keep_resident = mib << 20;
+        }
         let engine = Engine::with_options(node.clone(), store.clone(), data_dir, &options)?;
         let mut plugins = BTreeMap::new();
         for warning in config.warnings() {

@@ -25,7 +25,7 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// Largest linear memory any plugin may be granted (the pool reserves this much
 /// address space per slot); each plugin's own limit is enforced per store.
-pub const MAX_PLUGIN_MEMORY: usize = 512 << 20;
+pub const MAX_PLUGIN_MEMORY: usize = crate::config::MAX_PLUGIN_MEMORY_MIB << 20;
 
 /// Engine settings; the defaults are what production runs with.
 #[derive(Debug, Clone)]
@@ -37,13 +37,17 @@ pub struct EngineOptions {
     /// to measure what the limit costs.
     pub memory_limiter: bool,
     /// Bytes of each linear-memory slot kept resident (zeroed rather than returned to
-    /// the kernel) between instances.
+    /// the kernel) between instances; see [`default_keep_resident`].
     pub keep_resident: usize,
     /// Reset only the pages of a slot an instance dirtied, found by Linux's
     /// `PAGEMAP_SCAN` (6.7 and later; elsewhere the `memset` of the first
     /// `keep_resident` bytes, touched or not). On by default: the `mapping` bench's
-    /// `fresh_memset_2mb_vs_default` line measures it.
+    /// `fresh_memset_2mb_vs_default` line measures what a kernel without it gets.
     pub pagemap_scan: bool,
+    /// Have wasmtime write `/tmp/perf-<pid>.map`, so that `perf report` names guest
+    /// functions instead of lumping them as JIT code (how the profiles in the README
+    /// were read). Off in production; the `mapping` bench sets it from `TENON_PERFMAP`.
+    pub perfmap: bool,
 }
 
 impl Default for EngineOptions {
@@ -51,19 +55,34 @@ impl Default for EngineOptions {
         EngineOptions {
             epoch_interruption: true,
             memory_limiter: true,
-            keep_resident: KEEP_RESIDENT,
+            keep_resident: default_keep_resident(),
             pagemap_scan: true,
+            perfmap: false,
         }
     }
 }
 
-/// Default bytes of a memory slot kept resident between instances (`[server]
-/// resident_mib`). With `PAGEMAP_SCAN` only the pages an instance dirtied are reset,
-/// so a slot keeps what its plugin's instances use, up to this: nothing of the range
-/// is returned to the kernel and faulted in again by the next instance. The `mapping`
-/// bench's fresh path ran 1.11x, 1.23x and 1.31x faster than with 2 MiB in three
-/// runs, and the `footprint` bench's node held 138.6 MiB instead of 142.0.
+/// Bytes of a memory slot kept resident between instances unless `[server]
+/// resident_mib` says otherwise: [`KEEP_RESIDENT`] where the kernel has
+/// `PAGEMAP_SCAN`, else [`KEEP_RESIDENT_MEMSET`].
+pub fn default_keep_resident() -> usize {
+    match PoolingAllocationConfig::is_pagemap_scan_available() {
+        true => KEEP_RESIDENT,
+        false => KEEP_RESIDENT_MEMSET,
+    }
+}
+
+/// With `PAGEMAP_SCAN` only the pages an instance dirtied are reset, so a slot keeps
+/// what its plugin's instances use, up to this: nothing of the range is returned to
+/// the kernel and faulted in again by the next instance. The `mapping` bench's fresh
+/// path ran 1.11x, 1.23x and 1.31x faster than with 2 MiB in three runs, and the
+/// `footprint` bench's node held 138.6 MiB instead of 142.0. At worst (every slot of
+/// the pool used by instances that dirty it all) 512 slots hold 8 GiB.
 pub const KEEP_RESIDENT: usize = 16 << 20;
+
+/// Without `PAGEMAP_SCAN` (Linux before 6.7) a slot's reset is a `memset` of the
+/// whole resident range, touched or not: 2 MiB, what was measured for it.
+pub const KEEP_RESIDENT_MEMSET: usize = 2 << 20;
 
 /// The engine, shared by every plugin.
 #[derive(Clone)]
@@ -132,8 +151,8 @@ impl Engine {
             .total_memories(512)
             .total_tables(1024)
             .max_memory_size(MAX_PLUGIN_MEMORY)
-            // Keep the first pages of a slot resident between instances: a fresh
-            // instance's first call otherwise pays page faults on a cold heap.
+            // Keep what a slot's instances dirtied resident between instances: a
+            // fresh instance's first call otherwise pays page faults on a cold heap.
             .linear_memory_keep_resident(options.keep_resident)
             .table_keep_resident(64 << 10)
             .pagemap_scan(if options.pagemap_scan {
@@ -146,10 +165,7 @@ impl Engine {
             .wasm_component_model(true)
             .epoch_interruption(options.epoch_interruption)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        if std::env::var_os("TENON_PERFMAP").is_some() {
-            // `perf report` then names guest functions (from /tmp/perf-<pid>.map)
-            // instead of lumping them as JIT code: how the profiles in the README
-            // were read.
+        if options.perfmap {
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         let inner = wasmtime::Engine::new(&config)
@@ -247,6 +263,10 @@ impl Engine {
         }
         let component = Arc::new(self.load(wasm, digest, &key)?);
         let mut loaded = lock(&self.loaded);
+        // Another load of it may have finished meanwhile: one copy stays.
+        if let Some(held) = loaded.get(&key).and_then(Weak::upgrade) {
+            return Ok(held);
+        }
         // The versions no plugin holds any more go (a swapped-out mapping's code).
         loaded.retain(|_, held| held.strong_count() > 0);
         loaded.insert(key, Arc::downgrade(&component));
@@ -269,7 +289,11 @@ impl Engine {
             .serialize()
             .map_err(anyhow::Error::from)
             .context("cannot serialise the compiled component")?;
-        let tmp = path.with_extension("tmp");
+        // A temporary file of this load's own: two loads of one component at once
+        // each write theirs, and the last rename wins (the same bytes).
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, Ordering::Relaxed);
+        let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
         std::fs::write(&tmp, &artifact)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
