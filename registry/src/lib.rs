@@ -32,12 +32,32 @@ pub use trust::{Signer, TrustError, TrustPolicy};
 /// component's sha256. A change to either file is a new version. It names the version
 /// in trails, status, the audit log, the archive, and it is what a signature signs.
 pub fn version_digest(manifest: &[u8], component: &[u8]) -> String {
+    version_digests(manifest, component).version
+}
+
+/// A version's two digests, from one pass over its component: the version's
+/// ([`version_digest`]) and the component's own `sha256:<hex>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionDigests {
+    /// The version: manifest and component ([`version_digest`]).
+    pub version: String,
+    /// The component alone ([`sha256`] of its bytes).
+    pub component: String,
+}
+
+/// The [`VersionDigests`] of a manifest and its component; the component, the large
+/// file, is hashed once.
+pub fn version_digests(manifest: &[u8], component: &[u8]) -> VersionDigests {
     use sha2::{Digest, Sha256};
+    let component = Sha256::digest(component);
     let mut hasher = Sha256::new();
     hasher.update(b"tenon-plugin-version\0");
     hasher.update(Sha256::digest(manifest));
-    hasher.update(Sha256::digest(component));
-    format!("sha256:{}", hex::encode(hasher.finalize()))
+    hasher.update(component);
+    VersionDigests {
+        version: format!("sha256:{}", hex::encode(hasher.finalize())),
+        component: format!("sha256:{}", hex::encode(component)),
+    }
 }
 
 /// `sha256:<hex>` of `bytes`.

@@ -917,23 +917,16 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
             .collect();
         orders.sort_by(|a, b| a.0.cmp(&b.0));
 
-        let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
-        let fused = |stage: &str| -> u64 {
-            let line =
-                format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}} "#);
-            metrics
-                .lines()
-                .find_map(|l| l.strip_prefix(line.as_str()))
-                .map_or(0, |n| n.trim().parse().unwrap())
+        let fused = async |stage: &str| {
+            let series =
+                format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}}"#);
+            tenon.metric(&series).await
         };
-        if fuse {
-            // The plain quote's order and the bundle's good order went through the
-            // gateway and the router in the mapping's lease; the bundle's order the
-            // gateway rejects was left queued for the gateway's own workers.
-            assert_eq!((fused("gateway"), fused("router")), (2, 2), "{metrics}");
-        } else {
-            assert_eq!((fused("gateway"), fused("router")), (0, 0), "{metrics}");
-        }
+        let counted = (fused("gateway").await, fused("router").await);
+        // Fused, the plain quote's order and the bundle's good order went through the
+        // gateway and the router in the mapping's lease; the bundle's order the
+        // gateway rejects was left queued for the gateway's own workers.
+        assert_eq!(counted, if fuse { (2, 2) } else { (0, 0) }, "fuse = {fuse}");
         seen.push((plain, bundle, orders));
     }
     assert_eq!(seen[0], seen[1], "fused and unfused runs differ");
@@ -1016,13 +1009,9 @@ backoff_ms = 5000
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
     let fused = async || {
-        let metrics = String::from_utf8_lossy(&tenon.get("/metrics").await.body).into_owned();
-        metrics
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"} "#)
-            })
-            .map_or(0, |n| n.trim().parse::<u64>().unwrap())
+        tenon
+            .metric(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"}"#)
+            .await
     };
     assert_eq!(fused().await, 0);
 

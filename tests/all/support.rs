@@ -274,6 +274,19 @@ impl Tenon {
         self.wait_for(id, |s| s["settled"] == true).await
     }
 
+    /// The value of one series on `/metrics` (its name and labels as printed, e.g.
+    /// `tenon_steps_fused_total{flow="f",stage="s"}`); 0 while it has no line.
+    pub async fn metric(&self, series: &str) -> u64 {
+        let text = String::from_utf8_lossy(&self.get("/metrics").await.body).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0, |n| {
+                n.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{series}: not a count: {n}"))
+            })
+    }
+
     /// Wait until every queue is empty (as `/metrics` counts them).
     pub async fn drained(&self) {
         let deadline = Instant::now() + SETTLE;

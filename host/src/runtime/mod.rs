@@ -162,6 +162,95 @@ fn open_store(config: &Config, node: &NodeDb) -> anyhow::Result<Arc<dyn Store>> 
     })
 }
 
+/// Load plugin instance `name` at start: the version in its directory, or the one
+/// approved before when that one widens its grants (then the directory's waits).
+/// Returns the live version and the waiting one.
+fn open_plugin(
+    config: &Config,
+    engine: &Engine,
+    node: &NodeDb,
+    data_dir: &Path,
+    name: &str,
+) -> anyhow::Result<(Plugin, Option<Plugin>)> {
+    // A restart does not take a version of another plugin than the one approved
+    // in the instance before (one the watcher refused, say): the instance keeps
+    // its plugin unless the config says otherwise.
+    let approved = node.approved(name)?;
+    let keep = approved
+        .as_ref()
+        .and_then(|a| lifecycle::keep_approved(data_dir, name, &a.digest));
+    let loaded = load_plugin(config, engine, name, keep.clone())?;
+    lifecycle::archive(data_dir, &loaded);
+    // A version that widens the grants of the one approved before does not go
+    // live because the process restarted: the approved one runs, it waits. (A
+    // version of another plugin, which the config's binding let in, is the
+    // operator's choice: the one approved before is not its measure.)
+    let same_plugin = keep
+        .as_ref()
+        .is_none_or(|k| k.name == loaded.manifest().name);
+    let (live, waiting) = match &approved {
+        Some(approved)
+            if approved.digest != loaded.digest()
+                && same_plugin
+                && !loaded.grants().widening(&approved.grants).is_empty() =>
+        {
+            let dir = lifecycle::archive_dir(data_dir, name, &approved.digest);
+            let live = load_plugin_from(config, engine, name, name, &dir, None).with_context(|| {
+                format!(
+                    "the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",
+                    loaded.grants().widening(&approved.grants).join(", "),
+                    approved.digest
+                )
+            })?;
+            tracing::warn!(plugin = %name, waiting = %loaded.digest(), "a version with wider grants waits for approval; the approved one runs");
+            (live, Some(loaded))
+        }
+        _ => (loaded, None),
+    };
+    // Written only when it changed: a restart of the same versions commits nothing.
+    let record = approved_of(&live);
+    if approved.as_ref() != Some(&record) {
+        node.set_approved(name, &record)?;
+    }
+    Ok((live, waiting))
+}
+
+/// `f` of every item, on as many threads as there are cores; in the items' order.
+/// Plain scoped threads, not rayon's pool: a load can wait for another load of its
+/// component under a lock, which a pool thread that steals work must never do.
+fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .min(items.len());
+    let next = AtomicUsize::new(0);
+    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Relaxed);
+                        let Some(item) = items.get(i) else {
+                            return done;
+                        };
+                        done.push((i, f(item)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
+    done.sort_unstable_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, r)| r).collect()
+}
+
 impl Runtime {
     /// Open the data directory and load every plugin of the config; any plugin that
     /// does not load, or does not fit where a flow uses it, fails the whole start.
@@ -173,50 +262,20 @@ impl Runtime {
             options.keep_resident = mib << 20;
         }
         let engine = Engine::with_options(node.clone(), store.clone(), data_dir, &options)?;
-        let mut plugins = BTreeMap::new();
         for warning in config.warnings() {
             tracing::warn!(config = %config.path.display(), "{warning}");
         }
-        for name in config.plugins.keys() {
-            // A restart does not take a version of another plugin than the one approved
-            // in the instance before (one the watcher refused, say): the instance keeps
-            // its plugin unless the config says otherwise.
-            let approved = node.approved(name)?;
-            let keep = approved
-                .as_ref()
-                .and_then(|a| lifecycle::keep_approved(data_dir, name, &a.digest));
-            let loaded = load_plugin(&config, &engine, name, keep.clone())
-                .with_context(|| format!("{}: plugin `{name}`", config.path.display()))?;
-            lifecycle::archive(data_dir, &loaded);
-            // A version that widens the grants of the one approved before does not go
-            // live because the process restarted: the approved one runs, it waits. (A
-            // version of another plugin, which the config's binding let in, is the
-            // operator's choice: the one approved before is not its measure.)
-            let same_plugin = keep
-                .as_ref()
-                .is_none_or(|k| k.name == loaded.manifest().name);
-            let (live, waiting) = match approved {
-                Some(approved)
-                    if approved.digest != loaded.digest()
-                        && same_plugin
-                        && !loaded.grants().widening(&approved.grants).is_empty() =>
-                {
-                    let dir = lifecycle::archive_dir(data_dir, name, &approved.digest);
-                    let live = load_plugin_from(&config, &engine, name, name, &dir, None)
-                        .with_context(|| {
-                            format!(
-                                "plugin `{name}`: the version in its directory asks for wider grants ({}) than the approved version {}, which cannot be loaded from the archive",
-                                loaded.grants().widening(&approved.grants).join(", "),
-                                approved.digest
-                            )
-                        })?;
-                    tracing::warn!(plugin = %name, waiting = %loaded.digest(), "a version with wider grants waits for approval; the approved one runs");
-                    (live, Some(loaded))
-                }
-                _ => (loaded, None),
-            };
-            node.set_approved(name, &approved_of(&live))?;
-            plugins.insert(name.clone(), (live, waiting));
+        // The plugins load side by side: reading, hashing and deserialising (or
+        // compiling) their components is most of a start. The first of them that does
+        // not load, in the config's order, fails the start.
+        let names: Vec<&String> = config.plugins.keys().collect();
+        let opened = side_by_side(&names, |name| {
+            open_plugin(&config, &engine, &node, data_dir, name)
+                .with_context(|| format!("{}: plugin `{name}`", config.path.display()))
+        });
+        let mut plugins = BTreeMap::new();
+        for (name, opened) in names.into_iter().zip(opened) {
+            plugins.insert(name.clone(), opened?);
         }
         let kind_of = |name: &str| plugins.get(name).map(|p| p.0.kind());
         let flows = resolve_flows(&config, kind_of)?;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 /// Counters: the audit log's sequence, and the redb store's.
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// Compiled components: component digest -> sha256 of the compiled artifact on disk.
+/// Compiled components: cache key -> digest of the compiled artifact on disk (`blake3:<hex>`).
 pub(crate) const COMPILED: TableDefinition<&str, &str> = TableDefinition::new("compiled");
 /// The approved version of each plugin instance: name -> encoded [`Approved`].
 pub(crate) const APPROVED: TableDefinition<&str, &[u8]> = TableDefinition::new("approved");
@@ -98,9 +98,9 @@ impl NodeDb {
     }
 
     /// Record which compiled artifact belongs to a component digest.
-    pub(crate) fn set_compiled(&self, digest: &str, artifact_sha: &str) -> Result<(), StoreError> {
+    pub(crate) fn set_compiled(&self, digest: &str, artifact: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(COMPILED)?.insert(digest, artifact_sha)?;
+        txn.open_table(COMPILED)?.insert(digest, artifact)?;
         txn.commit()?;
         Ok(())
     }
@@ -124,7 +124,7 @@ impl NodeDb {
         Ok(())
     }
 
-    /// The sha256 of the compiled artifact recorded for a component digest.
+    /// The digest of the compiled artifact recorded for a component digest.
     pub(crate) fn compiled(&self, digest: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(COMPILED)?;

@@ -1,7 +1,6 @@
 //! Loading a plugin version: everything that can fail ahead of traffic.
 
-use super::{Plugin, PluginFiles, PluginSettings, Pre, version_digest};
-use crate::model::digest;
+use super::{Plugin, PluginFiles, PluginSettings, Pre};
 use crate::sandbox::bindings;
 use crate::sandbox::caps::{self, PluginContext};
 use crate::sandbox::engine::Engine;
@@ -10,7 +9,7 @@ use crate::store::audit::{AuditRecord, Decision};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tenon_registry::{Kind, Manifest};
+use tenon_registry::{Kind, Manifest, VersionDigests, version_digests};
 use wasmtime::component::Linker;
 
 /// Why a plugin could not be loaded.
@@ -84,6 +83,15 @@ pub enum LoadError {
     },
 }
 
+/// A version read, its digests taken and its signature judged: ready to compile.
+struct Checked {
+    manifest: Manifest,
+    files: PluginFiles,
+    digests: VersionDigests,
+    /// Who signed it; `None`: unsigned.
+    signer: Option<tenon_registry::Signer>,
+}
+
 impl Plugin {
     /// Load the plugin in `dir` (its `plugin.toml` and the component it names) as
     /// instance `name`, with the operator's settings.
@@ -140,16 +148,17 @@ impl Plugin {
             });
         }
         let wasm = root.read(&manifest.component).map_err(read_error(&path))?;
-        if let Some(expected) = &manifest.component_digest {
-            let actual = digest(&wasm);
-            if *expected != actual {
-                return Err(LoadError::Mismatch {
-                    path: manifest_path,
-                    component: path,
-                    expected: expected.clone(),
-                    actual,
-                });
-            }
+        // The component is hashed once, for both digests (the large file of a load).
+        let digests = version_digests(text.as_bytes(), &wasm);
+        if let Some(expected) = &manifest.component_digest
+            && *expected != digests.component
+        {
+            return Err(LoadError::Mismatch {
+                path: manifest_path,
+                component: path,
+                expected: expected.clone(),
+                actual: digests.component,
+            });
         }
         // The trust policy decides before anything of the version is compiled.
         let sig_file = Path::new(tenon_registry::SIGNATURE_FILE);
@@ -163,7 +172,7 @@ impl Plugin {
                 });
             }
         };
-        let version = version_digest(text.as_bytes(), &wasm);
+        let version = digests.version.clone();
         let shown = base.join(sig_file).display().to_string();
         if let Some(identity) = &settings.identity
             && identity.name != manifest.name
@@ -238,7 +247,13 @@ impl Plugin {
             wasm,
             signature,
         };
-        Plugin::from_parts(engine, name, manifest, &path, files, signer, settings)
+        let checked = Checked {
+            manifest,
+            files,
+            digests,
+            signer,
+        };
+        Plugin::from_parts(engine, name, &path, checked, settings)
     }
 
     /// Write this version's files (its manifest, component and signature, as loaded)
@@ -268,24 +283,30 @@ impl Plugin {
         )
     }
 
-    /// Load a plugin from its parsed manifest and its files.
+    /// Compile and link a version whose files were read and checked.
     fn from_parts(
         engine: &Engine,
         name: &str,
-        manifest: Manifest,
         path: &Path,
-        files: PluginFiles,
-        signer: Option<tenon_registry::Signer>,
+        checked: Checked,
         settings: &PluginSettings,
     ) -> Result<Plugin, LoadError> {
+        let Checked {
+            manifest,
+            files,
+            digests,
+            signer,
+        } = checked;
         let wasm = files.wasm.as_slice();
         let fail = |message: String| LoadError::Component {
             name: name.to_owned(),
             path: path.to_owned(),
             message,
         };
-        let component_digest = digest(wasm);
-        let digest = version_digest(files.manifest.as_bytes(), wasm);
+        let VersionDigests {
+            version: digest,
+            component: component_digest,
+        } = digests;
         let grants = manifest
             .grants
             .narrow(&settings.grants)
