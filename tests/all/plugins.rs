@@ -63,6 +63,31 @@ fn instances_of_one_component_share_its_compiled_code_while_held() {
 }
 
 #[test]
+fn loads_of_one_component_at_once_share_one_copy() {
+    // Plugins load side by side at start; two instances of one plugin (the example's
+    // two ERP sinks) then ask for one component at the same moment, here uncompiled.
+    let ws = Workspace::new();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let wasm = std::fs::read(ws.path().join("plugins/quote-to-order/quote_to_order.wasm")).unwrap();
+    let digest = tenon::model::digest(&wasm);
+    let start = std::sync::Barrier::new(2);
+    let (a, b) = std::thread::scope(|s| {
+        let load = || {
+            start.wait();
+            engine.component(&wasm, &digest).unwrap()
+        };
+        let a = s.spawn(load);
+        let b = s.spawn(load);
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(Arc::ptr_eq(&a, &b), "two copies of one component's code");
+    let cached = std::fs::read_dir(ws.data_dir().join("cache"))
+        .unwrap()
+        .count();
+    assert_eq!(cached, 1, "one artifact, and no temporary file left behind");
+}
+
+#[test]
 fn compiled_components_are_cached_and_verified() {
     let ws = Workspace::new();
     let data = ws.data_dir();
