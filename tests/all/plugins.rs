@@ -81,6 +81,11 @@ fn loads_of_one_component_at_once_share_one_copy() {
         (a.join().unwrap(), b.join().unwrap())
     });
     assert!(Arc::ptr_eq(&a, &b), "two copies of one component's code");
+    assert_eq!(
+        engine.compiled(),
+        1,
+        "the second load waited for the first's"
+    );
     let cached = std::fs::read_dir(ws.data_dir().join("cache"))
         .unwrap()
         .count();

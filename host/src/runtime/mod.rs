@@ -215,30 +215,43 @@ fn open_plugin(
     Ok((live, waiting))
 }
 
-/// `f` of every item, on as many threads as there are cores; in the items' order.
-/// Plain scoped threads, not rayon's pool: a load can wait for another load of its
-/// component under a lock, which a pool thread that steals work must never do.
-fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `f` of every item, on as many threads as there are cores; the results in the
+/// items' order, or the error of the first item (in that order) that failed: items
+/// after a failed one are not started. The threads run in the caller's tracing span
+/// and tokio runtime. Plain scoped threads, not rayon's pool: a load can wait for
+/// another load of its component under a lock, which a pool thread that steals work
+/// must never do.
+fn side_by_side<T: Sync, R: Send, E: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, E> + Sync,
+) -> Result<Vec<R>, E> {
     use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZero::get)
         .min(items.len());
     let next = AtomicUsize::new(0);
-    let mut done: Vec<(usize, R)> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut done = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, Relaxed);
-                        let Some(item) = items.get(i) else {
-                            return done;
-                        };
-                        done.push((i, f(item)));
-                    }
-                })
-            })
-            .collect();
+    // The lowest index that failed so far: nothing after it is started.
+    let failed = AtomicUsize::new(usize::MAX);
+    let span = tracing::Span::current();
+    let runtime = tokio::runtime::Handle::try_current().ok();
+    let work = || {
+        let _span = span.enter();
+        let _runtime = runtime.as_ref().map(tokio::runtime::Handle::enter);
+        let mut done = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Relaxed);
+            let Some(item) = items.get(i).filter(|_| i < failed.load(Relaxed)) else {
+                return done;
+            };
+            let result = f(item);
+            if result.is_err() {
+                failed.fetch_min(i, Relaxed);
+            }
+            done.push((i, result));
+        }
+    };
+    let mut done: Vec<(usize, Result<R, E>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads).map(|_| scope.spawn(work)).collect();
         workers
             .into_iter()
             .flat_map(|w| {
@@ -248,6 +261,8 @@ fn side_by_side<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             .collect()
     });
     done.sort_unstable_by_key(|(i, _)| *i);
+    // Every item before the first failure was started (the counter hands them out in
+    // order) and finished, so the first error here is the first in order.
     done.into_iter().map(|(_, r)| r).collect()
 }
 
@@ -266,17 +281,14 @@ impl Runtime {
             tracing::warn!(config = %config.path.display(), "{warning}");
         }
         // The plugins load side by side: reading, hashing and deserialising (or
-        // compiling) their components is most of a start. The first of them that does
-        // not load, in the config's order, fails the start.
+        // compiling) their components is most of a start. The first of them (by
+        // name) that does not load fails the start.
         let names: Vec<&String> = config.plugins.keys().collect();
         let opened = side_by_side(&names, |name| {
             open_plugin(&config, &engine, &node, data_dir, name)
                 .with_context(|| format!("{}: plugin `{name}`", config.path.display()))
-        });
-        let mut plugins = BTreeMap::new();
-        for (name, opened) in names.into_iter().zip(opened) {
-            plugins.insert(name.clone(), opened?);
-        }
+        })?;
+        let plugins: BTreeMap<_, _> = names.into_iter().cloned().zip(opened).collect();
         let kind_of = |name: &str| plugins.get(name).map(|p| p.0.kind());
         let flows = resolve_flows(&config, kind_of)?;
         apis::check_apis(&config, kind_of)?;
@@ -364,5 +376,36 @@ impl Runtime {
     /// The live version of every plugin instance, when it went live, what was refused.
     pub fn plugin_status(&self) -> Vec<LiveStatus> {
         self.plugins.status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::side_by_side;
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    #[test]
+    fn side_by_side_keeps_the_order_and_reports_the_first_failure_in_it() {
+        let items: Vec<usize> = (0..40).collect();
+        assert_eq!(
+            side_by_side(&items, |i| Ok::<_, usize>(i * 2)),
+            Ok((0..40).map(|i| i * 2).collect())
+        );
+
+        // Items 9 and 23 fail: whichever thread meets which first, the error is 9's,
+        // and every item before it ran.
+        let ran = AtomicUsize::new(0);
+        let result = side_by_side(&items, |&i| {
+            if i < 9 {
+                ran.fetch_add(1, Relaxed);
+            }
+            if i == 23 || i == 9 { Err(i) } else { Ok(i) }
+        });
+        assert_eq!(result, Err(9));
+        assert_eq!(ran.load(Relaxed), 9);
+        assert_eq!(
+            side_by_side(&[] as &[usize], |&i| Ok::<_, ()>(i)),
+            Ok(vec![])
+        );
     }
 }

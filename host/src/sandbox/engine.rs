@@ -104,6 +104,8 @@ pub struct Engine {
     /// component share one copy of its machine code, however many load it. An entry
     /// lives as long as a plugin holds its component or a load is filling it.
     loaded: Arc<Mutex<HashMap<String, Arc<Slot>>>>,
+    /// Components compiled since the engine started.
+    compiled: Arc<std::sync::atomic::AtomicU64>,
     /// Stops the epoch thread when the last clone goes.
     _ticker: Arc<Ticker>,
 }
@@ -217,6 +219,7 @@ impl Engine {
             listeners: crate::sandbox::egress::Listeners::default(),
             throttles: Arc::default(),
             loaded: Arc::default(),
+            compiled: Arc::default(),
             _ticker: Arc::new(Ticker { stop }),
         })
     }
@@ -254,6 +257,12 @@ impl Engine {
     /// The sandbox's audit log.
     pub fn audit(&self) -> &crate::store::audit::AuditLog {
         self.node.audit()
+    }
+
+    /// How many components this engine compiled (found neither in memory nor in
+    /// the cache).
+    pub fn compiled(&self) -> u64 {
+        self.compiled.load(Ordering::Relaxed)
     }
 
     /// The wasmtime engine.
@@ -302,8 +311,9 @@ impl Engine {
             .serialize()
             .map_err(anyhow::Error::from)
             .context("cannot serialise the compiled component")?;
-        // A temporary file of this load's own: two loads of one component at once
-        // each write theirs, and the last rename wins (the same bytes).
+        // A temporary file of this load's own: loads of one component in two engines
+        // (or processes) at once each write theirs, and the last rename wins (the
+        // same bytes).
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, Ordering::Relaxed);
         let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
@@ -311,6 +321,7 @@ impl Engine {
             .and_then(|()| std::fs::rename(&tmp, &path))
             .with_context(|| format!("cannot write {}", path.display()))?;
         self.node.set_compiled(key, &artifact_digest(&artifact))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%digest, ms = started.elapsed().as_millis() as u64, "component compiled");
         Ok(component)
     }

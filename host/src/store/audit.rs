@@ -11,11 +11,12 @@
 //! each refused request (no key, a bad key, a missing scope).
 //!
 //! Records are appended by a background writer that commits whatever is waiting in
-//! one transaction, at most one every 10 ms, so recording never blocks a plugin call;
-//! a crash can lose the records of the last few milliseconds. The channel to the
-//! writer is bounded: when it is full a record is dropped and counted, and the writer
-//! appends one record saying how many were dropped (never silent). Records are kept
-//! as long as outcomes (`retention_secs`) and swept with them.
+//! one transaction, at most one every 10 ms (sooner when a flush waits), so
+//! recording never blocks a plugin call; a crash can lose the records of the last
+//! few milliseconds. The channel to the writer is bounded: when it is full a record
+//! is dropped and counted, and the writer appends one record saying how many were
+//! dropped (never silent). Records are kept as long as outcomes (`retention_secs`)
+//! and swept with them.
 //!
 //! **Invariant:** a record holds names (plugin, capability, secret name, origin),
 //! never a secret's value.
@@ -114,7 +115,7 @@ pub const AUDIT_CHANNEL_CAPACITY: usize = 65_536;
 
 struct Writer {
     tx: Mutex<Option<mpsc::Sender<AuditRecord>>>,
-    /// Records sent and not yet taken by the writer, and how many may be: the channel
+    /// Records sent and not yet in a batch of the writer, and how many may be: the channel
     /// is bounded by this count rather than by a preallocated array (65,536 records'
     /// slots, ~13 MB touched at every start).
     queued: Arc<std::sync::atomic::AtomicUsize>,
@@ -234,15 +235,17 @@ fn write_loop(
             Err(mpsc::RecvTimeoutError::Timeout) => None,
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
-        if first.is_some() {
+        let mut waiting: Vec<_> = flush.try_iter().collect();
+        if first.is_some() && waiting.is_empty() {
             // Group commit: the records of the next few milliseconds share the first's
             // transaction (a load links ~20 capabilities, and a commit waits for the
             // disk while holding the database's write lock that loads and approvals
-            // need too). At most one commit per `LINGER`, however many records.
+            // need too). At most one commit per `LINGER`, however many records; none
+            // when someone waits for a flush.
             std::thread::sleep(LINGER);
         }
         // Flush requests seen now cover every record sent before them.
-        let waiting: Vec<_> = flush.try_iter().collect();
+        waiting.extend(flush.try_iter());
         let mut batch: Vec<AuditRecord> = first.into_iter().chain(rx.try_iter()).collect();
         queued.fetch_sub(batch.len(), std::sync::atomic::Ordering::Relaxed);
         let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);

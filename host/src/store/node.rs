@@ -97,10 +97,11 @@ impl NodeDb {
         &self.db
     }
 
-    /// Record which compiled artifact belongs to a component digest.
-    pub(crate) fn set_compiled(&self, digest: &str, artifact: &str) -> Result<(), StoreError> {
+    /// Record the digest of the compiled artifact of a cache key (the component's
+    /// digest and the engine's compatibility hash).
+    pub(crate) fn set_compiled(&self, key: &str, artifact: &str) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
-        txn.open_table(COMPILED)?.insert(digest, artifact)?;
+        txn.open_table(COMPILED)?.insert(key, artifact)?;
         txn.commit()?;
         Ok(())
     }
@@ -124,10 +125,10 @@ impl NodeDb {
         Ok(())
     }
 
-    /// The digest of the compiled artifact recorded for a component digest.
-    pub(crate) fn compiled(&self, digest: &str) -> Result<Option<String>, StoreError> {
+    /// The digest of the compiled artifact recorded for a cache key.
+    pub(crate) fn compiled(&self, key: &str) -> Result<Option<String>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(COMPILED)?;
-        Ok(table.get(digest)?.map(|v| v.value().to_owned()))
+        Ok(table.get(key)?.map(|v| v.value().to_owned()))
     }
 }
