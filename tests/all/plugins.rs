@@ -39,12 +39,18 @@ fn engine_at(data: &Path) -> (Engine, Arc<dyn Store>) {
     (Engine::new(node, store.clone(), data).unwrap(), store)
 }
 
+/// The quote mapping's component and its digest.
+fn mapping_component(ws: &Workspace) -> (Vec<u8>, String) {
+    let wasm = std::fs::read(ws.path().join("plugins/quote-to-order/quote_to_order.wasm")).unwrap();
+    let digest = tenon::model::digest(&wasm);
+    (wasm, digest)
+}
+
 #[test]
 fn instances_of_one_component_share_its_compiled_code_while_held() {
     let ws = Workspace::new();
     let (engine, _store) = engine_at(&ws.data_dir());
-    let wasm = std::fs::read(ws.path().join("plugins/quote-to-order/quote_to_order.wasm")).unwrap();
-    let digest = tenon::model::digest(&wasm);
+    let (wasm, digest) = mapping_component(&ws);
     let first = engine.component(&wasm, &digest).unwrap();
     let second = engine.component(&wasm, &digest).unwrap();
     assert!(
@@ -68,8 +74,7 @@ fn loads_of_one_component_at_once_share_one_copy() {
     // two ERP sinks) then ask for one component at the same moment, here uncompiled.
     let ws = Workspace::new();
     let (engine, _store) = engine_at(&ws.data_dir());
-    let wasm = std::fs::read(ws.path().join("plugins/quote-to-order/quote_to_order.wasm")).unwrap();
-    let digest = tenon::model::digest(&wasm);
+    let (wasm, digest) = mapping_component(&ws);
     let start = std::sync::Barrier::new(2);
     let (a, b) = std::thread::scope(|s| {
         let load = || {

@@ -349,3 +349,38 @@ impl Engine {
         Ok(component.ok())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    /// The smallest valid component: the preamble, nothing in it.
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
+
+    #[test]
+    fn an_artifact_is_compiled_once_then_verified_and_an_older_record_compiles_it_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = NodeDb::open(dir.path()).unwrap();
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node).unwrap());
+        let engine = Engine::new(node.clone(), store, dir.path()).unwrap();
+        let digest = crate::model::digest(EMPTY_COMPONENT);
+        let key = format!("{digest}@{}", engine.compat);
+
+        drop(engine.component(EMPTY_COMPONENT, &digest).unwrap());
+        assert_eq!(engine.compiled(), 1);
+        let recorded = node.compiled(&key).unwrap().unwrap();
+        assert!(recorded.starts_with("blake3:"), "{recorded}");
+        // Nobody holds it: the next load reads and verifies the cached artifact.
+        drop(engine.component(EMPTY_COMPONENT, &digest).unwrap());
+        assert_eq!(engine.compiled(), 1, "the verified artifact was not used");
+
+        // A record of the form an older Tenon wrote (sha256) is not trusted as a
+        // match: the component is compiled again and recorded the new way.
+        node.set_compiled(&key, &crate::model::digest(b"an older record"))
+            .unwrap();
+        drop(engine.component(EMPTY_COMPONENT, &digest).unwrap());
+        assert_eq!(engine.compiled(), 2);
+        assert!(node.compiled(&key).unwrap().unwrap().starts_with("blake3:"));
+    }
+}
