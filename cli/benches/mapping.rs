@@ -21,7 +21,8 @@
 //! the candidate is faster).
 //!
 //! For profiling one path alone (e.g. under `perf record`): `TENON_BENCH_FRESH_ONLY=1`
-//! or `TENON_BENCH_REUSED_ONLY=1`; `TENON_BENCH_NO_EPOCH=1`,
+//! or `TENON_BENCH_REUSED_ONLY=1` (of the candidate, when one is given), and
+//! `TENON_BENCH_SIZE=2kb` or `10kb` for one size; `TENON_BENCH_NO_EPOCH=1`,
 //! `TENON_BENCH_KEEP_RESIDENT=<bytes>` and `TENON_BENCH_NO_PAGEMAP_SCAN=1` change the
 //! engine's settings; `TENON_PERFMAP=1` lets `perf report` name the guest's functions
 //! (build the plugin with `--config profile.release.strip=false` and pass it as a
@@ -97,8 +98,15 @@ async fn run() -> anyhow::Result<()> {
     )?;
     let kept_unlimited = Plugin::load(&unlimited_engine, "quote-to-order", &mapping, &reuse)?;
 
+    let one_path = ["TENON_BENCH_FRESH_ONLY", "TENON_BENCH_REUSED_ONLY"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some());
+    let only_size = std::env::var("TENON_BENCH_SIZE").ok();
     let mut headline = Vec::new();
     for (label, size) in [("2kb", 2 * 1024), ("10kb", 10 * 1024)] {
+        if only_size.as_deref().is_some_and(|only| only != label) {
+            continue;
+        }
         let body = quote_of_size(size)?;
         let message = quote_message(body.clone());
         // Same code, same answer: the component's output equals the native one.
@@ -113,6 +121,37 @@ async fn run() -> anyhow::Result<()> {
             .collect();
         anyhow::ensure!(native_out == wasm_out, "WASM and native outputs differ");
 
+        if one_path {
+            // The candidate alone, when there is one (to profile it by name).
+            let reused_only = std::env::var_os("TENON_BENCH_REUSED_ONLY").is_some();
+            let (path, settings) = match reused_only {
+                true => ("reused", &reuse),
+                false => ("fresh", &PluginSettings::default()),
+            };
+            let loaded = match std::env::var_os("TENON_BENCH_CANDIDATE") {
+                Some(wasm) => {
+                    let candidate = candidate_plugin(&mapping, std::path::Path::new(&wasm))?;
+                    Some(Plugin::load(
+                        &engine,
+                        "quote-to-order",
+                        &candidate,
+                        settings,
+                    )?)
+                }
+                None => None,
+            };
+            let instance = match (&loaded, reused_only) {
+                (Some(candidate), _) => candidate,
+                (None, true) => &kept,
+                (None, false) => &plugin,
+            };
+            let per_sec = rate(async || {
+                let _ = std::hint::black_box(instance.transform(&message).await);
+            })
+            .await;
+            tenon_testkit::bench::line(&format!("wasm_{path}_{label}"), per_sec as f64, "msg/s", 0);
+            continue;
+        }
         if let Some(wasm) = std::env::var_os("TENON_BENCH_CANDIDATE") {
             let candidate = candidate_plugin(&mapping, std::path::Path::new(&wasm))?;
             let fresh = Plugin::load(
@@ -136,22 +175,6 @@ async fn run() -> anyhow::Result<()> {
                 "x",
                 3,
             );
-            continue;
-        }
-        if std::env::var_os("TENON_BENCH_REUSED_ONLY").is_some() {
-            let per_sec = rate(async || {
-                let _ = std::hint::black_box(kept.transform(&message).await);
-            })
-            .await;
-            tenon_testkit::bench::line(&format!("wasm_reused_{label}"), per_sec as f64, "msg/s", 0);
-            continue;
-        }
-        if std::env::var_os("TENON_BENCH_FRESH_ONLY").is_some() {
-            let per_sec = rate(async || {
-                let _ = std::hint::black_box(plugin.transform(&message).await);
-            })
-            .await;
-            tenon_testkit::bench::line(&format!("wasm_fresh_{label}"), per_sec as f64, "msg/s", 0);
             continue;
         }
         let (mut native, mut wasm_reused, mut wasm_fresh) = (0f64, 0f64, 0f64);
@@ -240,9 +263,6 @@ async fn run() -> anyhow::Result<()> {
             fresh_unlimited / wasm_fresh,
         ));
     }
-    let one_path = ["TENON_BENCH_FRESH_ONLY", "TENON_BENCH_REUSED_ONLY"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some());
     if one_path {
         return Ok(());
     }

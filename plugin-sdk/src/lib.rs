@@ -47,8 +47,9 @@ pub mod url;
 pub use message::{Failure, Message, RawRequest, Receipt};
 
 /// Every allocation a plugin makes goes through this allocator on wasm (a component
-/// is single-threaded). Talc, over wasi-libc's dlmalloc: the `mapping` bench maps a
-/// quote 2-6% faster with it, fresh or kept (medians of paired rounds).
+/// is single-threaded): Talc over an arena in the module's data, then growth (see
+/// [`heap`] for why). Talc over wasi-libc's dlmalloc: the `mapping` bench maps a quote
+/// 2-6% faster with it, fresh or kept (medians of paired rounds).
 /// The feature `allocator` (on by default) installs it; a plugin with its own
 /// `#[global_allocator]` turns default features off.
 #[cfg(all(
@@ -57,7 +58,13 @@ pub use message::{Failure, Message, RawRequest, Receipt};
     not(target_feature = "atomics")
 ))]
 #[global_allocator]
-static ALLOCATOR: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+static ALLOCATOR: heap::Allocator = heap::allocator();
+#[cfg(all(
+    feature = "allocator",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+pub mod heap;
 pub use tenon_model as model;
 pub use tenon_sdk_macros::{api, sink, source, transform};
 
