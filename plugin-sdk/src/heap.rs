@@ -1,98 +1,137 @@
-//! The plugin's global allocator on wasm: Talc, fed first from an arena inside the
-//! module's own zero-initialised data, then from linear memory grown page by page.
+//! The plugin's global allocator on wasm: a bump arena inside the module's own
+//! zero-initialised data, then Talc over linear memory grown as needed.
 //!
-//! Why an arena: the runtime gives each message a fresh instance by default, and an
-//! instance starts with only its stack and data in memory. Growing memory from there
-//! is cheap in WASM but not in the host: each `memory.grow` changes the protection
-//! of pages in the pooled slot (an `mprotect`, with a TLB shootdown on every core
-//! that ran the process), and resetting the slot for the next instance changes it
-//! back. The arena sits in `.bss`, so it is part of the initial memory (no growth for
-//! a message that fits in it), costs nothing in the compiled component (zero pages
-//! are not stored), and only the pages an instance touches become resident.
+//! The runtime gives each message a fresh instance by default, so most instances
+//! live for one call and are thrown away whole. For them:
 //!
-//! Past the arena, memory grows by what an allocation needs and no more, as Talc's
-//! own `WasmGrowAndExtend` does: a plugin's memory grant is a hard limit, and a
-//! growth it refuses fails the call, so the allocator never grows speculatively.
-
+//! - **Allocation is a pointer bump and freeing does nothing** (except for the
+//!   allocation made last, which is taken back): nothing allocated needs to outlive
+//!   the instance, so keeping free lists is wasted work.
+//! - **Memory does not grow.** An instance starts with only its stack and data; each
+//!   `memory.grow` costs the host an `mprotect` of the pooled slot (and one more when
+//!   the slot is reset), with a TLB shootdown on every core that ran the process.
+//!   The arena sits in `.bss`: part of the initial memory, nothing in the compiled
+//!   component (zero pages are not stored), resident only where touched.
+//!
+//! An instance kept across messages, or one that needs more than the arena holds,
+//! goes on with Talc, which reuses what is freed and grows memory by what an
+//! allocation needs and no more: a plugin's memory grant is a hard limit, and a
+//! growth it refuses fails the call, so nothing grows speculatively.
 #![allow(
     unsafe_code,
-    reason = "an allocator's source hands out raw memory; the one place the SDK needs unsafe"
+    reason = "a global allocator hands out raw memory; the one place the SDK needs unsafe"
 )]
 
-use core::alloc::Layout;
-use core::arch::wasm32::memory_grow;
+use core::alloc::{GlobalAlloc, Layout};
+use core::cell::Cell;
 use core::mem::MaybeUninit;
-use core::ptr::NonNull;
-use talc::base::Talc;
-use talc::base::binning::Binning;
-use talc::cell::TalcSyncCell;
-use talc::source::Source;
-use talc::wasm::WasmBinning;
+use talc::wasm::WasmDynamicTalc;
 
-/// Bytes of the arena: a ~10 KB quote mapped into orders needs ~200 KB of heap at
-/// its peak, so most messages never grow memory. It counts against the plugin's
-/// memory grant like any other memory (grants are whole MiB: any grant holds it).
-pub const ARENA_BYTES: usize = 512 << 10;
-
-const PAGE: usize = 64 << 10;
+/// Bytes of the arena. Mapping a quote into orders allocates about twelve times the
+/// quote's size in all (counted natively: 29 KB for a 2.5 KB quote, 124 KB for
+/// 10.6 KB), so the arena holds a message of up to ~80 KB. It counts against the
+/// plugin's memory grant like any other memory (grants are whole MiB: any grant
+/// holds it).
+pub const ARENA_BYTES: usize = 1 << 20;
 
 static mut ARENA: [MaybeUninit<u8>; ARENA_BYTES] = [MaybeUninit::uninit(); ARENA_BYTES];
 
-/// The allocator's source of memory: the arena once, then growth.
-#[derive(Debug)]
-pub struct ArenaThenGrow {
-    arena_claimed: bool,
-    /// The end of the heap grown last, to extend it when memory grows again.
-    end: Option<NonNull<u8>>,
-}
-
-/// The type of the SDK's global allocator.
-pub type Allocator = TalcSyncCell<ArenaThenGrow, WasmBinning>;
-
 /// The SDK's global allocator (see the module's docs).
-pub const fn allocator() -> Allocator {
-    TalcSyncCell::new_wasm(ArenaThenGrow {
-        arena_claimed: false,
-        end: None,
-    })
+pub struct Allocator {
+    /// Offset of the arena's first free byte.
+    next: Cell<usize>,
+    /// Where allocations go once the arena is full.
+    talc: WasmDynamicTalc,
 }
 
-// SAFETY: `acquire` allocates nothing itself; it hands Talc the arena (memory nothing
-// else uses: the static is private to this module) and then memory fresh from
-// `memory.grow` (beyond everything in use).
-unsafe impl Source for ArenaThenGrow {
-    fn acquire<B: Binning>(talc: &mut Talc<Self, B>, layout: Layout) -> Result<(), ()> {
-        if !talc.source.arena_claimed {
-            talc.source.arena_claimed = true;
-            // SAFETY: see above; claimed once.
-            let claimed = unsafe { talc.claim((&raw mut ARENA).cast(), ARENA_BYTES) };
-            if claimed.is_some() {
-                // Talc retries the allocation, and comes back here if it does not fit.
-                return Ok(());
-            }
-        }
-        let pages = pages_for(layout);
-        let previous = memory_grow::<0>(pages);
-        if previous == usize::MAX {
-            return Err(());
-        }
-        let base = (previous * PAGE) as *mut u8;
-        let bytes = pages * PAGE;
-        // SAFETY: the pages were just added to linear memory; nothing else knows them.
-        let end = unsafe {
-            match talc.source.end.take() {
-                Some(end) if end.as_ptr() == base => Some(talc.extend(end, base.add(bytes))),
-                _ => talc.claim(base, bytes),
-            }
-        };
-        talc.source.end = end;
-        Ok(())
+// SAFETY: compiled only for single-threaded WebAssembly (see the `cfg` in `lib.rs`).
+unsafe impl Sync for Allocator {}
+
+impl core::fmt::Debug for Allocator {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Allocator")
+            .field("arena_used", &self.next.get())
+            .finish_non_exhaustive()
     }
 }
 
-/// Pages a new heap needs to hold `layout`, with Talc's per-heap and per-chunk
-/// overhead (generously: a page too many is cheaper than a second growth).
-fn pages_for(layout: Layout) -> usize {
-    let overhead = 4 * talc::base::CHUNK_UNIT + layout.align();
-    layout.size().saturating_add(overhead).div_ceil(PAGE)
+/// The SDK's global allocator.
+pub const fn allocator() -> Allocator {
+    Allocator {
+        next: Cell::new(0),
+        talc: talc::wasm::new_wasm_dynamic_allocator(),
+    }
+}
+
+impl Allocator {
+    fn base() -> usize {
+        (&raw mut ARENA) as usize
+    }
+
+    fn in_arena(ptr: *mut u8) -> bool {
+        (ptr as usize).wrapping_sub(Self::base()) < ARENA_BYTES
+    }
+
+    /// `layout` from the arena, if it still has room.
+    fn bump(&self, layout: Layout) -> Option<*mut u8> {
+        let base = Self::base();
+        let start = (base + self.next.get()).checked_next_multiple_of(layout.align())?;
+        let end = start.checked_add(layout.size())?;
+        if end - base > ARENA_BYTES {
+            return None;
+        }
+        self.next.set(end - base);
+        Some(start as *mut u8)
+    }
+}
+
+unsafe impl GlobalAlloc for Allocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        match self.bump(layout) {
+            Some(ptr) => ptr,
+            // SAFETY: the caller's contract, passed on.
+            None => unsafe { self.talc.alloc(layout) },
+        }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if !Self::in_arena(ptr) {
+            // SAFETY: not from the arena, so from Talc.
+            return unsafe { self.talc.dealloc(ptr, layout) };
+        }
+        // The last allocation is taken back; the rest stays until the instance goes.
+        if ptr as usize + layout.size() == Self::base() + self.next.get() {
+            self.next.set(ptr as usize - Self::base());
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !Self::in_arena(ptr) {
+            // SAFETY: not from the arena, so from Talc.
+            return unsafe { self.talc.realloc(ptr, layout, new_size) };
+        }
+        let offset = ptr as usize - Self::base();
+        let last = offset + layout.size() == self.next.get();
+        if last && offset + new_size <= ARENA_BYTES {
+            // The last allocation grows or shrinks where it is.
+            self.next.set(offset + new_size);
+            return ptr;
+        }
+        if new_size <= layout.size() {
+            return ptr;
+        }
+        // SAFETY: `new_size` is nonzero (it exceeds the old size) and rounds to a
+        // valid layout with the old alignment (the caller's contract).
+        let new_layout = unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) };
+        // SAFETY: as for `alloc`.
+        let new = unsafe { self.alloc(new_layout) };
+        if !new.is_null() {
+            // SAFETY: both blocks are live and distinct; the old one holds
+            // `layout.size()` bytes, fewer than the new one.
+            unsafe { core::ptr::copy_nonoverlapping(ptr, new, layout.size()) };
+            // SAFETY: `ptr` came from the arena with `layout`.
+            unsafe { self.dealloc(ptr, layout) };
+        }
+        new
+    }
 }

@@ -47,9 +47,9 @@ pub mod url;
 pub use message::{Failure, Message, RawRequest, Receipt};
 
 /// Every allocation a plugin makes goes through this allocator on wasm (a component
-/// is single-threaded): Talc over an arena in the module's data, then growth (see
-/// [`heap`] for why). Talc over wasi-libc's dlmalloc: the `mapping` bench maps a quote
-/// 2-6% faster with it, fresh or kept (medians of paired rounds).
+/// is single-threaded): a bump arena in the module's data, then Talc (see [`heap`]
+/// for why). Talc over wasi-libc's dlmalloc: the `mapping` bench maps a quote 2-6%
+/// faster with it, fresh or kept (medians of paired rounds).
 /// The feature `allocator` (on by default) installs it; a plugin with its own
 /// `#[global_allocator]` turns default features off.
 #[cfg(all(
