@@ -319,3 +319,62 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
         "{err}"
     );
 }
+
+/// A quote of at least `lines` lines, MessagePack-encoded as between steps: the bundle
+/// sample's lines repeated under new keys.
+fn quote_with_lines(lines: usize) -> Vec<u8> {
+    use tenon_sdk::model::{Encoding, Quote};
+    let model: cpq_source::QuoteModel =
+        serde_json::from_str(crate::support::sample("bundle.json")).unwrap();
+    let mut quote: Quote = cpq_source::to_quote(model, None).unwrap();
+    let template = quote.lines.clone();
+    let mut key = 1000;
+    while quote.lines.len() < lines {
+        for line in &template {
+            let mut line = line.clone();
+            line.key = key;
+            line.parent_key = None;
+            key += 1;
+            quote.lines.push(line);
+        }
+    }
+    Encoding::MsgPack.encode(&quote).unwrap()
+}
+
+/// The SDK's allocator serves a fresh instance from a bump arena of 1 MiB and goes on
+/// with Talc past it: a message too big for the arena maps exactly as natively, in a
+/// fresh instance and in a kept one (whose arena is spent after its first messages),
+/// with small messages between the big ones.
+#[tokio::test]
+async fn messages_past_the_plugin_allocators_arena_map_as_natively() {
+    use tenon_sdk::model::Encoding;
+    let ws = Workspace::new();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let dir = ws.path().join("plugins/quote-to-order");
+    let fresh = Plugin::load(&engine, "fresh", &dir, &PluginSettings::default()).unwrap();
+    let kept_settings = PluginSettings {
+        reuse_instances: true,
+        ..PluginSettings::default()
+    };
+    let kept = Plugin::load(&engine, "kept", &dir, &kept_settings).unwrap();
+    let (small, big) = (quote_with_lines(4), quote_with_lines(1000));
+    assert!(big.len() > 150_000, "{} bytes", big.len());
+    for body in [&small, &big, &small, &big, &big, &small] {
+        let native = quote_to_order::map_encoded(Encoding::MsgPack, body).unwrap();
+        let input = StoredMessage {
+            content_type: "application/msgpack".into(),
+            body: body.clone(),
+            ..message()
+        };
+        for plugin in [&fresh, &kept] {
+            let out: Vec<Vec<u8>> = plugin
+                .transform(&input)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.body)
+                .collect();
+            assert_eq!(out, native, "{} bytes", body.len());
+        }
+    }
+}
