@@ -4,19 +4,22 @@
 //! The runtime gives each message a fresh instance by default, so most instances
 //! live for one call and are thrown away whole. For them:
 //!
-//! - **Allocation is a pointer bump and freeing does nothing** (except for the
-//!   allocation made last, which is taken back): nothing allocated needs to outlive
-//!   the instance, so keeping free lists is wasted work.
+//! - **Allocation is a pointer bump and freeing does nothing**, except that the
+//!   allocation made last is taken back, and the whole arena once nothing in it is
+//!   in use any more: nothing allocated needs to outlive the instance, so keeping
+//!   free lists is wasted work. An instance kept across messages that holds nothing
+//!   from one message to the next starts each message on an empty arena.
 //! - **Memory does not grow.** An instance starts with only its stack and data; each
 //!   `memory.grow` costs the host an `mprotect` of the pooled slot (and one more when
 //!   the slot is reset), with a TLB shootdown on every core that ran the process.
 //!   The arena sits in `.bss`: part of the initial memory, nothing in the compiled
 //!   component (zero pages are not stored), resident only where touched.
 //!
-//! An instance kept across messages, or one that needs more than the arena holds,
-//! goes on with Talc, which reuses what is freed and grows memory by what an
-//! allocation needs and no more: a plugin's memory grant is a hard limit, and a
-//! growth it refuses fails the call, so nothing grows speculatively.
+//! An instance that needs more than the arena holds (a big message, or a kept
+//! instance that holds on to some of what it allocated) goes on with Talc, which
+//! reuses what is freed and grows memory by what an allocation needs and no more: a
+//! plugin's memory grant is a hard limit, and a growth it refuses fails the call,
+//! so nothing grows speculatively.
 #![allow(
     unsafe_code,
     reason = "a global allocator hands out raw memory; the one place the SDK needs unsafe"
@@ -40,6 +43,8 @@ static mut ARENA: [MaybeUninit<u8>; ARENA_BYTES] = [MaybeUninit::uninit(); ARENA
 pub struct Allocator {
     /// Offset of the arena's first free byte.
     next: Cell<usize>,
+    /// Allocations from the arena not yet freed: at none, the arena starts over.
+    live: Cell<usize>,
     /// Where allocations go once the arena is full.
     talc: WasmDynamicTalc,
 }
@@ -59,6 +64,7 @@ impl core::fmt::Debug for Allocator {
 pub const fn allocator() -> Allocator {
     Allocator {
         next: Cell::new(0),
+        live: Cell::new(0),
         talc: talc::wasm::new_wasm_dynamic_allocator(),
     }
 }
@@ -81,6 +87,7 @@ impl Allocator {
             return None;
         }
         self.next.set(end - base);
+        self.live.set(self.live.get() + 1);
         Some(start as *mut u8)
     }
 }
@@ -99,8 +106,13 @@ unsafe impl GlobalAlloc for Allocator {
             // SAFETY: not from the arena, so from Talc.
             return unsafe { self.talc.dealloc(ptr, layout) };
         }
-        // The last allocation is taken back; the rest stays until the instance goes.
-        if ptr as usize + layout.size() == Self::base() + self.next.get() {
+        let live = self.live.get() - 1;
+        self.live.set(live);
+        if live == 0 {
+            // Nothing in the arena is in use: all of it is free again.
+            self.next.set(0);
+        } else if ptr as usize + layout.size() == Self::base() + self.next.get() {
+            // The last allocation is taken back.
             self.next.set(ptr as usize - Self::base());
         }
     }
