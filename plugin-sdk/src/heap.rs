@@ -4,9 +4,9 @@
 //! The runtime gives each message a fresh instance by default, so most instances
 //! live for one call and are thrown away whole. For them:
 //!
-//! - **Allocation is a pointer bump and freeing does nothing**, except that the
-//!   allocation made last is taken back, and the whole arena once nothing in it is
-//!   in use any more: nothing allocated needs to outlive the instance, so keeping
+//! - **Allocation is a pointer bump and freeing does nothing**, except that the block
+//!   that ends at the bump pointer is taken back, and the whole arena once nothing in
+//!   it is in use any more: nothing allocated needs to outlive the instance, so keeping
 //!   free lists is wasted work. An instance kept across messages that holds nothing
 //!   from one message to the next starts each message on an empty arena.
 //! - **Memory does not grow.** An instance starts with only its stack and data; each
@@ -32,15 +32,19 @@ use talc::wasm::WasmDynamicTalc;
 
 /// Bytes of the arena. Mapping a quote into orders allocates about twelve times the
 /// quote's size in all (counted natively: 29 KB for a 2.5 KB quote, 124 KB for
-/// 10.6 KB), so the arena holds a message of up to ~80 KB. It counts against the
-/// plugin's memory grant like any other memory (grants are whole MiB: any grant
-/// holds it).
+/// 10.6 KB), so the arena holds a message of up to ~80 KB. It is part of the initial
+/// memory, which counts against the plugin's memory grant like any other: with the
+/// stack and data, a plugin needs a grant of at least 2 MiB to start.
 pub const ARENA_BYTES: usize = 1 << 20;
+
+#[cfg(any(not(target_family = "wasm"), target_feature = "atomics"))]
+compile_error!("the SDK's allocator is for single-threaded WebAssembly only");
 
 static mut ARENA: [MaybeUninit<u8>; ARENA_BYTES] = [MaybeUninit::uninit(); ARENA_BYTES];
 
-/// The SDK's global allocator (see the module's docs).
-pub struct Allocator {
+/// The SDK's global allocator (see the module's docs). There is one: a second over
+/// the same arena would hand out memory the first has in use.
+pub(crate) struct Allocator {
     /// Offset of the arena's first free byte.
     next: Cell<usize>,
     /// Allocations from the arena not yet freed: at none, the arena starts over.
@@ -49,7 +53,8 @@ pub struct Allocator {
     talc: WasmDynamicTalc,
 }
 
-// SAFETY: compiled only for single-threaded WebAssembly (see the `cfg` in `lib.rs`).
+// SAFETY: compiled only for single-threaded WebAssembly (the `compile_error!` above):
+// no threads, no signal handlers, and no re-entry (Talc's source only grows memory).
 unsafe impl Sync for Allocator {}
 
 impl core::fmt::Debug for Allocator {
@@ -60,8 +65,8 @@ impl core::fmt::Debug for Allocator {
     }
 }
 
-/// The SDK's global allocator.
-pub const fn allocator() -> Allocator {
+/// The SDK's global allocator, for the one `#[global_allocator]` in `lib.rs`.
+pub(crate) const fn allocator() -> Allocator {
     Allocator {
         next: Cell::new(0),
         live: Cell::new(0),
@@ -71,24 +76,29 @@ pub const fn allocator() -> Allocator {
 
 impl Allocator {
     fn base() -> usize {
-        (&raw mut ARENA) as usize
+        (&raw mut ARENA).addr()
+    }
+
+    /// The arena's byte at `offset` (keeping the arena's provenance).
+    fn at(offset: usize) -> *mut u8 {
+        (&raw mut ARENA).cast::<u8>().wrapping_add(offset)
     }
 
     fn in_arena(ptr: *mut u8) -> bool {
-        (ptr as usize).wrapping_sub(Self::base()) < ARENA_BYTES
+        ptr.addr().wrapping_sub(Self::base()) < ARENA_BYTES
     }
 
     /// `layout` from the arena, if it still has room.
     fn bump(&self, layout: Layout) -> Option<*mut u8> {
         let base = Self::base();
-        let start = (base + self.next.get()).checked_next_multiple_of(layout.align())?;
+        let start = (base + self.next.get()).checked_next_multiple_of(layout.align())? - base;
         let end = start.checked_add(layout.size())?;
-        if end - base > ARENA_BYTES {
+        if end > ARENA_BYTES {
             return None;
         }
-        self.next.set(end - base);
+        self.next.set(end);
         self.live.set(self.live.get() + 1);
-        Some(start as *mut u8)
+        Some(Self::at(start))
     }
 }
 
@@ -111,9 +121,12 @@ unsafe impl GlobalAlloc for Allocator {
         if live == 0 {
             // Nothing in the arena is in use: all of it is free again.
             self.next.set(0);
-        } else if ptr as usize + layout.size() == Self::base() + self.next.get() {
-            // The last allocation is taken back.
-            self.next.set(ptr as usize - Self::base());
+        } else {
+            let offset = ptr.addr() - Self::base();
+            if offset + layout.size() == self.next.get() {
+                // The block that ends at the bump pointer is taken back.
+                self.next.set(offset);
+            }
         }
     }
 
@@ -122,7 +135,7 @@ unsafe impl GlobalAlloc for Allocator {
             // SAFETY: not from the arena, so from Talc.
             return unsafe { self.talc.realloc(ptr, layout, new_size) };
         }
-        let offset = ptr as usize - Self::base();
+        let offset = ptr.addr() - Self::base();
         let last = offset + layout.size() == self.next.get();
         if last && offset + new_size <= ARENA_BYTES {
             // The last allocation grows or shrinks where it is.

@@ -47,8 +47,8 @@ pub mod url;
 pub use message::{Failure, Message, RawRequest, Receipt};
 
 /// Every allocation a plugin makes goes through this allocator on wasm (a component
-/// is single-threaded): a bump arena in the module's data, then Talc (see [`heap`]
-/// for why). Talc over wasi-libc's dlmalloc: the `mapping` bench maps a quote 2-6%
+/// is single-threaded): a bump arena in the module's data, then Talc (`heap.rs` says
+/// why). Talc over wasi-libc's dlmalloc: the `mapping` bench maps a quote 2-6%
 /// faster with it, fresh or kept (medians of paired rounds).
 /// The feature `allocator` (on by default) installs it; a plugin with its own
 /// `#[global_allocator]` turns default features off.
@@ -64,7 +64,7 @@ static ALLOCATOR: heap::Allocator = heap::allocator();
     target_arch = "wasm32",
     not(target_feature = "atomics")
 ))]
-pub mod heap;
+mod heap;
 pub use tenon_model as model;
 pub use tenon_sdk_macros::{api, sink, source, transform};
 

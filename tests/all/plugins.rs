@@ -341,10 +341,9 @@ fn quote_with_lines(lines: usize) -> Vec<u8> {
     Encoding::MsgPack.encode(&quote).unwrap()
 }
 
-/// The SDK's allocator serves a fresh instance from a bump arena of 1 MiB and goes on
-/// with Talc past it: a message too big for the arena maps exactly as natively, in a
-/// fresh instance and in a kept one (whose arena is spent after its first messages),
-/// with small messages between the big ones.
+/// The SDK's allocator serves an instance from a bump arena of 1 MiB and goes on with
+/// Talc past it: a message too big for the arena maps exactly as natively, in a fresh
+/// instance and in a kept one, with small messages between the big ones.
 #[tokio::test]
 async fn messages_past_the_plugin_allocators_arena_map_as_natively() {
     use tenon_sdk::model::Encoding;
@@ -376,5 +375,47 @@ async fn messages_past_the_plugin_allocators_arena_map_as_natively() {
                 .collect();
             assert_eq!(out, native, "{} bytes", body.len());
         }
+    }
+}
+
+/// The SDK's allocator, seen from inside: a kept instance that holds nothing between
+/// messages starts each on an empty arena (what it allocates first lands at the same
+/// address every time), and an allocation too big for the 1 MiB arena comes from
+/// memory above it (Talc), after which the arena still starts over.
+#[tokio::test]
+async fn a_kept_instance_starts_each_message_on_an_empty_arena_and_big_allocations_go_past_it() {
+    let ws = Workspace::new();
+    let (engine, _store) = engine_at(&ws.data_dir());
+    let dir = ws.path().join("plugins/misbehave");
+    let load = |name: &str, size: usize| {
+        let mut settings = settings(&[("mode", "heap"), ("size", &size.to_string())]);
+        settings.reuse_instances = true;
+        Plugin::load(&engine, name, &dir, &settings).unwrap()
+    };
+    let addresses = async |plugin: &Plugin| -> (u64, u64) {
+        let out = plugin.transform(&message()).await.unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&out[0].body).unwrap();
+        (
+            body["probe"].as_u64().unwrap(),
+            body["big"].as_u64().unwrap(),
+        )
+    };
+
+    let small = load("small", 64 << 10);
+    let (probe, big) = addresses(&small).await;
+    assert!(big > probe && big - probe < 1 << 20, "{probe} {big}");
+    for _ in 0..5 {
+        assert_eq!(addresses(&small).await, (probe, big));
+    }
+
+    let large = load("large", 3 << 19);
+    let (first_probe, _) = addresses(&large).await;
+    for _ in 0..3 {
+        let (probe, big) = addresses(&large).await;
+        assert_eq!(probe, first_probe);
+        assert!(
+            big >= probe + (1000 << 10),
+            "{probe} {big}: not past the arena"
+        );
     }
 }
