@@ -31,6 +31,15 @@
 //! [`testing::Host`] (config, secrets, key-value data, recorded HTTP exchanges).
 #![deny(missing_docs)]
 
+#[cfg(any(
+    test,
+    all(
+        feature = "allocator",
+        target_arch = "wasm32",
+        not(target_feature = "atomics")
+    )
+))]
+mod arena;
 mod message;
 
 pub mod api;
