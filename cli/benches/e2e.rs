@@ -3,7 +3,9 @@
 //! quote-to-order flow (CPQ source, quote-to-order transform, HTTP sink), ~2 KB quotes.
 //!
 //! 1. Saturation: lanes post as fast as they are answered for a few seconds; the
-//!    figure is orders delivered at the ERP per second (`e2e_quotes_per_s`).
+//!    figure is orders delivered at the ERP per second (`e2e_quotes_per_s`), and the
+//!    node's CPU time per quote delivered (`e2e_node_cpu_us_per_quote`: all its
+//!    threads, from `/proc`; it moves less than the rate when the machine is shared).
 //! 2. Latency at 50% and at 80% of that rate, a fixed offered load: p50 / p99 / p99.9
 //!    from the moment each quote was *scheduled* to be posted (so a stall delays the
 //!    sends behind it and is counted, not hidden) to the moment its order reaches the
@@ -14,6 +16,9 @@
 //!    by hop (`fuse = false`), runs in the order fused, unfused, unfused, fused:
 //!    `e2e_chain_quotes_per_s`, `e2e_chain_unfused_quotes_per_s` and their ratio
 //!    `e2e_chain_fused_vs_unfused`.
+//!
+//! `TENON_BENCH_SATURATION_ONLY=1` runs only part 1; `TENON_BENCH_BIN=<path>` runs
+//! another build of the `tenon` binary (two builds compare in alternating runs).
 
 mod common;
 
@@ -43,13 +48,26 @@ async fn run() -> anyhow::Result<()> {
         // 1. Saturation.
         let before = erp.orders();
         let started = Instant::now();
+        let cpu = node.cpu()?;
         let sent = post(&[&node], "S", None, SATURATION).await?.accepted;
         drain(&erp, before + sent.len(), Duration::from_secs(60)).await;
         let delivered = erp.orders() - before;
         let rate = delivered as f64 / started.elapsed().as_secs_f64();
+        // What the node spends on a quote, whatever else the machine runs: steadier
+        // than the rate on a shared machine, so two builds compare by it.
+        let cpu = node.cpu()?.saturating_sub(cpu);
         tenon_testkit::bench::line("e2e_offered_saturation", sent.len() as f64, "quotes", 0);
         tenon_testkit::bench::line("e2e_quotes_per_s", rate as f64, "1/s", 0);
+        tenon_testkit::bench::line(
+            "e2e_node_cpu_us_per_quote",
+            cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            "us",
+            0,
+        );
 
+        if saturation_only() {
+            return Ok(());
+        }
         // 2. Latency at 50% and 80% of that rate.
         for (share, suffix, tag) in [(0.5, "", "L"), (0.8, "_80", "M")] {
             let offered = (rate * share).max(10.0);
@@ -106,6 +124,9 @@ async fn run() -> anyhow::Result<()> {
     .await;
     drop(node);
     result?;
+    if saturation_only() {
+        return Ok(());
+    }
 
     // 3. The chain, fused and hop by hop.
     let (mut fused, mut unfused) = (0f64, 0f64);
@@ -143,6 +164,12 @@ async fn run() -> anyhow::Result<()> {
     tenon_testkit::bench::line("e2e_chain_unfused_quotes_per_s", unfused, "1/s", 0);
     tenon_testkit::bench::line("e2e_chain_fused_vs_unfused", fused / unfused, "x", 3);
     Ok(())
+}
+
+/// `TENON_BENCH_SATURATION_ONLY`: only the first part (to compare two builds of the
+/// host, given by `TENON_BENCH_BIN`, in alternating runs).
+fn saturation_only() -> bool {
+    std::env::var_os("TENON_BENCH_SATURATION_ONLY").is_some()
 }
 
 /// The example's quote chain: mapping, gateway (with its customer master) and router

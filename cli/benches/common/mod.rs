@@ -29,6 +29,27 @@ impl Node {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// CPU time the node's process has used so far, all its threads, user and
+    /// system (`/proc/<pid>/stat`, in the kernel's fixed 100 ticks a second).
+    pub fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // The fields after the command name (which may hold spaces, in parentheses):
+        // state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat: {stat}"))?
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| -> anyhow::Result<u64> {
+            Ok(fields
+                .get(i - 3)
+                .ok_or_else(|| anyhow::anyhow!("unexpected /proc stat: {stat}"))?
+                .parse()?)
+        };
+        Ok(Duration::from_millis((ticks(14)? + ticks(15)?) * 10))
+    }
 }
 
 impl Drop for Node {
@@ -52,9 +73,17 @@ pub fn prepare(dir: &Path, config: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `tenon` binary the benches run: this build's, or `TENON_BENCH_BIN` (another
+/// build of the host, to compare two in alternating runs).
+fn binary() -> std::path::PathBuf {
+    std::env::var_os("TENON_BENCH_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_tenon").into())
+}
+
 /// Start `tenon run` on a prepared directory; back once it listens.
 pub fn spawn(dir: &Path) -> anyhow::Result<Node> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tenon"))
+    let mut child = Command::new(binary())
         .args([
             "run",
             "--listen",
