@@ -153,6 +153,84 @@ component = "http_sink.wasm"
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_memory_grant_below_what_the_component_starts_with_is_refused_before_compiling() {
+    use tenon::store::audit::{AuditQuery, Decision};
+    let ws = Workspace::new();
+    let node = NodeDb::open(&ws.data_dir()).unwrap();
+    let store: Arc<dyn Store> = Arc::new(RedbStore::open(&node).unwrap());
+    let engine = Engine::new(node.clone(), store, &ws.data_dir()).unwrap();
+    let dir = ws.path().join("plugins/quote-to-order");
+    // The SDK's allocator arena (1 MiB) is part of the mapping's initial memory.
+    let wasm = std::fs::read(dir.join("quote_to_order.wasm")).unwrap();
+    let initial = tenon::sandbox::inspect::initial_memory(&wasm);
+    assert!(
+        initial > 1 << 20 && initial <= 2 << 20,
+        "initial memory {initial}"
+    );
+
+    let mut narrow = PluginSettings::default();
+    narrow.grants.memory_mib = Some(1);
+    let err = Plugin::load(&engine, "q2o", &dir, &narrow)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "the component starts with {} KiB of linear memory, more than its memory grant of 1 MiB, so no instance of it could start: grant `memory_mib = 2` or more",
+            initial >> 10
+        )),
+        "{err}"
+    );
+    assert_eq!(engine.compiled(), 0, "compiled before the refusal");
+    let denied = node
+        .audit_records(&AuditQuery {
+            plugin: Some("q2o".into()),
+            decision: Some(Decision::Deny),
+            ..AuditQuery::default()
+        })
+        .unwrap();
+    assert!(
+        denied
+            .iter()
+            .any(|r| r.capability == "memory" && r.target == "1 MiB"),
+        "{denied:?}"
+    );
+
+    // What the check lets through does start: 2 MiB maps a quote.
+    narrow.grants.memory_mib = Some(2);
+    let plugin = Plugin::load(&engine, "q2o", &dir, &narrow).unwrap();
+    let quote = quote_with_lines(1);
+    let native = quote_to_order::map_encoded(tenon_sdk::model::Encoding::MsgPack, &quote).unwrap();
+    let input = StoredMessage {
+        content_type: "application/msgpack".into(),
+        body: quote,
+        ..message()
+    };
+    let out: Vec<Vec<u8>> = plugin
+        .transform(&input)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(out, native);
+
+    // `tenon plugin audit` says the same of a manifest that grants too little.
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml"))
+        .unwrap()
+        .replace("memory_mib = 64", "memory_mib = 1");
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    let report = tenon::sandbox::inspect::AuditReport::of_path(&dir).unwrap();
+    assert!(!report.loadable);
+    assert_eq!(report.initial_memory, initial);
+    let text = report.render();
+    assert!(
+        text.contains("REFUSED  the component starts with")
+            && text.contains("(an instance starts with"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_that_never_returns_is_stopped_at_its_deadline() {
     let ws = Workspace::new();
     let (engine, _store) = engine_at(&ws.data_dir());

@@ -53,6 +53,44 @@ fn holds(grants: &Grants, grant: &str) -> bool {
     tenon_registry::capability(grant).is_some_and(|c| c.granted(grants))
 }
 
+/// The linear memory an instance of the component starts with, in bytes: the initial
+/// sizes of the memories its core modules define (a memory one module imports from
+/// another is counted once, where it is defined). A module instantiated twice is
+/// counted once, so this never overstates. Bytes that do not parse count as far as
+/// they do: compiling them says what is wrong.
+pub fn initial_memory(wasm: &[u8]) -> u64 {
+    use wasmparser::{Parser, Payload};
+    let mut bytes = 0u64;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::MemorySection(memories)) => {
+                for memory in memories.into_iter().flatten() {
+                    let page = 1u64 << memory.page_size_log2.unwrap_or(16).min(16);
+                    bytes = bytes.saturating_add(memory.initial.saturating_mul(page));
+                }
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    bytes
+}
+
+/// Why a component whose instances start with `initial` bytes of linear memory
+/// cannot run under `grants`: more than the memory grant, so every instance would be
+/// refused as it starts. `None` when it fits.
+pub fn memory_refusal(initial: u64, grants: &Grants) -> Option<String> {
+    let limit = u64::from(grants.memory_mib) << 20;
+    (initial > limit).then(|| {
+        format!(
+            "the component starts with {} KiB of linear memory, more than its memory grant of {} MiB, so no instance of it could start: grant `memory_mib = {}` or more (a plugin built with the Tenon SDK starts with the SDK's 1 MiB allocator arena)",
+            initial >> 10,
+            grants.memory_mib,
+            initial.div_ceil(1 << 20)
+        )
+    })
+}
+
 /// A component's interface, read from the component itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Inspection {
@@ -60,6 +98,8 @@ pub struct Inspection {
     pub imports: Vec<String>,
     /// Names it exports, sorted.
     pub exports: Vec<String>,
+    /// The linear memory an instance starts with, in bytes ([`initial_memory`]).
+    pub initial_memory: u64,
 }
 
 /// An import the plugin may not have, and why.
@@ -74,14 +114,19 @@ pub struct ImportRefusal {
 }
 
 impl Inspection {
-    /// Read a compiled component's imports and exports.
-    pub fn of(engine: &wasmtime::Engine, component: &Component) -> Inspection {
+    /// Read a compiled component's imports and exports, and the initial memory of
+    /// `wasm`, its bytes.
+    pub fn of(engine: &wasmtime::Engine, component: &Component, wasm: &[u8]) -> Inspection {
         let ty = component.component_type();
         let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
         let mut exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
         imports.sort();
         exports.sort();
-        Inspection { imports, exports }
+        Inspection {
+            imports,
+            exports,
+            initial_memory: initial_memory(wasm),
+        }
     }
 
     /// The imports that `grants` do not allow a plugin of `kind`, each with its reason.
@@ -175,6 +220,12 @@ pub struct AuditReport {
     pub grants: Grants,
     /// Imports the host would refuse: the plugin would not load.
     pub refused: Vec<ImportRefusal>,
+    /// The linear memory an instance starts with, in bytes.
+    pub initial_memory: u64,
+    /// Why the memory grant is too small for the component to start: the plugin would
+    /// not load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_refused: Option<String>,
     /// The world's export, when the component lacks it.
     pub missing_export: Option<String>,
     /// Grants asked for that no import uses.
@@ -223,6 +274,8 @@ impl AuditReport {
                 })
                 .collect(),
             refused: inspection.refusals(kind, &manifest.grants),
+            initial_memory: inspection.initial_memory,
+            memory_refused: memory_refusal(inspection.initial_memory, &manifest.grants),
             missing_export: inspection.missing_export(kind),
             unused_grants: inspection.unused_grants(kind, &manifest.grants),
             exports: inspection.exports,
@@ -230,7 +283,9 @@ impl AuditReport {
             mismatch: None,
             loadable: false,
         };
-        report.loadable = report.refused.is_empty() && report.missing_export.is_none();
+        report.loadable = report.refused.is_empty()
+            && report.missing_export.is_none()
+            && report.memory_refused.is_none();
         report
     }
 
@@ -272,7 +327,7 @@ impl AuditReport {
         let component = Component::new(&engine, &wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid component", component_path.display()))?;
-        let inspection = Inspection::of(&engine, &component);
+        let inspection = Inspection::of(&engine, &component, &wasm);
         let mut report = AuditReport::new(
             &manifest,
             crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
@@ -423,7 +478,12 @@ impl AuditReport {
         let _ = writeln!(out, "  config keys        {}", list(&g.config));
         let _ = writeln!(out, "  secrets            {}", list(&g.secrets));
         let _ = writeln!(out, "  optional secrets   {}", list(&g.optional_secrets));
-        let _ = writeln!(out, "  memory             {} MiB", g.memory_mib);
+        let _ = writeln!(
+            out,
+            "  memory             {} MiB (an instance starts with {} KiB)",
+            g.memory_mib,
+            self.initial_memory >> 10
+        );
         let _ = writeln!(out, "  time per call      {} ms", g.timeout_ms);
         let _ = writeln!(out, "  output cap         {} bytes", g.max_output_bytes);
         let _ = writeln!(out, "  HTTP response cap  {} bytes", g.max_response_bytes);
@@ -440,11 +500,15 @@ impl AuditReport {
             && self.missing_export.is_none()
             && self.mismatch.is_none()
             && self.untrusted.is_none()
+            && self.memory_refused.is_none()
         {
             let _ = writeln!(out, "  none: the component uses exactly what it is granted");
         }
         for refusal in &self.refused {
             let _ = writeln!(out, "  REFUSED  {}", refusal.reason);
+        }
+        if let Some(memory) = &self.memory_refused {
+            let _ = writeln!(out, "  REFUSED  {memory}");
         }
         if let Some(export) = &self.missing_export {
             let _ = writeln!(
@@ -499,6 +563,7 @@ mod tests {
                 "tenon:plugin/log@0.1.0".into(),
             ],
             exports: vec!["tenon:plugin/transformer@0.1.0".into()],
+            initial_memory: 0,
         };
         let refusals = inspection.refusals(Kind::Transform, &Grants::default());
         assert_eq!(

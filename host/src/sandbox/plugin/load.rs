@@ -393,11 +393,23 @@ impl Plugin {
             logs: caps::log::LogBudget::default(),
         });
 
+        // A grant smaller than the memory the component starts with would refuse every
+        // instance at its start: refused here, before compiling, with what to grant.
+        let initial = crate::sandbox::inspect::initial_memory(wasm);
+        if let Some(reason) = crate::sandbox::inspect::memory_refusal(initial, &ctx.grants) {
+            ctx.decide(
+                "memory",
+                &format!("{} MiB", ctx.grants.memory_mib),
+                Decision::Deny,
+                Some(reason.clone()),
+            );
+            return Err(fail(reason));
+        }
         let component = engine
             .component(wasm, &component_digest)
             .map_err(|e| fail(format!("{e:#}")))?;
         // Deny by default: every import must be one the grants allow.
-        let inspection = Inspection::of(engine.wasmtime(), &component);
+        let inspection = Inspection::of(engine.wasmtime(), &component, wasm);
         let refusals = inspection.refusals(manifest.kind, &ctx.grants);
         for import in &inspection.imports {
             match refusals.iter().find(|r| &r.import == import) {
