@@ -169,7 +169,7 @@ async fn run() -> anyhow::Result<()> {
 /// `TENON_BENCH_SATURATION_ONLY`: only the first part (to compare two builds of the
 /// host, given by `TENON_BENCH_BIN`, in alternating runs).
 fn saturation_only() -> bool {
-    std::env::var_os("TENON_BENCH_SATURATION_ONLY").is_some()
+    std::env::var("TENON_BENCH_SATURATION_ONLY").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The example's quote chain: mapping, gateway (with its customer master) and router

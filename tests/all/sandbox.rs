@@ -427,6 +427,13 @@ fn the_audit_of_each_first_party_plugin() {
         );
         report["digest"] = json!("<digest>");
         report["component_digest"] = json!("<digest>");
+        // The initial memory follows the build too; it must fit the grant (the plugin
+        // loads), and hold the SDK's 1 MiB arena.
+        let initial = report["initial_memory"].as_u64().unwrap();
+        let grant = report["grants"]["memory_mib"].as_u64().unwrap() << 20;
+        assert!(initial > 1 << 20 && initial <= grant, "{name}: {initial}");
+        assert_eq!(initial, tenon::sandbox::inspect::initial_memory(&wasm));
+        report["initial_memory"] = json!("<bytes>");
         // wasi interface versions follow the toolchain; compare the interface names.
         for import in report["imports"].as_array_mut().unwrap() {
             let name = import["name"].as_str().unwrap();

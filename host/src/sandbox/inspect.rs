@@ -55,9 +55,10 @@ fn holds(grants: &Grants, grant: &str) -> bool {
 
 /// The linear memory an instance of the component starts with, in bytes: the initial
 /// sizes of the memories its core modules define (a memory one module imports from
-/// another is counted once, where it is defined). A module instantiated twice is
-/// counted once, so this never overstates. Bytes that do not parse count as far as
-/// they do: compiling them says what is wrong.
+/// another is counted once, where it is defined). A module instantiated twice counts
+/// once; one defined but never instantiated counts all the same (no toolchain makes
+/// such components). Bytes that do not parse count as far as they do: compiling them
+/// says what is wrong.
 pub fn initial_memory(wasm: &[u8]) -> u64 {
     use wasmparser::{Parser, Payload};
     let mut bytes = 0u64;
@@ -81,14 +82,20 @@ pub fn initial_memory(wasm: &[u8]) -> u64 {
 /// refused as it starts. `None` when it fits.
 pub fn memory_refusal(initial: u64, grants: &Grants) -> Option<String> {
     let limit = u64::from(grants.memory_mib) << 20;
-    (initial > limit).then(|| {
-        format!(
-            "the component starts with {} KiB of linear memory, more than its memory grant of {} MiB, so no instance of it could start: grant `memory_mib = {}` or more (a plugin built with the Tenon SDK starts with the SDK's 1 MiB allocator arena)",
-            initial >> 10,
-            grants.memory_mib,
-            initial.div_ceil(1 << 20)
-        )
-    })
+    if initial <= limit {
+        return None;
+    }
+    let needed = initial.div_ceil(1 << 20);
+    let host_max = (crate::sandbox::engine::MAX_PLUGIN_MEMORY >> 20) as u64;
+    let what = match needed <= host_max {
+        true => format!("grant `memory_mib = {needed}` or more"),
+        false => format!("this host grants at most {host_max} MiB, so it cannot run here"),
+    };
+    Some(format!(
+        "the component starts with {} KiB of linear memory, more than its memory grant of {} MiB, so no instance of it could start: {what}",
+        initial >> 10,
+        grants.memory_mib,
+    ))
 }
 
 /// A component's interface, read from the component itself.
@@ -114,9 +121,9 @@ pub struct ImportRefusal {
 }
 
 impl Inspection {
-    /// Read a compiled component's imports and exports, and the initial memory of
-    /// `wasm`, its bytes.
-    pub fn of(engine: &wasmtime::Engine, component: &Component, wasm: &[u8]) -> Inspection {
+    /// Read a compiled component's imports and exports; `initial_memory` is what
+    /// [`initial_memory`] read from its bytes.
+    pub fn of(engine: &wasmtime::Engine, component: &Component, initial_memory: u64) -> Inspection {
         let ty = component.component_type();
         let mut imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
         let mut exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
@@ -125,7 +132,7 @@ impl Inspection {
         Inspection {
             imports,
             exports,
-            initial_memory: initial_memory(wasm),
+            initial_memory,
         }
     }
 
@@ -327,7 +334,7 @@ impl AuditReport {
         let component = Component::new(&engine, &wasm)
             .map_err(anyhow::Error::from)
             .with_context(|| format!("{} is not a valid component", component_path.display()))?;
-        let inspection = Inspection::of(&engine, &component, &wasm);
+        let inspection = Inspection::of(&engine, &component, initial_memory(&wasm));
         let mut report = AuditReport::new(
             &manifest,
             crate::sandbox::plugin::version_digest(text.as_bytes(), &wasm),
@@ -553,6 +560,28 @@ mod tests {
         ));
         assert_eq!(need("wasi:cli/stderr@0.2.4", Kind::Sink), Need::Nothing);
         assert!(matches!(need("acme:evil/x", Kind::Sink), Need::Never(_)));
+    }
+
+    #[test]
+    fn a_grant_below_the_initial_memory_is_refused_with_what_to_grant() {
+        let grants = |memory_mib| Grants {
+            memory_mib,
+            ..Grants::default()
+        };
+        assert_eq!(memory_refusal(1 << 20, &grants(1)), None);
+        assert_eq!(
+            memory_refusal((1 << 20) + 1, &grants(1)).unwrap(),
+            "the component starts with 1024 KiB of linear memory, more than its memory grant of 1 MiB, so no instance of it could start: grant `memory_mib = 2` or more"
+        );
+        let max = crate::sandbox::engine::MAX_PLUGIN_MEMORY as u64;
+        let refusal = memory_refusal(max + 1, &grants(16)).unwrap();
+        assert!(
+            refusal.ends_with(&format!(
+                "this host grants at most {} MiB, so it cannot run here",
+                max >> 20
+            )),
+            "{refusal}"
+        );
     }
 
     #[test]

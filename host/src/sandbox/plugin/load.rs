@@ -409,7 +409,7 @@ impl Plugin {
             .component(wasm, &component_digest)
             .map_err(|e| fail(format!("{e:#}")))?;
         // Deny by default: every import must be one the grants allow.
-        let inspection = Inspection::of(engine.wasmtime(), &component, wasm);
+        let inspection = Inspection::of(engine.wasmtime(), &component, initial);
         let refusals = inspection.refusals(manifest.kind, &ctx.grants);
         for import in &inspection.imports {
             match refusals.iter().find(|r| &r.import == import) {
