@@ -198,21 +198,7 @@ async fn a_memory_grant_below_what_the_component_starts_with_is_refused_before_c
     // What the check lets through does start: 2 MiB maps a quote.
     narrow.grants.memory_mib = Some(2);
     let plugin = Plugin::load(&engine, "q2o", &dir, &narrow).unwrap();
-    let quote = quote_with_lines(1);
-    let native = quote_to_order::map_encoded(tenon_sdk::model::Encoding::MsgPack, &quote).unwrap();
-    let input = StoredMessage {
-        content_type: "application/msgpack".into(),
-        body: quote,
-        ..message()
-    };
-    let out: Vec<Vec<u8>> = plugin
-        .transform(&input)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.body)
-        .collect();
-    assert_eq!(out, native);
+    maps_as_natively(&plugin, &quote_with_lines(1)).await;
 
     // `tenon plugin audit` says the same of a manifest that grants too little.
     let manifest = std::fs::read_to_string(dir.join("plugin.toml"))
@@ -398,6 +384,26 @@ async fn instances_are_fresh_per_message_unless_the_operator_opts_in_to_reuse() 
     );
 }
 
+/// `plugin` (the quote mapping) maps `body`, a MessagePack quote, into exactly the
+/// orders the same code makes natively.
+async fn maps_as_natively(plugin: &Plugin, body: &[u8]) {
+    use tenon_sdk::model::Encoding;
+    let native = quote_to_order::map_encoded(Encoding::MsgPack, body).unwrap();
+    let input = StoredMessage {
+        content_type: "application/msgpack".into(),
+        body: body.to_vec(),
+        ..message()
+    };
+    let out: Vec<Vec<u8>> = plugin
+        .transform(&input)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.body)
+        .collect();
+    assert_eq!(out, native, "{} bytes", body.len());
+}
+
 /// A quote of at least `lines` lines, MessagePack-encoded as between steps: the bundle
 /// sample's lines repeated under new keys.
 fn quote_with_lines(lines: usize) -> Vec<u8> {
@@ -424,7 +430,6 @@ fn quote_with_lines(lines: usize) -> Vec<u8> {
 /// instance and in a kept one, with small messages between the big ones.
 #[tokio::test]
 async fn messages_past_the_plugin_allocators_arena_map_as_natively() {
-    use tenon_sdk::model::Encoding;
     let ws = Workspace::new();
     let (engine, _store) = engine_at(&ws.data_dir());
     let dir = ws.path().join("plugins/quote-to-order");
@@ -437,21 +442,8 @@ async fn messages_past_the_plugin_allocators_arena_map_as_natively() {
     let (small, big) = (quote_with_lines(4), quote_with_lines(1000));
     assert!(big.len() > 150_000, "{} bytes", big.len());
     for body in [&small, &big, &small, &big, &big, &small] {
-        let native = quote_to_order::map_encoded(Encoding::MsgPack, body).unwrap();
-        let input = StoredMessage {
-            content_type: "application/msgpack".into(),
-            body: body.clone(),
-            ..message()
-        };
         for plugin in [&fresh, &kept] {
-            let out: Vec<Vec<u8>> = plugin
-                .transform(&input)
-                .await
-                .unwrap()
-                .into_iter()
-                .map(|m| m.body)
-                .collect();
-            assert_eq!(out, native, "{} bytes", body.len());
+            maps_as_natively(plugin, body).await;
         }
     }
 }
