@@ -563,6 +563,24 @@ mod tests {
     }
 
     #[test]
+    fn the_initial_memory_is_read_from_the_modules_memory_sections() {
+        // A core module whose memory section defines one memory of 3 pages, then one
+        // of 2 pages of 1 byte (custom page sizes).
+        let header = b"\0asm\x01\0\0\0".to_vec();
+        let module = [header.clone(), vec![5, 3, 1, 0, 3]].concat();
+        assert_eq!(initial_memory(&module), 3 << 16);
+        let tiny_pages = [header.clone(), vec![5, 4, 1, 0x08, 2, 0]].concat();
+        assert_eq!(initial_memory(&tiny_pages), 2);
+        // Bytes that are not WebAssembly, or stop early, count as far as they parse.
+        assert_eq!(initial_memory(b"not wasm at all"), 0);
+        assert_eq!(initial_memory(&module[..module.len() - 1]), 0);
+        assert_eq!(
+            initial_memory(&[module.clone(), vec![0xff, 0xff]].concat()),
+            3 << 16
+        );
+    }
+
+    #[test]
     fn a_grant_below_the_initial_memory_is_refused_with_what_to_grant() {
         let grants = |memory_mib| Grants {
             memory_mib,
