@@ -10,7 +10,7 @@
 # of 127.0.0.1): the install runs behind a policy-rc.d that forbids starting services
 # (unless one is already in place), and a service the install started anyway is
 # stopped and disabled. One install at a time (concurrent test binaries may all get
-# here). Progress goes to stderr; stdout is only the path.
+# here, for this package or another). Progress goes to stderr; stdout is only the path.
 set -euo pipefail
 
 package=${1:?usage: apt-server.sh <package> <binary> <description>}
@@ -41,7 +41,10 @@ if ! command -v apt-get >/dev/null 2>&1; then
     exit 1
 fi
 
-exec 9>"/var/lock/tenon-$package-install.lock"
+# One lock for every package: apt takes one install at a time, and two of ours
+# (prometheus and docker-registry, asked for by tests running side by side) would
+# otherwise fail on dpkg's lock. apt also waits for one it did not start.
+exec 9>"/var/lock/tenon-apt-install.lock"
 flock 9
 if found; then
     exit 0
@@ -63,8 +66,9 @@ cleanup() { if [ -n "$own_policy" ]; then rm -f "$policy"; fi; }
 trap cleanup EXIT
 
 echo "$package install: apt-get install $package (Debian package; log in $log)" >&2
-run apt-get update
-run env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$package"
+wait_lock=(-o DPkg::Lock::Timeout=600)
+run apt-get "${wait_lock[@]}" update
+run env DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y --no-install-recommends "$package"
 
 # Should a service have started all the same, stop it: the tests start their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$package" 2>/dev/null; then
