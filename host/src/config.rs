@@ -610,15 +610,18 @@ pub struct FlowEntry {
     /// try the failed part again; reject: compensate).
     #[serde(default)]
     pub saga: Option<Spanned<SagaPolicy>>,
-    /// Run consecutive transform steps in one lease and one commit (default
-    /// `true`): a message a step forwards to the next step of this flow, when that
-    /// step is a transform with no rule before it, is mapped at once by the same
-    /// worker, and only what the last of them makes is queued. Ids are derived and
-    /// mappings deterministic, so a crash re-runs them to the same result. An output
-    /// never overtakes a message of its key waiting at the step it would skip. A step
-    /// that finishes the message or writes key-value data leaves its input queued for
-    /// its own workers (which call it again), a transient failure leaves it waiting
-    /// for its retry there. `false`: every step is a hop.
+    /// Run consecutive transform steps, and the flow's sink after them, in one lease
+    /// and one commit (default `true`): a message a step forwards to the next step
+    /// of this flow, when that step is a transform or the sink with no rule before
+    /// it, is taken at once by the same worker, and only what the last transform
+    /// makes is queued; how the sink ended each message (with its key-value writes)
+    /// is committed with the first step's ack. Ids are derived and mappings
+    /// deterministic, so a crash re-runs them to the same result (the sink delivers
+    /// again under the same idempotency key). An output never overtakes a message of
+    /// its key waiting at the step it would skip. A transform that finishes the
+    /// message or writes key-value data leaves its input queued for its own workers
+    /// (which call it again), a transient failure leaves it waiting for its retry
+    /// there. `false`: every step is a hop.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

@@ -396,3 +396,81 @@ async fn a_source_derived_key_accepts_a_quote_revision_once() {
         "two revisions, two orders; the retry made none"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flows_sink_runs_in_the_lease_of_its_last_transform_and_calls_the_erp_once() {
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&quote_to_cash_config(&erp.orders_url(), "backoff_ms = 100"));
+    let tenon = Tenon::start(&ws);
+    let fused = async || {
+        tenon
+            .metric(r#"tenon_steps_fused_total{flow="quote-to-order",stage="erp-sink"}"#)
+            .await
+    };
+    let ended = async |result: &str| {
+        let series = format!(r#"tenon_messages_total{{flow="quote-to-order",result="{result}"}}"#);
+        tenon.metric(&series).await
+    };
+    let hops = |outcome: &serde_json::Value| -> Vec<String> {
+        let trail = outcome["trail"].as_array().unwrap();
+        trail
+            .iter()
+            .map(|h| h["plugin"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // Delivered in the mapping's lease: its trail and counts as if it had hopped.
+    let plain = tenon.send_quote(sample("plain.json")).await.remove(0);
+    let status = tenon.settled(&plain).await;
+    let outcome = &status["outcomes"][0];
+    assert!(outcome["result"]["Delivered"].is_object(), "{status:#}");
+    assert_eq!(outcome["plugin"], "erp-sink");
+    assert_eq!(hops(outcome), ["cpq-source", "quote-to-order", "erp-sink"]);
+    assert_eq!((fused().await, ended("delivered").await), (1, 1));
+    assert_eq!(erp.received().len(), 1);
+
+    // Refused by the ERP: each order rejected, the ERP asked once per order (a fused
+    // sink's end is committed, not left for the sink's workers to call again).
+    erp.refuse("/sap/orders", "customer blocked");
+    let bundle = tenon.send_quote(sample("bundle.json")).await.remove(0);
+    let status = tenon.settled(&bundle).await;
+    let outcomes = status["outcomes"].as_array().unwrap();
+    assert_eq!(outcomes.len(), 2, "{status:#}");
+    for outcome in outcomes {
+        let reasons = outcome["result"]["Rejected"]["reasons"].to_string();
+        assert!(reasons.contains("customer blocked"), "{status:#}");
+    }
+    assert_eq!(erp.received().len(), 3);
+    assert_eq!((fused().await, ended("rejected").await), (3, 2));
+    erp.accept_all();
+
+    // Unavailable: the fused delivery fails and the order waits at the sink for its
+    // retry, that attempt counted; the sink's own workers deliver it.
+    erp.set_unavailable(true);
+    let other = sample("plain.json").replace("Q-00101", "Q-00103");
+    let other = tenon.send_quote(&other).await.remove(0);
+    tenon
+        .wait_for(&other, |s| {
+            s["pending"].as_array().is_some_and(|p| {
+                p.iter().any(|p| {
+                    p["stage"] == 1 && p["attempts"].as_array().is_some_and(|a| !a.is_empty())
+                })
+            })
+        })
+        .await;
+    erp.set_unavailable(false);
+    let status = tenon.settled(&other).await;
+    let outcome = &status["outcomes"][0];
+    assert!(outcome["result"]["Delivered"].is_object(), "{status:#}");
+    assert!(
+        !outcome["attempts"].as_array().unwrap().is_empty(),
+        "{status:#}"
+    );
+    assert_eq!(
+        fused().await,
+        3,
+        "a step left queued is not counted as fused"
+    );
+    assert_eq!(erp.orders(), 2);
+}

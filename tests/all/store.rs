@@ -11,7 +11,7 @@ use tenon::model::{
 };
 use tenon::store::nats::{NatsOptions, NatsStore};
 use tenon::store::redb::RedbStore;
-use tenon::store::{CompleteError, Completion, Enqueued, KvNamespace, Lease, NodeDb, Store};
+use tenon::store::{CompleteError, Completion, Ended, Enqueued, KvNamespace, Lease, NodeDb, Store};
 use tenon_testkit::nats::NatsCluster;
 
 /// A store under test, and what keeps it alive.
@@ -83,6 +83,7 @@ macro_rules! on_every_store {
 
 on_every_store!(
     a_message_is_leased_once_and_forwarded_with_its_ack,
+    messages_that_end_within_a_lease_are_recorded_with_its_ack,
     a_key_is_processed_in_order_and_a_retry_keeps_its_turn,
     outcomes_are_found_by_lineage,
     an_idempotency_key_lets_one_request_through,
@@ -168,7 +169,7 @@ async fn a_message_is_leased_once_and_forwarded_with_its_ack(s: Subject) {
     out.stage = 1;
     let outputs = vec![("f/t".to_owned(), out.clone())];
     store
-        .complete(lease, Completion::Forward { outputs }, None)
+        .complete(lease, Completion::forward(outputs), None)
         .await
         .unwrap();
     assert_eq!(depth(store, "f/s").await, 0);
@@ -176,6 +177,132 @@ async fn a_message_is_leased_once_and_forwarded_with_its_ack(s: Subject) {
     assert_eq!(next.envelope, out);
     let pending = store.pending(&"m1".into()).await.unwrap();
     assert_eq!(pending, vec![out], "the lineage's pending message");
+}
+
+/// A sink fused into a transform's lease: the messages it ended were never queued;
+/// their ends (and the sink's key-value writes) are recorded in the commit that acks
+/// the transform's input, as a sink's own completion records them (a dead letter and
+/// an exception keep the message given, which a redrive puts back in its queue).
+async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) {
+    let store = s.store.as_ref();
+    put(store, vec![("f/s", envelope("m1", "k1"))]).await;
+    let lease = take(store, "f/s").await.unwrap();
+    let child = |n: u32| {
+        let mut out = envelope(&format!("m1.{n}"), "k1");
+        out.root = "m1".into();
+        out.stage = 1;
+        out
+    };
+    let attempt = tenon::model::Attempt {
+        at_ms: now_ms(),
+        plugin: "t".into(),
+        digest: "sha256:0".into(),
+        error: "trap".into(),
+    };
+    let ends = [
+        OutcomeKind::Delivered {
+            reference: "ERP-1".into(),
+            detail: None,
+        },
+        OutcomeKind::Rejected {
+            reasons: vec!["no such customer".into()],
+        },
+        OutcomeKind::DeadLetter {
+            error: "trap".into(),
+        },
+        OutcomeKind::Held {
+            rule: "saga".into(),
+            reasons: vec!["part failed".into()],
+            proposed: "approve or reject".into(),
+        },
+    ];
+    let mut ended: Vec<Ended> = ends
+        .into_iter()
+        .zip(0..)
+        .map(|(result, n)| {
+            let envelope = child(n);
+            let mut outcome = outcome(&envelope, result);
+            outcome.attempts = vec![attempt.clone()];
+            Ended {
+                envelope,
+                outcome,
+                kv: None,
+            }
+        })
+        .collect();
+    // The delivery's key-value writes go with it, under its namespace's quota: over
+    // it, nothing of the completion is written and the input is leased again.
+    let sink = KvNamespace::new(s.store.clone(), "sink", Some(24));
+    let mut too_much = sink.writes();
+    too_much.put("sent/Q-1", Some(vec![b'x'; 32]));
+    let delivered = &ended[0];
+    let over = Completion::Forward {
+        outputs: vec![],
+        ended: vec![Ended {
+            envelope: delivered.envelope.clone(),
+            outcome: delivered.outcome.clone(),
+            kv: Some(too_much),
+        }],
+    };
+    let refused = store.complete(lease, over, None).await.unwrap_err();
+    assert!(matches!(refused, CompleteError::OverQuota(_)), "{refused}");
+    assert_eq!(store.outcome(&"m1.0".into()).await.unwrap(), None);
+    assert_eq!(sink.get("sent/Q-1").await.unwrap(), None);
+    let lease = take(store, "f/s").await.expect("leased again");
+    let mut sent = sink.writes();
+    sent.put("sent/Q-1", Some(b"ERP-1".to_vec()));
+    ended[0].kv = Some(sent);
+    let booked = child(4);
+    let completion = Completion::Forward {
+        outputs: vec![("g/s".to_owned(), booked.clone())],
+        ended,
+    };
+    store.complete(lease, completion, None).await.unwrap();
+    assert_eq!(
+        sink.get("sent/Q-1").await.unwrap().as_deref(),
+        Some(&b"ERP-1"[..])
+    );
+    assert_eq!(depth(store, "f/s").await, 0, "the input is acked");
+    assert_eq!(depth(store, "f/t").await, 0, "nothing ended was queued");
+    assert_eq!(store.pending(&"m1".into()).await.unwrap(), vec![booked]);
+    let mut outcomes: Vec<String> = (store.outcomes(&"m1".into()).await.unwrap())
+        .into_iter()
+        .map(|o| {
+            format!(
+                "{} {}",
+                o.id,
+                tenon::telemetry::metrics::result_name(&o.result)
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            "m1.0 delivered",
+            "m1.1 rejected",
+            "m1.2 dead_letter",
+            "m1.3 held"
+        ]
+    );
+    let rejections = store.events(1, u64::MAX).await.unwrap();
+    assert!(
+        rejections.iter().any(|e| matches!(
+            &e.body,
+            EventBody::Rejected { id, reasons, .. } if id == "m1.1" && reasons[0] == "no such customer"
+        )),
+        "the rejection is logged: {rejections:?}"
+    );
+    let letter = store.dead_letter(&"m1.2".into()).await.unwrap().unwrap();
+    assert_eq!(letter.envelope.message.id, "m1.2");
+    assert_eq!(letter.envelope.attempts, vec![attempt], "with its attempts");
+    assert!(store.redrive(&"m1.2".into()).await.unwrap());
+    let back = take(store, "f/t")
+        .await
+        .expect("redriven to the sink's queue");
+    assert_eq!(back.envelope.message.id, "m1.2");
+    let held = store.exception(&"m1.3".into()).await.unwrap().unwrap();
+    assert_eq!(held.envelope.stage, 1, "held before the sink");
 }
 
 async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {

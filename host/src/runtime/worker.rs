@@ -12,7 +12,7 @@ use crate::model::{
     Attempt, Envelope, Hop, MessageId, Outcome, OutcomeKind, StoredMessage, now_ms, queue_name,
 };
 use crate::sandbox::plugin::{CallError, Failure, Plugin};
-use crate::store::{Completion, Lease, StoreError};
+use crate::store::{Completion, Ended, Lease, StoreError};
 use crate::telemetry::{self, metrics};
 use opentelemetry::context::FutureExt as _;
 use std::collections::HashSet;
@@ -48,13 +48,34 @@ impl MessageStatus {
 
 /// What became of an output a step forwarded to the next step of its flow.
 enum Fused {
-    /// The next step ran on it in the same lease (`stage`): its outputs.
+    /// The next step, a transform, ran on it in the same lease (`stage`): its outputs.
     Ran {
         stage: String,
         outputs: Vec<(String, Envelope)>,
     },
+    /// The flow's sink ran on it in the same lease (`stage`): how it ended, what its
+    /// end publishes, and whether its transaction is looked at after the commit (a
+    /// saga's).
+    Ended {
+        stage: String,
+        ended: Box<Ended>,
+        published: Vec<(String, Envelope)>,
+        settle: bool,
+    },
     /// It stays queued for that step's workers (with a retry's attempt, if any).
     Left(Box<Envelope>),
+}
+
+/// What [`Runtime::fuse`] ran within a lease, beside the completion it leaves.
+#[derive(Default)]
+struct FusedRun {
+    /// The stages that ran, once per message they took.
+    stages: Vec<String>,
+    /// The outcomes of the messages that ended at the flow's sink, counted once the
+    /// commit is done.
+    ended: Vec<Outcome>,
+    /// A delivery or failure of a saga's: its transaction is looked at after the commit.
+    settle: bool,
 }
 
 /// What a stage's plugin call produced, before it is classified into a
@@ -188,18 +209,13 @@ impl Runtime {
                 }
                 continue;
             }
-            // A lease must outlast the longest call the stage's plugin can make, or a
-            // slow but healthy call would see its message handed to a second worker.
-            let hold = self
-                .plugin(&stage)
-                .map_or(MIN_HOLD, |p| p.timeout() * 2 + Duration::from_secs(10))
-                .max(MIN_HOLD);
+            let hold = self.lease_hold(&flow, &stage);
             let lease = tokio::select! {
                 lease = self.store.lease(&queue, IDLE_WAIT, hold) => lease,
                 _ = shutdown.changed() => break,
             };
             match lease {
-                Ok(Some(lease)) => self.process(lease).await,
+                Ok(Some(lease)) => self.process(lease, hold).await,
                 Ok(None) => {}
                 Err(error) => {
                     tracing::error!(%queue, %error, "cannot lease");
@@ -212,7 +228,28 @@ impl Runtime {
         }
     }
 
-    async fn process(&self, lease: Lease) {
+    /// How long a lease of `stage`'s messages lasts. It must outlast the longest
+    /// calls the lease may make, or a slow but healthy call would see its message
+    /// handed to a second worker: twice the stage's plugin's time limit, and those of
+    /// the steps after it where the flow fuses them, plus 10 s; at least [`MIN_HOLD`].
+    fn lease_hold(&self, flow: &str, stage: &str) -> Duration {
+        let stages: Vec<String> = {
+            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+            let fused = flows.get(flow).filter(|f| f.fuse).and_then(|f| {
+                let at = f.stages.iter().position(|s| s == stage)?;
+                Some(f.stages[at..].to_vec())
+            });
+            fused.unwrap_or_else(|| vec![stage.to_owned()])
+        };
+        let calls: Duration = stages
+            .iter()
+            .filter_map(|s| self.plugin(s))
+            .map(|p| p.timeout())
+            .sum();
+        (calls * 2 + Duration::from_secs(10)).max(MIN_HOLD)
+    }
+
+    async fn process(&self, lease: Lease, hold: Duration) {
         let env = &lease.envelope;
         let Some(plugin) = env
             .route
@@ -223,11 +260,12 @@ impl Runtime {
             return;
         };
         let policy = self.retry_policy(&env.flow, plugin.name());
-        let leased = Instant::now();
+        // Fused steps start only while their calls end within half the lease.
+        let fuse_until = Instant::now() + hold / 2;
         let (step, span) = step_span(env, &plugin);
         // The process layer first: a person's rejection or a rule decides without
         // the plugin; then the saga of the message's transaction has its say.
-        let mut fused_stages = Vec::new();
+        let mut fused = FusedRun::default();
         let (completion, kv, by_rule) = match self.before_stage(&plugin, env).await {
             Some(completion) => (completion, None, true),
             None => {
@@ -235,8 +273,8 @@ impl Runtime {
                     .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
                     .await;
-                let (completion, fused) = self.fuse(&env.flow, completion, leased).await;
-                fused_stages = fused;
+                let (completion, run) = self.fuse(&env.flow, completion, fuse_until).await;
+                fused = run;
                 (completion, kv, false)
             }
         };
@@ -253,8 +291,8 @@ impl Runtime {
             Completion::Finish { outcome, .. } => metrics::result_name(&outcome.result),
             Completion::Retry(_) => "retry",
         };
-        let root = settle.then(|| env.root.clone());
-        let fused = (!fused_stages.is_empty()).then(|| (env.flow.clone(), fused_stages));
+        let root = (settle || fused.settle).then(|| env.root.clone());
+        let flow = env.flow.clone();
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
@@ -267,11 +305,11 @@ impl Runtime {
                 if let Some(outcome) = finished {
                     metrics::finished(&outcome, plugin.kind() == Kind::Sink);
                 }
-                for (flow, stage) in fused
-                    .iter()
-                    .flat_map(|(f, s)| s.iter().map(move |s| (f, s)))
-                {
-                    metrics::fused(flow, stage);
+                for outcome in &fused.ended {
+                    metrics::finished(outcome, true);
+                }
+                for stage in &fused.stages {
+                    metrics::fused(&flow, stage);
                 }
                 if let Some(root) = root {
                     self.settle_saga(&root, &step)
@@ -358,27 +396,32 @@ impl Runtime {
 
     /// Fewer hops: the outputs a step forwards to the next step of its own `flow`
     /// run through that step at once, in this lease, when the flow fuses and the
-    /// step is a transform with nothing before it (no rule, no pause), and so on down
-    /// the flow; only what the last of them makes is queued, all in one commit. A
-    /// crash before the commit re-runs them all: their ids are derived and their
-    /// mappings deterministic, so the re-run makes the same messages. Per-key order
-    /// holds as if every step were a hop: an output is not run ahead of a message of
-    /// its key in the queue it skips, in the store or left there by this completion.
-    /// An output whose step finishes it or writes key-value data stays queued as it
-    /// was, for the step's own workers to run again and commit; after a transient
-    /// failure it waits there for its retry, the attempt counted. The steps count in
-    /// `tenon_steps_fused_total` once the commit is done.
+    /// step is a transform or the flow's sink with nothing before it (no rule, no
+    /// pause), and so on down the flow; only what the last of them makes is queued,
+    /// and how the sink ended each message recorded, all in one commit. A crash
+    /// before the commit re-runs them all: their ids are derived and their mappings
+    /// deterministic, so the re-run makes the same messages, and the sink delivers
+    /// again under the same idempotency key, as a sink re-leased after a crash does.
+    /// Per-key order holds as if every step were a hop: an output is not run ahead of
+    /// a message of its key in the queue it skips, in the store or left there by this
+    /// completion. An output whose transform finishes it or writes key-value data
+    /// stays queued as it was, for the step's own workers to run again and commit
+    /// (the sink's end and its key-value writes are committed here: it does not
+    /// deliver twice); after a transient failure it waits there for its retry, the
+    /// attempt counted.
+    /// The steps count in `tenon_steps_fused_total` once the commit is done.
     async fn fuse(
         &self,
         flow: &str,
         completion: Completion,
-        leased: Instant,
-    ) -> (Completion, Vec<String>) {
-        let Completion::Forward { outputs } = completion else {
-            return (completion, Vec::new());
+        until: Instant,
+    ) -> (Completion, FusedRun) {
+        let Completion::Forward { outputs, ended } = completion else {
+            return (completion, FusedRun::default());
         };
         let mut queued = Vec::with_capacity(outputs.len());
-        let mut fused = Vec::new();
+        let mut ended = ended;
+        let mut run = FusedRun::default();
         // The keys left in each queue: what comes after them may not overtake them
         // (per-key order, as if every step were a hop).
         let mut behind: HashSet<(String, String)> = HashSet::new();
@@ -389,12 +432,24 @@ impl Runtime {
                 let turn = (queue, output.message.key.clone());
                 let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
-                    false => self.fused_step(flow, &turn.0, output, leased).await,
+                    false => self.fused_step(flow, &turn.0, output, until).await,
                 };
                 match step {
                     Fused::Ran { stage, outputs } => {
-                        fused.push(stage);
+                        run.stages.push(stage);
                         made.extend(outputs);
+                    }
+                    Fused::Ended {
+                        stage,
+                        ended: end,
+                        published,
+                        settle,
+                    } => {
+                        run.stages.push(stage);
+                        run.ended.push(end.outcome.clone());
+                        run.settle |= settle;
+                        ended.push(*end);
+                        queued.extend(published);
                     }
                     Fused::Left(output) => {
                         queued.push((turn.0.clone(), *output));
@@ -404,20 +459,18 @@ impl Runtime {
             }
             next = made;
         }
-        (Completion::Forward { outputs: queued }, fused)
+        let completion = Completion::Forward {
+            outputs: queued,
+            ended,
+        };
+        (completion, run)
     }
 
     /// Run `output` (bound for `queue`) through its next step in this lease, if it
     /// may be fused (see [`Runtime::fuse`]) and nothing of its key waits in that
-    /// queue: what that step forwards, or the output to leave queued (with the
-    /// attempt counted, after a transient failure).
-    async fn fused_step(
-        &self,
-        flow: &str,
-        queue: &str,
-        output: Envelope,
-        leased: Instant,
-    ) -> Fused {
+    /// queue: what that step forwards, how the sink ended it, or the output to leave
+    /// queued (with the attempt counted, after a transient failure).
+    async fn fused_step(&self, flow: &str, queue: &str, output: Envelope, until: Instant) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
         };
@@ -437,11 +490,16 @@ impl Runtime {
         let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
             return Fused::Left(Box::new(output));
         };
-        // Within the lease with room to spare: the lease outlasts twice the first
-        // step's longest call, and at least MIN_HOLD.
-        if plugin.kind() != Kind::Transform
+        let at_sink = output.stage as usize + 1 == output.route.len();
+        let fusable = match plugin.kind() {
+            Kind::Transform => true,
+            Kind::Sink => at_sink,
+            _ => false,
+        };
+        // Within the lease with room to spare (see `Runtime::lease_hold`).
+        if !fusable
             || !plugin.throttle().remaining().is_zero()
-            || leased.elapsed() + plugin.timeout() > MIN_HOLD / 2
+            || Instant::now() + plugin.timeout() > until
             || !matches!(
                 self.store.holds_key(queue, &output.message.key).await,
                 Ok(false)
@@ -450,27 +508,56 @@ impl Runtime {
             return Fused::Left(Box::new(output));
         }
         let (step, span) = step_span(&output, &plugin);
-        let (called, micros) = self
-            .call_measured(&plugin, &output, &step)
-            .instrument(span.clone())
-            .await;
         let policy = self.retry_policy(flow, plugin.name());
-        let entered = span.enter();
-        let fused = match called {
+        let fused = match plugin.kind() {
+            Kind::Sink => {
+                self.fused_sink(policy, &plugin, output, &step)
+                    .instrument(span.clone())
+                    .await
+            }
+            _ => {
+                self.fused_transform(policy, &plugin, output, &step)
+                    .instrument(span.clone())
+                    .await
+            }
+        };
+        let result = match &fused {
+            Fused::Ran { .. } => "fused",
+            Fused::Ended { ended, .. } => metrics::result_name(&ended.outcome.result),
+            Fused::Left(_) => {
+                span.in_scope(|| tracing::debug!("step left to its own workers"));
+                "left queued"
+            }
+        };
+        telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
+        fused
+    }
+
+    /// A fused transform: its outputs, or the output left queued.
+    async fn fused_transform(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        output: Envelope,
+        step: &opentelemetry::Context,
+    ) -> Fused {
+        let stage = plugin.name().to_owned();
+        let (called, micros) = self.call_measured(plugin, &output, step).await;
+        match called {
             Ok(crate::sandbox::plugin::Called {
                 value: Produced::Outputs(outputs),
                 kv: None,
             }) if !outputs.is_empty() => {
                 let result = Ok(Produced::Outputs(outputs));
-                match self.classify(policy, &plugin, &output, result, micros, &step) {
-                    Completion::Forward { outputs } => Fused::Ran { stage, outputs },
+                match self.classify(policy, plugin, &output, result, micros, step) {
+                    Completion::Forward { outputs, .. } => Fused::Ran { stage, outputs },
                     _ => Fused::Left(Box::new(output)),
                 }
             }
             // A transient failure: the output waits for its retry at its stage, as
             // it would have there, this attempt counted.
             Err(error @ (CallError::Failure(Failure::Retryable(_)) | CallError::Timeout(_))) => {
-                match self.classify(policy, &plugin, &output, Err(error), micros, &step) {
+                match self.classify(policy, plugin, &output, Err(error), micros, step) {
                     Completion::Retry(retry) => Fused::Left(retry),
                     _ => Fused::Left(Box::new(output)),
                 }
@@ -478,17 +565,43 @@ impl Runtime {
             // It finishes the message, or writes key-value data: its own workers run
             // it again and commit that (mappings are deterministic).
             _ => Fused::Left(Box::new(output)),
-        };
-        let result = match &fused {
-            Fused::Ran { .. } => "fused",
-            Fused::Left(_) => {
-                tracing::debug!("step left to its own workers");
-                "left queued"
+        }
+    }
+
+    /// A fused sink: the process layer first, as at the sink's own workers (a
+    /// transaction that failed already takes no more deliveries), then the delivery
+    /// and the saga's say on how it ended; after a transient failure, the output left
+    /// queued for its retry.
+    async fn fused_sink(
+        &self,
+        policy: RetryPolicy,
+        plugin: &Plugin,
+        output: Envelope,
+        step: &opentelemetry::Context,
+    ) -> Fused {
+        let (completion, kv, by_rule) = match self.before_stage(plugin, &output).await {
+            Some(completion) => (completion, None, true),
+            None => {
+                let (completion, kv) = self.run_stage(policy, plugin, &output, step).await;
+                (completion, kv, false)
             }
         };
-        drop(entered);
-        telemetry::end(&step, vec![telemetry::attr("tenon.result", result)], None);
-        fused
+        let (completion, settle) = self.saga(plugin, &output, completion, by_rule, step).await;
+        match completion {
+            Completion::Finish { outcome, published } => Fused::Ended {
+                stage: plugin.name().to_owned(),
+                ended: Box::new(Ended {
+                    envelope: output,
+                    outcome: *outcome,
+                    kv,
+                }),
+                published,
+                settle,
+            },
+            Completion::Retry(retry) => Fused::Left(retry),
+            // A sink forwards nothing.
+            Completion::Forward { .. } => Fused::Left(Box::new(output)),
+        }
     }
 
     /// Call the stage's plugin: a sink delivers (unless the message was delivered
@@ -777,7 +890,7 @@ impl Runtime {
                     let error = format!("no flow subscribes to {}", unrouted.join(", "));
                     return dead_letter(error, trail);
                 }
-                Completion::Forward { outputs: forward }
+                Completion::forward(forward)
             }
             Err(CallError::Failure(Failure::Rejected(reasons))) => {
                 tracing::info!(outcome = "rejected", reasons = %reasons.join("; "), "message rejected");

@@ -254,6 +254,10 @@ pub enum Completion {
         /// The outputs, each with the queue it goes to (the next stage, or the first
         /// stage of a flow that subscribes to it).
         outputs: Vec<(String, Envelope)>,
+        /// Messages that ended within this lease without ever being queued: the flow's
+        /// sink ran on an output at once (fused). Recorded as a [`Completion::Finish`]
+        /// records its message, the envelope given here instead of read from a queue.
+        ended: Vec<Ended>,
     },
     /// The message ended here, with what its end publishes (a sink's delivery of an
     /// order is an `OrderBooked` for the flows that subscribe to it; usually nothing).
@@ -267,7 +271,27 @@ pub enum Completion {
     Retry(Box<Envelope>),
 }
 
+/// A message that ended within another message's lease (see [`Completion::Forward`]).
+#[derive(Debug)]
+pub struct Ended {
+    /// The message as it would have waited in its queue (kept for a dead letter or
+    /// an exception).
+    pub envelope: Envelope,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The key-value writes of the call that ended it (a sink's), committed with it.
+    pub kv: Option<KvWrites>,
+}
+
 impl Completion {
+    /// The outputs forwarded, nothing ended on the way.
+    pub fn forward(outputs: Vec<(String, Envelope)>) -> Completion {
+        Completion::Forward {
+            outputs,
+            ended: Vec::new(),
+        }
+    }
+
     /// The message ended here with `outcome`, publishing nothing.
     pub fn finish(outcome: Outcome) -> Completion {
         Completion::Finish {

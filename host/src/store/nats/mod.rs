@@ -38,8 +38,8 @@ use crate::model::{
     MessageId, NodeStatus, Outcome, OutcomeKind, VersionFiles, now_ms, queue_name,
 };
 use crate::store::{
-    CompleteError, Completion, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store, StoreError,
-    Ticket, kv_entry_size, over_quota,
+    CompleteError, Completion, Ended, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store,
+    StoreError, Ticket, kv_entry_size, over_quota,
 };
 use async_nats::jetstream::{self, AckKind, consumer, kv, object_store, stream};
 use bytes::Bytes;
@@ -799,60 +799,73 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
-            Completion::Forward { outputs } => self.write_outputs(&outputs, input).await?,
+            Completion::Forward { outputs, ended } => {
+                self.write_outputs(&outputs, input).await?;
+                for Ended {
+                    envelope, outcome, ..
+                } in ended
+                {
+                    self.write_end(&envelope, &outcome, input).await?;
+                }
+            }
             Completion::Finish { outcome, published } => {
                 self.write_outputs(&published, input).await?;
-                if let OutcomeKind::DeadLetter { .. } = &outcome.result {
-                    let mut waiting = envelope.clone();
-                    waiting.attempts = outcome.attempts.clone();
-                    let letter = DeadLetter {
-                        envelope: waiting,
-                        outcome: outcome.as_ref().clone(),
-                    };
-                    self.buckets
-                        .dead
-                        .put(escape(outcome.id.as_str()), encode(&letter)?)
-                        .await
-                        .map_err(nats("cannot write a dead letter"))?;
-                }
-                if let OutcomeKind::Held { .. } = &outcome.result {
-                    let mut waiting = envelope.clone();
-                    waiting.attempts = outcome.attempts.clone();
-                    let held = DeadLetter {
-                        envelope: waiting,
-                        outcome: outcome.as_ref().clone(),
-                    };
-                    self.buckets
-                        .held
-                        .put(escape(outcome.id.as_str()), encode(&held)?)
-                        .await
-                        .map_err(nats("cannot write an exception"))?;
-                }
-                if let OutcomeKind::Rejected { reasons } = &outcome.result {
-                    let rejected = EventBody::Rejected {
-                        id: outcome.id.clone(),
-                        key: outcome.key.clone(),
-                        kind: outcome.kind.clone(),
-                        plugin: outcome.plugin.clone(),
-                        reasons: reasons.clone(),
-                    };
-                    self.append_events(
-                        outcome.at_ms,
-                        vec![(
-                            outcome.flow.clone(),
-                            rejected,
-                            format!("rejected|{}|{input}", outcome.id),
-                        )],
-                    )
-                    .await?;
-                }
-                self.buckets
-                    .outcomes
-                    .put(Self::outcome_key(&outcome.id), encode(outcome.as_ref())?)
-                    .await
-                    .map_err(nats("cannot write an outcome"))?;
+                self.write_end(envelope, &outcome, input).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Record how a message ended: its outcome, a rejection's event, and, for a dead
+    /// letter or an exception, the message as it waited (`envelope`).
+    async fn write_end(
+        &self,
+        envelope: &Envelope,
+        outcome: &Outcome,
+        input: u64,
+    ) -> Result<(), StoreError> {
+        let parked = match &outcome.result {
+            OutcomeKind::DeadLetter { .. } => {
+                Some((&self.buckets.dead, "cannot write a dead letter"))
+            }
+            OutcomeKind::Held { .. } => Some((&self.buckets.held, "cannot write an exception")),
+            _ => None,
+        };
+        if let Some((bucket, failure)) = parked {
+            let mut waiting = envelope.clone();
+            waiting.attempts = outcome.attempts.clone();
+            let letter = DeadLetter {
+                envelope: waiting,
+                outcome: outcome.clone(),
+            };
+            bucket
+                .put(escape(outcome.id.as_str()), encode(&letter)?)
+                .await
+                .map_err(nats(failure))?;
+        }
+        if let OutcomeKind::Rejected { reasons } = &outcome.result {
+            let rejected = EventBody::Rejected {
+                id: outcome.id.clone(),
+                key: outcome.key.clone(),
+                kind: outcome.kind.clone(),
+                plugin: outcome.plugin.clone(),
+                reasons: reasons.clone(),
+            };
+            self.append_events(
+                outcome.at_ms,
+                vec![(
+                    outcome.flow.clone(),
+                    rejected,
+                    format!("rejected|{}|{input}", outcome.id),
+                )],
+            )
+            .await?;
+        }
+        self.buckets
+            .outcomes
+            .put(Self::outcome_key(&outcome.id), encode(outcome)?)
+            .await
+            .map_err(nats("cannot write an outcome"))?;
         Ok(())
     }
 
@@ -1023,10 +1036,16 @@ impl Store for NatsStore {
                 .map_err(nats("cannot delay a retry"))?;
             return Ok(());
         }
-        if let Some(kv) = kv
-            && let Err(error) = self.apply_kv(&kv).await
-        {
-            return give_back(error).await;
+        // The step's writes, and those of the calls that ended messages in its lease
+        // (a fused sink's).
+        let ended = match &completion {
+            Completion::Forward { ended, .. } => ended.as_slice(),
+            _ => &[],
+        };
+        for kv in kv.iter().chain(ended.iter().filter_map(|e| e.kv.as_ref())) {
+            if let Err(error) = self.apply_kv(kv).await {
+                return give_back(error).await;
+            }
         }
         let input = ticket.sequence;
         if let Err(error) = self

@@ -11,10 +11,10 @@ use super::kv::{apply_kv, kv_over_quota};
 use super::{DEAD, EXCEPTIONS, IDEMPOTENCY, QUEUE, decode, encode};
 use crate::model::{
     DeadLetter, Directive, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord,
-    OutcomeKind, now_ms, queue_name,
+    Outcome, OutcomeKind, now_ms, queue_name,
 };
 use crate::store::node::META;
-use crate::store::{Completion, Enqueued, KvWrites, NodeDb, StoreError};
+use crate::store::{Completion, Ended, Enqueued, KvWrites, NodeDb, StoreError};
 use redb::{ReadableTable, WriteTransaction};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -206,7 +206,7 @@ impl Notifiers {
             Write::Complete {
                 slot, completion, ..
             } => {
-                if let Completion::Forward { outputs }
+                if let Completion::Forward { outputs, .. }
                 | Completion::Finish {
                     published: outputs, ..
                 } = completion
@@ -421,12 +421,24 @@ fn apply_one(
             completion,
             kv,
         } => {
-            if let Some(kv) = kv {
-                // Checked before anything of the step is written: over the quota (by
-                // concurrent calls that each fitted), the whole step waits for a retry.
+            // The step's writes, and those of the calls that ended messages in its
+            // lease (a fused sink's).
+            let ended = match completion {
+                Completion::Forward { ended, .. } => ended.as_slice(),
+                _ => &[],
+            };
+            let writes: Vec<&KvWrites> = kv
+                .iter()
+                .chain(ended.iter().filter_map(|e| e.kv.as_ref()))
+                .collect();
+            // Checked before anything of the step is written: over the quota (by
+            // concurrent calls that each fitted), the whole step waits for a retry.
+            for kv in &writes {
                 if let Some(reason) = kv_over_quota(txn, kv)? {
                     return Ok(Applied::OverQuota(reason));
                 }
+            }
+            for kv in writes {
                 apply_kv(txn, kv)?;
             }
             let slot = (slot.0.as_str(), slot.1);
@@ -440,56 +452,80 @@ fn apply_one(
                         not_before_ms: envelope.not_before_ms,
                     });
                 }
-                Completion::Forward { outputs } => {
+                Completion::Forward { outputs, ended } => {
                     queue.remove(slot)?;
                     ops.push(IndexOp::Remove {
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
                     write_outputs(&mut queue, outputs, ops)?;
+                    for Ended {
+                        envelope, outcome, ..
+                    } in ended
+                    {
+                        let waiting = parked(&outcome.result).then(|| envelope.clone());
+                        record_end(txn, outcome, waiting)?;
+                    }
                 }
                 Completion::Finish { outcome, published } => {
-                    let waiting = queue.remove(slot)?.map(|v| decode::<Envelope>(v.value()));
+                    let removed = queue.remove(slot)?;
+                    let waiting = match (parked(&outcome.result), removed) {
+                        (true, Some(v)) => Some(decode::<Envelope>(v.value())?),
+                        _ => None,
+                    };
                     ops.push(IndexOp::Remove {
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
                     write_outputs(&mut queue, published, ops)?;
-                    // A dead letter or an exception keeps the message as it waited.
-                    let parked = match &outcome.result {
-                        OutcomeKind::DeadLetter { .. } => Some(false),
-                        OutcomeKind::Held { .. } => Some(true),
-                        _ => None,
-                    };
-                    if let (Some(held), Some(waiting)) = (parked, waiting) {
-                        let mut envelope = waiting?;
-                        envelope.attempts = outcome.attempts.clone();
-                        let letter = DeadLetter {
-                            envelope,
-                            outcome: outcome.as_ref().clone(),
-                        };
-                        match held {
-                            true => {
-                                txn.open_table(EXCEPTIONS)?
-                                    .insert(outcome.id.as_str(), encode(&letter)?.as_slice())?;
-                            }
-                            false => by_time::put_dead(txn, &letter)?,
-                        }
-                    }
-                    if let OutcomeKind::Rejected { reasons } = &outcome.result {
-                        let rejected = EventBody::Rejected {
-                            id: outcome.id.clone(),
-                            key: outcome.key.clone(),
-                            kind: outcome.kind.clone(),
-                            plugin: outcome.plugin.clone(),
-                            reasons: reasons.clone(),
-                        };
-                        events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
-                    }
-                    by_time::put_outcome(txn, outcome)?;
+                    record_end(txn, outcome, waiting)?;
                 }
             }
         }
     }
     Ok(Applied::Done)
+}
+
+/// Whether an end keeps the message as it waited: a dead letter or an exception.
+fn parked(result: &OutcomeKind) -> bool {
+    matches!(
+        result,
+        OutcomeKind::DeadLetter { .. } | OutcomeKind::Held { .. }
+    )
+}
+
+/// Record how a message ended: its outcome, a rejection's event, and, for a dead
+/// letter or an exception, the message as it waited (`waiting`, given when
+/// [`parked`]).
+fn record_end(
+    txn: &WriteTransaction,
+    outcome: &Outcome,
+    waiting: Option<Envelope>,
+) -> Result<(), StoreError> {
+    if let Some(mut envelope) = waiting {
+        let held = matches!(outcome.result, OutcomeKind::Held { .. });
+        envelope.attempts = outcome.attempts.clone();
+        let letter = DeadLetter {
+            envelope,
+            outcome: outcome.clone(),
+        };
+        match held {
+            true => {
+                txn.open_table(EXCEPTIONS)?
+                    .insert(outcome.id.as_str(), encode(&letter)?.as_slice())?;
+            }
+            false => by_time::put_dead(txn, &letter)?,
+        }
+    }
+    if let OutcomeKind::Rejected { reasons } = &outcome.result {
+        let rejected = EventBody::Rejected {
+            id: outcome.id.clone(),
+            key: outcome.key.clone(),
+            kind: outcome.kind.clone(),
+            plugin: outcome.plugin.clone(),
+            reasons: reasons.clone(),
+        };
+        events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
+    }
+    by_time::put_outcome(txn, outcome)
 }

@@ -89,9 +89,7 @@ async fn a_message_is_leased_once_and_forwarded_with_its_ack() {
     finish(
         &q,
         lease,
-        Completion::Forward {
-            outputs: vec![("f/1".into(), out.clone())],
-        },
+        Completion::forward(vec![("f/1".into(), out.clone())]),
     )
     .await
     .unwrap();
@@ -203,9 +201,7 @@ async fn a_late_ack_after_the_lease_expired_is_refused() {
         .expect("the expired lease goes to another worker");
     assert_eq!(second.envelope.message.id, "m1");
 
-    let forward = |id: &str| Completion::Forward {
-        outputs: vec![("f/1".into(), envelope(id, "k"))],
-    };
+    let forward = |id: &str| Completion::forward(vec![("f/1".into(), envelope(id, "k"))]);
     let err = finish(&q, stalled, forward("from-stalled"))
         .await
         .unwrap_err();
@@ -446,9 +442,7 @@ async fn a_step_over_the_kv_quota_commits_nothing_and_is_leased_again() {
     let lease = take(&q, "f/0").await.unwrap();
     let mut writes = ns.writes();
     writes.put("k2", Some(vec![0; 8]));
-    let finished = Completion::Forward {
-        outputs: vec![("f/1".into(), envelope("m1.0", "k"))],
-    };
+    let finished = Completion::forward(vec![("f/1".into(), envelope("m1.0", "k"))]);
     let refused = q.complete(lease, finished, Some(writes)).await.unwrap_err();
     assert!(matches!(refused, CompleteError::OverQuota(_)), "{refused}");
     assert_eq!(depth(&q, "f/1").await, 0, "no output committed");
