@@ -614,8 +614,9 @@ pub struct FlowEntry {
     /// and one commit (default `true`): a message a step forwards to the next step
     /// of this flow, when that step is a transform or the sink with no rule before
     /// it, is taken at once by the same worker, and only what the last transform
-    /// makes is queued; how the sink ended each message (with its key-value writes)
-    /// is committed with the first step's ack. Ids are derived and mappings
+    /// makes is queued; how the sink ended the first of them (with its key-value
+    /// writes) is committed with the first step's ack (the others go through the
+    /// sink's queue, one after another's commit, as hop by hop). Ids are derived and mappings
     /// deterministic, so a crash re-runs them to the same result (the sink delivers
     /// again under the same idempotency key). An output never overtakes a message of
     /// its key waiting at the step it would skip. A transform that finishes the

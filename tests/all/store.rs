@@ -301,8 +301,28 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
         .await
         .expect("redriven to the sink's queue");
     assert_eq!(back.envelope.message.id, "m1.2");
+    let delivered = OutcomeKind::Delivered {
+        reference: "ERP-2".into(),
+        detail: None,
+    };
+    let done = outcome(&back.envelope, delivered);
+    store
+        .complete(back, Completion::finish(done), None)
+        .await
+        .unwrap();
     let held = store.exception(&"m1.3".into()).await.unwrap().unwrap();
     assert_eq!(held.envelope.stage, 1, "held before the sink");
+    let approve = tenon::model::Directive::Approve {
+        by: "key-1".into(),
+        note: "ok".into(),
+        waives: "saga".into(),
+    };
+    assert!(store.decide(&"m1.3".into(), approve.clone()).await.unwrap());
+    let back = take(store, "f/t")
+        .await
+        .expect("approved back to the sink's queue");
+    assert_eq!(back.envelope.message.id, "m1.3");
+    assert_eq!(back.envelope.directive, Some(approve));
 }
 
 async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {

@@ -274,6 +274,19 @@ impl Tenon {
         self.wait_for(id, |s| s["settled"] == true).await
     }
 
+    /// [`Tenon::metric`] once it reads `expected`, or what it reads after a few
+    /// seconds: counters move just after the commit a status already shows.
+    pub async fn metric_reaching(&self, series: &str, expected: u64) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let value = self.metric(series).await;
+            if value == expected || Instant::now() >= deadline {
+                return value;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The value of one series on `/metrics` (its name and labels as printed, e.g.
     /// `tenon_steps_fused_total{flow="f",stage="s"}`); 0 while it has no line.
     pub async fn metric(&self, series: &str) -> u64 {

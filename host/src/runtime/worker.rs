@@ -398,18 +398,18 @@ impl Runtime {
     /// run through that step at once, in this lease, when the flow fuses and the
     /// step is a transform or the flow's sink with nothing before it (no rule, no
     /// pause), and so on down the flow; only what the last of them makes is queued,
-    /// and how the sink ended each message recorded, all in one commit. A crash
-    /// before the commit re-runs them all: their ids are derived and their mappings
-    /// deterministic, so the re-run makes the same messages, and the sink delivers
-    /// again under the same idempotency key, as a sink re-leased after a crash does.
-    /// Per-key order holds as if every step were a hop: an output is not run ahead of
-    /// a message of its key in the queue it skips, in the store or left there by this
-    /// completion. An output whose transform finishes it or writes key-value data
-    /// stays queued as it was, for the step's own workers to run again and commit
-    /// (the sink's end and its key-value writes are committed here: it does not
-    /// deliver twice); after a transient failure it waits there for its retry, the
-    /// attempt counted.
-    /// The steps count in `tenon_steps_fused_total` once the commit is done.
+    /// and how the sink ended a message recorded (one a lease: see `fused_step`), all
+    /// in one commit. A crash before the commit re-runs them all: their ids are
+    /// derived and their mappings deterministic, so the re-run makes the same
+    /// messages, and the sink delivers again under the same idempotency key, as a
+    /// sink re-leased after a crash does. Per-key order holds as if every step were a
+    /// hop: an output is not run ahead of a message of its key in the queue it
+    /// skips, in the store or left there by this completion. An output whose
+    /// transform finishes it or writes key-value data stays queued as it was, for the
+    /// step's own workers to run again and commit (the sink's end and its key-value
+    /// writes are committed here: it does not deliver twice); after a transient
+    /// failure it waits there for its retry, the attempt counted. The steps count in
+    /// `tenon_steps_fused_total` once the commit is done.
     async fn fuse(
         &self,
         flow: &str,
@@ -432,7 +432,11 @@ impl Runtime {
                 let turn = (queue, output.message.key.clone());
                 let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
-                    false => self.fused_step(flow, &turn.0, output, until).await,
+                    false => {
+                        let first_end = run.ended.is_empty();
+                        self.fused_step(flow, &turn.0, output, until, first_end)
+                            .await
+                    }
                 };
                 match step {
                     Fused::Ran { stage, outputs } => {
@@ -470,7 +474,20 @@ impl Runtime {
     /// may be fused (see [`Runtime::fuse`]) and nothing of its key waits in that
     /// queue: what that step forwards, how the sink ended it, or the output to leave
     /// queued (with the attempt counted, after a transient failure).
-    async fn fused_step(&self, flow: &str, queue: &str, output: Envelope, until: Instant) -> Fused {
+    ///
+    /// The sink ends at most one message in a lease (`first_end`): what decides a
+    /// delivery reads the store (the saga's look at the transaction's other
+    /// outcomes, the sink's own key-value data and its quota), which holds only what
+    /// is committed; the other outputs go through the sink's queue, each after the
+    /// commit of the one before, as they would hop by hop.
+    async fn fused_step(
+        &self,
+        flow: &str,
+        queue: &str,
+        output: Envelope,
+        until: Instant,
+        first_end: bool,
+    ) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
         };
@@ -493,7 +510,7 @@ impl Runtime {
         let at_sink = output.stage as usize + 1 == output.route.len();
         let fusable = match plugin.kind() {
             Kind::Transform => true,
-            Kind::Sink => at_sink,
+            Kind::Sink => at_sink && first_end,
             _ => false,
         };
         // Within the lease with room to spare (see `Runtime::lease_hold`).
