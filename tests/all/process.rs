@@ -613,3 +613,57 @@ async fn a_failed_transaction_takes_no_more_and_a_refused_undoing_is_a_dead_lett
     assert!(ok);
     assert!(out.contains("@erp.undo"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_run_in_its_transforms_lease_sees_the_transaction_as_a_hop_would() {
+    // The flow maps a bundle to two orders and delivers them itself: the first in the
+    // mapping's lease (fused), the second through the sink's queue after that commit,
+    // so the saga sees the first's failure before the second is sent. Fused both in
+    // one lease, the second would be sent into the failed transaction.
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.erp]
+path = "plugins/http-sink"
+config = {{ url = "http://{erp}/erp/orders", compensate_url = "http://{erp}/erp/orders/{{ref}}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.orders]
+source = "cpq-source"
+steps = ["quote-to-order"]
+sink = "erp"
+saga = "compensate"
+"#,
+        erp = erp.addr
+    ));
+    let tenon = Tenon::start(&ws);
+    erp.refuse("/erp/orders", "the customer is blocked");
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let outcomes = status["outcomes"].as_array().unwrap();
+    let reasons: Vec<&str> = outcomes
+        .iter()
+        .map(|o| o["result"]["Rejected"]["reasons"][0].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 2, "{status:#}");
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("the customer is blocked")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.starts_with("not delivered: part of its transaction failed")),
+        "{reasons:?}"
+    );
+    assert_eq!(erp.received().len(), 1, "{:#?}", erp.received());
+    let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;
+    assert_eq!(tenon.metric_reaching(fused, 1).await, 1);
+}
