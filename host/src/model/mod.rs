@@ -435,6 +435,21 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// The event a rejection logs (`None` for any other end): what a store writes
+    /// with the outcome.
+    pub fn rejection(outcome: &Outcome) -> Option<EventBody> {
+        let OutcomeKind::Rejected { reasons } = &outcome.result else {
+            return None;
+        };
+        Some(EventBody::Rejected {
+            id: outcome.id.clone(),
+            key: outcome.key.clone(),
+            kind: outcome.kind.clone(),
+            plugin: outcome.plugin.clone(),
+            reasons: reasons.clone(),
+        })
+    }
+
     /// The event's name, as other flows would subscribe to it.
     pub fn name(&self) -> String {
         match self {

@@ -843,14 +843,7 @@ impl NatsStore {
                 .await
                 .map_err(nats(failure))?;
         }
-        if let OutcomeKind::Rejected { reasons } = &outcome.result {
-            let rejected = EventBody::Rejected {
-                id: outcome.id.clone(),
-                key: outcome.key.clone(),
-                kind: outcome.kind.clone(),
-                plugin: outcome.plugin.clone(),
-                reasons: reasons.clone(),
-            };
+        if let Some(rejected) = EventBody::rejection(outcome) {
             self.append_events(
                 outcome.at_ms,
                 vec![(

@@ -517,14 +517,7 @@ fn record_end(
             false => by_time::put_dead(txn, &letter)?,
         }
     }
-    if let OutcomeKind::Rejected { reasons } = &outcome.result {
-        let rejected = EventBody::Rejected {
-            id: outcome.id.clone(),
-            key: outcome.key.clone(),
-            kind: outcome.kind.clone(),
-            plugin: outcome.plugin.clone(),
-            reasons: reasons.clone(),
-        };
+    if let Some(rejected) = EventBody::rejection(outcome) {
         events::append(txn, outcome.at_ms, [(outcome.flow.clone(), rejected)])?;
     }
     by_time::put_outcome(txn, outcome)
