@@ -616,13 +616,13 @@ pub struct FlowEntry {
     /// it, is taken at once by the same worker, and only what the last transform
     /// makes is queued; how the sink ended the first of them (with its key-value
     /// writes) is committed with the first step's ack (the others go through the
-    /// sink's queue, one after another's commit, as hop by hop). Ids are derived and mappings
-    /// deterministic, so a crash re-runs them to the same result (the sink delivers
-    /// again under the same idempotency key). An output never overtakes a message of
-    /// its key waiting at the step it would skip. A transform that finishes the
-    /// message or writes key-value data leaves its input queued for its own workers
-    /// (which call it again), a transient failure leaves it waiting for its retry
-    /// there. `false`: every step is a hop.
+    /// sink's queue, one after another's commit, as hop by hop). Ids are derived and
+    /// mappings deterministic, so a crash re-runs them to the same result (the sink
+    /// delivers again under the same idempotency key). An output never overtakes a
+    /// message of its key waiting at the step it would skip. A transform that
+    /// finishes the message or writes key-value data leaves its input queued for its
+    /// own workers (which call it again), a transient failure leaves it waiting for
+    /// its retry there. `false`: every step is a hop.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

@@ -43,7 +43,9 @@ fi
 
 # One lock for every package: apt takes one install at a time, and two of ours
 # (prometheus and docker-registry, asked for by tests running side by side) would
-# otherwise fail on dpkg's lock. apt also waits for one it did not start.
+# otherwise fail on dpkg's lock. For an apt we did not start (apt-daily), `install`
+# waits for dpkg's lock; `update` does not wait for the lists' lock, so it is tried
+# again a few times.
 exec 9>"/var/lock/tenon-apt-install.lock"
 flock 9
 if found; then
@@ -67,7 +69,16 @@ trap cleanup EXIT
 
 echo "$package install: apt-get install $package (Debian package; log in $log)" >&2
 wait_lock=(-o DPkg::Lock::Timeout=600)
-run apt-get "${wait_lock[@]}" update
+for attempt in 1 2 3 4 5 6; do
+    if apt-get "${wait_lock[@]}" update >>"$log" 2>&1; then
+        break
+    elif [ "$attempt" = 6 ]; then
+        echo "$package install failed: apt-get update; see $log:" >&2
+        tail -30 "$log" >&2
+        exit 1
+    fi
+    sleep 10
+done
 run env DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y --no-install-recommends "$package"
 
 # Should a service have started all the same, stop it: the tests start their own.

@@ -666,4 +666,14 @@ saga = "compensate"
     assert_eq!(erp.received().len(), 1, "{:#?}", erp.received());
     let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;
     assert_eq!(tenon.metric_reaching(fused, 1).await, 1);
+
+    // Delivered in the mapping's lease, an order keeps what it delivered, to be
+    // undone should its transaction fail (the saga's say, as at the sink's workers).
+    erp.accept_all();
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let delivered = &status["outcomes"][0];
+    assert!(delivered["result"]["Delivered"].is_object(), "{status:#}");
+    assert_eq!(delivered["undo"]["kind"], "OrderDrafted", "{status:#}");
+    assert_eq!(tenon.metric_reaching(fused, 2).await, 2);
 }

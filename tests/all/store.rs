@@ -230,8 +230,15 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
             }
         })
         .collect();
-    // The delivery's key-value writes go with it, under its namespace's quota: over
-    // it, nothing of the completion is written and the input is leased again.
+    // The delivery's key-value writes go with it and with the step's own, each under
+    // its namespace's quota: over one, nothing of the completion is written (not the
+    // step's writes either) and the input is leased again.
+    let mapping = KvNamespace::new(s.store.clone(), "mapping", None);
+    let step_writes = || {
+        let mut writes = mapping.writes();
+        writes.put("seen/Q-1", Some(b"1".to_vec()));
+        writes
+    };
     let sink = KvNamespace::new(s.store.clone(), "sink", Some(24));
     let mut too_much = sink.writes();
     too_much.put("sent/Q-1", Some(vec![b'x'; 32]));
@@ -244,10 +251,14 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
             kv: Some(too_much),
         }],
     };
-    let refused = store.complete(lease, over, None).await.unwrap_err();
+    let refused = store
+        .complete(lease, over, Some(step_writes()))
+        .await
+        .unwrap_err();
     assert!(matches!(refused, CompleteError::OverQuota(_)), "{refused}");
     assert_eq!(store.outcome(&"m1.0".into()).await.unwrap(), None);
     assert_eq!(sink.get("sent/Q-1").await.unwrap(), None);
+    assert_eq!(mapping.get("seen/Q-1").await.unwrap(), None);
     let lease = take(store, "f/s").await.expect("leased again");
     let mut sent = sink.writes();
     sent.put("sent/Q-1", Some(b"ERP-1".to_vec()));
@@ -257,10 +268,17 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
         outputs: vec![("g/s".to_owned(), booked.clone())],
         ended,
     };
-    store.complete(lease, completion, None).await.unwrap();
+    store
+        .complete(lease, completion, Some(step_writes()))
+        .await
+        .unwrap();
     assert_eq!(
         sink.get("sent/Q-1").await.unwrap().as_deref(),
         Some(&b"ERP-1"[..])
+    );
+    assert_eq!(
+        mapping.get("seen/Q-1").await.unwrap().as_deref(),
+        Some(&b"1"[..])
     );
     assert_eq!(depth(store, "f/s").await, 0, "the input is acked");
     assert_eq!(depth(store, "f/t").await, 0, "nothing ended was queued");

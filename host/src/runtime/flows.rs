@@ -41,7 +41,8 @@ pub struct Flow {
     pub rules: Vec<Rule>,
     /// Whether (and how) its deliveries are undone when their transaction fails.
     pub saga: Option<SagaPolicy>,
-    /// Whether consecutive transform steps run in one lease and one commit.
+    /// Whether consecutive transform steps, and the sink after them, run in one lease
+    /// and one commit.
     pub fuse: bool,
 }
 

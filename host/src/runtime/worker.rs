@@ -2,8 +2,8 @@
 //! threads); a worker leases a message, calls the stage's plugin in a fresh instance,
 //! decides what the result means (forward, finish, retry, dead letter) from the failure
 //! class alone, and commits that with the input's ack and the call's kv writes. What
-//! it forwards to the flow's next transform steps runs through them in the same lease
-//! and commit (`Runtime::fuse`).
+//! it forwards to the flow's next transform steps, and then to its sink, runs through
+//! them in the same lease and commit (`Runtime::fuse`).
 
 use super::Runtime;
 use super::flows::{RetryPolicy, describe_event};
@@ -27,7 +27,8 @@ use tracing::Instrument as _;
 /// How long an idle worker waits for work before it looks again.
 pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-/// The shortest lease (a stage's is longer when its plugin's calls may be).
+/// The shortest lease (a stage's is longer when the calls it may make, its plugin's
+/// and those of the steps fused after it, may be: `Runtime::lease_hold`).
 const MIN_HOLD: Duration = Duration::from_secs(60);
 
 /// What happened to an accepted message and its descendants.
@@ -416,11 +417,10 @@ impl Runtime {
         completion: Completion,
         until: Instant,
     ) -> (Completion, FusedRun) {
-        let Completion::Forward { outputs, ended } = completion else {
+        let Completion::Forward { outputs, mut ended } = completion else {
             return (completion, FusedRun::default());
         };
         let mut queued = Vec::with_capacity(outputs.len());
-        let mut ended = ended;
         let mut run = FusedRun::default();
         // The keys left in each queue: what comes after them may not overtake them
         // (per-key order, as if every step were a hop).
@@ -433,9 +433,8 @@ impl Runtime {
                 let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
                     false => {
-                        let first_end = run.ended.is_empty();
-                        self.fused_step(flow, &turn.0, output, until, first_end)
-                            .await
+                        let may_end = run.ended.is_empty();
+                        self.fused_step(flow, &turn.0, output, until, may_end).await
                     }
                 };
                 match step {
@@ -475,7 +474,7 @@ impl Runtime {
     /// queue: what that step forwards, how the sink ended it, or the output to leave
     /// queued (with the attempt counted, after a transient failure).
     ///
-    /// The sink ends at most one message in a lease (`first_end`): what decides a
+    /// The sink ends at most one message in a lease (`may_end`: none yet): what decides a
     /// delivery reads the store (the saga's look at the transaction's other
     /// outcomes, the sink's own key-value data and its quota), which holds only what
     /// is committed; the other outputs go through the sink's queue, each after the
@@ -486,7 +485,7 @@ impl Runtime {
         queue: &str,
         output: Envelope,
         until: Instant,
-        first_end: bool,
+        may_end: bool,
     ) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
@@ -510,7 +509,7 @@ impl Runtime {
         let at_sink = output.stage as usize + 1 == output.route.len();
         let fusable = match plugin.kind() {
             Kind::Transform => true,
-            Kind::Sink => at_sink && first_end,
+            Kind::Sink => at_sink && may_end,
             _ => false,
         };
         // Within the lease with room to spare (see `Runtime::lease_hold`).

@@ -70,10 +70,12 @@ pub trait Store: Send + Sync + fmt::Debug {
         hold: Duration,
     ) -> Result<Option<Lease>, StoreError>;
 
-    /// Commit what became of a leased message, with the step's key-value writes, in
-    /// one atomic write with its ack. Refused when the lease expired (another worker
-    /// owns the message now) or the key-value writes are over quota; the message is
-    /// then leased again.
+    /// Commit what became of a leased message, with the step's key-value writes (and
+    /// those of the calls that ended messages in its lease: [`Ended::kv`]), in one
+    /// atomic write with its ack. Refused when the lease expired (another worker owns
+    /// the message now) or any of the key-value writes are over quota, and then
+    /// nothing is written; the message is leased again. (On NATS, "atomic" is "in
+    /// order, de-duplicated on a re-run": see its module.)
     async fn complete(
         &self,
         lease: Lease,
@@ -252,7 +254,7 @@ pub enum Completion {
     /// Outputs for other queues (possibly none).
     Forward {
         /// The outputs, each with the queue it goes to (the next stage, or the first
-        /// stage of a flow that subscribes to it).
+        /// stage of a flow that subscribes to it), and what the ends in `ended` publish.
         outputs: Vec<(String, Envelope)>,
         /// Messages that ended within this lease without ever being queued: the flow's
         /// sink ran on an output at once (fused). Recorded as a [`Completion::Finish`]

@@ -571,6 +571,13 @@ impl NatsStore {
         if writes.is_empty() {
             return Ok(());
         }
+        let usage = self.kv_checked(writes).await?;
+        self.write_kv(writes, usage).await
+    }
+
+    /// The usage of the namespace `writes` go to, before and after them; refused
+    /// over its quota. Nothing is written.
+    async fn kv_checked(&self, writes: &KvWrites) -> Result<(u64, u64), CompleteError> {
         let ns = writes.namespace();
         let used = self.kv_usage(ns).await?;
         let mut after = used;
@@ -582,6 +589,16 @@ impl NatsStore {
         if let Some(reason) = over_quota(writes.quota(), used, after) {
             return Err(CompleteError::OverQuota(reason));
         }
+        Ok((used, after))
+    }
+
+    /// Write what [`NatsStore::kv_checked`] passed, and the namespace's new usage.
+    async fn write_kv(
+        &self,
+        writes: &KvWrites,
+        (used, after): (u64, u64),
+    ) -> Result<(), CompleteError> {
+        let ns = writes.namespace();
         let bucket = &self.buckets.kv;
         for (key, value) in writes.iter() {
             let k = kv_key(&[ns, key]);
@@ -1035,8 +1052,21 @@ impl Store for NatsStore {
             Completion::Forward { ended, .. } => ended.as_slice(),
             _ => &[],
         };
-        for kv in kv.iter().chain(ended.iter().filter_map(|e| e.kv.as_ref())) {
-            if let Err(error) = self.apply_kv(kv).await {
+        let writes: Vec<&KvWrites> = kv
+            .iter()
+            .chain(ended.iter().filter_map(|e| e.kv.as_ref()))
+            .filter(|w| !w.is_empty())
+            .collect();
+        // Every set checked before any is written: one over its quota writes nothing.
+        let mut usages = Vec::with_capacity(writes.len());
+        for kv in &writes {
+            match self.kv_checked(kv).await {
+                Ok(usage) => usages.push(usage),
+                Err(error) => return give_back(error).await,
+            }
+        }
+        for (kv, usage) in writes.into_iter().zip(usages) {
+            if let Err(error) = self.write_kv(kv, usage).await {
                 return give_back(error).await;
             }
         }
