@@ -1,7 +1,8 @@
 //! Who may call what: the request's API key ([`crate::auth`]) against the route's
 //! scope, and every admin action and refusal in the audit log. Requests refused
-//! without a valid key are recorded at most [`ANONYMOUS_PER_MINUTE`] a minute (the rest
-//! counted): anyone who reaches a port must not be able to fill the audit log.
+//! without a valid key are recorded at most [`ANONYMOUS_PER_MINUTE`] in any minute
+//! (the rest counted): anyone who reaches a port must not be able to fill the audit
+//! log.
 
 use super::State;
 use super::problem::Problem;
@@ -10,8 +11,10 @@ use crate::store::audit::{AuditRecord, Decision};
 use hyper::body::Incoming;
 use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, StatusCode};
+use std::collections::VecDeque;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Mutex, PoisonError};
 
 pub(super) fn json_body(req: &Request<Incoming>) -> bool {
     let headers = req.headers();
@@ -112,38 +115,47 @@ pub(super) const CREDENTIAL_HEADERS: [hyper::header::HeaderName; 3] = [
 ];
 
 /// Requests refused without a valid key, recorded one by one up to
-/// [`ANONYMOUS_PER_MINUTE`] a minute; the rest are counted in one record: anyone who
-/// reaches a port must not be able to fill the audit log.
+/// [`ANONYMOUS_PER_MINUTE`] in any minute; the rest are counted in one record: anyone
+/// who reaches a port must not be able to fill the audit log.
 static ANONYMOUS: RefusalGate = RefusalGate {
-    minute: AtomicU64::new(0),
-    count: AtomicU64::new(0),
+    recorded: Mutex::new(VecDeque::new()),
     dropped: AtomicU64::new(0),
 };
 
-/// Anonymous refusals recorded one by one each minute.
-const ANONYMOUS_PER_MINUTE: u64 = 60;
+/// Anonymous refusals recorded one by one in any minute.
+const ANONYMOUS_PER_MINUTE: usize = 60;
 
 struct RefusalGate {
-    minute: AtomicU64,
-    count: AtomicU64,
+    /// When the refusals recorded in the last minute were (ms since the Unix epoch),
+    /// oldest first: a sliding minute, so a burst across a clock minute's turn is
+    /// held to the same count.
+    recorded: Mutex<VecDeque<u64>>,
+    /// Refusals not recorded since the last one that was.
     dropped: AtomicU64,
 }
 
 impl RefusalGate {
-    /// Whether to record this refusal; with, when a minute ended with refusals left
-    /// unrecorded, how many.
+    /// Whether to record this refusal; with, when refusals went unrecorded before it,
+    /// how many.
     fn admit(&self) -> (bool, u64) {
-        let minute = crate::model::now_ms() / 60_000;
-        let mut dropped_before = 0;
-        if self.minute.swap(minute, Relaxed) != minute {
-            self.count.store(0, Relaxed);
-            dropped_before = self.dropped.swap(0, Relaxed);
+        self.admit_at(crate::model::now_ms())
+    }
+
+    /// [`RefusalGate::admit`] at `now` (ms since the Unix epoch).
+    fn admit_at(&self, now: u64) -> (bool, u64) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(PoisonError::into_inner);
+        while recorded
+            .front()
+            .is_some_and(|&at| now.saturating_sub(at) >= 60_000)
+        {
+            recorded.pop_front();
         }
-        if self.count.fetch_add(1, Relaxed) < ANONYMOUS_PER_MINUTE {
-            (true, dropped_before)
+        if recorded.len() < ANONYMOUS_PER_MINUTE {
+            recorded.push_back(now);
+            (true, self.dropped.swap(0, Relaxed))
         } else {
             self.dropped.fetch_add(1, Relaxed);
-            (false, dropped_before)
+            (false, 0)
         }
     }
 }
@@ -173,7 +185,7 @@ pub(super) fn audit_api(
                 target: "requests without a valid key".into(),
                 decision,
                 reason: Some(format!(
-                    "{dropped} more refused in the last minute, not recorded one by one"
+                    "{dropped} more refused before this one, not recorded one by one"
                 )),
             });
         }
@@ -193,4 +205,31 @@ pub(super) fn audit_api(
         decision,
         reason,
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_refusals_are_recorded_at_most_sixty_in_any_minute() {
+        let gate = RefusalGate {
+            recorded: Mutex::new(VecDeque::new()),
+            dropped: AtomicU64::new(0),
+        };
+        // A burst just before a clock minute turns, and one just after it: the
+        // second is held to what the first left of the same sliding minute.
+        let turn = 60_000 * 29_000_000;
+        for _ in 0..ANONYMOUS_PER_MINUTE {
+            assert_eq!(gate.admit_at(turn - 1), (true, 0));
+        }
+        assert_eq!(gate.admit_at(turn - 1), (false, 0));
+        for _ in 0..99 {
+            assert_eq!(gate.admit_at(turn + 1), (false, 0));
+        }
+        // A minute after the burst, refusals are recorded again, the first with how
+        // many went unrecorded.
+        assert_eq!(gate.admit_at(turn + 59_999), (true, 100));
+        assert_eq!(gate.admit_at(turn + 59_999), (true, 0));
+    }
 }
