@@ -18,16 +18,10 @@ fn config(
     billing_flow: &str,
     quotes: &str,
 ) -> String {
+    let plugins = erp_plugins(erp);
     format!(
         r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-[plugins.quote-to-order]
-path = "plugins/quote-to-order"
-[plugins.erp]
-path = "plugins/http-sink"
-config = {{ url = "http://{erp}/erp/orders", compensate_url = "http://{erp}/erp/orders/{{ref}}" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
+{plugins}
 [plugins.billing]
 path = "plugins/http-sink"
 config = {{ url = "http://{billing}/billing/subscriptions" }}
@@ -56,8 +50,24 @@ max_backoff_ms = 100
 max_attempts = 200
 {billing_flow}
 "#,
-        erp = erp.addr,
         billing = billing.addr,
+    )
+}
+
+/// The CPQ source, the mapping and the ERP's sink (which can undo a delivery).
+fn erp_plugins(erp: &MockErp) -> String {
+    format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+[plugins.quote-to-order]
+path = "plugins/quote-to-order"
+[plugins.erp]
+path = "plugins/http-sink"
+config = {{ url = "http://{erp}/erp/orders", compensate_url = "http://{erp}/erp/orders/{{ref}}" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+"#,
+        erp = erp.addr
     )
 }
 
@@ -622,25 +632,14 @@ async fn a_sink_run_in_its_transforms_lease_sees_the_transaction_as_a_hop_would(
     // one lease, the second would be sent into the failed transaction.
     let erp = MockErp::start().await.unwrap();
     let ws = Workspace::new();
-    ws.write_config(&format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-[plugins.quote-to-order]
-path = "plugins/quote-to-order"
-[plugins.erp]
-path = "plugins/http-sink"
-config = {{ url = "http://{erp}/erp/orders", compensate_url = "http://{erp}/erp/orders/{{ref}}" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
+    let flow = r#"
 [flows.orders]
 source = "cpq-source"
 steps = ["quote-to-order"]
 sink = "erp"
 saga = "compensate"
-"#,
-        erp = erp.addr
-    ));
+"#;
+    ws.write_config(&(erp_plugins(&erp) + flow));
     let tenon = Tenon::start(&ws);
     erp.refuse("/erp/orders", "the customer is blocked");
     let ids = tenon.send_quote(sample("bundle.json")).await;
