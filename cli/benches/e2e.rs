@@ -15,10 +15,12 @@
 //!    flow) at saturation with its three transform steps fused (the default) and hop
 //!    by hop (`fuse = false`), runs in the order fused, unfused, unfused, fused:
 //!    `e2e_chain_quotes_per_s`, `e2e_chain_unfused_quotes_per_s` and their ratio
-//!    `e2e_chain_fused_vs_unfused`.
+//!    `e2e_chain_fused_vs_unfused`, and the node's CPU time per quote delivered in
+//!    each (`e2e_chain_node_cpu_us_per_quote`, `e2e_chain_unfused_node_cpu_us_per_quote`).
 //!
-//! `TENON_BENCH_SATURATION_ONLY=1` runs only part 1; `TENON_BENCH_BIN=<path>` runs
-//! another build of the `tenon` binary (two builds compare in alternating runs).
+//! `TENON_BENCH_SATURATION_ONLY=1` runs only part 1, `TENON_BENCH_CHAIN_ONLY=1` only
+//! part 3; `TENON_BENCH_BIN=<path>` runs another build of the `tenon` binary (two
+//! builds compare in alternating runs).
 
 mod common;
 
@@ -38,6 +40,17 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
+    if !flag("TENON_BENCH_CHAIN_ONLY") {
+        single_flow().await?;
+    }
+    if !flag("TENON_BENCH_SATURATION_ONLY") {
+        chain().await?;
+    }
+    Ok(())
+}
+
+/// Parts 1 and 2: the quote-to-order flow, at saturation then at a fixed load.
+async fn single_flow() -> anyhow::Result<()> {
     let erp = MockErp::start().await?;
     let dir = tempfile::tempdir()?;
     let config = tenon_testkit::quote_to_cash_config(&erp.orders_url(), "concurrency = 32");
@@ -65,7 +78,7 @@ async fn run() -> anyhow::Result<()> {
             0,
         );
 
-        if saturation_only() {
+        if flag("TENON_BENCH_SATURATION_ONLY") {
             return Ok(());
         }
         // 2. Latency at 50% and 80% of that rate.
@@ -123,19 +136,19 @@ async fn run() -> anyhow::Result<()> {
     }
     .await;
     drop(node);
-    result?;
-    if saturation_only() {
-        return Ok(());
-    }
+    result
+}
 
-    // 3. The chain, fused and hop by hop.
-    let (mut fused, mut unfused) = (0f64, 0f64);
+/// Part 3: the example's chain, fused and hop by hop.
+async fn chain() -> anyhow::Result<()> {
+    // (quotes a second, node CPU µs a quote), averaged over each side's two runs.
+    let (mut fused, mut unfused) = ((0f64, 0f64), (0f64, 0f64));
     for (round, fuse) in [true, false, false, true].into_iter().enumerate() {
         let erp = MockErp::start().await?;
         let dir = tempfile::tempdir()?;
         let node = start(dir.path(), &chain_config(&erp.orders_url(), fuse))?;
         let master = post_customers(&node).await;
-        let rate = async {
+        let measured = async {
             master?;
             // The customers are in the gateway's master once a quote of one passes.
             let probe = post(
@@ -150,26 +163,39 @@ async fn run() -> anyhow::Result<()> {
                 erp.orders() == probe.accepted.len(),
                 "the probe quotes were not delivered"
             );
-            common::saturate(&erp, &[&node], &format!("C{round}")).await
+            let (cpu, before) = (node.cpu()?, erp.orders());
+            let rate = common::saturate(&erp, &[&node], &format!("C{round}")).await?;
+            let cpu = node.cpu()?.saturating_sub(cpu);
+            let per_quote = cpu.as_secs_f64() * 1e6 / (erp.orders() - before).max(1) as f64;
+            Ok::<_, anyhow::Error>((rate, per_quote))
         }
-        .await?;
-        eprintln!("chain, fuse = {fuse}: {rate:.0} quotes/s");
-        if fuse {
-            fused += rate / 2.0;
-        } else {
-            unfused += rate / 2.0;
-        }
+        .await;
+        let (rate, per_quote) = measured?;
+        eprintln!(
+            "chain, fuse = {fuse}: {rate:.0} quotes/s, {per_quote:.0} us of node CPU a quote"
+        );
+        let side = if fuse { &mut fused } else { &mut unfused };
+        side.0 += rate / 2.0;
+        side.1 += per_quote / 2.0;
     }
-    tenon_testkit::bench::line("e2e_chain_quotes_per_s", fused, "1/s", 0);
-    tenon_testkit::bench::line("e2e_chain_unfused_quotes_per_s", unfused, "1/s", 0);
-    tenon_testkit::bench::line("e2e_chain_fused_vs_unfused", fused / unfused, "x", 3);
+    tenon_testkit::bench::line("e2e_chain_quotes_per_s", fused.0, "1/s", 0);
+    tenon_testkit::bench::line("e2e_chain_unfused_quotes_per_s", unfused.0, "1/s", 0);
+    tenon_testkit::bench::line("e2e_chain_fused_vs_unfused", fused.0 / unfused.0, "x", 3);
+    tenon_testkit::bench::line("e2e_chain_node_cpu_us_per_quote", fused.1, "us", 0);
+    tenon_testkit::bench::line(
+        "e2e_chain_unfused_node_cpu_us_per_quote",
+        unfused.1,
+        "us",
+        0,
+    );
     Ok(())
 }
 
-/// `TENON_BENCH_SATURATION_ONLY`: only the first part (to compare two builds of the
-/// host, given by `TENON_BENCH_BIN`, in alternating runs).
-fn saturation_only() -> bool {
-    std::env::var("TENON_BENCH_SATURATION_ONLY").is_ok_and(|v| !v.is_empty() && v != "0")
+/// Whether the environment variable `name` is set (to anything but `0`): the bench's
+/// switches, to run one part alone (two builds of the host, given by
+/// `TENON_BENCH_BIN`, compare in alternating runs).
+fn flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// The example's quote chain: mapping, gateway (with its customer master) and router

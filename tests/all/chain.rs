@@ -917,16 +917,54 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
             .collect();
         orders.sort_by(|a, b| a.0.cmp(&b.0));
 
-        let fused = async |stage: &str| {
-            let series =
-                format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}}"#);
-            tenon.metric(&series).await
+        // Counters move just after the commit a status already shows.
+        let fused = async |flow: &str, stage: &str, expected: u64| {
+            let series = format!(r#"tenon_steps_fused_total{{flow="{flow}",stage="{stage}"}}"#);
+            tenon.metric_reaching(&series, expected).await
         };
-        let counted = (fused("gateway").await, fused("router").await);
+        let expected = |n: u64| if fuse { n } else { 0 };
+        let counted = (
+            fused("quote-to-order", "gateway", expected(2)).await,
+            fused("quote-to-order", "router", expected(2)).await,
+        );
         // Fused, the plain quote's order and the bundle's good order went through the
         // gateway and the router in the mapping's lease; the bundle's order the
         // gateway rejects was left queued for the gateway's own workers.
-        assert_eq!(counted, if fuse { (2, 2) } else { (0, 0) }, "fuse = {fuse}");
+        assert_eq!(counted, (expected(2), expected(2)), "fuse = {fuse}");
+        // And on into the ERP flow that subscribes to each routed order, its sink run
+        // in the same lease (its 30 s time limit counted in the lease's length).
+        for erp in ["de", "fr"] {
+            let took = orders
+                .iter()
+                .filter(|(path, _)| path.starts_with(&format!("/{erp}/")));
+            let want = expected(took.count() as u64);
+            let flow = format!("erp-{erp}");
+            assert_eq!(fused(&flow, &flow, want).await, want, "fuse = {fuse}");
+        }
+        // Each ERP flow logged what entered it, fused or queued: its replay re-runs
+        // both orders, and the sinks return the recorded outcomes instead of sending
+        // them again.
+        let mut replayed = 0;
+        for erp in ["erp-de", "erp-fr"] {
+            let path = format!("/v1/flows/{erp}/replay");
+            let replay = tenon
+                .post(&path, "application/json", br#"{"from": "1"}"#)
+                .await;
+            assert_eq!(
+                replay.status,
+                200,
+                "{}",
+                String::from_utf8_lossy(&replay.body)
+            );
+            replayed += replay.json().unwrap()["replayed"].as_u64().unwrap();
+        }
+        assert_eq!(replayed, 2, "fuse = {fuse}");
+        tenon.drained().await;
+        assert_eq!(
+            erp.received().len(),
+            orders.len(),
+            "nothing delivered twice"
+        );
         seen.push((plain, bundle, orders));
     }
     assert_eq!(seen[0], seen[1], "fused and unfused runs differ");

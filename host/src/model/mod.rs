@@ -435,6 +435,15 @@ pub enum EventBody {
 }
 
 impl EventBody {
+    /// The event `envelope` entering its flow logs (ingress, or a copy entering a
+    /// subscribing flow), with that flow's name: what replay re-runs.
+    pub fn accepted(envelope: &Envelope) -> (String, EventBody) {
+        let body = EventBody::Accepted {
+            envelope: Box::new(envelope.clone()),
+        };
+        (envelope.flow.clone(), body)
+    }
+
     /// The event a rejection logs (`None` for any other end): what a store writes
     /// with the outcome.
     pub fn rejection(outcome: &Outcome) -> Option<EventBody> {

@@ -469,13 +469,8 @@ impl NatsStore {
         let accepted = items
             .iter()
             .map(|(_, e)| {
-                (
-                    e.flow.clone(),
-                    EventBody::Accepted {
-                        envelope: Box::new(e.clone()),
-                    },
-                    format!("accepted|{}", e.message.id),
-                )
+                let (flow, body) = EventBody::accepted(e);
+                (flow, body, format!("accepted|{}", e.message.id))
             })
             .collect();
         self.append_events(now_ms(), accepted).await?;
@@ -816,8 +811,12 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
-            Completion::Forward { outputs, ended } => {
-                self.write_outputs(&outputs, input).await?;
+            Completion::Forward {
+                outputs,
+                ended,
+                entered,
+            } => {
+                self.write_outputs(&outputs, &entered, input).await?;
                 for Ended {
                     envelope, outcome, ..
                 } in ended
@@ -826,7 +825,7 @@ impl NatsStore {
                 }
             }
             Completion::Finish { outcome, published } => {
-                self.write_outputs(&published, input).await?;
+                self.write_outputs(&published, &[], input).await?;
                 self.write_end(envelope, &outcome, input).await?;
             }
         }
@@ -881,34 +880,32 @@ impl NatsStore {
 
     /// A step's outputs, or what a message's end publishes, each written once per
     /// input. A copy entering a subscribing flow is accepted by that flow: logged like
-    /// ingress, so the flow's replay covers it.
+    /// ingress, so the flow's replay covers it; so is one that ran there in the lease
+    /// (`entered`), never published.
     async fn write_outputs(
         &self,
         outputs: &[(String, Envelope)],
+        entered: &[Envelope],
         input: u64,
     ) -> Result<(), StoreError> {
-        if outputs.is_empty() {
-            return Ok(());
+        if !outputs.is_empty() {
+            self.publish(outputs, |queue, e| {
+                format!("{queue}|{}|{input}", e.message.id)
+            })
+            .await?;
         }
-        self.publish(outputs, |queue, e| {
-            format!("{queue}|{}|{input}", e.message.id)
-        })
-        .await?;
-        let entering = outputs
+        let accepted = outputs
             .iter()
-            .filter(|(_, e)| e.is_entering())
-            .map(|(_, e)| {
-                (
-                    e.flow.clone(),
-                    EventBody::Accepted {
-                        envelope: Box::new(e.clone()),
-                    },
-                    format!("accepted|{}|{input}", e.message.id),
-                )
+            .map(|(_, e)| e)
+            .filter(|e| e.is_entering())
+            .chain(entered)
+            .map(|e| {
+                let (flow, body) = EventBody::accepted(e);
+                (flow, body, format!("accepted|{}|{input}", e.message.id))
             })
             .collect::<Vec<_>>();
-        if !entering.is_empty() {
-            self.append_events(now_ms(), entering).await?;
+        if !accepted.is_empty() {
+            self.append_events(now_ms(), accepted).await?;
         }
         Ok(())
     }
