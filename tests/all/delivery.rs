@@ -191,6 +191,11 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     let bundle = tenon.send_quote(sample("bundle.json")).await.remove(0);
     tenon.settled(&plain).await;
     tenon.settled(&bundle).await;
+    // The plain quote's order and the bundle's first were dead-lettered by the sink
+    // run in the mapping's lease (fused), the bundle's second at the sink's queue:
+    // a redrive puts either back in front of the sink alike.
+    let fused = r#"tenon_steps_fused_total{flow="quote-to-order",stage="erp-sink"}"#;
+    assert_eq!(tenon.metric_reaching(fused, 2).await, 2);
 
     let (ok, out, _) = tenon.cli(&["dlq", "list"]);
     assert!(ok);
