@@ -110,6 +110,17 @@ fn outcomes(status: &Value) -> Vec<(String, String, String)> {
     out
 }
 
+/// Replay everything `flow` accepted (from its log's first offset): how many messages.
+async fn replay_all(tenon: &Tenon, flow: &str) -> u64 {
+    let path = format!("/v1/flows/{flow}/replay");
+    let replay = tenon
+        .post(&path, "application/json", br#"{"from": "1"}"#)
+        .await;
+    let body = String::from_utf8_lossy(&replay.body).into_owned();
+    assert_eq!(replay.status, 200, "{body}");
+    replay.json().unwrap()["replayed"].as_u64().unwrap()
+}
+
 /// Wait until a message's lineage has `n` outcomes and nothing pending.
 pub(crate) async fn settled_with(tenon: &Tenon, id: &str, n: usize) -> Value {
     tenon
@@ -263,20 +274,7 @@ async fn the_quote_to_cash_chain_runs_across_flows() {
     // replay re-runs both schedules, and the finance sink returns the recorded
     // outcomes instead of sending again.
     let before = erp.received().len();
-    let replay = tenon
-        .post(
-            "/v1/flows/schedules/replay",
-            "application/json",
-            br#"{"from": "1"}"#,
-        )
-        .await;
-    assert_eq!(
-        replay.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&replay.body)
-    );
-    assert_eq!(replay.json().unwrap()["replayed"], 2);
+    assert_eq!(replay_all(&tenon, "schedules").await, 2);
     tenon.drained().await;
     assert_eq!(erp.received().len(), before, "nothing delivered twice");
 
@@ -944,20 +942,7 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
         // Each ERP flow logged what entered it, fused or queued: its replay re-runs
         // both orders, and the sinks return the recorded outcomes instead of sending
         // them again.
-        let mut replayed = 0;
-        for erp in ["erp-de", "erp-fr"] {
-            let path = format!("/v1/flows/{erp}/replay");
-            let replay = tenon
-                .post(&path, "application/json", br#"{"from": "1"}"#)
-                .await;
-            assert_eq!(
-                replay.status,
-                200,
-                "{}",
-                String::from_utf8_lossy(&replay.body)
-            );
-            replayed += replay.json().unwrap()["replayed"].as_u64().unwrap();
-        }
+        let replayed = replay_all(&tenon, "erp-de").await + replay_all(&tenon, "erp-fr").await;
         assert_eq!(replayed, 2, "fuse = {fuse}");
         tenon.drained().await;
         assert_eq!(
