@@ -622,10 +622,7 @@ pub struct FlowEntry {
     /// message of its key waiting at the step it would skip. A transform that
     /// finishes the message or writes key-value data leaves its input queued for its
     /// own workers (which call it again), a transient failure leaves it waiting for
-    /// its retry there. What the flow publishes to a subscribing flow that fuses
-    /// too enters it the same way, in the same lease (logged as that flow's accepted
-    /// message, so its replay covers it). `false`: every step is a hop, and nothing
-    /// enters this flow, or leaves it, within another step's lease.
+    /// its retry there. `false`: every step is a hop.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

@@ -3,8 +3,7 @@
 //! decides what the result means (forward, finish, retry, dead letter) from the failure
 //! class alone, and commits that with the input's ack and the call's kv writes. What
 //! it forwards to the flow's next transform steps, and then to its sink, runs through
-//! them in the same lease and commit, as does what it publishes to the flows that
-//! subscribe to it (`Runtime::fuse`).
+//! them in the same lease and commit (`Runtime::fuse`).
 
 use super::Runtime;
 use super::flows::{RetryPolicy, describe_event};
@@ -48,20 +47,18 @@ impl MessageStatus {
     }
 }
 
-/// What became of an output a step forwarded to the next step of its flow, or
-/// published to the first step of a subscribing flow.
+/// What became of an output a step forwarded to the next step of its flow.
 enum Fused {
-    /// The next step, a transform, ran on it in the same lease (`stage`, with its
-    /// flow): its outputs.
+    /// The next step, a transform, ran on it in the same lease (`stage`): its outputs.
     Ran {
-        stage: (String, String),
+        stage: String,
         outputs: Vec<(String, Envelope)>,
     },
-    /// Its flow's sink ran on it in the same lease (`stage`, with its flow): how it
-    /// ended, what its end publishes, and whether its transaction is looked at after
-    /// the commit (a saga's).
+    /// The flow's sink ran on it in the same lease (`stage`): how it ended, what its
+    /// end publishes, and whether its transaction is looked at after the commit (a
+    /// saga's).
     Ended {
-        stage: (String, String),
+        stage: String,
         ended: Box<Ended>,
         published: Vec<(String, Envelope)>,
         settle: bool,
@@ -73,8 +70,8 @@ enum Fused {
 /// What [`Runtime::fuse`] ran within a lease, beside the completion it leaves.
 #[derive(Default)]
 struct FusedRun {
-    /// The stages that ran, with their flows, once per message they took.
-    stages: Vec<(String, String)>,
+    /// The stages that ran, once per message they took.
+    stages: Vec<String>,
     /// The outcomes of the messages that ended at the flow's sink, counted once the
     /// commit is done.
     ended: Vec<Outcome>,
@@ -234,37 +231,23 @@ impl Runtime {
 
     /// How long a lease of `stage`'s messages lasts. It must outlast the longest
     /// calls the lease may make, or a slow but healthy call would see its message
-    /// handed to a second worker: twice the stage's plugin's time limit, and, where
-    /// the flow fuses, those of the steps after it and of the longest subscribing
-    /// flow that fuses (what the flow publishes may run there in the lease), plus
-    /// 10 s; at least [`MIN_HOLD`].
+    /// handed to a second worker: twice the stage's plugin's time limit, and those of
+    /// the steps after it where the flow fuses them, plus 10 s; at least [`MIN_HOLD`].
     fn lease_hold(&self, flow: &str, stage: &str) -> Duration {
-        // The stages' names first: the plugins are looked up with the flows unlocked.
-        let (own, entered): (Vec<String>, Vec<Vec<String>>) = {
+        let stages: Vec<String> = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
             let fused = flows.get(flow).filter(|f| f.fuse).and_then(|f| {
                 let at = f.stages.iter().position(|s| s == stage)?;
                 Some(f.stages[at..].to_vec())
             });
-            let entered = match fused.is_some() {
-                true => flows
-                    .values()
-                    .filter(|f| f.fuse && !f.subscribe.is_empty())
-                    .map(|f| f.stages.clone())
-                    .collect(),
-                false => Vec::new(),
-            };
-            (fused.unwrap_or_else(|| vec![stage.to_owned()]), entered)
+            fused.unwrap_or_else(|| vec![stage.to_owned()])
         };
-        let calls = |stages: &[String]| -> Duration {
-            stages
-                .iter()
-                .filter_map(|s| self.plugin(s))
-                .map(|p| p.timeout())
-                .sum()
-        };
-        let longest = entered.iter().map(|s| calls(s)).max().unwrap_or_default();
-        ((calls(&own) + longest) * 2 + Duration::from_secs(10)).max(MIN_HOLD)
+        let calls: Duration = stages
+            .iter()
+            .filter_map(|s| self.plugin(s))
+            .map(|p| p.timeout())
+            .sum();
+        (calls * 2 + Duration::from_secs(10)).max(MIN_HOLD)
     }
 
     async fn process(&self, lease: Lease, hold: Duration) {
@@ -310,6 +293,7 @@ impl Runtime {
             Completion::Retry(_) => "retry",
         };
         let root = (settle || fused.settle).then(|| env.root.clone());
+        let flow = env.flow.clone();
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
@@ -325,8 +309,8 @@ impl Runtime {
                 for outcome in &fused.ended {
                     metrics::finished(outcome, true);
                 }
-                for (flow, stage) in &fused.stages {
-                    metrics::fused(flow, stage);
+                for stage in &fused.stages {
+                    metrics::fused(&flow, stage);
                 }
                 if let Some(root) = root {
                     self.settle_saga(&root, &step)
@@ -411,17 +395,14 @@ impl Runtime {
         (called, elapsed.as_micros() as u64)
     }
 
-    /// Fewer hops: the outputs a step forwards to the next step of its flow, or
-    /// publishes to the first step of a flow that subscribes to them, run through
-    /// that step at once, in this lease, when both flows fuse (the lease's `flow` and
-    /// the step's) and the step is a transform or its flow's sink with nothing before
-    /// it (no rule, no pause), and so on down the flows; only what the last of them
-    /// makes is queued, and how the sink ended a message recorded (one a lease: see
-    /// `fused_step`), all in one commit. A copy that entered a subscribing flow this
-    /// way is logged as that flow's accepted message, as it would have been queued,
-    /// so the flow's replay covers it. A crash before the commit re-runs them all:
-    /// their ids are derived and their mappings deterministic, so the re-run makes the
-    /// same messages, and the sink delivers again under the same idempotency key, as a
+    /// Fewer hops: the outputs a step forwards to the next step of its own `flow`
+    /// run through that step at once, in this lease, when the flow fuses and the
+    /// step is a transform or the flow's sink with nothing before it (no rule, no
+    /// pause), and so on down the flow; only what the last of them makes is queued,
+    /// and how the sink ended a message recorded (one a lease: see `fused_step`), all
+    /// in one commit. A crash before the commit re-runs them all: their ids are
+    /// derived and their mappings deterministic, so the re-run makes the same
+    /// messages, and the sink delivers again under the same idempotency key, as a
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
     /// hop: an output is not run ahead of a message of its key in the queue it
     /// skips, in the store or left there by this completion. An output whose
@@ -436,12 +417,7 @@ impl Runtime {
         completion: Completion,
         until: Instant,
     ) -> (Completion, FusedRun) {
-        let Completion::Forward {
-            outputs,
-            mut ended,
-            mut entered,
-        } = completion
-        else {
+        let Completion::Forward { outputs, mut ended } = completion else {
             return (completion, FusedRun::default());
         };
         let mut queued = Vec::with_capacity(outputs.len());
@@ -454,8 +430,6 @@ impl Runtime {
             let mut made = Vec::new();
             for (queue, output) in next {
                 let turn = (queue, output.message.key.clone());
-                // As it entered its flow, for the log, should it run there now.
-                let entering = output.is_entering().then(|| output.clone());
                 let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
                     false => {
@@ -466,7 +440,6 @@ impl Runtime {
                 match step {
                     Fused::Ran { stage, outputs } => {
                         run.stages.push(stage);
-                        entered.extend(entering);
                         made.extend(outputs);
                     }
                     Fused::Ended {
@@ -478,7 +451,6 @@ impl Runtime {
                         run.stages.push(stage);
                         run.ended.push(end.outcome.clone());
                         run.settle |= settle;
-                        entered.extend(entering);
                         ended.push(*end);
                         queued.extend(published);
                     }
@@ -493,14 +465,13 @@ impl Runtime {
         let completion = Completion::Forward {
             outputs: queued,
             ended,
-            entered,
         };
         (completion, run)
     }
 
-    /// Run `output` (bound for `queue`) through its next step in this lease (a
-    /// lease of flow `leased`), if it may be fused (see [`Runtime::fuse`]) and
-    /// nothing of its key waits in that queue: what that step forwards, how the sink ended it, or the output to leave
+    /// Run `output` (bound for `queue`) through its next step in this lease, if it
+    /// may be fused (see [`Runtime::fuse`]) and nothing of its key waits in that
+    /// queue: what that step forwards, how the sink ended it, or the output to leave
     /// queued (with the attempt counted, after a transient failure).
     ///
     /// The sink ends at most one message in a lease (`may_end`: none yet): what decides a
@@ -510,7 +481,7 @@ impl Runtime {
     /// commit of the one before, as they would hop by hop.
     async fn fused_step(
         &self,
-        leased: &str,
+        flow: &str,
         queue: &str,
         output: Envelope,
         until: Instant,
@@ -519,19 +490,18 @@ impl Runtime {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
         };
-        let flow = output.flow.clone();
-        if output.directive.is_some()
+        if output.flow != flow
+            || output.directive.is_some()
             || !output.attempts.is_empty()
-            || queue != queue_name(&flow, &stage)
+            || queue != queue_name(flow, &stage)
         {
             return Fused::Left(Box::new(output));
         }
         let fuses = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-            flows.get(leased).is_some_and(|f| f.fuse)
-                && flows
-                    .get(&flow)
-                    .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
+            flows
+                .get(flow)
+                .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
         };
         let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
             return Fused::Left(Box::new(output));
@@ -554,7 +524,7 @@ impl Runtime {
             return Fused::Left(Box::new(output));
         }
         let (step, span) = step_span(&output, &plugin);
-        let policy = self.retry_policy(&flow, plugin.name());
+        let policy = self.retry_policy(flow, plugin.name());
         let fused = match plugin.kind() {
             Kind::Sink => {
                 self.fused_sink(policy, &plugin, output, &step)
@@ -587,7 +557,7 @@ impl Runtime {
         output: Envelope,
         step: &opentelemetry::Context,
     ) -> Fused {
-        let stage = (output.flow.clone(), plugin.name().to_owned());
+        let stage = plugin.name().to_owned();
         let (called, micros) = self.call_measured(plugin, &output, step).await;
         match called {
             Ok(crate::sandbox::plugin::Called {
@@ -635,7 +605,7 @@ impl Runtime {
         let (completion, settle) = self.saga(plugin, &output, completion, by_rule, step).await;
         match completion {
             Completion::Finish { outcome, published } => Fused::Ended {
-                stage: (output.flow.clone(), plugin.name().to_owned()),
+                stage: plugin.name().to_owned(),
                 ended: Box::new(Ended {
                     envelope: output,
                     outcome: *outcome,

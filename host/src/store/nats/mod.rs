@@ -811,12 +811,8 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
-            Completion::Forward {
-                outputs,
-                ended,
-                entered,
-            } => {
-                self.write_outputs(&outputs, &entered, input).await?;
+            Completion::Forward { outputs, ended } => {
+                self.write_outputs(&outputs, input).await?;
                 for Ended {
                     envelope, outcome, ..
                 } in ended
@@ -825,7 +821,7 @@ impl NatsStore {
                 }
             }
             Completion::Finish { outcome, published } => {
-                self.write_outputs(&published, &[], input).await?;
+                self.write_outputs(&published, input).await?;
                 self.write_end(envelope, &outcome, input).await?;
             }
         }
@@ -880,25 +876,23 @@ impl NatsStore {
 
     /// A step's outputs, or what a message's end publishes, each written once per
     /// input. A copy entering a subscribing flow is accepted by that flow: logged like
-    /// ingress, so the flow's replay covers it; so is one that ran there in the lease
-    /// (`entered`), never published.
+    /// ingress, so the flow's replay covers it.
     async fn write_outputs(
         &self,
         outputs: &[(String, Envelope)],
-        entered: &[Envelope],
         input: u64,
     ) -> Result<(), StoreError> {
-        if !outputs.is_empty() {
-            self.publish(outputs, |queue, e| {
-                format!("{queue}|{}|{input}", e.message.id)
-            })
-            .await?;
+        if outputs.is_empty() {
+            return Ok(());
         }
+        self.publish(outputs, |queue, e| {
+            format!("{queue}|{}|{input}", e.message.id)
+        })
+        .await?;
         let accepted = outputs
             .iter()
             .map(|(_, e)| e)
             .filter(|e| e.is_entering())
-            .chain(entered)
             .map(|e| {
                 let (flow, body) = EventBody::accepted(e);
                 (flow, body, format!("accepted|{}|{input}", e.message.id))

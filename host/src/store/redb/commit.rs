@@ -271,17 +271,14 @@ fn apply_one(
     };
     // A step's outputs, or what a message's end publishes. A copy entering a
     // subscribing flow (id `<id>@<flow>`) is accepted by that flow: logged like
-    // ingress, so the flow's replay covers it; so is one that ran there in the lease
-    // (`entered`), never queued.
+    // ingress, so the flow's replay covers it.
     let write_outputs = |queue: &mut redb::Table<(&str, u64), &[u8]>,
                          outputs: &[(String, Envelope)],
-                         entered: &[Envelope],
                          ops: &mut Vec<IndexOp>| {
         let accepted: Vec<(String, EventBody)> = outputs
             .iter()
             .map(|(_, e)| e)
             .filter(|e| e.is_entering())
-            .chain(entered)
             .map(EventBody::accepted)
             .collect();
         if !accepted.is_empty() {
@@ -442,17 +439,13 @@ fn apply_one(
                         not_before_ms: envelope.not_before_ms,
                     });
                 }
-                Completion::Forward {
-                    outputs,
-                    ended,
-                    entered,
-                } => {
+                Completion::Forward { outputs, ended } => {
                     queue.remove(slot)?;
                     ops.push(IndexOp::Remove {
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
-                    write_outputs(&mut queue, outputs, entered, ops)?;
+                    write_outputs(&mut queue, outputs, ops)?;
                     for Ended {
                         envelope, outcome, ..
                     } in ended
@@ -471,7 +464,7 @@ fn apply_one(
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
-                    write_outputs(&mut queue, published, &[], ops)?;
+                    write_outputs(&mut queue, published, ops)?;
                     record_end(txn, outcome, waiting)?;
                 }
             }
