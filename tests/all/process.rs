@@ -676,3 +676,59 @@ saga = "compensate"
     assert_eq!(delivered["undo"]["kind"], "OrderDrafted", "{status:#}");
     assert_eq!(tenon.metric_reaching(fused, 2).await, 2);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_sink_is_not_run_in_a_lease_that_left_a_failing_part_behind() {
+    // The gateway refuses one of a bundle's two orders in the mapping's lease: that
+    // rejection is committed by the gateway's own workers, after this lease's commit.
+    // Fused, the sink would deliver the other order before the saga could see its
+    // transaction fail, and undo it right after; it goes through the sink's queue
+    // instead, as hop by hop. With nothing left behind, the sink is fused.
+    let erp = MockErp::start().await.unwrap();
+    let ws = Workspace::new();
+    let flows = r#"
+[plugins.master]
+path = "plugins/canonical-source"
+[plugins.gateway]
+path = "plugins/order-gateway"
+config = { tax_nexus = '["DE", "FR", "US"]', product_restrictions = '{"SW-ANL-LIC": ["FR"]}' }
+
+[flows.master-data]
+source = "master"
+steps = ["gateway"]
+
+[flows.orders]
+source = "cpq-source"
+steps = ["quote-to-order", "gateway"]
+sink = "erp"
+saga = "compensate"
+"#;
+    ws.write_config(&(erp_plugins(&erp) + flows));
+    let tenon = Tenon::start(&ws);
+    tenon.load_customers().await;
+    let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;
+
+    // (Which comes first then, the rejection's commit or the delivery, is the same
+    // race as hop by hop: the other order ends delivered and undone, or unsent.)
+    let ids = tenon.send_quote(sample("bundle.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let outcomes = status["outcomes"].as_array().unwrap();
+    assert!(
+        outcomes
+            .iter()
+            .any(|o| o["plugin"] == "gateway" && o["result"]["Rejected"].is_object()),
+        "{status:#}"
+    );
+    // The gateway's step ran in the mapping's lease; the sink's did not.
+    let gateway = r#"tenon_steps_fused_total{flow="orders",stage="gateway"}"#;
+    assert_eq!(tenon.metric_reaching(gateway, 1).await, 1);
+    assert_eq!(tenon.metric(fused).await, 0);
+
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    assert_eq!(tenon.metric_reaching(fused, 1).await, 1);
+}

@@ -422,6 +422,10 @@ impl Runtime {
         };
         let mut queued = Vec::with_capacity(outputs.len());
         let mut run = FusedRun::default();
+        let saga = {
+            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+            flows.get(flow).is_some_and(|f| f.saga.is_some())
+        };
         // The keys left in each queue: what comes after them may not overtake them
         // (per-key order, as if every step were a hop).
         let mut behind: HashSet<(String, String)> = HashSet::new();
@@ -433,7 +437,9 @@ impl Runtime {
                 let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
                     false => {
-                        let may_end = run.ended.is_empty();
+                        // One sink end a lease; in a saga's flow, none once an output
+                        // was left behind (see `fused_step`).
+                        let may_end = run.ended.is_empty() && (!saga || behind.is_empty());
                         self.fused_step(flow, &turn.0, output, until, may_end).await
                     }
                 };
@@ -478,7 +484,11 @@ impl Runtime {
     /// delivery reads the store (the saga's look at the transaction's other
     /// outcomes, the sink's own key-value data and its quota), which holds only what
     /// is committed; the other outputs go through the sink's queue, each after the
-    /// commit of the one before, as they would hop by hop.
+    /// commit of the one before, as they would hop by hop. In a saga's flow it ends
+    /// none once an output of the lease was left behind: a step that finishes a
+    /// message (a gateway's rejection) does so in its own commit, after this one, so
+    /// the saga would not see that part of the transaction fail before delivering the
+    /// rest, and the delivery would be undone right after.
     async fn fused_step(
         &self,
         flow: &str,
