@@ -812,13 +812,17 @@ impl NatsStore {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
             Completion::Forward { outputs, ended } => {
-                self.write_outputs(&outputs, input).await?;
+                // The ends first: an output published is leased at once, and what
+                // decides a delivery (a saga's look at the transaction) must see how
+                // the messages fused into this lease ended. (Written in one transaction
+                // on redb; a crash in between here re-runs the input, de-duplicated.)
                 for Ended {
                     envelope, outcome, ..
                 } in ended
                 {
                     self.write_end(&envelope, &outcome, input).await?;
                 }
+                self.write_outputs(&outputs, input).await?;
             }
             Completion::Finish { outcome, published } => {
                 self.write_outputs(&published, input).await?;
