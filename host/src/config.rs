@@ -616,7 +616,8 @@ pub struct FlowEntry {
     /// it, is taken at once by the same worker, and only what the last transform
     /// makes is queued; how the sink ended the first of them (with its key-value
     /// writes) is committed with the first step's ack (the others go through the
-    /// sink's queue, one after another's commit, as hop by hop). Ids are derived and
+    /// sink's queue, one after another's commit, as hop by hop; with a `saga`, none
+    /// once an output of the lease was left queued). Ids are derived and
     /// mappings deterministic, so a crash re-runs them to the same result (the sink
     /// delivers again under the same idempotency key). An output never overtakes a
     /// message of its key waiting at the step it would skip. A transform that
