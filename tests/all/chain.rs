@@ -4,7 +4,7 @@
 //! invoice -> invoice posted (and its revenue schedule).
 
 use crate::support::public_fixture as fixture;
-use crate::support::{Tenon, Workspace, sample};
+use crate::support::{GATEWAY_AND_MASTER, Tenon, Workspace, sample};
 use serde_json::{Value, json};
 use tenon_testkit::mock_erp::MockErp;
 
@@ -14,15 +14,11 @@ pub(crate) fn config(erp: &str) -> String {
 [secrets]
 stripe_webhook_secret = {{ file = "stripe-secret.txt" }}
 
-[plugins.master]
-path = "plugins/canonical-source"
+{gateway}
 [plugins.cpq-source]
 path = "plugins/cpq-source"
 [plugins.quote-to-order]
 path = "plugins/quote-to-order"
-[plugins.gateway]
-path = "plugins/order-gateway"
-config = {{ tax_nexus = '["DE", "FR", "US"]', product_restrictions = '{{"SW-ANL-LIC": ["FR"]}}' }}
 [plugins.router]
 path = "plugins/entity-router"
 config = {{ entities = '{{"DE": "DE01", "FR": "FR01"}}' }}
@@ -47,10 +43,6 @@ path = "plugins/revenue-schedule"
 path = "plugins/http-sink"
 config = {{ url = "{erp}/finance/events" }}
 grants = {{ http = ["http://127.0.0.1:*"] }}
-
-[flows.master-data]
-source = "master"
-steps = ["gateway"]
 
 [flows.quote-to-order]
 source = "cpq-source"
@@ -83,7 +75,8 @@ steps = ["revenue"]
 [flows.schedules]
 subscribe = ["RevenueScheduleUpdated"]
 sink = "finance"
-"#
+"#,
+        gateway = GATEWAY_AND_MASTER
     )
 }
 

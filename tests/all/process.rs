@@ -3,7 +3,7 @@
 //! transaction delivered when another part of it fails for good, at once or after a
 //! person's decision.
 
-use crate::support::{SETTLE, Tenon, Workspace, sample, tenon_cli};
+use crate::support::{GATEWAY_AND_MASTER, SETTLE, Tenon, Workspace, sample, tenon_cli};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tenon_testkit::mock_erp::MockErp;
@@ -687,23 +687,13 @@ async fn a_saga_sink_is_not_run_in_a_lease_that_left_a_failing_part_behind() {
     let erp = MockErp::start().await.unwrap();
     let ws = Workspace::new();
     let flows = r#"
-[plugins.master]
-path = "plugins/canonical-source"
-[plugins.gateway]
-path = "plugins/order-gateway"
-config = { tax_nexus = '["DE", "FR", "US"]', product_restrictions = '{"SW-ANL-LIC": ["FR"]}' }
-
-[flows.master-data]
-source = "master"
-steps = ["gateway"]
-
 [flows.orders]
 source = "cpq-source"
 steps = ["quote-to-order", "gateway"]
 sink = "erp"
 saga = "compensate"
 "#;
-    ws.write_config(&(erp_plugins(&erp) + flows));
+    ws.write_config(&(erp_plugins(&erp) + GATEWAY_AND_MASTER + flows));
     let tenon = Tenon::start(&ws);
     tenon.load_customers().await;
     let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;

@@ -105,9 +105,25 @@ pub struct Tenon {
     pub token_file: PathBuf,
 }
 
+/// The example's validation gateway (tax nexus DE, FR and US; `SW-ANL-LIC` sold in FR
+/// only) and the master-data flow that feeds it customers through the `master` source,
+/// as [`Tenon::load_customers`] posts them: a config section.
+pub const GATEWAY_AND_MASTER: &str = r#"
+[plugins.master]
+path = "plugins/canonical-source"
+[plugins.gateway]
+path = "plugins/order-gateway"
+config = { tax_nexus = '["DE", "FR", "US"]', product_restrictions = '{"SW-ANL-LIC": ["FR"]}' }
+
+[flows.master-data]
+source = "master"
+steps = ["gateway"]
+"#;
+
 impl Tenon {
     /// The customers of the samples (`samples/customers.json`) into the gateway's
-    /// master, through the `master` source: each settled, consumed by the gateway.
+    /// master, through the `master` source ([`GATEWAY_AND_MASTER`]): each settled,
+    /// consumed by the gateway.
     pub async fn load_customers(&self) {
         let customers = include_str!("../../examples/quote-to-cash/samples/customers.json");
         for id in self.send_quote_to("master", customers).await {
