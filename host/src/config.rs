@@ -620,10 +620,11 @@ pub struct FlowEntry {
     /// once an output of the lease was left queued). Ids are derived and
     /// mappings deterministic, so a crash re-runs them to the same result (the sink
     /// delivers again under the same idempotency key). An output never overtakes a
-    /// message of its key waiting at the step it would skip. A transform that
-    /// finishes the message or writes key-value data leaves its input queued for its
-    /// own workers (which call it again), a transient failure leaves it waiting for
-    /// its retry there. `false`: every step is a hop.
+    /// message of its key waiting at the step it would skip, and one given another
+    /// key than its input's is queued (the lease holds the input's key only). A
+    /// transform that finishes the message or writes key-value data leaves its input
+    /// queued for its own workers (which call it again), a transient failure leaves
+    /// it waiting for its retry there. `false`: every step is a hop.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

@@ -1038,3 +1038,47 @@ backoff_ms = 5000
         "nothing of its key waited: the third is fused"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_is_fused_only_for_an_output_of_the_key_its_lease_holds() {
+    // `rekey` gives every quote one new key. The next step run in its lease would
+    // hold no lease on that key: a quote of another number, leased at `rekey` at the
+    // same time, could reach `pass` under the same key at once, where hop by hop
+    // the two wait in `pass`'s queue one after the other. So `pass` runs in its own
+    // lease; the sink, after it, with the key that lease holds, is fused.
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.rekey]
+path = "plugins/misbehave"
+config = {{ mode = "rekey", key = "customer-1" }}
+[plugins.pass]
+path = "plugins/misbehave"
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.rekeyed]
+source = "cpq-source"
+steps = ["rekey", "pass"]
+sink = "recorder"
+"#
+    ));
+    let tenon = Tenon::start(&ws);
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let fused =
+        |stage: &str| format!(r#"tenon_steps_fused_total{{flow="rekeyed",stage="{stage}"}}"#);
+    assert_eq!(tenon.metric_reaching(&fused("recorder"), 1).await, 1);
+    assert_eq!(tenon.metric(&fused("pass")).await, 0);
+}

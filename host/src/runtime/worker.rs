@@ -274,7 +274,9 @@ impl Runtime {
                     .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
                     .await;
-                let (completion, run) = self.fuse(&env.flow, completion, fuse_until).await;
+                let (completion, run) = self
+                    .fuse(&env.flow, &env.message.key, completion, fuse_until)
+                    .await;
                 fused = run;
                 (completion, kv, false)
             }
@@ -405,7 +407,12 @@ impl Runtime {
     /// messages, and the sink delivers again under the same idempotency key, as a
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
     /// hop: an output is not run ahead of a message of its key in the queue it
-    /// skips, in the store or left there by this completion. An output whose
+    /// skips, in the store or left there by this completion, and only an output of
+    /// the key this lease holds (`held`) is run at all. The lease keeps other leases
+    /// of that key out of its queue, and the steps after it are fed by that queue
+    /// alone, so nothing else runs them for that key meanwhile; an output a mapping
+    /// gave another key could meet a lease of another input that made the same key,
+    /// both past the queues where they would wait one after the other. An output whose
     /// transform finishes it or writes key-value data stays queued as it was, for the
     /// step's own workers to run again and commit (the sink's end and its key-value
     /// writes are committed here: it does not deliver twice); after a transient
@@ -414,6 +421,7 @@ impl Runtime {
     async fn fuse(
         &self,
         flow: &str,
+        held: &str,
         completion: Completion,
         until: Instant,
     ) -> (Completion, FusedRun) {
@@ -434,7 +442,7 @@ impl Runtime {
             let mut made = Vec::new();
             for (queue, output) in next {
                 let turn = (queue, output.message.key.clone());
-                let step = match behind.contains(&turn) {
+                let step = match turn.1 != held || behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
                     false => {
                         // One sink end a lease; in a saga's flow, none once an output
