@@ -54,13 +54,12 @@ enum Fused {
         stage: String,
         outputs: Vec<(String, Envelope)>,
     },
-    /// The flow's sink ran on it in the same lease (`stage`): how it ended, what its
-    /// end publishes, and whether its transaction is looked at after the commit (a
-    /// saga's).
+    /// The flow's sink ran on it in the same lease (`stage`): how it ended (with what
+    /// its end publishes), and whether its transaction is looked at after the commit
+    /// (a saga's).
     Ended {
         stage: String,
         ended: Box<Ended>,
-        published: Vec<(String, Envelope)>,
         settle: bool,
     },
     /// It stays queued for that step's workers (with a retry's attempt, if any).
@@ -459,14 +458,12 @@ impl Runtime {
                     Fused::Ended {
                         stage,
                         ended: end,
-                        published,
                         settle,
                     } => {
                         run.stages.push(stage);
                         run.ended.push(end.outcome.clone());
                         run.settle |= settle;
                         ended.push(*end);
-                        queued.extend(published);
                     }
                     Fused::Left(output) => {
                         queued.push((turn.0.clone(), *output));
@@ -545,7 +542,7 @@ impl Runtime {
         let policy = self.retry_policy(flow, plugin.name());
         let fused = match plugin.kind() {
             Kind::Sink => {
-                self.fused_sink(policy, &plugin, output, &step)
+                self.fused_sink(policy, &plugin, queue, output, &step)
                     .instrument(span.clone())
                     .await
             }
@@ -610,6 +607,7 @@ impl Runtime {
         &self,
         policy: RetryPolicy,
         plugin: &Plugin,
+        queue: &str,
         output: Envelope,
         step: &opentelemetry::Context,
     ) -> Fused {
@@ -626,10 +624,11 @@ impl Runtime {
                 stage: plugin.name().to_owned(),
                 ended: Box::new(Ended {
                     envelope: output,
+                    queue: queue.to_owned(),
                     outcome: *outcome,
                     kv,
+                    published,
                 }),
-                published,
                 settle,
             },
             Completion::Retry(retry) => Fused::Left(retry),

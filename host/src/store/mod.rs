@@ -254,7 +254,7 @@ pub enum Completion {
     /// Outputs for other queues (possibly none).
     Forward {
         /// The outputs, each with the queue it goes to (the next stage, or the first
-        /// stage of a flow that subscribes to it), and what the ends in `ended` publish.
+        /// stage of a flow that subscribes to it).
         outputs: Vec<(String, Envelope)>,
         /// Messages that ended within this lease without ever being queued: the flow's
         /// sink ran on an output at once (fused). Recorded as a [`Completion::Finish`]
@@ -279,10 +279,16 @@ pub struct Ended {
     /// The message as it would have waited in its queue (kept for a dead letter or
     /// an exception).
     pub envelope: Envelope,
+    /// The queue it would have waited in. What its end writes is the same whether it
+    /// ran there or here: a store that de-duplicates by the message that ran a step
+    /// (NATS) takes it for the one that would have been published to this queue.
+    pub queue: String,
     /// How it ended.
     pub outcome: Outcome,
     /// The key-value writes of the call that ended it (a sink's), committed with it.
     pub kv: Option<KvWrites>,
+    /// What its end publishes, as [`Completion::Finish`]'s `published`.
+    pub published: Vec<(String, Envelope)>,
 }
 
 impl Completion {

@@ -32,6 +32,8 @@
 //! message is never lost and never doubled.
 
 mod names;
+#[cfg(test)]
+mod tests;
 
 use crate::model::{
     DeadLetter, Directive, Envelope, Event, EventBody, IdempotencyClaim, IdempotencyRecord,
@@ -150,8 +152,8 @@ pub(crate) struct NatsTicket {
     expires: Instant,
     /// Whether the message was delivered before (it may have retry state).
     redelivered: bool,
-    /// Its sequence in the work stream: what identifies this delivery's effects.
-    sequence: u64,
+    /// What identifies this delivery's effects (see [`Incarnation`]).
+    incarnation: Incarnation,
     /// Keeps the lease alive; stops when the ticket goes.
     _keeper: AbortOnDrop,
 }
@@ -161,6 +163,50 @@ impl std::fmt::Debug for NatsTicket {
         f.debug_struct("NatsTicket")
             .field("queue", &self.queue)
             .finish_non_exhaustive()
+    }
+}
+
+/// Which publication of a message a lease runs, named by its `Nats-Msg-Id` (hashed,
+/// so that ids made from it stay short): every effect of the step is de-duplicated
+/// under it. A re-run of the same publication (a crash before the ack) writes nothing
+/// twice; a new one (a replay, a redrive) writes again. A step fused into another's
+/// lease writes under the incarnation its message would have had, published to its
+/// queue (`Incarnation::output`), so that a re-run that leaves it queued instead
+/// writes the same ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Incarnation(String);
+
+impl Incarnation {
+    /// The incarnation of a leased message: its `Nats-Msg-Id` (every publication here
+    /// sets one), or its stream sequence when it has none.
+    fn of(message: &jetstream::Message, sequence: u64) -> Incarnation {
+        let id = message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str().to_owned());
+        Incarnation::named(&id.unwrap_or_else(|| format!("seq|{sequence}")))
+    }
+
+    fn named(msg_id: &str) -> Incarnation {
+        let hash = blake3::hash(msg_id.as_bytes()).to_hex();
+        Incarnation(hash[..32].to_owned())
+    }
+
+    /// The `Nats-Msg-Id` of `id`, published to `queue` by a step on this incarnation.
+    fn output_id(&self, queue: &str, id: &MessageId) -> String {
+        format!("{queue}|{id}|{}", self.0)
+    }
+
+    /// The incarnation `id` has once published to `queue` by a step on this one.
+    fn output(&self, queue: &str, id: &MessageId) -> Incarnation {
+        Incarnation::named(&self.output_id(queue, id))
+    }
+}
+
+impl std::fmt::Display for Incarnation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
 }
 
@@ -773,6 +819,7 @@ impl NatsStore {
                 .map_err(nats("cannot give a message back"))?;
             return Ok(None);
         }
+        let incarnation = Incarnation::of(&message, sequence);
         let message = Arc::new(message);
         let expires = Instant::now() + hold;
         let alive = message.clone();
@@ -794,19 +841,19 @@ impl NatsStore {
                 queue: queue.to_owned(),
                 expires,
                 redelivered,
-                sequence,
+                incarnation,
                 _keeper: AbortOnDrop(keeper),
             }),
         }))
     }
 
     /// Write what a completion says, before the input's ack. Whatever it writes is
-    /// de-duplicated by the output's id and the input's stream sequence: a re-run of
+    /// de-duplicated by the output's id and the input's [`Incarnation`]: a re-run of
     /// the same delivery writes nothing twice, a replay (a new input) writes again.
     async fn write_completion(
         &self,
         envelope: &Envelope,
-        input: u64,
+        input: &Incarnation,
         completion: Completion,
     ) -> Result<(), StoreError> {
         match completion {
@@ -816,11 +863,21 @@ impl NatsStore {
                 // decides a delivery (a saga's look at the transaction) must see how
                 // the messages fused into this lease ended. (Written in one transaction
                 // on redb; a crash in between here re-runs the input, de-duplicated.)
+                // Each end, and what it publishes, under the incarnation its message
+                // would have had in its queue: a re-run of this input that leaves it
+                // there (it found its key waiting, or its time short) ends it in a
+                // lease of its own, which writes the same ids.
                 for Ended {
-                    envelope, outcome, ..
+                    envelope,
+                    queue,
+                    outcome,
+                    published,
+                    ..
                 } in ended
                 {
-                    self.write_end(&envelope, &outcome, input).await?;
+                    let at = input.output(&queue, &envelope.message.id);
+                    self.write_end(&envelope, &outcome, &at).await?;
+                    self.write_outputs(&published, &at).await?;
                 }
                 self.write_outputs(&outputs, input).await?;
             }
@@ -838,7 +895,7 @@ impl NatsStore {
         &self,
         envelope: &Envelope,
         outcome: &Outcome,
-        input: u64,
+        input: &Incarnation,
     ) -> Result<(), StoreError> {
         let parked = match &outcome.result {
             OutcomeKind::DeadLetter { .. } => {
@@ -884,15 +941,13 @@ impl NatsStore {
     async fn write_outputs(
         &self,
         outputs: &[(String, Envelope)],
-        input: u64,
+        input: &Incarnation,
     ) -> Result<(), StoreError> {
         if outputs.is_empty() {
             return Ok(());
         }
-        self.publish(outputs, |queue, e| {
-            format!("{queue}|{}|{input}", e.message.id)
-        })
-        .await?;
+        self.publish(outputs, |queue, e| input.output_id(queue, &e.message.id))
+            .await?;
         let accepted = outputs
             .iter()
             .map(|(_, e)| e)
@@ -1065,9 +1120,8 @@ impl Store for NatsStore {
                 return give_back(error).await;
             }
         }
-        let input = ticket.sequence;
         if let Err(error) = self
-            .write_completion(&lease.envelope, input, completion)
+            .write_completion(&lease.envelope, &ticket.incarnation, completion)
             .await
         {
             return give_back(error.into()).await;

@@ -447,9 +447,13 @@ fn apply_one(
                     });
                     write_outputs(&mut queue, outputs, ops)?;
                     for Ended {
-                        envelope, outcome, ..
+                        envelope,
+                        outcome,
+                        published,
+                        ..
                     } in ended
                     {
+                        write_outputs(&mut queue, published, ops)?;
                         let waiting = parked(&outcome.result).then(|| envelope.clone());
                         record_end(txn, outcome, waiting)?;
                     }

@@ -1,0 +1,127 @@
+//! What the shared store cases (`tests/all/store.rs`) cannot reach through the
+//! `Store` trait: a crash between a completion's writes and its ack.
+
+use super::*;
+use crate::model::{OutcomeKind, StoredMessage};
+use crate::store::{Completion, Ended};
+use tenon_testkit::nats::NatsCluster;
+
+fn envelope(id: &str, route: &[&str], stage: u32) -> Envelope {
+    let message = StoredMessage {
+        id: id.into(),
+        key: "Q-1".into(),
+        kind: "OrderAccepted".into(),
+        content_type: "application/json".into(),
+        headers: vec![],
+        body: b"{}".to_vec(),
+    };
+    let route: Vec<String> = route.iter().map(|s| (*s).to_owned()).collect();
+    let mut envelope = Envelope::entering("f", &route, message, 0);
+    envelope.root = "m1".into();
+    envelope.stage = stage;
+    envelope
+}
+
+fn delivered(envelope: &Envelope) -> Outcome {
+    Outcome {
+        id: envelope.message.id.clone(),
+        root: envelope.root.clone(),
+        flow: envelope.flow.clone(),
+        key: envelope.message.key.clone(),
+        kind: envelope.message.kind.clone(),
+        plugin: "sink".into(),
+        accepted_ms: 0,
+        root_kind: String::new(),
+        trace_id: String::new(),
+        trail: vec![],
+        attempts: vec![],
+        at_ms: now_ms(),
+        result: OutcomeKind::Delivered {
+            reference: "ERP-1".into(),
+            detail: None,
+        },
+        undo: None,
+    }
+}
+
+async fn take(store: &NatsStore, queue: &str) -> Lease {
+    store
+        .lease(queue, Duration::from_secs(2), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a message to lease")
+}
+
+/// A sink fused into a transform's lease publishes an `OrderBooked`; the node dies
+/// before the ack. The transform's input, run again, leaves the order queued this
+/// time (its key waited at the sink, say), and the sink's own lease delivers it and
+/// publishes the `OrderBooked` again: under the same `Nats-Msg-Id`, so the stream
+/// keeps one. (Under the input's stream sequence, as before, it kept two.)
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queued() {
+    let nats = NatsCluster::start(1).unwrap();
+    let store = NatsStore::connect(&NatsOptions {
+        servers: nats.urls(),
+        replicas: 1,
+        prefix: "crash".into(),
+        retention: Duration::from_secs(3600),
+        idempotency_retention: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap();
+    let input = envelope("m1", &["t", "sink"], 0);
+    store
+        .enqueue(vec![("f/t".into(), input)], None)
+        .await
+        .unwrap();
+    let order = envelope("m1.0", &["t", "sink"], 1);
+    let booked = || {
+        let mut booked = envelope("m1.0", &["w"], 0);
+        booked.flow = "g".into();
+        booked.message.kind = "OrderBooked".into();
+        vec![("g/w".to_owned(), booked)]
+    };
+
+    // The fused run: written, never acked (the lease's ticket goes, as with a crash).
+    let lease = take(&store, "f/t").await;
+    let Ticket::Nats(ticket) = lease.ticket else {
+        unreachable!("a NATS lease")
+    };
+    let fused = Completion::Forward {
+        outputs: vec![],
+        ended: vec![Ended {
+            envelope: order.clone(),
+            queue: "f/sink".into(),
+            outcome: delivered(&order),
+            kv: None,
+            published: booked(),
+        }],
+    };
+    store
+        .write_completion(&lease.envelope, &ticket.incarnation, fused)
+        .await
+        .unwrap();
+    ticket.message.ack_with(AckKind::Nak(None)).await.unwrap();
+    drop(ticket);
+
+    // The re-run: the order goes through the sink's queue, and its own lease ends it.
+    let lease = take(&store, "f/t").await;
+    store
+        .complete(
+            lease,
+            Completion::forward(vec![("f/sink".into(), order.clone())]),
+            None,
+        )
+        .await
+        .unwrap();
+    let lease = take(&store, "f/sink").await;
+    assert_eq!(lease.envelope.message.id, order.message.id);
+    let finish = Completion::Finish {
+        outcome: Box::new(delivered(&order)),
+        published: booked(),
+    };
+    store.complete(lease, finish, None).await.unwrap();
+
+    let depths = store.depths().await.unwrap();
+    assert_eq!(depths.get("g/w"), Some(&1), "{depths:?}");
+}
