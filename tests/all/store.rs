@@ -225,7 +225,6 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
             outcome.attempts = vec![attempt.clone()];
             Ended {
                 envelope,
-                queue: "f/t".into(),
                 outcome,
                 kv: None,
                 published: vec![],
@@ -249,7 +248,6 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
         outputs: vec![],
         ended: vec![Ended {
             envelope: delivered.envelope.clone(),
-            queue: "f/t".into(),
             outcome: delivered.outcome.clone(),
             kv: Some(too_much),
             published: vec![],

@@ -542,7 +542,7 @@ impl Runtime {
         let policy = self.retry_policy(flow, plugin.name());
         let fused = match plugin.kind() {
             Kind::Sink => {
-                self.fused_sink(policy, &plugin, queue, output, &step)
+                self.fused_sink(policy, &plugin, output, &step)
                     .instrument(span.clone())
                     .await
             }
@@ -607,7 +607,6 @@ impl Runtime {
         &self,
         policy: RetryPolicy,
         plugin: &Plugin,
-        queue: &str,
         output: Envelope,
         step: &opentelemetry::Context,
     ) -> Fused {
@@ -624,7 +623,6 @@ impl Runtime {
                 stage: plugin.name().to_owned(),
                 ended: Box::new(Ended {
                     envelope: output,
-                    queue: queue.to_owned(),
                     outcome: *outcome,
                     kv,
                     published,

@@ -279,10 +279,6 @@ pub struct Ended {
     /// The message as it would have waited in its queue (kept for a dead letter or
     /// an exception).
     pub envelope: Envelope,
-    /// The queue it would have waited in. What its end writes is the same whether it
-    /// ran there or here: a store that de-duplicates by the message that ran a step
-    /// (NATS) takes it for the one that would have been published to this queue.
-    pub queue: String,
     /// How it ended.
     pub outcome: Outcome,
     /// The key-value writes of the call that ended it (a sink's), committed with it.

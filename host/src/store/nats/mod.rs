@@ -166,41 +166,43 @@ impl std::fmt::Debug for NatsTicket {
     }
 }
 
-/// Which publication of a message a lease runs, named by its `Nats-Msg-Id` (hashed,
-/// so that ids made from it stay short): every effect of the step is de-duplicated
-/// under it. A re-run of the same publication (a crash before the ack) writes nothing
-/// twice; a new one (a replay, a redrive) writes again. A step fused into another's
-/// lease writes under the incarnation its message would have had, published to its
-/// queue (`Incarnation::output`), so that a re-run that leaves it queued instead
-/// writes the same ids.
+/// Which run of a lineage a message belongs to: every effect of a step is
+/// de-duplicated under it. A message published afresh (ingress, a replay, a redrive
+/// or a decision) starts one, named by its `Nats-Msg-Id`; what a step publishes
+/// carries its input's on (the [`INCARNATION`] header). A re-run after a crash (the
+/// same run) writes nothing twice, whichever of its steps ran fused into another's
+/// lease this time or the last; a replay (a new run) writes again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Incarnation(String);
 
+/// The header that carries a message's [`Incarnation`] when a step published it.
+const INCARNATION: &str = "Tenon-Incarnation";
+
 impl Incarnation {
-    /// The incarnation of a leased message: its `Nats-Msg-Id` (every publication here
-    /// sets one), or its stream sequence when it has none.
+    /// The incarnation of a leased message: the one it carries, else the one its
+    /// `Nats-Msg-Id` starts (every publication here sets one), else its sequence.
     fn of(message: &jetstream::Message, sequence: u64) -> Incarnation {
-        let id = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-            .map(|v| v.as_str().to_owned());
+        let header = |name: &str| {
+            let value = message.headers.as_ref()?.get(name)?;
+            Some(value.as_str().to_owned())
+        };
+        if let Some(carried) = header(INCARNATION) {
+            return Incarnation(carried);
+        }
+        let id = header(async_nats::header::NATS_MESSAGE_ID.as_ref());
         Incarnation::named(&id.unwrap_or_else(|| format!("seq|{sequence}")))
     }
 
+    /// The incarnation a message published as `msg_id` starts (hashed: it names
+    /// every id made from it).
     fn named(msg_id: &str) -> Incarnation {
         let hash = blake3::hash(msg_id.as_bytes()).to_hex();
         Incarnation(hash[..32].to_owned())
     }
 
-    /// The `Nats-Msg-Id` of `id`, published to `queue` by a step on this incarnation.
+    /// The `Nats-Msg-Id` of `id`, published to `queue` in this incarnation.
     fn output_id(&self, queue: &str, id: &MessageId) -> String {
         format!("{queue}|{id}|{}", self.0)
-    }
-
-    /// The incarnation `id` has once published to `queue` by a step on this one.
-    fn output(&self, queue: &str, id: &MessageId) -> Incarnation {
-        Incarnation::named(&self.output_id(queue, id))
     }
 }
 
@@ -301,10 +303,9 @@ impl NatsStore {
             .delete(Self::outcome_key(id))
             .await
             .map_err(nats("cannot forget an outcome"))?;
-        self.publish(&[(queue, envelope)], |queue, e| {
-            format!("{what}|{revision}|{queue}|{}", e.message.id)
-        })
-        .await?;
+        let dedup =
+            |queue: &str, e: &Envelope| format!("{what}|{revision}|{queue}|{}", e.message.id);
+        self.publish(&[(queue, envelope)], dedup, None).await?;
         bucket
             .delete(&key)
             .await
@@ -452,11 +453,13 @@ impl NatsStore {
     }
 
     /// Publish messages into their queues, each under `Nats-Msg-Id` = `dedup(id)`,
-    /// and wait until the stream holds them all.
+    /// in the incarnation of the step that made them (`made_in`) or each starting its
+    /// own, and wait until the stream holds them all.
     async fn publish(
         &self,
         items: &[(String, Envelope)],
         dedup: impl Fn(&str, &Envelope) -> String,
+        made_in: Option<&Incarnation>,
     ) -> Result<(), StoreError> {
         let mut acks = Vec::with_capacity(items.len());
         for (queue, envelope) in items {
@@ -466,9 +469,12 @@ impl NatsStore {
             let subject =
                 self.names
                     .message_subject(queue, &envelope.message.key, envelope.root.as_str());
-            let publish = jetstream::message::PublishMessage::build()
+            let mut publish = jetstream::message::PublishMessage::build()
                 .payload(encode(envelope)?)
                 .message_id(dedup(queue, envelope));
+            if let Some(incarnation) = made_in {
+                publish = publish.header(INCARNATION, incarnation.0.as_str());
+            }
             acks.push(
                 self.js
                     .send_publish(subject, publish)
@@ -520,7 +526,7 @@ impl NatsStore {
             })
             .collect();
         self.append_events(now_ms(), accepted).await?;
-        self.publish(items, |queue, e| format!("{queue}|{}", e.message.id))
+        self.publish(items, |queue, e| format!("{queue}|{}", e.message.id), None)
             .await
     }
 
@@ -863,21 +869,18 @@ impl NatsStore {
                 // decides a delivery (a saga's look at the transaction) must see how
                 // the messages fused into this lease ended. (Written in one transaction
                 // on redb; a crash in between here re-runs the input, de-duplicated.)
-                // Each end, and what it publishes, under the incarnation its message
-                // would have had in its queue: a re-run of this input that leaves it
-                // there (it found its key waiting, or its time short) ends it in a
-                // lease of its own, which writes the same ids.
+                // Each end, and what it publishes, in this incarnation: a re-run that
+                // leaves its message queued (its key waiting, its time short) ends it
+                // in a lease of its own, in the same incarnation, under the same ids.
                 for Ended {
                     envelope,
-                    queue,
                     outcome,
                     published,
                     ..
                 } in ended
                 {
-                    let at = input.output(&queue, &envelope.message.id);
-                    self.write_end(&envelope, &outcome, &at).await?;
-                    self.write_outputs(&published, &at).await?;
+                    self.write_end(&envelope, &outcome, input).await?;
+                    self.write_outputs(&published, input).await?;
                 }
                 self.write_outputs(&outputs, input).await?;
             }
@@ -946,8 +949,8 @@ impl NatsStore {
         if outputs.is_empty() {
             return Ok(());
         }
-        self.publish(outputs, |queue, e| input.output_id(queue, &e.message.id))
-            .await?;
+        let dedup = |queue: &str, e: &Envelope| input.output_id(queue, &e.message.id);
+        self.publish(outputs, dedup, Some(input)).await?;
         let accepted = outputs
             .iter()
             .map(|(_, e)| e)
@@ -1008,10 +1011,8 @@ impl Store for NatsStore {
     async fn requeue(&self, items: Vec<(String, Envelope)>) -> Result<(), StoreError> {
         // A replay may run the same message twice on purpose: no de-duplication.
         let at = now_ms();
-        self.publish(&items, |queue, e| {
-            format!("replay|{at}|{queue}|{}", e.message.id)
-        })
-        .await
+        let dedup = |queue: &str, e: &Envelope| format!("replay|{at}|{queue}|{}", e.message.id);
+        self.publish(&items, dedup, None).await
     }
 
     async fn idempotency(

@@ -52,11 +52,12 @@ async fn take(store: &NatsStore, queue: &str) -> Lease {
         .expect("a message to lease")
 }
 
-/// A sink fused into a transform's lease publishes an `OrderBooked`; the node dies
-/// before the ack. The transform's input, run again, leaves the order queued this
-/// time (its key waited at the sink, say), and the sink's own lease delivers it and
-/// publishes the `OrderBooked` again: under the same `Nats-Msg-Id`, so the stream
-/// keeps one. (Under the input's stream sequence, as before, it kept two.)
+/// Steps `t1`, `t2` and a sink run fused in `t1`'s lease; the sink publishes an
+/// `OrderBooked`, and the node dies before the ack. Run again, `t1` leaves its output
+/// queued this time (its key waited at `t2`, say): `t2` and the sink each run in a
+/// lease of their own, and the sink publishes the `OrderBooked` again: under the same
+/// `Nats-Msg-Id`, so the stream keeps one. (Under each input's own, as before, it
+/// kept two.)
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queued() {
     let nats = NatsCluster::start(1).unwrap();
@@ -69,12 +70,14 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
     })
     .await
     .unwrap();
-    let input = envelope("m1", &["t", "sink"], 0);
+    let route = ["t1", "t2", "sink"];
+    let input = envelope("m1", &route, 0);
     store
-        .enqueue(vec![("f/t".into(), input)], None)
+        .enqueue(vec![("f/t1".into(), input)], None)
         .await
         .unwrap();
-    let order = envelope("m1.0", &["t", "sink"], 1);
+    let mapped = envelope("m1.0", &route, 1);
+    let order = envelope("m1.0.0", &route, 2);
     let booked = || {
         let mut booked = envelope("m1.0", &["w"], 0);
         booked.flow = "g".into();
@@ -83,7 +86,7 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
     };
 
     // The fused run: written, never acked (the lease's ticket goes, as with a crash).
-    let lease = take(&store, "f/t").await;
+    let lease = take(&store, "f/t1").await;
     let Ticket::Nats(ticket) = lease.ticket else {
         unreachable!("a NATS lease")
     };
@@ -91,7 +94,6 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
         outputs: vec![],
         ended: vec![Ended {
             envelope: order.clone(),
-            queue: "f/sink".into(),
             outcome: delivered(&order),
             kv: None,
             published: booked(),
@@ -104,16 +106,15 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
     ticket.message.ack_with(AckKind::Nak(None)).await.unwrap();
     drop(ticket);
 
-    // The re-run: the order goes through the sink's queue, and its own lease ends it.
-    let lease = take(&store, "f/t").await;
-    store
-        .complete(
-            lease,
-            Completion::forward(vec![("f/sink".into(), order.clone())]),
-            None,
-        )
-        .await
-        .unwrap();
+    // The re-run: hop by hop, through `t2`'s queue and the sink's.
+    let lease = take(&store, "f/t1").await;
+    let forward =
+        |queue: &str, next: &Envelope| Completion::forward(vec![(queue.into(), next.clone())]);
+    let completion = forward("f/t2", &mapped);
+    store.complete(lease, completion, None).await.unwrap();
+    let lease = take(&store, "f/t2").await;
+    let completion = forward("f/sink", &order);
+    store.complete(lease, completion, None).await.unwrap();
     let lease = take(&store, "f/sink").await;
     assert_eq!(lease.envelope.message.id, order.message.id);
     let finish = Completion::Finish {
