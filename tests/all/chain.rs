@@ -1082,3 +1082,46 @@ sink = "recorder"
     assert_eq!(tenon.metric_reaching(&fused("recorder"), 1).await, 1);
     assert_eq!(tenon.metric(&fused("pass")).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_the_route_lists_twice_is_not_run_in_another_steps_lease() {
+    // `b` comes after `a` and after `c`: one queue, fed by both, so a lease at `a`
+    // and one at `c` could run `b` for one key at once. Each `b` runs in a lease of
+    // its own; `c`, and the sink, listed once, run in `b`'s.
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    ws.write_config(&format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.a]
+path = "plugins/misbehave"
+[plugins.b]
+path = "plugins/misbehave"
+[plugins.c]
+path = "plugins/misbehave"
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.twice]
+source = "cpq-source"
+steps = ["a", "b", "c", "b"]
+sink = "recorder"
+"#
+    ));
+    let tenon = Tenon::start(&ws);
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    let fused = |stage: &str| format!(r#"tenon_steps_fused_total{{flow="twice",stage="{stage}"}}"#);
+    assert_eq!(tenon.metric_reaching(&fused("recorder"), 1).await, 1);
+    assert_eq!(tenon.metric(&fused("c")).await, 1);
+    assert_eq!(tenon.metric(&fused("b")).await, 0);
+}

@@ -406,12 +406,18 @@ impl Runtime {
     /// messages, and the sink delivers again under the same idempotency key, as a
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
     /// hop: an output is not run ahead of a message of its key in the queue it
-    /// skips, in the store or left there by this completion, and only an output of
-    /// the key this lease holds (`held`) is run at all. The lease keeps other leases
-    /// of that key out of its queue, and the steps after it are fed by that queue
-    /// alone, so nothing else runs them for that key meanwhile; an output a mapping
-    /// gave another key could meet a lease of another input that made the same key,
-    /// both past the queues where they would wait one after the other. An output whose
+    /// skips, in the store or left there by this completion; only an output of the
+    /// key this lease holds (`held`) is run at all, and never at a step whose plugin
+    /// the route lists twice. The lease keeps other leases of that key out of its
+    /// queue, and a step's queue is fed by the step before it, so two fused runs never
+    /// run a step for one key at once (an output a mapping gave another key could meet
+    /// another input's lease that made the same key; a queue two steps feed, a lease
+    /// at each). What the check cannot see is a message of the key committed to a
+    /// skipped queue while the fused run is under way: an output another lease gave
+    /// that key (a re-keying mapping before it), a redrive or a decision put there,
+    /// a saga's compensation at the sink; its step's workers may run it alongside.
+    /// Closing that needs a claim on (queue, key) that leases respect until the
+    /// commit. An output whose
     /// transform finishes it or writes key-value data stays queued as it was, for the
     /// step's own workers to run again and commit (the sink's end and its key-value
     /// writes are committed here: it does not deliver twice); after a transient
@@ -505,10 +511,14 @@ impl Runtime {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
         };
+        // A plugin the route lists twice has one queue fed from two steps: a lease
+        // at each could run it for one key at once.
+        let shared = output.route.iter().filter(|s| **s == stage).count() > 1;
         if output.flow != flow
             || output.directive.is_some()
             || !output.attempts.is_empty()
             || queue != queue_name(flow, &stage)
+            || shared
         {
             return Fused::Left(Box::new(output));
         }
