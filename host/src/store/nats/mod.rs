@@ -872,6 +872,8 @@ impl NatsStore {
                 // Each end, and what it publishes, in this incarnation: a re-run that
                 // leaves its message queued (its key waiting, its time short) ends it
                 // in a lease of its own, in the same incarnation, under the same ids.
+                // What it publishes goes first, as for a `Finish`: a saga on another
+                // node sees the end only once its compensations are queued.
                 for Ended {
                     envelope,
                     outcome,
@@ -879,8 +881,8 @@ impl NatsStore {
                     ..
                 } in ended
                 {
-                    self.write_end(&envelope, &outcome, input).await?;
                     self.write_outputs(&published, input).await?;
+                    self.write_end(&envelope, &outcome, input).await?;
                 }
                 self.write_outputs(&outputs, input).await?;
             }
