@@ -621,8 +621,9 @@ pub struct FlowEntry {
     /// mappings deterministic, so a crash re-runs them to the same result (the sink
     /// delivers again under the same idempotency key). An output never overtakes a
     /// message of its key waiting at the step it would skip, and one given another
-    /// key than its input's, or bound for a plugin the route lists twice, is queued
-    /// (the lease holds the input's key only; one queue would have two feeders). A
+    /// key than its input's, bound for a plugin the route lists twice, or on a route
+    /// from before a reload, is queued (the lease holds the input's key only; one
+    /// queue would have two feeders). A
     /// transform that finishes the message or writes key-value data leaves its input
     /// queued for its own workers (which call it again), a transient failure leaves
     /// it waiting for its retry there. `false`: every step is a hop.

@@ -1125,3 +1125,81 @@ sink = "recorder"
     assert_eq!(tenon.metric(&fused("c")).await, 1);
     assert_eq!(tenon.metric(&fused("b")).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_on_a_route_from_before_a_reload_is_not_run_in_a_lease() {
+    // A quote dead-letters at `gate`; a reload puts `x` between `gate` and `b` and lets
+    // `gate` pass. The redriven quote keeps the route it entered with, where `b`
+    // follows `gate`: `b`'s queue has two feeders then (`gate` for it, `x` for the new
+    // route), so its `b` runs in a lease of its own. A new quote, on the new route,
+    // runs `x` and `b` in `gate`'s lease.
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    let config = |gate: &str, steps: &str| {
+        format!(
+            r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.gate]
+path = "plugins/misbehave"
+config = {{ {gate} }}
+[plugins.x]
+path = "plugins/misbehave"
+[plugins.b]
+path = "plugins/misbehave"
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.rerouted]
+source = "cpq-source"
+steps = [{steps}]
+sink = "recorder"
+max_attempts = 1
+"#
+        )
+    };
+    ws.write_config(&config(r#"mode = "invalid""#, r#""gate", "b""#));
+    let tenon = Tenon::start(&ws);
+    let ids = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&ids[0]).await;
+    let dead = &status["outcomes"][0];
+    assert!(dead["result"]["DeadLetter"].is_object(), "{status:#}");
+
+    let rerouted = config(r#"mode = "pass""#, r#""gate", "x", "b""#);
+    tenon.reconfigure(&ws, &rerouted, "rerouted").await;
+    let id = dead["id"].as_str().unwrap();
+    let reply = tenon
+        .post(&format!("/v1/dlq/{id}/redrive"), "application/json", b"{}")
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let status = tenon
+        .wait_for(&ids[0], |s| {
+            s["outcomes"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["result"]["Delivered"].is_object()))
+        })
+        .await;
+    let fused =
+        |stage: &str| format!(r#"tenon_steps_fused_total{{flow="rerouted",stage="{stage}"}}"#);
+    assert_eq!(tenon.metric(&fused("b")).await, 0, "{status:#}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+
+    let ids = tenon
+        .send_quote(&sample("plain.json").replace("4500012345", "4500012346"))
+        .await;
+    let status = tenon.settled(&ids[0]).await;
+    assert!(
+        status["outcomes"][0]["result"]["Delivered"].is_object(),
+        "{status:#}"
+    );
+    assert_eq!(tenon.metric_reaching(&fused("b"), 1).await, 1);
+    assert_eq!(tenon.metric(&fused("x")).await, 1);
+}

@@ -407,12 +407,12 @@ impl Runtime {
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
     /// hop: an output is not run ahead of a message of its key in the queue it
     /// skips, in the store or left there by this completion; only an output of the
-    /// key this lease holds (`held`) is run at all, and never at a step whose plugin
-    /// the route lists twice. The lease keeps other leases of that key out of its
+    /// key this lease holds (`held`) is run at all, never at a step whose plugin
+    /// the route lists twice, and only on the flow's current route. The lease keeps other leases of that key out of its
     /// queue, and a step's queue is fed by the step before it, so two fused runs never
     /// run a step for one key at once (an output a mapping gave another key could meet
-    /// another input's lease that made the same key; a queue two steps feed, a lease
-    /// at each). What the check cannot see is a message of the key committed to a
+    /// another input's lease that made the same key; a queue two steps feed, or two
+    /// routes across a reload, a lease at each). What the check cannot see is a message of the key committed to a
     /// skipped queue while the fused run is under way: an output another lease gave
     /// that key (a re-keying mapping before it), a redrive or a decision put there,
     /// a saga's compensation at the sink; its step's workers may run it alongside.
@@ -522,11 +522,14 @@ impl Runtime {
         {
             return Fused::Left(Box::new(output));
         }
+        // Only on the flow's current route: a message that entered before a reload
+        // keeps the route it entered with, and with another route before it, the
+        // step's queue has another feeder (a lease at each could run it for one key).
         let fuses = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-            flows
-                .get(flow)
-                .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
+            flows.get(flow).is_some_and(|f| {
+                f.fuse && f.stages == output.route && !f.rules.iter().any(|r| r.stage == stage)
+            })
         };
         let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
             return Fused::Left(Box::new(output));
