@@ -909,15 +909,14 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
         orders.sort_by(|a, b| a.0.cmp(&b.0));
 
         // Counters move just after the commit a status already shows.
-        let fused = async |stage: &str, expected: u64| {
-            let series =
-                format!(r#"tenon_steps_fused_total{{flow="quote-to-order",stage="{stage}"}}"#);
+        let fused_at = async |stage: &str, expected: u64| {
+            let series = fused("quote-to-order", stage);
             tenon.metric_reaching(&series, expected).await
         };
         let expected = |n: u64| if fuse { n } else { 0 };
         let counted = (
-            fused("gateway", expected(2)).await,
-            fused("router", expected(2)).await,
+            fused_at("gateway", expected(2)).await,
+            fused_at("router", expected(2)).await,
         );
         // Fused, the plain quote's order and the bundle's good order went through the
         // gateway and the router in the mapping's lease; the bundle's order the
@@ -960,6 +959,28 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
     assert_eq!(orders.len(), 2, "{orders:?}");
 }
 
+/// A config of one flow from the CPQ source to a sink that records what it is sent
+/// (`url`, from [`recorder`]): `plugins` the steps' sections, `flow` the flow's.
+fn recorded(url: &str, plugins: &str, flow: &str) -> String {
+    format!(
+        r#"
+[plugins.cpq-source]
+path = "plugins/cpq-source"
+config = {{ po_number_field = "Customer_PO__c" }}
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+{plugins}
+{flow}"#
+    )
+}
+
+/// The series counting the steps of `stage` run in another step's lease in `flow`.
+fn fused(flow: &str, stage: &str) -> String {
+    format!(r#"tenon_steps_fused_total{{flow="{flow}",stage="{stage}"}}"#)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fused_step_never_overtakes_a_message_of_its_key_waiting_at_the_step_it_skips() {
     // Two revisions of one quote (one key). The first fails at `flaky` and waits there
@@ -970,29 +991,21 @@ async fn a_fused_step_never_overtakes_a_message_of_its_key_waiting_at_the_step_i
     // is fused: what held the second back was the first, nothing else.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
-    ws.write_config(&format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-config = {{ po_number_field = "Customer_PO__c" }}
+    let plugins = r#"
 [plugins.pass]
 path = "plugins/misbehave"
 [plugins.flaky]
 path = "plugins/misbehave"
-config = {{ mode = "retryable-when", marker = "PO-RETRY" }}
-[plugins.recorder]
-path = "plugins/http-sink"
-config = {{ url = "{url}/quotes" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
+config = { mode = "retryable-when", marker = "PO-RETRY" }"#;
+    let flow = r#"
 [flows.ordered]
 source = "cpq-source"
 steps = ["pass", "flaky"]
 sink = "recorder"
 max_attempts = 2
 backoff_ms = 5000
-"#
-    ));
+"#;
+    ws.write_config(&recorded(&url, plugins, flow));
     let tenon = Tenon::start(&ws);
     let first = sample("plain.json").replace("4500012345", "PO-RETRY");
     let first = tenon.send_quote(&first).await;
@@ -1020,12 +1033,8 @@ backoff_ms = 5000
         "the second revision was delivered at {delivered}, before the first was dead-lettered at {dead}"
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
-    let fused = async || {
-        tenon
-            .metric(r#"tenon_steps_fused_total{flow="ordered",stage="flaky"}"#)
-            .await
-    };
-    assert_eq!(fused().await, 0);
+    let flaky = async || tenon.metric(&fused("ordered", "flaky")).await;
+    assert_eq!(flaky().await, 0);
 
     let third = tenon
         .send_quote(&sample("plain.json").replace("4500012345", "4500012346"))
@@ -1033,7 +1042,7 @@ backoff_ms = 5000
     let third = tenon.settled(&third[0]).await;
     at(&third, "Delivered");
     assert_eq!(
-        fused().await,
+        flaky().await,
         1,
         "nothing of its key waited: the third is fused"
     );
@@ -1048,27 +1057,19 @@ async fn a_step_is_fused_only_for_an_output_of_the_key_its_lease_holds() {
     // lease; the sink, after it, with the key that lease holds, is fused.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
-    ws.write_config(&format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-config = {{ po_number_field = "Customer_PO__c" }}
+    let plugins = r#"
 [plugins.rekey]
 path = "plugins/misbehave"
-config = {{ mode = "rekey", key = "customer-1" }}
+config = { mode = "rekey", key = "customer-1" }
 [plugins.pass]
-path = "plugins/misbehave"
-[plugins.recorder]
-path = "plugins/http-sink"
-config = {{ url = "{url}/quotes" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
+path = "plugins/misbehave""#;
+    let flow = r#"
 [flows.rekeyed]
 source = "cpq-source"
 steps = ["rekey", "pass"]
 sink = "recorder"
-"#
-    ));
+"#;
+    ws.write_config(&recorded(&url, plugins, flow));
     let tenon = Tenon::start(&ws);
     let ids = tenon.send_quote(sample("plain.json")).await;
     let status = tenon.settled(&ids[0]).await;
@@ -1077,10 +1078,13 @@ sink = "recorder"
         "{status:#}"
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
-    let fused =
-        |stage: &str| format!(r#"tenon_steps_fused_total{{flow="rekeyed",stage="{stage}"}}"#);
-    assert_eq!(tenon.metric_reaching(&fused("recorder"), 1).await, 1);
-    assert_eq!(tenon.metric(&fused("pass")).await, 0);
+    assert_eq!(
+        tenon
+            .metric_reaching(&fused("rekeyed", "recorder"), 1)
+            .await,
+        1
+    );
+    assert_eq!(tenon.metric(&fused("rekeyed", "pass")).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1090,28 +1094,20 @@ async fn a_step_the_route_lists_twice_is_not_run_in_another_steps_lease() {
     // its own; `c`, and the sink, listed once, run in `b`'s.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
-    ws.write_config(&format!(
-        r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-config = {{ po_number_field = "Customer_PO__c" }}
+    let plugins = r#"
 [plugins.a]
 path = "plugins/misbehave"
 [plugins.b]
 path = "plugins/misbehave"
 [plugins.c]
-path = "plugins/misbehave"
-[plugins.recorder]
-path = "plugins/http-sink"
-config = {{ url = "{url}/quotes" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
+path = "plugins/misbehave""#;
+    let flow = r#"
 [flows.twice]
 source = "cpq-source"
 steps = ["a", "b", "c", "b"]
 sink = "recorder"
-"#
-    ));
+"#;
+    ws.write_config(&recorded(&url, plugins, flow));
     let tenon = Tenon::start(&ws);
     let ids = tenon.send_quote(sample("plain.json")).await;
     let status = tenon.settled(&ids[0]).await;
@@ -1120,10 +1116,12 @@ sink = "recorder"
         "{status:#}"
     );
     assert_eq!(seen.lock().unwrap().len(), 1);
-    let fused = |stage: &str| format!(r#"tenon_steps_fused_total{{flow="twice",stage="{stage}"}}"#);
-    assert_eq!(tenon.metric_reaching(&fused("recorder"), 1).await, 1);
-    assert_eq!(tenon.metric(&fused("c")).await, 1);
-    assert_eq!(tenon.metric(&fused("b")).await, 0);
+    assert_eq!(
+        tenon.metric_reaching(&fused("twice", "recorder"), 1).await,
+        1
+    );
+    assert_eq!(tenon.metric(&fused("twice", "c")).await, 1);
+    assert_eq!(tenon.metric(&fused("twice", "b")).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1136,30 +1134,26 @@ async fn a_message_on_a_route_from_before_a_reload_is_not_run_in_a_lease() {
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     let config = |gate: &str, steps: &str| {
-        format!(
+        let plugins = format!(
             r#"
-[plugins.cpq-source]
-path = "plugins/cpq-source"
-config = {{ po_number_field = "Customer_PO__c" }}
 [plugins.gate]
 path = "plugins/misbehave"
 config = {{ {gate} }}
 [plugins.x]
 path = "plugins/misbehave"
 [plugins.b]
-path = "plugins/misbehave"
-[plugins.recorder]
-path = "plugins/http-sink"
-config = {{ url = "{url}/quotes" }}
-grants = {{ http = ["http://127.0.0.1:*"] }}
-
+path = "plugins/misbehave""#
+        );
+        let flow = format!(
+            r#"
 [flows.rerouted]
 source = "cpq-source"
 steps = [{steps}]
 sink = "recorder"
 max_attempts = 1
 "#
-        )
+        );
+        recorded(&url, &plugins, &flow)
     };
     ws.write_config(&config(r#"mode = "invalid""#, r#""gate", "b""#));
     let tenon = Tenon::start(&ws);
@@ -1187,9 +1181,7 @@ max_attempts = 1
                 .is_some_and(|o| o.iter().any(|o| o["result"]["Delivered"].is_object()))
         })
         .await;
-    let fused =
-        |stage: &str| format!(r#"tenon_steps_fused_total{{flow="rerouted",stage="{stage}"}}"#);
-    assert_eq!(tenon.metric(&fused("b")).await, 0, "{status:#}");
+    assert_eq!(tenon.metric(&fused("rerouted", "b")).await, 0, "{status:#}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 
     let ids = tenon
@@ -1200,6 +1192,6 @@ max_attempts = 1
         status["outcomes"][0]["result"]["Delivered"].is_object(),
         "{status:#}"
     );
-    assert_eq!(tenon.metric_reaching(&fused("b"), 1).await, 1);
-    assert_eq!(tenon.metric(&fused("x")).await, 1);
+    assert_eq!(tenon.metric_reaching(&fused("rerouted", "b"), 1).await, 1);
+    assert_eq!(tenon.metric(&fused("rerouted", "x")).await, 1);
 }
