@@ -407,22 +407,22 @@ impl Runtime {
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
     /// hop: an output is not run ahead of a message of its key in the queue it
     /// skips, in the store or left there by this completion; only an output of the
-    /// key this lease holds (`held`) is run at all, never at a step whose plugin
-    /// the route lists twice, and only on the flow's current route. The lease keeps other leases of that key out of its
-    /// queue, and a step's queue is fed by the step before it, so two fused runs never
-    /// run a step for one key at once (an output a mapping gave another key could meet
-    /// another input's lease that made the same key; a queue two steps feed, or two
-    /// routes across a reload, a lease at each). What the check cannot see is a message of the key committed to a
-    /// skipped queue while the fused run is under way: an output another lease gave
-    /// that key (a re-keying mapping before it), a redrive or a decision put there,
-    /// a saga's compensation at the sink; its step's workers may run it alongside.
-    /// Closing that needs a claim on (queue, key) that leases respect until the
-    /// commit. An output whose
-    /// transform finishes it or writes key-value data stays queued as it was, for the
-    /// step's own workers to run again and commit (the sink's end and its key-value
-    /// writes are committed here: it does not deliver twice); after a transient
-    /// failure it waits there for its retry, the attempt counted. The steps count in
-    /// `tenon_steps_fused_total` once the commit is done.
+    /// key this lease holds (`held`) is run at all, never at a step whose plugin the
+    /// route lists twice, and only on the flow's current route. The lease keeps other
+    /// leases of that key out of its queue, and a step's queue is fed by the step
+    /// before it, so two fused runs never run a step for one key at once (an output
+    /// a mapping gave another key could meet another input's lease that made the same
+    /// key; a queue two steps feed, or two routes across a reload, a lease at each).
+    /// What the check cannot see is a message of the key committed to a skipped queue
+    /// while the fused run is under way: an output another lease gave that key (a
+    /// re-keying mapping before it), a redrive or a decision put there, a saga's
+    /// compensation at the sink; its step's workers may run it alongside. Closing
+    /// that needs a claim on (queue, key) that leases respect until the commit. An
+    /// output whose transform finishes it or writes key-value data stays queued as it
+    /// was, for the step's own workers to run again and commit (the sink's end and
+    /// its key-value writes are committed here: it does not deliver twice); after a
+    /// transient failure it waits there for its retry, the attempt counted. The steps
+    /// count in `tenon_steps_fused_total` once the commit is done.
     async fn fuse(
         &self,
         flow: &str,
