@@ -4,7 +4,7 @@
 //! invoice -> invoice posted (and its revenue schedule).
 
 use crate::support::public_fixture as fixture;
-use crate::support::{GATEWAY_AND_MASTER, Tenon, Workspace, sample};
+use crate::support::{GATEWAY_AND_MASTER, Tenon, Workspace, fused, sample};
 use serde_json::{Value, json};
 use tenon_testkit::mock_erp::MockErp;
 
@@ -974,11 +974,6 @@ grants = {{ http = ["http://127.0.0.1:*"] }}
 {plugins}
 {flow}"#
     )
-}
-
-/// The series counting the steps of `stage` run in another step's lease in `flow`.
-fn fused(flow: &str, stage: &str) -> String {
-    format!(r#"tenon_steps_fused_total{{flow="{flow}",stage="{stage}"}}"#)
 }
 
 #[tokio::test(flavor = "multi_thread")]

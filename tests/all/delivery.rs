@@ -1,7 +1,7 @@
 //! Delivery guarantees: idempotent ingress, and sinks that never deliver a message
 //! twice once its outcome is recorded.
 
-use crate::support::{Tenon, Workspace, quote_to_cash_config, sample};
+use crate::support::{Tenon, Workspace, fused, quote_to_cash_config, sample};
 use tenon::config::Config;
 use tenon::model::{Envelope, OutcomeKind, StoredMessage, queue_name};
 use tenon::server::Server;
@@ -194,8 +194,8 @@ async fn dead_letters_are_listed_shown_redriven_and_discarded() {
     // The plain quote's order and the bundle's first were dead-lettered by the sink
     // run in the mapping's lease (fused), the bundle's second at the sink's queue:
     // a redrive puts either back in front of the sink alike.
-    let fused = r#"tenon_steps_fused_total{flow="quote-to-order",stage="erp-sink"}"#;
-    assert_eq!(tenon.metric_reaching(fused, 2).await, 2);
+    let at_sink = fused("quote-to-order", "erp-sink");
+    assert_eq!(tenon.metric_reaching(&at_sink, 2).await, 2);
 
     let (ok, out, _) = tenon.cli(&["dlq", "list"]);
     assert!(ok);
@@ -408,9 +408,9 @@ async fn a_flows_sink_runs_in_the_lease_of_its_last_transform_and_calls_the_erp_
     let ws = Workspace::new();
     ws.write_config(&quote_to_cash_config(&erp.orders_url(), "backoff_ms = 100"));
     let tenon = Tenon::start(&ws);
-    let fused = async |expected: u64| {
-        let series = r#"tenon_steps_fused_total{flow="quote-to-order",stage="erp-sink"}"#;
-        tenon.metric_reaching(series, expected).await
+    let at_sink = async |expected: u64| {
+        let series = fused("quote-to-order", "erp-sink");
+        tenon.metric_reaching(&series, expected).await
     };
     let ended = async |result: &str, expected: u64| {
         let series = format!(r#"tenon_messages_total{{flow="quote-to-order",result="{result}"}}"#);
@@ -431,7 +431,7 @@ async fn a_flows_sink_runs_in_the_lease_of_its_last_transform_and_calls_the_erp_
     assert!(outcome["result"]["Delivered"].is_object(), "{status:#}");
     assert_eq!(outcome["plugin"], "erp-sink");
     assert_eq!(hops(outcome), ["cpq-source", "quote-to-order", "erp-sink"]);
-    assert_eq!((fused(1).await, ended("delivered", 1).await), (1, 1));
+    assert_eq!((at_sink(1).await, ended("delivered", 1).await), (1, 1));
     assert_eq!(erp.received().len(), 1);
 
     // Refused by the ERP: each order rejected, the ERP asked once per order (a fused
@@ -447,7 +447,7 @@ async fn a_flows_sink_runs_in_the_lease_of_its_last_transform_and_calls_the_erp_
         assert!(reasons.contains("customer blocked"), "{status:#}");
     }
     assert_eq!(erp.received().len(), 3);
-    assert_eq!((fused(2).await, ended("rejected", 2).await), (2, 2));
+    assert_eq!((at_sink(2).await, ended("rejected", 2).await), (2, 2));
     erp.accept_all();
 
     // Unavailable: the fused delivery fails and the order waits at the sink for its
@@ -474,7 +474,7 @@ async fn a_flows_sink_runs_in_the_lease_of_its_last_transform_and_calls_the_erp_
     );
     assert_eq!(ended("delivered", 2).await, 2);
     assert_eq!(
-        fused(2).await,
+        at_sink(2).await,
         2,
         "a step left queued is not counted as fused"
     );

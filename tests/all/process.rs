@@ -3,7 +3,7 @@
 //! transaction delivered when another part of it fails for good, at once or after a
 //! person's decision.
 
-use crate::support::{GATEWAY_AND_MASTER, SETTLE, Tenon, Workspace, sample, tenon_cli};
+use crate::support::{GATEWAY_AND_MASTER, SETTLE, Tenon, Workspace, fused, sample, tenon_cli};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tenon_testkit::mock_erp::MockErp;
@@ -663,8 +663,8 @@ saga = "compensate"
         "{reasons:?}"
     );
     assert_eq!(erp.received().len(), 1, "{:#?}", erp.received());
-    let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;
-    assert_eq!(tenon.metric_reaching(fused, 1).await, 1);
+    let at_sink = fused("orders", "erp");
+    assert_eq!(tenon.metric_reaching(&at_sink, 1).await, 1);
 
     // Delivered in the mapping's lease, an order keeps what it delivered, to be
     // undone should its transaction fail (the saga's say, as at the sink's workers).
@@ -674,7 +674,7 @@ saga = "compensate"
     let delivered = &status["outcomes"][0];
     assert!(delivered["result"]["Delivered"].is_object(), "{status:#}");
     assert_eq!(delivered["undo"]["kind"], "OrderDrafted", "{status:#}");
-    assert_eq!(tenon.metric_reaching(fused, 2).await, 2);
+    assert_eq!(tenon.metric_reaching(&at_sink, 2).await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -696,7 +696,7 @@ saga = "compensate"
     ws.write_config(&(erp_plugins(&erp) + GATEWAY_AND_MASTER + flows));
     let tenon = Tenon::start(&ws);
     tenon.load_customers().await;
-    let fused = r#"tenon_steps_fused_total{flow="orders",stage="erp"}"#;
+    let at_sink = fused("orders", "erp");
 
     // (Which comes first then, the rejection's commit or the delivery, is the same
     // race as hop by hop: the other order ends delivered and undone, or unsent.)
@@ -710,9 +710,9 @@ saga = "compensate"
         "{status:#}"
     );
     // The gateway's step ran in the mapping's lease; the sink's did not.
-    let gateway = r#"tenon_steps_fused_total{flow="orders",stage="gateway"}"#;
-    assert_eq!(tenon.metric_reaching(gateway, 1).await, 1);
-    assert_eq!(tenon.metric(fused).await, 0);
+    let gateway = fused("orders", "gateway");
+    assert_eq!(tenon.metric_reaching(&gateway, 1).await, 1);
+    assert_eq!(tenon.metric(&at_sink).await, 0);
 
     let ids = tenon.send_quote(sample("plain.json")).await;
     let status = tenon.settled(&ids[0]).await;
@@ -720,5 +720,5 @@ saga = "compensate"
         status["outcomes"][0]["result"]["Delivered"].is_object(),
         "{status:#}"
     );
-    assert_eq!(tenon.metric_reaching(fused, 1).await, 1);
+    assert_eq!(tenon.metric_reaching(&at_sink, 1).await, 1);
 }

@@ -362,6 +362,12 @@ impl Drop for Tenon {
     }
 }
 
+/// The series counting the steps of `stage` run in another step's lease in `flow`
+/// (fused).
+pub fn fused(flow: &str, stage: &str) -> String {
+    format!(r#"tenon_steps_fused_total{{flow="{flow}",stage="{stage}"}}"#)
+}
+
 /// A sample quote of the example.
 pub fn sample(name: &str) -> &'static str {
     tenon_testkit::SAMPLES
