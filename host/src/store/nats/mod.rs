@@ -941,8 +941,8 @@ impl NatsStore {
     }
 
     /// A step's outputs, or what a message's end publishes, each written once per
-    /// incarnation (and carrying it on). A copy entering a subscribing flow is accepted by that flow: logged like
-    /// ingress, so the flow's replay covers it.
+    /// incarnation (and carrying it on). A copy entering a subscribing flow is
+    /// accepted by that flow: logged like ingress, so the flow's replay covers it.
     async fn write_outputs(
         &self,
         outputs: &[(String, Envelope)],
