@@ -85,6 +85,7 @@ on_every_store!(
     a_message_is_leased_once_and_forwarded_with_its_ack,
     messages_that_end_within_a_lease_are_recorded_with_its_ack,
     a_key_is_processed_in_order_and_a_retry_keeps_its_turn,
+    a_claimed_key_waits_in_its_queue_until_released,
     outcomes_are_found_by_lineage,
     an_idempotency_key_lets_one_request_through,
     dead_letters_are_kept_redriven_and_discarded,
@@ -358,10 +359,6 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         ],
     )
     .await;
-    // What a step run ahead of the queue (fused) asks: is anything of this key there?
-    assert!(store.holds_key("f/s", "A").await.unwrap());
-    assert!(!store.holds_key("f/s", "C").await.unwrap());
-    assert!(!store.holds_key("f/other", "A").await.unwrap());
     let a1 = take(store, "f/s").await.unwrap();
     assert_eq!(a1.envelope.message.id, "a1");
     let next = take(store, "f/s").await.unwrap();
@@ -398,16 +395,52 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         .unwrap();
     let a2 = take(store, "f/s").await.expect("a2 after a1");
     assert_eq!(a2.envelope.message.id, "a2");
-    assert!(store.holds_key("f/s", "A").await.unwrap(), "a2, leased");
+    let claim = store.claim("f/s", "A", HOLD).await.unwrap();
+    assert!(claim.is_none(), "a2 is leased: A is not claimed in f/s");
     let done = outcome(&a2.envelope, OutcomeKind::Consumed);
     store
         .complete(a2, Completion::finish(done), None)
         .await
         .unwrap();
-    assert!(
-        !store.holds_key("f/s", "A").await.unwrap(),
-        "nothing of A left"
-    );
+    let claim = store.claim("f/s", "A", HOLD).await.unwrap();
+    assert!(claim.is_some(), "nothing of A left");
+}
+
+/// What a step run ahead of a queue (fused into another's lease) claims there: its
+/// key, while nothing of it waits there; what comes meanwhile waits for the release.
+async fn a_claimed_key_waits_in_its_queue_until_released(s: Subject) {
+    let store = s.store.as_ref();
+    put(store, vec![("f/s", envelope("a1", "A"))]).await;
+    let claim = async |queue: &str, key: &str| store.claim(queue, key, HOLD).await.unwrap();
+    assert!(claim("f/s", "A").await.is_none(), "a1 waits in f/s");
+    let b = claim("f/s", "B").await.expect("nothing of B in f/s");
+    assert!(claim("f/s", "B").await.is_none(), "one claim a key");
+    let elsewhere = claim("f/t", "B").await;
+    assert!(elsewhere.is_some(), "the same key in another queue");
+    // What is committed for B meanwhile (a redrive, another lease's output) waits.
+    put(
+        store,
+        vec![("f/s", envelope("b1", "B")), ("f/s", envelope("c1", "C"))],
+    )
+    .await;
+    let mut leases = Vec::new();
+    while let Some(lease) = take(store, "f/s").await {
+        leases.push(lease);
+    }
+    let mut taken: Vec<&str> = leases
+        .iter()
+        .map(|l| l.envelope.message.id.as_str())
+        .collect();
+    taken.sort();
+    assert_eq!(taken, ["a1", "c1"], "b1 waits behind B's claim");
+    drop(b);
+    let b1 = store
+        .lease("f/s", Duration::from_secs(10), HOLD)
+        .await
+        .unwrap()
+        .expect("b1 once B's claim is released");
+    assert_eq!(b1.envelope.message.id, "b1");
+    assert!(claim("f/s", "B").await.is_none(), "b1 is leased");
 }
 
 async fn outcomes_are_found_by_lineage(s: Subject) {

@@ -12,7 +12,7 @@ use crate::model::{
     Attempt, Envelope, Hop, MessageId, Outcome, OutcomeKind, StoredMessage, now_ms, queue_name,
 };
 use crate::sandbox::plugin::{CallError, Failure, Plugin};
-use crate::store::{Completion, Ended, Lease, StoreError};
+use crate::store::{Claim, Completion, Ended, Lease, StoreError};
 use crate::telemetry::{self, metrics};
 use opentelemetry::context::FutureExt as _;
 use std::collections::HashSet;
@@ -76,6 +76,18 @@ struct FusedRun {
     ended: Vec<Outcome>,
     /// A delivery or failure of a saga's: its transaction is looked at after the commit.
     settle: bool,
+    /// The keys claimed in the queues the run skipped, released once the commit is
+    /// done (or refused).
+    claims: Vec<Claim>,
+}
+
+/// The time a lease gives the steps fused into it.
+#[derive(Clone, Copy)]
+struct Window {
+    /// A fused step starts only if its call ends by then (half the lease).
+    start_by: Instant,
+    /// When the lease ends: what a fused step claims lasts until then.
+    ends: Instant,
 }
 
 /// What a stage's plugin call produced, before it is classified into a
@@ -261,7 +273,11 @@ impl Runtime {
         };
         let policy = self.retry_policy(&env.flow, plugin.name());
         // Fused steps start only while their calls end within half the lease.
-        let fuse_until = Instant::now() + hold / 2;
+        let now = Instant::now();
+        let window = Window {
+            start_by: now + hold / 2,
+            ends: now + hold,
+        };
         let (step, span) = step_span(env, &plugin);
         // The process layer first: a person's rejection or a rule decides without
         // the plugin; then the saga of the message's transaction has its say.
@@ -274,7 +290,7 @@ impl Runtime {
                     .instrument(span.clone())
                     .await;
                 let (completion, run) = self
-                    .fuse(&env.flow, &env.message.key, completion, fuse_until)
+                    .fuse(&env.flow, &env.message.key, completion, window)
                     .await;
                 fused = run;
                 (completion, kv, false)
@@ -298,6 +314,8 @@ impl Runtime {
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
+        // The fused steps' claims end with the commit, or its refusal.
+        drop(std::mem::take(&mut fused.claims));
         metrics::commit(started.elapsed(), 1);
         match committed {
             Ok(()) => {
@@ -405,19 +423,15 @@ impl Runtime {
     /// derived and their mappings deterministic, so the re-run makes the same
     /// messages, and the sink delivers again under the same idempotency key, as a
     /// sink re-leased after a crash does. Per-key order holds as if every step were a
-    /// hop: an output is not run ahead of a message of its key in the queue it
-    /// skips, in the store or left there by this completion; only an output of the
-    /// key this lease holds (`held`) is run at all, never at a step whose plugin the
-    /// route lists twice, and only on the flow's current route. The lease keeps other
-    /// leases of that key out of its queue, and a step's queue is fed by the step
-    /// before it, so two fused runs never run a step for one key at once (an output
-    /// a mapping gave another key could meet another input's lease that made the same
-    /// key; a queue two steps feed, or two routes across a reload, a lease at each).
-    /// What the check cannot see is a message of the key committed to a skipped queue
-    /// while the fused run is under way: an output another lease gave that key (a
-    /// re-keying mapping before it), a redrive or a decision put there, a saga's
-    /// compensation at the sink; its step's workers may run it alongside. Closing
-    /// that needs a claim on (queue, key) that leases respect until the commit. An
+    /// hop: a fused step claims its output's key in the queue it skips
+    /// ([`Store::claim`](crate::store::Store::claim)) until the commit, granted only
+    /// when nothing of that key waits there; what comes there meanwhile (another
+    /// lease's output of that key, a redrive, a decision, a saga's compensation) waits
+    /// for the release, so no worker runs that step for the key beside the fused run.
+    /// Nor does an output overtake one of its key this completion leaves in that
+    /// queue. Fusion stays with the plain case besides: only an output of the key
+    /// this lease holds (`held`), never at a step whose plugin the route lists twice,
+    /// and only on the flow's current route. An
     /// output whose transform finishes it or writes key-value data stays queued as it
     /// was, for the step's own workers to run again and commit (the sink's end and
     /// its key-value writes are committed here: it does not deliver twice); after a
@@ -428,7 +442,7 @@ impl Runtime {
         flow: &str,
         held: &str,
         completion: Completion,
-        until: Instant,
+        window: Window,
     ) -> (Completion, FusedRun) {
         let Completion::Forward { outputs, mut ended } = completion else {
             return (completion, FusedRun::default());
@@ -453,7 +467,8 @@ impl Runtime {
                         // One sink end a lease; in a saga's flow, none once an output
                         // was left behind (see `fused_step`).
                         let may_end = run.ended.is_empty() && (!saga || behind.is_empty());
-                        self.fused_step(flow, &turn.0, output, until, may_end).await
+                        self.fused_step(flow, &turn.0, output, window, may_end, &mut run.claims)
+                            .await
                     }
                 };
                 match step {
@@ -505,8 +520,9 @@ impl Runtime {
         flow: &str,
         queue: &str,
         output: Envelope,
-        until: Instant,
+        window: Window,
         may_end: bool,
+        claims: &mut Vec<Claim>,
     ) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
@@ -543,13 +559,22 @@ impl Runtime {
         // Within the lease with room to spare (see `Runtime::lease_hold`).
         if !fusable
             || !plugin.throttle().remaining().is_zero()
-            || Instant::now() + plugin.timeout() > until
-            || !matches!(
-                self.store.holds_key(queue, &output.message.key).await,
-                Ok(false)
-            )
+            || Instant::now() + plugin.timeout() > window.start_by
         {
             return Fused::Left(Box::new(output));
+        }
+        // The key, claimed in the queue this step skips until the commit: granted
+        // when nothing of it waits there, and no worker of that queue runs the step
+        // for it beside this run (what is committed there meanwhile waits).
+        let key = &output.message.key;
+        let hold = window.ends.saturating_duration_since(Instant::now());
+        match self.store.claim(queue, key, hold).await {
+            Ok(Some(claim)) => claims.push(claim),
+            Ok(None) => return Fused::Left(Box::new(output)),
+            Err(error) => {
+                tracing::warn!(%error, queue, "cannot claim a key; the step is left queued");
+                return Fused::Left(Box::new(output));
+            }
         }
         let (step, span) = step_span(&output, &plugin);
         let policy = self.retry_policy(flow, plugin.name());

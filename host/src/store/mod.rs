@@ -95,9 +95,19 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// How many messages each queue holds (waiting, leased or due for a retry).
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError>;
 
-    /// Whether `queue` holds a message of business key `key` (waiting, leased or due
-    /// for a retry): a step run ahead of its queue (a fused step) would overtake it.
-    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError>;
+    /// Claim business key `key` in `queue` for a step run ahead of that queue (a
+    /// fused step): granted when the queue holds no message of the key (waiting,
+    /// leased or due for a retry) and no other claim on it; `None` otherwise. Until
+    /// the claim is dropped, the key's messages committed to the queue wait behind it
+    /// (per-key order, as behind an earlier message of the key), so no worker runs
+    /// that step for the key beside the claimant. Its holder drops it once its
+    /// lease's commit is done; a claim whose holder died lapses after `hold`.
+    async fn claim(
+        &self,
+        queue: &str,
+        key: &str,
+        hold: Duration,
+    ) -> Result<Option<Claim>, StoreError>;
 
     /// When the message at the head of `queue` (the oldest committed there) entered
     /// Tenon, if the queue holds any.
@@ -302,6 +312,35 @@ impl Completion {
             outcome: Box::new(outcome),
             published: Vec::new(),
         }
+    }
+}
+
+/// A claim on a business key in a queue ([`Store::claim`]): released when dropped.
+#[must_use = "a claim is released when dropped"]
+pub struct Claim {
+    release: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Claim {
+    /// A claim that `release` gives up.
+    pub(crate) fn new(release: impl FnOnce() + Send + Sync + 'static) -> Claim {
+        Claim {
+            release: Some(Box::new(release)),
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(release) = self.release.take() {
+            release();
+        }
+    }
+}
+
+impl fmt::Debug for Claim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Claim").finish_non_exhaustive()
     }
 }
 

@@ -13,6 +13,12 @@
 //! short delay. A retry is a negative acknowledgement with the retry policy's delay,
 //! so the message keeps its place, and its attempts are kept under its id.
 //!
+//! **Claims.** A step run ahead of its queue (fused) claims its key there with a
+//! marker among the key's messages (one token longer, so the queue's consumer never
+//! delivers it): granted when the marker is the key's first, it holds whatever comes
+//! after it back as an earlier message would. Its holder removes it after its commit;
+//! one whose holder died is removed by the first lease that meets it past its hold.
+//!
 //! **Leases.** The consumer's acknowledgement wait is short ([`ACK_WAIT`]); while a
 //! lease is held, a keeper tells the server the work is in progress, up to the
 //! lease's hold. A node that dies stops its keepers: its messages go to the other
@@ -40,7 +46,7 @@ use crate::model::{
     MessageId, NodeStatus, Outcome, OutcomeKind, VersionFiles, now_ms, queue_name,
 };
 use crate::store::{
-    CompleteError, Completion, Ended, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store,
+    Claim, CompleteError, Completion, Ended, Enqueued, KvWrites, Lease, NODE_TTL, Shared, Store,
     StoreError, Ticket, kv_entry_size, over_quota,
 };
 use async_nats::jetstream::{self, AckKind, consumer, kv, object_store, stream};
@@ -177,6 +183,17 @@ struct Incarnation(String);
 
 /// The header that carries a message's [`Incarnation`] when a step published it.
 const INCARNATION: &str = "Tenon-Incarnation";
+
+/// The header of a claim's marker: when it lapses (ms since the Unix epoch).
+const CLAIM_UNTIL: &str = "Tenon-Claim-Until";
+
+/// When the claim whose marker has these headers lapses (at once, if it says not).
+fn claim_until(headers: Option<&async_nats::HeaderMap>) -> u64 {
+    headers
+        .and_then(|h| h.get(CLAIM_UNTIL))
+        .and_then(|value| value.as_str().parse().ok())
+        .unwrap_or(0)
+}
 
 impl Incarnation {
     /// The incarnation of a leased message: the one it carries, else the one its
@@ -793,16 +810,42 @@ impl NatsStore {
             (info.stream_sequence, info.delivered)
         };
         let subject = message.subject.to_string();
-        // Per-key order: only the first message of its key still queued may run.
-        if let Some(same_key) = Names::same_key(&subject)
-            && let Some(first) = self.first_on(&self.work, &same_key, 0).await?
-            && first.sequence != sequence
-        {
+        if Names::is_claim(&subject) {
+            // Only a queue's consumer made before claims had subjects of their own
+            // takes them: offered again when it lapses, then removed.
+            let left = claim_until(message.headers.as_ref()).saturating_sub(now_ms());
+            let answer = match left {
+                0 => AckKind::Ack,
+                left => AckKind::Nak(Some(Duration::from_millis(left))),
+            };
             message
-                .ack_with(AckKind::Nak(Some(HELD_BACK)))
+                .ack_with(answer)
                 .await
-                .map_err(nats("cannot give a message back"))?;
+                .map_err(nats("cannot give a claim back"))?;
             return Ok(None);
+        }
+        // Per-key order: only the first message of its key still queued may run, and
+        // none while the key is claimed there.
+        if let Some(same_key) = Names::same_key(&subject) {
+            let mut removed = None;
+            while let Some(first) = self.first_on(&self.work, &same_key, 0).await?
+                && first.sequence != sequence
+            {
+                if Names::is_claim(&first.subject)
+                    && claim_until(Some(&first.headers)) <= now_ms()
+                    && removed != Some(first.sequence)
+                {
+                    // Lapsed: its holder died before releasing it.
+                    self.remove_claim(first.sequence).await?;
+                    removed = Some(first.sequence);
+                    continue;
+                }
+                message
+                    .ack_with(AckKind::Nak(Some(HELD_BACK)))
+                    .await
+                    .map_err(nats("cannot give a message back"))?;
+                return Ok(None);
+            }
         }
         let mut envelope: Envelope = match decode(&message.payload) {
             Ok(envelope) => envelope,
@@ -851,6 +894,24 @@ impl NatsStore {
                 _keeper: AbortOnDrop(keeper),
             }),
         }))
+    }
+
+    /// Remove a claim (released, or lapsed).
+    async fn remove_claim(&self, sequence: u64) -> Result<(), StoreError> {
+        match self.work.delete_message(sequence).await {
+            Ok(_) => Ok(()),
+            // Removed already (by its holder, or by another node that met it lapsed).
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    stream::DeleteMessageErrorKind::JetStream(ref e)
+                        if e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(failed("cannot remove a claim")(&error)),
+        }
     }
 
     /// Write what a completion says, before the input's ack. Whatever it writes is
@@ -1180,13 +1241,50 @@ impl Store for NatsStore {
         Ok(out)
     }
 
-    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError> {
-        // Any root: the subjects of the key in the queue, as a lease looks them up.
-        let subject = self.names.message_subject(queue, key, "_");
-        let Some(same_key) = Names::same_key(&subject) else {
-            return Ok(true);
+    async fn claim(
+        &self,
+        queue: &str,
+        key: &str,
+        hold: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        // A marker among the key's messages: granted if it is the first of them, so
+        // that per-key order holds whatever comes after it behind it, on every node.
+        let until = now_ms() + hold.as_millis() as u64;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(Bytes::new())
+            .header(CLAIM_UNTIL, until.to_string().as_str());
+        let marker = self
+            .js
+            .send_publish(self.names.claim_subject(queue, key), publish)
+            .await
+            .map_err(nats("cannot claim a key"))?
+            .await
+            .map_err(nats("a claim was not stored"))?
+            .sequence;
+        let first = self
+            .first_on(&self.work, &self.names.key_subjects(queue, key), 0)
+            .await;
+        let store = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let release = move || {
+            runtime.spawn(async move {
+                // Else it lapses after its hold, removed by whoever meets it then.
+                if let Err(error) = store.remove_claim(marker).await {
+                    tracing::warn!(%error, "a claim was not released; it lapses");
+                }
+            });
         };
-        Ok(self.first_on(&self.work, &same_key, 0).await?.is_some())
+        match first {
+            Ok(Some(first)) if first.sequence == marker => Ok(Some(Claim::new(release))),
+            Ok(_) => {
+                release();
+                Ok(None)
+            }
+            Err(error) => {
+                release();
+                Err(error)
+            }
+        }
     }
 
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError> {

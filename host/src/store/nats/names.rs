@@ -35,6 +35,9 @@ pub(super) fn key_token(key: &str) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
+/// The last tokens of a claim's subject (no escaped text has a `~`).
+const CLAIM: &str = "claim.~";
+
 /// The names of everything one Tenon deployment keeps in NATS, under its prefix
 /// (`[A-Za-z0-9_-]+`), so that several deployments (or tests) share a cluster.
 #[derive(Debug, Clone)]
@@ -69,9 +72,9 @@ impl Names {
         format!("{}.w.>", self.prefix)
     }
 
-    /// Every subject of one queue.
+    /// Every message subject of one queue (its claims' subjects are longer).
     pub(super) fn queue_subjects(&self, queue: &str) -> String {
-        format!("{}.w.{}.>", self.prefix, escape(queue))
+        format!("{}.w.{}.*.*", self.prefix, escape(queue))
     }
 
     /// The subject of a message of `queue` with business key `key`, descended from
@@ -86,10 +89,35 @@ impl Names {
         )
     }
 
-    /// Every message of `queue` with the business key of `subject` (a message subject).
+    /// Every message of `queue` with the business key of `subject` (a message
+    /// subject), and the key's claim there.
     pub(super) fn same_key(subject: &str) -> Option<String> {
         let (key, _root) = subject.rsplit_once('.')?;
-        Some(format!("{key}.*"))
+        Some(format!("{key}.>"))
+    }
+
+    /// Every message of `key` in `queue`, and the key's claim there.
+    pub(super) fn key_subjects(&self, queue: &str, key: &str) -> String {
+        format!("{}.w.{}.{}.>", self.prefix, escape(queue), key_token(key))
+    }
+
+    /// The subject of a claim on `key` in `queue`: among the key's messages (so that
+    /// per-key order holds them behind it), one token longer than a message subject
+    /// (so that the queue's consumer, which takes `<queue>.*.*`, never delivers it).
+    pub(super) fn claim_subject(&self, queue: &str, key: &str) -> String {
+        format!(
+            "{}.w.{}.{}.{CLAIM}",
+            self.prefix,
+            escape(queue),
+            key_token(key)
+        )
+    }
+
+    /// Whether `subject` is a claim's.
+    pub(super) fn is_claim(subject: &str) -> bool {
+        subject
+            .strip_suffix(CLAIM)
+            .is_some_and(|rest| rest.ends_with('.'))
     }
 
     /// Every message still queued that descends from `root`, in any queue.
@@ -173,11 +201,31 @@ mod tests {
         let subject = names.message_subject("f/erp-sink", "Q-1", "0193a");
         assert!(subject.starts_with("t1.w.f=2Ferp-sink."), "{subject}");
         let same = Names::same_key(&subject).unwrap();
-        assert!(same.ends_with(".*") && same.starts_with("t1.w.f=2Ferp-sink."));
+        assert!(same.ends_with(".>") && same.starts_with("t1.w.f=2Ferp-sink."));
         assert_eq!(
             names.message_subject("f/erp-sink", "Q-1", "other")[..same.len() - 1],
             same[..same.len() - 1],
             "same key, another lineage: same key subject"
         );
+        assert_eq!(same, names.key_subjects("f/erp-sink", "Q-1"));
+    }
+
+    #[test]
+    fn a_claim_is_among_its_keys_messages_and_out_of_its_queues_consumer() {
+        let names = Names::new("t1");
+        let claim = names.claim_subject("f/erp-sink", "Q-1");
+        let message = names.message_subject("f/erp-sink", "Q-1", "0193a");
+        let same = Names::same_key(&message).unwrap();
+        assert!(claim.starts_with(same.trim_end_matches('>')), "{claim}");
+        let tokens = |s: &str| s.split('.').count();
+        assert_eq!(tokens(&claim), tokens(&message) + 1, "{claim}");
+        assert_eq!(
+            tokens(&names.queue_subjects("f/erp-sink")),
+            tokens(&message),
+            "the consumer takes message subjects only"
+        );
+        assert!(Names::is_claim(&claim));
+        assert!(!Names::is_claim(&message));
+        assert!(!Names::is_claim(&names.message_subject("q", "k", "claim")));
     }
 }

@@ -1,5 +1,6 @@
 //! What the shared store cases (`tests/all/store.rs`) cannot reach through the
-//! `Store` trait: a crash between a completion's writes and its ack.
+//! `Store` trait: a crash between a completion's writes and its ack, and a claim
+//! whose holder died.
 
 use super::*;
 use crate::model::{OutcomeKind, StoredMessage};
@@ -44,6 +45,18 @@ fn delivered(envelope: &Envelope) -> Outcome {
     }
 }
 
+async fn connect(nats: &NatsCluster, prefix: &str) -> NatsStore {
+    NatsStore::connect(&NatsOptions {
+        servers: nats.urls(),
+        replicas: 1,
+        prefix: prefix.into(),
+        retention: Duration::from_secs(3600),
+        idempotency_retention: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap()
+}
+
 async fn take(store: &NatsStore, queue: &str) -> Lease {
     store
         .lease(queue, Duration::from_secs(2), Duration::from_secs(60))
@@ -61,15 +74,7 @@ async fn take(store: &NatsStore, queue: &str) -> Lease {
 #[tokio::test(flavor = "multi_thread")]
 async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queued() {
     let nats = NatsCluster::start(1).unwrap();
-    let store = NatsStore::connect(&NatsOptions {
-        servers: nats.urls(),
-        replicas: 1,
-        prefix: "crash".into(),
-        retention: Duration::from_secs(3600),
-        idempotency_retention: Duration::from_secs(3600),
-    })
-    .await
-    .unwrap();
+    let store = connect(&nats, "crash").await;
     let route = ["t1", "t2", "sink"];
     let input = envelope("m1", &route, 0);
     store
@@ -125,4 +130,55 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
 
     let depths = store.depths().await.unwrap();
     assert_eq!(depths.get("g/w"), Some(&1), "{depths:?}");
+}
+
+/// A node claims a key in a queue and dies before releasing it: the claim holds the
+/// key's messages back until its hold is over, then the lease that meets it removes
+/// it. Removing a claim removed already is no failure (its holder's release, late).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claim_whose_holder_died_lapses_after_its_hold() {
+    let nats = NatsCluster::start(1).unwrap();
+    let store = connect(&nats, "lapse").await;
+    let route = ["t1", "t2"];
+    let claim = store
+        .claim("f/t1", "Q-1", Duration::from_millis(1500))
+        .await
+        .unwrap()
+        .expect("nothing of Q-1 in f/t1");
+    let marker = store
+        .first_on(&store.work, &store.names.key_subjects("f/t1", "Q-1"), 0)
+        .await
+        .unwrap()
+        .expect("the claim's marker")
+        .sequence;
+    std::mem::forget(claim);
+    store
+        .enqueue(vec![("f/t1".into(), envelope("m1", &route, 0))], None)
+        .await
+        .unwrap();
+    let early = store
+        .lease("f/t1", Duration::from_millis(500), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(early.is_none(), "held back by the claim");
+    let lease = take_within(&store, "f/t1", Duration::from_secs(10)).await;
+    assert_eq!(lease.envelope.message.id, "m1");
+    let first = store
+        .first_on(&store.work, &store.names.key_subjects("f/t1", "Q-1"), 0)
+        .await
+        .unwrap()
+        .expect("m1, leased");
+    assert_ne!(first.sequence, marker, "the lapsed claim is gone");
+    store
+        .remove_claim(marker)
+        .await
+        .expect("removed already: no failure");
+}
+
+async fn take_within(store: &NatsStore, queue: &str, wait: Duration) -> Lease {
+    store
+        .lease(queue, wait, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("a message to lease")
 }

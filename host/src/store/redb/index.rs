@@ -6,9 +6,11 @@
 //! leased already, and is due (its retry time has come). Those messages are kept
 //! ready in sequence order, the others where they will come from (behind their key,
 //! or in time order until due), so a lease takes the oldest ready message in
-//! O(log n) whatever the length of the queue.
+//! O(log n) whatever the length of the queue. A key claimed in a queue (for a
+//! step run ahead of it: see [`Index::claim`]) has no takeable message there until
+//! the claim is released.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// What the index knows of a queued message.
@@ -40,6 +42,8 @@ struct QueueIndex {
     delayed: BTreeSet<(u64, u64)>,
     /// First of their key and leased.
     leased: HashMap<u64, Held>,
+    /// Keys claimed for a step run ahead of the queue: their messages wait.
+    claimed: HashSet<String>,
 }
 
 /// Why a completion was refused: the lease timed out and the message went to
@@ -68,11 +72,18 @@ impl QueueIndex {
         }
     }
 
+    /// Whether `seq` is the first message of `key` and may be taken (unclaimed).
     fn is_head(&self, seq: u64, key: &str) -> bool {
-        self.keys
-            .get(key)
-            .and_then(|seqs| seqs.first())
-            .is_some_and(|first| *first == seq)
+        !self.claimed.contains(key)
+            && self
+                .keys
+                .get(key)
+                .and_then(|seqs| seqs.first())
+                .is_some_and(|first| *first == seq)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.claimed.is_empty()
     }
 }
 
@@ -124,12 +135,13 @@ impl Index {
             None => None,
         };
         match next {
-            Some(next) => q.schedule(next, now_ms),
+            Some(next) if !q.claimed.contains(&entry.key) => q.schedule(next, now_ms),
+            Some(_) => {}
             None => {
                 q.keys.remove(&entry.key);
             }
         }
-        if q.entries.is_empty() {
+        if q.is_empty() {
             self.queues.remove(queue);
         }
     }
@@ -230,12 +242,30 @@ impl Index {
             .collect()
     }
 
-    /// Whether `queue` holds a message of business key `key`.
-    pub(super) fn holds_key(&self, queue: &str, key: &str) -> bool {
-        self.queues
-            .get(queue)
-            .and_then(|q| q.keys.get(key))
-            .is_some_and(|seqs| !seqs.is_empty())
+    /// Claim `key` in `queue`: granted (`true`) when the queue holds no message of
+    /// it and no claim on it. Until [`Index::unclaim`], the key's messages committed
+    /// there are not takeable.
+    pub(super) fn claim(&mut self, queue: &str, key: &str) -> bool {
+        let q = self.queues.entry(queue.to_owned()).or_default();
+        let held = q.keys.get(key).is_some_and(|seqs| !seqs.is_empty());
+        !held && q.claimed.insert(key.to_owned())
+    }
+
+    /// Release a claim: the first message of its key committed meanwhile, if any,
+    /// becomes takeable.
+    pub(super) fn unclaim(&mut self, queue: &str, key: &str, now_ms: u64) {
+        let Some(q) = self.queues.get_mut(queue) else {
+            return;
+        };
+        if !q.claimed.remove(key) {
+            return;
+        }
+        if let Some(first) = q.keys.get(key).and_then(|seqs| seqs.first().copied()) {
+            q.schedule(first, now_ms);
+        }
+        if q.is_empty() {
+            self.queues.remove(queue);
+        }
     }
 
     /// When the next message of `queue` waiting for a retry comes due (ms since the
@@ -319,6 +349,40 @@ mod tests {
         );
         index.release("q", 1, 1_000);
         assert_eq!(index.lease("q", 4, V, much_later, 1_000), Some(1));
+    }
+
+    #[test]
+    fn a_claimed_key_waits_until_released_and_a_held_key_is_not_claimed() {
+        let mut index = Index::default();
+        index.insert("q", 1, "A", 0, 1_000);
+        assert!(!index.claim("q", "A"), "A has a message in q");
+        assert!(index.claim("q", "B"));
+        assert!(!index.claim("q", "B"), "one claim a key");
+        index.insert("q", 2, "B", 0, 1_000);
+        index.insert("q", 3, "B", 0, 1_000);
+        assert_eq!(lease(&mut index, 1), Some(1));
+        assert_eq!(lease(&mut index, 2), None, "B is claimed");
+        index.unclaim("q", "B", 1_000);
+        assert_eq!(lease(&mut index, 3), Some(2), "B's first, once released");
+        assert_eq!(lease(&mut index, 4), None, "3 behind 2");
+        assert!(index.claim("other", "A"), "same key, another queue");
+        index.unclaim("other", "A", 1_000);
+        assert_eq!(index.depths().len(), 1, "a released claim leaves no queue");
+    }
+
+    #[test]
+    fn a_claimed_key_stays_parked_while_its_queue_moves_on() {
+        let mut index = Index::default();
+        index.insert("q", 1, "A", 0, 1_000);
+        assert!(index.claim("q", "B"));
+        index.insert("q", 2, "B", 0, 1_000);
+        assert_eq!(lease(&mut index, 1), Some(1));
+        index.begin_complete("q", 1, 1, Instant::now()).unwrap();
+        index.remove("q", 1, 1_000);
+        assert_eq!(lease(&mut index, 2), None, "B still claimed");
+        index.unclaim("q", "B", 1_000);
+        index.unclaim("q", "B", 1_000);
+        assert_eq!(lease(&mut index, 3), Some(2));
     }
 
     #[test]

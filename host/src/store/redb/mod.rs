@@ -29,7 +29,7 @@ use crate::model::{
     Outcome, now_ms,
 };
 use crate::store::{
-    CompleteError, Completion, Enqueued, KvWrites, Lease, NodeDb, Store, StoreError, Ticket,
+    Claim, CompleteError, Completion, Enqueued, KvWrites, Lease, NodeDb, Store, StoreError, Ticket,
 };
 use commit::{Applied, Committer, Job, Notifiers, Write};
 use events::EVENTS;
@@ -331,8 +331,25 @@ impl Store for RedbStore {
         Ok(self.index().depths())
     }
 
-    async fn holds_key(&self, queue: &str, key: &str) -> Result<bool, StoreError> {
-        Ok(self.index().holds_key(queue, key))
+    async fn claim(
+        &self,
+        queue: &str,
+        key: &str,
+        _hold: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        // In memory, as leases are: a claim ends with its holder's process.
+        if !self.index().claim(queue, key) {
+            return Ok(None);
+        }
+        let (index, notify) = (self.index.clone(), self.notify.clone());
+        let (queue, key) = (queue.to_owned(), key.to_owned());
+        Ok(Some(Claim::new(move || {
+            index
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .unclaim(&queue, &key, now_ms());
+            notify.get(&queue).notify_one();
+        })))
     }
 
     async fn oldest(&self, queue: &str) -> Result<Option<u64>, StoreError> {
