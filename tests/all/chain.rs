@@ -1044,6 +1044,83 @@ backoff_ms = 5000
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_message_put_in_a_skipped_queue_waits_for_the_fused_run_of_its_key() {
+    // A quote dead-letters at `slow`; a reload makes `slow` spin 2 s and pass. A second
+    // revision (one key) runs `slow` in `pass`'s lease; while it spins, the first is
+    // redriven into `slow`'s queue. Hop by hop the two would wait there one after the
+    // other: the redriven one waits for the fused run's claim on the key instead, so
+    // the two runs of `slow` never overlap (their deliveries 2 s apart at least).
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    let config = |slow: &str| {
+        let plugins = format!(
+            r#"
+[plugins.pass]
+path = "plugins/misbehave"
+[plugins.slow]
+path = "plugins/misbehave"
+config = {{ {slow} }}"#
+        );
+        let flow = r#"
+[flows.claimed]
+source = "cpq-source"
+steps = ["pass", "slow"]
+sink = "recorder"
+max_attempts = 1
+"#;
+        recorded(&url, &plugins, flow)
+    };
+    ws.write_config(&config(r#"mode = "invalid""#));
+    let tenon = Tenon::start(&ws);
+    let first = tenon.send_quote(sample("plain.json")).await;
+    let status = tenon.settled(&first[0]).await;
+    let dead = status["outcomes"][0].clone();
+    assert!(dead["result"]["DeadLetter"].is_object(), "{status:#}");
+    let spinning = config(r#"mode = "count", spin_ms = "2000""#);
+    tenon.reconfigure(&ws, &spinning, "claimed").await;
+
+    let second = tenon
+        .send_quote(&sample("plain.json").replace("4500012345", "4500012346"))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let id = dead["id"].as_str().unwrap();
+    let reply = tenon
+        .post(&format!("/v1/dlq/{id}/redrive"), "application/json", b"{}")
+        .await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    let delivered_at = |s: &Value| -> u64 {
+        let delivered = s["outcomes"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["result"]["Delivered"].is_object()));
+        delivered.expect("delivered")["at_ms"].as_u64().unwrap()
+    };
+    let second = tenon.settled(&second[0]).await;
+    let first = tenon
+        .wait_for(&first[0], |s| {
+            s["outcomes"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|o| o["result"]["Delivered"].is_object()))
+        })
+        .await;
+    let (first, second) = (delivered_at(&first), delivered_at(&second));
+    assert!(
+        first.abs_diff(second) >= 2000,
+        "the runs of `slow` overlapped: delivered at {second} (fused) and {first} (redriven)"
+    );
+    assert_eq!(
+        tenon.metric(&fused("claimed", "slow")).await,
+        1,
+        "the second revision ran `slow` in `pass`'s lease"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_step_is_fused_only_for_an_output_of_the_key_its_lease_holds() {
     // `rekey` gives every quote one new key. The next step run in its lease would
     // hold no lease on that key: a quote of another number, leased at `rekey` at the
