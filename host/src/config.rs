@@ -619,14 +619,16 @@ pub struct FlowEntry {
     /// sink's queue, one after another's commit, as hop by hop; with a `saga`, none
     /// once an output of the lease was left queued). Ids are derived and
     /// mappings deterministic, so a crash re-runs them to the same result (the sink
-    /// delivers again under the same idempotency key). An output never overtakes a
-    /// message of its key waiting at the step it would skip, and one given another
-    /// key than its input's, bound for a plugin the route lists twice, or on a route
-    /// from before a reload, is queued (the lease holds the input's key only; one
-    /// queue would have two feeders). A
-    /// transform that finishes the message or writes key-value data leaves its input
-    /// queued for its own workers (which call it again), a transient failure leaves
-    /// it waiting for its retry there. `false`: every step is a hop.
+    /// delivers again under the same idempotency key). Per-key order holds as hop by
+    /// hop: a fused step claims its message's key in the queue it skips until the
+    /// commit (refused while a message of that key waits there or another run holds
+    /// it), and what comes there meanwhile waits for the release. A transform that
+    /// finishes the message or writes key-value data leaves its input queued for its
+    /// own workers (which call it again), a transient failure leaves it waiting for
+    /// its retry there. What the flow publishes to a subscribing flow that fuses too
+    /// enters it the same way, in the same lease (logged as that flow's accepted
+    /// message, so its replay covers it). `false`: every step is a hop, and nothing
+    /// enters this flow, or leaves it, within another step's lease.
     #[serde(default = "default_true")]
     pub fuse: bool,
 }

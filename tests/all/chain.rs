@@ -922,8 +922,19 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
         // gateway and the router in the mapping's lease; the bundle's order the
         // gateway rejects was left queued for the gateway's own workers.
         assert_eq!(counted, (expected(2), expected(2)), "fuse = {fuse}");
-        // Each ERP flow logged the order that entered it: its replay re-runs it, and
-        // the sink returns the recorded outcome instead of sending it again.
+        // And on into the ERP flow that subscribes to each routed order, its sink run
+        // in the same lease (the ERP's 30 s time limit counted in the lease's length).
+        for erp in ["erp-de", "erp-fr"] {
+            let took = orders
+                .iter()
+                .filter(|(path, _)| path.starts_with(&format!("/{}/", &erp[4..])));
+            let want = expected(took.count() as u64);
+            let sinks = tenon.metric_reaching(&fused(erp, erp), want).await;
+            assert_eq!(sinks, want, "fuse = {fuse}");
+        }
+        // Each ERP flow logged the order that entered it, fused or queued: its replay
+        // re-runs it, and the sink returns the recorded outcome instead of sending it
+        // again.
         for erp in ["de", "fr"] {
             let took = orders
                 .iter()
@@ -1121,49 +1132,130 @@ max_attempts = 1
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_step_is_fused_only_for_an_output_of_the_key_its_lease_holds() {
-    // `rekey` gives every quote one new key. The next step run in its lease would
-    // hold no lease on that key: a quote of another number, leased at `rekey` at the
-    // same time, could reach `pass` under the same key at once, where hop by hop
-    // the two wait in `pass`'s queue one after the other. So `pass` runs in its own
-    // lease; the sink, after it, with the key that lease holds, is fused.
+async fn outputs_a_mapping_gives_one_key_run_the_next_step_one_at_a_time() {
+    // `rekey` gives every quote one new key. Two quotes of other numbers, leased at
+    // `rekey` side by side, both reach `slow` (2 s) under that key: hop by hop they
+    // would wait in its queue one after the other. The first lease to claim the key
+    // in `slow`'s queue runs `slow` (and the sink) in its lease; the other's output
+    // waits there for the release. The two runs of `slow` never overlap.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     let plugins = r#"
 [plugins.rekey]
 path = "plugins/misbehave"
 config = { mode = "rekey", key = "customer-1" }
-[plugins.pass]
-path = "plugins/misbehave""#;
+[plugins.slow]
+path = "plugins/misbehave"
+config = { mode = "count", spin_ms = "2000" }"#;
     let flow = r#"
 [flows.rekeyed]
 source = "cpq-source"
-steps = ["rekey", "pass"]
+steps = ["rekey", "slow"]
 sink = "recorder"
 "#;
     ws.write_config(&recorded(&url, plugins, flow));
     let tenon = Tenon::start(&ws);
-    let ids = tenon.send_quote(sample("plain.json")).await;
-    let status = tenon.settled(&ids[0]).await;
+    let other = sample("plain.json")
+        .replace("Q-00101", "Q-00102")
+        .replace("a0q5g000001AbCdAAK", "a0q5g000001AbCdAAL");
+    let (first, second) = tokio::join!(
+        tenon.send_quote(sample("plain.json")),
+        tenon.send_quote(&other)
+    );
+    let delivered_at = |s: &Value| -> u64 {
+        let outcome = &s["outcomes"][0];
+        assert!(outcome["result"]["Delivered"].is_object(), "{s:#}");
+        outcome["at_ms"].as_u64().unwrap()
+    };
+    let first = delivered_at(&tenon.settled(&first[0]).await);
+    let second = delivered_at(&tenon.settled(&second[0]).await);
     assert!(
-        status["outcomes"][0]["result"]["Delivered"].is_object(),
-        "{status:#}"
+        first.abs_diff(second) >= 2000,
+        "the runs of `slow` for one key overlapped: delivered at {first} and {second}"
     );
-    assert_eq!(seen.lock().unwrap().len(), 1);
-    assert_eq!(
-        tenon
-            .metric_reaching(&fused("rekeyed", "recorder"), 1)
-            .await,
-        1
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    let slow = tenon.metric(&fused("rekeyed", "slow")).await;
+    assert!(
+        slow >= 1,
+        "the first to claim the key ran `slow` in its lease"
     );
-    assert_eq!(tenon.metric(&fused("rekeyed", "pass")).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_step_the_route_lists_twice_is_not_run_in_another_steps_lease() {
-    // `b` comes after `a` and after `c`: one queue, fed by both, so a lease at `a`
-    // and one at `c` could run `b` for one key at once. Each `b` runs in a lease of
-    // its own; `c`, and the sink, listed once, run in `b`'s.
+async fn two_flows_feeding_one_subscriber_run_its_steps_for_a_key_one_at_a_time() {
+    // `left` and `right` each take the quote from a source of their own and emit it
+    // to `both`, which subscribes and runs `slow` (2 s) before its sink. The same
+    // quote (one key) sent to both sources at once reaches `both` from two leases:
+    // hop by hop its two copies would wait in `slow`'s queue one after the other.
+    // Fused, the first to claim the key there runs `slow` and the sink in its lease;
+    // the other copy waits for the release. The two runs never overlap.
+    let (url, seen) = recorder().await;
+    let ws = Workspace::new();
+    let config = format!(
+        r#"
+[plugins.cpq-left]
+path = "plugins/cpq-source"
+[plugins.cpq-right]
+path = "plugins/cpq-source"
+[plugins.pass]
+path = "plugins/misbehave"
+[plugins.slow]
+path = "plugins/misbehave"
+config = {{ mode = "count", spin_ms = "2000" }}
+[plugins.recorder]
+path = "plugins/http-sink"
+config = {{ url = "{url}/quotes" }}
+grants = {{ http = ["http://127.0.0.1:*"] }}
+
+[flows.left]
+source = "cpq-left"
+steps = ["pass"]
+
+[flows.right]
+source = "cpq-right"
+steps = ["pass"]
+
+[flows.both]
+subscribe = ["QuoteApproved"]
+steps = ["slow"]
+sink = "recorder"
+"#
+    );
+    ws.write_config(&config);
+    let tenon = Tenon::start(&ws);
+    let quote = sample("plain.json");
+    let (left, right) = tokio::join!(
+        tenon.send_quote_to("cpq-left", &quote),
+        tenon.send_quote_to("cpq-right", &quote)
+    );
+    let delivered_at = |s: &Value| -> u64 {
+        let delivered = s["outcomes"]
+            .as_array()
+            .and_then(|o| o.iter().find(|o| o["result"]["Delivered"].is_object()));
+        delivered.unwrap_or_else(|| panic!("delivered: {s:#}"))["at_ms"]
+            .as_u64()
+            .unwrap()
+    };
+    let left = delivered_at(&tenon.settled(&left[0]).await);
+    let right = delivered_at(&tenon.settled(&right[0]).await);
+    assert!(
+        left.abs_diff(right) >= 2000,
+        "the runs of `slow` for one key overlapped: delivered at {left} and {right}"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    let slow = tenon.metric(&fused("both", "slow")).await;
+    assert!(
+        slow >= 1,
+        "the first to claim the key ran `slow` in its lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_the_route_lists_twice_runs_once_in_a_lease() {
+    // `b` comes after `a` and after `c`: one queue, fed by both. The lease at `a` runs
+    // `b` under its claim on the key in that queue, then `c`; the second `b` finds the
+    // key claimed (by this very run), so it waits in the queue for the commit and
+    // runs in a lease of its own, the sink in that one.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     let plugins = r#"
@@ -1193,16 +1285,16 @@ sink = "recorder"
         1
     );
     assert_eq!(tenon.metric(&fused("twice", "c")).await, 1);
-    assert_eq!(tenon.metric(&fused("twice", "b")).await, 0);
+    assert_eq!(tenon.metric(&fused("twice", "b")).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_on_a_route_from_before_a_reload_is_not_run_in_a_lease() {
+async fn a_message_on_a_route_from_before_a_reload_keeps_it_when_fused() {
     // A quote dead-letters at `gate`; a reload puts `x` between `gate` and `b` and lets
     // `gate` pass. The redriven quote keeps the route it entered with, where `b`
-    // follows `gate`: `b`'s queue has two feeders then (`gate` for it, `x` for the new
-    // route), so its `b` runs in a lease of its own. A new quote, on the new route,
-    // runs `x` and `b` in `gate`'s lease.
+    // follows `gate` (`b`'s queue has two feeders then, `gate` for it and `x` for the
+    // new route: the claim on the key there keeps them apart): it runs `b`, not `x`,
+    // in `gate`'s lease. A new quote, on the new route, runs `x` and `b` there.
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     let config = |gate: &str, steps: &str| {
@@ -1253,7 +1345,9 @@ max_attempts = 1
                 .is_some_and(|o| o.iter().any(|o| o["result"]["Delivered"].is_object()))
         })
         .await;
-    assert_eq!(tenon.metric(&fused("rerouted", "b")).await, 0, "{status:#}");
+    let b = tenon.metric_reaching(&fused("rerouted", "b"), 1).await;
+    assert_eq!(b, 1, "{status:#}");
+    assert_eq!(tenon.metric(&fused("rerouted", "x")).await, 0);
     assert_eq!(seen.lock().unwrap().len(), 1);
 
     let ids = tenon
@@ -1264,6 +1358,6 @@ max_attempts = 1
         status["outcomes"][0]["result"]["Delivered"].is_object(),
         "{status:#}"
     );
-    assert_eq!(tenon.metric_reaching(&fused("rerouted", "b"), 1).await, 1);
+    assert_eq!(tenon.metric_reaching(&fused("rerouted", "b"), 2).await, 2);
     assert_eq!(tenon.metric(&fused("rerouted", "x")).await, 1);
 }

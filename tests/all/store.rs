@@ -253,6 +253,7 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
             kv: Some(too_much),
             published: vec![],
         }],
+        entered: vec![],
     };
     let refused = store
         .complete(lease, over, Some(step_writes()))
@@ -269,9 +270,17 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
     // The delivery publishes (an `OrderBooked`, for another flow).
     let booked = child(4);
     ended[0].published = vec![("g/s".to_owned(), booked.clone())];
+    // A copy that entered a subscribing flow `h` and ran there in this lease: `h`
+    // accepted it (its log and replay hold it) though it was never queued.
+    let mut copy = child(0);
+    copy.message.id = copy.message.id.entering("h");
+    copy.flow = "h".into();
+    copy.stage = 0;
+    assert!(copy.is_entering());
     let completion = Completion::Forward {
         outputs: vec![],
         ended,
+        entered: vec![copy.clone()],
     };
     store
         .complete(lease, completion, Some(step_writes()))
@@ -308,13 +317,27 @@ async fn messages_that_end_within_a_lease_are_recorded_with_its_ack(s: Subject) 
             "m1.3 held"
         ]
     );
-    let rejections = store.events(1, u64::MAX).await.unwrap();
+    let events = store.events(1, u64::MAX).await.unwrap();
     assert!(
-        rejections.iter().any(|e| matches!(
+        events.iter().any(|e| matches!(
             &e.body,
             EventBody::Rejected { id, reasons, .. } if id == "m1.1" && reasons[0] == "no such customer"
         )),
-        "the rejection is logged: {rejections:?}"
+        "the rejection is logged: {events:?}"
+    );
+    let accepted: Vec<(&str, &Envelope)> = events
+        .iter()
+        .filter_map(|e| match &e.body {
+            EventBody::Accepted { envelope } if e.flow == "h" => {
+                Some((e.flow.as_str(), &**envelope))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        accepted,
+        [("h", &copy)],
+        "the copy that entered `h` is logged as `h` accepted it, once"
     );
     let letter = store.dead_letter(&"m1.2".into()).await.unwrap().unwrap();
     assert_eq!(letter.envelope.message.id, "m1.2");

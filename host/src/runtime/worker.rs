@@ -3,7 +3,8 @@
 //! decides what the result means (forward, finish, retry, dead letter) from the failure
 //! class alone, and commits that with the input's ack and the call's kv writes. What
 //! it forwards to the flow's next transform steps, and then to its sink, runs through
-//! them in the same lease and commit (`Runtime::fuse`).
+//! them in the same lease and commit, as does what it publishes to the flows that
+//! subscribe to it (`Runtime::fuse`).
 
 use super::Runtime;
 use super::flows::{RetryPolicy, describe_event};
@@ -47,18 +48,20 @@ impl MessageStatus {
     }
 }
 
-/// What became of an output a step forwarded to the next step of its flow.
+/// What became of an output a step forwarded to the next step of its flow, or
+/// published to the first step of a subscribing flow.
 enum Fused {
-    /// The next step, a transform, ran on it in the same lease (`stage`): its outputs.
+    /// The next step, a transform, ran on it in the same lease (`stage`, with its
+    /// flow): its outputs.
     Ran {
-        stage: String,
+        stage: (String, String),
         outputs: Vec<(String, Envelope)>,
     },
-    /// The flow's sink ran on it in the same lease (`stage`): how it ended (with what
-    /// its end publishes), and whether its transaction is looked at after the commit
-    /// (a saga's).
+    /// Its flow's sink ran on it in the same lease (`stage`, with its flow): how it
+    /// ended (with what its end publishes), and whether its transaction is looked at
+    /// after the commit (a saga's).
     Ended {
-        stage: String,
+        stage: (String, String),
         ended: Box<Ended>,
         settle: bool,
     },
@@ -69,8 +72,8 @@ enum Fused {
 /// What [`Runtime::fuse`] ran within a lease, beside the completion it leaves.
 #[derive(Default)]
 struct FusedRun {
-    /// The stages that ran, once per message they took.
-    stages: Vec<String>,
+    /// The stages that ran, with their flows, once per message they took.
+    stages: Vec<(String, String)>,
     /// The outcomes of the messages that ended at the flow's sink, counted once the
     /// commit is done.
     ended: Vec<Outcome>,
@@ -242,23 +245,37 @@ impl Runtime {
 
     /// How long a lease of `stage`'s messages lasts. It must outlast the longest
     /// calls the lease may make, or a slow but healthy call would see its message
-    /// handed to a second worker: twice the stage's plugin's time limit, and those of
-    /// the steps after it where the flow fuses them, plus 10 s; at least [`MIN_HOLD`].
+    /// handed to a second worker: twice the stage's plugin's time limit, and, where
+    /// the flow fuses, those of the steps after it and of the longest subscribing
+    /// flow that fuses (what the flow publishes may run there in the lease), plus
+    /// 10 s; at least [`MIN_HOLD`].
     fn lease_hold(&self, flow: &str, stage: &str) -> Duration {
-        let stages: Vec<String> = {
+        // The stages' names first: the plugins are looked up with the flows unlocked.
+        let (own, entered): (Vec<String>, Vec<Vec<String>>) = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
             let fused = flows.get(flow).filter(|f| f.fuse).and_then(|f| {
                 let at = f.stages.iter().position(|s| s == stage)?;
                 Some(f.stages[at..].to_vec())
             });
-            fused.unwrap_or_else(|| vec![stage.to_owned()])
+            let entered = match fused.is_some() {
+                true => flows
+                    .values()
+                    .filter(|f| f.fuse && !f.subscribe.is_empty())
+                    .map(|f| f.stages.clone())
+                    .collect(),
+                false => Vec::new(),
+            };
+            (fused.unwrap_or_else(|| vec![stage.to_owned()]), entered)
         };
-        let calls: Duration = stages
-            .iter()
-            .filter_map(|s| self.plugin(s))
-            .map(|p| p.timeout())
-            .sum();
-        (calls * 2 + Duration::from_secs(10)).max(MIN_HOLD)
+        let calls = |stages: &[String]| -> Duration {
+            stages
+                .iter()
+                .filter_map(|s| self.plugin(s))
+                .map(|p| p.timeout())
+                .sum()
+        };
+        let longest = entered.iter().map(|s| calls(s)).max().unwrap_or_default();
+        ((calls(&own) + longest) * 2 + Duration::from_secs(10)).max(MIN_HOLD)
     }
 
     async fn process(&self, lease: Lease, hold: Duration) {
@@ -289,9 +306,7 @@ impl Runtime {
                     .run_stage(policy, &plugin, env, &step)
                     .instrument(span.clone())
                     .await;
-                let (completion, run) = self
-                    .fuse(&env.flow, &env.message.key, completion, window)
-                    .await;
+                let (completion, run) = self.fuse(&env.flow, completion, window).await;
                 fused = run;
                 (completion, kv, false)
             }
@@ -310,7 +325,6 @@ impl Runtime {
             Completion::Retry(_) => "retry",
         };
         let root = (settle || fused.settle).then(|| env.root.clone());
-        let flow = env.flow.clone();
         let commit = telemetry::start("store.commit", &step, vec![]);
         let started = Instant::now();
         let committed = self.store.complete(lease, completion, kv).await;
@@ -328,8 +342,8 @@ impl Runtime {
                 for outcome in &fused.ended {
                     metrics::finished(outcome, true);
                 }
-                for stage in &fused.stages {
-                    metrics::fused(&flow, stage);
+                for (flow, stage) in &fused.stages {
+                    metrics::fused(flow, stage);
                 }
                 if let Some(root) = root {
                     self.settle_saga(&root, &step)
@@ -414,45 +428,51 @@ impl Runtime {
         (called, elapsed.as_micros() as u64)
     }
 
-    /// Fewer hops: the outputs a step forwards to the next step of its own `flow`
-    /// run through that step at once, in this lease, when the flow fuses and the
-    /// step is a transform or the flow's sink with nothing before it (no rule, no
-    /// pause), and so on down the flow; only what the last of them makes is queued,
-    /// and how the sink ended a message recorded (one a lease: see `fused_step`), all
-    /// in one commit. A crash before the commit re-runs them all: their ids are
-    /// derived and their mappings deterministic, so the re-run makes the same
-    /// messages, and the sink delivers again under the same idempotency key, as a
-    /// sink re-leased after a crash does. Per-key order holds as if every step were a
-    /// hop: a fused step claims its output's key in the queue it skips
-    /// ([`Store::claim`](crate::store::Store::claim)) until the commit, granted only
-    /// when nothing of that key waits there; what comes there meanwhile (another
-    /// lease's output of that key, a redrive, a decision, a saga's compensation) waits
-    /// for the release, so no worker runs that step for the key beside the fused run.
-    /// Nor does an output overtake one of its key this completion leaves in that
-    /// queue. Fusion stays with the plain case besides: only an output of the key
-    /// this lease holds (`held`), never at a step whose plugin the route lists twice,
-    /// and only on the flow's current route. An
-    /// output whose transform finishes it or writes key-value data stays queued as it
-    /// was, for the step's own workers to run again and commit (the sink's end and
+    /// Fewer hops: the outputs a step forwards to the next step of its flow, or
+    /// publishes to the first step of a flow that subscribes to them, run through
+    /// that step at once, in this lease, when both flows fuse (the lease's `flow` and
+    /// the step's) and the step is a transform or its flow's sink with nothing before
+    /// it (no rule, no pause), and so on down the flows; only what the last of them
+    /// makes is queued, and how the sink ended a message recorded (one a lease: see
+    /// `fused_step`), all in one commit. A copy that entered a subscribing flow this
+    /// way is logged as that flow's accepted message, as it would have been when
+    /// queued, so the flow's replay covers it. A crash before the commit re-runs them
+    /// all: their ids are derived and their mappings deterministic, so the re-run makes
+    /// the same messages, and the sink delivers again under the same idempotency key,
+    /// as a sink re-leased after a crash does.
+    ///
+    /// Per-key order holds as if every step were a hop: a fused step claims its
+    /// output's key in the queue it skips ([`Store::claim`](crate::store::Store::claim))
+    /// until the commit, granted only when nothing of that key waits there and no
+    /// other run holds it; what comes there meanwhile (another lease's output of that
+    /// key, a redrive, a decision, a saga's compensation, a second flow feeding a
+    /// subscriber) waits for the release. So no worker, and no other fused run, runs
+    /// that step for the key beside this one, whichever feeds the queue (a mapping
+    /// that re-keys, a plugin the route lists twice, two routes across a reload, two
+    /// flows a subscriber takes from). Nor does an output overtake one of its key this
+    /// completion leaves in that queue.
+    ///
+    /// An output whose transform finishes it or writes key-value data stays queued as
+    /// it was, for the step's own workers to run again and commit (the sink's end and
     /// its key-value writes are committed here: it does not deliver twice); after a
     /// transient failure it waits there for its retry, the attempt counted. The steps
     /// count in `tenon_steps_fused_total` once the commit is done.
     async fn fuse(
         &self,
         flow: &str,
-        held: &str,
         completion: Completion,
         window: Window,
     ) -> (Completion, FusedRun) {
-        let Completion::Forward { outputs, mut ended } = completion else {
+        let Completion::Forward {
+            outputs,
+            mut ended,
+            mut entered,
+        } = completion
+        else {
             return (completion, FusedRun::default());
         };
         let mut queued = Vec::with_capacity(outputs.len());
         let mut run = FusedRun::default();
-        let saga = {
-            let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-            flows.get(flow).is_some_and(|f| f.saga.is_some())
-        };
         // The keys left in each queue: what comes after them may not overtake them
         // (per-key order, as if every step were a hop).
         let mut behind: HashSet<(String, String)> = HashSet::new();
@@ -461,19 +481,24 @@ impl Runtime {
             let mut made = Vec::new();
             for (queue, output) in next {
                 let turn = (queue, output.message.key.clone());
-                let step = match turn.1 != held || behind.contains(&turn) {
+                // As it entered its flow, for the log, should it run there now.
+                let entering = output.is_entering().then(|| output.clone());
+                let step = match behind.contains(&turn) {
                     true => Fused::Left(Box::new(output)),
                     false => {
                         // One sink end a lease; in a saga's flow, none once an output
                         // was left behind (see `fused_step`).
-                        let may_end = run.ended.is_empty() && (!saga || behind.is_empty());
-                        self.fused_step(flow, &turn.0, output, window, may_end, &mut run.claims)
+                        let may_end = run.ended.is_empty()
+                            && (behind.is_empty() || !self.has_saga(&output.flow));
+                        let claims = &mut run.claims;
+                        self.fused_step(flow, &turn.0, output, window, may_end, claims)
                             .await
                     }
                 };
                 match step {
                     Fused::Ran { stage, outputs } => {
                         run.stages.push(stage);
+                        entered.extend(entering);
                         made.extend(outputs);
                     }
                     Fused::Ended {
@@ -484,6 +509,7 @@ impl Runtime {
                         run.stages.push(stage);
                         run.ended.push(end.outcome.clone());
                         run.settle |= settle;
+                        entered.extend(entering);
                         ended.push(*end);
                     }
                     Fused::Left(output) => {
@@ -497,14 +523,22 @@ impl Runtime {
         let completion = Completion::Forward {
             outputs: queued,
             ended,
+            entered,
         };
         (completion, run)
     }
 
-    /// Run `output` (bound for `queue`) through its next step in this lease, if it
-    /// may be fused (see [`Runtime::fuse`]) and nothing of its key waits in that
-    /// queue: what that step forwards, how the sink ended it, or the output to leave
-    /// queued (with the attempt counted, after a transient failure).
+    /// Whether `flow` has a saga.
+    fn has_saga(&self, flow: &str) -> bool {
+        let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
+        flows.get(flow).is_some_and(|f| f.saga.is_some())
+    }
+
+    /// Run `output` (bound for `queue`) through its next step in this lease (a
+    /// lease of flow `leased`), if it may be fused (see [`Runtime::fuse`]) and its
+    /// key can be claimed in that queue (the claim kept in `claims`): what that step
+    /// forwards, how the sink ended it, or the output to leave queued (with the
+    /// attempt counted, after a transient failure).
     ///
     /// The sink ends at most one message in a lease (`may_end`: none yet): what decides a
     /// delivery reads the store (the saga's look at the transaction's other
@@ -517,7 +551,7 @@ impl Runtime {
     /// rest, and the delivery would be undone right after.
     async fn fused_step(
         &self,
-        flow: &str,
+        leased: &str,
         queue: &str,
         output: Envelope,
         window: Window,
@@ -527,25 +561,19 @@ impl Runtime {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
         };
-        // A plugin the route lists twice has one queue fed from two steps: a lease
-        // at each could run it for one key at once.
-        let shared = output.route.iter().filter(|s| **s == stage).count() > 1;
-        if output.flow != flow
-            || output.directive.is_some()
+        let flow = output.flow.clone();
+        if output.directive.is_some()
             || !output.attempts.is_empty()
-            || queue != queue_name(flow, &stage)
-            || shared
+            || queue != queue_name(&flow, &stage)
         {
             return Fused::Left(Box::new(output));
         }
-        // Only on the flow's current route: a message that entered before a reload
-        // keeps the route it entered with, and with another route before it, the
-        // step's queue has another feeder (a lease at each could run it for one key).
         let fuses = {
             let flows = self.flows.read().unwrap_or_else(PoisonError::into_inner);
-            flows.get(flow).is_some_and(|f| {
-                f.fuse && f.stages == output.route && !f.rules.iter().any(|r| r.stage == stage)
-            })
+            flows.get(leased).is_some_and(|f| f.fuse)
+                && flows
+                    .get(&flow)
+                    .is_some_and(|f| f.fuse && !f.rules.iter().any(|r| r.stage == stage))
         };
         let Some(plugin) = self.plugin(&stage).filter(|_| fuses) else {
             return Fused::Left(Box::new(output));
@@ -564,8 +592,8 @@ impl Runtime {
             return Fused::Left(Box::new(output));
         }
         // The key, claimed in the queue this step skips until the commit: granted
-        // when nothing of it waits there, and no worker of that queue runs the step
-        // for it beside this run (what is committed there meanwhile waits).
+        // when nothing of it waits there and no other run holds it; what is committed
+        // there meanwhile waits for the release.
         let key = &output.message.key;
         let hold = window.ends.saturating_duration_since(Instant::now());
         match self.store.claim(queue, key, hold).await {
@@ -577,7 +605,7 @@ impl Runtime {
             }
         }
         let (step, span) = step_span(&output, &plugin);
-        let policy = self.retry_policy(flow, plugin.name());
+        let policy = self.retry_policy(&flow, plugin.name());
         let fused = match plugin.kind() {
             Kind::Sink => {
                 self.fused_sink(policy, &plugin, output, &step)
@@ -610,7 +638,7 @@ impl Runtime {
         output: Envelope,
         step: &opentelemetry::Context,
     ) -> Fused {
-        let stage = plugin.name().to_owned();
+        let stage = (output.flow.clone(), plugin.name().to_owned());
         let (called, micros) = self.call_measured(plugin, &output, step).await;
         match called {
             Ok(crate::sandbox::plugin::Called {
@@ -658,7 +686,7 @@ impl Runtime {
         let (completion, settle) = self.saga(plugin, &output, completion, by_rule, step).await;
         match completion {
             Completion::Finish { outcome, published } => Fused::Ended {
-                stage: plugin.name().to_owned(),
+                stage: (output.flow.clone(), plugin.name().to_owned()),
                 ended: Box::new(Ended {
                     envelope: output,
                     outcome: *outcome,

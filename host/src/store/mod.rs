@@ -270,6 +270,11 @@ pub enum Completion {
         /// sink ran on an output at once (fused). Recorded as a [`Completion::Finish`]
         /// records its message, the envelope given here instead of read from a queue.
         ended: Vec<Ended>,
+        /// Copies that entered a subscribing flow and ran there within this lease
+        /// without ever being queued (fused), each as it entered: that flow accepted
+        /// them all the same, so they are logged as an output entering it is, and its
+        /// replay covers them.
+        entered: Vec<Envelope>,
     },
     /// The message ended here, with what its end publishes (a sink's delivery of an
     /// order is an `OrderBooked` for the flows that subscribe to it; usually nothing).
@@ -303,6 +308,7 @@ impl Completion {
         Completion::Forward {
             outputs,
             ended: Vec::new(),
+            entered: Vec::new(),
         }
     }
 

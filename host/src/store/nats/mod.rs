@@ -925,7 +925,14 @@ impl NatsStore {
     ) -> Result<(), StoreError> {
         match completion {
             Completion::Retry(_) => unreachable!("a retry is not written here"),
-            Completion::Forward { outputs, ended } => {
+            Completion::Forward {
+                outputs,
+                ended,
+                entered,
+            } => {
+                // What entered a subscribing flow and ran there in this lease, logged
+                // as that flow accepted it, before anything of how it ended.
+                self.log_accepted(entered.iter(), input).await?;
                 // The ends first: an output published is leased at once, and what
                 // decides a delivery (a saga's look at the transaction) must see how
                 // the messages fused into this lease ended. (Written in one transaction
@@ -1014,10 +1021,18 @@ impl NatsStore {
         }
         let dedup = |queue: &str, e: &Envelope| input.output_id(queue, &e.message.id);
         self.publish(outputs, dedup, Some(input)).await?;
-        let accepted = outputs
-            .iter()
-            .map(|(_, e)| e)
-            .filter(|e| e.is_entering())
+        let entering = outputs.iter().map(|(_, e)| e).filter(|e| e.is_entering());
+        self.log_accepted(entering, input).await
+    }
+
+    /// Log copies entering subscribing flows as those flows accepted them, once per
+    /// incarnation.
+    async fn log_accepted(
+        &self,
+        entering: impl Iterator<Item = &Envelope>,
+        input: &Incarnation,
+    ) -> Result<(), StoreError> {
+        let accepted = entering
             .map(|e| {
                 let (flow, body) = EventBody::accepted(e);
                 (flow, body, format!("accepted|{}|{input}", e.message.id))

@@ -103,6 +103,7 @@ async fn what_a_fused_end_publishes_is_written_once_when_a_rerun_leaves_it_queue
             kv: None,
             published: booked(),
         }],
+        entered: vec![],
     };
     store
         .write_completion(&lease.envelope, &ticket.incarnation, fused)

@@ -271,14 +271,17 @@ fn apply_one(
     };
     // A step's outputs, or what a message's end publishes. A copy entering a
     // subscribing flow (id `<id>@<flow>`) is accepted by that flow: logged like
-    // ingress, so the flow's replay covers it.
+    // ingress, so the flow's replay covers it; so is one that ran there in the lease
+    // (`entered`), never queued.
     let write_outputs = |queue: &mut redb::Table<(&str, u64), &[u8]>,
                          outputs: &[(String, Envelope)],
+                         entered: &[Envelope],
                          ops: &mut Vec<IndexOp>| {
         let accepted: Vec<(String, EventBody)> = outputs
             .iter()
             .map(|(_, e)| e)
             .filter(|e| e.is_entering())
+            .chain(entered)
             .map(EventBody::accepted)
             .collect();
         if !accepted.is_empty() {
@@ -439,13 +442,17 @@ fn apply_one(
                         not_before_ms: envelope.not_before_ms,
                     });
                 }
-                Completion::Forward { outputs, ended } => {
+                Completion::Forward {
+                    outputs,
+                    ended,
+                    entered,
+                } => {
                     queue.remove(slot)?;
                     ops.push(IndexOp::Remove {
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
-                    write_outputs(&mut queue, outputs, ops)?;
+                    write_outputs(&mut queue, outputs, entered, ops)?;
                     for Ended {
                         envelope,
                         outcome,
@@ -453,7 +460,7 @@ fn apply_one(
                         ..
                     } in ended
                     {
-                        write_outputs(&mut queue, published, ops)?;
+                        write_outputs(&mut queue, published, &[], ops)?;
                         let waiting = parked(&outcome.result).then(|| envelope.clone());
                         record_end(txn, outcome, waiting)?;
                     }
@@ -468,7 +475,7 @@ fn apply_one(
                         queue: slot.0.to_owned(),
                         seq: slot.1,
                     });
-                    write_outputs(&mut queue, published, ops)?;
+                    write_outputs(&mut queue, published, &[], ops)?;
                     record_end(txn, outcome, waiting)?;
                 }
             }
