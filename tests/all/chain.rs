@@ -1225,8 +1225,8 @@ sink = "recorder"
     let tenon = Tenon::start(&ws);
     let quote = sample("plain.json");
     let (left, right) = tokio::join!(
-        tenon.send_quote_to("cpq-left", &quote),
-        tenon.send_quote_to("cpq-right", &quote)
+        tenon.send_quote_to("cpq-left", quote),
+        tenon.send_quote_to("cpq-right", quote)
     );
     let delivered_at = |s: &Value| -> u64 {
         let delivered = s["outcomes"]
