@@ -1056,11 +1056,11 @@ backoff_ms = 5000
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_message_put_in_a_skipped_queue_waits_for_the_fused_run_of_its_key() {
-    // A quote dead-letters at `slow`; a reload makes `slow` spin 2 s and pass. A second
+    // A quote dead-letters at `slow`; a reload makes `slow` spin 3 s and pass. A second
     // revision (one key) runs `slow` in `pass`'s lease; while it spins, the first is
     // redriven into `slow`'s queue. Hop by hop the two would wait there one after the
     // other: the redriven one waits for the fused run's claim on the key instead, so
-    // the two runs of `slow` never overlap (their deliveries 2 s apart at least).
+    // the two runs of `slow` never overlap (their deliveries 3 s apart at least).
     let (url, seen) = recorder().await;
     let ws = Workspace::new();
     let config = |slow: &str| {
@@ -1087,13 +1087,15 @@ max_attempts = 1
     let status = tenon.settled(&first[0]).await;
     let dead = status["outcomes"][0].clone();
     assert!(dead["result"]["DeadLetter"].is_object(), "{status:#}");
-    let spinning = config(r#"mode = "count", spin_ms = "2000""#);
+    let spinning = config(r#"mode = "count", spin_ms = "3000""#);
     tenon.reconfigure(&ws, &spinning, "claimed").await;
 
     let second = tenon
         .send_quote(&sample("plain.json").replace("4500012345", "4500012346"))
         .await;
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Well into its run of `slow` (which starts within milliseconds, a loaded
+    // machine's scheduling included).
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
     let id = dead["id"].as_str().unwrap();
     let reply = tenon
         .post(&format!("/v1/dlq/{id}/redrive"), "application/json", b"{}")
@@ -1120,7 +1122,7 @@ max_attempts = 1
         .await;
     let (first, second) = (delivered_at(&first), delivered_at(&second));
     assert!(
-        first.abs_diff(second) >= 2000,
+        first.abs_diff(second) >= 3000,
         "the runs of `slow` overlapped: delivered at {second} (fused) and {first} (redriven)"
     );
     assert_eq!(

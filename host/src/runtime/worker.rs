@@ -84,6 +84,11 @@ struct FusedRun {
     claims: Vec<Claim>,
 }
 
+/// How long a fused step's claim outlasts its lease, should its holder die: the time
+/// the lease's commit may still take (it starts within the lease and writes in a few
+/// requests).
+const CLAIM_MARGIN: Duration = Duration::from_secs(30);
+
 /// The time a lease gives the steps fused into it.
 #[derive(Clone, Copy)]
 struct Window {
@@ -478,6 +483,9 @@ impl Runtime {
         let mut behind: HashSet<(String, String)> = HashSet::new();
         let mut next = outputs;
         while !next.is_empty() {
+            // The sinks of a round last: a failing part this round leaves behind is
+            // known before a saga's sink would deliver the rest (see `fused_step`).
+            next.sort_by_key(|(_, o)| o.stage as usize + 1 == o.route.len());
             let mut made = Vec::new();
             for (queue, output) in next {
                 let turn = (queue, output.message.key.clone());
@@ -595,7 +603,7 @@ impl Runtime {
         // when nothing of it waits there and no other run holds it; what is committed
         // there meanwhile waits for the release.
         let key = &output.message.key;
-        let hold = window.ends.saturating_duration_since(Instant::now());
+        let hold = window.ends.saturating_duration_since(Instant::now()) + CLAIM_MARGIN;
         match self.store.claim(queue, key, hold).await {
             Ok(Some(claim)) => claims.push(claim),
             Ok(None) => return Fused::Left(Box::new(output)),

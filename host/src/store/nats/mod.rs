@@ -15,9 +15,14 @@
 //!
 //! **Claims.** A step run ahead of its queue (fused) claims its key there with a
 //! marker among the key's messages (one token longer, so the queue's consumer never
-//! delivers it): granted when the marker is the key's first, it holds whatever comes
-//! after it back as an earlier message would. Its holder removes it after its commit;
-//! one whose holder died is removed by the first lease that meets it past its hold.
+//! delivers it): refused without a write while anything of the key is there, granted
+//! when the marker is the key's first, it holds whatever comes after it back as an
+//! earlier message would. Its holder removes it after its commit; one whose holder
+//! died is removed by the first lease that meets it past its hold (the holder's lease
+//! and a margin for its commit), so a node's crash can hold a key in a queue it skipped
+//! that long. A consumer made by an earlier version, which took its queue's every
+//! subject, is narrowed to the messages' at start. Nodes of an earlier version do not
+//! honour claims: upgrade a deployment's nodes together.
 //!
 //! **Leases.** The consumer's acknowledgement wait is short ([`ACK_WAIT`]); while a
 //! lease is held, a keeper tells the server the work is in progress, up to the
@@ -449,22 +454,29 @@ impl NatsStore {
             return Ok(consumer.clone());
         }
         let name = self.names.consumer(queue);
-        let consumer = self
+        let config = consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: self.names.queue_subjects(queue),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_deliver: -1,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        };
+        let mut consumer = self
             .work
-            .get_or_create_consumer(
-                &name,
-                consumer::pull::Config {
-                    durable_name: Some(name.clone()),
-                    filter_subject: self.names.queue_subjects(queue),
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_deliver: -1,
-                    max_ack_pending: 10_000,
-                    ..Default::default()
-                },
-            )
+            .get_or_create_consumer(&name, config.clone())
             .await
             .map_err(nats(&format!("cannot create the consumer of {queue}")))?;
+        // One made before claims had subjects of their own takes every subject of its
+        // queue: narrowed to its messages' (the server takes a new filter in place).
+        if consumer.cached_info().config.filter_subject != config.filter_subject {
+            consumer = self
+                .work
+                .update_consumer(config)
+                .await
+                .map_err(nats(&format!("cannot update the consumer of {queue}")))?;
+        }
         consumers.insert(queue.to_owned(), consumer.clone());
         Ok(consumer)
     }
@@ -835,10 +847,13 @@ impl NatsStore {
                     && claim_until(Some(&first.headers)) <= now_ms()
                     && removed != Some(first.sequence)
                 {
-                    // Lapsed: its holder died before releasing it.
-                    self.remove_claim(first.sequence).await?;
+                    // Lapsed: its holder died before releasing it. If it cannot be
+                    // removed now, the message waits and a later lease tries again.
                     removed = Some(first.sequence);
-                    continue;
+                    match self.remove_claim(first.sequence).await {
+                        Ok(()) => continue,
+                        Err(error) => tracing::warn!(%error, "a lapsed claim stays for now"),
+                    }
                 }
                 message
                     .ack_with(AckKind::Nak(Some(HELD_BACK)))
@@ -900,12 +915,16 @@ impl NatsStore {
     async fn remove_claim(&self, sequence: u64) -> Result<(), StoreError> {
         match self.work.delete_message(sequence).await {
             Ok(_) => Ok(()),
-            // Removed already (by its holder, or by another node that met it lapsed).
+            // Removed already (by its holder, or by another node that met it lapsed):
+            // the server says "no message found" when it was before the stream's first
+            // message, "sequence not found" when it was among others still stored.
             Err(error)
                 if matches!(
                     error.kind(),
                     stream::DeleteMessageErrorKind::JetStream(ref e)
-                        if e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                        if e.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
+                            || (e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                                && e.to_string().contains("no message found"))
                 ) =>
             {
                 Ok(())
@@ -1262,6 +1281,12 @@ impl Store for NatsStore {
         key: &str,
         hold: Duration,
     ) -> Result<Option<Claim>, StoreError> {
+        // Refused without a write while anything of the key is there (a message, or
+        // another claim).
+        let subjects = self.names.key_subjects(queue, key);
+        if self.first_on(&self.work, &subjects, 0).await?.is_some() {
+            return Ok(None);
+        }
         // A marker among the key's messages: granted if it is the first of them, so
         // that per-key order holds whatever comes after it behind it, on every node.
         let until = now_ms() + hold.as_millis() as u64;
@@ -1276,30 +1301,25 @@ impl Store for NatsStore {
             .await
             .map_err(nats("a claim was not stored"))?
             .sequence;
-        let first = self
-            .first_on(&self.work, &self.names.key_subjects(queue, key), 0)
-            .await;
-        let store = self.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let release = move || {
-            runtime.spawn(async move {
-                // Else it lapses after its hold, removed by whoever meets it then.
-                if let Err(error) = store.remove_claim(marker).await {
-                    tracing::warn!(%error, "a claim was not released; it lapses");
-                }
-            });
-        };
-        match first {
-            Ok(Some(first)) if first.sequence == marker => Ok(Some(Claim::new(release))),
-            Ok(_) => {
-                release();
-                Ok(None)
-            }
-            Err(error) => {
-                release();
-                Err(error)
-            }
+        let first = self.first_on(&self.work, &subjects, 0).await;
+        if matches!(&first, Ok(Some(first)) if first.sequence == marker) {
+            let store = self.clone();
+            let runtime = tokio::runtime::Handle::current();
+            return Ok(Some(Claim::new(move || {
+                runtime.spawn(async move {
+                    // Else it lapses, removed by whoever meets it then.
+                    if let Err(error) = store.remove_claim(marker).await {
+                        tracing::warn!(%error, "a claim was not released; it lapses");
+                    }
+                });
+            })));
         }
+        // Another's came first (a claim or a message, in the moment between the
+        // look and the marker): this one goes before anything waits behind it.
+        if let Err(error) = self.remove_claim(marker).await {
+            tracing::warn!(%error, "a refused claim was not removed; it lapses");
+        }
+        first.map(|_| None)
     }
 
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError> {
