@@ -15,12 +15,14 @@
 //!
 //! **Claims.** A step run ahead of its queue (fused) claims its key there with a
 //! marker among the key's messages (one token longer, so the queue's consumer never
-//! delivers it): refused without a write while anything of the key is there, granted
-//! when the marker is the key's first, it holds whatever comes after it back as an
-//! earlier message would. Its holder removes it after its commit; one whose holder
-//! died is removed by the first lease that meets it past its hold (the holder's lease
-//! and a margin for its commit), so a node's crash can hold a key in a queue it skipped
-//! that long. A consumer made by an earlier version, which took its queue's every
+//! delivers it), published with the expectation that the key's subjects hold nothing
+//! (`Nats-Expected-Last-Subject-Sequence` 0 on them: nats-server 2.11 on), so the
+//! stream grants it in its own order of writes, in one request; it then holds whatever
+//! comes after it back as an earlier message would. Its holder removes it after its
+//! commit (removed, not erased: there is nothing to overwrite); one whose holder died
+//! is removed by the first lease that meets it past its hold (the holder's lease and a
+//! margin for its commit), so a node's crash can hold a key in a queue it skipped that
+//! long. A consumer made by an earlier version, which took its queue's every
 //! subject, is narrowed to the messages' at start. Nodes of an earlier version do not
 //! honour claims: upgrade a deployment's nodes together.
 //!
@@ -191,6 +193,22 @@ const INCARNATION: &str = "Tenon-Incarnation";
 
 /// The header of a claim's marker: when it lapses (ms since the Unix epoch).
 const CLAIM_UNTIL: &str = "Tenon-Claim-Until";
+
+/// The subjects `Nats-Expected-Last-Subject-Sequence` looks at (nats-server 2.11 on).
+const EXPECTED_ON_SUBJECTS: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
+
+/// The oldest nats-server that stores a claim only while its key has nothing queued.
+const LEAST_SERVER: (u64, u64) = (2, 11);
+
+/// Whether a nats-server of `version` (`major.minor.patch...`) is older than
+/// [`LEAST_SERVER`]; a version that does not parse is taken at its word.
+fn older_than_least(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>());
+    match (parts.next(), parts.next()) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) < LEAST_SERVER,
+        _ => false,
+    }
+}
 
 /// When the claim whose marker has these headers lapses (at once, if it says not).
 fn claim_until(headers: Option<&async_nats::HeaderMap>) -> u64 {
@@ -377,6 +395,17 @@ impl NatsStore {
                     )));
                 }
             }
+        }
+        let version = client.server_info().version;
+        if older_than_least(&version) {
+            return Err(StoreError::Nats(format!(
+                "nats-server {version} at {} is too old: Tenon needs {}.{} or later \
+                 (a fused step's claim on a key is stored only while the key has nothing \
+                 queued, which older servers do not check)",
+                options.servers.join(", "),
+                LEAST_SERVER.0,
+                LEAST_SERVER.1
+            )));
         }
         let names = Names::new(&options.prefix);
         let work = js
@@ -913,23 +942,37 @@ impl NatsStore {
 
     /// Remove a claim (released, or lapsed).
     async fn remove_claim(&self, sequence: u64) -> Result<(), StoreError> {
-        match self.work.delete_message(sequence).await {
-            Ok(_) => Ok(()),
+        /// The server's answer to a message's removal.
+        #[derive(Deserialize)]
+        struct Removed {
+            #[allow(dead_code)]
+            success: bool,
+        }
+        // Removed, not erased: a marker holds nothing to overwrite, and an erasure
+        // rewrites the message on disk.
+        let request = serde_json::json!({ "seq": sequence, "no_erase": true });
+        let subject = format!("STREAM.MSG.DELETE.{}", self.names.work_stream());
+        let answer: jetstream::response::Response<Removed> = self
+            .js
+            .request(subject, &request)
+            .await
+            .map_err(nats("cannot remove a claim"))?;
+        match answer {
+            jetstream::response::Response::Ok(_) => Ok(()),
             // Removed already (by its holder, or by another node that met it lapsed):
             // the server says "no message found" when it was before the stream's first
             // message, "sequence not found" when it was among others still stored.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    stream::DeleteMessageErrorKind::JetStream(ref e)
-                        if e.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
-                            || (e.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
-                                && e.to_string().contains("no message found"))
-                ) =>
+            jetstream::response::Response::Err { error }
+                if error.error_code() == jetstream::ErrorCode::SEQUENCE_NOT_FOUND
+                    || (error.error_code()
+                        == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                        && error.to_string().contains("no message found")) =>
             {
                 Ok(())
             }
-            Err(error) => Err(failed("cannot remove a claim")(&error)),
+            jetstream::response::Response::Err { error } => {
+                Err(failed("cannot remove a claim")(&error))
+            }
         }
     }
 
@@ -1281,45 +1324,45 @@ impl Store for NatsStore {
         key: &str,
         hold: Duration,
     ) -> Result<Option<Claim>, StoreError> {
-        // Refused without a write while anything of the key is there (a message, or
-        // another claim).
-        let subjects = self.names.key_subjects(queue, key);
-        if self.first_on(&self.work, &subjects, 0).await?.is_some() {
-            return Ok(None);
-        }
-        // A marker among the key's messages: granted if it is the first of them, so
-        // that per-key order holds whatever comes after it behind it, on every node.
+        // One write, decided by the stream: the marker is stored only while nothing
+        // of the key is there (no message, no other claim: no last sequence on the
+        // key's subjects), in the stream's order of writes, so of two claims, or a
+        // claim and a message, the first stored wins. Whatever comes after it waits
+        // behind it, on every node, as behind an earlier message of its key.
         let until = now_ms() + hold.as_millis() as u64;
         let publish = jetstream::message::PublishMessage::build()
             .payload(Bytes::new())
-            .header(CLAIM_UNTIL, until.to_string().as_str());
-        let marker = self
+            .header(CLAIM_UNTIL, until.to_string().as_str())
+            .expected_last_subject_sequence(0)
+            .header(
+                EXPECTED_ON_SUBJECTS,
+                self.names.key_subjects(queue, key).as_str(),
+            );
+        let stored = self
             .js
             .send_publish(self.names.claim_subject(queue, key), publish)
             .await
             .map_err(nats("cannot claim a key"))?
-            .await
-            .map_err(nats("a claim was not stored"))?
-            .sequence;
-        let first = self.first_on(&self.work, &subjects, 0).await;
-        if matches!(&first, Ok(Some(first)) if first.sequence == marker) {
-            let store = self.clone();
-            let runtime = tokio::runtime::Handle::current();
-            return Ok(Some(Claim::new(move || {
-                runtime.spawn(async move {
-                    // Else it lapses, removed by whoever meets it then.
-                    if let Err(error) = store.remove_claim(marker).await {
-                        tracing::warn!(%error, "a claim was not released; it lapses");
-                    }
-                });
-            })));
-        }
-        // Another's came first (a claim or a message, in the moment between the
-        // look and the marker): this one goes before anything waits behind it.
-        if let Err(error) = self.remove_claim(marker).await {
-            tracing::warn!(%error, "a refused claim was not removed; it lapses");
-        }
-        first.map(|_| None)
+            .await;
+        let marker = match stored {
+            Ok(ack) => ack.sequence,
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
+            {
+                return Ok(None);
+            }
+            Err(error) => return Err(failed("a claim was not stored")(&error)),
+        };
+        let store = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        Ok(Some(Claim::new(move || {
+            runtime.spawn(async move {
+                // Else it lapses, removed by whoever meets it then.
+                if let Err(error) = store.remove_claim(marker).await {
+                    tracing::warn!(%error, "a claim was not released; it lapses");
+                }
+            });
+        })))
     }
 
     async fn depths(&self) -> Result<BTreeMap<String, usize>, StoreError> {

@@ -191,3 +191,13 @@ async fn take_within(store: &NatsStore, queue: &str, wait: Duration) -> Lease {
         .unwrap()
         .expect("a message to lease")
 }
+
+#[test]
+fn a_server_older_than_2_11_is_refused() {
+    for old in ["2.10.22", "2.9.0", "1.4.1"] {
+        assert!(older_than_least(old), "{old}");
+    }
+    for new in ["2.11.0", "2.15.1", "3.0.0-beta", "2.12"] {
+        assert!(!older_than_least(new), "{new}");
+    }
+}
