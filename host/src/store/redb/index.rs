@@ -253,20 +253,22 @@ impl Index {
     }
 
     /// Release a claim: the first message of its key committed meanwhile, if any,
-    /// becomes takeable.
-    pub(super) fn unclaim(&mut self, queue: &str, key: &str, now_ms: u64) {
+    /// becomes takeable (`true`: a worker has something to take).
+    pub(super) fn unclaim(&mut self, queue: &str, key: &str, now_ms: u64) -> bool {
         let Some(q) = self.queues.get_mut(queue) else {
-            return;
+            return false;
         };
         if !q.claimed.remove(key) {
-            return;
+            return false;
         }
-        if let Some(first) = q.keys.get(key).and_then(|seqs| seqs.first().copied()) {
+        let first = q.keys.get(key).and_then(|seqs| seqs.first().copied());
+        if let Some(first) = first {
             q.schedule(first, now_ms);
         }
         if q.is_empty() {
             self.queues.remove(queue);
         }
+        first.is_some()
     }
 
     /// When the next message of `queue` waiting for a retry comes due (ms since the
@@ -363,12 +365,12 @@ mod tests {
         index.insert("q", 3, "B", 0, 1_000);
         assert_eq!(lease(&mut index, 1), Some(1));
         assert_eq!(lease(&mut index, 2), None, "B is claimed");
-        index.unclaim("q", "B", 1_000);
+        assert!(index.unclaim("q", "B", 1_000), "B's first is takeable");
         assert_eq!(lease(&mut index, 3), Some(2), "B's first, once released");
         assert_eq!(lease(&mut index, 4), None, "3 behind 2");
         assert!(index.claim("other", "A"), "same key, another queue");
         assert_eq!(index.depths().len(), 1, "a claim is no message");
-        index.unclaim("other", "A", 1_000);
+        assert!(!index.unclaim("other", "A", 1_000), "nothing came meanwhile");
         assert!(index.claim("other", "A"), "released");
     }
 

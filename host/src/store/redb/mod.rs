@@ -344,11 +344,13 @@ impl Store for RedbStore {
         let (index, notify) = (self.index.clone(), self.notify.clone());
         let (queue, key) = (queue.to_owned(), key.to_owned());
         Ok(Some(Claim::new(move || {
-            index
+            let waiting = index
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .unclaim(&queue, &key, now_ms());
-            notify.get(&queue).notify_one();
+            if waiting {
+                notify.get(&queue).notify_one();
+            }
         })))
     }
 
