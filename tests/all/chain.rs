@@ -970,6 +970,24 @@ async fn consecutive_transform_steps_run_in_one_commit_unless_the_flow_says_othe
     assert_eq!(orders.len(), 2, "{orders:?}");
 }
 
+/// When the message whose status is `s` was delivered (ms since the Unix epoch).
+fn delivered_at(s: &Value) -> u64 {
+    let outcomes = s["outcomes"].as_array();
+    let delivered = outcomes.and_then(|o| o.iter().find(|o| o["result"]["Delivered"].is_object()));
+    delivered.unwrap_or_else(|| panic!("not delivered: {s:#}"))["at_ms"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Two runs of a step that spins `spin_ms` for one key did not overlap: their
+/// deliveries, each right after its run, are at least that far apart.
+fn never_overlapped(a: u64, b: u64, spin_ms: u64) {
+    assert!(
+        a.abs_diff(b) >= spin_ms,
+        "two runs of one step for one key overlapped: delivered at {a} and {b}"
+    );
+}
+
 /// A config of one flow from the CPQ source to a sink that records what it is sent
 /// (`url`, from [`recorder`]): `plugins` the steps' sections, `flow` the flow's.
 fn recorded(url: &str, plugins: &str, flow: &str) -> String {
@@ -1106,12 +1124,6 @@ max_attempts = 1
         "{}",
         String::from_utf8_lossy(&reply.body)
     );
-    let delivered_at = |s: &Value| -> u64 {
-        let delivered = s["outcomes"]
-            .as_array()
-            .and_then(|o| o.iter().find(|o| o["result"]["Delivered"].is_object()));
-        delivered.expect("delivered")["at_ms"].as_u64().unwrap()
-    };
     let second = tenon.settled(&second[0]).await;
     let first = tenon
         .wait_for(&first[0], |s| {
@@ -1120,11 +1132,7 @@ max_attempts = 1
                 .is_some_and(|o| o.iter().any(|o| o["result"]["Delivered"].is_object()))
         })
         .await;
-    let (first, second) = (delivered_at(&first), delivered_at(&second));
-    assert!(
-        first.abs_diff(second) >= 3000,
-        "the runs of `slow` overlapped: delivered at {second} (fused) and {first} (redriven)"
-    );
+    never_overlapped(delivered_at(&first), delivered_at(&second), 3000);
     assert_eq!(
         tenon.metric(&fused("claimed", "slow")).await,
         1,
@@ -1164,17 +1172,9 @@ sink = "recorder"
         tenon.send_quote(sample("plain.json")),
         tenon.send_quote(&other)
     );
-    let delivered_at = |s: &Value| -> u64 {
-        let outcome = &s["outcomes"][0];
-        assert!(outcome["result"]["Delivered"].is_object(), "{s:#}");
-        outcome["at_ms"].as_u64().unwrap()
-    };
     let first = delivered_at(&tenon.settled(&first[0]).await);
     let second = delivered_at(&tenon.settled(&second[0]).await);
-    assert!(
-        first.abs_diff(second) >= 2000,
-        "the runs of `slow` for one key overlapped: delivered at {first} and {second}"
-    );
+    never_overlapped(first, second, 2000);
     assert_eq!(seen.lock().unwrap().len(), 2);
     let slow = tenon.metric(&fused("rekeyed", "slow")).await;
     assert!(
@@ -1230,20 +1230,9 @@ sink = "recorder"
         tenon.send_quote_to("cpq-left", quote),
         tenon.send_quote_to("cpq-right", quote)
     );
-    let delivered_at = |s: &Value| -> u64 {
-        let delivered = s["outcomes"]
-            .as_array()
-            .and_then(|o| o.iter().find(|o| o["result"]["Delivered"].is_object()));
-        delivered.unwrap_or_else(|| panic!("delivered: {s:#}"))["at_ms"]
-            .as_u64()
-            .unwrap()
-    };
     let left = delivered_at(&tenon.settled(&left[0]).await);
     let right = delivered_at(&tenon.settled(&right[0]).await);
-    assert!(
-        left.abs_diff(right) >= 2000,
-        "the runs of `slow` for one key overlapped: delivered at {left} and {right}"
-    );
+    never_overlapped(left, right, 2000);
     assert_eq!(seen.lock().unwrap().len(), 2);
     let slow = tenon.metric(&fused("both", "slow")).await;
     assert!(

@@ -370,7 +370,10 @@ mod tests {
         assert_eq!(lease(&mut index, 4), None, "3 behind 2");
         assert!(index.claim("other", "A"), "same key, another queue");
         assert_eq!(index.depths().len(), 1, "a claim is no message");
-        assert!(!index.unclaim("other", "A", 1_000), "nothing came meanwhile");
+        assert!(
+            !index.unclaim("other", "A", 1_000),
+            "nothing came meanwhile"
+        );
         assert!(index.claim("other", "A"), "released");
     }
 
