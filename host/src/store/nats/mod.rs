@@ -16,8 +16,10 @@
 //! **Claims.** A step run ahead of its queue (fused) claims its key there with a
 //! marker among the key's messages (one token longer, so the queue's consumer never
 //! delivers it), published with the expectation that the key's subjects hold nothing
-//! (`Nats-Expected-Last-Subject-Sequence` 0 on them: nats-server 2.11 on), so the
-//! stream grants it in its own order of writes, in one request; it then holds whatever
+//! (`Nats-Expected-Last-Subject-Sequence` 0 on them: nats-server 2.11 on, checked at
+//! start with a scratch key), so the stream grants it in its own order of writes, in
+//! one request (on a replicated stream the leader checks against what is stored, not
+//! what is in flight, so a granted claim is read once more); it then holds whatever
 //! comes after it back as an earlier message would. Its holder removes it after its
 //! commit (removed, not erased: there is nothing to overwrite); one whose holder died
 //! is removed by the first lease that meets it past its hold (the holder's lease and a
@@ -112,6 +114,10 @@ pub struct NatsStore {
     events: stream::Stream,
     buckets: Arc<Buckets>,
     consumers: Arc<Mutex<HashMap<String, consumer::PullConsumer>>>,
+    /// Streams kept on several servers: the leader checks a claim's expectation
+    /// against what is stored, not against writes still in flight, so a granted claim
+    /// is looked at once more.
+    replicated: bool,
 }
 
 impl std::fmt::Debug for NatsStore {
@@ -197,17 +203,17 @@ const CLAIM_UNTIL: &str = "Tenon-Claim-Until";
 /// The subjects `Nats-Expected-Last-Subject-Sequence` looks at (nats-server 2.11 on).
 const EXPECTED_ON_SUBJECTS: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
 
-/// The oldest nats-server that stores a claim only while its key has nothing queued.
-const LEAST_SERVER: (u64, u64) = (2, 11);
-
-/// Whether a nats-server of `version` (`major.minor.patch...`) is older than
-/// [`LEAST_SERVER`]; a version that does not parse is taken at its word.
-fn older_than_least(version: &str) -> bool {
-    let mut parts = version.split('.').map(|p| p.parse::<u64>());
-    match (parts.next(), parts.next()) {
-        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) < LEAST_SERVER,
-        _ => false,
-    }
+/// Whether a publication was refused for its expected last sequence: 10071, or 10164
+/// (a clustered stream's leader, for an expectation another write in flight breaks).
+fn wrong_last_sequence(error: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence
+        || error
+            .source()
+            .and_then(|e| e.downcast_ref::<jetstream::Error>())
+            .is_some_and(|e| {
+                e.error_code() == jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            })
 }
 
 /// When the claim whose marker has these headers lapses (at once, if it says not).
@@ -396,17 +402,6 @@ impl NatsStore {
                 }
             }
         }
-        let version = client.server_info().version;
-        if older_than_least(&version) {
-            return Err(StoreError::Nats(format!(
-                "nats-server {version} at {} is too old: Tenon needs {}.{} or later \
-                 (a fused step's claim on a key is stored only while the key has nothing \
-                 queued, which older servers do not check)",
-                options.servers.join(", "),
-                LEAST_SERVER.0,
-                LEAST_SERVER.1
-            )));
-        }
         let names = Names::new(&options.prefix);
         let work = js
             .get_or_create_stream(stream::Config {
@@ -465,7 +460,7 @@ impl NatsStore {
                 .await
                 .map_err(nats("cannot create the versions store"))?,
         };
-        Ok(NatsStore {
+        let store = NatsStore {
             client,
             js,
             names,
@@ -473,7 +468,52 @@ impl NatsStore {
             events,
             buckets: Arc::new(buckets),
             consumers: Arc::default(),
-        })
+            replicated: options.replicas > 1,
+        };
+        store.check_claims(&options.servers).await?;
+        Ok(store)
+    }
+
+    /// Make sure the work stream stores a claim only while its key has nothing
+    /// queued (`Nats-Expected-Last-Subject-Sequence` over a subject filter: nats-server
+    /// 2.11 on, on the stream's leader, whichever server this node reached): a claim
+    /// on a scratch key behind a message of it must be refused, or this says why not.
+    async fn check_claims(&self, servers: &[String]) -> Result<(), StoreError> {
+        let scratch = self.names.scratch_subjects(&now_ms().to_string());
+        let message = jetstream::message::PublishMessage::build().payload(Bytes::new());
+        let message = self
+            .js
+            .send_publish(format!("{scratch}.m.x"), message)
+            .await
+            .map_err(nats("cannot write to the work stream"))?
+            .await
+            .map_err(nats("cannot write to the work stream"))?
+            .sequence;
+        let claim = jetstream::message::PublishMessage::build()
+            .payload(Bytes::new())
+            .expected_last_subject_sequence(0)
+            .header(EXPECTED_ON_SUBJECTS, format!("{scratch}.>").as_str());
+        let claimed = self
+            .js
+            .send_publish(format!("{scratch}.c.x"), claim)
+            .await
+            .map_err(nats("cannot write to the work stream"))?
+            .await;
+        self.remove_claim(message).await?;
+        match claimed {
+            Err(error) if wrong_last_sequence(&error) => Ok(()),
+            claimed => {
+                if let Ok(ack) = claimed {
+                    self.remove_claim(ack.sequence).await?;
+                }
+                Err(StoreError::Nats(format!(
+                    "the JetStream at {} stored a claim behind a message of its key: Tenon \
+                     needs nats-server 2.11 or later (the stream's leader too), which \
+                     checks a publication's expected last sequence over a subject filter",
+                    servers.join(", ")
+                )))
+            }
+        }
     }
 
     /// The durable consumer of `queue`, created the first time.
@@ -1346,13 +1386,22 @@ impl Store for NatsStore {
             .await;
         let marker = match stored {
             Ok(ack) => ack.sequence,
-            Err(error)
-                if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence =>
-            {
-                return Ok(None);
-            }
+            Err(error) if wrong_last_sequence(&error) => return Ok(None),
             Err(error) => return Err(failed("a claim was not stored")(&error)),
         };
+        // A message of the key in flight when the leader checked may be stored
+        // before the marker: then the marker goes, and the claim is refused.
+        if self.replicated {
+            let first = self
+                .first_on(&self.work, &self.names.key_subjects(queue, key), 0)
+                .await;
+            if !matches!(&first, Ok(Some(first)) if first.sequence == marker) {
+                if let Err(error) = self.remove_claim(marker).await {
+                    tracing::warn!(%error, "a refused claim was not removed; it lapses");
+                }
+                return first.map(|_| None);
+            }
+        }
         let store = self.clone();
         let runtime = tokio::runtime::Handle::current();
         Ok(Some(Claim::new(move || {

@@ -120,6 +120,12 @@ impl Names {
             .is_some_and(|rest| rest.ends_with('.'))
     }
 
+    /// Scratch subjects of the work stream, named by `nonce`, outside every queue
+    /// (no escaped queue name has a `~`): for a check at start.
+    pub(super) fn scratch_subjects(&self, nonce: &str) -> String {
+        format!("{}.w.~probe.{nonce}", self.prefix)
+    }
+
     /// Every message still queued that descends from `root`, in any queue.
     pub(super) fn lineage_subjects(&self, root: &str) -> String {
         format!("{}.w.*.*.{}", self.prefix, escape(root))
