@@ -418,14 +418,14 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
         .unwrap();
     let a2 = take(store, "f/s").await.expect("a2 after a1");
     assert_eq!(a2.envelope.message.id, "a2");
-    let claim = store.claim("f/s", "A", HOLD).await.unwrap();
+    let claim = store.claim("f/s", "A", &"h".into(), HOLD).await.unwrap();
     assert!(claim.is_none(), "a2 is leased: A is not claimed in f/s");
     let done = outcome(&a2.envelope, OutcomeKind::Consumed);
     store
         .complete(a2, Completion::finish(done), None)
         .await
         .unwrap();
-    let claim = store.claim("f/s", "A", HOLD).await.unwrap();
+    let claim = store.claim("f/s", "A", &"h".into(), HOLD).await.unwrap();
     assert!(claim.is_some(), "nothing of A left");
 }
 
@@ -434,11 +434,21 @@ async fn a_key_is_processed_in_order_and_a_retry_keeps_its_turn(s: Subject) {
 async fn a_claimed_key_waits_in_its_queue_until_released(s: Subject) {
     let store = s.store.as_ref();
     put(store, vec![("f/s", envelope("a1", "A"))]).await;
-    let claim = async |queue: &str, key: &str| store.claim(queue, key, HOLD).await.unwrap();
-    assert!(claim("f/s", "A").await.is_none(), "a1 waits in f/s");
-    let b = claim("f/s", "B").await.expect("nothing of B in f/s");
-    assert!(claim("f/s", "B").await.is_none(), "one claim a key");
-    let elsewhere = claim("f/t", "B").await;
+    let claim = async |queue: &str, key: &str, holder: &str| {
+        let holder = MessageId::from(holder);
+        store.claim(queue, key, &holder, HOLD).await.unwrap()
+    };
+    assert!(claim("f/s", "A", "h1").await.is_none(), "a1 waits in f/s");
+    let b = claim("f/s", "B", "h1").await.expect("nothing of B in f/s");
+    assert!(claim("f/s", "B", "h2").await.is_none(), "one holder a key");
+    // A later lease of h1 (the first one's node died, say) takes the claim over;
+    // the first one's late release leaves it be.
+    let b = {
+        let again = claim("f/s", "B", "h1").await.expect("taken over");
+        drop(b);
+        again
+    };
+    let elsewhere = claim("f/t", "B", "h2").await;
     assert!(elsewhere.is_some(), "the same key in another queue");
     // What is committed for B meanwhile (a redrive, another lease's output) waits.
     put(
@@ -463,7 +473,7 @@ async fn a_claimed_key_waits_in_its_queue_until_released(s: Subject) {
         .unwrap()
         .expect("b1 once B's claim is released");
     assert_eq!(b1.envelope.message.id, "b1");
-    assert!(claim("f/s", "B").await.is_none(), "b1 is leased");
+    assert!(claim("f/s", "B", "h1").await.is_none(), "b1 is leased");
 }
 
 async fn outcomes_are_found_by_lineage(s: Subject) {

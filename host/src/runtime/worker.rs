@@ -79,9 +79,9 @@ struct FusedRun {
     ended: Vec<Outcome>,
     /// A delivery or failure of a saga's: its transaction is looked at after the commit.
     settle: bool,
-    /// The keys claimed in the queues the run skipped, released once the commit is
-    /// done (or refused).
-    claims: Vec<Claim>,
+    /// The keys claimed in the queues the run skipped (queue, key), released once the
+    /// commit is done (or refused).
+    claims: Vec<((String, String), Claim)>,
 }
 
 /// How long a fused step's claim outlasts its lease, should its holder die: the time
@@ -89,9 +89,11 @@ struct FusedRun {
 /// requests).
 const CLAIM_MARGIN: Duration = Duration::from_secs(30);
 
-/// The time a lease gives the steps fused into it.
+/// The lease steps are fused into: its message, and the time it gives them.
 #[derive(Clone, Copy)]
-struct Window {
+struct Window<'a> {
+    /// The leased message: what a fused step claims, it claims for it.
+    holder: &'a MessageId,
     /// A fused step starts only if its call ends by then (half the lease).
     start_by: Instant,
     /// When the lease ends: what a fused step claims lasts until then.
@@ -297,6 +299,7 @@ impl Runtime {
         // Fused steps start only while their calls end within half the lease.
         let now = Instant::now();
         let window = Window {
+            holder: &env.message.id,
             start_by: now + hold / 2,
             ends: now + hold,
         };
@@ -466,7 +469,7 @@ impl Runtime {
         &self,
         flow: &str,
         completion: Completion,
-        window: Window,
+        window: Window<'_>,
     ) -> (Completion, FusedRun) {
         let Completion::Forward {
             outputs,
@@ -562,9 +565,9 @@ impl Runtime {
         leased: &str,
         queue: &str,
         output: Envelope,
-        window: Window,
+        window: Window<'_>,
         may_end: bool,
-        claims: &mut Vec<Claim>,
+        claims: &mut Vec<((String, String), Claim)>,
     ) -> Fused {
         let Some(stage) = output.route.get(output.stage as usize).cloned() else {
             return Fused::Left(Box::new(output));
@@ -602,10 +605,15 @@ impl Runtime {
         // The key, claimed in the queue this step skips until the commit: granted
         // when nothing of it waits there and no other run holds it; what is committed
         // there meanwhile waits for the release.
-        let key = &output.message.key;
+        // A key this run claimed there already (a plugin the route lists twice) waits
+        // for this run's commit, as any other message of it would.
+        let turn = (queue.to_owned(), output.message.key.clone());
+        if claims.iter().any(|(held, _)| *held == turn) {
+            return Fused::Left(Box::new(output));
+        }
         let hold = window.ends.saturating_duration_since(Instant::now()) + CLAIM_MARGIN;
-        match self.store.claim(queue, key, hold).await {
-            Ok(Some(claim)) => claims.push(claim),
+        match self.store.claim(queue, &turn.1, window.holder, hold).await {
+            Ok(Some(claim)) => claims.push((turn, claim)),
             Ok(None) => return Fused::Left(Box::new(output)),
             Err(error) => {
                 tracing::warn!(%error, queue, "cannot claim a key; the step is left queued");

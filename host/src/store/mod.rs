@@ -101,11 +101,14 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// the claim is dropped, the key's messages committed to the queue wait behind it
     /// (per-key order, as behind an earlier message of the key), so no worker runs
     /// that step for the key beside the claimant. Its holder drops it once its
-    /// lease's commit is done; a claim whose holder died lapses after `hold`.
+    /// lease's commit is done. `holder` is the message whose lease takes the claim: a
+    /// claim left by an earlier lease of it, whose node died, is taken over (the
+    /// re-run after a crash); any other whose holder died lapses after `hold`.
     async fn claim(
         &self,
         queue: &str,
         key: &str,
+        holder: &MessageId,
         hold: Duration,
     ) -> Result<Option<Claim>, StoreError>;
 

@@ -21,10 +21,10 @@
 //! one request (on a replicated stream the leader checks against what is stored, not
 //! what is in flight, so a granted claim is read once more); it then holds whatever
 //! comes after it back as an earlier message would. Its holder removes it after its
-//! commit (removed, not erased: there is nothing to overwrite); one whose holder died
-//! is removed by the first lease that meets it past its hold (the holder's lease and a
-//! margin for its commit), so a node's crash can hold a key in a queue it skipped that
-//! long. A consumer made by an earlier version, which took its queue's every
+//! commit (removed, not erased: there is nothing to overwrite). One whose holder died
+//! is taken over by the next lease of the same message (the re-run after the crash:
+//! the marker names its holder), or else removed by the first lease that meets it past
+//! its hold (the holder's lease and a margin for its commit). A consumer made by an earlier version, which took its queue's every
 //! subject, is narrowed to the messages' at start. Nodes of an earlier version do not
 //! honour claims: upgrade a deployment's nodes together.
 //!
@@ -199,6 +199,11 @@ const INCARNATION: &str = "Tenon-Incarnation";
 
 /// The header of a claim's marker: when it lapses (ms since the Unix epoch).
 const CLAIM_UNTIL: &str = "Tenon-Claim-Until";
+
+/// The header of a claim's marker: whose claim it is (a hash of the id of the
+/// message whose lease took it), so that a later lease of that message takes over a
+/// claim its node died holding.
+const CLAIM_BY: &str = "Tenon-Claim-By";
 
 /// The subjects `Nats-Expected-Last-Subject-Sequence` looks at (nats-server 2.11 on).
 const EXPECTED_ON_SUBJECTS: &str = "Nats-Expected-Last-Subject-Sequence-Subject";
@@ -1362,6 +1367,7 @@ impl Store for NatsStore {
         &self,
         queue: &str,
         key: &str,
+        holder: &MessageId,
         hold: Duration,
     ) -> Result<Option<Claim>, StoreError> {
         // One write, decided by the stream: the marker is stored only while nothing
@@ -1370,31 +1376,46 @@ impl Store for NatsStore {
         // claim and a message, the first stored wins. Whatever comes after it waits
         // behind it, on every node, as behind an earlier message of its key.
         let until = now_ms() + hold.as_millis() as u64;
-        let publish = jetstream::message::PublishMessage::build()
-            .payload(Bytes::new())
-            .header(CLAIM_UNTIL, until.to_string().as_str())
-            .expected_last_subject_sequence(0)
-            .header(
-                EXPECTED_ON_SUBJECTS,
-                self.names.key_subjects(queue, key).as_str(),
-            );
-        let stored = self
-            .js
-            .send_publish(self.names.claim_subject(queue, key), publish)
-            .await
-            .map_err(nats("cannot claim a key"))?
-            .await;
-        let marker = match stored {
-            Ok(ack) => ack.sequence,
-            Err(error) if wrong_last_sequence(&error) => return Ok(None),
-            Err(error) => return Err(failed("a claim was not stored")(&error)),
+        let by = Incarnation::named(holder.as_str()).0;
+        let subjects = self.names.key_subjects(queue, key);
+        let mut taken_over = false;
+        let marker = loop {
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(Bytes::new())
+                .header(CLAIM_UNTIL, until.to_string().as_str())
+                .header(CLAIM_BY, by.as_str())
+                .expected_last_subject_sequence(0)
+                .header(EXPECTED_ON_SUBJECTS, subjects.as_str());
+            let stored = self
+                .js
+                .send_publish(self.names.claim_subject(queue, key), publish)
+                .await
+                .map_err(nats("cannot claim a key"))?
+                .await;
+            match stored {
+                Ok(ack) => break ack.sequence,
+                Err(error) if wrong_last_sequence(&error) && !taken_over => {
+                    // The key's first may be a claim an earlier lease of this very
+                    // message left (its node died before releasing it): it goes, and
+                    // this run claims afresh.
+                    let Some(first) = self.first_on(&self.work, &subjects, 0).await? else {
+                        return Ok(None);
+                    };
+                    let by_holder = first.headers.get(CLAIM_BY).map(|v| v.as_str());
+                    if !Names::is_claim(&first.subject) || by_holder != Some(by.as_str()) {
+                        return Ok(None);
+                    }
+                    self.remove_claim(first.sequence).await?;
+                    taken_over = true;
+                }
+                Err(error) if wrong_last_sequence(&error) => return Ok(None),
+                Err(error) => return Err(failed("a claim was not stored")(&error)),
+            }
         };
         // A message of the key in flight when the leader checked may be stored
         // before the marker: then the marker goes, and the claim is refused.
         if self.replicated {
-            let first = self
-                .first_on(&self.work, &self.names.key_subjects(queue, key), 0)
-                .await;
+            let first = self.first_on(&self.work, &subjects, 0).await;
             if !matches!(&first, Ok(Some(first)) if first.sequence == marker) {
                 if let Err(error) = self.remove_claim(marker).await {
                     tracing::warn!(%error, "a refused claim was not removed; it lapses");

@@ -150,7 +150,7 @@ async fn a_claim_whose_holder_died_lapses_after_its_hold() {
         .await
         .unwrap();
     let claim = store
-        .claim("f/t1", "Q-1", Duration::from_secs(5))
+        .claim("f/t1", "Q-1", &"dead".into(), Duration::from_secs(5))
         .await
         .unwrap()
         .expect("nothing of Q-1 in f/t1");
@@ -192,4 +192,48 @@ async fn take_within(store: &NatsStore, queue: &str, wait: Duration) -> Lease {
         .await
         .unwrap()
         .expect("a message to lease")
+}
+
+/// A node dies holding a claim; the message whose lease took it is leased again
+/// (on another node, after the server's ack wait): that lease takes the claim over
+/// at once instead of waiting out its hold, and another holder is still refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_later_lease_of_the_holder_takes_its_claim_over() {
+    let nats = NatsCluster::start(1).unwrap();
+    let store = connect(&nats, "takeover").await;
+    let hold = Duration::from_secs(600);
+    let first = |store: NatsStore| async move {
+        let subjects = store.names.key_subjects("f/t2", "Q-1");
+        let first = store.first_on(&store.work, &subjects, 0).await.unwrap();
+        first.map(|m| m.sequence)
+    };
+    let dead = store
+        .claim("f/t2", "Q-1", &"m1".into(), hold)
+        .await
+        .unwrap();
+    std::mem::forget(dead.expect("nothing of Q-1 in f/t2"));
+    let old = first(store.clone()).await.expect("the dead claim's marker");
+    let other = store
+        .claim("f/t2", "Q-1", &"m2".into(), hold)
+        .await
+        .unwrap();
+    assert!(other.is_none(), "another holder waits out the hold");
+    let again = store
+        .claim("f/t2", "Q-1", &"m1".into(), hold)
+        .await
+        .unwrap();
+    let again = again.expect("taken over by a later lease of m1");
+    let new = first(store.clone()).await.expect("the new marker");
+    assert_ne!(new, old, "the dead claim's marker is gone");
+    drop(again);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first(store.clone()).await.is_some() {
+        assert!(Instant::now() < deadline, "the claim was not released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let other = store
+        .claim("f/t2", "Q-1", &"m2".into(), hold)
+        .await
+        .unwrap();
+    assert!(other.is_some(), "released");
 }

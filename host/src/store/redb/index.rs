@@ -10,7 +10,7 @@
 //! step run ahead of it: see [`Index::claim`]) has no takeable message there until
 //! the claim is released.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 /// What the index knows of a queued message.
@@ -42,8 +42,9 @@ struct QueueIndex {
     delayed: BTreeSet<(u64, u64)>,
     /// First of their key and leased.
     leased: HashMap<u64, Held>,
-    /// Keys claimed for a step run ahead of the queue: their messages wait.
-    claimed: HashSet<String>,
+    /// Keys claimed for a step run ahead of the queue, with their holder and the
+    /// claim's token: their messages wait.
+    claimed: HashMap<String, (String, u64)>,
 }
 
 /// Why a completion was refused: the lease timed out and the message went to
@@ -74,7 +75,7 @@ impl QueueIndex {
 
     /// Whether `seq` is the first message of `key` and may be taken (unclaimed).
     fn is_head(&self, seq: u64, key: &str) -> bool {
-        !self.claimed.contains(key)
+        !self.claimed.contains_key(key)
             && self
                 .keys
                 .get(key)
@@ -135,7 +136,7 @@ impl Index {
             None => None,
         };
         match next {
-            Some(next) if !q.claimed.contains(&entry.key) => q.schedule(next, now_ms),
+            Some(next) if !q.claimed.contains_key(&entry.key) => q.schedule(next, now_ms),
             Some(_) => {}
             None => {
                 q.keys.remove(&entry.key);
@@ -243,24 +244,32 @@ impl Index {
             .collect()
     }
 
-    /// Claim `key` in `queue`: granted (`true`) when the queue holds no message of
-    /// it and no claim on it. Until [`Index::unclaim`], the key's messages committed
-    /// there are not takeable.
-    pub(super) fn claim(&mut self, queue: &str, key: &str) -> bool {
+    /// Claim `key` in `queue` for `holder` under `token`: granted (`true`) when the
+    /// queue holds no message of it and no claim on it but one of the same holder
+    /// (taken over: an earlier lease of that message lapsed). Until [`Index::unclaim`]
+    /// with that token, the key's messages committed there are not takeable.
+    pub(super) fn claim(&mut self, queue: &str, key: &str, holder: &str, token: u64) -> bool {
         let q = self.queues.entry(queue.to_owned()).or_default();
         let held = q.keys.get(key).is_some_and(|seqs| !seqs.is_empty());
-        !held && q.claimed.insert(key.to_owned())
+        let other = q.claimed.get(key).is_some_and(|(by, _)| by != holder);
+        if held || other {
+            return false;
+        }
+        q.claimed.insert(key.to_owned(), (holder.to_owned(), token));
+        true
     }
 
-    /// Release a claim: the first message of its key committed meanwhile, if any,
-    /// becomes takeable (`true`: a worker has something to take).
-    pub(super) fn unclaim(&mut self, queue: &str, key: &str, now_ms: u64) -> bool {
+    /// Release the claim `token` names (not one taken over since): the first message
+    /// of its key committed meanwhile, if any, becomes takeable (`true`: a worker has
+    /// something to take).
+    pub(super) fn unclaim(&mut self, queue: &str, key: &str, token: u64, now_ms: u64) -> bool {
         let Some(q) = self.queues.get_mut(queue) else {
             return false;
         };
-        if !q.claimed.remove(key) {
+        if q.claimed.get(key).is_none_or(|(_, held)| *held != token) {
             return false;
         }
+        q.claimed.remove(key);
         let first = q.keys.get(key).and_then(|seqs| seqs.first().copied());
         if let Some(first) = first {
             q.schedule(first, now_ms);
@@ -358,38 +367,42 @@ mod tests {
     fn a_claimed_key_waits_until_released_and_a_held_key_is_not_claimed() {
         let mut index = Index::default();
         index.insert("q", 1, "A", 0, 1_000);
-        assert!(!index.claim("q", "A"), "A has a message in q");
-        assert!(index.claim("q", "B"));
-        assert!(!index.claim("q", "B"), "one claim a key");
+        assert!(!index.claim("q", "A", "h1", 1), "A has a message in q");
+        assert!(index.claim("q", "B", "h1", 2));
+        assert!(!index.claim("q", "B", "h2", 3), "one holder a key");
         index.insert("q", 2, "B", 0, 1_000);
         index.insert("q", 3, "B", 0, 1_000);
         assert_eq!(lease(&mut index, 1), Some(1));
         assert_eq!(lease(&mut index, 2), None, "B is claimed");
-        assert!(index.unclaim("q", "B", 1_000), "B's first is takeable");
+        assert!(index.unclaim("q", "B", 2, 1_000), "B's first is takeable");
         assert_eq!(lease(&mut index, 3), Some(2), "B's first, once released");
         assert_eq!(lease(&mut index, 4), None, "3 behind 2");
-        assert!(index.claim("other", "A"), "same key, another queue");
-        assert_eq!(index.depths().len(), 1, "a claim is no message");
         assert!(
-            !index.unclaim("other", "A", 1_000),
-            "nothing came meanwhile"
+            index.claim("other", "A", "h1", 4),
+            "same key, another queue"
         );
-        assert!(index.claim("other", "A"), "released");
+        assert_eq!(index.depths().len(), 1, "a claim is no message");
+        let waiting = index.unclaim("other", "A", 4, 1_000);
+        assert!(!waiting, "nothing came meanwhile");
+        assert!(index.claim("other", "A", "h2", 5), "released");
     }
 
     #[test]
-    fn a_claimed_key_stays_parked_while_its_queue_moves_on() {
+    fn a_claim_is_taken_over_by_a_later_lease_of_its_holder() {
         let mut index = Index::default();
-        index.insert("q", 1, "A", 0, 1_000);
-        assert!(index.claim("q", "B"));
-        index.insert("q", 2, "B", 0, 1_000);
-        assert_eq!(lease(&mut index, 1), Some(1));
-        index.begin_complete("q", 1, 1, Instant::now()).unwrap();
-        index.remove("q", 1, 1_000);
-        assert_eq!(lease(&mut index, 2), None, "B still claimed");
-        index.unclaim("q", "B", 1_000);
-        index.unclaim("q", "B", 1_000);
-        assert_eq!(lease(&mut index, 3), Some(2));
+        assert!(index.claim("q", "B", "h1", 1));
+        // A later lease of h1 (its first lapsed) takes the claim over; the first
+        // lease's late release leaves it be.
+        assert!(index.claim("q", "B", "h1", 2), "taken over");
+        assert!(
+            !index.unclaim("q", "B", 1, 1_000),
+            "not the first's any more"
+        );
+        index.insert("q", 1, "B", 0, 1_000);
+        assert_eq!(lease(&mut index, 1), None, "B still claimed");
+        assert!(!index.claim("q", "B", "h1", 3), "a message of B waits now");
+        assert!(index.unclaim("q", "B", 2, 1_000));
+        assert_eq!(lease(&mut index, 2), Some(1));
     }
 
     #[test]

@@ -335,10 +335,13 @@ impl Store for RedbStore {
         &self,
         queue: &str,
         key: &str,
+        holder: &MessageId,
         _hold: Duration,
     ) -> Result<Option<Claim>, StoreError> {
-        // In memory, as leases are: a claim ends with its holder's process.
-        if !self.index().claim(queue, key) {
+        // In memory, as leases are: a claim ends with its holder's process, so none
+        // lapses; one a later lease of its holder took over keeps that lease's token.
+        let token = self.tokens.fetch_add(1, Ordering::Relaxed) + 1;
+        if !self.index().claim(queue, key, holder.as_str(), token) {
             return Ok(None);
         }
         let (index, notify) = (self.index.clone(), self.notify.clone());
@@ -347,7 +350,7 @@ impl Store for RedbStore {
             let waiting = index
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .unclaim(&queue, &key, now_ms());
+                .unclaim(&queue, &key, token, now_ms());
             if waiting {
                 notify.get(&queue).notify_one();
             }
