@@ -604,9 +604,8 @@ impl Runtime {
         }
         // The key, claimed in the queue this step skips until the commit: granted
         // when nothing of it waits there and no other run holds it; what is committed
-        // there meanwhile waits for the release.
-        // A key this run claimed there already (a plugin the route lists twice) waits
-        // for this run's commit, as any other message of it would.
+        // there meanwhile waits for the release. One this run claimed there already
+        // (a plugin the route lists twice) waits for this run's commit too.
         let turn = (queue.to_owned(), output.message.key.clone());
         if claims.iter().any(|(held, _)| *held == turn) {
             return Fused::Left(Box::new(output));

@@ -237,3 +237,30 @@ async fn a_later_lease_of_the_holder_takes_its_claim_over() {
         .unwrap();
     assert!(other.is_some(), "released");
 }
+
+/// A queue's consumer made by a version before claims took every subject of its
+/// queue, markers included: the store narrows it to its messages' at first use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_consumer_made_before_claims_is_narrowed_to_the_queues_messages() {
+    let nats = NatsCluster::start(1).unwrap();
+    let store = connect(&nats, "narrow").await;
+    let name = store.names.consumer("f/t1");
+    let wide = format!(
+        "{}.>",
+        store.names.queue_subjects("f/t1").trim_end_matches(".*.*")
+    );
+    store
+        .work
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some(name.clone()),
+            filter_subject: wide.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut narrowed = store.consumer("f/t1").await.unwrap();
+    let filter = narrowed.info().await.unwrap().config.filter_subject.clone();
+    assert_ne!(filter, wide);
+    assert_eq!(filter, store.names.queue_subjects("f/t1"));
+}
