@@ -238,9 +238,17 @@ sink = "stewards"
         };
     assert_eq!(drift.body["customer"], "0015g00000XyZ78AAB");
     assert_eq!(drift.body["missing"], true);
-    let checks = tenon.get("/v1/drift").await.json().unwrap();
+    // The check's report is recorded once its run ends, which may be after the sink
+    // already delivered what it published.
+    let checks = loop {
+        let checks = tenon.get("/v1/drift").await.json().unwrap();
+        if checks["checks"][0]["last"]["at_ms"].is_u64() {
+            break checks;
+        }
+        assert!(Instant::now() < deadline, "no report recorded: {checks:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(checks["checks"][0]["every_secs"], 1);
-    assert!(checks["checks"][0]["last"]["at_ms"].is_u64(), "{checks:#}");
     // Found again on the next run, unchanged: published once.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let published = stewards
