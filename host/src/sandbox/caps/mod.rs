@@ -248,7 +248,10 @@ impl Call {
 pub struct PluginState {
     call: Call,
     table: ResourceTable,
-    wasi: WasiCtx,
+    /// Made at the guest's first WASI call: most calls make none, and making one
+    /// (two random generators seeded, a few boxes) is a measurable part of a fresh
+    /// instance's cost.
+    wasi: Option<WasiCtx>,
     http: http::HttpCall,
     log: log::LogCall,
     kv: Option<kv::KvCall>,
@@ -276,7 +279,7 @@ impl PluginState {
         let stderr = MemoryOutputPipe::new(STDERR_CAPACITY);
         let violations = Violations::default();
         PluginState {
-            wasi: wasi::context(&stderr),
+            wasi: None,
             http: http::HttpCall::new(ctx.clone(), violations.clone()),
             log: log::LogCall::default(),
             kv: kv.map(kv::KvCall::new),

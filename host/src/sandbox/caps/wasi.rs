@@ -9,7 +9,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// A call's WASI context: nothing but stderr, into `stderr`.
-pub(super) fn context(stderr: &MemoryOutputPipe) -> WasiCtx {
+fn context(stderr: &MemoryOutputPipe) -> WasiCtx {
     WasiCtxBuilder::new().stderr(stderr.clone()).build()
 }
 
@@ -58,8 +58,9 @@ impl wasmtime_wasi_io::IoView for PluginState {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
+        let stderr = &self.stderr;
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(|| context(stderr)),
             table: &mut self.table,
         }
     }
