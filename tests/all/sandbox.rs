@@ -81,6 +81,9 @@ config = {{ mode = "kv-put" }}
 [plugins.probe]
 path = "plugins/misbehave"
 config = {{ mode = "kv-probe", victim = "victim" }}
+[plugins.wasi-probe]
+path = "plugins/misbehave"
+config = {{ mode = "wasi-probe" }}
 [plugins.to-unknown-host]
 path = "plugins/hostile-sink"
 config = {{ url = "http://example.invalid/orders" }}
@@ -114,6 +117,7 @@ grants = {{ http = ["http://127.0.0.1:*"], max_response_bytes = 1024 }}
         ("steal-secret", &["steal-secret"][..], "erp-sink", ""),
         ("leak", &["leak"][..], "erp-sink", ""),
         ("kv", &["victim", "probe"][..], "erp-sink", ""),
+        ("wasi", &["wasi-probe"][..], "erp-sink", ""),
         ("unknown-host", &[][..], "to-unknown-host", ""),
         ("metadata", &[][..], "to-metadata", ""),
         ("localhost", &[][..], "to-localhost", ""),
@@ -206,6 +210,23 @@ async fn hostile_plugins_are_contained_with_exact_errors() {
     let delivered = erp.received();
     let last = delivered.last().unwrap();
     assert_eq!(last.body, json!({"found": []}));
+
+    // WASI's basics work, and reach nothing of the host: no environment, no
+    // arguments, no file to list or write. Each fresh instance seeds its random
+    // keys anew, so two messages' hashes differ.
+    let mut seeds = Vec::new();
+    for _ in 0..2 {
+        let probe = outcome_of(&tenon, "wasi").await;
+        assert!(probe["result"]["Delivered"].is_object(), "{probe:#}");
+        let mut seen = erp.received().last().unwrap().body.clone();
+        seeds.push(seen["seed"].take());
+        assert_eq!(
+            seen,
+            json!({"env": 0, "args": 0, "list_root": false, "list_cwd": false,
+                   "write_file": false, "clock_after_2020": true, "seed": null})
+        );
+    }
+    assert!(seeds[0].is_string() && seeds[0] != seeds[1], "{seeds:?}");
 
     // A host no grant names.
     assert_eq!(
