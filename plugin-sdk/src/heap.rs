@@ -21,6 +21,18 @@
 //! plugin's memory grant is a hard limit, and a growth it refuses fails the call,
 //! so nothing grows speculatively.
 //!
+//! **One limit it brings.** The component's `cabi_realloc`, which the host calls to
+//! hand the guest a string or a list, allocates with this allocator; wasi-libc frees
+//! what it lifts that way for itself with its own `free`, which is dlmalloc's and
+//! knows nothing of this arena. The environment does (one variable granted by the
+//! host made a plugin that reads it trap on a wild pointer), and by the same pattern
+//! the arguments and the preopened directories. Tenon gives a plugin none of those
+//! (the host's WASI context is empty, and a test checks what a plugin sees), so the
+//! two never meet; a host that granted them would need libc's `malloc` family served
+//! from here too.
+//! Rust's own WASI bindings (random bytes, `wasi:http`, the SDK's imports) free with
+//! Rust's allocator, which is this one.
+//!
 //! The arena's logic is `arena.rs` (tested natively); this installs it over a static.
 #![allow(
     unsafe_code,

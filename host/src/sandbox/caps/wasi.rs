@@ -9,6 +9,13 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// A call's WASI context: nothing but stderr, into `stderr`.
+///
+/// Keep the environment, the arguments and the preopened directories empty, beyond
+/// what a plugin is owed: wasi-libc frees what it lifts of them (allocated by the
+/// component's `cabi_realloc`) with its own `free`, which the SDK's allocator does not
+/// serve (`plugin-sdk/src/heap.rs`). One environment variable granted here made a
+/// plugin that reads its environment trap on a wild pointer;
+/// `hostile_plugins_are_contained_with_exact_errors` checks that a plugin sees none.
 fn context(stderr: &MemoryOutputPipe) -> WasiCtx {
     WasiCtxBuilder::new().stderr(stderr.clone()).build()
 }
